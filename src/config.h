@@ -1,0 +1,59 @@
+/* config: layered configuration. Built-in defaults, then a JSON file (config/chatgw.json, or
+ * --config FILE), then CHATGW_<KEY> environment variables, then --key value / --key=value flags.
+ * Every key is validated; a wrong value yields a one-line error naming the key. The key names
+ * are part of the public contract (README, DESIGN.md). */
+#ifndef CHATGW_CONFIG_H
+#define CHATGW_CONFIG_H
+
+#include <stddef.h>
+
+typedef struct {
+    char *listen;                  /* host:port, [v6]:port */
+    char *admin_listen;            /* "" = metrics and admin routes on listen */
+    int workers;                   /* "auto" resolves to the CPUs allowed */
+    int log_level;                 /* LOG_* */
+    char *scripts_dir;
+    char *web_dir;
+    int echo;
+    long drain_timeout_ms;
+    long ping_interval_ms;
+    long idle_timeout_ms;
+    long header_timeout_ms;
+    long max_header_bytes;
+    long max_frame_bytes;
+    long max_message_bytes;
+    int permessage_deflate;
+    long write_queue_bytes;
+    long slow_grace_ms;
+    long max_connections;
+    long max_connections_per_ip;
+    long max_text_bytes;
+    double rate_msgs_per_sec;
+    long rate_burst;
+    long max_rooms_per_conn;
+    long max_room_members;
+    long history_size;
+    char *api_token;
+    char *allowed_origins;
+    char *redis_url;
+    long policy_budget;
+    long policy_memory_mb;
+    char *policy_fail;             /* "closed" or "open" */
+    long reload_poll_ms;
+    char *tls_cert;
+    char *tls_key;
+    char *trusted_proxies;
+    char *ice_servers;             /* JSON array text */
+} config_t;
+
+/* Fills cfg from all layers. args are the flags after the subcommand (argv style, argc items).
+ * config_file is the --config value or NULL (then config/chatgw.json if it exists).
+ * Returns 0, or -1 with a one-line message naming the key in err. */
+int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen);
+void config_free(config_t *cfg);
+/* The config as a JSON object text (api_token and secrets redacted); caller frees. */
+char *config_to_json(const config_t *cfg);
+/* Prints every key with its default and meaning (for --help). */
+void config_print_help(void);
+
+#endif

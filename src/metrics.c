@@ -1,0 +1,125 @@
+/* metrics: renders metrics_t in the Prometheus text exposition format 0.0.4. Every family gets
+ * its # HELP and # TYPE lines once, before its samples, even when a labelled family has no
+ * sample yet, so a scraper always sees the whole schema. Values are read with relaxed atomic
+ * loads: a scrape may race with worker threads and needs no more than that. This module never
+ * changes a counter; it only names and prints them. */
+#include "metrics.h"
+
+#include <stddef.h>
+#include <stdio.h>
+
+/* Families with one unlabelled sample, read from a uint64_t at offset in metrics_t. */
+typedef struct {
+    const char *name, *type, *help;
+    size_t offset;
+} metrics_scalar_t;
+
+static const metrics_scalar_t metrics_scalars[] = {
+    { "chatgw_connections_open", "gauge", "TCP connections open.",
+      offsetof(metrics_t, conns_open) },
+    { "chatgw_connections_total", "counter", "TCP connections accepted.",
+      offsetof(metrics_t, conns_total) },
+    { "chatgw_websockets_open", "gauge", "WebSocket connections open.",
+      offsetof(metrics_t, ws_open) },
+    { "chatgw_websockets_total", "counter", "WebSocket upgrades completed.",
+      offsetof(metrics_t, ws_total) },
+    { "chatgw_bytes_in_total", "counter", "Bytes read from client sockets.",
+      offsetof(metrics_t, bytes_in) },
+    { "chatgw_bytes_out_total", "counter", "Bytes written to client sockets.",
+      offsetof(metrics_t, bytes_out) },
+    { "chatgw_connections_rejected_total", "counter",
+      "Connections refused by max_connections or max_connections_per_ip.",
+      offsetof(metrics_t, conns_rejected_limit) },
+    { "chatgw_header_timeouts_total", "counter",
+      "Connections closed because request headers did not arrive within header_timeout_ms.",
+      offsetof(metrics_t, header_timeouts) },
+    { "chatgw_idle_timeouts_total", "counter",
+      "Connections closed after idle_timeout_ms without traffic.",
+      offsetof(metrics_t, idle_timeouts) },
+    { "chatgw_slow_consumers_total", "counter",
+      "Connections closed because their write queue stayed over write_queue_bytes.",
+      offsetof(metrics_t, slow_consumers) },
+};
+
+static uint64_t metrics_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
+static void metrics_family_head(buf_t *out, const char *name, const char *type, const char *help)
+{
+    buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void metrics_scalars_render(const metrics_t *m, buf_t *out)
+{
+    for (size_t i = 0; i < sizeof metrics_scalars / sizeof metrics_scalars[0]; i++) {
+        const metrics_scalar_t *s = &metrics_scalars[i];
+        const uint64_t *p = (const uint64_t *)((const char *)m + s->offset);
+        metrics_family_head(out, s->name, s->type, s->help);
+        buf_printf(out, "%s %llu\n", s->name, (unsigned long long)metrics_load(p));
+    }
+}
+
+/* RFC 6455 opcode names; reserved opcodes keep their number. */
+static void metrics_opcode_name(unsigned op, char *out, size_t outlen)
+{
+    static const char *const names[16] = {
+        [0] = "continuation", [1] = "text", [2] = "binary",
+        [8] = "close", [9] = "ping", [10] = "pong",
+    };
+    if (op < 16 && names[op])
+        snprintf(out, outlen, "%s", names[op]);
+    else
+        snprintf(out, outlen, "%u", op);
+}
+
+static void metrics_number_name(unsigned i, char *out, size_t outlen) { snprintf(out, outlen, "%u", i); }
+
+/* A counter family with one label, one sample per nonzero slot of values[0..n). */
+static void metrics_labelled_render(buf_t *out, const char *name, const char *help,
+                                    const char *label, const uint64_t *values, unsigned n,
+                                    void (*label_value)(unsigned, char *, size_t))
+{
+    metrics_family_head(out, name, "counter", help);
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t v = metrics_load(&values[i]);
+        if (!v) continue;
+        char lv[16];
+        label_value(i, lv, sizeof lv);
+        buf_printf(out, "%s{%s=\"%s\"} %llu\n", name, label, lv, (unsigned long long)v);
+    }
+}
+
+/* Label values escape backslash, double quote and newline (text format 0.0.4). */
+static void metrics_label_escape(buf_t *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\') buf_append_str(out, "\\\\");
+        else if (*s == '"') buf_append_str(out, "\\\"");
+        else if (*s == '\n') buf_append_str(out, "\\n");
+        else buf_append(out, s, 1);
+    }
+}
+
+static void metrics_build_info_render(const char *version, buf_t *out)
+{
+    metrics_family_head(out, "chatgw_build_info", "gauge", "Build information; always 1.");
+    buf_append_str(out, "chatgw_build_info{version=\"");
+    metrics_label_escape(out, version ? version : "unknown");
+    buf_append_str(out, "\"} 1\n");
+}
+
+void metrics_render(const metrics_t *m, const char *version, buf_t *out)
+{
+    metrics_scalars_render(m, out);
+    metrics_labelled_render(out, "chatgw_http_responses_total", "HTTP responses sent, by status code.",
+                            "code", m->http_responses, 600, metrics_number_name);
+    metrics_labelled_render(out, "chatgw_ws_frames_in_total", "WebSocket frames received, by opcode.",
+                            "opcode", m->frames_in, 16, metrics_opcode_name);
+    metrics_labelled_render(out, "chatgw_ws_frames_out_total", "WebSocket frames sent, by opcode.",
+                            "opcode", m->frames_out, 16, metrics_opcode_name);
+    metrics_labelled_render(out, "chatgw_ws_close_sent_total", "WebSocket close frames sent, by close code.",
+                            "code", m->close_sent, METRICS_CLOSE_CODES, metrics_number_name);
+    metrics_labelled_render(out, "chatgw_ws_close_received_total",
+                            "WebSocket close frames received, by close code.",
+                            "code", m->close_received, METRICS_CLOSE_CODES, metrics_number_name);
+    metrics_build_info_render(version, out);
+}
