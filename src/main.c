@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "gw.h"
+#include "hub.h"
 #include "log.h"
 #include "server.h"
 
@@ -69,6 +70,7 @@ static int cmd_serve(int argc, char **argv)
     uv_signal_start(&sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&sig_hup, on_hup, SIGHUP);
 
+    gw.hub = hub_new(&gw);
     int rc = server_start(&gw);
     if (rc == 0) {
         log_info("started", "{s:s, s:s}", "version", CHATGW_VERSION, "listen", gw.cfg.listen);
@@ -76,6 +78,7 @@ static int cmd_serve(int argc, char **argv)
         log_info("stopped", NULL);
     }
     server_free(&gw);
+    hub_free(gw.hub);
     uv_close((uv_handle_t *)&sig_term, on_close_noop);
     uv_close((uv_handle_t *)&sig_int, on_close_noop);
     uv_close((uv_handle_t *)&sig_hup, on_close_noop);

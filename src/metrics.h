@@ -10,6 +10,21 @@
 
 #define METRICS_CLOSE_CODES 5000   /* close codes 0..4999 counted individually */
 
+enum {
+    METRICS_DROP_RATE_LIMITED,
+    METRICS_DROP_TOO_LARGE,
+    METRICS_DROP_INVALID,          /* bad_json, bad_type, bad_field */
+    METRICS_DROP_NOT_IN_ROOM,
+    METRICS_DROP_UNKNOWN_PEER,
+    METRICS_DROP_POLICY,           /* refused or failed in the Lua policy */
+    METRICS_DROP_SLOW,             /* recipient's write queue over its bound */
+    METRICS_DROP_REASONS
+};
+
+#define METRICS_POLICY_HOOKS 6     /* on_connect, on_join, on_message, on_leave, on_tick, self_test */
+enum { METRICS_POLICY_ERROR, METRICS_POLICY_BUDGET, METRICS_POLICY_MEMORY, METRICS_POLICY_KINDS };
+enum { METRICS_RELOAD_OK, METRICS_RELOAD_FAILED, METRICS_RELOAD_UNCHANGED, METRICS_RELOAD_RESULTS };
+
 typedef struct {
     uint64_t conns_open;           /* gauge: TCP connections open */
     uint64_t conns_total;
@@ -23,7 +38,25 @@ typedef struct {
     uint64_t header_timeouts;
     uint64_t idle_timeouts;
     uint64_t slow_consumers;
+    /* chat (hub.c) */
+    uint64_t rooms;                /* gauge */
+    uint64_t room_members;         /* gauge: memberships */
+    uint64_t msgs_received;        /* client protocol messages */
+    uint64_t msgs_delivered;       /* frames queued to recipients by fan-out */
+    uint64_t msgs_dropped[METRICS_DROP_REASONS];
+    uint64_t history_gaps;
+    /* policy (policy.c): hooks are POLICY_HOOK_* plus self_test at METRICS_POLICY_HOOKS - 1 */
+    uint64_t policy_errors[METRICS_POLICY_HOOKS][METRICS_POLICY_KINDS];
+    uint64_t policy_reloads[METRICS_RELOAD_RESULTS];
 } metrics_t;
+
+/* Label values for chatgw_policy_errors_total{hook,kind} and chatgw_policy_reloads_total{result}. */
+extern const char *const metrics_policy_hooks[METRICS_POLICY_HOOKS];
+extern const char *const metrics_policy_kinds[METRICS_POLICY_KINDS];
+extern const char *const metrics_reload_results[METRICS_RELOAD_RESULTS];
+
+/* Label values of chatgw_messages_dropped_total{reason}, indexed by METRICS_DROP_*. */
+extern const char *const metrics_drop_reasons[METRICS_DROP_REASONS];
 
 #define METRIC_ADD(field, n) __atomic_add_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)
 #define METRIC_SUB(field, n) __atomic_sub_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)

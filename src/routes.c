@@ -3,10 +3,13 @@
 #include "routes.h"
 
 #include <string.h>
+#include <strings.h>
 
 #include <jansson.h>
 
 #include "echo.h"
+#include "hub.h"
+#include "proto.h"
 #include "ws.h"
 
 static int path_is(const http_request_t *req, const char *path) { return !strcmp(req->path, path); }
@@ -15,6 +18,9 @@ const server_endpoint_t *routes_ws_endpoint(gw_t *gw, const http_request_t *req,
 {
     if (!(roles & ROUTE_PUBLIC)) return NULL;
     if (path_is(req, "/echo")) return gw->cfg.echo ? &echo_endpoint : NULL;
+    if (path_is(req, "/ws")) return &hub_endpoint;
+    /* free4chat-style /ROOM: a single segment, and only when the client asks to upgrade */
+    if (req->upgrade && req->path[0] == '/' && req->path[1] && !strchr(req->path + 1, '/')) return &hub_endpoint;
     return NULL;
 }
 
@@ -46,10 +52,121 @@ static void route_metrics(gw_t *gw, buf_t *out, int keep_alive)
     buf_free(&text);
 }
 
+/* CORS: the Origin is echoed when allowed_origins admits it ("*" admits any). */
+static void cors_headers(gw_t *gw, const http_request_t *req, buf_t *hdr)
+{
+    const char *origin = http_request_header(req, "Origin");
+    const char *allowed = gw->cfg.allowed_origins;
+    if (!origin || !allowed || !allowed[0]) return;
+    int ok = !strcmp(allowed, "*") || http_header_has_token(allowed, origin);
+    if (!ok) return;
+    buf_printf(hdr, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n", !strcmp(allowed, "*") ? "*" : origin);
+}
+
+static void api_json(buf_t *out, int status, json_t *body, const buf_t *hdr, int keep_alive)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    http_response_write(out, status, "application/json", hdr->len ? hdr->data : NULL, text, text ? strlen(text) : 0,
+                        keep_alive);
+    free(text);
+    json_decref(body);
+}
+
+static void api_error(buf_t *out, int status, const char *code, const char *msg, const buf_t *hdr, int keep_alive)
+{
+    api_json(out, status, json_pack("{s:s, s:s}", "error", code, "message", msg), hdr, keep_alive);
+}
+
+/* Constant-time comparison of the bearer token with api_token. */
+static int api_authorized(gw_t *gw, const http_request_t *req)
+{
+    const char *auth = http_request_header(req, "Authorization");
+    const char *token = gw->cfg.api_token;
+    if (!auth || strncasecmp(auth, "Bearer ", 7)) return 0;
+    auth += 7;
+    size_t a = strlen(auth), t = strlen(token);
+    unsigned char diff = (unsigned char)(a != t);
+    for (size_t i = 0; i < t; i++) diff |= (unsigned char)(token[i] ^ (i < a ? auth[i] : 0));
+    return diff == 0;
+}
+
+static void api_publish(gw_t *gw, const http_request_t *req, const char *room, const buf_t *hdr, int keep_alive,
+                        buf_t *out)
+{
+    if (!gw->cfg.api_token || !gw->cfg.api_token[0]) {
+        api_error(out, 404, "not_found", "the publish API is off (no api_token configured)", hdr, keep_alive);
+        return;
+    }
+    if (!api_authorized(gw, req)) {
+        api_error(out, 401, "unauthorized", "a valid Authorization: Bearer token is required", hdr, keep_alive);
+        return;
+    }
+    json_error_t jerr;
+    json_t *body = json_loadb(req->body ? req->body : "", req->body_len, 0, &jerr);
+    const char *text = NULL, *from = "server";
+    if (!body || json_unpack(body, "{s:s, s?:s}", "text", &text, "from", &from) < 0 || !text[0] ||
+        strlen(text) > (size_t)gw->cfg.max_text_bytes || !proto_name_valid(from)) {
+        api_error(out, 400, "bad_request", "body must be {\"text\": string, \"from\"?: name} within max_text_bytes", hdr,
+                  keep_alive);
+        json_decref(body);
+        return;
+    }
+    char id[64];
+    if (hub_room_announce(gw->hub, room, from, text, id, sizeof id) < 0)
+        api_error(out, 404, "not_found", "no such room", hdr, keep_alive);
+    else
+        api_json(out, 200, json_pack("{s:s, s:s}", "room", room, "id", id), hdr, keep_alive);
+    json_decref(body);
+}
+
+/* /api/stats, /api/rooms/{id}, /api/rooms/{id}/messages. */
+static void route_api(gw_t *gw, const http_request_t *req, int keep_alive, buf_t *out)
+{
+    buf_t hdr;
+    buf_init(&hdr);
+    cors_headers(gw, req, &hdr);
+    int get = req->method == HTTP_GET || req->method == HTTP_HEAD;
+    const char *p = req->path + 4;     /* after "/api" */
+    if (req->method == HTTP_OPTIONS) {
+        buf_append_str(&hdr, "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+                             "Access-Control-Allow-Headers: Authorization, Content-Type\r\n"
+                             "Access-Control-Max-Age: 600\r\n");
+        http_response_write(out, 204, NULL, hdr.data, NULL, 0, keep_alive);
+    } else if (!strcmp(p, "/stats")) {
+        if (get) api_json(out, 200, hub_stats_json(gw->hub), &hdr, keep_alive);
+        else api_error(out, 405, "method_not_allowed", "use GET", &hdr, keep_alive);
+    } else if (!strncmp(p, "/rooms/", 7) && p[7]) {
+        char room[PROTO_MAX_ROOM * 2 + 16];
+        snprintf(room, sizeof room, "%s", p + 7);
+        char *slash = strchr(room, '/');
+        int publish = slash && !strcmp(slash, "/messages");
+        if (slash) *slash = '\0';
+        if (slash && !publish) {
+            api_error(out, 404, "not_found", "no such route", &hdr, keep_alive);
+        } else if (publish) {
+            if (req->method == HTTP_POST) api_publish(gw, req, room, &hdr, keep_alive, out);
+            else api_error(out, 405, "method_not_allowed", "use POST", &hdr, keep_alive);
+        } else if (!get) {
+            api_error(out, 405, "method_not_allowed", "use GET", &hdr, keep_alive);
+        } else {
+            json_t *r = hub_room_json(gw->hub, room);
+            if (r) api_json(out, 200, r, &hdr, keep_alive);
+            else api_error(out, 404, "not_found", "no such room", &hdr, keep_alive);
+        }
+    } else {
+        api_error(out, 404, "not_found", "no such route", &hdr, keep_alive);
+    }
+    buf_free(&hdr);
+}
+
 void routes_handle(gw_t *gw, const http_request_t *req, int roles, int keep_alive, buf_t *out)
 {
     int get = req->method == HTTP_GET || req->method == HTTP_HEAD;
     const char *probe = NULL;
+    if ((roles & ROUTE_PUBLIC) && !strncmp(req->path, "/api/", 5)) {
+        route_api(gw, req, keep_alive, out);
+        return;
+    }
     if ((roles & ROUTE_PUBLIC) || (roles & ROUTE_ADMIN)) {
         if (path_is(req, "/healthz")) probe = "healthz";
         else if (path_is(req, "/readyz")) probe = "readyz";

@@ -1,0 +1,31 @@
+/* map: a string-keyed hash map of borrowed values (chained, power-of-two buckets, grows at
+ * load 1). Keys are copied and owned by the map; values are the caller's. No I/O. */
+#ifndef CHATGW_MAP_H
+#define CHATGW_MAP_H
+
+#include <stddef.h>
+
+typedef struct map_entry_s {
+    struct map_entry_s *next;
+    unsigned hash;
+    void *value;
+    char key[];
+} map_entry_t;
+
+typedef struct {
+    map_entry_t **buckets;
+    size_t nbuckets, count;
+} map_t;
+
+void map_init(map_t *m);
+void map_free(map_t *m);                         /* frees entries, not values */
+void *map_get(const map_t *m, const char *key);
+void map_set(map_t *m, const char *key, void *value);   /* inserts or replaces */
+void *map_del(map_t *m, const char *key);        /* returns the removed value or NULL */
+
+/* Iteration: for (map_entry_t *e = map_first(m, &i); e; e = map_next(m, e, &i)).
+ * The map must not change during iteration. */
+map_entry_t *map_first(const map_t *m, size_t *i);
+map_entry_t *map_next(const map_t *m, map_entry_t *e, size_t *i);
+
+#endif

@@ -1,0 +1,82 @@
+/* policy: the operators' Lua 5.4 policy. One VM per worker loads scripts/policy.lua (which
+ * returns a table of optional hooks) in a sandbox: no io, debug, os except time/clock/date,
+ * no binary chunks, require only from the scripts directory. Every hook call runs under an
+ * instruction budget (count hook) and the VM under a memory cap (custom lua_Alloc); a hook that
+ * errors or runs over is aborted, counted, and reported as POLICY_ERROR so the caller applies
+ * the failure mode. A reload builds a fresh VM, runs self_test, and swaps only on success;
+ * the last good policy keeps serving otherwise. gw.store and gw.limit live in C and survive
+ * reloads. This is the only module that touches Lua. Values cross the boundary by direct
+ * conversion between jansson values and Lua tables (no JSON text). */
+#ifndef CHATGW_POLICY_H
+#define CHATGW_POLICY_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "config.h"
+#include "metrics.h"
+
+typedef struct policy_s policy_t;
+
+/* What the policy's gw.* functions call back into (implemented by the hub). Each returns 0 on
+ * success or -1 when the target does not exist. JSON arguments are borrowed. */
+typedef struct {
+    void *ud;
+    int (*send)(void *ud, const char *conn_id, json_t *msg);
+    int (*broadcast)(void *ud, const char *room, json_t *msg, const char *except_conn_id);
+    int (*kick)(void *ud, const char *conn_id, const char *code, const char *reason);
+    json_t *(*members)(void *ud, const char *room);   /* new ref: [{id,name,muted}] or NULL */
+    json_t *(*rooms)(void *ud);                       /* new ref: [{name,online}] */
+    void (*log)(void *ud, int level, const char *msg, json_t *fields);
+} policy_host_t;
+
+/* The connection as hooks see it: conn = {id, ip, name, query, headers}. query and headers
+ * are objects (borrowed, may be NULL after connect). */
+typedef struct {
+    const char *id;
+    const char *ip;
+    const char *name;
+    json_t *query;
+    json_t *headers;
+} policy_conn_t;
+
+enum {
+    POLICY_PASS = 0,               /* allowed / deliver */
+    POLICY_DROP = 1,               /* refused or dropped by the policy, with a code */
+    POLICY_ERROR = -1,             /* the hook failed or ran over budget: apply the failure mode */
+};
+
+enum { POLICY_HOOK_CONNECT, POLICY_HOOK_JOIN, POLICY_HOOK_MESSAGE, POLICY_HOOK_LEAVE, POLICY_HOOK_TICK, POLICY_HOOKS };
+
+/* Creates the policy holder (no VM yet). cfg and metrics must outlive it. */
+policy_t *policy_new(const config_t *cfg, metrics_t *metrics, const policy_host_t *host);
+void policy_free(policy_t *p);
+
+/* Loads dir/policy.lua into a fresh sandboxed VM, runs self_test, and swaps it in.
+ * Returns 1 when a new version went live, 0 when the sources are unchanged (same sha256),
+ * or -1 with "file:line: message" in err (the previous policy keeps serving). */
+int policy_load(policy_t *p, const char *dir, char *err, size_t errlen);
+/* Loads and self-tests dir without touching any live policy (chatgw check). Writes the
+ * version to version (65 bytes). 0 or -1 with err. */
+int policy_check(const config_t *cfg, const char *dir, char *version, char *err, size_t errlen);
+
+const char *policy_version(const policy_t *p);     /* sha256 hex of the sources, "" when none */
+const char *policy_last_error(const policy_t *p);  /* last failed load, "" when none */
+int policy_has(const policy_t *p, int hook);       /* 1 when the live policy defines it */
+
+/* Hooks. code/reason buffers receive the policy's reason on POLICY_DROP. */
+int policy_on_connect(policy_t *p, const policy_conn_t *conn, char *reason, size_t len);
+int policy_on_join(policy_t *p, const policy_conn_t *conn, const char *room, char *code, size_t len);
+/* msg is the decoded client message (borrowed). The hook's return decides:
+ *   a table          -> POLICY_PASS, *out = that table converted (new reference): deliver it;
+ *   true / nothing   -> POLICY_PASS, *out = msg with a new reference: deliver unchanged;
+ *   false            -> POLICY_PASS, *out = NULL: the hook handled it (e.g. with gw.send);
+ *   nil|false, "code"-> POLICY_DROP with code: the sender gets an error frame with it.
+ * With no on_message hook it returns POLICY_PASS with *out = msg (new reference). */
+int policy_on_message(policy_t *p, const policy_conn_t *conn, const char *room, json_t *msg, json_t **out,
+                      char *code, size_t len);
+void policy_on_leave(policy_t *p, const policy_conn_t *conn, const char *room);
+void policy_on_tick(policy_t *p, double now);
+
+#endif
