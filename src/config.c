@@ -222,19 +222,18 @@ static int config_port_valid(const char *s)
     return atol(s) <= 65535;
 }
 
-/* A host is an IPv4 literal, or a DNS name of letters, digits, '-' and '.'. */
+/* The hosts server.c can bind without a resolver: an IPv4 literal, localhost, or * / empty
+ * for every interface. Checking here turns a bad address into a config error, not a failed
+ * start. */
 static int config_host_valid(const char *h, size_t n)
 {
-    char tmp[256];
-    if (n == 0 || n >= sizeof tmp) return 0;
+    char tmp[INET_ADDRSTRLEN];
+    struct in_addr a;
+    if (n == 0 || (n == 1 && h[0] == '*') || (n == 9 && memcmp(h, "localhost", 9) == 0)) return 1;
+    if (n >= sizeof tmp) return 0;
     memcpy(tmp, h, n);
     tmp[n] = '\0';
-    if (strspn(tmp, "0123456789.") == n) {
-        struct in_addr a;
-        return inet_pton(AF_INET, tmp, &a) == 1;
-    }
-    return strspn(tmp, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") == n
-        && tmp[0] != '-' && tmp[0] != '.';
+    return inet_pton(AF_INET, tmp, &a) == 1;
 }
 
 static int config_listen_valid(const char *s)
@@ -395,7 +394,8 @@ static void config_expect_describe(const config_key_t *k, buf_t *b)
         buf_printf(b, "an integer between %ld and %ld or \"auto\"", (long)k->min, (long)k->max);
         break;
     case CK_LISTEN:
-        buf_append_str(b, "host:port or [ipv6]:port with a port from 0 to 65535");
+        buf_append_str(b, "host:port or [ipv6]:port (host an IPv4 address, localhost, * or empty; "
+                          "port 0 to 65535)");
         if (!(k->flags & CF_NONEMPTY)) buf_append_str(b, ", or empty");
         break;
     case CK_POLICY_FAIL: buf_append_str(b, "\"closed\" or \"open\""); break;

@@ -271,7 +271,8 @@ int ws_pmd_negotiate(const char *offer, ws_pmd_params_t *params, char *out, size
     while (*s) {
         if (!ws_pmd_offer_parse(&s, &o)) continue;
         char sbits[40] = "", cbits[40] = "";
-        if (o.server_bits) snprintf(sbits, sizeof sbits, "; server_max_window_bits=%d", o.server_bits);
+        if (o.server_bits)
+            snprintf(sbits, sizeof sbits, "; server_max_window_bits=%d", o.server_bits);
         if (o.client_bits >= 0)
             snprintf(cbits, sizeof cbits, "; client_max_window_bits=%d",
                      o.client_bits ? o.client_bits : 15);
@@ -355,6 +356,9 @@ int ws_inflater_run(ws_inflater_t *z, const uint8_t *in, size_t n, size_t max, b
 {
     static const uint8_t tail[4] = {0x00, 0x00, 0xff, 0xff};
     size_t start = out->len;
+    /* an empty payload is an empty message; inflating the bare tail would leave the stream
+     * inside a stored-block header */
+    if (n == 0) return 0;
     int rc = n > UINT_MAX ? WS_CLOSE_TOO_BIG : ws_inflater_step(z, in, n, max, start, out);
     /* after a final block (BFINAL) the stream is complete: the tail would start a new one */
     if (!rc && !z->ended) rc = ws_inflater_step(z, tail, sizeof tail, max, start, out);
@@ -388,14 +392,17 @@ int ws_deflater_run(ws_deflater_t *z, const uint8_t *in, size_t n, buf_t *out)
     if (n > UINT_MAX) return -1;
     z->zs.next_in = (Bytef *)in;
     z->zs.avail_in = (uInt)n;
+    /* room for the whole result at once in the usual case; later rounds add chunks */
+    size_t room = deflateBound(&z->zs, (uLong)n) + 16;
+    if (room > 16 * WS_ZCHUNK) room = 16 * WS_ZCHUNK;
     int rc;
     do {
-        size_t room = n / 2 + 64 < WS_ZCHUNK ? n / 2 + 64 : WS_ZCHUNK;
         buf_reserve(out, room);
         z->zs.next_out = (Bytef *)out->data + out->len;
         z->zs.avail_out = (uInt)room;
         rc = deflate(&z->zs, Z_SYNC_FLUSH);
         out->len += room - z->zs.avail_out;
+        room = WS_ZCHUNK;
     } while ((rc == Z_OK || rc == Z_BUF_ERROR) && (z->zs.avail_in || !z->zs.avail_out));
 
     /* a sync flush ends in an empty stored block, 00 00 ff ff, which RFC 7692 drops */
@@ -480,7 +487,8 @@ static int ws_header_check(ws_parser_t *p)
         if (p->rsv1) return ws_parser_fail(p, WS_CLOSE_PROTOCOL, "reserved bits set");
     } else {
         if (p->msg_opcode) return ws_parser_fail(p, WS_CLOSE_PROTOCOL, "expected continuation");
-        if (p->rsv1 && !p->inflater) return ws_parser_fail(p, WS_CLOSE_PROTOCOL, "reserved bits set");
+        if (p->rsv1 && !p->inflater)
+            return ws_parser_fail(p, WS_CLOSE_PROTOCOL, "reserved bits set");
     }
     p->hdr_need = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + 4;
     return 0;

@@ -38,6 +38,7 @@ static const char *const keys[] = {
 
 static char tmpdir[] = "/tmp/chatgw-config-test-XXXXXX";
 static char start_dir[PATH_MAX];
+static char work_dir[PATH_MAX];  /* tmpdir as getcwd spells it */
 static char repo_file[PATH_MAX]; /* config/chatgw.json of the source tree, "" if not found */
 
 static void env_clear(void)
@@ -61,7 +62,10 @@ static void file_write(const char *path, const char *text)
 
 static int test_setup(void **state)
 {
+    char cwd[PATH_MAX];
     env_clear();
+    /* only ever delete inside our own temporary directory, never the source tree's file */
+    if (!getcwd(cwd, sizeof cwd) || strcmp(cwd, work_dir) != 0) return -1;
     unlink("config/chatgw.json");
     rmdir("config");
     unlink("c.json");
@@ -73,21 +77,25 @@ static int test_teardown(void **state) { return test_setup(state); }
 static int group_setup(void **state)
 {
     if (!getcwd(start_dir, sizeof start_dir)) return -1;
+    /* The source tree: $CHATGW_SRC, else where this file was compiled from (CMake passes
+     * absolute paths), else the parent of the build directory. */
     const char *src = getenv("CHATGW_SRC");
+    const char *self = __FILE__, *tail = strstr(self, "tests/unit/config.c");
     char guess[PATH_MAX + 32];
     if (src && *src)
         snprintf(guess, sizeof guess, "%s/config/chatgw.json", src);
+    else if (self[0] == '/' && tail)
+        snprintf(guess, sizeof guess, "%.*sconfig/chatgw.json", (int)(tail - self), self);
     else
         snprintf(guess, sizeof guess, "%s/../config/chatgw.json", start_dir);
     if (!realpath(guess, repo_file)) repo_file[0] = '\0';
-    if (!mkdtemp(tmpdir) || chdir(tmpdir) != 0) return -1;
+    if (!mkdtemp(tmpdir) || chdir(tmpdir) != 0 || !getcwd(work_dir, sizeof work_dir)) return -1;
     return 0;
 }
 
 static int group_teardown(void **state)
 {
-    test_setup(state);
-    if (chdir(start_dir) != 0) return -1;
+    if (test_setup(state) != 0 || chdir(start_dir) != 0) return -1;
     rmdir(tmpdir);
     return 0;
 }
@@ -315,7 +323,7 @@ static void test_workers_auto(void **state)
 static void test_valid_addresses(void **state)
 {
     static const char *const ok[] = { "0.0.0.0:8888", "[::]:443", "[::1]:0", "localhost:8080",
-                                      "chatgw.example.org:65535" };
+                                      "127.0.0.1:65535", ":8888", "*:80" };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         config_t c;
         char err[256];
@@ -364,6 +372,8 @@ static const error_case_t error_cases[] = {
     { NULL, NULL, NULL, { "--listen", "::1:80" }, { "config: listen:" } },
     { NULL, NULL, NULL, { "--listen", "" }, { "config: listen:" } },
     { NULL, NULL, NULL, { "--listen", "300.1.1.1:80" }, { "config: listen:" } },
+    { NULL, NULL, NULL, { "--listen", "chatgw.example.org:80" }, { "config: listen:" } },
+    { NULL, NULL, NULL, { "--listen", "127.0.0.1:http" }, { "config: listen:" } },
     { NULL, NULL, NULL, { "--admin-listen", "host:port" }, { "config: admin_listen:", ", or empty" } },
     { "CHATGW_ICE_SERVERS", "{}", NULL, { NULL }, { "config: ice_servers: expected a JSON array", "got \"{}\"" } },
     { NULL, NULL, NULL, { "--ice-servers", "[oops" }, { "config: ice_servers:", "(from --ice-servers)" } },

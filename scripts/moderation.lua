@@ -1,0 +1,271 @@
+-- moderation.lua: flood control, text limits, word filter, strikes, kicks and bans.
+--
+--   moderation.on_connect(conn) -> true, or false + "banned" | "rate_limited"
+--     refuses a banned IP or name (case-insensitive) and IPs opening WebSockets too fast.
+--   moderation.check(conn, room, msg[, opts]) -> nil (pass; msg.text may have been rewritten
+--     and the second result is true when it was), or a drop code. For every type that reaches it:
+--       * flood control: gw.limit("conn:<id>") and gw.limit("ip:<ip>")    -> "rate_limited"
+--     and for msg/dm text:
+--       * more than max_text_chars characters                             -> "too_large"
+--       * runs of one character longer than max_char_run are shortened
+--       * filtered words (whole words, case-insensitive): masked with word_mask, or the
+--         message dropped with "forbidden" when word_action = "drop"
+--       * the repeat_limit-th identical text in a row from one connection -> "repeated"
+--   Each violation listed in strike_codes (and a masked word when strike_on_mask) adds a
+--   strike (gw.store "strikes:<id>", strike_ttl). At max_strikes the connection is kicked
+--   (gw.kick(id, "kicked", "too many violations")); kicks_to_ban such kicks of one IP within
+--   kick_window seconds ban that IP for ban_seconds.
+--   moderation.ban(kind, value, seconds) / unban(kind, value) / banned(kind, value):
+--     kind is "ip" or "name"; bans live in gw.store ("ban:ip:<ip>", "ban:name:<name>") with
+--     their expiry as TTL, so they survive reloads. Call them from your own hooks.
+--   Pure helpers (used by self_test and specs): filter_words, collapse_runs, normalize.
+--
+-- Tuned by settings.moderation (see settings.lua for every key).
+-- Cost per message: two gw.limit calls, one store get/set, O(text length) pattern work.
+
+local settings = require "settings"
+
+local M = {}
+
+M.DEFAULTS = {
+  conn_rate = 5, conn_burst = 10,
+  ip_rate = 20, ip_burst = 40,
+  connect_rate = 2, connect_burst = 10,
+  max_text_chars = 2000,
+  max_char_run = 4,
+  repeat_limit = 3,
+  repeat_window = 300,
+  words = {},
+  word_action = "mask",
+  word_mask = "***",
+  strike_codes = { rate_limited = true, too_large = true, forbidden = true, repeated = true },
+  strike_on_mask = true,
+  max_strikes = 5,
+  strike_ttl = 600,
+  kicks_to_ban = 3,
+  kick_window = 3600,
+  ban_seconds = 600,
+}
+
+local cfg
+
+function M.configure(overrides)
+  local c = {}
+  for k, v in pairs(M.DEFAULTS) do c[k] = v end
+  for k, v in pairs(settings.moderation or {}) do c[k] = v end
+  for k, v in pairs(overrides or {}) do c[k] = v end
+  c.word_set = {}
+  c.has_words = false
+  for _, w in ipairs(c.words or {}) do
+    c.word_set[string.lower(w)] = true
+    c.has_words = true
+  end
+  c.strike_codes = c.strike_codes or {}
+  cfg = c
+  M.cfg = c
+  return c
+end
+
+-- Text helpers (pure) ---------------------------------------------------------------------
+
+-- A "word": letters, digits, '_' and any non-ASCII byte (so UTF-8 words stay whole).
+local WORD = "[%w_\128-\255]+"
+-- One UTF-8 character (or one stray byte).
+local CHAR = "[\0-\127\194-\244][\128-\191]*"
+
+-- Returns text with every filtered word replaced by mask, and the number of hits.
+function M.filter_words(text, word_set, mask)
+  word_set = word_set or cfg.word_set
+  mask = mask or cfg.word_mask
+  local hits = 0
+  local out = string.gsub(text, WORD, function(w)
+    if word_set[string.lower(w)] then
+      hits = hits + 1
+      return mask
+    end
+  end)
+  return out, hits
+end
+
+-- Shortens every run of one character longer than max to max characters. O(#text).
+function M.collapse_runs(text, max)
+  if not max or max < 1 or #text <= max then return text end
+  local pat = "(" .. CHAR .. ")" .. string.rep("%1", max)
+  local parts, n, pos = {}, 0, 1
+  while true do
+    local s, e, c = string.find(text, pat, pos)
+    if not s then break end
+    local len = #c
+    while string.sub(text, e + 1, e + len) == c do e = e + len end
+    n = n + 1
+    parts[n] = string.sub(text, pos, s - 1) .. string.rep(c, max)
+    pos = e + 1
+  end
+  if n == 0 then return text end
+  parts[n + 1] = string.sub(text, pos)
+  return table.concat(parts)
+end
+
+-- The form compared for repetition: lower case, whitespace squeezed and trimmed.
+function M.normalize(text)
+  local s = string.gsub(string.lower(text), "%s+", " ")
+  return (string.match(s, "^ ?(.-) ?$"))
+end
+
+-- Bans --------------------------------------------------------------------------------------
+
+local function ban_key(kind, value)
+  if kind ~= "ip" and kind ~= "name" then error("ban kind must be \"ip\" or \"name\"", 3) end
+  if type(value) ~= "string" or value == "" then error("ban value must be a non-empty string", 3) end
+  if kind == "name" then value = string.lower(value) end
+  return "ban:" .. kind .. ":" .. value
+end
+
+-- Bans an IP or a name for seconds (default ban_seconds). Returns the expiry (gw.now() time).
+function M.ban(kind, value, seconds)
+  local key = ban_key(kind, value)
+  seconds = tonumber(seconds)
+  if not seconds or seconds <= 0 then seconds = cfg.ban_seconds end
+  local expiry = gw.now() + seconds
+  gw.store.set(key, expiry, seconds)
+  gw.log("warn", "policy: ban", { kind = kind, value = value, seconds = seconds })
+  return expiry
+end
+
+function M.unban(kind, value)
+  gw.store.del(ban_key(kind, value))
+end
+
+-- The ban's expiry when value is banned now, else nil.
+function M.banned(kind, value)
+  local key = ban_key(kind, value)
+  local expiry = tonumber(gw.store.get(key))
+  if not expiry then return nil end
+  if expiry <= gw.now() then
+    gw.store.del(key)
+    return nil
+  end
+  return expiry
+end
+
+-- Strikes -----------------------------------------------------------------------------------
+
+-- Adds a strike for a violation (code). Returns true when it got the connection kicked.
+function M.strike(conn, code)
+  if conn.id == nil then return false end
+  local key = "strikes:" .. conn.id
+  local n = tonumber(gw.store.incr(key, 1, cfg.strike_ttl)) or 0
+  if n < cfg.max_strikes then return false end
+  gw.store.del(key)
+  gw.log("warn", "policy: kick after strikes", { conn = conn.id, ip = conn.ip, strikes = n, last = code })
+  gw.kick(conn.id, "kicked", "too many violations")
+  if conn.ip and conn.ip ~= "" and cfg.kicks_to_ban and cfg.kicks_to_ban > 0 then
+    local kkey = "kicks:" .. conn.ip
+    local kicks = tonumber(gw.store.incr(kkey, 1, cfg.kick_window)) or 0
+    if kicks >= cfg.kicks_to_ban then
+      gw.store.del(kkey)
+      M.ban("ip", conn.ip, cfg.ban_seconds)
+    end
+  end
+  return true
+end
+
+local function violation(conn, code)
+  if cfg.strike_codes[code] then M.strike(conn, code) end
+  return code
+end
+
+-- Hooks -------------------------------------------------------------------------------------
+
+function M.on_connect(conn)
+  if type(conn.ip) == "string" and conn.ip ~= "" then
+    if M.banned("ip", conn.ip) then return false, "banned" end
+    if cfg.connect_rate and not gw.limit("connect:" .. conn.ip, cfg.connect_rate, cfg.connect_burst) then
+      return false, "rate_limited"
+    end
+  end
+  if type(conn.name) == "string" and conn.name ~= "" and M.banned("name", conn.name) then
+    return false, "banned"
+  end
+  return true
+end
+
+-- Repetition: one store key per connection holding "<count>\n<normalized text>".
+local function repeated(conn, text)
+  if not cfg.repeat_limit or cfg.repeat_limit < 2 or conn.id == nil then return false end
+  local key = "rep:" .. conn.id
+  local norm = M.normalize(text)
+  local prev = gw.store.get(key)
+  local count = 1
+  if type(prev) == "string" then
+    local c, t = string.match(prev, "^(%d+)\n(.*)$")
+    if t == norm then count = tonumber(c) + 1 end
+  end
+  gw.store.set(key, count .. "\n" .. norm, cfg.repeat_window)
+  return count >= cfg.repeat_limit
+end
+
+-- nil (pass) or a drop code; the second result is true when msg.text was rewritten.
+-- opts.skip_words = true leaves the word filter to the caller (policy.lua does for /nick).
+function M.check(conn, room, msg, opts)
+  if conn.id ~= nil and cfg.conn_rate and not gw.limit("conn:" .. conn.id, cfg.conn_rate, cfg.conn_burst) then
+    return violation(conn, "rate_limited")
+  end
+  if type(conn.ip) == "string" and cfg.ip_rate and not gw.limit("ip:" .. conn.ip, cfg.ip_rate, cfg.ip_burst) then
+    return violation(conn, "rate_limited")
+  end
+  local t = msg.type
+  if (t ~= "msg" and t ~= "dm") or type(msg.text) ~= "string" then return nil end
+
+  local text = msg.text
+  local changed = false
+  if cfg.max_text_chars then
+    local n = utf8.len(text) or #text
+    if n > cfg.max_text_chars then return violation(conn, "too_large") end
+  end
+  if cfg.max_char_run then
+    local c = M.collapse_runs(text, cfg.max_char_run)
+    if c ~= text then text, changed = c, true end
+  end
+  if cfg.has_words and not (opts and opts.skip_words) then
+    local out, hits = M.filter_words(text, cfg.word_set, cfg.word_mask)
+    if hits > 0 then
+      if cfg.word_action == "drop" then return violation(conn, "forbidden") end
+      text, changed = out, true
+      if cfg.strike_on_mask then M.strike(conn, "forbidden") end
+    end
+  end
+  if repeated(conn, text) then return violation(conn, "repeated") end
+  if changed then msg.text = text end
+  return nil, changed
+end
+
+-- Self-test: settings sanity and the pure helpers.
+function M.self_test()
+  local c = cfg
+  for _, k in ipairs({ "max_strikes", "strike_ttl", "ban_seconds", "repeat_window" }) do
+    assert(type(c[k]) == "number" and c[k] > 0, "settings.moderation." .. k .. " must be a positive number")
+  end
+  for _, k in ipairs({ "conn_rate", "ip_rate", "connect_rate", "max_text_chars", "max_char_run", "repeat_limit" }) do
+    assert(c[k] == false or c[k] == nil or type(c[k]) == "number",
+           "settings.moderation." .. k .. " must be a number or false")
+  end
+  assert(c.word_action == "mask" or c.word_action == "drop", "settings.moderation.word_action must be \"mask\" or \"drop\"")
+  assert(type(c.word_mask) == "string", "settings.moderation.word_mask must be a string")
+  for i, w in ipairs(c.words or {}) do
+    assert(type(w) == "string" and string.find(w, "^" .. WORD .. "$"),
+           "settings.moderation.words[" .. i .. "] must be one word")
+  end
+  local set = { darn = true }
+  local out, hits = M.filter_words("Darn it, darnit DARN", set, "***")
+  assert(out == "*** it, darnit ***" and hits == 2, "filter_words: " .. out)
+  assert(M.collapse_runs("soooooo good!!!!!!", 3) == "sooo good!!!", "collapse_runs ascii")
+  assert(M.collapse_runs("ééééé", 2) == "éé", "collapse_runs utf-8")
+  assert(M.collapse_runs("abc", 1) == "abc", "collapse_runs no runs")
+  assert(M.normalize("  Hello   World ") == "hello world", "normalize")
+  return true
+end
+
+M.configure()
+
+return M

@@ -1,0 +1,95 @@
+-- policy.lua: the entry point of chatgw's default policy. It returns the table of hooks that
+-- chatgw calls and composes the modules in this (flat) directory:
+--
+--   settings.lua    every tunable, in one table: the file operators edit
+--   rooms.lua       room names, capacities, password/JWT rooms, the public directory
+--   moderation.lua  flood control, length/repetition limits, word filter, strikes, bans
+--   routing.lua     slash commands (/nick /me /kick), dm and signal rules, room owners, typing
+--
+-- Hooks (docs/writing-policy.md has the full contract):
+--   on_connect(conn)          bans and connection rate        -> false, "banned"|"rate_limited"
+--   on_join(conn, room)       rooms.check_join, then owner and membership bookkeeping
+--                                                             -> false, "bad_field"|"forbidden"|"room_full"
+--   on_message(conn, room, m) moderation.check, then the custom "rooms" request, then routing;
+--                             returns a table (deliver it), true (deliver unchanged), false
+--                             (handled here) or nil, code (drop with an error frame)
+--   on_leave(conn, room)      owner hand-over, membership bookkeeping
+--   on_tick(now)              scheduled announcements
+--   self_test()               checks settings.lua and each module's pure functions; an error
+--                             rejects the reload and the last good policy keeps serving
+--
+-- Custom message types claimed here: "rooms" (the public directory) and "typing"; any other
+-- custom type gets bad_type. Add your own in `custom` below.
+-- Sandbox: only string, table, math, utf8, os.time/clock/date, pcall/error/assert and gw.*.
+
+local settings = require "settings"
+local rooms = require "rooms"
+local moderation = require "moderation"
+local routing = require "routing"
+
+-- Nicknames must pass the same ban list and word filter as everything else.
+routing.name_allowed = function(name)
+  if moderation.banned("name", name) then return false end
+  if moderation.cfg.has_words then
+    local _, hits = moderation.filter_words(name)
+    if hits > 0 then return false end
+  end
+  return true
+end
+
+-- Custom types answered by the policy itself (before routing sees them).
+local custom = {
+  rooms = function(conn, room, msg) return rooms.on_rooms(conn) end,
+}
+
+-- Built-in types that moderation does not need to see (the hub rate-limits them itself).
+local passthrough = { signal = true, mute = true, unmute = true, history = true }
+local NICK_OPTS = { skip_words = true }
+
+local policy = {}
+
+function policy.on_connect(conn)
+  local ok, why = moderation.on_connect(conn)
+  if not ok then return false, why end
+  rooms.remember_auth(conn)
+  return true
+end
+
+function policy.on_join(conn, room)
+  local ok, code = rooms.check_join(conn, room)
+  if not ok then return false, code end
+  routing.on_join(conn, room)
+  return true
+end
+
+function policy.on_message(conn, room, msg)
+  local t = msg.type
+  if passthrough[t] then return true end
+  -- A /nick is vetted whole by routing.name_allowed (a masked nickname would be "***").
+  local nick = t == "msg" and type(msg.text) == "string" and string.find(msg.text, "^/[Nn][Ii][Cc][Kk]%f[%s\0]")
+  local code, changed = moderation.check(conn, room, msg, nick and NICK_OPTS or nil)
+  if code then return nil, code end
+  local handler = custom[t]
+  if handler then return handler(conn, room, msg) end
+  local res, err = routing.on_message(conn, room, msg)
+  if res == true and changed then return msg end
+  return res, err
+end
+
+function policy.on_leave(conn, room)
+  routing.on_leave(conn, room)
+end
+
+function policy.on_tick(now)
+  routing.on_tick(now)
+end
+
+function policy.self_test()
+  assert(type(settings) == "table", "settings.lua must return a table")
+  rooms.self_test()
+  moderation.self_test()
+  routing.self_test()
+  return true
+end
+
+return policy

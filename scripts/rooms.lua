@@ -1,0 +1,331 @@
+-- rooms.lua: who may join which room, and the public room directory.
+--
+--   rooms.check_join(conn, room) -> true, or false + code     (called from on_join)
+--     * the name: 1..name_max characters, matching name_pattern     -> else "bad_field"
+--     * reserved names (admin, api, ...; case-insensitive)          -> "forbidden"
+--     * protected rooms: password / token / JWT with a `room` claim -> else "forbidden"
+--     * capacity: the first `capacity` pattern that matches the name gives the cap
+--       (else capacity_default); a room already holding cap members -> "room_full"
+--   rooms.directory() -> { {name=, online=}, ... }: gw.rooms() without private rooms
+--     (private patterns, protected rooms, jwt_rooms), busiest first, at most directory_max.
+--   rooms.on_rooms(conn): the custom message {type="rooms"}; replies with
+--     gw.send(conn.id, {type="rooms", rooms=rooms.directory()}).
+--   rooms.remember_auth(conn): called from on_connect; keeps the URL's password/token in
+--     gw.store for the connection's later join frames in case the host no longer passes
+--     conn.query after the handshake.
+--
+-- Tuned by settings.rooms: name_max, name_pattern, reserved, capacity, capacity_default,
+-- protected, jwt_secret, jwt_rooms, private, directory_max, directory_cache_seconds.
+-- Cost per join: O(members of the room) (one gw.members call); directory: O(rooms log max).
+
+local settings = require "settings"
+
+local M = {}
+
+M.DEFAULTS = {
+  name_max = 48,
+  name_pattern = "^[%w][%w_.%-]*$",
+  reserved = { "admin", "api", "ws", "echo", "healthz", "readyz", "metrics", "static",
+               "assets", "system", "server", "root" },
+  capacity = {},
+  capacity_default = 200,
+  protected = {},
+  jwt_secret = false,
+  jwt_rooms = {},
+  private = { "^_" },
+  directory_max = 100,
+  directory_cache_seconds = 2,
+  auth_ttl = 86400,
+}
+
+local cfg
+local cache_list, cache_at      -- the last directory() answer and its gw.now() time
+
+-- Indexes the private/jwt_rooms patterns by the literal first byte they anchor ("^_",
+-- "^dm%-"), so that the directory tries only the patterns that can match a name.
+-- Patterns without such a prefix go to index.any and are always tried.
+local function index_patterns(lists)
+  local index = { any = {}, by_byte = {} }
+  for _, list in ipairs(lists) do
+    for _, p in ipairs(list) do
+      local ch, nxt = string.match(p, "^%^([^%^%$%(%)%%%.%[%]%*%+%-%?])(.?)")
+      if not ch then ch, nxt = string.match(p, "^%^%%(%p)(.?)") end
+      if ch and nxt ~= "*" and nxt ~= "-" and nxt ~= "?" then
+        local b = string.byte(ch)
+        index.by_byte[b] = index.by_byte[b] or {}
+        table.insert(index.by_byte[b], p)
+      else
+        table.insert(index.any, p)
+      end
+    end
+  end
+  return index
+end
+
+local function matches_any(name, patterns)
+  for i = 1, #patterns do
+    if string.find(name, patterns[i]) then return true end
+  end
+  return false
+end
+
+-- (Re)builds the effective configuration: DEFAULTS, then settings.rooms, then overrides.
+function M.configure(overrides)
+  local c = {}
+  for k, v in pairs(M.DEFAULTS) do c[k] = v end
+  for k, v in pairs(settings.rooms or {}) do c[k] = v end
+  for k, v in pairs(overrides or {}) do c[k] = v end
+  c.reserved_set = {}
+  for _, name in ipairs(c.reserved or {}) do c.reserved_set[string.lower(name)] = true end
+  c.protected = c.protected or {}
+  c.capacity = c.capacity or {}
+  c.jwt_rooms = c.jwt_rooms or {}
+  c.private = c.private or {}
+  c.hidden_index = index_patterns({ c.private, c.jwt_rooms })
+  cfg = c
+  M.cfg = c
+  cache_list, cache_at = nil, nil
+  return c
+end
+
+-- true, or false + "bad_field" | "forbidden". Pure.
+function M.valid_name(room)
+  if type(room) ~= "string" or room == "" then return false, "bad_field" end
+  local n = utf8.len(room)
+  if not n or n > cfg.name_max then return false, "bad_field" end
+  if cfg.name_pattern and not string.find(room, cfg.name_pattern) then return false, "bad_field" end
+  if cfg.reserved_set[string.lower(room)] then return false, "forbidden" end
+  return true
+end
+
+-- The member cap of a room. Pure.
+function M.capacity(room)
+  local caps = cfg.capacity
+  for i = 1, #caps do
+    if string.find(room, caps[i].pattern) then return caps[i].max end
+  end
+  return cfg.capacity_default
+end
+
+-- true when the room never shows in the directory. Pure.
+function M.is_private(room)
+  if cfg.protected[room] ~= nil then return true end
+  local idx = cfg.hidden_index
+  local list = idx.by_byte[string.byte(room, 1)]
+  return (list ~= nil and matches_any(room, list)) or matches_any(room, idx.any)
+end
+
+-- The number of members of room other than except_id (the joiner may or may not be listed).
+local function count_members(room, except_id)
+  local members = gw.members(room)
+  if not members then return 0 end
+  local n = 0
+  for i = 1, #members do
+    if members[i].id ~= except_id then n = n + 1 end
+  end
+  return n
+end
+
+-- A JWT `room` claim grants room when it is the room, "*", or a list holding it. Pure.
+function M.claim_allows(claim, room)
+  if claim == room or claim == "*" then return true end
+  if type(claim) == "table" then
+    for i = 1, #claim do
+      if claim[i] == room or claim[i] == "*" then return true end
+    end
+  end
+  return false
+end
+
+local function auth_key(conn) return "auth:" .. tostring(conn.id) end
+
+-- Called from on_connect: keep password/token for later join frames (only when present).
+function M.remember_auth(conn)
+  local q = conn.query
+  if type(q) ~= "table" or conn.id == nil then return end
+  local pw, tok = q.password, q.token
+  if type(pw) ~= "string" and type(tok) ~= "string" then return end
+  if type(pw) == "string" then gw.store.set(auth_key(conn) .. ":password", pw, cfg.auth_ttl) end
+  if type(tok) == "string" then gw.store.set(auth_key(conn) .. ":token", tok, cfg.auth_ttl) end
+end
+
+function M.forget_auth(conn)
+  gw.store.del(auth_key(conn) .. ":password")
+  gw.store.del(auth_key(conn) .. ":token")
+end
+
+local function credentials(conn)
+  local q = conn.query
+  local pw, tok
+  if type(q) == "table" then pw, tok = q.password, q.token end
+  if pw == nil and tok == nil and conn.id ~= nil then
+    pw = gw.store.get(auth_key(conn) .. ":password")
+    tok = gw.store.get(auth_key(conn) .. ":token")
+  end
+  if type(pw) ~= "string" then pw = nil end
+  if type(tok) ~= "string" then tok = nil end
+  return pw, tok
+end
+
+local function jwt_allows(token, secret, room)
+  if not token or not secret then return false end
+  local claims = gw.jwt_verify(token, secret)
+  if type(claims) ~= "table" then return false end
+  local exp = tonumber(claims.exp)
+  if exp and exp <= gw.now() then return false end
+  local nbf = tonumber(claims.nbf)
+  if nbf and nbf > gw.now() + 30 then return false end
+  return M.claim_allows(claims.room, room)
+end
+
+-- true, or false + "forbidden": the password/token/JWT rules for room.
+function M.check_access(conn, room)
+  local prot = cfg.protected[room]
+  local needs_jwt = matches_any(room, cfg.jwt_rooms)
+  if not prot and not needs_jwt then return true end
+  local pw, tok = credentials(conn)
+  if prot and prot.password and prot.password ~= "" then
+    if pw == prot.password or tok == prot.password then return true end
+  end
+  local secret = (prot and prot.jwt_secret) or cfg.jwt_secret
+  if jwt_allows(tok, secret, room) then return true end
+  return false, "forbidden"
+end
+
+-- The on_join rules. true, or false + code.
+function M.check_join(conn, room)
+  local ok, code = M.valid_name(room)
+  if not ok then return false, code end
+  ok, code = M.check_access(conn, room)
+  if not ok then return false, code end
+  local cap = M.capacity(room)
+  if count_members(room, conn.id) >= cap then return false, "room_full" end
+  return true
+end
+
+-- Directory order: busiest first, then by name.
+local function better(a, b)
+  if a.online ~= b.online then return a.online > b.online end
+  return a.name < b.name
+end
+
+-- A min-heap of at most max entries whose root is the worst kept room: O(rooms log max).
+local function heap_push(h, n, e)
+  n = n + 1
+  h[n] = e
+  local i = n
+  while i > 1 do
+    local p = i // 2
+    if better(h[p], h[i]) then h[p], h[i] = h[i], h[p]; i = p else break end
+  end
+  return n
+end
+
+local function heap_replace_root(h, n, e)
+  h[1] = e
+  local i = 1
+  while true do
+    local l, r, w = 2 * i, 2 * i + 1, i
+    if l <= n and better(h[w], h[l]) then w = l end
+    if r <= n and better(h[w], h[r]) then w = r end
+    if w == i then return end
+    h[w], h[i] = h[i], h[w]
+    i = w
+  end
+end
+
+
+-- The public directory: { {name=, online=}, ... }, busiest first, then by name, at most
+-- directory_max entries (rooms tied at the cut-off: those gw.rooms() lists first). Cached for directory_cache_seconds (a burst of requests costs one).
+function M.directory()
+  local now = gw.now()
+  if cache_list and cache_at and now - cache_at < (cfg.directory_cache_seconds or 0) then
+    return cache_list
+  end
+  local all = gw.rooms() or {}
+  local max = cfg.directory_max or math.huge
+  local find, byte, prot = string.find, string.byte, cfg.protected
+  local by_byte, any = cfg.hidden_index.by_byte, cfg.hidden_index.any
+  local heap, n = {}, 0
+  for i = 1, #all do                     -- the hot loop: M.is_private inlined
+    local r = all[i]
+    local name = r.name
+    if name ~= nil and prot[name] == nil then
+      local hidden = false
+      local list = by_byte[byte(name, 1)]
+      if list then
+        for j = 1, #list do
+          if find(name, list[j]) then hidden = true; break end
+        end
+      end
+      if not hidden then
+        for j = 1, #any do
+          if find(name, any[j]) then hidden = true; break end
+        end
+      end
+      if not hidden then
+        local online = r.online or 0
+        if n < max then
+          n = heap_push(heap, n, { name = name, online = online })
+        elseif max > 0 then
+          local worst = heap[1]
+          if online > worst.online then  -- ties at the cut keep the earlier room (cheap)
+            heap_replace_root(heap, n, { name = name, online = online })
+          end
+        end
+      end
+    end
+  end
+  table.sort(heap, better)
+  if gw.array then gw.array(heap) end    -- an empty directory still encodes as [] (not {})
+  cache_list, cache_at = heap, now
+  return heap
+end
+
+-- The custom message {type="rooms"}: answered directly, never broadcast.
+function M.on_rooms(conn)
+  gw.send(conn.id, { type = "rooms", rooms = M.directory() })
+  return false
+end
+
+local function check_patterns(what, patterns)
+  assert(type(patterns) == "table", "settings.rooms." .. what .. " must be a list")
+  for i = 1, #patterns do
+    local p = patterns[i]
+    assert(type(p) == "string", "settings.rooms." .. what .. "[" .. i .. "] must be a string")
+    local ok, err = pcall(string.find, "", p)
+    assert(ok, "settings.rooms." .. what .. "[" .. i .. "]: bad pattern: " .. tostring(err))
+  end
+end
+
+-- Checks the settings and the pure functions; errors reject the policy.
+function M.self_test()
+  local c = cfg
+  assert(type(c.name_max) == "number" and c.name_max >= 1, "settings.rooms.name_max must be a number >= 1")
+  if c.name_pattern then check_patterns("name_pattern", { c.name_pattern }) end
+  assert(type(c.capacity_default) == "number", "settings.rooms.capacity_default must be a number")
+  for i, e in ipairs(c.capacity) do
+    assert(type(e) == "table" and type(e.max) == "number",
+           "settings.rooms.capacity[" .. i .. "] must be { pattern = \"...\", max = N }")
+    check_patterns("capacity[" .. i .. "].pattern", { e.pattern })
+  end
+  check_patterns("private", c.private)
+  check_patterns("jwt_rooms", c.jwt_rooms)
+  for name, p in pairs(c.protected) do
+    assert(type(name) == "string" and type(p) == "table",
+           "settings.rooms.protected must map room names to { password = ..., jwt_secret = ... }")
+  end
+  assert(M.valid_name("") == false, "empty room name accepted")
+  assert(M.valid_name(string.rep("a", c.name_max + 1)) == false, "over-long room name accepted")
+  if c.reserved[1] then
+    local ok, code = M.valid_name(string.upper(c.reserved[1]))
+    assert(not ok and code == "forbidden", "reserved room name accepted")
+  end
+  assert(type(M.capacity("x")) == "number", "capacity() must give a number")
+  assert(M.claim_allows({ "a", "b" }, "b") and not M.claim_allows("a", "b"), "claim_allows")
+  return true
+end
+
+M.configure()
+
+return M

@@ -1,0 +1,318 @@
+-- routing.lua: what happens to msg, dm, signal and custom messages once moderation passed them.
+--
+--   msg     delivered; text starting with '/' is a slash command ("//text" sends "/text"):
+--             /nick NewName  1..32 characters, no control characters, allowed by
+--                            routing.name_allowed; broadcasts {type="nick", room, id, name} to
+--                            the room (the sender included) and keeps the nickname for /me.
+--                            The hub still owns conn.name: clients show the nickname.
+--             /me action     delivered as msg {text="* name action", action=true}
+--             /kick who      room owner only (else "forbidden"): kicks the member with that id
+--                            or name (case-insensitive) via gw.kick(id, "kicked",
+--                            "kicked by room owner"); "not_found" when no such member
+--             /other         "bad_command"
+--   dm      allowed only when sender and recipient share a room (checked with gw.members over
+--           the sender's rooms, at most max_rooms_per_conn of them), else "forbidden"
+--   signal, mute, unmute, history: passed through unchanged
+--   typing  custom type {type="typing", room}: delivered as {type="typing", room} to the other
+--           members (the hub adds `from`); over typing_rate it is silently dropped
+--   other custom types: "bad_type" (policy.lua claims the ones it knows first)
+--
+-- Room owners: the first member to join a room owns it (gw.store "owner:<room>"); when the
+-- owner leaves, the longest-present remaining member (the first in gw.members) takes over.
+-- The rooms of each connection are kept in gw.store "rooms:<id>" for the dm rule.
+-- on_tick sends settings.routing.announcements as {type="notice", room, text}.
+--
+-- Tuned by settings.routing: commands, kick_notice, typing_rate, typing_burst, state_ttl,
+-- announcements. Cost per message: O(1); /kick and dm O(members).
+
+local settings = require "settings"
+
+local M = {}
+
+M.DEFAULTS = {
+  commands = { nick = true, me = true, kick = true },
+  kick_notice = true,
+  typing_rate = 1, typing_burst = 3,
+  state_ttl = 86400,
+  announcements = {},
+}
+
+local cfg
+local next_announcement = {}     -- index -> gw.now() time of the next send (lost on reload: fine)
+
+function M.configure(overrides)
+  local c = {}
+  for k, v in pairs(M.DEFAULTS) do c[k] = v end
+  for k, v in pairs(settings.routing or {}) do c[k] = v end
+  for k, v in pairs(overrides or {}) do c[k] = v end
+  c.commands = c.commands or {}
+  c.announcements = c.announcements or {}
+  cfg = c
+  M.cfg = c
+  next_announcement = {}
+  return c
+end
+
+-- Set by policy.lua to veto nicknames (bans, word filter). Returns true or false.
+M.name_allowed = function(name) return true end
+
+-- Pure helpers ------------------------------------------------------------------------------
+
+-- true when s is a valid display name: 1..32 characters of UTF-8, no C0/C1 controls or DEL,
+-- not only spaces.
+function M.valid_name(s)
+  if type(s) ~= "string" or s == "" then return false end
+  local n = utf8.len(s)
+  if not n or n > 32 then return false end
+  if string.find(s, "[%c\127]") or string.find(s, "\194[\128-\159]") then return false end
+  if not string.find(s, "%S") then return false end
+  return true
+end
+
+-- "/cmd args" -> "cmd", "args" (trimmed); nil when text is not a command.
+function M.parse_command(text)
+  if string.sub(text, 1, 1) ~= "/" or string.sub(text, 2, 2) == "/" then return nil end
+  local cmd, rest = string.match(text, "^/(%S*)%s*(.-)%s*$")
+  return string.lower(cmd or ""), rest or ""
+end
+
+-- Room state in gw.store ----------------------------------------------------------------------
+
+local function rooms_key(id) return "rooms:" .. id end
+local function owner_key(room) return "owner:" .. room end
+local function nick_key(id) return "nick:" .. id end
+
+-- The rooms recorded for a connection, as a list.
+function M.rooms_of(id)
+  local list, n = {}, 0
+  local s = gw.store.get(rooms_key(id))
+  if type(s) == "string" then
+    for r in string.gmatch(s, "[^\n]+") do
+      n = n + 1
+      list[n] = r
+    end
+  end
+  return list
+end
+
+local function track(id, room)
+  local s = gw.store.get(rooms_key(id))
+  if type(s) ~= "string" then s = "\n" end
+  if not string.find(s, "\n" .. room .. "\n", 1, true) then
+    gw.store.set(rooms_key(id), s .. room .. "\n", cfg.state_ttl)
+  end
+end
+
+local function untrack(id, room)
+  local s = gw.store.get(rooms_key(id))
+  if type(s) ~= "string" then return "" end
+  local i, j = string.find(s, "\n" .. room .. "\n", 1, true)
+  if i then s = string.sub(s, 1, i) .. string.sub(s, j + 1) end
+  if s == "\n" then
+    gw.store.del(rooms_key(id))
+  else
+    gw.store.set(rooms_key(id), s, cfg.state_ttl)
+  end
+  return s
+end
+
+function M.owner(room)
+  return gw.store.get(owner_key(room))
+end
+
+local function find_member(members, id)
+  for i = 1, #members do
+    if members[i].id == id then return members[i] end
+  end
+  return nil
+end
+
+-- The first member of room other than except_id, or nil.
+local function first_other(members, except_id)
+  for i = 1, #members do
+    if members[i].id ~= except_id then return members[i] end
+  end
+  return nil
+end
+
+-- Hooks -------------------------------------------------------------------------------------
+
+-- Called once rooms.check_join allowed the join.
+function M.on_join(conn, room)
+  if conn.id == nil then return end
+  track(conn.id, room)
+  local members = gw.members(room) or {}
+  local other = first_other(members, conn.id)
+  local owner = M.owner(room)
+  if not other then
+    gw.store.set(owner_key(room), conn.id, cfg.state_ttl)           -- first in: owner
+  elseif owner == nil or (owner ~= conn.id and not find_member(members, owner)) then
+    gw.store.set(owner_key(room), other.id, cfg.state_ttl)          -- stale owner: oldest member
+  end
+end
+
+function M.on_leave(conn, room)
+  if conn.id == nil then return end
+  local left = untrack(conn.id, room)
+  if left == "" or left == "\n" then gw.store.del(nick_key(conn.id)) end
+  if M.owner(room) == conn.id then
+    local next_owner = first_other(gw.members(room) or {}, conn.id)
+    if next_owner then
+      gw.store.set(owner_key(room), next_owner.id, cfg.state_ttl)
+    else
+      gw.store.del(owner_key(room))
+    end
+  end
+end
+
+function M.display_name(conn)
+  local nick = conn.id and gw.store.get(nick_key(conn.id))
+  if type(nick) == "string" then return nick end
+  return conn.name or "?"
+end
+
+-- true when a and b are members of one room (over a's recorded rooms).
+function M.share_room(a, b)
+  local rooms = M.rooms_of(a)
+  for i = 1, #rooms do
+    local members = gw.members(rooms[i])
+    if members then
+      local has_a, has_b = false, false
+      for j = 1, #members do
+        local id = members[j].id
+        if id == a then has_a = true elseif id == b then has_b = true end
+        if has_a and has_b then return true end
+      end
+    end
+  end
+  return false
+end
+
+local commands = {}
+
+function commands.nick(conn, room, msg, arg)
+  if not M.valid_name(arg) then return nil, "bad_field" end
+  if not M.name_allowed(arg) then return nil, "forbidden" end
+  gw.store.set(nick_key(conn.id), arg, cfg.state_ttl)
+  gw.broadcast(room, { type = "nick", room = room, id = conn.id, name = arg })
+  return false
+end
+
+function commands.me(conn, room, msg, arg)
+  if arg == "" then return nil, "bad_command" end
+  msg.text = "* " .. M.display_name(conn) .. " " .. arg
+  msg.action = true
+  return msg
+end
+
+function commands.kick(conn, room, msg, arg)
+  if arg == "" then return nil, "bad_field" end
+  if M.owner(room) ~= conn.id then return nil, "forbidden" end
+  local members = gw.members(room) or {}
+  local target = find_member(members, arg)
+  if not target then
+    local want = string.lower(arg)
+    for i = 1, #members do
+      if type(members[i].name) == "string" and string.lower(members[i].name) == want then
+        target = members[i]
+        break
+      end
+    end
+  end
+  if not target then return nil, "not_found" end
+  if target.id == conn.id then return nil, "bad_field" end
+  gw.kick(target.id, "kicked", "kicked by room owner")
+  gw.log("info", "policy: owner kick", { room = room, by = conn.id, target = target.id })
+  if cfg.kick_notice then
+    gw.broadcast(room, { type = "notice", room = room,
+                         text = tostring(target.name) .. " was kicked by " .. M.display_name(conn) },
+                 { except = target.id })
+  end
+  return false
+end
+
+local function on_msg(conn, room, msg)
+  local text = msg.text
+  if type(text) ~= "string" or string.sub(text, 1, 1) ~= "/" then return true end
+  if string.sub(text, 2, 2) == "/" then
+    msg.text = string.sub(text, 2)
+    return msg
+  end
+  local cmd, arg = M.parse_command(text)
+  local fn = cfg.commands[cmd] and commands[cmd]
+  if not fn then return nil, "bad_command" end
+  if type(room) ~= "string" then room = msg.room end
+  return fn(conn, room, msg, arg)
+end
+
+local function on_dm(conn, room, msg)
+  local to = msg.to
+  if type(to) ~= "string" or to == "" or to == conn.id then return nil, "bad_field" end
+  if not M.share_room(conn.id, to) then return nil, "forbidden" end
+  return true
+end
+
+local function on_typing(conn, room, msg)
+  local r = msg.room
+  if type(r) ~= "string" or r == "" or (type(room) == "string" and room ~= r) then
+    return nil, "bad_field"
+  end
+  if cfg.typing_rate and not gw.limit("typing:" .. conn.id, cfg.typing_rate, cfg.typing_burst) then
+    return false                         -- too chatty: swallow silently
+  end
+  return { type = "typing", room = r }
+end
+
+local function pass() return true end
+
+M.handlers = {
+  msg = on_msg, dm = on_dm, typing = on_typing,
+  signal = pass, mute = pass, unmute = pass, history = pass,
+}
+
+-- The on_message part of routing; same return conventions as the hook.
+function M.on_message(conn, room, msg)
+  local h = M.handlers[msg.type]
+  if not h then return nil, "bad_type" end
+  if msg.type == "msg" and conn.id and type(room) == "string" then
+    track(conn.id, room)                 -- self-healing: the hub only lets members send msg
+  end
+  return h(conn, room, msg)
+end
+
+function M.on_tick(now)
+  local list = cfg.announcements
+  for i = 1, #list do
+    local a = list[i]
+    local due = next_announcement[i]
+    if not due then
+      next_announcement[i] = now + a.every
+    elseif now >= due then
+      next_announcement[i] = now + a.every
+      gw.broadcast(a.room, { type = "notice", room = a.room, text = a.text })
+    end
+  end
+end
+
+function M.self_test()
+  local c = cfg
+  assert(type(c.commands) == "table", "settings.routing.commands must be a table")
+  assert(type(c.state_ttl) == "number" and c.state_ttl > 0, "settings.routing.state_ttl must be a positive number")
+  assert(c.typing_rate == false or type(c.typing_rate) == "number", "settings.routing.typing_rate must be a number or false")
+  for i, a in ipairs(c.announcements) do
+    assert(type(a) == "table" and type(a.room) == "string" and type(a.text) == "string"
+           and type(a.every) == "number" and a.every >= 1,
+           "settings.routing.announcements[" .. i .. "] must be { room = \"...\", every = seconds, text = \"...\" }")
+  end
+  assert(M.valid_name("Alice") and M.valid_name("Zoë 2"), "valid_name rejects good names")
+  assert(not M.valid_name("") and not M.valid_name("   ") and not M.valid_name("a\tb")
+         and not M.valid_name(string.rep("x", 33)) and not M.valid_name("a\194\133"), "valid_name accepts bad names")
+  local cmd, arg = M.parse_command("/NICK  Bob  ")
+  assert(cmd == "nick" and arg == "Bob", "parse_command")
+  assert(M.parse_command("hello") == nil and M.parse_command("//x") == nil, "parse_command non-commands")
+  return true
+end
+
+M.configure()
+
+return M

@@ -1,0 +1,1512 @@
+/* policy: the Lua 5.4 policy bridge (see policy.h). A load reads every *.lua file of the scripts
+ * directory into memory, hashes the snapshot (the version), and boots a fresh VM from that
+ * snapshot: a sandbox of base/string/table/math/utf8 plus os.time/clock/date, our own require,
+ * load (text only) and setmetatable (no __gc: finalizers run with hooks off, beyond any budget),
+ * and the gw host table. Every entry into Lua goes through policy_vm_run: one lua_pcall
+ * with a traceback handler, an instruction budget (count hook) and the VM's memory cap (custom
+ * allocator), then the stack top restored. Code that runs under that pcall may raise; code
+ * outside it must not touch the VM except to push a C function or light userdata. C memory is
+ * never held across a call that may raise: Lua -> JSON conversion reports errors instead of
+ * raising, and JSON that Lua code is about to see is held by a __gc box. gw.store and gw.limit
+ * live in policy_store (C, outside the VM), so they survive reloads. Single-threaded: one holder
+ * per worker, and a VM is only closed when none of its calls is in flight. */
+#include "policy.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "buf.h"
+#include "log.h"
+#include "policy_store.h"
+
+#define POLICY_HOOK_STEP 1000              /* instructions between count-hook calls */
+#define POLICY_DEPTH_MAX 32                /* nesting limit of converted values (also catches cycles) */
+#define POLICY_SOURCES_MAX (16u << 20)     /* bytes of all *.lua files together */
+#define POLICY_FILES_MAX 1024
+#define POLICY_MODULE_NAME_MAX 64
+#define POLICY_JWT_MAX 16384
+#define POLICY_BUDGET_MSG "policy budget exceeded"
+
+#define POLICY_ARRAY_MT "chatgw.array"     /* marks tables that convert to JSON arrays */
+#define POLICY_JBOX_MT "chatgw.jbox"       /* userdata holding a json_t until Lua collects it */
+#define POLICY_CONFIG_MT "chatgw.config"   /* the read-only gw.config proxy */
+#define POLICY_LOADED "chatgw.loaded"      /* require's cache, like package.loaded */
+
+/* Call slots: the hooks, then self_test (its metrics index), then loading policy.lua. */
+enum { POLICY_SLOT_SELF_TEST = METRICS_POLICY_HOOKS - 1, POLICY_SLOT_LOAD, POLICY_SLOTS };
+_Static_assert((int)POLICY_HOOKS == (int)POLICY_SLOT_SELF_TEST, "policy hooks and metrics hooks disagree");
+
+static const char *const policy_slot_names[POLICY_SLOTS] = {
+    "on_connect", "on_join", "on_message", "on_leave", "on_tick", "self_test", "load",
+};
+
+typedef struct {
+    char *name;                    /* "policy.lua" */
+    char *text;
+    size_t len;
+} policy_src_t;
+
+typedef struct {
+    lua_State *L;
+    policy_t *p;                   /* back pointer: host, store, metrics */
+    size_t mem_used, mem_limit;    /* allocator */
+    long steps, budget;            /* count hook */
+    int over_budget;
+    int depth;                     /* runs in flight: a gw.* callback may re-enter a hook */
+    policy_src_t *srcs;            /* the snapshot this version was built from */
+    size_t nsrcs;
+    json_t *config;                /* config_to_json() parsed, behind gw.config */
+    int array_mt, config_mt;       /* registry refs */
+    int refs[METRICS_POLICY_HOOKS];/* hook functions by slot; LUA_NOREF when absent */
+    char version[65];
+} policy_vm_t;
+
+struct policy_s {
+    const config_t *cfg;
+    metrics_t *metrics;            /* may be NULL (policy_check) */
+    policy_host_t host;            /* all NULL when none was given */
+    policy_vm_t *vm;               /* live VM; NULL before the first good load */
+    policy_store_t *store;
+    char last_error[512];
+};
+
+/* One hook call: its inputs and, after the run, its verdict. */
+typedef struct {
+    policy_vm_t *vm;
+    int slot;
+    const policy_conn_t *conn;
+    const char *room;
+    json_t *msg;
+    double now;
+    int verdict;                   /* POLICY_PASS or POLICY_DROP */
+    int deliver;                   /* on_message: deliver msg unchanged */
+    json_t *out;                   /* on_message: the rewritten message (new reference) */
+    char *code;
+    size_t codelen;
+} policy_call_t;
+
+static double policy_clock(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* jansson refuses invalid UTF-8; log text from Lua may be anything, so keep it readable. */
+static json_t *policy_json_text(const char *s)
+{
+    json_t *v = json_string(s);
+    if (v) return v;
+    char *copy = xstrdup(s);
+    for (char *c = copy; *c; c++)
+        if ((unsigned char)*c >= 0x80) *c = '?';
+    v = json_string(copy);
+    free(copy);
+    return v;
+}
+
+/* Logs through the host when it has a logger, else straight to log.c. fields is borrowed. */
+static void policy_log(const policy_t *p, int level, const char *msg, json_t *fields)
+{
+    if (p->host.log) {
+        p->host.log(p->host.ud, level, msg, fields);
+        return;
+    }
+    log_write(level, msg, "O", fields);
+}
+
+/* ---- sources: the snapshot of the scripts directory and its version ---- */
+
+static void policy_srcs_free(policy_src_t *srcs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(srcs[i].name);
+        free(srcs[i].text);
+    }
+    free(srcs);
+}
+
+static int policy_src_cmp(const void *a, const void *b)
+{
+    return strcmp(((const policy_src_t *)a)->name, ((const policy_src_t *)b)->name);
+}
+
+/* "x.lua", not hidden: kubelet's ..data, ..2026_... and editor files start with '.'. */
+static int policy_src_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    return name[0] != '.' && n > 4 && strcmp(name + n - 4, ".lua") == 0;
+}
+
+/* Reads path when it is (or links to) a regular file. 1 read, 0 not a regular file or gone
+ * (a ConfigMap swap in progress; the next event reloads), -1 error with errno. O_NONBLOCK
+ * keeps a FIFO named x.lua from blocking the open; fstat then skips it. */
+static int policy_file_read(const char *path, size_t room, char **text, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return errno == ENOENT ? 0 : -1;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return 0;
+    }
+    buf_t b;
+    buf_init(&b);
+    for (;;) {
+        buf_reserve(&b, 65536);
+        ssize_t n = read(fd, b.data + b.len, b.cap - b.len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 || b.len + (size_t)n > room) {
+            if (n >= 0) errno = EFBIG;
+            int saved = errno;
+            buf_free(&b);
+            close(fd);
+            errno = saved;
+            return -1;
+        }
+        if (n == 0) break;
+        b.len += (size_t)n;
+    }
+    close(fd);
+    *len = b.len;
+    *text = b.data;                /* buf_t storage is xmalloc'd: the caller frees it */
+    return 1;
+}
+
+/* Reads every source of dir, sorted by name. 0 with the snapshot, or -1 with err. */
+static int policy_srcs_read(const char *dir, policy_src_t **out, size_t *nout, char *err, size_t errlen)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        snprintf(err, errlen, "%s: cannot open: %s", dir, strerror(errno));
+        return -1;
+    }
+    policy_src_t *srcs = NULL;
+    size_t n = 0, total = 0;
+    struct dirent *de;
+    errno = 0;
+    while ((de = readdir(d))) {
+        if (!policy_src_name_ok(de->d_name)) continue;
+        if (n == POLICY_FILES_MAX) {
+            snprintf(err, errlen, "%s: more than %d .lua files", dir, POLICY_FILES_MAX);
+            goto fail;
+        }
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        char *text;
+        size_t len;
+        int rc = policy_file_read(path, POLICY_SOURCES_MAX - total, &text, &len);
+        if (rc < 0) {
+            snprintf(err, errlen, "%s: cannot read: %s", de->d_name,
+                     errno == EFBIG ? "sources larger than 16 MiB" : strerror(errno));
+            goto fail;
+        }
+        if (rc == 0) continue;
+        srcs = xrealloc(srcs, (n + 1) * sizeof *srcs);
+        srcs[n++] = (policy_src_t){ xstrdup(de->d_name), text, len };
+        total += len;
+    }
+    closedir(d);
+    if (n) qsort(srcs, n, sizeof *srcs, policy_src_cmp);
+    *out = srcs;
+    *nout = n;
+    return 0;
+fail:
+    closedir(d);
+    policy_srcs_free(srcs, n);
+    return -1;
+}
+
+static const policy_src_t *policy_src_find(const policy_src_t *srcs, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(srcs[i].name, name) == 0) return &srcs[i];
+    return NULL;
+}
+
+/* sha256 over "name\0contents\0" of each source in name order, as 64 hex digits. */
+static void policy_srcs_hash(const policy_src_t *srcs, size_t n, char version[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (!ctx) abort();             /* out of memory: the gateway cannot answer (buf.h policy) */
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    for (size_t i = 0; i < n; i++) {
+        EVP_DigestUpdate(ctx, srcs[i].name, strlen(srcs[i].name) + 1);
+        EVP_DigestUpdate(ctx, srcs[i].text, srcs[i].len);
+        EVP_DigestUpdate(ctx, "", 1);
+    }
+    EVP_DigestFinal_ex(ctx, md, &mdlen);
+    EVP_MD_CTX_free(ctx);
+    for (unsigned i = 0; i < mdlen && i < 32; i++) snprintf(version + 2 * i, 3, "%02x", md[i]);
+    version[64] = '\0';
+}
+
+/* ---- the VM: allocator, budget, protected runs ---- */
+
+static policy_vm_t *policy_vm_of(lua_State *L)
+{
+    void *ud;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+/* Counts live bytes and refuses growth past the cap; Lua then raises LUA_ERRMEM (after an
+ * emergency collection). Shrinking never fails, as Lua requires. */
+static void *policy_vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    policy_vm_t *vm = ud;
+    size_t old = ptr ? osize : 0;  /* with ptr NULL, osize is a type tag, not a size */
+    if (nsize == 0) {
+        free(ptr);
+        vm->mem_used -= old;
+        return NULL;
+    }
+    if (nsize > old && nsize - old > vm->mem_limit - vm->mem_used) return NULL;
+    void *q = realloc(ptr, nsize);
+    if (!q) return NULL;
+    vm->mem_used = vm->mem_used - old + nsize;
+    return q;
+}
+
+/* Runs every POLICY_HOOK_STEP instructions. Past the budget it switches to every instruction,
+ * so a pcall inside the policy cannot catch the error and keep looping: the next instruction
+ * of its caller fails too. The message carries the position (luaL_error's level is wrong
+ * inside a hook, which has no frame of its own). */
+static void policy_count_hook(lua_State *L, lua_Debug *ar)
+{
+    policy_vm_t *vm = policy_vm_of(L);
+    if (!vm->over_budget) {
+        vm->steps += POLICY_HOOK_STEP;
+        if (vm->steps <= vm->budget) return;
+        vm->over_budget = 1;
+        lua_sethook(L, policy_count_hook, LUA_MASKCOUNT, 1);
+    }
+    if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+        lua_pushfstring(L, "%s:%d: " POLICY_BUDGET_MSG, ar->short_src, ar->currentline);
+    else
+        lua_pushliteral(L, POLICY_BUDGET_MSG);
+    lua_error(L);
+}
+
+/* Message handler: the error plus a traceback, for the log. */
+static int policy_msgh(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);  /* [err msg traceback] */
+    return 1;
+}
+
+static void policy_metric_inc(policy_t *p, int slot, int kind)
+{
+    if (p->metrics && slot < METRICS_POLICY_HOOKS) METRIC_INC(p->metrics->policy_errors[slot][kind]);
+}
+
+/* Classifies, counts and logs a failed run; err gets the first line of the message. */
+static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg, char *err, size_t errlen)
+{
+    int kind = status == LUA_ERRMEM ? METRICS_POLICY_MEMORY
+             : vm->over_budget ? METRICS_POLICY_BUDGET : METRICS_POLICY_ERROR;
+    static const char *const kinds[] = { "error", "budget", "memory" };
+    if (!msg) msg = "(no error message)";
+    snprintf(err, errlen, "%.*s", (int)strcspn(msg, "\n"), msg);
+    policy_metric_inc(vm->p, slot, kind);
+    json_t *fields = json_object();
+    json_object_set_new(fields, "hook", json_string(policy_slot_names[slot]));
+    json_object_set_new(fields, "kind", json_string(kinds[kind]));
+    json_object_set_new(fields, "error", policy_json_text(err));
+    const char *nl = strchr(msg, '\n');
+    if (nl && strstr(nl, ".lua:"))            /* only when it shows a Lua frame */
+        json_object_set_new(fields, "traceback", policy_json_text(msg));
+    json_object_set_new(fields, "version", json_string(vm->version));
+    policy_log(vm->p, LOG_WARN, slot == POLICY_SLOT_LOAD ? "policy load failed" : "policy hook failed", fields);
+    json_decref(fields);
+}
+
+/* The one way into Lua: body(ctx) under lua_pcall with the traceback handler, the budget and
+ * the memory cap. A nested run (a gw.* callback re-entering a hook) shares the outer budget.
+ * 0, or -1 with err (already counted and logged). The stack top is restored either way. */
+static int policy_vm_run(policy_vm_t *vm, int slot, lua_CFunction body, void *ctx, char *err, size_t errlen)
+{
+    lua_State *L = vm->L;
+    int top = lua_gettop(L);
+    if (vm->depth++ == 0) {
+        vm->steps = 0;
+        vm->over_budget = 0;
+        lua_sethook(L, policy_count_hook, LUA_MASKCOUNT, POLICY_HOOK_STEP);
+    }
+    lua_pushcfunction(L, policy_msgh);         /* [msgh] */
+    lua_pushcfunction(L, body);                /* [msgh body] */
+    lua_pushlightuserdata(L, ctx);             /* [msgh body ctx] */
+    int status = lua_pcall(L, 1, 0, top + 1);  /* [msgh] or [msgh error] */
+    if (--vm->depth == 0) lua_sethook(L, NULL, 0, 0);
+    if (status != LUA_OK) {
+        const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        policy_vm_fail(vm, slot, status, msg, err, errlen);
+    }
+    lua_settop(L, top);
+    return status == LUA_OK ? 0 : -1;
+}
+
+/* Panics cannot happen when everything runs under policy_vm_run; if one does, say so before
+ * Lua aborts. */
+static int policy_vm_panic(lua_State *L)
+{
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+    log_write(LOG_ERROR, "lua panic", "{s:s}", "error", msg);
+    return 0;
+}
+
+static void policy_vm_free(policy_vm_t *vm)
+{
+    if (!vm) return;
+    if (vm->L) lua_close(vm->L);  /* policy code has no finalizers: setmetatable refuses __gc */
+    json_decref(vm->config);
+    policy_srcs_free(vm->srcs, vm->nsrcs);
+    free(vm);
+}
+
+/* ---- conversion: JSON -> Lua (may raise; the JSON is borrowed) ---- */
+
+static void policy_json_push(lua_State *L, json_t *v, int depth)
+{
+    if (depth > POLICY_DEPTH_MAX) luaL_error(L, "cannot convert: nested deeper than %d levels", POLICY_DEPTH_MAX);
+    luaL_checkstack(L, 4, "cannot convert: nested too deeply");
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *key;
+        size_t keylen;
+        json_t *member;
+        size_t n = json_object_size(v);
+        lua_createtable(L, 0, n > INT_MAX ? INT_MAX : (int)n);  /* [t] */
+        json_object_keylen_foreach(v, key, keylen, member) {
+            if (json_is_null(member)) continue;                 /* null members are absent in Lua */
+            lua_pushlstring(L, key, keylen);                    /* [t k] */
+            policy_json_push(L, member, depth + 1);             /* [t k v] */
+            lua_rawset(L, -3);                                  /* [t] */
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        size_t n = json_array_size(v);
+        lua_createtable(L, n > INT_MAX ? INT_MAX : (int)n, 0);  /* [t] */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, policy_vm_of(L)->array_mt);  /* [t mt] */
+        lua_setmetatable(L, -2);                                /* [t]: stays [] even when empty */
+        for (size_t i = 0; i < n; i++) {
+            json_t *item = json_array_get(v, i);
+            if (json_is_null(item))
+                lua_pushlightuserdata(L, NULL);                 /* [t gw.null]: keeps the index */
+            else
+                policy_json_push(L, item, depth + 1);           /* [t v] */
+            lua_rawseti(L, -2, (lua_Integer)i + 1);             /* [t] */
+        }
+        break;
+    }
+    case JSON_STRING: lua_pushlstring(L, json_string_value(v), json_string_length(v)); break;
+    case JSON_INTEGER: lua_pushinteger(L, (lua_Integer)json_integer_value(v)); break;
+    case JSON_REAL: lua_pushnumber(L, json_real_value(v)); break;
+    case JSON_TRUE: lua_pushboolean(L, 1); break;
+    case JSON_FALSE: lua_pushboolean(L, 0); break;
+    default: lua_pushnil(L); break;
+    }
+}
+
+/* A box for JSON that Lua code may see before C is done with it: if a push raises, or a
+ * finalizer run by the GC changes the store, the box still owns one reference and __gc drops
+ * it. Returns the slot to fill; the box is on the stack. */
+static json_t **policy_jbox_new(lua_State *L)
+{
+    json_t **slot = lua_newuserdatauv(L, sizeof *slot, 0);  /* [box] */
+    *slot = NULL;
+    luaL_setmetatable(L, POLICY_JBOX_MT);
+    return slot;
+}
+
+static int policy_jbox_gc(lua_State *L)
+{
+    json_t **slot = luaL_checkudata(L, 1, POLICY_JBOX_MT);
+    json_decref(*slot);
+    *slot = NULL;
+    return 0;
+}
+
+/* Pushes v (borrowed, may be NULL -> nil) while holding a reference of our own: a finalizer run
+ * by the GC during the push may change whatever owns v. */
+static void policy_json_push_held(lua_State *L, json_t *v)
+{
+    json_t **slot = policy_jbox_new(L);        /* [box]: may raise, nothing held yet */
+    *slot = json_incref(v);
+    if (v)
+        policy_json_push(L, v, 1);             /* [box value] */
+    else
+        lua_pushnil(L);                        /* [box nil] */
+    json_decref(*slot);
+    *slot = NULL;
+    lua_remove(L, -2);                         /* [value] */
+}
+
+/* ---- conversion: Lua -> JSON (never raises; C owns the result) ---- */
+
+typedef struct {
+    lua_State *L;
+    policy_vm_t *vm;
+    char *err;
+    size_t errlen;
+} policy_conv_t;
+
+static json_t *policy_conv_fail(policy_conv_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static json_t *policy_conv_fail(policy_conv_t *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, c->errlen, fmt, ap);
+    va_end(ap);
+    return NULL;
+}
+
+static json_t *policy_lua_value(policy_conv_t *c, int idx, int depth);
+
+/* Whether the table at idx has the metatable at registry ref. No allocation, no metamethods. */
+static int policy_mt_is(lua_State *L, int idx, int ref)
+{
+    if (!lua_getmetatable(L, idx)) return 0;   /* [mt] */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);    /* [mt ref] */
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);                             /* [] */
+    return same;
+}
+
+static json_t *policy_lua_array(policy_conv_t *c, int idx, size_t n, int depth)
+{
+    json_t *arr = json_array();
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(c->L, idx, (lua_Integer)i);           /* [v] */
+        json_t *v = policy_lua_value(c, lua_gettop(c->L), depth + 1);
+        lua_pop(c->L, 1);                                 /* [] */
+        if (!v) {
+            json_decref(arr);
+            return NULL;
+        }
+        json_array_append_new(arr, v);
+    }
+    return arr;
+}
+
+static json_t *policy_lua_object(policy_conv_t *c, int idx, int depth)
+{
+    lua_State *L = c->L;
+    json_t *obj = json_object();
+    lua_pushnil(L);                                       /* [nil] */
+    while (lua_next(L, idx)) {                            /* [k v] */
+        json_t *v = NULL;
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            policy_conv_fail(c, "cannot convert: a table with a %s key (objects need string keys, arrays keys 1..n)",
+                             luaL_typename(L, -2));
+        } else if ((v = policy_lua_value(c, lua_gettop(L), depth + 1))) {
+            size_t klen;
+            const char *k = lua_tolstring(L, -2, &klen);  /* a string already: no conversion */
+            if (json_object_setn_new(obj, k, klen, v) < 0) {
+                v = NULL;
+                policy_conv_fail(c, "cannot convert: a key is not valid UTF-8");
+            }
+        }
+        if (!v) {
+            lua_pop(L, 2);                                /* [] */
+            json_decref(obj);
+            return NULL;
+        }
+        lua_pop(L, 1);                                    /* [k] */
+    }
+    return obj;
+}
+
+/* keys 1..n contiguous -> array; no keys -> [] when marked, else {}; anything else -> object. */
+static json_t *policy_lua_table(policy_conv_t *c, int idx, int depth)
+{
+    lua_State *L = c->L;
+    if (depth > POLICY_DEPTH_MAX)
+        return policy_conv_fail(c, "cannot convert: nested deeper than %d levels (or a cycle)", POLICY_DEPTH_MAX);
+    if (policy_mt_is(L, idx, c->vm->config_mt)) return json_deep_copy(c->vm->config);
+    size_t n = 0;
+    lua_Integer max = 0;
+    int seq = 1;
+    lua_pushnil(L);                                       /* [nil] */
+    while (lua_next(L, idx)) {                            /* [k v] */
+        n++;
+        if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1) {
+            lua_Integer k = lua_tointeger(L, -2);
+            if (k > max) max = k;
+        } else {
+            seq = 0;
+        }
+        lua_pop(L, 1);                                    /* [k] */
+    }
+    if (n == 0) return policy_mt_is(L, idx, c->vm->array_mt) ? json_array() : json_object();
+    if (seq && (lua_Unsigned)max == n) return policy_lua_array(c, idx, n, depth);
+    return policy_lua_object(c, idx, depth);
+}
+
+static json_t *policy_lua_value(policy_conv_t *c, int idx, int depth)
+{
+    lua_State *L = c->L;
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: return json_null();
+    case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
+    case LUA_TNUMBER: {
+        if (lua_isinteger(L, idx)) return json_integer((json_int_t)lua_tointeger(L, idx));
+        double d = lua_tonumber(L, idx);
+        if (!isfinite(d)) return policy_conv_fail(c, "cannot convert: NaN or infinity");
+        return json_real(d);
+    }
+    case LUA_TSTRING: {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        json_t *v = json_stringn(s, n);
+        return v ? v : policy_conv_fail(c, "cannot convert: a string is not valid UTF-8");
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (!lua_touserdata(L, idx)) return json_null();  /* gw.null */
+        break;
+    case LUA_TTABLE: return policy_lua_table(c, idx, depth);
+    default: break;
+    }
+    return policy_conv_fail(c, "cannot convert a %s value", luaL_typename(L, idx));
+}
+
+/* The value at idx as JSON (new reference), or NULL with err. Never raises, so a caller may
+ * hold C memory around it. */
+static json_t *policy_json_from_lua(lua_State *L, int idx, char *err, size_t errlen)
+{
+    policy_conv_t c = { L, policy_vm_of(L), err, errlen };
+    idx = lua_absindex(L, idx);
+    if (!lua_checkstack(L, POLICY_DEPTH_MAX * 4 + 8))     /* returns 0 rather than raising */
+        return policy_conv_fail(&c, "cannot convert: out of stack");
+    return policy_lua_value(&c, idx, 1);
+}
+
+/* ---- sandbox: base library replacements ---- */
+
+/* load(chunk, name, mode, env): text chunks only, and the sandbox globals unless env is given. */
+static int policy_lua_load(lua_State *L)
+{
+    int has_env = !lua_isnone(L, 4);
+    lua_settop(L, 4);                                     /* [chunk name mode env] */
+    lua_pushvalue(L, lua_upvalueindex(1));                /* [.. load] */
+    lua_pushvalue(L, 1);                                  /* [.. load chunk] */
+    lua_pushvalue(L, 2);                                  /* [.. load chunk name] */
+    lua_pushliteral(L, "t");                              /* [.. load chunk name "t"] */
+    if (has_env)
+        lua_pushvalue(L, 4);                              /* [.. load chunk name "t" env] */
+    else
+        lua_pushglobaltable(L);                           /* [.. load chunk name "t" _G] */
+    lua_call(L, 4, LUA_MULTRET);  /* inside the run's lua_pcall: errors reach its handler */
+    return lua_gettop(L) - 4;                             /* [.. results] */
+}
+
+static int policy_lua_collectgarbage(lua_State *L)
+{
+    const char *opt = luaL_optstring(L, 1, "collect");
+    if (strcmp(opt, "count") != 0)
+        return luaL_error(L, "collectgarbage(\"%s\") is not allowed in the policy sandbox (only \"count\")", opt);
+    int kb = lua_gc(L, LUA_GCCOUNT), b = lua_gc(L, LUA_GCCOUNTB);
+    lua_pushnumber(L, (lua_Number)kb + (lua_Number)b / 1024);
+    return 1;
+}
+
+/* setmetatable(t, mt) without __gc: Lua runs finalizers with hooks off (GCTM), so a looping
+ * __gc could never be stopped by the budget. Lua marks an object for finalization only when
+ * its metatable has the __gc field at setmetatable time, so checking here (raw, any value)
+ * is enough: adding __gc to mt later has no effect. */
+static int policy_lua_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");                       /* [t mt "__gc"] */
+        int has_gc = lua_rawget(L, 2) != LUA_TNIL;        /* [t mt gc] */
+        lua_pop(L, 1);                                    /* [t mt] */
+        if (has_gc) return luaL_error(L, "setmetatable: __gc is not allowed in the policy sandbox");
+    }
+    lua_settop(L, 2);                                     /* [t mt] */
+    lua_pushvalue(L, lua_upvalueindex(1));                /* [t mt setmetatable] */
+    lua_insert(L, 1);                                     /* [setmetatable t mt] */
+    lua_call(L, 2, 1);            /* inside the run's lua_pcall; [t] */
+    return 1;
+}
+
+/* print(...) -> gw.log("info", args joined by tabs). */
+static int policy_lua_print(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);                                 /* [args.. buf?] */
+    for (int i = 1; i <= n; i++) {
+        if (i > 1) luaL_addchar(&b, '\t');
+        luaL_tolstring(L, i, NULL);                       /* [.. s] */
+        luaL_addvalue(&b);                                /* [..] */
+    }
+    luaL_pushresult(&b);                                  /* [args.. line] */
+    json_t *fields = json_pack("{s:s}", "source", "print");
+    policy_log(policy_vm_of(L)->p, LOG_INFO, lua_tostring(L, -1), fields);
+    json_decref(fields);
+    return 0;
+}
+
+static int policy_module_name_ok(const char *name, size_t len)
+{
+    if (len == 0 || len > POLICY_MODULE_NAME_MAX) return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        if (!(ch == '_' || (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')))
+            return 0;
+    }
+    return 1;
+}
+
+/* require(name): name.lua from this version's snapshot of the scripts directory, run once and
+ * cached in the registry (like package.loaded). Flat names only: no paths, no dots. */
+static int policy_lua_require(lua_State *L)
+{
+    size_t len;
+    const char *name = luaL_checklstring(L, 1, &len);
+    if (!policy_module_name_ok(name, len))
+        return luaL_error(L, "require \"%s\": module names are letters, digits and _ (a file NAME.lua "
+                             "in the scripts directory)", name);
+    lua_settop(L, 1);                                     /* [name] */
+    lua_getfield(L, LUA_REGISTRYINDEX, POLICY_LOADED);    /* [name loaded] */
+    if (lua_getfield(L, 2, name) != LUA_TNIL) return 1;   /* [name loaded mod] */
+    lua_pop(L, 1);                                        /* [name loaded] */
+    policy_vm_t *vm = policy_vm_of(L);
+    char file[POLICY_MODULE_NAME_MAX + 8], chunkname[POLICY_MODULE_NAME_MAX + 9];
+    snprintf(file, sizeof file, "%s.lua", name);
+    snprintf(chunkname, sizeof chunkname, "@%s", file);  /* errors read "name.lua:LINE: msg" */
+    const policy_src_t *src = policy_src_find(vm->srcs, vm->nsrcs, file);
+    if (!src) return luaL_error(L, "require \"%s\": no file %s in the scripts directory", name, file);
+    if (luaL_loadbufferx(L, src->text, src->len, chunkname, "t") != LUA_OK)  /* [name loaded chunk] */
+        return lua_error(L);
+    lua_pushvalue(L, 1);                                  /* [name loaded chunk name] */
+    lua_call(L, 1, 1);            /* inside the run's lua_pcall; [name loaded result] */
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);                            /* [name loaded true], as Lua's require */
+    }
+    lua_pushvalue(L, -1);                                 /* [name loaded result result] */
+    lua_setfield(L, 2, name);                             /* [name loaded result] */
+    return 1;
+}
+
+static void policy_libs_open(lua_State *L)
+{
+    static const luaL_Reg libs[] = {
+        { LUA_GNAME, luaopen_base }, { LUA_STRLIBNAME, luaopen_string }, { LUA_TABLIBNAME, luaopen_table },
+        { LUA_MATHLIBNAME, luaopen_math }, { LUA_UTF8LIBNAME, luaopen_utf8 },
+    };
+    for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
+        luaL_requiref(L, libs[i].name, libs[i].func, 1);  /* [lib] */
+        lua_pop(L, 1);                                    /* [] */
+    }
+    lua_getglobal(L, LUA_STRLIBNAME);                     /* [string] */
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");                          /* [string]: no binary chunks out */
+    lua_pop(L, 1);                                        /* [] */
+}
+
+static void policy_base_patch(lua_State *L)
+{
+    static const luaL_Reg repl[] = {
+        { "collectgarbage", policy_lua_collectgarbage },
+        { "print", policy_lua_print },
+        { "require", policy_lua_require },
+        { NULL, NULL },
+    };
+    lua_pushglobaltable(L);                               /* [G] */
+    luaL_setfuncs(L, repl, 0);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dofile");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "loadfile");                      /* [G] */
+    lua_getfield(L, -1, "load");                          /* [G load] */
+    lua_pushcclosure(L, policy_lua_load, 1);              /* [G wrapper] */
+    lua_setfield(L, -2, "load");                          /* [G] */
+    lua_getfield(L, -1, "setmetatable");                  /* [G setmetatable] */
+    lua_pushcclosure(L, policy_lua_setmetatable, 1);      /* [G wrapper] */
+    lua_setfield(L, -2, "setmetatable");                  /* [G] */
+    lua_pop(L, 1);                                        /* [] */
+    lua_newtable(L);                                      /* [loaded] */
+    lua_setfield(L, LUA_REGISTRYINDEX, POLICY_LOADED);    /* [] */
+}
+
+/* os = {time, clock, date}, copied out of a temporary full os library. */
+static void policy_os_open(lua_State *L)
+{
+    static const char *const keep[] = { "time", "clock", "date" };
+    luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);       /* [os_full] */
+    lua_createtable(L, 0, 3);                             /* [os_full os] */
+    for (size_t i = 0; i < 3; i++) {
+        lua_getfield(L, -2, keep[i]);                     /* [os_full os f] */
+        lua_setfield(L, -2, keep[i]);                     /* [os_full os] */
+    }
+    lua_setglobal(L, LUA_OSLIBNAME);                      /* [os_full] */
+    lua_pop(L, 1);                                        /* [] */
+    /* requiref also cached the full library in the registry; unreachable, but drop it. */
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE); /* [_LOADED] */
+    lua_pushnil(L);
+    lua_setfield(L, -2, LUA_OSLIBNAME);
+    lua_pop(L, 1);                                        /* [] */
+}
+
+/* ---- the gw table ---- */
+
+static const policy_host_t *policy_host_of(lua_State *L) { return &policy_vm_of(L)->p->host; }
+
+static int policy_gw_send(lua_State *L)
+{
+    const char *id = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const policy_host_t *h = policy_host_of(L);
+    char err[200];
+    json_t *msg = policy_json_from_lua(L, 2, err, sizeof err);
+    if (!msg) return luaL_error(L, "gw.send: %s", err);
+    int ok = h->send && h->send(h->ud, id, msg) == 0;
+    json_decref(msg);
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
+static int policy_gw_broadcast(lua_State *L)
+{
+    const char *room = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const char *except = NULL;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_settop(L, 3);                                 /* [room msg opts] */
+        lua_getfield(L, 3, "except");                     /* [room msg opts except] */
+        except = lua_isnil(L, 4) ? NULL : luaL_checkstring(L, 4);
+    }
+    const policy_host_t *h = policy_host_of(L);
+    char err[200];
+    json_t *msg = policy_json_from_lua(L, 2, err, sizeof err);
+    if (!msg) return luaL_error(L, "gw.broadcast: %s", err);
+    int ok = h->broadcast && h->broadcast(h->ud, room, msg, except) == 0;
+    json_decref(msg);
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
+static int policy_gw_kick(lua_State *L)
+{
+    const char *id = luaL_checkstring(L, 1);
+    const char *code = luaL_optstring(L, 2, "kicked");
+    const char *reason = luaL_optstring(L, 3, "");
+    const policy_host_t *h = policy_host_of(L);
+    lua_pushboolean(L, h->kick && h->kick(h->ud, id, code, reason) == 0);
+    return 1;
+}
+
+static int policy_gw_members(lua_State *L)
+{
+    const char *room = luaL_checkstring(L, 1);
+    const policy_host_t *h = policy_host_of(L);
+    json_t **slot = policy_jbox_new(L);                   /* [room box] */
+    *slot = h->members ? h->members(h->ud, room) : NULL;
+    if (!*slot) return 0;                                 /* nil: no such room */
+    policy_json_push(L, *slot, 1);                        /* [room box members] */
+    json_decref(*slot);
+    *slot = NULL;
+    return 1;
+}
+
+static int policy_gw_rooms(lua_State *L)
+{
+    const policy_host_t *h = policy_host_of(L);
+    json_t **slot = policy_jbox_new(L);                   /* [box] */
+    *slot = h->rooms ? h->rooms(h->ud) : NULL;
+    if (!*slot) *slot = json_array();
+    policy_json_push(L, *slot, 1);                        /* [box rooms] */
+    json_decref(*slot);
+    *slot = NULL;
+    return 1;
+}
+
+static int policy_gw_now(lua_State *L)
+{
+    lua_pushnumber(L, policy_clock(CLOCK_REALTIME));
+    return 1;
+}
+
+static int policy_gw_log(lua_State *L)
+{
+    static const char *const levels[] = { "debug", "info", "warn", "error", NULL };
+    int level = luaL_checkoption(L, 1, NULL, levels);     /* index = LOG_* */
+    const char *msg = luaL_checkstring(L, 2);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    json_t *fields;
+    char err[200];
+    if (lua_isnoneornil(L, 3)) {
+        fields = json_object();
+    } else if (!(fields = policy_json_from_lua(L, 3, err, sizeof err))) {
+        return luaL_error(L, "gw.log: fields: %s", err);
+    }
+    if (!json_is_object(fields)) {
+        json_decref(fields);
+        return luaL_error(L, "gw.log: fields must be a table with string keys");
+    }
+    policy_log(policy_vm_of(L)->p, level, msg, fields);
+    json_decref(fields);
+    return 0;
+}
+
+/* A store or bucket key: a string without NUL bytes (the C maps use C strings). */
+static const char *policy_key_arg(lua_State *L, int arg)
+{
+    size_t len;
+    const char *key = luaL_checklstring(L, arg, &len);
+    luaL_argcheck(L, strlen(key) == len, arg, "key contains a NUL byte");
+    return key;
+}
+
+static double policy_ttl_arg(lua_State *L, int arg)
+{
+    double ttl = luaL_optnumber(L, arg, 0);
+    luaL_argcheck(L, ttl >= 0 && isfinite(ttl), arg, "ttl must be a number of seconds >= 0");
+    return ttl;
+}
+
+static int policy_gw_limit(lua_State *L)
+{
+    const char *key = policy_key_arg(L, 1);
+    double rate = luaL_checknumber(L, 2);
+    double burst = luaL_optnumber(L, 3, rate < 1 ? 1 : ceil(rate));
+    const char *err = NULL;
+    int rc = policy_store_limit(policy_vm_of(L)->p->store, key, rate, burst, policy_clock(CLOCK_MONOTONIC), &err);
+    if (rc < 0) return luaL_error(L, "gw.limit: %s", err);
+    lua_pushboolean(L, rc);
+    return 1;
+}
+
+/* gw.array([t]): marks t (or a new table) so it converts to a JSON array even when empty. */
+static int policy_gw_array(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);                                  /* [t] */
+    } else {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_settop(L, 1);                                 /* [t] */
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, policy_vm_of(L)->array_mt);  /* [t mt] */
+    lua_setmetatable(L, 1);                               /* [t] */
+    return 1;
+}
+
+static int policy_store_get_l(lua_State *L)
+{
+    const char *key = policy_key_arg(L, 1);
+    json_t *v = policy_store_get(policy_vm_of(L)->p->store, key, policy_clock(CLOCK_MONOTONIC));
+    policy_json_push_held(L, v);
+    return 1;
+}
+
+static int policy_store_set_l(lua_State *L)
+{
+    const char *key = policy_key_arg(L, 1);
+    double ttl = policy_ttl_arg(L, 3);
+    policy_store_t *s = policy_vm_of(L)->p->store;
+    if (lua_isnoneornil(L, 2)) {
+        policy_store_del(s, key);
+        return 0;
+    }
+    char cerr[200];
+    json_t *v = policy_json_from_lua(L, 2, cerr, sizeof cerr);
+    if (!v) return luaL_error(L, "gw.store.set: %s", cerr);
+    const char *err = NULL;
+    if (policy_store_set(s, key, v, ttl, policy_clock(CLOCK_MONOTONIC), &err) < 0)  /* v is stolen */
+        return luaL_error(L, "gw.store.set: %s", err);
+    return 0;
+}
+
+static int policy_store_del_l(lua_State *L)
+{
+    lua_pushboolean(L, policy_store_del(policy_vm_of(L)->p->store, policy_key_arg(L, 1)));
+    return 1;
+}
+
+static int policy_store_incr_l(lua_State *L)
+{
+    const char *key = policy_key_arg(L, 1);
+    json_int_t ni = 1;
+    double nd = 0;
+    int is_int = lua_isnoneornil(L, 2) || lua_isinteger(L, 2);
+    if (!lua_isnoneornil(L, 2)) {
+        if (is_int)
+            ni = (json_int_t)lua_tointeger(L, 2);
+        else
+            nd = luaL_checknumber(L, 2);
+    }
+    double ttl = policy_ttl_arg(L, 3);
+    json_t *n = is_int ? json_integer(ni) : json_real(nd);
+    const char *err = NULL;
+    json_t *r = policy_store_incr(policy_vm_of(L)->p->store, key, n, ttl, policy_clock(CLOCK_MONOTONIC), &err);
+    json_decref(n);
+    if (!r) return luaL_error(L, "gw.store.incr: %s", err);
+    if (json_is_integer(r))
+        lua_pushinteger(L, (lua_Integer)json_integer_value(r));
+    else
+        lua_pushnumber(L, json_real_value(r));
+    return 1;
+}
+
+/* ---- gw.jwt_verify ---- */
+
+static int policy_b64url_value(unsigned char ch)
+{
+    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
+    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
+    if (ch == '-') return 62;
+    if (ch == '_') return 63;
+    return -1;
+}
+
+/* Unpadded base64url (RFC 7515 section 2). The result is xmalloc'd, NUL-terminated; NULL when
+ * the input is not base64url. */
+static unsigned char *policy_b64url_decode(const char *in, size_t n, size_t *outlen)
+{
+    if (n % 4 == 1) return NULL;
+    unsigned char *out = xmalloc(n / 4 * 3 + 3);
+    size_t o = 0;
+    unsigned acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = policy_b64url_value((unsigned char)in[i]);
+        if (v < 0) {
+            free(out);
+            return NULL;
+        }
+        acc = (acc << 6) | (unsigned)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    out[o] = '\0';
+    *outlen = o;
+    return out;
+}
+
+/* A base64url JSON object segment, or NULL. */
+static json_t *policy_jwt_part(const char *in, size_t n)
+{
+    size_t len;
+    unsigned char *raw = policy_b64url_decode(in, n, &len);
+    if (!raw) return NULL;
+    json_t *v = json_loadb((const char *)raw, len, JSON_REJECT_DUPLICATES, NULL);
+    free(raw);
+    if (v && !json_is_object(v)) {
+        json_decref(v);
+        v = NULL;
+    }
+    return v;
+}
+
+static int policy_jwt_mac_ok(const char *signing, size_t signlen, const char *sig, size_t siglen,
+                             const char *secret, size_t secretlen)
+{
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned maclen = 0;
+    size_t rawlen;
+    unsigned char *raw = policy_b64url_decode(sig, siglen, &rawlen);
+    if (!raw) return 0;
+    int ok = HMAC(EVP_sha256(), secret, (int)secretlen, (const unsigned char *)signing, signlen, mac, &maclen)
+          && rawlen == maclen && CRYPTO_memcmp(raw, mac, maclen) == 0;   /* constant time */
+    free(raw);
+    return ok;
+}
+
+/* exp / nbf, when present, must be numbers. */
+static const char *policy_jwt_times(json_t *claims, double now)
+{
+    json_t *exp = json_object_get(claims, "exp"), *nbf = json_object_get(claims, "nbf");
+    if ((exp && !json_is_number(exp)) || (nbf && !json_is_number(nbf))) return "malformed";
+    if (exp && now >= json_number_value(exp)) return "expired";
+    if (nbf && now < json_number_value(nbf)) return "not_yet_valid";
+    return NULL;
+}
+
+/* HS256 only. NULL with *claims (new reference) when valid, else the reason. */
+static const char *policy_jwt_check(const char *tok, size_t len, const char *secret, size_t secretlen,
+                                    double now, json_t **claims)
+{
+    *claims = NULL;
+    const char *end = tok + len;
+    const char *d1 = len <= POLICY_JWT_MAX ? memchr(tok, '.', len) : NULL;
+    const char *d2 = d1 ? memchr(d1 + 1, '.', (size_t)(end - d1 - 1)) : NULL;
+    if (!d2 || memchr(d2 + 1, '.', (size_t)(end - d2 - 1))) return "malformed";
+    json_t *header = policy_jwt_part(tok, (size_t)(d1 - tok));
+    const char *alg = json_string_value(json_object_get(header, "alg"));
+    const char *reason = !alg ? "malformed" : strcmp(alg, "HS256") ? "unsupported_alg" : NULL;
+    json_decref(header);
+    if (reason) return reason;
+    if (!policy_jwt_mac_ok(tok, (size_t)(d2 - tok), d2 + 1, (size_t)(end - d2 - 1), secret, secretlen))
+        return "bad_signature";
+    json_t *payload = policy_jwt_part(d1 + 1, (size_t)(d2 - d1 - 1));
+    if (!payload) return "malformed";
+    if ((reason = policy_jwt_times(payload, now))) {
+        json_decref(payload);
+        return reason;
+    }
+    *claims = payload;
+    return NULL;
+}
+
+static int policy_gw_jwt_verify(lua_State *L)
+{
+    size_t toklen, secretlen;
+    const char *tok = luaL_checklstring(L, 1, &toklen);
+    const char *secret = luaL_checklstring(L, 2, &secretlen);
+    luaL_argcheck(L, secretlen > 0, 2, "the secret is empty");
+    json_t **slot = policy_jbox_new(L);                   /* [tok secret box] */
+    const char *reason = policy_jwt_check(tok, toklen, secret, secretlen, policy_clock(CLOCK_REALTIME), slot);
+    if (reason) {
+        lua_pushnil(L);                                   /* [.. box nil] */
+        lua_pushstring(L, reason);                        /* [.. box nil reason] */
+        return 2;
+    }
+    policy_json_push(L, *slot, 1);                        /* [.. box claims] */
+    json_decref(*slot);
+    *slot = NULL;
+    return 1;
+}
+
+/* ---- gw.config: a read-only proxy over the config JSON ---- */
+
+static int policy_config_index(lua_State *L)
+{
+    json_t *v = lua_type(L, 2) == LUA_TSTRING ? json_object_get(policy_vm_of(L)->config, lua_tostring(L, 2)) : NULL;
+    if (!v) return 0;
+    policy_json_push(L, v, 1);     /* a fresh copy each time: nested tables cannot change config */
+    return 1;
+}
+
+static int policy_config_newindex(lua_State *L) { return luaL_error(L, "gw.config is read-only"); }
+
+static int policy_config_pairs(lua_State *L)
+{
+    lua_getglobal(L, "next");                             /* [proxy next] */
+    policy_json_push(L, policy_vm_of(L)->config, 1);      /* [proxy next copy] */
+    lua_pushnil(L);                                       /* [proxy next copy nil] */
+    return 3;
+}
+
+/* Registers the metatables: array mark, JSON box, config proxy. */
+static void policy_metatables_open(lua_State *L, policy_vm_t *vm)
+{
+    static const luaL_Reg jbox[] = { { "__gc", policy_jbox_gc }, { NULL, NULL } };
+    static const luaL_Reg config[] = {
+        { "__index", policy_config_index }, { "__newindex", policy_config_newindex },
+        { "__pairs", policy_config_pairs }, { NULL, NULL },
+    };
+    luaL_newmetatable(L, POLICY_ARRAY_MT);                /* [amt] */
+    vm->array_mt = luaL_ref(L, LUA_REGISTRYINDEX);        /* [] */
+    luaL_newmetatable(L, POLICY_JBOX_MT);                 /* [jmt] */
+    luaL_setfuncs(L, jbox, 0);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);                                        /* [] */
+    luaL_newmetatable(L, POLICY_CONFIG_MT);               /* [cmt] */
+    luaL_setfuncs(L, config, 0);
+    lua_pushliteral(L, "gw.config is read-only");
+    lua_setfield(L, -2, "__metatable");                   /* setmetatable(gw.config, x) fails */
+    vm->config_mt = luaL_ref(L, LUA_REGISTRYINDEX);       /* [] */
+}
+
+static void policy_gw_open(lua_State *L, policy_vm_t *vm)
+{
+    static const luaL_Reg gw[] = {
+        { "send", policy_gw_send }, { "broadcast", policy_gw_broadcast }, { "kick", policy_gw_kick },
+        { "members", policy_gw_members }, { "rooms", policy_gw_rooms }, { "now", policy_gw_now },
+        { "log", policy_gw_log }, { "limit", policy_gw_limit }, { "jwt_verify", policy_gw_jwt_verify },
+        { "array", policy_gw_array }, { NULL, NULL },
+    };
+    static const luaL_Reg store[] = {
+        { "get", policy_store_get_l }, { "set", policy_store_set_l }, { "del", policy_store_del_l },
+        { "incr", policy_store_incr_l }, { NULL, NULL },
+    };
+    policy_metatables_open(L, vm);
+    lua_createtable(L, 0, 16);                            /* [gw] */
+    luaL_setfuncs(L, gw, 0);
+    lua_createtable(L, 0, 4);                             /* [gw store] */
+    luaL_setfuncs(L, store, 0);
+    lua_setfield(L, -2, "store");                         /* [gw] */
+    lua_newtable(L);                                      /* [gw proxy] */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->config_mt);     /* [gw proxy cmt] */
+    lua_setmetatable(L, -2);                              /* [gw proxy] */
+    lua_setfield(L, -2, "config");                        /* [gw] */
+    lua_pushstring(L, vm->version);
+    lua_setfield(L, -2, "version");
+    lua_pushlightuserdata(L, NULL);
+    lua_setfield(L, -2, "null");                          /* JSON null inside arrays */
+    lua_setglobal(L, "gw");                               /* [] */
+}
+
+/* ---- loading: boot a VM from a snapshot ---- */
+
+static int policy_slot_find(const char *key)
+{
+    for (int i = 0; i < METRICS_POLICY_HOOKS; i++)
+        if (strcmp(key, policy_slot_names[i]) == 0) return i;
+    return -1;
+}
+
+/* Keeps a registry ref to each hook of the table at t; rejects unknown keys (typos). */
+static void policy_hooks_collect(lua_State *L, policy_vm_t *vm, int t)
+{
+    lua_pushnil(L);                                       /* [hooks nil] */
+    while (lua_next(L, t)) {                              /* [hooks key value] */
+        if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "policy.lua: the returned table has a non-string key");
+        const char *key = lua_tostring(L, -2);
+        int slot = policy_slot_find(key);
+        if (slot < 0)
+            luaL_error(L, "policy.lua: unknown hook \"%s\" (hooks are on_connect, on_join, on_message, "
+                          "on_leave, on_tick, self_test)", key);
+        if (!lua_isfunction(L, -1))
+            luaL_error(L, "policy.lua: %s must be a function, not a %s", key, luaL_typename(L, -1));
+        vm->refs[slot] = luaL_ref(L, LUA_REGISTRYINDEX);  /* [hooks key] */
+    }
+}
+
+/* Body of the load run: sandbox, gw, then policy.lua itself. */
+static int policy_vm_boot(lua_State *L)
+{
+    policy_vm_t *vm = policy_vm_of(L);
+    policy_libs_open(L);
+    policy_base_patch(L);
+    policy_os_open(L);
+    policy_gw_open(L, vm);
+    const policy_src_t *src = policy_src_find(vm->srcs, vm->nsrcs, "policy.lua");
+    if (!src) return luaL_error(L, "policy.lua: missing");
+    lua_settop(L, 0);                                     /* [] */
+    if (luaL_loadbufferx(L, src->text, src->len, "@policy.lua", "t") != LUA_OK)  /* [chunk] */
+        return lua_error(L);
+    lua_call(L, 0, 1);            /* inside the run's lua_pcall; [hooks] */
+    if (!lua_istable(L, 1)) return luaL_error(L, "policy.lua: must return a table of hooks");
+    policy_hooks_collect(L, vm, 1);
+    return 0;
+}
+
+/* ---- hook calls ---- */
+
+static void policy_field_str(lua_State *L, const char *key, const char *value)
+{
+    if (!value) return;
+    lua_pushstring(L, value);
+    lua_setfield(L, -2, key);
+}
+
+static void policy_conn_push(lua_State *L, const policy_conn_t *conn)
+{
+    lua_createtable(L, 0, 5);                             /* [conn] */
+    if (!conn) return;
+    policy_field_str(L, "id", conn->id);
+    policy_field_str(L, "ip", conn->ip);
+    policy_field_str(L, "name", conn->name);
+    if (conn->query) {
+        policy_json_push(L, conn->query, 2);              /* [conn query] */
+        lua_setfield(L, -2, "query");                     /* [conn] */
+    }
+    if (conn->headers) {
+        policy_json_push(L, conn->headers, 2);            /* [conn headers] */
+        lua_setfield(L, -2, "headers");                   /* [conn] */
+    }
+}
+
+static int policy_call_args(lua_State *L, policy_call_t *c)
+{
+    switch (c->slot) {
+    case POLICY_HOOK_CONNECT: policy_conn_push(L, c->conn); return 1;
+    case POLICY_HOOK_JOIN:
+    case POLICY_HOOK_LEAVE:
+        policy_conn_push(L, c->conn);
+        lua_pushstring(L, c->room);
+        return 2;
+    case POLICY_HOOK_MESSAGE:
+        policy_conn_push(L, c->conn);
+        lua_pushstring(L, c->room);
+        if (c->msg)
+            policy_json_push(L, c->msg, 1);
+        else
+            lua_pushnil(L);
+        return 3;
+    case POLICY_HOOK_TICK: lua_pushnumber(L, c->now); return 1;
+    default: return 0;
+    }
+}
+
+static void policy_call_drop(policy_call_t *c, const char *code, const char *fallback)
+{
+    c->verdict = POLICY_DROP;
+    if (c->code && c->codelen) snprintf(c->code, c->codelen, "%s", code ? code : fallback);
+}
+
+/* on_message's return value (policy.h). The conversion is the last step: nothing raises once
+ * c->out holds C memory. */
+static void policy_message_verdict(lua_State *L, policy_call_t *c, const char *code)
+{
+    int t = lua_type(L, 2);
+    if (t == LUA_TTABLE) {
+        char err[200];
+        json_t *out = policy_json_from_lua(L, 2, err, sizeof err);
+        if (!out) luaL_error(L, "on_message: the returned message: %s", err);
+        if (!json_is_object(out)) {
+            json_decref(out);
+            luaL_error(L, "on_message: the returned message must be a table with string keys");
+        }
+        c->out = out;
+    } else if ((t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, 2))) && code) {
+        policy_call_drop(c, code, code);
+    } else if (t == LUA_TNIL || (t == LUA_TBOOLEAN && lua_toboolean(L, 2))) {
+        c->deliver = 1;
+    } else if (t != LUA_TBOOLEAN) {
+        luaL_error(L, "on_message: returned a %s (expected a table, true, false or nil)", luaL_typename(L, 2));
+    }                              /* false: handled by the policy, deliver nothing */
+}
+
+/* Reads the hook's two results at 2 and 3 into c. */
+static void policy_call_verdict(lua_State *L, policy_call_t *c)
+{
+    int t = lua_type(L, 2);
+    const char *code = lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : NULL;
+    int refused = (t == LUA_TBOOLEAN && !lua_toboolean(L, 2)) || (t == LUA_TNIL && code);
+    switch (c->slot) {
+    case POLICY_HOOK_CONNECT:
+    case POLICY_HOOK_JOIN:
+        if (refused) policy_call_drop(c, code, "forbidden");
+        break;
+    case POLICY_HOOK_MESSAGE: policy_message_verdict(L, c, code); break;
+    case POLICY_SLOT_SELF_TEST:
+        if (t == LUA_TBOOLEAN && !lua_toboolean(L, 2))
+            luaL_error(L, "policy.lua: self_test returned false%s%s", code ? ": " : "", code ? code : "");
+        break;
+    default: break;
+    }
+}
+
+/* Body of a hook run: [c] -> hook(args...) -> verdict. */
+static int policy_call_body(lua_State *L)
+{
+    policy_call_t *c = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->vm->refs[c->slot]);  /* [c fn] */
+    int nargs = policy_call_args(L, c);                   /* [c fn args..] */
+    lua_call(L, nargs, 2);        /* inside the run's lua_pcall; [c r1 r2] */
+    policy_call_verdict(L, c);
+    return 0;
+}
+
+/* Runs c->slot on the live VM. POLICY_PASS when the hook is missing. */
+static int policy_call(policy_t *p, policy_call_t *c)
+{
+    c->verdict = POLICY_PASS;
+    if (!p->vm || p->vm->refs[c->slot] == LUA_NOREF) {
+        c->deliver = 1;
+        return POLICY_PASS;
+    }
+    c->vm = p->vm;
+    char err[256];
+    if (policy_vm_run(c->vm, c->slot, policy_call_body, c, err, sizeof err) < 0) return POLICY_ERROR;
+    return c->verdict;
+}
+
+/* ---- the holder ---- */
+
+/* Errors that lack a position get the file they came from. */
+static void policy_err_locate(char *err, size_t errlen)
+{
+    if (strstr(err, ".lua:") || !errlen) return;
+    char copy[512];
+    snprintf(copy, sizeof copy, "%s", err);
+    snprintf(err, errlen, "policy.lua: %s", copy);
+}
+
+/* A VM booted from srcs (taken over on every path), self_test passed; NULL with err. */
+static policy_vm_t *policy_vm_new(policy_t *p, policy_src_t *srcs, size_t nsrcs, const char *version,
+                                  char *err, size_t errlen)
+{
+    policy_vm_t *vm = xcalloc(1, sizeof *vm);
+    vm->p = p;
+    vm->srcs = srcs;
+    vm->nsrcs = nsrcs;
+    long mb = p->cfg ? p->cfg->policy_memory_mb : 64;
+    long budget = p->cfg ? p->cfg->policy_budget : 1000000;
+    vm->mem_limit = mb > 0 && (unsigned long)mb < SIZE_MAX >> 20 ? (size_t)mb << 20 : SIZE_MAX;
+    vm->budget = budget > 0 ? budget : LONG_MAX;
+    vm->array_mt = vm->config_mt = LUA_NOREF;
+    for (int i = 0; i < METRICS_POLICY_HOOKS; i++) vm->refs[i] = LUA_NOREF;
+    snprintf(vm->version, sizeof vm->version, "%s", version);
+    char *text = p->cfg ? config_to_json(p->cfg) : NULL;
+    vm->config = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    if (!vm->config) vm->config = json_object();
+    if (!policy_src_find(srcs, nsrcs, "policy.lua")) {
+        snprintf(err, errlen, "policy.lua: missing");
+        goto fail;
+    }
+    vm->L = lua_newstate(policy_vm_alloc, vm);
+    if (!vm->L) {
+        snprintf(err, errlen, "policy.lua: not enough memory");
+        goto fail;
+    }
+    lua_atpanic(vm->L, policy_vm_panic);
+    if (policy_vm_run(vm, POLICY_SLOT_LOAD, policy_vm_boot, NULL, err, errlen) < 0) goto fail;
+    if (vm->refs[POLICY_SLOT_SELF_TEST] != LUA_NOREF) {
+        policy_call_t c = { .vm = vm, .slot = POLICY_SLOT_SELF_TEST };
+        if (policy_vm_run(vm, POLICY_SLOT_SELF_TEST, policy_call_body, &c, err, errlen) < 0) goto fail;
+    }
+    return vm;
+fail:
+    policy_err_locate(err, errlen);
+    policy_vm_free(vm);
+    return NULL;
+}
+
+policy_t *policy_new(const config_t *cfg, metrics_t *metrics, const policy_host_t *host)
+{
+    policy_t *p = xcalloc(1, sizeof *p);
+    p->cfg = cfg;
+    p->metrics = metrics;
+    if (host) p->host = *host;
+    p->store = policy_store_new();
+    return p;
+}
+
+void policy_free(policy_t *p)
+{
+    if (!p) return;
+    policy_vm_free(p->vm);         /* first: its finalizers may still reach the store */
+    policy_store_free(p->store);
+    free(p);
+}
+
+static void policy_reload_count(policy_t *p, int result)
+{
+    if (p->metrics) METRIC_INC(p->metrics->policy_reloads[result]);
+}
+
+int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
+{
+    char scratch[512];
+    if (!err || !errlen) {
+        err = scratch;
+        errlen = sizeof scratch;
+    }
+    err[0] = '\0';
+    policy_src_t *srcs;
+    size_t nsrcs;
+    char version[65];
+    if (p->vm && p->vm->depth) {
+        snprintf(err, errlen, "policy.lua: reload requested during a hook call");
+        goto fail;
+    }
+    if (policy_srcs_read(dir, &srcs, &nsrcs, err, errlen) < 0) goto fail;
+    policy_srcs_hash(srcs, nsrcs, version);
+    if (p->vm && strcmp(version, p->vm->version) == 0) {
+        policy_srcs_free(srcs, nsrcs);
+        policy_reload_count(p, METRICS_RELOAD_UNCHANGED);
+        return 0;
+    }
+    policy_vm_t *vm = policy_vm_new(p, srcs, nsrcs, version, err, errlen);
+    if (!vm) goto fail;
+    /* Swap. One thread owns this holder and no call of the old VM is in flight (checked
+     * above), so the old VM can close at once. */
+    policy_vm_free(p->vm);
+    p->vm = vm;
+    p->last_error[0] = '\0';
+    policy_reload_count(p, METRICS_RELOAD_OK);
+    return 1;
+fail:
+    snprintf(p->last_error, sizeof p->last_error, "%s", err);
+    policy_reload_count(p, METRICS_RELOAD_FAILED);
+    return -1;
+}
+
+int policy_check(const config_t *cfg, const char *dir, char *version, char *err, size_t errlen)
+{
+    policy_t *p = policy_new(cfg, NULL, NULL);
+    int rc = policy_load(p, dir, err, errlen);
+    if (version) snprintf(version, 65, "%s", rc == 1 ? policy_version(p) : "");
+    policy_free(p);
+    return rc == 1 ? 0 : -1;
+}
+
+const char *policy_version(const policy_t *p) { return p->vm ? p->vm->version : ""; }
+const char *policy_last_error(const policy_t *p) { return p->last_error; }
+
+int policy_has(const policy_t *p, int hook)
+{
+    return p->vm && hook >= 0 && hook < POLICY_HOOKS && p->vm->refs[hook] != LUA_NOREF;
+}
+
+int policy_on_connect(policy_t *p, const policy_conn_t *conn, char *reason, size_t len)
+{
+    policy_call_t c = { .slot = POLICY_HOOK_CONNECT, .conn = conn, .code = reason, .codelen = len };
+    return policy_call(p, &c);
+}
+
+int policy_on_join(policy_t *p, const policy_conn_t *conn, const char *room, char *code, size_t len)
+{
+    policy_call_t c = { .slot = POLICY_HOOK_JOIN, .conn = conn, .room = room, .code = code, .codelen = len };
+    return policy_call(p, &c);
+}
+
+int policy_on_message(policy_t *p, const policy_conn_t *conn, const char *room, json_t *msg, json_t **out,
+                      char *code, size_t len)
+{
+    policy_call_t c = { .slot = POLICY_HOOK_MESSAGE, .conn = conn, .room = room, .msg = msg,
+                        .code = code, .codelen = len };
+    *out = NULL;
+    int rc = policy_call(p, &c);
+    if (rc == POLICY_PASS) *out = c.out ? c.out : c.deliver ? json_incref(msg) : NULL;
+    return rc;
+}
+
+void policy_on_leave(policy_t *p, const policy_conn_t *conn, const char *room)
+{
+    policy_call_t c = { .slot = POLICY_HOOK_LEAVE, .conn = conn, .room = room };
+    policy_call(p, &c);
+}
+
+void policy_on_tick(policy_t *p, double now)
+{
+    policy_store_sweep(p->store, policy_clock(CLOCK_MONOTONIC));
+    policy_call_t c = { .slot = POLICY_HOOK_TICK, .now = now };
+    policy_call(p, &c);
+}

@@ -1,0 +1,260 @@
+/* policy_store: gw.store entries and gw.limit token buckets, kept in C so they outlive any one
+ * Lua VM (see policy_store.h). Two string maps own their values: store entries hold a JSON value
+ * (one reference) and an expiry time, buckets hold their token count. Time is whatever monotonic
+ * seconds the caller passes; nothing here reads a clock or touches Lua. Expiry is lazy: a read
+ * that finds an expired entry deletes it, and policy_store_sweep drops the rest. */
+#include "policy_store.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "map.h"
+
+typedef struct {
+    json_t *value;
+    double expires;                /* 0 = never */
+} policy_entry_t;
+
+typedef struct {
+    double tokens, last, rate, burst;
+} policy_bucket_t;
+
+struct policy_store_s {
+    map_t entries;                 /* key -> policy_entry_t* */
+    map_t buckets;                 /* key -> policy_bucket_t* */
+};
+
+policy_store_t *policy_store_new(void)
+{
+    policy_store_t *s = xcalloc(1, sizeof *s);
+    map_init(&s->entries);
+    map_init(&s->buckets);
+    return s;
+}
+
+static void policy_entry_free(policy_entry_t *e)
+{
+    if (!e) return;
+    json_decref(e->value);
+    free(e);
+}
+
+void policy_store_free(policy_store_t *s)
+{
+    if (!s) return;
+    size_t i;
+    for (map_entry_t *e = map_first(&s->entries, &i); e; e = map_next(&s->entries, e, &i))
+        policy_entry_free(e->value);
+    for (map_entry_t *e = map_first(&s->buckets, &i); e; e = map_next(&s->buckets, e, &i))
+        free(e->value);
+    map_free(&s->entries);
+    map_free(&s->buckets);
+    free(s);
+}
+
+static int policy_entry_expired(const policy_entry_t *e, double now)
+{
+    return e->expires > 0 && now >= e->expires;
+}
+
+/* The live entry at key; an expired one is deleted on the way (lazy expiry). */
+static policy_entry_t *policy_entry_find(policy_store_t *s, const char *key, double now)
+{
+    policy_entry_t *e = map_get(&s->entries, key);
+    if (e && policy_entry_expired(e, now)) {
+        policy_entry_free(map_del(&s->entries, key));
+        return NULL;
+    }
+    return e;
+}
+
+static int policy_key_check(const char *key, const char **err)
+{
+    if (!*key) {
+        *err = "key is empty";
+        return -1;
+    }
+    if (strlen(key) > POLICY_STORE_MAX_KEY) {
+        *err = "key is longer than 1024 bytes";
+        return -1;
+    }
+    return 0;
+}
+
+json_t *policy_store_get(policy_store_t *s, const char *key, double now)
+{
+    policy_entry_t *e = policy_entry_find(s, key, now);
+    return e ? e->value : NULL;
+}
+
+/* Room for one more entry: expired ones are swept first so a full store of stale keys heals. */
+static int policy_entries_room(policy_store_t *s, double now, const char **err)
+{
+    if (s->entries.count < POLICY_STORE_MAX_KEYS) return 0;
+    policy_store_sweep(s, now);
+    if (s->entries.count < POLICY_STORE_MAX_KEYS) return 0;
+    *err = "store is full (100000 keys)";
+    return -1;
+}
+
+int policy_store_set(policy_store_t *s, const char *key, json_t *value, double ttl, double now,
+                     const char **err)
+{
+    if (policy_key_check(key, err) < 0) goto fail;
+    if (!value) {
+        *err = "value is missing";
+        return -1;
+    }
+    size_t size = json_dumpb(value, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (size > POLICY_STORE_MAX_VALUE) {
+        *err = "value is larger than 64 KiB as JSON";
+        goto fail;
+    }
+    if (!isfinite(ttl)) {
+        *err = "ttl must be a finite number";
+        goto fail;
+    }
+    policy_entry_t *e = policy_entry_find(s, key, now);
+    if (!e) {
+        if (policy_entries_room(s, now, err) < 0) goto fail;
+        e = xcalloc(1, sizeof *e);
+        map_set(&s->entries, key, e);
+    }
+    json_decref(e->value);
+    e->value = value;              /* the entry owns the caller's reference now */
+    e->expires = ttl > 0 ? now + ttl : 0;
+    return 0;
+fail:
+    json_decref(value);
+    return -1;
+}
+
+int policy_store_del(policy_store_t *s, const char *key)
+{
+    policy_entry_t *e = map_del(&s->entries, key);
+    policy_entry_free(e);
+    return e != NULL;
+}
+
+/* a + b as JSON: integer when both are integers and the sum fits, else real. */
+static json_t *policy_number_add(json_t *a, json_t *b, const char **err)
+{
+    if (json_is_integer(a) && json_is_integer(b)) {
+        json_int_t r;
+        if (__builtin_add_overflow(json_integer_value(a), json_integer_value(b), &r)) {
+            *err = "integer overflow";
+            return NULL;
+        }
+        return json_integer(r);
+    }
+    double r = json_number_value(a) + json_number_value(b);
+    if (!isfinite(r)) {
+        *err = "result is not finite";
+        return NULL;
+    }
+    return json_real(r);
+}
+
+json_t *policy_store_incr(policy_store_t *s, const char *key, json_t *n, double ttl, double now,
+                          const char **err)
+{
+    if (policy_key_check(key, err) < 0) return NULL;
+    if (!json_is_number(n) || !isfinite(ttl)) {
+        *err = "increment and ttl must be finite numbers";
+        return NULL;
+    }
+    policy_entry_t *e = policy_entry_find(s, key, now);
+    if (e && !json_is_number(e->value)) {
+        *err = "value is not a number";
+        return NULL;
+    }
+    json_t *zero = json_integer(0);
+    json_t *sum = policy_number_add(e ? e->value : zero, n, err);
+    json_decref(zero);
+    if (!sum) return NULL;
+    if (!e) {
+        if (policy_entries_room(s, now, err) < 0) {
+            json_decref(sum);
+            return NULL;
+        }
+        e = xcalloc(1, sizeof *e);
+        e->expires = ttl > 0 ? now + ttl : 0;  /* only a new key gets the ttl: fixed windows */
+        map_set(&s->entries, key, e);
+    }
+    json_decref(e->value);
+    e->value = sum;
+    return sum;
+}
+
+/* Tokens the bucket holds at now (refilled since last, capped at burst). */
+static double policy_bucket_level(const policy_bucket_t *b, double now)
+{
+    double elapsed = now > b->last ? now - b->last : 0;
+    double t = b->tokens + elapsed * b->rate;
+    return t < b->burst ? t : b->burst;
+}
+
+int policy_store_limit(policy_store_t *s, const char *key, double rate, double burst, double now,
+                       const char **err)
+{
+    if (policy_key_check(key, err) < 0) return -1;
+    if (!(rate > 0) || !isfinite(rate) || !(burst >= 1) || !isfinite(burst)) {
+        *err = "rate must be > 0 and burst >= 1";
+        return -1;
+    }
+    policy_bucket_t *b = map_get(&s->buckets, key);
+    if (!b) {
+        if (s->buckets.count >= POLICY_STORE_MAX_KEYS) policy_store_sweep(s, now);
+        if (s->buckets.count >= POLICY_STORE_MAX_KEYS) {
+            *err = "too many buckets (100000)";
+            return -1;
+        }
+        b = xmalloc(sizeof *b);
+        *b = (policy_bucket_t){ .tokens = burst, .last = now, .rate = rate, .burst = burst };
+        map_set(&s->buckets, key, b);
+    }
+    /* A changed rate or burst applies from now on; tokens already earned stay, capped. */
+    b->tokens = policy_bucket_level(b, now);
+    b->last = now > b->last ? now : b->last;
+    b->rate = rate;
+    b->burst = burst;
+    if (b->tokens > burst) b->tokens = burst;
+    if (b->tokens < 1) return 0;
+    b->tokens -= 1;
+    return 1;
+}
+
+/* Collects the keys to drop first: the map must not change while it is iterated. Each key
+ * pointer stays valid until its own entry is deleted. */
+static size_t policy_map_sweep(map_t *m, int (*dead)(const void *value, double now), void (*drop)(void *),
+                               double now)
+{
+    if (!m->count) return 0;
+    const char **keys = xmalloc(m->count * sizeof *keys);
+    size_t n = 0, i;
+    for (map_entry_t *e = map_first(m, &i); e; e = map_next(m, e, &i))
+        if (dead(e->value, now)) keys[n++] = e->key;
+    for (size_t k = 0; k < n; k++) drop(map_del(m, keys[k]));
+    free(keys);
+    return n;
+}
+
+static int policy_entry_dead(const void *value, double now) { return policy_entry_expired(value, now); }
+static void policy_entry_drop(void *value) { policy_entry_free(value); }
+
+static int policy_bucket_dead(const void *value, double now)
+{
+    const policy_bucket_t *b = value;
+    return policy_bucket_level(b, now) >= b->burst;
+}
+
+size_t policy_store_sweep(policy_store_t *s, double now)
+{
+    return policy_map_sweep(&s->entries, policy_entry_dead, policy_entry_drop, now)
+        + policy_map_sweep(&s->buckets, policy_bucket_dead, free, now);
+}
+
+size_t policy_store_count(const policy_store_t *s) { return s->entries.count; }
+size_t policy_store_buckets(const policy_store_t *s) { return s->buckets.count; }

@@ -1,0 +1,45 @@
+/* policy_store: the C side of the policy's gw.store (a key -> JSON value map with optional TTL)
+ * and gw.limit (token buckets by key). It lives in policy_t, not in a Lua VM, so its data
+ * survives policy reloads. It knows nothing about Lua: callers pass the current time (monotonic
+ * seconds) so tests can drive the clock. Expired entries behave as absent (lazy expiry, plus
+ * policy_store_sweep from on_tick). Sizes are capped so a policy cannot grow it without bound;
+ * a refused operation returns -1 with a static message in *err and changes nothing. */
+#ifndef CHATGW_POLICY_STORE_H
+#define CHATGW_POLICY_STORE_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#define POLICY_STORE_MAX_KEYS 100000       /* store entries, and separately limit buckets */
+#define POLICY_STORE_MAX_VALUE 65536       /* bytes of a value as compact JSON */
+#define POLICY_STORE_MAX_KEY 1024          /* bytes of a key */
+
+typedef struct policy_store_s policy_store_t;
+
+policy_store_t *policy_store_new(void);
+void policy_store_free(policy_store_t *s);
+
+/* The value at key (borrowed: valid until the next change of that key), or NULL. */
+json_t *policy_store_get(policy_store_t *s, const char *key, double now);
+/* Sets key to value (stolen, also on failure). ttl > 0 expires it ttl seconds after now;
+ * ttl <= 0 keeps it until deleted. 0, or -1 with *err. */
+int policy_store_set(policy_store_t *s, const char *key, json_t *value, double ttl, double now,
+                     const char **err);
+int policy_store_del(policy_store_t *s, const char *key);   /* 1 when it existed */
+/* Adds n (an integer or real JSON number, borrowed) to the number at key (absent = 0). The
+ * result is an integer when both are, else a real. ttl > 0 applies only when the key is created
+ * (fixed-window counters). Returns the new value (borrowed) or NULL with *err. */
+json_t *policy_store_incr(policy_store_t *s, const char *key, json_t *n, double ttl, double now,
+                          const char **err);
+/* Token bucket: starts full with burst tokens and refills at rate per second. 1 when a token was
+ * taken, 0 when limited, -1 with *err (bad arguments, too many buckets). */
+int policy_store_limit(policy_store_t *s, const char *key, double rate, double burst, double now,
+                       const char **err);
+/* Drops expired entries and buckets that have refilled (they equal absent ones). Returns how
+ * many were dropped. */
+size_t policy_store_sweep(policy_store_t *s, double now);
+size_t policy_store_count(const policy_store_t *s);        /* live entries incl. not yet swept */
+size_t policy_store_buckets(const policy_store_t *s);
+
+#endif

@@ -1,0 +1,882 @@
+/* Unit tests for policy.c and policy_store.c: loading and reloading (version, unchanged, every
+ * kind of rejected policy with the old one still serving), the sandbox (no io/os/debug/
+ * coroutine, text-only load, flat require, collectgarbage("count") only), the instruction
+ * budget and memory cap (the next call still works), hook verdicts, the gw.* host API (store
+ * surviving reloads, token buckets, HS256 JWTs made here with OpenSSL, read-only config) and the
+ * JSON <-> Lua conversion. Fixture policies live in tests/unit/policy_fixtures/<case>/, found
+ * through CHATGW_SRC or, failing that, next to this file. Most sandbox checks go through the
+ * fixture "good" policy's on_message op "eval", which runs a snippet and reports
+ * {ok, result, err}. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+#include "policy.h"
+#include "policy_store.h"
+
+#define THIS_FILE __FILE__
+
+static config_t cfg;
+static metrics_t *metrics;
+static char fixtures[PATH_MAX];
+static const policy_conn_t conn = { "c1", "10.0.0.1", "alice", NULL, NULL };
+
+/* ---- helpers ---- */
+
+static void fixture(char *out, size_t len, const char *name)
+{
+    int n = snprintf(out, len, "%s/%s", fixtures, name);
+    assert_true(n > 0 && (size_t)n < len);
+}
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int load_fixture(policy_t *p, const char *name, char *err, size_t errlen)
+{
+    char dir[PATH_MAX];
+    fixture(dir, sizeof dir, name);
+    return policy_load(p, dir, err, errlen);
+}
+
+static policy_t *good_new(const policy_host_t *host)
+{
+    char err[512];
+    policy_t *p = policy_new(&cfg, metrics, host);
+    assert_non_null(p);
+    int rc = load_fixture(p, "good", err, sizeof err);
+    if (rc != 1) fail_msg("good policy: %s", err);
+    return p;
+}
+
+/* Runs code through the good policy's on_message "eval"; returns {ok, result, err}. */
+static json_t *eval(policy_t *p, const char *code)
+{
+    json_t *msg = json_pack("{s:s, s:s}", "op", "eval", "code", code);
+    json_t *out = NULL;
+    char drop[64] = "";
+    int rc = policy_on_message(p, &conn, "lobby", msg, &out, drop, sizeof drop);
+    json_decref(msg);
+    if (rc != POLICY_PASS || !out) fail_msg("eval \"%s\": rc %d", code, rc);
+    return out;
+}
+
+static void eval_true(policy_t *p, const char *code)
+{
+    json_t *out = eval(p, code);
+    if (!json_is_true(json_object_get(out, "ok")) || !json_is_true(json_object_get(out, "result"))) {
+        char *text = json_dumps(out, JSON_COMPACT);
+        print_error("eval \"%s\" -> %s\n", code, text);
+        free(text);
+        json_decref(out);
+        fail();
+    }
+    json_decref(out);
+}
+
+static void eval_fails(policy_t *p, const char *code, const char *want)
+{
+    json_t *out = eval(p, code);
+    const char *err = json_string_value(json_object_get(out, "err"));
+    if (!json_is_false(json_object_get(out, "ok")) || !err || !strstr(err, want)) {
+        char *text = json_dumps(out, JSON_COMPACT);
+        print_error("eval \"%s\" -> %s, wanted an error with \"%s\"\n", code, text, want);
+        free(text);
+        json_decref(out);
+        fail();
+    }
+    json_decref(out);
+}
+
+/* on_message with {op = op}: rc, and *out (caller decrefs). */
+static int message_op(policy_t *p, const char *op, json_t **out, char *code, size_t len)
+{
+    json_t *msg = json_pack("{s:s, s:s}", "op", op, "text", "hi");
+    int rc = policy_on_message(p, &conn, "lobby", msg, out, code, len);
+    json_decref(msg);
+    return rc;
+}
+
+static void assert_pass_works(policy_t *p)
+{
+    json_t *out = NULL;
+    char code[64] = "";
+    assert_int_equal(message_op(p, "pass", &out, code, sizeof code), POLICY_PASS);
+    assert_non_null(out);
+    json_decref(out);
+}
+
+static void file_write(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void tmpdir_make(char *dir, size_t len)
+{
+    snprintf(dir, len, "/tmp/chatgw-policy-test-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+}
+
+static void tmpdir_remove(const char *dir)
+{
+    char cmd[PATH_MAX + 16];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* ---- loading ---- */
+
+static void test_load_good(void **state)
+{
+    policy_t *p = good_new(NULL);
+    const char *v = policy_version(p);
+    assert_int_equal(strlen(v), 64);
+    assert_int_equal(strspn(v, "0123456789abcdef"), 64);
+    assert_string_equal(policy_last_error(p), "");
+    for (int h = 0; h < POLICY_HOOKS; h++) assert_int_equal(policy_has(p, h), 1);
+    char err[256];
+    assert_int_equal(load_fixture(p, "good", err, sizeof err), 0);
+    assert_int_equal(metrics->policy_reloads[METRICS_RELOAD_OK], 1);
+    assert_int_equal(metrics->policy_reloads[METRICS_RELOAD_UNCHANGED], 1);
+    /* gw.version is the live version */
+    json_t *out = eval(p, "return gw.version");
+    assert_string_equal(json_string_value(json_object_get(out, "result")), v);
+    json_decref(out);
+    policy_free(p);
+}
+
+/* name -> expected piece of the error; each rejected with the good policy still serving. */
+static void test_load_rejected(void **state)
+{
+    static const struct {
+        const char *dir, *want;
+    } cases[] = {
+        { "syntax", "policy.lua:2:" },
+        { "self_test_fails", "policy.lua:4: self test says no" },
+        { "load_loop", "policy.lua:1: policy budget exceeded" },
+        { "unknown_hook", "unknown hook \"on_mesage\"" },
+        { "bad_hook_type", "policy.lua: on_join must be a function" },
+        { "not_a_table", "policy.lua: must return a table of hooks" },
+        { "missing", "policy.lua: missing" },
+        { "no_such_dir", "cannot open" },
+    };
+    policy_t *p = good_new(NULL);
+    char good[65];
+    snprintf(good, sizeof good, "%s", policy_version(p));
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[512] = "";
+        double t0 = mono_now();
+        int rc = load_fixture(p, cases[i].dir, err, sizeof err);
+        if (rc != -1 || !strstr(err, cases[i].want))
+            fail_msg("%s: rc %d err \"%s\", wanted \"%s\"", cases[i].dir, rc, err, cases[i].want);
+        assert_true(mono_now() - t0 < 10);
+        assert_null(strchr(err, '\n'));        /* one line, no traceback */
+        assert_string_equal(policy_last_error(p), err);
+        assert_string_equal(policy_version(p), good);
+        assert_pass_works(p);
+    }
+    assert_int_equal(metrics->policy_reloads[METRICS_RELOAD_FAILED], sizeof cases / sizeof cases[0]);
+    assert_int_equal(metrics->policy_errors[METRICS_POLICY_HOOKS - 1][METRICS_POLICY_ERROR], 1);
+    /* a good load clears the error */
+    char err[256];
+    assert_int_equal(load_fixture(p, "reload_v2", err, sizeof err), 1);
+    assert_string_equal(policy_last_error(p), "");
+    policy_free(p);
+}
+
+static void test_policy_check(void **state)
+{
+    char dir[PATH_MAX], version[65], err[512];
+    fixture(dir, sizeof dir, "good");
+    assert_int_equal(policy_check(&cfg, dir, version, err, sizeof err), 0);
+    policy_t *p = good_new(NULL);
+    assert_string_equal(version, policy_version(p));
+    policy_free(p);
+    fixture(dir, sizeof dir, "syntax");
+    assert_int_equal(policy_check(&cfg, dir, version, err, sizeof err), -1);
+    assert_non_null(strstr(err, "policy.lua:2:"));
+    assert_string_equal(version, "");
+}
+
+/* Only *.lua regular files (or links to them) count; dot names and directories do not. */
+static void test_sources_listing(void **state)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 32], err[256];
+    tmpdir_make(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/policy.lua", dir);
+    file_write(path, "return {}\n");
+    policy_t *p = policy_new(&cfg, metrics, NULL);
+    assert_int_equal(policy_load(p, dir, err, sizeof err), 1);
+    for (int h = 0; h < POLICY_HOOKS; h++) assert_int_equal(policy_has(p, h), 0);
+    snprintf(path, sizeof path, "%s/.hidden.lua", dir);
+    file_write(path, "x");
+    snprintf(path, sizeof path, "%s/..data", dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/sub.lua", dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/notes.txt", dir);
+    file_write(path, "x");
+    assert_int_equal(policy_load(p, dir, err, sizeof err), 0);
+    snprintf(path, sizeof path, "%s/extra.lua", dir);
+    file_write(path, "return 1\n");
+    assert_int_equal(policy_load(p, dir, err, sizeof err), 1);
+    char target[PATH_MAX + 32];
+    snprintf(target, sizeof target, "%s/extra.lua", dir);
+    snprintf(path, sizeof path, "%s/link.lua", dir);
+    assert_int_equal(symlink(target, path), 0);
+    assert_int_equal(policy_load(p, dir, err, sizeof err), 1);
+    policy_free(p);
+    tmpdir_remove(dir);
+}
+
+/* ---- budget and memory ---- */
+
+static void test_budget(void **state)
+{
+    policy_t *p = good_new(NULL);
+    json_t *out = NULL;
+    char code[64];
+    double t0 = mono_now();
+    assert_int_equal(message_op(p, "loop", &out, code, sizeof code), POLICY_ERROR);
+    assert_null(out);
+    assert_int_equal(metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_BUDGET], 1);
+    assert_pass_works(p);
+    /* a pcall inside the policy cannot swallow the budget error */
+    assert_int_equal(message_op(p, "pcall_loop", &out, code, sizeof code), POLICY_ERROR);
+    assert_int_equal(metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_BUDGET], 2);
+    assert_true(mono_now() - t0 < 10);
+    assert_pass_works(p);
+    policy_free(p);
+}
+
+/* Finalizers run with hooks off, where no budget could stop them: the sandbox refuses __gc.
+ * Closing a VM (a reload) must stay prompt. */
+static void test_no_finalizers(void **state)
+{
+    policy_t *p = good_new(NULL);
+    eval_fails(p, "setmetatable({}, { __gc = function() while true do end end })", "__gc is not allowed");
+    eval_fails(p, "setmetatable({}, { __gc = false })", "__gc is not allowed");
+    eval_true(p, "local mt = {} local t = setmetatable({}, mt) mt.__gc = function() while true do end end "
+                 "trap = t return getmetatable(t) == mt");  /* added later: never a finalizer */
+    eval_true(p, "local t = setmetatable({}, { __index = { x = 1 } }) return t.x == 1");
+    eval_fails(p, "setmetatable(gw.config, {})", "protected metatable");
+    double t0 = mono_now();
+    char err[256];
+    assert_int_equal(load_fixture(p, "reload_v2", err, sizeof err), 1);
+    assert_true(mono_now() - t0 < 10);
+    policy_free(p);
+}
+
+static void test_memory(void **state)
+{
+    policy_t *p = good_new(NULL);
+    json_t *out = NULL;
+    char code[64];
+    assert_int_equal(message_op(p, "membomb", &out, code, sizeof code), POLICY_ERROR);
+    assert_null(out);
+    assert_int_equal(metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_MEMORY], 1);
+    assert_pass_works(p);
+    /* one long C call: the count hook never runs, the allocator cap stops it */
+    assert_int_equal(message_op(p, "rep", &out, code, sizeof code), POLICY_ERROR);
+    assert_int_equal(metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_MEMORY], 2);
+    assert_pass_works(p);
+    eval_fails(p, "return #string.rep('ab', 2^40)", "");   /* caught inside: no crash */
+    assert_pass_works(p);
+    policy_free(p);
+}
+
+/* ---- sandbox ---- */
+
+static void test_sandbox(void **state)
+{
+    policy_t *p = good_new(NULL);
+    eval_true(p, "return io == nil and debug == nil and coroutine == nil and package == nil");
+    eval_true(p, "return dofile == nil and loadfile == nil and string.dump == nil");
+    eval_true(p, "return getmetatable('').__index.dump == nil");
+    eval_true(p, "return os.execute == nil and os.getenv == nil and os.exit == nil and os.remove == nil");
+    eval_true(p, "return type(os.time()) == 'number' and type(os.clock()) == 'number' "
+                 "and type(os.date('!%Y')) == 'string'");
+    eval_fails(p, "return io.open('/etc/passwd')", "io");
+    eval_fails(p, "return os.execute('true')", "execute");
+    eval_fails(p, "debug.sethook()", "debug");
+    eval_fails(p, "return coroutine.create(print)", "coroutine");
+    /* binary chunks: no string.dump, and load refuses crafted bytecode whatever the mode */
+    eval_true(p, "local f, e = load('\\27LuaT\\0\\25\\147\\r\\n\\26\\n\\4\\8\\8xV') "
+                 "return f == nil and e:find('binary') ~= nil");
+    eval_true(p, "local f, e = load('\\27Lua', 'x', 'b') return f == nil and e:find('binary') ~= nil");
+    eval_true(p, "return load('return 1 + 1')() == 2");
+    eval_true(p, "return load('return gw ~= nil and x == nil')()");
+    eval_true(p, "return load('return x', 'c', 't', { x = 5 })() == 5");
+    eval_true(p, "local n = 0 return load(function() n = n + 1 if n == 1 then return 'return 7' end end)() == 7");
+    eval_fails(p, "collectgarbage('stop')", "not allowed");
+    eval_fails(p, "collectgarbage()", "not allowed");
+    eval_true(p, "return collectgarbage('count') > 0");
+    eval_true(p, "print('hello from the policy', 1, nil) return true");
+    eval_true(p, "return string.format('%d', 3) == '3' and math.max(1, 2) == 2 and utf8.char(233) == '\\u{e9}' "
+                 "and table.concat({ 'a', 'b' }) == 'ab'");
+    policy_free(p);
+}
+
+static void test_require(void **state)
+{
+    policy_t *p = good_new(NULL);
+    eval_true(p, "return require('helper').shout('x') == 'X!'");
+    eval_true(p, "return require('helper') == require('helper')");
+    eval_fails(p, "return require('../x')", "letters, digits and _");
+    eval_fails(p, "return require('a.b')", "letters, digits and _");
+    eval_fails(p, "return require('/etc/passwd')", "letters, digits and _");
+    eval_fails(p, "return require('')", "letters, digits and _");
+    eval_fails(p, "return require('nope')", "no file nope.lua");
+    policy_free(p);
+}
+
+/* ---- hooks ---- */
+
+static void test_on_message(void **state)
+{
+    policy_t *p = good_new(NULL);
+    char code[64] = "";
+    json_t *out = NULL;
+    json_t *msg = json_pack("{s:s, s:s}", "op", "rewrite", "text", "hi");
+    assert_int_equal(policy_on_message(p, &conn, "lobby", msg, &out, code, sizeof code), POLICY_PASS);
+    json_t *want = json_pack("{s:s, s:s, s:s, s:s}", "op", "rewrite", "text", "HI!", "by", "alice", "room", "lobby");
+    assert_true(json_equal(out, want));
+    assert_true(out != msg);
+    assert_string_equal(json_string_value(json_object_get(msg, "text")), "hi");   /* input untouched */
+    json_decref(want);
+    json_decref(out);
+    json_decref(msg);
+
+    assert_int_equal(message_op(p, "drop", &out, code, sizeof code), POLICY_DROP);
+    assert_null(out);
+    assert_string_equal(code, "no_spam");
+    assert_int_equal(message_op(p, "drop_false", &out, code, sizeof code), POLICY_DROP);
+    assert_string_equal(code, "muted");
+    assert_int_equal(message_op(p, "handled", &out, code, sizeof code), POLICY_PASS);
+    assert_null(out);
+
+    msg = json_pack("{s:s}", "op", "pass");
+    assert_int_equal(policy_on_message(p, &conn, "lobby", msg, &out, code, sizeof code), POLICY_PASS);
+    assert_ptr_equal(out, msg);                  /* unchanged: the same message, a new reference */
+    json_decref(out);
+    json_object_set_new(msg, "op", json_string("nothing"));
+    assert_int_equal(policy_on_message(p, &conn, "lobby", msg, &out, code, sizeof code), POLICY_PASS);
+    assert_ptr_equal(out, msg);
+    json_decref(out);
+    json_decref(msg);
+
+    assert_int_equal(message_op(p, "number", &out, code, sizeof code), POLICY_ERROR);
+    assert_int_equal(message_op(p, "array", &out, code, sizeof code), POLICY_ERROR);
+    assert_null(out);
+    policy_free(p);
+
+    /* no policy at all, and a policy without on_message: deliver unchanged */
+    p = policy_new(&cfg, metrics, NULL);
+    msg = json_pack("{s:s}", "type", "chat");
+    assert_int_equal(policy_on_message(p, &conn, "lobby", msg, &out, code, sizeof code), POLICY_PASS);
+    assert_ptr_equal(out, msg);
+    json_decref(out);
+    assert_int_equal(policy_on_connect(p, &conn, code, sizeof code), POLICY_PASS);
+    json_decref(msg);
+    policy_free(p);
+}
+
+static void test_on_connect_join_leave_tick(void **state)
+{
+    policy_t *p = good_new(NULL);
+    char reason[64] = "";
+    assert_int_equal(policy_on_connect(p, &conn, reason, sizeof reason), POLICY_PASS);
+    policy_conn_t banned = { "c2", "10.0.0.2", "banned", NULL, NULL };
+    assert_int_equal(policy_on_connect(p, &banned, reason, sizeof reason), POLICY_DROP);
+    assert_string_equal(reason, "banned user");
+    policy_conn_t boom = { "c3", "10.0.0.3", "err", NULL, NULL };
+    assert_int_equal(policy_on_connect(p, &boom, reason, sizeof reason), POLICY_ERROR);
+    assert_int_equal(metrics->policy_errors[POLICY_HOOK_CONNECT][METRICS_POLICY_ERROR], 1);
+    json_t *query = json_pack("{s:s}", "deny", "x");
+    json_t *headers = json_pack("{s:s}", "x-block", "1");
+    policy_conn_t q = { "c4", "10.0.0.4", "bob", query, NULL };
+    assert_int_equal(policy_on_connect(p, &q, reason, sizeof reason), POLICY_DROP);
+    assert_string_equal(reason, "denied:x");
+    policy_conn_t h = { "c5", "10.0.0.5", "bob", NULL, headers };
+    assert_int_equal(policy_on_connect(p, &h, reason, sizeof reason), POLICY_DROP);
+    assert_string_equal(reason, "blocked_header");
+    json_decref(query);
+    json_decref(headers);
+
+    char code[64] = "";
+    assert_int_equal(policy_on_join(p, &conn, "lobby", code, sizeof code), POLICY_PASS);
+    assert_int_equal(policy_on_join(p, &conn, "secret", code, sizeof code), POLICY_DROP);
+    assert_string_equal(code, "forbidden");
+    assert_int_equal(policy_on_join(p, &conn, "vip", code, sizeof code), POLICY_DROP);
+    assert_string_equal(code, "vip_only");
+
+    policy_on_leave(p, &conn, "lobby");
+    policy_on_leave(p, &conn, "lobby");
+    eval_true(p, "return gw.store.get('leaves:lobby') == 2");
+    policy_on_tick(p, 123.5);
+    eval_true(p, "return gw.store.get('tick') == 123.5");
+    policy_free(p);
+}
+
+/* ---- gw.* ---- */
+
+static void test_store_survives_reload(void **state)
+{
+    policy_t *p = good_new(NULL);
+    eval_true(p, "gw.store.set('greeting', { hello = 'world', n = { 1, 2 } }) return true");
+    char err[256];
+    assert_int_equal(load_fixture(p, "reload_v2", err, sizeof err), 1);
+    json_t *msg = json_pack("{s:s}", "key", "greeting"), *out = NULL;
+    char code[64];
+    assert_int_equal(policy_on_message(p, &conn, "lobby", msg, &out, code, sizeof code), POLICY_PASS);
+    json_t *want = json_pack("{s:{s:s, s:[i,i]}, s:s}", "value", "hello", "world", "n", 1, 2, "version",
+                             policy_version(p));
+    assert_true(json_equal(out, want));
+    json_decref(want);
+    json_decref(out);
+    json_decref(msg);
+    policy_free(p);
+}
+
+static void test_store_lua(void **state)
+{
+    policy_t *p = good_new(NULL);
+    eval_true(p, "return gw.store.get('absent') == nil");
+    eval_true(p, "gw.store.set('k', 'v') local a = gw.store.get('k') gw.store.del('k') "
+                 "return a == 'v' and gw.store.get('k') == nil");
+    eval_true(p, "gw.store.set('k', 1) gw.store.set('k', nil) return gw.store.get('k') == nil");
+    eval_true(p, "return gw.store.incr('n') == 1 and gw.store.incr('n', 5) == 6 "
+                 "and math.type(gw.store.incr('n', 0)) == 'integer' and gw.store.incr('n', 0.5) == 6.5");
+    eval_true(p, "gw.store.set('short', true, 0.001) local t = os.clock() + 0.01 "
+                 "repeat local x = 1 until os.clock() > t or gw.store.get('short') == nil "
+                 "return gw.store.get('short') == nil");
+    eval_fails(p, "gw.store.set('big', string.rep('x', 70000))", "64 KiB");
+    eval_fails(p, "gw.store.set('f', print)", "cannot convert a function");
+    eval_fails(p, "gw.store.set('k', 1, -1)", "ttl");
+    eval_fails(p, "gw.store.set('a\\0b', 1)", "NUL");
+    eval_fails(p, "gw.store.set('s', 'x') gw.store.incr('s')", "not a number");
+    policy_free(p);
+}
+
+static void test_store_c(void **state)
+{
+    policy_store_t *s = policy_store_new();
+    const char *err = NULL;
+    assert_int_equal(policy_store_set(s, "a", json_integer(1), 10, 100, &err), 0);
+    assert_int_equal(json_integer_value(policy_store_get(s, "a", 105)), 1);
+    assert_null(policy_store_get(s, "a", 110));  /* expired: absent, and gone */
+    assert_int_equal(policy_store_count(s), 0);
+    assert_int_equal(policy_store_set(s, "b", json_string("x"), 0, 100, &err), 0);
+    assert_int_equal(policy_store_set(s, "c", json_true(), 1, 100, &err), 0);
+    assert_int_equal(policy_store_sweep(s, 200), 1);
+    assert_non_null(policy_store_get(s, "b", 1e9));
+    json_t *two = json_integer(2);
+    assert_int_equal(json_integer_value(policy_store_incr(s, "w", two, 5, 100, &err)), 2);
+    assert_int_equal(json_integer_value(policy_store_incr(s, "w", two, 5, 103, &err)), 4);
+    assert_null(policy_store_get(s, "w", 105.5));  /* the ttl from creation, not from each incr */
+    assert_int_equal(json_integer_value(policy_store_incr(s, "w", two, 5, 106, &err)), 2);
+    json_decref(two);
+    json_t *big = json_integer(INT64_MAX);
+    assert_null(policy_store_incr(s, "w", big, 0, 106, &err));
+    assert_string_equal(err, "integer overflow");
+    json_decref(big);
+    assert_int_equal(policy_store_set(s, "", json_true(), 0, 0, &err), -1);
+    assert_int_equal(policy_store_del(s, "b"), 1);
+    assert_int_equal(policy_store_del(s, "b"), 0);
+
+    /* token buckets: start full, refill at rate, cap at burst */
+    assert_int_equal(policy_store_limit(s, "ip", 1, 2, 0, &err), 1);
+    assert_int_equal(policy_store_limit(s, "ip", 1, 2, 0, &err), 1);
+    assert_int_equal(policy_store_limit(s, "ip", 1, 2, 0.5, &err), 0);
+    assert_int_equal(policy_store_limit(s, "ip", 1, 2, 1.0, &err), 1);
+    assert_int_equal(policy_store_limit(s, "ip", 1, 2, 1.0, &err), 0);
+    assert_int_equal(policy_store_limit(s, "ip", 1, 2, 100, &err), 1);
+    assert_int_equal(policy_store_limit(s, "ip", 1, 2, 100, &err), 1);
+    assert_int_equal(policy_store_limit(s, "ip", 1, 2, 100, &err), 0);
+    assert_int_equal(policy_store_limit(s, "ip", 0, 2, 100, &err), -1);
+    assert_int_equal(policy_store_buckets(s), 1);
+    assert_int_equal(policy_store_sweep(s, 1000), 2);   /* "w" expired, "ip" refilled (= absent) */
+    assert_int_equal(policy_store_count(s), 0);
+    assert_int_equal(policy_store_buckets(s), 0);
+    policy_store_free(s);
+}
+
+static void test_limit_lua(void **state)
+{
+    policy_t *p = good_new(NULL);
+    eval_true(p, "local r = {} for i = 1, 5 do r[i] = gw.limit('k', 0.001, 3) end "
+                 "return r[1] and r[2] and r[3] and not r[4] and not r[5]");
+    eval_true(p, "return gw.limit('other', 0.001, 1) and not gw.limit('other', 0.001, 1)");
+    eval_fails(p, "gw.limit('k', 0, 1)", "rate");
+    eval_fails(p, "gw.limit('k', 1, 0.5)", "burst");
+    policy_free(p);
+}
+
+/* base64url without padding */
+static void b64url(const unsigned char *in, size_t n, char *out)
+{
+    EVP_EncodeBlock((unsigned char *)out, in, (int)n);
+    char *w = out;
+    for (char *r = out; *r; r++) {
+        if (*r == '=') break;
+        *w++ = *r == '+' ? '-' : *r == '/' ? '_' : *r;
+    }
+    *w = '\0';
+}
+
+static void jwt_make(const char *header, const char *payload, const char *secret, char *out)
+{
+    char h[512], pl[512], sig[128];
+    b64url((const unsigned char *)header, strlen(header), h);
+    b64url((const unsigned char *)payload, strlen(payload), pl);
+    sprintf(out, "%s.%s", h, pl);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned maclen = 0;
+    HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)out, strlen(out), mac, &maclen);
+    b64url(mac, maclen, sig);
+    strcat(out, ".");
+    strcat(out, sig);
+}
+
+/* gw.jwt_verify(token, secret) through eval: "ok:<sub>" or the reason. */
+static void jwt_expect(policy_t *p, const char *token, const char *secret, const char *want)
+{
+    char code[2048];
+    snprintf(code, sizeof code,
+             "local c, r = gw.jwt_verify('%s', '%s') "
+             "if c then return 'ok:' .. tostring(c.sub) end return r", token, secret);
+    json_t *out = eval(p, code);
+    const char *got = json_string_value(json_object_get(out, "result"));
+    if (!got || strcmp(got, want)) fail_msg("jwt: got %s, want %s", got ? got : "(none)", want);
+    json_decref(out);
+}
+
+static void test_jwt(void **state)
+{
+    policy_t *p = good_new(NULL);
+    char tok[1024], payload[256];
+    const char *hs = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+    long now = (long)time(NULL);
+    snprintf(payload, sizeof payload, "{\"sub\":\"alice\",\"exp\":%ld,\"nbf\":%ld}", now + 600, now - 10);
+    jwt_make(hs, payload, "s3cret", tok);
+    jwt_expect(p, tok, "s3cret", "ok:alice");
+    jwt_expect(p, tok, "other", "bad_signature");
+    char tampered[1024];
+    snprintf(tampered, sizeof tampered, "%s", tok);
+    char *dot = strchr(tampered, '.');
+    dot[1] = dot[1] == 'e' ? 'f' : 'e';            /* change the payload, keep the signature */
+    jwt_expect(p, tampered, "s3cret", "bad_signature");
+    snprintf(payload, sizeof payload, "{\"sub\":\"alice\",\"exp\":%ld}", now - 1);
+    jwt_make(hs, payload, "s3cret", tok);
+    jwt_expect(p, tok, "s3cret", "expired");
+    snprintf(payload, sizeof payload, "{\"sub\":\"alice\",\"nbf\":%ld}", now + 600);
+    jwt_make(hs, payload, "s3cret", tok);
+    jwt_expect(p, tok, "s3cret", "not_yet_valid");
+    jwt_make("{\"alg\":\"none\"}", "{\"sub\":\"alice\"}", "s3cret", tok);
+    jwt_expect(p, tok, "s3cret", "unsupported_alg");
+    tok[strrchr(tok, '.') - tok + 1] = '\0';        /* "none" tokens carry no signature */
+    jwt_expect(p, tok, "s3cret", "unsupported_alg");
+    jwt_make("{\"alg\":\"HS512\"}", "{\"sub\":\"alice\"}", "s3cret", tok);
+    jwt_expect(p, tok, "s3cret", "unsupported_alg");
+    jwt_make("{\"typ\":\"JWT\"}", "{\"sub\":\"alice\"}", "s3cret", tok);
+    jwt_expect(p, tok, "s3cret", "malformed");
+    jwt_make(hs, "[1]", "s3cret", tok);
+    jwt_expect(p, tok, "s3cret", "malformed");
+    jwt_make(hs, "{\"exp\":\"soon\"}", "s3cret", tok);
+    jwt_expect(p, tok, "s3cret", "malformed");
+    jwt_expect(p, "not-a-token", "s3cret", "malformed");
+    jwt_expect(p, "a.b", "s3cret", "malformed");
+    jwt_expect(p, "a.b.c.d", "s3cret", "malformed");
+    jwt_expect(p, "!!.??.**", "s3cret", "malformed");
+    eval_fails(p, "gw.jwt_verify('a.b.c', '')", "secret is empty");
+    policy_free(p);
+}
+
+static void test_config_readonly(void **state)
+{
+    policy_t *p = good_new(NULL);
+    eval_true(p, "return gw.config.policy_budget == 2000000 and gw.config.policy_fail == 'closed'");
+    eval_true(p, "return gw.config.api_token ~= 'hunter2'");       /* redacted by config_to_json */
+    eval_fails(p, "gw.config.policy_budget = 1", "gw.config is read-only");
+    eval_fails(p, "gw.config.new_key = 1", "gw.config is read-only");
+    eval_fails(p, "setmetatable(gw.config, nil)", "protected metatable");
+    eval_true(p, "local t = gw.config.ice_servers t[1] = 'x' return #gw.config.ice_servers == 0");
+    eval_true(p, "local n = 0 for k, v in pairs(gw.config) do n = n + 1 end return n > 30");
+    eval_true(p, "return getmetatable(gw.config) == 'gw.config is read-only'");
+    policy_free(p);
+}
+
+/* ---- conversion ---- */
+
+static void test_conversion_roundtrip(void **state)
+{
+    policy_t *p = good_new(NULL);
+    const char *text =
+        "{\"op\":\"echo\",\"nested\":{\"a\":{\"b\":[1,2,{\"c\":[],\"d\":{}}]}},\"empty\":[],\"obj\":{},"
+        "\"uni\":\"h\\u00e9llo \\u2713 \\ud83d\\ude00\",\"int\":42,\"neg\":-7,\"real\":1.5,\"realint\":2.0,"
+        "\"big\":9007199254740993,\"t\":true,\"f\":false,\"holes\":[1,null,3],\"nul\":\"a\\u0000b\"}";
+    json_t *msg = json_loads(text, JSON_ALLOW_NUL, NULL), *out = NULL;
+    assert_non_null(msg);
+    char code[64];
+    assert_int_equal(policy_on_message(p, &conn, "lobby", msg, &out, code, sizeof code), POLICY_PASS);
+    assert_non_null(out);
+    assert_true(out != msg);
+    if (!json_equal(out, msg)) {
+        char *got = json_dumps(out, JSON_COMPACT | JSON_SORT_KEYS);
+        fail_msg("round trip: %s", got);
+    }
+    assert_true(json_is_integer(json_object_get(out, "int")));
+    assert_true(json_is_real(json_object_get(out, "realint")));
+    json_decref(out);
+    json_decref(msg);
+
+    /* null members vanish (absent in Lua) */
+    msg = json_pack("{s:s, s:n, s:i}", "op", "echo", "gone", "kept", 1);
+    assert_int_equal(policy_on_message(p, &conn, "lobby", msg, &out, code, sizeof code), POLICY_PASS);
+    assert_null(json_object_get(out, "gone"));
+    assert_int_equal(json_integer_value(json_object_get(out, "kept")), 1);
+    json_decref(out);
+    json_decref(msg);
+
+    /* deeper than 32 levels does not convert */
+    json_t *deep = json_pack("{s:s}", "op", "echo"), *cur = deep;
+    for (int i = 0; i < 40; i++) {
+        json_t *next = json_object();
+        json_object_set_new(cur, "x", next);
+        cur = next;
+    }
+    assert_int_equal(policy_on_message(p, &conn, "lobby", deep, &out, code, sizeof code), POLICY_ERROR);
+    json_decref(deep);
+
+    /* Lua -> JSON */
+    eval_true(p, "return true");
+    json_t *r = eval(p, "return { arr = gw.array(), obj = {}, list = { 'a', gw.null, 'c' }, n = 3, f = 0.25 }");
+    json_t *want = json_pack("{s:b, s:{s:[], s:{}, s:[s,n,s], s:i, s:f}}", "ok", 1, "result", "arr", "obj", "list",
+                             "a", "c", "n", 3, "f", 0.25);
+    assert_true(json_equal(r, want));
+    json_decref(want);
+    json_decref(r);
+    static const char *const bad[] = {
+        "return { result = (function() local t = {} t.t = t return t end)() }",  /* cycle */
+        "return { result = '\\xff\\xfe' }",                                         /* not UTF-8 */
+        "return { result = 0/0 }",
+        "return { result = math.huge }",
+        "return { result = { [1] = 'a', [3] = 'c' } }",                             /* holes */
+        "return { result = { 1, 2, x = 3 } }",                                      /* mixed */
+        "return { result = { [true] = 1 } }",
+        "return { result = print }",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *m = json_pack("{s:s, s:s}", "op", "eval", "code", bad[i]);
+        out = NULL;
+        if (policy_on_message(p, &conn, "lobby", m, &out, code, sizeof code) != POLICY_ERROR)
+            fail_msg("converted: %s", bad[i]);
+        assert_null(out);
+        json_decref(m);
+    }
+    eval_fails(p, "gw.send('c1', { f = print })", "cannot convert");
+    policy_free(p);
+}
+
+/* ---- host callbacks ---- */
+
+typedef struct {
+    int sends, broadcasts, kicks, logs;
+    char last_to[64], except[64], code[64], reason[64], log_msg[128], log_hook[32];
+    json_t *last;
+    policy_t *p;                   /* for callbacks that re-enter the policy */
+    int reload_rc;
+    char reload_err[256];
+} fake_host_t;
+
+static int fake_send(void *ud, const char *id, json_t *msg)
+{
+    fake_host_t *h = ud;
+    if (strcmp(id, "c1")) return -1;
+    h->sends++;
+    snprintf(h->last_to, sizeof h->last_to, "%s", id);
+    json_decref(h->last);
+    h->last = json_incref(msg);
+    return 0;
+}
+
+static int fake_broadcast(void *ud, const char *room, json_t *msg, const char *except)
+{
+    fake_host_t *h = ud;
+    h->broadcasts++;
+    snprintf(h->except, sizeof h->except, "%s", except ? except : "(none)");
+    return strcmp(room, "lobby") ? -1 : 0;
+}
+
+static int fake_kick(void *ud, const char *id, const char *code, const char *reason)
+{
+    fake_host_t *h = ud;
+    h->kicks++;
+    if (h->p && !strcmp(code, "reenter")) policy_on_leave(h->p, &conn, "kicked");  /* like a close */
+    if (h->p && !strcmp(code, "reload")) {
+        char dir[PATH_MAX];
+        fixture(dir, sizeof dir, "reload_v2");
+        h->reload_rc = policy_load(h->p, dir, h->reload_err, sizeof h->reload_err);
+    }
+    snprintf(h->code, sizeof h->code, "%s", code);
+    snprintf(h->reason, sizeof h->reason, "%s", reason);
+    return 0;
+}
+
+static json_t *fake_members(void *ud, const char *room)
+{
+    if (strcmp(room, "lobby")) return NULL;
+    return json_pack("[{s:s, s:s, s:b}]", "id", "c1", "name", "alice", "muted", 0);
+}
+
+static json_t *fake_rooms(void *ud) { return json_pack("[{s:s, s:i}]", "name", "lobby", "online", 1); }
+
+static void fake_log(void *ud, int level, const char *msg, json_t *fields)
+{
+    fake_host_t *h = ud;
+    h->logs++;
+    snprintf(h->log_msg, sizeof h->log_msg, "%s", msg);
+    const char *hook = json_string_value(json_object_get(fields, "hook"));
+    snprintf(h->log_hook, sizeof h->log_hook, "%s", hook ? hook : "");
+}
+
+static void test_host(void **state)
+{
+    fake_host_t fh = { 0 };
+    policy_host_t host = { &fh, fake_send, fake_broadcast, fake_kick, fake_members, fake_rooms, fake_log };
+    policy_t *p = good_new(&host);
+    eval_true(p, "return gw.send('c1', { type = 'hi', n = 1 }) and not gw.send('zz', {})");
+    assert_int_equal(fh.sends, 1);
+    json_t *want = json_pack("{s:s, s:i}", "type", "hi", "n", 1);
+    assert_true(json_equal(fh.last, want));
+    json_decref(want);
+    eval_true(p, "return gw.broadcast('lobby', { type = 'x' }, { except = 'c1' }) "
+                 "and not gw.broadcast('nope', { type = 'x' })");
+    assert_int_equal(fh.broadcasts, 2);
+    assert_string_equal(fh.except, "(none)");
+    eval_true(p, "return gw.kick('c1', 'bye', 'spam')");
+    assert_string_equal(fh.code, "bye");
+    assert_string_equal(fh.reason, "spam");
+    eval_true(p, "local m = gw.members('lobby') return #m == 1 and m[1].name == 'alice' "
+                 "and m[1].muted == false and gw.members('nope') == nil");
+    eval_true(p, "local r = gw.rooms() return r[1].name == 'lobby' and r[1].online == 1");
+    eval_true(p, "local t = gw.now() return math.type(t) == 'float' and t > 1.6e9");
+    int logs = fh.logs;
+    eval_true(p, "gw.log('warn', 'from lua', { a = 1 }) return true");
+    assert_int_equal(fh.logs, logs + 1);
+    assert_string_equal(fh.log_msg, "from lua");
+    eval_fails(p, "gw.log('loud', 'x')", "invalid option");
+    /* the handled op sends through the host, then delivers nothing */
+    json_t *out = NULL;
+    char code[64];
+    assert_int_equal(message_op(p, "handled", &out, code, sizeof code), POLICY_PASS);
+    assert_null(out);
+    assert_int_equal(fh.sends, 2);
+    /* hook failures are logged through the host with the hook's name */
+    policy_conn_t boom = { "c3", "10.0.0.3", "err", NULL, NULL };
+    assert_int_equal(policy_on_connect(p, &boom, code, sizeof code), POLICY_ERROR);
+    assert_string_equal(fh.log_msg, "policy hook failed");
+    assert_string_equal(fh.log_hook, "on_connect");
+    /* a callback may re-enter a hook (a kick closes the conn: on_leave); a reload from inside a
+     * hook is refused, since the running VM cannot close under its own call */
+    fh.p = p;
+    eval_true(p, "return gw.kick('c1', 'reenter', '') and gw.store.get('leaves:kicked') == 1");
+    eval_true(p, "return gw.kick('c1', 'reload', '')");
+    assert_int_equal(fh.reload_rc, -1);
+    assert_non_null(strstr(fh.reload_err, "during a hook call"));
+    fh.p = NULL;
+    policy_free(p);
+    json_decref(fh.last);
+
+    /* without a host, gw.send and friends answer false / nil / {} */
+    p = good_new(NULL);
+    eval_true(p, "return gw.send('c1', {}) == false and gw.broadcast('lobby', {}) == false "
+                 "and gw.kick('c1') == false and gw.members('lobby') == nil and #gw.rooms() == 0");
+    policy_free(p);
+}
+
+static int setup(void **state)
+{
+    char *argv[] = { "--policy_budget", "2000000", "--policy_memory_mb", "32", "--api_token", "hunter2" };
+    char err[256];
+    if (config_load(&cfg, 6, argv, err, sizeof err) < 0) {
+        fprintf(stderr, "config: %s\n", err);
+        return -1;
+    }
+    metrics = calloc(1, sizeof *metrics);
+    return metrics ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    config_free(&cfg);
+    free(metrics);
+    return 0;
+}
+
+/* Each test starts from zeroed counters. */
+static int metrics_reset(void **state)
+{
+    memset(metrics, 0, sizeof *metrics);
+    return 0;
+}
+
+int main(void)
+{
+    const char *src = getenv("CHATGW_SRC");
+    if (src && *src) {
+        snprintf(fixtures, sizeof fixtures, "%s/tests/unit/policy_fixtures", src);
+    } else {
+        const char *file = THIS_FILE;
+        const char *slash = strrchr(file, '/');
+        snprintf(fixtures, sizeof fixtures, "%.*s/policy_fixtures", slash ? (int)(slash - file) : 1,
+                 slash ? file : ".");
+    }
+    if (!getenv("CHATGW_TEST_VERBOSE")) log_level_set(LOG_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_load_good, metrics_reset),
+        cmocka_unit_test_setup(test_load_rejected, metrics_reset),
+        cmocka_unit_test_setup(test_policy_check, metrics_reset),
+        cmocka_unit_test_setup(test_sources_listing, metrics_reset),
+        cmocka_unit_test_setup(test_budget, metrics_reset),
+        cmocka_unit_test_setup(test_memory, metrics_reset),
+        cmocka_unit_test_setup(test_no_finalizers, metrics_reset),
+        cmocka_unit_test_setup(test_sandbox, metrics_reset),
+        cmocka_unit_test_setup(test_require, metrics_reset),
+        cmocka_unit_test_setup(test_on_message, metrics_reset),
+        cmocka_unit_test_setup(test_on_connect_join_leave_tick, metrics_reset),
+        cmocka_unit_test_setup(test_store_survives_reload, metrics_reset),
+        cmocka_unit_test_setup(test_store_lua, metrics_reset),
+        cmocka_unit_test_setup(test_store_c, metrics_reset),
+        cmocka_unit_test_setup(test_limit_lua, metrics_reset),
+        cmocka_unit_test_setup(test_jwt, metrics_reset),
+        cmocka_unit_test_setup(test_config_readonly, metrics_reset),
+        cmocka_unit_test_setup(test_conversion_roundtrip, metrics_reset),
+        cmocka_unit_test_setup(test_host, metrics_reset),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,8 @@
+-- A sibling module: require "helper" from policy.lua.
+local M = {}
+
+function M.shout(s)
+  return s:upper() .. "!"
+end
+
+return M

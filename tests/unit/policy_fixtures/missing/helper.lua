@@ -1,0 +1,2 @@
+-- No policy.lua in this directory.
+return {}

@@ -1,0 +1,3 @@
+-- line 2
+local x = = 1
+return {}

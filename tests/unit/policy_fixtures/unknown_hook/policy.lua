@@ -1,0 +1,3 @@
+return {
+  on_mesage = function(_, _, msg) return msg end,
+}

@@ -1,0 +1,965 @@
+/* Unit tests for proto.c: every client type decodes with valid input and fills the borrowed
+ * fields; each failure class (invalid JSON, non-object, missing or malformed type, wrong field
+ * types, missing fields, bad room names and display names, oversized text, bad cid and since)
+ * gets the right error code and a message naming the field; the validators and since parser
+ * hold at their edges; and every encoder's output parses back with the right fields, including
+ * the spliced room/history replies and the extra-merge of msg. Run under ASan for leaks. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto.h"
+
+/* cmocka hands every test a state it does not use (the build passes -Wno-unused-parameter). */
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+
+/* ---- helpers ---- */
+
+#define MAX_TEXT 4096
+
+static void decode_ok(const char *json, size_t max_text, proto_in_t *in)
+{
+    proto_err_t err = {0};
+    int rc = proto_decode(json, strlen(json), max_text, in, &err);
+    if (rc != 0) print_error("decode failed for %s: %s %s\n", json, err.code, err.message);
+    assert_int_equal(rc, 0);
+    assert_non_null(in->root);
+}
+
+/* Decodes n bytes expecting code, and that the message contains needle (NULL: anything). */
+static void decode_err_n(const char *json, size_t n, size_t max_text, const char *code, const char *needle)
+{
+    proto_in_t in;
+    proto_err_t err = {0};
+    int rc = proto_decode(json, n, max_text, &in, &err);
+    if (rc != -1) print_error("decode accepted %.*s\n", (int)n, json);
+    assert_int_equal(rc, -1);
+    assert_null(in.root);
+    assert_non_null(err.code);
+    if (strcmp(err.code, code)) print_error("%.*s: got %s (%s), want %s\n", (int)n, json, err.code, err.message, code);
+    assert_string_equal(err.code, code);
+    if (needle && !strstr(err.message, needle)) print_error("message '%s' lacks '%s'\n", err.message, needle);
+    if (needle) assert_non_null(strstr(err.message, needle));
+}
+
+static void decode_err(const char *json, const char *code, const char *needle)
+{
+    decode_err_n(json, strlen(json), MAX_TEXT, code, needle);
+}
+
+/* Parses an encoder's output, which must be exactly one JSON object; takes the buffer. */
+static json_t *parse(sbuf_t *s)
+{
+    assert_non_null(s);
+    assert_int_equal(s->refs, 1);
+    json_error_t jerr;
+    json_t *v = json_loadb(s->data, s->len, 0, &jerr);
+    if (!v) print_error("bad output %.*s: %s\n", (int)s->len, s->data, jerr.text);
+    assert_non_null(v);
+    assert_true(json_is_object(v));
+    sbuf_unref(s);
+    return v;
+}
+
+static void assert_str_field(json_t *o, const char *key, const char *want)
+{
+    json_t *v = json_object_get(o, key);
+    if (!json_is_string(v)) print_error("field %s is not a string\n", key);
+    assert_true(json_is_string(v));
+    assert_string_equal(json_string_value(v), want);
+}
+
+static void assert_int_field(json_t *o, const char *key, json_int_t want)
+{
+    json_t *v = json_object_get(o, key);
+    assert_true(json_is_integer(v));
+    assert_true(json_integer_value(v) == want);
+}
+
+/* The first key of the raw text is "type" (insertion order is kept). */
+static void assert_type_first(const sbuf_t *s, const char *type)
+{
+    char want[64];
+    snprintf(want, sizeof want, "{\"type\":\"%s\"", type);
+    assert_true(s->len > strlen(want));
+    assert_memory_equal(s->data, want, strlen(want));
+}
+
+static char *repeat(const char *unit, size_t n)
+{
+    size_t u = strlen(unit);
+    char *s = xmalloc(u * n + 1);
+    for (size_t i = 0; i < n; i++) memcpy(s + i * u, unit, u);
+    s[u * n] = '\0';
+    return s;
+}
+
+/* ---- decoding: valid input ---- */
+
+static void test_decode_join(void **state)
+{
+    proto_in_t in;
+    decode_ok("{\"type\":\"join\",\"room\":\"lobby\",\"name\":\"Ann\",\"since\":\"ab_C-1:42\"}", MAX_TEXT, &in);
+    assert_int_equal(in.type, PROTO_JOIN);
+    assert_string_equal(in.type_name, "join");
+    assert_string_equal(in.room, "lobby");
+    assert_string_equal(in.name, "Ann");
+    assert_string_equal(in.since, "ab_C-1:42");
+    assert_null(in.text);
+    assert_null(in.cid);
+    proto_in_free(&in);
+    assert_null(in.root);
+
+    decode_ok("{\"room\":\"r\",\"type\":\"join\"}", MAX_TEXT, &in);
+    assert_int_equal(in.type, PROTO_JOIN);
+    assert_string_equal(in.room, "r");
+    assert_null(in.name);
+    assert_null(in.since);
+    proto_in_free(&in);
+}
+
+static void test_decode_room_only(void **state)
+{
+    static const struct { const char *json; proto_type_t type; } cases[] = {
+        {"{\"type\":\"leave\",\"room\":\"a\"}", PROTO_LEAVE},
+        {"{\"type\":\"mute\",\"room\":\"a\"}", PROTO_MUTE},
+        {"{\"type\":\"unmute\",\"room\":\"a\"}", PROTO_UNMUTE},
+        {"{\"type\":\"history\",\"room\":\"a\"}", PROTO_HISTORY},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        proto_in_t in;
+        decode_ok(cases[i].json, MAX_TEXT, &in);
+        assert_int_equal(in.type, cases[i].type);
+        assert_string_equal(in.room, "a");
+        assert_null(in.since);
+        proto_in_free(&in);
+    }
+}
+
+static void test_decode_history_since(void **state)
+{
+    proto_in_t in;
+    decode_ok("{\"type\":\"history\",\"room\":\"a\",\"since\":\"e1:0\"}", MAX_TEXT, &in);
+    assert_int_equal(in.type, PROTO_HISTORY);
+    assert_string_equal(in.since, "e1:0");
+    proto_in_free(&in);
+}
+
+static void test_decode_msg(void **state)
+{
+    proto_in_t in;
+    decode_ok("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"hi \\u00e9\\n\",\"cid\":\"c-1\"}", MAX_TEXT, &in);
+    assert_int_equal(in.type, PROTO_MSG);
+    assert_string_equal(in.room, "a");
+    assert_string_equal(in.text, "hi \xc3\xa9\n");
+    assert_int_equal(in.text_len, 6);
+    assert_true(json_is_string(in.cid));
+    assert_string_equal(json_string_value(in.cid), "c-1");
+    proto_in_free(&in);
+
+    decode_ok("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"x\",\"cid\":-7}", MAX_TEXT, &in);
+    assert_true(json_is_integer(in.cid));
+    assert_true(json_integer_value(in.cid) == -7);
+    proto_in_free(&in);
+
+    decode_ok("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"x\"}", MAX_TEXT, &in);
+    assert_null(in.cid);
+    proto_in_free(&in);
+
+    /* duplicate keys are allowed; the last one wins */
+    decode_ok("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"x\",\"text\":\"y\"}", MAX_TEXT, &in);
+    assert_string_equal(in.text, "y");
+    proto_in_free(&in);
+}
+
+static void test_decode_dm(void **state)
+{
+    proto_in_t in;
+    decode_ok("{\"type\":\"dm\",\"to\":\"abc\",\"text\":\"psst\",\"cid\":5}", MAX_TEXT, &in);
+    assert_int_equal(in.type, PROTO_DM);
+    assert_string_equal(in.to, "abc");
+    assert_string_equal(in.text, "psst");
+    assert_int_equal(in.text_len, 4);
+    assert_true(json_integer_value(in.cid) == 5);
+    assert_null(in.room);
+    proto_in_free(&in);
+}
+
+static void test_decode_signal(void **state)
+{
+    proto_in_t in;
+    decode_ok("{\"type\":\"signal\",\"room\":\"v\",\"to\":\"p2\",\"data\":{\"sdp\":\"x\",\"kind\":\"offer\"}}", MAX_TEXT,
+              &in);
+    assert_int_equal(in.type, PROTO_SIGNAL);
+    assert_string_equal(in.room, "v");
+    assert_string_equal(in.to, "p2");
+    assert_true(json_is_object(in.data));
+    assert_string_equal(json_string_value(json_object_get(in.data, "kind")), "offer");
+    proto_in_free(&in);
+
+    decode_ok("{\"type\":\"signal\",\"room\":\"v\",\"to\":\"p2\",\"data\":null}", MAX_TEXT, &in);
+    assert_true(json_is_null(in.data));
+    proto_in_free(&in);
+}
+
+static void test_decode_custom(void **state)
+{
+    proto_in_t in;
+    decode_ok("{\"type\":\"poll.vote-2_x\",\"room\":\"a\",\"choice\":3}", MAX_TEXT, &in);
+    assert_int_equal(in.type, PROTO_CUSTOM);
+    assert_string_equal(in.type_name, "poll.vote-2_x");
+    assert_string_equal(in.room, "a");
+    assert_true(json_integer_value(json_object_get(in.root, "choice")) == 3);
+    proto_in_free(&in);
+
+    /* no fields needed; empty text is the policy's business */
+    decode_ok("{\"type\":\"ping\",\"text\":\"\"}", MAX_TEXT, &in);
+    assert_int_equal(in.type, PROTO_CUSTOM);
+    assert_null(in.room);
+    assert_string_equal(in.text, "");
+    proto_in_free(&in);
+
+    char json[128];
+    char *t32 = repeat("a", 32);
+    snprintf(json, sizeof json, "{\"type\":\"%s\"}", t32);
+    decode_ok(json, MAX_TEXT, &in);
+    assert_int_equal(in.type, PROTO_CUSTOM);
+    proto_in_free(&in);
+    free(t32);
+
+    /* server-only names are just custom types to the decoder */
+    decode_ok("{\"type\":\"welcome\"}", MAX_TEXT, &in);
+    assert_int_equal(in.type, PROTO_CUSTOM);
+    proto_in_free(&in);
+
+    decode_err("{\"type\":\"ping\",\"room\":\"a b\"}", "bad_field", "'room'");
+    decode_err("{\"type\":\"ping\",\"text\":5}", "bad_field", "'text'");
+    decode_err("{\"type\":\"ping\",\"cid\":[]}", "bad_field", "'cid'");
+}
+
+/* ---- decoding: failures ---- */
+
+static void test_decode_bad_json(void **state)
+{
+    decode_err("{", "bad_json", "line 1");
+    decode_err("{\"type\":\"msg\"", "bad_json", "column");
+    decode_err("{\"type\":\"msg\",}", "bad_json", NULL);
+    decode_err("{\"type\":\"msg\"} x", "bad_json", NULL);
+    decode_err("{\"type\":'msg'}", "bad_json", NULL);
+    decode_err("", "bad_json", NULL);
+    decode_err("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"x\\u0000y\"}", "bad_json", "NUL");
+    decode_err("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"\\ud800\"}", "bad_json", NULL);
+    decode_err("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"\xff\"}", "bad_json", NULL);
+    decode_err("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"\xc0\x80\"}", "bad_json", NULL);
+    decode_err("{\"type\":\"msg\",\"n\":99999999999999999999999}", "bad_json", NULL);
+    decode_err("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"a\tb\"}", "bad_json", NULL);
+    /* a raw NUL byte, and bytes after the stated length are not read */
+    static const char nul[] = "{\"type\":\"msg\",\"text\":\"a\0b\"}";
+    decode_err_n(nul, sizeof nul - 1, MAX_TEXT, "bad_json", NULL);
+    decode_err_n("{\"type\":\"leave\",\"room\":\"a\"}", 10, MAX_TEXT, "bad_json", NULL);
+    proto_in_t in;
+    proto_err_t err;
+    const char *json = "{\"type\":\"leave\",\"room\":\"a\"}";
+    assert_int_equal(proto_decode(json, strlen(json) - 1, MAX_TEXT, &in, &err), -1);
+}
+
+/* Error messages are valid UTF-8 even when jansson quotes broken input, so they can be sent. */
+static void test_decode_error_message_sendable(void **state)
+{
+    static const char *inputs[] = {
+        "{\"a\":\"\xc3\"}", "{\"a\":\"\xe2\x82\"}", "{\"\xf0\x9f\x98\":1}", "{\"a\":\xc3\xa9\xc3\xa9\xc3}",
+    };
+    for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) {
+        proto_in_t in;
+        proto_err_t err;
+        assert_int_equal(proto_decode(inputs[i], strlen(inputs[i]), MAX_TEXT, &in, &err), -1);
+        json_t *v = json_string(err.message);
+        assert_non_null(v);
+        json_decref(v);
+        json_t *o = parse(proto_error(err.code, err.message, NULL));
+        json_decref(o);
+    }
+}
+
+static void test_decode_not_object(void **state)
+{
+    decode_err("[]", "bad_json", "object");
+    decode_err("[{\"type\":\"msg\"}]", "bad_json", "object");
+    decode_err("42", "bad_json", "object");
+    decode_err("\"msg\"", "bad_json", "object");
+    decode_err("null", "bad_json", "object");
+    decode_err("true", "bad_json", "object");
+}
+
+static void test_decode_missing_type(void **state)
+{
+    decode_err("{}", "bad_type", "'type'");
+    decode_err("{\"room\":\"a\"}", "bad_type", "'type'");
+    decode_err("{\"type\":1}", "bad_type", "'type'");
+    decode_err("{\"type\":null}", "bad_type", "'type'");
+    decode_err("{\"type\":[\"msg\"]}", "bad_type", "'type'");
+    decode_err("{\"type\":{}}", "bad_type", "'type'");
+}
+
+static void test_decode_bad_type(void **state)
+{
+    static const char *types[] = {
+        "", "Msg", "MSG", "1abc", "_x", ".x", "-x", "a b", "a/b", "a:b", "a\\u00e9", "\\u00e9", "a\\n", "a!",
+    };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        char json[128];
+        snprintf(json, sizeof json, "{\"type\":\"%s\",\"room\":\"a\"}", types[i]);
+        decode_err(json, "bad_type", "'type'");
+    }
+    char json[128];
+    char *t33 = repeat("a", 33);
+    snprintf(json, sizeof json, "{\"type\":\"%s\"}", t33);
+    decode_err(json, "bad_type", NULL);
+    free(t33);
+}
+
+static void test_decode_wrong_field_types(void **state)
+{
+    decode_err("{\"type\":\"join\",\"room\":1}", "bad_field", "field 'room'");
+    decode_err("{\"type\":\"join\",\"room\":null}", "bad_field", "field 'room'");
+    decode_err("{\"type\":\"join\",\"room\":\"a\",\"name\":true}", "bad_field", "field 'name'");
+    decode_err("{\"type\":\"join\",\"room\":\"a\",\"since\":5}", "bad_field", "field 'since'");
+    decode_err("{\"type\":\"join\",\"room\":\"a\",\"since\":\"nope\"}", "bad_field", "field 'since'");
+    decode_err("{\"type\":\"history\",\"room\":\"a\",\"since\":\"e:-1\"}", "bad_field", "field 'since'");
+    decode_err("{\"type\":\"msg\",\"room\":\"a\",\"text\":1}", "bad_field", "field 'text'");
+    decode_err("{\"type\":\"msg\",\"room\":\"a\",\"text\":[\"x\"]}", "bad_field", "field 'text'");
+    decode_err("{\"type\":\"dm\",\"to\":[],\"text\":\"x\"}", "bad_field", "field 'to'");
+    decode_err("{\"type\":\"dm\",\"to\":\"\",\"text\":\"x\"}", "bad_field", "field 'to'");
+    decode_err("{\"type\":\"signal\",\"room\":\"a\",\"to\":7,\"data\":{}}", "bad_field", "field 'to'");
+    /* room is checked before text, whatever the key order */
+    decode_err("{\"type\":\"msg\",\"text\":1,\"room\":2}", "bad_field", "field 'room'");
+
+    char json[256];
+    char *to64 = repeat("t", 64), *to65 = repeat("t", 65);
+    proto_in_t in;
+    snprintf(json, sizeof json, "{\"type\":\"dm\",\"to\":\"%s\",\"text\":\"x\"}", to64);
+    decode_ok(json, MAX_TEXT, &in);
+    assert_string_equal(in.to, to64);
+    proto_in_free(&in);
+    snprintf(json, sizeof json, "{\"type\":\"dm\",\"to\":\"%s\",\"text\":\"x\"}", to65);
+    decode_err(json, "bad_field", "field 'to'");
+    free(to64);
+    free(to65);
+}
+
+static void test_decode_cid(void **state)
+{
+    proto_in_t in;
+    char json[256];
+    char *c64 = repeat("c", 64), *c65 = repeat("c", 65);
+    snprintf(json, sizeof json, "{\"type\":\"msg\",\"room\":\"a\",\"text\":\"x\",\"cid\":\"%s\"}", c64);
+    decode_ok(json, MAX_TEXT, &in);
+    assert_string_equal(json_string_value(in.cid), c64);
+    proto_in_free(&in);
+    snprintf(json, sizeof json, "{\"type\":\"msg\",\"room\":\"a\",\"text\":\"x\",\"cid\":\"%s\"}", c65);
+    decode_err(json, "bad_field", "field 'cid'");
+    free(c64);
+    free(c65);
+
+    decode_ok("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"x\",\"cid\":9007199254740993}", MAX_TEXT, &in);
+    assert_true(json_integer_value(in.cid) == 9007199254740993LL);
+    proto_in_free(&in);
+    decode_ok("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"x\",\"cid\":\"\"}", MAX_TEXT, &in);
+    proto_in_free(&in);
+
+    static const char *bad[] = {"1.5", "1e3", "true", "null", "{}", "[1]"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(json, sizeof json, "{\"type\":\"msg\",\"room\":\"a\",\"text\":\"x\",\"cid\":%s}", bad[i]);
+        decode_err(json, "bad_field", "field 'cid'");
+    }
+    /* cid is read (and checked) on every type, so errors about any message can echo it */
+    decode_ok("{\"type\":\"join\",\"room\":\"a\",\"cid\":3}", MAX_TEXT, &in);
+    assert_true(json_integer_value(in.cid) == 3);
+    proto_in_free(&in);
+    decode_err("{\"type\":\"leave\",\"room\":\"a\",\"cid\":false}", "bad_field", "field 'cid'");
+}
+
+static void test_decode_missing_fields(void **state)
+{
+    static const struct { const char *json, *field; } cases[] = {
+        {"{\"type\":\"join\"}", "'room'"},
+        {"{\"type\":\"join\",\"name\":\"x\"}", "'room'"},
+        {"{\"type\":\"leave\"}", "'room'"},
+        {"{\"type\":\"mute\"}", "'room'"},
+        {"{\"type\":\"unmute\"}", "'room'"},
+        {"{\"type\":\"history\"}", "'room'"},
+        {"{\"type\":\"msg\",\"text\":\"x\"}", "'room'"},
+        {"{\"type\":\"msg\",\"room\":\"a\"}", "'text'"},
+        {"{\"type\":\"dm\",\"text\":\"x\"}", "'to'"},
+        {"{\"type\":\"dm\",\"to\":\"p\"}", "'text'"},
+        {"{\"type\":\"signal\",\"to\":\"p\",\"data\":{}}", "'room'"},
+        {"{\"type\":\"signal\",\"room\":\"a\",\"data\":{}}", "'to'"},
+        {"{\"type\":\"signal\",\"room\":\"a\",\"to\":\"p\"}", "'data'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        decode_err(cases[i].json, "bad_field", cases[i].field);
+        decode_err(cases[i].json, "bad_field", "required");
+    }
+}
+
+static void test_decode_text_limits(void **state)
+{
+    proto_in_t in;
+    decode_ok("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"0123456789\"}", 10, &in);
+    assert_int_equal(in.text_len, 10);
+    proto_in_free(&in);
+    const char *msg11 = "{\"type\":\"msg\",\"room\":\"a\",\"text\":\"0123456789A\"}";
+    const char *dm11 = "{\"type\":\"dm\",\"to\":\"p\",\"text\":\"0123456789A\"}";
+    decode_err_n(msg11, strlen(msg11), 10, "too_large", "'text'");
+    decode_err_n(dm11, strlen(dm11), 10, "too_large", "'text'");
+    /* bytes, not code points: 5 x e-acute = 10 bytes ok, 6 = 12 bytes too large */
+    decode_ok("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\"}", 10, &in);
+    assert_int_equal(in.text_len, 10);
+    proto_in_free(&in);
+    const char *six = "{\"type\":\"msg\",\"room\":\"a\",\"text\":\"\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\"}";
+    decode_err_n(six, strlen(six), 10, "too_large", NULL);
+    decode_err("{\"type\":\"msg\",\"room\":\"a\",\"text\":\"\"}", "bad_field", "'text'");
+    decode_err("{\"type\":\"dm\",\"to\":\"p\",\"text\":\"\"}", "bad_field", "'text'");
+    /* custom types share the size limit */
+    const char *custom = "{\"type\":\"shout\",\"text\":\"0123456789A\"}";
+    decode_err_n(custom, strlen(custom), 10, "too_large", NULL);
+
+    /* a realistic limit, exactly at and one over */
+    char *body = repeat("x", MAX_TEXT + 1);
+    size_t cap = MAX_TEXT + 128;
+    char *json = xmalloc(cap);
+    snprintf(json, cap, "{\"type\":\"msg\",\"room\":\"a\",\"text\":\"%.*s\"}", MAX_TEXT, body);
+    decode_ok(json, MAX_TEXT, &in);
+    assert_int_equal(in.text_len, MAX_TEXT);
+    proto_in_free(&in);
+    snprintf(json, cap, "{\"type\":\"msg\",\"room\":\"a\",\"text\":\"%s\"}", body);
+    decode_err(json, "too_large", NULL);
+    free(json);
+    free(body);
+}
+
+static void test_decode_room_names(void **state)
+{
+    static const char *bad[] = {
+        "", "a/b", "a b", "a\\tb", "a\\u0001", "a\\u007f", "a\\u0085", ".hidden", "a?b", "a#b", "a%20", "a\\\\b",
+        "a\\\"b", "<b>", "a\\u00a0b", "a\\u3000b",
+    };
+    char json[256];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(json, sizeof json, "{\"type\":\"join\",\"room\":\"%s\"}", bad[i]);
+        decode_err(json, "bad_field", "field 'room'");
+    }
+    char *r64 = repeat("r", 64), *r65 = repeat("r", 65);
+    proto_in_t in;
+    snprintf(json, sizeof json, "{\"type\":\"join\",\"room\":\"%s\"}", r64);
+    decode_ok(json, MAX_TEXT, &in);
+    proto_in_free(&in);
+    snprintf(json, sizeof json, "{\"type\":\"join\",\"room\":\"%s\"}", r65);
+    decode_err(json, "bad_field", "field 'room'");
+    free(r64);
+    free(r65);
+
+    decode_ok("{\"type\":\"join\",\"room\":\"caf\\u00e9-\\u65e5\\u672c.v2\"}", MAX_TEXT, &in);
+    assert_string_equal(in.room, "caf\xc3\xa9-\xe6\x97\xa5\xe6\x9c\xac.v2");
+    proto_in_free(&in);
+}
+
+static void test_room_valid(void **state)
+{
+    assert_true(proto_room_valid("lobby"));
+    assert_true(proto_room_valid("a.b_c-d~e!"));
+    assert_true(proto_room_valid("x"));
+    assert_true(proto_room_valid("\xf0\x9f\x8e\x89party"));      /* U+1F389 */
+    assert_true(proto_room_valid("\xe6\x97\xa5\xe6\x9c\xac"));   /* 日本 */
+    assert_false(proto_room_valid(NULL));
+    assert_false(proto_room_valid(""));
+    assert_false(proto_room_valid(".a"));
+    assert_false(proto_room_valid("a/b"));
+    assert_false(proto_room_valid("a b"));
+    assert_false(proto_room_valid("a\tb"));
+    assert_false(proto_room_valid("a\nb"));
+    assert_false(proto_room_valid("a\x7f"));
+    assert_false(proto_room_valid("a\xc2\x85"));        /* NEL, C1 */
+    assert_false(proto_room_valid("a\xe2\x80\x83"));    /* EM SPACE */
+    for (const char *p = "/?#%\\\"<>"; *p; p++) {
+        char s[4] = {'a', *p, 'b', 0};
+        assert_false(proto_room_valid(s));
+    }
+    /* malformed UTF-8 */
+    assert_false(proto_room_valid("\xc0\xaf"));           /* overlong '/' */
+    assert_false(proto_room_valid("\xe0\x80\xaf"));
+    assert_false(proto_room_valid("\xed\xa0\x80"));       /* surrogate */
+    assert_false(proto_room_valid("\xf4\x90\x80\x80"));   /* > U+10FFFF */
+    assert_false(proto_room_valid("\xf5\x80\x80\x80"));
+    assert_false(proto_room_valid("a\xc3"));              /* truncated */
+    assert_false(proto_room_valid("\x80"));
+    assert_false(proto_room_valid("\xfe"));
+    /* 64 bytes of multibyte: ok; 66: not */
+    char *e32 = repeat("\xc3\xa9", 32), *e33 = repeat("\xc3\xa9", 33);
+    assert_true(proto_room_valid(e32));
+    assert_false(proto_room_valid(e33));
+    free(e32);
+    free(e33);
+}
+
+static void test_name_valid(void **state)
+{
+    assert_true(proto_name_valid("Ann"));
+    assert_true(proto_name_valid(" a "));
+    assert_true(proto_name_valid("Zo\xc3\xab / #1 <x>"));
+    assert_true(proto_name_valid("\xf0\x9f\x98\x80"));
+    assert_false(proto_name_valid(NULL));
+    assert_false(proto_name_valid(""));
+    assert_false(proto_name_valid(" "));
+    assert_false(proto_name_valid("    "));
+    assert_false(proto_name_valid(" \xc2\xa0\xe3\x80\x80"));   /* only spaces of other kinds */
+    assert_false(proto_name_valid("a\tb"));
+    assert_false(proto_name_valid("a\nb"));
+    assert_false(proto_name_valid("\x1b[31m"));
+    assert_false(proto_name_valid("a\x7f"));
+    assert_false(proto_name_valid("a\xc2\x80"));
+    assert_false(proto_name_valid("a\xc2\x9f"));
+    assert_true(proto_name_valid("a\xc2\xa0z"));
+    assert_false(proto_name_valid("\xc0\x80"));
+    assert_false(proto_name_valid("\xed\xbf\xbf"));
+    assert_false(proto_name_valid("ab\xe2\x82"));
+
+    /* 32 code points of 2, 3 and 4 bytes pass; 33 fail */
+    static const char *units[] = {"a", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        char *ok = repeat(units[i], 32), *over = repeat(units[i], 33);
+        assert_true(proto_name_valid(ok));
+        assert_false(proto_name_valid(over));
+        free(ok);
+        free(over);
+    }
+}
+
+static void test_decode_names(void **state)
+{
+    proto_in_t in;
+    decode_ok("{\"type\":\"join\",\"room\":\"a\",\"name\":\"J\\u00f6rg \\ud83d\\ude00\"}", MAX_TEXT, &in);
+    assert_string_equal(in.name, "J\xc3\xb6rg \xf0\x9f\x98\x80");
+    proto_in_free(&in);
+
+    char json[512];
+    char *n32 = repeat("\\u00e9", 32), *n33 = repeat("\\u00e9", 33);
+    snprintf(json, sizeof json, "{\"type\":\"join\",\"room\":\"a\",\"name\":\"%s\"}", n32);
+    decode_ok(json, MAX_TEXT, &in);
+    assert_int_equal(strlen(in.name), 64);
+    proto_in_free(&in);
+    snprintf(json, sizeof json, "{\"type\":\"join\",\"room\":\"a\",\"name\":\"%s\"}", n33);
+    decode_err(json, "bad_field", "field 'name'");
+    free(n32);
+    free(n33);
+
+    static const char *bad[] = {"", "   ", "a\\u0007", "a\\u001f", "\\u007f", "x\\u0090", "a\\nb"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(json, sizeof json, "{\"type\":\"join\",\"room\":\"a\",\"name\":\"%s\"}", bad[i]);
+        decode_err(json, "bad_field", "field 'name'");
+    }
+}
+
+/* ---- since ---- */
+
+static void test_since_parse(void **state)
+{
+    char epoch[33];
+    uint64_t seq = 99;
+    assert_int_equal(proto_since_parse("abc:0", epoch, sizeof epoch, &seq), 0);
+    assert_string_equal(epoch, "abc");
+    assert_true(seq == 0);
+    assert_int_equal(proto_since_parse("Az09_-:42", epoch, sizeof epoch, &seq), 0);
+    assert_string_equal(epoch, "Az09_-");
+    assert_true(seq == 42);
+    assert_int_equal(proto_since_parse("e:007", epoch, sizeof epoch, &seq), 0);
+    assert_true(seq == 7);
+    assert_int_equal(proto_since_parse("e:18446744073709551615", epoch, sizeof epoch, &seq), 0);
+    assert_true(seq == UINT64_MAX);
+    assert_int_equal(proto_since_parse("e:00000000000000000001", epoch, sizeof epoch, &seq), 0);
+    assert_true(seq == 1);
+
+    char *e32 = repeat("e", 32), *e33 = repeat("e", 33);
+    char s[64];
+    snprintf(s, sizeof s, "%s:1", e32);
+    assert_int_equal(proto_since_parse(s, epoch, sizeof epoch, &seq), 0);
+    assert_string_equal(epoch, e32);
+    assert_int_equal(proto_since_parse(s, epoch, 32, &seq), -1);   /* no room for the NUL */
+    snprintf(s, sizeof s, "%s:1", e33);
+    assert_int_equal(proto_since_parse(s, epoch, sizeof epoch, &seq), -1);
+    free(e32);
+    free(e33);
+
+    static const char *bad[] = {
+        "", ":", ":1", "e:", "e", "e1", "e:+1", "e:-1", "e: 1", "e:1 ", " e:1", "e:1:2", "e:1a", "e:0x1",
+        "e.x:1", "e/x:1", "\xc3\xa9:1", "e:18446744073709551616", "e:99999999999999999999",
+        "e:000000000000000000001",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        seq = 5;
+        strcpy(epoch, "keep");
+        if (proto_since_parse(bad[i], epoch, sizeof epoch, &seq) != -1) print_error("accepted '%s'\n", bad[i]);
+        assert_int_equal(proto_since_parse(bad[i], epoch, sizeof epoch, &seq), -1);
+        assert_true(seq == 5);
+        assert_string_equal(epoch, "keep");
+    }
+    assert_int_equal(proto_since_parse(NULL, epoch, sizeof epoch, &seq), -1);
+}
+
+/* ---- encoders ---- */
+
+static void test_encode_welcome(void **state)
+{
+    sbuf_t *s = proto_welcome("id1", "Ann", "chatgw/1.0", "abc123");
+    assert_type_first(s, "welcome");
+    json_t *o = parse(s);
+    assert_str_field(o, "type", "welcome");
+    assert_str_field(o, "id", "id1");
+    assert_str_field(o, "name", "Ann");
+    assert_str_field(o, "server", "chatgw/1.0");
+    assert_str_field(o, "policy", "abc123");
+    assert_int_equal(json_object_size(o), 5);
+    json_decref(o);
+}
+
+static void test_encode_presence(void **state)
+{
+    static const char *types[] = {"join", "leave", "mute", "unmute"};
+    for (size_t i = 0; i < 4; i++) {
+        sbuf_t *s = proto_presence(types[i], "room \"q\"", "p1", "N\xc3\xa4me\\", (int)(i == 2));
+        assert_type_first(s, types[i]);
+        json_t *o = parse(s);
+        assert_str_field(o, "type", types[i]);
+        assert_str_field(o, "room", "room \"q\"");
+        json_t *m = json_object_get(o, "member");
+        assert_true(json_is_object(m));
+        assert_str_field(m, "id", "p1");
+        assert_str_field(m, "name", "N\xc3\xa4me\\");
+        assert_true(json_is_boolean(json_object_get(m, "muted")));
+        assert_int_equal(json_is_true(json_object_get(m, "muted")), i == 2);
+        json_decref(o);
+    }
+}
+
+static void test_encode_msg(void **state)
+{
+    sbuf_t *s = proto_msg("lobby", "ep1", 18446744073709551615ULL, "u1", "Ann", "hi\n\"there\"",
+                          1700000000123LL, NULL);
+    assert_type_first(s, "msg");
+    json_t *o = parse(s);
+    assert_str_field(o, "type", "msg");
+    assert_str_field(o, "room", "lobby");
+    assert_str_field(o, "id", "ep1:18446744073709551615");
+    assert_str_field(o, "text", "hi\n\"there\"");
+    assert_int_field(o, "ts", 1700000000123LL);
+    json_t *from = json_object_get(o, "from");
+    assert_str_field(from, "id", "u1");
+    assert_str_field(from, "name", "Ann");
+    assert_int_equal(json_object_size(o), 6);
+    json_decref(o);
+}
+
+static void test_encode_msg_extra(void **state)
+{
+    json_t *extra = json_pack("{s:s, s:s, s:s, s:i, s:s, s:i, s:{s:b}, s:[i,i], s:n}", "type", "evil", "room", "other",
+                              "id", "x:1", "ts", 1, "text", "spoofed", "color", 7, "from", "admin", 1, "tags",
+                              1, 2, "nothing");
+    assert_non_null(extra);
+    sbuf_t *s = proto_msg("r", "e", 3, "u1", "Ann", "real", 42, extra);
+    json_t *o = parse(s);
+    assert_str_field(o, "type", "msg");
+    assert_str_field(o, "room", "r");
+    assert_str_field(o, "id", "e:3");
+    assert_str_field(o, "text", "real");
+    assert_int_field(o, "ts", 42);
+    assert_str_field(json_object_get(o, "from"), "id", "u1");
+    assert_null(json_object_get(json_object_get(o, "from"), "admin"));
+    assert_int_field(o, "color", 7);
+    assert_true(json_is_array(json_object_get(o, "tags")));
+    assert_int_equal(json_array_size(json_object_get(o, "tags")), 2);
+    assert_true(json_is_null(json_object_get(o, "nothing")));
+    assert_int_equal(json_object_size(o), 9);
+    json_decref(o);
+    /* extra is borrowed: still whole and still ours */
+    assert_int_equal(extra->refcount, 1);
+    assert_int_equal(json_object_size(extra), 9);
+    json_decref(extra);
+
+    /* a non-object extra is ignored */
+    json_t *arr = json_array();
+    o = parse(proto_msg("r", "e", 1, "u", "n", "t", 0, arr));
+    assert_int_equal(json_object_size(o), 6);
+    json_decref(o);
+    json_decref(arr);
+}
+
+static void test_encode_ack(void **state)
+{
+    json_t *cid = json_string("c-9");
+    json_t *o = parse(proto_ack(cid, "e:5"));
+    assert_str_field(o, "type", "ack");
+    assert_str_field(o, "cid", "c-9");
+    assert_str_field(o, "id", "e:5");
+    json_decref(o);
+    assert_int_equal(cid->refcount, 1);
+    json_decref(cid);
+
+    cid = json_integer(77);
+    o = parse(proto_ack(cid, NULL));
+    assert_int_field(o, "cid", 77);
+    assert_null(json_object_get(o, "id"));
+    json_decref(o);
+    json_decref(cid);
+
+    sbuf_t *s = proto_ack(NULL, "e:6");
+    assert_type_first(s, "ack");
+    o = parse(s);
+    assert_null(json_object_get(o, "cid"));
+    assert_str_field(o, "id", "e:6");
+    assert_int_equal(json_object_size(o), 2);
+    json_decref(o);
+}
+
+static void test_encode_dm(void **state)
+{
+    sbuf_t *s = proto_dm("u2", "Bo", "secret \xe2\x9c\x93", -5);
+    assert_type_first(s, "dm");
+    json_t *o = parse(s);
+    assert_str_field(o, "type", "dm");
+    assert_str_field(json_object_get(o, "from"), "id", "u2");
+    assert_str_field(json_object_get(o, "from"), "name", "Bo");
+    assert_str_field(o, "text", "secret \xe2\x9c\x93");
+    assert_int_field(o, "ts", -5);
+    assert_int_equal(json_object_size(o), 4);
+    json_decref(o);
+}
+
+static void test_encode_signal(void **state)
+{
+    json_t *data = json_pack("{s:s, s:[s]}", "type", "offer", "c", "cand");
+    sbuf_t *s = proto_signal("voice", "u3", data);
+    assert_type_first(s, "signal");
+    json_t *o = parse(s);
+    assert_str_field(o, "room", "voice");
+    assert_str_field(o, "from", "u3");
+    assert_true(json_equal(json_object_get(o, "data"), data));
+    json_decref(o);
+    assert_int_equal(data->refcount, 1);
+    json_decref(data);
+
+    data = json_string("raw");
+    o = parse(proto_signal("v", "u", data));
+    assert_str_field(o, "data", "raw");
+    json_decref(o);
+    json_decref(data);
+}
+
+static void test_encode_error(void **state)
+{
+    json_t *ref = json_string("c1");
+    sbuf_t *s = proto_error("not_in_room", "join the room first", ref);
+    assert_type_first(s, "error");
+    json_t *o = parse(s);
+    assert_str_field(o, "code", "not_in_room");
+    assert_str_field(o, "message", "join the room first");
+    assert_str_field(o, "ref", "c1");
+    json_decref(o);
+    assert_int_equal(ref->refcount, 1);
+    json_decref(ref);
+
+    o = parse(proto_error("bad_json", "x", NULL));
+    assert_null(json_object_get(o, "ref"));
+    assert_int_equal(json_object_size(o), 3);
+    json_decref(o);
+
+    /* text that is not valid UTF-8 still makes a valid frame */
+    o = parse(proto_error("bad_json", "near '\xc3' and \xff", NULL));
+    assert_str_field(o, "message", "near '?' and ?");
+    json_decref(o);
+}
+
+static void test_encode_bad_utf8_args(void **state)
+{
+    json_t *o = parse(proto_presence("join", "r", "id", "cut\xe2\x82", 0));
+    assert_str_field(json_object_get(o, "member"), "name", "cut??");
+    json_decref(o);
+    o = parse(proto_dm("u", "n", "\xc0\x80x", 1));
+    assert_str_field(o, "text", "??x");
+    json_decref(o);
+}
+
+static void test_encode_any(void **state)
+{
+    assert_null(proto_encode(NULL));
+    json_t *v = json_pack("{s:s, s:i}", "type", "announce", "n", 1);
+    sbuf_t *s = proto_encode(v);
+    assert_non_null(s);
+    assert_int_equal(s->len, strlen("{\"type\":\"announce\",\"n\":1}"));
+    assert_memory_equal(s->data, "{\"type\":\"announce\",\"n\":1}", s->len);
+    sbuf_unref(s);
+    json_decref(v);
+    v = json_integer(5);
+    s = proto_encode(v);
+    assert_non_null(s);
+    assert_memory_equal(s->data, "5", 1);
+    assert_int_equal(s->len, 1);
+    sbuf_unref(s);
+    json_decref(v);
+}
+
+/* Builds n msg buffers for the splice tests. */
+static void make_history(sbuf_t **h, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char text[32];
+        snprintf(text, sizeof text, "m%zu", i);
+        h[i] = proto_msg("r", "ep", i + 1, "u", "n", text, (int64_t)i, NULL);
+    }
+}
+
+static void check_history_array(json_t *arr, size_t n)
+{
+    assert_true(json_is_array(arr));
+    assert_int_equal(json_array_size(arr), n);
+    for (size_t i = 0; i < n; i++) {
+        char text[32], id[32];
+        snprintf(text, sizeof text, "m%zu", i);
+        snprintf(id, sizeof id, "ep:%zu", i + 1);
+        json_t *m = json_array_get(arr, i);
+        assert_str_field(m, "type", "msg");
+        assert_str_field(m, "text", text);
+        assert_str_field(m, "id", id);
+    }
+}
+
+static void test_encode_room(void **state)
+{
+    json_t *members = json_array();
+    json_array_append_new(members, json_pack("{s:s, s:s, s:b}", "id", "u1", "name", "A \"q\"", "muted", 0));
+    json_array_append_new(members, json_pack("{s:s, s:s, s:b}", "id", "u2", "name", "B", "muted", 1));
+    static const size_t counts[] = {0, 1, 3};
+    for (size_t c = 0; c < 3; c++) {
+        sbuf_t *h[3];
+        make_history(h, counts[c]);
+        sbuf_t *s = proto_room("lo\xc3\xa9", members, h, counts[c]);
+        assert_type_first(s, "room");
+        json_t *o = parse(s);
+        assert_str_field(o, "room", "lo\xc3\xa9");
+        assert_true(json_equal(json_object_get(o, "members"), members));
+        check_history_array(json_object_get(o, "history"), counts[c]);
+        assert_int_equal(json_object_size(o), 4);
+        json_decref(o);
+        for (size_t i = 0; i < counts[c]; i++) {
+            assert_int_equal(h[i]->refs, 1);   /* copied, not taken */
+            sbuf_unref(h[i]);
+        }
+    }
+    assert_int_equal(members->refcount, 1);
+    json_decref(members);
+
+    /* NULL members makes an empty list; NULL history with 0 items is fine */
+    json_t *o = parse(proto_room("r", NULL, NULL, 0));
+    assert_true(json_is_array(json_object_get(o, "members")));
+    assert_int_equal(json_array_size(json_object_get(o, "members")), 0);
+    assert_int_equal(json_array_size(json_object_get(o, "history")), 0);
+    json_decref(o);
+
+    /* exact bytes of the splice */
+    sbuf_t *h[2];
+    h[0] = sbuf_from("{\"a\":1}", 7);
+    h[1] = sbuf_from("{\"b\":2}", 7);
+    json_t *empty = json_array();
+    sbuf_t *s = proto_room("r", empty, h, 2);
+    const char *want = "{\"type\":\"room\",\"room\":\"r\",\"members\":[],\"history\":[{\"a\":1},{\"b\":2}]}";
+    assert_int_equal(s->len, strlen(want));
+    assert_memory_equal(s->data, want, s->len);
+    sbuf_unref(s);
+    json_decref(empty);
+    sbuf_unref(h[0]);
+    sbuf_unref(h[1]);
+}
+
+static void test_encode_history(void **state)
+{
+    static const size_t counts[] = {0, 1, 3};
+    for (size_t c = 0; c < 3; c++) {
+        sbuf_t *h[3];
+        make_history(h, counts[c]);
+        sbuf_t *s = proto_history("lobby", h, counts[c]);
+        assert_type_first(s, "history");
+        json_t *o = parse(s);
+        assert_str_field(o, "type", "history");
+        assert_str_field(o, "room", "lobby");
+        assert_null(json_object_get(o, "history"));
+        check_history_array(json_object_get(o, "messages"), counts[c]);
+        assert_int_equal(json_object_size(o), 3);
+        json_decref(o);
+        for (size_t i = 0; i < counts[c]; i++) sbuf_unref(h[i]);
+    }
+    sbuf_t *s = proto_history("r", NULL, 0);
+    const char *want = "{\"type\":\"history\",\"room\":\"r\",\"messages\":[]}";
+    assert_int_equal(s->len, strlen(want));
+    assert_memory_equal(s->data, want, s->len);
+    sbuf_unref(s);
+}
+
+/* An encoded msg decodes back to what was sent, and the decoder's fields feed the encoders. */
+static void test_round_trip(void **state)
+{
+    proto_in_t in;
+    decode_ok("{\"type\":\"msg\",\"room\":\"r\",\"text\":\"\\u2603 \\\"q\\\" \\\\\",\"cid\":12}", MAX_TEXT, &in);
+    json_t *o = parse(proto_msg(in.room, "e", 1, "u", "n", in.text, 0, NULL));
+    assert_str_field(o, "text", in.text);
+    json_decref(o);
+    o = parse(proto_ack(in.cid, "e:1"));
+    assert_int_field(o, "cid", 12);
+    json_decref(o);
+    proto_in_free(&in);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decode_join),
+        cmocka_unit_test(test_decode_room_only),
+        cmocka_unit_test(test_decode_history_since),
+        cmocka_unit_test(test_decode_msg),
+        cmocka_unit_test(test_decode_dm),
+        cmocka_unit_test(test_decode_signal),
+        cmocka_unit_test(test_decode_custom),
+        cmocka_unit_test(test_decode_bad_json),
+        cmocka_unit_test(test_decode_error_message_sendable),
+        cmocka_unit_test(test_decode_not_object),
+        cmocka_unit_test(test_decode_missing_type),
+        cmocka_unit_test(test_decode_bad_type),
+        cmocka_unit_test(test_decode_wrong_field_types),
+        cmocka_unit_test(test_decode_cid),
+        cmocka_unit_test(test_decode_missing_fields),
+        cmocka_unit_test(test_decode_text_limits),
+        cmocka_unit_test(test_decode_room_names),
+        cmocka_unit_test(test_room_valid),
+        cmocka_unit_test(test_name_valid),
+        cmocka_unit_test(test_decode_names),
+        cmocka_unit_test(test_since_parse),
+        cmocka_unit_test(test_encode_welcome),
+        cmocka_unit_test(test_encode_presence),
+        cmocka_unit_test(test_encode_msg),
+        cmocka_unit_test(test_encode_msg_extra),
+        cmocka_unit_test(test_encode_ack),
+        cmocka_unit_test(test_encode_dm),
+        cmocka_unit_test(test_encode_signal),
+        cmocka_unit_test(test_encode_error),
+        cmocka_unit_test(test_encode_bad_utf8_args),
+        cmocka_unit_test(test_encode_any),
+        cmocka_unit_test(test_encode_room),
+        cmocka_unit_test(test_encode_history),
+        cmocka_unit_test(test_round_trip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
