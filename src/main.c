@@ -69,6 +69,10 @@ static int cmd_serve(int argc, char **argv)
     uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
     uv_signal_start(&sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&sig_hup, on_hup, SIGHUP);
+    /* signals alone must not keep the loop alive once the server has closed its handles */
+    uv_unref((uv_handle_t *)&sig_term);
+    uv_unref((uv_handle_t *)&sig_int);
+    uv_unref((uv_handle_t *)&sig_hup);
 
     gw.hub = hub_new(&gw);
     int rc = server_start(&gw);

@@ -39,7 +39,26 @@ static const metrics_scalar_t metrics_scalars[] = {
     { "chatgw_slow_consumers_total", "counter",
       "Connections closed because their write queue stayed over write_queue_bytes.",
       offsetof(metrics_t, slow_consumers) },
+    { "chatgw_rooms", "gauge", "Rooms with at least one member.", offsetof(metrics_t, rooms) },
+    { "chatgw_room_members", "gauge", "Room memberships (a connection in two rooms counts twice).",
+      offsetof(metrics_t, room_members) },
+    { "chatgw_messages_received_total", "counter", "Protocol messages received from clients.",
+      offsetof(metrics_t, msgs_received) },
+    { "chatgw_messages_delivered_total", "counter", "Frames queued to recipients by room fan-out.",
+      offsetof(metrics_t, msgs_delivered) },
+    { "chatgw_history_gaps_total", "counter",
+      "Recoveries that could not be served whole from the history ring (history_gap sent).",
+      offsetof(metrics_t, history_gaps) },
 };
+
+const char *const metrics_drop_reasons[METRICS_DROP_REASONS] = {
+    "rate_limited", "too_large", "invalid", "not_in_room", "unknown_peer", "policy", "slow",
+};
+const char *const metrics_policy_hooks[METRICS_POLICY_HOOKS] = {
+    "on_connect", "on_join", "on_message", "on_leave", "on_tick", "self_test",
+};
+const char *const metrics_policy_kinds[METRICS_POLICY_KINDS] = { "error", "budget", "memory" };
+const char *const metrics_reload_results[METRICS_RELOAD_RESULTS] = { "ok", "failed", "unchanged" };
 
 static uint64_t metrics_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 
@@ -73,15 +92,26 @@ static void metrics_opcode_name(unsigned op, char *out, size_t outlen)
 
 static void metrics_number_name(unsigned i, char *out, size_t outlen) { snprintf(out, outlen, "%u", i); }
 
-/* A counter family with one label, one sample per nonzero slot of values[0..n). */
+/* Label values printed even at zero, so dashboards and rate() see the series from the start. */
+static int metrics_opcode_known(unsigned op) { return op <= 2 || (op >= 8 && op <= 10); }
+static int metrics_close_known(unsigned code)
+{
+    return code == 1000 || code == 1001 || code == 1002 || code == 1003 || code == 1007 ||
+           code == 1008 || code == 1009 || code == 1011;
+}
+static int metrics_status_known(unsigned code) { return code == 200 || code == 404 || code == 503; }
+
+/* A counter family with one label: one sample per nonzero slot of values[0..n), and per slot
+ * that known() names. */
 static void metrics_labelled_render(buf_t *out, const char *name, const char *help,
                                     const char *label, const uint64_t *values, unsigned n,
-                                    void (*label_value)(unsigned, char *, size_t))
+                                    void (*label_value)(unsigned, char *, size_t),
+                                    int (*known)(unsigned))
 {
     metrics_family_head(out, name, "counter", help);
     for (unsigned i = 0; i < n; i++) {
         uint64_t v = metrics_load(&values[i]);
-        if (!v) continue;
+        if (!v && !known(i)) continue;
         char lv[16];
         label_value(i, lv, sizeof lv);
         buf_printf(out, "%s{%s=\"%s\"} %llu\n", name, label, lv, (unsigned long long)v);
@@ -107,19 +137,48 @@ static void metrics_build_info_render(const char *version, buf_t *out)
     buf_append_str(out, "\"} 1\n");
 }
 
+/* A counter family over fixed label values, every value printed. */
+static void metrics_enum_render(buf_t *out, const char *name, const char *help, const char *label,
+                                const uint64_t *values, const char *const *names, unsigned n)
+{
+    metrics_family_head(out, name, "counter", help);
+    for (unsigned i = 0; i < n; i++)
+        buf_printf(out, "%s{%s=\"%s\"} %llu\n", name, label, names[i],
+                   (unsigned long long)metrics_load(&values[i]));
+}
+
+static void metrics_policy_errors_render(const metrics_t *m, buf_t *out)
+{
+    const char *name = "chatgw_policy_errors_total";
+    metrics_family_head(out, name, "counter",
+                        "Policy hook calls aborted, by hook and kind (error, budget, memory).");
+    for (unsigned h = 0; h < METRICS_POLICY_HOOKS; h++)
+        for (unsigned k = 0; k < METRICS_POLICY_KINDS; k++)
+            buf_printf(out, "%s{hook=\"%s\",kind=\"%s\"} %llu\n", name, metrics_policy_hooks[h],
+                       metrics_policy_kinds[k], (unsigned long long)metrics_load(&m->policy_errors[h][k]));
+}
+
 void metrics_render(const metrics_t *m, const char *version, buf_t *out)
 {
     metrics_scalars_render(m, out);
     metrics_labelled_render(out, "chatgw_http_responses_total", "HTTP responses sent, by status code.",
-                            "code", m->http_responses, 600, metrics_number_name);
+                            "code", m->http_responses, 600, metrics_number_name, metrics_status_known);
     metrics_labelled_render(out, "chatgw_ws_frames_in_total", "WebSocket frames received, by opcode.",
-                            "opcode", m->frames_in, 16, metrics_opcode_name);
+                            "opcode", m->frames_in, 16, metrics_opcode_name, metrics_opcode_known);
     metrics_labelled_render(out, "chatgw_ws_frames_out_total", "WebSocket frames sent, by opcode.",
-                            "opcode", m->frames_out, 16, metrics_opcode_name);
+                            "opcode", m->frames_out, 16, metrics_opcode_name, metrics_opcode_known);
     metrics_labelled_render(out, "chatgw_ws_close_sent_total", "WebSocket close frames sent, by close code.",
-                            "code", m->close_sent, METRICS_CLOSE_CODES, metrics_number_name);
+                            "code", m->close_sent, METRICS_CLOSE_CODES, metrics_number_name,
+                            metrics_close_known);
     metrics_labelled_render(out, "chatgw_ws_close_received_total",
                             "WebSocket close frames received, by close code.",
-                            "code", m->close_received, METRICS_CLOSE_CODES, metrics_number_name);
+                            "code", m->close_received, METRICS_CLOSE_CODES, metrics_number_name,
+                            metrics_close_known);
+    metrics_enum_render(out, "chatgw_messages_dropped_total",
+                        "Client messages refused or frames not delivered, by reason.", "reason",
+                        m->msgs_dropped, metrics_drop_reasons, METRICS_DROP_REASONS);
+    metrics_policy_errors_render(m, out);
+    metrics_enum_render(out, "chatgw_policy_reloads_total", "Policy reload attempts, by result.", "result",
+                        m->policy_reloads, metrics_reload_results, METRICS_RELOAD_RESULTS);
     metrics_build_info_render(version, out);
 }

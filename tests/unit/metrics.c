@@ -115,9 +115,17 @@ static void test_empty(void **state)
     assert_line(text, "# TYPE chatgw_ws_frames_out_total counter");
     assert_line(text, "# TYPE chatgw_ws_close_sent_total counter");
     assert_line(text, "# TYPE chatgw_ws_close_received_total counter");
-    assert_null(strstr(text, "chatgw_http_responses_total{"));
-    assert_null(strstr(text, "chatgw_ws_frames_in_total{"));
-    assert_null(strstr(text, "chatgw_ws_close_sent_total{"));
+    /* known label values are present at zero; the rest appear with their first count */
+    assert_line(text, "chatgw_http_responses_total{code=\"200\"} 0");
+    assert_null(strstr(text, "chatgw_http_responses_total{code=\"400\"}"));
+    assert_line(text, "chatgw_ws_frames_in_total{opcode=\"text\"} 0");
+    assert_null(strstr(text, "chatgw_ws_frames_in_total{opcode=\"3\"}"));
+    assert_line(text, "chatgw_ws_close_sent_total{code=\"1000\"} 0");
+    assert_null(strstr(text, "chatgw_ws_close_sent_total{code=\"4000\"}"));
+    assert_line(text, "chatgw_rooms 0");
+    assert_line(text, "chatgw_messages_dropped_total{reason=\"rate_limited\"} 0");
+    assert_line(text, "chatgw_policy_errors_total{hook=\"on_message\",kind=\"budget\"} 0");
+    assert_line(text, "chatgw_policy_reloads_total{result=\"failed\"} 0");
     assert_line(text, "# TYPE chatgw_build_info gauge");
     assert_line(text, "chatgw_build_info{version=\"0.1.0\"} 1");
     free(text);
@@ -151,6 +159,10 @@ static void test_counts(void **state)
     METRIC_ADD(m->header_timeouts, 2);
     METRIC_ADD(m->idle_timeouts, 3);
     METRIC_ADD(m->slow_consumers, 4);
+    METRIC_ADD(m->msgs_dropped[METRICS_DROP_SLOW], 6);
+    METRIC_INC(m->policy_errors[2][METRICS_POLICY_MEMORY]);
+    METRIC_ADD(m->policy_reloads[METRICS_RELOAD_OK], 2);
+    METRIC_ADD(m->rooms, 3);
 
     char *text = render(m, "1.2.3");
     assert_well_formed(text);
@@ -164,7 +176,7 @@ static void test_counts(void **state)
     assert_line(text, "chatgw_ws_frames_in_total{opcode=\"text\"} 5");
     assert_line(text, "chatgw_ws_frames_in_total{opcode=\"ping\"} 1");
     assert_line(text, "chatgw_ws_frames_in_total{opcode=\"3\"} 1");
-    assert_null(strstr(text, "chatgw_ws_frames_in_total{opcode=\"binary\"}"));
+    assert_line(text, "chatgw_ws_frames_in_total{opcode=\"binary\"} 0");
     assert_line(text, "chatgw_ws_frames_out_total{opcode=\"binary\"} 2");
     assert_line(text, "chatgw_ws_frames_out_total{opcode=\"pong\"} 1");
     assert_line(text, "chatgw_ws_frames_out_total{opcode=\"continuation\"} 1");
@@ -179,6 +191,10 @@ static void test_counts(void **state)
     assert_line(text, "chatgw_header_timeouts_total 2");
     assert_line(text, "chatgw_idle_timeouts_total 3");
     assert_line(text, "chatgw_slow_consumers_total 4");
+    assert_line(text, "chatgw_messages_dropped_total{reason=\"slow\"} 6");
+    assert_line(text, "chatgw_policy_errors_total{hook=\"on_message\",kind=\"memory\"} 1");
+    assert_line(text, "chatgw_policy_reloads_total{result=\"ok\"} 2");
+    assert_line(text, "chatgw_rooms 3");
     assert_line(text, "chatgw_build_info{version=\"1.2.3\"} 1");
     free(text);
     free(m);
