@@ -2,7 +2,8 @@
 # every test. Both install missing Debian packages first (as root), so a fresh Debian 12 works.
 BUILD ?= build
 DEBS := cmake make gcc pkg-config libuv1-dev node-llhttp liblua5.4-dev lua5.4 libjansson-dev \
-        libssl-dev libhiredis-dev zlib1g-dev lua-busted libcmocka-dev redis-server openssl curl
+        libssl-dev libhiredis-dev zlib1g-dev lua-busted libcmocka-dev redis-server openssl curl \
+        $(shell cat tests/*/debs.txt 2>/dev/null)
 JOBS ?= $(shell nproc)
 
 .PHONY: all deps build run test npm clean
@@ -27,10 +28,12 @@ $(BUILD)/Makefile: CMakeLists.txt
 build: deps $(BUILD)/Makefile
 	cmake --build $(BUILD) -j $(JOBS)
 
-npm: tests/node_modules/.package-lock.json
+# Every tests/ folder with a lock file gets its own node_modules, installed exactly from the lock.
+NPM_DIRS := $(patsubst %/package-lock.json,%,$(wildcard tests/package-lock.json tests/*/package-lock.json))
+npm: $(addsuffix /node_modules/.package-lock.json,$(NPM_DIRS))
 
-tests/node_modules/.package-lock.json: tests/package.json tests/package-lock.json
-	cd tests && npm ci --no-audit --no-fund --loglevel=error
+%/node_modules/.package-lock.json: %/package.json %/package-lock.json
+	cd $* && npm ci --no-audit --no-fund --loglevel=error
 
 run: build
 	./$(BUILD)/chatgw serve
