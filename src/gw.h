@@ -18,6 +18,7 @@
 typedef struct server_s server_t;
 typedef struct hub_s hub_t;
 typedef struct policy_s policy_t;
+typedef struct watch_s watch_t;
 
 typedef struct gw_s {
     config_t cfg;
@@ -26,6 +27,7 @@ typedef struct gw_s {
     server_t *server;
     hub_t *hub;
     policy_t *policy;
+    watch_t *watch;                /* live reload of policy */
     int draining;                  /* set once on SIGTERM/SIGINT; /readyz answers 503 */
     uint64_t started_ms;
 } gw_t;

@@ -9,11 +9,14 @@
 #include <jansson.h>
 
 #include "gw.h"
+#include "policy.h"
 #include "server.h"
 
 extern const server_endpoint_t hub_endpoint;
 
 hub_t *hub_new(gw_t *gw);
+/* Fills host with the hub's side of the policy's gw.* API (send, broadcast, kick, ...). */
+void hub_policy_host(hub_t *hub, policy_host_t *host);
 void hub_free(hub_t *hub);         /* after every connection detached */
 
 /* {online, rooms:[{name, online}]}; new reference. */

@@ -12,7 +12,9 @@
 #include "gw.h"
 #include "hub.h"
 #include "log.h"
+#include "policy.h"
 #include "server.h"
+#include "watch.h"
 
 static void usage(FILE *f)
 {
@@ -41,8 +43,26 @@ static void on_stop_signal(uv_signal_t *h, int signum)
 
 static void on_hup(uv_signal_t *h, int signum)
 {
-    (void)h;
-    log_info("SIGHUP received", "{s:i}", "signal", signum);
+    gw_t *gw = h->data;
+    log_info("SIGHUP received, reloading the policy", "{s:i}", "signal", signum);
+    watch_trigger(gw->watch, "SIGHUP");
+}
+
+/* The first load decides whether the process can serve at all: no policy, no start. */
+static int policy_boot(gw_t *gw)
+{
+    policy_host_t host;
+    hub_policy_host(gw->hub, &host);
+    gw->policy = policy_new(&gw->cfg, &gw->metrics, &host);
+    char err[512];
+    if (policy_load(gw->policy, gw->cfg.scripts_dir, err, sizeof err) < 0) {
+        log_error("policy load failed", "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "error", err);
+        fprintf(stderr, "chatgw: %s\n", err);
+        return -1;
+    }
+    log_info("policy loaded", "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "version", policy_version(gw->policy));
+    gw->watch = watch_start(gw);
+    return 0;
 }
 
 static void on_close_noop(uv_handle_t *h) { (void)h; }
@@ -75,21 +95,48 @@ static int cmd_serve(int argc, char **argv)
     uv_unref((uv_handle_t *)&sig_hup);
 
     gw.hub = hub_new(&gw);
-    int rc = server_start(&gw);
+    int rc = policy_boot(&gw);
+    if (rc == 0) rc = server_start(&gw);
     if (rc == 0) {
         log_info("started", "{s:s, s:s}", "version", CHATGW_VERSION, "listen", gw.cfg.listen);
         uv_run(gw.loop, UV_RUN_DEFAULT);
         log_info("stopped", NULL);
     }
     server_free(&gw);
+    watch_stop(gw.watch);
     hub_free(gw.hub);
     uv_close((uv_handle_t *)&sig_term, on_close_noop);
     uv_close((uv_handle_t *)&sig_int, on_close_noop);
     uv_close((uv_handle_t *)&sig_hup, on_close_noop);
     uv_run(gw.loop, UV_RUN_DEFAULT);
+    policy_free(gw.policy);
     uv_loop_close(gw.loop);
     config_free(&gw.cfg);
     return rc == 0 ? 0 : 1;
+}
+
+/* chatgw check DIR [--key value ...]: the server's own load path, then self_test. */
+static int cmd_check(int argc, char **argv)
+{
+    if (argc < 1 || argv[0][0] == '-') {
+        fprintf(stderr, "usage: chatgw check DIR [--key value ...]\n");
+        return 2;
+    }
+    config_t cfg;
+    char err[512], version[65];
+    if (config_load(&cfg, argc - 1, argv + 1, err, sizeof err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    log_level_set(LOG_WARN);       /* the policy's own gw.log lines stay quiet unless they warn */
+    int rc = policy_check(&cfg, argv[0], version, err, sizeof err);
+    config_free(&cfg);
+    if (rc < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    printf("ok %s\n", version);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -106,6 +153,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 2, argv + 2);
+    if (!strcmp(cmd, "check")) return cmd_check(argc - 2, argv + 2);
     if (!strncmp(cmd, "--", 2)) return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "chatgw: unknown command '%s'\n", cmd);
     usage(stderr);

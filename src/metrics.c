@@ -129,11 +129,11 @@ static void metrics_label_escape(buf_t *out, const char *s)
     }
 }
 
-static void metrics_build_info_render(const char *version, buf_t *out)
+void metrics_info_render(buf_t *out, const char *name, const char *help, const char *label, const char *value)
 {
-    metrics_family_head(out, "chatgw_build_info", "gauge", "Build information; always 1.");
-    buf_append_str(out, "chatgw_build_info{version=\"");
-    metrics_label_escape(out, version ? version : "unknown");
+    metrics_family_head(out, name, "gauge", help);
+    buf_printf(out, "%s{%s=\"", name, label);
+    metrics_label_escape(out, value);
     buf_append_str(out, "\"} 1\n");
 }
 
@@ -180,5 +180,6 @@ void metrics_render(const metrics_t *m, const char *version, buf_t *out)
     metrics_policy_errors_render(m, out);
     metrics_enum_render(out, "chatgw_policy_reloads_total", "Policy reload attempts, by result.", "result",
                         m->policy_reloads, metrics_reload_results, METRICS_RELOAD_RESULTS);
-    metrics_build_info_render(version, out);
+    metrics_info_render(out, "chatgw_build_info", "Build information; always 1.", "version",
+                        version ? version : "unknown");
 }

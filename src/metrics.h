@@ -64,5 +64,7 @@ extern const char *const metrics_drop_reasons[METRICS_DROP_REASONS];
 
 /* Appends every metric of m to out, plus chatgw_build_info{version}. */
 void metrics_render(const metrics_t *m, const char *version, buf_t *out);
+/* Appends an info gauge: name{label="value"} 1, with HELP and TYPE. */
+void metrics_info_render(buf_t *out, const char *name, const char *help, const char *label, const char *value);
 
 #endif

@@ -269,13 +269,20 @@ static int proto_fields_check(const proto_kind_t *k, size_t max_text, proto_in_t
 
 int proto_decode(const char *text, size_t len, size_t max_text, proto_in_t *in, proto_err_t *err)
 {
-    memset(in, 0, sizeof *in);
     json_error_t jerr;
     /* DECODE_ANY only so that a scalar gets the same "must be an object" answer as an array. */
     json_t *root = json_loadb(text, len, JSON_DECODE_ANY, &jerr);
-    if (!root)
+    if (!root) {
+        memset(in, 0, sizeof *in);
         return proto_err_set(err, "bad_json", "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
                              jerr.text);
+    }
+    return proto_decode_value(root, max_text, in, err);
+}
+
+int proto_decode_value(json_t *root, size_t max_text, proto_in_t *in, proto_err_t *err)
+{
+    memset(in, 0, sizeof *in);
     if (!json_is_object(root)) {
         json_decref(root);
         return proto_err_set(err, "bad_json", "a message must be a JSON object");

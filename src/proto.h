@@ -55,6 +55,9 @@ typedef struct {
  * [a-z][a-z0-9_.-]{0,31}. A field of the wrong JSON type or an invalid room or name is
  * bad_field; text over max_text is too_large. */
 int proto_decode(const char *text, size_t len, size_t max_text, proto_in_t *in, proto_err_t *err);
+/* The same checks on an already-built value (a message the policy rewrote). Takes over the
+ * reference to root whatever the result. */
+int proto_decode_value(json_t *root, size_t max_text, proto_in_t *in, proto_err_t *err);
 void proto_in_free(proto_in_t *in);
 
 /* 1 when s is a valid room name: 1..64 bytes of UTF-8, no control characters, whitespace,

@@ -9,6 +9,7 @@
 
 #include "echo.h"
 #include "hub.h"
+#include "policy.h"
 #include "proto.h"
 #include "ws.h"
 
@@ -32,14 +33,21 @@ static void respond_json(buf_t *out, int status, json_t *body, int keep_alive)
     json_decref(body);
 }
 
+/* Ready while not draining. A failed reload does not fail readiness (the last good policy
+ * serves) but shows in checks.policy and policy.last_error. */
 static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
 {
     int ready = !gw->draining;
-    json_t *checks = json_pack("{s:s}", "listener", gw->draining ? "draining" : "ok");
-    json_t *body = json_pack("{s:s, s:o, s:s, s:I, s:I}", "status", gw->draining ? "draining" : ready ? "ready" : "not_ready",
-                             "checks", checks, "version", CHATGW_VERSION,
-                             "websockets", (json_int_t)server_websockets_open(gw),
-                             "uptime_s", (json_int_t)((gw_now_ms(gw) - gw->started_ms) / 1000));
+    const char *version = gw->policy ? policy_version(gw->policy) : "";
+    const char *last_error = gw->policy ? policy_last_error(gw->policy) : "";
+    json_t *checks = json_pack("{s:s, s:s}", "listener", gw->draining ? "draining" : "ok", "policy",
+                               last_error[0] ? "reload_failed" : version[0] ? "ok" : "none");
+    json_t *policy = json_pack("{s:s, s:o}", "version", version, "last_error",
+                               last_error[0] ? json_string(last_error) : json_null());
+    json_t *body = json_pack("{s:s, s:o, s:o, s:s, s:I, s:I}", "status", ready ? "ready" : "draining", "checks",
+                             checks, "policy", policy, "version", CHATGW_VERSION, "websockets",
+                             (json_int_t)server_websockets_open(gw), "uptime_s",
+                             (json_int_t)((gw_now_ms(gw) - gw->started_ms) / 1000));
     respond_json(out, ready ? 200 : 503, body, keep_alive);
 }
 
@@ -48,6 +56,8 @@ static void route_metrics(gw_t *gw, buf_t *out, int keep_alive)
     buf_t text;
     buf_init(&text);
     metrics_render(&gw->metrics, CHATGW_VERSION, &text);
+    metrics_info_render(&text, "chatgw_policy_info", "The live policy; version is the sha256 of its sources.",
+                        "version", gw->policy ? policy_version(gw->policy) : "");
     http_response_write(out, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text.data, text.len, keep_alive);
     buf_free(&text);
 }

@@ -216,6 +216,7 @@ static void conn_queue(conn_t *c, sbuf_t *frame, int opcode)
     long limit = gw->cfg.write_queue_bytes;
     if (c->state == CONN_WS && opcode != WS_OP_CLOSE && c->queued > (size_t)limit * 2) {
         /* over twice the limit: memory stays bounded, the slow-consumer timer closes it */
+        METRIC_INC(gw->metrics.msgs_dropped[METRICS_DROP_SLOW]);
         sbuf_unref(frame);
         return;
     }
@@ -543,13 +544,14 @@ static void conn_upgrade(conn_t *c, const server_endpoint_t *ep, const http_requ
     http_ws_accept_t acc;
     int status = http_ws_handshake(req, gw->cfg.allowed_origins, gw->cfg.permessage_deflate, &out, &acc);
     char reason[256] = "";
+    void *data = NULL;
     if (status == 101 && gw->draining) {
         status = 503;
         buf_reset(&out);
         http_response_error(&out, 503, "draining", "server is shutting down", 0);
-    } else if (status == 101 && ep->admit && (status = ep->admit(gw, req, c->ip, reason, sizeof reason)) != 0) {
+    } else if (status == 101 && ep->admit && (status = ep->admit(gw, req, c->ip, &data, reason, sizeof reason)) != 0) {
         buf_reset(&out);
-        http_response_error(&out, status, status == 403 ? "forbidden" : "refused",
+        http_response_error(&out, status, status == 403 ? "forbidden" : status == 503 ? "unavailable" : "refused",
                             reason[0] ? reason : http_status_text(status), 0);
     } else if (status == 101) {
         status = 0;
@@ -575,6 +577,7 @@ static void conn_upgrade(conn_t *c, const server_endpoint_t *ep, const http_requ
     }
     c->state = CONN_WS;
     c->ep = ep;
+    c->data = data;
     srv->nws++;
     METRIC_INC(gw->metrics.ws_open);
     METRIC_INC(gw->metrics.ws_total);

@@ -19,8 +19,10 @@ typedef struct conn_s conn_t;
 
 typedef struct {
     const char *name;
-    /* Before the 101: 0 admits, otherwise an HTTP status (403, 429, 503) with reason. */
-    int (*admit)(gw_t *gw, const http_request_t *req, const char *ip, char *reason, size_t len);
+    /* Before the 101: 0 admits, otherwise an HTTP status (403, 429, 503) with reason. On
+     * admission *data may hold the endpoint's per-connection data, set on the conn before
+     * attach; on refusal the endpoint has freed whatever it made. */
+    int (*admit)(gw_t *gw, const http_request_t *req, const char *ip, void **data, char *reason, size_t len);
     /* After the 101 was queued; req is still valid. */
     void (*attach)(gw_t *gw, conn_t *c, const http_request_t *req);
     /* A whole text or binary message; data is valid only during the call. */

@@ -7,6 +7,8 @@
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import net from 'node:net';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
@@ -695,4 +697,192 @@ export function bytesOf(n, seed = 7) {
     b[i] = x & 0xff;
   }
   return b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// chat protocol (v1) helpers: used by chat.test.mjs, api.test.mjs and slow_consumer.test.mjs
+
+/**
+ * A scripts directory holding a pass-through policy (`return {}`: every hook absent), so a
+ * protocol test sees the hub's own behaviour and not the default policy's moderation (flood
+ * control, connect rate per IP, repetition limits). Removed when the test process exits.
+ */
+export function passthroughPolicyDir() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatgw-e2e-policy-'));
+  fs.writeFileSync(path.join(dir, 'policy.lua'), '-- e2e: no hooks, the hub decides everything\nreturn {}\n');
+  process.once('exit', () => { try { fs.rmSync(dir, { recursive: true, force: true }); } catch { /* gone */ } });
+  return dir;
+}
+
+/** Resident set size of a process in KiB (VmRSS from /proc/PID/status), or null. */
+export function procRssKb(pid) {
+  try {
+    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch { return null; }
+}
+
+/**
+ * One HTTP request on a fresh connection (Connection: close) with an optional body.
+ * Resolves the parsed response ({status, headers, text, json()}).
+ */
+export async function httpRequest(port, method, reqPath, { headers = {}, body = '', timeoutMs = 3000 } = {}) {
+  const h = { Host: `${HOST}:${port}`, Connection: 'close', ...headers };
+  const b = Buffer.from(typeof body === 'string' ? body : JSON.stringify(body), 'utf8');
+  if (b.length || method === 'POST' || method === 'PUT') h['Content-Length'] = b.length;
+  const head = `${method} ${reqPath} HTTP/1.1\r\n` + Object.entries(h).map(([k, v]) => `${k}: ${v}\r\n`).join('') + '\r\n';
+  const raw = await httpRaw(port, Buffer.concat([Buffer.from(head, 'latin1'), b]), { timeoutMs });
+  const r = parseResponse(raw, { eof: true });
+  if (!r) throw new Error(`no complete response to ${method} ${reqPath}: ${JSON.stringify(raw.toString('latin1').slice(0, 200))}`);
+  return r;
+}
+
+const matcher = (pred) => (typeof pred === 'function' ? pred
+  : typeof pred === 'string' ? (m) => m.type === pred
+    : (m) => Object.entries(pred).every(([k, v]) => m[k] === v));
+
+let cidSeq = 0;
+
+/**
+ * A chat client over the `ws` library. Every JSON message received is kept in `inbox` (in
+ * arrival order) until a test takes it with next(); `all` keeps everything ever received.
+ */
+export class ChatClient {
+  constructor(ws) {
+    this.ws = ws;
+    this.inbox = [];
+    this.all = [];
+    this.welcome = null;
+    this.closeInfo = null;
+    this.wake = new Set();
+    this.closedP = new Promise((r) => ws.once('close', (code, reason) => {
+      this.closeInfo = { code, reason: reason.toString() };
+      for (const w of this.wake) w();
+      r(this.closeInfo);
+    }));
+    ws.on('message', (data, isBinary) => {
+      let m;
+      try { m = JSON.parse(data.toString('utf8')); } catch { m = { type: '__unparsable', raw: data.toString('utf8'), isBinary }; }
+      this.inbox.push(m);
+      this.all.push(m);
+      for (const w of this.wake) w();
+    });
+    ws.on('error', () => {});
+  }
+
+  get id() { return this.welcome?.id; }
+  get name() { return this.welcome?.name; }
+  get isOpen() { return this.ws.readyState === WebSocket.OPEN; }
+
+  /** Sends an object (as JSON) or a raw string. */
+  send(obj) { this.ws.send(typeof obj === 'string' ? obj : JSON.stringify(obj)); }
+
+  /**
+   * Takes the first message in the inbox matching pred (a type string, a {field: value} object,
+   * or a function), waiting for it up to ms. Earlier non-matching messages stay in the inbox.
+   */
+  async next(pred, ms = 3000, what = undefined) {
+    const f = matcher(pred);
+    const end = Date.now() + ms;
+    for (;;) {
+      const i = this.inbox.findIndex(f);
+      if (i >= 0) return this.inbox.splice(i, 1)[0];
+      const desc = what || (typeof pred === 'function' ? 'a matching message' : JSON.stringify(pred));
+      if (this.closeInfo) {
+        throw new Error(`connection closed (${this.closeInfo.code} ${this.closeInfo.reason}) while waiting for ${desc}; ` +
+          `inbox: ${JSON.stringify(this.inbox.slice(-5))}`);
+      }
+      const left = end - Date.now();
+      if (left <= 0) {
+        throw new Error(`timeout after ${ms} ms waiting for ${desc}; inbox: ${JSON.stringify(this.inbox.slice(-5)).slice(0, 1500)}`);
+      }
+      await new Promise((resolve) => {
+        const w = () => { clearTimeout(t); this.wake.delete(w); resolve(); };
+        const t = setTimeout(w, left);
+        this.wake.add(w);
+      });
+    }
+  }
+
+  /** Takes n messages matching pred, in arrival order. */
+  async nextN(n, pred, ms = 5000, what = undefined) {
+    const end = Date.now() + ms;
+    const out = [];
+    while (out.length < n) out.push(await this.next(pred, Math.max(1, end - Date.now()), what || `message ${out.length + 1}/${n}`));
+    return out;
+  }
+
+  /**
+   * Bounded negative check: waits ms, then returns every inbox message matching pred (left in
+   * the inbox). Callers assert that the list is empty.
+   */
+  async none(pred, ms = 300) {
+    await sleep(ms);
+    return this.inbox.filter(matcher(pred));
+  }
+
+  /** Forgets everything not yet taken. */
+  drain() { this.inbox.length = 0; }
+
+  /** Sends msg {room, text, cid} and resolves the ack with that cid (the echo stays in the inbox). */
+  async say(room, text, ms = 3000) {
+    const cid = `c-${++cidSeq}`;
+    this.send({ type: 'msg', room, text, cid });
+    const ack = await this.next((m) => m.type === 'ack' && m.cid === cid, ms, `ack ${cid}`);
+    return { cid, ack, id: ack.id };
+  }
+
+  /** Sends a message and resolves the error frame that follows (rejects on anything else first). */
+  async expectError(obj, code, ms = 3000) {
+    this.send(obj);
+    const e = await this.next((m) => m.type === 'error', ms, `error ${code}`);
+    if (e.code !== code) throw new Error(`expected error ${code}, got ${JSON.stringify(e)}`);
+    return e;
+  }
+
+  /** Joins room with a join message and resolves the `room` snapshot. */
+  async join(room, extra = {}, ms = 3000) {
+    this.send({ type: 'join', room, ...extra });
+    return this.next((m) => m.type === 'room' && m.room === room, ms, `room snapshot of ${room}`);
+  }
+
+  async close(code = 1000, ms = 3000) {
+    if (this.closeInfo) return this.closeInfo;
+    try { this.ws.close(code); } catch { this.ws.terminate(); }
+    try {
+      return await withTimeout(this.closedP, ms, 'chat ws close');
+    } catch (e) {
+      this.ws.terminate();
+      throw e;
+    }
+  }
+
+  terminate() { try { this.ws.terminate(); } catch { /* gone */ } }
+}
+
+/**
+ * Opens a chat WebSocket at path (e.g. '/ws?room=lobby&name=alice' or '/lobby') and resolves
+ * once the welcome arrived. Rejects with .statusCode when the handshake is refused.
+ */
+export function chatClient(port, reqPath = '/ws', { ms = 5000, wsOpts = {}, protocols } = {}) {
+  return withTimeout(new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://${HOST}:${port}${reqPath}`, protocols,
+      { handshakeTimeout: ms, perMessageDeflate: false, ...wsOpts });
+    const c = new ChatClient(ws);
+    ws.once('open', () => {
+      c.next('welcome', ms).then((w) => { c.welcome = w; resolve(c); }, (e) => { c.terminate(); reject(e); });
+    });
+    ws.once('error', reject);
+    ws.once('unexpected-response', (req, res) => {
+      reject(Object.assign(new Error(`unexpected response ${res.statusCode}`), { statusCode: res.statusCode }));
+      req.destroy();
+    });
+  }), ms + 1000, `chat ws open ${reqPath}`);
+}
+
+/** Parses a message id "epoch:seq" into {epoch, seq}. */
+export function parseMsgId(id) {
+  const m = /^([^:]+):(\d+)$/.exec(String(id));
+  if (!m) throw new Error(`message id ${JSON.stringify(id)} is not "epoch:seq"`);
+  return { epoch: m[1], seq: Number(m[2]) };
 }
