@@ -564,8 +564,8 @@ static void conn_upgrade(conn_t *c, const server_endpoint_t *ep, const http_requ
     conn_respond(c, &out, 1);
     buf_free(&out);
 
-    http_parser_free(c->http);
-    free(c->http);
+    /* req lives in the HTTP parser: keep it until attach has run */
+    http_parser_t *http = c->http;
     c->http = NULL;
     c->ws = xcalloc(1, sizeof *c->ws);
     ws_parser_init(c->ws, (size_t)gw->cfg.max_frame_bytes, (size_t)gw->cfg.max_message_bytes);
@@ -584,6 +584,8 @@ static void conn_upgrade(conn_t *c, const server_endpoint_t *ep, const http_requ
     c->last_rx_ms = c->last_ping_ms = gw_now_ms(gw);
     conn_timer_arm(c);
     if (ep->attach) ep->attach(gw, c, req);
+    http_parser_free(http);
+    free(http);
 }
 
 static void conn_http_request(conn_t *c, const http_request_t *req)

@@ -86,13 +86,14 @@ end
 function ops.host(conn, room, msg)
   local target = str(msg.to)
   local r = str(msg.room ~= nil and msg.room or room)
-  local ok = gw.send(target, msg)
-  ok = gw.broadcast(r, msg, { except = conn.id }) or ok
-  if msg.kick then gw.kick(target, str(msg.code), str(msg.text)) end
+  local _, sent = pcall(gw.send, target, msg)
+  local _, cast = pcall(gw.broadcast, r, msg, { except = msg.except or conn.id })
+  if msg.kick then pcall(gw.kick, target, msg.code, msg.text) end
   local m = gw.members(r)
   local rs = gw.rooms()
-  gw.log(str(msg.level), str(msg.text), msg)
-  return { type = "host", ok = ok, members = m, rooms = rs, now = gw.now() > 0 }
+  local logged = pcall(gw.log, str(msg.level), str(msg.text), msg.fields or msg)
+  return { type = "host", sent = sent, cast = cast, members = m, rooms = rs, logged = logged,
+           now = gw.now() > 0 }
 end
 
 function ops.store(conn, room, msg)
