@@ -6,7 +6,7 @@ DEBS := cmake make gcc pkg-config libuv1-dev node-llhttp liblua5.4-dev lua5.4 li
         $(shell cat tests/*/debs.txt 2>/dev/null)
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test npm clean
+.PHONY: all deps build run test npm clean fuzz fuzz-build fuzz-merge test-asan
 
 all: build
 
@@ -43,3 +43,52 @@ test: build npm
 
 clean:
 	rm -rf $(BUILD)
+
+# ---- fuzzing and sanitizers (tests/fuzz/README.md) ----
+# `make fuzz` builds the libFuzzer targets with clang, ASan and UBSan in $(FUZZ_BUILD) and runs
+# each for FUZZ_SECONDS, one after the other, from the committed seeds; what it finds goes to
+# $(FUZZ_BUILD)/corpus (new inputs) and $(FUZZ_BUILD)/artifacts (crashes). `make fuzz-merge`
+# folds the inputs that add coverage back into tests/fuzz/corpus. `make test-asan` runs the
+# whole ctest suite, e2e included, against an ASan + UBSan build in $(ASAN_BUILD); any sanitizer
+# report, even from a server process that exited cleanly, fails it.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= http ws proto policy
+FUZZ_FLAGS ?=
+ASAN_BUILD ?= build-asan
+
+fuzz-build: deps
+	@command -v clang >/dev/null && ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || \
+	  $(MAKE) --no-print-directory deps DEBS='$(DEBS) clang libclang-rt-dev'
+	cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DFUZZ=ON -DSANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+
+fuzz: fuzz-build
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/artifacts/$$t; \
+	  seeds=tests/fuzz/corpus/$$t; [ -d tests/fuzz/regress/$$t ] && seeds="$$seeds tests/fuzz/regress/$$t"; \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s, log in $(FUZZ_BUILD)/fuzz-$$t.log"; \
+	  if ! ./$(FUZZ_BUILD)/tests/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/$$t.dict \
+	       -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$t/ -print_final_stats=1 $(FUZZ_FLAGS) \
+	       $(FUZZ_BUILD)/corpus/$$t $$seeds >$(FUZZ_BUILD)/fuzz-$$t.log 2>&1; then \
+	    tail -n 60 $(FUZZ_BUILD)/fuzz-$$t.log; echo "fuzz_$$t: FAILED, input in $(FUZZ_BUILD)/artifacts/$$t/"; exit 1; \
+	  fi; \
+	  grep -E '^#[0-9]+ +(DONE|INITED)|stat::number_of_executed_units|stat::peak_rss_mb' $(FUZZ_BUILD)/fuzz-$$t.log | sed 's/^/  /'; \
+	done
+
+fuzz-merge: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  ./$(FUZZ_BUILD)/tests/fuzz/fuzz_$$t -merge=1 tests/fuzz/corpus/$$t $(FUZZ_BUILD)/corpus/$$t 2>&1 | grep -E 'MERGE-OUTER: [0-9]+ new files' | sed "s/^/fuzz_$$t: /"; \
+	done
+
+test-asan: deps npm
+	cmake -S . -B $(ASAN_BUILD) -DSANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	@rm -rf $(ASAN_BUILD)/sanitizer && mkdir -p $(ASAN_BUILD)/sanitizer
+	@cd $(ASAN_BUILD) && \
+	  ASAN_OPTIONS=log_path=$(abspath $(ASAN_BUILD))/sanitizer/asan:detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1 \
+	  UBSAN_OPTIONS=log_path=$(abspath $(ASAN_BUILD))/sanitizer/ubsan:print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure -j 1; rc=$$?; \
+	  if ls sanitizer/* >/dev/null 2>&1; then \
+	    for f in sanitizer/*; do echo "==== $(ASAN_BUILD)/$$f"; cat $$f; done; echo "test-asan: sanitizer reports above"; exit 1; \
+	  fi; exit $$rc

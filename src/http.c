@@ -3,9 +3,11 @@
  * bytes this module appends to a buf_t. llhttp hands each string over in pieces that may be
  * split across feeds, so every piece is appended to one store per request and remembered by
  * offset (the store moves when it grows); pointers are made only once the request is complete.
- * The parser pauses after every request, so pipelined requests come back one at a time, and it
- * counts the raw bytes of the header section so an oversized header is refused while it is still
- * arriving. After an error the parser is dead: feed keeps returning HTTP_PARSE_ERROR. */
+ * The parser pauses after every request, so pipelined requests come back one at a time. While
+ * the header section arrives llhttp is never handed more bytes than max_header_bytes leaves, so
+ * an oversized header is refused while it is still arriving, and at the same byte however the
+ * input is split (a malformed byte past the limit gets 431, one before it 400). After an error
+ * the parser is dead: feed keeps returning HTTP_PARSE_ERROR. */
 #include "http.h"
 
 #include <stdio.h>
@@ -86,15 +88,6 @@ static int http_parser_fail(http_parser_t *p, int status)
     return HPE_USER;
 }
 
-/* Every header-section string passes here: at + n is how far into the current feed the
- * section has reached, and whole earlier feeds are already in header_bytes. Counting raw
- * bytes (not just what the callbacks report) also covers whitespace llhttp skips silently. */
-static int http_parser_over_header_limit(const http_parser_t *p, const char *at, size_t n)
-{
-    size_t seen = p->header_bytes + (size_t)(at + n - p->feed_data);
-    return seen > p->max_header_bytes;
-}
-
 /* Ends the string now arriving in the store with a NUL; returns where it started. */
 static size_t http_parser_span_end(http_parser_t *p)
 {
@@ -114,7 +107,6 @@ static int http_on_message_begin(llhttp_t *l)
 static int http_on_url(llhttp_t *l, const char *at, size_t n)
 {
     http_parser_t *p = l->data;
-    if (http_parser_over_header_limit(p, at, n)) return http_parser_fail(p, 431);
     buf_append(&p->store, at, n);
     return 0;
 }
@@ -132,7 +124,6 @@ static int http_on_header_field(llhttp_t *l, const char *at, size_t n)
 {
     http_parser_t *p = l->data;
     if (p->headers_done) return 0;
-    if (http_parser_over_header_limit(p, at, n)) return http_parser_fail(p, 431);
     if (p->req.nheaders == HTTP_MAX_HEADERS) return http_parser_fail(p, 431);
     /* llhttp 8 lets "Name : v" and "Bad Name: v" through; RFC 9112 5.1 says reject them */
     for (size_t i = 0; i < n; i++)
@@ -153,7 +144,6 @@ static int http_on_header_value(llhttp_t *l, const char *at, size_t n)
 {
     http_parser_t *p = l->data;
     if (p->headers_done) return 0;
-    if (http_parser_over_header_limit(p, at, n)) return http_parser_fail(p, 431);
     buf_append(&p->store, at, n);
     return 0;
 }
@@ -326,31 +316,44 @@ int http_parser_feed(http_parser_t *p, const char *data, size_t len, size_t *use
         }
         http_parser_next(p);
     }
-    if (!len) return HTTP_PARSE_MORE;
 
-    p->feed_data = data;
-    llhttp_errno_t err = llhttp_execute(&p->llhttp, data, len);
-    const char *pos = llhttp_get_error_pos(&p->llhttp);
-    switch (err) {
-    case HPE_OK:
-        *used = len;
-        if (!p->headers_done) {
-            p->header_bytes += len;
-            if (p->header_bytes > p->max_header_bytes) {
+    /* At most two rounds: the header section up to its limit, then, once it is complete,
+     * the rest of the feed (body, or the bytes an upgrade leaves for the new protocol). */
+    size_t off = 0;
+    while (off < len) {
+        size_t n = len - off;
+        int capped = 0;
+        if (!p->headers_done && n > p->max_header_bytes - p->header_bytes) {
+            n = p->max_header_bytes - p->header_bytes;
+            capped = 1;
+        }
+        const char *chunk = data + off;
+        llhttp_errno_t err = n ? llhttp_execute(&p->llhttp, chunk, n) : HPE_OK;
+        const char *pos = llhttp_get_error_pos(&p->llhttp);
+        switch (err) {
+        case HPE_OK:
+            off += n;
+            if (p->headers_done) continue;
+            p->header_bytes += n;
+            if (capped) {
+                /* the limit is reached and the section still goes on */
+                *used = off;
                 p->status = 431;
                 return HTTP_PARSE_ERROR;
             }
+            continue;
+        case HPE_PAUSED:
+        case HPE_PAUSED_UPGRADE:
+            *used = off + (size_t)(pos - chunk);
+            return http_parser_finish(p, err == HPE_PAUSED_UPGRADE);
+        default:
+            *used = off + (pos && pos >= chunk && pos <= chunk + n ? (size_t)(pos - chunk) : n);
+            if (!p->status) p->status = http_status_of_errno(err);
+            return HTTP_PARSE_ERROR;
         }
-        return HTTP_PARSE_MORE;
-    case HPE_PAUSED:
-    case HPE_PAUSED_UPGRADE:
-        *used = (size_t)(pos - data);
-        return http_parser_finish(p, err == HPE_PAUSED_UPGRADE);
-    default:
-        *used = pos && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
-        if (!p->status) p->status = http_status_of_errno(err);
-        return HTTP_PARSE_ERROR;
     }
+    *used = len;
+    return HTTP_PARSE_MORE;
 }
 
 /* ---- request helpers ---- */

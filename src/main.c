@@ -48,6 +48,23 @@ static void on_hup(uv_signal_t *h, int signum)
     watch_trigger(gw->watch, "SIGHUP");
 }
 
+/* A reload: a fresh VM, self_test, swap; the outcome is logged (watch callback). */
+static void policy_reload(void *ud, const char *why)
+{
+    gw_t *gw = ud;
+    char err[512], old[65];
+    snprintf(old, sizeof old, "%s", policy_version(gw->policy));
+    int rc = policy_load(gw->policy, gw->cfg.scripts_dir, err, sizeof err);
+    if (rc > 0)
+        log_info("policy reloaded", "{s:s, s:s, s:s}", "version", policy_version(gw->policy), "previous", old,
+                 "trigger", why);
+    else if (rc == 0)
+        log_debug("policy unchanged", "{s:s, s:s}", "version", old, "trigger", why);
+    else
+        log_error("policy reload failed; the previous policy keeps serving", "{s:s, s:s, s:s}", "error", err,
+                  "version", old, "trigger", why);
+}
+
 /* The first load decides whether the process can serve at all: no policy, no start. */
 static int policy_boot(gw_t *gw)
 {
@@ -61,7 +78,7 @@ static int policy_boot(gw_t *gw)
         return -1;
     }
     log_info("policy loaded", "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "version", policy_version(gw->policy));
-    gw->watch = watch_start(gw);
+    gw->watch = watch_start(gw->loop, gw->cfg.scripts_dir, gw->cfg.reload_poll_ms, policy_reload, gw);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #include "hub.h"
 #include "policy.h"
 #include "proto.h"
+#include "static.h"
 #include "ws.h"
 
 static int path_is(const http_request_t *req, const char *path) { return !strcmp(req->path, path); }
@@ -173,6 +174,7 @@ void routes_handle(gw_t *gw, const http_request_t *req, int roles, int keep_aliv
 {
     int get = req->method == HTTP_GET || req->method == HTTP_HEAD;
     const char *probe = NULL;
+    if ((roles & ROUTE_PUBLIC) && static_config_serve(&gw->cfg, req, keep_alive, out)) return;
     if ((roles & ROUTE_PUBLIC) && !strncmp(req->path, "/api/", 5)) {
         route_api(gw, req, keep_alive, out);
         return;
@@ -199,5 +201,6 @@ void routes_handle(gw_t *gw, const http_request_t *req, int roles, int keep_aliv
         route_metrics(gw, out, keep_alive);
         return;
     }
+    if ((roles & ROUTE_PUBLIC) && static_route_handle(gw, req, keep_alive, out)) return;   /* web client */
     http_response_error(out, 404, "not_found", "no such route", keep_alive);
 }

@@ -18,6 +18,8 @@
 
 #include "log.h"
 #include "routes.h"
+#include "tls.h"
+#include "watch.h"
 #include "ws.h"
 
 #define READ_BUF_SIZE 65536
@@ -44,6 +46,7 @@ typedef struct {
     uv_tcp_t tcp;
     server_t *srv;
     int roles;                     /* ROUTE_PUBLIC | ROUTE_ADMIN */
+    int tls;                       /* terminates TLS */
 } listener_t;
 
 struct conn_s {
@@ -69,6 +72,7 @@ struct conn_s {
     http_parser_t *http;
     ws_parser_t *ws;
     ws_inflater_t *inflater;
+    tls_conn_t *tls;               /* NULL on plain connections */
     ip_entry_t *ipent;
     wq_item_t *wq;
     size_t wq_head, wq_tail, wq_cap;
@@ -90,12 +94,16 @@ struct server_s {
     uint64_t serial;
     ws_deflater_t *deflaters[16];  /* shared, by window bits */
     ip_entry_t *iptab[IPTAB_SIZE];
+    tls_ctx_t *tls;                /* the public listener's certificate, or NULL */
+    watch_t *tls_watch[2];         /* the certificate's and the key's directories */
+    buf_t tls_plain;               /* scratch: decrypted input of one read */
     char readbuf[READ_BUF_SIZE];
 };
 
 static void conn_flush(conn_t *c);
 static void on_flush_idle(uv_idle_t *h);
 static void conn_abort(conn_t *c);
+static void flush_schedule(conn_t *c);
 static void conn_timer_arm(conn_t *c);
 static void server_drain_check(server_t *srv);
 
@@ -209,6 +217,28 @@ static void flush_schedule(conn_t *c)
     srv->flush_head = c;
 }
 
+/* TLS: the frame's bytes as records (takes over the reference). Records are sealed in queue
+ * order, so the TLS stream order is the queue order. NULL when the session failed. */
+static sbuf_t *conn_seal(conn_t *c, sbuf_t *frame)
+{
+    buf_t wire;
+    buf_init(&wire);
+    int rc = tls_conn_write(c->tls, frame->data, frame->len, &wire);
+    sbuf_unref(frame);
+    sbuf_t *sealed = rc == 0 ? sbuf_from(wire.data, wire.len) : NULL;
+    buf_free(&wire);
+    if (!sealed) conn_abort(c);
+    return sealed;
+}
+
+/* Queues bytes that are already TLS records (handshake, alerts, tickets). */
+static void conn_queue_wire(conn_t *c, const buf_t *wire)
+{
+    if (!wire->len) return;
+    wq_push(c, sbuf_from(wire->data, wire->len));
+    flush_schedule(c);
+}
+
 /* Queues a whole frame (takes over the reference) and counts it. */
 static void conn_queue(conn_t *c, sbuf_t *frame, int opcode)
 {
@@ -220,6 +250,7 @@ static void conn_queue(conn_t *c, sbuf_t *frame, int opcode)
         sbuf_unref(frame);
         return;
     }
+    if (c->tls && !(frame = conn_seal(c, frame))) return;
     wq_push(c, frame);
     if (opcode >= 0) METRIC_INC(gw->metrics.frames_out[opcode & 15]);
     if (c->state == CONN_WS && c->queued > (size_t)limit && !c->over_since_ms) {
@@ -249,6 +280,7 @@ static void conn_free(conn_t *c)
         free(c->ws);
     }
     ws_inflater_free(c->inflater);
+    tls_conn_free(c->tls);
     free(c);
 }
 
@@ -634,6 +666,27 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     *buf = uv_buf_init(c->srv->readbuf, sizeof c->srv->readbuf);
 }
 
+/* Decrypts one read, pointing data and len at the plaintext (the server scratch buffer), queueing what the
+ * TLS engine answers. -1 when the session failed and the connection is gone. */
+static int conn_tls_open(conn_t *c, uint8_t **data, size_t *len)
+{
+    buf_t *plain = &c->srv->tls_plain, wire;
+    buf_reset(plain);
+    buf_init(&wire);
+    const char *why = NULL;
+    int rc = tls_conn_feed(c->tls, *data, *len, plain, &wire, &why);
+    conn_queue_wire(c, &wire);
+    buf_free(&wire);
+    if (rc < 0) {
+        log_debug("tls failed", "{s:I, s:s, s:s}", "conn", (json_int_t)c->serial, "ip", c->ip, "error", why);
+        conn_abort(c);
+        return -1;
+    }
+    *data = (uint8_t *)plain->data;
+    *len = plain->len;
+    return 0;
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     conn_t *c = s->data;
@@ -645,8 +698,11 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     gw_t *gw = c->srv->gw;
     METRIC_ADD(gw->metrics.bytes_in, n);
     c->last_rx_ms = gw_now_ms(gw);
-    if (c->state == CONN_HTTP) conn_http_feed(c, (uint8_t *)buf->base, (size_t)n);
-    else if (c->state == CONN_WS) conn_ws_feed(c, (uint8_t *)buf->base, (size_t)n);
+    uint8_t *data = (uint8_t *)buf->base;
+    size_t len = (size_t)n;
+    if (c->tls && conn_tls_open(c, &data, &len) < 0) return;
+    if (c->state == CONN_HTTP) conn_http_feed(c, data, len);
+    else if (c->state == CONN_WS) conn_ws_feed(c, data, len);
     /* CONN_CLOSING: discard until FIN */
 }
 
@@ -685,7 +741,7 @@ static void conn_slow_close(conn_t *c)
         size_t b = 0;
         for (; keep < c->wq_tail && b < c->writing_bytes; keep++) b += c->wq[keep].b->len - c->wq[keep].off;
     }
-    wq_truncate(c, keep);
+    if (!c->tls) wq_truncate(c, keep);   /* dropping sealed records would break the TLS stream */
     c->over_since_ms = 0;
     conn_send_close(c, WS_CLOSE_POLICY, "slow consumer");
     c->close_after_flush = 1;
@@ -761,6 +817,7 @@ static void on_connection(uv_stream_t *ls, int status)
     conn_t *c = xcalloc(1, sizeof *c);
     c->srv = srv;
     c->roles = l->roles;
+    if (l->tls) c->tls = tls_conn_new(srv->tls);
     uv_tcp_init(gw->loop, &c->tcp);
     uv_timer_init(gw->loop, &c->timer);
     c->tcp.data = c->timer.data = c;
@@ -830,7 +887,7 @@ static void addr_name(const struct sockaddr_storage *sa, char *out, size_t len)
 
 static void on_listener_closed(uv_handle_t *h) { free(h->data); }
 
-static int listener_open(server_t *srv, const char *addr, int roles)
+static int listener_open(server_t *srv, const char *addr, int roles, int tls)
 {
     struct sockaddr_storage sa;
     int rc = addr_parse(addr, &sa);
@@ -841,6 +898,7 @@ static int listener_open(server_t *srv, const char *addr, int roles)
     listener_t *l = xcalloc(1, sizeof *l);
     l->srv = srv;
     l->roles = roles;
+    l->tls = tls;
     uv_tcp_init(srv->gw->loop, &l->tcp);
     l->tcp.data = l;
     rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&sa, 0);
@@ -854,8 +912,60 @@ static int listener_open(server_t *srv, const char *addr, int roles)
     uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&sa, &len);
     char name[80];
     addr_name(&sa, name, sizeof name);
-    log_info("listening", "{s:s, s:s}", "addr", name, "role", roles == ROUTE_ADMIN ? "admin" : roles == ROUTE_PUBLIC ? "public" : "public+admin");
+    log_info("listening", "{s:s, s:s, s:b}", "addr", name, "role",
+             roles == ROUTE_ADMIN ? "admin" : roles == ROUTE_PUBLIC ? "public" : "public+admin", "tls", tls);
     srv->listeners[srv->nlisteners++] = l;
+    return 0;
+}
+
+/* ---- TLS certificate ---- */
+
+static void server_tls_reload(void *ud, const char *why)
+{
+    server_t *srv = ud;
+    char err[512];
+    int rc = tls_ctx_reload(srv->tls, err, sizeof err);
+    if (rc > 0)
+        log_info("tls certificate reloaded", "{s:s, s:s}", "fingerprint", tls_ctx_fingerprint(srv->tls), "trigger", why);
+    else if (rc < 0)
+        log_error("tls certificate reload failed; the previous one keeps serving", "{s:s, s:s}", "error", err,
+                  "trigger", why);
+}
+
+/* The directory holding file (cert-manager swaps a ..data symlink there); caller frees. */
+static char *path_dir(const char *file)
+{
+    const char *slash = strrchr(file, '/');
+    if (!slash) return xstrdup(".");
+    if (slash == file) return xstrdup("/");
+    char *dir = xstrdup(file);
+    dir[slash - file] = '\0';
+    return dir;
+}
+
+/* tls_cert and tls_key together turn TLS on for the public listener. */
+static int server_tls_start(server_t *srv)
+{
+    const config_t *cfg = &srv->gw->cfg;
+    int has_cert = cfg->tls_cert && cfg->tls_cert[0], has_key = cfg->tls_key && cfg->tls_key[0];
+    if (!has_cert && !has_key) return 0;
+    char err[512];
+    if (has_cert != has_key) {
+        log_error("tls needs both tls_cert and tls_key", NULL);
+        return -1;
+    }
+    srv->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key, err, sizeof err);
+    if (!srv->tls) {
+        log_error("tls setup failed", "{s:s}", "error", err);
+        return -1;
+    }
+    log_info("tls enabled", "{s:s, s:s}", "cert", cfg->tls_cert, "fingerprint", tls_ctx_fingerprint(srv->tls));
+    char *cert_dir = path_dir(cfg->tls_cert), *key_dir = path_dir(cfg->tls_key);
+    srv->tls_watch[0] = watch_start(srv->gw->loop, cert_dir, cfg->reload_poll_ms, server_tls_reload, srv);
+    if (strcmp(cert_dir, key_dir))
+        srv->tls_watch[1] = watch_start(srv->gw->loop, key_dir, cfg->reload_poll_ms, server_tls_reload, srv);
+    free(cert_dir);
+    free(key_dir);
     return 0;
 }
 
@@ -871,9 +981,12 @@ int server_start(gw_t *gw)
     uv_check_start(&srv->flush_check, on_flush_check);
     uv_unref((uv_handle_t *)&srv->flush_check);
     /* uv_idle_start needs a callback; flush_schedule starts it with on_flush_idle */
+    buf_init(&srv->tls_plain);
+    if (server_tls_start(srv) < 0) return -1;
     int admin_separate = gw->cfg.admin_listen && gw->cfg.admin_listen[0];
-    int rc = listener_open(srv, gw->cfg.listen, admin_separate ? ROUTE_PUBLIC : ROUTE_PUBLIC | ROUTE_ADMIN);
-    if (rc == 0 && admin_separate) rc = listener_open(srv, gw->cfg.admin_listen, ROUTE_ADMIN);
+    int rc = listener_open(srv, gw->cfg.listen, admin_separate ? ROUTE_PUBLIC : ROUTE_PUBLIC | ROUTE_ADMIN,
+                           srv->tls != NULL);
+    if (rc == 0 && admin_separate) rc = listener_open(srv, gw->cfg.admin_listen, ROUTE_ADMIN, 0);
     return rc;
 }
 
@@ -921,8 +1034,12 @@ void server_free(gw_t *gw)
     uv_close((uv_handle_t *)&srv->flush_check, on_server_handle_closed);
     uv_close((uv_handle_t *)&srv->flush_idle, on_server_handle_closed);
     uv_close((uv_handle_t *)&srv->drain_timer, on_server_handle_closed);
+    watch_stop(srv->tls_watch[0]);
+    watch_stop(srv->tls_watch[1]);
     uv_run(gw->loop, UV_RUN_DEFAULT);
     for (int i = 0; i < 16; i++) ws_deflater_free(srv->deflaters[i]);
+    tls_ctx_free(srv->tls);
+    buf_free(&srv->tls_plain);
     free(srv);
     gw->server = NULL;
 }

@@ -1,85 +1,71 @@
-/* watch: debounced policy reload on directory events, a poll timer and SIGHUP; see watch.h. */
+/* watch: debounced directory events, a poll timer and manual triggers; see watch.h. */
 #include "watch.h"
 
 #include <stdlib.h>
 
 #include "buf.h"
 #include "log.h"
-#include "policy.h"
 
 struct watch_s {
-    gw_t *gw;
     uv_fs_event_t event;
     uv_timer_t debounce;
     uv_timer_t poll;
     int handles;                   /* open handles; the struct is freed when it drops to 0 */
-    const char *why;               /* the trigger of the pending reload */
+    char *dir;
+    const char *why;               /* the first trigger of the pending burst */
+    watch_cb cb;
+    void *ud;
 };
-
-/* Loads the directory into a fresh VM; logs the outcome. */
-static void watch_reload(watch_t *w, const char *why)
-{
-    gw_t *gw = w->gw;
-    char err[512];
-    const char *before = policy_version(gw->policy);
-    char old[65];
-    snprintf(old, sizeof old, "%s", before);
-    int rc = policy_load(gw->policy, gw->cfg.scripts_dir, err, sizeof err);
-    if (rc > 0)
-        log_info("policy reloaded", "{s:s, s:s, s:s}", "version", policy_version(gw->policy), "previous", old,
-                 "trigger", why);
-    else if (rc == 0)
-        log_debug("policy unchanged", "{s:s, s:s}", "version", old, "trigger", why);
-    else
-        log_error("policy reload failed; the previous policy keeps serving", "{s:s, s:s, s:s}", "error", err,
-                  "version", old, "trigger", why);
-}
 
 static void watch_on_debounce(uv_timer_t *t)
 {
     watch_t *w = t->data;
-    watch_reload(w, w->why ? w->why : "event");
+    const char *why = w->why ? w->why : "fs_event";
     w->why = NULL;
+    w->cb(w->ud, why);
 }
 
-static void watch_on_poll(uv_timer_t *t) { watch_reload(t->data, "poll"); }
+static void watch_on_poll(uv_timer_t *t)
+{
+    watch_t *w = t->data;
+    w->cb(w->ud, "poll");
+}
 
 static void watch_on_event(uv_fs_event_t *h, const char *filename, int events, int status)
 {
     watch_t *w = h->data;
-    if (status < 0) {
-        log_warn("watching the scripts directory failed", "{s:s, s:s}", "dir", w->gw->cfg.scripts_dir, "error",
-                 uv_strerror(status));
-        return;
-    }
     (void)filename;
     (void)events;
+    if (status < 0) {
+        log_warn("watching a directory failed", "{s:s, s:s}", "dir", w->dir, "error", uv_strerror(status));
+        return;
+    }
     watch_trigger(w, "fs_event");
 }
 
 void watch_trigger(watch_t *w, const char *why)
 {
     if (!w) return;
-    if (!w->why) w->why = why;     /* the first trigger of a burst names it */
+    if (!w->why) w->why = why;
     uv_timer_start(&w->debounce, watch_on_debounce, WATCH_DEBOUNCE_MS, 0);
 }
 
-watch_t *watch_start(gw_t *gw)
+watch_t *watch_start(uv_loop_t *loop, const char *dir, long poll_ms, watch_cb cb, void *ud)
 {
     watch_t *w = xcalloc(1, sizeof *w);
-    w->gw = gw;
-    uv_loop_t *loop = gw->loop;
+    w->dir = xstrdup(dir);
+    w->cb = cb;
+    w->ud = ud;
     uv_fs_event_init(loop, &w->event);
     uv_timer_init(loop, &w->debounce);
     uv_timer_init(loop, &w->poll);
     w->handles = 3;
     w->event.data = w->debounce.data = w->poll.data = w;
-    int rc = uv_fs_event_start(&w->event, watch_on_event, gw->cfg.scripts_dir, 0);
+    int rc = uv_fs_event_start(&w->event, watch_on_event, dir, 0);
     if (rc < 0)
-        log_warn("cannot watch the scripts directory; reload with SIGHUP or reload_poll_ms", "{s:s, s:s}", "dir",
-                 gw->cfg.scripts_dir, "error", uv_strerror(rc));
-    if (gw->cfg.reload_poll_ms > 0)
-        uv_timer_start(&w->poll, watch_on_poll, (uint64_t)gw->cfg.reload_poll_ms, (uint64_t)gw->cfg.reload_poll_ms);
+        log_warn("cannot watch a directory; changes need SIGHUP or polling", "{s:s, s:s}", "dir", dir, "error",
+                 uv_strerror(rc));
+    if (poll_ms > 0) uv_timer_start(&w->poll, watch_on_poll, (uint64_t)poll_ms, (uint64_t)poll_ms);
     uv_unref((uv_handle_t *)&w->event);
     uv_unref((uv_handle_t *)&w->debounce);
     uv_unref((uv_handle_t *)&w->poll);
@@ -89,7 +75,9 @@ watch_t *watch_start(gw_t *gw)
 static void watch_on_closed(uv_handle_t *h)
 {
     watch_t *w = h->data;
-    if (--w->handles == 0) free(w);
+    if (--w->handles) return;
+    free(w->dir);
+    free(w);
 }
 
 void watch_stop(watch_t *w)

@@ -237,6 +237,24 @@ static void fuzz_run(const uint8_t *data, size_t len, int flags, uint32_t seed, 
     free(copy);
 }
 
+/* Prints both transcripts from a little before where they part, for the crash report. */
+static void fuzz_diff_print(const buf_t *a, const buf_t *b)
+{
+    size_t i = 0;
+    while (i < a->len && i < b->len && a->data[i] == b->data[i]) i++;
+    size_t from = i > 64 ? i - 64 : 0;
+    const buf_t *logs[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        fprintf(stderr, "%s from byte %zu: ", k ? "split" : "whole", from);
+        for (size_t j = from; j < logs[k]->len && j < i + 64; j++) {
+            unsigned char c = (unsigned char)logs[k]->data[j];
+            if (c >= 32 && c < 127) fputc(c, stderr);
+            else fprintf(stderr, "\\x%02x", c);
+        }
+        fputc('\n', stderr);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2) return 0;
@@ -252,6 +270,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_run(data, size, flags, seed, &b);
     if (a.len != b.len || memcmp(a.data, b.data, a.len)) {
         fprintf(stderr, "http_fuzz: whole and split feeds disagree\n");
+        fuzz_diff_print(&a, &b);
         abort();
     }
     buf_free(&a);
