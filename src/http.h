@@ -53,7 +53,6 @@ typedef struct {
     size_t url_off, body_off;
     size_t name_off[HTTP_MAX_HEADERS], value_off[HTTP_MAX_HEADERS];
     size_t span_off;               /* where the string now arriving starts in store */
-    const char *feed_data;         /* start of the current feed, to count header bytes */
     int headers_done;              /* on_headers_complete has run for this request */
     int complete;                  /* req was returned; the next feed starts a new one */
 } http_parser_t;

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "cidr.h"
 #include "log.h"
 #include "routes.h"
 #include "tls.h"
@@ -77,7 +78,8 @@ struct conn_s {
     wq_item_t *wq;
     size_t wq_head, wq_tail, wq_cap;
     size_t queued, writing_bytes;
-    char ip[INET6_ADDRSTRLEN];
+    char ip[INET6_ADDRSTRLEN];     /* the client: the peer, or X-Forwarded-For from a trusted proxy */
+    char peer[INET6_ADDRSTRLEN];   /* the TCP peer */
 };
 
 struct server_s {
@@ -620,9 +622,16 @@ static void conn_upgrade(conn_t *c, const server_endpoint_t *ep, const http_requ
     free(http);
 }
 
+static int conn_forwarded_ip(conn_t *c, const http_request_t *req);
+
 static void conn_http_request(conn_t *c, const http_request_t *req)
 {
     gw_t *gw = c->srv->gw;
+    if (conn_forwarded_ip(c, req)) {
+        METRIC_INC(gw->metrics.conns_rejected_limit);
+        conn_http_error(c, 429, "too_many_connections_per_ip", "too many connections from this address");
+        return;
+    }
     const server_endpoint_t *ep = routes_ws_endpoint(gw, req, c->roles);
     if (ep) {
         conn_upgrade(c, ep, req);
@@ -792,6 +801,23 @@ static void conn_peer_ip(conn_t *c)
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &len) != 0) return;
     if (sa.ss_family == AF_INET) uv_ip4_name((struct sockaddr_in *)&sa, c->ip, sizeof c->ip);
     else if (sa.ss_family == AF_INET6) uv_ip6_name((struct sockaddr_in6 *)&sa, c->ip, sizeof c->ip);
+    memcpy(c->peer, c->ip, sizeof c->peer);
+}
+
+/* Behind a trusted proxy the client is the X-Forwarded-For address: per-IP limits and logs use
+ * it. Returns 429 when that address is over max_connections_per_ip, else 0. */
+static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
+{
+    const config_t *cfg = &c->srv->gw->cfg;
+    char ip[INET6_ADDRSTRLEN];
+    if (!cfg->trusted_proxies || !cfg->trusted_proxies[0] || !cidr_list_match(cfg->trusted_proxies, c->peer)) return 0;
+    if (cidr_forwarded_client(http_request_header(req, "X-Forwarded-For"), cfg->trusted_proxies, ip, sizeof ip) < 0)
+        snprintf(ip, sizeof ip, "%s", c->peer);
+    if (!strcmp(ip, c->ip)) return 0;
+    snprintf(c->ip, sizeof c->ip, "%s", ip);
+    if (c->ipent) iptab_release(c->srv, c->ipent);
+    c->ipent = iptab_acquire(c->srv, c->ip);
+    return c->ipent->count > (unsigned)cfg->max_connections_per_ip ? 429 : 0;
 }
 
 /* 0 when the connection may proceed, else the HTTP status it gets before any request. */

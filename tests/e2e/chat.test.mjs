@@ -7,7 +7,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startServer, chatClient, passthroughPolicyDir, parseMsgId, scrape, metricSum, waitFor, sleep,
+  startServer, chatClient, passthroughPolicyDir, parseMsgId, scrape, metricSum, waitFor, sleep, httpGet,
 } from './lib.mjs';
 
 const T = { timeout: 30000 };
@@ -62,7 +62,10 @@ describe('chat: identity, rooms and fan-out', () => {
     assert.equal(a.welcome.type, 'welcome');
     assert.equal(a.welcome.name, 'alice');
     assert.equal(typeof a.welcome.server, 'string');
-    assert.ok('policy' in a.welcome, 'welcome carries the policy version field');
+    // policy: the version (sha256) of the policy serving, as /readyz shows it
+    assert.match(String(a.welcome.policy), /^[0-9a-f]{64}$/, `welcome.policy is a sha256: ${a.welcome.policy}`);
+    const ready = (await httpGet(srv.port, '/readyz')).json();
+    if (ready.policy?.version) assert.equal(a.welcome.policy, ready.policy.version, 'welcome.policy = /readyz policy.version');
     const ids = new Set([a.id]);
     const names = [];
     for (let i = 0; i < 6; i++) {
@@ -490,6 +493,24 @@ describe('chat: history_gap', () => {
     c.drain();
     c.send({ type: 'history', room, since: marker.id });
     assert.deepEqual((await c.next('history')).messages.map((m) => m.id), ids2, 'since = the id just before the ring is not a gap');
+  });
+
+  it('a history request with a stale since gets history_gap followed by what is kept', T, async () => {
+    // README, Recovery: "the answer is an error with code history_gap, followed by what is kept"
+    const room = uniqueRoom('gap-hist');
+    const a = await cs.open(srv.port, `/ws?room=${room}`);
+    await a.next('room');
+    const first = await a.say(room, 'm0');
+    const ids = [];
+    for (let i = 1; i <= 5; i++) ids.push((await a.say(room, `m${i}`)).id);
+    a.drain();
+    a.send({ type: 'history', room, since: first.id });
+    const gap = await a.next((m) => m.type === 'error' || m.type === 'history');
+    assert.equal(gap.type, 'error');
+    assert.equal(gap.code, 'history_gap');
+    const h = await a.next('history', 3000, 'the history of what is kept, after history_gap');
+    assert.equal(h.room, room);
+    assert.deepEqual(h.messages.map((m) => m.id), ids.slice(-3));
   });
 
   it('since from another epoch (room emptied and recreated, or a made-up epoch) is history_gap', T, async () => {

@@ -1,0 +1,16 @@
+/* cidr: matching an address against a comma list of CIDRs ("10.0.0.0/8,fd00::/8"), for
+ * trusted_proxies. Pure functions, no allocation. */
+#ifndef CHATGW_CIDR_H
+#define CHATGW_CIDR_H
+
+#include <stddef.h>
+
+/* 1 when ip (textual IPv4 or IPv6) lies in one of the list's CIDRs; a bare address is a /32 or
+ * /128. IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) match IPv4 CIDRs. 0 otherwise. */
+int cidr_list_match(const char *list, const char *ip);
+
+/* The client address from an X-Forwarded-For value: the rightmost entry that is not a trusted
+ * proxy. Copies it into out and returns 0, or -1 when the header holds no usable address. */
+int cidr_forwarded_client(const char *xff, const char *trusted, char *out, size_t outlen);
+
+#endif
