@@ -230,20 +230,26 @@ static long hub_hist_since(const hub_room_t *r, const char *since, sbuf_t **out)
     return n;
 }
 
-/* Sends `room` (snapshot + history) to cl, or history_gap then the snapshot with what is kept. */
+/* The history after since into hist (room for hist_len entries). When since is no longer
+ * kept, cl gets history_gap and hist gets everything kept. Returns the count. */
+static size_t hub_hist_recover(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since, sbuf_t **hist)
+{
+    long n = hub_hist_since(r, since, hist);
+    if (n >= 0) return (size_t)n;
+    METRIC_INC(hub->gw->metrics.history_gaps);
+    json_t *ref = json_string(r->name);
+    hub_send(hub, cl, proto_error("history_gap", "messages after 'since' are no longer kept; history restarts", ref));
+    json_decref(ref);
+    return (size_t)hub_hist_since(r, NULL, hist);
+}
+
+/* Sends `room` (snapshot + history) to cl, after history_gap when since is lost. */
 static void hub_room_snapshot(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since)
 {
     sbuf_t **hist = xcalloc(r->hist_len + 1, sizeof *hist);
-    long n = hub_hist_since(r, since, hist);
-    if (n < 0) {
-        METRIC_INC(hub->gw->metrics.history_gaps);
-        json_t *ref = json_string(r->name);
-        hub_send(hub, cl, proto_error("history_gap", "messages after 'since' are no longer kept; history restarts", ref));
-        json_decref(ref);
-        n = hub_hist_since(r, NULL, hist);
-    }
+    size_t n = hub_hist_recover(hub, r, cl, since, hist);
     json_t *members = hub_room_members_json(r);
-    hub_send(hub, cl, proto_room(r->name, members, hist, (size_t)n));
+    hub_send(hub, cl, proto_room(r->name, members, hist, n));
     json_decref(members);
     free(hist);
 }
@@ -429,15 +435,8 @@ static void hub_on_mute(hub_t *hub, hub_client_t *cl, hub_room_t *r, int muted)
 static void hub_on_history(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
 {
     sbuf_t **hist = xcalloc(r->hist_len + 1, sizeof *hist);
-    long n = hub_hist_since(r, in->since, hist);
-    if (n < 0) {
-        METRIC_INC(hub->gw->metrics.history_gaps);
-        json_t *ref = json_string(r->name);
-        hub_send(hub, cl, proto_error("history_gap", "messages after 'since' are no longer kept", ref));
-        json_decref(ref);
-    } else {
-        hub_send(hub, cl, proto_history(r->name, hist, (size_t)n));
-    }
+    size_t n = hub_hist_recover(hub, r, cl, in->since, hist);
+    hub_send(hub, cl, proto_history(r->name, hist, n));
     free(hist);
 }
 

@@ -85,6 +85,13 @@ describe('chat: identity, rooms and fan-out', () => {
     assert.ok(new Set(names).size >= 2, `random default names vary: ${names.join(', ')}`);
   });
 
+  it('the subprotocol chatgw.v1 is negotiated when offered', T, async () => {
+    const c = await cs.open(srv.port, '/ws?name=proto', { protocols: ['chatgw.v1'] });
+    assert.equal(c.ws.protocol, 'chatgw.v1');
+    const d = await cs.open(srv.port, '/ws?name=noproto');
+    assert.equal(d.ws.protocol, '', 'none when not offered');
+  });
+
   it('join.name names the connection (seen in the snapshot and in msg.from)', T, async () => {
     const room = uniqueRoom('named');
     const c = await cs.open(srv.port, '/ws');
