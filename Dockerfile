@@ -9,9 +9,7 @@
 # readOnlyRootFilesystem. The default policy lives in /etc/chatgw/scripts (Kubernetes mounts
 # the chatgw-policy ConfigMap over it as a directory) and the web client in
 # /usr/share/chatgw/web.
-ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
-
-FROM ${DEBIAN_IMAGE} AS build
+FROM docker.io/library/debian:bookworm-slim AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       cmake make gcc libc6-dev pkg-config libuv1-dev node-llhttp liblua5.4-dev \
@@ -29,7 +27,7 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
  && cp scripts/*.lua /out/scripts/ \
  && if [ -d web ]; then cp -a web/. /out/web/; fi
 
-FROM ${DEBIAN_IMAGE}
+FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libuv1 liblua5.4-0 libjansson4 libssl3 libhiredis0.14 zlib1g \

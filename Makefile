@@ -73,7 +73,7 @@ fuzz: fuzz-build
 	       $(FUZZ_BUILD)/corpus/$$t $$seeds >$(FUZZ_BUILD)/fuzz-$$t.log 2>&1; then \
 	    tail -n 60 $(FUZZ_BUILD)/fuzz-$$t.log; echo "fuzz_$$t: FAILED, input in $(FUZZ_BUILD)/artifacts/$$t/"; exit 1; \
 	  fi; \
-	  grep -E '^#[0-9]+ +(DONE|INITED)|stat::number_of_executed_units|stat::peak_rss_mb' $(FUZZ_BUILD)/fuzz-$$t.log | sed 's/^/  /'; \
+	  grep -aE '^#[0-9]+ +(DONE|INITED)|stat::number_of_executed_units|stat::peak_rss_mb' $(FUZZ_BUILD)/fuzz-$$t.log | sed 's/^/  /'; \
 	done
 
 fuzz-merge: fuzz-build

@@ -101,6 +101,8 @@ static const config_key_t config_keys[] = {
       "connections per process (503 before upgrade beyond)" },
     { "max_connections_per_ip", CK_LONG, OFF(max_connections_per_ip), "256", 1, 10000000, 0,
       "connections per client address (429 before upgrade beyond)" },
+    { "accept_rate_per_ip", CK_DOUBLE, OFF(accept_rate_per_ip), "50", 0, 1000000, 0,
+      "new connections per second per client address, burst twice that (429 beyond); 0 = off" },
     { "max_text_bytes", CK_LONG, OFF(max_text_bytes), "4096", 1, 16777216, 0,
       "chat text size (too_large)" },
     { "rate_msgs_per_sec", CK_DOUBLE, OFF(rate_msgs_per_sec), "20", 0.001, 1000000, 0,

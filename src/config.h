@@ -27,6 +27,7 @@ typedef struct {
     long slow_grace_ms;
     long max_connections;
     long max_connections_per_ip;
+    double accept_rate_per_ip;
     long max_text_bytes;
     double rate_msgs_per_sec;
     long rate_burst;

@@ -39,7 +39,9 @@ typedef struct {
 
 typedef struct ip_entry_s {
     struct ip_entry_s *next;
-    unsigned count;
+    unsigned count;                /* open connections */
+    double tokens;                 /* accept_rate_per_ip bucket */
+    uint64_t tokens_ms;
     char ip[INET6_ADDRSTRLEN];
 } ip_entry_t;
 
@@ -92,6 +94,7 @@ struct server_s {
     uv_check_t flush_check;
     uv_idle_t flush_idle;
     uv_timer_t drain_timer;
+    uv_timer_t sweep_timer;        /* frees per-IP entries whose bucket refilled */
     int drain_timer_on;
     uint64_t serial;
     ws_deflater_t *deflaters[16];  /* shared, by window bits */
@@ -118,6 +121,18 @@ static unsigned iptab_hash(const char *s)
     return h % IPTAB_SIZE;
 }
 
+static double iptab_burst(const server_t *srv) { return 2.0 * srv->gw->cfg.accept_rate_per_ip; }
+
+/* Refills ent's accept bucket up to now. */
+static void iptab_refill(server_t *srv, ip_entry_t *e)
+{
+    uint64_t now = gw_now_ms(srv->gw);
+    e->tokens += (double)(now - e->tokens_ms) * srv->gw->cfg.accept_rate_per_ip / 1000.0;
+    if (e->tokens > iptab_burst(srv)) e->tokens = iptab_burst(srv);
+    e->tokens_ms = now;
+}
+
+/* Counts one more connection from ip. */
 static ip_entry_t *iptab_acquire(server_t *srv, const char *ip)
 {
     ip_entry_t **slot = &srv->iptab[iptab_hash(ip)];
@@ -129,18 +144,50 @@ static ip_entry_t *iptab_acquire(server_t *srv, const char *ip)
     ip_entry_t *e = xcalloc(1, sizeof *e);
     snprintf(e->ip, sizeof e->ip, "%s", ip);
     e->count = 1;
+    e->tokens = iptab_burst(srv);
+    e->tokens_ms = gw_now_ms(srv->gw);
     e->next = *slot;
     *slot = e;
     return e;
 }
 
-static void iptab_release(server_t *srv, ip_entry_t *ent)
+/* Takes one accept token: 0, or -1 when the address opens connections too fast. */
+static int iptab_charge(server_t *srv, ip_entry_t *e)
 {
-    if (--ent->count) return;
+    if (srv->gw->cfg.accept_rate_per_ip <= 0) return 0;
+    iptab_refill(srv, e);
+    if (e->tokens < 1.0) return -1;
+    e->tokens -= 1.0;
+    return 0;
+}
+
+static void iptab_unlink(server_t *srv, ip_entry_t *ent)
+{
     ip_entry_t **p = &srv->iptab[iptab_hash(ent->ip)];
     while (*p != ent) p = &(*p)->next;
     *p = ent->next;
     free(ent);
+}
+
+/* An entry without connections lingers until its bucket refills, or reconnecting would reset
+ * the accept rate; the sweep frees it then. */
+static void iptab_release(server_t *srv, ip_entry_t *ent)
+{
+    if (--ent->count) return;
+    iptab_refill(srv, ent);
+    if (ent->tokens >= iptab_burst(srv)) iptab_unlink(srv, ent);
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    server_t *srv = t->data;
+    for (size_t i = 0; i < IPTAB_SIZE; i++)
+        for (ip_entry_t *e = srv->iptab[i], *next; e; e = next) {
+            next = e->next;
+            if (e->count) continue;
+            iptab_refill(srv, e);
+            if (e->tokens >= iptab_burst(srv)) iptab_unlink(srv, e);
+        }
 }
 
 /* ---- write queue ---- */
@@ -804,20 +851,27 @@ static void conn_peer_ip(conn_t *c)
     memcpy(c->peer, c->ip, sizeof c->peer);
 }
 
+static int conn_behind_proxy(const conn_t *c)
+{
+    const char *trusted = c->srv->gw->cfg.trusted_proxies;
+    return trusted && trusted[0] && cidr_list_match(trusted, c->peer);
+}
+
 /* Behind a trusted proxy the client is the X-Forwarded-For address: per-IP limits and logs use
  * it. Returns 429 when that address is over max_connections_per_ip, else 0. */
 static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
 {
     const config_t *cfg = &c->srv->gw->cfg;
     char ip[INET6_ADDRSTRLEN];
-    if (!cfg->trusted_proxies || !cfg->trusted_proxies[0] || !cidr_list_match(cfg->trusted_proxies, c->peer)) return 0;
+    if (!conn_behind_proxy(c)) return 0;
     if (cidr_forwarded_client(http_request_header(req, "X-Forwarded-For"), cfg->trusted_proxies, ip, sizeof ip) < 0)
         snprintf(ip, sizeof ip, "%s", c->peer);
     if (!strcmp(ip, c->ip)) return 0;
     snprintf(c->ip, sizeof c->ip, "%s", ip);
     if (c->ipent) iptab_release(c->srv, c->ipent);
     c->ipent = iptab_acquire(c->srv, c->ip);
-    return c->ipent->count > (unsigned)cfg->max_connections_per_ip ? 429 : 0;
+    if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return 429;
+    return iptab_charge(c->srv, c->ipent) < 0 ? 429 : 0;
 }
 
 /* 0 when the connection may proceed, else the HTTP status it gets before any request. */
@@ -828,6 +882,8 @@ static int conn_admit(conn_t *c)
     if (srv->nconns > (size_t)cfg->max_connections) return 503;
     c->ipent = iptab_acquire(srv, c->ip);
     if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return 429;
+    /* a trusted proxy carries many clients: their own addresses are charged per request */
+    if (!conn_behind_proxy(c) && iptab_charge(srv, c->ipent) < 0) return 429;
     return 0;
 }
 
@@ -1003,6 +1059,10 @@ int server_start(gw_t *gw)
     uv_check_init(gw->loop, &srv->flush_check);
     uv_idle_init(gw->loop, &srv->flush_idle);
     uv_timer_init(gw->loop, &srv->drain_timer);
+    uv_timer_init(gw->loop, &srv->sweep_timer);
+    srv->sweep_timer.data = srv;
+    uv_timer_start(&srv->sweep_timer, on_sweep, 1000, 1000);
+    uv_unref((uv_handle_t *)&srv->sweep_timer);
     srv->flush_check.data = srv->flush_idle.data = srv->drain_timer.data = srv;
     uv_check_start(&srv->flush_check, on_flush_check);
     uv_unref((uv_handle_t *)&srv->flush_check);
@@ -1060,10 +1120,13 @@ void server_free(gw_t *gw)
     uv_close((uv_handle_t *)&srv->flush_check, on_server_handle_closed);
     uv_close((uv_handle_t *)&srv->flush_idle, on_server_handle_closed);
     uv_close((uv_handle_t *)&srv->drain_timer, on_server_handle_closed);
+    uv_close((uv_handle_t *)&srv->sweep_timer, on_server_handle_closed);
     watch_stop(srv->tls_watch[0]);
     watch_stop(srv->tls_watch[1]);
     uv_run(gw->loop, UV_RUN_DEFAULT);
     for (int i = 0; i < 16; i++) ws_deflater_free(srv->deflaters[i]);
+    for (size_t i = 0; i < IPTAB_SIZE; i++)
+        while (srv->iptab[i]) iptab_unlink(srv, srv->iptab[i]);
     tls_ctx_free(srv->tls);
     buf_free(&srv->tls_plain);
     free(srv);

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startServer, rawWebSocket, chatClient } from './lib.mjs';
+import { startServer, rawWebSocket, chatClient, httpRequest, waitFor, scrape, metricSum, sleep } from './lib.mjs';
 
 const T = { timeout: 30000 };
 
@@ -37,6 +37,23 @@ describe('trusted proxies', () => {
     const other = await chatClient(srv.port, '/ws?room=p', { wsOpts: { headers: { 'X-Forwarded-For': '203.0.113.8' } } });
     assert.equal((await other.next('seen_ip')).ip, '203.0.113.8');
     await a.close(); await b.close(); await other.close();
+  });
+
+  it('accept_rate_per_ip answers 429 to a connection burst and recovers', T, async () => {
+    const srv = await startServer(['--accept-rate-per-ip', '2', '--scripts-dir', ipEchoPolicy()]);
+    servers.push(srv);
+    const statuses = [];
+    for (let i = 0; i < 8; i++) {
+      const r = await httpRequest(srv.port, 'GET', '/healthz');
+      statuses.push(r.status);
+    }
+    assert.deepEqual(statuses.slice(0, 4), [200, 200, 200, 200], 'the burst (twice the rate) passes');
+    assert.ok(statuses.slice(4).includes(429), `later connections are refused: ${statuses}`);
+    await waitFor(async () => (await httpRequest(srv.port, 'GET', '/healthz')).status === 200,
+      { timeoutMs: 5000, intervalMs: 600, what: 'the bucket to refill' });
+    await sleep(600);
+    const m = await scrape(srv.port);
+    assert.ok(metricSum(m.samples, 'chatgw_connections_rejected_total') >= 1);
   });
 
   it('X-Forwarded-For from an untrusted peer is ignored', T, async () => {

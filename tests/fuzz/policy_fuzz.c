@@ -19,8 +19,9 @@
 #include "proto.h"
 #include "ws.h"
 
-#ifndef FUZZ_POLICY_DIR
-#define FUZZ_POLICY_DIR "tests/fuzz/policy"
+/* tests/fuzz and the default policy; CHATGW_SRC, when set, names the source tree instead */
+#ifndef FUZZ_DIR
+#define FUZZ_DIR "tests/fuzz"
 #endif
 #ifndef FUZZ_SCRIPTS_DIR
 #define FUZZ_SCRIPTS_DIR "scripts"
@@ -92,22 +93,26 @@ static policy_t *fuzz_policy_load(const char *dir, int required)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    /* a small budget keeps the loop and membomb ops quick */
-    char *args[] = {"--policy_budget", "200000", "--policy_memory_mb", "16", "--log_level", "error"};
+    const char *src = getenv("CHATGW_SRC");
+    char fuzz_dir[4096], scripts_dir[4096], config[4200], policy_dir[4200];
+    snprintf(fuzz_dir, sizeof fuzz_dir, "%s%s", src ? src : FUZZ_DIR, src ? "/tests/fuzz" : "");
+    snprintf(scripts_dir, sizeof scripts_dir, "%s%s", src ? src : FUZZ_SCRIPTS_DIR, src ? "/scripts" : "");
+    snprintf(config, sizeof config, "%s/config.json", fuzz_dir);
+    snprintf(policy_dir, sizeof policy_dir, "%s/policy", fuzz_dir);
+
+    /* built-in defaults only (an empty config file, not config/chatgw.json), and a small
+     * budget so the loop and membomb ops stay quick */
+    char *args[] = {"--config", config, "--policy_budget", "200000", "--policy_memory_mb", "16"};
     char err[256];
     if (config_load(&fuzz_cfg, 6, args, err, sizeof err) < 0) {
-        fprintf(stderr, "policy_fuzz: config: %s\n", err);
+        fprintf(stderr, "policy_fuzz: %s\n", err);
         abort();
     }
     log_level_set(LOG_ERROR);
     /* gw.log and hook failures write JSON lines to stdout; the fuzzer reports on stderr */
     if (!getenv("FUZZ_VERBOSE") && !freopen("/dev/null", "w", stdout)) abort();
-    const char *src = getenv("CHATGW_SRC");
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s%s%s", src ? src : "", src ? "/" : "", src ? "tests/fuzz/policy" : FUZZ_POLICY_DIR);
-    fuzz_policies[0] = fuzz_policy_load(dir, 1);
-    snprintf(dir, sizeof dir, "%s%s%s", src ? src : "", src ? "/" : "", src ? "scripts" : FUZZ_SCRIPTS_DIR);
-    fuzz_policies[1] = fuzz_policy_load(dir, 0);
+    fuzz_policies[0] = fuzz_policy_load(policy_dir, 1);
+    fuzz_policies[1] = fuzz_policy_load(scripts_dir, 0);
     return 0;
 }
 

@@ -28,7 +28,7 @@ static const char *const keys[] = {
     "listen", "admin_listen", "workers", "log_level", "scripts_dir", "web_dir", "echo",
     "drain_timeout_ms", "ping_interval_ms", "idle_timeout_ms", "header_timeout_ms",
     "max_header_bytes", "max_frame_bytes", "max_message_bytes", "permessage_deflate",
-    "write_queue_bytes", "slow_grace_ms", "max_connections", "max_connections_per_ip",
+    "write_queue_bytes", "slow_grace_ms", "max_connections", "max_connections_per_ip", "accept_rate_per_ip",
     "max_text_bytes", "rate_msgs_per_sec", "rate_burst", "max_rooms_per_conn",
     "max_room_members", "history_size", "api_token", "allowed_origins", "redis_url",
     "policy_budget", "policy_memory_mb", "policy_fail", "reload_poll_ms", "tls_cert",
