@@ -92,3 +92,23 @@ test-asan: deps npm
 	  if ls sanitizer/* >/dev/null 2>&1; then \
 	    for f in sanitizer/*; do echo "==== $(ASAN_BUILD)/$$f"; cat $$f; done; echo "test-asan: sanitizer reports above"; exit 1; \
 	  fi; exit $$rc
+
+# ---- benchmarks (tests/bench/README.md) ----
+# `make bench` installs the peers' Debian packages (tests/bench/debs-bench.txt; `make test` never
+# needs them) and npm packages, builds chatgw and the load generator in Release in
+# $(BENCH_BUILD), runs every scenario against chatgw and each peer (tests/bench/run.mjs) and
+# writes BENCHMARKS.md. Package installs never start a system service (policy-rc.d).
+BENCH_BUILD ?= build-bench
+.PHONY: bench
+
+bench: deps tests/bench/node_modules/.package-lock.json
+	@debs="$$(cat tests/bench/debs-bench.txt)"; missing=; \
+	for p in $$debs; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  prc=; if [ "$$(id -u)" = 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; prc=1; fi; \
+	  $(MAKE) --no-print-directory deps DEBS="$$missing"; rc=$$?; \
+	  if [ -n "$$prc" ]; then rm -f /usr/sbin/policy-rc.d; fi; [ $$rc = 0 ] || exit $$rc; \
+	fi
+	cmake -S . -B $(BENCH_BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build $(BENCH_BUILD) -j $(JOBS) --target chatgw chatgw-bench
+	BENCH_BUILD=$(BENCH_BUILD) node tests/bench/run.mjs

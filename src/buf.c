@@ -88,6 +88,13 @@ void buf_printf(buf_t *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
+const char *buf_cstr(buf_t *b)
+{
+    buf_reserve(b, 1);
+    b->data[b->len] = '\0';
+    return b->data;
+}
+
 void buf_consume(buf_t *b, size_t n)
 {
     if (n >= b->len) {

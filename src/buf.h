@@ -23,6 +23,7 @@ void buf_append_str(buf_t *b, const char *s);
 void buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void buf_consume(buf_t *b, size_t n);             /* drops the first n bytes */
 void buf_reset(buf_t *b);                         /* len = 0, keeps storage */
+const char *buf_cstr(buf_t *b);                   /* NUL-terminated view (not counted in len) */
 
 typedef struct {
     unsigned refs;

@@ -19,6 +19,7 @@ typedef struct server_s server_t;
 typedef struct hub_s hub_t;
 typedef struct policy_s policy_t;
 typedef struct watch_s watch_t;
+typedef struct static_site_s static_site_t;
 
 typedef struct gw_s {
     config_t cfg;
@@ -28,6 +29,7 @@ typedef struct gw_s {
     hub_t *hub;
     policy_t *policy;
     watch_t *watch;                /* live reload of policy */
+    static_site_t *web;            /* the web client, NULL when web_dir is missing */
     int draining;                  /* set once on SIGTERM/SIGINT; /readyz answers 503 */
     uint64_t started_ms;
 } gw_t;

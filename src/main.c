@@ -14,6 +14,7 @@
 #include "log.h"
 #include "policy.h"
 #include "server.h"
+#include "static.h"
 #include "watch.h"
 
 static void usage(FILE *f)
@@ -112,6 +113,7 @@ static int cmd_serve(int argc, char **argv)
     uv_unref((uv_handle_t *)&sig_hup);
 
     gw.hub = hub_new(&gw);
+    gw.web = static_site_boot(gw.cfg.web_dir);
     int rc = policy_boot(&gw);
     if (rc == 0) rc = server_start(&gw);
     if (rc == 0) {
@@ -127,6 +129,7 @@ static int cmd_serve(int argc, char **argv)
     uv_close((uv_handle_t *)&sig_hup, on_close_noop);
     uv_run(gw.loop, UV_RUN_DEFAULT);
     policy_free(gw.policy);
+    static_site_free(gw.web);
     uv_loop_close(gw.loop);
     config_free(&gw.cfg);
     return rc == 0 ? 0 : 1;

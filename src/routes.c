@@ -74,16 +74,16 @@ static void cors_headers(gw_t *gw, const http_request_t *req, buf_t *hdr)
     buf_printf(hdr, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n", !strcmp(allowed, "*") ? "*" : origin);
 }
 
-static void api_json(buf_t *out, int status, json_t *body, const buf_t *hdr, int keep_alive)
+static void api_json(buf_t *out, int status, json_t *body, buf_t *hdr, int keep_alive)
 {
     char *text = json_dumps(body, JSON_COMPACT);
-    http_response_write(out, status, "application/json", hdr->len ? hdr->data : NULL, text, text ? strlen(text) : 0,
+    http_response_write(out, status, "application/json", hdr->len ? buf_cstr(hdr) : NULL, text, text ? strlen(text) : 0,
                         keep_alive);
     free(text);
     json_decref(body);
 }
 
-static void api_error(buf_t *out, int status, const char *code, const char *msg, const buf_t *hdr, int keep_alive)
+static void api_error(buf_t *out, int status, const char *code, const char *msg, buf_t *hdr, int keep_alive)
 {
     api_json(out, status, json_pack("{s:s, s:s}", "error", code, "message", msg), hdr, keep_alive);
 }
@@ -101,7 +101,7 @@ static int api_authorized(gw_t *gw, const http_request_t *req)
     return diff == 0;
 }
 
-static void api_publish(gw_t *gw, const http_request_t *req, const char *room, const buf_t *hdr, int keep_alive,
+static void api_publish(gw_t *gw, const http_request_t *req, const char *room, buf_t *hdr, int keep_alive,
                         buf_t *out)
 {
     if (!gw->cfg.api_token || !gw->cfg.api_token[0]) {
@@ -142,7 +142,7 @@ static void route_api(gw_t *gw, const http_request_t *req, int keep_alive, buf_t
         buf_append_str(&hdr, "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
                              "Access-Control-Allow-Headers: Authorization, Content-Type\r\n"
                              "Access-Control-Max-Age: 600\r\n");
-        http_response_write(out, 204, NULL, hdr.data, NULL, 0, keep_alive);
+        http_response_write(out, 204, NULL, buf_cstr(&hdr), NULL, 0, keep_alive);
     } else if (!strcmp(p, "/stats")) {
         if (get) api_json(out, 200, hub_stats_json(gw->hub), &hdr, keep_alive);
         else api_error(out, 405, "method_not_allowed", "use GET", &hdr, keep_alive);

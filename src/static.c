@@ -7,7 +7,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -477,38 +476,20 @@ int static_config_serve(const config_t *cfg, const http_request_t *req, int keep
 
 /* ---- the process's site ---- */
 
-static pthread_mutex_t static_default_lock = PTHREAD_MUTEX_INITIALIZER;
-static static_site_t *static_default_site;
-static int static_default_tried;
-
-static void static_default_release(void)
+static_site_t *static_site_boot(const char *dir)
 {
-    pthread_mutex_lock(&static_default_lock);
-    static_site_free(static_default_site);
-    static_default_site = NULL;
-    pthread_mutex_unlock(&static_default_lock);
-}
-
-static const static_site_t *static_default_get(const char *dir)
-{
-    pthread_mutex_lock(&static_default_lock);
-    if (!static_default_tried) {
-        static_default_tried = 1;
-        int rc = static_site_load(dir, &static_default_site);
-        if (rc < 0)
-            log_warn("web client not served: web_dir cannot be loaded", "{s:s, s:s}", "web_dir", dir ? dir : "",
-                     "error", uv_strerror(rc));
-        else
-            log_info("web client loaded", "{s:s, s:I, s:I}", "web_dir", dir, "files",
-                     (json_int_t)static_default_site->nfiles, "bytes", (json_int_t)static_default_site->bytes);
-        if (atexit(static_default_release) != 0) log_warn("web client: cannot register its release at exit", NULL);
-    }
-    const static_site_t *site = static_default_site;
-    pthread_mutex_unlock(&static_default_lock);
+    static_site_t *site = NULL;
+    int rc = static_site_load(dir, &site);
+    if (rc < 0)
+        log_warn("web client not served: web_dir cannot be loaded", "{s:s, s:s}", "web_dir", dir ? dir : "",
+                 "error", uv_strerror(rc));
+    else
+        log_info("web client loaded", "{s:s, s:I, s:I}", "web_dir", dir, "files", (json_int_t)site->nfiles, "bytes",
+                 (json_int_t)site->bytes);
     return site;
 }
 
 int static_route_handle(gw_t *gw, const http_request_t *req, int keep_alive, buf_t *out)
 {
-    return static_site_serve(static_default_get(gw->cfg.web_dir), req, keep_alive, out);
+    return static_site_serve(gw->web, req, keep_alive, out);
 }

@@ -48,10 +48,10 @@ int static_site_serve(const static_site_t *site, const http_request_t *req, int 
  * ice_servers is not a JSON array), else 0. */
 int static_config_serve(const config_t *cfg, const http_request_t *req, int keep_alive, buf_t *out);
 
-/* The router's hook: static_site_serve over gw->cfg.web_dir. The site is loaded on the first
- * call (a missing web_dir logs one warning; then / answers the router's 404) and freed at exit.
- * This lazily loaded site is the module's one piece of process state; once gw_t has a slot for
- * it, main.c can call static_site_load at start and this becomes a plain serve. */
+/* Loads web_dir at start and logs the outcome; NULL (logged) when it cannot be loaded, and then
+ * / answers the router's 404. */
+static_site_t *static_site_boot(const char *dir);
+/* The router's hook: static_site_serve over gw->web. */
 int static_route_handle(gw_t *gw, const http_request_t *req, int keep_alive, buf_t *out);
 
 #endif

@@ -13,10 +13,16 @@
  * sender and receiver live in this process) and the delivery count of that message.
  *
  *   echo   each connection is a room of one at /echo: closed loop, --window frames in flight
- *   room   one or more rooms; flat out (--rate 0: at most --window messages per publisher not
- *          yet delivered to every member) or at a fixed --rate per publisher (open loop)
+ *   room   one or more rooms; flat out (at most --window messages per publisher not yet
+ *          delivered to every member) or at a fixed rate (open loop)
  *   rooms  the same with many small rooms
  *   idle   connects --conns, holds them for --duration and reads the server's RSS (--pid)
+ *
+ * A run measures one or more phases on the same connections (--phases), one after the other,
+ * each with warm-up, measurement and drain: "flat" (closed loop), "rate=X" (X msgs/s over all
+ * publishers), "frac=F" (F times the publish rate the last flat phase reached: the "half of
+ * peak" point), each optionally "@SIZE", then ":SECONDS". Messages not delivered to every
+ * member by the end of a phase's drain count as lost.
  *
  * Output: one JSON line on stdout. Bounded by --duration, --max-msgs and --timeout; it never
  * loops without end and only connects where --host points (meant for loopback).
@@ -54,6 +60,7 @@ typedef struct {
     int pid, reload_ms, stall_ms, drain_ms, settle_ms, timeline_ms;
     double rate, duration, warmup, timeout;
     uint64_t max_msgs;
+    const char *phases;
 } opts_t;
 
 static opts_t o = {
@@ -62,9 +69,28 @@ static opts_t o = {
     .reload_file = NULL, .room_prefix = "r",
     .port = 8888, .conns = 100, .members = 1, .publishers = 1, .size = 64, .window = 1,
     .src_addrs = 1, .concurrency = 128, .self = 1, .deflate = 0, .pid = 0, .reload_ms = 1000,
-    .stall_ms = 2000, .drain_ms = 2000, .settle_ms = 300, .timeline_ms = 100,
-    .rate = 0, .duration = 3, .warmup = 0.5, .timeout = 0, .max_msgs = 0,
+    .stall_ms = 5000, .drain_ms = 5000, .settle_ms = 300, .timeline_ms = 100,
+    .rate = 0, .duration = 3, .warmup = 0.5, .timeout = 0, .max_msgs = 0, .phases = NULL,
 };
+
+/* One measured phase and its results. */
+typedef struct {
+    char kind;          /* 'f' flat out, 'r' total rate, 'h' fraction of the last flat phase */
+    double value, duration;
+    int size;
+    double rate_total;  /* msgs/s over all publishers, once known */
+    uint64_t t0, t1, t_end;
+    uint64_t sent, deliveries, lost;
+    hist_t lat;
+    uint64_t *timeline;
+    size_t timeline_n, timeline_cap;
+    uint64_t timeline_last;
+    double cpu_t0, cpu_t1, srv0, srv1, gen0, gen1; /* CPU seconds over the measured windows */
+} phase_t;
+
+#define MAX_PHASES 8
+static phase_t phases[MAX_PHASES];
+static int nphases, cur_phase;
 
 /* ---- state ---- */
 enum { C_NEW, C_CONNECTING, C_HANDSHAKE, C_OPEN, C_CLOSED };
@@ -79,7 +105,7 @@ typedef struct conn_s conn_t;
 typedef struct {
     conn_t *c;
     int room;
-    uint64_t next, base, sent_due; /* next seq to send; oldest not complete */
+    uint64_t next, base, sent_due; /* next seq to send; oldest not complete; rate credit */
     slot_t *ring;
 } pub_t;
 
@@ -106,16 +132,15 @@ static pub_t *pubs;
 static int npubs, nrooms, expected;
 static size_t ring_size;
 static int next_to_connect, in_flight, n_open, n_failed, n_closed, n_handshaked;
-static uint64_t t_start, t_meas0, t_meas1, t_end_send;
-static int phase; /* 0 connecting, 1 settle, 2 running, 3 draining, 4 done */
-static hist_t lat;
-static uint64_t deliveries_meas, deliveries_all, sent_all, sent_meas, lost, dups, late, errors_srv;
+static uint64_t t_connect0, t_connected, t_start;
+static int phase; /* 0 connecting, 1 settle, 2 sending (warm-up, measurement), 3 draining, 4 done */
+static phase_t *P; /* the current phase */
+static uint64_t deliveries_all, sent_all, dups, late, errors_srv;
 static uint64_t other_frames, retired_lost, reloads, throttled;
 static long rss_before = -1, rss_after = -1, rss_end = -1;
 static char note[512];
-static uint64_t *timeline;
-static size_t timeline_n, timeline_cap;
-static uint64_t timeline_last;
+static char marker_prefix[32];
+static size_t marker_len;
 static uv_timer_t t_tick, t_rate, t_phase, t_guard, t_reload;
 static uint8_t rbuf[1 << 18];
 static z_stream deflater, shared_inflater;
@@ -174,6 +199,31 @@ static long rss_kb(int pid)
     return kb;
 }
 
+/* CPU seconds (user + system) a process has used so far; -1 when unknown. */
+static double proc_cpu_s(int pid)
+{
+    char path[64], buf[1024];
+    if (pid <= 0) return -1;
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
 /* ---- output ---- */
 static void finish(void);
 
@@ -192,13 +242,13 @@ static void stop_all(void)
     _exit(0);
 }
 
-static double pct_dip(void)
+static double pct_dip(const phase_t *ph)
 {
     /* worst timeline window inside the measurement against the median window */
-    size_t n = timeline_n;
+    size_t n = ph->timeline_n;
     if (n < 3) return 0;
     uint64_t *v = xmalloc(n * sizeof *v);
-    memcpy(v, timeline, n * sizeof *v);
+    memcpy(v, ph->timeline, n * sizeof *v);
     for (size_t i = 1; i < n; i++)
         for (size_t j = i; j > 0 && v[j - 1] > v[j]; j--) {
             uint64_t t = v[j];
@@ -221,40 +271,53 @@ static void json_str(const char *s)
     putchar('"');
 }
 
+static void phase_settle_lost(void);
+
 static void finish(void)
 {
-    double secs = (double)(t_meas1 - t_meas0) / 1e9;
-    if (secs <= 0) secs = 1e-9;
-    /* anything not yet delivered to every member after the drain is lost */
-    for (int p = 0; p < npubs; p++)
-        for (uint64_t s = pubs[p].base; s < pubs[p].next; s++) {
-            slot_t *sl = &pubs[p].ring[s & (ring_size - 1)];
-            if (sl->seq == s && sl->got < (uint32_t)expected) lost += expected - sl->got;
-        }
+    if (phase == 2 || phase == 3) phase_settle_lost();
     printf("{\"label\":");
     json_str(o.label);
     printf(",\"mode\":\"%s\",\"conns\":%d,\"members\":%d,\"rooms\":%d,\"publishers\":%d,"
-           "\"size\":%d,\"rate\":%g,\"window\":%d,\"deflate\":%d,",
-           o.mode, o.conns, o.members, nrooms, npubs, o.size, o.rate, o.window, o.deflate);
-    printf("\"connected\":%d,\"failed\":%d,\"closed\":%d,\"duration_s\":%.3f,", n_handshaked,
-           n_failed, n_closed, secs);
-    printf("\"sent\":%" PRIu64 ",\"sent_per_s\":%.1f,\"deliveries\":%" PRIu64
-           ",\"deliveries_per_s\":%.1f,",
-           sent_all, (double)sent_meas / secs, deliveries_meas, (double)deliveries_meas / secs);
-    printf("\"lat_us\":{\"n\":%" PRIu64 ",\"p50\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f,"
-           "\"mean\":%.1f},",
-           lat.count, hist_quantile(&lat, 0.50) / 1e3, hist_quantile(&lat, 0.99) / 1e3,
-           hist_quantile(&lat, 0.999) / 1e3, (double)lat.max / 1e3, hist_mean(&lat) / 1e3);
-    printf("\"lost\":%" PRIu64 ",\"dups\":%" PRIu64 ",\"late\":%" PRIu64 ",\"server_errors\":%" PRIu64
-           ",\"other_frames\":%" PRIu64 ",\"throttled\":%" PRIu64 ",",
-           lost, dups, late, errors_srv, other_frames, throttled);
+           "\"window\":%d,\"deflate\":%d,",
+           o.mode, o.conns, o.members, nrooms, npubs, o.window, o.deflate);
+    printf("\"connected\":%d,\"failed\":%d,\"closed\":%d,\"connect_s\":%.3f,", n_handshaked,
+           n_failed, n_closed, t_connected ? (double)(t_connected - t_connect0) / 1e9 : -1.0);
+    printf("\"sent\":%" PRIu64 ",\"deliveries\":%" PRIu64 ",\"dups\":%" PRIu64 ",\"late\":%" PRIu64
+           ",\"server_errors\":%" PRIu64 ",\"other_frames\":%" PRIu64 ",\"throttled\":%" PRIu64
+           ",\"retired\":%" PRIu64 ",",
+           sent_all, deliveries_all, dups, late, errors_srv, other_frames, throttled, retired_lost);
     printf("\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"rss_end_kb\":%ld,", rss_before, rss_after,
            rss_end);
     if (rss_before >= 0 && rss_after >= 0 && n_handshaked > 0)
         printf("\"rss_per_conn_b\":%.0f,", (double)(rss_after - rss_before) * 1024.0 / n_handshaked);
-    printf("\"reloads\":%" PRIu64 ",\"dip_pct\":%.1f,\"timeline_ms\":%d,\"timeline\":[", reloads,
-           pct_dip(), o.timeline_ms);
-    for (size_t i = 0; i < timeline_n; i++) printf("%s%" PRIu64, i ? "," : "", timeline[i]);
+    printf("\"reloads\":%" PRIu64 ",\"phases\":[", reloads);
+    for (int i = 0; i < nphases; i++) {
+        phase_t *ph = &phases[i];
+        if (!ph->t0) break;
+        uint64_t t1 = ph->t1;
+        uint64_t now = uv_hrtime();
+        if (t1 > now) t1 = now;
+        double secs = t1 > ph->t0 ? (double)(t1 - ph->t0) / 1e9 : 1e-9;
+        printf("%s{\"kind\":\"%s\",\"size\":%d,\"rate_total\":%.1f,\"duration_s\":%.3f,",
+               i ? "," : "", ph->kind == 'f' ? "flat" : ph->kind == 'r' ? "rate" : "frac", ph->size,
+               ph->rate_total, secs);
+        printf("\"sent\":%" PRIu64 ",\"sent_per_s\":%.1f,\"deliveries\":%" PRIu64
+               ",\"deliveries_per_s\":%.1f,\"lost\":%" PRIu64 ",",
+               ph->sent, (double)ph->sent / secs, ph->deliveries, (double)ph->deliveries / secs, ph->lost);
+        printf("\"lat_us\":{\"n\":%" PRIu64 ",\"p50\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f,"
+               "\"mean\":%.1f},",
+               ph->lat.count, hist_quantile(&ph->lat, 0.50) / 1e3, hist_quantile(&ph->lat, 0.99) / 1e3,
+               hist_quantile(&ph->lat, 0.999) / 1e3, (double)ph->lat.max / 1e3, hist_mean(&ph->lat) / 1e3);
+        double wall = ph->cpu_t1 - ph->cpu_t0;
+        if (wall > 0) {
+            printf("\"gen_cpu\":%.2f,", (ph->gen1 - ph->gen0) / wall);
+            if (ph->srv0 >= 0 && ph->srv1 >= 0) printf("\"srv_cpu\":%.2f,", (ph->srv1 - ph->srv0) / wall);
+        }
+        printf("\"dip_pct\":%.1f,\"timeline_ms\":%d,\"timeline\":[", pct_dip(ph), o.timeline_ms);
+        for (size_t k = 0; k < ph->timeline_n; k++) printf("%s%" PRIu64, k ? "," : "", ph->timeline[k]);
+        printf("]}");
+    }
     printf("],\"note\":");
     json_str(note);
     printf("}\n");
@@ -342,13 +405,35 @@ static void room_name(int room, char *out, size_t n)
     snprintf(out, n, "%s%d", o.room_prefix, room);
 }
 
+/* Writes v in decimal with alternating alphabets ("0-9" at even positions, "a-j" at odd ones)
+ * so that no character repeats: a policy that shortens runs of one character (chatgw's
+ * default max_char_run) cannot change the marker. Returns the length. */
+static int put_num(char *out, uint64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do tmp[n++] = (char)(v % 10), v /= 10;
+    while (v);
+    for (int i = 0; i < n; i++) {
+        int d = tmp[n - 1 - i];
+        out[i] = (char)((i & 1) ? 'a' + d : '0' + d);
+    }
+    return n;
+}
+
 /* Expands the --msg template for one message of publisher p; the text is padded so that the
  * whole payload is --size bytes (never shorter than the marker). */
 static size_t build_msg(pub_t *p, uint64_t seq, uint64_t ts, char *out, size_t cap)
 {
     char room[64], marker[96], cid[32];
     room_name(p->room, room, sizeof room);
-    int ml = snprintf(marker, sizeof marker, "~b:%d:%" PRIu64 ":%" PRIu64 ":", (int)(p - pubs), seq, ts);
+    int ml = snprintf(marker, sizeof marker, "%s", marker_prefix);
+    ml += put_num(marker + ml, (uint64_t)(p - pubs));
+    marker[ml++] = ':';
+    ml += put_num(marker + ml, seq);
+    marker[ml++] = ':';
+    ml += put_num(marker + ml, ts);
+    marker[ml++] = ':';
     snprintf(cid, sizeof cid, "%" PRIu64, seq);
     /* length of the template without the text */
     size_t fixed = 0;
@@ -359,7 +444,7 @@ static size_t build_msg(pub_t *p, uint64_t seq, uint64_t ts, char *out, size_t c
         else fixed++, t++;
     }
     size_t textlen = (size_t)ml;
-    if ((size_t)o.size > fixed + (size_t)ml) textlen = (size_t)o.size - fixed;
+    if ((size_t)P->size > fixed + (size_t)ml) textlen = (size_t)P->size - fixed;
     if (fixed + textlen + 1 > cap) textlen = cap - fixed - 1;
     size_t n = 0;
     for (const char *t = o.msg; *t && n < cap - 1;) {
@@ -384,7 +469,17 @@ static size_t build_msg(pub_t *p, uint64_t seq, uint64_t ts, char *out, size_t c
 
 static int measuring(uint64_t now)
 {
-    return phase == 2 && now >= t_meas0 && now < t_meas1;
+    return phase == 2 && now >= P->t0 && now < P->t1;
+}
+
+static void ring_give_up(pub_t *p)
+{
+    slot_t *old = &p->ring[p->base & (ring_size - 1)];
+    if (old->seq == p->base && old->got < (uint32_t)expected) {
+        P->lost += expected - old->got;
+        retired_lost++;
+    }
+    p->base++;
 }
 
 static void pub_send(pub_t *p, uint64_t now)
@@ -397,14 +492,7 @@ static void pub_send(pub_t *p, uint64_t now)
         return;
     }
     uint64_t s = p->next;
-    while (s - p->base >= ring_size) { /* the ring is full: the oldest is given up */
-        slot_t *old = &p->ring[p->base & (ring_size - 1)];
-        if (old->seq == p->base && old->got < (uint32_t)expected) {
-            lost += expected - old->got;
-            retired_lost++;
-        }
-        p->base++;
-    }
+    while (s - p->base >= ring_size) ring_give_up(p); /* the ring is full: the oldest goes */
     slot_t *sl = &p->ring[s & (ring_size - 1)];
     sl->seq = s;
     sl->ts = now;
@@ -413,12 +501,13 @@ static void pub_send(pub_t *p, uint64_t now)
     size_t n = build_msg(p, s, now, m, sizeof m);
     conn_send_frame(p->c, 1, (uint8_t *)m, n);
     sent_all++;
-    if (measuring(now)) sent_meas++;
+    if (measuring(now)) P->sent++;
 }
 
 static void pub_fill_window(pub_t *p, uint64_t now)
 {
-    while (phase == 2 && p->next - p->base < (uint64_t)o.window && p->c->state == C_OPEN) {
+    while (phase == 2 && P->kind == 'f' && p->next - p->base < (uint64_t)o.window &&
+           p->c->state == C_OPEN) {
         uint64_t before = p->next;
         pub_send(p, now);
         if (p->next == before) break;
@@ -438,8 +527,13 @@ static int parse_u64(const uint8_t **pp, const uint8_t *end, uint64_t *v)
 {
     const uint8_t *p = *pp;
     uint64_t x = 0;
-    if (p >= end || *p < '0' || *p > '9') return -1;
-    while (p < end && *p >= '0' && *p <= '9') x = x * 10 + (uint64_t)(*p++ - '0');
+    const uint8_t *start = p;
+    for (; p < end; p++) {
+        if (*p >= '0' && *p <= '9') x = x * 10 + (uint64_t)(*p - '0');
+        else if (*p >= 'a' && *p <= 'j') x = x * 10 + (uint64_t)(*p - 'a');
+        else break;
+    }
+    if (p == start) return -1;
     if (p >= end || *p != ':') return -1;
     *pp = p + 1;
     *v = x;
@@ -449,7 +543,7 @@ static int parse_u64(const uint8_t **pp, const uint8_t *end, uint64_t *v)
 /* One complete text/binary message from the server. */
 static void on_message(conn_t *c, const uint8_t *d, size_t n)
 {
-    const uint8_t *m = memmem(d, n, "~b:", 3);
+    const uint8_t *m = memmem(d, n, marker_prefix, marker_len);
     uint64_t pi, seq, ts;
     (void)c;
     if (!m) {
@@ -457,7 +551,7 @@ static void on_message(conn_t *c, const uint8_t *d, size_t n)
         else other_frames++;
         return;
     }
-    const uint8_t *p = m + 3, *end = d + n;
+    const uint8_t *p = m + marker_len, *end = d + n;
     if (parse_u64(&p, end, &pi) || parse_u64(&p, end, &seq) || parse_u64(&p, end, &ts) ||
         pi >= (uint64_t)npubs) {
         other_frames++;
@@ -466,8 +560,8 @@ static void on_message(conn_t *c, const uint8_t *d, size_t n)
     uint64_t now = uv_hrtime();
     deliveries_all++;
     if (measuring(now)) {
-        deliveries_meas++;
-        hist_add(&lat, now > ts ? now - ts : 0);
+        P->deliveries++;
+        hist_add(&P->lat, now > ts ? now - ts : 0);
     }
     pub_t *pb = &pubs[pi];
     if (seq < pb->base || seq >= pb->next) {
@@ -485,7 +579,7 @@ static void on_message(conn_t *c, const uint8_t *d, size_t n)
     }
     if (++sl->got == (uint32_t)expected && seq == pb->base) {
         pub_advance(pb);
-        if (o.rate <= 0) pub_fill_window(pb, now);
+        pub_fill_window(pb, now);
     }
 }
 
@@ -775,60 +869,80 @@ static void connect_more(void)
         conn_start(&conns[next_to_connect++]);
     if (phase == 0 && in_flight == 0 && next_to_connect >= o.conns) {
         phase = 1;
+        t_connected = uv_hrtime();
         uv_timer_start(&t_phase, phase_settled, (uint64_t)o.settle_ms, 0);
     }
 }
 
-/* ---- timers ---- */
+/* ---- phases and timers ---- */
+static void phase_start(int i);
+
+/* Everything still incomplete at the end of a phase's drain is lost. */
+static void phase_settle_lost(void)
+{
+    for (int p = 0; p < npubs; p++)
+        while (pubs[p].base < pubs[p].next) ring_give_up(&pubs[p]);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     (void)t;
     uint64_t now = uv_hrtime();
-    if (phase == 2 && now >= t_meas0 && now <= t_meas1 + (uint64_t)o.timeline_ms * 1000000ull) {
-        if (timeline_last == UINT64_MAX) timeline_last = deliveries_meas;
-        else if (now >= t_meas0 + (uint64_t)o.timeline_ms * 1000000ull) {
-            if (timeline_n == timeline_cap)
-                timeline = xrealloc(timeline, (timeline_cap = timeline_cap ? timeline_cap * 2 : 64) * sizeof *timeline);
-            if (now <= t_meas1) timeline[timeline_n++] = deliveries_meas - timeline_last;
-            timeline_last = deliveries_meas;
+    if (phase == 2 && now >= P->t0) { /* whole windows inside the measurement only */
+        if (P->timeline_last == UINT64_MAX) {
+            P->timeline_last = P->deliveries;
+            P->cpu_t0 = P->cpu_t1 = (double)now / 1e9;
+            P->srv0 = P->srv1 = proc_cpu_s(o.pid);
+            P->gen0 = P->gen1 = self_cpu_s();
+        } else if (now <= P->t1) {
+            P->cpu_t1 = (double)now / 1e9;
+            P->srv1 = proc_cpu_s(o.pid);
+            P->gen1 = self_cpu_s();
+            if (P->timeline_n == P->timeline_cap)
+                P->timeline = xrealloc(P->timeline, (P->timeline_cap = P->timeline_cap ? P->timeline_cap * 2 : 64) *
+                                                        sizeof *P->timeline);
+            P->timeline[P->timeline_n++] = P->deliveries - P->timeline_last;
+            P->timeline_last = P->deliveries;
         }
     }
-    /* stalled windows: a message that some member never gets is given up after stall_ms */
-    if (o.rate <= 0 && phase >= 2) {
+    /* flat out: a message that some member never gets is given up after stall_ms */
+    if (phase >= 2 && P->kind == 'f') {
         for (int i = 0; i < npubs; i++) {
             pub_t *p = &pubs[i];
             int moved = 0;
             while (p->base < p->next) {
                 slot_t *sl = &p->ring[p->base & (ring_size - 1)];
-                if (sl->seq != p->base || sl->got >= (uint32_t)expected) {
-                    p->base++;
-                    continue;
-                }
-                if (now - sl->ts < (uint64_t)o.stall_ms * 1000000ull) break;
-                lost += expected - sl->got;
-                retired_lost++;
-                p->base++;
+                if (sl->seq == p->base && sl->got < (uint32_t)expected &&
+                    now - sl->ts < (uint64_t)o.stall_ms * 1000000ull)
+                    break;
+                ring_give_up(p);
                 moved = 1;
             }
             if (moved) pub_fill_window(p, now);
         }
     }
-    if (phase == 2 && now >= t_end_send) {
+    if (phase == 2 && now >= P->t_end) {
         phase = 3;
         uv_timer_stop(&t_rate);
-        uv_timer_stop(&t_reload);
-        rss_end = rss_kb(o.pid);
+        if (cur_phase == nphases - 1) {
+            uv_timer_stop(&t_reload);
+            rss_end = rss_kb(o.pid);
+        }
     }
     if (phase == 3) {
         int pending = 0;
-        for (int i = 0; i < npubs && !pending; i++)
-            if (pubs[i].base < pubs[i].next) {
-                pub_advance(&pubs[i]);
-                pending = pubs[i].base < pubs[i].next;
+        for (int i = 0; i < npubs && !pending; i++) {
+            pub_advance(&pubs[i]);
+            pending = pubs[i].base < pubs[i].next;
+        }
+        if (!pending || now >= P->t_end + (uint64_t)o.drain_ms * 1000000ull) {
+            phase_settle_lost();
+            if (cur_phase + 1 < nphases) {
+                phase_start(cur_phase + 1);
+            } else {
+                phase = 4;
+                stop_all();
             }
-        if (!pending || now >= t_end_send + (uint64_t)o.drain_ms * 1000000ull) {
-            phase = 4;
-            stop_all();
         }
     }
 }
@@ -837,11 +951,11 @@ static void on_rate(uv_timer_t *t)
 {
     (void)t;
     uint64_t now = uv_hrtime();
-    double el = (double)(now - t_start) / 1e9;
+    double el = (double)(now - t_start) / 1e9, per = P->rate_total / npubs;
     for (int i = 0; i < npubs; i++) {
         pub_t *p = &pubs[i];
-        /* publishers start staggered inside the first period so that they do not beat in phase */
-        double due = floor(el * o.rate + (double)i / npubs);
+        /* publishers are staggered inside one period so that they do not beat in phase */
+        double due = floor(el * per + (double)i / npubs);
         int burst = 0;
         while ((double)p->sent_due < due && burst++ < 1000) {
             p->sent_due++;
@@ -868,30 +982,94 @@ static void on_guard(uv_timer_t *t)
 {
     (void)t;
     if (!note[0]) snprintf(note, sizeof note, "timeout in phase %d", phase);
-    if (phase < 2) t_meas0 = t_meas1 = uv_hrtime();
     stop_all();
+}
+
+/* Sizes every publisher's ring for the coming phase (all rings are empty between phases). */
+static void rings_size(size_t want)
+{
+    size_t rs = 64;
+    while (rs < want && rs < RING_MAX) rs <<= 1;
+    if (rs == ring_size) return;
+    ring_size = rs;
+    for (int i = 0; i < npubs; i++) {
+        free(pubs[i].ring);
+        pubs[i].ring = xmalloc(ring_size * sizeof *pubs[i].ring);
+        for (size_t k = 0; k < ring_size; k++) pubs[i].ring[k].seq = UINT64_MAX;
+    }
+}
+
+static void phase_start(int i)
+{
+    uint64_t now = uv_hrtime();
+    cur_phase = i;
+    P = &phases[i];
+    phase = 2;
+    t_start = now;
+    P->timeline_last = UINT64_MAX;
+    P->t0 = now + (uint64_t)(o.warmup * 1e9);
+    P->t1 = P->t0 + (uint64_t)(P->duration * 1e9);
+    P->t_end = P->t1;
+    if (!strcmp(o.mode, "idle")) {
+        P->t0 = now;
+        P->t1 = P->t_end = now + (uint64_t)(P->duration * 1e9);
+        return;
+    }
+    if (P->kind == 'h') { /* a fraction of what the last flat phase published */
+        double peak = 0;
+        for (int k = i - 1; k >= 0; k--)
+            if (phases[k].kind == 'f') {
+                double secs = (double)(phases[k].t1 - phases[k].t0) / 1e9;
+                peak = secs > 0 ? (double)phases[k].sent / secs : 0;
+                break;
+            }
+        P->rate_total = P->value * peak;
+        if (P->rate_total < 1) P->rate_total = 1;
+    } else if (P->kind == 'r') {
+        P->rate_total = P->value;
+    }
+    double per = npubs ? P->rate_total / npubs : 0;
+    rings_size(P->kind == 'f' ? (size_t)o.window * 2 : (size_t)(per * (o.drain_ms / 1000.0 + 2)) + 64);
+    for (int k = 0; k < npubs; k++) pubs[k].sent_due = 0;
+    if (P->kind == 'f') {
+        for (int k = 0; k < npubs; k++) pub_fill_window(&pubs[k], now);
+    } else {
+        uv_timer_start(&t_rate, on_rate, 1, 1);
+    }
 }
 
 static void start_running(void)
 {
-    uint64_t now = uv_hrtime();
-    phase = 2;
-    t_start = now;
     rss_after = rss_kb(o.pid);
-    if (!strcmp(o.mode, "idle")) {
-        t_meas0 = now;
-        t_meas1 = t_end_send = now + (uint64_t)(o.duration * 1e9);
-        return;
+    if (o.reload_file)
+        uv_timer_start(&t_reload, on_reload, (uint64_t)(o.warmup * 1000) + (uint64_t)o.reload_ms,
+                       (uint64_t)o.reload_ms);
+    phase_start(0);
+}
+
+/* "flat:2,frac=0.5:2,rate=100@1024:1" */
+static void parse_phases(const char *spec)
+{
+    char *dup = strdup(spec), *save = NULL;
+    for (char *tok = strtok_r(dup, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (nphases == MAX_PHASES) die("at most %d phases", MAX_PHASES);
+        phase_t *ph = &phases[nphases++];
+        ph->size = o.size;
+        ph->duration = o.duration;
+        char *colon = strchr(tok, ':'), *at = strchr(tok, '@'), *eq = strchr(tok, '=');
+        if (colon) *colon = 0, ph->duration = atof(colon + 1);
+        if (at) *at = 0, ph->size = atoi(at + 1);
+        if (eq) *eq = 0, ph->value = atof(eq + 1);
+        if (!strcmp(tok, "flat")) ph->kind = 'f';
+        else if (!strcmp(tok, "rate") && eq) ph->kind = 'r';
+        else if (!strcmp(tok, "frac") && eq) ph->kind = 'h';
+        else die("bad phase \"%s\" (flat, rate=X, frac=F; @SIZE; :SECONDS)", tok);
+        if (ph->duration <= 0 || ph->size < 1 || ph->size > 60000 || (ph->kind != 'f' && ph->value <= 0))
+            die("bad phase values in \"%s\"", spec);
+        hist_init(&ph->lat);
     }
-    t_meas0 = now + (uint64_t)(o.warmup * 1e9);
-    t_meas1 = t_meas0 + (uint64_t)(o.duration * 1e9);
-    t_end_send = t_meas1;
-    if (o.rate > 0) {
-        uv_timer_start(&t_rate, on_rate, 1, 1);
-    } else {
-        for (int i = 0; i < npubs; i++) pub_fill_window(&pubs[i], now);
-    }
-    if (o.reload_file) uv_timer_start(&t_reload, on_reload, (uint64_t)(o.warmup * 1000) + (uint64_t)o.reload_ms, (uint64_t)o.reload_ms);
+    free(dup);
+    if (nphases == 0) die("no phases");
 }
 
 /* ---- setup ---- */
@@ -911,6 +1089,7 @@ static void usage(void)
         "  --msg TPL                     message template; {room} {text} {cid} expand\n"
         "  --size B                      client frame payload bytes (default 64)\n"
         "  --rate X                      msgs/s per publisher; 0 = flat out (default 0)\n"
+        "  --phases LIST                 e.g. flat:2,frac=0.5:2,rate=100@1024:1 (kind[=v][@size][:s])\n"
         "  --window W                    flat out: messages per publisher not yet delivered to all\n"
         "  --duration S --warmup S       measurement window and warm-up (default 3, 0.5)\n"
         "  --max-msgs N                  stop sending after N messages\n"
@@ -947,6 +1126,7 @@ static void parse_args(int argc, char **argv)
         else if (ARG("--msg")) o.msg = v;
         else if (ARG("--size")) o.size = atoi(v);
         else if (ARG("--rate")) o.rate = atof(v);
+        else if (ARG("--phases")) o.phases = v;
         else if (ARG("--window")) o.window = atoi(v), explicit_window = 1;
         else if (ARG("--duration")) o.duration = atof(v);
         else if (ARG("--warmup")) o.warmup = atof(v);
@@ -986,7 +1166,7 @@ static void parse_args(int argc, char **argv)
         o.duration <= 0 || o.src_addrs < 1 || o.src_addrs > 250 || o.concurrency < 1 ||
         o.timeline_ms < 10)
         die("bad option values (--help)");
-    if (o.timeout <= 0) o.timeout = o.duration + o.warmup + 60;
+    if (o.timeout <= 0) o.timeout = 8 * (o.duration + o.warmup) + 60;
 }
 
 /* Raises RLIMIT_NOFILE for the connections (root may raise the hard limit); with too few
@@ -1028,9 +1208,6 @@ int main(int argc, char **argv)
     conns = calloc((size_t)o.conns, sizeof *conns);
     pubs = calloc((size_t)(npubs ? npubs : 1), sizeof *pubs);
     if (!conns || !pubs) die("out of memory");
-    size_t want = o.rate > 0 ? (size_t)(o.rate * (o.stall_ms / 1000.0 + 1)) : (size_t)o.window * 2;
-    for (ring_size = 64; ring_size < want && ring_size < RING_MAX; ring_size <<= 1) {
-    }
     for (int i = 0; i < o.conns; i++) {
         conns[i].idx = i;
         conns[i].room = i / o.members;
@@ -1040,14 +1217,25 @@ int main(int argc, char **argv)
             pub_t *p = &pubs[conns[i].room * o.publishers + k];
             p->c = &conns[i];
             p->room = conns[i].room;
-            p->ring = calloc(ring_size, sizeof *p->ring);
-            if (!p->ring) die("out of memory");
-            for (size_t s = 0; s < ring_size; s++) p->ring[s].seq = UINT64_MAX;
             conns[i].pub = (int)(p - pubs);
         }
     }
-    hist_init(&lat);
-    timeline_last = UINT64_MAX;
+    if (o.phases) {
+        parse_phases(o.phases);
+    } else {
+        char spec[64];
+        if (o.rate > 0) snprintf(spec, sizeof spec, "rate=%g", o.rate * (npubs ? npubs : 1));
+        else snprintf(spec, sizeof spec, "flat");
+        parse_phases(spec);
+    }
+    if (!strcmp(o.mode, "idle")) nphases = 1;
+    P = &phases[0];
+    /* a per-run nonce keeps messages of earlier runs (chatgw's room history) out of the counts */
+    memcpy(marker_prefix, "~b", 2);
+    marker_len = 2 + (size_t)put_num(marker_prefix + 2, (uv_hrtime() ^ (uint64_t)getpid()) % 1000000);
+    marker_prefix[marker_len++] = ':';
+    marker_prefix[marker_len] = 0;
+    rng ^= (uint32_t)uv_hrtime();
     memset(&deflater, 0, sizeof deflater);
     memset(&shared_inflater, 0, sizeof shared_inflater);
     if (deflateInit2(&deflater, 1, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK) die("deflateInit2");
@@ -1062,6 +1250,7 @@ int main(int argc, char **argv)
         snprintf(req_prefix + l, sizeof req_prefix - (size_t)l,
                  "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n");
     rss_before = rss_kb(o.pid);
+    t_connect0 = uv_hrtime();
     uv_timer_init(loop, &t_tick);
     uv_timer_init(loop, &t_rate);
     uv_timer_init(loop, &t_phase);

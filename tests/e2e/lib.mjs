@@ -886,3 +886,186 @@ export function parseMsgId(id) {
   if (!m) throw new Error(`message id ${JSON.stringify(id)} is not "epoch:seq"`);
   return { epoch: m[1], seq: Number(m[2]) };
 }
+
+// ---------------------------------------------------------------------------------------------
+// policy helpers: scripts directories (plain, or laid out like a kubelet ConfigMap volume),
+// /readyz, `chatgw check`. Used by policy_*.test.mjs and check_cli.test.mjs.
+
+export const FIXTURES = path.join(here, 'fixtures');
+export const SCRIPTS = path.join(SRC, 'scripts');
+
+/** A fresh directory under os.tmpdir(), removed when the test process exits. */
+export function tempDir(prefix = 'chatgw-e2e-') {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  process.once('exit', () => { try { fs.rmSync(dir, { recursive: true, force: true }); } catch { /* gone */ } });
+  return dir;
+}
+
+/** Every *.lua file of dir (not hidden) as {name: text}. */
+export function readLuaFiles(dir) {
+  const out = {};
+  for (const name of fs.readdirSync(dir).sort()) {
+    if (!name.endsWith('.lua') || name.startsWith('.')) continue;
+    out[name] = fs.readFileSync(path.join(dir, name), 'utf8');
+  }
+  return out;
+}
+
+/**
+ * Writes files ({name: text}) into dir as plain files, each through a hidden temporary name and
+ * a rename (what an editor or `kubectl cp` leaves: the server never reads half a file).
+ * A value of null removes that file.
+ */
+export function writeFiles(dir, files) {
+  fs.mkdirSync(dir, { recursive: true });
+  for (const [name, text] of Object.entries(files)) {
+    const p = path.join(dir, name);
+    if (text == null) { fs.rmSync(p, { force: true }); continue; }
+    const tmp = path.join(dir, `.${name}.${process.pid}.tmp`);
+    fs.writeFileSync(tmp, text);
+    fs.renameSync(tmp, p);
+  }
+  return dir;
+}
+
+/** A temp scripts directory holding files ({name: text}) as plain files. */
+export function scriptsDir(files, prefix = 'chatgw-e2e-scripts-') {
+  return writeFiles(tempDir(prefix), files);
+}
+
+/** The default policy (scripts/*.lua) as {name: text}, with overrides applied (null removes). */
+export function defaultScripts(overrides = {}) {
+  const files = { ...readLuaFiles(SCRIPTS), ...overrides };
+  for (const [k, v] of Object.entries(files)) if (v == null) delete files[k];
+  return files;
+}
+
+/** The text of tests/e2e/fixtures/<rel>. */
+export function fixture(rel) {
+  return fs.readFileSync(path.join(FIXTURES, rel), 'utf8');
+}
+
+/** The 1-based number of the first line of text that contains marker. */
+export function lineOf(text, marker) {
+  const i = text.split('\n').findIndex((l) => l.includes(marker));
+  if (i < 0) throw new Error(`marker ${JSON.stringify(marker)} not found`);
+  return i + 1;
+}
+
+const pad2 = (n) => String(n).padStart(2, '0');
+let atomicSeq = 0;
+
+/**
+ * A directory laid out and updated exactly like kubelet's AtomicWriter lays out a ConfigMap
+ * volume (pkg/volume/util/atomic_writer.go):
+ *
+ *   dir/..2026_11_27_10_42_07.123456789/   the payload of one update (a timestamped directory)
+ *   dir/..data -> ..2026_11_27_10_42_07.123456789
+ *   dir/policy.lua -> ..data/policy.lua    one symlink per key, created once, never touched again
+ *
+ * write(files) performs one update, step by step: (1) make a new ..YYYY_MM_DD_hh_mm_ss.N
+ * directory (mode 0755) and write the payload into it; (2) point a ..data_tmp symlink at it;
+ * (3) rename ..data_tmp over ..data (the atomic switch); (4) create the per-key symlinks
+ * name -> ..data/name that are missing, and remove those of keys no longer present;
+ * (5) remove the old timestamped directory. Returns {tsDir, swappedAt} (swappedAt: Date.now()
+ * right after the rename).
+ */
+export class AtomicWriterDir {
+  constructor(dir) {
+    this.dir = dir;
+    this.keys = new Set();
+    this.history = [];           // every timestamped directory name ever written
+  }
+
+  static create(files, prefix = 'chatgw-e2e-configmap-') {
+    const w = new AtomicWriterDir(tempDir(prefix));
+    w.write(files);
+    return w;
+  }
+
+  /** The payload currently visible through ..data, as {name: text}. */
+  current() { return readLuaFiles(path.join(this.dir, '..data')); }
+
+  write(files) {
+    const dataLink = path.join(this.dir, '..data');
+    const tmpLink = path.join(this.dir, '..data_tmp');
+    let oldTs = null;
+    try { oldTs = fs.readlinkSync(dataLink); } catch { /* first write */ }
+    // (1) os.MkdirTemp(dir, time.Now().UTC().Format("..2006_01_02_15_04_05.")) + chmod 0755
+    const d = new Date();
+    const stamp = `..${d.getUTCFullYear()}_${pad2(d.getUTCMonth() + 1)}_${pad2(d.getUTCDate())}_` +
+      `${pad2(d.getUTCHours())}_${pad2(d.getUTCMinutes())}_${pad2(d.getUTCSeconds())}.`;
+    let tsName;
+    for (;;) {
+      tsName = stamp + String(crypto.randomInt(1e9) + ++atomicSeq);
+      try { fs.mkdirSync(path.join(this.dir, tsName)); break; } catch (e) { if (e.code !== 'EEXIST') throw e; }
+    }
+    const tsDir = path.join(this.dir, tsName);
+    fs.chmodSync(tsDir, 0o755);
+    for (const [name, text] of Object.entries(files)) {
+      fs.writeFileSync(path.join(tsDir, name), text, { mode: 0o644 });
+    }
+    // (2) ..data_tmp -> the new directory (relative, as kubelet writes it)
+    fs.rmSync(tmpLink, { force: true });
+    fs.symlinkSync(tsName, tmpLink);
+    // (3) the atomic switch
+    fs.renameSync(tmpLink, dataLink);
+    const swappedAt = Date.now();
+    // (4) user-visible per-key symlinks through ..data
+    for (const name of Object.keys(files)) {
+      const p = path.join(this.dir, name);
+      let exists = true;
+      try { fs.lstatSync(p); } catch { exists = false; }
+      if (!exists) fs.symlinkSync(path.join('..data', name), p);
+    }
+    for (const name of this.keys) {
+      if (!(name in files)) fs.rmSync(path.join(this.dir, name), { force: true });
+    }
+    this.keys = new Set(Object.keys(files));
+    // (5) the old payload goes
+    if (oldTs) fs.rmSync(path.join(this.dir, oldTs), { recursive: true, force: true });
+    this.history.push(tsName);
+    return { tsDir: tsName, swappedAt };
+  }
+}
+
+/** GET /readyz: {status, body} (body parsed). */
+export async function readyz(port) {
+  const r = await httpGet(port, '/readyz');
+  return { status: r.status, body: r.json() };
+}
+
+/** The live policy version as /readyz reports it. */
+export async function policyVersion(port) {
+  return (await readyz(port)).body.policy?.version;
+}
+
+/**
+ * Runs `chatgw check DIR ...args` (cwd = repo root) and resolves {code, signal, stdout, stderr}.
+ * Killed after timeoutMs.
+ */
+export function runCheck(dir, args = [], { timeoutMs = 15000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(BIN, ['check', dir, ...args.map(String)], { cwd: SRC, stdio: ['ignore', 'pipe', 'pipe'] });
+    live.add(p);
+    let stdout = '', stderr = '';
+    p.stdout.setEncoding('utf8').on('data', (d) => { stdout += d; });
+    p.stderr.setEncoding('utf8').on('data', (d) => { stderr += d; });
+    const t = setTimeout(() => { try { p.kill('SIGKILL'); } catch { /* gone */ } }, timeoutMs);
+    p.on('error', (e) => { clearTimeout(t); live.delete(p); reject(e); });
+    p.on('exit', (code, signal) => {
+      clearTimeout(t);
+      live.delete(p);
+      if (signal === 'SIGKILL') reject(new Error(`chatgw check ${dir} ran past ${timeoutMs} ms\n${stderr}`));
+      else resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+/** An HS256 JWT over claims, signed with secret (header {alg:"HS256",typ:"JWT"} unless given). */
+export function signJwt(claims, secret, header = { alg: 'HS256', typ: 'JWT' }) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const signing = `${b64(header)}.${b64(claims)}`;
+  const sig = crypto.createHmac('sha256', secret).update(signing).digest('base64url');
+  return `${signing}.${sig}`;
+}

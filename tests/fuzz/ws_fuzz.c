@@ -1,6 +1,7 @@
 /* libFuzzer target for ws.c. The input's first two bytes pick the settings (inflater or not,
- * limits) and a split seed; the rest is fed to the frame parser once whole and once in random
- * pieces, and both runs must give the same callbacks and the same verdict. The same bytes also
+ * limits, the callback that stops the parser) and a split seed; the rest is fed to the frame
+ * parser once whole and once in random pieces, and both runs must give the same callbacks and
+ * the same verdict. The same bytes also
  * go through the UTF-8 validator in pieces, the extension negotiator, and a deflate round trip. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -8,16 +9,24 @@
 
 #include "ws.h"
 
+typedef struct {
+    buf_t *log;
+    int calls, stop_at;            /* the stop_at-th callback returns nonzero; 0 never */
+} fuzz_rec_t;
+
 static int fuzz_log_cb(void *ctx, int op, uint8_t *d, size_t n)
 {
-    buf_t *log = ctx;
+    fuzz_rec_t *rec = ctx;
+    buf_t *log = rec->log;
     uint8_t h[9];
     uint64_t n64 = n;
     h[0] = (uint8_t)op;
     memcpy(h + 1, &n64, 8);
     buf_append(log, h, 9);
+    if (!d) abort();                              /* never NULL, even when empty */
     buf_append(log, d, n);
-    return 0;
+    if ((op == WS_OP_PING || op == WS_OP_PONG || op == WS_OP_CLOSE) && n > WS_MAX_CONTROL) abort();
+    return ++rec->calls == rec->stop_at;
 }
 
 /* Runs the parser over a copy of data; seed 0 feeds it whole. Returns rc, or the close code. */
@@ -31,6 +40,7 @@ static int fuzz_parse(const uint8_t *data, size_t len, int flags, uint32_t seed,
     ws_pmd_params_t pp = {(flags >> 1) & 1, 15, 15};
     ws_inflater_t *z = (flags & 1) ? ws_inflater_new(&pp) : NULL;
     p.inflater = z;
+    fuzz_rec_t rec = {log, 0, flags >> 6};
     size_t at = 0;
     int rc = 0;
     while (at < len && rc == 0) {
@@ -40,7 +50,7 @@ static int fuzz_parse(const uint8_t *data, size_t len, int flags, uint32_t seed,
             size_t pick = (seed >> 16) % 17;
             if (pick < n) n = pick;
         }
-        rc = ws_parser_feed(&p, copy + at, n, fuzz_log_cb, log);
+        rc = ws_parser_feed(&p, copy + at, n, fuzz_log_cb, &rec);
         at += n;
     }
     if (rc < 0) {

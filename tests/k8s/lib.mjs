@@ -191,6 +191,17 @@ export function freePort() {
   });
 }
 
+/** True when a TCP connection to host:port opens within ms (kubelet's tcpSocket probe). */
+export function tcpProbe(port, { host = HOST, ms = 1000 } = {}) {
+  return new Promise((resolve) => {
+    const s = net.connect({ host, port });
+    const done = (ok) => { clearTimeout(t); s.destroy(); resolve(ok); };
+    const t = setTimeout(() => done(false), ms);
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP
 

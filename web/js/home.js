@@ -140,5 +140,5 @@ export function renderHome(root) {
   }, REFRESH_MS);
   window.addEventListener('pagehide', () => { clearInterval(timer); conn.close(); });
   nameInput.focus();
-  return { conn };
+  return { conn, get source() { return directory ? 'policy' : policyDirectory ? 'pending' : 'fallback'; } };
 }
