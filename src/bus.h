@@ -11,7 +11,8 @@
  * Calls that take a callback return 0 when the request is queued, and then the callback runs
  * exactly once, later, from the loop; or they return a negative BUS_E* code and the callback
  * never runs. Strings passed in are copied; pointers handed to callbacks are borrowed for the
- * duration of the call (sbuf_ref a payload to keep it). After bus_free no callback runs. */
+ * duration of the call (sbuf_ref a payload to keep it). After bus_free no callback runs.
+ * bus_redis needs Redis 6.2 or later (SET ... GET, Streams, EVALSHA). */
 #ifndef CHATGW_BUS_H
 #define CHATGW_BUS_H
 
@@ -44,6 +45,11 @@ typedef struct {
     uint64_t seq;
 } bus_id_t;
 
+/* A copy of the msg template (payload holding BUS_ID_FIELD) with id written in, refs = 1:
+ * for delivering with the hub's own id when bus_room_post answers BUS_EDOWN or BUS_ENOTSUP.
+ * NULL when payload has no placeholder. */
+sbuf_t *bus_payload_set_id(const void *payload, size_t len, const bus_id_t *id);
+
 /* A room member. In events and lists, node is the replica that holds the connection. */
 typedef struct {
     const char *id;
@@ -60,8 +66,8 @@ typedef struct {
     /* A payload another node sent to room: from bus_room_post (id set: the msg id, also kept
      * in history) or bus_room_publish (id NULL). */
     void (*room_message)(void *arg, const char *room, sbuf_t *payload, const char *origin, const bus_id_t *id);
-    /* A member of another node joined, left (also when its node died: origin is the dead
-     * node) or changed (muted). */
+    /* A member of another node joined, left (also when its node died: member->node is the
+     * dead node) or changed (muted). */
     void (*presence)(void *arg, const char *room, int event, const bus_member_t *member);
     /* bus_direct_publish from another node; deliver when the connection `to` is local. */
     void (*direct)(void *arg, const char *to, sbuf_t *payload, const char *origin);
@@ -184,9 +190,12 @@ static inline int bus_room_publish(bus_t *b, const char *room, const void *paylo
 /* A chat msg with a shared id: atomically in Redis, takes the room's next seq (a new epoch
  * when the room's keys are lost), writes the id into payload (see BUS_ID_FIELD), appends it
  * to the room's stream and publishes it. cb gets the id and the final payload; for a room
- * this node subscribes to, cb runs at the msg's place in the channel order, so local
- * members see the same order as every other replica's. BUS_EDOWN when down, BUS_EINVAL
- * without the placeholder, BUS_ENOTSUP on bus_local (use the hub's ring). */
+ * this node subscribes to, cb runs when the msg comes back on the room's channel, i.e. at
+ * its place in the one order every replica sees: deliver it to local members (and ack)
+ * from cb, not before. BUS_EDOWN when down (deliver locally with the hub's own id, see
+ * bus_payload_set_id), BUS_EINVAL without the placeholder, BUS_ENOTSUP on bus_local.
+ * A status other than 0 in cb means the msg may or may not have reached Redis (the link
+ * dropped before the answer). */
 static inline int bus_room_post(bus_t *b, const char *room, const void *payload, size_t len, bus_post_cb cb,
                                 void *arg)
 {
@@ -201,8 +210,12 @@ static inline int bus_direct_publish(bus_t *b, const char *to, const void *paylo
 }
 
 /* This node's members of room in the shared presence hash: add (again, to change muted),
- * remove. The other nodes get join/leave/update events. Always 0: the bus keeps a mirror and
- * re-registers it after every reconnect (and when its own heartbeat had expired). */
+ * remove. The other nodes get join/leave/update events. 0 even while down: the bus keeps a
+ * mirror and re-registers it after every reconnect (and when its own heartbeat had expired);
+ * BUS_EINVAL for a member without id/name or with invalid UTF-8.
+ * Events are not replayed: a node that was down or resubscribing misses what happened
+ * meanwhile, so after status(1) the hub re-lists its rooms (bus_presence_list) and
+ * reconciles, as it fills message gaps with bus_history_range. */
 static inline int bus_presence_add(bus_t *b, const char *room, const bus_member_t *m)
 {
     return b->ops->presence_add(b, room, m);

@@ -3,8 +3,10 @@
  * presence have no one to tell, so they succeed and do nothing; the stores (ids and history,
  * presence lists, shared buckets) answer BUS_ENOTSUP so the hub keeps using its own ring,
  * members and token buckets. It allocates one struct and owns no handles. */
+#define _GNU_SOURCE 1 /* memmem */
 #include "bus.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +36,21 @@ int bus_open(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *o
 void bus_free(bus_t *bus)
 {
     if (bus) bus->ops->free(bus);
+}
+
+sbuf_t *bus_payload_set_id(const void *payload, size_t len, const bus_id_t *id)
+{
+    const char *mark = memmem(payload, len, BUS_ID_FIELD, strlen(BUS_ID_FIELD));
+    if (!mark) return NULL;
+    size_t head = (size_t)(mark - (const char *)payload) + strlen("\"id\":\"");
+    size_t tail = (size_t)(mark - (const char *)payload) + strlen(BUS_ID_FIELD) - 1;   /* the closing quote */
+    char ids[BUS_EPOCH_MAX + 24];
+    int n = snprintf(ids, sizeof ids, "%s:%" PRIu64, id->epoch, id->seq);
+    sbuf_t *s = sbuf_new(head + (size_t)n + len - tail);
+    memcpy(s->data, payload, head);
+    memcpy(s->data + head, ids, (size_t)n);
+    memcpy(s->data + head + (size_t)n, (const char *)payload + tail, len - tail);
+    return s;
 }
 
 /* ---- the single-node implementation ---- */

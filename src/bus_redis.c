@@ -317,7 +317,7 @@ struct bus_redis_s {
     rb_list_t rooms;
     rb_list_t pending, echo;
     uint64_t next_token;
-    uint64_t last_hb_ms, ping_sent_ms, last_load_ms;
+    uint64_t last_hb_ms, ping_sent_ms, last_load_ms, last_tick_ms;
     int hb_first;
     long tick_ms, hb_ms;
     char sha[RB_SCRIPTS][41];
@@ -338,13 +338,12 @@ static void rb_random_hex(char *out, size_t nbytes)
     for (size_t i = 0; i < nbytes; i++) sprintf(out + 2 * i, "%02x", raw[i]);
 }
 
-static char *rb_strcat3(const char *a, const char *b, const char *c)
+static char *rb_strcat(const char *a, const char *b)
 {
-    size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
-    char *s = xmalloc(la + lb + lc + 1);
+    size_t la = strlen(a), lb = strlen(b);
+    char *s = xmalloc(la + lb + 1);
     memcpy(s, a, la);
-    memcpy(s + la, b, lb);
-    memcpy(s + la + lb, c, lc + 1);
+    memcpy(s + la, b, lb + 1);
     return s;
 }
 
@@ -365,7 +364,7 @@ static rb_room_t *rb_room_open(bus_redis_t *r, const char *name)
     if (room) return room;
     room = xcalloc(1, sizeof *room);
     room->name = xstrdup(name);
-    room->chan = rb_strcat3(RB_CHAN_ROOM, name, "");
+    room->chan = rb_strcat(RB_CHAN_ROOM, name);
     map_set(&r->room_map, name, room);
     rb_list_push(&r->rooms, &room->link);
     return room;
@@ -671,12 +670,14 @@ static void rb_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
     bus_redis_t *r = req->data;
     r->gai_busy = 0;
     char ip[64] = "";
-    if (status == 0 && res) {
-        if (res->ai_family == AF_INET6)
-            uv_ip6_name((const struct sockaddr_in6 *)res->ai_addr, ip, sizeof ip);
-        else
-            uv_ip4_name((const struct sockaddr_in *)res->ai_addr, ip, sizeof ip);
-    }
+    /* IPv4 first: "localhost" often lists ::1 first while Redis binds 127.0.0.1 */
+    for (int pass = 0; status == 0 && pass < 2 && !*ip; pass++)
+        for (const struct addrinfo *a = res; a && !*ip; a = a->ai_next) {
+            if (pass == 0 && a->ai_family == AF_INET)
+                uv_ip4_name((const struct sockaddr_in *)a->ai_addr, ip, sizeof ip);
+            else if (pass == 1 && a->ai_family == AF_INET6)
+                uv_ip6_name((const struct sockaddr_in6 *)a->ai_addr, ip, sizeof ip);
+        }
     if (res) uv_freeaddrinfo(res);
     if (r->state == RB_CLOSING) {
         rb_close_maybe_finish(r);
@@ -739,8 +740,8 @@ static void rb_link_fail(bus_redis_t *r, int status, const char *why)
 {
     if (r->state != RB_CONNECTING && r->state != RB_UP) return;
     int was_up = r->state == RB_UP;
-    if (was_up || r->attempt == 0)
-        log_warn("bus: redis link down", "{s:s, s:s, s:i}", "reason", why, "host", r->url.host, "port", r->url.port);
+    log_write(was_up || r->attempt == 0 ? LOG_WARN : LOG_DEBUG, "bus: redis link down", "{s:s, s:s, s:i}", "reason",
+              why, "host", r->url.host, "port", r->url.port);
     r->state = RB_IDLE;
     r->fail_status = status;
     r->need_teardown = 1;
@@ -898,8 +899,12 @@ static void rb_reap(bus_redis_t *r)
 static void rb_on_tick(uv_timer_t *t)
 {
     bus_redis_t *r = t->data;
-    uint64_t now = uv_now(r->loop);
+    uint64_t now = uv_now(r->loop), last = r->last_tick_ms;
+    r->last_tick_ms = now;
     if (r->state != RB_UP && r->state != RB_CONNECTING) return;
+    /* The loop itself stalled (timers run before I/O is polled): answers may be waiting in
+     * the socket. Judge Redis on the next tick, after a poll. */
+    if (now - last > (uint64_t)(2 * r->tick_ms + 50)) return;
     if (!rb_list_empty(&r->pending)) {
         rb_req_t *oldest = rb_container_of(r->pending.next, rb_req_t, pending);
         if (now - oldest->sent_ms > (uint64_t)r->command_timeout_ms) {
@@ -1164,7 +1169,7 @@ static int rb_room_publish(bus_t *b, const char *room, const void *payload, size
 {
     bus_redis_t *r = (bus_redis_t *)b;
     if (r->state != RB_UP) return BUS_EDOWN;
-    char *chan = rb_strcat3(RB_CHAN_ROOM, room, "");
+    char *chan = rb_strcat(RB_CHAN_ROOM, room);
     int rc = rb_envelope_publish(r, chan, 'p', "", payload, len);
     free(chan);
     return rc;
@@ -1241,7 +1246,7 @@ static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t 
     rb_key(&key, name, "hist");
     rb_req_arg(q, key.data, key.len);
     buf_free(&key);
-    char *chan = rb_strcat3(RB_CHAN_ROOM, name, "");
+    char *chan = rb_strcat(RB_CHAN_ROOM, name);
     rb_req_str(q, chan);
     free(chan);
     rb_req_str(q, r->base.node);
@@ -1424,7 +1429,7 @@ static int rb_presence_list(bus_t *b, const char *name, bus_members_cb cb, void 
     rb_key(&key, name, "presence");
     rb_req_arg(q, key.data, key.len);
     buf_free(&key);
-    char *chan = rb_strcat3(RB_CHAN_ROOM, name, "");
+    char *chan = rb_strcat(RB_CHAN_ROOM, name);
     rb_req_str(q, chan);
     free(chan);
     rb_req_str(q, RB_KEY_NODE);
@@ -1519,7 +1524,7 @@ static int rb_limit_take(bus_t *b, const char *key, double rate, double burst, b
     if (!(rate > 0) || !(burst >= 1) || !isfinite(rate) || !isfinite(burst)) return BUS_EINVAL;
     if (r->state != RB_UP) return BUS_EDOWN;
     rb_req_t *q = rb_req_script(r, RB_LIMIT, 1, rb_done_limit);
-    char *k = rb_strcat3(RB_KEY_LIMIT, key, "");
+    char *k = rb_strcat(RB_KEY_LIMIT, key);
     rb_req_str(q, k);
     free(k);
     rb_req_fmt(q, "%.17g", rate);
@@ -1789,8 +1794,8 @@ int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers
     r->history_size = opts->history_size > 0 ? opts->history_size : 0;
     r->hb_ms = r->ttl_ms / 3 > 0 ? r->ttl_ms / 3 : 1;
     r->tick_ms = r->hb_ms < 100 ? r->hb_ms : 100;
-    r->chan_ping = rb_strcat3(RB_CHAN_PING, r->base.node, "");
-    r->key_node = rb_strcat3(RB_KEY_NODE, r->base.node, "");
+    r->chan_ping = rb_strcat(RB_CHAN_PING, r->base.node);
+    r->key_node = rb_strcat(RB_KEY_NODE, r->base.node);
     for (int i = 0; i < RB_SCRIPTS; i++) rb_sha1_hex(rb_scripts[i], r->sha[i]);
     map_init(&r->room_map);
     rb_list_init(&r->rooms);

@@ -124,7 +124,6 @@ static int http_on_header_field(llhttp_t *l, const char *at, size_t n)
 {
     http_parser_t *p = l->data;
     if (p->headers_done) return 0;
-    if (p->req.nheaders == HTTP_MAX_HEADERS) return http_parser_fail(p, 431);
     /* llhttp 8 lets "Name : v" and "Bad Name: v" through; RFC 9112 5.1 says reject them */
     for (size_t i = 0; i < n; i++)
         if (!http_is_tchar((unsigned char)at[i])) return http_parser_fail(p, 400);
@@ -132,10 +131,14 @@ static int http_on_header_field(llhttp_t *l, const char *at, size_t n)
     return 0;
 }
 
+/* One header too many is refused once its name is whole: llhttp hands a name over in pieces
+ * only when it is split across feeds, so checking a piece would let the split decide between
+ * this 431 and the 400 for a bad byte later in the same name. */
 static int http_on_header_field_complete(llhttp_t *l)
 {
     http_parser_t *p = l->data;
     if (p->headers_done) return 0;
+    if (p->req.nheaders == HTTP_MAX_HEADERS) return http_parser_fail(p, 431);
     p->name_off[p->req.nheaders] = http_parser_span_end(p);
     return 0;
 }

@@ -14,7 +14,7 @@
 // Environment: BENCH_RUNS (rounds, default 3), BENCH_BUDGET_S (default 480),
 // BENCH_QUICK=1 (short phases, one round: a smoke test), BENCH_ONLY=scenario,scenario,
 // BENCH_OUT (default BENCHMARKS.md in the repository root; "-" = do not write).
-import { spawn, execFileSync } from "node:child_process";
+import { spawn, spawnSync, execFileSync } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
@@ -221,7 +221,11 @@ async function runOne(sc, tname, run) {
     const p = t.path[kind] || t.path.room;
     let gen = [...sc.gen, "--port", String(port), "--path", p, "--pid", String(proc.pid), "--label", `${sc.id}/${tname}`];
     if (t.gen) gen = gen.concat(t.gen);
-    if (sc.extra && sc.extra[tname]) gen = gen.concat(sc.extra[tname]);
+    if (sc.extra && sc.extra[tname]) {
+      const ex = sc.extra[tname];
+      if (ex.includes("--phases")) { const i = gen.indexOf("--phases"); gen.splice(i, 2); }
+      gen = gen.concat(ex);
+    }
     if (opts.reloadFile) gen.push("--reload-file", opts.reloadFile);
     commands.set(`${sc.id}/${tname}`, `${[cmd, ...args].map(q).join(" ")}\n${[path.relative(ROOT, GEN), ...gen].map(q).join(" ")}`);
     res = await runGen(gen, 120);
@@ -364,6 +368,8 @@ function report(rounds, load0, load1) {
     cmp("7. permessage-deflate on vs off (scenario 2 flat out, 1 KiB)", med("room-variants", "chatgw-deflate", dps(0)), med("room-variants", "chatgw-plain", dps(0)), "deliveries/s");
     cmp("7. … per server CPU-second", med("room-variants", "chatgw-deflate", cpuEff(0)), med("room-variants", "chatgw-plain", cpuEff(0)), "deliveries/CPU-s");
     cmp("7. … p99", med("room-variants", "chatgw-deflate", p99(0)), med("room-variants", "chatgw-plain", p99(0)), "ms", fmtMs);
+    const cpus = (tn) => `generator ${(med("room-variants", tn, (r) => r.phases[0].gen_cpu) ?? NaN).toFixed(2)}, server ${(med("room-variants", tn, (r) => r.phases[0].srv_cpu) ?? NaN).toFixed(2)}`;
+    own.push(["7. … CPU used (cores)", "", cpus("chatgw-deflate"), cpus("chatgw-plain"), ""]);
   }
   const ownTable = mdTable(["comparison", "unit", "A", "B", "A/B"], own);
 
@@ -377,7 +383,10 @@ function report(rounds, load0, load1) {
   const cpu = fs.readFileSync("/proc/cpuinfo", "utf8").match(/model name\s*:\s*(.*)/);
   let rev = "";
   try { rev = execFileSync("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]).toString().trim(); } catch {}
-  const ver = (c, a) => { try { return execFileSync(c, a, { stdio: ["ignore", "pipe", "pipe"] }).toString().trim().split("\n")[0]; } catch (e) { return (e.stderr || "").toString().trim().split("\n")[0] || "n/a"; } };
+  const ver = (c, a) => {
+    const r = spawnSync(c, a, { encoding: "utf8" });
+    return `${r.stdout || ""}${r.stderr || ""}`.trim().split("\n")[0] || "n/a";
+  };
   const table = `${main}\n\n${ownTable}`;
   const doc = `# Benchmarks
 
@@ -406,13 +415,19 @@ chatgw against itself (A/B > 1× means A is faster; for the reload row, 1× = no
 
 ${ownTable}
 
+How to read it: the generator and the server share 2 cores with other people's builds and
+tests, so wall-clock rates swing by 2× between rounds; the "per server CPU-second" rows
+(deliveries divided by the CPU time the server process used during the measurement, from
+/proc) are steadier. With permessage-deflate the generator has to inflate every delivery (1000
+per message) and becomes the limit: compare row 7 per server CPU-second, not deliveries/s.
+
 Lost messages, failed connections and server errors:
 ${issues.length ? issues.join("\n") : "- none"}
 
 ${notes.length ? "Notes:\n" + notes.map((n) => `- ${n}`).join("\n") + "\n" : ""}
 ## Scenarios and peers
 
-${SCENARIOS.map((s) => `- **${s.title}**: ${s.targets.map((t) => TARGETS[t].label).join(", ")}`).join("\n")}
+${SCENARIOS.map((s) => `- **${s.title}**: ${s.targets.map((t) => TARGETS[t].label).join("; ")}`).join("\n")}
 
 - The generator (\`tests/bench/chatgw-bench\`) sends the same JSON message to every server:
   \`{"type":"msg","room":R,"text":"~b…:<publisher>:<seq>:<send ns>:<padding>","cid":N}\`.

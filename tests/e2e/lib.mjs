@@ -894,10 +894,15 @@ export function parseMsgId(id) {
 export const FIXTURES = path.join(here, 'fixtures');
 export const SCRIPTS = path.join(SRC, 'scripts');
 
+const tempDirs = new Set();
+process.on('exit', () => {
+  for (const dir of tempDirs) { try { fs.rmSync(dir, { recursive: true, force: true }); } catch { /* gone */ } }
+});
+
 /** A fresh directory under os.tmpdir(), removed when the test process exits. */
 export function tempDir(prefix = 'chatgw-e2e-') {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  process.once('exit', () => { try { fs.rmSync(dir, { recursive: true, force: true }); } catch { /* gone */ } });
+  tempDirs.add(dir);
   return dir;
 }
 

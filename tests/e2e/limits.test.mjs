@@ -8,7 +8,9 @@
 //   room joins (room_full / rate_limited) and presence churn (1000 joins and leaves a second).
 //
 // Loops are bounded by counts and deadlines; nothing asserts how fast the server is. Tests that
-// open many connections quickly pass --accept-rate-per-ip 0.
+// open many connections quickly pass --accept-rate-per-ip 0. The stalled readers run in a perl
+// helper (perl-base, always on Debian); LIMITS_STALLED_READERS=N scales that case down for slow
+// builds such as valgrind (default 1000).
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -68,6 +70,14 @@ function pmdDeflate(buf) {
   const out = zlib.deflateRawSync(buf, { finishFlush: zlib.constants.Z_SYNC_FLUSH, level: 9 });
   assert.ok(out.subarray(-4).equals(TAIL));
   return out.subarray(0, -4);
+}
+
+/** Members of a room per /api/rooms/{id}; -1 while the server is too busy to answer. */
+async function roomOnline(port, room) {
+  try {
+    const r = await httpRequest(port, 'GET', `/api/rooms/${room}`, { timeoutMs: 10000 });
+    return r.status === 200 ? r.json().online : r.status === 404 ? 0 : -1;
+  } catch { return -1; }
 }
 
 const sha = (b) => crypto.createHash('sha256').update(b).digest('hex');
@@ -338,7 +348,9 @@ print 'done {"status":', $obj->(\%status), ',"close":', $obj->(\%close), ',"eof"
 /** Starts the perl helper with n readers on path+i; resolves once every socket is connected. */
 async function stalledReaders(port, n, reqPath) {
   const proc = spawn('perl', ['-e', STALLED_READERS, String(port), String(n), reqPath], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // never let the helper keep the test process alive; the exit hook kills it
   proc.unref();
+  for (const st of [proc.stdin, proc.stdout, proc.stderr]) st.unref?.();
   process.once('exit', () => { try { proc.kill('SIGKILL'); } catch { /* gone */ } });
   let out = '';
   let err = '';
@@ -375,7 +387,8 @@ async function stalledReaders(port, n, reqPath) {
 describe('stalled readers', () => {
   it('1000 stalled readers in one busy room: RSS stays flat, each is closed with 1008, the room keeps flowing',
     { timeout: 240000 }, async (t) => {
-      const N = 1000;
+      // LIMITS_STALLED_READERS scales it down for slow builds (valgrind); the issue asks for 1000
+      const N = Number(process.env.LIMITS_STALLED_READERS) || 1000;
       const WQ = 262144;             // above what presence alone queues to one reader (~110 KB)
       const GRACE = 1000;
       const TEXT = asciiOf(1000, 5);
@@ -404,10 +417,11 @@ describe('stalled readers', () => {
               }
             }
           }, 5);
+          drainer.unref();
 
           readers = await stalledReaders(srv.port, N, `/ws?room=${room}&name=s`);
-          await waitFor(async () => (await httpRequest(srv.port, 'GET', `/api/rooms/${room}`)).json().online === N + 2,
-            { timeoutMs: 60000, intervalMs: 200, what: `${N} readers to join` });
+          await waitFor(async () => (await roomOnline(srv.port, room)) === N + 2,
+            { timeoutMs: 90000, intervalMs: 200, what: `${N} readers to join` });
           assert.equal(closedIps.size, 0, 'presence alone does not overrun a reader');
           watcher.drain();
           await sleep(300);                          // let the join fan-out settle before the baseline
@@ -425,6 +439,7 @@ describe('stalled readers', () => {
             seen.n++;
           });
           const trim = setInterval(() => { watcher.inbox.length = 0; flooder.inbox.length = 0; }, 50);
+          trim.unref();
           const pending = new Map();
           flooder.ws.on('message', (d) => {
             const m = JSON.parse(d.toString());
@@ -448,7 +463,7 @@ describe('stalled readers', () => {
           const peakDuringFlood = rss.stop();
           clearInterval(trim);
           t.diagnostic(`flood: ${sent} messages of ${TEXT.length} B to ${N + 2} members ` +
-            `(${((sent * TEXT.length * N) / 1048576).toFixed(0)} MiB of fan-out); server RSS ${rss.first} KiB -> ` +
+            `(${((sent * TEXT.length * N) / 1048576).toFixed(0)} MiB if every reader's copy were kept); server RSS ${rss.first} KiB -> ` +
             `peak ${peakDuringFlood.peak} KiB; slow closes seen ${closedIps.size}`);
           assert.equal(closedIps.size, N, `every stalled reader was closed as a slow consumer (${closedIps.size}/${N})`);
 
@@ -515,6 +530,7 @@ describe('message flood', () => {
         if (m.type === 'msg' && m.from?.id === flooder.id) counts.fromFlooder++;
       });
       const trim = setInterval(() => { flooder.inbox.length = 0; }, 50);
+      trim.unref();
 
       const FLOOD = 10000;                   // 10 MB in about a second
       const text = asciiOf(1000, 3);
@@ -778,6 +794,7 @@ describe('presence churn', () => {
         const snapshots = { n: 0 };
         for (const c of churners) c.ws.on('message', (d) => { if (d.toString().startsWith('{"type":"room"')) snapshots.n++; });
         const trim = setInterval(() => { for (const c of [...observers, ...churners]) c.inbox.length = 0; }, 50);
+        trim.unref();
 
         // the chatter: an observer keeps talking through the churn
         const acked = [];

@@ -402,6 +402,42 @@ describe('policy reload: rejected policies leave the last good one serving', () 
 
 // ---------------------------------------------------------------------------------------------
 
+describe('policy reload: what survives it', () => {
+  let srv, cm;
+  after(async () => { if (srv) await srv.stop('SIGKILL').catch(() => {}); });
+
+  it('gw.store and gw.limit keep their state across a reload; Lua locals start over in the fresh VM', T, async () => {
+    const files = { 'policy.lua': fixture('stateful/policy.lua'), 'gen.lua': fixture('stateful/gen.lua') };
+    cm = AtomicWriterDir.create(files, 'chatgw-e2e-stateful-cm-');
+    srv = await startServer(['--scripts-dir', cm.dir, ...FAST]);
+    const c = await chatClient(srv.port, '/ws?room=state');
+    try {
+      await c.next('room');
+      const say = async (text) => {
+        const { id } = await c.say('state', text);
+        return c.next((m) => m.type === 'msg' && m.id === id);
+      };
+      const seen = [];
+      for (let i = 1; i <= 4; i++) seen.push(await say(`before ${i}`));
+      assert.deepEqual(seen.map((m) => [m.gen, m.stored, m.allowed, m.vm_calls]), [
+        ['g1', 1, true, 1], ['g1', 2, true, 2], ['g1', 3, true, 3], ['g1', 4, false, 4],
+      ]);
+      const mark = srv.logs.length;
+      cm.write({ ...files, 'gen.lua': '-- e2e fixture: generation 2\nreturn { name = "g2" }\n' });
+      await logAfter(srv, mark, isReloaded, 5000, '"policy reloaded"');
+      const m = await say('after');
+      assert.equal(m.gen, 'g2', 'the new policy handled it');
+      assert.equal(m.stored, 5, 'gw.store kept counting');
+      assert.equal(m.allowed, false, 'the gw.limit bucket is still empty');
+      assert.equal(m.vm_calls, 1, 'module state is per VM');
+    } finally {
+      await c.close().catch(() => c.terminate());
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
 describe('policy reload: triggers', () => {
   const servers = [];
   after(async () => { for (const s of servers) await s.stop('SIGKILL').catch(() => {}); });

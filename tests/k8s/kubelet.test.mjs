@@ -12,16 +12,19 @@
 //     logs, welcome), and that a broken update is rejected while the last good policy serves;
 //  7. run preStop, send SIGTERM and assert clients get close 1001 and the process exits 0
 //     within the grace period.
+// Then the budget overlay's DaemonSet: the TLS Secret laid out the same way, kubelet's HTTPS
+// probes, a wss:// chat, and a certificate renewal reaching new handshakes.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import https from 'node:https';
 import { spawn } from 'node:child_process';
 import {
   SRC, BIN, renderOverlay, findObj, run, startProcess, httpGet, waitFor, chatClient, metricSamples,
-  withTimeout, which,
+  withTimeout, which, freePort, tcpProbe, WebSocket,
 } from './lib.mjs';
 
 // ---------------------------------------------------------------------------------------------
@@ -336,5 +339,115 @@ describe('kubelet simulation (overlays/dev)', { timeout: 180000 }, () => {
     assert.deepEqual(infos.map((i) => i.code), clients.map(() => 1001), 'every WebSocket got close 1001');
     assert.equal(exit.code, 0, `exit ${JSON.stringify(exit)}\n${gw.tail()}`);
     assert.ok(gw.logs.some((o) => /drain/.test(o.msg || '')), 'the drain is logged');
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// budget: the DaemonSet's chatgw container terminates TLS from the cert-manager Secret, mounted
+// as a directory; a renewal (kubelet's ..data swap of the Secret volume) reaches new handshakes.
+
+function selfSigned(dir, cn) {
+  const key = path.join(dir, `${cn}.key`);
+  const crt = path.join(dir, `${cn}.crt`);
+  const r = run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', key, '-out', crt, '-days', '2', '-subj', `/CN=${cn}`, '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+  return { 'tls.crt': fs.readFileSync(crt, 'utf8'), 'tls.key': fs.readFileSync(key, 'utf8'), 'ca.crt': fs.readFileSync(crt, 'utf8') };
+}
+
+/** An HTTPS probe as kubelet does it (no certificate verification); resolves {status, cert}. */
+function httpsProbe(port, pathname, ms = 2000) {
+  return withTimeout(new Promise((resolve, reject) => {
+    const req = https.get({ host: '127.0.0.1', port, path: pathname, rejectUnauthorized: false, agent: false,
+      headers: { 'User-Agent': 'kube-probe/1.32', Accept: '*/*' } }, (res) => {
+      const cert = res.socket.getPeerCertificate();
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, text: Buffer.concat(chunks).toString(), cert }));
+    });
+    req.on('error', reject);
+  }), ms, `https://127.0.0.1:${port}${pathname}`);
+}
+
+describe('kubelet simulation (overlays/budget: TLS from a Secret volume)', { timeout: 120000, skip: which('openssl') ? false : 'openssl not installed' }, () => {
+  let root; let gw; let redis; let port; let secretWriter; let objs; let c; let pod;
+
+  before(async () => {
+    objs = renderOverlay('budget');
+    const ds = findObj(objs, 'DaemonSet', 'chatgw');
+    pod = ds.spec.template.spec;
+    c = pod.containers.find((x) => x.name === 'chatgw');
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'chatgw-kubelet-budget-'));
+  });
+
+  after(async () => {
+    await gw?.stop(15000);
+    await redis?.stop(5000);
+    if (root) fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  it('serves wss:// and HTTPS probes with the mounted certificate, and a renewal reaches new handshakes', async () => {
+    const env = containerEnv(objs, c);
+    const mountOf = (pred) => {
+      const vol = pod.volumes.find(pred);
+      return { vol, mount: c.volumeMounts.find((m) => m.name === vol.name) };
+    };
+    const pol = mountOf((v) => v.configMap?.name === 'chatgw-policy');
+    const tls = mountOf((v) => v.secret);
+    assert.equal(tls.mount.subPath, undefined);
+    const polDir = path.join(root, 'policy');
+    new AtomicWriter(polDir).write(findObj(objs, 'ConfigMap', 'chatgw-policy').data);
+    const tlsDir = path.join(root, 'tls');
+    secretWriter = new AtomicWriter(tlsDir, tls.vol.secret.defaultMode ?? 0o644);
+    const certs = path.join(root, 'certs');
+    fs.mkdirSync(certs);
+    secretWriter.write(selfSigned(certs, 'first'));
+
+    // the cluster, mapped onto loopback: Redis behind its Service name, the volumes, the listener
+    const runEnv = { PATH: process.env.PATH, HOME: root, LANG: 'C.UTF-8', ...env };
+    if (runEnv.CHATGW_REDIS_URL && which('redis-server')) {
+      const rport = await freePort();
+      const pw = /redis:\/\/:([^@]*)@/.exec(runEnv.CHATGW_REDIS_URL)[1];
+      redis = startProcess(which('redis-server'), ['--port', String(rport), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+        '--requirepass', pw, '--dir', root], { name: 'redis' });
+      await waitFor(() => tcpProbe(rport), { what: 'redis-server' });
+      runEnv.CHATGW_REDIS_URL = runEnv.CHATGW_REDIS_URL.replace('@chatgw-redis:6379', `@127.0.0.1:${rport}`);
+    } else {
+      delete runEnv.CHATGW_REDIS_URL;
+    }
+    runEnv.CHATGW_SCRIPTS_DIR = polDir;
+    runEnv.CHATGW_WEB_DIR = path.join(SRC, 'web');
+    for (const k of ['CHATGW_TLS_CERT', 'CHATGW_TLS_KEY']) {
+      assert.ok(runEnv[k].startsWith(`${tls.mount.mountPath}/`), `${k} is inside the Secret mount`);
+      runEnv[k] = path.join(tlsDir, runEnv[k].slice(tls.mount.mountPath.length + 1));
+    }
+    runEnv.CHATGW_LISTEN = '127.0.0.1:0';
+    runEnv.CHATGW_ADMIN_LISTEN = '127.0.0.1:0';
+    gw = startProcess(BIN, c.args, { cwd: root, env: runEnv, name: 'chatgw-budget' });
+    const pub = await gw.waitLog((o) => o.msg === 'listening' && o.role !== 'admin', 10000, 'public listener');
+    assert.equal(pub.tls, true, 'the public listener terminates TLS');
+    port = Number(/:(\d+)$/.exec(pub.addr)[1]);
+
+    // kubelet's HTTPS probes
+    for (const p of ['startupProbe', 'livenessProbe', 'readinessProbe']) {
+      assert.equal(c[p].httpGet.scheme, 'HTTPS');
+      const r = await waitFor(() => httpsProbe(port, c[p].httpGet.path).then((x) => (x.status >= 200 && x.status < 400 ? x : null)),
+        { timeoutMs: 10000, what: `${p} over HTTPS\n${gw.tail(10)}` });
+      assert.equal(r.cert.subject.CN, 'first');
+    }
+    // a wss:// chat
+    const ws = new WebSocket(`wss://127.0.0.1:${port}/ws?room=budget&name=eve`, { rejectUnauthorized: false });
+    const welcome = await withTimeout(new Promise((res, rej) => {
+      ws.once('message', (d) => res(JSON.parse(d.toString())));
+      ws.once('error', rej);
+    }), 5000, 'welcome over wss');
+    assert.equal(welcome.type, 'welcome');
+
+    // cert-manager renews: the Secret volume gets a new ..data; new handshakes see the new cert
+    secretWriter.write(selfSigned(certs, 'renewed'));
+    await waitFor(async () => (await httpsProbe(port, '/healthz')).cert.subject.CN === 'renewed',
+      { timeoutMs: 15000, intervalMs: 200, what: `the renewed certificate on a new handshake\n${gw.tail(10)}` });
+    assert.equal(ws.readyState, WebSocket.OPEN, 'the existing wss connection survived the renewal');
+    ws.terminate();
   });
 });

@@ -1,6 +1,6 @@
 -- Test policy for tests/unit/hub.c: each room name or message text below triggers one
--- behaviour of the hub's policy path (refusal, failure, rewrite, drop, custom types, kick,
--- the host API and on_leave).
+-- behaviour of the hub's policy path (connect and join refusals, failures, rewrite, drop,
+-- custom types, kick, the host API and on_leave).
 
 local function on_msg(conn, msg)
   local t = msg.text
@@ -31,14 +31,24 @@ local function on_msg(conn, msg)
 end
 
 return {
+  on_connect = function(conn)
+    if conn.name == "banned" then return false, "banned user" end
+    if conn.name == "crash" then error("connect exploded") end
+    if conn.headers and conn.headers["x-block"] then return false, "blocked:" .. conn.headers["x-block"] end
+    if conn.query and conn.query.deny then return false, "denied:" .. conn.query.deny end
+    return true
+  end,
+
   on_join = function(conn, room)
     if room == "vip" then return false, "vip_only" end
+    if room == "ticketed" and not (conn.query and conn.query.ticket == "yes") then return false, "no_ticket" end
     if room == "boom" then error("join exploded") end
     return true
   end,
 
   on_message = function(conn, room, msg)
     if msg.type == "msg" then return on_msg(conn, msg) end
+    if msg.type == "dm" and msg.text == "spam" then return nil, "no_spam" end
     if msg.type == "typing" then return true end
     if msg.type == "who" then
       gw.send(conn.id, { type = "who", room = room, members = gw.members(room) })
