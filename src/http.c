@@ -470,6 +470,17 @@ void http_response_error(buf_t *out, int status, const char *code, const char *m
     buf_free(&body);
 }
 
+void http_response_method_not_allowed(buf_t *out, const char *extra_headers, int keep_alive)
+{
+    static const char body[] = "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}";
+    buf_t hdr;
+    buf_init(&hdr);
+    if (extra_headers) buf_append_str(&hdr, extra_headers);
+    buf_append_str(&hdr, "Allow: GET, HEAD\r\n");
+    http_response_write(out, 405, "application/json", buf_cstr(&hdr), body, sizeof body - 1, keep_alive);
+    buf_free(&hdr);
+}
+
 /* ---- the WebSocket opening handshake ---- */
 
 /* 1 when any header called name lists token (headers may repeat: "Connection" twice). */

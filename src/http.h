@@ -78,6 +78,8 @@ void http_response_write(buf_t *out, int status, const char *ctype, const char *
                          const void *body, size_t len, int keep_alive);
 /* A JSON error body {"error":code,"message":msg} with the given status. */
 void http_response_error(buf_t *out, int status, const char *code, const char *msg, int keep_alive);
+/* 405 for a GET/HEAD-only resource; extra_headers (may be NULL) precede "Allow". */
+void http_response_method_not_allowed(buf_t *out, const char *extra_headers, int keep_alive);
 
 typedef struct {
     int deflate;                   /* permessage-deflate negotiated */

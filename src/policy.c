@@ -1440,6 +1440,7 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
     policy_srcs_hash(srcs, nsrcs, version);
     if (p->vm && strcmp(version, p->vm->version) == 0) {
         policy_srcs_free(srcs, nsrcs);
+        p->last_error[0] = '\0';    /* the directory again matches what serves */
         policy_reload_count(p, METRICS_RELOAD_UNCHANGED);
         return 0;
     }

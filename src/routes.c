@@ -185,8 +185,7 @@ void routes_handle(gw_t *gw, const http_request_t *req, int roles, int keep_aliv
     }
     if ((roles & ROUTE_ADMIN) && path_is(req, "/metrics")) probe = "metrics";
     if (probe && !get) {
-        http_response_write(out, 405, "application/json", "Allow: GET, HEAD\r\n",
-                            "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}", 52, keep_alive);
+        http_response_method_not_allowed(out, NULL, keep_alive);
         return;
     }
     if (probe && !strcmp(probe, "healthz")) {

@@ -88,6 +88,7 @@ struct server_s {
     gw_t *gw;
     listener_t *listeners[2];
     int nlisteners;
+    int freeing;                 /* server_free runs the loop to finish closes: no uv_stop */
     conn_t *conns;
     size_t nconns, nws;
     conn_t *flush_head;
@@ -1084,7 +1085,7 @@ static void server_listeners_close(server_t *srv)
 
 static void server_drain_check(server_t *srv)
 {
-    if (srv->gw->draining && srv->nws == 0) uv_stop(srv->gw->loop);
+    if (srv->gw->draining && srv->nws == 0 && !srv->freeing) uv_stop(srv->gw->loop);
 }
 
 static void on_drain_timeout(uv_timer_t *t)
@@ -1114,6 +1115,7 @@ void server_free(gw_t *gw)
 {
     server_t *srv = gw->server;
     if (!srv) return;
+    srv->freeing = 1;
     server_listeners_close(srv);
     while (srv->conns) conn_abort(srv->conns);
     srv->flush_head = NULL;

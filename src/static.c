@@ -83,14 +83,6 @@ static const char *static_type_of(const char *name, int *compress)
     return "application/octet-stream";
 }
 
-/* buf_t keeps no terminator; headers are handed on as C strings. */
-static const char *static_cstr(buf_t *b)
-{
-    buf_reserve(b, 1);
-    b->data[b->len] = '\0';
-    return b->data;
-}
-
 /* ---- load ---- */
 
 static void static_file_free(static_file_t *f)
@@ -216,8 +208,8 @@ static int static_dir_walk(static_site_t *site, const char *full, const char *ur
         buf_reset(&upath);
         buf_printf(&fpath, "%s/%s", full, e->d_name);
         buf_printf(&upath, "%s/%s", url, e->d_name);
-        static_cstr(&fpath);
-        static_cstr(&upath);
+        buf_cstr(&fpath);
+        buf_cstr(&upath);
         struct stat st;
         if (stat(fpath.data, &st) < 0) {
             log_warn("web file skipped: cannot stat it", "{s:s, s:s}", "path", fpath.data, "error",
@@ -394,7 +386,7 @@ static const static_file_t *static_site_find(const static_site_t *site, const ht
         buf_t b;
         buf_init(&b);
         buf_printf(&b, "%sindex.html", path);
-        f = static_file_get(site, static_cstr(&b));
+        f = static_file_get(site, buf_cstr(&b));
         buf_free(&b);
         if (f) return f;
     }
@@ -415,9 +407,7 @@ int static_site_serve(const static_site_t *site, const http_request_t *req, int 
     buf_init(&hdr);
     static_security_headers(req, &hdr);
     if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
-        buf_append_str(&hdr, "Allow: GET, HEAD\r\n");
-        http_response_write(out, 405, "application/json", static_cstr(&hdr),
-                            "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}", 52, keep_alive);
+        http_response_method_not_allowed(out, buf_cstr(&hdr), keep_alive);
         buf_free(&hdr);
         return 1;
     }
@@ -427,14 +417,14 @@ int static_site_serve(const static_site_t *site, const http_request_t *req, int 
     if (f->gz) buf_append_str(&hdr, "Vary: Accept-Encoding\r\n");
     const char *inm = http_request_header(req, "If-None-Match");
     if (inm && static_etag_matches(inm, f)) {
-        http_response_write(out, 304, NULL, static_cstr(&hdr), NULL, 0, keep_alive);
+        http_response_write(out, 304, NULL, buf_cstr(&hdr), NULL, 0, keep_alive);
         buf_free(&hdr);
         return 1;
     }
     if (gz) buf_append_str(&hdr, "Content-Encoding: gzip\r\n");
     const char *body = gz ? f->gz : f->body;
     size_t len = gz ? f->gz_len : f->len;
-    http_response_write(out, 200, f->ctype, static_cstr(&hdr), body, len, keep_alive);
+    http_response_write(out, 200, f->ctype, buf_cstr(&hdr), body, len, keep_alive);
     if (req->method == HTTP_HEAD) out->len -= len;   /* same headers, no content */
     buf_free(&hdr);
     return 1;
@@ -446,8 +436,7 @@ int static_config_serve(const config_t *cfg, const http_request_t *req, int keep
 {
     if (strcmp(req->path, "/api/config")) return 0;
     if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
-        http_response_write(out, 405, "application/json", "Allow: GET, HEAD\r\n",
-                            "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}", 52, keep_alive);
+        http_response_method_not_allowed(out, NULL, keep_alive);
         return 1;
     }
     json_error_t jerr;
