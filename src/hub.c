@@ -307,17 +307,18 @@ static int hub_room_join(hub_t *hub, hub_client_t *cl, const char *name, const c
     return 0;
 }
 
-/* Joins, or answers the refusal with an error frame naming the room. */
-static void hub_join_or_error(hub_t *hub, hub_client_t *cl, const char *room, const char *since)
+/* Joins, or answers the refusal with an error frame naming the room. Returns 1 on a join. */
+static int hub_join_or_error(hub_t *hub, hub_client_t *cl, const char *room, const char *since)
 {
     char code[HUB_CODE_LEN];
-    if (hub_room_join(hub, cl, room, since, code, sizeof code) == 0) return;
+    if (hub_room_join(hub, cl, room, since, code, sizeof code) == 0) return 1;
     json_t *ref = json_string(room);
     const char *why = !strcmp(code, "room_full") ? "the room or your room count is at its limit"
                       : !strcmp(code, "policy_error") ? "the policy failed; try again"
                                                       : "refused by policy";
-    hub_send_error(hub, cl, code, why, ref, !strcmp(code, "room_full") ? -1 : METRICS_DROP_POLICY);
+    hub_send_error(hub, cl, code, why, ref, !strcmp(code, "room_full") ? METRICS_DROP_ROOM_FULL : METRICS_DROP_POLICY);
     json_decref(ref);
+    return 0;
 }
 
 static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
@@ -380,8 +381,11 @@ static hub_room_t *hub_member_room(hub_t *hub, hub_client_t *cl, const proto_in_
 
 static void hub_on_join(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
 {
+    /* The hook and the join presence see the new name; a refused join leaves the old one. */
+    char old[sizeof cl->name];
+    memcpy(old, cl->name, sizeof old);
     if (in->name) snprintf(cl->name, sizeof cl->name, "%s", in->name);
-    hub_join_or_error(hub, cl, in->room, in->since);
+    if (!hub_join_or_error(hub, cl, in->room, in->since)) memcpy(cl->name, old, sizeof old);
 }
 
 /* The members of a message the policy returned that ride along on a msg: all but cid (the

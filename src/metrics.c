@@ -53,6 +53,7 @@ static const metrics_scalar_t metrics_scalars[] = {
 
 const char *const metrics_drop_reasons[METRICS_DROP_REASONS] = {
     "rate_limited", "too_large", "invalid", "not_in_room", "unknown_peer", "policy", "slow",
+    "room_full",
 };
 const char *const metrics_policy_hooks[METRICS_POLICY_HOOKS] = {
     "on_connect", "on_join", "on_message", "on_leave", "on_tick", "self_test",

@@ -18,6 +18,7 @@ enum {
     METRICS_DROP_UNKNOWN_PEER,
     METRICS_DROP_POLICY,           /* refused or failed in the Lua policy */
     METRICS_DROP_SLOW,             /* recipient's write queue over its bound */
+    METRICS_DROP_ROOM_FULL,        /* join refused: room or per-connection room limit */
     METRICS_DROP_REASONS
 };
 

@@ -947,12 +947,16 @@ static void test_room_full(void **state)
     expect_error(c, "room_full", "r1");
     assert_quiet(c);
     assert_quiet(a);
-    client_send(c, "{\"type\":\"join\",\"room\":\"r1\"}");
+    client_send(c, "{\"type\":\"join\",\"room\":\"r1\",\"name\":\"mallory\"}");
     expect_error(c, "room_full", "r1");
+    assert_int_equal(M.msgs_dropped[METRICS_DROP_ROOM_FULL], 2);
     client_send(c, "{\"type\":\"msg\",\"room\":\"r1\",\"text\":\"x\"}");
     expect_error(c, "not_in_room", NULL);
     client_send(c, "{\"type\":\"join\",\"room\":\"r2\"}");   /* still usable */
-    assert_string_equal(jstr(expect(c, "room"), "room"), "r2");
+    json_t *snap = expect(c, "room");
+    assert_string_equal(jstr(snap, "room"), "r2");
+    /* the refused join did not rename carol */
+    assert_string_equal(jstr(json_array_get(jget(snap, "members"), 0), "name"), "carol");
     assert_quiet(c);
     assert_quiet(a);
     assert_quiet(b);

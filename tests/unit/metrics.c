@@ -160,6 +160,7 @@ static void test_counts(void **state)
     METRIC_ADD(m->idle_timeouts, 3);
     METRIC_ADD(m->slow_consumers, 4);
     METRIC_ADD(m->msgs_dropped[METRICS_DROP_SLOW], 6);
+    METRIC_INC(m->msgs_dropped[METRICS_DROP_ROOM_FULL]);
     METRIC_INC(m->policy_errors[2][METRICS_POLICY_MEMORY]);
     METRIC_ADD(m->policy_reloads[METRICS_RELOAD_OK], 2);
     METRIC_ADD(m->rooms, 3);
@@ -192,6 +193,7 @@ static void test_counts(void **state)
     assert_line(text, "chatgw_idle_timeouts_total 3");
     assert_line(text, "chatgw_slow_consumers_total 4");
     assert_line(text, "chatgw_messages_dropped_total{reason=\"slow\"} 6");
+    assert_line(text, "chatgw_messages_dropped_total{reason=\"room_full\"} 1");
     assert_line(text, "chatgw_policy_errors_total{hook=\"on_message\",kind=\"memory\"} 1");
     assert_line(text, "chatgw_policy_reloads_total{result=\"ok\"} 2");
     assert_line(text, "chatgw_rooms 3");
