@@ -29,7 +29,8 @@ build: deps $(BUILD)/Makefile
 	cmake --build $(BUILD) -j $(JOBS)
 
 # Every tests/ folder with a lock file gets its own node_modules, installed exactly from the lock.
-NPM_DIRS := $(patsubst %/package-lock.json,%,$(wildcard tests/package-lock.json tests/*/package-lock.json))
+# tests/bench is left to `make bench`: its peers (uWebSockets.js) are large and no test needs them.
+NPM_DIRS := $(filter-out tests/bench,$(patsubst %/package-lock.json,%,$(wildcard tests/package-lock.json tests/*/package-lock.json)))
 npm: $(addsuffix /node_modules/.package-lock.json,$(NPM_DIRS))
 
 %/node_modules/.package-lock.json: %/package.json %/package-lock.json
