@@ -49,6 +49,15 @@ static const metrics_scalar_t metrics_scalars[] = {
     { "chatgw_history_gaps_total", "counter",
       "Recoveries that could not be served whole from the history ring (history_gap sent).",
       offsetof(metrics_t, history_gaps) },
+    { "chatgw_bus_up", "gauge",
+      "1 while the bus to the other replicas works (always 1 without redis_url).",
+      offsetof(metrics_t, bus_up) },
+    { "chatgw_bus_reconnects_total", "counter", "Redis links re-established after the first.",
+      offsetof(metrics_t, bus_reconnects) },
+    { "chatgw_bus_published_total", "counter", "Messages and events Redis accepted from this replica.",
+      offsetof(metrics_t, bus_published) },
+    { "chatgw_bus_received_total", "counter", "Messages and presence events received from other replicas.",
+      offsetof(metrics_t, bus_received) },
 };
 
 const char *const metrics_drop_reasons[METRICS_DROP_REASONS] = {
@@ -66,6 +75,37 @@ static uint64_t metrics_load(const uint64_t *p) { return __atomic_load_n(p, __AT
 static void metrics_family_head(buf_t *out, const char *name, const char *type, const char *help)
 {
     buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Upper bounds in microseconds: 0.5 ms to 2.5 s, the range where a chat delay matters. */
+static const uint64_t metrics_latency_le_us[METRICS_LATENCY_BUCKETS] = {
+    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
+};
+
+void metrics_latency_observe(metrics_t *m, uint64_t usec)
+{
+    unsigned i = 0;
+    while (i < METRICS_LATENCY_BUCKETS && usec > metrics_latency_le_us[i]) i++;
+    METRIC_INC(m->msg_latency[i]);
+    METRIC_ADD(m->msg_latency_sum_us, usec);
+}
+
+static void metrics_latency_render(const metrics_t *m, buf_t *out)
+{
+    const char *name = "chatgw_message_latency_seconds";
+    metrics_family_head(out, name, "histogram",
+                        "Chat messages from arrival to the start of their fan-out (through Redis when used).");
+    uint64_t cum = 0;
+    for (unsigned i = 0; i <= METRICS_LATENCY_BUCKETS; i++) {
+        cum += metrics_load(&m->msg_latency[i]);
+        if (i < METRICS_LATENCY_BUCKETS)
+            buf_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, (double)metrics_latency_le_us[i] / 1e6,
+                       (unsigned long long)cum);
+        else
+            buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    }
+    buf_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)metrics_load(&m->msg_latency_sum_us) / 1e6, name,
+               (unsigned long long)cum);
 }
 
 static void metrics_scalars_render(const metrics_t *m, buf_t *out)
@@ -178,6 +218,7 @@ void metrics_render(const metrics_t *m, const char *version, buf_t *out)
     metrics_enum_render(out, "chatgw_messages_dropped_total",
                         "Client messages refused or frames not delivered, by reason.", "reason",
                         m->msgs_dropped, metrics_drop_reasons, METRICS_DROP_REASONS);
+    metrics_latency_render(m, out);
     metrics_policy_errors_render(m, out);
     metrics_enum_render(out, "chatgw_policy_reloads_total", "Policy reload attempts, by result.", "result",
                         m->policy_reloads, metrics_reload_results, METRICS_RELOAD_RESULTS);

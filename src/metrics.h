@@ -9,6 +9,7 @@
 #include "buf.h"
 
 #define METRICS_CLOSE_CODES 5000   /* close codes 0..4999 counted individually */
+#define METRICS_LATENCY_BUCKETS 12 /* finite upper bounds of chatgw_message_latency_seconds */
 
 enum {
     METRICS_DROP_RATE_LIMITED,
@@ -46,6 +47,15 @@ typedef struct {
     uint64_t msgs_delivered;       /* frames queued to recipients by fan-out */
     uint64_t msgs_dropped[METRICS_DROP_REASONS];
     uint64_t history_gaps;
+    /* chat msg arrival to fan-out (through Redis when it is used): per-bucket counts, the last
+     * slot is +Inf; the sum in microseconds */
+    uint64_t msg_latency[METRICS_LATENCY_BUCKETS + 1];
+    uint64_t msg_latency_sum_us;
+    /* bus (hub.c copies bus_stats_get here: on each bus event and once a second) */
+    uint64_t bus_up;               /* gauge: 1 while the bus works (always 1 without redis_url) */
+    uint64_t bus_reconnects;
+    uint64_t bus_published;
+    uint64_t bus_received;
     /* policy (policy.c): hooks are POLICY_HOOK_* plus self_test at METRICS_POLICY_HOOKS - 1 */
     uint64_t policy_errors[METRICS_POLICY_HOOKS][METRICS_POLICY_KINDS];
     uint64_t policy_reloads[METRICS_RELOAD_RESULTS];
@@ -62,6 +72,9 @@ extern const char *const metrics_drop_reasons[METRICS_DROP_REASONS];
 #define METRIC_ADD(field, n) __atomic_add_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)
 #define METRIC_SUB(field, n) __atomic_sub_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)
 #define METRIC_INC(field) METRIC_ADD(field, 1)
+
+/* Counts one msg whose fan-out began usec microseconds after it arrived. */
+void metrics_latency_observe(metrics_t *m, uint64_t usec);
 
 /* Appends every metric of m to out, plus chatgw_build_info{version}. */
 void metrics_render(const metrics_t *m, const char *version, buf_t *out);

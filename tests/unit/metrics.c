@@ -49,7 +49,7 @@ static void assert_well_formed(const char *text)
 {
     char families[64][96];
     size_t nfam = 0;
-    char current[96] = "";
+    char current[96] = "", type[32] = "";
     int saw_help = 0;
     assert_true(strlen(text) > 0 && text[strlen(text) - 1] == '\n');
     for (const char *line = text; *line;) {
@@ -69,17 +69,22 @@ static void assert_well_formed(const char *text)
             strcpy(current, name);
             saw_help = 1;
         } else if (strncmp(buf, "# TYPE ", 7) == 0) {
-            char type[32];
             assert_true(saw_help);
             assert_int_equal(sscanf(buf + 7, "%95s %31s", name, type), 2);
             assert_string_equal(name, current);
-            assert_true(strcmp(type, "counter") == 0 || strcmp(type, "gauge") == 0);
+            assert_true(strcmp(type, "counter") == 0 || strcmp(type, "gauge") == 0 ||
+                        strcmp(type, "histogram") == 0);
             saw_help = 0;
         } else {
             size_t len = strcspn(buf, "{ ");
             assert_true(len > 0 && len < sizeof name);
             memcpy(name, buf, len);
             name[len] = '\0';
+            /* a histogram's samples are its name plus _bucket, _sum or _count */
+            size_t cl = strlen(current);
+            if (!strcmp(type, "histogram") && !strncmp(name, current, cl) &&
+                (!strcmp(name + cl, "_bucket") || !strcmp(name + cl, "_sum") || !strcmp(name + cl, "_count")))
+                name[cl] = '\0';
             assert_string_equal(name, current);
             const char *value = strrchr(buf, ' ');
             assert_non_null(value);
@@ -161,6 +166,9 @@ static void test_counts(void **state)
     METRIC_ADD(m->slow_consumers, 4);
     METRIC_ADD(m->msgs_dropped[METRICS_DROP_SLOW], 6);
     METRIC_INC(m->msgs_dropped[METRICS_DROP_ROOM_FULL]);
+    metrics_latency_observe(m, 500);       /* on a bound: counted in it */
+    metrics_latency_observe(m, 501);
+    metrics_latency_observe(m, 9000000);   /* past every bound */
     METRIC_INC(m->policy_errors[2][METRICS_POLICY_MEMORY]);
     METRIC_ADD(m->policy_reloads[METRICS_RELOAD_OK], 2);
     METRIC_ADD(m->rooms, 3);
@@ -194,6 +202,12 @@ static void test_counts(void **state)
     assert_line(text, "chatgw_slow_consumers_total 4");
     assert_line(text, "chatgw_messages_dropped_total{reason=\"slow\"} 6");
     assert_line(text, "chatgw_messages_dropped_total{reason=\"room_full\"} 1");
+    assert_line(text, "chatgw_message_latency_seconds_bucket{le=\"0.0005\"} 1");
+    assert_line(text, "chatgw_message_latency_seconds_bucket{le=\"0.001\"} 2");
+    assert_line(text, "chatgw_message_latency_seconds_bucket{le=\"2.5\"} 2");
+    assert_line(text, "chatgw_message_latency_seconds_bucket{le=\"+Inf\"} 3");
+    assert_line(text, "chatgw_message_latency_seconds_count 3");
+    assert_line(text, "chatgw_message_latency_seconds_sum 9.001001");
     assert_line(text, "chatgw_policy_errors_total{hook=\"on_message\",kind=\"memory\"} 1");
     assert_line(text, "chatgw_policy_reloads_total{result=\"ok\"} 2");
     assert_line(text, "chatgw_rooms 3");
