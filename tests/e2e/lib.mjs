@@ -10,6 +10,7 @@ import net from 'node:net';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 
@@ -88,23 +89,15 @@ export async function startServer(args = [], { env = {}, timeoutMs = 10000 } = {
   });
 
   const lineReader = (stream, name) => {
-    let pending = '';
-    stream.setEncoding('utf8');
-    stream.on('data', (chunk) => {
-      pending += chunk;
-      let i;
-      while ((i = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, i);
-        pending = pending.slice(i + 1);
-        if (!line.trim()) continue;
-        raw.push(`${name}: ${line}`);
-        if (raw.length > 2000) raw.shift();
-        if (name === 'stdout') {
-          let obj;
-          try { obj = JSON.parse(line); } catch { continue; }
-          logs.push(obj);
-          for (const w of logWaiters) w(obj);
-        }
+    readline.createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
+      if (!line.trim()) return;
+      raw.push(`${name}: ${line}`);
+      if (raw.length > 2000) raw.shift();
+      if (name === 'stdout') {
+        let obj;
+        try { obj = JSON.parse(line); } catch { return; }
+        logs.push(obj);
+        for (const w of logWaiters) w(obj);
       }
     });
   };

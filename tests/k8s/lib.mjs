@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
+import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import YAML from 'yaml';
@@ -138,23 +139,15 @@ export function startProcess(cmd, args, { cwd = SRC, env = process.env, name = p
     proc.on('error', (error) => { exitInfo = { code: null, signal: null, error }; live.delete(proc); resolve(exitInfo); });
   });
   for (const [stream, tag] of [[proc.stdout, 'out'], [proc.stderr, 'err']]) {
-    let pending = '';
-    stream.setEncoding('utf8');
-    stream.on('data', (chunk) => {
-      pending += chunk;
-      let i;
-      while ((i = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, i);
-        pending = pending.slice(i + 1);
-        if (!line.trim()) continue;
-        lines.push(`${name} ${tag}: ${line}`);
-        if (lines.length > 3000) lines.shift();
-        let obj = null;
-        if (line.startsWith('{')) { try { obj = JSON.parse(line); } catch { /* not JSON */ } }
-        if (obj) {
-          logs.push(obj);
-          for (const w of waiters) w(obj);
-        }
+    readline.createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
+      if (!line.trim()) return;
+      lines.push(`${name} ${tag}: ${line}`);
+      if (lines.length > 3000) lines.shift();
+      let obj = null;
+      if (line.startsWith('{')) { try { obj = JSON.parse(line); } catch { /* not JSON */ } }
+      if (obj) {
+        logs.push(obj);
+        for (const w of waiters) w(obj);
       }
     });
   }

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 
@@ -109,18 +110,10 @@ export async function startServer(args = [], { port = 0, timeoutMs = 15000 } = {
   }));
   let onLine = () => {};
   const reader = (stream, name) => {
-    let pending = '';
-    stream.setEncoding('utf8');
-    stream.on('data', (chunk) => {
-      pending += chunk;
-      let i;
-      while ((i = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, i);
-        pending = pending.slice(i + 1);
-        lines.push(`${name}: ${line}`);
-        if (lines.length > 500) lines.shift();
-        onLine(line);
-      }
+    readline.createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
+      lines.push(`${name}: ${line}`);
+      if (lines.length > 500) lines.shift();
+      onLine(line);
     });
   };
   reader(proc.stdout, 'stdout');
