@@ -18,10 +18,14 @@
 --   moderation.ban(kind, value, seconds) / unban(kind, value) / banned(kind, value):
 --     kind is "ip" or "name"; bans live in gw.store ("ban:ip:<ip>", "ban:name:<name>") with
 --     their expiry as TTL, so they survive reloads. Call them from your own hooks.
+--   moderation.forget(conn): deletes the connection's keys ("rep:<id>", "strikes:<id>");
+--     policy.lua calls it once the connection has left its last room (or disconnected). Both
+--     keys carry a TTL (repeat_window, strike_ttl) for connections that never joined a room.
 --   Pure helpers (used by self_test and specs): filter_words, collapse_runs, normalize.
 --
 -- Tuned by settings.moderation (see settings.lua for every key).
--- Cost per message: two gw.limit calls, one store get/set, O(text length) pattern work.
+-- Cost per message: two gw.limit calls, one store get/set, O(text length) pattern work; the
+-- patterns are built once, and text that needs no rewriting is not copied.
 
 local settings = require "settings"
 
@@ -48,6 +52,8 @@ M.DEFAULTS = {
 }
 
 local cfg
+local find, byte, sub, lower, gsub, rep = string.find, string.byte, string.sub, string.lower,
+                                          string.gsub, string.rep
 
 function M.configure(overrides)
   local c = {}
@@ -73,43 +79,65 @@ local WORD = "[%w_\128-\255]+"
 -- One UTF-8 character (or one stray byte).
 local CHAR = "[\0-\127\194-\244][\128-\191]*"
 
+-- filter_words' replacement function, made once: gsub calls it with each word, and the call's
+-- word set, mask and hit count travel in these upvalues (a hook never runs concurrently).
+local fw_set, fw_mask, fw_hits
+local function fw_replace(w)
+  local hit
+  if find(w, "%u") then hit = fw_set[lower(w)] else hit = fw_set[w] end  -- no copy when lower
+  if hit then
+    fw_hits = fw_hits + 1
+    return fw_mask
+  end
+end
+
 -- Returns text with every filtered word replaced by mask, and the number of hits.
 function M.filter_words(text, word_set, mask)
-  word_set = word_set or cfg.word_set
-  mask = mask or cfg.word_mask
-  local hits = 0
-  local out = string.gsub(text, WORD, function(w)
-    if word_set[string.lower(w)] then
-      hits = hits + 1
-      return mask
-    end
-  end)
+  fw_set, fw_mask, fw_hits = word_set or cfg.word_set, mask or cfg.word_mask, 0
+  local out = gsub(text, WORD, fw_replace)
+  local hits = fw_hits
+  fw_set, fw_mask = nil, nil
   return out, hits
 end
+
+-- The pattern of a run longer than max, per max (built once).
+local run_patterns = setmetatable({}, { __index = function(t, max)
+  local pat = "(" .. CHAR .. ")" .. rep("%1", max)
+  t[max] = pat
+  return pat
+end })
 
 -- Shortens every run of one character longer than max to max characters. O(#text).
 function M.collapse_runs(text, max)
   if not max or max < 1 or #text <= max then return text end
-  local pat = "(" .. CHAR .. ")" .. string.rep("%1", max)
+  local pat = run_patterns[max]
+  local s, e, c = find(text, pat)
+  if not s then return text end               -- the common case: nothing to shorten
   local parts, n, pos = {}, 0, 1
-  while true do
-    local s, e, c = string.find(text, pat, pos)
-    if not s then break end
+  repeat
     local len = #c
-    while string.sub(text, e + 1, e + len) == c do e = e + len end
+    while sub(text, e + 1, e + len) == c do e = e + len end
     n = n + 1
-    parts[n] = string.sub(text, pos, s - 1) .. string.rep(c, max)
+    parts[n] = sub(text, pos, s - 1) .. rep(c, max)
     pos = e + 1
-  end
-  if n == 0 then return text end
-  parts[n + 1] = string.sub(text, pos)
+    s, e, c = find(text, pat, pos)
+  until not s
+  parts[n + 1] = sub(text, pos)
   return table.concat(parts)
 end
 
--- The form compared for repetition: lower case, whitespace squeezed and trimmed.
+-- The form compared for repetition: lower case, whitespace squeezed and trimmed. Text that is
+-- already in that form is returned as is (no copy).
 function M.normalize(text)
-  local s = string.gsub(string.lower(text), "%s+", " ")
-  return (string.match(s, "^ ?(.-) ?$"))
+  local s = text
+  if find(s, "%u") then s = lower(s) end
+  if find(s, "[\t-\r]") or find(s, "  ", 1, true) then s = gsub(s, "%s+", " ") end
+  local n = #s
+  local i, j = 1, n
+  if byte(s, 1) == 32 then i = 2 end
+  if j >= i and byte(s, j) == 32 then j = j - 1 end
+  if i ~= 1 or j ~= n then s = sub(s, i, j) end
+  return s
 end
 
 -- Bans --------------------------------------------------------------------------------------
@@ -191,18 +219,36 @@ function M.on_connect(conn)
 end
 
 -- Repetition: one store key per connection holding "<count>\n<normalized text>".
+local function rep_key(id) return "rep:" .. id end
+
+-- The count of prev ("<count>\n<text>") when its text is norm, else nil. No copy of the text.
+local function rep_count(prev, norm)
+  local nl = find(prev, "\n", 1, true)
+  if not nl or #prev - nl ~= #norm then return nil end
+  if #norm > 0 and find(prev, norm, nl + 1, true) ~= nl + 1 then return nil end
+  return tonumber(sub(prev, 1, nl - 1))
+end
+
 local function repeated(conn, text)
   if not cfg.repeat_limit or cfg.repeat_limit < 2 or conn.id == nil then return false end
-  local key = "rep:" .. conn.id
+  local key = rep_key(conn.id)
   local norm = M.normalize(text)
   local prev = gw.store.get(key)
   local count = 1
   if type(prev) == "string" then
-    local c, t = string.match(prev, "^(%d+)\n(.*)$")
-    if t == norm then count = tonumber(c) + 1 end
+    local c = rep_count(prev, norm)
+    if c then count = c + 1 end
   end
   gw.store.set(key, count .. "\n" .. norm, cfg.repeat_window)
   return count >= cfg.repeat_limit
+end
+
+-- Drops the connection's moderation keys (it has left its last room, or disconnected).
+-- Flood-control buckets (gw.limit) need nothing: a refilled bucket is dropped by chatgw.
+function M.forget(conn)
+  if conn.id == nil then return end
+  gw.store.del(rep_key(conn.id))
+  gw.store.del("strikes:" .. conn.id)
 end
 
 -- nil (pass) or a drop code; the second result is true when msg.text was rewritten.
@@ -246,6 +292,10 @@ function M.self_test()
   for _, k in ipairs({ "max_strikes", "strike_ttl", "ban_seconds", "repeat_window" }) do
     assert(type(c[k]) == "number" and c[k] > 0, "settings.moderation." .. k .. " must be a positive number")
   end
+  if c.kicks_to_ban and c.kicks_to_ban > 0 then   -- kicks:<ip> counters need a ttl
+    assert(type(c.kick_window) == "number" and c.kick_window > 0,
+           "settings.moderation.kick_window must be a positive number")
+  end
   for _, k in ipairs({ "conn_rate", "ip_rate", "connect_rate", "max_text_chars", "max_char_run", "repeat_limit" }) do
     assert(c[k] == false or c[k] == nil or type(c[k]) == "number",
            "settings.moderation." .. k .. " must be a number or false")
@@ -263,6 +313,8 @@ function M.self_test()
   assert(M.collapse_runs("ééééé", 2) == "éé", "collapse_runs utf-8")
   assert(M.collapse_runs("abc", 1) == "abc", "collapse_runs no runs")
   assert(M.normalize("  Hello   World ") == "hello world", "normalize")
+  assert(M.normalize(" a\tb ") == "a b" and M.normalize("a b") == "a b" and M.normalize(" ") == "",
+         "normalize whitespace")
   return true
 end
 

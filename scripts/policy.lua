@@ -8,15 +8,22 @@
 --
 -- Hooks (docs/writing-policy.md has the full contract):
 --   on_connect(conn)          bans and connection rate        -> false, "banned"|"rate_limited"
---   on_join(conn, room)       rooms.check_join, then owner and membership bookkeeping
---                                                             -> false, "bad_field"|"forbidden"|"room_full"
+--   on_join(conn, room)       rooms.check_join, then owner, membership and member-count
+--                             bookkeeping             -> false, "bad_field"|"forbidden"|"room_full"
 --   on_message(conn, room, m) moderation.check, then the custom "rooms" request, then routing;
 --                             returns a table (deliver it), true (deliver unchanged), false
 --                             (handled here) or nil, code (drop with an error frame)
---   on_leave(conn, room)      owner hand-over, membership bookkeeping
+--   on_leave(conn, room)      owner hand-over, membership and member-count bookkeeping; when
+--                             the connection has left its last room (chatgw calls on_leave for
+--                             every room on disconnect) its per-connection keys are deleted
 --   on_tick(now)              scheduled announcements
 --   self_test()               checks settings.lua and each module's pure functions; an error
 --                             rejects the reload and the last good policy keeps serving
+--
+-- gw.store keys: per connection ("rooms:<id>", "nick:<id>", "rep:<id>", "strikes:<id>") are
+-- deleted when it leaves its last room and carry a TTL in case it never joined one; per room
+-- ("owner:<room>", "members:<room>") are deleted when the room empties, with a TTL too; per IP
+-- or name ("kicks:<ip>", "ban:...") expire by TTL. Nothing is kept without a TTL.
 --
 -- Custom message types claimed here: "rooms" (the public directory) and "typing"; any other
 -- custom type gets bad_type. Add your own in `custom` below.
@@ -45,20 +52,21 @@ local custom = {
 -- Built-in types that moderation does not need to see (the hub rate-limits them itself).
 local passthrough = { signal = true, mute = true, unmute = true, history = true }
 local NICK_OPTS = { skip_words = true }
+local byte, find = string.byte, string.find
 
 local policy = {}
 
 function policy.on_connect(conn)
   local ok, why = moderation.on_connect(conn)
   if not ok then return false, why end
-  rooms.remember_auth(conn)
   return true
 end
 
 function policy.on_join(conn, room)
   local ok, code = rooms.check_join(conn, room)
   if not ok then return false, code end
-  routing.on_join(conn, room)
+  routing.on_join(conn, room, rooms.count(room) or 0)   -- members besides conn
+  rooms.joined(conn, room)
   return true
 end
 
@@ -66,7 +74,9 @@ function policy.on_message(conn, room, msg)
   local t = msg.type
   if passthrough[t] then return true end
   -- A /nick is vetted whole by routing.name_allowed (a masked nickname would be "***").
-  local nick = t == "msg" and type(msg.text) == "string" and string.find(msg.text, "^/[Nn][Ii][Cc][Kk]%f[%s\0]")
+  local text = msg.text
+  local nick = t == "msg" and type(text) == "string" and byte(text, 1) == 47
+               and find(text, "^/[Nn][Ii][Cc][Kk]%f[%s\0]")
   local code, changed = moderation.check(conn, room, msg, nick and NICK_OPTS or nil)
   if code then return nil, code end
   local handler = custom[t]
@@ -77,7 +87,8 @@ function policy.on_message(conn, room, msg)
 end
 
 function policy.on_leave(conn, room)
-  routing.on_leave(conn, room)
+  local remaining = rooms.left(conn, room)
+  if routing.on_leave(conn, room, remaining) then moderation.forget(conn) end
 end
 
 function policy.on_tick(now)

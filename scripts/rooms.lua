@@ -10,13 +10,16 @@
 --     (private patterns, protected rooms, jwt_rooms), busiest first, at most directory_max.
 --   rooms.on_rooms(conn): the custom message {type="rooms"}; replies with
 --     gw.send(conn.id, {type="rooms", rooms=rooms.directory()}).
---   rooms.remember_auth(conn): called from on_connect; keeps the URL's password/token in
---     gw.store for the connection's later join frames in case the host no longer passes
---     conn.query after the handshake.
+--   rooms.joined(conn, room) / rooms.left(conn, room) -> members now: the member count of each
+--     room, kept in gw.store "members:<room>" (see count_of below) so that a join does not list
+--     the room. policy.lua calls them from on_join (once allowed) and on_leave.
+--   Credentials come from conn.query, which chatgw passes to every hook (join frames too);
+--   nothing about them is stored.
 --
 -- Tuned by settings.rooms: name_max, name_pattern, reserved, capacity, capacity_default,
 -- protected, jwt_secret, jwt_rooms, private, directory_max, directory_cache_seconds.
--- Cost per join: O(members of the room) (one gw.members call); directory: O(rooms log max).
+-- Cost per join and leave: O(1) amortized (a store counter, re-checked against gw.members now
+-- and then, see count_of); a join refused as room_full: O(members); directory: O(rooms log max).
 
 local settings = require "settings"
 
@@ -35,8 +38,16 @@ M.DEFAULTS = {
   private = { "^_" },
   directory_max = 100,
   directory_cache_seconds = 2,
-  auth_ttl = 86400,
 }
+
+-- The member counter of a room lives as long as its room has joins or leaves; an idle room's
+-- counter may expire (it is then recounted from gw.members).
+local COUNT_TTL = 86400
+-- A counter is re-checked against gw.members once the joins since the last recount reach
+-- RECOUNT_MIN and half the count: the recounts of a filling room list about 32, 64, 128, ...
+-- members, so a join costs O(1) amortized, and a counter that drifted (a hook that failed
+-- half-way) heals.
+local RECOUNT_MIN = 32
 
 local cfg
 local cache_list, cache_at      -- the last directory() answer and its gw.now() time
@@ -116,6 +127,7 @@ function M.is_private(room)
 end
 
 -- The number of members of room other than except_id (the joiner may or may not be listed).
+-- O(members): the host lists them all.
 local function count_members(room, except_id)
   local members = gw.members(room)
   if not members then return 0 end
@@ -123,6 +135,86 @@ local function count_members(room, except_id)
   for i = 1, #members do
     if members[i].id ~= except_id then n = n + 1 end
   end
+  return n
+end
+
+-- Member counters: gw.store "members:<room>" = "<count> <joins since the last recount>".
+-- chatgw calls on_join before it adds the member and on_leave after it removed it, so the
+-- counter is exact as long as every hook runs to the end; the recounts (a missing counter, a
+-- room that looks full, enough joins since the last recount) repair it when one did not.
+local function count_key(room) return "members:" .. room end
+
+-- count, joins since the last recount; nil when there is no counter.
+local function count_get(room)
+  local v = gw.store.get(count_key(room))
+  if type(v) ~= "string" then return nil end
+  local n, since = string.match(v, "^(%d+) (%d+)$")
+  if not n then return nil end
+  return tonumber(n), tonumber(since)
+end
+
+local function count_set(room, n, since)
+  if n <= 0 then
+    gw.store.del(count_key(room))
+  else
+    gw.store.set(count_key(room), n .. " " .. since, COUNT_TTL)
+  end
+end
+
+-- check_join's count for the on_join in progress (room, members besides the joiner, joins
+-- since the last recount), handed to count() and joined(). check_join never creates a counter
+-- (joined() does), so it stays exact when used alone: no counter, it asks gw.members each time.
+local pending_room, pending_n, pending_since
+
+-- The members of room other than except_id (the joiner), from the counter; recounted with
+-- gw.members when there is none, when the room looks full, or when a recount is due. A recount
+-- corrects an existing counter at once (a refused join included).
+local function count_of(room, except_id, cap)
+  local n, since = count_get(room)
+  if n == nil or n >= cap or (since >= RECOUNT_MIN and 2 * since >= n) then
+    local had = n ~= nil
+    n, since = count_members(room, except_id), 0  -- cheap for a new room: gw.members is nil
+    if had then count_set(room, n, 0) end
+  end
+  pending_room, pending_n, pending_since = room, n, since
+  return n
+end
+
+-- The members of room besides the joiner during an on_join (after check_join), else the
+-- counter as it stands (nil when there is none). No recount.
+function M.count(room)
+  if pending_room == room then return pending_n end
+  return (count_get(room))
+end
+
+-- After an allowed join (check_join, then the other bookkeeping): one more member. Returns the
+-- count.
+function M.joined(conn, room)
+  local n, since
+  if pending_room == room then
+    n, since = pending_n, pending_since
+  else
+    n, since = count_get(room)
+    if n == nil then n, since = count_members(room, conn.id), 0 end
+  end
+  pending_room = nil
+  n, since = n + 1, since + 1
+  count_set(room, n, since)
+  return n
+end
+
+-- After a leave (chatgw has removed the member): one fewer. Returns the members left. A count
+-- that reaches 0 is confirmed with gw.members (O(1) when the room really is empty) and the
+-- counter deleted.
+function M.left(conn, room)
+  pending_room = nil
+  local n, since = count_get(room)
+  if n ~= nil and n > 1 then
+    count_set(room, n - 1, since)
+    return n - 1
+  end
+  n = count_members(room, conn.id)
+  count_set(room, n, 0)
   return n
 end
 
@@ -137,31 +229,12 @@ function M.claim_allows(claim, room)
   return false
 end
 
-local function auth_key(conn) return "auth:" .. tostring(conn.id) end
-
--- Called from on_connect: keep password/token for later join frames (only when present).
-function M.remember_auth(conn)
-  local q = conn.query
-  if type(q) ~= "table" or conn.id == nil then return end
-  local pw, tok = q.password, q.token
-  if type(pw) ~= "string" and type(tok) ~= "string" then return end
-  if type(pw) == "string" then gw.store.set(auth_key(conn) .. ":password", pw, cfg.auth_ttl) end
-  if type(tok) == "string" then gw.store.set(auth_key(conn) .. ":token", tok, cfg.auth_ttl) end
-end
-
-function M.forget_auth(conn)
-  gw.store.del(auth_key(conn) .. ":password")
-  gw.store.del(auth_key(conn) .. ":token")
-end
-
+-- The URL's ?password= and ?token=. chatgw passes conn.query (the WebSocket URL's query) to
+-- every hook, so a later join frame sees them too; nothing is kept in gw.store.
 local function credentials(conn)
   local q = conn.query
   local pw, tok
   if type(q) == "table" then pw, tok = q.password, q.token end
-  if pw == nil and tok == nil and conn.id ~= nil then
-    pw = gw.store.get(auth_key(conn) .. ":password")
-    tok = gw.store.get(auth_key(conn) .. ":token")
-  end
   if type(pw) ~= "string" then pw = nil end
   if type(tok) ~= "string" then tok = nil end
   return pw, tok
@@ -199,7 +272,10 @@ function M.check_join(conn, room)
   ok, code = M.check_access(conn, room)
   if not ok then return false, code end
   local cap = M.capacity(room)
-  if count_members(room, conn.id) >= cap then return false, "room_full" end
+  if count_of(room, conn.id, cap) >= cap then
+    pending_room = nil
+    return false, "room_full"
+  end
   return true
 end
 

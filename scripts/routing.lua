@@ -18,12 +18,17 @@
 --   other custom types: "bad_type" (policy.lua claims the ones it knows first)
 --
 -- Room owners: the first member to join a room owns it (gw.store "owner:<room>"); when the
--- owner leaves, the longest-present remaining member (the first in gw.members) takes over.
--- The rooms of each connection are kept in gw.store "rooms:<id>" for the dm rule.
+-- owner leaves, the longest-present remaining member (the first in gw.members) takes over; when
+-- the room empties, the record goes.
+-- The rooms of each connection are kept in gw.store "rooms:<id>" for the dm rule. When a
+-- connection leaves its last room (chatgw calls on_leave for each room on disconnect too),
+-- on_leave deletes its per-connection keys ("rooms:<id>", "nick:<id>") and returns true so that
+-- policy.lua can drop the other modules' ones. Every such key also has a TTL (state_ttl).
 -- on_tick sends settings.routing.announcements as {type="notice", room, text}.
 --
 -- Tuned by settings.routing: commands, kick_notice, typing_rate, typing_burst, state_ttl,
--- announcements. Cost per message: O(1); /kick and dm O(members).
+-- announcements. Cost per message: O(1); /kick and dm O(members); join and leave O(1) given
+-- the room's member count (policy.lua passes it), else O(members).
 
 local settings = require "settings"
 
@@ -95,12 +100,31 @@ function M.rooms_of(id)
   return list
 end
 
+local find, byte = string.find, string.byte
+
+-- true when the "\n"-framed list s holds room. Plain finds, no new string.
+local function listed(s, room)
+  local init = 1
+  while true do
+    local i, j = find(s, room, init, true)
+    if not i then return false end
+    if byte(s, i - 1) == 10 and byte(s, j + 1) == 10 then return true end
+    init = i + 1
+  end
+end
+
 local function track(id, room)
   local s = gw.store.get(rooms_key(id))
   if type(s) ~= "string" then s = "\n" end
-  if not string.find(s, "\n" .. room .. "\n", 1, true) then
+  if not listed(s, room) then
     gw.store.set(rooms_key(id), s .. room .. "\n", cfg.state_ttl)
   end
+end
+
+-- true when the connection id has room in its recorded rooms.
+function M.in_room(id, room)
+  local s = gw.store.get(rooms_key(id))
+  return type(s) == "string" and listed(s, room)
 end
 
 local function untrack(id, room)
@@ -137,11 +161,9 @@ end
 
 -- Hooks -------------------------------------------------------------------------------------
 
--- Called once rooms.check_join allowed the join.
-function M.on_join(conn, room)
-  if conn.id == nil then return end
-  track(conn.id, room)
-  local members = gw.members(room) or {}
+-- The owner rule with the full member list: the first member owns an empty room; a missing or
+-- stale owner (not a member any more) is replaced by the oldest member. O(members).
+local function elect(conn, room, members)
   local other = first_other(members, conn.id)
   local owner = M.owner(room)
   if not other then
@@ -151,11 +173,32 @@ function M.on_join(conn, room)
   end
 end
 
-function M.on_leave(conn, room)
+-- Called once rooms.check_join allowed the join. others: the number of members of room besides
+-- conn when the caller knows it (policy.lua passes rooms' counter); nil asks gw.members.
+-- With others, a join costs O(1) unless the owner record needs repair: an empty-looking room is
+-- confirmed with gw.members (nil, so O(1), for a room that does not exist yet), and an owner
+-- that is not in the room by its own "rooms:<id>" record is checked against the member list.
+function M.on_join(conn, room, others)
   if conn.id == nil then return end
+  track(conn.id, room)
+  if others ~= nil and others > 0 then
+    local owner = M.owner(room)
+    if owner ~= nil and (owner == conn.id or M.in_room(owner, room)) then return end
+  end
+  elect(conn, room, gw.members(room) or {})
+end
+
+-- Returns true when conn has left its last room (its per-connection keys are gone then).
+-- remaining: the members room still has when the caller knows it (policy.lua passes rooms'
+-- counter); 0 drops the owner record whoever it names.
+function M.on_leave(conn, room, remaining)
+  if conn.id == nil then return false end
   local left = untrack(conn.id, room)
-  if left == "" or left == "\n" then gw.store.del(nick_key(conn.id)) end
-  if M.owner(room) == conn.id then
+  local last = left == "" or left == "\n"
+  if last then gw.store.del(nick_key(conn.id)) end
+  if remaining == 0 then
+    gw.store.del(owner_key(room))
+  elseif M.owner(room) == conn.id then
     local next_owner = first_other(gw.members(room) or {}, conn.id)
     if next_owner then
       gw.store.set(owner_key(room), next_owner.id, cfg.state_ttl)
@@ -163,6 +206,7 @@ function M.on_leave(conn, room)
       gw.store.del(owner_key(room))
     end
   end
+  return last
 end
 
 function M.display_name(conn)
@@ -233,8 +277,8 @@ end
 
 local function on_msg(conn, room, msg)
   local text = msg.text
-  if type(text) ~= "string" or string.sub(text, 1, 1) ~= "/" then return true end
-  if string.sub(text, 2, 2) == "/" then
+  if type(text) ~= "string" or byte(text, 1) ~= 47 then return true end   -- not "/..."
+  if byte(text, 2) == 47 then                                              -- "//text"
     msg.text = string.sub(text, 2)
     return msg
   end

@@ -2,7 +2,8 @@
  * Lua VM (see policy_store.h). Two string maps own their values: store entries hold a JSON value
  * (one reference) and an expiry time, buckets hold their token count. Time is whatever monotonic
  * seconds the caller passes; nothing here reads a clock or touches Lua. Expiry is lazy: a read
- * that finds an expired entry deletes it, and policy_store_sweep drops the rest. */
+ * that finds an expired entry deletes it, and policy_store_sweep drops the rest. A full store
+ * makes room by sweeping, then by evicting the entries nearest to expiry (logged as a warning). */
 #include "policy_store.h"
 
 #include <math.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "log.h"
 #include "map.h"
 
 typedef struct {
@@ -24,6 +26,7 @@ typedef struct {
 struct policy_store_s {
     map_t entries;                 /* key -> policy_entry_t* */
     map_t buckets;                 /* key -> policy_bucket_t* */
+    size_t evicted;                /* entries dropped by a full store, since creation */
 };
 
 policy_store_t *policy_store_new(void)
@@ -89,13 +92,53 @@ json_t *policy_store_get(policy_store_t *s, const char *key, double now)
     return e ? e->value : NULL;
 }
 
-/* Room for one more entry: expired ones are swept first so a full store of stale keys heals. */
+typedef struct {
+    double expires;
+    const char *key;               /* the map's own copy: valid until that entry is deleted */
+} policy_victim_t;
+
+static int policy_victim_cmp(const void *a, const void *b)
+{
+    const policy_victim_t *x = a, *y = b;
+    if (x->expires != y->expires) return x->expires < y->expires ? -1 : 1;
+    return strcmp(x->key, y->key);  /* a total order: the same store evicts the same keys */
+}
+
+/* Drops up to max entries that have a ttl, those that expire first. Returns how many. */
+static size_t policy_entries_evict(policy_store_t *s, size_t max)
+{
+    policy_victim_t *v = xmalloc(s->entries.count * sizeof *v);
+    size_t n = 0, i;
+    for (map_entry_t *e = map_first(&s->entries, &i); e; e = map_next(&s->entries, e, &i)) {
+        const policy_entry_t *pe = e->value;
+        if (pe->expires > 0) v[n++] = (policy_victim_t){ pe->expires, e->key };
+    }
+    if (n > max) {
+        qsort(v, n, sizeof *v, policy_victim_cmp);
+        n = max;
+    }
+    for (size_t k = 0; k < n; k++) policy_entry_free(map_del(&s->entries, v[k].key));
+    free(v);
+    s->evicted += n;
+    return n;
+}
+
+/* Room for one more entry. A full store first drops its expired entries, then evicts the
+ * POLICY_STORE_EVICT_BATCH entries nearest to expiry (keys set with a ttl; a key without one is
+ * never evicted), and fails only when every entry is permanent. */
 static int policy_entries_room(policy_store_t *s, double now, const char **err)
 {
     if (s->entries.count < POLICY_STORE_MAX_KEYS) return 0;
     policy_store_sweep(s, now);
     if (s->entries.count < POLICY_STORE_MAX_KEYS) return 0;
-    *err = "store is full (100000 keys)";
+    size_t n = policy_entries_evict(s, POLICY_STORE_EVICT_BATCH);
+    if (n) {
+        log_warn("policy store full: evicted the entries nearest to expiry", "{s:I, s:I, s:I}",
+                 "evicted", (json_int_t)n, "keys", (json_int_t)s->entries.count,
+                 "evicted_total", (json_int_t)s->evicted);
+    }
+    if (s->entries.count < POLICY_STORE_MAX_KEYS) return 0;
+    *err = "store is full (100000 keys, none with a ttl)";
     return -1;
 }
 
@@ -258,3 +301,4 @@ size_t policy_store_sweep(policy_store_t *s, double now)
 
 size_t policy_store_count(const policy_store_t *s) { return s->entries.count; }
 size_t policy_store_buckets(const policy_store_t *s) { return s->buckets.count; }
+size_t policy_store_evicted(const policy_store_t *s) { return s->evicted; }

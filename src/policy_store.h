@@ -3,7 +3,17 @@
  * survives policy reloads. It knows nothing about Lua: callers pass the current time (monotonic
  * seconds) so tests can drive the clock. Expired entries behave as absent (lazy expiry, plus
  * policy_store_sweep from on_tick). Sizes are capped so a policy cannot grow it without bound;
- * a refused operation returns -1 with a static message in *err and changes nothing. */
+ * a refused operation returns -1 with a static message in *err and changes nothing.
+ *
+ * A full store (POLICY_STORE_MAX_KEYS entries) that must create a key (set or incr of an absent
+ * key; replacing an existing key always works) makes room in this order:
+ *   1. it drops every expired entry (a sweep, buckets included);
+ *   2. if still full, it evicts the POLICY_STORE_EVICT_BATCH entries that expire first, among
+ *      those set with a ttl (ties by key, so the choice is deterministic), and logs a warning
+ *      with the count; entries without a ttl are never evicted;
+ *   3. only when every entry is permanent does the operation fail ("store is full").
+ * So a policy that gives its transient keys a ttl degrades by losing the state closest to
+ * expiring anyway, instead of failing every later write. */
 #ifndef CHATGW_POLICY_STORE_H
 #define CHATGW_POLICY_STORE_H
 
@@ -14,6 +24,7 @@
 #define POLICY_STORE_MAX_KEYS 100000       /* store entries, and separately limit buckets */
 #define POLICY_STORE_MAX_VALUE 65536       /* bytes of a value as compact JSON */
 #define POLICY_STORE_MAX_KEY 1024          /* bytes of a key */
+#define POLICY_STORE_EVICT_BATCH (POLICY_STORE_MAX_KEYS / 64)   /* entries one eviction drops */
 
 typedef struct policy_store_s policy_store_t;
 
@@ -23,7 +34,7 @@ void policy_store_free(policy_store_t *s);
 /* The value at key (borrowed: valid until the next change of that key), or NULL. */
 json_t *policy_store_get(policy_store_t *s, const char *key, double now);
 /* Sets key to value (stolen, also on failure). ttl > 0 expires it ttl seconds after now;
- * ttl <= 0 keeps it until deleted. 0, or -1 with *err. */
+ * ttl <= 0 keeps it until deleted (and exempt from eviction). 0, or -1 with *err. */
 int policy_store_set(policy_store_t *s, const char *key, json_t *value, double ttl, double now,
                      const char **err);
 int policy_store_del(policy_store_t *s, const char *key);   /* 1 when it existed */
@@ -41,5 +52,6 @@ int policy_store_limit(policy_store_t *s, const char *key, double rate, double b
 size_t policy_store_sweep(policy_store_t *s, double now);
 size_t policy_store_count(const policy_store_t *s);        /* live entries incl. not yet swept */
 size_t policy_store_buckets(const policy_store_t *s);
+size_t policy_store_evicted(const policy_store_t *s);      /* entries evicted since creation */
 
 #endif

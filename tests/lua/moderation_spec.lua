@@ -53,6 +53,64 @@ describe("moderation", function()
     it("normalizes for the repetition check", function()
       assert.equal("a b", mod.normalize("  A \t B "))
     end)
+
+    -- The helpers skip copies when the text needs no change; they must answer exactly what the
+    -- straightforward versions below answer, on random texts over a small alphabet.
+    it("matches the reference helpers on random texts", function()
+      local function ref_normalize(text)
+        local s = string.gsub(string.lower(text), "%s+", " ")
+        return (string.match(s, "^ ?(.-) ?$"))
+      end
+      local function ref_collapse(text, max)
+        if not max or max < 1 or #text <= max then return text end
+        local out = string.gsub(text, "([\0-\127\194-\244][\128-\191]*)", "%1")  -- a copy
+        local pat = "([\0-\127\194-\244][\128-\191]*)" .. string.rep("%1", max)
+        local parts, pos = {}, 1
+        while true do
+          local s, e, c = string.find(out, pat, pos)
+          if not s then break end
+          while string.sub(out, e + 1, e + #c) == c do e = e + #c end
+          parts[#parts + 1] = string.sub(out, pos, s - 1) .. string.rep(c, max)
+          pos = e + 1
+        end
+        parts[#parts + 1] = string.sub(out, pos)
+        return table.concat(parts)
+      end
+      local function ref_filter(text, set, mask)
+        local hits = 0
+        local out = string.gsub(text, "[%w_\128-\255]+", function(w)
+          if set[string.lower(w)] then hits = hits + 1; return mask end
+        end)
+        return out, hits
+      end
+      local alphabet = { "a", "A", "b", " ", "  ", "\t", "\n", "é", "É", "x", "darn", "DaRn", "!", "" }
+      local seed = 12345
+      local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n + 1 end
+      local set = { darn = true, a = true }
+      for _ = 1, 3000 do
+        local parts = {}
+        for i = 1, rnd(12) - 1 do parts[i] = alphabet[rnd(#alphabet)] end
+        local text = table.concat(parts)
+        assert.equal(ref_normalize(text), mod.normalize(text), ("%q"):format(text))
+        for max = 1, 3 do
+          assert.equal(ref_collapse(text, max), mod.collapse_runs(text, max), ("%q %d"):format(text, max))
+        end
+        local o1, h1 = ref_filter(text, set, "*")
+        local o2, h2 = mod.filter_words(text, set, "*")
+        assert.equal(o1, o2, ("%q"):format(text))
+        assert.equal(h1, h2, ("%q"):format(text))
+      end
+    end)
+
+    it("counts repeats of any text, also texts with newlines or digits only", function()
+      local c = mock.conn("c1")
+      for _, t in ipairs({ "a\nb", "12", "\n" }) do
+        assert.is_nil(mod.check(c, "lobby", msg(t)))
+        assert.is_nil(mod.check(c, "lobby", msg(t)))
+        assert.equal("repeated", mod.check(c, "lobby", msg(t)), ("%q"):format(t))
+        mock.advance(301)
+      end
+    end)
   end)
 
   describe("flood control", function()

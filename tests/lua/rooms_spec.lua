@@ -133,18 +133,13 @@ describe("rooms", function()
       assert.is_true(rooms.check_join(mock.conn("c1", { query = { token = "tx" } }), "team-x"))
     end)
 
-    it("remembers the URL credentials for later joins when conn.query is gone", function()
+    it("reads the credentials from conn.query (chatgw passes it to every hook) and stores nothing", function()
       local c = mock.conn("c1", { query = { password = "s3cret" } })
-      rooms.remember_auth(c)
-      c.query = nil
       assert.is_true(rooms.check_join(c, "vip"))
-      rooms.forget_auth(c)
-      assert.is_false(rooms.check_join(c, "vip"))
-    end)
-
-    it("stores nothing for connections without credentials", function()
-      rooms.remember_auth(mock.conn("c1"))
       assert.same({}, mock.store)
+      c.query = nil
+      assert.is_false(rooms.check_join(c, "vip"))
+      assert.is_nil(rooms.remember_auth)
     end)
   end)
 
