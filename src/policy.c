@@ -44,6 +44,7 @@
 #define POLICY_MODULE_NAME_MAX 64
 #define POLICY_JWT_MAX 16384
 #define POLICY_BUDGET_MSG "policy budget exceeded"
+#define POLICY_CONN_CACHE_MAX 65536        /* cached conn tables before the cache starts over */
 
 #define POLICY_ARRAY_MT "chatgw.array"     /* marks tables that convert to JSON arrays */
 #define POLICY_JBOX_MT "chatgw.jbox"       /* userdata holding a json_t until Lua collects it */
@@ -75,6 +76,8 @@ typedef struct {
     size_t nsrcs;
     json_t *config;                /* config_to_json() parsed, behind gw.config */
     int array_mt, config_mt;       /* registry refs */
+    int conn_cache;                /* registry ref: conn id -> the conn table hooks last got */
+    size_t conn_cache_n;           /* entries in it (about: a reset may be cut short) */
     int refs[METRICS_POLICY_HOOKS];/* hook functions by slot; LUA_NOREF when absent */
     char version[65];
 } policy_vm_t;
@@ -1163,6 +1166,8 @@ static void policy_gw_open(lua_State *L, policy_vm_t *vm)
         { "incr", policy_store_incr_l }, { NULL, NULL },
     };
     policy_metatables_open(L, vm);
+    lua_newtable(L);                                      /* [cache] */
+    vm->conn_cache = luaL_ref(L, LUA_REGISTRYINDEX);      /* [] */
     lua_createtable(L, 0, 16);                            /* [gw] */
     luaL_setfuncs(L, gw, 0);
     lua_createtable(L, 0, 4);                             /* [gw store] */
@@ -1233,10 +1238,16 @@ static void policy_field_str(lua_State *L, const char *key, const char *value)
     lua_setfield(L, -2, key);
 }
 
-static void policy_conn_push(lua_State *L, const policy_conn_t *conn)
+/* A fresh conn table: {id, ip, name, query, headers}, absent fields left out. */
+static void policy_conn_build(lua_State *L, const policy_conn_t *conn)
 {
-    lua_createtable(L, 0, 5);                             /* [conn] */
-    if (!conn) return;
+    if (!conn) {
+        lua_createtable(L, 0, 0);                         /* [conn] */
+        return;
+    }
+    int n = (conn->id != NULL) + (conn->ip != NULL) + (conn->name != NULL) + (conn->query != NULL) +
+            (conn->headers != NULL);
+    lua_createtable(L, 0, n);                             /* [conn]: no spare slots (cached ones live long) */
     policy_field_str(L, "id", conn->id);
     policy_field_str(L, "ip", conn->ip);
     policy_field_str(L, "name", conn->name);
@@ -1250,17 +1261,141 @@ static void policy_conn_push(lua_State *L, const policy_conn_t *conn)
     }
 }
 
+/* 1 when the value at idx is a string of the n bytes at s. */
+static int policy_str_is(lua_State *L, int idx, const char *s, size_t n)
+{
+    size_t vn;
+    if (lua_type(L, idx) != LUA_TSTRING) return 0;
+    const char *v = lua_tolstring(L, idx, &vn);
+    return vn == n && memcmp(v, s, n) == 0;
+}
+
+/* 1 when the value at idx is a table without a metatable holding exactly what
+ * policy_json_push(query) would make. Only objects of strings (the hub's query) are compared;
+ * any other query is never taken as unchanged, so it is converted every time. One pass over
+ * the table: every key must be a member with the same string, and the counts must agree. */
+static int policy_query_same(lua_State *L, int idx, json_t *query)
+{
+    if (lua_type(L, idx) != LUA_TTABLE) return 0;
+    if (lua_getmetatable(L, idx)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    idx = lua_absindex(L, idx);
+    const char *key;
+    json_t *v;
+    size_t want = 0, have = 0;
+    json_object_foreach(query, key, v) {
+        if (json_is_null(v)) continue;                    /* absent in Lua */
+        if (!json_is_string(v)) return 0;
+        want++;
+    }
+    lua_pushnil(L);                                       /* [.. nil] */
+    while (lua_next(L, idx)) {                            /* [.. k v] */
+        json_t *m = NULL;
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            size_t kn;
+            const char *k = lua_tolstring(L, -2, &kn);  /* a string key: no conversion in place */
+            m = json_object_getn(query, k, kn);
+        }
+        if (++have > want || !json_is_string(m) || !policy_str_is(L, -1, json_string_value(m), json_string_length(m))) {
+            lua_pop(L, 2);
+            return 0;
+        }
+        lua_pop(L, 1);                                    /* [.. k] */
+    }
+    return have == want;
+}
+
+/* 1 when the table at t is still what policy_conn_build(conn) would make for a conn without
+ * headers: no metatable, the same id, ip, name and query, nothing else. One pass over it. */
+static int policy_conn_same(lua_State *L, int t, const policy_conn_t *conn)
+{
+    if (lua_getmetatable(L, t)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    size_t want = (conn->id != NULL) + (conn->ip != NULL) + (conn->name != NULL) + (conn->query != NULL), have = 0;
+    lua_pushnil(L);                                       /* [.. nil] */
+    while (lua_next(L, t)) {                              /* [.. k v] */
+        int same = 0;
+        if (++have <= want && lua_type(L, -2) == LUA_TSTRING) {
+            size_t kn;
+            const char *k = lua_tolstring(L, -2, &kn);
+            const char *field = NULL;
+            if (kn == 2 && k[0] == 'i' && k[1] == 'd') field = conn->id;
+            else if (kn == 2 && k[0] == 'i' && k[1] == 'p') field = conn->ip;
+            else if (kn == 4 && !memcmp(k, "name", 4)) field = conn->name;
+            if (field) same = policy_str_is(L, -1, field, strlen(field));
+            else if (kn == 5 && !memcmp(k, "query", 5) && conn->query) same = policy_query_same(L, -1, conn->query);
+        }
+        if (!same) {
+            lua_pop(L, 2);
+            return 0;
+        }
+        lua_pop(L, 1);                                    /* [.. k] */
+    }
+    return have == want;
+}
+
+/* Pushes the conn table for a hook. Building it (strings, the query converted from JSON) on
+ * every call was a large part of a cheap hook, so the VM keeps the table it last handed out
+ * per conn id and hands it out again while it still holds exactly what a fresh build would:
+ * a hook that changed it (a field, a new key, the query, a metatable), or a conn whose name
+ * changed, gets a fresh table, which replaces the cached one. The only difference a policy can
+ * see is identity: two calls for the same conn may get the same table. Not cached: on_connect
+ * (it has headers), and nested calls (a gw.* callback re-entering a hook),
+ * which must not be handed a table an outer call of the same conn is using. Only on_message
+ * adds entries: a conn that only joins and idles costs no memory in the VM (on_join and
+ * on_leave use an entry when there is one). The cache starts over past
+ * POLICY_CONN_CACHE_MAX entries or half the VM's memory cap; policy_conn_forget drops a conn
+ * that went away. */
+static void policy_conn_push(lua_State *L, policy_vm_t *vm, const policy_conn_t *conn, int slot)
+{
+    if (!conn || !conn->id || conn->headers || vm->depth != 1 || vm->conn_cache == LUA_NOREF) {
+        policy_conn_build(L, conn);                       /* [conn] */
+        return;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->conn_cache);    /* [cache] */
+    int cache = lua_gettop(L);
+    lua_pushstring(L, conn->id);                          /* [cache id] */
+    int had = lua_rawget(L, cache);                       /* [cache old] */
+    if (had == LUA_TTABLE && policy_conn_same(L, cache + 1, conn)) {
+        lua_remove(L, cache);                             /* [conn] */
+        return;
+    }
+    lua_pop(L, 1);                                        /* [cache] */
+    if (had == LUA_TNIL && slot != POLICY_HOOK_MESSAGE) {
+        lua_pop(L, 1);                                    /* [] */
+        policy_conn_build(L, conn);                       /* [conn] */
+        return;
+    }
+    if (had == LUA_TNIL && (vm->conn_cache_n >= POLICY_CONN_CACHE_MAX || vm->mem_used > vm->mem_limit / 2)) {
+        lua_pop(L, 1);                                    /* [] */
+        vm->conn_cache_n = 0;
+        lua_newtable(L);                                  /* [cache] */
+        lua_pushvalue(L, -1);                             /* [cache cache] */
+        lua_rawseti(L, LUA_REGISTRYINDEX, vm->conn_cache);  /* [cache] */
+    }
+    policy_conn_build(L, conn);                           /* [cache conn] */
+    lua_pushstring(L, conn->id);                          /* [cache conn id] */
+    lua_pushvalue(L, -2);                                 /* [cache conn id conn] */
+    lua_rawset(L, cache);                                 /* [cache conn] */
+    if (had == LUA_TNIL) vm->conn_cache_n++;
+    lua_remove(L, cache);                                 /* [conn] */
+}
+
 static int policy_call_args(lua_State *L, policy_call_t *c)
 {
     switch (c->slot) {
-    case POLICY_HOOK_CONNECT: policy_conn_push(L, c->conn); return 1;
+    case POLICY_HOOK_CONNECT: policy_conn_push(L, c->vm, c->conn, c->slot); return 1;
     case POLICY_HOOK_JOIN:
     case POLICY_HOOK_LEAVE:
-        policy_conn_push(L, c->conn);
+        policy_conn_push(L, c->vm, c->conn, c->slot);
         lua_pushstring(L, c->room);
         return 2;
     case POLICY_HOOK_MESSAGE:
-        policy_conn_push(L, c->conn);
+        policy_conn_push(L, c->vm, c->conn, c->slot);
         lua_pushstring(L, c->room);
         if (c->msg)
             policy_json_push(L, c->msg, 1);
@@ -1369,7 +1504,7 @@ static policy_vm_t *policy_vm_new(policy_t *p, policy_src_t *srcs, size_t nsrcs,
     long budget = p->cfg ? p->cfg->policy_budget : 1000000;
     vm->mem_limit = mb > 0 && (unsigned long)mb < SIZE_MAX >> 20 ? (size_t)mb << 20 : SIZE_MAX;
     vm->budget = budget > 0 ? budget : LONG_MAX;
-    vm->array_mt = vm->config_mt = LUA_NOREF;
+    vm->array_mt = vm->config_mt = vm->conn_cache = LUA_NOREF;
     for (int i = 0; i < METRICS_POLICY_HOOKS; i++) vm->refs[i] = LUA_NOREF;
     snprintf(vm->version, sizeof vm->version, "%s", version);
     char *text = p->cfg ? config_to_json(p->cfg) : NULL;
@@ -1503,6 +1638,29 @@ void policy_on_leave(policy_t *p, const policy_conn_t *conn, const char *room)
 {
     policy_call_t c = { .slot = POLICY_HOOK_LEAVE, .conn = conn, .room = room };
     policy_call(p, &c);
+}
+
+/* Body of policy_conn_forget: cache[id] = nil. */
+static int policy_forget_body(lua_State *L)
+{
+    const char *id = lua_touserdata(L, 1);
+    policy_vm_t *vm = policy_vm_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->conn_cache);    /* [id cache] */
+    lua_pushstring(L, id);                                /* [id cache k] */
+    if (lua_rawget(L, -2) == LUA_TNIL) return 0;          /* [id cache old] */
+    lua_pop(L, 1);                                        /* [id cache] */
+    lua_pushstring(L, id);                                /* [id cache k] */
+    lua_pushnil(L);                                       /* [id cache k nil] */
+    lua_rawset(L, -3);                                    /* [id cache] */
+    if (vm->conn_cache_n) vm->conn_cache_n--;
+    return 0;
+}
+
+void policy_conn_forget(policy_t *p, const char *id)
+{
+    if (!p || !p->vm || !id || p->vm->conn_cache == LUA_NOREF) return;
+    char err[128];
+    policy_vm_run(p->vm, POLICY_HOOK_LEAVE, policy_forget_body, (void *)id, err, sizeof err);
 }
 
 void policy_on_tick(policy_t *p, double now)

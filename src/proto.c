@@ -1,10 +1,12 @@
 /* proto: the v1 JSON protocol; see proto.h. Decoding parses one client frame with jansson
- * (strict: no trailing bytes, no NUL in strings, valid UTF-8 only), maps its type, and checks
- * the fields that type uses against a small table, so hub.c gets borrowed pointers it can
- * trust. Encoding builds each server message as a jansson object and dumps it compactly into
- * a shared buffer; room snapshots and history replies splice already-encoded msg buffers in
- * as raw bytes, so history is never parsed again. No I/O, no room state, and no string
- * reaches the wire without being valid UTF-8. */
+ * (strict: no trailing bytes, no NUL in strings, valid UTF-8 only; flat objects of plain strings
+ * and small integers, nearly every frame, take a fast path that builds the same tree), maps its
+ * type, and checks the fields that type uses against a small table, so hub.c gets borrowed
+ * pointers it can trust. Encoding writes the hot messages (msg, ack, dm, presence, error)
+ * straight into a buffer, byte for byte what jansson would dump; the others are built as
+ * jansson objects and dumped compactly into a shared buffer; room snapshots and history
+ * replies splice already-encoded msg buffers in as raw bytes, so history is never parsed
+ * again. No I/O, no room state, and no string reaches the wire without being valid UTF-8. */
 #include "proto.h"
 
 #include <inttypes.h>
@@ -267,11 +269,106 @@ static int proto_fields_check(const proto_kind_t *k, size_t max_text, proto_in_t
     return 0;
 }
 
+/* ---- decoding: a fast path for flat messages ----
+ *
+ * Almost every client frame is one flat object of plain strings and small integers
+ * ({"type":"msg","room":..,"text":..,"cid":7}). For those, proto_fast_load builds the very
+ * tree json_loadb would (same jansson calls in the same order: keys kept in order, a repeated
+ * key replaces the earlier value) without jansson's lexer. Anything it does not fully
+ * understand (escapes, control characters, text that is not UTF-8, reals, big or
+ * zero-padded integers, nested values, trailing bytes, any syntax error) makes it give up and
+ * json_loadb decides, errors included, so what is accepted and how errors read is unchanged. */
+
+static const char *proto_fast_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* The body of a string that starts at p (just past the quote): no escape, no control
+ * character, valid UTF-8. Returns the closing quote, or NULL. */
+static const char *proto_fast_str(const char *p, const char *end)
+{
+    const unsigned char *u = (const unsigned char *)p, *e = (const unsigned char *)end;
+    while (u < e) {
+        unsigned char c = *u;
+        if (c == '"') return (const char *)u;
+        if (c < 0x20 || c == '\\') return NULL;
+        if (c < 0x80) {
+            u++;
+            continue;
+        }
+        uint32_t cp;
+        if (proto_utf8_next(&u, e, &cp) < 0) return NULL;
+    }
+    return NULL;
+}
+
+/* One value at p (not at end); *v gets it. Returns the byte after it, or NULL. */
+static const char *proto_fast_value(const char *p, const char *end, json_t **v)
+{
+    if (*p == '"') {
+        const char *s = p + 1, *close = proto_fast_str(s, end);
+        if (!close) return NULL;
+        *v = json_stringn_nocheck(s, (size_t)(close - s));
+        return close + 1;
+    }
+    if (*p == '-' || (*p >= '0' && *p <= '9')) {
+        const char *q = p + (*p == '-'), *digits = q;
+        uint64_t n = 0;            /* wraps past 19 digits, harmlessly: those give up below */
+        while (q < end && *q >= '0' && *q <= '9') n = n * 10 + (uint64_t)(*q++ - '0');
+        size_t nd = (size_t)(q - digits);
+        if (nd == 0 || nd > 18 || (nd > 1 && *digits == '0')) return NULL;
+        if (q < end && (*q == '.' || *q == 'e' || *q == 'E')) return NULL;
+        *v = json_integer(*p == '-' ? -(json_int_t)n : (json_int_t)n);   /* n < 10^18 */
+        return q;
+    }
+    if (end - p >= 4 && !memcmp(p, "true", 4)) return *v = json_true(), p + 4;
+    if (end - p >= 5 && !memcmp(p, "false", 5)) return *v = json_false(), p + 5;
+    if (end - p >= 4 && !memcmp(p, "null", 4)) return *v = json_null(), p + 4;
+    return NULL;
+}
+
+/* The object text holds, or NULL when json_loadb has to decide. */
+static json_t *proto_fast_load(const char *text, size_t len)
+{
+    const char *p = proto_fast_ws(text, text + len), *end = text + len;
+    if (p == end || *p != '{') return NULL;
+    json_t *obj = json_object();
+    if (!obj) return NULL;
+    p = proto_fast_ws(p + 1, end);
+    if (p == end) goto fail;
+    if (*p != '}') {
+        for (;;) {
+            if (p == end || *p != '"') goto fail;
+            const char *key = p + 1, *kend = proto_fast_str(key, end);
+            if (!kend) goto fail;
+            p = proto_fast_ws(kend + 1, end);
+            if (p == end || *p != ':') goto fail;
+            p = proto_fast_ws(p + 1, end);
+            json_t *v = NULL;
+            if (p == end || !(p = proto_fast_value(p, end, &v))) goto fail;
+            if (!v || json_object_setn_new_nocheck(obj, key, (size_t)(kend - key), v)) goto fail;   /* v is taken */
+            p = proto_fast_ws(p, end);
+            if (p == end) goto fail;
+            if (*p == '}') break;
+            if (*p != ',') goto fail;
+            p = proto_fast_ws(p + 1, end);
+        }
+    }
+    if (proto_fast_ws(p + 1, end) != end) goto fail;
+    return obj;
+fail:
+    json_decref(obj);
+    return NULL;
+}
+
 int proto_decode(const char *text, size_t len, size_t max_text, proto_in_t *in, proto_err_t *err)
 {
     json_error_t jerr;
+    json_t *root = proto_fast_load(text, len);
     /* DECODE_ANY only so that a scalar gets the same "must be an object" answer as an array. */
-    json_t *root = json_loadb(text, len, JSON_DECODE_ANY, &jerr);
+    if (!root) root = json_loadb(text, len, JSON_DECODE_ANY, &jerr);
     if (!root) {
         memset(in, 0, sizeof *in);
         return proto_err_set(err, "bad_json", "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
@@ -328,21 +425,177 @@ static json_t *proto_obj_new(const char *type)
     return o;
 }
 
-static json_t *proto_member_new(const char *id, const char *name, int muted)
-{
-    json_t *m = json_object();
-    json_object_set_new(m, "id", proto_str(id));
-    json_object_set_new(m, "name", proto_str(name));
-    json_object_set_new(m, "muted", json_boolean(muted));
-    return m;
-}
-
 static json_t *proto_from_new(const char *id, const char *name)
 {
     json_t *f = json_object();
     json_object_set_new(f, "id", proto_str(id));
     json_object_set_new(f, "name", proto_str(name));
     return f;
+}
+
+/* ---- direct writing: the hot encoders (msg, ack, dm, presence, error) ----
+ *
+ * These write their JSON straight into a buffer instead of building a jansson tree and dumping
+ * it, and produce exactly the bytes the tree would have (same key order, jansson's compact
+ * form and escapes: \" \\ \b \f \n \r \t, other C0 controls as \u00XX, everything else, DEL and
+ * U+2028 included, as it is). A byte that does not start a valid UTF-8 sequence becomes '?',
+ * as proto_str's scrub does, so the output is always valid UTF-8. */
+
+typedef struct {
+    char *p;                       /* stack or heap */
+    size_t len, cap;
+    char *heap;                    /* owned when non-NULL */
+    char stack[768];
+} proto_w_t;
+
+static void pw_init(proto_w_t *w)
+{
+    w->p = w->stack;
+    w->len = 0;
+    w->cap = sizeof w->stack;
+    w->heap = NULL;
+}
+
+static void pw_grow(proto_w_t *w, size_t extra)
+{
+    size_t cap = w->cap * 2;
+    while (cap - w->len < extra) cap *= 2;
+    char *n = xmalloc(cap);
+    memcpy(n, w->p, w->len);
+    free(w->heap);
+    w->p = w->heap = n;
+    w->cap = cap;
+}
+
+static inline void pw_reserve(proto_w_t *w, size_t extra)
+{
+    if (w->cap - w->len < extra) pw_grow(w, extra);
+}
+
+static inline void pw_put(proto_w_t *w, const char *s, size_t n)
+{
+    pw_reserve(w, n);
+    memcpy(w->p + w->len, s, n);
+    w->len += n;
+}
+
+#define PW_LIT(w, lit) pw_put((w), (lit), sizeof(lit) - 1)
+
+/* The buffer as a new shared buffer; releases the writer. */
+static sbuf_t *pw_finish(proto_w_t *w)
+{
+    sbuf_t *s = sbuf_from(w->p, w->len);
+    free(w->heap);
+    return s;
+}
+
+static void pw_free(proto_w_t *w) { free(w->heap); }
+
+/* 1 for the ASCII bytes a JSON string must escape (controls, '"' and '\\'). */
+static const unsigned char pw_esc[128] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
+/* A JSON string of the n bytes at s (NUL bytes included, as \u0000). */
+static void pw_strn(proto_w_t *w, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    pw_reserve(w, n + 2);
+    w->p[w->len++] = '"';
+    while (p < end) {
+        const unsigned char *run = p;
+        while (p < end && *p < 0x80 && !pw_esc[*p]) p++;
+        if (p > run) pw_put(w, (const char *)run, (size_t)(p - run));
+        if (p == end) break;
+        unsigned char c = *p;
+        if (c >= 0x80) {
+            const unsigned char *q = p;
+            uint32_t cp;
+            if (proto_utf8_next(&q, end, &cp) == 0) {
+                pw_put(w, (const char *)p, (size_t)(q - p));
+                p = q;
+            } else {
+                pw_put(w, "?", 1);   /* as proto_utf8_scrub: this byte only */
+                p++;
+            }
+            continue;
+        }
+        char e[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t el = 2;
+        switch (c) {
+        case '"': e[1] = '"'; break;
+        case '\\': e[1] = '\\'; break;
+        case '\b': e[1] = 'b'; break;
+        case '\f': e[1] = 'f'; break;
+        case '\n': e[1] = 'n'; break;
+        case '\r': e[1] = 'r'; break;
+        case '\t': e[1] = 't'; break;
+        default:
+            e[1] = 'u', e[2] = '0', e[3] = '0', e[4] = hex[c >> 4], e[5] = hex[c & 15];
+            el = 6;
+        }
+        pw_put(w, e, el);
+        p++;
+    }
+    pw_put(w, "\"", 1);
+}
+
+/* A JSON string for s, or null when s is NULL (proto_str's rules). */
+static void pw_str(proto_w_t *w, const char *s)
+{
+    if (!s) PW_LIT(w, "null");
+    else pw_strn(w, s, strlen(s));
+}
+
+static void pw_u64(proto_w_t *w, uint64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    do tmp[--i] = (char)('0' + v % 10), v /= 10;
+    while (v);
+    pw_put(w, tmp + i, sizeof tmp - i);
+}
+
+static void pw_i64(proto_w_t *w, int64_t v)
+{
+    if (v < 0) {
+        pw_put(w, "-", 1);
+        pw_u64(w, (uint64_t)0 - (uint64_t)v);
+    } else {
+        pw_u64(w, (uint64_t)v);
+    }
+}
+
+static int pw_dump_cb(const char *buffer, size_t size, void *data)
+{
+    pw_put(data, buffer, size);
+    return 0;
+}
+
+/* Any JSON value, compact, as json_dumps writes it. 0, or -1 when jansson refuses it. */
+static int pw_json(proto_w_t *w, json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_STRING: pw_strn(w, json_string_value(v), json_string_length(v)); return 0;
+    case JSON_INTEGER: pw_i64(w, (int64_t)json_integer_value(v)); return 0;
+    case JSON_TRUE: PW_LIT(w, "true"); return 0;
+    case JSON_FALSE: PW_LIT(w, "false"); return 0;
+    case JSON_NULL: PW_LIT(w, "null"); return 0;
+    default:
+        return json_dump_callback(v, pw_dump_cb, w, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+    }
+}
+
+/* ,"key": */
+static void pw_key(proto_w_t *w, const char *key)
+{
+    pw_put(w, ",", 1);
+    pw_str(w, key);
+    pw_put(w, ":", 1);
 }
 
 /* Dumps value and takes the caller's reference to it. */
@@ -375,16 +628,36 @@ sbuf_t *proto_welcome(const char *id, const char *name, const char *server, cons
 
 sbuf_t *proto_presence(const char *type, const char *room, const char *id, const char *name, int muted)
 {
-    json_t *o = proto_obj_new(type);
-    json_object_set_new(o, "room", proto_str(room));
-    json_object_set_new(o, "member", proto_member_new(id, name, muted));
-    return proto_finish(o);
+    proto_w_t w;
+    pw_init(&w);
+    PW_LIT(&w, "{\"type\":");
+    pw_str(&w, type);
+    PW_LIT(&w, ",\"room\":");
+    pw_str(&w, room);
+    PW_LIT(&w, ",\"member\":{\"id\":");
+    pw_str(&w, id);
+    PW_LIT(&w, ",\"name\":");
+    pw_str(&w, name);
+    if (muted) PW_LIT(&w, ",\"muted\":true}}");
+    else PW_LIT(&w, ",\"muted\":false}}");
+    return pw_finish(&w);
 }
 
-sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char *from_id,
-                  const char *from_name, const char *text, int64_t ts, json_t *extra)
+static const char *const proto_msg_reserved[] = {"type", "room", "id", "from", "text", "ts"};
+
+static int proto_msg_is_reserved(const char *key)
 {
-    static const char *const reserved[] = {"type", "room", "id", "from", "text", "ts"};
+    for (size_t i = 0; i < sizeof proto_msg_reserved / sizeof proto_msg_reserved[0]; i++)
+        if (!strcmp(key, proto_msg_reserved[i])) return 1;
+    return 0;
+}
+
+/* The tree-built msg: for an extra with a key that holds a NUL byte, which json_object_set
+ * cuts short (two such keys may then collapse into one). */
+static sbuf_t *proto_msg_tree(const char *room, const char *epoch, uint64_t seq, const char *from_id,
+                              const char *from_name, const char *text, int64_t ts, json_t *extra)
+{
+    static const char *const *reserved = proto_msg_reserved;
     char id[96];
     snprintf(id, sizeof id, "%s:%" PRIu64, epoch ? epoch : "", seq);
     json_t *o = proto_obj_new("msg");
@@ -398,28 +671,102 @@ sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char 
     if (json_is_object(extra)) {
         json_object_foreach(extra, key, v) {
             size_t i = 0;
-            while (i < sizeof reserved / sizeof reserved[0] && strcmp(key, reserved[i])) i++;
-            if (i == sizeof reserved / sizeof reserved[0]) json_object_set(o, key, v);
+            while (i < sizeof proto_msg_reserved / sizeof proto_msg_reserved[0] && strcmp(key, reserved[i])) i++;
+            if (i == sizeof proto_msg_reserved / sizeof proto_msg_reserved[0]) json_object_set(o, key, v);
         }
     }
     return proto_finish(o);
 }
 
+sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char *from_id,
+                  const char *from_name, const char *text, int64_t ts, json_t *extra)
+{
+    const char *key;
+    size_t keylen;
+    json_t *v;
+    if (json_is_object(extra)) {
+        json_object_keylen_foreach(extra, key, keylen, v) {
+            if (strlen(key) != keylen) return proto_msg_tree(room, epoch, seq, from_id, from_name, text, ts, extra);
+        }
+    }
+    proto_w_t w;
+    pw_init(&w);
+    PW_LIT(&w, "{\"type\":\"msg\",\"room\":");
+    pw_str(&w, room);
+    /* id: "epoch:seq", as snprintf into 96 bytes makes it */
+    char id[96];
+    size_t elen = epoch ? strlen(epoch) : 0;
+    if (elen <= sizeof id - 22) {  /* ':', 20 digits at most and the NUL always fit */
+        if (elen) memcpy(id, epoch, elen);
+        id[elen] = ':';
+        char digits[24];
+        size_t i = sizeof digits;
+        uint64_t q = seq;
+        do digits[--i] = (char)('0' + q % 10), q /= 10;
+        while (q);
+        memcpy(id + elen + 1, digits + i, sizeof digits - i);
+        id[elen + 1 + sizeof digits - i] = '\0';
+    } else {
+        snprintf(id, sizeof id, "%s:%" PRIu64, epoch, seq);
+    }
+    PW_LIT(&w, ",\"id\":");
+    pw_str(&w, id);
+    PW_LIT(&w, ",\"from\":{\"id\":");
+    pw_str(&w, from_id);
+    PW_LIT(&w, ",\"name\":");
+    pw_str(&w, from_name);
+    PW_LIT(&w, "},\"text\":");
+    pw_str(&w, text);
+    PW_LIT(&w, ",\"ts\":");
+    pw_i64(&w, ts);
+    if (json_is_object(extra)) {
+        json_object_foreach(extra, key, v) {
+            if (proto_msg_is_reserved(key)) continue;
+            pw_key(&w, key);
+            if (pw_json(&w, v) < 0) {
+                pw_free(&w);
+                return NULL;
+            }
+        }
+    }
+    PW_LIT(&w, "}");
+    return pw_finish(&w);
+}
+
 sbuf_t *proto_ack(json_t *cid, const char *id)
 {
-    json_t *o = proto_obj_new("ack");
-    if (cid) json_object_set(o, "cid", cid);
-    if (id) json_object_set_new(o, "id", proto_str(id));
-    return proto_finish(o);
+    proto_w_t w;
+    pw_init(&w);
+    PW_LIT(&w, "{\"type\":\"ack\"");
+    if (cid) {
+        PW_LIT(&w, ",\"cid\":");
+        if (pw_json(&w, cid) < 0) {
+            pw_free(&w);
+            return NULL;
+        }
+    }
+    if (id) {
+        PW_LIT(&w, ",\"id\":");
+        pw_str(&w, id);
+    }
+    PW_LIT(&w, "}");
+    return pw_finish(&w);
 }
 
 sbuf_t *proto_dm(const char *from_id, const char *from_name, const char *text, int64_t ts)
 {
-    json_t *o = proto_obj_new("dm");
-    json_object_set_new(o, "from", proto_from_new(from_id, from_name));
-    json_object_set_new(o, "text", proto_str(text));
-    json_object_set_new(o, "ts", json_integer((json_int_t)ts));
-    return proto_finish(o);
+    proto_w_t w;
+    pw_init(&w);
+    PW_LIT(&w, "{\"type\":\"dm\",\"from\":{\"id\":");
+    pw_str(&w, from_id);
+    PW_LIT(&w, ",\"name\":");
+    pw_str(&w, from_name);
+    PW_LIT(&w, "},\"text\":");
+    pw_str(&w, text);
+    PW_LIT(&w, ",\"ts\":");
+    pw_i64(&w, ts);
+    PW_LIT(&w, "}");
+    return pw_finish(&w);
 }
 
 sbuf_t *proto_signal(const char *room, const char *from, json_t *data)
@@ -433,11 +780,21 @@ sbuf_t *proto_signal(const char *room, const char *from, json_t *data)
 
 sbuf_t *proto_error(const char *code, const char *message, json_t *ref)
 {
-    json_t *o = proto_obj_new("error");
-    json_object_set_new(o, "code", proto_str(code));
-    json_object_set_new(o, "message", proto_str(message));
-    if (ref) json_object_set(o, "ref", ref);
-    return proto_finish(o);
+    proto_w_t w;
+    pw_init(&w);
+    PW_LIT(&w, "{\"type\":\"error\",\"code\":");
+    pw_str(&w, code);
+    PW_LIT(&w, ",\"message\":");
+    pw_str(&w, message);
+    if (ref) {
+        PW_LIT(&w, ",\"ref\":");
+        if (pw_json(&w, ref) < 0) {
+            pw_free(&w);
+            return NULL;
+        }
+    }
+    PW_LIT(&w, "}");
+    return pw_finish(&w);
 }
 
 /* Dumps head (an object with at least one key), then appends ,"key":[item,item,...]} with

@@ -671,10 +671,10 @@ size_t ws_frame_header(uint8_t out[WS_MAX_HEADER], int opcode, int fin, int rsv1
 
 sbuf_t *ws_frame_build(int opcode, int rsv1, const void *payload, size_t len)
 {
-    uint8_t h[WS_MAX_HEADER];
-    size_t hl = ws_frame_header(h, opcode, 1, rsv1, len);
+    /* one allocation, the header written straight into it */
+    size_t hl = len < 126 ? 2 : len <= 0xFFFF ? 4 : 10;
     sbuf_t *s = sbuf_new(hl + len);
-    memcpy(s->data, h, hl);
+    ws_header_write((uint8_t *)s->data, opcode, 1, rsv1, len, 0);
     if (len) memcpy(s->data + hl, payload, len);
     return s;
 }

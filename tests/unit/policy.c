@@ -525,6 +525,77 @@ static void test_store_c(void **state)
     policy_store_free(s);
 }
 
+/* A full store makes room: expired entries first, then the POLICY_STORE_EVICT_BATCH entries
+ * nearest to expiry among those with a ttl; permanent entries are never evicted, and only a
+ * store of permanent entries refuses a new key. Replacing an existing key never needs room. */
+static void test_store_eviction(void **state)
+{
+    (void)state;
+    policy_store_t *s = policy_store_new();
+    const char *err = NULL;
+    char key[32];
+    const size_t half = POLICY_STORE_MAX_KEYS / 2;
+    /* half permanent, half with ttls 1000 + i (so "t0" expires first), all at now = 0 */
+    for (size_t i = 0; i < half; i++) {
+        snprintf(key, sizeof key, "p%zu", i);
+        assert_int_equal(policy_store_set(s, key, json_integer((json_int_t)i), 0, 0, &err), 0);
+        snprintf(key, sizeof key, "t%zu", i);
+        assert_int_equal(policy_store_set(s, key, json_integer((json_int_t)i), 1000.0 + (double)i, 0, &err), 0);
+    }
+    assert_int_equal(policy_store_count(s), POLICY_STORE_MAX_KEYS);
+    /* full: replacing a key works and evicts nothing */
+    assert_int_equal(policy_store_set(s, "t7", json_integer(7), 5000, 0, &err), 0);
+    assert_int_equal(policy_store_evicted(s), 0);
+
+    /* 1. expired entries go first: at now = 1009.5, t0..t9 (expiring 1000..1009) but t7 */
+    assert_int_equal(policy_store_set(s, "new1", json_true(), 0, 1009.5, &err), 0);
+    assert_int_equal(policy_store_evicted(s), 0);
+    assert_int_equal(policy_store_count(s), POLICY_STORE_MAX_KEYS - 9 + 1);
+    for (size_t i = 0; policy_store_count(s) < POLICY_STORE_MAX_KEYS; i++) {
+        snprintf(key, sizeof key, "fill%zu", i);
+        assert_int_equal(policy_store_set(s, key, json_true(), 0, 1009.5, &err), 0);
+    }
+
+    /* 2. nothing expired: the batch nearest to expiry goes (t10, t11, ... but not t7, which
+     * now expires at 5000, nor any permanent key), and the new key gets in */
+    json_t *one = json_integer(1);
+    assert_non_null(policy_store_incr(s, "new2", one, 0, 1009.5, &err));
+    assert_int_equal(policy_store_evicted(s), POLICY_STORE_EVICT_BATCH);
+    assert_int_equal(policy_store_count(s), POLICY_STORE_MAX_KEYS - POLICY_STORE_EVICT_BATCH + 1);
+    assert_null(policy_store_get(s, "t10", 1009.5));
+    snprintf(key, sizeof key, "t%zu", (size_t)10 + POLICY_STORE_EVICT_BATCH - 1);
+    assert_null(policy_store_get(s, key, 1009.5));
+    snprintf(key, sizeof key, "t%zu", (size_t)10 + POLICY_STORE_EVICT_BATCH);
+    assert_non_null(policy_store_get(s, key, 1009.5));
+    assert_non_null(policy_store_get(s, "t7", 1009.5));
+    assert_non_null(policy_store_get(s, "p0", 1009.5));
+    assert_non_null(policy_store_get(s, "new1", 1009.5));
+
+    /* 3. only permanent keys left and full: a new key is refused, and nothing changes */
+    for (size_t i = 0; i < half; i++) {
+        snprintf(key, sizeof key, "t%zu", i);
+        policy_store_del(s, key);
+    }
+    for (size_t i = 0; policy_store_count(s) < POLICY_STORE_MAX_KEYS; i++) {
+        snprintf(key, sizeof key, "perm%zu", i);
+        assert_int_equal(policy_store_set(s, key, json_true(), 0, 1009.5, &err), 0);
+    }
+    size_t evicted = policy_store_evicted(s);
+    err = NULL;
+    assert_int_equal(policy_store_set(s, "one-more", json_true(), 60, 1009.5, &err), -1);
+    assert_non_null(err);
+    assert_non_null(strstr(err, "store is full"));
+    err = NULL;
+    assert_null(policy_store_incr(s, "one-more", one, 60, 1009.5, &err));
+    assert_non_null(strstr(err, "store is full"));
+    assert_int_equal(policy_store_evicted(s), evicted);
+    assert_int_equal(policy_store_count(s), POLICY_STORE_MAX_KEYS);
+    assert_null(policy_store_get(s, "one-more", 1009.5));
+    assert_int_equal(policy_store_set(s, "p1", json_false(), 0, 1009.5, &err), 0);  /* replace: fine */
+    json_decref(one);
+    policy_store_free(s);
+}
+
 static void test_limit_lua(void **state)
 {
     policy_t *p = good_new(NULL);
@@ -839,6 +910,167 @@ static int teardown(void **state)
 }
 
 /* Each test starts from zeroed counters. */
+/* ---- the conn table cache (policy_conn_push) ---- */
+
+static policy_t *cc_policy;
+static const policy_conn_t *cc_conn;
+
+static int cc_kick(void *ud, const char *id, const char *code, const char *reason)
+{
+    if (!strcmp(code, "reenter")) policy_on_leave(cc_policy, cc_conn, "lobby");
+    return 0;
+}
+
+/* on_message {op} for c; the table the op returned (NULL when it returned none). */
+static json_t *cc_op(policy_t *p, const policy_conn_t *c, const char *op)
+{
+    json_t *msg = json_pack("{s:s}", "op", op);
+    json_t *out = NULL;
+    char code[64] = "";
+    int rc = policy_on_message(p, c, "lobby", msg, &out, code, sizeof code);
+    if (rc != POLICY_PASS) fail_msg("op %s: rc %d", op, rc);
+    if (out == msg) {
+        json_decref(out);
+        out = NULL;
+    }
+    json_decref(msg);
+    return out;
+}
+
+static void cc_show(policy_t *p, const policy_conn_t *c, const char *keys, const char *name, const char *query)
+{
+    json_t *o = cc_op(p, c, "show");
+    assert_non_null(o);
+    const char *k = json_string_value(json_object_get(o, "keys"));
+    const char *n = json_string_value(json_object_get(o, "name"));
+    const char *q = json_string_value(json_object_get(o, "query"));
+    if (!k || strcmp(k, keys) || (name && (!n || strcmp(n, name))) || (!name && n) || !q || strcmp(q, query) ||
+        !json_is_false(json_object_get(o, "mt"))) {
+        char *text = json_dumps(o, JSON_COMPACT);
+        print_error("show -> %s, wanted keys %s name %s query %s\n", text, keys, name ? name : "(none)", query);
+        free(text);
+        fail();
+    }
+    if (c->id) assert_string_equal(json_string_value(json_object_get(o, "id")), c->id);
+    if (c->ip) assert_string_equal(json_string_value(json_object_get(o, "ip")), c->ip);
+    json_decref(o);
+}
+
+/* Hooks get the same conn table again only while it holds exactly what a fresh one would:
+ * whatever a hook (or code holding on to the table) changed, the next call sees the real
+ * conn; C-side changes (a new name) show; nested calls get their own table; forget and the
+ * cache's bound keep working. */
+static void test_conn_cache(void **state)
+{
+    char err[512];
+    policy_host_t host = { .kick = cc_kick };
+    policy_t *p = policy_new(&cfg, metrics, &host);
+    if (load_fixture(p, "conn_cache", err, sizeof err) != 1) fail_msg("conn_cache policy: %s", err);
+    json_t *query = json_pack("{s:s, s:s}", "room", "lobby", "name", "alice");
+    policy_conn_t c = { "c1", "10.0.0.1", "alice", query, NULL };
+    const char *all = "id,ip,name,query", *q = "name=alice&room=lobby";
+    cc_policy = p;
+    cc_conn = &c;
+
+    cc_show(p, &c, all, "alice", q);
+    static const char *const changes[] = { "add", "rename", "set_id", "set_ip", "query", "query_del", "query_set",
+                                           "query_meta", "drop_query", "meta" };
+    for (size_t i = 0; i < sizeof changes / sizeof changes[0]; i++) {
+        json_decref(cc_op(p, &c, changes[i]));
+        cc_show(p, &c, all, "alice", q);
+        cc_show(p, &c, all, "alice", q);
+    }
+
+    /* a table is handed out again while unchanged (that is the point of the cache) */
+    json_decref(cc_op(p, &c, "keep"));
+    json_t *o = cc_op(p, &c, "same");
+    assert_true(json_is_true(json_object_get(o, "same")));
+    json_decref(o);
+    /* a kept table changed outside any call of its conn is not handed out again */
+    policy_conn_t other = { "c2", "10.0.0.2", "bob", NULL, NULL };
+    json_decref(cc_op(p, &other, "late"));
+    o = cc_op(p, &c, "same");
+    assert_true(json_is_false(json_object_get(o, "same")));
+    json_decref(o);
+    cc_show(p, &c, all, "alice", q);
+
+    /* the C side renames: the hook sees the new name, a kept table keeps the old one */
+    json_decref(cc_op(p, &c, "keep"));
+    c.name = "carol";
+    o = cc_op(p, &c, "same");
+    assert_true(json_is_false(json_object_get(o, "same")));
+    assert_string_equal(json_string_value(json_object_get(o, "last_name")), "alice");
+    json_decref(o);
+    cc_show(p, &c, all, "carol", q);
+    c.name = "alice";
+    cc_show(p, &c, all, "alice", q);
+    /* a query with the same keys and other values */
+    json_t *query2 = json_pack("{s:s, s:s}", "room", "hall", "name", "alice");
+    c.query = query2;
+    cc_show(p, &c, all, "alice", "name=alice&room=hall");
+    c.query = query;
+    cc_show(p, &c, all, "alice", q);
+    json_decref(query2);
+    /* the same id with other fields (an id reused by another conn, or none of them) */
+    policy_conn_t bare = { "c1", NULL, NULL, NULL, NULL };
+    cc_show(p, &bare, "id", NULL, "nil");
+    cc_show(p, &c, all, "alice", q);
+    policy_conn_t noid = { NULL, "10.0.0.9", "dan", NULL, NULL };
+    cc_show(p, &noid, "ip,name", "dan", "nil");
+    cc_show(p, &noid, "ip,name", "dan", "nil");
+    /* a query of other than strings is converted every time, still right */
+    json_t *odd = json_pack("{s:i, s:n, s:[s]}", "n", 1, "z", "a", "x");
+    policy_conn_t oc = { "c3", "10.0.0.3", "eve", odd, NULL };
+    json_decref(cc_op(p, &oc, "query"));
+    cc_show(p, &oc, all, "eve", "a=table&n=number");
+    json_decref(odd);
+
+    /* only on_message adds an entry (a conn that joins and idles costs nothing); on_join uses one */
+    policy_conn_t j = { "j1", "10.0.0.5", "joe", NULL, NULL };
+    char jc[64];
+    assert_int_equal(policy_on_join(p, &j, "lobby", jc, sizeof jc), POLICY_PASS);
+    o = cc_op(p, &j, "same_joined");
+    assert_true(json_is_false(json_object_get(o, "same")));
+    json_decref(o);
+    assert_int_equal(policy_on_join(p, &j, "lobby", jc, sizeof jc), POLICY_PASS);
+    o = cc_op(p, &j, "same_joined");
+    assert_true(json_is_true(json_object_get(o, "same")));
+    json_decref(o);
+
+    /* nested: the inner call gets its own table; the outer one keeps its change */
+    o = cc_op(p, &c, "nested");
+    assert_true(json_is_false(json_object_get(o, "inner_same")));
+    assert_string_equal(json_string_value(json_object_get(o, "name_after")), "outer");
+    assert_string_equal(json_string_value(json_object_get(o, "inner_name")), "alice");
+    json_decref(o);
+    cc_show(p, &c, all, "alice", q);
+
+    /* forget: known, unknown, no policy */
+    json_decref(cc_op(p, &c, "keep"));
+    policy_conn_forget(p, "c1");
+    policy_conn_forget(p, "c1");
+    policy_conn_forget(p, "nobody");
+    policy_conn_forget(NULL, "c1");
+    o = cc_op(p, &c, "same");
+    assert_true(json_is_false(json_object_get(o, "same")));
+    json_decref(o);
+    cc_show(p, &c, all, "alice", q);
+
+    /* past the bound the cache starts over; every conn still gets the right table */
+    for (int i = 0; i < 66000; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "x%d", i);
+        policy_conn_t x = { id, "10.0.0.4", "x", NULL, NULL };
+        json_decref(cc_op(p, &x, "noop"));
+    }
+    cc_show(p, &c, all, "alice", q);
+    cc_show(p, &c, all, "alice", q);
+    assert_int_equal(policy_has(p, POLICY_HOOK_MESSAGE), 1);
+
+    json_decref(query);
+    policy_free(p);
+}
+
 static int metrics_reset(void **state)
 {
     memset(metrics, 0, sizeof *metrics);
@@ -859,6 +1091,7 @@ int main(void)
     if (!getenv("CHATGW_TEST_VERBOSE")) log_level_set(LOG_ERROR);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_load_good, metrics_reset),
+        cmocka_unit_test_setup(test_conn_cache, metrics_reset),
         cmocka_unit_test_setup(test_load_rejected, metrics_reset),
         cmocka_unit_test_setup(test_policy_check, metrics_reset),
         cmocka_unit_test_setup(test_sources_listing, metrics_reset),
@@ -872,6 +1105,7 @@ int main(void)
         cmocka_unit_test_setup(test_store_survives_reload, metrics_reset),
         cmocka_unit_test_setup(test_store_lua, metrics_reset),
         cmocka_unit_test_setup(test_store_c, metrics_reset),
+        cmocka_unit_test_setup(test_store_eviction, metrics_reset),
         cmocka_unit_test_setup(test_limit_lua, metrics_reset),
         cmocka_unit_test_setup(test_jwt, metrics_reset),
         cmocka_unit_test_setup(test_config_readonly, metrics_reset),

@@ -909,6 +909,381 @@ static void test_encode_history(void **state)
     sbuf_unref(s);
 }
 
+/* ---- the decoder's fast path against json_loadb ----
+ * proto_decode builds flat objects itself and leaves everything else to json_loadb. Whatever
+ * the input, the result must be what json_loadb + proto_decode_value give: the same verdict,
+ * the same error, and a root with the same members in the same order. */
+
+static void decode_same_as_jansson(const char *text, size_t len)
+{
+    proto_in_t in, want;
+    proto_err_t err = {0}, werr = {0};
+    int rc = proto_decode(text, len, MAX_TEXT, &in, &err);
+    json_error_t jerr;
+    json_t *j = json_loadb(text, len, JSON_DECODE_ANY, &jerr);
+    if (!j) {
+        if (rc != -1 || strcmp(err.code, "bad_json") || !strstr(err.message, "invalid JSON at line"))
+            print_error("json_loadb refused %.*s (%s) but proto_decode gave %d %s\n", (int)len, text, jerr.text, rc,
+                        rc ? err.message : "ok");
+        assert_int_equal(rc, -1);
+        assert_string_equal(err.code, "bad_json");
+        assert_non_null(strstr(err.message, "invalid JSON at line"));
+        return;
+    }
+    int wrc = proto_decode_value(j, MAX_TEXT, &want, &werr);
+    if (rc != wrc) print_error("%.*s: proto_decode %d, jansson path %d (%s)\n", (int)len, text, rc, wrc, rc ? err.message : werr.message);
+    assert_int_equal(rc, wrc);
+    if (rc) {
+        assert_string_equal(err.code, werr.code);
+        assert_string_equal(err.message, werr.message);
+        return;
+    }
+    char *a = json_dumps(in.root, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *b = json_dumps(want.root, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (strcmp(a, b)) print_error("%.*s:\n fast   %s\n jansson %s\n", (int)len, text, a, b);
+    assert_string_equal(a, b);
+    assert_true(json_equal(in.root, want.root));
+    assert_int_equal(in.type, want.type);
+    assert_true(in.text_len == want.text_len);
+    free(a);
+    free(b);
+    proto_in_free(&in);
+    proto_in_free(&want);
+}
+
+static void test_decode_fast_path(void **state)
+{
+    static const char *const cases[] = {
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"hi\",\"cid\":1}",
+        " \t\r\n{ \"type\" : \"msg\" , \"room\" : \"r\" , \"text\" : \"hi\" , \"cid\" : -12 } \n",
+        "{\"type\":\"join\",\"room\":\"caf\xc3\xa9\",\"name\":\"\xf0\x9f\xa6\x8a\"}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"a\",\"text\":\"b\",\"room\":\"s\"}",   /* repeats: last wins */
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":0}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":-0}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":00}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":01}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":999999999999999999}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":9223372036854775807}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":9223372036854775808}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":-9223372036854775808}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":1.5}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":1e3}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":1E3}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":-}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":+1}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"x\",\"cid\":1a}",
+        "{\"type\":\"custom.x\",\"a\":true,\"b\":false,\"c\":null}",
+        "{\"type\":\"custom.x\",\"a\":truex}", "{\"type\":\"custom.x\",\"a\":true1}", "{\"type\":\"custom.x\",\"a\":nul}",
+        "{\"type\":\"custom.x\",\"a\":tru}", "{\"type\":\"custom.x\",\"a\":[1]}", "{\"type\":\"custom.x\",\"a\":{}}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"esc \\\" \\\\ \\n \\u00e9 \\ud83e\\udd8a\"}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"nul \\u0000\"}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"tab\there\"}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"del \x7f\"}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"bad \xff\"}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"bad \xc0\x80\"}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"bad \xed\xa0\x80\"}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"bad \xf4\x90\x80\x80\"}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"cut \xe2\x82\"}",
+        "{\"ty\xc3\xa9pe\":\"msg\"}", "{\"\":\"\"}", "{}", " {} ", "{ }", "{", "}", "", " ", "[]", "1", "\"s\"", "null",
+        "{\"type\":\"msg\"", "{\"type\":\"msg\",}", "{\"type\":\"msg\",,\"a\":1}", "{\"type\" \"msg\"}",
+        "{\"type\":\"msg\"}}", "{\"type\":\"msg\"} x", "{\"type\":\"msg\"}\x00", "{'type':'msg'}", "{type:\"msg\"}",
+        "\xef\xbb\xbf{\"type\":\"msg\"}", "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"unterminated}",
+        "{\"type\":1}", "{\"type\":\"join\",\"room\":\"r\",\"name\":\"\"}", "{\"type\":\"leave\",\"room\":\".x\"}",
+        "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"\"}", "{\"type\":\"dm\",\"to\":\"abc\",\"text\":\"t\",\"cid\":\"c\"}",
+        "{\"type\":\"signal\",\"room\":\"r\",\"to\":\"a\",\"data\":null}",
+        "{\"type\":\"history\",\"room\":\"r\",\"since\":\"ep:5\"}",
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len = strlen(cases[i]);
+        if (!strcmp(cases[i], "{\"type\":\"msg\"}\x00")) len++;
+        decode_same_as_jansson(cases[i], len);
+    }
+    decode_same_as_jansson("{\"type\":\"msg\"}\0", 15);
+    decode_same_as_jansson("{\"type\":\"msg\",\"room\":\"r\",\"text\":\"a\0b\"}", 38);
+    decode_same_as_jansson("{\"a\0b\":1}", 9);
+    /* text over the limit */
+    char *big = malloc(MAX_TEXT + 100);
+    int n = snprintf(big, MAX_TEXT + 100, "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"");
+    memset(big + n, 'x', MAX_TEXT + 1);
+    memcpy(big + n + MAX_TEXT + 1, "\"}", 3);
+    decode_same_as_jansson(big, strlen(big));
+    free(big);
+
+    /* random edits of valid messages */
+    static const char *const seeds[] = {
+        "{\"type\":\"msg\",\"room\":\"r1\",\"text\":\"caf\xc3\xa9 hi\",\"cid\":12}",
+        "{ \"type\" : \"join\" , \"room\" : \"lobby\" , \"name\" : \"Ann\" , \"x\" : [1, {\"y\": null}] }",
+        "{\"type\":\"custom.t\",\"a\":true,\"b\":false,\"c\":null,\"d\":-5,\"e\":\"\\n\"}",
+    };
+    static const char pool[] = "{}[]\":,\\ -0123456789.eEtrufalsn\x01\x7f\xc3\xa9\xe2\x82\xac\xff\x00";
+    unsigned seed = 4242;
+    char buf[256];
+    for (int iter = 0; iter < 30000; iter++) {
+        const char *src = seeds[iter % 3];
+        size_t len = strlen(src);
+        memcpy(buf, src, len);
+        int edits = 1 + iter % 3;
+        for (int e = 0; e < edits; e++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t pos = (seed >> 8) % (len + 1);
+            char c = pool[(seed >> 20) % (sizeof pool - 1)];
+            switch ((seed >> 16) % 3) {
+            case 0: if (pos < len) buf[pos] = c; break;
+            case 1: if (len + 1 < sizeof buf) { memmove(buf + pos + 1, buf + pos, len - pos); buf[pos] = c; len++; } break;
+            default: if (pos < len) { memmove(buf + pos, buf + pos + 1, len - pos - 1); len--; } break;
+            }
+        }
+        decode_same_as_jansson(buf, len);
+    }
+}
+
+/* ---- the direct encoders against jansson ----
+ * msg, ack, dm, presence and error write their JSON directly. These references build the same
+ * messages as jansson trees, the way proto.c did before, and dump them; the direct output must
+ * be the same bytes for every tricky input, and random ones. */
+
+/* The scrub proto_str applied to text that is not UTF-8: each byte that does not start a valid
+ * sequence (RFC 3629) becomes '?'. */
+static int ref_utf8_len(const unsigned char *s, size_t left)
+{
+    unsigned char b = s[0];
+    size_t n;
+    uint32_t c;
+    if (b < 0x80) return 1;
+    if ((b & 0xE0) == 0xC0) n = 2, c = b & 0x1F;
+    else if ((b & 0xF0) == 0xE0) n = 3, c = b & 0x0F;
+    else if ((b & 0xF8) == 0xF0) n = 4, c = b & 0x07;
+    else return -1;
+    if (left < n) return -1;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80) return -1;
+        c = (c << 6) | (s[i] & 0x3F);
+    }
+    static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (c < min[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return -1;
+    return (int)n;
+}
+
+static json_t *ref_str(const char *s)
+{
+    if (!s) return json_null();
+    json_t *v = json_string(s);
+    if (v) return v;
+    char *copy = strdup(s);
+    size_t len = strlen(copy);
+    for (size_t i = 0; i < len;) {
+        int n = ref_utf8_len((unsigned char *)copy + i, len - i);
+        if (n > 0) {
+            i += (size_t)n;
+        } else {
+            copy[i++] = '?';
+        }
+    }
+    v = json_string(copy);
+    free(copy);
+    assert_non_null(v);
+    return v;
+}
+
+static json_t *ref_obj(const char *type)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "type", ref_str(type));
+    return o;
+}
+
+static json_t *ref_from(const char *id, const char *name)
+{
+    json_t *f = json_object();
+    json_object_set_new(f, "id", ref_str(id));
+    json_object_set_new(f, "name", ref_str(name));
+    return f;
+}
+
+/* Compares the direct output s (taken) with the dump of the tree o (taken). */
+static void same_as_tree(sbuf_t *s, json_t *o)
+{
+    char *want = json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    assert_non_null(want);
+    assert_non_null(s);
+    if (s->len != strlen(want) || memcmp(s->data, want, s->len))
+        print_error("direct: %.*s\ntree:   %s\n", (int)s->len, s->data, want);
+    assert_int_equal(s->len, strlen(want));
+    assert_memory_equal(s->data, want, s->len);
+    free(want);
+    sbuf_unref(s);
+}
+
+static json_t *ref_msg(const char *room, const char *epoch, uint64_t seq, const char *from_id, const char *from_name,
+                       const char *text, int64_t ts, json_t *extra)
+{
+    static const char *const reserved[] = {"type", "room", "id", "from", "text", "ts"};
+    char id[96];
+    snprintf(id, sizeof id, "%s:%llu", epoch ? epoch : "", (unsigned long long)seq);
+    json_t *o = ref_obj("msg");
+    json_object_set_new(o, "room", ref_str(room));
+    json_object_set_new(o, "id", ref_str(id));
+    json_object_set_new(o, "from", ref_from(from_id, from_name));
+    json_object_set_new(o, "text", ref_str(text));
+    json_object_set_new(o, "ts", json_integer((json_int_t)ts));
+    const char *key;
+    json_t *v;
+    if (json_is_object(extra)) {
+        json_object_foreach(extra, key, v) {
+            size_t i = 0;
+            while (i < 6 && strcmp(key, reserved[i])) i++;
+            if (i == 6) json_object_set(o, key, v);
+        }
+    }
+    return o;
+}
+
+static json_t *ref_ack(json_t *cid, const char *id)
+{
+    json_t *o = ref_obj("ack");
+    if (cid) json_object_set(o, "cid", cid);
+    if (id) json_object_set_new(o, "id", ref_str(id));
+    return o;
+}
+
+static json_t *ref_dm(const char *from_id, const char *from_name, const char *text, int64_t ts)
+{
+    json_t *o = ref_obj("dm");
+    json_object_set_new(o, "from", ref_from(from_id, from_name));
+    json_object_set_new(o, "text", ref_str(text));
+    json_object_set_new(o, "ts", json_integer((json_int_t)ts));
+    return o;
+}
+
+static json_t *ref_presence(const char *type, const char *room, const char *id, const char *name, int muted)
+{
+    json_t *o = ref_obj(type);
+    json_object_set_new(o, "room", ref_str(room));
+    json_t *m = ref_from(id, name);
+    json_object_set_new(m, "muted", json_boolean(muted));
+    json_object_set_new(o, "member", m);
+    return o;
+}
+
+static json_t *ref_error(const char *code, const char *message, json_t *ref)
+{
+    json_t *o = ref_obj("error");
+    json_object_set_new(o, "code", ref_str(code));
+    json_object_set_new(o, "message", ref_str(message));
+    if (ref) json_object_set(o, "ref", ref);
+    return o;
+}
+
+/* Every direct encoder over one string in each of its string slots. */
+static void same_for_string(const char *t)
+{
+    same_as_tree(proto_msg(t, "ep", 7, t, t, t, 1, NULL), ref_msg(t, "ep", 7, t, t, t, 1, NULL));
+    same_as_tree(proto_msg("r", t, 7, "u", "n", "x", -1, NULL), ref_msg("r", t, 7, "u", "n", "x", -1, NULL));
+    same_as_tree(proto_ack(NULL, t), ref_ack(NULL, t));
+    same_as_tree(proto_dm(t, t, t, 5), ref_dm(t, t, t, 5));
+    same_as_tree(proto_presence(t, t, t, t, 1), ref_presence(t, t, t, t, 1));
+    same_as_tree(proto_error(t, t, NULL), ref_error(t, t, NULL));
+    json_t *js = json_string(t);   /* NULL when t is not UTF-8 */
+    if (js) {
+        same_as_tree(proto_ack(js, "e:1"), ref_ack(js, "e:1"));
+        same_as_tree(proto_error("c", "m", js), ref_error("c", "m", js));
+        json_t *extra = json_object();
+        json_object_set(extra, t, js);
+        json_object_set_new(extra, "k", json_string(t));
+        same_as_tree(proto_msg("r", "e", 1, "u", "n", "x", 0, extra), ref_msg("r", "e", 1, "u", "n", "x", 0, extra));
+        json_decref(extra);
+        json_decref(js);
+    }
+}
+
+static void test_direct_tricky_strings(void **state)
+{
+    static const char *const tricky[] = {
+        "", "plain", "\"", "\\", "\"\\\"", "/", "</script>", "\b\f\n\r\t", "\x01\x02\x1f\x7f", "\x1b[31m",
+        "tab\there", "caf\xc3\xa9", "\xe2\x98\x83 snow", "\xf0\x9f\xa6\x8a fox", "\xe2\x80\xa8\xe2\x80\xa9",
+        "\xef\xbb\xbf" "bom", "\xc2\x80\xc2\x9f", "\xf4\x8f\xbf\xbf", "\xed\x9f\xbf", "\xee\x80\x80",
+        /* not UTF-8: scrubbed byte by byte */
+        "\xff", "\xfe\xff", "\x80", "\xc3", "cut\xe2\x82", "\xc0\x80", "\xc1\xbf", "\xe0\x80\x80",
+        "\xed\xa0\x80", "\xed\xbf\xbf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xf8\x88\x80\x80\x80",
+        "\xe2\x82\x41", "a\xc3\xa9\xc3", "\xf0\x9f\xa6", "\xf0\x9f", "\"\xff\\\n",
+    };
+    for (size_t i = 0; i < sizeof tricky / sizeof tricky[0]; i++) same_for_string(tricky[i]);
+    /* NULL strings become null, as json_null() did */
+    same_as_tree(proto_msg(NULL, NULL, 0, NULL, NULL, NULL, 0, NULL), ref_msg(NULL, NULL, 0, NULL, NULL, NULL, 0, NULL));
+    same_as_tree(proto_dm(NULL, NULL, NULL, 0), ref_dm(NULL, NULL, NULL, 0));
+    same_as_tree(proto_presence(NULL, NULL, NULL, NULL, 0), ref_presence(NULL, NULL, NULL, NULL, 0));
+    same_as_tree(proto_error(NULL, NULL, NULL), ref_error(NULL, NULL, NULL));
+    /* long text: past the writer's stack buffer */
+    char *big = malloc(70000);
+    for (size_t i = 0; i < 69999; i++) big[i] = "a\"\\\n\x01\xc3\xa9"[i % 7];
+    big[69999] = '\0';
+    same_for_string(big);
+    /* an epoch too long for the fast id path */
+    big[200] = '\0';
+    same_as_tree(proto_msg("r", big, 9, "u", "n", "x", 0, NULL), ref_msg("r", big, 9, "u", "n", "x", 0, NULL));
+    free(big);
+}
+
+static void test_direct_numbers_and_values(void **state)
+{
+    static const int64_t ts[] = {0, 1, -1, 9, 10, 1700000000123LL, INT64_MAX, INT64_MIN, INT64_MIN + 1};
+    static const uint64_t seq[] = {0, 1, 10, 99, 18446744073709551615ULL};
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+        same_as_tree(proto_msg("r", "e", seq[i % 5], "u", "n", "t", ts[i], NULL),
+                     ref_msg("r", "e", seq[i % 5], "u", "n", "t", ts[i], NULL));
+        same_as_tree(proto_dm("u", "n", "t", ts[i]), ref_dm("u", "n", "t", ts[i]));
+        json_t *cid = json_integer((json_int_t)ts[i]);
+        same_as_tree(proto_ack(cid, "e:1"), ref_ack(cid, "e:1"));
+        same_as_tree(proto_ack(cid, NULL), ref_ack(cid, NULL));
+        json_decref(cid);
+    }
+    same_as_tree(proto_ack(NULL, NULL), ref_ack(NULL, NULL));
+    /* any JSON value as cid, ref and extra member */
+    json_t *vals = json_loads("[null, true, false, 1.5, -0.25, 1e300, \"s\\u0000nul\", [], {}, [1, [2, {\"a\": null}]], "
+                              "{\"z\": 1, \"a\": [\"\\u2028\", \"\\\"\"], \"m\": {\"k\": false}}]", JSON_ALLOW_NUL, NULL);
+    assert_non_null(vals);
+    size_t i;
+    json_t *v;
+    json_array_foreach(vals, i, v) {
+        same_as_tree(proto_ack(v, "e:2"), ref_ack(v, "e:2"));
+        same_as_tree(proto_error("c", "m", v), ref_error("c", "m", v));
+        json_t *extra = json_pack("{s:s, s:O, s:s, s:O}", "text", "spoof", "v", v, "id", "x", "w", v);
+        same_as_tree(proto_msg("r", "e", 1, "u", "n", "t", 2, extra), ref_msg("r", "e", 1, "u", "n", "t", 2, extra));
+        json_decref(extra);
+    }
+    json_decref(vals);
+    /* keys with a NUL byte: json_object_set cut them short, the direct path must too */
+    json_t *extra = json_object();
+    json_object_setn_new(extra, "a\0x", 3, json_integer(1));
+    json_object_setn_new(extra, "a\0y", 3, json_integer(2));
+    json_object_setn_new(extra, "text\0z", 6, json_integer(3));
+    json_object_set_new(extra, "b", json_integer(4));
+    same_as_tree(proto_msg("r", "e", 1, "u", "n", "t", 2, extra), ref_msg("r", "e", 1, "u", "n", "t", 2, extra));
+    json_decref(extra);
+}
+
+/* Random byte strings, biased toward the bytes that matter: the direct encoders and the tree
+ * agree on every one. */
+static void test_direct_random(void **state)
+{
+    static const unsigned char pool[] = {'a', ' ', '"', '\\', '/', '\n', 0x01, 0x1f, 0x7f, 0x80, 0xbf, 0xc2,
+                                         0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xed, 0xa0, 0xf0, 0x9f, 0xf4, 0x90, 0xff};
+    unsigned seed = 12345;
+    char s[64];
+    for (int n = 0; n < 3000; n++) {
+        size_t len = (size_t)(n % 40);
+        for (size_t i = 0; i < len; i++) {
+            seed = seed * 1103515245u + 12345u;
+            s[i] = (char)pool[(seed >> 16) % sizeof pool];
+        }
+        s[len] = '\0';
+        same_as_tree(proto_msg(s, "e", (uint64_t)n, s, s, s, n, NULL), ref_msg(s, "e", (uint64_t)n, s, s, s, n, NULL));
+        same_as_tree(proto_presence("join", s, "i", s, n & 1), ref_presence("join", s, "i", s, n & 1));
+        same_as_tree(proto_error("c", s, NULL), ref_error("c", s, NULL));
+    }
+}
+
 /* An encoded msg decodes back to what was sent, and the decoder's fields feed the encoders. */
 static void test_round_trip(void **state)
 {
@@ -960,6 +1335,10 @@ int main(void)
         cmocka_unit_test(test_encode_room),
         cmocka_unit_test(test_encode_history),
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_direct_tricky_strings),
+        cmocka_unit_test(test_direct_numbers_and_values),
+        cmocka_unit_test(test_direct_random),
+        cmocka_unit_test(test_decode_fast_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

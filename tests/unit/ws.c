@@ -398,6 +398,19 @@ static void test_frame_header(void **st)
     assert_int_equal(s->len, 2);
     assert_memory_equal(s->data, "\x89\x00", 2);
     sbuf_unref(s);
+    /* at each length-form boundary: ws_frame_header's bytes, then the payload */
+    static const size_t lens[] = {1, 125, 126, 127, 65535, 65536, 70000};
+    uint8_t *pl = malloc(70000);
+    for (size_t i = 0; i < 70000; i++) pl[i] = (uint8_t)(i * 7);
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        size_t hl = ws_frame_header(h, WS_OP_TEXT, 1, (int)(i & 1), lens[i]);
+        s = ws_frame_build(WS_OP_TEXT, (int)(i & 1), pl, lens[i]);
+        assert_int_equal(s->len, hl + lens[i]);
+        assert_memory_equal(s->data, h, hl);
+        assert_memory_equal(s->data + hl, pl, lens[i]);
+        sbuf_unref(s);
+    }
+    free(pl);
 }
 
 static void test_close_build(void **st)
