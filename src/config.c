@@ -40,7 +40,7 @@ typedef enum {
     CK_POLICY_FAIL, /* char *, "closed" or "open" */
     CK_JSON_ARRAY,  /* char *, compact JSON array text */
     CK_CIDRS,       /* char *, comma list of CIDRs */
-    CK_REDIS_URL,   /* char *, redis:// or unix:// URL */
+    CK_REDIS_URL,   /* char *, redis:// URL (the bus has no unix socket or TLS transport) */
     CK_COUNT
 } config_kind_t;
 
@@ -120,7 +120,23 @@ static const config_key_t config_keys[] = {
     { "allowed_origins", CK_STRING, OFF(allowed_origins), "", 0, 0, 0,
       "comma list of WebSocket origins; empty = same host as the request, * = any" },
     { "redis_url", CK_REDIS_URL, OFF(redis_url), "", 0, 0, 0,
-      "redis://[user:password@]host:port[/db] or unix:///path; empty = single node" },
+      "redis://[user:password@]host:port[/db]; empty = single node" },
+    { "redis_password_file", CK_STRING, OFF(redis_password_file), "", 0, 0, 0,
+      "file holding the Redis password (a Kubernetes Secret); replaces the URL's password" },
+    { "redis_connect_timeout_ms", CK_LONG, OFF(redis_connect_timeout_ms), "2000", 1, MS_DAY, 0,
+      "Redis resolve + connect + AUTH limit per try" },
+    { "redis_command_timeout_ms", CK_LONG, OFF(redis_command_timeout_ms), "2000", 1, MS_DAY, 0,
+      "oldest unanswered Redis command; the link is reset after" },
+    { "redis_backoff_min_ms", CK_LONG, OFF(redis_backoff_min_ms), "100", 1, MS_DAY, 0,
+      "first Redis reconnect delay, doubled per failed try, jittered" },
+    { "redis_backoff_max_ms", CK_LONG, OFF(redis_backoff_max_ms), "5000", 1, MS_DAY, 0,
+      "cap on the Redis reconnect delay" },
+    { "redis_required", CK_BOOL, OFF(redis_required), "false", 0, 0, 0,
+      "whether Redis being down fails /readyz (with redis_url set)" },
+    { "presence_ttl_ms", CK_LONG, OFF(presence_ttl_ms), "15000", 300, MS_DAY, 0,
+      "node heartbeat TTL: members of a dead replica leave within about this time" },
+    { "node_id", CK_STRING, OFF(node_id), "", 0, 0, 0,
+      "this replica's id on the bus (1-63 bytes); empty = hostname-RANDOM" },
     { "policy_budget", CK_LONG, OFF(policy_budget), "1000000", 1000, 1000000000, 0,
       "Lua instructions per hook call" },
     { "policy_memory_mb", CK_LONG, OFF(policy_memory_mb), "64", 1, 65536, 0,
@@ -297,7 +313,6 @@ static int config_redis_url_valid(const char *s)
 {
     if (!*s) return 1;
     if (strncmp(s, "redis://", 8) == 0) return s[8] != '\0' && s[8] != '/';
-    if (strncmp(s, "unix://", 7) == 0) return s[7] == '/';
     return 0;
 }
 
@@ -404,7 +419,7 @@ static void config_expect_describe(const config_key_t *k, buf_t *b)
     case CK_JSON_ARRAY: buf_append_str(b, "a JSON array"); break;
     case CK_CIDRS: buf_append_str(b, "a comma list of CIDRs such as 10.0.0.0/8,fd00::/8"); break;
     case CK_REDIS_URL:
-        buf_append_str(b, "redis://[user:password@]host:port[/db], unix:///path, or empty");
+        buf_append_str(b, "redis://[user:password@]host:port[/db] or empty");
         break;
     case CK_COUNT: break;
     }

@@ -37,6 +37,14 @@ typedef struct {
     char *api_token;
     char *allowed_origins;
     char *redis_url;
+    char *redis_password_file;     /* "" = the URL's password, if any */
+    long redis_connect_timeout_ms;
+    long redis_command_timeout_ms;
+    long redis_backoff_min_ms;
+    long redis_backoff_max_ms;
+    int redis_required;            /* redis down fails /readyz */
+    long presence_ttl_ms;
+    char *node_id;                 /* "" = hostname-RANDOM */
     long policy_budget;
     long policy_memory_mb;
     char *policy_fail;             /* "closed" or "open" */

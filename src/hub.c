@@ -3,7 +3,14 @@
  * Ownership: the hub owns clients (one per chat connection, freed on detach) and rooms (freed
  * when their last member leaves). A member entry links one client to one room; both sides keep
  * it consistent through hub_room_leave. History entries hold a reference on the encoded msg
- * payload, so a history reply splices stored bytes without re-encoding. */
+ * payload, so a history reply splices stored bytes without re-encoding.
+ *
+ * With Redis (bus.h), a msg is posted once to the bus and delivered here from the post's
+ * callback, at its place in the room's one order; other replicas' msgs, presence and direct
+ * frames arrive through the bus handlers. A room keeps a mirror of the other replicas'
+ * members. A joiner is `pending` until its snapshot (presence list + shared history) came
+ * back; it gets no fan-out meanwhile, then the ring's newer msgs, then a `floor` keeps the
+ * channel's late copies from reaching it twice. Every bus request is a hub_op_t. */
 #include "hub.h"
 
 #include <inttypes.h>
@@ -11,9 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
+#include "bus.h"
 #include "log.h"
 #include "map.h"
 #include "policy.h"
@@ -25,7 +34,13 @@
 
 typedef struct hub_room_s hub_room_t;
 
+typedef struct hub_queued_s {
+    bus_id_t id;
+    sbuf_t *payload;
+} hub_queued_t;
+
 typedef struct {
+    char epoch[BUS_EPOCH_MAX];     /* the hub's own epoch, or the bus's (Redis) */
     uint64_t seq;
     sbuf_t *payload;
 } hub_hist_t;
@@ -33,14 +48,35 @@ typedef struct {
 typedef struct {
     struct hub_client_s *client;
     int muted;
+    int pending;                   /* joined; its room snapshot waits for the bus: no fan-out yet */
+    bus_id_t floor;                /* seq 0, or the newest msg its snapshot held: the room's
+                                    * channel may still bring older ones, which it must not get twice */
 } hub_member_t;
+
+/* A member held by another replica (the bus's presence), mirrored for snapshots and the API. */
+typedef struct {
+    char *id, *name, *node;
+    int muted;
+    uint64_t touched;              /* hub->pres_seq when an event last changed it */
+} hub_remote_t;
 
 struct hub_room_s {
     char *name;
-    char epoch[HUB_EPOCH_BYTES * 2 + 1];
+    uint64_t serial;               /* tells a room from a later one of the same name */
+    char epoch[HUB_EPOCH_BYTES * 2 + 1];   /* ids the hub assigns itself (no bus, or bus down) */
     uint64_t seq;
+    char last_epoch[BUS_EPOCH_MAX];        /* the newest id delivered here, whoever assigned it */
+    uint64_t last_seq;
     hub_member_t *members;
     size_t nmembers, cap;
+    hub_remote_t *remote;          /* other replicas' members */
+    size_t nremote, remote_cap;
+    bus_id_t bus_last;             /* the newest Redis id delivered here ("" = the store had none) */
+    int bus_known;                 /* bus_last is a position: the next msg must follow it */
+    int bus_init;                  /* bus_last was set once (by a delivery or the first snapshot) */
+    int filling;                   /* refills in flight after a reconnect: channel msgs wait */
+    hub_queued_t *queue;
+    size_t nqueue, queue_cap;
     hub_hist_t *hist;              /* ring of history_size entries */
     size_t hist_cap, hist_len, hist_head;
 };
@@ -57,11 +93,28 @@ typedef struct hub_client_s {
     uint64_t tokens_ms;
 } hub_client_t;
 
+typedef struct hub_op_s hub_op_t;
+
+#define HUB_TOMBSTONES 128         /* recent remote leaves, so a stale list cannot revive them */
+
+typedef struct {
+    char room[PROTO_MAX_ROOM + 1];
+    char id[32];
+    uint64_t seq;
+} hub_tombstone_t;
+
 struct hub_s {
     gw_t *gw;
     map_t rooms;                   /* name -> hub_room_t */
     map_t clients;                 /* id -> hub_client_t */
     uv_timer_t *tick;              /* on_tick, once a second; freed by its close callback */
+    bus_t *bus;                    /* bus_local until hub_bus_open */
+    int remote;                    /* the bus reaches other replicas (Redis) */
+    hub_op_t *ops;                 /* bus requests in flight (their callbacks point here) */
+    uint64_t pres_seq;             /* counts remote presence changes applied */
+    uint64_t room_serial;
+    hub_tombstone_t tombs[HUB_TOMBSTONES];
+    size_t tomb_next;
 };
 
 #define HUB_CODE_LEN 64            /* error codes from the policy */
@@ -142,7 +195,7 @@ static void hub_room_fanout(hub_t *hub, hub_room_t *room, sbuf_t *payload, const
     size_t n = 0;
     for (size_t i = 0; i < room->nmembers; i++) {
         hub_client_t *cl = room->members[i].client;
-        if (cl == skip) continue;
+        if (cl == skip || room->members[i].pending) continue;
         server_conn_send_msg(cl->conn, &m);
         n++;
     }
@@ -158,19 +211,34 @@ static hub_room_t *hub_room_create(hub_t *hub, const char *name)
 {
     hub_room_t *r = xcalloc(1, sizeof *r);
     r->name = xstrdup(name);
+    r->serial = ++hub->room_serial;
     hub_random_hex(r->epoch, HUB_EPOCH_BYTES);
+    snprintf(r->last_epoch, sizeof r->last_epoch, "%s", r->epoch);
     r->hist_cap = (size_t)hub->gw->cfg.history_size;
     if (r->hist_cap) r->hist = xcalloc(r->hist_cap, sizeof *r->hist);
     map_set(&hub->rooms, name, r);
     METRIC_INC(hub->gw->metrics.rooms);
+    if (hub->remote) bus_room_subscribe(hub->bus, name);   /* the first local member: hear the room */
     return r;
+}
+
+static void hub_remote_free(hub_remote_t *m)
+{
+    free(m->id);
+    free(m->name);
+    free(m->node);
 }
 
 static void hub_room_destroy(hub_t *hub, hub_room_t *r)
 {
-    map_del(&hub->rooms, r->name);
+    map_del(&hub->rooms, r->name);  /* first: posts the bus finishes on unsubscribe find no room */
+    if (hub->remote) bus_room_unsubscribe(hub->bus, r->name);   /* the last local member left */
     METRIC_SUB(hub->gw->metrics.rooms, 1);
     for (size_t i = 0; i < r->hist_len; i++) sbuf_unref(r->hist[(r->hist_head + i) % r->hist_cap].payload);
+    for (size_t i = 0; i < r->nremote; i++) hub_remote_free(&r->remote[i]);
+    free(r->remote);
+    for (size_t i = 0; i < r->nqueue; i++) sbuf_unref(r->queue[i].payload);
+    free(r->queue);
     free(r->hist);
     free(r->members);
     free(r->name);
@@ -189,15 +257,24 @@ static json_t *hub_member_json(const hub_member_t *m)
     return json_pack("{s:s, s:s, s:b}", "id", m->client->id, "name", m->client->name, "muted", m->muted);
 }
 
+/* Local members in join order, then the other replicas' members. */
 static json_t *hub_room_members_json(const hub_room_t *r)
 {
     json_t *a = json_array();
     for (size_t i = 0; i < r->nmembers; i++) json_array_append_new(a, hub_member_json(&r->members[i]));
+    for (size_t i = 0; i < r->nremote; i++)
+        json_array_append_new(a, json_pack("{s:s, s:s, s:b}", "id", r->remote[i].id, "name", r->remote[i].name,
+                                           "muted", r->remote[i].muted));
     return a;
 }
 
-static void hub_hist_push(hub_room_t *r, uint64_t seq, sbuf_t *payload)
+static size_t hub_room_online(const hub_room_t *r) { return r->nmembers + r->nremote; }
+
+/* Keeps payload in the ring as the room's newest msg, id epoch:seq. */
+static void hub_hist_push(hub_room_t *r, const char *epoch, uint64_t seq, sbuf_t *payload)
 {
+    snprintf(r->last_epoch, sizeof r->last_epoch, "%s", epoch);
+    r->last_seq = seq;
     if (!r->hist_cap) return;
     size_t slot;
     if (r->hist_len < r->hist_cap) {
@@ -207,27 +284,45 @@ static void hub_hist_push(hub_room_t *r, uint64_t seq, sbuf_t *payload)
         sbuf_unref(r->hist[slot].payload);
         r->hist_head = (r->hist_head + 1) % r->hist_cap;
     }
-    r->hist[slot] = (hub_hist_t){seq, sbuf_ref(payload)};
+    r->hist[slot].seq = seq;
+    r->hist[slot].payload = sbuf_ref(payload);
+    snprintf(r->hist[slot].epoch, sizeof r->hist[slot].epoch, "%s", epoch);
+}
+
+static const hub_hist_t *hub_hist_at(const hub_room_t *r, size_t i)
+{
+    return &r->hist[(r->hist_head + i) % r->hist_cap];
 }
 
 /* Collects the history after since (NULL = all kept) into out (borrowed pointers).
- * Returns the count, or -1 when since is older than the ring or from another epoch. */
+ * Returns the count, or -1 when since is older than the ring or from another epoch. The ring
+ * may mix epochs (Redis's, and the hub's own while Redis was down), so since must name the
+ * newest msg or the one just before a kept msg. */
 static long hub_hist_since(const hub_room_t *r, const char *since, sbuf_t **out)
 {
-    uint64_t after = 0;
+    size_t from = 0;
     if (since) {
-        char epoch[40];
-        if (proto_since_parse(since, epoch, sizeof epoch, &after) < 0 || strcmp(epoch, r->epoch)) return -1;
-        if (after > r->seq) return -1;
-        uint64_t oldest = r->hist_len ? r->hist[r->hist_head].seq : r->seq + 1;
-        if (after + 1 < oldest) return -1;
+        char epoch[BUS_EPOCH_MAX];
+        uint64_t after;
+        if (proto_since_parse(since, epoch, sizeof epoch, &after) < 0) return -1;
+        if (!strcmp(epoch, r->last_epoch) && after == r->last_seq) return 0;
+        for (from = 0; from < r->hist_len; from++) {
+            const hub_hist_t *h = hub_hist_at(r, from);
+            if (h->seq == after + 1 && !strcmp(h->epoch, epoch)) break;
+        }
+        if (from == r->hist_len) return -1;
     }
     long n = 0;
-    for (size_t i = 0; i < r->hist_len; i++) {
-        const hub_hist_t *h = &r->hist[(r->hist_head + i) % r->hist_cap];
-        if (h->seq > after) out[n++] = h->payload;
-    }
+    for (size_t i = from; i < r->hist_len; i++) out[n++] = hub_hist_at(r, i)->payload;
     return n;
+}
+
+static void hub_send_gap(hub_t *hub, hub_room_t *r, hub_client_t *cl)
+{
+    METRIC_INC(hub->gw->metrics.history_gaps);
+    json_t *ref = json_string(r->name);
+    hub_send(hub, cl, proto_error("history_gap", "messages after 'since' are no longer kept; history restarts", ref));
+    json_decref(ref);
 }
 
 /* The history after since into hist (room for hist_len entries). When since is no longer
@@ -236,10 +331,7 @@ static size_t hub_hist_recover(hub_t *hub, hub_room_t *r, hub_client_t *cl, cons
 {
     long n = hub_hist_since(r, since, hist);
     if (n >= 0) return (size_t)n;
-    METRIC_INC(hub->gw->metrics.history_gaps);
-    json_t *ref = json_string(r->name);
-    hub_send(hub, cl, proto_error("history_gap", "messages after 'since' are no longer kept; history restarts", ref));
-    json_decref(ref);
+    hub_send_gap(hub, r, cl);
     return (size_t)hub_hist_since(r, NULL, hist);
 }
 
@@ -252,6 +344,462 @@ static void hub_room_snapshot(hub_t *hub, hub_room_t *r, hub_client_t *cl, const
     hub_send(hub, cl, proto_room(r->name, members, hist, n));
     json_decref(members);
     free(hist);
+}
+
+static hub_client_t *hub_client_find(hub_t *hub, const char *id) { return map_get(&hub->clients, id); }
+
+/* ---- bus requests ----
+ * A request to the bus (a post, a snapshot's presence list and history, a history range, a
+ * reconcile) is one hub_op_t, linked in hub->ops until its last answer came, so hub_free can
+ * free what the bus will never answer. It names its room and client instead of pointing at
+ * them: either may be gone when the answer arrives. */
+
+enum { HUB_OP_POST, HUB_OP_SNAPSHOT, HUB_OP_HISTORY, HUB_OP_LIST, HUB_OP_FILL };
+
+struct hub_op_s {
+    hub_op_t *prev, *next;
+    hub_t *hub;
+    int kind;
+    char room[PROTO_MAX_ROOM + 1];
+    char client[24];               /* "" = none (HTTP announce, reconcile) */
+    int waiting;                   /* answers still owed */
+    /* post */
+    json_t *cid;
+    sbuf_t *tmpl;                  /* the msg with the id placeholder */
+    int ack;
+    /* snapshot / history / list */
+    char *since;
+    uint64_t room_serial;          /* fill: the room it counts in (filling) */
+    uint64_t list_seq;             /* hub->pres_seq when the list was asked for */
+    int list_status, hist_status;  /* 0 = answered; else a BUS_E* code: use the hub's own state */
+    hub_remote_t *members;
+    size_t nmembers;
+    bus_id_t last;
+    int gap;
+    sbuf_t **msgs;
+    uint64_t *seqs;
+    size_t nmsgs;
+};
+
+static void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus);
+
+static hub_op_t *hub_op_new(hub_t *hub, int kind, const char *room, const char *client)
+{
+    hub_op_t *op = xcalloc(1, sizeof *op);
+    op->hub = hub;
+    op->kind = kind;
+    snprintf(op->room, sizeof op->room, "%s", room);
+    snprintf(op->client, sizeof op->client, "%s", client ? client : "");
+    op->list_status = op->hist_status = BUS_ENOTSUP;
+    op->next = hub->ops;
+    if (hub->ops) hub->ops->prev = op;
+    hub->ops = op;
+    return op;
+}
+
+static void hub_op_free(hub_op_t *op)
+{
+    hub_t *hub = op->hub;
+    if (op->prev) op->prev->next = op->next;
+    else hub->ops = op->next;
+    if (op->next) op->next->prev = op->prev;
+    json_decref(op->cid);
+    if (op->tmpl) sbuf_unref(op->tmpl);
+    free(op->since);
+    for (size_t i = 0; i < op->nmembers; i++) hub_remote_free(&op->members[i]);
+    free(op->members);
+    for (size_t i = 0; i < op->nmsgs; i++) sbuf_unref(op->msgs[i]);
+    free(op->msgs);
+    free(op->seqs);
+    free(op);
+}
+
+static void hub_bus_metrics(hub_t *hub)
+{
+    bus_stats_t st;
+    bus_stats_get(hub->bus, &st);
+    metrics_t *m = &hub->gw->metrics;
+    __atomic_store_n(&m->bus_up, st.up, __ATOMIC_RELAXED);
+    __atomic_store_n(&m->bus_reconnects, st.reconnects, __ATOMIC_RELAXED);
+    __atomic_store_n(&m->bus_published, st.published, __ATOMIC_RELAXED);
+    __atomic_store_n(&m->bus_received, st.received, __ATOMIC_RELAXED);
+}
+
+/* ---- the other replicas' members ---- */
+
+static hub_remote_t *hub_remote_find(hub_room_t *r, const char *id)
+{
+    for (size_t i = 0; i < r->nremote; i++)
+        if (!strcmp(r->remote[i].id, id)) return &r->remote[i];
+    return NULL;
+}
+
+static hub_remote_t *hub_remote_add(hub_room_t *r, const char *id, const char *name, const char *node, int muted)
+{
+    if (r->nremote == r->remote_cap) {
+        r->remote_cap = r->remote_cap ? r->remote_cap * 2 : 4;
+        r->remote = xrealloc(r->remote, r->remote_cap * sizeof *r->remote);
+    }
+    hub_remote_t *m = &r->remote[r->nremote++];
+    *m = (hub_remote_t){xstrdup(id), xstrdup(name), xstrdup(node ? node : ""), muted, 0};
+    return m;
+}
+
+static void hub_remote_del(hub_room_t *r, hub_remote_t *m)
+{
+    hub_remote_free(m);
+    size_t i = (size_t)(m - r->remote);
+    memmove(m, m + 1, (r->nremote - i - 1) * sizeof *m);
+    r->nremote--;
+}
+
+/* A member id local to room: its presence is the hub's own, never mirrored. */
+static int hub_room_has_local(hub_t *hub, hub_room_t *r, const char *id)
+{
+    hub_client_t *cl = hub_client_find(hub, id);
+    return cl && hub_room_member(r, cl);
+}
+
+static void hub_tomb_add(hub_t *hub, const char *room, const char *id)
+{
+    hub_tombstone_t *t = &hub->tombs[hub->tomb_next++ % HUB_TOMBSTONES];
+    snprintf(t->room, sizeof t->room, "%s", room);
+    snprintf(t->id, sizeof t->id, "%s", id);
+    t->seq = hub->pres_seq;
+}
+
+/* Whether id left room after presence seq `after` (so a list older than that is stale). */
+static int hub_tomb_after(const hub_t *hub, const char *room, const char *id, uint64_t after)
+{
+    for (size_t i = 0; i < HUB_TOMBSTONES; i++) {
+        const hub_tombstone_t *t = &hub->tombs[i];
+        if (t->seq > after && !strcmp(t->id, id) && !strcmp(t->room, room)) return 1;
+    }
+    return 0;
+}
+
+static void hub_remote_fanout(hub_t *hub, hub_room_t *r, const char *type, const hub_remote_t *m)
+{
+    hub_room_fanout(hub, r, proto_presence(type, r->name, m->id, m->name, m->muted), NULL);
+}
+
+/* A presence event from another replica: mirror it and tell the local members. */
+static void hub_bus_on_presence(void *arg, const char *room, int event, const bus_member_t *bm)
+{
+    hub_t *hub = arg;
+    hub_room_t *r = hub_room_get(hub, room);
+    if (!r || hub_room_has_local(hub, r, bm->id)) return;
+    hub->pres_seq++;
+    hub_remote_t *m = hub_remote_find(r, bm->id);
+    if (event == BUS_PRESENCE_LEAVE) {
+        hub_tomb_add(hub, room, bm->id);
+        if (!m) return;
+        hub_remote_fanout(hub, r, "leave", m);
+        hub_remote_del(r, m);
+    } else if (!m) {
+        m = hub_remote_add(r, bm->id, bm->name, bm->node, bm->muted);
+        m->touched = hub->pres_seq;
+        hub_remote_fanout(hub, r, "join", m);
+    } else {
+        m->touched = hub->pres_seq;
+        if (m->muted != bm->muted) {
+            m->muted = bm->muted;
+            hub_remote_fanout(hub, r, m->muted ? "mute" : "unmute", m);
+        }
+    }
+    hub_bus_metrics(hub);
+}
+
+static int hub_op_has_member(const hub_op_t *op, const char *id)
+{
+    for (size_t i = 0; i < op->nmembers; i++)
+        if (!strcmp(op->members[i].id, id)) return 1;
+    return 0;
+}
+
+/* Brings the mirror in line with a presence list (op->members), with join/leave frames for the
+ * difference. Entries changed by events after the list was asked for are newer than the list
+ * and stay as they are; so do members that left since (tombstones). */
+static void hub_presence_reconcile(hub_t *hub, hub_room_t *r, const hub_op_t *op)
+{
+    for (size_t i = r->nremote; i-- > 0;) {
+        hub_remote_t *m = &r->remote[i];
+        if (m->touched > op->list_seq || hub_op_has_member(op, m->id)) continue;
+        hub_remote_fanout(hub, r, "leave", m);
+        hub_remote_del(r, m);
+    }
+    for (size_t i = 0; i < op->nmembers; i++) {
+        const hub_remote_t *lm = &op->members[i];
+        if (hub_room_has_local(hub, r, lm->id)) continue;
+        hub_remote_t *m = hub_remote_find(r, lm->id);
+        if (m) {
+            if (m->touched > op->list_seq || m->muted == lm->muted) continue;
+            m->muted = lm->muted;
+            hub_remote_fanout(hub, r, m->muted ? "mute" : "unmute", m);
+        } else if (!hub_tomb_after(hub, r->name, lm->id, op->list_seq)) {
+            m = hub_remote_add(r, lm->id, lm->name, lm->node, lm->muted);
+            m->touched = op->list_seq;
+            hub_remote_fanout(hub, r, "join", m);
+        }
+    }
+}
+
+/* ---- snapshots and history through the bus ---- */
+
+/* Msgs delivered here after last while the client's snapshot was on its way (it got no
+ * fan-out meanwhile): the ring holds them, in delivery order. */
+static void hub_hist_catch_up(hub_t *hub, hub_room_t *r, hub_client_t *cl, const bus_id_t *last)
+{
+    size_t from = r->hist_len;
+    for (size_t i = 0; i < r->hist_len && from == r->hist_len; i++) {
+        const hub_hist_t *h = hub_hist_at(r, i);
+        if (h->seq == last->seq && !strcmp(h->epoch, last->epoch)) from = i + 1;
+    }
+    for (size_t i = 0; i < r->hist_len; i++) {
+        const hub_hist_t *h = hub_hist_at(r, i);
+        int newer = i >= from || (from == r->hist_len && ((!strcmp(h->epoch, last->epoch) && h->seq > last->seq) ||
+                                                          (!last->epoch[0] && strcmp(h->epoch, r->epoch))));
+        if (newer) hub_send(hub, cl, sbuf_ref(h->payload));
+    }
+}
+
+static void hub_snapshot_finish(hub_t *hub, hub_op_t *op)
+{
+    hub_room_t *r = hub_room_get(hub, op->room);
+    if (r && op->list_status == 0) hub_presence_reconcile(hub, r, op);
+    hub_client_t *cl = hub_client_find(hub, op->client);
+    hub_member_t *m = r && cl ? hub_room_member(r, cl) : NULL;
+    if (!m) return;                /* it left, or went, meanwhile */
+    sbuf_t **hist = op->msgs, **ring = NULL;
+    size_t n = op->nmsgs;
+    if (op->hist_status == 0) {
+        if (op->gap) hub_send_gap(hub, r, cl);
+    } else {
+        hist = ring = xcalloc(r->hist_len + 1, sizeof *ring);
+        n = hub_hist_recover(hub, r, cl, op->since, ring);
+    }
+    json_t *members = hub_room_members_json(r);
+    hub_send(hub, cl, proto_room(r->name, members, hist, n));
+    json_decref(members);
+    free(ring);
+    if (op->hist_status == 0 && !r->bus_init) {   /* nothing came on the channel yet: start from here */
+        r->bus_last = op->last;
+        r->bus_known = r->bus_init = 1;
+    }
+    if (m->pending && op->hist_status == 0) {
+        hub_hist_catch_up(hub, r, cl, &op->last);
+        m->floor = r->last_seq && !strcmp(r->last_epoch, op->last.epoch) && r->last_seq > op->last.seq
+                       ? (bus_id_t){"", 0} : op->last;   /* the ring already passed it: nothing older can come */
+    }
+    m->pending = 0;
+}
+
+static void hub_history_finish(hub_t *hub, hub_op_t *op)
+{
+    hub_room_t *r = hub_room_get(hub, op->room);
+    hub_client_t *cl = hub_client_find(hub, op->client);
+    if (!r || !cl || !hub_room_member(r, cl)) return;
+    if (op->hist_status != 0) {
+        sbuf_t **hist = xcalloc(r->hist_len + 1, sizeof *hist);
+        size_t n = hub_hist_recover(hub, r, cl, op->since, hist);
+        hub_send(hub, cl, proto_history(r->name, hist, n));
+        free(hist);
+        return;
+    }
+    if (op->gap) hub_send_gap(hub, r, cl);
+    hub_send(hub, cl, proto_history(r->name, op->msgs, op->nmsgs));
+}
+
+enum { HUB_SEQ_NEXT, HUB_SEQ_SEEN, HUB_SEQ_HOLE };
+
+/* Where a msg from Redis stands against the newest one delivered here. Redis numbers every
+ * msg of an epoch, so a skipped seq, or a first seq other than 1 after an empty store or in
+ * a new epoch, means the channel missed some. */
+static int hub_seq_class(const hub_room_t *r, const bus_id_t *id)
+{
+    const bus_id_t *last = &r->bus_last;
+    if (!r->bus_known) return HUB_SEQ_NEXT;
+    if (!last->epoch[0] || strcmp(last->epoch, id->epoch)) return id->seq == 1 && !last->epoch[0] ? HUB_SEQ_NEXT
+                                                                                                  : HUB_SEQ_HOLE;
+    if (id->seq <= last->seq) return HUB_SEQ_SEEN;
+    return id->seq == last->seq + 1 ? HUB_SEQ_NEXT : HUB_SEQ_HOLE;
+}
+
+static void hub_room_gap(hub_t *hub, hub_room_t *r);
+
+/* After a refill, a hole before the first new queued msg is one Redis cannot fill either
+ * (trimmed, or lost with the store): say so once and go on, instead of asking again. */
+static void hub_fill_check(hub_t *hub, hub_room_t *r)
+{
+    for (size_t i = 0; i < r->nqueue; i++) {
+        int c = hub_seq_class(r, &r->queue[i].id);
+        if (c == HUB_SEQ_SEEN) continue;
+        if (c == HUB_SEQ_HOLE) {
+            hub_room_gap(hub, r);
+            r->bus_known = 0;
+        }
+        return;
+    }
+}
+
+static void hub_room_gap(hub_t *hub, hub_room_t *r)
+{
+    METRIC_INC(hub->gw->metrics.history_gaps);
+    json_t *ref = json_string(r->name);
+    hub_room_fanout(hub, r, proto_error("history_gap", "messages of this room were lost on the way to this "
+                                        "replica; history restarts", ref), NULL);
+    json_decref(ref);
+}
+
+/* A refill: the msgs after bus_last that the channel did not bring (this replica's link was
+ * down, or its subscription started late) go out first, in order, then what the channel
+ * brought meanwhile; hub_room_deliver drops whatever was already delivered. When some are no
+ * longer kept, the stream was lost (a new epoch) or Redis cannot answer, the members get
+ * history_gap first: never a silent loss. */
+static void hub_fill_finish(hub_t *hub, hub_op_t *op)
+{
+    hub_room_t *r = hub_room_get(hub, op->room);
+    if (!r || r->serial != op->room_serial) return;   /* emptied (and maybe made again) meanwhile */
+    r->filling--;
+    if (op->hist_status != 0) {
+        hub_room_gap(hub, r);
+        r->bus_known = 0;          /* take the channel as it comes from here on */
+    } else {
+        /* without since (the store had nothing when we last looked) every kept msg is new,
+         * and they must start at 1; otherwise the first one delivered starts afresh */
+        int lost = op->gap || (!op->since && op->nmsgs && op->seqs[0] != 1);
+        if (lost && (op->nmsgs || op->last.epoch[0])) hub_room_gap(hub, r);
+        if (lost) r->bus_known = 0;
+        int was = r->filling;
+        r->filling = 0;            /* deliver these now, in order */
+        for (size_t i = 0; i < op->nmsgs; i++) {
+            bus_id_t id = op->last;
+            id.seq = op->seqs[i];
+            hub_room_deliver(hub, r, &id, sbuf_ref(op->msgs[i]), 1);
+        }
+        r->filling += was;
+    }
+    if (r->filling) return;
+    hub_fill_check(hub, r);
+    hub_queued_t *q = r->queue;
+    size_t n = r->nqueue;
+    r->queue = NULL;
+    r->nqueue = r->queue_cap = 0;
+    for (size_t i = 0; i < n; i++) hub_room_deliver(hub, r, &q[i].id, q[i].payload, 1);
+    free(q);
+}
+
+static void hub_op_settle(hub_op_t *op)
+{
+    if (--op->waiting > 0) return;
+    hub_t *hub = op->hub;
+    switch (op->kind) {
+    case HUB_OP_SNAPSHOT: hub_snapshot_finish(hub, op); break;
+    case HUB_OP_HISTORY: hub_history_finish(hub, op); break;
+    case HUB_OP_FILL: hub_fill_finish(hub, op); break;
+    case HUB_OP_LIST: {
+        hub_room_t *r = hub_room_get(hub, op->room);
+        if (r && op->list_status == 0) hub_presence_reconcile(hub, r, op);
+        break;
+    }
+    }
+    hub_op_free(op);
+}
+
+static void hub_op_listed(void *arg, int status, const bus_member_t *members, size_t n)
+{
+    hub_op_t *op = arg;
+    op->list_status = status;
+    if (status) log_warn("bus: presence list failed; using local members", "{s:s, s:s}", "room", op->room,
+                         "error", bus_strerror(status));
+    const char *self = bus_node_id(op->hub->bus);
+    op->members = xcalloc(n + 1, sizeof *op->members);
+    for (size_t i = 0; !status && i < n; i++) {
+        if (members[i].node && !strcmp(members[i].node, self)) continue;   /* ours: the hub knows them */
+        op->members[op->nmembers++] = (hub_remote_t){xstrdup(members[i].id), xstrdup(members[i].name),
+                                                     xstrdup(members[i].node ? members[i].node : ""),
+                                                     members[i].muted, 0};
+    }
+    hub_op_settle(op);
+}
+
+static void hub_op_ranged(void *arg, int status, const bus_history_t *h)
+{
+    hub_op_t *op = arg;
+    op->hist_status = status;
+    if (status) {
+        log_warn("bus: history range failed; using the local ring", "{s:s, s:s}", "room", op->room, "error",
+                 bus_strerror(status));
+    } else {
+        op->last = h->last;
+        op->gap = h->gap;
+        op->msgs = xcalloc(h->n + 1, sizeof *op->msgs);
+        op->seqs = xcalloc(h->n + 1, sizeof *op->seqs);
+        for (size_t i = 0; i < h->n; i++) {
+            op->seqs[op->nmsgs] = h->seqs[i];
+            op->msgs[op->nmsgs++] = sbuf_ref(h->msgs[i]);
+        }
+    }
+    hub_op_settle(op);
+}
+
+/* Asks the bus for the room's presence list and/or history; the op settles when both came
+ * back (or at once when the bus cannot answer: then the hub's own state serves). */
+static void hub_op_fetch(hub_t *hub, hub_op_t *op, int list, int hist)
+{
+    op->waiting = 1;               /* held until both requests are made */
+    if (list) {
+        op->list_seq = hub->pres_seq;
+        int rc = bus_presence_list(hub->bus, op->room, hub_op_listed, op);
+        if (rc == 0) op->waiting++;
+        else op->list_status = rc;
+    }
+    if (hist) {
+        int rc = bus_history_range(hub->bus, op->room, op->since, hub_op_ranged, op);
+        if (rc == 0) op->waiting++;
+        else op->hist_status = rc;
+    }
+    hub_op_settle(op);
+}
+
+/* Sends `room` to cl: at once from the hub's own state on a single node; through the bus
+ * (all replicas' members, the shared history) otherwise. */
+static void hub_snapshot_start(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since)
+{
+    if (!hub->remote) {
+        hub_room_snapshot(hub, r, cl, since);
+        return;
+    }
+    hub_op_t *op = hub_op_new(hub, HUB_OP_SNAPSHOT, r->name, cl->id);
+    op->since = since ? xstrdup(since) : NULL;
+    hub_op_fetch(hub, op, 1, 1);
+}
+
+/* After the link came back: events and msgs were missed, so every room's mirror is listed
+ * again and its msgs since the last one delivered here are fetched (hub_fill_finish). */
+/* Fetches the room's msgs after bus_last (hub_fill_finish); channel msgs wait meanwhile. */
+static void hub_fill_start(hub_t *hub, hub_room_t *r)
+{
+    hub_op_t *op = hub_op_new(hub, HUB_OP_FILL, r->name, NULL);
+    char since[BUS_EPOCH_MAX + 24] = "";
+    if (r->bus_last.epoch[0]) {    /* else the store was empty: all it keeps now is new */
+        snprintf(since, sizeof since, "%s:%" PRIu64, r->bus_last.epoch, r->bus_last.seq);
+        op->since = xstrdup(since);
+    }
+    op->room_serial = r->serial;
+    r->filling++;
+    log_debug("bus: refilling a room", "{s:s, s:s}", "room", r->name, "since", since);
+    hub_op_fetch(hub, op, 0, 1);
+}
+
+static void hub_rooms_relist(hub_t *hub)
+{
+    size_t i;
+    for (map_entry_t *e = map_first(&hub->rooms, &i); e; e = map_next(&hub->rooms, e, &i)) {
+        hub_room_t *r = e->value;
+        hub_op_fetch(hub, hub_op_new(hub, HUB_OP_LIST, r->name, NULL), 1, 0);
+        if (r->bus_known) hub_fill_start(hub, r);
+    }
 }
 
 static int hub_client_in(const hub_client_t *cl, const hub_room_t *r)
@@ -277,12 +825,22 @@ static int hub_policy_join(hub_t *hub, hub_client_t *cl, const char *room, char 
 }
 
 /* Joins cl to the room name. Returns 0, or -1 with an error code in code. */
+/* Tells the other replicas that cl is (still) in r, muted or not. */
+static void hub_presence_publish(hub_t *hub, hub_room_t *r, hub_client_t *cl, int muted)
+{
+    if (!hub->remote) return;
+    bus_member_t bm = {cl->id, cl->name, muted, NULL};
+    int rc = bus_presence_add(hub->bus, r->name, &bm);
+    if (rc < 0) log_warn("bus: presence not published", "{s:s, s:s, s:s}", "client", cl->id, "room", r->name,
+                         "error", bus_strerror(rc));
+}
+
 static int hub_room_join(hub_t *hub, hub_client_t *cl, const char *name, const char *since, char *code, size_t len)
 {
     const config_t *cfg = &hub->gw->cfg;
     hub_room_t *r = hub_room_get(hub, name);
     if (r && hub_client_in(cl, r)) {
-        hub_room_snapshot(hub, r, cl, since);
+        hub_snapshot_start(hub, r, cl, since);
         return 0;
     }
     if (cl->nrooms >= (size_t)cfg->max_rooms_per_conn || (r && r->nmembers >= (size_t)cfg->max_room_members)) {
@@ -297,11 +855,12 @@ static int hub_room_join(hub_t *hub, hub_client_t *cl, const char *name, const c
         r->members = xrealloc(r->members, r->cap * sizeof *r->members);
     }
     hub_member_t *m = &r->members[r->nmembers++];
-    *m = (hub_member_t){cl, 0};
+    *m = (hub_member_t){.client = cl, .pending = hub->remote};
     cl->rooms = xrealloc(cl->rooms, (cl->nrooms + 1) * sizeof *cl->rooms);
     cl->rooms[cl->nrooms++] = r;
     METRIC_INC(hub->gw->metrics.room_members);
-    hub_room_snapshot(hub, r, cl, since);
+    hub_presence_publish(hub, r, cl, 0);
+    hub_snapshot_start(hub, r, cl, since);
     hub_room_fanout(hub, r, proto_presence("join", r->name, cl->id, cl->name, 0), cl);
     log_debug("join", "{s:s, s:s, s:s}", "client", cl->id, "room", r->name, "ip", cl->ip);
     return 0;
@@ -335,6 +894,7 @@ static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
             break;
         }
     METRIC_SUB(hub->gw->metrics.room_members, 1);
+    if (hub->remote) bus_presence_remove(hub->bus, r->name, cl->id);
     if (r->nmembers) hub_room_fanout(hub, r, proto_presence("leave", r->name, cl->id, cl->name, 0), NULL);
     if (hub->gw->policy) {
         policy_conn_t pc = hub_pconn(cl, NULL);
@@ -348,15 +908,119 @@ static uint64_t hub_room_publish(hub_t *hub, hub_room_t *r, const char *from_id,
 {
     uint64_t seq = ++r->seq;
     sbuf_t *payload = proto_msg(r->name, r->epoch, seq, from_id, from_name, text, hub_wall_ms(), extra);
-    hub_hist_push(r, seq, payload);
+    hub_hist_push(r, r->epoch, seq, payload);
     if (id_out) snprintf(id_out, id_len, "%s:%" PRIu64, r->epoch, seq);
     hub_room_fanout(hub, r, payload, NULL);
     return seq;
 }
 
-/* ---- client messages ---- */
+static void hub_room_queue(hub_room_t *r, const bus_id_t *id, sbuf_t *payload)
+{
+    if (r->nqueue == r->queue_cap) {
+        r->queue_cap = r->queue_cap ? r->queue_cap * 2 : 8;
+        r->queue = xrealloc(r->queue, r->queue_cap * sizeof *r->queue);
+    }
+    r->queue[r->nqueue++] = (hub_queued_t){*id, payload};
+}
 
-static hub_client_t *hub_client_find(hub_t *hub, const char *id) { return map_get(&hub->clients, id); }
+/* A msg with its final id: kept in the ring and fanned out to the local members (not to
+ * pending ones, nor to one whose snapshot already held it). A msg from Redis (from_bus) goes
+ * out in seq order, once: older ones are dropped, and a hole is filled first. Takes the
+ * reference. */
+static void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus)
+{
+    if (from_bus) {
+        int c = r->filling ? HUB_SEQ_HOLE : hub_seq_class(r, id);
+        if (c == HUB_SEQ_SEEN) {
+            sbuf_unref(payload);   /* a refill or the first snapshot already had it */
+            return;
+        }
+        if (c == HUB_SEQ_HOLE) {   /* a late subscription, a post answered before the channel
+                                    * caught up, a lost link: fetch the missing ones first */
+            hub_room_queue(r, id, payload);
+            if (!r->filling) hub_fill_start(hub, r);
+            return;
+        }
+        r->bus_last = *id;
+        r->bus_known = r->bus_init = 1;
+    }
+    hub_hist_push(r, id->epoch, id->seq, payload);
+    server_msg_t m;
+    server_msg_init(&m, payload);
+    size_t n = 0;
+    for (size_t i = 0; i < r->nmembers; i++) {
+        hub_member_t *mem = &r->members[i];
+        if (mem->pending) continue;
+        if (mem->floor.seq) {
+            if (!strcmp(mem->floor.epoch, id->epoch) && id->seq <= mem->floor.seq) continue;   /* in its snapshot */
+            mem->floor.seq = 0;
+        }
+        server_conn_send_msg(mem->client->conn, &m);
+        n++;
+    }
+    METRIC_ADD(hub->gw->metrics.msgs_delivered, n);
+    server_msg_release(&m);
+}
+
+static void hub_post_ack(hub_t *hub, const hub_op_t *op, const bus_id_t *id)
+{
+    hub_client_t *cl = op->ack ? hub_client_find(hub, op->client) : NULL;
+    if (!cl) return;
+    char ids[BUS_EPOCH_MAX + 24];
+    snprintf(ids, sizeof ids, "%s:%" PRIu64, id->epoch, id->seq);
+    hub_send(hub, cl, proto_ack(op->cid, ids));
+}
+
+/* Redis is not there: this replica's members still get the msg, with the hub's own id (its
+ * epoch is not Redis's, so a since naming it elsewhere is a history_gap, never a silent loss). */
+static void hub_post_local(hub_t *hub, hub_op_t *op)
+{
+    hub_room_t *r = hub_room_get(hub, op->room);
+    if (!r) return;                /* the sender left the room meanwhile */
+    bus_id_t id = {"", ++r->seq};
+    snprintf(id.epoch, sizeof id.epoch, "%s", r->epoch);
+    sbuf_t *payload = bus_payload_set_id(op->tmpl->data, op->tmpl->len, &id);
+    if (!payload) return;
+    hub_room_deliver(hub, r, &id, payload, 0);
+    hub_post_ack(hub, op, &id);
+}
+
+/* The post's place in the room's one order (or its failure): deliver here and ack. */
+static void hub_post_done(void *arg, int status, const bus_id_t *id, sbuf_t *payload)
+{
+    hub_op_t *op = arg;
+    hub_t *hub = op->hub;
+    if (status) {
+        log_warn("bus: post failed; delivering on this replica only", "{s:s, s:s}", "room", op->room, "error",
+                 bus_strerror(status));
+        hub_post_local(hub, op);
+    } else {
+        hub_room_t *r = hub_room_get(hub, op->room);
+        if (r) hub_room_deliver(hub, r, id, sbuf_ref(payload), 1);
+        hub_post_ack(hub, op, id);
+    }
+    hub_bus_metrics(hub);
+    hub_op_free(op);
+}
+
+/* A chat msg through the bus: encoded once with the id placeholder; Redis assigns the id and
+ * every replica (this one included, from hub_post_done) delivers it at the same place in the
+ * room's order. client (may be NULL) gets the ack with the final id. */
+static void hub_room_post(hub_t *hub, hub_room_t *r, const char *from_id, const char *from_name, const char *text,
+                          json_t *extra, const char *client, json_t *cid)
+{
+    hub_op_t *op = hub_op_new(hub, HUB_OP_POST, r->name, client);
+    op->tmpl = proto_msg(r->name, BUS_ID_EPOCH, 0, from_id, from_name, text, hub_wall_ms(), extra);
+    op->cid = cid ? json_incref(cid) : NULL;
+    op->ack = client != NULL;
+    int rc = bus_room_post(hub->bus, r->name, op->tmpl->data, op->tmpl->len, hub_post_done, op);
+    if (rc == 0) return;
+    if (rc != BUS_EDOWN) log_warn("bus: post refused", "{s:s, s:s}", "room", r->name, "error", bus_strerror(rc));
+    hub_post_local(hub, op);
+    hub_op_free(op);
+}
+
+/* ---- client messages ---- */
 
 /* Token bucket: rate_msgs_per_sec, burst rate_burst. */
 static int hub_client_allow(hub_t *hub, hub_client_t *cl)
@@ -402,14 +1066,32 @@ static void hub_on_msg(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_
 {
     char id[64];
     json_t *extra = hub_msg_extra(in->root, from_policy);
-    hub_room_publish(hub, r, cl->id, cl->name, in->text, extra, id, sizeof id);
+    if (hub->remote) {
+        hub_room_post(hub, r, cl->id, cl->name, in->text, extra, cl->id, in->cid);
+    } else {
+        hub_room_publish(hub, r, cl->id, cl->name, in->text, extra, id, sizeof id);
+        hub_send(hub, cl, proto_ack(in->cid, id));
+    }
     json_decref(extra);
-    hub_send(hub, cl, proto_ack(in->cid, id));
+}
+
+/* A frame for a connection held by another replica. Takes the reference. 0, or -1 when there
+ * is no bus to carry it. */
+static int hub_direct_publish(hub_t *hub, const char *to, sbuf_t *payload)
+{
+    int rc = hub->remote ? bus_direct_publish(hub->bus, to, payload->data, payload->len) : BUS_ENOTSUP;
+    sbuf_unref(payload);
+    if (rc < 0 && rc != BUS_ENOTSUP) log_debug("bus: direct not sent", "{s:s, s:s}", "to", to, "error", bus_strerror(rc));
+    return rc < 0 ? -1 : 0;
 }
 
 static void hub_on_dm(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
 {
     hub_client_t *to = hub_client_find(hub, in->to);
+    if (!to && hub_direct_publish(hub, in->to, proto_dm(cl->id, cl->name, in->text, hub_wall_ms())) == 0) {
+        if (in->cid) hub_send(hub, cl, proto_ack(in->cid, NULL));   /* sent; the peer may be anywhere */
+        return;
+    }
     if (!to) {
         hub_send_error(hub, cl, "unknown_peer", "no such connection", in->cid, METRICS_DROP_UNKNOWN_PEER);
         return;
@@ -422,6 +1104,8 @@ static void hub_on_dm(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
 static void hub_on_signal(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
 {
     hub_client_t *to = hub_client_find(hub, in->to);
+    if (!to && hub_remote_find(r, in->to) && hub_direct_publish(hub, in->to, proto_signal(r->name, cl->id, in->data)) == 0)
+        return;                    /* a member on another replica */
     if (!to || to == cl || !hub_room_member(r, to)) {
         hub_send_error(hub, cl, "unknown_peer", "no such member in this room", in->cid, METRICS_DROP_UNKNOWN_PEER);
         return;
@@ -433,11 +1117,18 @@ static void hub_on_signal(hub_t *hub, hub_client_t *cl, hub_room_t *r, const pro
 static void hub_on_mute(hub_t *hub, hub_client_t *cl, hub_room_t *r, int muted)
 {
     hub_room_member(r, cl)->muted = muted;
+    hub_presence_publish(hub, r, cl, muted);   /* the other replicas send mute/unmute themselves */
     hub_room_fanout(hub, r, proto_presence(muted ? "mute" : "unmute", r->name, cl->id, cl->name, muted), cl);
 }
 
 static void hub_on_history(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
 {
+    if (hub->remote) {
+        hub_op_t *op = hub_op_new(hub, HUB_OP_HISTORY, r->name, cl->id);
+        op->since = in->since ? xstrdup(in->since) : NULL;
+        hub_op_fetch(hub, op, 0, 1);
+        return;
+    }
     sbuf_t **hist = xcalloc(r->hist_len + 1, sizeof *hist);
     size_t n = hub_hist_recover(hub, r, cl, in->since, hist);
     hub_send(hub, cl, proto_history(r->name, hist, n));
@@ -453,7 +1144,13 @@ static void hub_on_custom(hub_t *hub, hub_client_t *cl, hub_room_t *r, const pro
     json_object_set_new(out, "from", json_pack("{s:s, s:s}", "id", cl->id, "name", cl->name));
     sbuf_t *payload = proto_encode(out);
     json_decref(out);
-    if (payload) hub_room_fanout(hub, r, payload, cl);
+    if (!payload) return;
+    if (hub->remote) {
+        int rc = bus_room_publish(hub->bus, r->name, payload->data, payload->len);
+        if (rc < 0) log_debug("bus: custom message not published", "{s:s, s:s}", "room", r->name, "error",
+                              bus_strerror(rc));
+    }
+    hub_room_fanout(hub, r, payload, cl);
 }
 
 /* Carries out a message the policy let through (or every message when it has no hook). */
@@ -691,6 +1388,7 @@ static void hub_detach(gw_t *gw, conn_t *c)
     hub_client_t *cl = server_conn_data(c);
     if (!cl) return;
     while (cl->nrooms) hub_room_leave(hub, cl, cl->rooms[cl->nrooms - 1]);
+    if (gw->policy) policy_conn_forget(gw->policy, cl->id);
     map_del(&hub->clients, cl->id);
     server_conn_data_set(c, NULL);
     hub_client_free(cl);
@@ -776,7 +1474,109 @@ void hub_policy_host(hub_t *hub, policy_host_t *host)
 static void hub_on_tick(uv_timer_t *t)
 {
     hub_t *hub = t->data;
+    hub_bus_metrics(hub);
     if (hub->gw->policy) policy_on_tick(hub->gw->policy, (double)hub_wall_ms() / 1000.0);
+}
+
+/* ---- the bus's handlers: what the other replicas did ---- */
+
+static void hub_bus_on_message(void *arg, const char *room, sbuf_t *payload, const char *origin, const bus_id_t *id)
+{
+    hub_t *hub = arg;
+    hub_room_t *r = hub_room_get(hub, room);
+    if (!r) return;
+    if (id) hub_room_deliver(hub, r, id, sbuf_ref(payload), 1);
+    else hub_room_fanout(hub, r, sbuf_ref(payload), NULL);
+    (void)origin;
+}
+
+static void hub_bus_on_direct(void *arg, const char *to, sbuf_t *payload, const char *origin)
+{
+    hub_t *hub = arg;
+    hub_client_t *cl = hub_client_find(hub, to);
+    if (!cl) return;               /* not ours: every replica hears every direct frame */
+    hub_send(hub, cl, sbuf_ref(payload));
+    METRIC_INC(hub->gw->metrics.msgs_delivered);
+    (void)origin;
+}
+
+static void hub_bus_on_status(void *arg, int up)
+{
+    hub_t *hub = arg;
+    hub_bus_metrics(hub);
+    /* the bus logs the link itself; presence events were missed while down: list again */
+    if (up) hub_rooms_relist(hub);
+}
+
+int hub_bus_open(hub_t *hub, char *err, size_t errlen)
+{
+    const config_t *cfg = &hub->gw->cfg;
+    char node[BUS_NODE_MAX];
+    if (cfg->node_id[0]) {
+        snprintf(node, sizeof node, "%s", cfg->node_id);
+    } else {
+        /* hostname (the pod name in Kubernetes) plus a random suffix: two processes on one host,
+         * or a restarted one, never share an id (a shared id would keep a dead one's members) */
+        char host[BUS_NODE_MAX - 8] = "";
+        if (gethostname(host, sizeof host) < 0 || !host[0]) snprintf(host, sizeof host, "chatgw");
+        host[sizeof host - 1] = '\0';
+        char rnd[7];
+        hub_random_hex(rnd, 3);
+        snprintf(node, sizeof node, "%s-%s", host, rnd);
+    }
+    if (strlen(cfg->node_id) >= BUS_NODE_MAX || strchr(cfg->node_id, '\n')) {
+        snprintf(err, errlen, "config: node_id: expected 1 to %d bytes without a newline", BUS_NODE_MAX - 1);
+        return -1;
+    }
+    bus_options_t opts = {
+        .redis_url = cfg->redis_url,
+        .password_file = cfg->redis_password_file,
+        .node_id = node,
+        .connect_timeout_ms = cfg->redis_connect_timeout_ms,
+        .command_timeout_ms = cfg->redis_command_timeout_ms,
+        .backoff_min_ms = cfg->redis_backoff_min_ms,
+        .backoff_max_ms = cfg->redis_backoff_max_ms,
+        .presence_ttl_ms = cfg->presence_ttl_ms,
+        .history_size = cfg->history_size,
+    };
+    bus_handlers_t on = {
+        .room_message = hub_bus_on_message,
+        .presence = hub_bus_on_presence,
+        .direct = hub_bus_on_direct,
+        .status = hub_bus_on_status,
+    };
+    bus_t *bus;
+    char why[256] = "";
+    if (bus_open(hub->gw->loop, &opts, &on, hub, &bus, why, sizeof why) < 0) {
+        snprintf(err, errlen, "config: %s%s", cfg->redis_password_file[0] && strstr(why, "password file")
+                                                   ? "redis_password_file: " : "", why);
+        return -1;
+    }
+    bus_free(hub->bus);            /* the placeholder bus_local of hub_new */
+    hub->bus = bus;
+    hub->remote = strcmp(bus_kind(bus), "local") != 0;
+    hub_bus_metrics(hub);
+    if (hub->remote) log_info("bus: redis", "{s:s}", "node", bus_node_id(bus));
+    return 0;
+}
+
+void hub_bus_close(hub_t *hub)
+{
+    if (!hub->remote) return;
+    bus_free(hub->bus);            /* no bus callback runs after this: the ops left are ours */
+    while (hub->ops) hub_op_free(hub->ops);
+    hub->remote = 0;
+    char err[128];
+    bus_options_t opts = {.node_id = NULL};
+    if (bus_local_new(hub->gw->loop, &opts, NULL, hub, &hub->bus, err, sizeof err) < 0) abort();
+}
+
+int hub_bus_state(hub_t *hub)
+{
+    if (!hub->remote) return -1;
+    bus_stats_t st;
+    bus_stats_get(hub->bus, &st);
+    return st.up ? 1 : 0;
 }
 
 /* ---- hub ---- */
@@ -792,6 +1592,10 @@ hub_t *hub_new(gw_t *gw)
     hub->tick->data = hub;
     uv_timer_start(hub->tick, hub_on_tick, 1000, 1000);
     uv_unref((uv_handle_t *)hub->tick);     /* the tick alone does not keep the process up */
+    char err[128];
+    bus_options_t opts = {.node_id = NULL};
+    if (bus_local_new(gw->loop, &opts, NULL, hub, &hub->bus, err, sizeof err) < 0) abort();
+    hub_bus_metrics(hub);
     return hub;
 }
 
@@ -805,6 +1609,8 @@ void hub_free(hub_t *hub)
     /* rooms outlive clients only if detach was skipped; free what is left */
     for (map_entry_t *e = map_first(&hub->rooms, &i); e; e = map_first(&hub->rooms, &i))
         hub_room_destroy(hub, e->value);
+    bus_free(hub->bus);            /* no bus callback runs after this: the ops left are ours */
+    while (hub->ops) hub_op_free(hub->ops);
     map_free(&hub->rooms);
     map_free(&hub->clients);
     free(hub);
@@ -816,7 +1622,7 @@ json_t *hub_stats_json(hub_t *hub)
     size_t i;
     for (map_entry_t *e = map_first(&hub->rooms, &i); e; e = map_next(&hub->rooms, e, &i)) {
         hub_room_t *r = e->value;
-        json_array_append_new(rooms, json_pack("{s:s, s:I}", "name", r->name, "online", (json_int_t)r->nmembers));
+        json_array_append_new(rooms, json_pack("{s:s, s:I}", "name", r->name, "online", (json_int_t)hub_room_online(r)));
     }
     return json_pack("{s:I, s:o}", "online", (json_int_t)hub->clients.count, "rooms", rooms);
 }
@@ -825,7 +1631,7 @@ json_t *hub_room_json(hub_t *hub, const char *name)
 {
     hub_room_t *r = hub_room_get(hub, name);
     if (!r) return NULL;
-    return json_pack("{s:s, s:I, s:o}", "name", r->name, "online", (json_int_t)r->nmembers, "members",
+    return json_pack("{s:s, s:I, s:o}", "name", r->name, "online", (json_int_t)hub_room_online(r), "members",
                      hub_room_members_json(r));
 }
 
@@ -834,6 +1640,11 @@ int hub_room_announce(hub_t *hub, const char *room, const char *from_name, const
 {
     hub_room_t *r = hub_room_get(hub, room);
     if (!r) return -1;
+    if (hub->remote) {             /* the id comes with the post's answer, after this returns */
+        hub_room_post(hub, r, "server", from_name, text, NULL, NULL, NULL);
+        if (id_len) id_out[0] = '\0';
+        return 0;
+    }
     hub_room_publish(hub, r, "server", from_name, text, NULL, id_out, id_len);
     return 0;
 }

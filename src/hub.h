@@ -2,7 +2,10 @@
  * for the chat endpoint (/ws?room=R, /ROOM). It owns one hub_client_t per chat connection and
  * one hub_room_t per non-empty room. A broadcast is encoded once into a shared buffer, framed
  * once per variant (plain / deflated) and queued to every member: no per-recipient copy. It
- * never touches sockets (server.c does) or Lua (policy.c does). */
+ * never touches sockets (server.c does) or Lua (policy.c does). With redis_url, rooms span
+ * replicas through the bus (bus.h): msgs get Redis's ids and one order, snapshots list every
+ * replica's members and read the shared history; while Redis is down, local rooms go on with
+ * the hub's own ids and ring. */
 #ifndef CHATGW_HUB_H
 #define CHATGW_HUB_H
 
@@ -18,6 +21,14 @@ hub_t *hub_new(gw_t *gw);
 /* Fills host with the hub's side of the policy's gw.* API (send, broadcast, kick, ...). */
 void hub_policy_host(hub_t *hub, policy_host_t *host);
 void hub_free(hub_t *hub);         /* after every connection detached */
+/* Opens the bus that config asks for (Redis with redis_url, else single node) in place of the
+ * single-node one hub_new starts with. 0, or -1 with a one-line error naming the key. */
+int hub_bus_open(hub_t *hub, char *err, size_t errlen);
+/* Says goodbye to Redis (this node's members leave, its heartbeat goes) and falls back to the
+ * single-node bus; the link closes while the loop runs on. For shutdown. */
+void hub_bus_close(hub_t *hub);
+/* -1 without redis_url, else 1 while the Redis link is up and 0 while it is down. */
+int hub_bus_state(hub_t *hub);
 
 /* {online, rooms:[{name, online}]}; new reference. */
 json_t *hub_stats_json(hub_t *hub);

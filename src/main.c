@@ -113,6 +113,18 @@ static int cmd_serve(int argc, char **argv)
     uv_unref((uv_handle_t *)&sig_hup);
 
     gw.hub = hub_new(&gw);
+    if (hub_bus_open(gw.hub, err, sizeof err) < 0) {   /* a bad redis_url or password file: a config error */
+        fprintf(stderr, "%s\n", err);
+        log_error("bus open failed", "{s:s}", "error", err);
+        hub_free(gw.hub);
+        uv_close((uv_handle_t *)&sig_term, on_close_noop);
+        uv_close((uv_handle_t *)&sig_int, on_close_noop);
+        uv_close((uv_handle_t *)&sig_hup, on_close_noop);
+        uv_run(gw.loop, UV_RUN_DEFAULT);
+        uv_loop_close(gw.loop);
+        config_free(&gw.cfg);
+        return 2;
+    }
     gw.web = static_site_boot(gw.cfg.web_dir);
     int rc = policy_boot(&gw);
     if (rc == 0) rc = server_start(&gw);
@@ -121,6 +133,7 @@ static int cmd_serve(int argc, char **argv)
         uv_run(gw.loop, UV_RUN_DEFAULT);
         log_info("stopped", NULL);
     }
+    hub_bus_close(gw.hub);         /* before server_free runs the loop: the Redis link would keep it alive */
     server_free(&gw);
     watch_stop(gw.watch);
     hub_free(gw.hub);

@@ -34,21 +34,29 @@ static void respond_json(buf_t *out, int status, json_t *body, int keep_alive)
     json_decref(body);
 }
 
-/* Ready while not draining. A failed reload does not fail readiness (the last good policy
- * serves) but shows in checks.policy and policy.last_error. */
+/* Ready while not draining (and, with redis_required, while Redis is up). A failed reload does
+ * not fail readiness (the last good policy serves) but shows in checks.policy and
+ * policy.last_error. With redis_url, "redis" (top level and in checks) is "up" or "down":
+ * local rooms keep working while it is down. */
 static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
 {
-    int ready = !gw->draining;
+    int bus = hub_bus_state(gw->hub);
+    int ready = !gw->draining && !(bus == 0 && gw->cfg.redis_required);
     const char *version = gw->policy ? policy_version(gw->policy) : "";
     const char *last_error = gw->policy ? policy_last_error(gw->policy) : "";
     json_t *checks = json_pack("{s:s, s:s}", "listener", gw->draining ? "draining" : "ok", "policy",
                                last_error[0] ? "reload_failed" : version[0] ? "ok" : "none");
     json_t *policy = json_pack("{s:s, s:o}", "version", version, "last_error",
                                last_error[0] ? json_string(last_error) : json_null());
-    json_t *body = json_pack("{s:s, s:o, s:o, s:s, s:I, s:I}", "status", ready ? "ready" : "draining", "checks",
+    const char *status = ready ? "ready" : gw->draining ? "draining" : "redis_down";
+    json_t *body = json_pack("{s:s, s:o, s:o, s:s, s:I, s:I}", "status", status, "checks",
                              checks, "policy", policy, "version", CHATGW_VERSION, "websockets",
                              (json_int_t)server_websockets_open(gw), "uptime_s",
                              (json_int_t)((gw_now_ms(gw) - gw->started_ms) / 1000));
+    if (bus >= 0) {
+        json_object_set_new(checks, "redis", json_string(bus ? "up" : "down"));
+        json_object_set_new(body, "redis", json_string(bus ? "up" : "down"));
+    }
     respond_json(out, ready ? 200 : 503, body, keep_alive);
 }
 

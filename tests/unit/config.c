@@ -31,6 +31,8 @@ static const char *const keys[] = {
     "write_queue_bytes", "slow_grace_ms", "max_connections", "max_connections_per_ip", "accept_rate_per_ip",
     "max_text_bytes", "rate_msgs_per_sec", "rate_burst", "max_rooms_per_conn",
     "max_room_members", "history_size", "api_token", "allowed_origins", "redis_url",
+    "redis_password_file", "redis_connect_timeout_ms", "redis_command_timeout_ms", "redis_backoff_min_ms",
+    "redis_backoff_max_ms", "redis_required", "presence_ttl_ms", "node_id",
     "policy_budget", "policy_memory_mb", "policy_fail", "reload_poll_ms", "tls_cert",
     "tls_key", "trusted_proxies", "ice_servers",
 };

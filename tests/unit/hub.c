@@ -12,7 +12,9 @@
  * usable, room reclaim, hub_stats_json / hub_room_json / hub_room_announce and the chat metrics.
  * With the fixture policy in tests/unit/hub_fixtures/chat/: on_join refusal and failure modes,
  * on_message rewrite / drop / budget, custom types, gw.send / broadcast / kick / members /
- * rooms, and on_leave. Runs clean under ASan (everything is freed in the teardown). */
+ * rooms, and on_leave. With redis_url set and Redis unreachable: the local fallback (own ids,
+ * ring history, unknown_peer for a dm). Runs clean under ASan (everything is freed in the
+ * teardown). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -1175,6 +1177,41 @@ static void test_metrics(void **state)
 
 /* ---- tests: with the fixture policy ---- */
 
+/* With redis_url set and Redis unreachable, every bus call answers BUS_EDOWN at once: the hub
+ * serves its own members with its own ids and ring, exactly like a single node. */
+static void test_bus_down_fallback(void **state)
+{
+    env_up("--redis-url", "redis://127.0.0.1:1/0", "--redis-connect-timeout-ms", "100", "--history-size", "5",
+           "--node-id", "unit-node", NULL);
+    char err[256];
+    assert_int_equal(hub_bus_open(T.gw.hub, err, sizeof err), 0);
+    assert_int_equal(hub_bus_state(T.gw.hub), 0);
+    assert_int_equal(M.bus_up, 0);
+    conn_t *a = client_open("/ws", "room=lobby&name=alice");
+    json_t *snap = expect(a, "room");
+    assert_int_equal(json_array_size(jget(snap, "members")), 1);
+    conn_t *b = client_open("/ws", "room=lobby&name=bob");
+    snap = expect(b, "room");
+    assert_int_equal(json_array_size(jget(snap, "members")), 2);
+    expect(a, "join");
+
+    char id1[64], epoch[40];
+    snprintf(id1, sizeof id1, "%s", say(a, "lobby", "local only", (conn_t *[]){ a, b }, 2));
+    assert_int_equal(id_seq(id1, epoch, sizeof epoch), 1);
+    say(b, "lobby", "two", (conn_t *[]){ a, b }, 2);
+    client_send(a, "{\"type\":\"history\",\"room\":\"lobby\",\"since\":\"%s\"}", id1);
+    assert_int_equal(json_array_size(jget(expect(a, "history"), "messages")), 1);
+
+    /* nobody to relay a dm to: unknown_peer, as on a single node */
+    client_send(a, "{\"type\":\"dm\",\"to\":\"nobody\",\"text\":\"hi\"}");
+    expect_error(a, "unknown_peer", NULL);
+    json_t *room = hub_room_json(T.gw.hub, "lobby");
+    assert_int_equal(json_integer_value(json_object_get(room, "online")), 2);
+    json_decref(room);
+    assert_quiet(a);
+    assert_quiet(b);
+}
+
 static void test_policy_join(void **state)
 {
     env_up_policy(NULL);
@@ -1529,6 +1566,7 @@ int main(void)
         cmocka_unit_test_teardown(test_room_reclaimed, env_down),
         cmocka_unit_test_teardown(test_room_json_announce, env_down),
         cmocka_unit_test_teardown(test_metrics, env_down),
+        cmocka_unit_test_teardown(test_bus_down_fallback, env_down),
         cmocka_unit_test_teardown(test_policy_join, env_down),
         cmocka_unit_test_teardown(test_policy_connect, env_down),
         cmocka_unit_test_teardown(test_policy_fail_open, env_down),

@@ -1,0 +1,140 @@
+// Helpers for the multi-replica tests (redis_*.test.mjs): a real redis-server on a free
+// loopback port (no persistence), and chatgw replicas wired to it. Every process started here
+// is killed when the test process exits, whatever happened to the test.
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import {
+  startServer, chatClient, passthroughPolicyDir, httpGet, waitFor, withTimeout, HOST,
+} from './lib.mjs';
+
+export const REDIS_BIN = process.env.REDIS_SERVER || '/usr/bin/redis-server';
+
+const procs = new Set();
+process.on('exit', () => {
+  for (const p of procs) { try { p.kill('SIGKILL'); } catch { /* gone */ } }
+});
+
+/** A loopback port that was free a moment ago. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, HOST, () => { const { port } = s.address(); s.close(() => resolve(port)); });
+  });
+}
+
+/** Sends one inline command over RESP and resolves the first reply line (bounded). */
+export function redisCommand(port, line, ms = 3000) {
+  return withTimeout(new Promise((resolve, reject) => {
+    const s = net.connect({ host: HOST, port });
+    let buf = '';
+    s.once('error', reject);
+    s.on('data', (d) => {
+      buf += d.toString('latin1');
+      const i = buf.indexOf('\r\n');
+      if (i >= 0) { s.destroy(); resolve(buf.slice(0, i)); }
+    });
+    s.once('connect', () => s.write(`${line}\r\n`));
+  }), ms, `redis ${line}`);
+}
+
+/** Sends one command as a RESP array (any bytes in args) and resolves the raw reply text (bounded). */
+export function redisArgs(port, args, ms = 3000) {
+  return withTimeout(new Promise((resolve, reject) => {
+    const s = net.connect({ host: HOST, port });
+    let buf = '';
+    s.once('error', reject);
+    s.on('data', (d) => {
+      buf += d.toString('latin1');
+      if (buf.endsWith('\r\n')) { s.destroy(); resolve(buf); }
+    });
+    const parts = [`*${args.length}\r\n`];
+    for (const a of args) parts.push(`$${Buffer.byteLength(String(a))}\r\n${a}\r\n`);
+    s.once('connect', () => s.write(parts.join('')));
+  }), ms, `redis ${args[0]}`);
+}
+
+/**
+ * Starts redis-server on port (a free one when omitted), without persistence. Resolves
+ * {port, proc, stop()} once it answers PING.
+ */
+export async function startRedis(port) {
+  port = port || await freePort();
+  const proc = spawn(REDIS_BIN, ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no',
+    '--protected-mode', 'no', '--loglevel', 'warning'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  procs.add(proc);
+  const out = [];
+  proc.stdout.on('data', (d) => out.push(d.toString()));
+  proc.stderr.on('data', (d) => out.push(d.toString()));
+  const exited = new Promise((resolve) => proc.once('exit', (code, signal) => { procs.delete(proc); resolve({ code, signal }); }));
+  proc.unref();
+  await waitFor(async () => (await redisCommand(port, 'PING', 500).catch(() => '')) === '+PONG',
+    { timeoutMs: 10000, intervalMs: 50, what: `redis-server on ${port}\n${out.join('')}` });
+  return {
+    port,
+    proc,
+    url: `redis://${HOST}:${port}/0`,
+    async stop(signal = 'SIGTERM') {
+      try { proc.kill(signal); } catch { /* gone */ }
+      await withTimeout(exited, 10000, 'redis-server exit').catch(() => { try { proc.kill('SIGKILL'); } catch { /* gone */ } });
+    },
+  };
+}
+
+export const FAST = ['--rate-msgs-per-sec', '100000', '--rate-burst', '100000'];
+
+let policyDir;
+/** chatgw on a free port with a pass-through policy, wired to redisUrl as node nodeId. */
+export async function startReplica(redisUrl, nodeId, args = []) {
+  policyDir ||= passthroughPolicyDir();
+  const srv = await startServer(['--scripts-dir', policyDir, ...FAST, '--redis-url', redisUrl, '--node-id', nodeId,
+    '--redis-backoff-max-ms', '400', ...args]);
+  srv.nodeId = nodeId;
+  return srv;
+}
+
+/** GET /readyz body. */
+export async function readyBody(port) {
+  const r = await httpGet(port, '/readyz');
+  return { status: r.status, body: r.json() };
+}
+
+/** Waits until /readyz of srv reports redis as want ("up" or "down"). */
+export function waitRedis(srv, want, timeoutMs = 15000) {
+  return waitFor(async () => (await readyBody(srv.port).catch(() => null))?.body?.redis === want,
+    { timeoutMs, intervalMs: 50, what: `${srv.nodeId} /readyz redis=${want}\n${srv.tail(10)}` });
+}
+
+/** Sorted member ids of room as /api/rooms/{room} of srv shows them ([] when no such room). */
+export async function apiMembers(srv, room) {
+  const r = await httpGet(srv.port, `/api/rooms/${encodeURIComponent(room)}`);
+  if (r.status === 404) return [];
+  return r.json().members.map((m) => m.id).sort();
+}
+
+/** Opens clients and closes every one of them at the end, whatever happened. */
+export function clientPool() {
+  const open = [];
+  return {
+    async open(port, p, opts) {
+      const c = await chatClient(port, p, opts);
+      open.push(c);
+      return c;
+    },
+    async closeAll() {
+      await Promise.all(open.splice(0).map((c) => c.close().catch(() => c.terminate())));
+    },
+  };
+}
+
+let roomSeq = 0;
+export const uniqueRoom = (prefix = 'room') => `${prefix}-${process.pid}-${++roomSeq}`;
+
+/** Waits until every replica's /api/rooms/{room} lists exactly ids (sorted compare). */
+export function waitMembers(replicas, room, ids, timeoutMs = 10000) {
+  const want = JSON.stringify([...ids].sort());
+  return waitFor(async () => {
+    for (const s of replicas) if (JSON.stringify(await apiMembers(s, room)) !== want) return false;
+    return true;
+  }, { timeoutMs, intervalMs: 50, what: `members of ${room} = ${want}` });
+}
