@@ -94,6 +94,12 @@ static int cmd_serve(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 2;
     }
+    if (gw.cfg.workers > 1) {      /* refused rather than ignored: one loop is what would run */
+        fprintf(stderr, "config: workers: %d event loops are not supported yet; run 1 per process and "
+                        "scale out with replicas and redis_url\n", gw.cfg.workers);
+        config_free(&gw.cfg);
+        return 2;
+    }
     log_level_set(gw.cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
     gw.loop = uv_default_loop();
