@@ -678,6 +678,19 @@ static sbuf_t *proto_msg_tree(const char *room, const char *epoch, uint64_t seq,
     return proto_finish(o);
 }
 
+/* "from":{"id":..,"name":..},"text":..,"ts":.. as msg and dm carry them. */
+static void pw_from_text(proto_w_t *w, const char *from_id, const char *from_name, const char *text, int64_t ts)
+{
+    PW_LIT(w, "\"from\":{\"id\":");
+    pw_str(w, from_id);
+    PW_LIT(w, ",\"name\":");
+    pw_str(w, from_name);
+    PW_LIT(w, "},\"text\":");
+    pw_str(w, text);
+    PW_LIT(w, ",\"ts\":");
+    pw_i64(w, ts);
+}
+
 sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char *from_id,
                   const char *from_name, const char *text, int64_t ts, json_t *extra)
 {
@@ -711,14 +724,8 @@ sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char 
     }
     PW_LIT(&w, ",\"id\":");
     pw_str(&w, id);
-    PW_LIT(&w, ",\"from\":{\"id\":");
-    pw_str(&w, from_id);
-    PW_LIT(&w, ",\"name\":");
-    pw_str(&w, from_name);
-    PW_LIT(&w, "},\"text\":");
-    pw_str(&w, text);
-    PW_LIT(&w, ",\"ts\":");
-    pw_i64(&w, ts);
+    PW_LIT(&w, ",");
+    pw_from_text(&w, from_id, from_name, text, ts);
     if (json_is_object(extra)) {
         json_object_foreach(extra, key, v) {
             if (proto_msg_is_reserved(key)) continue;
@@ -757,14 +764,8 @@ sbuf_t *proto_dm(const char *from_id, const char *from_name, const char *text, i
 {
     proto_w_t w;
     pw_init(&w);
-    PW_LIT(&w, "{\"type\":\"dm\",\"from\":{\"id\":");
-    pw_str(&w, from_id);
-    PW_LIT(&w, ",\"name\":");
-    pw_str(&w, from_name);
-    PW_LIT(&w, "},\"text\":");
-    pw_str(&w, text);
-    PW_LIT(&w, ",\"ts\":");
-    pw_i64(&w, ts);
+    PW_LIT(&w, "{\"type\":\"dm\",");
+    pw_from_text(&w, from_id, from_name, text, ts);
     PW_LIT(&w, "}");
     return pw_finish(&w);
 }
