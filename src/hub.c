@@ -111,10 +111,12 @@ struct hub_s {
     bus_t *bus;                    /* bus_local until hub_bus_open */
     int remote;                    /* the bus reaches other replicas (Redis) */
     hub_op_t *ops;                 /* bus requests in flight (their callbacks point here) */
+    struct hub_limit_s *limits;    /* gw.limit takes mirrored to the bus, in flight */
     uint64_t pres_seq;             /* counts remote presence changes applied */
     uint64_t room_serial;
     hub_tombstone_t tombs[HUB_TOMBSTONES];
     size_t tomb_next;
+    uint64_t msg_t0;               /* uv_hrtime() when the frame being handled arrived */
 };
 
 #define HUB_CODE_LEN 64            /* error codes from the policy */
@@ -367,6 +369,7 @@ struct hub_op_s {
     json_t *cid;
     sbuf_t *tmpl;                  /* the msg with the id placeholder */
     int ack;
+    uint64_t t0;                   /* arrival of the client's msg (0: not from a client) */
     /* snapshot / history / list */
     char *since;
     uint64_t room_serial;          /* fill: the room it counts in (filling) */
@@ -962,6 +965,12 @@ static void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf
     server_msg_release(&m);
 }
 
+/* chatgw_message_latency_seconds: a client's msg from arrival to the start of its fan-out. */
+static void hub_latency_observe(hub_t *hub, uint64_t t0)
+{
+    if (t0) metrics_latency_observe(&hub->gw->metrics, (uv_hrtime() - t0) / 1000);
+}
+
 static void hub_post_ack(hub_t *hub, const hub_op_t *op, const bus_id_t *id)
 {
     hub_client_t *cl = op->ack ? hub_client_find(hub, op->client) : NULL;
@@ -981,6 +990,7 @@ static void hub_post_local(hub_t *hub, hub_op_t *op)
     snprintf(id.epoch, sizeof id.epoch, "%s", r->epoch);
     sbuf_t *payload = bus_payload_set_id(op->tmpl->data, op->tmpl->len, &id);
     if (!payload) return;
+    hub_latency_observe(hub, op->t0);
     hub_room_deliver(hub, r, &id, payload, 0);
     hub_post_ack(hub, op, &id);
 }
@@ -996,6 +1006,7 @@ static void hub_post_done(void *arg, int status, const bus_id_t *id, sbuf_t *pay
         hub_post_local(hub, op);
     } else {
         hub_room_t *r = hub_room_get(hub, op->room);
+        hub_latency_observe(hub, op->t0);
         if (r) hub_room_deliver(hub, r, id, sbuf_ref(payload), 1);
         hub_post_ack(hub, op, id);
     }
@@ -1013,6 +1024,7 @@ static void hub_room_post(hub_t *hub, hub_room_t *r, const char *from_id, const 
     op->tmpl = proto_msg(r->name, BUS_ID_EPOCH, 0, from_id, from_name, text, hub_wall_ms(), extra);
     op->cid = cid ? json_incref(cid) : NULL;
     op->ack = client != NULL;
+    op->t0 = client ? hub->msg_t0 : 0;
     int rc = bus_room_post(hub->bus, r->name, op->tmpl->data, op->tmpl->len, hub_post_done, op);
     if (rc == 0) return;
     if (rc != BUS_EDOWN) log_warn("bus: post refused", "{s:s, s:s}", "room", r->name, "error", bus_strerror(rc));
@@ -1069,6 +1081,7 @@ static void hub_on_msg(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_
     if (hub->remote) {
         hub_room_post(hub, r, cl->id, cl->name, in->text, extra, cl->id, in->cid);
     } else {
+        hub_latency_observe(hub, hub->msg_t0);
         hub_room_publish(hub, r, cl->id, cl->name, in->text, extra, id, sizeof id);
         hub_send(hub, cl, proto_ack(in->cid, id));
     }
@@ -1241,6 +1254,7 @@ static void hub_message(gw_t *gw, conn_t *c, int opcode, uint8_t *data, size_t l
 {
     hub_t *hub = gw->hub;
     hub_client_t *cl = server_conn_data(c);
+    hub->msg_t0 = uv_hrtime();
     METRIC_INC(gw->metrics.msgs_received);
     if (!hub_client_allow(hub, cl)) {
         hub_send_error(hub, cl, "rate_limited", "slow down", NULL, METRICS_DROP_RATE_LIMITED);
@@ -1458,6 +1472,59 @@ static void hub_host_log(void *ud, int level, const char *msg, json_t *fields)
         log_write(level, msg, NULL);
 }
 
+/* gw.limit with Redis: the policy decided locally; take the same token from the cluster's
+ * bucket (bus_limit_take namespaces the key as chatgw:limit:KEY) and hand the policy what is
+ * left. One hub_limit_t per take in flight, linked in hub->limits so that a bus freed before
+ * answering (shutdown, hub_bus_close) leaks nothing; the policy (done's arg) outlives the bus. */
+typedef void (*hub_limit_done_fn)(void *arg, const char *key, double rate, double burst, double tokens);
+
+typedef struct hub_limit_s {
+    struct hub_limit_s *prev, *next;
+    hub_t *hub;
+    double rate, burst;
+    hub_limit_done_fn done;
+    void *arg;
+    char key[];
+} hub_limit_t;
+
+static void hub_limit_free(hub_limit_t *q)
+{
+    if (q->prev) q->prev->next = q->next;
+    else q->hub->limits = q->next;
+    if (q->next) q->next->prev = q->prev;
+    free(q);
+}
+
+static void hub_limit_answered(void *arg, int status, int allowed, double tokens)
+{
+    hub_limit_t *q = arg;
+    (void)allowed;                 /* the local bucket already decided; tokens is what counts */
+    if (!status) q->done(q->arg, q->key, q->rate, q->burst, tokens);
+    hub_limit_free(q);
+}
+
+static int hub_host_limit_take(void *ud, const char *key, double rate, double burst, hub_limit_done_fn done,
+                               void *arg)
+{
+    hub_t *hub = ud;
+    if (!done || !hub->remote || strcmp(bus_kind(hub->bus), "redis") != 0) return -1;
+    bus_stats_t st;
+    bus_stats_get(hub->bus, &st);
+    if (!st.up) return -1;         /* Redis down: purely local until it is back */
+    size_t klen = strlen(key);
+    hub_limit_t *q = xmalloc(sizeof *q + klen + 1);
+    *q = (hub_limit_t){ .hub = hub, .rate = rate, .burst = burst, .done = done, .arg = arg };
+    memcpy(q->key, key, klen + 1);
+    q->next = hub->limits;
+    if (hub->limits) hub->limits->prev = q;
+    hub->limits = q;
+    if (bus_limit_take(hub->bus, key, rate, burst, hub_limit_answered, q) < 0) {
+        hub_limit_free(q);
+        return -1;
+    }
+    return 0;
+}
+
 void hub_policy_host(hub_t *hub, policy_host_t *host)
 {
     *host = (policy_host_t){
@@ -1468,6 +1535,7 @@ void hub_policy_host(hub_t *hub, policy_host_t *host)
         .members = hub_host_members,
         .rooms = hub_host_rooms,
         .log = hub_host_log,
+        .limit_take = hub_host_limit_take,
     };
 }
 
@@ -1565,6 +1633,7 @@ void hub_bus_close(hub_t *hub)
     if (!hub->remote) return;
     bus_free(hub->bus);            /* no bus callback runs after this: the ops left are ours */
     while (hub->ops) hub_op_free(hub->ops);
+    while (hub->limits) hub_limit_free(hub->limits);
     hub->remote = 0;
     char err[128];
     bus_options_t opts = {.node_id = NULL};
@@ -1611,6 +1680,7 @@ void hub_free(hub_t *hub)
         hub_room_destroy(hub, e->value);
     bus_free(hub->bus);            /* no bus callback runs after this: the ops left are ours */
     while (hub->ops) hub_op_free(hub->ops);
+    while (hub->limits) hub_limit_free(hub->limits);
     map_free(&hub->rooms);
     map_free(&hub->clients);
     free(hub);

@@ -903,14 +903,32 @@ static double policy_ttl_arg(lua_State *L, int arg)
     return ttl;
 }
 
+/* The cluster's shared bucket answered a mirrored take: lower the local one to what is left.
+ * arg is the policy_t (it outlives the host's bus: see policy_host_t.limit_take). */
+static void policy_limit_synced(void *arg, const char *key, double rate, double burst, double tokens)
+{
+    policy_t *p = arg;
+    const char *err = NULL;
+    if (policy_store_limit_sync(p->store, key, rate, burst, tokens, policy_clock(CLOCK_MONOTONIC), &err) < 0)
+        log_debug("gw.limit: shared bucket not applied", "{s:s, s:s}", "key", key, "error", err);
+}
+
+/* gw.limit decides at once with the local bucket (hooks cannot wait). With a shared store
+ * (Redis), every take it allowed is also taken from the cluster's bucket, and the answer lowers
+ * the local bucket to what the cluster has left: replicas agree within one round trip. Only the
+ * live VM mirrors: self_test and load-time calls of a candidate VM stay local. */
 static int policy_gw_limit(lua_State *L)
 {
     const char *key = policy_key_arg(L, 1);
     double rate = luaL_checknumber(L, 2);
     double burst = luaL_optnumber(L, 3, rate < 1 ? 1 : ceil(rate));
     const char *err = NULL;
-    int rc = policy_store_limit(policy_vm_of(L)->p->store, key, rate, burst, policy_clock(CLOCK_MONOTONIC), &err);
+    policy_vm_t *vm = policy_vm_of(L);
+    policy_t *p = vm->p;
+    int rc = policy_store_limit(p->store, key, rate, burst, policy_clock(CLOCK_MONOTONIC), &err);
     if (rc < 0) return luaL_error(L, "gw.limit: %s", err);
+    if (rc == 1 && vm == p->vm && p->host.limit_take)
+        (void)p->host.limit_take(p->host.ud, key, rate, burst, policy_limit_synced, p);
     lua_pushboolean(L, rc);
     return 1;
 }

@@ -29,6 +29,16 @@ typedef struct {
     json_t *(*members)(void *ud, const char *room);   /* new ref: [{id,name,muted}] or NULL */
     json_t *(*rooms)(void *ud);                       /* new ref: [{name,online}] */
     void (*log)(void *ud, int level, const char *msg, json_t *fields);
+    /* Optional: mirrors one gw.limit take that the local bucket allowed to the cluster's shared
+     * bucket for key (rate, burst as given to gw.limit). gw.limit stays synchronous: the local
+     * bucket decides, and when the shared store answers, the host calls done(arg, key, rate,
+     * burst, tokens) with the tokens the cluster has left, from the loop, at most once (never
+     * after the host is freed; key borrowed for the call). Returns 0 when the take was sent,
+     * -1 when there is nothing shared (single node, Redis down): done never runs and the local
+     * decision is all there is. NULL = purely local limits. */
+    int (*limit_take)(void *ud, const char *key, double rate, double burst,
+                      void (*done)(void *arg, const char *key, double rate, double burst, double tokens),
+                      void *arg);
 } policy_host_t;
 
 /* The connection as hooks see it: conn = {id, ip, name, query, headers}. query and headers

@@ -269,6 +269,42 @@ int policy_store_limit(policy_store_t *s, const char *key, double rate, double b
     return 1;
 }
 
+int policy_store_limit_sync(policy_store_t *s, const char *key, double rate, double burst, double tokens,
+                            double now, const char **err)
+{
+    if (policy_key_check(key, err) < 0) return -1;
+    if (!(rate > 0) || !isfinite(rate) || !(burst >= 1) || !isfinite(burst)) {
+        *err = "rate must be > 0 and burst >= 1";
+        return -1;
+    }
+    if (isnan(tokens)) {
+        *err = "tokens must be a number";
+        return -1;
+    }
+    if (tokens < 0) tokens = 0;
+    policy_bucket_t *b = map_get(&s->buckets, key);
+    if (!b) {
+        if (tokens >= burst) return 0;             /* absent = full: nothing to lower */
+        if (s->buckets.count >= POLICY_STORE_MAX_KEYS) policy_store_sweep(s, now);
+        if (s->buckets.count >= POLICY_STORE_MAX_KEYS) {
+            *err = "too many buckets (100000)";
+            return -1;
+        }
+        b = xmalloc(sizeof *b);
+        *b = (policy_bucket_t){ .tokens = tokens, .last = now, .rate = rate, .burst = burst };
+        map_set(&s->buckets, key, b);
+        return 1;
+    }
+    double level = policy_bucket_level(b, now);
+    b->last = now > b->last ? now : b->last;
+    if (tokens < level) {
+        b->tokens = tokens;
+        return 1;
+    }
+    b->tokens = level;
+    return 0;
+}
+
 /* Collects the keys to drop first: the map must not change while it is iterated. Each key
  * pointer stays valid until its own entry is deleted. */
 static size_t policy_map_sweep(map_t *m, int (*dead)(const void *value, double now), void (*drop)(void *),

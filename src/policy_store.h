@@ -47,6 +47,13 @@ json_t *policy_store_incr(policy_store_t *s, const char *key, json_t *n, double 
  * taken, 0 when limited, -1 with *err (bad arguments, too many buckets). */
 int policy_store_limit(policy_store_t *s, const char *key, double rate, double burst, double now,
                        const char **err);
+/* Lowers the bucket at key to tokens (what the cluster's shared bucket has left, see gw.limit
+ * with Redis) after refilling it to now; never raises it, since this replica's takes still in
+ * flight are not counted in tokens yet. An absent bucket is created with rate and burst when
+ * tokens < burst (an existing one keeps its own). 1 when lowered, 0 when unchanged, -1 with *err
+ * (bad arguments, too many buckets). */
+int policy_store_limit_sync(policy_store_t *s, const char *key, double rate, double burst, double tokens,
+                            double now, const char **err);
 /* Drops expired entries and buckets that have refilled (they equal absent ones). Returns how
  * many were dropped. */
 size_t policy_store_sweep(policy_store_t *s, double now);

@@ -1167,6 +1167,9 @@ static void test_metrics(void **state)
     assert_int_equal(M.msgs_dropped[METRICS_DROP_NOT_IN_ROOM], 1);
     assert_int_equal(M.msgs_dropped[METRICS_DROP_INVALID], 1);
     assert_int_equal(M.msgs_received, 8);
+    uint64_t timed = 0;   /* only the msg that was fanned out has a latency */
+    for (int i = 0; i <= METRICS_LATENCY_BUCKETS; i++) timed += M.msg_latency[i];
+    assert_int_equal(timed, 1);
     client_close(a);
     assert_int_equal(M.rooms, 2);
     assert_int_equal(M.room_members, 2);

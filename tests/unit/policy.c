@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -525,6 +526,51 @@ static void test_store_c(void **state)
     policy_store_free(s);
 }
 
+/* Lowering a bucket to the cluster's count (gw.limit with Redis): never raises, refills first,
+ * creates an absent bucket only when there is something to lower. */
+static void test_store_limit_sync(void **state)
+{
+    policy_store_t *s = policy_store_new();
+    const char *err = NULL;
+    /* absent and the cluster full: nothing to do, no bucket */
+    assert_int_equal(policy_store_limit_sync(s, "k", 1, 3, 3, 0, &err), 0);
+    assert_int_equal(policy_store_buckets(s), 0);
+    /* absent and the cluster has 1 left: created with 1 token */
+    assert_int_equal(policy_store_limit_sync(s, "k", 1, 3, 1, 0, &err), 1);
+    assert_int_equal(policy_store_buckets(s), 1);
+    assert_int_equal(policy_store_limit(s, "k", 1, 3, 0, &err), 1);
+    assert_int_equal(policy_store_limit(s, "k", 1, 3, 0, &err), 0);
+    /* never raised: in-flight takes of this replica are not in the cluster's count yet */
+    assert_int_equal(policy_store_limit_sync(s, "k", 1, 3, 2.5, 0, &err), 0);
+    assert_int_equal(policy_store_limit(s, "k", 1, 3, 0, &err), 0);
+    /* refilled to now first: 2 tokens at t=2, the cluster has 2.5, so unchanged */
+    assert_int_equal(policy_store_limit_sync(s, "k", 1, 3, 2.5, 2, &err), 0);
+    assert_int_equal(policy_store_limit(s, "k", 1, 3, 2, &err), 1);
+    assert_int_equal(policy_store_limit(s, "k", 1, 3, 2, &err), 1);
+    assert_int_equal(policy_store_limit(s, "k", 1, 3, 2, &err), 0);
+    /* a full local bucket lowered to what the cluster has left; negative counts as 0 */
+    assert_int_equal(policy_store_limit(s, "b", 0.001, 5, 10, &err), 1);   /* 4 left locally */
+    assert_int_equal(policy_store_limit_sync(s, "b", 0.001, 5, 0.5, 10, &err), 1);
+    assert_int_equal(policy_store_limit(s, "b", 0.001, 5, 10, &err), 0);
+    assert_int_equal(policy_store_limit_sync(s, "b", 0.001, 5, -3, 10, &err), 1);
+    assert_int_equal(policy_store_limit(s, "b", 0.001, 5, 600, &err), 0);  /* 0.59 tokens */
+    assert_int_equal(policy_store_limit(s, "b", 0.001, 5, 1500, &err), 1); /* refilled from 0 */
+    /* an existing bucket keeps its rate and burst */
+    assert_int_equal(policy_store_limit(s, "c", 1, 2, 0, &err), 1);
+    assert_int_equal(policy_store_limit_sync(s, "c", 100, 50, 1, 0, &err), 0);
+    assert_int_equal(policy_store_limit_sync(s, "c", 100, 50, 0, 0, &err), 1);
+    assert_int_equal(policy_store_limit(s, "c", 1, 2, 0.5, &err), 0);
+    assert_int_equal(policy_store_limit(s, "c", 1, 2, 1, &err), 1);
+    /* bad arguments change nothing */
+    assert_int_equal(policy_store_limit_sync(s, "c", 0, 2, 0, 1, &err), -1);
+    assert_string_equal(err, "rate must be > 0 and burst >= 1");
+    assert_int_equal(policy_store_limit_sync(s, "c", 1, 0.5, 0, 1, &err), -1);
+    assert_int_equal(policy_store_limit_sync(s, "c", 1, 2, NAN, 1, &err), -1);
+    assert_int_equal(policy_store_limit_sync(s, "", 1, 2, 0, 1, &err), -1);
+    assert_int_equal(policy_store_buckets(s), 3);
+    policy_store_free(s);
+}
+
 /* A full store makes room: expired entries first, then the POLICY_STORE_EVICT_BATCH entries
  * nearest to expiry among those with a ttl; permanent entries are never evicted, and only a
  * store of permanent entries refuses a new key. Replacing an existing key never needs room. */
@@ -604,6 +650,57 @@ static void test_limit_lua(void **state)
     eval_true(p, "return gw.limit('other', 0.001, 1) and not gw.limit('other', 0.001, 1)");
     eval_fails(p, "gw.limit('k', 0, 1)", "rate");
     eval_fails(p, "gw.limit('k', 1, 0.5)", "burst");
+    policy_free(p);
+}
+
+/* gw.limit mirrors allowed takes through the host's limit_take, and the answer lowers the
+ * local bucket. */
+typedef struct {
+    int takes, refuse;
+    char key[64];
+    double rate, burst;
+    void (*done)(void *arg, const char *key, double rate, double burst, double tokens);
+    void *arg;
+} fake_limit_t;
+
+static int fake_limit_take(void *ud, const char *key, double rate, double burst,
+                           void (*done)(void *arg, const char *key, double rate, double burst, double tokens),
+                           void *arg)
+{
+    fake_limit_t *f = ud;
+    f->takes++;
+    if (f->refuse) return -1;
+    snprintf(f->key, sizeof f->key, "%s", key);
+    f->rate = rate;
+    f->burst = burst;
+    f->done = done;
+    f->arg = arg;
+    return 0;
+}
+
+static void test_limit_shared(void **state)
+{
+    fake_limit_t f = { 0 };
+    policy_host_t host = { .ud = &f, .limit_take = fake_limit_take };
+    policy_t *p = good_new(&host);
+    eval_true(p, "return gw.limit('g', 0.001, 5)");
+    assert_int_equal(f.takes, 1);
+    assert_string_equal(f.key, "g");
+    assert_true(f.rate == 0.001 && f.burst == 5);
+    assert_non_null(f.done);
+    /* the cluster has 1 token left: one more take locally, then limited, and no mirror for it */
+    f.done(f.arg, f.key, f.rate, f.burst, 1);
+    eval_true(p, "return gw.limit('g', 0.001, 5)");
+    assert_int_equal(f.takes, 2);
+    eval_true(p, "return not gw.limit('g', 0.001, 5)");
+    assert_int_equal(f.takes, 2);
+    /* the default burst is passed on too */
+    eval_true(p, "return gw.limit('d', 2)");
+    assert_true(f.rate == 2 && f.burst == 2);
+    /* nothing shared (Redis down): the local bucket alone decides */
+    f.refuse = 1;
+    eval_true(p, "local n = 0 for i = 1, 4 do if gw.limit('local', 0.001, 3) then n = n + 1 end end return n == 3");
+    assert_int_equal(f.takes, 6);
     policy_free(p);
 }
 
@@ -838,7 +935,7 @@ static void fake_log(void *ud, int level, const char *msg, json_t *fields)
 static void test_host(void **state)
 {
     fake_host_t fh = { 0 };
-    policy_host_t host = { &fh, fake_send, fake_broadcast, fake_kick, fake_members, fake_rooms, fake_log };
+    policy_host_t host = { &fh, fake_send, fake_broadcast, fake_kick, fake_members, fake_rooms, fake_log, NULL };
     policy_t *p = good_new(&host);
     eval_true(p, "return gw.send('c1', { type = 'hi', n = 1 }) and not gw.send('zz', {})");
     assert_int_equal(fh.sends, 1);
@@ -1107,6 +1204,8 @@ int main(void)
         cmocka_unit_test_setup(test_store_c, metrics_reset),
         cmocka_unit_test_setup(test_store_eviction, metrics_reset),
         cmocka_unit_test_setup(test_limit_lua, metrics_reset),
+        cmocka_unit_test_setup(test_store_limit_sync, metrics_reset),
+        cmocka_unit_test_setup(test_limit_shared, metrics_reset),
         cmocka_unit_test_setup(test_jwt, metrics_reset),
         cmocka_unit_test_setup(test_config_readonly, metrics_reset),
         cmocka_unit_test_setup(test_conversion_roundtrip, metrics_reset),
