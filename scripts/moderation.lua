@@ -253,8 +253,11 @@ end
 
 -- nil (pass) or a drop code; the second result is true when msg.text was rewritten.
 -- opts.skip_words = true leaves the word filter to the caller (policy.lua does for /nick).
+-- A connection lives on one replica: its bucket need not be shared through Redis.
+local PER_CONN = { shared = false }
+
 function M.check(conn, room, msg, opts)
-  if conn.id ~= nil and cfg.conn_rate and not gw.limit("conn:" .. conn.id, cfg.conn_rate, cfg.conn_burst) then
+  if conn.id ~= nil and cfg.conn_rate and not gw.limit("conn:" .. conn.id, cfg.conn_rate, cfg.conn_burst, PER_CONN) then
     return violation(conn, "rate_limited")
   end
   if type(conn.ip) == "string" and cfg.ip_rate and not gw.limit("ip:" .. conn.ip, cfg.ip_rate, cfg.ip_burst) then

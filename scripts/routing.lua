@@ -44,6 +44,7 @@ M.DEFAULTS = {
 
 local cfg
 local next_announcement = {}     -- index -> gw.now() time of the next send (lost on reload: fine)
+local PER_CONN = { shared = false }   -- gw.limit: a connection lives on one replica
 
 function M.configure(overrides)
   local c = {}
@@ -301,7 +302,7 @@ local function on_typing(conn, room, msg)
   if type(r) ~= "string" or r == "" or (type(room) == "string" and room ~= r) then
     return nil, "bad_field"
   end
-  if cfg.typing_rate and not gw.limit("typing:" .. conn.id, cfg.typing_rate, cfg.typing_burst) then
+  if cfg.typing_rate and not gw.limit("typing:" .. conn.id, cfg.typing_rate, cfg.typing_burst, PER_CONN) then
     return false                         -- too chatty: swallow silently
   end
   return { type = "typing", room = r }

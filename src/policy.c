@@ -916,18 +916,26 @@ static void policy_limit_synced(void *arg, const char *key, double rate, double 
 /* gw.limit decides at once with the local bucket (hooks cannot wait). With a shared store
  * (Redis), every take it allowed is also taken from the cluster's bucket, and the answer lowers
  * the local bucket to what the cluster has left: replicas agree within one round trip. Only the
- * live VM mirrors: self_test and load-time calls of a candidate VM stay local. */
+ * live VM mirrors: self_test and load-time calls of a candidate VM stay local, and so do calls
+ * with {shared = false} (a per-connection key: the connection lives on one replica). */
 static int policy_gw_limit(lua_State *L)
 {
     const char *key = policy_key_arg(L, 1);
     double rate = luaL_checknumber(L, 2);
     double burst = luaL_optnumber(L, 3, rate < 1 ? 1 : ceil(rate));
+    int shared = 1;
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        lua_getfield(L, 4, "shared");                     /* [.. shared] */
+        shared = lua_isnil(L, -1) || lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
     const char *err = NULL;
     policy_vm_t *vm = policy_vm_of(L);
     policy_t *p = vm->p;
     int rc = policy_store_limit(p->store, key, rate, burst, policy_clock(CLOCK_MONOTONIC), &err);
     if (rc < 0) return luaL_error(L, "gw.limit: %s", err);
-    if (rc == 1 && vm == p->vm && p->host.limit_take)
+    if (rc == 1 && shared && vm == p->vm && p->host.limit_take)
         (void)p->host.limit_take(p->host.ud, key, rate, burst, policy_limit_synced, p);
     lua_pushboolean(L, rc);
     return 1;

@@ -697,10 +697,16 @@ static void test_limit_shared(void **state)
     /* the default burst is passed on too */
     eval_true(p, "return gw.limit('d', 2)");
     assert_true(f.rate == 2 && f.burst == 2);
+    /* {shared = false} stays local; {shared = true} mirrors; a non-table is an error */
+    eval_true(p, "return gw.limit('c', 1, 1, {shared = false}) and not gw.limit('c', 1, 1, {shared = false})");
+    assert_int_equal(f.takes, 3);
+    eval_true(p, "return gw.limit('e', 1, 1, {shared = true})");
+    assert_int_equal(f.takes, 4);
+    eval_true(p, "return not pcall(gw.limit, 'e', 1, 1, 'local')");
     /* nothing shared (Redis down): the local bucket alone decides */
     f.refuse = 1;
     eval_true(p, "local n = 0 for i = 1, 4 do if gw.limit('local', 0.001, 3) then n = n + 1 end end return n == 3");
-    assert_int_equal(f.takes, 6);
+    assert_int_equal(f.takes, 7);   /* asked, refused: the 3 allowed takes stayed local */
     policy_free(p);
 }
 
