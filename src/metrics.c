@@ -58,6 +58,13 @@ static const metrics_scalar_t metrics_scalars[] = {
       offsetof(metrics_t, bus_published) },
     { "chatgw_bus_received_total", "counter", "Messages and presence events received from other replicas.",
       offsetof(metrics_t, bus_received) },
+    { "chatgw_policy_store_keys", "gauge", "Entries in the policy's gw.store (updated once a second).",
+      offsetof(metrics_t, policy_store_keys) },
+    { "chatgw_policy_store_buckets", "gauge", "gw.limit token buckets held (updated once a second).",
+      offsetof(metrics_t, policy_store_buckets) },
+    { "chatgw_policy_store_evicted_total", "counter",
+      "gw.store entries evicted because the store was full (soonest to expire first).",
+      offsetof(metrics_t, policy_store_evicted) },
 };
 
 const char *const metrics_drop_reasons[METRICS_DROP_REASONS] = {

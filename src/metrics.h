@@ -59,6 +59,8 @@ typedef struct {
     /* policy (policy.c): hooks are POLICY_HOOK_* plus self_test at METRICS_POLICY_HOOKS - 1 */
     uint64_t policy_errors[METRICS_POLICY_HOOKS][METRICS_POLICY_KINDS];
     uint64_t policy_reloads[METRICS_RELOAD_RESULTS];
+    uint64_t policy_store_keys, policy_store_buckets;   /* gauges, set from on_tick */
+    uint64_t policy_store_evicted;
 } metrics_t;
 
 /* Label values for chatgw_policy_errors_total{hook,kind} and chatgw_policy_reloads_total{result}. */

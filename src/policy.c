@@ -1692,6 +1692,13 @@ void policy_conn_forget(policy_t *p, const char *id)
 void policy_on_tick(policy_t *p, double now)
 {
     policy_store_sweep(p->store, policy_clock(CLOCK_MONOTONIC));
+    if (p->metrics) {
+        __atomic_store_n(&p->metrics->policy_store_keys, (uint64_t)policy_store_count(p->store), __ATOMIC_RELAXED);
+        __atomic_store_n(&p->metrics->policy_store_buckets, (uint64_t)policy_store_buckets(p->store),
+                         __ATOMIC_RELAXED);
+        __atomic_store_n(&p->metrics->policy_store_evicted, (uint64_t)policy_store_evicted(p->store),
+                         __ATOMIC_RELAXED);
+    }
     policy_call_t c = { .slot = POLICY_HOOK_TICK, .now = now };
     policy_call(p, &c);
 }

@@ -438,8 +438,11 @@ static void test_on_connect_join_leave_tick(void **state)
     policy_on_leave(p, &conn, "lobby");
     policy_on_leave(p, &conn, "lobby");
     eval_true(p, "return gw.store.get('leaves:lobby') == 2");
+    assert_int_equal(metrics->policy_store_keys, 0);
     policy_on_tick(p, 123.5);
     eval_true(p, "return gw.store.get('tick') == 123.5");
+    assert_int_equal(metrics->policy_store_keys, 1);   /* leaves:lobby, counted before the hook set 'tick' */
+    assert_int_equal(metrics->policy_store_buckets, 0);
     policy_free(p);
 }
 
