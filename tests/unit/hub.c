@@ -145,18 +145,9 @@ static struct {
 #define GW (&T.gw)
 #define M (T.gw.metrics)
 
-/* Config defaults plus the given flags (NULL-terminated). */
-static void env_up(const char *flag, ...)
+/* Config defaults plus argv, a fresh loop and a hub. */
+static void env_start(int argc, char **argv)
 {
-    char *argv[32];
-    int argc = 0;
-    va_list ap;
-    va_start(ap, flag);
-    for (const char *f = flag; f; f = va_arg(ap, const char *)) {
-        assert_true(argc < 32);
-        argv[argc++] = (char *)f;
-    }
-    va_end(ap);
     memset(&T, 0, sizeof T);
     char err[256];
     if (config_load(&T.gw.cfg, argc, argv, err, sizeof err) < 0) fail_msg("config: %s", err);
@@ -168,28 +159,37 @@ static void env_up(const char *flag, ...)
     assert_non_null(T.gw.hub);
 }
 
+/* Collects the NULL-terminated flags after first into argv (room left for 2 more). */
+#define ENV_FLAGS(first, argv, argc)                                        \
+    do {                                                                    \
+        va_list ap;                                                         \
+        va_start(ap, first);                                                \
+        for (const char *f = first; f; f = va_arg(ap, const char *)) {      \
+            assert_true(argc < 30);                                         \
+            argv[argc++] = (char *)f;                                       \
+        }                                                                   \
+        va_end(ap);                                                         \
+    } while (0)
+
+/* Config defaults plus the given flags (NULL-terminated). */
+static void env_up(const char *flag, ...)
+{
+    char *argv[32];
+    int argc = 0;
+    ENV_FLAGS(flag, argv, argc);
+    env_start(argc, argv);
+}
+
 /* env_up, then the fixture policy with the hub as its host. */
 static void env_up_policy(const char *flag, ...)
 {
     char *argv[32];
     int argc = 0;
-    va_list ap;
-    va_start(ap, flag);
-    for (const char *f = flag; f; f = va_arg(ap, const char *)) {
-        assert_true(argc < 30);
-        argv[argc++] = (char *)f;
-    }
-    va_end(ap);
+    ENV_FLAGS(flag, argv, argc);
     argv[argc++] = "--policy-budget";
     argv[argc++] = "200000";
-    memset(&T, 0, sizeof T);
+    env_start(argc, argv);
     char err[512];
-    if (config_load(&T.gw.cfg, argc, argv, err, sizeof err) < 0) fail_msg("config: %s", err);
-    assert_int_equal(uv_loop_init(&T.loop), 0);
-    T.gw.loop = &T.loop;
-    T.garbage = json_array();
-    T.up = 1;
-    T.gw.hub = hub_new(&T.gw);
     hub_policy_host(T.gw.hub, &T.host);
     T.gw.policy = policy_new(&T.gw.cfg, &T.gw.metrics, &T.host);
     char dir[PATH_MAX + 8];
