@@ -477,10 +477,12 @@ static int rb_req_send(rb_req_t *q)
     return 0;
 }
 
-/* Sends q or frees it; for requests whose loss is handled elsewhere (sync on reconnect). */
-static void rb_req_fire(rb_req_t *q)
+/* Sends q, or frees it and answers BUS_EDOWN (q is the callee's either way). */
+static int rb_req_submit(rb_req_t *q)
 {
-    if (rb_req_send(q) < 0) rb_req_free(q);
+    if (rb_req_send(q) == 0) return 0;
+    rb_req_free(q);
+    return BUS_EDOWN;
 }
 
 static void rb_done_free(rb_req_t *q, redisReply *rep, int status) { rb_req_free(q); }
@@ -493,7 +495,7 @@ static void rb_scripts_load(bus_redis_t *r)
         rb_req_str(q, "SCRIPT");
         rb_req_str(q, "LOAD");
         rb_req_str(q, rb_scripts[i]);
-        rb_req_fire(q);
+        (void)rb_req_submit(q);
     }
 }
 
@@ -632,18 +634,18 @@ static void rb_link_connect(bus_redis_t *r, const char *ip)
     if (r->password) {
         rb_req_t *q = rb_req_new(r, -1, rb_done_prelude);
         rb_req_auth(q, r);
-        rb_req_fire(q);
+        (void)rb_req_submit(q);
     }
     if (r->url.db) {
         rb_req_t *q = rb_req_new(r, -1, rb_done_prelude);
         rb_req_str(q, "SELECT");
         rb_req_fmt(q, "%d", r->url.db);
-        rb_req_fire(q);
+        (void)rb_req_submit(q);
     }
     rb_scripts_load(r);
     rb_req_t *ping = rb_req_new(r, -1, rb_done_ready);
     rb_req_str(ping, "PING");
-    rb_req_fire(ping);
+    (void)rb_req_submit(ping);
 
     /* sub prelude: AUTH, then the base channels, then every wanted room */
     if (r->password) {
@@ -862,7 +864,7 @@ static void rb_heartbeat(bus_redis_t *r)
     rb_req_str(q, "PX");
     rb_req_fmt(q, "%ld", r->ttl_ms);
     rb_req_str(q, "GET");
-    rb_req_fire(q);
+    (void)rb_req_submit(q);
     if (!r->ping_sent_ms) {
         rb_req_t *p = rb_req_new(r, -1, rb_done_free);
         rb_req_str(p, "PUBLISH");
@@ -891,7 +893,7 @@ static void rb_reap(bus_redis_t *r)
         rb_req_arg(q, key.data, key.len);
         rb_req_str(q, room->chan);
         rb_req_str(q, RB_KEY_NODE);
-        rb_req_fire(q);
+        (void)rb_req_submit(q);
     }
     buf_free(&key);
 }
@@ -1160,9 +1162,7 @@ static int rb_envelope_publish(bus_redis_t *r, const char *chan, char kind, cons
     buf_append(&env, payload, len);
     rb_req_arg(q, env.data, env.len);
     buf_free(&env);
-    int rc = rb_req_send(q);
-    if (rc < 0) rb_req_free(q);
-    return rc;
+    return rb_req_submit(q);
 }
 
 static int rb_room_publish(bus_t *b, const char *room, const void *payload, size_t len)
@@ -1261,10 +1261,7 @@ static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t 
     q->room = xstrdup(name);
     q->cb.post = cb;
     q->arg = arg;
-    if (rb_req_send(q) < 0) {
-        rb_req_free(q);
-        return BUS_EDOWN;
-    }
+    if (rb_req_submit(q) < 0) return BUS_EDOWN;
     rb_room_t *room = rb_room_get(r, name);
     if (room && room->confirmed) rb_list_push(&r->echo, &q->echo);
     return 0;
@@ -1295,10 +1292,7 @@ static void rb_presence_sync(bus_redis_t *r, rb_room_t *room, int leave_all)
     }
     q->room = xstrdup(room->name);
     room->dirty = 0;
-    if (rb_req_send(q) < 0) {
-        room->dirty = 1;
-        rb_req_free(q);
-    }
+    if (rb_req_submit(q) < 0) room->dirty = 1;
 }
 
 static void rb_presence_sync_all(bus_redis_t *r)
@@ -1344,10 +1338,7 @@ static int rb_presence_add(bus_t *b, const char *name, const bus_member_t *m)
         rb_req_str(q, m->id);
         rb_req_str(q, json);
         q->room = xstrdup(name);
-        if (rb_req_send(q) < 0) {
-            room->dirty = 1;
-            rb_req_free(q);
-        }
+        if (rb_req_submit(q) < 0) room->dirty = 1;
     } else {
         room->dirty = 1;
     }
@@ -1379,10 +1370,7 @@ static int rb_presence_remove(bus_t *b, const char *name, const char *member_id)
         rb_req_str(q, r->base.node);
         rb_req_str(q, member_id);
         q->room = xstrdup(name);
-        if (rb_req_send(q) < 0) {
-            room->dirty = 1;
-            rb_req_free(q);
-        }
+        if (rb_req_submit(q) < 0) room->dirty = 1;
     } else {
         room->dirty = 1;
     }
@@ -1435,10 +1423,7 @@ static int rb_presence_list(bus_t *b, const char *name, bus_members_cb cb, void 
     rb_req_str(q, RB_KEY_NODE);
     q->cb.members = cb;
     q->arg = arg;
-    if (rb_req_send(q) < 0) {
-        rb_req_free(q);
-        return BUS_EDOWN;
-    }
+    if (rb_req_submit(q) < 0) return BUS_EDOWN;
     return 0;
 }
 
@@ -1497,10 +1482,7 @@ static int rb_history_range(bus_t *b, const char *name, const char *since, bus_h
     rb_req_fmt(q, "%ld", r->history_size);
     q->cb.history = cb;
     q->arg = arg;
-    if (rb_req_send(q) < 0) {
-        rb_req_free(q);
-        return BUS_EDOWN;
-    }
+    if (rb_req_submit(q) < 0) return BUS_EDOWN;
     return 0;
 }
 
@@ -1532,10 +1514,7 @@ static int rb_limit_take(bus_t *b, const char *key, double rate, double burst, b
     rb_req_str(q, "1");
     q->cb.limit = cb;
     q->arg = arg;
-    if (rb_req_send(q) < 0) {
-        rb_req_free(q);
-        return BUS_EDOWN;
-    }
+    if (rb_req_submit(q) < 0) return BUS_EDOWN;
     return 0;
 }
 
@@ -1588,7 +1567,7 @@ static void rb_close_step(bus_redis_t *r)
         rb_req_t *q = rb_req_new(r, -1, rb_done_free);
         rb_req_str(q, "DEL");
         rb_req_str(q, r->key_node);
-        rb_req_fire(q);
+        (void)rb_req_submit(q);
         redisAsyncDisconnect(r->cmd);   /* after the answers; rb_on_ctx_disconnect then */
         if (r->cmd) uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->command_timeout_ms, 0);
     } else if (r->cmd) {
