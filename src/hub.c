@@ -1203,6 +1203,19 @@ static void hub_deliver_rewritten(hub_t *hub, hub_client_t *cl, json_t *out)
     proto_in_free(&in);
 }
 
+/* A client's msg reaches the policy with its protocol fields only (type, room, text, cid), so
+ * every other field of a msg the policy returns is one the policy set: a client cannot slip
+ * "action":true onto a msg through a filter that rewrote its text. */
+static void hub_msg_envelope_only(json_t *root)
+{
+    const char *key;
+    json_t *v, *tmp;
+    json_object_foreach_safe(root, tmp, key, v) {
+        if (strcmp(key, "type") && strcmp(key, "room") && strcmp(key, "text") && strcmp(key, "cid"))
+            json_object_del(root, key);
+    }
+}
+
 /* Runs on_message over a message of a member (r is its room, NULL for dm and roomless custom
  * types) and carries out the verdict. */
 static void hub_route(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
@@ -1215,6 +1228,7 @@ static void hub_route(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_i
             hub_deliver(hub, cl, r, in, 0);
         return;
     }
+    if (in->type == PROTO_MSG) hub_msg_envelope_only(in->root);
     policy_conn_t pc = hub_pconn(cl, NULL);
     json_t *out;
     char code[HUB_CODE_LEN];
