@@ -5,13 +5,9 @@
  * it consistent through hub_room_leave. History entries hold a reference on the encoded msg
  * payload, so a history reply splices stored bytes without re-encoding.
  *
- * With Redis (bus.h), a msg is posted once to the bus and delivered here from the post's
- * callback, at its place in the room's one order; other replicas' msgs, presence and direct
- * frames arrive through the bus handlers. A room keeps a mirror of the other replicas'
- * members. A joiner is `pending` until its snapshot (presence list + shared history) came
- * back; it gets no fan-out meanwhile, then the ring's newer msgs, then a `floor` keeps the
- * channel's late copies from reaching it twice. Every bus request is a hub_op_t. */
-#include "hub.h"
+ * With Redis, hub_sync.c carries the bus side: posts in Redis's order, the other replicas'
+ * members, snapshots and refills through the bus. */
+#include "hub_int.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -29,97 +25,6 @@
 #include "proto.h"
 #include "ws.h"
 
-#define HUB_ID_BYTES 12            /* 96 random bits, 16 base64url characters */
-#define HUB_EPOCH_BYTES 6
-
-typedef struct hub_room_s hub_room_t;
-
-typedef struct hub_queued_s {
-    bus_id_t id;
-    sbuf_t *payload;
-} hub_queued_t;
-
-typedef struct {
-    char epoch[BUS_EPOCH_MAX];     /* the hub's own epoch, or the bus's (Redis) */
-    uint64_t seq;
-    sbuf_t *payload;
-} hub_hist_t;
-
-typedef struct {
-    struct hub_client_s *client;
-    int muted;
-    int pending;                   /* joined; its room snapshot waits for the bus: no fan-out yet */
-    bus_id_t floor;                /* seq 0, or the newest msg its snapshot held: the room's
-                                    * channel may still bring older ones, which it must not get twice */
-} hub_member_t;
-
-/* A member held by another replica (the bus's presence), mirrored for snapshots and the API. */
-typedef struct {
-    char *id, *name, *node;
-    int muted;
-    uint64_t touched;              /* hub->pres_seq when an event last changed it */
-} hub_remote_t;
-
-struct hub_room_s {
-    char *name;
-    uint64_t serial;               /* tells a room from a later one of the same name */
-    char epoch[HUB_EPOCH_BYTES * 2 + 1];   /* ids the hub assigns itself (no bus, or bus down) */
-    uint64_t seq;
-    char last_epoch[BUS_EPOCH_MAX];        /* the newest id delivered here, whoever assigned it */
-    uint64_t last_seq;
-    hub_member_t *members;
-    size_t nmembers, cap;
-    hub_remote_t *remote;          /* other replicas' members */
-    size_t nremote, remote_cap;
-    bus_id_t bus_last;             /* the newest Redis id delivered here ("" = the store had none) */
-    int bus_known;                 /* bus_last is a position: the next msg must follow it */
-    int bus_init;                  /* bus_last was set once (by a delivery or the first snapshot) */
-    int filling;                   /* refills in flight after a reconnect: channel msgs wait */
-    hub_queued_t *queue;
-    size_t nqueue, queue_cap;
-    hub_hist_t *hist;              /* ring of history_size entries */
-    size_t hist_cap, hist_len, hist_head;
-};
-
-typedef struct hub_client_s {
-    conn_t *conn;                  /* NULL between admit and attach */
-    char id[24];
-    char name[PROTO_MAX_NAME * 4 + 1];
-    char ip[64];
-    json_t *query;                 /* the upgrade URL's query parameters, for on_join */
-    hub_room_t **rooms;
-    size_t nrooms;
-    double tokens;
-    uint64_t tokens_ms;
-} hub_client_t;
-
-typedef struct hub_op_s hub_op_t;
-
-#define HUB_TOMBSTONES 128         /* recent remote leaves, so a stale list cannot revive them */
-
-typedef struct {
-    char room[PROTO_MAX_ROOM + 1];
-    char id[32];
-    uint64_t seq;
-} hub_tombstone_t;
-
-struct hub_s {
-    gw_t *gw;
-    map_t rooms;                   /* name -> hub_room_t */
-    map_t clients;                 /* id -> hub_client_t */
-    uv_timer_t *tick;              /* on_tick, once a second; freed by its close callback */
-    bus_t *bus;                    /* bus_local until hub_bus_open */
-    int remote;                    /* the bus reaches other replicas (Redis) */
-    hub_op_t *ops;                 /* bus requests in flight (their callbacks point here) */
-    struct hub_limit_s *limits;    /* gw.limit takes mirrored to the bus, in flight */
-    uint64_t pres_seq;             /* counts remote presence changes applied */
-    uint64_t room_serial;
-    hub_tombstone_t tombs[HUB_TOMBSTONES];
-    size_t tomb_next;
-    uint64_t msg_t0;               /* uv_hrtime() when the frame being handled arrived */
-};
-
-#define HUB_CODE_LEN 64            /* error codes from the policy */
 
 /* ---- identity ---- */
 
@@ -158,7 +63,7 @@ static void hub_random_name(char *out, size_t len)
     snprintf(out, len, "%.*s %s %s", (int)(space - a), a, adj[r[0] % 16], space + 1);
 }
 
-static int64_t hub_wall_ms(void)
+int64_t hub_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -173,7 +78,7 @@ static policy_conn_t hub_pconn(const hub_client_t *cl, json_t *headers)
 
 /* ---- sending ---- */
 
-static void hub_send(hub_t *hub, hub_client_t *cl, sbuf_t *payload)
+void hub_send(hub_t *hub, hub_client_t *cl, sbuf_t *payload)
 {
     server_msg_t m;
     server_msg_init(&m, payload);
@@ -190,7 +95,7 @@ static void hub_send_error(hub_t *hub, hub_client_t *cl, const char *code, const
 }
 
 /* Fans payload out to every member of room except skip (may be NULL). Takes the reference. */
-static void hub_room_fanout(hub_t *hub, hub_room_t *room, sbuf_t *payload, const hub_client_t *skip)
+void hub_room_fanout(hub_t *hub, hub_room_t *room, sbuf_t *payload, const hub_client_t *skip)
 {
     server_msg_t m;
     server_msg_init(&m, payload);
@@ -207,7 +112,7 @@ static void hub_room_fanout(hub_t *hub, hub_room_t *room, sbuf_t *payload, const
 
 /* ---- rooms ---- */
 
-static hub_room_t *hub_room_get(hub_t *hub, const char *name) { return map_get(&hub->rooms, name); }
+hub_room_t *hub_room_get(hub_t *hub, const char *name) { return map_get(&hub->rooms, name); }
 
 static hub_room_t *hub_room_create(hub_t *hub, const char *name)
 {
@@ -224,7 +129,7 @@ static hub_room_t *hub_room_create(hub_t *hub, const char *name)
     return r;
 }
 
-static void hub_remote_free(hub_remote_t *m)
+void hub_remote_free(hub_remote_t *m)
 {
     free(m->id);
     free(m->name);
@@ -247,7 +152,7 @@ static void hub_room_destroy(hub_t *hub, hub_room_t *r)
     free(r);
 }
 
-static hub_member_t *hub_room_member(hub_room_t *r, const hub_client_t *cl)
+hub_member_t *hub_room_member(hub_room_t *r, const hub_client_t *cl)
 {
     for (size_t i = 0; i < r->nmembers; i++)
         if (r->members[i].client == cl) return &r->members[i];
@@ -260,7 +165,7 @@ static json_t *hub_member_json(const hub_member_t *m)
 }
 
 /* Local members in join order, then the other replicas' members. */
-static json_t *hub_room_members_json(const hub_room_t *r)
+json_t *hub_room_members_json(const hub_room_t *r)
 {
     json_t *a = json_array();
     for (size_t i = 0; i < r->nmembers; i++) json_array_append_new(a, hub_member_json(&r->members[i]));
@@ -273,7 +178,7 @@ static json_t *hub_room_members_json(const hub_room_t *r)
 static size_t hub_room_online(const hub_room_t *r) { return r->nmembers + r->nremote; }
 
 /* Keeps payload in the ring as the room's newest msg, id epoch:seq. */
-static void hub_hist_push(hub_room_t *r, const char *epoch, uint64_t seq, sbuf_t *payload)
+void hub_hist_push(hub_room_t *r, const char *epoch, uint64_t seq, sbuf_t *payload)
 {
     snprintf(r->last_epoch, sizeof r->last_epoch, "%s", epoch);
     r->last_seq = seq;
@@ -291,7 +196,7 @@ static void hub_hist_push(hub_room_t *r, const char *epoch, uint64_t seq, sbuf_t
     snprintf(r->hist[slot].epoch, sizeof r->hist[slot].epoch, "%s", epoch);
 }
 
-static const hub_hist_t *hub_hist_at(const hub_room_t *r, size_t i)
+const hub_hist_t *hub_hist_at(const hub_room_t *r, size_t i)
 {
     return &r->hist[(r->hist_head + i) % r->hist_cap];
 }
@@ -319,7 +224,7 @@ static long hub_hist_since(const hub_room_t *r, const char *since, sbuf_t **out)
     return n;
 }
 
-static void hub_send_gap(hub_t *hub, hub_room_t *r, hub_client_t *cl)
+void hub_send_gap(hub_t *hub, hub_room_t *r, hub_client_t *cl)
 {
     METRIC_INC(hub->gw->metrics.history_gaps);
     json_t *ref = json_string(r->name);
@@ -329,7 +234,7 @@ static void hub_send_gap(hub_t *hub, hub_room_t *r, hub_client_t *cl)
 
 /* The history after since into hist (room for hist_len entries). When since is no longer
  * kept, cl gets history_gap and hist gets everything kept. Returns the count. */
-static size_t hub_hist_recover(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since, sbuf_t **hist)
+size_t hub_hist_recover(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since, sbuf_t **hist)
 {
     long n = hub_hist_since(r, since, hist);
     if (n >= 0) return (size_t)n;
@@ -338,7 +243,7 @@ static size_t hub_hist_recover(hub_t *hub, hub_room_t *r, hub_client_t *cl, cons
 }
 
 /* Sends `room` (snapshot + history) to cl, after history_gap when since is lost. */
-static void hub_room_snapshot(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since)
+void hub_room_snapshot(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since)
 {
     sbuf_t **hist = xcalloc(r->hist_len + 1, sizeof *hist);
     size_t n = hub_hist_recover(hub, r, cl, since, hist);
@@ -348,462 +253,7 @@ static void hub_room_snapshot(hub_t *hub, hub_room_t *r, hub_client_t *cl, const
     free(hist);
 }
 
-static hub_client_t *hub_client_find(hub_t *hub, const char *id) { return map_get(&hub->clients, id); }
-
-/* ---- bus requests ----
- * A request to the bus (a post, a snapshot's presence list and history, a history range, a
- * reconcile) is one hub_op_t, linked in hub->ops until its last answer came, so hub_free can
- * free what the bus will never answer. It names its room and client instead of pointing at
- * them: either may be gone when the answer arrives. */
-
-enum { HUB_OP_POST, HUB_OP_SNAPSHOT, HUB_OP_HISTORY, HUB_OP_LIST, HUB_OP_FILL };
-
-struct hub_op_s {
-    hub_op_t *prev, *next;
-    hub_t *hub;
-    int kind;
-    char room[PROTO_MAX_ROOM + 1];
-    char client[24];               /* "" = none (HTTP announce, reconcile) */
-    int waiting;                   /* answers still owed */
-    /* post */
-    json_t *cid;
-    sbuf_t *tmpl;                  /* the msg with the id placeholder */
-    int ack;
-    uint64_t t0;                   /* arrival of the client's msg (0: not from a client) */
-    /* snapshot / history / list */
-    char *since;
-    uint64_t room_serial;          /* fill: the room it counts in (filling) */
-    uint64_t list_seq;             /* hub->pres_seq when the list was asked for */
-    int list_status, hist_status;  /* 0 = answered; else a BUS_E* code: use the hub's own state */
-    hub_remote_t *members;
-    size_t nmembers;
-    bus_id_t last;
-    int gap;
-    sbuf_t **msgs;
-    uint64_t *seqs;
-    size_t nmsgs;
-};
-
-static void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus);
-
-static hub_op_t *hub_op_new(hub_t *hub, int kind, const char *room, const char *client)
-{
-    hub_op_t *op = xcalloc(1, sizeof *op);
-    op->hub = hub;
-    op->kind = kind;
-    snprintf(op->room, sizeof op->room, "%s", room);
-    snprintf(op->client, sizeof op->client, "%s", client ? client : "");
-    op->list_status = op->hist_status = BUS_ENOTSUP;
-    op->next = hub->ops;
-    if (hub->ops) hub->ops->prev = op;
-    hub->ops = op;
-    return op;
-}
-
-static void hub_op_free(hub_op_t *op)
-{
-    hub_t *hub = op->hub;
-    if (op->prev) op->prev->next = op->next;
-    else hub->ops = op->next;
-    if (op->next) op->next->prev = op->prev;
-    json_decref(op->cid);
-    if (op->tmpl) sbuf_unref(op->tmpl);
-    free(op->since);
-    for (size_t i = 0; i < op->nmembers; i++) hub_remote_free(&op->members[i]);
-    free(op->members);
-    for (size_t i = 0; i < op->nmsgs; i++) sbuf_unref(op->msgs[i]);
-    free(op->msgs);
-    free(op->seqs);
-    free(op);
-}
-
-static void hub_bus_metrics(hub_t *hub)
-{
-    bus_stats_t st;
-    bus_stats_get(hub->bus, &st);
-    metrics_t *m = &hub->gw->metrics;
-    __atomic_store_n(&m->bus_up, st.up, __ATOMIC_RELAXED);
-    __atomic_store_n(&m->bus_reconnects, st.reconnects, __ATOMIC_RELAXED);
-    __atomic_store_n(&m->bus_published, st.published, __ATOMIC_RELAXED);
-    __atomic_store_n(&m->bus_received, st.received, __ATOMIC_RELAXED);
-}
-
-/* ---- the other replicas' members ---- */
-
-static hub_remote_t *hub_remote_find(hub_room_t *r, const char *id)
-{
-    for (size_t i = 0; i < r->nremote; i++)
-        if (!strcmp(r->remote[i].id, id)) return &r->remote[i];
-    return NULL;
-}
-
-static hub_remote_t *hub_remote_add(hub_room_t *r, const char *id, const char *name, const char *node, int muted)
-{
-    if (r->nremote == r->remote_cap) {
-        r->remote_cap = r->remote_cap ? r->remote_cap * 2 : 4;
-        r->remote = xrealloc(r->remote, r->remote_cap * sizeof *r->remote);
-    }
-    hub_remote_t *m = &r->remote[r->nremote++];
-    *m = (hub_remote_t){xstrdup(id), xstrdup(name), xstrdup(node ? node : ""), muted, 0};
-    return m;
-}
-
-static void hub_remote_del(hub_room_t *r, hub_remote_t *m)
-{
-    hub_remote_free(m);
-    size_t i = (size_t)(m - r->remote);
-    memmove(m, m + 1, (r->nremote - i - 1) * sizeof *m);
-    r->nremote--;
-}
-
-/* A member id local to room: its presence is the hub's own, never mirrored. */
-static int hub_room_has_local(hub_t *hub, hub_room_t *r, const char *id)
-{
-    hub_client_t *cl = hub_client_find(hub, id);
-    return cl && hub_room_member(r, cl);
-}
-
-static void hub_tomb_add(hub_t *hub, const char *room, const char *id)
-{
-    hub_tombstone_t *t = &hub->tombs[hub->tomb_next++ % HUB_TOMBSTONES];
-    snprintf(t->room, sizeof t->room, "%s", room);
-    snprintf(t->id, sizeof t->id, "%s", id);
-    t->seq = hub->pres_seq;
-}
-
-/* Whether id left room after presence seq `after` (so a list older than that is stale). */
-static int hub_tomb_after(const hub_t *hub, const char *room, const char *id, uint64_t after)
-{
-    for (size_t i = 0; i < HUB_TOMBSTONES; i++) {
-        const hub_tombstone_t *t = &hub->tombs[i];
-        if (t->seq > after && !strcmp(t->id, id) && !strcmp(t->room, room)) return 1;
-    }
-    return 0;
-}
-
-static void hub_remote_fanout(hub_t *hub, hub_room_t *r, const char *type, const hub_remote_t *m)
-{
-    hub_room_fanout(hub, r, proto_presence(type, r->name, m->id, m->name, m->muted), NULL);
-}
-
-/* A presence event from another replica: mirror it and tell the local members. */
-static void hub_bus_on_presence(void *arg, const char *room, int event, const bus_member_t *bm)
-{
-    hub_t *hub = arg;
-    hub_room_t *r = hub_room_get(hub, room);
-    if (!r || hub_room_has_local(hub, r, bm->id)) return;
-    hub->pres_seq++;
-    hub_remote_t *m = hub_remote_find(r, bm->id);
-    if (event == BUS_PRESENCE_LEAVE) {
-        hub_tomb_add(hub, room, bm->id);
-        if (!m) return;
-        hub_remote_fanout(hub, r, "leave", m);
-        hub_remote_del(r, m);
-    } else if (!m) {
-        m = hub_remote_add(r, bm->id, bm->name, bm->node, bm->muted);
-        m->touched = hub->pres_seq;
-        hub_remote_fanout(hub, r, "join", m);
-    } else {
-        m->touched = hub->pres_seq;
-        if (m->muted != bm->muted) {
-            m->muted = bm->muted;
-            hub_remote_fanout(hub, r, m->muted ? "mute" : "unmute", m);
-        }
-    }
-    hub_bus_metrics(hub);
-}
-
-static int hub_op_has_member(const hub_op_t *op, const char *id)
-{
-    for (size_t i = 0; i < op->nmembers; i++)
-        if (!strcmp(op->members[i].id, id)) return 1;
-    return 0;
-}
-
-/* Brings the mirror in line with a presence list (op->members), with join/leave frames for the
- * difference. Entries changed by events after the list was asked for are newer than the list
- * and stay as they are; so do members that left since (tombstones). */
-static void hub_presence_reconcile(hub_t *hub, hub_room_t *r, const hub_op_t *op)
-{
-    for (size_t i = r->nremote; i-- > 0;) {
-        hub_remote_t *m = &r->remote[i];
-        if (m->touched > op->list_seq || hub_op_has_member(op, m->id)) continue;
-        hub_remote_fanout(hub, r, "leave", m);
-        hub_remote_del(r, m);
-    }
-    for (size_t i = 0; i < op->nmembers; i++) {
-        const hub_remote_t *lm = &op->members[i];
-        if (hub_room_has_local(hub, r, lm->id)) continue;
-        hub_remote_t *m = hub_remote_find(r, lm->id);
-        if (m) {
-            if (m->touched > op->list_seq || m->muted == lm->muted) continue;
-            m->muted = lm->muted;
-            hub_remote_fanout(hub, r, m->muted ? "mute" : "unmute", m);
-        } else if (!hub_tomb_after(hub, r->name, lm->id, op->list_seq)) {
-            m = hub_remote_add(r, lm->id, lm->name, lm->node, lm->muted);
-            m->touched = op->list_seq;
-            hub_remote_fanout(hub, r, "join", m);
-        }
-    }
-}
-
-/* ---- snapshots and history through the bus ---- */
-
-/* Msgs delivered here after last while the client's snapshot was on its way (it got no
- * fan-out meanwhile): the ring holds them, in delivery order. */
-static void hub_hist_catch_up(hub_t *hub, hub_room_t *r, hub_client_t *cl, const bus_id_t *last)
-{
-    size_t from = r->hist_len;
-    for (size_t i = 0; i < r->hist_len && from == r->hist_len; i++) {
-        const hub_hist_t *h = hub_hist_at(r, i);
-        if (h->seq == last->seq && !strcmp(h->epoch, last->epoch)) from = i + 1;
-    }
-    for (size_t i = 0; i < r->hist_len; i++) {
-        const hub_hist_t *h = hub_hist_at(r, i);
-        int newer = i >= from || (from == r->hist_len && ((!strcmp(h->epoch, last->epoch) && h->seq > last->seq) ||
-                                                          (!last->epoch[0] && strcmp(h->epoch, r->epoch))));
-        if (newer) hub_send(hub, cl, sbuf_ref(h->payload));
-    }
-}
-
-static void hub_snapshot_finish(hub_t *hub, hub_op_t *op)
-{
-    hub_room_t *r = hub_room_get(hub, op->room);
-    if (r && op->list_status == 0) hub_presence_reconcile(hub, r, op);
-    hub_client_t *cl = hub_client_find(hub, op->client);
-    hub_member_t *m = r && cl ? hub_room_member(r, cl) : NULL;
-    if (!m) return;                /* it left, or went, meanwhile */
-    sbuf_t **hist = op->msgs, **ring = NULL;
-    size_t n = op->nmsgs;
-    if (op->hist_status == 0) {
-        if (op->gap) hub_send_gap(hub, r, cl);
-    } else {
-        hist = ring = xcalloc(r->hist_len + 1, sizeof *ring);
-        n = hub_hist_recover(hub, r, cl, op->since, ring);
-    }
-    json_t *members = hub_room_members_json(r);
-    hub_send(hub, cl, proto_room(r->name, members, hist, n));
-    json_decref(members);
-    free(ring);
-    if (op->hist_status == 0 && !r->bus_init) {   /* nothing came on the channel yet: start from here */
-        r->bus_last = op->last;
-        r->bus_known = r->bus_init = 1;
-    }
-    if (m->pending && op->hist_status == 0) {
-        hub_hist_catch_up(hub, r, cl, &op->last);
-        m->floor = r->last_seq && !strcmp(r->last_epoch, op->last.epoch) && r->last_seq > op->last.seq
-                       ? (bus_id_t){"", 0} : op->last;   /* the ring already passed it: nothing older can come */
-    }
-    m->pending = 0;
-}
-
-static void hub_history_finish(hub_t *hub, hub_op_t *op)
-{
-    hub_room_t *r = hub_room_get(hub, op->room);
-    hub_client_t *cl = hub_client_find(hub, op->client);
-    if (!r || !cl || !hub_room_member(r, cl)) return;
-    if (op->hist_status != 0) {
-        sbuf_t **hist = xcalloc(r->hist_len + 1, sizeof *hist);
-        size_t n = hub_hist_recover(hub, r, cl, op->since, hist);
-        hub_send(hub, cl, proto_history(r->name, hist, n));
-        free(hist);
-        return;
-    }
-    if (op->gap) hub_send_gap(hub, r, cl);
-    hub_send(hub, cl, proto_history(r->name, op->msgs, op->nmsgs));
-}
-
-enum { HUB_SEQ_NEXT, HUB_SEQ_SEEN, HUB_SEQ_HOLE };
-
-/* Where a msg from Redis stands against the newest one delivered here. Redis numbers every
- * msg of an epoch, so a skipped seq, or a first seq other than 1 after an empty store or in
- * a new epoch, means the channel missed some. */
-static int hub_seq_class(const hub_room_t *r, const bus_id_t *id)
-{
-    const bus_id_t *last = &r->bus_last;
-    if (!r->bus_known) return HUB_SEQ_NEXT;
-    if (!last->epoch[0] || strcmp(last->epoch, id->epoch)) return id->seq == 1 && !last->epoch[0] ? HUB_SEQ_NEXT
-                                                                                                  : HUB_SEQ_HOLE;
-    if (id->seq <= last->seq) return HUB_SEQ_SEEN;
-    return id->seq == last->seq + 1 ? HUB_SEQ_NEXT : HUB_SEQ_HOLE;
-}
-
-static void hub_room_gap(hub_t *hub, hub_room_t *r);
-
-/* After a refill, a hole before the first new queued msg is one Redis cannot fill either
- * (trimmed, or lost with the store): say so once and go on, instead of asking again. */
-static void hub_fill_check(hub_t *hub, hub_room_t *r)
-{
-    for (size_t i = 0; i < r->nqueue; i++) {
-        int c = hub_seq_class(r, &r->queue[i].id);
-        if (c == HUB_SEQ_SEEN) continue;
-        if (c == HUB_SEQ_HOLE) {
-            hub_room_gap(hub, r);
-            r->bus_known = 0;
-        }
-        return;
-    }
-}
-
-static void hub_room_gap(hub_t *hub, hub_room_t *r)
-{
-    METRIC_INC(hub->gw->metrics.history_gaps);
-    json_t *ref = json_string(r->name);
-    hub_room_fanout(hub, r, proto_error("history_gap", "messages of this room were lost on the way to this "
-                                        "replica; history restarts", ref), NULL);
-    json_decref(ref);
-}
-
-/* A refill: the msgs after bus_last that the channel did not bring (this replica's link was
- * down, or its subscription started late) go out first, in order, then what the channel
- * brought meanwhile; hub_room_deliver drops whatever was already delivered. When some are no
- * longer kept, the stream was lost (a new epoch) or Redis cannot answer, the members get
- * history_gap first: never a silent loss. */
-static void hub_fill_finish(hub_t *hub, hub_op_t *op)
-{
-    hub_room_t *r = hub_room_get(hub, op->room);
-    if (!r || r->serial != op->room_serial) return;   /* emptied (and maybe made again) meanwhile */
-    r->filling--;
-    if (op->hist_status != 0) {
-        hub_room_gap(hub, r);
-        r->bus_known = 0;          /* take the channel as it comes from here on */
-    } else {
-        /* without since (the store had nothing when we last looked) every kept msg is new,
-         * and they must start at 1; otherwise the first one delivered starts afresh */
-        int lost = op->gap || (!op->since && op->nmsgs && op->seqs[0] != 1);
-        if (lost && (op->nmsgs || op->last.epoch[0])) hub_room_gap(hub, r);
-        if (lost) r->bus_known = 0;
-        int was = r->filling;
-        r->filling = 0;            /* deliver these now, in order */
-        for (size_t i = 0; i < op->nmsgs; i++) {
-            bus_id_t id = op->last;
-            id.seq = op->seqs[i];
-            hub_room_deliver(hub, r, &id, sbuf_ref(op->msgs[i]), 1);
-        }
-        r->filling += was;
-    }
-    if (r->filling) return;
-    hub_fill_check(hub, r);
-    hub_queued_t *q = r->queue;
-    size_t n = r->nqueue;
-    r->queue = NULL;
-    r->nqueue = r->queue_cap = 0;
-    for (size_t i = 0; i < n; i++) hub_room_deliver(hub, r, &q[i].id, q[i].payload, 1);
-    free(q);
-}
-
-static void hub_op_settle(hub_op_t *op)
-{
-    if (--op->waiting > 0) return;
-    hub_t *hub = op->hub;
-    switch (op->kind) {
-    case HUB_OP_SNAPSHOT: hub_snapshot_finish(hub, op); break;
-    case HUB_OP_HISTORY: hub_history_finish(hub, op); break;
-    case HUB_OP_FILL: hub_fill_finish(hub, op); break;
-    case HUB_OP_LIST: {
-        hub_room_t *r = hub_room_get(hub, op->room);
-        if (r && op->list_status == 0) hub_presence_reconcile(hub, r, op);
-        break;
-    }
-    }
-    hub_op_free(op);
-}
-
-static void hub_op_listed(void *arg, int status, const bus_member_t *members, size_t n)
-{
-    hub_op_t *op = arg;
-    op->list_status = status;
-    if (status) log_warn("bus: presence list failed; using local members", "{s:s, s:s}", "room", op->room,
-                         "error", bus_strerror(status));
-    const char *self = bus_node_id(op->hub->bus);
-    op->members = xcalloc(n + 1, sizeof *op->members);
-    for (size_t i = 0; !status && i < n; i++) {
-        if (members[i].node && !strcmp(members[i].node, self)) continue;   /* ours: the hub knows them */
-        op->members[op->nmembers++] = (hub_remote_t){xstrdup(members[i].id), xstrdup(members[i].name),
-                                                     xstrdup(members[i].node ? members[i].node : ""),
-                                                     members[i].muted, 0};
-    }
-    hub_op_settle(op);
-}
-
-static void hub_op_ranged(void *arg, int status, const bus_history_t *h)
-{
-    hub_op_t *op = arg;
-    op->hist_status = status;
-    if (status) {
-        log_warn("bus: history range failed; using the local ring", "{s:s, s:s}", "room", op->room, "error",
-                 bus_strerror(status));
-    } else {
-        op->last = h->last;
-        op->gap = h->gap;
-        op->msgs = xcalloc(h->n + 1, sizeof *op->msgs);
-        op->seqs = xcalloc(h->n + 1, sizeof *op->seqs);
-        for (size_t i = 0; i < h->n; i++) {
-            op->seqs[op->nmsgs] = h->seqs[i];
-            op->msgs[op->nmsgs++] = sbuf_ref(h->msgs[i]);
-        }
-    }
-    hub_op_settle(op);
-}
-
-/* Asks the bus for the room's presence list and/or history; the op settles when both came
- * back (or at once when the bus cannot answer: then the hub's own state serves). */
-static void hub_op_fetch(hub_t *hub, hub_op_t *op, int list, int hist)
-{
-    op->waiting = 1;               /* held until both requests are made */
-    if (list) {
-        op->list_seq = hub->pres_seq;
-        int rc = bus_presence_list(hub->bus, op->room, hub_op_listed, op);
-        if (rc == 0) op->waiting++;
-        else op->list_status = rc;
-    }
-    if (hist) {
-        int rc = bus_history_range(hub->bus, op->room, op->since, hub_op_ranged, op);
-        if (rc == 0) op->waiting++;
-        else op->hist_status = rc;
-    }
-    hub_op_settle(op);
-}
-
-/* Sends `room` to cl: at once from the hub's own state on a single node; through the bus
- * (all replicas' members, the shared history) otherwise. */
-static void hub_snapshot_start(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since)
-{
-    if (!hub->remote) {
-        hub_room_snapshot(hub, r, cl, since);
-        return;
-    }
-    hub_op_t *op = hub_op_new(hub, HUB_OP_SNAPSHOT, r->name, cl->id);
-    op->since = since ? xstrdup(since) : NULL;
-    hub_op_fetch(hub, op, 1, 1);
-}
-
-/* After the link came back: events and msgs were missed, so every room's mirror is listed
- * again and its msgs since the last one delivered here are fetched (hub_fill_finish). */
-/* Fetches the room's msgs after bus_last (hub_fill_finish); channel msgs wait meanwhile. */
-static void hub_fill_start(hub_t *hub, hub_room_t *r)
-{
-    hub_op_t *op = hub_op_new(hub, HUB_OP_FILL, r->name, NULL);
-    char since[BUS_EPOCH_MAX + 24] = "";
-    if (r->bus_last.epoch[0]) {    /* else the store was empty: all it keeps now is new */
-        snprintf(since, sizeof since, "%s:%" PRIu64, r->bus_last.epoch, r->bus_last.seq);
-        op->since = xstrdup(since);
-    }
-    op->room_serial = r->serial;
-    r->filling++;
-    log_debug("bus: refilling a room", "{s:s, s:s}", "room", r->name, "since", since);
-    hub_op_fetch(hub, op, 0, 1);
-}
-
-static void hub_rooms_relist(hub_t *hub)
-{
-    size_t i;
-    for (map_entry_t *e = map_first(&hub->rooms, &i); e; e = map_next(&hub->rooms, e, &i)) {
-        hub_room_t *r = e->value;
-        hub_op_fetch(hub, hub_op_new(hub, HUB_OP_LIST, r->name, NULL), 1, 0);
-        if (r->bus_known) hub_fill_start(hub, r);
-    }
-}
+hub_client_t *hub_client_find(hub_t *hub, const char *id) { return map_get(&hub->clients, id); }
 
 static int hub_client_in(const hub_client_t *cl, const hub_room_t *r)
 {
@@ -917,121 +367,6 @@ static uint64_t hub_room_publish(hub_t *hub, hub_room_t *r, const char *from_id,
     return seq;
 }
 
-static void hub_room_queue(hub_room_t *r, const bus_id_t *id, sbuf_t *payload)
-{
-    if (r->nqueue == r->queue_cap) {
-        r->queue_cap = r->queue_cap ? r->queue_cap * 2 : 8;
-        r->queue = xrealloc(r->queue, r->queue_cap * sizeof *r->queue);
-    }
-    r->queue[r->nqueue++] = (hub_queued_t){*id, payload};
-}
-
-/* A msg with its final id: kept in the ring and fanned out to the local members (not to
- * pending ones, nor to one whose snapshot already held it). A msg from Redis (from_bus) goes
- * out in seq order, once: older ones are dropped, and a hole is filled first. Takes the
- * reference. */
-static void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus)
-{
-    if (from_bus) {
-        int c = r->filling ? HUB_SEQ_HOLE : hub_seq_class(r, id);
-        if (c == HUB_SEQ_SEEN) {
-            sbuf_unref(payload);   /* a refill or the first snapshot already had it */
-            return;
-        }
-        if (c == HUB_SEQ_HOLE) {   /* a late subscription, a post answered before the channel
-                                    * caught up, a lost link: fetch the missing ones first */
-            hub_room_queue(r, id, payload);
-            if (!r->filling) hub_fill_start(hub, r);
-            return;
-        }
-        r->bus_last = *id;
-        r->bus_known = r->bus_init = 1;
-    }
-    hub_hist_push(r, id->epoch, id->seq, payload);
-    server_msg_t m;
-    server_msg_init(&m, payload);
-    size_t n = 0;
-    for (size_t i = 0; i < r->nmembers; i++) {
-        hub_member_t *mem = &r->members[i];
-        if (mem->pending) continue;
-        if (mem->floor.seq) {
-            if (!strcmp(mem->floor.epoch, id->epoch) && id->seq <= mem->floor.seq) continue;   /* in its snapshot */
-            mem->floor.seq = 0;
-        }
-        server_conn_send_msg(mem->client->conn, &m);
-        n++;
-    }
-    METRIC_ADD(hub->gw->metrics.msgs_delivered, n);
-    server_msg_release(&m);
-}
-
-/* chatgw_message_latency_seconds: a client's msg from arrival to the start of its fan-out. */
-static void hub_latency_observe(hub_t *hub, uint64_t t0)
-{
-    if (t0) metrics_latency_observe(&hub->gw->metrics, (uv_hrtime() - t0) / 1000);
-}
-
-static void hub_post_ack(hub_t *hub, const hub_op_t *op, const bus_id_t *id)
-{
-    hub_client_t *cl = op->ack ? hub_client_find(hub, op->client) : NULL;
-    if (!cl) return;
-    char ids[BUS_EPOCH_MAX + 24];
-    snprintf(ids, sizeof ids, "%s:%" PRIu64, id->epoch, id->seq);
-    hub_send(hub, cl, proto_ack(op->cid, ids));
-}
-
-/* Redis is not there: this replica's members still get the msg, with the hub's own id (its
- * epoch is not Redis's, so a since naming it elsewhere is a history_gap, never a silent loss). */
-static void hub_post_local(hub_t *hub, hub_op_t *op)
-{
-    hub_room_t *r = hub_room_get(hub, op->room);
-    if (!r) return;                /* the sender left the room meanwhile */
-    bus_id_t id = {"", ++r->seq};
-    snprintf(id.epoch, sizeof id.epoch, "%s", r->epoch);
-    sbuf_t *payload = bus_payload_set_id(op->tmpl->data, op->tmpl->len, &id);
-    if (!payload) return;
-    hub_latency_observe(hub, op->t0);
-    hub_room_deliver(hub, r, &id, payload, 0);
-    hub_post_ack(hub, op, &id);
-}
-
-/* The post's place in the room's one order (or its failure): deliver here and ack. */
-static void hub_post_done(void *arg, int status, const bus_id_t *id, sbuf_t *payload)
-{
-    hub_op_t *op = arg;
-    hub_t *hub = op->hub;
-    if (status) {
-        log_warn("bus: post failed; delivering on this replica only", "{s:s, s:s}", "room", op->room, "error",
-                 bus_strerror(status));
-        hub_post_local(hub, op);
-    } else {
-        hub_room_t *r = hub_room_get(hub, op->room);
-        hub_latency_observe(hub, op->t0);
-        if (r) hub_room_deliver(hub, r, id, sbuf_ref(payload), 1);
-        hub_post_ack(hub, op, id);
-    }
-    hub_bus_metrics(hub);
-    hub_op_free(op);
-}
-
-/* A chat msg through the bus: encoded once with the id placeholder; Redis assigns the id and
- * every replica (this one included, from hub_post_done) delivers it at the same place in the
- * room's order. client (may be NULL) gets the ack with the final id. */
-static void hub_room_post(hub_t *hub, hub_room_t *r, const char *from_id, const char *from_name, const char *text,
-                          json_t *extra, const char *client, json_t *cid)
-{
-    hub_op_t *op = hub_op_new(hub, HUB_OP_POST, r->name, client);
-    op->tmpl = proto_msg(r->name, BUS_ID_EPOCH, 0, from_id, from_name, text, hub_wall_ms(), extra);
-    op->cid = cid ? json_incref(cid) : NULL;
-    op->ack = client != NULL;
-    op->t0 = client ? hub->msg_t0 : 0;
-    int rc = bus_room_post(hub->bus, r->name, op->tmpl->data, op->tmpl->len, hub_post_done, op);
-    if (rc == 0) return;
-    if (rc != BUS_EDOWN) log_warn("bus: post refused", "{s:s, s:s}", "room", r->name, "error", bus_strerror(rc));
-    hub_post_local(hub, op);
-    hub_op_free(op);
-}
-
 /* ---- client messages ---- */
 
 /* Token bucket: rate_msgs_per_sec, burst rate_burst. */
@@ -1137,9 +472,7 @@ static void hub_on_mute(hub_t *hub, hub_client_t *cl, hub_room_t *r, int muted)
 static void hub_on_history(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
 {
     if (hub->remote) {
-        hub_op_t *op = hub_op_new(hub, HUB_OP_HISTORY, r->name, cl->id);
-        op->since = in->since ? xstrdup(in->since) : NULL;
-        hub_op_fetch(hub, op, 0, 1);
+        hub_history_start(hub, r, cl, in->since);
         return;
     }
     sbuf_t **hist = xcalloc(r->hist_len + 1, sizeof *hist);
@@ -1646,7 +979,7 @@ void hub_bus_close(hub_t *hub)
 {
     if (!hub->remote) return;
     bus_free(hub->bus);            /* no bus callback runs after this: the ops left are ours */
-    while (hub->ops) hub_op_free(hub->ops);
+    hub_ops_free(hub);
     while (hub->limits) hub_limit_free(hub->limits);
     hub->remote = 0;
     char err[128];
@@ -1693,7 +1026,7 @@ void hub_free(hub_t *hub)
     for (map_entry_t *e = map_first(&hub->rooms, &i); e; e = map_first(&hub->rooms, &i))
         hub_room_destroy(hub, e->value);
     bus_free(hub->bus);            /* no bus callback runs after this: the ops left are ours */
-    while (hub->ops) hub_op_free(hub->ops);
+    hub_ops_free(hub);
     while (hub->limits) hub_limit_free(hub->limits);
     map_free(&hub->rooms);
     map_free(&hub->clients);
