@@ -393,7 +393,7 @@ describe('kubelet simulation (overlays/budget: TLS from a Secret volume)', { tim
       return { vol, mount: c.volumeMounts.find((m) => m.name === vol.name) };
     };
     const pol = mountOf((v) => v.configMap?.name === 'chatgw-policy');
-    const tls = mountOf((v) => v.secret);
+    const tls = mountOf((v) => v.secret?.secretName === 'chatgw-tls');
     assert.equal(tls.mount.subPath, undefined);
     const polDir = path.join(root, 'policy');
     new AtomicWriter(polDir).write(findObj(objs, 'ConfigMap', 'chatgw-policy').data);
@@ -407,13 +407,23 @@ describe('kubelet simulation (overlays/budget: TLS from a Secret volume)', { tim
     const runEnv = { PATH: process.env.PATH, HOME: root, LANG: 'C.UTF-8', ...env };
     if (runEnv.CHATGW_REDIS_URL && which('redis-server')) {
       const rport = await freePort();
-      const pw = /redis:\/\/:([^@]*)@/.exec(runEnv.CHATGW_REDIS_URL)[1];
+      // the Redis Secret, laid out as kubelet does, where redis_password_file points
+      const rs = mountOf((v) => /^chatgw-redis(-[a-z0-9]+)?$/.test(v.secret?.secretName || ''));
+      const rsDir = path.join(root, 'redis-secret');
+      const data = findObj(objs, 'Secret', rs.vol.secret.secretName).data;
+      new AtomicWriter(rsDir, rs.vol.secret.defaultMode ?? 0o644).write(
+        Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')])));
+      const file = runEnv.CHATGW_REDIS_PASSWORD_FILE;
+      assert.ok(file.startsWith(`${rs.mount.mountPath}/`), 'redis_password_file is inside the Secret mount');
+      runEnv.CHATGW_REDIS_PASSWORD_FILE = path.join(rsDir, file.slice(rs.mount.mountPath.length + 1));
+      const pw = fs.readFileSync(runEnv.CHATGW_REDIS_PASSWORD_FILE, 'utf8').replace(/\n$/, '');
       redis = startProcess(which('redis-server'), ['--port', String(rport), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
         '--requirepass', pw, '--dir', root], { name: 'redis' });
       await waitFor(() => tcpProbe(rport), { what: 'redis-server' });
-      runEnv.CHATGW_REDIS_URL = runEnv.CHATGW_REDIS_URL.replace('@chatgw-redis:6379', `@127.0.0.1:${rport}`);
+      runEnv.CHATGW_REDIS_URL = runEnv.CHATGW_REDIS_URL.replace('chatgw-redis:6379', `127.0.0.1:${rport}`);
     } else {
       delete runEnv.CHATGW_REDIS_URL;
+      delete runEnv.CHATGW_REDIS_PASSWORD_FILE;
     }
     runEnv.CHATGW_SCRIPTS_DIR = polDir;
     runEnv.CHATGW_WEB_DIR = path.join(SRC, 'web');
@@ -434,6 +444,11 @@ describe('kubelet simulation (overlays/budget: TLS from a Secret volume)', { tim
       const r = await waitFor(() => httpsProbe(port, c[p].httpGet.path).then((x) => (x.status >= 200 && x.status < 400 ? x : null)),
         { timeoutMs: 10000, what: `${p} over HTTPS\n${gw.tail(10)}` });
       assert.equal(r.cert.subject.CN, 'first');
+    }
+    // the Redis password came from the Secret file: the bus is up
+    if (redis) {
+      await waitFor(async () => JSON.parse((await httpsProbe(port, '/readyz')).text).redis === 'up',
+        { timeoutMs: 10000, intervalMs: 200, what: `/readyz redis up (password from the Secret mount)\n${gw.tail(10)}` });
     }
     // a wss:// chat
     const ws = new WebSocket(`wss://127.0.0.1:${port}/ws?room=budget&name=eve`, { rejectUnauthorized: false });

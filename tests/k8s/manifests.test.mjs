@@ -129,6 +129,18 @@ function containerEnv(objs, c) {
   return env;
 }
 
+/** The Secret key a file path in container c reads: {secret, key} through its volume mounts. */
+function secretFileOf(objs, pod, c, file) {
+  for (const m of c.volumeMounts || []) {
+    if (!file.startsWith(`${m.mountPath}/`)) continue;
+    const vol = pod.volumes.find((v) => v.name === m.name);
+    if (!vol?.secret) continue;
+    const s = findObj(objs, 'Secret', vol.secret.secretName);
+    return { secret: s, key: file.slice(m.mountPath.length + 1), mount: m };
+  }
+  return null;
+}
+
 function portNumber(c, port) {
   if (typeof port === 'number') return port;
   const p = (c.ports || []).find((x) => x.name === port);
@@ -436,7 +448,10 @@ describe('rules on the rendered YAML', () => {
     const sec = findGenerated(base, 'Secret', 'chatgw-redis');
     assert.ok(sec?.data?.password, 'Redis password Secret');
     const env = containerEnv(base, podSpec(d).containers[0]);
-    assert.match(env.CHATGW_REDIS_URL, /^redis:\/\/:[^@]+@chatgw-redis:6379/);
+    assert.match(env.CHATGW_REDIS_URL, /^redis:\/\/chatgw-redis:6379/, 'no password in the URL or the environment');
+    const pw = secretFileOf(base, podSpec(d), podSpec(d).containers[0], env.CHATGW_REDIS_PASSWORD_FILE);
+    assert.ok(pw?.secret?.data?.[pw.key], 'redis_password_file is a key of the mounted Redis Secret');
+    assert.equal(pw.mount.subPath, undefined);
     assert.ok(podSpec(redis).containers[0].args.includes('--requirepass'));
     assert.equal(findObj(base, 'Ingress', 'chatgw').metadata.annotations['cert-manager.io/cluster-issuer'], 'letsencrypt-prod');
   });
@@ -447,6 +462,8 @@ describe('rules on the rendered YAML', () => {
     assert.ok(!R.dev.some((x) => /redis/.test(x.metadata.name)), 'no Redis objects');
     const env = containerEnv(R.dev, podSpec(d).containers[0]);
     assert.equal(env.CHATGW_REDIS_URL, undefined);
+    assert.equal(env.CHATGW_REDIS_PASSWORD_FILE, undefined);
+    assert.ok(!podSpec(d).volumes.some((v) => /^chatgw-redis/.test(v.secret?.secretName || '')), 'no Redis Secret volume');
     assert.equal(env.CHATGW_TLS_CERT, undefined);
     const ing = findObj(R.dev, 'Ingress', 'chatgw');
     assert.equal(ing.spec.tls, undefined);
@@ -463,7 +480,8 @@ describe('rules on the rendered YAML', () => {
     assert.equal(hpa.spec.scaleTargetRef.name, 'chatgw');
     assert.ok(findObj(R.prod, 'Deployment', 'chatgw-redis'));
     const env = containerEnv(R.prod, podSpec(d).containers[0]);
-    assert.match(env.CHATGW_REDIS_URL, /@chatgw-redis:6379/);
+    assert.match(env.CHATGW_REDIS_URL, /chatgw-redis:6379/);
+    assert.ok(secretFileOf(R.prod, podSpec(d), podSpec(d).containers[0], env.CHATGW_REDIS_PASSWORD_FILE));
     const ing = findObj(R.prod, 'Ingress', 'chatgw');
     assert.equal(ing.metadata.annotations['cert-manager.io/cluster-issuer'], 'letsencrypt-prod');
     assert.ok(ing.spec.tls?.[0]?.secretName);
