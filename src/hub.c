@@ -1378,8 +1378,12 @@ static void hub_attach(gw_t *gw, conn_t *c, const http_request_t *req)
         int has_since = http_query_get(req->query, "since", since, sizeof since) >= 0;
         hub_join_or_error(hub, cl, room, has_since ? since : NULL);
     }
-    log_debug("client attached", "{s:s, s:s, s:I}", "client", cl->id, "ip", cl->ip,
-              "conn", (json_int_t)server_conn_serial(c));
+    if (gw->nworkers > 1)
+        log_debug("client attached", "{s:s, s:s, s:I, s:i}", "client", cl->id, "ip", cl->ip,
+                  "conn", (json_int_t)server_conn_serial(c), "worker", gw->worker);
+    else
+        log_debug("client attached", "{s:s, s:s, s:I}", "client", cl->id, "ip", cl->ip,
+                  "conn", (json_int_t)server_conn_serial(c));
 }
 
 static void hub_detach(gw_t *gw, conn_t *c)
@@ -1508,6 +1512,17 @@ static void hub_bus_on_status(void *arg, int up)
     if (up) hub_rooms_relist(hub);
 }
 
+/* A worker of several gets its own node id on the bus: node "-w<i>" (the base cut to fit). */
+static void hub_node_worker(const gw_t *gw, char *node, size_t len)
+{
+    if (gw->nworkers <= 1) return;
+    char suffix[16];
+    int n = snprintf(suffix, sizeof suffix, "-w%d", gw->worker);
+    size_t base = strlen(node);
+    if (base + (size_t)n >= len) base = len - 1 - (size_t)n;
+    snprintf(node + base, len - base, "%s", suffix);
+}
+
 int hub_bus_open(hub_t *hub, char *err, size_t errlen)
 {
     const config_t *cfg = &hub->gw->cfg;
@@ -1528,6 +1543,7 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
         snprintf(err, errlen, "config: node_id: expected 1 to %d bytes without a newline", BUS_NODE_MAX - 1);
         return -1;
     }
+    hub_node_worker(hub->gw, node, sizeof node);
     bus_options_t opts = {
         .redis_url = cfg->redis_url,
         .password_file = cfg->redis_password_file,
@@ -1538,6 +1554,7 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
         .backoff_max_ms = cfg->redis_backoff_max_ms,
         .presence_ttl_ms = cfg->presence_ttl_ms,
         .history_size = cfg->history_size,
+        .inproc = hub->gw->inproc,
     };
     bus_handlers_t on = {
         .room_message = hub_bus_on_message,
@@ -1556,7 +1573,7 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
     hub->bus = bus;
     hub->remote = strcmp(bus_kind(bus), "local") != 0;
     hub_bus_metrics(hub);
-    if (hub->remote) log_info("bus: redis", "{s:s}", "node", bus_node_id(bus));
+    if (hub->remote) log_info(hub->gw->inproc ? "bus: in-process" : "bus: redis", "{s:s}", "node", bus_node_id(bus));
     return 0;
 }
 
@@ -1573,7 +1590,7 @@ void hub_bus_close(hub_t *hub)
 
 int hub_bus_state(hub_t *hub)
 {
-    if (!hub->remote) return -1;
+    if (!hub->remote || strcmp(bus_kind(hub->bus), "redis")) return -1;
     bus_stats_t st;
     bus_stats_get(hub->bus, &st);
     return st.up ? 1 : 0;

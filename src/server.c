@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "cidr.h"
 #include "log.h"
@@ -970,6 +971,25 @@ static void addr_name(const struct sockaddr_storage *sa, char *out, size_t len)
 
 static void on_listener_closed(uv_handle_t *h) { free(h->data); }
 
+/* Workers > 1: every worker binds its own socket to the same address with SO_REUSEPORT and
+ * the kernel spreads the connections (libuv 1.44 has no flag for it). 0 or a uv error. */
+static int listener_bind_reuseport(uv_tcp_t *tcp, const struct sockaddr_storage *sa)
+{
+    int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int on = 1;
+    socklen_t len = sa->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 || bind(fd, (const struct sockaddr *)sa, len) < 0) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    int rc = uv_tcp_open(tcp, fd);
+    if (rc < 0) close(fd);
+    return rc;
+}
+
 static int listener_open(server_t *srv, const char *addr, int roles, int tls)
 {
     struct sockaddr_storage sa;
@@ -984,7 +1004,7 @@ static int listener_open(server_t *srv, const char *addr, int roles, int tls)
     l->tls = tls;
     uv_tcp_init(srv->gw->loop, &l->tcp);
     l->tcp.data = l;
-    rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&sa, 0);
+    rc = srv->gw->nworkers > 1 ? listener_bind_reuseport(&l->tcp, &sa) : uv_tcp_bind(&l->tcp, (struct sockaddr *)&sa, 0);
     if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
     if (rc < 0) {
         log_error("listen failed", "{s:s, s:s}", "addr", addr, "error", uv_strerror(rc));
@@ -995,8 +1015,11 @@ static int listener_open(server_t *srv, const char *addr, int roles, int tls)
     uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&sa, &len);
     char name[80];
     addr_name(&sa, name, sizeof name);
-    log_info("listening", "{s:s, s:s, s:b}", "addr", name, "role",
-             roles == ROUTE_ADMIN ? "admin" : roles == ROUTE_PUBLIC ? "public" : "public+admin", "tls", tls);
+    const char *role = roles == ROUTE_ADMIN ? "admin" : roles == ROUTE_PUBLIC ? "public" : "public+admin";
+    if (srv->gw->nworkers > 1)
+        log_info("listening", "{s:s, s:s, s:b, s:i}", "addr", name, "role", role, "tls", tls, "worker", srv->gw->worker);
+    else
+        log_info("listening", "{s:s, s:s, s:b}", "addr", name, "role", role, "tls", tls);
     srv->listeners[srv->nlisteners++] = l;
     return 0;
 }
@@ -1136,6 +1159,17 @@ void server_free(gw_t *gw)
 }
 
 /* ---- accessors ---- */
+
+int server_listen_addr(const gw_t *gw, char *out, size_t len)
+{
+    const server_t *srv = gw->server;
+    if (!srv || !srv->nlisteners) return -1;
+    struct sockaddr_storage sa;
+    int n = sizeof sa;
+    if (uv_tcp_getsockname(&srv->listeners[0]->tcp, (struct sockaddr *)&sa, &n) < 0) return -1;
+    addr_name(&sa, out, len);
+    return 0;
+}
 
 const char *server_conn_ip(const conn_t *c) { return c->ip; }
 uint64_t server_conn_serial(const conn_t *c) { return c->serial; }
