@@ -1096,7 +1096,7 @@ int server_start(gw_t *gw)
     int admin_separate = gw->cfg.admin_listen && gw->cfg.admin_listen[0];
     int rc = listener_open(srv, gw->cfg.listen, admin_separate ? ROUTE_PUBLIC : ROUTE_PUBLIC | ROUTE_ADMIN,
                            srv->tls != NULL);
-    if (rc == 0 && admin_separate) rc = listener_open(srv, gw->cfg.admin_listen, ROUTE_ADMIN, 0);
+    if (rc == 0 && admin_separate && gw->worker == 0) rc = listener_open(srv, gw->cfg.admin_listen, ROUTE_ADMIN, 0);
     return rc;
 }
 

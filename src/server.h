@@ -44,7 +44,7 @@ void server_msg_release(server_msg_t *m);
 
 /* Binds the listeners from gw->cfg (listen, admin_listen). 0 or a negative uv error; the
  * error is logged with the address. With gw->nworkers > 1 each worker's public listener is
- * its own socket on the same address (SO_REUSEPORT). */
+ * its own socket on the same address (SO_REUSEPORT); worker 0 alone opens admin_listen. */
 int server_start(gw_t *gw);
 /* The public listener's bound address ("127.0.0.1:PORT", "[::1]:PORT"): what the other
  * workers bind when listen asked for port 0. 0, or -1 when not listening. */
