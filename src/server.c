@@ -877,11 +877,20 @@ static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
 }
 
 /* 0 when the connection may proceed, else the HTTP status it gets before any request. */
+/* Open TCP connections of the process: this server's, or every worker's gauge together. */
+static size_t conns_open(const gw_t *gw)
+{
+    if (gw->nworkers <= 1) return gw->server->nconns;
+    uint64_t n = 0;
+    for (int i = 0; i < gw->nworkers; i++) n += __atomic_load_n(&gw->workers[i].metrics.conns_open, __ATOMIC_RELAXED);
+    return (size_t)n;
+}
+
 static int conn_admit(conn_t *c)
 {
     server_t *srv = c->srv;
     const config_t *cfg = &srv->gw->cfg;
-    if (srv->nconns > (size_t)cfg->max_connections) return 503;
+    if (conns_open(srv->gw) > (size_t)cfg->max_connections) return 503;
     c->ipent = iptab_acquire(srv, c->ip);
     if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return 429;
     /* a trusted proxy carries many clients: their own addresses are charged per request */
