@@ -199,6 +199,10 @@ describe('workers: rooms across event-loop threads', () => {
     assert.equal(metricSum(samples, 'chatgw_bus_up'), 1);
     assert.equal(ready.redis, undefined, 'no redis field without redis_url');
   });
+
+  it('SIGTERM with members in rooms on every worker: exit 0 (a sanitizer build checks leaks here)', T, async () => {
+    assert.equal(await srv.stop('SIGTERM', 15000), 0, srv.tail());
+  });
 });
 
 describe('workers: policy reload and drain reach every worker', () => {
