@@ -25,8 +25,9 @@ void hub_free(hub_t *hub);         /* after every connection detached */
 /* Opens the bus that config asks for (Redis with redis_url, else single node) in place of the
  * single-node one hub_new starts with. 0, or -1 with a one-line error naming the key. */
 int hub_bus_open(hub_t *hub, char *err, size_t errlen);
-/* Says goodbye to Redis (this node's members leave, its heartbeat goes) and falls back to the
- * single-node bus; the link closes while the loop runs on. For shutdown. */
+/* Says goodbye to Redis or to the other workers (this node's members leave, its heartbeat
+ * goes) and falls back to the single-node bus; the link closes while the loop runs on. For
+ * shutdown. */
 void hub_bus_close(hub_t *hub);
 /* -1 without Redis (single node or in-process bus), else 1 while the link is up and 0 while down. */
 int hub_bus_state(hub_t *hub);

@@ -11,6 +11,7 @@ import path from 'node:path';
 import {
   startServer, chatClient, passthroughPolicyDir, parseMsgId, scrape, metricSum, waitFor, httpGet,
 } from './lib.mjs';
+import { startRedis, startReplica, redisCommand } from './redis_lib.mjs';
 
 const T = { timeout: 40000 };
 const FAST = ['--rate-msgs-per-sec', '100000', '--rate-burst', '100000'];
@@ -259,5 +260,41 @@ describe('workers: policy reload and drain reach every worker', () => {
     const bad = await startServer(['--workers', '2', '--listen', '192.0.2.1:0']).catch((e) => e);
     assert.ok(bad instanceof Error, 'does not start');
     assert.match(bad.message, /code 1/);
+  });
+});
+
+describe('workers with redis_url: each worker is its own node on Redis', () => {
+  let redis;
+  let srv;
+  before(async () => { redis = await startRedis(); });
+  after(async () => {
+    if (srv) await srv.stop('SIGKILL').catch(() => {});
+    if (redis) await redis.stop();
+  });
+
+  it('nodes NODE-w<i>; rooms span the workers through Redis; SIGTERM says goodbye for every worker', T, async () => {
+    srv = await startReplica(redis.url, 'wk', ['--workers', 2, '--log-level', 'debug']);
+    await srv.waitLog((o) => o.msg === 'started');
+    const nodes = srv.logs.filter((o) => o.msg === 'bus: redis').map((o) => o.node).sort();
+    assert.deepEqual(nodes, ['wk-w0', 'wk-w1']);
+    await waitFor(async () => (await httpGet(srv.port, '/readyz')).json().redis === 'up', { what: 'redis up' });
+    const cs = pool(srv);
+    try {
+      const room = uniqueRoom('redis');
+      const a = await cs.open(`/ws?room=${room}&name=alice`);
+      await a.next('room', 5000);
+      const b = await cs.openWhere(`/ws?room=${room}&name=bob`, (w) => w !== a.worker, 'the other worker');
+      const snap = await b.next('room', 5000);
+      assert.deepEqual(ids(snap), [a.id, b.id].sort());
+      const { id } = await b.say(room, 'over redis', 5000);
+      const m = await a.next((x) => x.type === 'msg' && x.text === 'over redis', 5000, 'msg at alice');
+      assert.equal(m.id, id);
+      assert.equal(await redisCommand(redis.port, 'EXISTS chatgw:node:wk-w1'), ':1', 'a heartbeat per worker');
+      assert.equal(await srv.stop('SIGTERM', 15000), 0);
+      for (const n of ['wk-w0', 'wk-w1'])
+        assert.equal(await redisCommand(redis.port, `EXISTS chatgw:node:${n}`), ':0', `heartbeat of ${n} removed`);
+    } finally {
+      await cs.closeAll();
+    }
   });
 });
