@@ -34,7 +34,6 @@ typedef struct {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t ctl;
-    int started;                   /* its thread runs */
     int ctl_closed;                /* under pool.mu */
     int requests;                  /* WORKER_* bits, under pool.mu */
     const char *why;               /* the reload's trigger (a string literal), under pool.mu */
@@ -253,10 +252,8 @@ static void pool_run(pool_t *p)
     p->done.data = p;
     pool_signals_start(p);
     p->watch = watch_start(p->loop, p->cfg.scripts_dir, p->cfg.reload_poll_ms, pool_on_watch, p);
-    for (int i = 0; i < p->n; i++) {
+    for (int i = 0; i < p->n; i++)
         if (uv_thread_create(&p->ws[i].thread, worker_run, &p->ws[i]) != 0) abort();
-        p->ws[i].started = 1;
-    }
     log_info("started", "{s:s, s:s, s:i}", "version", CHATGW_VERSION, "listen", p->cfg.listen, "workers", p->n);
     uv_run(p->loop, UV_RUN_DEFAULT);   /* until the last worker is done (pool_on_done) */
     for (int i = 0; i < p->n; i++) uv_thread_join(&p->ws[i].thread);
