@@ -705,3 +705,35 @@ void bus_inproc_free(bus_inproc_t *sh)
     uv_mutex_destroy(&sh->mu);
     free(sh);
 }
+
+/* ---- the HTTP API's view ---- */
+
+json_t *bus_inproc_rooms_json(bus_inproc_t *sh)
+{
+    json_t *rooms = json_array();
+    uv_mutex_lock(&sh->mu);
+    size_t i;
+    for (map_entry_t *e = map_first(&sh->rooms, &i); e; e = map_next(&sh->rooms, e, &i)) {
+        const ib_room_t *r = e->value;
+        if (r->nmembers)
+            json_array_append_new(rooms, json_pack("{s:s, s:I}", "name", r->name, "online", (json_int_t)r->nmembers));
+    }
+    uv_mutex_unlock(&sh->mu);
+    return rooms;
+}
+
+json_t *bus_inproc_room_json(bus_inproc_t *sh, const char *room)
+{
+    json_t *out = NULL;
+    uv_mutex_lock(&sh->mu);
+    const ib_room_t *r = map_get(&sh->rooms, room);
+    if (r && r->nmembers) {
+        json_t *members = json_array();
+        for (size_t i = 0; i < r->nmembers; i++)
+            json_array_append_new(members, json_pack("{s:s, s:s, s:b}", "id", r->members[i].id, "name",
+                                                     r->members[i].name, "muted", r->members[i].muted));
+        out = json_pack("{s:s, s:I, s:o}", "name", r->name, "online", (json_int_t)r->nmembers, "members", members);
+    }
+    uv_mutex_unlock(&sh->mu);
+    return out;
+}

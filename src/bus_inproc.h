@@ -10,14 +10,22 @@
  * callback runs later on the handle's own loop thread (a per-handle queue drained by a
  * uv_async_t), never inside the call, and in the order the shared state changed. Closing a
  * handle removes its members (leave events to the others) and drops what it had not yet
- * handled. bus_inproc_free comes after every handle was freed and its loop ran its closes. */
+ * handled. bus_inproc_free comes after every handle was freed and its loop ran its closes.
+ * Any thread may read the shared rooms for the HTTP API (bus_inproc_rooms_json, ..._room_json). */
 #ifndef CHATGW_BUS_INPROC_H
 #define CHATGW_BUS_INPROC_H
+
+#include <jansson.h>
 
 typedef struct bus_inproc_s bus_inproc_t;
 
 /* history_size: the per-room ring length (0 = no history kept). */
 bus_inproc_t *bus_inproc_new(long history_size);
 void bus_inproc_free(bus_inproc_t *sh);
+
+/* [{name, online}] of every room someone is listed in, every worker's; new reference. */
+json_t *bus_inproc_rooms_json(bus_inproc_t *sh);
+/* {name, online, members:[{id,name,muted}]} in join order, or NULL when nobody is in room. */
+json_t *bus_inproc_room_json(bus_inproc_t *sh, const char *room);
 
 #endif

@@ -38,6 +38,8 @@ typedef struct gw_s {
     int worker, nworkers;          /* this worker's index and the count (1: no worker threads) */
     struct gw_s *workers;          /* nworkers > 1: every worker's gw (for /metrics), else NULL */
     struct bus_inproc_s *inproc;   /* nworkers > 1 without redis_url: the shared bus state */
+    uint64_t chat_clients;         /* chat connections attached here (relaxed atomic: /api/stats
+                                    * sums the workers) */
 } gw_t;
 
 /* Milliseconds of the loop's clock (cached per iteration). */

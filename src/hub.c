@@ -23,6 +23,7 @@
 #include <openssl/rand.h>
 
 #include "bus.h"
+#include "bus_inproc.h"
 #include "log.h"
 #include "map.h"
 #include "policy.h"
@@ -382,6 +383,7 @@ struct hub_op_s {
 };
 
 static void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus);
+static json_t *hub_stats_local_json(hub_t *hub);
 
 static hub_op_t *hub_op_new(hub_t *hub, int kind, const char *room, const char *client)
 {
@@ -1006,16 +1008,16 @@ static void hub_post_done(void *arg, int status, const bus_id_t *id, sbuf_t *pay
 /* A chat msg through the bus: encoded once with the id placeholder; Redis assigns the id and
  * every replica (this one included, from hub_post_done) delivers it at the same place in the
  * room's order. client (may be NULL) gets the ack with the final id. */
-static void hub_room_post(hub_t *hub, hub_room_t *r, const char *from_id, const char *from_name, const char *text,
+static void hub_room_post(hub_t *hub, const char *room, const char *from_id, const char *from_name, const char *text,
                           json_t *extra, const char *client, json_t *cid)
 {
-    hub_op_t *op = hub_op_new(hub, HUB_OP_POST, r->name, client);
-    op->tmpl = proto_msg(r->name, BUS_ID_EPOCH, 0, from_id, from_name, text, hub_wall_ms(), extra);
+    hub_op_t *op = hub_op_new(hub, HUB_OP_POST, room, client);
+    op->tmpl = proto_msg(room, BUS_ID_EPOCH, 0, from_id, from_name, text, hub_wall_ms(), extra);
     op->cid = cid ? json_incref(cid) : NULL;
     op->ack = client != NULL;
-    int rc = bus_room_post(hub->bus, r->name, op->tmpl->data, op->tmpl->len, hub_post_done, op);
+    int rc = bus_room_post(hub->bus, room, op->tmpl->data, op->tmpl->len, hub_post_done, op);
     if (rc == 0) return;
-    if (rc != BUS_EDOWN) log_warn("bus: post refused", "{s:s, s:s}", "room", r->name, "error", bus_strerror(rc));
+    if (rc != BUS_EDOWN) log_warn("bus: post refused", "{s:s, s:s}", "room", room, "error", bus_strerror(rc));
     hub_post_local(hub, op);
     hub_op_free(op);
 }
@@ -1067,7 +1069,7 @@ static void hub_on_msg(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_
     char id[64];
     json_t *extra = hub_msg_extra(in->root, from_policy);
     if (hub->remote) {
-        hub_room_post(hub, r, cl->id, cl->name, in->text, extra, cl->id, in->cid);
+        hub_room_post(hub, r->name, cl->id, cl->name, in->text, extra, cl->id, in->cid);
     } else {
         hub_room_publish(hub, r, cl->id, cl->name, in->text, extra, id, sizeof id);
         hub_send(hub, cl, proto_ack(in->cid, id));
@@ -1371,6 +1373,7 @@ static void hub_attach(gw_t *gw, conn_t *c, const http_request_t *req)
     cl->tokens = (double)gw->cfg.rate_burst;
     cl->tokens_ms = gw_now_ms(gw);
     map_set(&hub->clients, cl->id, cl);
+    __atomic_add_fetch(&gw->chat_clients, 1, __ATOMIC_RELAXED);
     const char *version = gw->policy ? policy_version(gw->policy) : "";
     hub_send(hub, cl, proto_welcome(cl->id, cl->name, "chatgw/" CHATGW_VERSION, version));
     char room[PROTO_MAX_ROOM * 2], since[128];
@@ -1394,6 +1397,7 @@ static void hub_detach(gw_t *gw, conn_t *c)
     while (cl->nrooms) hub_room_leave(hub, cl, cl->rooms[cl->nrooms - 1]);
     if (gw->policy) policy_conn_forget(gw->policy, cl->id);
     map_del(&hub->clients, cl->id);
+    __atomic_sub_fetch(&gw->chat_clients, 1, __ATOMIC_RELAXED);
     server_conn_data_set(c, NULL);
     hub_client_free(cl);
 }
@@ -1447,7 +1451,7 @@ static json_t *hub_host_members(void *ud, const char *room)
 
 static json_t *hub_host_rooms(void *ud)
 {
-    json_t *stats = hub_stats_json(ud);
+    json_t *stats = hub_stats_local_json(ud);   /* the rooms gw.broadcast can reach from here */
     json_t *rooms = json_incref(json_object_get(stats, "rooms"));
     json_decref(stats);
     return rooms;
@@ -1633,7 +1637,22 @@ void hub_free(hub_t *hub)
     free(hub);
 }
 
+/* The process's view with workers on the in-process bus: every worker's rooms and clients. */
+static json_t *hub_stats_workers_json(hub_t *hub)
+{
+    const gw_t *gw = hub->gw;
+    uint64_t online = 0;
+    for (int i = 0; i < gw->nworkers; i++) online += __atomic_load_n(&gw->workers[i].chat_clients, __ATOMIC_RELAXED);
+    return json_pack("{s:I, s:o}", "online", (json_int_t)online, "rooms", bus_inproc_rooms_json(gw->inproc));
+}
+
 json_t *hub_stats_json(hub_t *hub)
+{
+    if (hub->gw->inproc) return hub_stats_workers_json(hub);
+    return hub_stats_local_json(hub);
+}
+
+static json_t *hub_stats_local_json(hub_t *hub)
 {
     json_t *rooms = json_array();
     size_t i;
@@ -1646,19 +1665,29 @@ json_t *hub_stats_json(hub_t *hub)
 
 json_t *hub_room_json(hub_t *hub, const char *name)
 {
+    if (hub->gw->inproc) return bus_inproc_room_json(hub->gw->inproc, name);   /* every worker's members */
     hub_room_t *r = hub_room_get(hub, name);
     if (!r) return NULL;
     return json_pack("{s:s, s:I, s:o}", "name", r->name, "online", (json_int_t)hub_room_online(r), "members",
                      hub_room_members_json(r));
 }
 
+/* A room with members on other workers only (in-process bus). */
+static int hub_room_elsewhere(hub_t *hub, const char *room)
+{
+    json_t *r = hub->gw->inproc ? bus_inproc_room_json(hub->gw->inproc, room) : NULL;
+    int found = r != NULL;
+    json_decref(r);
+    return found;
+}
+
 int hub_room_announce(hub_t *hub, const char *room, const char *from_name, const char *text, char *id_out,
                       size_t id_len)
 {
     hub_room_t *r = hub_room_get(hub, room);
-    if (!r) return -1;
+    if (!r && !hub_room_elsewhere(hub, room)) return -1;
     if (hub->remote) {             /* the id comes with the post's answer, after this returns */
-        hub_room_post(hub, r, "server", from_name, text, NULL, NULL, NULL);
+        hub_room_post(hub, room, "server", from_name, text, NULL, NULL, NULL);
         if (id_len) id_out[0] = '\0';
         return 0;
     }

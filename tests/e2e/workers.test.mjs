@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  startServer, chatClient, passthroughPolicyDir, parseMsgId, scrape, metricSum, waitFor, httpGet,
+  startServer, chatClient, passthroughPolicyDir, parseMsgId, scrape, metricSum, waitFor, httpGet, httpRequest,
 } from './lib.mjs';
 import { startRedis, startReplica, redisCommand } from './redis_lib.mjs';
 
@@ -55,7 +55,7 @@ describe('workers: rooms across event-loop threads', () => {
   let cs;
   before(async () => {
     srv = await startServer(['--scripts-dir', passthroughPolicyDir(), '--workers', WORKERS, '--log-level', 'debug',
-      '--history-size', '50', ...FAST]);
+      '--history-size', '50', '--api-token', 'tok3n', ...FAST]);
     await srv.waitLog((o) => o.msg === 'started');   // every worker listens
     cs = pool(srv);
   });
@@ -199,6 +199,31 @@ describe('workers: rooms across event-loop threads', () => {
     assert.ok(ws >= open.length, `websockets_open ${ws} counts clients on every worker`);
     assert.equal(metricSum(samples, 'chatgw_bus_up'), 1);
     assert.equal(ready.redis, undefined, 'no redis field without redis_url');
+  });
+
+  it('/api/stats, /api/rooms/{id} and the publish API see every worker, whichever answers', T, async () => {
+    const room = uniqueRoom('api');
+    const a = await cs.open(`/ws?room=${room}&name=alice`);
+    await a.next('room');
+    const b = await cs.openWhere(`/ws?room=${room}&name=bob`, (w) => w !== a.worker, 'another worker');
+    await b.next('room');
+    for (let i = 0; i < 8; i++) {   // new connections: the kernel picks the worker each time
+      const r = (await httpGet(srv.port, `/api/rooms/${room}`)).json();
+      assert.equal(r.online, 2);
+      assert.deepEqual(r.members.map((m) => m.name), ['alice', 'bob'], 'join order');
+      const st = (await httpGet(srv.port, '/api/stats')).json();
+      assert.equal(st.rooms.find((x) => x.name === room)?.online, 2);
+      assert.ok(st.online >= 2);
+    }
+    for (let i = 0; i < 4; i++) {
+      const r = await httpRequest(srv.port, 'POST', `/api/rooms/${room}/messages`,
+        { headers: { Authorization: 'Bearer tok3n', 'Content-Type': 'application/json' }, body: { text: `notice ${i}`, from: 'ops' } });
+      assert.equal(r.status, 200, r.text);
+      const ma = await a.next((m) => m.type === 'msg' && m.text === `notice ${i}`, 5000);
+      const mb = await b.next((m) => m.type === 'msg' && m.text === `notice ${i}`, 5000);
+      assert.equal(ma.id, mb.id, 'one id everywhere');
+    }
+    assert.equal((await httpGet(srv.port, `/api/rooms/${uniqueRoom('none')}`)).status, 404);
   });
 
   it('SIGTERM with members in rooms on every worker: exit 0 (a sanitizer build checks leaks here)', T, async () => {
