@@ -1,8 +1,9 @@
 /* bus: what one chatgw node shares with the other replicas: room fan-out (publish/subscribe),
  * presence, history ids and streams, and rate-limit buckets. Two implementations sit behind
  * one table of operations: bus_local.c (single node: nothing is remote, and the stores answer
- * BUS_ENOTSUP so the hub keeps its own ring, ids and buckets) and bus_redis.c (Redis through
- * hiredis's async API on the libuv loop). A bus lives on one loop and is not thread-safe.
+ * BUS_ENOTSUP so the hub keeps its own ring, ids and buckets), bus_inproc.c (the worker
+ * threads of one process, see bus_inproc.h) and bus_redis.c (Redis through hiredis's async
+ * API on the libuv loop). A bus lives on one loop and is not thread-safe.
  * It never blocks the loop: every answer from Redis comes back through a callback, and a call
  * that cannot be served at once fails at once (BUS_EDOWN) so the hub can fall back to local
  * delivery. It never sees sockets of clients and never encodes protocol frames: the hub hands
@@ -86,6 +87,8 @@ typedef struct {
     long backoff_max_ms;       /* 0 = 5000: cap; each delay is jittered to [d/2, d] */
     long presence_ttl_ms;      /* 0 = 15000: node heartbeat TTL; heartbeat every ttl/3 */
     long history_size;         /* stream MAXLEN ~ and the newest-N answer on a gap; 0 = none */
+    struct bus_inproc_s *inproc; /* without redis_url: the workers' shared state (bus_inproc.h);
+                                * NULL = bus_local */
 } bus_options_t;
 
 /* Counters for /metrics (report as chatgw_bus_up, chatgw_bus_reconnects_total,
@@ -112,7 +115,8 @@ typedef struct {
 typedef void (*bus_history_cb)(void *arg, int status, const bus_history_t *h);
 typedef void (*bus_limit_cb)(void *arg, int status, int allowed, double tokens);
 
-/* Opens the bus that opts asks for: bus_redis when redis_url is set, else bus_local. The
+/* Opens the bus that opts asks for: bus_redis when redis_url is set, else bus_inproc when
+ * inproc is set, else bus_local. The
  * Redis link starts connecting at once (status handler fires when it is up). Returns 0 and
  * *out, or BUS_EINVAL with a one-line message naming the option in err. */
 int bus_open(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
@@ -149,7 +153,7 @@ typedef struct {
 
 struct bus_s {
     const bus_ops_t *ops;
-    const char *kind;          /* "local" or "redis" */
+    const char *kind;          /* "local", "inproc" or "redis" */
     bus_handlers_t on;
     void *arg;
     char node[BUS_NODE_MAX];
@@ -158,6 +162,8 @@ struct bus_s {
 
 int bus_local_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
                   char *err, size_t errlen);
+int bus_inproc_open(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
+                    char *err, size_t errlen);
 int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
                   char *err, size_t errlen);
 

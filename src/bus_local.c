@@ -30,6 +30,7 @@ int bus_open(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *o
              char *err, size_t errlen)
 {
     if (opts && opts->redis_url && *opts->redis_url) return bus_redis_new(loop, opts, on, arg, out, err, errlen);
+    if (opts && opts->inproc) return bus_inproc_open(loop, opts, on, arg, out, err, errlen);
     return bus_local_new(loop, opts, on, arg, out, err, errlen);
 }
 

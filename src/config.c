@@ -68,7 +68,7 @@ static const config_key_t config_keys[] = {
     { "admin_listen", CK_LISTEN, OFF(admin_listen), "", 0, 0, 0,
       "when set, /metrics and admin routes move there and answer 404 on listen" },
     { "workers", CK_WORKERS, OFF(workers), "1", 1, CONFIG_WORKERS_MAX, 0,
-      "event-loop threads; auto = CPUs allowed; only 1 is supported for now (serve refuses more)" },
+      "event-loop threads, each with its own SO_REUSEPORT listener, hub and Lua VM; auto = CPUs allowed" },
     { "log_level", CK_LOG_LEVEL, OFF(log_level), "info", 0, 0, 0,
       "debug, info, warn or error" },
     { "scripts_dir", CK_STRING, OFF(scripts_dir), "scripts", 0, 0, CF_NONEMPTY,

@@ -1,6 +1,8 @@
-/* gw: the one process-level struct that ties the modules together. main.c owns it; every
- * module reaches shared state (config, metrics, readiness) through it. No other mutable
- * global state exists in chatgw. */
+/* gw: the struct that ties the modules together. main.c owns it; every module reaches shared
+ * state (config, metrics, readiness) through it. No other mutable global state exists in
+ * chatgw. With workers > 1 there is one gw per worker thread (its own loop, server, hub and
+ * policy, each touched only by that thread); they share the read-only config and the
+ * in-process bus, and /metrics sums every worker's counters (relaxed atomic loads). */
 #ifndef CHATGW_GW_H
 #define CHATGW_GW_H
 
@@ -20,6 +22,7 @@ typedef struct hub_s hub_t;
 typedef struct policy_s policy_t;
 typedef struct watch_s watch_t;
 typedef struct static_site_s static_site_t;
+struct bus_inproc_s;
 
 typedef struct gw_s {
     config_t cfg;
@@ -32,6 +35,11 @@ typedef struct gw_s {
     static_site_t *web;            /* the web client, NULL when web_dir is missing */
     int draining;                  /* set once on SIGTERM/SIGINT; /readyz answers 503 */
     uint64_t started_ms;
+    int worker, nworkers;          /* this worker's index and the count (1: no worker threads) */
+    struct gw_s *workers;          /* nworkers > 1: every worker's gw (for /metrics), else NULL */
+    struct bus_inproc_s *inproc;   /* nworkers > 1 without redis_url: the shared bus state */
+    uint64_t chat_clients;         /* chat connections attached here (relaxed atomic: /api/stats
+                                    * sums the workers) */
 } gw_t;
 
 /* Milliseconds of the loop's clock (cached per iteration). */

@@ -19,6 +19,7 @@
 #include <openssl/rand.h>
 
 #include "bus.h"
+#include "bus_inproc.h"
 #include "log.h"
 #include "map.h"
 #include "policy.h"
@@ -414,7 +415,7 @@ static void hub_on_msg(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_
     char id[64];
     json_t *extra = hub_msg_extra(in->root, from_policy);
     if (hub->remote) {
-        hub_room_post(hub, r, cl->id, cl->name, in->text, extra, cl->id, in->cid);
+        hub_room_post(hub, r->name, cl->id, cl->name, in->text, extra, cl->id, in->cid);
     } else {
         hub_latency_observe(hub, hub->msg_t0);
         hub_room_publish(hub, r, cl->id, cl->name, in->text, extra, id, sizeof id);
@@ -732,6 +733,7 @@ static void hub_attach(gw_t *gw, conn_t *c, const http_request_t *req)
     cl->tokens = (double)gw->cfg.rate_burst;
     cl->tokens_ms = gw_now_ms(gw);
     map_set(&hub->clients, cl->id, cl);
+    __atomic_add_fetch(&gw->chat_clients, 1, __ATOMIC_RELAXED);
     const char *version = gw->policy ? policy_version(gw->policy) : "";
     hub_send(hub, cl, proto_welcome(cl->id, cl->name, "chatgw/" CHATGW_VERSION, version));
     char room[PROTO_MAX_ROOM * 2], since[128];
@@ -739,8 +741,12 @@ static void hub_attach(gw_t *gw, conn_t *c, const http_request_t *req)
         int has_since = http_query_get(req->query, "since", since, sizeof since) >= 0;
         hub_join_or_error(hub, cl, room, has_since ? since : NULL);
     }
-    log_debug("client attached", "{s:s, s:s, s:I}", "client", cl->id, "ip", cl->ip,
-              "conn", (json_int_t)server_conn_serial(c));
+    if (gw->nworkers > 1)
+        log_debug("client attached", "{s:s, s:s, s:I, s:i}", "client", cl->id, "ip", cl->ip,
+                  "conn", (json_int_t)server_conn_serial(c), "worker", gw->worker);
+    else
+        log_debug("client attached", "{s:s, s:s, s:I}", "client", cl->id, "ip", cl->ip,
+                  "conn", (json_int_t)server_conn_serial(c));
 }
 
 static void hub_detach(gw_t *gw, conn_t *c)
@@ -751,6 +757,7 @@ static void hub_detach(gw_t *gw, conn_t *c)
     while (cl->nrooms) hub_room_leave(hub, cl, cl->rooms[cl->nrooms - 1]);
     if (gw->policy) policy_conn_forget(gw->policy, cl->id);
     map_del(&hub->clients, cl->id);
+    __atomic_sub_fetch(&gw->chat_clients, 1, __ATOMIC_RELAXED);
     server_conn_data_set(c, NULL);
     hub_client_free(cl);
 }
@@ -802,9 +809,11 @@ static json_t *hub_host_members(void *ud, const char *room)
     return r ? hub_room_members_json(r) : NULL;
 }
 
+static json_t *hub_stats_local_json(hub_t *hub);
+
 static json_t *hub_host_rooms(void *ud)
 {
-    json_t *stats = hub_stats_json(ud);
+    json_t *stats = hub_stats_local_json(ud);   /* the rooms gw.broadcast can reach from here */
     json_t *rooms = json_incref(json_object_get(stats, "rooms"));
     json_decref(stats);
     return rooms;
@@ -854,7 +863,7 @@ static int hub_host_limit_take(void *ud, const char *key, double rate, double bu
                                void *arg)
 {
     hub_t *hub = ud;
-    if (!done || !hub->remote || strcmp(bus_kind(hub->bus), "redis") != 0) return -1;
+    if (!done || !hub->remote) return -1;   /* Redis, or the other workers of this process */
     bus_stats_t st;
     bus_stats_get(hub->bus, &st);
     if (!st.up) return -1;         /* Redis down: purely local until it is back */
@@ -923,6 +932,17 @@ static void hub_bus_on_status(void *arg, int up)
     if (up) hub_rooms_relist(hub);
 }
 
+/* A worker of several gets its own node id on the bus: node "-w<i>" (the base cut to fit). */
+static void hub_node_worker(const gw_t *gw, char *node, size_t len)
+{
+    if (gw->nworkers <= 1) return;
+    char suffix[16];
+    int n = snprintf(suffix, sizeof suffix, "-w%d", gw->worker);
+    size_t base = strlen(node);
+    if (base + (size_t)n >= len) base = len - 1 - (size_t)n;
+    snprintf(node + base, len - base, "%s", suffix);
+}
+
 int hub_bus_open(hub_t *hub, char *err, size_t errlen)
 {
     const config_t *cfg = &hub->gw->cfg;
@@ -943,6 +963,7 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
         snprintf(err, errlen, "config: node_id: expected 1 to %d bytes without a newline", BUS_NODE_MAX - 1);
         return -1;
     }
+    hub_node_worker(hub->gw, node, sizeof node);
     bus_options_t opts = {
         .redis_url = cfg->redis_url,
         .password_file = cfg->redis_password_file,
@@ -953,6 +974,7 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
         .backoff_max_ms = cfg->redis_backoff_max_ms,
         .presence_ttl_ms = cfg->presence_ttl_ms,
         .history_size = cfg->history_size,
+        .inproc = hub->gw->inproc,
     };
     bus_handlers_t on = {
         .room_message = hub_bus_on_message,
@@ -971,7 +993,7 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
     hub->bus = bus;
     hub->remote = strcmp(bus_kind(bus), "local") != 0;
     hub_bus_metrics(hub);
-    if (hub->remote) log_info("bus: redis", "{s:s}", "node", bus_node_id(bus));
+    if (hub->remote) log_info(hub->gw->inproc ? "bus: in-process" : "bus: redis", "{s:s}", "node", bus_node_id(bus));
     return 0;
 }
 
@@ -989,7 +1011,7 @@ void hub_bus_close(hub_t *hub)
 
 int hub_bus_state(hub_t *hub)
 {
-    if (!hub->remote) return -1;
+    if (!hub->remote || strcmp(bus_kind(hub->bus), "redis")) return -1;
     bus_stats_t st;
     bus_stats_get(hub->bus, &st);
     return st.up ? 1 : 0;
@@ -1033,7 +1055,22 @@ void hub_free(hub_t *hub)
     free(hub);
 }
 
+/* The process's view with workers on the in-process bus: every worker's rooms and clients. */
+static json_t *hub_stats_workers_json(hub_t *hub)
+{
+    const gw_t *gw = hub->gw;
+    uint64_t online = 0;
+    for (int i = 0; i < gw->nworkers; i++) online += __atomic_load_n(&gw->workers[i].chat_clients, __ATOMIC_RELAXED);
+    return json_pack("{s:I, s:o}", "online", (json_int_t)online, "rooms", bus_inproc_rooms_json(gw->inproc));
+}
+
 json_t *hub_stats_json(hub_t *hub)
+{
+    if (hub->gw->inproc) return hub_stats_workers_json(hub);
+    return hub_stats_local_json(hub);
+}
+
+static json_t *hub_stats_local_json(hub_t *hub)
 {
     json_t *rooms = json_array();
     size_t i;
@@ -1046,19 +1083,29 @@ json_t *hub_stats_json(hub_t *hub)
 
 json_t *hub_room_json(hub_t *hub, const char *name)
 {
+    if (hub->gw->inproc) return bus_inproc_room_json(hub->gw->inproc, name);   /* every worker's members */
     hub_room_t *r = hub_room_get(hub, name);
     if (!r) return NULL;
     return json_pack("{s:s, s:I, s:o}", "name", r->name, "online", (json_int_t)hub_room_online(r), "members",
                      hub_room_members_json(r));
 }
 
+/* A room with members on other workers only (in-process bus). */
+static int hub_room_elsewhere(hub_t *hub, const char *room)
+{
+    json_t *r = hub->gw->inproc ? bus_inproc_room_json(hub->gw->inproc, room) : NULL;
+    int found = r != NULL;
+    json_decref(r);
+    return found;
+}
+
 int hub_room_announce(hub_t *hub, const char *room, const char *from_name, const char *text, char *id_out,
                       size_t id_len)
 {
     hub_room_t *r = hub_room_get(hub, room);
-    if (!r) return -1;
+    if (!r && !hub_room_elsewhere(hub, room)) return -1;
     if (hub->remote) {             /* the id comes with the post's answer, after this returns */
-        hub_room_post(hub, r, "server", from_name, text, NULL, NULL, NULL);
+        hub_room_post(hub, room, "server", from_name, text, NULL, NULL, NULL);
         if (id_len) id_out[0] = '\0';
         return 0;
     }

@@ -5,7 +5,8 @@
  * never touches sockets (server.c does) or Lua (policy.c does). With redis_url, rooms span
  * replicas through the bus (bus.h): msgs get Redis's ids and one order, snapshots list every
  * replica's members and read the shared history; while Redis is down, local rooms go on with
- * the hub's own ids and ring. */
+ * the hub's own ids and ring. With workers > 1 there is one hub per worker thread and the
+ * in-process bus (bus_inproc.h) plays Redis's part between them. */
 #ifndef CHATGW_HUB_H
 #define CHATGW_HUB_H
 
@@ -24,10 +25,11 @@ void hub_free(hub_t *hub);         /* after every connection detached */
 /* Opens the bus that config asks for (Redis with redis_url, else single node) in place of the
  * single-node one hub_new starts with. 0, or -1 with a one-line error naming the key. */
 int hub_bus_open(hub_t *hub, char *err, size_t errlen);
-/* Says goodbye to Redis (this node's members leave, its heartbeat goes) and falls back to the
- * single-node bus; the link closes while the loop runs on. For shutdown. */
+/* Says goodbye to Redis or to the other workers (this node's members leave, its heartbeat
+ * goes) and falls back to the single-node bus; the link closes while the loop runs on. For
+ * shutdown. */
 void hub_bus_close(hub_t *hub);
-/* -1 without redis_url, else 1 while the Redis link is up and 0 while it is down. */
+/* -1 without Redis (single node or in-process bus), else 1 while the link is up and 0 while down. */
 int hub_bus_state(hub_t *hub);
 
 /* {online, rooms:[{name, online}]}; new reference. */

@@ -129,7 +129,7 @@ void hub_bus_on_presence(void *arg, const char *room, int event, const bus_membe
 void hub_snapshot_start(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
 void hub_rooms_relist(hub_t *hub);
 void hub_latency_observe(hub_t *hub, uint64_t t0);
-void hub_room_post(hub_t *hub, hub_room_t *r, const char *from_id, const char *from_name, const char *text,
+void hub_room_post(hub_t *hub, const char *room, const char *from_id, const char *from_name, const char *text,
                    json_t *extra, const char *client, json_t *cid);
 
 #endif

@@ -585,17 +585,17 @@ static void hub_post_done(void *arg, int status, const bus_id_t *id, sbuf_t *pay
 /* A chat msg through the bus: encoded once with the id placeholder; Redis assigns the id and
  * every replica (this one included, from hub_post_done) delivers it at the same place in the
  * room's order. client (may be NULL) gets the ack with the final id. */
-void hub_room_post(hub_t *hub, hub_room_t *r, const char *from_id, const char *from_name, const char *text,
+void hub_room_post(hub_t *hub, const char *room, const char *from_id, const char *from_name, const char *text,
                    json_t *extra, const char *client, json_t *cid)
 {
-    hub_op_t *op = hub_op_new(hub, HUB_OP_POST, r->name, client);
-    op->tmpl = proto_msg(r->name, BUS_ID_EPOCH, 0, from_id, from_name, text, hub_wall_ms(), extra);
+    hub_op_t *op = hub_op_new(hub, HUB_OP_POST, room, client);
+    op->tmpl = proto_msg(room, BUS_ID_EPOCH, 0, from_id, from_name, text, hub_wall_ms(), extra);
     op->cid = cid ? json_incref(cid) : NULL;
     op->ack = client != NULL;
     op->t0 = client ? hub->msg_t0 : 0;
-    int rc = bus_room_post(hub->bus, r->name, op->tmpl->data, op->tmpl->len, hub_post_done, op);
+    int rc = bus_room_post(hub->bus, room, op->tmpl->data, op->tmpl->len, hub_post_done, op);
     if (rc == 0) return;
-    if (rc != BUS_EDOWN) log_warn("bus: post refused", "{s:s, s:s}", "room", r->name, "error", bus_strerror(rc));
+    if (rc != BUS_EDOWN) log_warn("bus: post refused", "{s:s, s:s}", "room", room, "error", bus_strerror(rc));
     hub_post_local(hub, op);
     hub_op_free(op);
 }

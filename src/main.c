@@ -1,5 +1,6 @@
 /* main: the command line (serve, check, version, --help), wiring of the modules, and signals:
- * SIGTERM/SIGINT drain (a second one exits at once), SIGHUP reloads the policy. */
+ * SIGTERM/SIGINT drain (a second one exits at once), SIGHUP reloads the policy. workers > 1
+ * hands over to workers.c; one worker runs on this thread's loop. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include "server.h"
 #include "static.h"
 #include "watch.h"
+#include "workers.h"
 
 static void usage(FILE *f)
 {
@@ -94,14 +96,13 @@ static int cmd_serve(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 2;
     }
-    if (gw.cfg.workers > 1) {      /* refused rather than ignored: one loop is what would run */
-        fprintf(stderr, "config: workers: %d event loops are not supported yet; run 1 per process and "
-                        "scale out with replicas and redis_url\n", gw.cfg.workers);
-        config_free(&gw.cfg);
-        return 2;
-    }
     log_level_set(gw.cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
+    if (gw.cfg.workers > 1) {      /* several loops: workers.c; one loop runs right here */
+        int code = workers_serve(&gw.cfg);
+        config_free(&gw.cfg);
+        return code;
+    }
     gw.loop = uv_default_loop();
     gw.started_ms = uv_now(gw.loop);
 

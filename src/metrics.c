@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 
 /* Families with one unlabelled sample, read from a uint64_t at offset in metrics_t. */
 typedef struct {
@@ -231,4 +232,20 @@ void metrics_render(const metrics_t *m, const char *version, buf_t *out)
                         m->policy_reloads, metrics_reload_results, METRICS_RELOAD_RESULTS);
     metrics_info_render(out, "chatgw_build_info", "Build information; always 1.", "version",
                         version ? version : "unknown");
+}
+
+/* metrics_t is nothing but uint64_t fields: it sums as an array. */
+_Static_assert(sizeof(metrics_t) % sizeof(uint64_t) == 0, "metrics_t holds only uint64_t");
+
+void metrics_sum(metrics_t *out, const metrics_t *const *ms, size_t n)
+{
+    memset(out, 0, sizeof *out);
+    uint64_t *acc = (uint64_t *)out, up_min = 0;
+    for (size_t k = 0; k < n; k++) {
+        const uint64_t *f = (const uint64_t *)ms[k];
+        for (size_t i = 0; i < sizeof *out / sizeof *acc; i++) acc[i] += __atomic_load_n(&f[i], __ATOMIC_RELAXED);
+        uint64_t up = __atomic_load_n(&ms[k]->bus_up, __ATOMIC_RELAXED);
+        if (k == 0 || up < up_min) up_min = up;
+    }
+    out->bus_up = up_min;
 }

@@ -4,6 +4,7 @@
 #ifndef CHATGW_METRICS_H
 #define CHATGW_METRICS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "buf.h"
@@ -77,6 +78,10 @@ extern const char *const metrics_drop_reasons[METRICS_DROP_REASONS];
 
 /* Counts one msg whose fan-out began usec microseconds after it arrived. */
 void metrics_latency_observe(metrics_t *m, uint64_t usec);
+
+/* out = the sum of n workers' metrics (relaxed atomic loads, so the workers may go on
+ * counting); bus_up is the least of them (1 only while every worker's bus is up). */
+void metrics_sum(metrics_t *out, const metrics_t *const *ms, size_t n);
 
 /* Appends every metric of m to out, plus chatgw_build_info{version}. */
 void metrics_render(const metrics_t *m, const char *version, buf_t *out);

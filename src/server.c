@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "cidr.h"
 #include "log.h"
@@ -876,11 +877,20 @@ static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
 }
 
 /* 0 when the connection may proceed, else the HTTP status it gets before any request. */
+/* Open TCP connections of the process: this server's, or every worker's gauge together. */
+static size_t conns_open(const gw_t *gw)
+{
+    if (gw->nworkers <= 1) return gw->server->nconns;
+    uint64_t n = 0;
+    for (int i = 0; i < gw->nworkers; i++) n += __atomic_load_n(&gw->workers[i].metrics.conns_open, __ATOMIC_RELAXED);
+    return (size_t)n;
+}
+
 static int conn_admit(conn_t *c)
 {
     server_t *srv = c->srv;
     const config_t *cfg = &srv->gw->cfg;
-    if (srv->nconns > (size_t)cfg->max_connections) return 503;
+    if (conns_open(srv->gw) > (size_t)cfg->max_connections) return 503;
     c->ipent = iptab_acquire(srv, c->ip);
     if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return 429;
     /* a trusted proxy carries many clients: their own addresses are charged per request */
@@ -970,6 +980,25 @@ static void addr_name(const struct sockaddr_storage *sa, char *out, size_t len)
 
 static void on_listener_closed(uv_handle_t *h) { free(h->data); }
 
+/* Workers > 1: every worker binds its own socket to the same address with SO_REUSEPORT and
+ * the kernel spreads the connections (libuv 1.44 has no flag for it). 0 or a uv error. */
+static int listener_bind_reuseport(uv_tcp_t *tcp, const struct sockaddr_storage *sa)
+{
+    int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int on = 1;
+    socklen_t len = sa->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 || bind(fd, (const struct sockaddr *)sa, len) < 0) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    int rc = uv_tcp_open(tcp, fd);
+    if (rc < 0) close(fd);
+    return rc;
+}
+
 static int listener_open(server_t *srv, const char *addr, int roles, int tls)
 {
     struct sockaddr_storage sa;
@@ -984,7 +1013,7 @@ static int listener_open(server_t *srv, const char *addr, int roles, int tls)
     l->tls = tls;
     uv_tcp_init(srv->gw->loop, &l->tcp);
     l->tcp.data = l;
-    rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&sa, 0);
+    rc = srv->gw->nworkers > 1 ? listener_bind_reuseport(&l->tcp, &sa) : uv_tcp_bind(&l->tcp, (struct sockaddr *)&sa, 0);
     if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
     if (rc < 0) {
         log_error("listen failed", "{s:s, s:s}", "addr", addr, "error", uv_strerror(rc));
@@ -995,8 +1024,11 @@ static int listener_open(server_t *srv, const char *addr, int roles, int tls)
     uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&sa, &len);
     char name[80];
     addr_name(&sa, name, sizeof name);
-    log_info("listening", "{s:s, s:s, s:b}", "addr", name, "role",
-             roles == ROUTE_ADMIN ? "admin" : roles == ROUTE_PUBLIC ? "public" : "public+admin", "tls", tls);
+    const char *role = roles == ROUTE_ADMIN ? "admin" : roles == ROUTE_PUBLIC ? "public" : "public+admin";
+    if (srv->gw->nworkers > 1)
+        log_info("listening", "{s:s, s:s, s:b, s:i}", "addr", name, "role", role, "tls", tls, "worker", srv->gw->worker);
+    else
+        log_info("listening", "{s:s, s:s, s:b}", "addr", name, "role", role, "tls", tls);
     srv->listeners[srv->nlisteners++] = l;
     return 0;
 }
@@ -1073,7 +1105,7 @@ int server_start(gw_t *gw)
     int admin_separate = gw->cfg.admin_listen && gw->cfg.admin_listen[0];
     int rc = listener_open(srv, gw->cfg.listen, admin_separate ? ROUTE_PUBLIC : ROUTE_PUBLIC | ROUTE_ADMIN,
                            srv->tls != NULL);
-    if (rc == 0 && admin_separate) rc = listener_open(srv, gw->cfg.admin_listen, ROUTE_ADMIN, 0);
+    if (rc == 0 && admin_separate && gw->worker == 0) rc = listener_open(srv, gw->cfg.admin_listen, ROUTE_ADMIN, 0);
     return rc;
 }
 
@@ -1136,6 +1168,17 @@ void server_free(gw_t *gw)
 }
 
 /* ---- accessors ---- */
+
+int server_listen_addr(const gw_t *gw, char *out, size_t len)
+{
+    const server_t *srv = gw->server;
+    if (!srv || !srv->nlisteners) return -1;
+    struct sockaddr_storage sa;
+    int n = sizeof sa;
+    if (uv_tcp_getsockname(&srv->listeners[0]->tcp, (struct sockaddr *)&sa, &n) < 0) return -1;
+    addr_name(&sa, out, len);
+    return 0;
+}
 
 const char *server_conn_ip(const conn_t *c) { return c->ip; }
 uint64_t server_conn_serial(const conn_t *c) { return c->serial; }

@@ -43,8 +43,12 @@ void server_msg_init(server_msg_t *m, sbuf_t *payload);   /* takes over the refe
 void server_msg_release(server_msg_t *m);
 
 /* Binds the listeners from gw->cfg (listen, admin_listen). 0 or a negative uv error; the
- * error is logged with the address. */
+ * error is logged with the address. With gw->nworkers > 1 each worker's public listener is
+ * its own socket on the same address (SO_REUSEPORT); worker 0 alone opens admin_listen. */
 int server_start(gw_t *gw);
+/* The public listener's bound address ("127.0.0.1:PORT", "[::1]:PORT"): what the other
+ * workers bind when listen asked for port 0. 0, or -1 when not listening. */
+int server_listen_addr(const gw_t *gw, char *out, size_t len);
 /* Stops accepting, makes /readyz fail, sends close 1001 to every WebSocket and exits the loop
  * once they are closed or drain_timeout_ms passed. A second call closes everything now. */
 void server_drain(gw_t *gw);
