@@ -7,7 +7,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startServer, chatClient, passthroughPolicyDir, parseMsgId, scrape, metricSum, waitFor, sleep, httpGet,
+  startServer, clientPool, passthroughPolicyDir, parseMsgId, scrape, metricSum, waitFor, sleep, httpGet,
 } from './lib.mjs';
 
 const T = { timeout: 30000 };
@@ -15,22 +15,6 @@ const FAST = ['--rate-msgs-per-sec', '100000', '--rate-burst', '100000'];
 
 let policyDir;
 const serverWith = (args = []) => startServer(['--scripts-dir', policyDir, ...args]);
-
-/** Opens clients and closes every one of them after the test, whatever happened. */
-function clients() {
-  const open = [];
-  const api = {
-    async open(port, p, opts) {
-      const c = await chatClient(port, p, opts);
-      open.push(c);
-      return c;
-    },
-    async closeAll() {
-      await Promise.all(open.splice(0).map((c) => c.close().catch(() => c.terminate())));
-    },
-  };
-  return api;
-}
 
 let roomSeq = 0;
 const uniqueRoom = (prefix = 'room') => `${prefix}-${process.pid}-${++roomSeq}`;
@@ -53,7 +37,7 @@ before(() => { policyDir = passthroughPolicyDir(); });
 
 describe('chat: identity, rooms and fan-out', () => {
   let srv;
-  const cs = clients();
+  const cs = clientPool();
   before(async () => { srv = await serverWith([...FAST, '--history-size', '50']); });
   after(async () => { await cs.closeAll(); if (srv) await srv.stop('SIGKILL').catch(() => {}); });
 
@@ -235,7 +219,7 @@ describe('chat: identity, rooms and fan-out', () => {
 
 describe('chat: presence', () => {
   let srv;
-  const cs = clients();
+  const cs = clientPool();
   before(async () => { srv = await serverWith([...FAST, '--history-size', '50']); });
   after(async () => { await cs.closeAll(); if (srv) await srv.stop('SIGKILL').catch(() => {}); });
 
@@ -334,7 +318,7 @@ describe('chat: presence', () => {
 
 describe('chat: dm and signal', () => {
   let srv;
-  const cs = clients();
+  const cs = clientPool();
   before(async () => { srv = await serverWith(FAST); });
   after(async () => { await cs.closeAll(); if (srv) await srv.stop('SIGKILL').catch(() => {}); });
 
@@ -398,7 +382,7 @@ describe('chat: dm and signal', () => {
 
 describe('chat: recovery and history', () => {
   let srv;
-  const cs = clients();
+  const cs = clientPool();
   before(async () => { srv = await serverWith([...FAST, '--history-size', '50']); });
   after(async () => { await cs.closeAll(); if (srv) await srv.stop('SIGKILL').catch(() => {}); });
 
@@ -468,7 +452,7 @@ describe('chat: recovery and history', () => {
 
 describe('chat: history_gap', () => {
   let srv;
-  const cs = clients();
+  const cs = clientPool();
   before(async () => { srv = await serverWith([...FAST, '--history-size', '3']); });
   after(async () => { await cs.closeAll(); if (srv) await srv.stop('SIGKILL').catch(() => {}); });
 
@@ -551,7 +535,7 @@ describe('chat: history_gap', () => {
 
 describe('chat: protocol errors keep the connection open', () => {
   let srv;
-  const cs = clients();
+  const cs = clientPool();
   before(async () => {
     srv = await serverWith([...FAST, '--max-room-members', '2', '--max-rooms-per-conn', '2', '--max-text-bytes', '64']);
   });
@@ -638,7 +622,7 @@ describe('chat: protocol errors keep the connection open', () => {
 
 describe('chat: rate_limited', () => {
   let srv;
-  const cs = clients();
+  const cs = clientPool();
   // 1 message per second, burst 3: a burst of 12 must be cut long before tokens refill
   before(async () => { srv = await serverWith(['--rate-msgs-per-sec', '1', '--rate-burst', '3']); });
   after(async () => { await cs.closeAll(); if (srv) await srv.stop('SIGKILL').catch(() => {}); });
@@ -680,7 +664,7 @@ describe('chat: rate_limited', () => {
 
 describe('chat: metrics', () => {
   let srv;
-  const cs = clients();
+  const cs = clientPool();
   before(async () => { srv = await serverWith(FAST); });
   after(async () => { await cs.closeAll(); if (srv) await srv.stop('SIGKILL').catch(() => {}); });
 

@@ -873,6 +873,21 @@ export function chatClient(port, reqPath = '/ws', { ms = 5000, wsOpts = {}, prot
   }), ms + 1000, `chat ws open ${reqPath}`);
 }
 
+/** Opens clients and closes every one of them at the end, whatever happened. */
+export function clientPool() {
+  const open = [];
+  return {
+    async open(port, p, opts) {
+      const c = await chatClient(port, p, opts);
+      open.push(c);
+      return c;
+    },
+    async closeAll() {
+      await Promise.all(open.splice(0).map((c) => c.close().catch(() => c.terminate())));
+    },
+  };
+}
+
 /** Parses a message id "epoch:seq" into {epoch, seq}. */
 export function parseMsgId(id) {
   const m = /^([^:]+):(\d+)$/.exec(String(id));

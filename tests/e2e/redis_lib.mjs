@@ -4,8 +4,10 @@
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import {
-  startServer, chatClient, passthroughPolicyDir, httpGet, waitFor, withTimeout, HOST,
+  startServer, passthroughPolicyDir, httpGet, waitFor, withTimeout, HOST,
 } from './lib.mjs';
+
+export { clientPool } from './lib.mjs';
 
 export const REDIS_BIN = process.env.REDIS_SERVER || '/usr/bin/redis-server';
 
@@ -23,21 +25,6 @@ export function freePort() {
   });
 }
 
-/** Sends one inline command over RESP and resolves the first reply line (bounded). */
-export function redisCommand(port, line, ms = 3000) {
-  return withTimeout(new Promise((resolve, reject) => {
-    const s = net.connect({ host: HOST, port });
-    let buf = '';
-    s.once('error', reject);
-    s.on('data', (d) => {
-      buf += d.toString('latin1');
-      const i = buf.indexOf('\r\n');
-      if (i >= 0) { s.destroy(); resolve(buf.slice(0, i)); }
-    });
-    s.once('connect', () => s.write(`${line}\r\n`));
-  }), ms, `redis ${line}`);
-}
-
 /** Sends one command as a RESP array (any bytes in args) and resolves the raw reply text (bounded). */
 export function redisArgs(port, args, ms = 3000) {
   return withTimeout(new Promise((resolve, reject) => {
@@ -52,6 +39,11 @@ export function redisArgs(port, args, ms = 3000) {
     for (const a of args) parts.push(`$${Buffer.byteLength(String(a))}\r\n${a}\r\n`);
     s.once('connect', () => s.write(parts.join('')));
   }), ms, `redis ${args[0]}`);
+}
+
+/** Sends a command of space-separated words and resolves the first reply line (bounded). */
+export function redisCommand(port, line, ms = 3000) {
+  return redisArgs(port, line.split(' '), ms).then((r) => r.slice(0, r.indexOf('\r\n')));
 }
 
 /**
@@ -112,20 +104,6 @@ export async function apiMembers(srv, room) {
   return r.json().members.map((m) => m.id).sort();
 }
 
-/** Opens clients and closes every one of them at the end, whatever happened. */
-export function clientPool() {
-  const open = [];
-  return {
-    async open(port, p, opts) {
-      const c = await chatClient(port, p, opts);
-      open.push(c);
-      return c;
-    },
-    async closeAll() {
-      await Promise.all(open.splice(0).map((c) => c.close().catch(() => c.terminate())));
-    },
-  };
-}
 
 let roomSeq = 0;
 export const uniqueRoom = (prefix = 'room') => `${prefix}-${process.pid}-${++roomSeq}`;
