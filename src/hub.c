@@ -148,6 +148,7 @@ static void hub_room_destroy(hub_t *hub, hub_room_t *r)
     for (size_t i = 0; i < r->nqueue; i++) sbuf_unref(r->queue[i].payload);
     free(r->queue);
     free(r->hist);
+    for (size_t i = 0; i < r->nmembers; i++) hub_member_release(&r->members[i]);
     free(r->members);
     free(r->name);
     free(r);
@@ -338,6 +339,7 @@ static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
 {
     for (size_t i = 0; i < r->nmembers; i++)
         if (r->members[i].client == cl) {   /* keep join order: gw.members promises it */
+            hub_member_release(&r->members[i]);
             memmove(&r->members[i], &r->members[i + 1], (r->nmembers - i - 1) * sizeof *r->members);
             r->nmembers--;
             break;
@@ -899,6 +901,7 @@ static void hub_on_tick(uv_timer_t *t)
 {
     hub_t *hub = t->data;
     hub_bus_metrics(hub);
+    if (hub->parked) hub_parked_check(hub, NULL);
     if (hub->gw->policy) policy_on_tick(hub->gw->policy, (double)hub_wall_ms() / 1000.0);
 }
 

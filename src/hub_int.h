@@ -34,7 +34,12 @@ typedef struct {
     int pending;                   /* joined; its room snapshot waits for the bus: no fan-out yet */
     bus_id_t floor;                /* seq 0, or the newest msg its snapshot held: the room's
                                     * channel may still bring older ones, which it must not get twice */
+    hub_queued_t *held;            /* msgs delivered here while pending, sent when the snapshot came */
+    size_t nheld, held_cap;
+    int held_lost;                 /* more than HUB_HELD_MAX came: the oldest were dropped */
 } hub_member_t;
+
+#define HUB_HELD_MAX 4096          /* msgs held for one pending member */
 
 /* A member held by another replica (the bus's presence), mirrored for snapshots and the API. */
 typedef struct {
@@ -94,6 +99,7 @@ struct hub_s {
     bus_t *bus;                    /* bus_local until hub_bus_open */
     int remote;                    /* the bus reaches other replicas (Redis) */
     hub_op_t *ops;                 /* bus requests in flight (their callbacks point here) */
+    hub_op_t *parked;              /* answered snapshots waiting for their room's channel */
     struct hub_limit_s *limits;    /* gw.limit takes mirrored to the bus, in flight */
     uint64_t pres_seq;             /* counts remote presence changes applied */
     uint64_t room_serial;
@@ -122,6 +128,8 @@ hub_client_t *hub_client_find(hub_t *hub, const char *id);
 /* hub_sync.c */
 void hub_history_start(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
 void hub_ops_free(hub_t *hub);
+void hub_member_release(hub_member_t *m);
+void hub_parked_check(hub_t *hub, const char *room);
 void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus);
 void hub_bus_metrics(hub_t *hub);
 hub_remote_t *hub_remote_find(hub_room_t *r, const char *id);

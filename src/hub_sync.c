@@ -44,12 +44,15 @@ struct hub_op_s {
     size_t nmembers;
     bus_id_t last;
     int gap;
+    hub_op_t *park_next;           /* snapshot: in hub->parked, since parked_ms */
+    uint64_t parked_ms;
     sbuf_t **msgs;
     uint64_t *seqs;
     size_t nmsgs;
 };
 
 void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus);
+static void hub_queue_flush(hub_t *hub, hub_room_t *r);
 
 static hub_op_t *hub_op_new(hub_t *hub, int kind, const char *room, const char *client)
 {
@@ -214,20 +217,60 @@ static void hub_presence_reconcile(hub_t *hub, hub_room_t *r, const hub_op_t *op
 
 /* ---- snapshots and history through the bus ---- */
 
-/* Msgs delivered here after last while the client's snapshot was on its way (it got no
- * fan-out meanwhile): the ring holds them, in delivery order. */
-static void hub_hist_catch_up(hub_t *hub, hub_room_t *r, hub_client_t *cl, const bus_id_t *last)
+/* A pending member gets no fan-out (its snapshot is on its way); what the channel delivers
+ * meanwhile is held for it, so nothing published after it joined can fall between the
+ * snapshot's history window and the live stream. */
+static void hub_member_hold(hub_member_t *m, const bus_id_t *id, sbuf_t *payload)
 {
-    size_t from = r->hist_len;
-    for (size_t i = 0; i < r->hist_len && from == r->hist_len; i++) {
-        const hub_hist_t *h = hub_hist_at(r, i);
-        if (h->seq == last->seq && !strcmp(h->epoch, last->epoch)) from = i + 1;
+    if (m->nheld == HUB_HELD_MAX) {
+        sbuf_unref(m->held[0].payload);
+        memmove(m->held, m->held + 1, (m->nheld - 1) * sizeof *m->held);
+        m->nheld--;
+        m->held_lost = 1;
     }
-    for (size_t i = 0; i < r->hist_len; i++) {
-        const hub_hist_t *h = hub_hist_at(r, i);
-        int newer = i >= from || (from == r->hist_len && ((!strcmp(h->epoch, last->epoch) && h->seq > last->seq) ||
-                                                          (!last->epoch[0] && strcmp(h->epoch, r->epoch))));
-        if (newer) hub_send(hub, cl, sbuf_ref(h->payload));
+    if (m->nheld == m->held_cap) {
+        m->held_cap = m->held_cap ? m->held_cap * 2 : 16;
+        m->held = xrealloc(m->held, m->held_cap * sizeof *m->held);
+    }
+    m->held[m->nheld++] = (hub_queued_t){*id, sbuf_ref(payload)};
+}
+
+void hub_member_release(hub_member_t *m)
+{
+    for (size_t i = 0; i < m->nheld; i++) sbuf_unref(m->held[i].payload);
+    free(m->held);
+    m->held = NULL;
+    m->nheld = m->held_cap = 0;
+}
+
+/* The room frame's history for a pending member: the msgs held for it (or, before the room's
+ * first snapshot, queued in the room) that are older than the window the snapshot brought (a
+ * join without since gets the newest history_size Redis kept, and a burst may have passed
+ * them), then that window. Caller frees the array. */
+static sbuf_t **hub_snapshot_history(const hub_room_t *r, const hub_member_t *m, const hub_op_t *op, size_t *n)
+{
+    uint64_t first = op->nmsgs ? op->seqs[0] : op->last.seq + 1;
+    const hub_queued_t *src[2] = {m->held, r->bus_init ? NULL : r->queue};
+    size_t len[2] = {m->nheld, r->bus_init ? 0 : r->nqueue};
+    sbuf_t **out = xcalloc(len[0] + len[1] + op->nmsgs + 1, sizeof *out);
+    size_t k = 0;
+    for (int s = 0; s < 2; s++)
+        for (size_t i = 0; i < len[s]; i++) {
+            const hub_queued_t *h = &src[s][i];
+            if (!op->since && !strcmp(h->id.epoch, op->last.epoch) && h->id.seq < first) out[k++] = h->payload;
+        }
+    memcpy(out + k, op->msgs, op->nmsgs * sizeof *out);
+    *n = k + op->nmsgs;
+    return out;
+}
+
+/* After the room frame: the held msgs newer than the snapshot (or of another epoch: this
+ * replica's own ids while Redis was away), in the order they were delivered here. */
+static void hub_held_flush(hub_t *hub, hub_client_t *cl, const hub_member_t *m, const hub_op_t *op)
+{
+    for (size_t i = 0; i < m->nheld; i++) {
+        const hub_queued_t *h = &m->held[i];
+        if (strcmp(h->id.epoch, op->last.epoch) || h->id.seq > op->last.seq) hub_send(hub, cl, sbuf_ref(h->payload));
     }
 }
 
@@ -238,28 +281,60 @@ static void hub_snapshot_finish(hub_t *hub, hub_op_t *op)
     hub_client_t *cl = hub_client_find(hub, op->client);
     hub_member_t *m = r && cl ? hub_room_member(r, cl) : NULL;
     if (!m) return;                /* it left, or went, meanwhile */
-    sbuf_t **hist = op->msgs, **ring = NULL;
+    sbuf_t **hist = op->msgs, **own = NULL;
     size_t n = op->nmsgs;
     if (op->hist_status == 0) {
-        if (op->gap) hub_send_gap(hub, r, cl);
-    } else {
-        hist = ring = xcalloc(r->hist_len + 1, sizeof *ring);
-        n = hub_hist_recover(hub, r, cl, op->since, ring);
+        if (op->gap || m->held_lost) hub_send_gap(hub, r, cl);
+        if (m->pending) hist = own = hub_snapshot_history(r, m, op, &n);
+    } else {                       /* the ring holds what was delivered here, held msgs included */
+        hist = own = xcalloc(r->hist_len + 1, sizeof *own);
+        n = hub_hist_recover(hub, r, cl, op->since, own);
     }
     json_t *members = hub_room_members_json(r);
     hub_send(hub, cl, proto_room(r->name, members, hist, n));
     json_decref(members);
-    free(ring);
+    free(own);
     if (op->hist_status == 0 && !r->bus_init) {   /* nothing came on the channel yet: start from here */
         r->bus_last = op->last;
         r->bus_known = r->bus_init = 1;
     }
     if (m->pending && op->hist_status == 0) {
-        hub_hist_catch_up(hub, r, cl, &op->last);
+        hub_held_flush(hub, cl, m, op);
         m->floor = r->last_seq && !strcmp(r->last_epoch, op->last.epoch) && r->last_seq > op->last.seq
                        ? (bus_id_t){"", 0} : op->last;   /* the ring already passed it: nothing older can come */
     }
+    hub_member_release(m);
     m->pending = 0;
+    if (r->bus_init && !r->filling && r->nqueue) hub_queue_flush(hub, r);   /* the position is set */
+}
+
+#define HUB_PARK_MS 2000           /* longest a snapshot waits for its room's channel */
+
+/* Whether the room's channel has brought every msg up to the snapshot's newest: Redis answers
+ * on another link than the channel, which may lag; until it catches up, msgs between the
+ * joiner's held ones and the snapshot's window would be neither held nor in the window. */
+static int hub_snapshot_ready(hub_t *hub, const hub_op_t *op)
+{
+    hub_room_t *r = hub_room_get(hub, op->room);
+    if (!r || op->hist_status != 0 || !r->bus_known || strcmp(r->bus_last.epoch, op->last.epoch)) return 1;
+    return r->bus_last.seq >= op->last.seq;
+}
+
+/* Finishes the parked snapshots of room (NULL: of every room) that are ready, or that waited
+ * HUB_PARK_MS (the link went away: the joiner gets what there is). */
+void hub_parked_check(hub_t *hub, const char *room)
+{
+    uint64_t now = uv_now(hub->gw->loop);
+    for (hub_op_t **pp = &hub->parked; *pp;) {
+        hub_op_t *op = *pp;
+        if ((room && strcmp(op->room, room)) || (!hub_snapshot_ready(hub, op) && now - op->parked_ms < HUB_PARK_MS)) {
+            pp = &op->park_next;
+            continue;
+        }
+        *pp = op->park_next;
+        hub_snapshot_finish(hub, op);
+        hub_op_free(op);
+    }
 }
 
 static void hub_history_finish(hub_t *hub, hub_op_t *op)
@@ -319,6 +394,18 @@ static void hub_room_gap(hub_t *hub, hub_room_t *r)
     json_decref(ref);
 }
 
+/* Delivers what the channel brought while the room's position was unsettled (a refill, or
+ * the first snapshot), in order; hub_room_deliver drops what was already delivered. */
+static void hub_queue_flush(hub_t *hub, hub_room_t *r)
+{
+    hub_queued_t *q = r->queue;
+    size_t n = r->nqueue;
+    r->queue = NULL;
+    r->nqueue = r->queue_cap = 0;
+    for (size_t i = 0; i < n; i++) hub_room_deliver(hub, r, &q[i].id, q[i].payload, 1);
+    free(q);
+}
+
 /* A refill: the msgs after bus_last that the channel did not bring (this replica's link was
  * down, or its subscription started late) go out first, in order, then what the channel
  * brought meanwhile; hub_room_deliver drops whatever was already delivered. When some are no
@@ -349,12 +436,7 @@ static void hub_fill_finish(hub_t *hub, hub_op_t *op)
     }
     if (r->filling) return;
     hub_fill_check(hub, r);
-    hub_queued_t *q = r->queue;
-    size_t n = r->nqueue;
-    r->queue = NULL;
-    r->nqueue = r->queue_cap = 0;
-    for (size_t i = 0; i < n; i++) hub_room_deliver(hub, r, &q[i].id, q[i].payload, 1);
-    free(q);
+    hub_queue_flush(hub, r);
 }
 
 static void hub_op_settle(hub_op_t *op)
@@ -362,7 +444,15 @@ static void hub_op_settle(hub_op_t *op)
     if (--op->waiting > 0) return;
     hub_t *hub = op->hub;
     switch (op->kind) {
-    case HUB_OP_SNAPSHOT: hub_snapshot_finish(hub, op); break;
+    case HUB_OP_SNAPSHOT:
+        if (!hub_snapshot_ready(hub, op)) {
+            op->parked_ms = uv_now(hub->gw->loop);
+            op->park_next = hub->parked;
+            hub->parked = op;
+            return;                /* freed by hub_parked_check */
+        }
+        hub_snapshot_finish(hub, op);
+        break;
     case HUB_OP_HISTORY: hub_history_finish(hub, op); break;
     case HUB_OP_FILL: hub_fill_finish(hub, op); break;
     case HUB_OP_LIST: {
@@ -454,6 +544,7 @@ void hub_history_start(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *
 /* Frees the requests the bus will never answer (after bus_free). */
 void hub_ops_free(hub_t *hub)
 {
+    hub->parked = NULL;            /* they are in hub->ops too */
     while (hub->ops) hub_op_free(hub->ops);
 }
 
@@ -485,6 +576,13 @@ void hub_rooms_relist(hub_t *hub)
 }
 
 
+static int hub_room_has_pending(const hub_room_t *r)
+{
+    for (size_t i = 0; i < r->nmembers; i++)
+        if (r->members[i].pending) return 1;
+    return 0;
+}
+
 static void hub_room_queue(hub_room_t *r, const bus_id_t *id, sbuf_t *payload)
 {
     if (r->nqueue == r->queue_cap) {
@@ -500,6 +598,10 @@ static void hub_room_queue(hub_room_t *r, const bus_id_t *id, sbuf_t *payload)
  * reference. */
 void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus)
 {
+    if (from_bus && !r->bus_init && hub_room_has_pending(r)) {
+        hub_room_queue(r, id, payload);   /* the first snapshot sets where the room starts */
+        return;
+    }
     if (from_bus) {
         int c = r->filling ? HUB_SEQ_HOLE : hub_seq_class(r, id);
         if (c == HUB_SEQ_SEEN) {
@@ -521,7 +623,10 @@ void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *pay
     size_t n = 0;
     for (size_t i = 0; i < r->nmembers; i++) {
         hub_member_t *mem = &r->members[i];
-        if (mem->pending) continue;
+        if (mem->pending) {
+            hub_member_hold(mem, id, payload);
+            continue;
+        }
         if (mem->floor.seq) {
             if (!strcmp(mem->floor.epoch, id->epoch) && id->seq <= mem->floor.seq) continue;   /* in its snapshot */
             mem->floor.seq = 0;
@@ -531,6 +636,7 @@ void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *pay
     }
     METRIC_ADD(hub->gw->metrics.msgs_delivered, n);
     server_msg_release(&m);
+    if (from_bus && hub->parked) hub_parked_check(hub, r->name);
 }
 
 /* chatgw_message_latency_seconds: a client's msg from arrival to the start of its fan-out. */

@@ -18,6 +18,11 @@
  *   rooms  the same with many small rooms
  *   idle   connects --conns, holds them for --duration and reads the server's RSS (--pid)
  *
+ * With `--ports P1,P2,...` connection i connects to the i-th port modulo their count (several
+ * replicas of one server: the members of a room, and its publishers when there are two or
+ * more, are spread over all of them); `--pid` then takes the replicas' pids (and a Redis's)
+ * and sums their CPU time and RSS.
+ *
  * A run measures one or more phases on the same connections (--phases), one after the other,
  * each with warm-up, measurement and drain: "flat" (closed loop), "rate=X" (X msgs/s over all
  * publishers), "frac=F" (F times the publish rate the last flat phase reached: the "half of
@@ -57,7 +62,7 @@
 typedef struct {
     const char *mode, *host, *path, *proto, *label, *msg, *reload_file, *room_prefix;
     int port, conns, members, publishers, size, window, src_addrs, concurrency, self, deflate;
-    int pid, reload_ms, stall_ms, drain_ms, settle_ms, timeline_ms;
+    int reload_ms, stall_ms, drain_ms, settle_ms, timeline_ms;
     double rate, duration, warmup, timeout;
     uint64_t max_msgs;
     const char *phases;
@@ -68,10 +73,16 @@ static opts_t o = {
     .msg = "{\"type\":\"msg\",\"room\":\"{room}\",\"text\":\"{text}\",\"cid\":{cid}}",
     .reload_file = NULL, .room_prefix = "r",
     .port = 8888, .conns = 100, .members = 1, .publishers = 1, .size = 64, .window = 1,
-    .src_addrs = 1, .concurrency = 128, .self = 1, .deflate = 0, .pid = 0, .reload_ms = 1000,
+    .src_addrs = 1, .concurrency = 128, .self = 1, .deflate = 0, .reload_ms = 1000,
     .stall_ms = 5000, .drain_ms = 5000, .settle_ms = 300, .timeline_ms = 100,
     .rate = 0, .duration = 3, .warmup = 0.5, .timeout = 0, .max_msgs = 0, .phases = NULL,
 };
+
+/* --ports and --pid take comma lists: connection i connects to ports[i % nports]; the server's
+ * CPU time and RSS are summed over the pids (several replicas, a Redis beside them). */
+#define MAX_PORTS 16
+#define MAX_PIDS 16
+static int ports[MAX_PORTS], nports, pids[MAX_PIDS], npids;
 
 /* One measured phase and its results. */
 typedef struct {
@@ -86,6 +97,7 @@ typedef struct {
     size_t timeline_n, timeline_cap;
     uint64_t timeline_last;
     double cpu_t0, cpu_t1, srv0, srv1, gen0, gen1; /* CPU seconds over the measured windows */
+    double srv0_each[MAX_PIDS], srv1_each[MAX_PIDS]; /* per --pid process */
 } phase_t;
 
 #define MAX_PHASES 8
@@ -182,7 +194,7 @@ static void *xrealloc(void *p, size_t n)
     return p;
 }
 
-static long rss_kb(int pid)
+static long rss_kb1(int pid)
 {
     char path[64], line[256];
     long kb = -1;
@@ -200,7 +212,7 @@ static long rss_kb(int pid)
 }
 
 /* CPU seconds (user + system) a process has used so far; -1 when unknown. */
-static double proc_cpu_s(int pid)
+static double proc_cpu_s1(int pid)
 {
     char path[64], buf[1024];
     if (pid <= 0) return -1;
@@ -214,6 +226,48 @@ static double proc_cpu_s(int pid)
     unsigned long ut = 0, st = 0;
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Sums over every --pid; -1 when none is given or one of them cannot be read. */
+static long rss_kb(void)
+{
+    long sum = 0;
+    if (npids == 0) return -1;
+    for (int i = 0; i < npids; i++) {
+        long v = rss_kb1(pids[i]);
+        if (v < 0) return -1;
+        sum += v;
+    }
+    return sum;
+}
+
+static double proc_cpu_s(double *each)
+{
+    double sum = 0;
+    int bad = npids == 0;
+    for (int i = 0; i < npids; i++) {
+        each[i] = proc_cpu_s1(pids[i]);
+        if (each[i] < 0) bad = 1;
+        sum += each[i];
+    }
+    return bad ? -1 : sum;
+}
+
+/* "1,2,3" into out[]; returns the count (dies on more than max or a bad number). */
+static int parse_int_list(const char *v, int *out, int max, const char *what)
+{
+    int n = 0;
+    const char *t = v;
+    while (*t) {
+        char *end;
+        long x = strtol(t, &end, 10);
+        if (end == t || x <= 0 || x > 0x7fffffff || (*end && *end != ',')) die("bad %s list \"%s\"", what, v);
+        if (n == max) die("at most %d entries in %s", max, what);
+        out[n++] = (int)x;
+        t = *end ? end + 1 : end;
+    }
+    if (n == 0) die("empty %s list", what);
+    return n;
 }
 
 static double self_cpu_s(void)
@@ -281,6 +335,7 @@ static void finish(void)
     printf(",\"mode\":\"%s\",\"conns\":%d,\"members\":%d,\"rooms\":%d,\"publishers\":%d,"
            "\"window\":%d,\"deflate\":%d,",
            o.mode, o.conns, o.members, nrooms, npubs, o.window, o.deflate);
+    printf("\"ports\":%d,\"pids\":%d,", nports, npids);
     printf("\"connected\":%d,\"failed\":%d,\"closed\":%d,\"connect_s\":%.3f,", n_handshaked,
            n_failed, n_closed, t_connected ? (double)(t_connected - t_connect0) / 1e9 : -1.0);
     printf("\"sent\":%" PRIu64 ",\"deliveries\":%" PRIu64 ",\"dups\":%" PRIu64 ",\"late\":%" PRIu64
@@ -312,7 +367,15 @@ static void finish(void)
         double wall = ph->cpu_t1 - ph->cpu_t0;
         if (wall > 0) {
             printf("\"gen_cpu\":%.2f,", (ph->gen1 - ph->gen0) / wall);
-            if (ph->srv0 >= 0 && ph->srv1 >= 0) printf("\"srv_cpu\":%.2f,", (ph->srv1 - ph->srv0) / wall);
+            if (ph->srv0 >= 0 && ph->srv1 >= 0) {
+                printf("\"srv_cpu\":%.2f,", (ph->srv1 - ph->srv0) / wall);
+                if (npids > 1) {
+                    printf("\"srv_cpu_each\":[");
+                    for (int k = 0; k < npids; k++)
+                        printf("%s%.2f", k ? "," : "", (ph->srv1_each[k] - ph->srv0_each[k]) / wall);
+                    printf("],");
+                }
+            }
         }
         printf("\"dip_pct\":%.1f,\"timeline_ms\":%d,\"timeline\":[", pct_dip(ph), o.timeline_ms);
         for (size_t k = 0; k < ph->timeline_n; k++) printf("%s%" PRIu64, k ? "," : "", ph->timeline[k]);
@@ -540,18 +603,10 @@ static int parse_u64(const uint8_t **pp, const uint8_t *end, uint64_t *v)
     return 0;
 }
 
-/* One complete text/binary message from the server. */
-static void on_message(conn_t *c, const uint8_t *d, size_t n)
+/* One receipt: the marker's publisher, seq and send time, parsed after the prefix at p. */
+static void on_receipt(const uint8_t *p, const uint8_t *end)
 {
-    const uint8_t *m = memmem(d, n, marker_prefix, marker_len);
     uint64_t pi, seq, ts;
-    (void)c;
-    if (!m) {
-        if (memmem(d, n, "\"type\":\"error\"", 14)) errors_srv++;
-        else other_frames++;
-        return;
-    }
-    const uint8_t *p = m + marker_len, *end = d + n;
     if (parse_u64(&p, end, &pi) || parse_u64(&p, end, &seq) || parse_u64(&p, end, &ts) ||
         pi >= (uint64_t)npubs) {
         other_frames++;
@@ -581,6 +636,23 @@ static void on_message(conn_t *c, const uint8_t *d, size_t n)
         pub_advance(pb);
         pub_fill_window(pb, now);
     }
+}
+
+/* One complete text/binary message from the server. Every marker in it is a receipt: a room
+ * snapshot (chatgw's "room" frame, sent when a join completes) carries the messages published
+ * while the join was in flight as its history, several to a frame. */
+static void on_message(conn_t *c, const uint8_t *d, size_t n)
+{
+    const uint8_t *end = d + n;
+    const uint8_t *m = memmem(d, n, marker_prefix, marker_len);
+    (void)c;
+    if (!m) {
+        if (memmem(d, n, "\"type\":\"error\"", 14)) errors_srv++;
+        else other_frames++;
+        return;
+    }
+    for (; m; m = memmem(m + marker_len, (size_t)(end - m - marker_len), marker_prefix, marker_len))
+        on_receipt(m + marker_len, end);
 }
 
 static void conn_close(conn_t *c);
@@ -830,7 +902,7 @@ static void on_connect(uv_connect_t *req, int status)
 static void conn_start(conn_t *c)
 {
     struct sockaddr_in dst, src;
-    uv_ip4_addr(o.host, o.port, &dst);
+    uv_ip4_addr(o.host, ports[c->idx % nports], &dst);
     c->state = C_CONNECTING;
     in_flight++;
     if (uv_tcp_init_ex(loop, &c->tcp, AF_INET) != 0) die("uv_tcp_init_ex");
@@ -892,11 +964,12 @@ static void on_tick(uv_timer_t *t)
         if (P->timeline_last == UINT64_MAX) {
             P->timeline_last = P->deliveries;
             P->cpu_t0 = P->cpu_t1 = (double)now / 1e9;
-            P->srv0 = P->srv1 = proc_cpu_s(o.pid);
+            P->srv0 = P->srv1 = proc_cpu_s(P->srv0_each);
+            memcpy(P->srv1_each, P->srv0_each, sizeof P->srv1_each);
             P->gen0 = P->gen1 = self_cpu_s();
         } else if (now <= P->t1) {
             P->cpu_t1 = (double)now / 1e9;
-            P->srv1 = proc_cpu_s(o.pid);
+            P->srv1 = proc_cpu_s(P->srv1_each);
             P->gen1 = self_cpu_s();
             if (P->timeline_n == P->timeline_cap)
                 P->timeline = xrealloc(P->timeline, (P->timeline_cap = P->timeline_cap ? P->timeline_cap * 2 : 64) *
@@ -926,7 +999,7 @@ static void on_tick(uv_timer_t *t)
         uv_timer_stop(&t_rate);
         if (cur_phase == nphases - 1) {
             uv_timer_stop(&t_reload);
-            rss_end = rss_kb(o.pid);
+            rss_end = rss_kb();
         }
     }
     if (phase == 3) {
@@ -1040,7 +1113,7 @@ static void phase_start(int i)
 
 static void start_running(void)
 {
-    rss_after = rss_kb(o.pid);
+    rss_after = rss_kb();
     if (o.reload_file)
         uv_timer_start(&t_reload, on_reload, (uint64_t)(o.warmup * 1000) + (uint64_t)o.reload_ms,
                        (uint64_t)o.reload_ms);
@@ -1079,6 +1152,8 @@ static void usage(void)
         "usage: chatgw-bench [options]   (one JSON line per run on stdout)\n"
         "  --mode echo|room|rooms|idle   preset (default echo)\n"
         "  --host H --port P             server (default 127.0.0.1:8888)\n"
+        "  --ports P1,P2,...             several servers (replicas): connection i goes to\n"
+        "                                port i % n; Host and Origin name the first\n"
         "  --path TPL                    request target; {room} {conn} expand\n"
         "                                (default /echo for echo, else /ws?room={room}&name=b{conn})\n"
         "  --protocol NAME               Sec-WebSocket-Protocol to offer\n"
@@ -1097,7 +1172,7 @@ static void usage(void)
         "  --src-addrs K                 bind sources 127.0.0.1..127.0.0.K (default 1)\n"
         "  --concurrency N               handshakes in flight while connecting (default 128)\n"
         "  --deflate                     offer permessage-deflate\n"
-        "  --pid PID                     server process whose VmRSS is read\n"
+        "  --pid PID[,PID...]            server process(es): VmRSS and CPU time, summed\n"
         "  --reload-file F --reload-ms N append a comment to F every N ms while measuring\n"
         "  --stall-ms N --drain-ms N --settle-ms N --timeline-ms N\n"
         "  --label TEXT                  copied into the JSON line\n",
@@ -1116,7 +1191,8 @@ static void parse_args(int argc, char **argv)
         else if (!strcmp(a, "--deflate")) o.deflate = 1;
         else if (ARG("--mode")) o.mode = v;
         else if (ARG("--host")) o.host = v;
-        else if (ARG("--port")) o.port = atoi(v);
+        else if (ARG("--port")) o.port = atoi(v), nports = 0;
+        else if (ARG("--ports")) nports = parse_int_list(v, ports, MAX_PORTS, "--ports"), o.port = ports[0];
         else if (ARG("--path")) o.path = v;
         else if (ARG("--protocol")) o.proto = v;
         else if (ARG("--conns")) o.conns = atoi(v);
@@ -1134,7 +1210,7 @@ static void parse_args(int argc, char **argv)
         else if (ARG("--timeout")) o.timeout = atof(v);
         else if (ARG("--src-addrs")) o.src_addrs = atoi(v);
         else if (ARG("--concurrency")) o.concurrency = atoi(v);
-        else if (ARG("--pid")) o.pid = atoi(v);
+        else if (ARG("--pid")) npids = parse_int_list(v, pids, MAX_PIDS, "--pid");
         else if (ARG("--reload-file")) o.reload_file = v;
         else if (ARG("--reload-ms")) o.reload_ms = atoi(v);
         else if (ARG("--stall-ms")) o.stall_ms = atoi(v);
@@ -1161,6 +1237,7 @@ static void parse_args(int argc, char **argv)
         die("unknown mode %s", o.mode);
     }
     if (!o.path) o.path = "/ws?room={room}&name=b{conn}";
+    if (nports == 0) ports[nports++] = o.port;
     if (o.conns < 1 || o.members < 1 || o.members > o.conns || o.publishers < 0 ||
         o.publishers > o.members || o.window < 1 || o.size < 1 || o.size > 60000 ||
         o.duration <= 0 || o.src_addrs < 1 || o.src_addrs > 250 || o.concurrency < 1 ||
@@ -1249,7 +1326,7 @@ int main(int argc, char **argv)
     if (o.deflate)
         snprintf(req_prefix + l, sizeof req_prefix - (size_t)l,
                  "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n");
-    rss_before = rss_kb(o.pid);
+    rss_before = rss_kb();
     t_connect0 = uv_hrtime();
     uv_timer_init(loop, &t_tick);
     uv_timer_init(loop, &t_rate);

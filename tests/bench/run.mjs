@@ -11,9 +11,10 @@
 // and the whole driver by BENCH_BUDGET_S (rounds that would not fit are skipped, and the
 // report says so).
 //
-// Environment: BENCH_RUNS (rounds, default 3), BENCH_BUDGET_S (default 480),
+// Environment: BENCH_RUNS (rounds, default 3), BENCH_BUDGET_S (default 540),
 // BENCH_QUICK=1 (short phases, one round: a smoke test), BENCH_ONLY=scenario,scenario,
-// BENCH_OUT (default BENCHMARKS.md in the repository root; "-" = do not write).
+// BENCH_OUT (default BENCHMARKS.md in the repository root; "-" = do not write),
+// BENCH_REDIS (redis-server for the "redis" scenario, default /usr/bin/redis-server).
 import { spawn, spawnSync, execFileSync } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
@@ -29,9 +30,10 @@ const GW = path.join(BUILD, "chatgw");
 const WORK = path.join(BUILD, "bench-work");
 const QUICK = process.env.BENCH_QUICK === "1";
 const RUNS = Number(process.env.BENCH_RUNS || (QUICK ? 1 : 3));
-const BUDGET_S = Number(process.env.BENCH_BUDGET_S || 480);
+const BUDGET_S = Number(process.env.BENCH_BUDGET_S || 540);
 const ONLY = (process.env.BENCH_ONLY || "").split(",").filter(Boolean);
 const OUT = process.env.BENCH_OUT || path.join(ROOT, "BENCHMARKS.md");
+const REDIS = process.env.BENCH_REDIS || (fs.existsSync("/usr/bin/redis-server") ? "/usr/bin/redis-server" : "redis-server");
 const T0 = Date.now();
 const elapsed = () => (Date.now() - T0) / 1000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -45,7 +47,7 @@ const IDLE_WANT = 20000;
 // both the server and the generator hold one descriptor per connection plus a few of their own
 const IDLE_CONNS = Math.min(IDLE_WANT, Math.floor((NOFILE - 150) / 10) * 10);
 const notes = [];
-if (IDLE_CONNS < IDLE_WANT)
+if (IDLE_CONNS < IDLE_WANT && (!ONLY.length || ONLY.includes("idle")))
   notes.push(`ulimit -n is ${NOFILE} (hard) and cannot be raised here (setrlimit is refused even as root), so the idle scenario holds ${IDLE_CONNS} connections instead of ${IDLE_WANT}; both the server and the generator need one descriptor per connection.`);
 
 // ---- policy directories for chatgw ----
@@ -85,7 +87,16 @@ function gwArgs(port, scripts) {
 }
 let POL;
 const CHAT = "/ws?room={room}&name=b{conn}";
+// A target's start(port, run, aux) gives [cmd, args, opts] for one server process; with
+// `replicas: N` runOne starts N of them on N ports (the generator spreads its connections over
+// them with --ports), and with `redis: true` it first starts a fresh redis-server of its own
+// (aux.redisPort) and stops it after the run.
+const redisArgs = (port, aux) => [...gwArgs(port, POL.def), "--redis-url", `redis://127.0.0.1:${aux.redisPort}/0`];
 const TARGETS = {
+  "chatgw-redis-1": { label: "chatgw, 1 replica + Redis", redis: true, replicas: 1,
+    start: (port, run, aux) => [GW, redisArgs(port, aux)], path: { room: CHAT } },
+  "chatgw-redis-3": { label: "chatgw, 3 replicas + Redis", redis: true, replicas: 3,
+    start: (port, run, aux) => [GW, redisArgs(port, aux)], path: { room: CHAT } },
   chatgw: { label: "chatgw", start: (port) => [GW, gwArgs(port, POL.def)], path: { echo: "/echo", room: CHAT } },
   "chatgw-nopolicy": { label: "chatgw, no hooks", start: (port) => [GW, gwArgs(port, POL.none)], path: { room: CHAT } },
   "chatgw-reload": {
@@ -144,6 +155,17 @@ const SCENARIOS = [
     targets: ["chatgw", "chatgw-nopolicy", "ws", "uws", "nginx"],
     gen: ["--mode", "rooms", "--conns", "10000", "--members", "10", "--publishers", "1", "--window", "8",
       "--src-addrs", "8", "--phases", `flat:${D}`] },
+  // Scale-out through Redis (docs/redis.md): the same room on 1 replica without Redis, 1 replica
+  // with Redis, and 3 replicas with Redis (members and publishers spread over the 3 ports, so
+  // two thirds of the deliveries cross replicas). Sized for a shared 2-core machine.
+  // --settle-ms 2500: with Redis a join completes asynchronously (presence, room snapshot);
+  // publishing 300 ms after the last handshake lost messages for members whose join was still
+  // in flight in about one Redis run in four (chatgw's issue, not the generator's: see
+  // BENCHMARKS.md, "Redis scale-out"); 2.5 s lets every join finish before the first message.
+  { id: "redis", title: "8. one room across replicas through Redis: 300 members, 6 publishers", kind: "room",
+    targets: ["chatgw", "chatgw-redis-1", "chatgw-redis-3"],
+    gen: ["--mode", "room", "--conns", "300", "--publishers", "6", "--window", "32", "--settle-ms", "2500",
+      "--phases", `flat:${D},rate=100:${QUICK ? D : 3}`] },
   { id: "idle", title: `4. idle, ${IDLE_CONNS} connections`, kind: "idle",
     targets: ["chatgw", "ws", "uws", "nginx", "lws"],
     gen: ["--mode", "idle", "--conns", String(QUICK ? Math.min(IDLE_CONNS, 5000) : IDLE_CONNS), "--members", "10",
@@ -168,6 +190,7 @@ async function freePort() {
 async function waitPort(port, proc, ms = 10000) {
   const end = Date.now() + ms;
   while (Date.now() < end) {
+    if (proc.spawnError) throw new Error(`cannot start ${proc.spawnfile}: ${proc.spawnError.message}`);
     if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}`);
     const ok = await new Promise((res) => {
       const s = net.connect(port, "127.0.0.1");
@@ -181,7 +204,7 @@ async function waitPort(port, proc, ms = 10000) {
 }
 
 async function stop(proc) {
-  if (proc.exitCode !== null) return;
+  if (proc.exitCode !== null || proc.signalCode !== null || proc.spawnError) return;
   const done = new Promise((r) => proc.once("exit", r));
   proc.kill("SIGTERM");
   const t = setTimeout(() => proc.kill("SIGKILL"), 3000);
@@ -209,17 +232,37 @@ const commands = new Map();
 
 async function runOne(sc, tname, run) {
   const t = TARGETS[tname];
-  const port = await freePort();
-  const [cmd, args, opts = {}] = t.start(port, run);
-  const log = fs.openSync(path.join(WORK, `${sc.id}-${tname}-${run}.log`), "w");
-  const proc = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", log, log] });
-  fs.closeSync(log);
-  let res;
+  const servers = [], ports = [], lines = [];
+  let redis = null, opts = {}, res;
+  const launch = (cmd, args, suffix) => {
+    const log = fs.openSync(path.join(WORK, `${sc.id}-${tname}-${run}${suffix}.log`), "w");
+    const proc = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", log, log] });
+    proc.on("error", (e) => (proc.spawnError = e)); // e.g. redis-server not installed
+    fs.closeSync(log);
+    lines.push([cmd, ...args].map(q).join(" "));
+    return proc;
+  };
   try {
-    await waitPort(port, proc);
+    const aux = {};
+    if (t.redis) { // a fresh Redis per run: no history, presence or seqs from earlier runs
+      aux.redisPort = await freePort();
+      redis = launch(REDIS, ["--port", String(aux.redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], "-redis");
+      await waitPort(aux.redisPort, redis);
+    }
+    const n = t.replicas || 1;
+    for (let k = 0; k < n; k++) {
+      const port = await freePort();
+      const [cmd, args, o = {}] = t.start(port, run, aux);
+      Object.assign(opts, o);
+      servers.push(launch(cmd, args, n > 1 ? `-${k + 1}` : ""));
+      ports.push(port);
+    }
+    for (let k = 0; k < n; k++) await waitPort(ports[k], servers[k]);
     const kind = sc.id === "idle" ? "idle" : sc.kind;
     const p = t.path[kind] || t.path.room;
-    let gen = [...sc.gen, "--port", String(port), "--path", p, "--pid", String(proc.pid), "--label", `${sc.id}/${tname}`];
+    // server CPU and RSS: the replicas, then the Redis (srv_cpu_each keeps them apart)
+    const pids = [...servers, ...(redis ? [redis] : [])].map((x) => x.pid).join(",");
+    let gen = [...sc.gen, n > 1 ? "--ports" : "--port", ports.join(","), "--path", p, "--pid", pids, "--label", `${sc.id}/${tname}`];
     if (t.gen) gen = gen.concat(t.gen);
     if (sc.extra && sc.extra[tname]) {
       const ex = sc.extra[tname];
@@ -227,12 +270,13 @@ async function runOne(sc, tname, run) {
       gen = gen.concat(ex);
     }
     if (opts.reloadFile) gen.push("--reload-file", opts.reloadFile);
-    commands.set(`${sc.id}/${tname}`, `${[cmd, ...args].map(q).join(" ")}\n${[path.relative(ROOT, GEN), ...gen].map(q).join(" ")}`);
+    commands.set(`${sc.id}/${tname}`, `${lines.join("\n")}\n${[path.relative(ROOT, GEN), ...gen].map(q).join(" ")}`);
     res = await runGen(gen, 120);
   } catch (e) {
     res = { error: String(e.message || e) };
   }
-  await stop(proc);
+  await Promise.all(servers.map(stop));
+  if (redis) await stop(redis);
   results.push({ scenario: sc.id, target: tname, run, res });
   fs.appendFileSync(path.join(WORK, "results.jsonl"), JSON.stringify({ scenario: sc.id, target: tname, run, res }) + "\n");
   const ph = (res.phases || [])[0];
@@ -371,6 +415,33 @@ function report(rounds, load0, load1) {
     const cpus = (tn) => `generator ${(med("room-variants", tn, (r) => r.phases[0].gen_cpu) ?? NaN).toFixed(2)}, server ${(med("room-variants", tn, (r) => r.phases[0].srv_cpu) ?? NaN).toFixed(2)}`;
     own.push(["7. … CPU used (cores)", "", cpus("chatgw-deflate"), cpus("chatgw-plain"), ""]);
   }
+  if (has("redis")) {
+    const R = "redis", one = "chatgw-redis-1", three = "chatgw-redis-3";
+    // latency: the last column is A − B, what Redis (and the extra replicas) add
+    const lat = (name, a, b) => {
+      const d = a != null && b != null ? a - b : null;
+      own.push([name, "ms", fmtMs(a), fmtMs(b), d == null ? "" : `${d < 0 ? "−" : "+"}${fmtMs(Math.abs(d))} ms`]);
+    };
+    // cores the server processes used flat out: each chatgw replica, then redis-server
+    const cpuSplit = (tn) => {
+      const e = med(R, tn, (r) => (r.phases[0].srv_cpu_each || [r.phases[0].srv_cpu]).slice(0, -1).reduce((a, x) => a + x, 0));
+      const rd = med(R, tn, (r) => r.phases[0].srv_cpu_each.at(-1));
+      return `chatgw ${(e ?? NaN).toFixed(2)} + redis ${(rd ?? NaN).toFixed(2)}`;
+    };
+    cmp("8. Redis, one room 300 × 6 pub, flat out: 3 replicas vs 1 replica (both + Redis)", med(R, three, dps(0)), med(R, one, dps(0)), "deliveries/s");
+    cmp("8. … 3 replicas + Redis vs 1 replica without Redis", med(R, three, dps(0)), med(R, "chatgw", dps(0)), "deliveries/s");
+    cmp("8. … 1 replica + Redis vs 1 replica without Redis", med(R, one, dps(0)), med(R, "chatgw", dps(0)), "deliveries/s");
+    cmp("8. … per server CPU-second (chatgw + redis-server), 3 replicas vs 1 (+ Redis)", med(R, three, cpuEff(0)), med(R, one, cpuEff(0)), "deliveries/CPU-s");
+    cmp("8. … per server CPU-second, 3 replicas + Redis vs 1 replica without Redis", med(R, three, cpuEff(0)), med(R, "chatgw", cpuEff(0)), "deliveries/CPU-s");
+    own.push(["8. … server CPU flat out (cores), 3 replicas vs 1 (+ Redis)", "", cpuSplit(three), cpuSplit(one),
+      `no Redis: chatgw ${(med(R, "chatgw", (r) => r.phases[0].srv_cpu) ?? NaN).toFixed(2)}`]);
+    lat("8. … at 100 msgs/s (30k deliveries/s): p50, 1 replica + Redis vs without Redis", med(R, one, p50(1)), med(R, "chatgw", p50(1)));
+    lat("8. … at 100 msgs/s: p99, 1 replica + Redis vs without Redis", med(R, one, p99(1)), med(R, "chatgw", p99(1)));
+    lat("8. … at 100 msgs/s: p50, 3 replicas + Redis vs 1 replica without Redis", med(R, three, p50(1)), med(R, "chatgw", p50(1)));
+    lat("8. … at 100 msgs/s: p99, 3 replicas + Redis vs 1 replica without Redis", med(R, three, p99(1)), med(R, "chatgw", p99(1)));
+    const lost = (tn) => String(sum(R, tn, (r) => r.phases.reduce((a, p) => a + p.lost, 0)));
+    own.push(["8. … lost messages (all runs, both phases), 3 replicas vs 1 replica (+ Redis)", "messages", lost(three), lost(one), `no Redis: ${lost("chatgw")}`]);
+  }
   const ownTable = mdTable(["comparison", "unit", "A", "B", "A/B"], own);
 
   // losses and errors
@@ -411,7 +482,8 @@ same run; "100 msgs/s" is the same load for all (the issue's reference point).
 
 ${main}
 
-chatgw against itself (A/B > 1× means A is faster; for the reload row, 1× = no cost):
+chatgw against itself (A/B > 1× means A is faster; for the reload row, 1× = no cost; the
+latency rows of 8 give A − B instead, the latency that Redis adds):
 
 ${ownTable}
 
@@ -420,6 +492,9 @@ tests, so wall-clock rates swing by 2× between rounds; the "per server CPU-seco
 (deliveries divided by the CPU time the server process used during the measurement, from
 /proc) are steadier. With permessage-deflate the generator has to inflate every delivery (1000
 per message) and becomes the limit: compare row 7 per server CPU-second, not deliveries/s.
+In 8 the replicas, redis-server and the generator all share the same 2 cores, so "3 replicas vs
+1" shows what the bus costs, not the scale-out that one machine per replica would give; its
+per CPU-second rows count chatgw's and redis-server's CPU time together.
 
 Lost messages, failed connections and server errors:
 ${issues.length ? issues.join("\n") : "- none"}

@@ -177,6 +177,63 @@ describe('redis: recovery with since across replicas', () => {
   });
 });
 
+describe('redis: joining during a burst of more than history_size msgs', () => {
+  let redis;
+  let reps = [];
+  const cs = clientPool();
+  before(async () => {
+    redis = await startRedis();
+    reps = await Promise.all(['a', 'b'].map((n) => startReplica(redis.url, `burst-${n}`, ['--history-size', '5'])));
+    await Promise.all(reps.map((s) => waitRedis(s, 'up')));
+  });
+  after(async () => {
+    await cs.closeAll();
+    await Promise.all(reps.map((s) => s.stop('SIGTERM').catch(() => s.stop('SIGKILL').catch(() => {}))));
+    if (redis) await redis.stop();
+  });
+
+  // A joiner's snapshot (presence + the newest history_size msgs) takes a round trip to Redis;
+  // what the channel brings meanwhile is held for it. Every msg posted after its join must
+  // reach it, in the room frame or live, even when more than history_size fly meanwhile.
+  it('each joiner gets every msg posted after its join, once', T, async () => {
+    const room = uniqueRoom('burst');
+    const w = await cs.open(reps[1].port, `/ws?room=${room}&name=writer`);
+    await w.next('room');
+    const sent = [];               // {text, t}: t = when the writer sent it
+    let stop = false;
+    const flood = (async () => {
+      while (!stop && sent.length < 4000) {
+        for (let i = 0; i < 20; i++) {
+          const text = `b${sent.length}`;
+          sent.push({ text, t: performance.now() });
+          w.send({ type: 'msg', room, text });
+        }
+        await new Promise((r) => setImmediate(r));
+      }
+    })();
+    const joiners = [];
+    for (let i = 0; i < 8; i++) {
+      const c = await cs.open(reps[0].port, `/ws?room=${room}&name=j${i}`);
+      c.joinedAt = performance.now();   // the welcome came after the server ran the join
+      joiners.push(c);
+      await sleep(15);
+    }
+    stop = true;
+    await flood;
+    const last = (await w.say(room, 'last', 15000)).id;
+    for (const [i, c] of joiners.entries()) {
+      const snap = await c.next('room', 10000);
+      await c.next((m) => m.type === 'msg' && m.id === last, 15000, `joiner ${i}: the last msg`);
+      const got = [...snap.history, ...c.all.filter((m) => m.type === 'msg' && m.room === room)].map((m) => m.text);
+      assert.equal(new Set(got).size, got.length, `joiner ${i}: no msg twice`);
+      const have = new Set(got);
+      const missing = sent.filter((x) => x.t > c.joinedAt && !have.has(x.text)).map((x) => x.text);
+      assert.deepEqual(missing.slice(0, 10), [], `joiner ${i} missed ${missing.length} msgs posted after its join`);
+      assert.ok(!c.all.some((m) => m.type === 'error'), `joiner ${i}: no error frame`);
+    }
+  });
+});
+
 describe('redis: a replica killed with SIGKILL', () => {
   let redis;
   let reps = [];
