@@ -2,8 +2,9 @@
  * delivered here from the post's callback, at its place in the room's one order; other
  * replicas' msgs, presence and direct frames arrive through the bus handlers. A room keeps a
  * mirror of the other replicas' members. A joiner is `pending` until its snapshot (presence
- * list + shared history) came back; it gets no fan-out meanwhile, then the ring's newer msgs,
- * then a `floor` keeps the channel's late copies from reaching it twice. */
+ * list + shared history) came back and the room's channel caught up with it; what the channel
+ * delivers meanwhile is held for it and goes around the snapshot's window, then a `floor`
+ * keeps the channel's late copies from reaching it twice. */
 #include "hub_int.h"
 
 #include <inttypes.h>
@@ -51,7 +52,6 @@ struct hub_op_s {
     size_t nmsgs;
 };
 
-void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus);
 static void hub_queue_flush(hub_t *hub, hub_room_t *r);
 
 static hub_op_t *hub_op_new(hub_t *hub, int kind, const char *room, const char *client)
