@@ -309,9 +309,12 @@ async function main() {
       rejected: d('chatgw_connections_rejected_total'), messages_received: d('chatgw_messages_received_total'),
       messages_delivered: d('chatgw_messages_delivered_total'), slow_consumers: d('chatgw_slow_consumers_total'),
       abnormal_closes_1006: d('chatgw_ws_close_received_total', { code: '1006' }),
-      dropped: Object.fromEntries(['rate_limited', 'too_large', 'invalid', 'not_in_room', 'policy', 'slow']
+      dropped: Object.fromEntries(['rate_limited', 'too_large', 'invalid', 'not_in_room', 'policy', 'slow', 'room_full']
         .map((r) => [r, d('chatgw_messages_dropped_total', { reason: r })])),
       policy_errors: d('chatgw_policy_errors_total'),
+      // the policy's gw.store: a count that only grows is a key never deleted (TTL'd keys plateau)
+      policy_store_keys: { after_warmup: metricSum(m0, 'chatgw_policy_store_keys'), after: metricSum(m1, 'chatgw_policy_store_keys') },
+      policy_store_evicted: d('chatgw_policy_store_evicted_total'),
     },
     rss_kib: { start: rss0, peak_warmup: rssPeakWarm, after_warmup: rssWarm, peak: rssPeak, after: rssAfter, growth_vs_warmup: `${(growth * 100).toFixed(1)}%` },
     fds: { baseline: fd0, after_warmup: fdWarm, peak: fdPeak, after: fdAfter },
