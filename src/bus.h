@@ -114,6 +114,13 @@ typedef struct {
 } bus_history_t;
 typedef void (*bus_history_cb)(void *arg, int status, const bus_history_t *h);
 typedef void (*bus_limit_cb)(void *arg, int status, int allowed, double tokens);
+/* A request's callback, whichever kind it is (the implementations keep one per request). */
+typedef union {
+    bus_post_cb post;
+    bus_members_cb members;
+    bus_history_cb history;
+    bus_limit_cb limit;
+} bus_cb_t;
 
 /* Opens the bus that opts asks for: bus_redis when redis_url is set, else bus_inproc when
  * inproc is set, else bus_local. The

@@ -79,12 +79,7 @@ typedef struct ib_event_s {
     bus_id_t id;
     int presence;                  /* BUS_PRESENCE_* */
     ib_member_t member;
-    union {
-        bus_post_cb post;
-        bus_members_cb members;
-        bus_history_cb history;
-        bus_limit_cb limit;
-    } cb;
+    bus_cb_t cb;
     void *arg;
     ib_member_t *list;             /* presence_list answer */
     size_t nlist;

@@ -278,12 +278,7 @@ struct rb_req_s {
     char **argv;
     size_t *argvlen;
     rb_done_fn done;
-    union {
-        bus_post_cb post;
-        bus_members_cb members;
-        bus_history_cb history;
-        bus_limit_cb limit;
-    } cb;
+    bus_cb_t cb;
     void *arg;
     char *room;                    /* presence and posts */
     uint64_t token;                /* posts */
