@@ -25,6 +25,7 @@
 
 #include "bus.h"
 #include "map.h"
+#include "proto.h"
 
 #define IB_DRAIN_MAX 256           /* events per loop wake-up, so one busy worker cannot starve a loop */
 #define IB_LIMITS_SWEEP 1024       /* buckets kept before full ones are swept */
@@ -425,22 +426,6 @@ static int ib_presence_list(bus_t *base, const char *name, bus_members_cb cb, vo
     return 0;
 }
 
-/* "epoch:seq" into id; -1 when malformed or without an epoch. */
-static int ib_id_parse(const char *s, bus_id_t *id)
-{
-    const char *colon = strrchr(s, ':');
-    if (!colon || colon == s || (size_t)(colon - s) >= sizeof id->epoch || !colon[1]) return -1;
-    uint64_t v = 0;
-    for (const char *p = colon + 1; *p; p++) {
-        if (*p < '0' || *p > '9') return -1;
-        v = v * 10 + (uint64_t)(*p - '0');
-    }
-    memcpy(id->epoch, s, (size_t)(colon - s));
-    id->epoch[colon - s] = '\0';
-    id->seq = v;
-    return 0;
-}
-
 /* Where the answer starts in r's ring: the msg after since, or -1 for a gap (other epoch,
  * newer than the last, trimmed away). r->len when since is the newest. */
 static long ib_range_from(const ib_room_t *r, const bus_id_t *since)
@@ -481,7 +466,7 @@ static int ib_history_range(bus_t *base, const char *name, const char *since, bu
 {
     ib_bus_t *b = (ib_bus_t *)base;
     bus_id_t sid;
-    if (since && ib_id_parse(since, &sid) < 0) return BUS_EINVAL;
+    if (since && proto_since_parse(since, sid.epoch, sizeof sid.epoch, &sid.seq) < 0) return BUS_EINVAL;
     ib_event_t *e = ib_event_new(IB_RANGE, name, b);
     e->cb.history = cb;
     e->arg = arg;

@@ -48,6 +48,7 @@
 
 #include "log.h"
 #include "map.h"
+#include "proto.h"
 
 #define RB_CHAN_ROOM "chatgw:room:"
 #define RB_CHAN_DIRECT "chatgw:direct"
@@ -1459,8 +1460,7 @@ static int rb_history_range(bus_t *b, const char *name, const char *since, bus_h
 {
     bus_redis_t *r = (bus_redis_t *)b;
     bus_id_t sid = {"", 0};
-    if (since && rb_id_parse(since, strlen(since), &sid) < 0) return BUS_EINVAL;
-    if (since && !*sid.epoch) return BUS_EINVAL;
+    if (since && proto_since_parse(since, sid.epoch, sizeof sid.epoch, &sid.seq) < 0) return BUS_EINVAL;
     if (r->state != RB_UP) return BUS_EDOWN;
     rb_req_t *q = rb_req_script(r, RB_RANGE, 3, rb_done_range);
     buf_t key;

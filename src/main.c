@@ -55,17 +55,7 @@ static void on_hup(uv_signal_t *h, int signum)
 static void policy_reload(void *ud, const char *why)
 {
     gw_t *gw = ud;
-    char err[512], old[65];
-    snprintf(old, sizeof old, "%s", policy_version(gw->policy));
-    int rc = policy_load(gw->policy, gw->cfg.scripts_dir, err, sizeof err);
-    if (rc > 0)
-        log_info("policy reloaded", "{s:s, s:s, s:s}", "version", policy_version(gw->policy), "previous", old,
-                 "trigger", why);
-    else if (rc == 0)
-        log_debug("policy unchanged", "{s:s, s:s}", "version", old, "trigger", why);
-    else
-        log_error("policy reload failed; the previous policy keeps serving", "{s:s, s:s, s:s}", "error", err,
-                  "version", old, "trigger", why);
+    policy_reload_logged(gw->policy, gw->cfg.scripts_dir, why, -1);
 }
 
 /* The first load decides whether the process can serve at all: no policy, no start. */

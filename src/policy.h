@@ -67,6 +67,9 @@ void policy_free(policy_t *p);
  * Returns 1 when a new version went live, 0 when the sources are unchanged (same sha256),
  * or -1 with "file:line: message" in err (the previous policy keeps serving). */
 int policy_load(policy_t *p, const char *dir, char *err, size_t errlen);
+/* policy_load for a reload (watch, SIGHUP), with its outcome logged: reloaded, unchanged or
+ * failed (the previous policy keeps serving). worker >= 0 adds a "worker" field. */
+void policy_reload_logged(policy_t *p, const char *dir, const char *why, int worker);
 /* Loads and self-tests dir without touching any live policy (chatgw check). Writes the
  * version to version (65 bytes). 0 or -1 with err. */
 int policy_check(const config_t *cfg, const char *dir, char *version, char *err, size_t errlen);

@@ -57,21 +57,6 @@ struct pool_s {
 
 /* ---- on a worker's thread ---- */
 
-static void worker_policy_reload(gw_t *gw, const char *why)
-{
-    char err[512], old[65];
-    snprintf(old, sizeof old, "%s", policy_version(gw->policy));
-    int rc = policy_load(gw->policy, gw->cfg.scripts_dir, err, sizeof err);
-    if (rc > 0)
-        log_info("policy reloaded", "{s:s, s:s, s:s, s:i}", "version", policy_version(gw->policy), "previous", old,
-                 "trigger", why, "worker", gw->worker);
-    else if (rc == 0)
-        log_debug("policy unchanged", "{s:s, s:s, s:i}", "version", old, "trigger", why, "worker", gw->worker);
-    else
-        log_error("policy reload failed; the previous policy keeps serving", "{s:s, s:s, s:s, s:i}", "error", err,
-                  "version", old, "trigger", why, "worker", gw->worker);
-}
-
 static void worker_on_ctl(uv_async_t *a)
 {
     worker_t *w = a->data;
@@ -80,7 +65,7 @@ static void worker_on_ctl(uv_async_t *a)
     const char *why = w->why;
     w->requests = 0;
     uv_mutex_unlock(&w->pool->mu);
-    if (req & WORKER_RELOAD) worker_policy_reload(w->gw, why ? why : "reload");
+    if (req & WORKER_RELOAD) policy_reload_logged(w->gw->policy, w->gw->cfg.scripts_dir, why ? why : "reload", w->gw->worker);
     if (req & WORKER_DRAIN) server_drain(w->gw);
 }
 
