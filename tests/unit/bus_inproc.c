@@ -131,6 +131,29 @@ static void close_all(uv_loop_t *loop, bus_inproc_t *sh, uv_timer_t *ka)
     bus_inproc_free(sh);
 }
 
+/* A loop kept alive, one shared state and n buses on it named "a", "b", ... in r[]. */
+static bus_inproc_t *nodes_open(uv_loop_t *loop, uv_timer_t **ka, rec_t **r, int n)
+{
+    uv_loop_init(loop);
+    *ka = keepalive(loop);
+    bus_inproc_t *sh = bus_inproc_new(4);
+    for (int i = 0; i < n; i++) {
+        char name[2] = {(char)('a' + i), '\0'};
+        r[i] = calloc(1, sizeof *r[i]);
+        open_bus(loop, sh, name, r[i]);
+    }
+    return sh;
+}
+
+/* Frees the buses still open (a test that freed one sets it to NULL), the loop and r[]. */
+static void nodes_close(uv_loop_t *loop, bus_inproc_t *sh, uv_timer_t *ka, rec_t **r, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (r[i]->bus) bus_free(r[i]->bus);
+    close_all(loop, sh, ka);
+    for (int i = 0; i < n; i++) free(r[i]);
+}
+
 /* A msg template with the id placeholder, as proto_msg makes it. */
 static void tmpl(char *out, size_t len, const char *text)
 {
@@ -150,13 +173,10 @@ static void test_post_order(void **state)
 {
     (void)state;
     uv_loop_t loop;
-    uv_loop_init(&loop);
-    uv_timer_t *ka = keepalive(&loop);
-    bus_inproc_t *sh = bus_inproc_new(4);
-    rec_t *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b), *c = calloc(1, sizeof *c);
-    open_bus(&loop, sh, "a", a);
-    open_bus(&loop, sh, "b", b);
-    open_bus(&loop, sh, "c", c);
+    uv_timer_t *ka;
+    rec_t *r[3];
+    bus_inproc_t *sh = nodes_open(&loop, &ka, r, 3);
+    rec_t *a = r[0], *b = r[1], *c = r[2];
     bus_room_subscribe(a->bus, "r");
     bus_room_subscribe(b->bus, "r");           /* c does not hear r */
     assert_int_equal(bus_room_post(a->bus, "r", "no placeholder", 14, on_posted, a), BUS_EINVAL);
@@ -182,25 +202,17 @@ static void test_post_order(void **state)
     spin(&loop);
     assert_int_equal(c->nposted, 1);
     assert_int_equal(a->nmsg, 4);
-    bus_free(a->bus);
-    bus_free(b->bus);
-    bus_free(c->bus);
-    close_all(&loop, sh, ka);
-    free(a);
-    free(b);
-    free(c);
+    nodes_close(&loop, sh, ka, r, 3);
 }
 
 static void test_publish_direct_unsubscribe(void **state)
 {
     (void)state;
     uv_loop_t loop;
-    uv_loop_init(&loop);
-    uv_timer_t *ka = keepalive(&loop);
-    bus_inproc_t *sh = bus_inproc_new(4);
-    rec_t *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
-    open_bus(&loop, sh, "a", a);
-    open_bus(&loop, sh, "b", b);
+    uv_timer_t *ka;
+    rec_t *r[2];
+    bus_inproc_t *sh = nodes_open(&loop, &ka, r, 2);
+    rec_t *a = r[0], *b = r[1];
     bus_options_t dup = {.node_id = "a", .inproc = sh};
     bus_t *x;
     char err[128];
@@ -229,11 +241,7 @@ static void test_publish_direct_unsubscribe(void **state)
     bus_stats_get(a->bus, &st);
     assert_int_equal(st.up, 1);
     assert_true(st.published >= 3);
-    bus_free(a->bus);
-    bus_free(b->bus);
-    close_all(&loop, sh, ka);
-    free(a);
-    free(b);
+    nodes_close(&loop, sh, ka, r, 2);
 }
 
 typedef struct {
@@ -260,12 +268,10 @@ static void test_presence(void **state)
 {
     (void)state;
     uv_loop_t loop;
-    uv_loop_init(&loop);
-    uv_timer_t *ka = keepalive(&loop);
-    bus_inproc_t *sh = bus_inproc_new(4);
-    rec_t *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
-    open_bus(&loop, sh, "a", a);
-    open_bus(&loop, sh, "b", b);
+    uv_timer_t *ka;
+    rec_t *r[2];
+    bus_inproc_t *sh = nodes_open(&loop, &ka, r, 2);
+    rec_t *a = r[0], *b = r[1];
     bus_room_subscribe(a->bus, "r");
     bus_room_subscribe(b->bus, "r");
     bus_member_t m = {"m1", "alice", 0, NULL};
@@ -306,6 +312,7 @@ static void test_presence(void **state)
     assert_string_equal(a->last_member, "m2");
     /* a handle that goes takes its members with it: leave events in its name */
     bus_free(a->bus);
+    a->bus = NULL;
     spin(&loop);
     assert_int_equal(b->last_event, BUS_PRESENCE_LEAVE);
     assert_string_equal(b->last_member, "m1");
@@ -314,10 +321,7 @@ static void test_presence(void **state)
     bus_presence_list(b->bus, "r", on_list, &l);
     spin(&loop);
     assert_int_equal(l.n, 0);
-    bus_free(b->bus);
-    close_all(&loop, sh, ka);
-    free(a);
-    free(b);
+    nodes_close(&loop, sh, ka, r, 2);
 }
 
 typedef struct {
@@ -354,12 +358,10 @@ static void test_history(void **state)
 {
     (void)state;
     uv_loop_t loop;
-    uv_loop_init(&loop);
-    uv_timer_t *ka = keepalive(&loop);
-    bus_inproc_t *sh = bus_inproc_new(4);
-    rec_t *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
-    open_bus(&loop, sh, "a", a);
-    open_bus(&loop, sh, "b", b);
+    uv_timer_t *ka;
+    rec_t *r[2];
+    bus_inproc_t *sh = nodes_open(&loop, &ka, r, 2);
+    rec_t *a = r[0], *b = r[1];
     bus_room_subscribe(a->bus, "r");
     range_t h = range(&loop, b, "r", NULL);    /* nothing yet */
     assert_int_equal(h.n, 0);
@@ -399,11 +401,7 @@ static void test_history(void **state)
     spin(&loop);
     h = range(&loop, b, "r", NULL);
     assert_int_equal(h.n, 0);
-    bus_free(a->bus);
-    bus_free(b->bus);
-    close_all(&loop, sh, ka);
-    free(a);
-    free(b);
+    nodes_close(&loop, sh, ka, r, 2);
 }
 
 typedef struct {
@@ -423,12 +421,10 @@ static void test_limit(void **state)
 {
     (void)state;
     uv_loop_t loop;
-    uv_loop_init(&loop);
-    uv_timer_t *ka = keepalive(&loop);
-    bus_inproc_t *sh = bus_inproc_new(4);
-    rec_t *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
-    open_bus(&loop, sh, "a", a);
-    open_bus(&loop, sh, "b", b);
+    uv_timer_t *ka;
+    rec_t *r[2];
+    bus_inproc_t *sh = nodes_open(&loop, &ka, r, 2);
+    rec_t *a = r[0], *b = r[1];
     take_t t = {0};
     assert_int_equal(bus_limit_take(a->bus, "k", 0, 1, on_take, &t), BUS_EINVAL);
     assert_int_equal(bus_limit_take(a->bus, "k", 1, 0.5, on_take, &t), BUS_EINVAL);
@@ -437,11 +433,7 @@ static void test_limit(void **state)
     spin(&loop);
     assert_int_equal(t.calls, 5);
     assert_int_equal(t.allowed, 3);            /* one bucket for both handles */
-    bus_free(a->bus);
-    bus_free(b->bus);
-    close_all(&loop, sh, ka);
-    free(a);
-    free(b);
+    nodes_close(&loop, sh, ka, r, 2);
 }
 
 /* ---- two loops, two threads ---- */
