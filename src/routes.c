@@ -35,10 +35,6 @@ static void respond_json(buf_t *out, int status, json_t *body, int keep_alive)
     json_decref(body);
 }
 
-/* Ready while not draining (and, with redis_required, while Redis is up). A failed reload does
- * not fail readiness (the last good policy serves) but shows in checks.policy and
- * policy.last_error. With redis_url, "redis" (top level and in checks) is "up" or "down":
- * local rooms keep working while it is down. */
 /* The process's open WebSockets: every worker's, read from their gauges. */
 static json_int_t websockets_open(const gw_t *gw)
 {
@@ -48,6 +44,10 @@ static json_int_t websockets_open(const gw_t *gw)
     return (json_int_t)n;
 }
 
+/* Ready while not draining (and, with redis_required, while Redis is up). A failed reload does
+ * not fail readiness (the last good policy serves) but shows in checks.policy and
+ * policy.last_error. With redis_url, "redis" (top level and in checks) is "up" or "down":
+ * local rooms keep working while it is down. */
 static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
 {
     int bus = hub_bus_state(gw->hub);
