@@ -370,32 +370,50 @@ const char *http_request_header(const http_request_t *req, const char *name)
 
 int http_header_has_token(const char *value, const char *token) { return http_list_has(value, token, 1); }
 
+/* The next parameter of a query string from *cursor: its raw key and value. 0 after the last. */
+static int http_query_split(const char **cursor, const char **key, size_t *klen, const char **val, size_t *vlen)
+{
+    const char *s = *cursor;
+    if (!s || !*s) return 0;
+    const char *end = strchr(s, '&');
+    size_t n = end ? (size_t)(end - s) : strlen(s);
+    const char *eq = memchr(s, '=', n);
+    *key = s;
+    *klen = eq ? (size_t)(eq - s) : n;
+    *val = eq ? eq + 1 : s + n;
+    *vlen = (size_t)(s + n - *val);
+    *cursor = end ? end + 1 : s + n;
+    return 1;
+}
+
+static int http_query_decode(const char *v, size_t vlen, char *out, size_t outlen)
+{
+    if (!outlen) return -2;
+    long dlen = http_pct_decode(v, vlen, out, outlen - 1, 1);
+    if (dlen < 0 || dlen > 0x7fffffff) {
+        out[0] = '\0';
+        return -2;
+    }
+    out[dlen] = '\0';
+    return (int)dlen;
+}
+
 int http_query_get(const char *query, const char *key, char *out, size_t outlen)
 {
-    if (!query || !key) return -1;
-    size_t klen = strlen(key);
-    const char *s = query;
-    while (*s) {
-        const char *end = strchr(s, '&');
-        size_t n = end ? (size_t)(end - s) : strlen(s);
-        const char *eq = memchr(s, '=', n);
-        size_t name_len = eq ? (size_t)(eq - s) : n;
-        if (name_len == klen && !memcmp(s, key, klen)) {
-            const char *v = eq ? eq + 1 : s + n;
-            size_t vlen = (size_t)(s + n - v);
-            if (!outlen) return -2;
-            long dlen = http_pct_decode(v, vlen, out, outlen - 1, 1);
-            if (dlen < 0 || dlen > 0x7fffffff) {
-                out[0] = '\0';
-                return -2;
-            }
-            out[dlen] = '\0';
-            return (int)dlen;
-        }
-        if (!end) break;
-        s = end + 1;
-    }
+    if (!key) return -1;
+    size_t want = strlen(key), klen, vlen;
+    const char *k, *v;
+    while (http_query_split(&query, &k, &klen, &v, &vlen))
+        if (klen == want && !memcmp(k, key, klen)) return http_query_decode(v, vlen, out, outlen);
     return -1;
+}
+
+int http_query_next(const char **cursor, const char **key, size_t *klen, char *out, size_t outlen)
+{
+    const char *v;
+    size_t vlen;
+    if (!http_query_split(cursor, key, klen, &v, &vlen)) return -1;
+    return http_query_decode(v, vlen, out, outlen);
 }
 
 /* ---- responses ---- */

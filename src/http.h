@@ -70,6 +70,11 @@ int http_header_has_token(const char *value, const char *token);
 /* Copies the percent-decoded value of key from a query string into out (NUL-terminated).
  * Returns its length, -1 when absent, -2 when it does not fit or is badly encoded. */
 int http_query_get(const char *query, const char *key, char *out, size_t outlen);
+/* Steps through a query string's parameters: with *cursor at the query (NULL: none), each call
+ * sets the next parameter's raw key (*key, *klen; not NUL-terminated), decodes its value into
+ * out as http_query_get does, and moves *cursor past it. Returns the value's length or -2, and
+ * -1 after the last parameter. */
+int http_query_next(const char **cursor, const char **key, size_t *klen, char *out, size_t outlen);
 
 const char *http_status_text(int status);
 /* Appends a complete response. extra_headers is "Name: value\r\n"... or NULL. Adds Date-less

@@ -103,7 +103,7 @@ void hub_room_fanout(hub_t *hub, hub_room_t *room, sbuf_t *payload, const hub_cl
     size_t n = 0;
     for (size_t i = 0; i < room->nmembers; i++) {
         hub_client_t *cl = room->members[i].client;
-        if (cl == skip || room->members[i].pending) continue;
+        if (cl == skip || hub_member_pending(&room->members[i])) continue;
         server_conn_send_msg(cl->conn, &m);
         n++;
     }
@@ -122,8 +122,7 @@ static hub_room_t *hub_room_create(hub_t *hub, const char *name)
     r->serial = ++hub->room_serial;
     hub_random_hex(r->epoch, HUB_EPOCH_BYTES);
     snprintf(r->last_epoch, sizeof r->last_epoch, "%s", r->epoch);
-    r->hist_cap = (size_t)hub->gw->cfg.history_size;
-    if (r->hist_cap) r->hist = xcalloc(r->hist_cap, sizeof *r->hist);
+    r->hist_max = (size_t)hub->gw->cfg.history_size;
     map_set(&hub->rooms, name, r);
     METRIC_INC(hub->gw->metrics.rooms);
     if (hub->remote) bus_room_subscribe(hub->bus, name);   /* the first local member: hear the room */
@@ -184,7 +183,13 @@ void hub_hist_push(hub_room_t *r, const char *epoch, uint64_t seq, sbuf_t *paylo
 {
     snprintf(r->last_epoch, sizeof r->last_epoch, "%s", epoch);
     r->last_seq = seq;
-    if (!r->hist_cap) return;
+    if (!r->hist_max) return;
+    if (r->hist_len == r->hist_cap && r->hist_cap < r->hist_max) {
+        /* the ring grows as it fills (an idle room holds none of it); it has not wrapped yet */
+        size_t cap = r->hist_cap ? r->hist_cap * 4 : 4;
+        r->hist_cap = cap < r->hist_max ? cap : r->hist_max;
+        r->hist = xrealloc(r->hist, r->hist_cap * sizeof *r->hist);
+    }
     size_t slot;
     if (r->hist_len < r->hist_cap) {
         slot = (r->hist_head + r->hist_len++) % r->hist_cap;
@@ -310,7 +315,11 @@ static int hub_room_join(hub_t *hub, hub_client_t *cl, const char *name, const c
         r->members = xrealloc(r->members, r->cap * sizeof *r->members);
     }
     hub_member_t *m = &r->members[r->nmembers++];
-    *m = (hub_member_t){.client = cl, .pending = hub->remote};
+    *m = (hub_member_t){.client = cl};
+    if (hub->remote) {
+        m->join = xcalloc(1, sizeof *m->join);
+        m->join->pending = 1;
+    }
     cl->rooms = xrealloc(cl->rooms, (cl->nrooms + 1) * sizeof *cl->rooms);
     cl->rooms[cl->nrooms++] = r;
     METRIC_INC(hub->gw->metrics.room_members);
@@ -637,27 +646,40 @@ static int hub_url_room(const http_request_t *req, char *room, size_t len)
     return room[0] && !proto_room_valid(room) ? -1 : 0;
 }
 
-/* The query string as an object of decoded values (keys as sent). */
-static json_t *hub_query_json(const char *query)
+/* 1 when the pairs block holds key (kn bytes). */
+static int hub_pairs_has(const buf_t *b, const char *key, size_t kn)
 {
-    json_t *obj = json_object();
-    size_t qlen = strlen(query);
+    for (const char *p = b->data, *end = b->data + b->len; p < end;) {
+        size_t n = strlen(p);
+        if (n == kn && !memcmp(p, key, kn)) return 1;
+        p += n + 1;
+        p += strlen(p) + 1;
+    }
+    return 0;
+}
+
+/* The query parameters hooks see, as policy_conn_t.query pairs: keys of 1 to 63 bytes as
+ * sent, values percent-decoded and valid UTF-8 (others are left out), the first of a repeated
+ * key. NULL when there are none. */
+static char *hub_query_pairs(const char *query)
+{
+    size_t qlen = strlen(query), kn;
     char *val = xmalloc(qlen + 1);
-    for (const char *p = query; *p;) {
-        const char *amp = strchr(p, '&'), *end = amp ? amp : p + strlen(p);
-        const char *eq = memchr(p, '=', (size_t)(end - p));
-        size_t klen = (size_t)((eq ? eq : end) - p);
-        if (klen && klen < 64) {
-            char key[64];
-            memcpy(key, p, klen);
-            key[klen] = '\0';
-            if (!json_object_get(obj, key) && http_query_get(query, key, val, qlen + 1) >= 0)
-                json_object_set_new(obj, key, json_string(val));   /* NULL (bad UTF-8) is skipped */
-        }
-        p = amp ? amp + 1 : end;
+    const char *cur = query, *key;
+    int n;
+    buf_t b;
+    buf_init(&b);
+    while ((n = http_query_next(&cur, &key, &kn, val, qlen + 1)) != -1) {
+        if (n < 0 || !kn || kn > 63 || !ws_utf8_valid((const uint8_t *)val, (size_t)n) || hub_pairs_has(&b, key, kn))
+            continue;
+        buf_append(&b, key, kn);
+        buf_append(&b, "", 1);
+        buf_append(&b, val, (size_t)n + 1);
     }
     free(val);
-    return obj;
+    if (!b.len) return NULL;
+    buf_append(&b, "", 1);         /* the empty key that ends the pairs */
+    return b.data;
 }
 
 /* Request headers with lower-case names, for on_connect only. */
@@ -677,7 +699,7 @@ static json_t *hub_headers_json(const http_request_t *req)
 
 static void hub_client_free(hub_client_t *cl)
 {
-    json_decref(cl->query);
+    free(cl->query);
     free(cl->rooms);
     free(cl);
 }
@@ -716,8 +738,8 @@ static int hub_admit(gw_t *gw, const http_request_t *req, const char *ip, void *
     if (n < 0) hub_random_name(cl->name, sizeof cl->name);
     do hub_random_b64url(cl->id, HUB_ID_BYTES);
     while (map_get(&gw->hub->clients, cl->id));
-    snprintf(cl->ip, sizeof cl->ip, "%s", ip);
-    cl->query = hub_query_json(req->query);
+    cl->ip = ip;
+    cl->query = hub_query_pairs(req->query);
     int status = hub_policy_connect(gw, cl, req, reason, len);
     if (status) {
         hub_client_free(cl);

@@ -28,16 +28,24 @@ typedef struct {
     sbuf_t *payload;
 } hub_hist_t;
 
+/* A member's join through the bus (Redis): allocated while it matters, so a member of a room
+ * without Redis costs a pointer. */
 typedef struct {
-    struct hub_client_s *client;
-    int muted;
     int pending;                   /* joined; its room snapshot waits for the bus: no fan-out yet */
     bus_id_t floor;                /* seq 0, or the newest msg its snapshot held: the room's
                                     * channel may still bring older ones, which it must not get twice */
     hub_queued_t *held;            /* msgs delivered here while pending, sent when the snapshot came */
     size_t nheld, held_cap;
     int held_lost;                 /* more than HUB_HELD_MAX came: the oldest were dropped */
+} hub_joining_t;
+
+typedef struct {
+    struct hub_client_s *client;
+    int muted;
+    hub_joining_t *join;           /* NULL once the join is settled (always without Redis) */
 } hub_member_t;
+
+static inline int hub_member_pending(const hub_member_t *m) { return m->join && m->join->pending; }
 
 #define HUB_HELD_MAX 4096          /* msgs held for one pending member */
 
@@ -65,16 +73,16 @@ struct hub_room_s {
     int filling;                   /* refills in flight after a reconnect: channel msgs wait */
     hub_queued_t *queue;
     size_t nqueue, queue_cap;
-    hub_hist_t *hist;              /* ring of history_size entries */
-    size_t hist_cap, hist_len, hist_head;
+    hub_hist_t *hist;              /* ring of up to hist_max (history_size) entries */
+    size_t hist_max, hist_cap, hist_len, hist_head;
 };
 
 typedef struct hub_client_s {
     conn_t *conn;                  /* NULL between admit and attach */
     char id[24];
     char name[PROTO_MAX_NAME * 4 + 1];
-    char ip[64];
-    json_t *query;                 /* the upgrade URL's query parameters, for on_join */
+    const char *ip;                /* the conn's, which outlives the client */
+    char *query;                   /* the upgrade URL's query parameters for hooks, or NULL */
     hub_room_t **rooms;
     size_t nrooms;
     double tokens;

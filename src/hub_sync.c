@@ -220,38 +220,39 @@ static void hub_presence_reconcile(hub_t *hub, hub_room_t *r, const hub_op_t *op
 /* A pending member gets no fan-out (its snapshot is on its way); what the channel delivers
  * meanwhile is held for it, so nothing published after it joined can fall between the
  * snapshot's history window and the live stream. */
-static void hub_member_hold(hub_member_t *m, const bus_id_t *id, sbuf_t *payload)
+static void hub_member_hold(hub_joining_t *j, const bus_id_t *id, sbuf_t *payload)
 {
-    if (m->nheld == HUB_HELD_MAX) {
-        sbuf_unref(m->held[0].payload);
-        memmove(m->held, m->held + 1, (m->nheld - 1) * sizeof *m->held);
-        m->nheld--;
-        m->held_lost = 1;
+    if (j->nheld == HUB_HELD_MAX) {
+        sbuf_unref(j->held[0].payload);
+        memmove(j->held, j->held + 1, (j->nheld - 1) * sizeof *j->held);
+        j->nheld--;
+        j->held_lost = 1;
     }
-    if (m->nheld == m->held_cap) {
-        m->held_cap = m->held_cap ? m->held_cap * 2 : 16;
-        m->held = xrealloc(m->held, m->held_cap * sizeof *m->held);
+    if (j->nheld == j->held_cap) {
+        j->held_cap = j->held_cap ? j->held_cap * 2 : 16;
+        j->held = xrealloc(j->held, j->held_cap * sizeof *j->held);
     }
-    m->held[m->nheld++] = (hub_queued_t){*id, sbuf_ref(payload)};
+    j->held[j->nheld++] = (hub_queued_t){*id, sbuf_ref(payload)};
 }
 
 void hub_member_release(hub_member_t *m)
 {
-    for (size_t i = 0; i < m->nheld; i++) sbuf_unref(m->held[i].payload);
-    free(m->held);
-    m->held = NULL;
-    m->nheld = m->held_cap = 0;
+    if (!m->join) return;
+    for (size_t i = 0; i < m->join->nheld; i++) sbuf_unref(m->join->held[i].payload);
+    free(m->join->held);
+    free(m->join);
+    m->join = NULL;
 }
 
 /* The room frame's history for a pending member: the msgs held for it (or, before the room's
  * first snapshot, queued in the room) that are older than the window the snapshot brought (a
  * join without since gets the newest history_size Redis kept, and a burst may have passed
  * them), then that window. Caller frees the array. */
-static sbuf_t **hub_snapshot_history(const hub_room_t *r, const hub_member_t *m, const hub_op_t *op, size_t *n)
+static sbuf_t **hub_snapshot_history(const hub_room_t *r, const hub_joining_t *j, const hub_op_t *op, size_t *n)
 {
     uint64_t first = op->nmsgs ? op->seqs[0] : op->last.seq + 1;
-    const hub_queued_t *src[2] = {m->held, r->bus_init ? NULL : r->queue};
-    size_t len[2] = {m->nheld, r->bus_init ? 0 : r->nqueue};
+    const hub_queued_t *src[2] = {j->held, r->bus_init ? NULL : r->queue};
+    size_t len[2] = {j->nheld, r->bus_init ? 0 : r->nqueue};
     sbuf_t **out = xcalloc(len[0] + len[1] + op->nmsgs + 1, sizeof *out);
     size_t k = 0;
     for (int s = 0; s < 2; s++)
@@ -266,10 +267,10 @@ static sbuf_t **hub_snapshot_history(const hub_room_t *r, const hub_member_t *m,
 
 /* After the room frame: the held msgs newer than the snapshot (or of another epoch: this
  * replica's own ids while Redis was away), in the order they were delivered here. */
-static void hub_held_flush(hub_t *hub, hub_client_t *cl, const hub_member_t *m, const hub_op_t *op)
+static void hub_held_flush(hub_t *hub, hub_client_t *cl, const hub_joining_t *j, const hub_op_t *op)
 {
-    for (size_t i = 0; i < m->nheld; i++) {
-        const hub_queued_t *h = &m->held[i];
+    for (size_t i = 0; i < j->nheld; i++) {
+        const hub_queued_t *h = &j->held[i];
         if (strcmp(h->id.epoch, op->last.epoch) || h->id.seq > op->last.seq) hub_send(hub, cl, sbuf_ref(h->payload));
     }
 }
@@ -283,9 +284,10 @@ static void hub_snapshot_finish(hub_t *hub, hub_op_t *op)
     if (!m) return;                /* it left, or went, meanwhile */
     sbuf_t **hist = op->msgs, **own = NULL;
     size_t n = op->nmsgs;
+    hub_joining_t *j = hub_member_pending(m) ? m->join : NULL;
     if (op->hist_status == 0) {
-        if (op->gap || m->held_lost) hub_send_gap(hub, r, cl);
-        if (m->pending) hist = own = hub_snapshot_history(r, m, op, &n);
+        if (op->gap || (j && j->held_lost)) hub_send_gap(hub, r, cl);
+        if (j) hist = own = hub_snapshot_history(r, j, op, &n);
     } else {                       /* the ring holds what was delivered here, held msgs included */
         hist = own = xcalloc(r->hist_len + 1, sizeof *own);
         n = hub_hist_recover(hub, r, cl, op->since, own);
@@ -298,13 +300,19 @@ static void hub_snapshot_finish(hub_t *hub, hub_op_t *op)
         r->bus_last = op->last;
         r->bus_known = r->bus_init = 1;
     }
-    if (m->pending && op->hist_status == 0) {
-        hub_held_flush(hub, cl, m, op);
-        m->floor = r->last_seq && !strcmp(r->last_epoch, op->last.epoch) && r->last_seq > op->last.seq
-                       ? (bus_id_t){"", 0} : op->last;   /* the ring already passed it: nothing older can come */
+    if (j) {
+        bus_id_t floor = {"", 0};
+        if (op->hist_status == 0) {
+            hub_held_flush(hub, cl, j, op);
+            if (!(r->last_seq && !strcmp(r->last_epoch, op->last.epoch) && r->last_seq > op->last.seq))
+                floor = op->last;   /* otherwise the ring already passed it: nothing older can come */
+        }
+        hub_member_release(m);
+        if (floor.seq) {
+            m->join = xcalloc(1, sizeof *m->join);
+            m->join->floor = floor;
+        }
     }
-    hub_member_release(m);
-    m->pending = 0;
     if (r->bus_init && !r->filling && r->nqueue) hub_queue_flush(hub, r);   /* the position is set */
 }
 
@@ -579,7 +587,7 @@ void hub_rooms_relist(hub_t *hub)
 static int hub_room_has_pending(const hub_room_t *r)
 {
     for (size_t i = 0; i < r->nmembers; i++)
-        if (r->members[i].pending) return 1;
+        if (hub_member_pending(&r->members[i])) return 1;
     return 0;
 }
 
@@ -623,13 +631,14 @@ void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *pay
     size_t n = 0;
     for (size_t i = 0; i < r->nmembers; i++) {
         hub_member_t *mem = &r->members[i];
-        if (mem->pending) {
-            hub_member_hold(mem, id, payload);
-            continue;
-        }
-        if (mem->floor.seq) {
-            if (!strcmp(mem->floor.epoch, id->epoch) && id->seq <= mem->floor.seq) continue;   /* in its snapshot */
-            mem->floor.seq = 0;
+        if (mem->join) {
+            if (mem->join->pending) {
+                hub_member_hold(mem->join, id, payload);
+                continue;
+            }
+            const bus_id_t *floor = &mem->join->floor;
+            if (!strcmp(floor->epoch, id->epoch) && id->seq <= floor->seq) continue;   /* in its snapshot */
+            hub_member_release(mem);
         }
         server_conn_send_msg(mem->client->conn, &m);
         n++;

@@ -1264,6 +1264,25 @@ static void policy_field_str(lua_State *L, const char *key, const char *value)
     lua_setfield(L, -2, key);
 }
 
+/* The pair after the one at p in policy_conn_t.query pairs. */
+static const char *policy_pair_next(const char *p)
+{
+    p += strlen(p) + 1;
+    return p + strlen(p) + 1;
+}
+
+/* The query pairs as a table of strings. */
+static void policy_query_push(lua_State *L, const char *pairs)
+{
+    int n = 0;
+    for (const char *p = pairs; *p; p = policy_pair_next(p)) n++;
+    lua_createtable(L, 0, n);                             /* [q] */
+    for (const char *p = pairs; *p; p = policy_pair_next(p)) {
+        lua_pushstring(L, p + strlen(p) + 1);             /* [q v] */
+        lua_setfield(L, -2, p);                           /* [q] */
+    }
+}
+
 /* A fresh conn table: {id, ip, name, query, headers}, absent fields left out. */
 static void policy_conn_build(lua_State *L, const policy_conn_t *conn)
 {
@@ -1278,7 +1297,7 @@ static void policy_conn_build(lua_State *L, const policy_conn_t *conn)
     policy_field_str(L, "ip", conn->ip);
     policy_field_str(L, "name", conn->name);
     if (conn->query) {
-        policy_json_push(L, conn->query, 2);              /* [conn query] */
+        policy_query_push(L, conn->query);                /* [conn query] */
         lua_setfield(L, -2, "query");                     /* [conn] */
     }
     if (conn->headers) {
@@ -1297,10 +1316,9 @@ static int policy_str_is(lua_State *L, int idx, const char *s, size_t n)
 }
 
 /* 1 when the value at idx is a table without a metatable holding exactly what
- * policy_json_push(query) would make. Only objects of strings (the hub's query) are compared;
- * any other query is never taken as unchanged, so it is converted every time. One pass over
- * the table: every key must be a member with the same string, and the counts must agree. */
-static int policy_query_same(lua_State *L, int idx, json_t *query)
+ * policy_query_push(pairs) would make. One pass over the table: every key must be one of the
+ * pairs' (distinct) keys with the same value, and the counts must agree. */
+static int policy_query_same(lua_State *L, int idx, const char *pairs)
 {
     if (lua_type(L, idx) != LUA_TTABLE) return 0;
     if (lua_getmetatable(L, idx)) {
@@ -1308,23 +1326,18 @@ static int policy_query_same(lua_State *L, int idx, json_t *query)
         return 0;
     }
     idx = lua_absindex(L, idx);
-    const char *key;
-    json_t *v;
     size_t want = 0, have = 0;
-    json_object_foreach(query, key, v) {
-        if (json_is_null(v)) continue;                    /* absent in Lua */
-        if (!json_is_string(v)) return 0;
-        want++;
-    }
+    for (const char *p = pairs; *p; p = policy_pair_next(p)) want++;
     lua_pushnil(L);                                       /* [.. nil] */
     while (lua_next(L, idx)) {                            /* [.. k v] */
-        json_t *m = NULL;
+        const char *val = NULL;
         if (lua_type(L, -2) == LUA_TSTRING) {
             size_t kn;
             const char *k = lua_tolstring(L, -2, &kn);  /* a string key: no conversion in place */
-            m = json_object_getn(query, k, kn);
+            for (const char *p = pairs; *p && !val; p = policy_pair_next(p))
+                if (strlen(p) == kn && !memcmp(p, k, kn)) val = p + kn + 1;
         }
-        if (++have > want || !json_is_string(m) || !policy_str_is(L, -1, json_string_value(m), json_string_length(m))) {
+        if (++have > want || !val || !policy_str_is(L, -1, val, strlen(val))) {
             lua_pop(L, 2);
             return 0;
         }
@@ -1364,7 +1377,7 @@ static int policy_conn_same(lua_State *L, int t, const policy_conn_t *conn)
     return have == want;
 }
 
-/* Pushes the conn table for a hook. Building it (strings, the query converted from JSON) on
+/* Pushes the conn table for a hook. Building it (strings, the query table) on
  * every call was a large part of a cheap hook, so the VM keeps the table it last handed out
  * per conn id and hands it out again while it still holds exactly what a fresh build would:
  * a hook that changed it (a field, a new key, the query, a metatable), or a conn whose name

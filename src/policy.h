@@ -41,13 +41,15 @@ typedef struct {
                       void *arg);
 } policy_host_t;
 
-/* The connection as hooks see it: conn = {id, ip, name, query, headers}. query and headers
- * are objects (borrowed, may be NULL after connect). */
+/* The connection as hooks see it: conn = {id, ip, name, query, headers}. query is the URL's
+ * parameters as "key\0value\0...key\0value\0\0" (distinct, non-empty keys, UTF-8 values;
+ * an empty key ends it), headers an object. Both borrowed; NULL when absent (headers are only
+ * given to on_connect). */
 typedef struct {
     const char *id;
     const char *ip;
     const char *name;
-    json_t *query;
+    const char *query;
     json_t *headers;
 } policy_conn_t;
 

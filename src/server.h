@@ -21,7 +21,8 @@ typedef struct {
     const char *name;
     /* Before the 101: 0 admits, otherwise an HTTP status (403, 429, 503) with reason. On
      * admission *data may hold the endpoint's per-connection data, set on the conn before
-     * attach; on refusal the endpoint has freed whatever it made. */
+     * attach; on refusal the endpoint has freed whatever it made. ip is the conn's client
+     * address, valid until detach returns. */
     int (*admit)(gw_t *gw, const http_request_t *req, const char *ip, void **data, char *reason, size_t len);
     /* After the 101 was queued; req is still valid. */
     void (*attach)(gw_t *gw, conn_t *c, const http_request_t *req);

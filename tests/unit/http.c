@@ -551,6 +551,24 @@ static void test_query(void **state)
     /* the first occurrence wins */
     assert_int_equal(http_query_get("a=1&a=2", "a", out, sizeof out), 1);
     assert_string_equal(out, "1");
+
+    /* every parameter in order, raw keys, decoded values, bad ones reported and passed */
+    const char *cur = "b%41=x+y&&flag&bad=%zz&a=1&a=2", *k;
+    size_t kn;
+    static const struct { const char *key; int len; const char *val; } want[] = {
+        {"b%41", 3, "x y"}, {"", 0, ""}, {"flag", 0, ""}, {"bad", -2, ""}, {"a", 1, "1"}, {"a", 1, "2"} };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), want[i].len);
+        assert_int_equal(kn, strlen(want[i].key));
+        assert_memory_equal(k, want[i].key, kn);
+        assert_string_equal(out, want[i].val);
+    }
+    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), -1);
+    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), -1);
+    cur = NULL;
+    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), -1);
+    cur = "";
+    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), -1);
 }
 
 /* ---- responses ---- */
