@@ -37,8 +37,9 @@ describe('web client: recovery', () => {
     await sendText(page, 'before the drop');
     await b.wait((f) => f.type === 'msg' && f.text === 'before the drop', 15000, 'carol\'s message');
     const carolId = await page.evaluate(() => window.chatgw.state.me.id);
-    const lastId = await page.evaluate(() => window.chatgw.conn.lastId);
-    assert.ok(lastId, 'the page tracks the last message id');
+    // the page has its own message (with its id) when the bot has it, or a moment later
+    const lastId = await waitFor(() => page.evaluate(() => window.chatgw.conn.lastId),
+      { what: 'the page tracks the last message id' });
 
     await page.evaluate(() => window.chatgw.conn.drop());
     await b.wait((f) => f.type === 'leave' && f.member && f.member.id === carolId, 15000, 'carol left');
