@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "cidr.h"
+#include "dheap.h"
 #include "log.h"
 #include "routes.h"
 #include "tls.h"
@@ -29,6 +30,8 @@
 #define CLOSE_LINGER_MS 2000       /* wait for the peer's close frame or FIN */
 #define MAX_BODY_BYTES 65536       /* plain-HTTP request bodies (API posts) */
 #define WQ_IOV 64                  /* buffers per writev */
+#define WQ_SMALL 16                /* a write queue's first size (a handshake's frames fit); pooled */
+#define POOL_MAX 1024              /* spare items a pool keeps */
 #define IPTAB_SIZE 1024
 
 enum { CONN_HTTP, CONN_WS, CONN_CLOSING };
@@ -37,6 +40,17 @@ typedef struct {
     sbuf_t *b;
     size_t off;
 } wq_item_t;
+
+/* Spare blocks of one size: what only a busy connection holds (a write request, a small write
+ * queue) comes from here and goes back when it is done, so an idle connection holds none. */
+typedef struct pool_item_s {
+    struct pool_item_s *next;
+} pool_item_t;
+
+typedef struct {
+    pool_item_t *head;
+    size_t n, size;
+} pool_t;
 
 typedef struct ip_entry_s {
     struct ip_entry_s *next;
@@ -55,16 +69,13 @@ typedef struct {
 
 struct conn_s {
     uv_tcp_t tcp;                  /* first: the handle's address is the conn's */
-    uv_timer_t timer;
-    uv_write_t wreq;
-    uv_shutdown_t sreq;
+    dheap_node_t timer;            /* in srv->timers while open */
     server_t *srv;
     conn_t *prev, *next;           /* all connections */
     conn_t *flush_next;            /* pending-output list */
     int state;
     int roles;
-    int closing;                   /* uv_close called; handles pending */
-    int handles;                   /* open handles; freed at zero */
+    int closing;                   /* uv_close called; freed by its callback */
     int in_flush, writing, close_after_flush, shutdown;
     int close_sent, close_received;
     int deflate, deflate_bits;
@@ -95,6 +106,9 @@ struct server_s {
     conn_t *flush_head;
     uv_check_t flush_check;
     uv_idle_t flush_idle;
+    dheap_t timers;                /* the conns' deadlines, under one uv timer */
+    uv_timer_t timer;
+    uint64_t timer_due;            /* what timer is started for; 0 when stopped */
     uv_timer_t drain_timer;
     uv_timer_t sweep_timer;        /* frees per-IP entries whose bucket refilled */
     int drain_timer_on;
@@ -104,6 +118,7 @@ struct server_s {
     tls_ctx_t *tls;                /* the public listener's certificate, or NULL */
     watch_t *tls_watch[2];         /* the certificate's and the key's directories */
     buf_t tls_plain;               /* scratch: decrypted input of one read */
+    pool_t wreqs, wqs;             /* uv_write_t; write queues of WQ_SMALL items */
     char readbuf[READ_BUF_SIZE];
 };
 
@@ -192,6 +207,34 @@ static void on_sweep(uv_timer_t *t)
         }
 }
 
+/* ---- pools ---- */
+
+static void *pool_get(pool_t *p)
+{
+    pool_item_t *it = p->head;
+    if (!it) return xmalloc(p->size);
+    p->head = it->next;
+    p->n--;
+    return it;
+}
+
+static void pool_put(pool_t *p, void *block)
+{
+    if (p->n >= POOL_MAX) {
+        free(block);
+        return;
+    }
+    pool_item_t *it = block;
+    it->next = p->head;
+    p->head = it;
+    p->n++;
+}
+
+static void pool_free(pool_t *p)
+{
+    while (p->head) free(pool_get(p));
+}
+
 /* ---- write queue ---- */
 
 static void wq_push(conn_t *c, sbuf_t *b)
@@ -203,12 +246,21 @@ static void wq_push(conn_t *c, sbuf_t *b)
             c->wq_head = 0;
         }
         if (c->wq_tail == c->wq_cap) {
-            c->wq_cap = c->wq_cap ? c->wq_cap * 2 : 8;
-            c->wq = xrealloc(c->wq, c->wq_cap * sizeof *c->wq);
+            c->wq = c->wq_cap ? xrealloc(c->wq, 2 * c->wq_cap * sizeof *c->wq) : pool_get(&c->srv->wqs);
+            c->wq_cap = c->wq_cap ? 2 * c->wq_cap : WQ_SMALL;
         }
     }
     c->wq[c->wq_tail++] = (wq_item_t){b, 0};
     c->queued += b->len;
+}
+
+/* Gives back the empty queue's storage. */
+static void wq_release(conn_t *c)
+{
+    if (c->wq_cap == WQ_SMALL) pool_put(&c->srv->wqs, c->wq);
+    else free(c->wq);
+    c->wq = NULL;
+    c->wq_cap = 0;
 }
 
 /* Drops n written bytes from the head of the queue. */
@@ -229,11 +281,7 @@ static void wq_consume(conn_t *c, size_t n)
     }
     if (c->wq_head == c->wq_tail) {
         c->wq_head = c->wq_tail = 0;
-        if (c->wq_cap > 64) {
-            free(c->wq);
-            c->wq = NULL;
-            c->wq_cap = 0;
-        }
+        if (c->wq_cap == WQ_SMALL || c->wq_cap > 64) wq_release(c);   /* a busy conn keeps a middle one */
     }
 }
 
@@ -321,7 +369,7 @@ static void conn_queue_bytes(conn_t *c, const buf_t *b)
 static void conn_free(conn_t *c)
 {
     wq_truncate(c, c->wq_head);
-    free(c->wq);
+    wq_release(c);
     if (c->http) {
         http_parser_free(c->http);
         free(c->http);
@@ -335,13 +383,9 @@ static void conn_free(conn_t *c)
     free(c);
 }
 
-static void on_handle_closed(uv_handle_t *h)
-{
-    conn_t *c = h->data;
-    if (--c->handles == 0) conn_free(c);
-}
+static void on_handle_closed(uv_handle_t *h) { conn_free(h->data); }
 
-/* The single teardown path: detach the endpoint, unlink, close both handles. */
+/* The single teardown path: detach the endpoint, unlink, close the handle. */
 static void conn_abort(conn_t *c)
 {
     if (c->closing) return;
@@ -364,14 +408,15 @@ static void conn_abort(conn_t *c)
     METRIC_SUB(gw->metrics.conns_open, 1);
     if (c->ipent) iptab_release(srv, c->ipent);
     c->ipent = NULL;
+    dheap_remove(&srv->timers, &c->timer);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     server_drain_check(srv);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     conn_t *c = req->data;
+    free(req);                     /* always called, with UV_ECANCELED when the handle closes first */
     if (status < 0) conn_abort(c);
     /* otherwise wait for the peer's FIN (on_read) or the linger deadline */
 }
@@ -383,8 +428,10 @@ static void conn_finish(conn_t *c)
     c->shutdown = 1;
     c->state = CONN_CLOSING;
     c->deadline_ms = gw_now_ms(c->srv->gw) + CLOSE_LINGER_MS;
-    c->sreq.data = c;
-    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+    uv_shutdown_t *req = xmalloc(sizeof *req);
+    req->data = c;
+    if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        free(req);
         conn_abort(c);
         return;
     }
@@ -396,6 +443,7 @@ static void conn_finish(conn_t *c)
 static void on_write(uv_write_t *req, int status)
 {
     conn_t *c = req->data;
+    pool_put(&c->srv->wreqs, req);   /* always called, with UV_ECANCELED when the handle closes first */
     c->writing = 0;
     if (status < 0) {
         if (status != UV_ECANCELED) conn_abort(c);
@@ -423,8 +471,10 @@ static void conn_flush(conn_t *c)
     }
     if (c->wq_head < c->wq_tail) {
         size_t n = wq_iov(c, iov, &c->writing_bytes);
-        c->wreq.data = c;
-        if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, iov, (unsigned)n, on_write) < 0) {
+        uv_write_t *req = pool_get(&c->srv->wreqs);
+        req->data = c;
+        if (uv_write(req, (uv_stream_t *)&c->tcp, iov, (unsigned)n, on_write) < 0) {
+            pool_put(&c->srv->wreqs, req);
             conn_abort(c);
             return;
         }
@@ -778,13 +828,28 @@ static uint64_t conn_next_deadline(conn_t *c)
     return d;
 }
 
-static void on_conn_timer(uv_timer_t *t);
+static void on_timer(uv_timer_t *t);
+
+/* Starts the server's timer for the earliest deadline, unless it already is. */
+static void server_timer_arm(server_t *srv)
+{
+    dheap_node_t *first = dheap_min(&srv->timers);
+    if (!first) {
+        uv_timer_stop(&srv->timer);
+        srv->timer_due = 0;
+        return;
+    }
+    if (first->due == srv->timer_due) return;
+    uint64_t now = gw_now_ms(srv->gw);
+    uv_timer_start(&srv->timer, on_timer, first->due > now ? first->due - now : 0, 0);
+    srv->timer_due = first->due;
+}
 
 static void conn_timer_arm(conn_t *c)
 {
     if (c->closing) return;
-    uint64_t now = gw_now_ms(c->srv->gw), d = conn_next_deadline(c);
-    uv_timer_start(&c->timer, on_conn_timer, d > now ? d - now : 0, 0);
+    dheap_set(&c->srv->timers, &c->timer, conn_next_deadline(c));
+    server_timer_arm(c->srv);
 }
 
 static void conn_slow_close(conn_t *c)
@@ -807,9 +872,8 @@ static void conn_slow_close(conn_t *c)
     flush_schedule(c);
 }
 
-static void on_conn_timer(uv_timer_t *t)
+static void conn_on_deadline(conn_t *c)
 {
-    conn_t *c = t->data;
     gw_t *gw = c->srv->gw;
     const config_t *cfg = &gw->cfg;
     uint64_t now = gw_now_ms(gw);
@@ -837,7 +901,24 @@ static void on_conn_timer(uv_timer_t *t)
         conn_queue(c, ws_frame_build(WS_OP_PING, 0, NULL, 0), WS_OP_PING);
         c->last_ping_ms = now;
     }
+    if (c->wq && c->wq_head == c->wq_tail) wq_release(c);   /* a quiet conn keeps no queue */
     conn_timer_arm(c);
+}
+
+/* Runs the deadlines that are due. A conn whose deadline moves to now again runs again, at
+ * most as many times as there were conns (each run makes progress: a ping, a close). */
+static void on_timer(uv_timer_t *t)
+{
+    server_t *srv = t->data;
+    uint64_t now = gw_now_ms(srv->gw);
+    srv->timer_due = 0;
+    dheap_node_t *first;
+    for (size_t budget = srv->timers.n + 1; budget && (first = dheap_min(&srv->timers)) && first->due <= now; budget--) {
+        conn_t *c = (conn_t *)((char *)first - offsetof(conn_t, timer));
+        dheap_remove(&srv->timers, first);
+        conn_on_deadline(c);
+    }
+    server_timer_arm(srv);
 }
 
 /* ---- accepting ---- */
@@ -912,12 +993,9 @@ static void on_connection(uv_stream_t *ls, int status)
     c->roles = l->roles;
     if (l->tls) c->tls = tls_conn_new(srv->tls);
     uv_tcp_init(gw->loop, &c->tcp);
-    uv_timer_init(gw->loop, &c->timer);
-    c->tcp.data = c->timer.data = c;
-    c->handles = 2;
+    c->tcp.data = c;
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
         uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
@@ -1089,11 +1167,15 @@ int server_start(gw_t *gw)
     server_t *srv = xcalloc(1, sizeof *srv);
     srv->gw = gw;
     gw->server = srv;
+    dheap_init(&srv->timers);
+    srv->wreqs.size = sizeof(uv_write_t);
+    srv->wqs.size = WQ_SMALL * sizeof(wq_item_t);
     uv_check_init(gw->loop, &srv->flush_check);
     uv_idle_init(gw->loop, &srv->flush_idle);
+    uv_timer_init(gw->loop, &srv->timer);
     uv_timer_init(gw->loop, &srv->drain_timer);
     uv_timer_init(gw->loop, &srv->sweep_timer);
-    srv->sweep_timer.data = srv;
+    srv->timer.data = srv->sweep_timer.data = srv;
     uv_timer_start(&srv->sweep_timer, on_sweep, 1000, 1000);
     uv_unref((uv_handle_t *)&srv->sweep_timer);
     srv->flush_check.data = srv->flush_idle.data = srv->drain_timer.data = srv;
@@ -1153,6 +1235,7 @@ void server_free(gw_t *gw)
     srv->flush_head = NULL;
     uv_close((uv_handle_t *)&srv->flush_check, on_server_handle_closed);
     uv_close((uv_handle_t *)&srv->flush_idle, on_server_handle_closed);
+    uv_close((uv_handle_t *)&srv->timer, on_server_handle_closed);
     uv_close((uv_handle_t *)&srv->drain_timer, on_server_handle_closed);
     uv_close((uv_handle_t *)&srv->sweep_timer, on_server_handle_closed);
     watch_stop(srv->tls_watch[0]);
@@ -1163,6 +1246,9 @@ void server_free(gw_t *gw)
         while (srv->iptab[i]) iptab_unlink(srv, srv->iptab[i]);
     tls_ctx_free(srv->tls);
     buf_free(&srv->tls_plain);
+    dheap_free(&srv->timers);
+    pool_free(&srv->wreqs);
+    pool_free(&srv->wqs);
     free(srv);
     gw->server = NULL;
 }

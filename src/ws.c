@@ -424,12 +424,14 @@ void ws_parser_init(ws_parser_t *p, size_t max_frame, size_t max_message)
     p->state = WS_ST_HEADER;
     p->hdr_need = 2;
     buf_init(&p->msg);
+    buf_init(&p->ctl);
     buf_init(&p->inflated);
 }
 
 void ws_parser_free(ws_parser_t *p)
 {
     buf_free(&p->msg);
+    buf_free(&p->ctl);
     buf_free(&p->inflated);
 }
 
@@ -603,8 +605,8 @@ static int ws_payload_feed(ws_parser_t *p, uint8_t *data, size_t len, size_t *po
     size_t take = left < avail ? (size_t)left : avail;
     size_t off = (size_t)(p->payload_got & 3);
     if (take && control) {
-        memcpy(p->ctl + p->payload_got, d, take);
-        ws_mask(p->ctl + p->payload_got, take, p->mask, off);
+        buf_append(&p->ctl, d, take);
+        ws_mask((uint8_t *)p->ctl.data + p->payload_got, take, p->mask, off);
     } else if (take) {
         size_t at = p->msg.len;
         buf_append(&p->msg, d, take);
@@ -620,7 +622,11 @@ static int ws_payload_feed(ws_parser_t *p, uint8_t *data, size_t len, size_t *po
     p->state = WS_ST_HEADER;
     p->hdr_len = 0;
     p->hdr_need = 2;
-    if (control) return ws_control_end(p, p->ctl, (size_t)p->payload_len, cb, ctx);
+    if (control) {
+        int rc = ws_control_end(p, (uint8_t *)p->ctl.data, (size_t)p->payload_len, cb, ctx);
+        buf_free(&p->ctl);         /* rare (a control frame split across reads): keep no buffer */
+        return rc;
+    }
     if (!p->fin) return 0;
     return ws_message_end(p, (uint8_t *)p->msg.data, p->msg.len, 0, cb, ctx);
 }

@@ -120,7 +120,7 @@ typedef struct {
     int msg_opcode;                /* opcode of the message being assembled, 0 when none */
     int msg_compressed;
     buf_t msg;                     /* message being assembled across frames */
-    uint8_t ctl[WS_MAX_CONTROL];   /* control payload split across feeds */
+    buf_t ctl;                     /* control payload split across feeds */
     ws_utf8_t utf8;
     buf_t inflated;
 } ws_parser_t;
