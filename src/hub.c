@@ -405,10 +405,12 @@ static hub_room_t *hub_member_room(hub_t *hub, hub_client_t *cl, const proto_in_
 static void hub_on_join(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
 {
     /* The hook and the join presence see the new name; a refused join leaves the old one. */
-    char old[sizeof cl->name];
-    memcpy(old, cl->name, sizeof old);
-    if (in->name) snprintf(cl->name, sizeof cl->name, "%s", in->name);
-    if (!hub_join_or_error(hub, cl, in->room, in->since)) memcpy(cl->name, old, sizeof old);
+    char *old = cl->name;
+    if (in->name) cl->name = xstrdup(in->name);
+    int joined = hub_join_or_error(hub, cl, in->room, in->since);
+    if (cl->name == old) return;
+    free(joined ? old : cl->name);
+    if (!joined) cl->name = old;
 }
 
 /* The members of a message the policy returned that ride along on a msg: all but cid (the
@@ -699,6 +701,7 @@ static json_t *hub_headers_json(const http_request_t *req)
 
 static void hub_client_free(hub_client_t *cl)
 {
+    free(cl->name);
     free(cl->query);
     free(cl->rooms);
     free(cl);
@@ -728,14 +731,15 @@ static int hub_admit(gw_t *gw, const http_request_t *req, const char *ip, void *
         snprintf(reason, len, "invalid room name");
         return 400;
     }
-    hub_client_t *cl = xcalloc(1, sizeof *cl);
-    int n = http_query_get(req->query, "name", cl->name, sizeof cl->name);
-    if (n == -2 || (n >= 0 && !proto_name_valid(cl->name))) {
-        free(cl);
+    char name[PROTO_MAX_NAME * 4 + 1];
+    int n = http_query_get(req->query, "name", name, sizeof name);
+    if (n == -2 || (n >= 0 && !proto_name_valid(name))) {
         snprintf(reason, len, "invalid name");
         return 400;
     }
-    if (n < 0) hub_random_name(cl->name, sizeof cl->name);
+    if (n < 0) hub_random_name(name, sizeof name);
+    hub_client_t *cl = xcalloc(1, sizeof *cl);
+    cl->name = xstrdup(name);
     do hub_random_b64url(cl->id, HUB_ID_BYTES);
     while (map_get(&gw->hub->clients, cl->id));
     cl->ip = ip;

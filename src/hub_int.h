@@ -80,7 +80,7 @@ struct hub_room_s {
 typedef struct hub_client_s {
     conn_t *conn;                  /* NULL between admit and attach */
     char id[24];
-    char name[PROTO_MAX_NAME * 4 + 1];
+    char *name;                    /* owned */
     const char *ip;                /* the conn's, which outlives the client */
     char *query;                   /* the upgrade URL's query parameters for hooks, or NULL */
     hub_room_t **rooms;

@@ -73,12 +73,12 @@ struct conn_s {
     server_t *srv;
     conn_t *prev, *next;           /* all connections */
     conn_t *flush_next;            /* pending-output list */
-    int state;
-    int roles;
-    int closing;                   /* uv_close called; freed by its callback */
-    int in_flush, writing, close_after_flush, shutdown;
-    int close_sent, close_received;
-    int deflate, deflate_bits;
+    uint8_t state;
+    uint8_t roles;
+    uint8_t deflate_bits;
+    unsigned closing : 1;          /* uv_close called; freed by its callback */
+    unsigned in_flush : 1, writing : 1, close_after_flush : 1, shutdown : 1;
+    unsigned close_sent : 1, close_received : 1, deflate : 1;
     uint64_t serial;
     uint64_t deadline_ms;          /* HTTP header deadline, or the close linger deadline */
     uint64_t last_rx_ms, last_ping_ms, over_since_ms;
