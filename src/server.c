@@ -92,7 +92,8 @@ struct conn_s {
     wq_item_t *wq;
     size_t wq_head, wq_tail, wq_cap;
     size_t queued, writing_bytes;
-    char ip[INET6_ADDRSTRLEN];     /* the client: the peer, or X-Forwarded-For from a trusted proxy */
+    const char *ip;                /* the client: peer, or X-Forwarded-For from a trusted proxy
+                                    * (then ipent's copy, which the conn holds) */
     char peer[INET6_ADDRSTRLEN];   /* the TCP peer */
 };
 
@@ -408,6 +409,7 @@ static void conn_abort(conn_t *c)
     METRIC_SUB(gw->metrics.conns_open, 1);
     if (c->ipent) iptab_release(srv, c->ipent);
     c->ipent = NULL;
+    c->ip = c->peer;
     dheap_remove(&srv->timers, &c->timer);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
     server_drain_check(srv);
@@ -927,11 +929,11 @@ static void conn_peer_ip(conn_t *c)
 {
     struct sockaddr_storage sa;
     int len = sizeof sa;
-    snprintf(c->ip, sizeof c->ip, "?");
+    c->ip = c->peer;
+    snprintf(c->peer, sizeof c->peer, "?");
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &len) != 0) return;
-    if (sa.ss_family == AF_INET) uv_ip4_name((struct sockaddr_in *)&sa, c->ip, sizeof c->ip);
-    else if (sa.ss_family == AF_INET6) uv_ip6_name((struct sockaddr_in6 *)&sa, c->ip, sizeof c->ip);
-    memcpy(c->peer, c->ip, sizeof c->peer);
+    if (sa.ss_family == AF_INET) uv_ip4_name((struct sockaddr_in *)&sa, c->peer, sizeof c->peer);
+    else if (sa.ss_family == AF_INET6) uv_ip6_name((struct sockaddr_in6 *)&sa, c->peer, sizeof c->peer);
 }
 
 static int conn_behind_proxy(const conn_t *c)
@@ -950,9 +952,9 @@ static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
     if (cidr_forwarded_client(http_request_header(req, "X-Forwarded-For"), cfg->trusted_proxies, ip, sizeof ip) < 0)
         snprintf(ip, sizeof ip, "%s", c->peer);
     if (!strcmp(ip, c->ip)) return 0;
-    snprintf(c->ip, sizeof c->ip, "%s", ip);
     if (c->ipent) iptab_release(c->srv, c->ipent);
-    c->ipent = iptab_acquire(c->srv, c->ip);
+    c->ipent = iptab_acquire(c->srv, ip);
+    c->ip = c->ipent->ip;
     if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return 429;
     return iptab_charge(c->srv, c->ipent) < 0 ? 429 : 0;
 }

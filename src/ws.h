@@ -110,15 +110,15 @@ typedef struct {
     int close_code;                /* 1002, 1007 or 1009 */
     const char *reason;            /* static string, for the close frame and the log */
 
-    /* private state */
-    int state;
+    /* private state (bytes: a parser per connection) */
+    uint8_t state;
     uint8_t hdr[WS_MAX_HEADER];
-    size_t hdr_len, hdr_need;
-    int fin, opcode, rsv1, masked;
+    uint8_t hdr_len, hdr_need;
+    uint8_t fin, opcode, rsv1, masked;
     uint8_t mask[4];
+    uint8_t msg_opcode;            /* opcode of the message being assembled, 0 when none */
+    uint8_t msg_compressed;
     uint64_t payload_len, payload_got;
-    int msg_opcode;                /* opcode of the message being assembled, 0 when none */
-    int msg_compressed;
     buf_t msg;                     /* message being assembled across frames */
     buf_t ctl;                     /* control payload split across feeds */
     ws_utf8_t utf8;
