@@ -43,6 +43,10 @@ describe("moderation", function()
       assert.equal("ééé ok", mod.collapse_runs("éééééé ok", 3))
       assert.equal("aaab", mod.collapse_runs("aaab", 3))
       assert.equal("x", mod.collapse_runs("x", 3))
+      -- the ASCII hint takes the byte pattern: the same result for ASCII text
+      assert.equal("nooo way!!!", mod.collapse_runs("noooooooo way!!!!!!", 3, true))
+      assert.equal("ééé ok!!!", mod.collapse_runs("éééééé ok!!!!", 3, false))
+      assert.equal("ééé aaa", mod.collapse_runs("éééé aaaa", 3))
     end)
 
     it("collapses a long run in linear work", function()

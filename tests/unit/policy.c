@@ -478,6 +478,11 @@ static void test_store_lua(void **state)
                  "repeat local x = 1 until os.clock() > t or gw.store.get('short') == nil "
                  "return gw.store.get('short') == nil");
     eval_fails(p, "gw.store.set('big', string.rep('x', 70000))", "64 KiB");
+    /* the limit is on the JSON: quotes and escapes count */
+    eval_true(p, "gw.store.set('edge', string.rep('x', 65534)); return #gw.store.get('edge') == 65534");
+    eval_fails(p, "gw.store.set('edge', string.rep('x', 65535))", "64 KiB");
+    eval_fails(p, "gw.store.set('esc', string.rep('\\1', 20000))", "64 KiB");
+    eval_true(p, "gw.store.set('esc', string.rep('\\1', 10000)); return #gw.store.get('esc') == 10000");
     eval_fails(p, "gw.store.set('f', print)", "cannot convert a function");
     eval_fails(p, "gw.store.set('k', 1, -1)", "ttl");
     eval_fails(p, "gw.store.set('a\\0b', 1)", "NUL");
