@@ -122,6 +122,26 @@ local function track(id, room)
   end
 end
 
+-- A msg re-records its room (track), as self-healing for a record that expired or was evicted,
+-- at most once a HEAL_SECONDS per connection and room: a store round trip on every msg was a
+-- tenth of the default policy's cost. healed[id][room] = gw.now() of the last check; the VM
+-- forgets a connection with its record (untrack), and a reload starts over.
+local HEAL_SECONDS = 60
+local healed = {}
+
+local function heal(id, room)
+  local by_room = healed[id]
+  if not by_room then
+    by_room = {}
+    healed[id] = by_room
+  end
+  local now = gw.now()
+  local last = by_room[room]
+  if last and now - last < HEAL_SECONDS then return end
+  by_room[room] = now
+  track(id, room)
+end
+
 -- true when the connection id has room in its recorded rooms.
 function M.in_room(id, room)
   local s = gw.store.get(rooms_key(id))
@@ -130,10 +150,15 @@ end
 
 local function untrack(id, room)
   local s = gw.store.get(rooms_key(id))
-  if type(s) ~= "string" then return "" end
+  if type(s) ~= "string" then
+    healed[id] = nil                     -- no record: the caller takes it as the last room
+    return ""
+  end
   local i, j = string.find(s, "\n" .. room .. "\n", 1, true)
   if i then s = string.sub(s, 1, i) .. string.sub(s, j + 1) end
+  if healed[id] then healed[id][room] = nil end
   if s == "\n" then
+    healed[id] = nil
     gw.store.del(rooms_key(id))
   else
     gw.store.set(rooms_key(id), s, cfg.state_ttl)
@@ -320,7 +345,7 @@ function M.on_message(conn, room, msg)
   local h = M.handlers[msg.type]
   if not h then return nil, "bad_type" end
   if msg.type == "msg" and conn.id and type(room) == "string" then
-    track(conn.id, room)                 -- self-healing: the hub only lets members send msg
+    heal(conn.id, room)                  -- the hub only lets members send msg
   end
   return h(conn, room, msg)
 end

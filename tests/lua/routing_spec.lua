@@ -236,6 +236,22 @@ describe("routing", function()
       assert.is_true(routing.on_message(a, nil, { type = "dm", to = "b1", text = "hi" }))
     end)
 
+    it("heals once a minute per connection and room, not on every msg", function()
+      local a, b = mock.conn("a1"), mock.conn("b1")
+      join(a, "lobby"); join(b, "lobby")
+      send(a, "lobby", "first")                        -- checked: the record is there
+      gw.store.del("rooms:a1")                         -- lost (expired, evicted)
+      send(a, "lobby", "second")                       -- within the minute: not checked again
+      assert.is_nil(gw.store.get("rooms:a1"))
+      mock.advance(60)
+      send(a, "lobby", "third")
+      assert.equal("\nlobby\n", gw.store.get("rooms:a1"))
+      assert.is_true(routing.on_message(a, nil, { type = "dm", to = "b1", text = "hi" }))
+      -- a leave and a new join in the same minute: the join records it itself
+      leave(a, "lobby"); join(a, "lobby")
+      assert.equal("\nlobby\n", gw.store.get("rooms:a1"))
+    end)
+
     it("cleans up a connection's state when it leaves its last room", function()
       local a = mock.conn("a1")
       join(a, "lobby")
