@@ -108,6 +108,7 @@ const TARGETS = {
     },
     path: { room: CHAT },
   },
+  "chatgw-workers-2": { label: "chatgw, workers=2", start: (port) => [GW, [...gwArgs(port, POL.def), "--workers", "2"]], path: { room: CHAT } },
   "chatgw-deflate": { label: "chatgw, permessage-deflate", start: (port) => [GW, gwArgs(port, POL.def)], path: { room: CHAT }, gen: ["--deflate"] },
   "chatgw-plain": { label: "chatgw, no deflate", start: (port) => [GW, gwArgs(port, POL.def)], path: { room: CHAT } },
   ws: { label: "Node ws", start: (port) => [process.execPath, [path.join(HERE, "peers/ws-server.mjs"), String(port)]], path: { echo: "/echo", room: CHAT } },
@@ -166,6 +167,12 @@ const SCENARIOS = [
     targets: ["chatgw", "chatgw-redis-1", "chatgw-redis-3"],
     gen: ["--mode", "room", "--conns", "300", "--publishers", "6", "--window", "32", "--settle-ms", "2500",
       "--phases", `flat:${D},rate=100:${QUICK ? D : 3}`] },
+  // Multi-core: the same room on workers=1 and workers=2 (two event loops, SO_REUSEPORT, the
+  // room spanning both through the in-process bus). The generator shares the 2 cores.
+  { id: "workers", title: "9. one room on 1 worker and on 2: 1000 members, 10 publishers", kind: "room",
+    targets: ["chatgw", "chatgw-workers-2"],
+    gen: ["--mode", "room", "--conns", "1000", "--publishers", "10", "--window", "8", "--src-addrs", "4",
+      "--phases", `flat:${D},rate=100:${D}`] },
   { id: "idle", title: `4. idle, ${IDLE_CONNS} connections`, kind: "idle",
     targets: ["chatgw", "ws", "uws", "nginx", "lws"],
     gen: ["--mode", "idle", "--conns", String(QUICK ? Math.min(IDLE_CONNS, 5000) : IDLE_CONNS), "--members", "10",
@@ -415,13 +422,13 @@ function report(rounds, load0, load1) {
     const cpus = (tn) => `generator ${(med("room-variants", tn, (r) => r.phases[0].gen_cpu) ?? NaN).toFixed(2)}, server ${(med("room-variants", tn, (r) => r.phases[0].srv_cpu) ?? NaN).toFixed(2)}`;
     own.push(["7. … CPU used (cores)", "", cpus("chatgw-deflate"), cpus("chatgw-plain"), ""]);
   }
+  // latency rows: the last column is A − B (what A adds)
+  const lat = (name, a, b) => {
+    const d = a != null && b != null ? a - b : null;
+    own.push([name, "ms", fmtMs(a), fmtMs(b), d == null ? "" : `${d < 0 ? "−" : "+"}${fmtMs(Math.abs(d))} ms`]);
+  };
   if (has("redis")) {
     const R = "redis", one = "chatgw-redis-1", three = "chatgw-redis-3";
-    // latency: the last column is A − B, what Redis (and the extra replicas) add
-    const lat = (name, a, b) => {
-      const d = a != null && b != null ? a - b : null;
-      own.push([name, "ms", fmtMs(a), fmtMs(b), d == null ? "" : `${d < 0 ? "−" : "+"}${fmtMs(Math.abs(d))} ms`]);
-    };
     // cores the server processes used flat out: each chatgw replica, then redis-server
     const cpuSplit = (tn) => {
       const e = med(R, tn, (r) => (r.phases[0].srv_cpu_each || [r.phases[0].srv_cpu]).slice(0, -1).reduce((a, x) => a + x, 0));
@@ -441,6 +448,17 @@ function report(rounds, load0, load1) {
     lat("8. … at 100 msgs/s: p99, 3 replicas + Redis vs 1 replica without Redis", med(R, three, p99(1)), med(R, "chatgw", p99(1)));
     const lost = (tn) => String(sum(R, tn, (r) => r.phases.reduce((a, p) => a + p.lost, 0)));
     own.push(["8. … lost messages (all runs, both phases), 3 replicas vs 1 replica (+ Redis)", "messages", lost(three), lost(one), `no Redis: ${lost("chatgw")}`]);
+  }
+  if (has("workers")) {
+    const W = "workers", two = "chatgw-workers-2";
+    cmp("9. workers: room flat out, workers=2 vs workers=1", med(W, two, dps(0)), med(W, "chatgw", dps(0)), "deliveries/s");
+    cmp("9. … per server CPU-second", med(W, two, cpuEff(0)), med(W, "chatgw", cpuEff(0)), "deliveries/CPU-s");
+    const cores = (tn) => (med(W, tn, (r) => r.phases[0].srv_cpu) ?? NaN).toFixed(2);
+    own.push(["9. … server CPU flat out (cores)", "", cores(two), cores("chatgw"), ""]);
+    lat("9. … at 100 msgs/s (100k deliveries/s): p50, workers=2 vs workers=1", med(W, two, p50(1)), med(W, "chatgw", p50(1)));
+    lat("9. … at 100 msgs/s: p99, workers=2 vs workers=1", med(W, two, p99(1)), med(W, "chatgw", p99(1)));
+    const lost = (tn) => String(sum(W, tn, (r) => r.phases.reduce((a, p) => a + p.lost, 0)));
+    own.push(["9. … lost messages (all runs, both phases)", "messages", lost(two), lost("chatgw"), ""]);
   }
   const ownTable = mdTable(["comparison", "unit", "A", "B", "A/B"], own);
 
@@ -483,7 +501,7 @@ same run; "100 msgs/s" is the same load for all (the issue's reference point).
 ${main}
 
 chatgw against itself (A/B > 1× means A is faster; for the reload row, 1× = no cost; the
-latency rows of 8 give A − B instead, the latency that Redis adds):
+latency rows of 8 and 9 give A − B instead, the latency that Redis or the second worker adds):
 
 ${ownTable}
 
@@ -494,7 +512,10 @@ tests, so wall-clock rates swing by 2× between rounds; the "per server CPU-seco
 per message) and becomes the limit: compare row 7 per server CPU-second, not deliveries/s.
 In 8 the replicas, redis-server and the generator all share the same 2 cores, so "3 replicas vs
 1" shows what the bus costs, not the scale-out that one machine per replica would give; its
-per CPU-second rows count chatgw's and redis-server's CPU time together.
+per CPU-second rows count chatgw's and redis-server's CPU time together. 9 is the multi-core
+figure: with the generator on the same 2 cores, workers=2 can only show what a second event
+loop gains when the generator leaves it a core; a machine with more cores than the generator
+needs is the real test.
 
 Lost messages, failed connections and server errors:
 ${issues.length ? issues.join("\n") : "- none"}
