@@ -167,6 +167,12 @@ const SCENARIOS = [
     targets: ["chatgw", "chatgw-redis-1", "chatgw-redis-3"],
     gen: ["--mode", "room", "--conns", "300", "--publishers", "6", "--window", "32", "--settle-ms", "2500",
       "--phases", `flat:${D},rate=100:${QUICK ? D : 3}`] },
+  // Latency at equal loads, chatgw against the performance anchor: the room of scenario 2 at
+  // 100, 200 and 300 msgs/s (100k to 300k deliveries/s, up to about uWS.js's half peak here).
+  { id: "latency", title: "10. one room at equal loads: 1000 members, 100 / 200 / 300 msgs/s", kind: "room",
+    targets: ["chatgw", "uws"],
+    gen: ["--mode", "room", "--conns", "1000", "--publishers", "10", "--window", "8", "--src-addrs", "4",
+      "--phases", `rate=100:${D},rate=200:${D},rate=300:${D}`] },
   // Multi-core: the same room on workers=1 and workers=2 (two event loops, SO_REUSEPORT, the
   // room spanning both through the in-process bus). The generator shares the 2 cores.
   { id: "workers", title: "9. one room on 1 worker and on 2: 1000 members, 10 publishers", kind: "room",
@@ -449,6 +455,15 @@ function report(rounds, load0, load1) {
     const lost = (tn) => String(sum(R, tn, (r) => r.phases.reduce((a, p) => a + p.lost, 0)));
     own.push(["8. … lost messages (all runs, both phases), 3 replicas vs 1 replica (+ Redis)", "messages", lost(three), lost(one), `no Redis: ${lost("chatgw")}`]);
   }
+  if (has("latency")) {
+    const L = "latency";
+    [100, 200, 300].forEach((rate, i) => {
+      cmp(`10. equal load ${rate} msgs/s: p50, uWS.js / chatgw`, med(L, "uws", p50(i)), med(L, "chatgw", p50(i)), "ms", fmtMs);
+      cmp(`10. … ${rate} msgs/s: p99, uWS.js / chatgw`, med(L, "uws", p99(i)), med(L, "chatgw", p99(i)), "ms", fmtMs);
+      const cores = (tn) => (med(L, tn, (r) => r.phases[i].srv_cpu) ?? NaN).toFixed(2);
+      own.push([`10. … ${rate} msgs/s: server CPU (cores), uWS.js / chatgw`, "", cores("uws"), cores("chatgw"), ""]);
+    });
+  }
   if (has("workers")) {
     const W = "workers", two = "chatgw-workers-2";
     cmp("9. workers: room flat out, workers=2 vs workers=1", med(W, two, dps(0)), med(W, "chatgw", dps(0)), "deliveries/s");
@@ -501,7 +516,8 @@ same run; "100 msgs/s" is the same load for all (the issue's reference point).
 ${main}
 
 chatgw against itself (A/B > 1× means A is faster; for the reload row, 1× = no cost; the
-latency rows of 8 and 9 give A − B instead, the latency that Redis or the second worker adds):
+latency rows of 8 and 9 give A − B instead, the latency that Redis or the second worker adds;
+in 10, A is uWS.js and B chatgw, so > 1× means chatgw's latency is lower):
 
 ${ownTable}
 
