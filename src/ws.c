@@ -93,20 +93,37 @@ static uint32_t ws_utf8_step(uint32_t s, uint8_t c)
 
 void ws_utf8_init(ws_utf8_t *u) { u->state = 0; }
 
+/* The length of the ASCII run at the start of p, in whole 8-byte words (a word at a time:
+ * ASCII runs dominate chat traffic). */
+static size_t ws_ascii_words(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    for (; n - i >= 16; i += 16) {
+        uint64_t a, b;
+        memcpy(&a, p + i, 8);
+        memcpy(&b, p + i + 8, 8);
+        if ((a | b) & 0x8080808080808080ull) break;
+    }
+    for (; n - i >= 8; i += 8) {
+        uint64_t a;
+        memcpy(&a, p + i, 8);
+        if (a & 0x8080808080808080ull) break;
+    }
+    return i;
+}
+
 int ws_utf8_feed(ws_utf8_t *u, const uint8_t *p, size_t n)
 {
     uint32_t s = u->state;
     size_t i = 0;
-    while (i < n && s != WS_UTF8_BAD) {
-        if (s == 0 && n - i >= 8) {             /* ASCII runs dominate chat traffic */
-            uint64_t v;
-            memcpy(&v, p + i, 8);
-            if (!(v & 0x8080808080808080ull)) {
-                i += 8;
-                continue;
-            }
+    if (s == WS_UTF8_BAD) return -1;
+    while (i < n) {
+        if (s == 0) {
+            i += ws_ascii_words(p + i, n - i);
+            if (i == n) break;
         }
         s = ws_utf8_step(s, p[i++]);
+        if (s == WS_UTF8_BAD) break;
     }
     u->state = s;
     return s == WS_UTF8_BAD ? -1 : 0;
@@ -124,7 +141,9 @@ int ws_utf8_valid(const uint8_t *p, size_t n)
 void ws_mask(uint8_t *p, size_t n, const uint8_t key[4], size_t off)
 {
     uint8_t k[8];
-    for (size_t i = 0; i < 8; i++) k[i] = key[(off + i) & 3];
+    memcpy(k, key + (off & 3), 4 - (off & 3));   /* the key from phase off, twice */
+    memcpy(k + 4 - (off & 3), key, off & 3);
+    memcpy(k + 4, k, 4);
     size_t i = 0;
     if (n >= 8) {
         uint64_t k64, v;

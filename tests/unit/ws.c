@@ -339,6 +339,36 @@ static void test_utf8_cases(void **st)
     assert_int_equal(ws_utf8_feed(&u, (const uint8_t *)"\xa0", 1), -1);
 }
 
+/* Long texts (where whole words are checked at once) built from ASCII runs, valid sequences and
+ * bad bytes at every alignment: the validator agrees with the byte-wise reference, whole and
+ * fed in two pieces split anywhere. */
+static void test_utf8_long(void **st)
+{
+    (void)st;
+    static const char *const parts[] = { "a", "abcdefg", "0123456789abcdef", "\xc3\xa9", "\xe2\x82\xac",
+                                         "\xf0\x9f\x98\x80", "\x80", "\xc3", "\xed\xa0\x80", "\xff" };
+    uint8_t buf[128];
+    srand(11);
+    for (int t = 0; t < 20000; t++) {
+        size_t n = 0;
+        int k = rand() % 12;
+        for (int j = 0; j < k; j++) {
+            const char *part = parts[rand() % (t % 3 ? 6 : 10)];   /* two in three texts are valid */
+            size_t m = strlen(part);
+            if (n + m > sizeof buf) break;
+            memcpy(buf + n, part, m);
+            n += m;
+        }
+        int want = ref_utf8_valid(buf, n);
+        assert_int_equal(ws_utf8_valid(buf, n), want);
+        size_t cut = n ? (size_t)rand() % (n + 1) : 0;
+        ws_utf8_t u;
+        ws_utf8_init(&u);
+        int ok = ws_utf8_feed(&u, buf, cut) == 0 && ws_utf8_feed(&u, buf + cut, n - cut) == 0 && ws_utf8_complete(&u);
+        assert_int_equal(ok, want);
+    }
+}
+
 /* ---- masking ---- */
 
 static void test_mask(void **st)
@@ -1119,6 +1149,7 @@ int main(void)
         cmocka_unit_test(test_close_codes),
         cmocka_unit_test(test_utf8_exhaustive),
         cmocka_unit_test(test_utf8_cases),
+        cmocka_unit_test(test_utf8_long),
         cmocka_unit_test(test_mask),
         cmocka_unit_test(test_frame_header),
         cmocka_unit_test(test_close_build),
