@@ -455,15 +455,6 @@ function report(rounds, load0, load1) {
     const lost = (tn) => String(sum(R, tn, (r) => r.phases.reduce((a, p) => a + p.lost, 0)));
     own.push(["8. … lost messages (all runs, both phases), 3 replicas vs 1 replica (+ Redis)", "messages", lost(three), lost(one), `no Redis: ${lost("chatgw")}`]);
   }
-  if (has("latency")) {
-    const L = "latency";
-    [100, 200, 300].forEach((rate, i) => {
-      cmp(`10. equal load ${rate} msgs/s: p50, uWS.js / chatgw`, med(L, "uws", p50(i)), med(L, "chatgw", p50(i)), "ms", fmtMs);
-      cmp(`10. … ${rate} msgs/s: p99, uWS.js / chatgw`, med(L, "uws", p99(i)), med(L, "chatgw", p99(i)), "ms", fmtMs);
-      const cores = (tn) => (med(L, tn, (r) => r.phases[i].srv_cpu) ?? NaN).toFixed(2);
-      own.push([`10. … ${rate} msgs/s: server CPU (cores), uWS.js / chatgw`, "", cores("uws"), cores("chatgw"), ""]);
-    });
-  }
   if (has("workers")) {
     const W = "workers", two = "chatgw-workers-2";
     cmp("9. workers: room flat out, workers=2 vs workers=1", med(W, two, dps(0)), med(W, "chatgw", dps(0)), "deliveries/s");
@@ -474,6 +465,15 @@ function report(rounds, load0, load1) {
     lat("9. … at 100 msgs/s: p99, workers=2 vs workers=1", med(W, two, p99(1)), med(W, "chatgw", p99(1)));
     const lost = (tn) => String(sum(W, tn, (r) => r.phases.reduce((a, p) => a + p.lost, 0)));
     own.push(["9. … lost messages (all runs, both phases)", "messages", lost(two), lost("chatgw"), ""]);
+  }
+  if (has("latency")) {
+    const L = "latency";
+    [100, 200, 300].forEach((rate, i) => {
+      cmp(`10. equal load ${rate} msgs/s: p50, uWS.js / chatgw`, med(L, "uws", p50(i)), med(L, "chatgw", p50(i)), "ms", fmtMs);
+      cmp(`10. … ${rate} msgs/s: p99, uWS.js / chatgw`, med(L, "uws", p99(i)), med(L, "chatgw", p99(i)), "ms", fmtMs);
+      const cores = (tn) => (med(L, tn, (r) => r.phases[i].srv_cpu) ?? NaN).toFixed(2);
+      own.push([`10. … ${rate} msgs/s: server CPU (cores), uWS.js / chatgw`, "", cores("uws"), cores("chatgw"), ""]);
+    });
   }
   const ownTable = mdTable(["comparison", "unit", "A", "B", "A/B"], own);
 
