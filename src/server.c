@@ -78,14 +78,14 @@ struct conn_s {
     uint8_t deflate_bits;
     unsigned closing : 1;          /* uv_close called; freed by its callback */
     unsigned in_flush : 1, writing : 1, close_after_flush : 1, shutdown : 1;
-    unsigned close_sent : 1, close_received : 1, deflate : 1;
+    unsigned close_sent : 1, close_received : 1, deflate : 1, websocket : 1;
     uint64_t serial;
     uint64_t deadline_ms;          /* HTTP header deadline, or the close linger deadline */
     uint64_t last_rx_ms, last_ping_ms, over_since_ms;
     const server_endpoint_t *ep;
     void *data;
     http_parser_t *http;
-    ws_parser_t *ws;
+    ws_parser_t *ws;               /* from srv->parsers while a frame or message is in progress */
     ws_inflater_t *inflater;
     tls_conn_t *tls;               /* NULL on plain connections */
     ip_entry_t *ipent;
@@ -119,7 +119,7 @@ struct server_s {
     tls_ctx_t *tls;                /* the public listener's certificate, or NULL */
     watch_t *tls_watch[2];         /* the certificate's and the key's directories */
     buf_t tls_plain;               /* scratch: decrypted input of one read */
-    pool_t wreqs, wqs;             /* uv_write_t; write queues of WQ_SMALL items */
+    pool_t wreqs, wqs, parsers;    /* uv_write_t; write queues of WQ_SMALL items; ws_parser_t */
     char readbuf[READ_BUF_SIZE];
 };
 
@@ -234,6 +234,14 @@ static void pool_put(pool_t *p, void *block)
 static void pool_free(pool_t *p)
 {
     while (p->head) free(pool_get(p));
+}
+
+static void conn_ws_parser_release(conn_t *c)
+{
+    if (!c->ws) return;
+    ws_parser_free(c->ws);
+    pool_put(&c->srv->parsers, c->ws);
+    c->ws = NULL;
 }
 
 /* ---- write queue ---- */
@@ -375,10 +383,7 @@ static void conn_free(conn_t *c)
         http_parser_free(c->http);
         free(c->http);
     }
-    if (c->ws) {
-        ws_parser_free(c->ws);
-        free(c->ws);
-    }
+    conn_ws_parser_release(c);
     ws_inflater_free(c->inflater);
     tls_conn_free(c->tls);
     free(c);
@@ -398,7 +403,7 @@ static void conn_abort(conn_t *c)
         if (c->ep->detach) c->ep->detach(gw, c);
         c->ep = NULL;
     }
-    if (c->state == CONN_WS || c->ws) {
+    if (c->websocket) {
         srv->nws--;
         METRIC_SUB(gw->metrics.ws_open, 1);
     }
@@ -632,11 +637,21 @@ static int on_ws_frame(void *ctx, int opcode, uint8_t *data, size_t len)
     return 0;
 }
 
+/* The frame parser lives only while a frame or a fragmented message is in progress: an idle
+ * connection (most of them, most of the time) holds none. */
 static void conn_ws_feed(conn_t *c, uint8_t *data, size_t len)
 {
     if (!len || c->close_received) return;
+    if (!c->ws) {
+        const config_t *cfg = &c->srv->gw->cfg;
+        c->ws = pool_get(&c->srv->parsers);
+        ws_parser_init(c->ws, (size_t)cfg->max_frame_bytes, (size_t)cfg->max_message_bytes);
+        c->ws->inflater = c->inflater;
+    }
     if (ws_parser_feed(c->ws, data, len, on_ws_frame, c) < 0)
         conn_fail(c, (unsigned)c->ws->close_code, c->ws->reason);
+    else if (ws_parser_idle(c->ws))
+        conn_ws_parser_release(c);
 }
 
 /* ---- HTTP side ---- */
@@ -702,15 +717,13 @@ static void conn_upgrade(conn_t *c, const server_endpoint_t *ep, const http_requ
     /* req lives in the HTTP parser: keep it until attach has run */
     http_parser_t *http = c->http;
     c->http = NULL;
-    c->ws = xcalloc(1, sizeof *c->ws);
-    ws_parser_init(c->ws, (size_t)gw->cfg.max_frame_bytes, (size_t)gw->cfg.max_message_bytes);
     if (acc.deflate) {
         c->inflater = ws_inflater_new(&acc.pmd);
-        c->ws->inflater = c->inflater;
         c->deflate = 1;
         c->deflate_bits = acc.pmd.server_max_window_bits;
     }
     c->state = CONN_WS;
+    c->websocket = 1;
     c->ep = ep;
     c->data = data;
     srv->nws++;
@@ -1172,6 +1185,7 @@ int server_start(gw_t *gw)
     dheap_init(&srv->timers);
     srv->wreqs.size = sizeof(uv_write_t);
     srv->wqs.size = WQ_SMALL * sizeof(wq_item_t);
+    srv->parsers.size = sizeof(ws_parser_t);
     uv_check_init(gw->loop, &srv->flush_check);
     uv_idle_init(gw->loop, &srv->flush_idle);
     uv_timer_init(gw->loop, &srv->timer);
@@ -1251,6 +1265,7 @@ void server_free(gw_t *gw)
     dheap_free(&srv->timers);
     pool_free(&srv->wreqs);
     pool_free(&srv->wqs);
+    pool_free(&srv->parsers);
     free(srv);
     gw->server = NULL;
 }

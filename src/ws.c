@@ -454,6 +454,11 @@ void ws_parser_free(ws_parser_t *p)
     buf_free(&p->inflated);
 }
 
+int ws_parser_idle(const ws_parser_t *p)
+{
+    return p->state == WS_ST_HEADER && p->hdr_len == 0 && p->msg_opcode == 0;
+}
+
 static int ws_parser_fail(ws_parser_t *p, int code, const char *reason)
 {
     p->state = WS_ST_DEAD;

@@ -127,6 +127,9 @@ typedef struct {
 
 void ws_parser_init(ws_parser_t *p, size_t max_frame, size_t max_message);
 void ws_parser_free(ws_parser_t *p);
+/* 1 when the parser is between frames with no message in assembly: it holds nothing that the
+ * next feed needs beyond its settings, so it may be freed and a fresh one used then. */
+int ws_parser_idle(const ws_parser_t *p);
 /* Returns 0 when every byte was consumed, 1 when the callback stopped it, or -1 on a protocol
  * violation (p->close_code and p->reason tell how to close; the parser is then dead). */
 int ws_parser_feed(ws_parser_t *p, uint8_t *data, size_t len, ws_frame_cb cb, void *ctx);
