@@ -1,31 +1,21 @@
 // Rooms across replicas: three chatgw processes on one real redis-server, clients spread over
 // them. Every room message reaches every member exactly once and in one order; presence lists
 // agree on every replica; dm and signal cross replicas; /readyz and /metrics show the bus.
-import { describe, it, before, after } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   parseMsgId, scrape, metricSum, waitFor, startServer, passthroughPolicyDir, httpGet, httpRequest,
 } from './lib.mjs';
 import {
-  startRedis, startReplica, waitRedis, readyBody, apiMembers, clientPool, uniqueRoom, waitMembers, redisCommand,
+  redisCluster, startReplica, readyBody, apiMembers, uniqueRoom, waitMembers, redisCommand,
 } from './redis_lib.mjs';
 
 const T = { timeout: 40000 };
 
 describe('redis: fan-out, presence, dm and signal across three replicas', () => {
-  let redis;
-  let reps = [];
-  const cs = clientPool();
-  before(async () => {
-    redis = await startRedis();
-    reps = await Promise.all(['a', 'b', 'c'].map((n) => startReplica(redis.url, `fan-${n}`, ['--api-token', 'tok3n'])));
-    await Promise.all(reps.map((s) => waitRedis(s, 'up')));
-  });
-  after(async () => {
-    await cs.closeAll();
-    await Promise.all(reps.map((s) => s.stop('SIGTERM').catch(() => s.stop('SIGKILL').catch(() => {}))));
-    if (redis) await redis.stop();
-  });
+  const cluster = redisCluster((redis) =>
+    Promise.all(['a', 'b', 'c'].map((n) => startReplica(redis.url, `fan-${n}`, ['--api-token', 'tok3n']))));
+  const { reps, cs } = cluster;
 
   it('/readyz shows redis up; /metrics has the chatgw_bus_* series', T, async () => {
     for (const s of reps) {
@@ -172,19 +162,9 @@ describe('redis: fan-out, presence, dm and signal across three replicas', () => 
 });
 
 describe('redis: a replica that drains says goodbye', () => {
-  let redis;
-  let reps = [];
-  const cs = clientPool();
-  before(async () => {
-    redis = await startRedis();
-    reps = await Promise.all(['a', 'b'].map((n) => startReplica(redis.url, `bye-${n}`)));
-    await Promise.all(reps.map((s) => waitRedis(s, 'up')));
-  });
-  after(async () => {
-    await cs.closeAll();
-    await Promise.all(reps.map((s) => s.stop('SIGKILL').catch(() => {})));
-    if (redis) await redis.stop();
-  });
+  const cluster = redisCluster((redis) =>
+    Promise.all(['a', 'b'].map((n) => startReplica(redis.url, `bye-${n}`))), { stop: 'SIGKILL' });
+  const { reps, cs } = cluster;
 
   it('SIGTERM: its members leave the other replicas at once (not after the TTL); exit 0', T, async () => {
     const room = uniqueRoom('bye');
@@ -198,7 +178,7 @@ describe('redis: a replica that drains says goodbye', () => {
     // the default TTL is 15 s: a leave well before that is the goodbye
     await a.next((m) => m.type === 'leave' && m.member?.id === b.id, 5000, 'leave of the drained member');
     assert.deepEqual(await apiMembers(reps[0], room), [a.id]);
-    assert.equal(await redisCommand(redis.port, 'EXISTS chatgw:node:bye-b'), ':0', 'heartbeat removed');
+    assert.equal(await redisCommand(cluster.redis.port, 'EXISTS chatgw:node:bye-b'), ':0', 'heartbeat removed');
   });
 });
 

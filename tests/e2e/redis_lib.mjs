@@ -2,12 +2,13 @@
 // loopback port (no persistence), and chatgw replicas wired to it. Every process started here
 // is killed when the test process exits, whatever happened to the test.
 import { spawn } from 'node:child_process';
+import { before, after } from 'node:test';
 import net from 'node:net';
 import {
-  startServer, passthroughPolicyDir, httpGet, waitFor, withTimeout, HOST,
+  startServer, passthroughPolicyDir, httpGet, waitFor, withTimeout, clientPool, HOST,
 } from './lib.mjs';
 
-export { clientPool } from './lib.mjs';
+export { clientPool };
 
 export const REDIS_BIN = process.env.REDIS_SERVER || '/usr/bin/redis-server';
 
@@ -83,6 +84,29 @@ export async function startReplica(redisUrl, nodeId, args = []) {
     '--redis-backoff-max-ms', '400', ...args]);
   srv.nodeId = nodeId;
   return srv;
+}
+
+/**
+ * The before/after hooks of a describe block over one Redis: a fresh redis-server, the
+ * replicas start(redis) resolves (each waited for until /readyz says redis up) and a client
+ * pool; after, the clients close, the replicas stop (SIGTERM, else SIGKILL; `stop: 'SIGKILL'`
+ * for blocks that kill or drain replicas themselves) and Redis stops. Returns the live state
+ * {redis, reps, cs}; reps is filled in place, so it can be taken apart at describe time, and a
+ * test that restarts Redis stores the new one in state.redis.
+ */
+export function redisCluster(start, { stop = 'SIGTERM' } = {}) {
+  const state = { redis: null, reps: [], cs: clientPool() };
+  before(async () => {
+    state.redis = await startRedis();
+    state.reps.push(...await start(state.redis));
+    await Promise.all(state.reps.map((s) => waitRedis(s, 'up')));
+  });
+  after(async () => {
+    await state.cs.closeAll();
+    await Promise.all(state.reps.map((s) => s.stop(stop).catch(() => s.stop('SIGKILL').catch(() => {}))));
+    if (state.redis) await state.redis.stop();
+  });
+  return state;
 }
 
 /** GET /readyz body. */

@@ -10,11 +10,11 @@
 // Messages go round-robin through the replicas, one at a time: each is answered (ack or error)
 // and then given a short pause, so the mirrored take's answer from Redis (loopback) has arrived
 // before that replica sees its next message.
-import { describe, it, before, after } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, scriptsDir, readLuaFiles, FIXTURES, sleep } from './lib.mjs';
 import {
-  startRedis, waitRedis, clientPool, uniqueRoom, redisArgs, FAST,
+  redisCluster, waitRedis, uniqueRoom, redisArgs, FAST,
 } from './redis_lib.mjs';
 import path from 'node:path';
 
@@ -50,22 +50,13 @@ async function roundRobin(clients, room) {
 const count = (outcomes, what) => outcomes.flat().filter((o) => o === what).length;
 
 describe('redis: gw.limit shared across replicas', () => {
-  let redis;
-  let reps = [];
-  const cs = clientPool();
-  before(async () => {
-    redis = await startRedis();
+  const cluster = redisCluster(async (redis) => {
     const dir = scriptsDir(readLuaFiles(path.join(FIXTURES, 'shared_limit')));
-    reps = await Promise.all(Array.from({ length: REPLICAS }, (_, i) => startServer([
+    return Promise.all(Array.from({ length: REPLICAS }, (_, i) => startServer([
       '--scripts-dir', dir, ...FAST, '--redis-url', redis.url, '--node-id', `lim-${i}`, ...LINK,
     ]).then((s) => Object.assign(s, { nodeId: `lim-${i}` }))));
-    await Promise.all(reps.map((s) => waitRedis(s, 'up')));
   });
-  after(async () => {
-    await cs.closeAll();
-    await Promise.all(reps.map((s) => s.stop('SIGTERM').catch(() => s.stop('SIGKILL').catch(() => {}))));
-    if (redis) await redis.stop();
-  });
+  const { reps, cs } = cluster;
 
   it('one key allows about burst across the cluster, not burst per replica', T, async () => {
     const room = uniqueRoom('lim');
@@ -89,7 +80,7 @@ describe('redis: gw.limit shared across replicas', () => {
     // every replica ends limited: each learned that the cluster's bucket is empty
     for (const [i, o] of out.entries()) assert.equal(o.at(-1), 'limited', `replica ${i} limited at the end: ${o}`);
     // the bucket lives in Redis under the bus's namespace, nearly empty
-    const tokens = await redisArgs(redis.port, ['HGET', `chatgw:limit:e2e:shared:${room}`, 'tokens']);
+    const tokens = await redisArgs(cluster.redis.port, ['HGET', `chatgw:limit:e2e:shared:${room}`, 'tokens']);
     const m = /^\$\d+\r\n([^\r]*)\r\n$/.exec(tokens);
     assert.ok(m, `Redis holds the shared bucket: ${JSON.stringify(tokens)}`);
     assert.ok(Number(m[1]) < 1, `the cluster's bucket is empty: ${m[1]}`);
@@ -97,8 +88,8 @@ describe('redis: gw.limit shared across replicas', () => {
   });
 
   it('with Redis down, every replica falls back to its own bucket without errors', T, async () => {
-    await redis.stop('SIGKILL');
-    redis = null;
+    await cluster.redis.stop('SIGKILL');
+    cluster.redis = null;
     await Promise.all(reps.map((s) => waitRedis(s, 'down')));
     const room = uniqueRoom('limdown');
     const clients = [];

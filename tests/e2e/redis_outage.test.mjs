@@ -2,12 +2,12 @@
 // crashes, local rooms keep delivering, /readyz and /metrics show the outage (and, with
 // redis_required, readiness fails), and after the reconnect presence is registered again and
 // cross-replica delivery resumes with no duplicated message.
-import { describe, it, before, after } from 'node:test';
+import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { parseMsgId, scrape, metricSum, waitFor, sleep, HOST } from './lib.mjs';
 import {
-  startRedis, startReplica, waitRedis, readyBody, clientPool, uniqueRoom, waitMembers,
+  redisCluster, startRedis, startReplica, waitRedis, readyBody, uniqueRoom, waitMembers,
 } from './redis_lib.mjs';
 
 const T = { timeout: 50000 };
@@ -16,23 +16,12 @@ const LINK = ['--redis-command-timeout-ms', '1000', '--redis-connect-timeout-ms'
 const msgIds = (c, room) => c.all.filter((m) => m.type === 'msg' && m.room === room).map((m) => m.id);
 
 describe('redis: outage and recovery', () => {
-  let redis;
-  let reps = [];
-  const cs = clientPool();
-  before(async () => {
-    redis = await startRedis();
-    reps = await Promise.all([
-      startReplica(redis.url, 'out-a', LINK),
-      startReplica(redis.url, 'out-b', LINK),
-      startReplica(redis.url, 'out-c', [...LINK, '--redis-required', 'true']),
-    ]);
-    await Promise.all(reps.map((s) => waitRedis(s, 'up')));
-  });
-  after(async () => {
-    await cs.closeAll();
-    await Promise.all(reps.map((s) => s.stop('SIGTERM').catch(() => s.stop('SIGKILL').catch(() => {}))));
-    if (redis) await redis.stop();
-  });
+  const cluster = redisCluster((redis) => Promise.all([
+    startReplica(redis.url, 'out-a', LINK),
+    startReplica(redis.url, 'out-b', LINK),
+    startReplica(redis.url, 'out-c', [...LINK, '--redis-required', 'true']),
+  ]));
+  const { reps, cs } = cluster;
 
   it('local delivery continues while Redis is down; cross-replica delivery resumes after', T, async () => {
     const room = uniqueRoom('out');
@@ -51,7 +40,7 @@ describe('redis: outage and recovery', () => {
     await b1.next((m) => m.type === 'msg' && m.id === before, 5000, 'cross-replica msg before the outage');
 
     // ---- outage
-    await redis.stop('SIGKILL');
+    await cluster.redis.stop('SIGKILL');
     await Promise.all(reps.map((s) => waitRedis(s, 'down')));
     const ra = await readyBody(reps[0].port);
     assert.equal(ra.status, 200, 'redis_required=false: still ready');
@@ -69,7 +58,7 @@ describe('redis: outage and recovery', () => {
     for (const s of reps) assert.equal(s.exitInfo, null, `${s.nodeId} is alive`);
 
     // ---- recovery on the same port
-    redis = await startRedis(redis.port);
+    cluster.redis = await startRedis(cluster.redis.port);
     await Promise.all(reps.map((s) => waitRedis(s, 'up', 20000)));
     assert.equal((await readyBody(reps[2].port)).status, 200, 'ready again');
     await waitMembers(reps, room, everyone, 15000);
@@ -103,14 +92,14 @@ describe('redis: outage and recovery', () => {
     await b.next('room');
     await waitMembers([reps[0], reps[1]], room, [a.id, b.id]);
 
-    await redis.stop('SIGKILL');
+    await cluster.redis.stop('SIGKILL');
     await Promise.all(reps.map((s) => waitRedis(s, 'down')));
     const a2 = await cs.open(reps[0].port, `/ws?room=${room}&name=a2`);
     const snap = await a2.next('room', 5000);
     assert.ok(snap.members.some((m) => m.id === a.id), 'local members are listed');
     assert.equal(new Set(snap.members.map((m) => m.id)).size, snap.members.length, 'no duplicates');
 
-    redis = await startRedis(redis.port);
+    cluster.redis = await startRedis(cluster.redis.port);
     await Promise.all(reps.map((s) => waitRedis(s, 'up', 20000)));
     await waitMembers([reps[0], reps[1]], room, [a.id, a2.id, b.id], 15000);
     await b.next((m) => m.type === 'join' && m.member?.id === a2.id, 10000, 'b learns of a2 after the reconnect');
@@ -138,22 +127,13 @@ async function redisRelay(redisPort) {
 }
 
 describe('redis: one replica cut off while the others keep talking', () => {
-  let redis;
   let relay;
-  let reps = [];
-  const cs = clientPool();
-  before(async () => {
-    redis = await startRedis();
+  const cluster = redisCluster(async (redis) => {
     relay = await redisRelay(redis.port);
-    reps = [await startReplica(relay.url, 'cut-a', LINK), await startReplica(redis.url, 'cut-b', LINK)];
-    await Promise.all(reps.map((s) => waitRedis(s, 'up')));
+    return [await startReplica(relay.url, 'cut-a', LINK), await startReplica(redis.url, 'cut-b', LINK)];
   });
-  after(async () => {
-    await cs.closeAll();
-    await Promise.all(reps.map((s) => s.stop('SIGTERM').catch(() => s.stop('SIGKILL').catch(() => {}))));
-    relay?.close();
-    if (redis) await redis.stop();
-  });
+  const { reps, cs } = cluster;
+  after(() => relay?.close());
 
   it('after the reconnect its members get what they missed, in order, once, then live msgs', T, async () => {
     const room = uniqueRoom('cut');

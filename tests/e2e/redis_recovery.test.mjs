@@ -2,30 +2,20 @@
 // reconnecting to a different replica gets exactly the missed msgs; a lost stream changes the
 // epoch (history_gap, never silent loss); the members of a replica killed with SIGKILL leave
 // every presence list within the heartbeat TTL while the others keep chatting.
-import { describe, it, before, after } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseMsgId, waitFor, sleep } from './lib.mjs';
 import {
-  startRedis, startReplica, waitRedis, apiMembers, clientPool, uniqueRoom, waitMembers, redisCommand, redisArgs,
+  redisCluster, startReplica, apiMembers, uniqueRoom, waitMembers, redisCommand, redisArgs,
 } from './redis_lib.mjs';
 
 const T = { timeout: 40000 };
 const TTL = 1500;
 
 describe('redis: recovery with since across replicas', () => {
-  let redis;
-  let reps = [];
-  const cs = clientPool();
-  before(async () => {
-    redis = await startRedis();
-    reps = await Promise.all(['a', 'b', 'c'].map((n) => startReplica(redis.url, `rec-${n}`, ['--history-size', '50'])));
-    await Promise.all(reps.map((s) => waitRedis(s, 'up')));
-  });
-  after(async () => {
-    await cs.closeAll();
-    await Promise.all(reps.map((s) => s.stop('SIGTERM').catch(() => s.stop('SIGKILL').catch(() => {}))));
-    if (redis) await redis.stop();
-  });
+  const cluster = redisCluster((redis) =>
+    Promise.all(['a', 'b', 'c'].map((n) => startReplica(redis.url, `rec-${n}`, ['--history-size', '50']))));
+  const { reps, cs } = cluster;
 
   it('disconnect from A, others talk via B, reconnect to C with since: exactly the missed msgs', T, async () => {
     const room = uniqueRoom('rec');
@@ -145,7 +135,7 @@ describe('redis: recovery with since across replicas', () => {
       "local p = string.gsub(ARGV[1], 'IDX', e .. ':' .. s) " +
       "redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, s .. '-0', 'p', p) return s";
     const ghost = JSON.stringify({ type: 'msg', room, id: 'IDX', from: { id: 'ghost', name: 'ghost' }, text: 'lost', ts: Date.now() });
-    const reply = await redisArgs(redis.port, ['EVAL', inject, '3', `chatgw:{${room}}:seq`, `chatgw:{${room}}:epoch`,
+    const reply = await redisArgs(cluster.redis.port, ['EVAL', inject, '3', `chatgw:{${room}}:seq`, `chatgw:{${room}}:epoch`,
       `chatgw:{${room}}:hist`, ghost]);
     assert.match(reply, /^:\d+/, reply);
     const next = (await w.say(room, 'three')).id;
@@ -163,7 +153,7 @@ describe('redis: recovery with since across replicas', () => {
     const w = await cs.open(reps[0].port, `/ws?room=${room}&name=writer`);
     await w.next('room');
     const old = (await w.say(room, 'old life')).id;
-    assert.equal(await redisCommand(redis.port, 'FLUSHALL'), '+OK');
+    assert.equal(await redisCommand(cluster.redis.port, 'FLUSHALL'), '+OK');
     const fresh = (await w.say(room, 'new life')).id;
     assert.notEqual(parseMsgId(fresh).epoch, parseMsgId(old).epoch, 'a new epoch');
     const c = await cs.open(reps[2].port, `/ws?room=${room}&name=late&since=${encodeURIComponent(old)}`);
@@ -178,19 +168,9 @@ describe('redis: recovery with since across replicas', () => {
 });
 
 describe('redis: joining during a burst of more than history_size msgs', () => {
-  let redis;
-  let reps = [];
-  const cs = clientPool();
-  before(async () => {
-    redis = await startRedis();
-    reps = await Promise.all(['a', 'b'].map((n) => startReplica(redis.url, `burst-${n}`, ['--history-size', '5'])));
-    await Promise.all(reps.map((s) => waitRedis(s, 'up')));
-  });
-  after(async () => {
-    await cs.closeAll();
-    await Promise.all(reps.map((s) => s.stop('SIGTERM').catch(() => s.stop('SIGKILL').catch(() => {}))));
-    if (redis) await redis.stop();
-  });
+  const cluster = redisCluster((redis) =>
+    Promise.all(['a', 'b'].map((n) => startReplica(redis.url, `burst-${n}`, ['--history-size', '5']))));
+  const { reps, cs } = cluster;
 
   // A joiner's snapshot (presence + the newest history_size msgs) takes a round trip to Redis;
   // what the channel brings meanwhile is held for it. Every msg posted after its join must
@@ -235,19 +215,9 @@ describe('redis: joining during a burst of more than history_size msgs', () => {
 });
 
 describe('redis: a replica killed with SIGKILL', () => {
-  let redis;
-  let reps = [];
-  const cs = clientPool();
-  before(async () => {
-    redis = await startRedis();
-    reps = await Promise.all(['a', 'b', 'c'].map((n) => startReplica(redis.url, `kill-${n}`, ['--presence-ttl-ms', String(TTL)])));
-    await Promise.all(reps.map((s) => waitRedis(s, 'up')));
-  });
-  after(async () => {
-    await cs.closeAll();
-    await Promise.all(reps.map((s) => s.stop('SIGKILL').catch(() => {})));
-    if (redis) await redis.stop();
-  });
+  const cluster = redisCluster((redis) => Promise.all(['a', 'b', 'c'].map((n) =>
+    startReplica(redis.url, `kill-${n}`, ['--presence-ttl-ms', String(TTL)]))), { stop: 'SIGKILL' });
+  const { reps, cs } = cluster;
 
   it('its members leave every presence list within the TTL; the others keep chatting', T, async () => {
     const room = uniqueRoom('kill');
