@@ -1597,19 +1597,19 @@ static void policy_reload_count(policy_t *p, int result)
 
 void policy_reload_logged(policy_t *p, const char *dir, const char *why, int worker)
 {
-    char err[512], old[65], f3[40], f2[32];
-    const char *w = worker >= 0 ? ", s:i}" : "}";   /* the trailing "worker" pair is ignored without it */
-    snprintf(f3, sizeof f3, "{s:s, s:s, s:s%s", w);
-    snprintf(f2, sizeof f2, "{s:s, s:s%s", w);
+    char err[512], old[65];
+    json_t *w = worker >= 0 ? json_integer(worker) : NULL;   /* "O*" leaves "worker" out when NULL */
     snprintf(old, sizeof old, "%s", policy_version(p));
     int rc = policy_load(p, dir, err, sizeof err);
     if (rc > 0)
-        log_info("policy reloaded", f3, "version", policy_version(p), "previous", old, "trigger", why, "worker", worker);
+        log_info("policy reloaded", "{s:s, s:s, s:s, s:O*}", "version", policy_version(p), "previous", old,
+                 "trigger", why, "worker", w);
     else if (rc == 0)
-        log_debug("policy unchanged", f2, "version", old, "trigger", why, "worker", worker);
+        log_debug("policy unchanged", "{s:s, s:s, s:O*}", "version", old, "trigger", why, "worker", w);
     else
-        log_error("policy reload failed; the previous policy keeps serving", f3, "error", err, "version", old, "trigger",
-                  why, "worker", worker);
+        log_error("policy reload failed; the previous policy keeps serving", "{s:s, s:s, s:s, s:O*}", "error", err,
+                  "version", old, "trigger", why, "worker", w);
+    json_decref(w);
 }
 
 int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
