@@ -239,21 +239,34 @@ void hub_send_gap(hub_t *hub, hub_room_t *r, hub_client_t *cl)
     json_decref(ref);
 }
 
-/* The history after since into hist (room for hist_len entries). When since is no longer
- * kept, cl gets history_gap and hist gets everything kept. Returns the count. */
-size_t hub_hist_recover(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since, sbuf_t **hist)
+/* The ring's history after since: a new array (the caller frees it) of borrowed payloads, its
+ * count in *n. When since is no longer kept, cl gets history_gap and the array all that is kept. */
+sbuf_t **hub_hist_recover(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since, size_t *n)
 {
-    long n = hub_hist_since(r, since, hist);
-    if (n >= 0) return (size_t)n;
-    hub_send_gap(hub, r, cl);
-    return (size_t)hub_hist_since(r, NULL, hist);
+    sbuf_t **hist = xcalloc(r->hist_len + 1, sizeof *hist);
+    long got = hub_hist_since(r, since, hist);
+    if (got < 0) {
+        hub_send_gap(hub, r, cl);
+        got = hub_hist_since(r, NULL, hist);
+    }
+    *n = (size_t)got;
+    return hist;
+}
+
+/* Sends `history` after since from the ring, after history_gap when since is lost. */
+void hub_history_send(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since)
+{
+    size_t n;
+    sbuf_t **hist = hub_hist_recover(hub, r, cl, since, &n);
+    hub_send(hub, cl, proto_history(r->name, hist, n));
+    free(hist);
 }
 
 /* Sends `room` (snapshot + history) to cl, after history_gap when since is lost. */
 void hub_room_snapshot(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since)
 {
-    sbuf_t **hist = xcalloc(r->hist_len + 1, sizeof *hist);
-    size_t n = hub_hist_recover(hub, r, cl, since, hist);
+    size_t n;
+    sbuf_t **hist = hub_hist_recover(hub, r, cl, since, &n);
     json_t *members = hub_room_members_json(r);
     hub_send(hub, cl, proto_room(r->name, members, hist, n));
     json_decref(members);
@@ -489,10 +502,7 @@ static void hub_on_history(hub_t *hub, hub_client_t *cl, hub_room_t *r, const pr
         hub_history_start(hub, r, cl, in->since);
         return;
     }
-    sbuf_t **hist = xcalloc(r->hist_len + 1, sizeof *hist);
-    size_t n = hub_hist_recover(hub, r, cl, in->since, hist);
-    hub_send(hub, cl, proto_history(r->name, hist, n));
-    free(hist);
+    hub_history_send(hub, r, cl, in->since);
 }
 
 /* A custom type the policy delivered: to the room's other members, with from added. */

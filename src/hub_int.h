@@ -129,7 +129,8 @@ json_t *hub_room_members_json(const hub_room_t *r);
 void hub_hist_push(hub_room_t *r, const char *epoch, uint64_t seq, sbuf_t *payload);
 const hub_hist_t *hub_hist_at(const hub_room_t *r, size_t i);
 void hub_send_gap(hub_t *hub, hub_room_t *r, hub_client_t *cl);
-size_t hub_hist_recover(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since, sbuf_t **hist);
+sbuf_t **hub_hist_recover(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since, size_t *n);
+void hub_history_send(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
 void hub_room_snapshot(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
 hub_client_t *hub_client_find(hub_t *hub, const char *id);
 

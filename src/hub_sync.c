@@ -289,8 +289,7 @@ static void hub_snapshot_finish(hub_t *hub, hub_op_t *op)
         if (op->gap || (j && j->held_lost)) hub_send_gap(hub, r, cl);
         if (j) hist = own = hub_snapshot_history(r, j, op, &n);
     } else {                       /* the ring holds what was delivered here, held msgs included */
-        hist = own = xcalloc(r->hist_len + 1, sizeof *own);
-        n = hub_hist_recover(hub, r, cl, op->since, own);
+        hist = own = hub_hist_recover(hub, r, cl, op->since, &n);
     }
     json_t *members = hub_room_members_json(r);
     hub_send(hub, cl, proto_room(r->name, members, hist, n));
@@ -351,10 +350,7 @@ static void hub_history_finish(hub_t *hub, hub_op_t *op)
     hub_client_t *cl = hub_client_find(hub, op->client);
     if (!r || !cl || !hub_room_member(r, cl)) return;
     if (op->hist_status != 0) {
-        sbuf_t **hist = xcalloc(r->hist_len + 1, sizeof *hist);
-        size_t n = hub_hist_recover(hub, r, cl, op->since, hist);
-        hub_send(hub, cl, proto_history(r->name, hist, n));
-        free(hist);
+        hub_history_send(hub, r, cl, op->since);
         return;
     }
     if (op->gap) hub_send_gap(hub, r, cl);
