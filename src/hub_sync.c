@@ -552,8 +552,6 @@ void hub_ops_free(hub_t *hub)
     while (hub->ops) hub_op_free(hub->ops);
 }
 
-/* After the link came back: events and msgs were missed, so every room's mirror is listed
- * again and its msgs since the last one delivered here are fetched (hub_fill_finish). */
 /* Fetches the room's msgs after bus_last (hub_fill_finish); channel msgs wait meanwhile. */
 static void hub_fill_start(hub_t *hub, hub_room_t *r)
 {
@@ -569,6 +567,8 @@ static void hub_fill_start(hub_t *hub, hub_room_t *r)
     hub_op_fetch(hub, op, 0, 1);
 }
 
+/* After the link came back: events and msgs were missed, so every room's mirror is listed
+ * again and its msgs since the last one delivered here are fetched (hub_fill_finish). */
 void hub_rooms_relist(hub_t *hub)
 {
     size_t i;
@@ -578,7 +578,6 @@ void hub_rooms_relist(hub_t *hub)
         if (r->bus_known) hub_fill_start(hub, r);
     }
 }
-
 
 static int hub_room_has_pending(const hub_room_t *r)
 {
