@@ -1036,12 +1036,18 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
     return 0;
 }
 
+/* Frees the bus, then the requests it will never answer (no bus callback runs after bus_free). */
+static void hub_bus_drop(hub_t *hub)
+{
+    bus_free(hub->bus);
+    hub_ops_free(hub);
+    while (hub->limits) hub_limit_free(hub->limits);
+}
+
 void hub_bus_close(hub_t *hub)
 {
     if (!hub->remote) return;
-    bus_free(hub->bus);            /* no bus callback runs after this: the ops left are ours */
-    hub_ops_free(hub);
-    while (hub->limits) hub_limit_free(hub->limits);
+    hub_bus_drop(hub);
     hub->remote = 0;
     char err[128];
     bus_options_t opts = {.node_id = NULL};
@@ -1086,9 +1092,7 @@ void hub_free(hub_t *hub)
     /* rooms outlive clients only if detach was skipped; free what is left */
     for (map_entry_t *e = map_first(&hub->rooms, &i); e; e = map_first(&hub->rooms, &i))
         hub_room_destroy(hub, e->value);
-    bus_free(hub->bus);            /* no bus callback runs after this: the ops left are ours */
-    hub_ops_free(hub);
-    while (hub->limits) hub_limit_free(hub->limits);
+    hub_bus_drop(hub);
     map_free(&hub->rooms);
     map_free(&hub->clients);
     free(hub);
