@@ -101,7 +101,7 @@ function M.filter_words(text, word_set, mask)
 end
 
 -- The patterns of a run longer than max, per max (built once): of one UTF-8 character, and of
--- one byte, which finds the same runs in ASCII text at a third of the cost.
+-- one byte, which finds the same runs in ASCII text at about half the cost.
 local function run_patterns_of(char)
   return setmetatable({}, { __index = function(t, max)
     local pat = "(" .. char .. ")" .. rep("%1", max)

@@ -42,7 +42,8 @@ typedef struct {
 } wq_item_t;
 
 /* Spare blocks of one size: what only a busy connection holds (a write request, a small write
- * queue) comes from here and goes back when it is done, so an idle connection holds none. */
+ * queue, a frame parser) comes from here and goes back when it is done, so an idle connection
+ * holds none. */
 typedef struct pool_item_s {
     struct pool_item_s *next;
 } pool_item_t;
