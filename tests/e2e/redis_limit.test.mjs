@@ -49,6 +49,17 @@ async function roundRobin(clients, room) {
 
 const count = (outcomes, what) => outcomes.flat().filter((o) => o === what).length;
 
+/** One client per replica in room (names prefix0, prefix1, ...), each past its room frame. */
+async function onePerReplica(cs, reps, room, prefix) {
+  const clients = [];
+  for (const [i, s] of reps.entries()) {
+    const c = await cs.open(s.port, `/ws?room=${room}&name=${prefix}${i}`);
+    await c.next('room');
+    clients.push(c);
+  }
+  return clients;
+}
+
 describe('redis: gw.limit shared across replicas', () => {
   const cluster = redisCluster(async (redis) => {
     const dir = scriptsDir(readLuaFiles(path.join(FIXTURES, 'shared_limit')));
@@ -60,12 +71,7 @@ describe('redis: gw.limit shared across replicas', () => {
 
   it('one key allows about burst across the cluster, not burst per replica', T, async () => {
     const room = uniqueRoom('lim');
-    const clients = [];
-    for (const [i, s] of reps.entries()) {
-      const c = await cs.open(s.port, `/ws?room=${room}&name=u${i}`);
-      await c.next('room');
-      clients.push(c);
-    }
+    const clients = await onePerReplica(cs, reps, room, 'u');
     const out = await roundRobin(clients, room);
     const allowed = count(out, 'ack');
     const limited = count(out, 'limited');
@@ -92,12 +98,7 @@ describe('redis: gw.limit shared across replicas', () => {
     cluster.redis = null;
     await Promise.all(reps.map((s) => waitRedis(s, 'down')));
     const room = uniqueRoom('limdown');
-    const clients = [];
-    for (const [i, s] of reps.entries()) {
-      const c = await cs.open(s.port, `/ws?room=${room}&name=d${i}`);
-      await c.next('room');
-      clients.push(c);
-    }
+    const clients = await onePerReplica(cs, reps, room, 'd');
     const out = await roundRobin(clients, room);
     assert.equal(count(out, 'ack') + count(out, 'limited'), ROUNDS * REPLICAS, `only acks and "limited": ${JSON.stringify(out)}`);
     for (const [i, o] of out.entries()) {
