@@ -43,6 +43,7 @@
 #define POLICY_FILES_MAX 1024
 #define POLICY_MODULE_NAME_MAX 64
 #define POLICY_JWT_MAX 16384
+#define POLICY_STACK_FLOOR 256           /* Lua stack slots kept through GC shrinking */
 #define POLICY_BUDGET_MSG "policy budget exceeded"
 #define POLICY_CONN_CACHE_MAX 65536        /* cached conn tables before the cache starts over */
 
@@ -1560,6 +1561,13 @@ static policy_vm_t *policy_vm_new(policy_t *p, policy_src_t *srcs, size_t nsrcs,
         goto fail;
     }
     lua_atpanic(vm->L, policy_vm_panic);
+    /* The GC shrinks the stack to twice what is in use when it looks, and the next deep call
+     * grows it again: a realloc that made malloc consolidate its free lists (hundreds of us,
+     * measured). A floor on the base frame keeps a stack of up to 3x the floor as it is. */
+    if (!lua_checkstack(vm->L, POLICY_STACK_FLOOR)) {
+        snprintf(err, errlen, "policy.lua: not enough memory");
+        goto fail;
+    }
     if (policy_vm_run(vm, POLICY_SLOT_LOAD, policy_vm_boot, NULL, err, errlen) < 0) goto fail;
     if (vm->refs[POLICY_SLOT_SELF_TEST] != LUA_NOREF) {
         policy_call_t c = { .vm = vm, .slot = POLICY_SLOT_SELF_TEST };
