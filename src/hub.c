@@ -178,10 +178,19 @@ json_t *hub_room_members_json(const hub_room_t *r)
 
 static size_t hub_room_online(const hub_room_t *r) { return r->nmembers + r->nremote; }
 
+/* Copies the string epoch into an epoch field of cap bytes, cut as snprintf would: on every
+ * message, where snprintf's format machinery cost more than the rest of the push. */
+static void hub_epoch_copy(char *dst, size_t cap, const char *epoch)
+{
+    size_t n = strnlen(epoch, cap - 1);
+    if (dst != epoch) memmove(dst, epoch, n);
+    dst[n] = '\0';
+}
+
 /* Keeps payload in the ring as the room's newest msg, id epoch:seq. */
 void hub_hist_push(hub_room_t *r, const char *epoch, uint64_t seq, sbuf_t *payload)
 {
-    snprintf(r->last_epoch, sizeof r->last_epoch, "%s", epoch);
+    hub_epoch_copy(r->last_epoch, sizeof r->last_epoch, epoch);
     r->last_seq = seq;
     if (!r->hist_max) return;
     if (r->hist_len == r->hist_cap && r->hist_cap < r->hist_max) {
@@ -200,7 +209,7 @@ void hub_hist_push(hub_room_t *r, const char *epoch, uint64_t seq, sbuf_t *paylo
     }
     r->hist[slot].seq = seq;
     r->hist[slot].payload = sbuf_ref(payload);
-    snprintf(r->hist[slot].epoch, sizeof r->hist[slot].epoch, "%s", epoch);
+    hub_epoch_copy(r->hist[slot].epoch, sizeof r->hist[slot].epoch, epoch);
 }
 
 const hub_hist_t *hub_hist_at(const hub_room_t *r, size_t i)
@@ -387,7 +396,7 @@ static uint64_t hub_room_publish(hub_t *hub, hub_room_t *r, const char *from_id,
     uint64_t seq = ++r->seq;
     sbuf_t *payload = proto_msg(r->name, r->epoch, seq, from_id, from_name, text, hub_wall_ms(), extra);
     hub_hist_push(r, r->epoch, seq, payload);
-    if (id_out) snprintf(id_out, id_len, "%s:%" PRIu64, r->epoch, seq);
+    if (id_out) proto_msg_id(id_out, id_len, r->epoch, seq);
     hub_room_fanout(hub, r, payload, NULL);
     return seq;
 }

@@ -78,6 +78,8 @@ typedef struct {
     json_t *config;                /* config_to_json() parsed, behind gw.config */
     int array_mt, config_mt;       /* registry refs */
     int conn_cache;                /* registry ref: conn id -> the conn table hooks last got */
+    json_t **jbox;                 /* the spare JSON box's slot (the box: registry ref jbox_ref) */
+    int jbox_ref;
     size_t conn_cache_n;           /* entries in it (about: a reset may be cut short) */
     int refs[METRICS_POLICY_HOOKS];/* hook functions by slot; LUA_NOREF when absent */
     char version[65];
@@ -372,7 +374,13 @@ static int policy_vm_run(policy_vm_t *vm, int slot, lua_CFunction body, void *ct
     lua_pushcfunction(L, body);                /* [msgh body] */
     lua_pushlightuserdata(L, ctx);             /* [msgh body ctx] */
     int status = lua_pcall(L, 1, 0, top + 1);  /* [msgh] or [msgh error] */
-    if (--vm->depth == 0) lua_sethook(L, NULL, 0, 0);
+    if (--vm->depth == 0) {
+        lua_sethook(L, NULL, 0, 0);
+        if (vm->jbox && *vm->jbox) {          /* a push raised while the spare box held JSON */
+            json_decref(*vm->jbox);
+            *vm->jbox = NULL;
+        }
+    }
     if (status != LUA_OK) {
         const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
         policy_vm_fail(vm, slot, status, msg, err, errlen);
@@ -446,9 +454,15 @@ static void policy_json_push(lua_State *L, json_t *v, int depth)
 
 /* A box for JSON that Lua code may see before C is done with it: if a push raises, or a
  * finalizer run by the GC changes the store, the box still owns one reference and __gc drops
- * it. Returns the slot to fill; the box is on the stack. */
+ * it. Returns the slot to fill; the box is on the stack. The VM's spare box serves whenever it
+ * is empty (a push raised: the run's end empties it), so a gw.store.get allocates no box. */
 static json_t **policy_jbox_new(lua_State *L)
 {
+    policy_vm_t *vm = policy_vm_of(L);
+    if (vm->jbox && !*vm->jbox) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->jbox_ref);  /* [box] */
+        return vm->jbox;
+    }
     json_t **slot = lua_newuserdatauv(L, sizeof *slot, 0);  /* [box] */
     *slot = NULL;
     luaL_setmetatable(L, POLICY_JBOX_MT);
@@ -1173,6 +1187,9 @@ static void policy_metatables_open(lua_State *L, policy_vm_t *vm)
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);                                        /* [] */
+    json_t **spare = policy_jbox_new(L);                  /* [box] */
+    vm->jbox_ref = luaL_ref(L, LUA_REGISTRYINDEX);        /* [] */
+    vm->jbox = spare;
     luaL_newmetatable(L, POLICY_CONFIG_MT);               /* [cmt] */
     luaL_setfuncs(L, config, 0);
     lua_pushliteral(L, "gw.config is read-only");
@@ -1544,7 +1561,7 @@ static policy_vm_t *policy_vm_new(policy_t *p, policy_src_t *srcs, size_t nsrcs,
     long budget = p->cfg ? p->cfg->policy_budget : 1000000;
     vm->mem_limit = mb > 0 && (unsigned long)mb < SIZE_MAX >> 20 ? (size_t)mb << 20 : SIZE_MAX;
     vm->budget = budget > 0 ? budget : LONG_MAX;
-    vm->array_mt = vm->config_mt = vm->conn_cache = LUA_NOREF;
+    vm->array_mt = vm->config_mt = vm->conn_cache = vm->jbox_ref = LUA_NOREF;
     for (int i = 0; i < METRICS_POLICY_HOOKS; i++) vm->refs[i] = LUA_NOREF;
     snprintf(vm->version, sizeof vm->version, "%s", version);
     char *text = p->cfg ? config_to_json(p->cfg) : NULL;

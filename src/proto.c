@@ -652,6 +652,24 @@ static int proto_msg_is_reserved(const char *key)
     return 0;
 }
 
+char *proto_msg_id(char *out, size_t len, const char *epoch, uint64_t seq)
+{
+    char digits[24];
+    size_t i = sizeof digits;
+    do digits[--i] = (char)('0' + seq % 10), seq /= 10;
+    while (seq);
+    size_t elen = epoch ? strlen(epoch) : 0, dlen = sizeof digits - i;
+    if (elen + 1 + dlen < len) {   /* on every message: no snprintf */
+        if (elen) memcpy(out, epoch, elen);
+        out[elen] = ':';
+        memcpy(out + elen + 1, digits + i, dlen);
+        out[elen + 1 + dlen] = '\0';
+    } else if (len) {
+        snprintf(out, len, "%s:%.*s", epoch ? epoch : "", (int)dlen, digits + i);
+    }
+    return out;
+}
+
 /* The tree-built msg: for an extra with a key that holds a NUL byte, which json_object_set
  * cuts short (two such keys may then collapse into one). */
 static sbuf_t *proto_msg_tree(const char *room, const char *epoch, uint64_t seq, const char *from_id,
@@ -659,7 +677,7 @@ static sbuf_t *proto_msg_tree(const char *room, const char *epoch, uint64_t seq,
 {
     static const char *const *reserved = proto_msg_reserved;
     char id[96];
-    snprintf(id, sizeof id, "%s:%" PRIu64, epoch ? epoch : "", seq);
+    proto_msg_id(id, sizeof id, epoch, seq);
     json_t *o = proto_obj_new("msg");
     json_object_set_new(o, "room", proto_str(room));
     json_object_set_new(o, "id", proto_str(id));
@@ -706,22 +724,8 @@ sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char 
     pw_init(&w);
     PW_LIT(&w, "{\"type\":\"msg\",\"room\":");
     pw_str(&w, room);
-    /* id: "epoch:seq", as snprintf into 96 bytes makes it */
     char id[96];
-    size_t elen = epoch ? strlen(epoch) : 0;
-    if (elen <= sizeof id - 22) {  /* ':', 20 digits at most and the NUL always fit */
-        if (elen) memcpy(id, epoch, elen);
-        id[elen] = ':';
-        char digits[24];
-        size_t i = sizeof digits;
-        uint64_t q = seq;
-        do digits[--i] = (char)('0' + q % 10), q /= 10;
-        while (q);
-        memcpy(id + elen + 1, digits + i, sizeof digits - i);
-        id[elen + 1 + sizeof digits - i] = '\0';
-    } else {
-        snprintf(id, sizeof id, "%s:%" PRIu64, epoch, seq);
-    }
+    proto_msg_id(id, sizeof id, epoch, seq);
     PW_LIT(&w, ",\"id\":");
     pw_str(&w, id);
     PW_LIT(&w, ",");

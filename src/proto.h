@@ -77,6 +77,8 @@ sbuf_t *proto_presence(const char *type, const char *room, const char *id, const
  * from the policy, may be NULL) that does not clash with those keys. */
 sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char *from_id,
                   const char *from_name, const char *text, int64_t ts, json_t *extra);
+/* A msg id, "epoch:seq", into out (cut to len as snprintf would). Returns out. */
+char *proto_msg_id(char *out, size_t len, const char *epoch, uint64_t seq);
 sbuf_t *proto_ack(json_t *cid, const char *id);
 sbuf_t *proto_dm(const char *from_id, const char *from_name, const char *text, int64_t ts);
 sbuf_t *proto_signal(const char *room, const char *from, json_t *data);

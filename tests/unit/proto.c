@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <inttypes.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
@@ -665,6 +666,28 @@ static void test_encode_msg(void **state)
     json_decref(o);
 }
 
+/* proto_msg_id is what snprintf("%s:%llu") would make, cut short the same way. */
+static void test_msg_id(void **state)
+{
+    (void)state;
+    static const char *const epochs[] = { "", "k3f9", "0123456789abcdef0123456789abcdef0123" };
+    static const uint64_t seqs[] = { 0, 7, 1234567890, UINT64_MAX };
+    for (size_t e = 0; e < sizeof epochs / sizeof *epochs; e++)
+        for (size_t q = 0; q < sizeof seqs / sizeof *seqs; q++)
+            for (size_t len = 1; len <= 64; len++) {
+                char want[64], got[64];
+                memset(got, 'x', sizeof got);
+                snprintf(want, len, "%s:%" PRIu64, epochs[e], seqs[q]);
+                assert_ptr_equal(proto_msg_id(got, len, epochs[e], seqs[q]), got);
+                assert_string_equal(got, want);
+            }
+    char got[8] = "x";
+    proto_msg_id(got, 0, "e", 1);             /* len 0 writes nothing */
+    assert_int_equal(got[0], 'x');
+    proto_msg_id(got, sizeof got, NULL, 42);   /* no epoch: ":42" */
+    assert_string_equal(got, ":42");
+}
+
 static void test_encode_msg_extra(void **state)
 {
     json_t *extra = json_pack("{s:s, s:s, s:s, s:i, s:s, s:i, s:{s:b}, s:[i,i], s:n}", "type", "evil", "room", "other",
@@ -1302,6 +1325,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decode_join),
+        cmocka_unit_test(test_msg_id),
         cmocka_unit_test(test_decode_room_only),
         cmocka_unit_test(test_decode_history_since),
         cmocka_unit_test(test_decode_msg),
