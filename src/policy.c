@@ -78,9 +78,9 @@ typedef struct {
     json_t *config;                /* config_to_json() parsed, behind gw.config */
     int array_mt, config_mt;       /* registry refs */
     int conn_cache;                /* registry ref: conn id -> the conn table hooks last got */
+    size_t conn_cache_n;           /* entries in it (about: a reset may be cut short) */
     json_t **jbox;                 /* the spare JSON box's slot (the box: registry ref jbox_ref) */
     int jbox_ref;
-    size_t conn_cache_n;           /* entries in it (about: a reset may be cut short) */
     int refs[METRICS_POLICY_HOOKS];/* hook functions by slot; LUA_NOREF when absent */
     char version[65];
 } policy_vm_t;
