@@ -101,7 +101,7 @@ test-asan: deps npm
 # $(BENCH_BUILD), runs every scenario against chatgw and each peer (tests/bench/run.mjs) and
 # writes BENCHMARKS.md. Package installs never start a system service (policy-rc.d).
 BENCH_BUILD ?= build-bench
-.PHONY: bench
+.PHONY: bench bench-build bench-scale bench-pack
 
 bench: deps tests/bench/node_modules/.package-lock.json
 	@debs="$$(cat tests/bench/debs-bench.txt)"; missing=; \
@@ -111,9 +111,20 @@ bench: deps tests/bench/node_modules/.package-lock.json
 	  $(MAKE) --no-print-directory deps DEBS="$$missing"; rc=$$?; \
 	  if [ -n "$$prc" ]; then rm -f /usr/sbin/policy-rc.d; fi; [ $$rc = 0 ] || exit $$rc; \
 	fi
+	$(MAKE) --no-print-directory bench-build
+	BENCH_BUILD=$(BENCH_BUILD) node tests/bench/run.mjs
+
+bench-build: deps
 	cmake -S . -B $(BENCH_BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
 	cmake --build $(BENCH_BUILD) -j $(JOBS) --target chatgw chatgw-bench
-	BENCH_BUILD=$(BENCH_BUILD) node tests/bench/run.mjs
+
+# Multi-core scaling (tests/bench/scale.sh: WORKERS, GENS, ROUNDS, SECS, CONNS), and the same
+# binaries packed with their libraries for a machine with more cores (tests/bench/pack.sh).
+bench-scale: bench-build
+	tests/bench/scale.sh $(BENCH_BUILD)
+
+bench-pack: bench-build
+	tests/bench/pack.sh $(BENCH_BUILD)
 
 # ---- soak (tests/soak/soak.mjs) ----
 # `make soak` runs a bounded soak against $(BUILD)/chatgw: SOAK_CLIENTS (2000) clients connect,

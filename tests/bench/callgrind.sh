@@ -27,12 +27,7 @@ W=$(mktemp -d /tmp/chatgw-callgrind.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 mkdir -p "$W/pol-def" "$W/pol-none"
 cp "${SCRIPTS:-$ROOT/scripts}"/*.lua "$W/pol-def/"
-cat > "$W/pol-def/secrets.lua" <<'EOF'
-return {
-  rooms = { capacity = {}, capacity_default = 1000000 },
-  moderation = { conn_rate = 1e9, conn_burst = 1e9, ip_rate = 1e9, ip_burst = 1e9, connect_rate = false },
-}
-EOF
+cp "$ROOT/tests/bench/secrets.lua" "$W/pol-def/"
 printf 'return {}\n' > "$W/pol-none/policy.lua"
 
 # one run: mode policy msgs rate -> "deliveries sent Ir"
