@@ -33,6 +33,12 @@ CONNS=${CONNS:-10000}
 PER=$(( CONNS / GENS / 10 * 10 ))
 [ "$PER" -ge 10 ] || { echo "scale.sh: CONNS=$CONNS is too few for GENS=$GENS" >&2; exit 2; }
 
+# chatgw does not raise its own descriptor limit: one per connection, and some to spare
+need=$(( CONNS + 1024 ))
+ulimit -Sn "$need" 2>/dev/null || ulimit -n "$need" 2>/dev/null || ulimit -Sn "$(ulimit -Hn)"
+[ "$(ulimit -Sn)" = unlimited ] || [ "$(ulimit -Sn)" -ge "$need" ] ||
+  echo "scale.sh: ulimit -n is $(ulimit -Sn), under the $need that $CONNS connections need" >&2
+
 W=$(mktemp -d /tmp/chatgw-scale.XXXXXX)
 SRV=
 cleanup() { [ -n "$SRV" ] && kill "$SRV" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
