@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -77,6 +78,30 @@ static int policy_boot(gw_t *gw)
 
 static void on_close_noop(uv_handle_t *h) { (void)h; }
 
+#define NOFILE_RESERVE 256          /* listeners, loops, Redis, script reads, logs */
+
+/* Raises the soft open-files limit to what max_connections needs, as far as the hard limit
+ * allows (as Redis does for maxclients): a soft limit of 1024, common outside containers,
+ * would refuse connections long before max_connections. Says so when it falls short. */
+static void serve_nofile_raise(const config_t *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t want = (rlim_t)cfg->max_connections + NOFILE_RESERVE, have = rl.rlim_cur;
+    if (have == RLIM_INFINITY || have >= want) return;
+    rlim_t to = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : want;
+    if (to > have) {
+        struct rlimit raised = { .rlim_cur = to, .rlim_max = rl.rlim_max };
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+            log_info("open-files limit raised", "{s:I, s:I}", "from", (json_int_t)have, "to", (json_int_t)to);
+            have = to;
+        }
+    }
+    if (have < want)
+        log_warn("open-files limit is below what max_connections needs", "{s:I, s:I, s:I}", "limit",
+                 (json_int_t)have, "max_connections", (json_int_t)cfg->max_connections, "needs", (json_int_t)want);
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     gw_t gw;
@@ -88,6 +113,7 @@ static int cmd_serve(int argc, char **argv)
     }
     log_level_set(gw.cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
+    serve_nofile_raise(&gw.cfg);
     if (gw.cfg.workers > 1) {      /* several loops: workers.c; one loop runs right here */
         int code = workers_serve(&gw.cfg);
         config_free(&gw.cfg);

@@ -33,7 +33,8 @@ CONNS=${CONNS:-10000}
 PER=$(( CONNS / GENS / 10 * 10 ))
 [ "$PER" -ge 10 ] || { echo "scale.sh: CONNS=$CONNS is too few for GENS=$GENS" >&2; exit 2; }
 
-# chatgw does not raise its own descriptor limit: one per connection, and some to spare
+# one descriptor per connection for the generators, and some to spare (chatgw raises its own
+# limit towards max_connections, but only as far as the hard limit this shell may raise)
 need=$(( CONNS + 1024 ))
 ulimit -Sn "$need" 2>/dev/null || ulimit -n "$need" 2>/dev/null || ulimit -Sn "$(ulimit -Hn)"
 [ "$(ulimit -Sn)" = unlimited ] || [ "$(ulimit -Sn)" -ge "$need" ] ||

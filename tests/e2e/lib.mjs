@@ -64,8 +64,10 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
  * Starts `chatgw serve --listen 127.0.0.1:0 ...args` with cwd = repo root.
  * Resolves once the server logged {"msg":"listening","addr":"127.0.0.1:PORT"}.
  */
-export async function startServer(args = [], { env = {}, timeoutMs = 10000 } = {}) {
-  const proc = spawn(BIN, ['serve', '--listen', `${HOST}:0`, ...args.map(String)], {
+export async function startServer(args = [], { env = {}, timeoutMs = 10000, prefix = [] } = {}) {
+  // prefix: a command that runs chatgw, e.g. ['prlimit', '--nofile=300:4000', '--']
+  const [cmd, ...argv] = [...prefix, BIN, 'serve', '--listen', `${HOST}:0`, ...args.map(String)];
+  const proc = spawn(cmd, argv, {
     cwd: SRC,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -206,6 +206,38 @@ describe('connection limits before the upgrade', () => {
 
 // ---------------------------------------------------------------------------------------------
 
+describe('open-files limit', () => {
+  // max_connections 1000 needs 1000 + 256 descriptors; a soft limit of 300 would refuse the
+  // 300th connection with EMFILE. prlimit (util-linux) sets the limits chatgw starts with.
+  const opened = [];
+  after(() => { for (const s of opened) s.destroy(); });
+
+  it('a low soft limit is raised to what max_connections needs, and 400 connections are held', T, async () => {
+    const srv = await start(['--max-connections', '1000', '--max-connections-per-ip', '1000', '--accept-rate-per-ip', '0'],
+      { prefix: ['prlimit', '--nofile=300:4000', '--'] });
+    await withServerTail(srv, async () => {
+      const raised = await srv.waitLog((o) => o.msg === 'open-files limit raised');
+      assert.equal(raised.from, 300);
+      assert.equal(raised.to, 1256);
+      for (let i = 0; i < 400; i++) opened.push(await connect(srv.port));
+      await waitFor(async () => metricSum(await samplesOf(srv.port), 'chatgw_connections_open') >= 401,
+        { timeoutMs: 10000, what: '400 connections open (and the scrape)' });
+      assert.ok(!srv.logs.some((o) => o.msg === 'accept failed'), 'no accept failed');
+    });
+    for (const s of opened.splice(0)) s.destroy();
+  });
+
+  it('a hard limit below the need: started anyway, with a warning that names the numbers', T, async () => {
+    const srv = await start(['--max-connections', '1000'], { prefix: ['prlimit', '--nofile=600:600', '--'] });
+    await withServerTail(srv, async () => {
+      const w = await srv.waitLog((o) => o.msg === 'open-files limit is below what max_connections needs');
+      assert.equal(w.level, 'warn');
+      assert.deepEqual([w.limit, w.max_connections, w.needs], [600, 1000, 1256]);
+      assert.equal((await httpGet(srv.port, '/healthz')).status, 200);
+    });
+  });
+});
+
 describe('admin listener', () => {
   it('/metrics answers 404 on the public port and 200 on admin_listen', T, async () => {
     const srv = await start(['--admin-listen', '127.0.0.1:0']);
