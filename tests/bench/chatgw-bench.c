@@ -64,6 +64,8 @@ typedef struct {
     int port, conns, members, publishers, size, window, src_addrs, concurrency, self, deflate;
     int reload_ms, stall_ms, drain_ms, settle_ms, timeline_ms;
     double rate, duration, warmup, timeout;
+    uint64_t marker, start_at;     /* --marker (0 = random), --start-at (uv_hrtime ns, 0 = now) */
+    int hist;                      /* --hist: each phase's histogram buckets in the JSON */
     uint64_t max_msgs;
     const char *phases;
 } opts_t;
@@ -377,6 +379,12 @@ static void finish(void)
                 }
             }
         }
+        if (o.hist) {
+            printf("\"hist\":[");
+            for (unsigned k = 0, first = 1; k < HIST_BUCKETS; k++)
+                if (ph->lat.b[k]) printf("%s[%u,%" PRIu64 "]", first ? "" : ",", k, ph->lat.b[k]), first = 0;
+            printf("],");
+        }
         printf("\"dip_pct\":%.1f,\"timeline_ms\":%d,\"timeline\":[", pct_dip(ph), o.timeline_ms);
         for (size_t k = 0; k < ph->timeline_n; k++) printf("%s%" PRIu64, k ? "," : "", ph->timeline[k]);
         printf("]}");
@@ -608,7 +616,7 @@ static void on_receipt(const uint8_t *p, const uint8_t *end)
 {
     uint64_t pi, seq, ts;
     if (parse_u64(&p, end, &pi) || parse_u64(&p, end, &seq) || parse_u64(&p, end, &ts) ||
-        pi >= (uint64_t)npubs) {
+        (npubs && pi >= (uint64_t)npubs)) {
         other_frames++;
         return;
     }
@@ -618,6 +626,7 @@ static void on_receipt(const uint8_t *p, const uint8_t *end)
         P->deliveries++;
         hist_add(&P->lat, now > ts ? now - ts : 0);
     }
+    if (!npubs) return;            /* receive-only: the publishers are another process's */
     pub_t *pb = &pubs[pi];
     if (seq < pb->base || seq >= pb->next) {
         late++;
@@ -942,7 +951,9 @@ static void connect_more(void)
     if (phase == 0 && in_flight == 0 && next_to_connect >= o.conns) {
         phase = 1;
         t_connected = uv_hrtime();
-        uv_timer_start(&t_phase, phase_settled, (uint64_t)o.settle_ms, 0);
+        uint64_t wait_ms = (uint64_t)o.settle_ms, now = uv_hrtime();
+        if (o.start_at > now && (o.start_at - now) / 1000000 > wait_ms) wait_ms = (o.start_at - now) / 1000000;
+        uv_timer_start(&t_phase, phase_settled, wait_ms, 0);
     }
 }
 
@@ -1175,7 +1186,11 @@ static void usage(void)
         "  --pid PID[,PID...]            server process(es): VmRSS and CPU time, summed\n"
         "  --reload-file F --reload-ms N append a comment to F every N ms while measuring\n"
         "  --stall-ms N --drain-ms N --settle-ms N --timeline-ms N\n"
-        "  --label TEXT                  copied into the JSON line\n",
+        "  --label TEXT                  copied into the JSON line\n"
+        "  --marker N --start-at NS --hist  several processes on one room: the same marker id, the\n"
+        "                                first phase at uv_hrtime NS (CLOCK_MONOTONIC), histogram\n"
+        "                                buckets in the JSON; a process with --publishers 0 counts\n"
+        "                                every delivery it gets (receive-only)\n",
         stderr);
     exit(2);
 }
@@ -1219,6 +1234,9 @@ static void parse_args(int argc, char **argv)
         else if (ARG("--timeline-ms")) o.timeline_ms = atoi(v);
         else if (ARG("--label")) o.label = v;
         else if (ARG("--room-prefix")) o.room_prefix = v;
+        else if (ARG("--marker")) o.marker = strtoull(v, NULL, 10);
+        else if (ARG("--start-at")) o.start_at = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--hist")) o.hist = 1;
         else die("unknown option %s (--help)", a);
 #undef ARG
     }
@@ -1309,7 +1327,8 @@ int main(int argc, char **argv)
     P = &phases[0];
     /* a per-run nonce keeps messages of earlier runs (chatgw's room history) out of the counts */
     memcpy(marker_prefix, "~b", 2);
-    marker_len = 2 + (size_t)put_num(marker_prefix + 2, (uv_hrtime() ^ (uint64_t)getpid()) % 1000000);
+    marker_len = 2 + (size_t)put_num(marker_prefix + 2, o.marker ? o.marker % 1000000
+                                                              : (uv_hrtime() ^ (uint64_t)getpid()) % 1000000);
     marker_prefix[marker_len++] = ':';
     marker_prefix[marker_len] = 0;
     rng ^= (uint32_t)uv_hrtime();
