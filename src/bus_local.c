@@ -6,12 +6,13 @@
 #define _GNU_SOURCE 1 /* memmem */
 #include "bus.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/rand.h>
+
+#include "proto.h"
 
 const char *bus_strerror(int status)
 {
@@ -46,11 +47,11 @@ sbuf_t *bus_payload_set_id(const void *payload, size_t len, const bus_id_t *id)
     size_t head = (size_t)(mark - (const char *)payload) + strlen("\"id\":\"");
     size_t tail = (size_t)(mark - (const char *)payload) + strlen(BUS_ID_FIELD) - 1;   /* the closing quote */
     char ids[BUS_EPOCH_MAX + 24];
-    int n = snprintf(ids, sizeof ids, "%s:%" PRIu64, id->epoch, id->seq);
-    sbuf_t *s = sbuf_new(head + (size_t)n + len - tail);
+    size_t n = strlen(proto_msg_id(ids, sizeof ids, id->epoch, id->seq));
+    sbuf_t *s = sbuf_new(head + n + len - tail);
     memcpy(s->data, payload, head);
-    memcpy(s->data + head, ids, (size_t)n);
-    memcpy(s->data + head + (size_t)n, (const char *)payload + tail, len - tail);
+    memcpy(s->data + head, ids, n);
+    memcpy(s->data + head + n, (const char *)payload + tail, len - tail);
     return s;
 }
 

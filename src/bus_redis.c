@@ -1213,12 +1213,12 @@ static void rb_done_post(rb_req_t *q, redisReply *rep, int status)
     q->id.epoch[rep->element[0]->len] = '\0';
     q->id.seq = (uint64_t)rep->element[1]->integer;
     char id[BUS_EPOCH_MAX + 24];
-    int idlen = snprintf(id, sizeof id, "%s:%" PRIu64, q->id.epoch, q->id.seq);
+    size_t idlen = strlen(proto_msg_id(id, sizeof id, q->id.epoch, q->id.seq));
     size_t hl = q->argvlen[RB_POST_HEAD], tl = q->argvlen[RB_POST_HEAD + 1];
-    q->payload = sbuf_new(hl + (size_t)idlen + tl);
+    q->payload = sbuf_new(hl + idlen + tl);
     memcpy(q->payload->data, q->argv[RB_POST_HEAD], hl);
-    memcpy(q->payload->data + hl, id, (size_t)idlen);
-    memcpy(q->payload->data + hl + (size_t)idlen, q->argv[RB_POST_HEAD + 1], tl);
+    memcpy(q->payload->data + hl, id, idlen);
+    memcpy(q->payload->data + hl + idlen, q->argv[RB_POST_HEAD + 1], tl);
     if (rb_list_linked(&q->echo) && q->r->state == RB_UP) return;   /* wait for its place in the order */
     rb_post_finish(q, 0);
 }

@@ -183,7 +183,7 @@ static size_t hub_room_online(const hub_room_t *r) { return r->nmembers + r->nre
 static void hub_epoch_copy(char *dst, size_t cap, const char *epoch)
 {
     size_t n = strnlen(epoch, cap - 1);
-    if (dst != epoch) memmove(dst, epoch, n);
+    memmove(dst, epoch, n);
     dst[n] = '\0';
 }
 
@@ -667,18 +667,6 @@ static int hub_url_room(const http_request_t *req, char *room, size_t len)
     return room[0] && !proto_room_valid(room) ? -1 : 0;
 }
 
-/* 1 when the pairs block holds key (kn bytes). */
-static int hub_pairs_has(const buf_t *b, const char *key, size_t kn)
-{
-    for (const char *p = b->data, *end = b->data + b->len; p < end;) {
-        size_t n = strlen(p);
-        if (n == kn && !memcmp(p, key, kn)) return 1;
-        p += n + 1;
-        p += strlen(p) + 1;
-    }
-    return 0;
-}
-
 /* The query parameters hooks see, as policy_conn_t.query pairs: keys of 1 to 63 bytes as
  * sent, values percent-decoded and valid UTF-8 (others are left out), the first of a repeated
  * key. NULL when there are none. */
@@ -690,17 +678,21 @@ static char *hub_query_pairs(const char *query)
     int n;
     buf_t b;
     buf_init(&b);
+    buf_append(&b, "", 1);         /* the empty key that ends the pairs, kept last as they grow */
     while ((n = http_query_next(&cur, &key, &kn, val, qlen + 1)) != -1) {
-        if (n < 0 || !kn || kn > 63 || !ws_utf8_valid((const uint8_t *)val, (size_t)n) || hub_pairs_has(&b, key, kn))
+        if (n < 0 || !kn || kn > 63 || !ws_utf8_valid((const uint8_t *)val, (size_t)n) ||
+            policy_query_find(b.data, key, kn))
             continue;
+        b.len--;
         buf_append(&b, key, kn);
         buf_append(&b, "", 1);
         buf_append(&b, val, (size_t)n + 1);
+        buf_append(&b, "", 1);
     }
     free(val);
-    if (!b.len) return NULL;
-    buf_append(&b, "", 1);         /* the empty key that ends the pairs */
-    return b.data;
+    if (b.len > 1) return b.data;
+    buf_free(&b);
+    return NULL;
 }
 
 /* Request headers with lower-case names, for on_connect only. */

@@ -7,7 +7,6 @@
  * keeps the channel's late copies from reaching it twice. */
 #include "hub_int.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -558,7 +557,7 @@ static void hub_fill_start(hub_t *hub, hub_room_t *r)
     hub_op_t *op = hub_op_new(hub, HUB_OP_FILL, r->name, NULL);
     char since[BUS_EPOCH_MAX + 24] = "";
     if (r->bus_last.epoch[0]) {    /* else the store was empty: all it keeps now is new */
-        snprintf(since, sizeof since, "%s:%" PRIu64, r->bus_last.epoch, r->bus_last.seq);
+        proto_msg_id(since, sizeof since, r->bus_last.epoch, r->bus_last.seq);
         op->since = xstrdup(since);
     }
     op->room_serial = r->serial;
@@ -654,8 +653,7 @@ static void hub_post_ack(hub_t *hub, const hub_op_t *op, const bus_id_t *id)
     hub_client_t *cl = op->ack ? hub_client_find(hub, op->client) : NULL;
     if (!cl) return;
     char ids[BUS_EPOCH_MAX + 24];
-    snprintf(ids, sizeof ids, "%s:%" PRIu64, id->epoch, id->seq);
-    hub_send(hub, cl, proto_ack(op->cid, ids));
+    hub_send(hub, cl, proto_ack(op->cid, proto_msg_id(ids, sizeof ids, id->epoch, id->seq)));
 }
 
 /* Redis is not there: this replica's members still get the msg, with the hub's own id (its

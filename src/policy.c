@@ -1289,6 +1289,13 @@ static const char *policy_pair_next(const char *p)
     return p + strlen(p) + 1;
 }
 
+const char *policy_query_find(const char *pairs, const char *key, size_t klen)
+{
+    for (const char *p = pairs; *p; p = policy_pair_next(p))
+        if (strlen(p) == klen && !memcmp(p, key, klen)) return p + klen + 1;
+    return NULL;
+}
+
 /* The query pairs as a table of strings. */
 static void policy_query_push(lua_State *L, const char *pairs)
 {
@@ -1352,8 +1359,7 @@ static int policy_query_same(lua_State *L, int idx, const char *pairs)
         if (lua_type(L, -2) == LUA_TSTRING) {
             size_t kn;
             const char *k = lua_tolstring(L, -2, &kn);  /* a string key: no conversion in place */
-            for (const char *p = pairs; *p && !val; p = policy_pair_next(p))
-                if (strlen(p) == kn && !memcmp(p, k, kn)) val = p + kn + 1;
+            val = policy_query_find(pairs, k, kn);
         }
         if (++have > want || !val || !policy_str_is(L, -1, val, strlen(val))) {
             lua_pop(L, 2);

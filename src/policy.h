@@ -53,6 +53,9 @@ typedef struct {
     json_t *headers;
 } policy_conn_t;
 
+/* The value of key (klen bytes) in policy_conn_t.query pairs, or NULL. */
+const char *policy_query_find(const char *pairs, const char *key, size_t klen);
+
 enum {
     POLICY_PASS = 0,               /* allowed / deliver */
     POLICY_DROP = 1,               /* refused or dropped by the policy, with a code */
