@@ -45,8 +45,10 @@ typedef struct {
     int redis_required;            /* redis down fails /readyz */
     long presence_ttl_ms;
     char *node_id;                 /* "" = hostname-RANDOM */
-    long policy_budget;
+    long policy_timeout_ms;
+    long policy_budget;            /* 0 = no instruction limit */
     long policy_memory_mb;
+    long policy_store_mb;
     char *policy_fail;             /* "closed" or "open" */
     long reload_poll_ms;
     char *tls_cert;

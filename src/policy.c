@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -35,6 +36,8 @@
 
 #include "buf.h"
 #include "log.h"
+#include "policy_guard.h"
+#include "policy_lib.h"
 #include "policy_store.h"
 
 #define POLICY_HOOK_STEP 1000              /* instructions between count-hook calls */
@@ -45,6 +48,7 @@
 #define POLICY_JWT_MAX 16384
 #define POLICY_STACK_FLOOR 256           /* Lua stack slots kept through GC shrinking */
 #define POLICY_BUDGET_MSG "policy budget exceeded"
+#define POLICY_TIMEOUT_MSG "policy timeout"
 #define POLICY_CONN_CACHE_MAX 65536        /* cached conn tables before the cache starts over */
 
 #define POLICY_ARRAY_MT "chatgw.array"     /* marks tables that convert to JSON arrays */
@@ -70,8 +74,9 @@ typedef struct {
     lua_State *L;
     policy_t *p;                   /* back pointer: host, store, metrics */
     size_t mem_used, mem_limit;    /* allocator */
-    long steps, budget;            /* count hook */
+    long steps, budget;            /* count hook; budget 0 = none */
     int over_budget;
+    volatile sig_atomic_t timed_out;  /* set by the guard's signal handler on this VM's thread */
     int depth;                     /* runs in flight: a gw.* callback may re-enter a hook */
     policy_src_t *srcs;            /* the snapshot this version was built from */
     size_t nsrcs;
@@ -90,6 +95,8 @@ struct policy_s {
     metrics_t *metrics;            /* may be NULL (policy_check) */
     policy_host_t host;            /* all NULL when none was given */
     policy_vm_t *vm;               /* live VM; NULL before the first good load */
+    policy_vm_t *volatile running; /* the VM with a run in flight (a candidate's during a load) */
+    policy_guard_t *guard;         /* policy_timeout_ms over every run */
     policy_store_t *store;
     char last_error[512];
 };
@@ -283,7 +290,9 @@ static policy_vm_t *policy_vm_of(lua_State *L)
 }
 
 /* Counts live bytes and refuses growth past the cap; Lua then raises LUA_ERRMEM (after an
- * emergency collection). Shrinking never fails, as Lua requires. */
+ * emergency collection). Shrinking never fails, as Lua requires. No single block grows past
+ * POLICY_LIB_BYTES_MAX: one VM instruction (a concatenation, a table resize) copies at most
+ * that much, so it ends soon enough for the time guard to stop the next one. */
 static void *policy_vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     policy_vm_t *vm = ud;
@@ -293,7 +302,7 @@ static void *policy_vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         vm->mem_used -= old;
         return NULL;
     }
-    if (nsize > old && nsize - old > vm->mem_limit - vm->mem_used) return NULL;
+    if (nsize > old && (nsize - old > vm->mem_limit - vm->mem_used || nsize > POLICY_LIB_BYTES_MAX)) return NULL;
     void *q = realloc(ptr, nsize);
     if (!q) return NULL;
     vm->mem_used = vm->mem_used - old + nsize;
@@ -320,11 +329,42 @@ static void policy_count_hook(lua_State *L, lua_Debug *ar)
     lua_error(L);
 }
 
+/* Set by the guard when the run overran: raises at every instruction, call and return, so
+ * that nothing the script does (pcall, a loop around it, a __close handler) gets further than
+ * one instruction. */
+static void policy_timeout_hook(lua_State *L, lua_Debug *ar)
+{
+    policy_vm_t *vm = policy_vm_of(L);
+    long ms = vm->p->guard ? policy_guard_timeout_ms(vm->p->guard) : 0;
+    if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+        lua_pushfstring(L, "%s:%d: " POLICY_TIMEOUT_MSG " (over %d ms)", ar->short_src, ar->currentline, (int)ms);
+    else
+        lua_pushfstring(L, POLICY_TIMEOUT_MSG " (over %d ms)", (int)ms);
+    lua_error(L);
+}
+
+/* The guard's callback, in its signal handler on this holder's thread: lua.c's way to stop a
+ * running chunk (lua_sethook is safe there). */
+static void policy_vm_interrupt(void *arg)
+{
+    policy_t *p = arg;
+    policy_vm_t *vm = p->running;
+    if (!vm || vm->timed_out) return;
+    vm->timed_out = 1;
+    lua_sethook(vm->L, policy_timeout_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+}
+
+/* Whether an error now unwinding was raised by one of our hooks. Lua runs message handlers of
+ * such an error with hooks off, so no script code may run in one: it could loop unguarded. */
+static int policy_vm_stopping(const policy_vm_t *vm) { return vm->timed_out || vm->over_budget; }
+
 /* Message handler: the error plus a traceback, for the log. */
 static int policy_msgh(lua_State *L)
 {
     const char *msg = lua_tostring(L, 1);
-    if (!msg) {
+    if (!msg && policy_vm_stopping(policy_vm_of(L))) {
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    } else if (!msg) {
         if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
         msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
     }
@@ -340,15 +380,15 @@ static void policy_metric_inc(policy_t *p, int slot, int kind)
 /* Classifies, counts and logs a failed run; err gets the first line of the message. */
 static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg, char *err, size_t errlen)
 {
-    int kind = status == LUA_ERRMEM ? METRICS_POLICY_MEMORY
+    int kind = vm->timed_out ? METRICS_POLICY_TIMEOUT
+             : status == LUA_ERRMEM ? METRICS_POLICY_MEMORY
              : vm->over_budget ? METRICS_POLICY_BUDGET : METRICS_POLICY_ERROR;
-    static const char *const kinds[] = { "error", "budget", "memory" };
     if (!msg) msg = "(no error message)";
     snprintf(err, errlen, "%.*s", (int)strcspn(msg, "\n"), msg);
     policy_metric_inc(vm->p, slot, kind);
     json_t *fields = json_object();
     json_object_set_new(fields, "hook", json_string(policy_slot_names[slot]));
-    json_object_set_new(fields, "kind", json_string(kinds[kind]));
+    json_object_set_new(fields, "kind", json_string(metrics_policy_kinds[kind]));
     json_object_set_new(fields, "error", policy_json_text(err));
     const char *nl = strchr(msg, '\n');
     if (nl && strstr(nl, ".lua:"))            /* only when it shows a Lua frame */
@@ -358,33 +398,49 @@ static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *ms
     json_decref(fields);
 }
 
-/* The one way into Lua: body(ctx) under lua_pcall with the traceback handler, the budget and
- * the memory cap. A nested run (a gw.* callback re-entering a hook) shares the outer budget.
- * 0, or -1 with err (already counted and logged). The stack top is restored either way. */
+/* The outermost run starts: the guard watches it, the budget (when set) counts it. */
+static void policy_vm_enter(policy_vm_t *vm)
+{
+    vm->steps = 0;
+    vm->over_budget = 0;
+    vm->timed_out = 0;
+    vm->p->running = vm;
+    if (vm->p->guard) policy_guard_begin(vm->p->guard);
+    if (vm->budget) lua_sethook(vm->L, policy_count_hook, LUA_MASKCOUNT, POLICY_HOOK_STEP);
+}
+
+/* The outermost run ended: no interrupt can arrive for it after policy_guard_end. */
+static void policy_vm_leave(policy_vm_t *vm)
+{
+    if (vm->p->guard) policy_guard_end(vm->p->guard);
+    vm->p->running = NULL;
+    if (vm->budget || vm->timed_out) lua_sethook(vm->L, NULL, 0, 0);
+    if (vm->jbox && *vm->jbox) {              /* a push raised while the spare box held JSON */
+        json_decref(*vm->jbox);
+        *vm->jbox = NULL;
+    }
+}
+
+/* The one way into Lua: body(ctx) under lua_pcall with the traceback handler, the time guard,
+ * the budget and the memory cap. A nested run (a gw.* callback re-entering a hook) shares the
+ * outer run's time and budget. 0, or -1 with err (already counted and logged). The stack top
+ * is restored either way. */
 static int policy_vm_run(policy_vm_t *vm, int slot, lua_CFunction body, void *ctx, char *err, size_t errlen)
 {
     lua_State *L = vm->L;
     int top = lua_gettop(L);
-    if (vm->depth++ == 0) {
-        vm->steps = 0;
-        vm->over_budget = 0;
-        lua_sethook(L, policy_count_hook, LUA_MASKCOUNT, POLICY_HOOK_STEP);
-    }
+    if (vm->depth++ == 0) policy_vm_enter(vm);
     lua_pushcfunction(L, policy_msgh);         /* [msgh] */
     lua_pushcfunction(L, body);                /* [msgh body] */
     lua_pushlightuserdata(L, ctx);             /* [msgh body ctx] */
     int status = lua_pcall(L, 1, 0, top + 1);  /* [msgh] or [msgh error] */
-    if (--vm->depth == 0) {
-        lua_sethook(L, NULL, 0, 0);
-        if (vm->jbox && *vm->jbox) {          /* a push raised while the spare box held JSON */
-            json_decref(*vm->jbox);
-            *vm->jbox = NULL;
-        }
-    }
+    int outermost = --vm->depth == 0;
+    if (outermost) policy_vm_leave(vm);
     if (status != LUA_OK) {
         const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
         policy_vm_fail(vm, slot, status, msg, err, errlen);
     }
+    if (outermost) vm->timed_out = 0;
     lua_settop(L, top);
     return status == LUA_OK ? 0 : -1;
 }
@@ -679,6 +735,32 @@ static int policy_lua_setmetatable(lua_State *L)
     return 1;
 }
 
+/* The script's xpcall handler, behind a guard: Lua runs a handler with hooks off when the
+ * error was raised by a hook, so after a timeout or an exhausted budget the handler is skipped
+ * and the error passes through unchanged. [err] -> [handled err]. */
+static int policy_lua_xpcall_handler(lua_State *L)
+{
+    lua_settop(L, 1);                                     /* [err] */
+    if (policy_vm_stopping(policy_vm_of(L))) return 1;
+    lua_pushvalue(L, lua_upvalueindex(1));                /* [err h] */
+    lua_insert(L, 1);                                     /* [h err] */
+    lua_call(L, 1, 1);            /* inside the run's lua_pcall; [result] */
+    return 1;
+}
+
+/* xpcall(f, msgh, ...): Lua's own, with msgh wrapped by policy_lua_xpcall_handler. */
+static int policy_lua_xpcall(lua_State *L)
+{
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);                                  /* [f msgh args.. msgh] */
+    lua_pushcclosure(L, policy_lua_xpcall_handler, 1);    /* [f msgh args.. guarded] */
+    lua_replace(L, 2);                                    /* [f guarded args..] */
+    lua_pushvalue(L, lua_upvalueindex(1));                /* [f guarded args.. xpcall] */
+    lua_insert(L, 1);                                     /* [xpcall f guarded args..] */
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);          /* [results..] */
+    return lua_gettop(L);
+}
+
 /* print(...) -> gw.log("info", args joined by tabs). */
 static int policy_lua_print(lua_State *L)
 {
@@ -776,6 +858,9 @@ static void policy_base_patch(lua_State *L)
     lua_getfield(L, -1, "setmetatable");                  /* [G setmetatable] */
     lua_pushcclosure(L, policy_lua_setmetatable, 1);      /* [G wrapper] */
     lua_setfield(L, -2, "setmetatable");                  /* [G] */
+    lua_getfield(L, -1, "xpcall");                        /* [G xpcall] */
+    lua_pushcclosure(L, policy_lua_xpcall, 1);            /* [G wrapper] */
+    lua_setfield(L, -2, "xpcall");                        /* [G] */
     lua_pop(L, 1);                                        /* [] */
     lua_newtable(L);                                      /* [loaded] */
     lua_setfield(L, LUA_REGISTRYINDEX, POLICY_LOADED);    /* [] */
@@ -1261,6 +1346,7 @@ static int policy_vm_boot(lua_State *L)
     policy_libs_open(L);
     policy_base_patch(L);
     policy_os_open(L);
+    policy_lib_bound(L);
     policy_gw_open(L, vm);
     const policy_src_t *src = policy_src_find(vm->srcs, vm->nsrcs, "policy.lua");
     if (!src) return luaL_error(L, "policy.lua: missing");
@@ -1564,9 +1650,9 @@ static policy_vm_t *policy_vm_new(policy_t *p, policy_src_t *srcs, size_t nsrcs,
     vm->srcs = srcs;
     vm->nsrcs = nsrcs;
     long mb = p->cfg ? p->cfg->policy_memory_mb : 64;
-    long budget = p->cfg ? p->cfg->policy_budget : 1000000;
+    long budget = p->cfg ? p->cfg->policy_budget : 0;
     vm->mem_limit = mb > 0 && (unsigned long)mb < SIZE_MAX >> 20 ? (size_t)mb << 20 : SIZE_MAX;
-    vm->budget = budget > 0 ? budget : LONG_MAX;
+    vm->budget = budget > 0 ? budget : 0;
     vm->array_mt = vm->config_mt = vm->conn_cache = vm->jbox_ref = LUA_NOREF;
     for (int i = 0; i < METRICS_POLICY_HOOKS; i++) vm->refs[i] = LUA_NOREF;
     snprintf(vm->version, sizeof vm->version, "%s", version);
@@ -1609,7 +1695,9 @@ policy_t *policy_new(const config_t *cfg, metrics_t *metrics, const policy_host_
     p->cfg = cfg;
     p->metrics = metrics;
     if (host) p->host = *host;
-    p->store = policy_store_new();
+    long store_mb = cfg ? cfg->policy_store_mb : 16;
+    p->store = policy_store_new((size_t)store_mb << 20);
+    p->guard = policy_guard_new(cfg ? cfg->policy_timeout_ms : 50, policy_vm_interrupt, p);
     return p;
 }
 
@@ -1618,6 +1706,7 @@ void policy_free(policy_t *p)
     if (!p) return;
     policy_vm_free(p->vm);         /* first: its finalizers may still reach the store */
     policy_store_free(p->store);
+    policy_guard_free(p->guard);
     free(p);
 }
 

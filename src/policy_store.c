@@ -17,31 +17,69 @@
 typedef struct {
     json_t *value;
     double expires;                /* 0 = never */
+    size_t cost;                   /* bytes charged to the store for this entry, key included */
 } policy_entry_t;
 
 typedef struct {
     double tokens, last, rate, burst;
+    size_t cost;                   /* bytes charged to the store, key included */
 } policy_bucket_t;
 
 struct policy_store_s {
     map_t entries;                 /* key -> policy_entry_t* */
     map_t buckets;                 /* key -> policy_bucket_t* */
     size_t evicted;                /* entries dropped by a full store, since creation */
+    size_t bytes, max_bytes;       /* charged to entries and buckets, and the cap */
 };
 
-policy_store_t *policy_store_new(void)
+/* What a key costs in a map beside its value: the copy, the map entry, malloc's headers. */
+#define POLICY_STORE_KEY_COST(klen) ((klen) + 1 + 64)
+#define POLICY_STORE_BUCKET_COST(klen) (POLICY_STORE_KEY_COST(klen) + sizeof(policy_bucket_t) + 16)
+
+static void policy_bucket_drop(policy_store_t *s, void *value)
+{
+    policy_bucket_t *b = value;
+    s->bytes -= b->cost;
+    free(b);
+}
+
+policy_store_t *policy_store_new(size_t max_bytes)
 {
     policy_store_t *s = xcalloc(1, sizeof *s);
     map_init(&s->entries);
     map_init(&s->buckets);
+    s->max_bytes = max_bytes;
     return s;
 }
 
-static void policy_entry_free(policy_entry_t *e)
+/* Frees e (taken out of the map by the caller) and gives its bytes back. */
+static void policy_entry_drop(policy_store_t *s, policy_entry_t *e)
 {
     if (!e) return;
+    s->bytes -= e->cost;
     json_decref(e->value);
     free(e);
+}
+
+/* The heap a JSON value holds, as jansson lays it out (struct, malloc header, hash table
+ * slots): an estimate that grows with every byte and element the value has. Values are at
+ * most POLICY_STORE_MAX_VALUE bytes of JSON, so the walk is bounded. */
+static size_t policy_value_cost(json_t *v)
+{
+    size_t cost = 48, i;
+    const char *key;
+    json_t *item;
+    switch (json_typeof(v)) {
+    case JSON_STRING: return cost + json_string_length(v) + 1;
+    case JSON_ARRAY:
+        json_array_foreach(v, i, item) cost += sizeof(json_t *) + policy_value_cost(item);
+        return cost;
+    case JSON_OBJECT:
+        json_object_foreach(v, key, item) cost += 64 + strlen(key) + policy_value_cost(item);
+        return cost;
+    case JSON_TRUE: case JSON_FALSE: case JSON_NULL: return 0;   /* jansson's singletons */
+    default: return cost;
+    }
 }
 
 void policy_store_free(policy_store_t *s)
@@ -49,7 +87,7 @@ void policy_store_free(policy_store_t *s)
     if (!s) return;
     size_t i;
     for (map_entry_t *e = map_first(&s->entries, &i); e; e = map_next(&s->entries, e, &i))
-        policy_entry_free(e->value);
+        policy_entry_drop(s, e->value);
     for (map_entry_t *e = map_first(&s->buckets, &i); e; e = map_next(&s->buckets, e, &i))
         free(e->value);
     map_free(&s->entries);
@@ -67,7 +105,7 @@ static policy_entry_t *policy_entry_find(policy_store_t *s, const char *key, dou
 {
     policy_entry_t *e = map_get(&s->entries, key);
     if (e && policy_entry_expired(e, now)) {
-        policy_entry_free(map_del(&s->entries, key));
+        policy_entry_drop(s, map_del(&s->entries, key));
         return NULL;
     }
     return e;
@@ -117,28 +155,36 @@ static size_t policy_entries_evict(policy_store_t *s, size_t max)
         qsort(v, n, sizeof *v, policy_victim_cmp);
         n = max;
     }
-    for (size_t k = 0; k < n; k++) policy_entry_free(map_del(&s->entries, v[k].key));
+    for (size_t k = 0; k < n; k++) policy_entry_drop(s, map_del(&s->entries, v[k].key));
     free(v);
     s->evicted += n;
     return n;
 }
 
-/* Room for one more entry. A full store first drops its expired entries, then evicts the
- * POLICY_STORE_EVICT_BATCH entries nearest to expiry (keys set with a ttl; a key without one is
- * never evicted), and fails only when every entry is permanent. */
-static int policy_entries_room(policy_store_t *s, double now, const char **err)
+/* Whether keys more entries and bytes more bytes fit. */
+static int policy_store_fits(const policy_store_t *s, size_t keys, size_t bytes)
 {
-    if (s->entries.count < POLICY_STORE_MAX_KEYS) return 0;
+    return s->entries.count + keys <= POLICY_STORE_MAX_KEYS && bytes <= s->max_bytes - s->bytes;
+}
+
+/* Room for keys (0 or 1) more entries and bytes more bytes. A full store first drops its
+ * expired entries, then evicts batches of the POLICY_STORE_EVICT_BATCH entries nearest to
+ * expiry (keys set with a ttl; a key without one is never evicted), and fails only when what
+ * is left cannot be evicted. */
+static int policy_entries_room(policy_store_t *s, size_t keys, size_t bytes, double now, const char **err)
+{
+    if (policy_store_fits(s, keys, bytes)) return 0;
     policy_store_sweep(s, now);
-    if (s->entries.count < POLICY_STORE_MAX_KEYS) return 0;
-    size_t n = policy_entries_evict(s, POLICY_STORE_EVICT_BATCH);
+    size_t n = 0, batch;
+    while (!policy_store_fits(s, keys, bytes) && (batch = policy_entries_evict(s, POLICY_STORE_EVICT_BATCH))) n += batch;
     if (n) {
-        log_warn("policy store full: evicted the entries nearest to expiry", "{s:I, s:I, s:I}",
-                 "evicted", (json_int_t)n, "keys", (json_int_t)s->entries.count,
+        log_warn("policy store full: evicted the entries nearest to expiry", "{s:I, s:I, s:I, s:I}",
+                 "evicted", (json_int_t)n, "keys", (json_int_t)s->entries.count, "bytes", (json_int_t)s->bytes,
                  "evicted_total", (json_int_t)s->evicted);
     }
-    if (s->entries.count < POLICY_STORE_MAX_KEYS) return 0;
-    *err = "store is full (100000 keys, none with a ttl)";
+    if (policy_store_fits(s, keys, bytes)) return 0;
+    *err = s->entries.count + keys > POLICY_STORE_MAX_KEYS ? "store is full (100000 keys, none with a ttl)"
+                                                          : "store is full (policy_store_mb, no entry with a ttl left)";
     return -1;
 }
 
@@ -171,15 +217,29 @@ int policy_store_set(policy_store_t *s, const char *key, json_t *value, double t
         *err = "ttl must be a finite number";
         goto fail;
     }
-    policy_entry_t *e = policy_entry_find(s, key, now);
-    if (!e) {
-        if (policy_entries_room(s, now, err) < 0) goto fail;
-        e = xcalloc(1, sizeof *e);
-        map_set(&s->entries, key, e);
+    size_t cost = POLICY_STORE_KEY_COST(strlen(key)) + sizeof(policy_entry_t) + policy_value_cost(value);
+    policy_entry_t *old = policy_entry_find(s, key, now);
+    if (old) {                     /* out of the map while room is made: its bytes count as free */
+        map_del(&s->entries, key);
+        s->bytes -= old->cost;
     }
-    json_decref(e->value);
+    if (policy_entries_room(s, 1, cost, now, err) < 0) {
+        if (old) {                 /* refused: the key keeps its value */
+            map_set(&s->entries, key, old);
+            s->bytes += old->cost;
+        }
+        goto fail;
+    }
+    if (old) {
+        json_decref(old->value);
+        free(old);
+    }
+    policy_entry_t *e = xcalloc(1, sizeof *e);
+    map_set(&s->entries, key, e);
     e->value = value;              /* the entry owns the caller's reference now */
     e->expires = ttl > 0 ? now + ttl : 0;
+    e->cost = cost;
+    s->bytes += cost;
     return 0;
 fail:
     json_decref(value);
@@ -189,7 +249,7 @@ fail:
 int policy_store_del(policy_store_t *s, const char *key)
 {
     policy_entry_t *e = map_del(&s->entries, key);
-    policy_entry_free(e);
+    policy_entry_drop(s, e);
     return e != NULL;
 }
 
@@ -230,17 +290,48 @@ json_t *policy_store_incr(policy_store_t *s, const char *key, json_t *n, double 
     json_decref(zero);
     if (!sum) return NULL;
     if (!e) {
-        if (policy_entries_room(s, now, err) < 0) {
+        size_t cost = POLICY_STORE_KEY_COST(strlen(key)) + sizeof(policy_entry_t) + policy_value_cost(sum);
+        if (policy_entries_room(s, 1, cost, now, err) < 0) {
             json_decref(sum);
             return NULL;
         }
         e = xcalloc(1, sizeof *e);
         e->expires = ttl > 0 ? now + ttl : 0;  /* only a new key gets the ttl: fixed windows */
+        e->cost = cost;
+        s->bytes += cost;
         map_set(&s->entries, key, e);
     }
-    json_decref(e->value);
+    json_decref(e->value);         /* a number for a number: the cost stays */
     e->value = sum;
     return sum;
+}
+
+/* Room for one more bucket at key: refilled buckets are swept first. Buckets share the byte
+ * cap with the entries but never evict them. */
+static int policy_bucket_room(policy_store_t *s, const char *key, double now, const char **err)
+{
+    size_t cost = POLICY_STORE_BUCKET_COST(strlen(key));
+    if (s->buckets.count < POLICY_STORE_MAX_KEYS && cost <= s->max_bytes - s->bytes) return 0;
+    policy_store_sweep(s, now);
+    if (s->buckets.count >= POLICY_STORE_MAX_KEYS) {
+        *err = "too many buckets (100000)";
+        return -1;
+    }
+    if (cost > s->max_bytes - s->bytes) {
+        *err = "store is full (policy_store_mb)";
+        return -1;
+    }
+    return 0;
+}
+
+static policy_bucket_t *policy_bucket_add(policy_store_t *s, const char *key, policy_bucket_t init)
+{
+    policy_bucket_t *b = xmalloc(sizeof *b);
+    *b = init;
+    b->cost = POLICY_STORE_BUCKET_COST(strlen(key));
+    map_set(&s->buckets, key, b);
+    s->bytes += b->cost;
+    return b;
 }
 
 /* Tokens the bucket holds at now (refilled since last, capped at burst). */
@@ -261,14 +352,8 @@ int policy_store_limit(policy_store_t *s, const char *key, double rate, double b
     }
     policy_bucket_t *b = map_get(&s->buckets, key);
     if (!b) {
-        if (s->buckets.count >= POLICY_STORE_MAX_KEYS) policy_store_sweep(s, now);
-        if (s->buckets.count >= POLICY_STORE_MAX_KEYS) {
-            *err = "too many buckets (100000)";
-            return -1;
-        }
-        b = xmalloc(sizeof *b);
-        *b = (policy_bucket_t){ .tokens = burst, .last = now, .rate = rate, .burst = burst };
-        map_set(&s->buckets, key, b);
+        if (policy_bucket_room(s, key, now, err) < 0) return -1;
+        b = policy_bucket_add(s, key, (policy_bucket_t){ .tokens = burst, .last = now, .rate = rate, .burst = burst });
     }
     /* A changed rate or burst applies from now on; tokens already earned stay, capped. */
     b->tokens = policy_bucket_level(b, now);
@@ -297,14 +382,8 @@ int policy_store_limit_sync(policy_store_t *s, const char *key, double rate, dou
     policy_bucket_t *b = map_get(&s->buckets, key);
     if (!b) {
         if (tokens >= burst) return 0;             /* absent = full: nothing to lower */
-        if (s->buckets.count >= POLICY_STORE_MAX_KEYS) policy_store_sweep(s, now);
-        if (s->buckets.count >= POLICY_STORE_MAX_KEYS) {
-            *err = "too many buckets (100000)";
-            return -1;
-        }
-        b = xmalloc(sizeof *b);
-        *b = (policy_bucket_t){ .tokens = tokens, .last = now, .rate = rate, .burst = burst };
-        map_set(&s->buckets, key, b);
+        if (policy_bucket_room(s, key, now, err) < 0) return -1;
+        policy_bucket_add(s, key, (policy_bucket_t){ .tokens = tokens, .last = now, .rate = rate, .burst = burst });
         return 1;
     }
     double level = policy_bucket_level(b, now);
@@ -319,21 +398,21 @@ int policy_store_limit_sync(policy_store_t *s, const char *key, double rate, dou
 
 /* Collects the keys to drop first: the map must not change while it is iterated. Each key
  * pointer stays valid until its own entry is deleted. */
-static size_t policy_map_sweep(map_t *m, int (*dead)(const void *value, double now), void (*drop)(void *),
-                               double now)
+static size_t policy_map_sweep(policy_store_t *s, map_t *m, int (*dead)(const void *value, double now),
+                               void (*drop)(policy_store_t *, void *), double now)
 {
     if (!m->count) return 0;
     const char **keys = xmalloc(m->count * sizeof *keys);
     size_t n = 0, i;
     for (map_entry_t *e = map_first(m, &i); e; e = map_next(m, e, &i))
         if (dead(e->value, now)) keys[n++] = e->key;
-    for (size_t k = 0; k < n; k++) drop(map_del(m, keys[k]));
+    for (size_t k = 0; k < n; k++) drop(s, map_del(m, keys[k]));
     free(keys);
     return n;
 }
 
 static int policy_entry_dead(const void *value, double now) { return policy_entry_expired(value, now); }
-static void policy_entry_drop(void *value) { policy_entry_free(value); }
+static void policy_entry_sweep_drop(policy_store_t *s, void *value) { policy_entry_drop(s, value); }
 
 static int policy_bucket_dead(const void *value, double now)
 {
@@ -343,10 +422,11 @@ static int policy_bucket_dead(const void *value, double now)
 
 size_t policy_store_sweep(policy_store_t *s, double now)
 {
-    return policy_map_sweep(&s->entries, policy_entry_dead, policy_entry_drop, now)
-        + policy_map_sweep(&s->buckets, policy_bucket_dead, free, now);
+    return policy_map_sweep(s, &s->entries, policy_entry_dead, policy_entry_sweep_drop, now)
+        + policy_map_sweep(s, &s->buckets, policy_bucket_dead, policy_bucket_drop, now);
 }
 
 size_t policy_store_count(const policy_store_t *s) { return s->entries.count; }
 size_t policy_store_buckets(const policy_store_t *s) { return s->buckets.count; }
 size_t policy_store_evicted(const policy_store_t *s) { return s->evicted; }
+size_t policy_store_bytes(const policy_store_t *s) { return s->bytes; }

@@ -13,7 +13,13 @@
  *      with the count; entries without a ttl are never evicted;
  *   3. only when every entry is permanent does the operation fail ("store is full").
  * So a policy that gives its transient keys a ttl degrades by losing the state closest to
- * expiring anyway, instead of failing every later write. */
+ * expiring anyway, instead of failing every later write.
+ *
+ * Bytes: every entry and bucket is charged what it holds on the heap (key, value as jansson
+ * lays it out, bookkeeping; an estimate that grows with every byte and element), and the total
+ * stays under the cap given to policy_store_new (policy_store_mb). A write past it makes room
+ * as above; buckets never evict entries. So the process never grows past the cap through the
+ * store, whatever the policy writes. */
 #ifndef CHATGW_POLICY_STORE_H
 #define CHATGW_POLICY_STORE_H
 
@@ -28,7 +34,7 @@
 
 typedef struct policy_store_s policy_store_t;
 
-policy_store_t *policy_store_new(void);
+policy_store_t *policy_store_new(size_t max_bytes);
 void policy_store_free(policy_store_t *s);
 
 /* The value at key (borrowed: valid until the next change of that key), or NULL. */
@@ -60,5 +66,6 @@ size_t policy_store_sweep(policy_store_t *s, double now);
 size_t policy_store_count(const policy_store_t *s);        /* live entries incl. not yet swept */
 size_t policy_store_buckets(const policy_store_t *s);
 size_t policy_store_evicted(const policy_store_t *s);      /* entries evicted since creation */
+size_t policy_store_bytes(const policy_store_t *s);        /* charged to entries and buckets */
 
 #endif

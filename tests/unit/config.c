@@ -33,7 +33,7 @@ static const char *const keys[] = {
     "max_room_members", "history_size", "api_token", "allowed_origins", "redis_url",
     "redis_password_file", "redis_connect_timeout_ms", "redis_command_timeout_ms", "redis_backoff_min_ms",
     "redis_backoff_max_ms", "redis_required", "presence_ttl_ms", "node_id",
-    "policy_budget", "policy_memory_mb", "policy_fail", "reload_poll_ms", "tls_cert",
+    "policy_timeout_ms", "policy_budget", "policy_memory_mb", "policy_store_mb", "policy_fail", "reload_poll_ms", "tls_cert",
     "tls_key", "trusted_proxies", "ice_servers",
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -147,8 +147,10 @@ static void assert_defaults(const config_t *c)
     assert_string_equal(c->api_token, "");
     assert_string_equal(c->allowed_origins, "");
     assert_string_equal(c->redis_url, "");
-    assert_int_equal(c->policy_budget, 1000000);
+    assert_int_equal(c->policy_timeout_ms, 50);
+    assert_int_equal(c->policy_budget, 0);
     assert_int_equal(c->policy_memory_mb, 64);
+    assert_int_equal(c->policy_store_mb, 16);
     assert_string_equal(c->policy_fail, "closed");
     assert_int_equal(c->reload_poll_ms, 0);
     assert_string_equal(c->tls_cert, "");

@@ -508,7 +508,7 @@ static void test_store_lua(void **state)
 
 static void test_store_c(void **state)
 {
-    policy_store_t *s = policy_store_new();
+    policy_store_t *s = policy_store_new((size_t)16 << 20);
     const char *err = NULL;
     assert_int_equal(policy_store_set(s, "a", json_integer(1), 10, 100, &err), 0);
     assert_int_equal(json_integer_value(policy_store_get(s, "a", 105)), 1);
@@ -553,7 +553,7 @@ static void test_store_c(void **state)
  * creates an absent bucket only when there is something to lower. */
 static void test_store_limit_sync(void **state)
 {
-    policy_store_t *s = policy_store_new();
+    policy_store_t *s = policy_store_new((size_t)16 << 20);
     const char *err = NULL;
     /* absent and the cluster full: nothing to do, no bucket */
     assert_int_equal(policy_store_limit_sync(s, "k", 1, 3, 3, 0, &err), 0);
@@ -600,7 +600,7 @@ static void test_store_limit_sync(void **state)
 static void test_store_eviction(void **state)
 {
     (void)state;
-    policy_store_t *s = policy_store_new();
+    policy_store_t *s = policy_store_new((size_t)16 << 20);
     const char *err = NULL;
     char key[32];
     const size_t half = POLICY_STORE_MAX_KEYS / 2;
