@@ -587,7 +587,7 @@ static void hub_msg_envelope_only(json_t *root)
 static void hub_route(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
 {
     policy_t *p = hub->gw->policy;
-    if (!p || !policy_has(p, POLICY_HOOK_MESSAGE)) {
+    if (!p || !policy_wants(p, in->type_name)) {
         if (in->type == PROTO_CUSTOM)
             hub_send_error(hub, cl, "bad_type", "no handler for this message type", in->cid, METRICS_DROP_INVALID);
         else
@@ -647,7 +647,8 @@ static void hub_message(gw_t *gw, conn_t *c, int opcode, uint8_t *data, size_t l
     proto_in_t in;
     proto_err_t err;
     if (proto_decode((const char *)data, len, (size_t)gw->cfg.max_text_bytes, &in, &err) < 0) {
-        int reason = !strcmp(err.code, "too_large") ? METRICS_DROP_TOO_LARGE : METRICS_DROP_INVALID;
+        int reason = !strcmp(err.code, "too_large") || !strcmp(err.code, "too_complex") ? METRICS_DROP_TOO_LARGE
+                                                                                     : METRICS_DROP_INVALID;
         hub_send_error(hub, cl, err.code, err.message, NULL, reason);
         return;
     }

@@ -50,6 +50,10 @@
 #define POLICY_BUDGET_MSG "policy budget exceeded"
 #define POLICY_TIMEOUT_MSG "policy timeout"
 #define POLICY_CONN_CACHE_MAX 65536        /* cached conn tables before the cache starts over */
+#define POLICY_MSG_TYPES_MAX 64            /* message_types entries: a linear scan per message */
+#define POLICY_LOG_TEXT_MAX 1024           /* bytes of a logged message or error before the cut */
+#define POLICY_LOG_FIELDS_MAX 4096         /* bytes of gw.log fields (as charged by conversion) */
+#define POLICY_LOAD_MAX (1u << 20)         /* bytes of a chunk given to load(): parsing is one C call */
 
 #define POLICY_ARRAY_MT "chatgw.array"     /* marks tables that convert to JSON arrays */
 #define POLICY_JBOX_MT "chatgw.jbox"       /* userdata holding a json_t until Lua collects it */
@@ -87,6 +91,8 @@ typedef struct {
     json_t **jbox;                 /* the spare JSON box's slot (the box: registry ref jbox_ref) */
     int jbox_ref;
     int refs[METRICS_POLICY_HOOKS];/* hook functions by slot; LUA_NOREF when absent */
+    char **msg_types;              /* on_message's types (message_types); NULL = every type */
+    size_t n_msg_types;
     char version[65];
 } policy_vm_t;
 
@@ -123,27 +129,52 @@ static double policy_clock(clockid_t id)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* s as log text, a new heap string: at most POLICY_LOG_TEXT_MAX bytes of it (cut on a
+ * character boundary and marked), so that no script turns one log line into megabytes. */
+/* Bytes of s (longer than max) to keep: max, less a UTF-8 character the cut would split. */
+static size_t policy_cut_len(const char *s, size_t max)
+{
+    while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80) max--;
+    return max;
+}
+
+static char *policy_log_text(const char *s)
+{
+    size_t n = strlen(s);
+    if (n <= POLICY_LOG_TEXT_MAX) return xstrdup(s);
+    size_t keep = policy_cut_len(s, POLICY_LOG_TEXT_MAX);
+    buf_t b;
+    buf_init(&b);
+    buf_append(&b, s, keep);
+    buf_printf(&b, " [cut: %zu bytes more]", n - keep);
+    buf_cstr(&b);
+    return b.data;                 /* buf_t storage is xmalloc'd: the caller frees it */
+}
+
 /* jansson refuses invalid UTF-8; log text from Lua may be anything, so keep it readable. */
 static json_t *policy_json_text(const char *s)
 {
-    json_t *v = json_string(s);
-    if (v) return v;
-    char *copy = xstrdup(s);
-    for (char *c = copy; *c; c++)
-        if ((unsigned char)*c >= 0x80) *c = '?';
-    v = json_string(copy);
+    char *copy = policy_log_text(s);
+    json_t *v = json_string(copy);
+    if (!v) {
+        for (char *c = copy; *c; c++)
+            if ((unsigned char)*c >= 0x80) *c = '?';
+        v = json_string(copy);
+    }
     free(copy);
     return v;
 }
 
-/* Logs through the host when it has a logger, else straight to log.c. fields is borrowed. */
+/* Logs through the host when it has a logger, else straight to log.c: msg cut as log text,
+ * fields borrowed. */
 static void policy_log(const policy_t *p, int level, const char *msg, json_t *fields)
 {
-    if (p->host.log) {
-        p->host.log(p->host.ud, level, msg, fields);
-        return;
-    }
-    log_write(level, msg, "O", fields);
+    char *text = policy_log_text(msg);
+    if (p->host.log)
+        p->host.log(p->host.ud, level, text, fields);
+    else
+        log_write(level, text, "O", fields);
+    free(text);
 }
 
 /* ---- sources: the snapshot of the scripts directory and its version ---- */
@@ -302,7 +333,8 @@ static void *policy_vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         vm->mem_used -= old;
         return NULL;
     }
-    if (nsize > old && (nsize - old > vm->mem_limit - vm->mem_used || nsize > POLICY_LIB_BYTES_MAX)) return NULL;
+    if (nsize > old && (nsize - old > vm->mem_limit - vm->mem_used || nsize > POLICY_LIB_BYTES_MAX + 4096))
+        return NULL;                                      /* 4096: a string's header, a buffer's box */
     void *q = realloc(ptr, nsize);
     if (!q) return NULL;
     vm->mem_used = vm->mem_used - old + nsize;
@@ -361,14 +393,23 @@ static int policy_vm_stopping(const policy_vm_t *vm) { return vm->timed_out || v
 /* Message handler: the error plus a traceback, for the log. */
 static int policy_msgh(lua_State *L)
 {
-    const char *msg = lua_tostring(L, 1);
-    if (!msg && policy_vm_stopping(policy_vm_of(L))) {
+    size_t len;
+    const char *msg = lua_tolstring(L, 1, &len);
+    if (!msg && !policy_vm_stopping(policy_vm_of(L)) && luaL_callmeta(L, 1, "__tostring") &&
+        lua_type(L, -1) == LUA_TSTRING)
+        msg = lua_tolstring(L, -1, &len);                 /* [err s] */
+    if (!msg) {
         msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    } else if (!msg) {
-        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
-        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+        len = strlen(msg);
     }
-    luaL_traceback(L, L, msg, 1);  /* [err msg traceback] */
+    if (len > POLICY_LOG_TEXT_MAX) {                      /* it only goes to the log: cut it now */
+        size_t keep = policy_cut_len(msg, POLICY_LOG_TEXT_MAX);
+        lua_pushlstring(L, msg, keep);                    /* [.. head] */
+        lua_pushfstring(L, " [cut: %I bytes more]", (lua_Integer)(len - keep));  /* [.. head mark] */
+        lua_concat(L, 2);                                 /* [.. msg] */
+        msg = lua_tostring(L, -1);
+    }
+    luaL_traceback(L, L, msg, 1);                         /* [.. msg traceback] */
     return 1;
 }
 
@@ -460,6 +501,8 @@ static void policy_vm_free(policy_vm_t *vm)
     if (vm->L) lua_close(vm->L);  /* policy code has no finalizers: setmetatable refuses __gc */
     json_decref(vm->config);
     policy_srcs_free(vm->srcs, vm->nsrcs);
+    for (size_t i = 0; i < vm->n_msg_types; i++) free(vm->msg_types[i]);
+    free(vm->msg_types);
     free(vm);
 }
 
@@ -553,9 +596,18 @@ static void policy_json_push_held(lua_State *L, json_t *v)
 typedef struct {
     lua_State *L;
     policy_vm_t *vm;
+    size_t left;                   /* bytes the result may still take, as charged */
     char *err;
     size_t errlen;
 } policy_conv_t;
+
+/* Charges n bytes (a value's slot, a string's bytes) to the conversion; 0 past its bound. */
+static int policy_conv_charge(policy_conv_t *c, size_t n)
+{
+    if (n > c->left) return 0;
+    c->left -= n;
+    return 1;
+}
 
 static json_t *policy_conv_fail(policy_conv_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static json_t *policy_conv_fail(policy_conv_t *c, const char *fmt, ...)
@@ -608,7 +660,10 @@ static json_t *policy_lua_object(policy_conv_t *c, int idx, int depth)
         } else if ((v = policy_lua_value(c, lua_gettop(L), depth + 1))) {
             size_t klen;
             const char *k = lua_tolstring(L, -2, &klen);  /* a string already: no conversion */
-            if (json_object_setn_new(obj, k, klen, v) < 0) {
+            if (!policy_conv_charge(c, klen)) {
+                json_decref(v);
+                v = policy_conv_fail(c, "cannot convert: larger than the bound of this call");
+            } else if (json_object_setn_new(obj, k, klen, v) < 0) {
                 v = NULL;
                 policy_conv_fail(c, "cannot convert: a key is not valid UTF-8");
             }
@@ -652,6 +707,8 @@ static json_t *policy_lua_table(policy_conv_t *c, int idx, int depth)
 static json_t *policy_lua_value(policy_conv_t *c, int idx, int depth)
 {
     lua_State *L = c->L;
+    size_t slen = lua_type(L, idx) == LUA_TSTRING ? lua_rawlen(L, idx) : 0;
+    if (!policy_conv_charge(c, 8 + slen)) return policy_conv_fail(c, "cannot convert: larger than the bound of this call");
     switch (lua_type(L, idx)) {
     case LUA_TNIL: return json_null();
     case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
@@ -677,10 +734,11 @@ static json_t *policy_lua_value(policy_conv_t *c, int idx, int depth)
 }
 
 /* The value at idx as JSON (new reference), or NULL with err. Never raises, so a caller may
- * hold C memory around it. */
-static json_t *policy_json_from_lua(lua_State *L, int idx, char *err, size_t errlen)
+ * hold C memory around it. max bounds the result (each value 8 bytes plus its string's or
+ * key's bytes), so a host function's work follows what it is asked to send, store or log. */
+static json_t *policy_json_from_lua(lua_State *L, int idx, size_t max, char *err, size_t errlen)
 {
-    policy_conv_t c = { L, policy_vm_of(L), err, errlen };
+    policy_conv_t c = { L, policy_vm_of(L), max, err, errlen };
     idx = lua_absindex(L, idx);
     if (!lua_checkstack(L, POLICY_DEPTH_MAX * 4 + 8))     /* returns 0 rather than raising */
         return policy_conv_fail(&c, "cannot convert: out of stack");
@@ -692,6 +750,8 @@ static json_t *policy_json_from_lua(lua_State *L, int idx, char *err, size_t err
 /* load(chunk, name, mode, env): text chunks only, and the sandbox globals unless env is given. */
 static int policy_lua_load(lua_State *L)
 {
+    if (lua_type(L, 1) == LUA_TSTRING && lua_rawlen(L, 1) > POLICY_LOAD_MAX)
+        return luaL_error(L, "load: a chunk longer than %d KiB (the policy sandbox's limit)", (int)(POLICY_LOAD_MAX >> 10));
     int has_env = !lua_isnone(L, 4);
     lua_settop(L, 4);                                     /* [chunk name mode env] */
     lua_pushvalue(L, lua_upvalueindex(1));                /* [.. load] */
@@ -889,13 +949,20 @@ static void policy_os_open(lua_State *L)
 
 static const policy_host_t *policy_host_of(lua_State *L) { return &policy_vm_of(L)->p->host; }
 
+/* The bound of a message the policy sends or returns: what a client may send. */
+static size_t policy_msg_max(lua_State *L)
+{
+    const config_t *cfg = policy_vm_of(L)->p->cfg;
+    return cfg ? (size_t)cfg->max_message_bytes : 1u << 20;
+}
+
 static int policy_gw_send(lua_State *L)
 {
     const char *id = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     const policy_host_t *h = policy_host_of(L);
     char err[200];
-    json_t *msg = policy_json_from_lua(L, 2, err, sizeof err);
+    json_t *msg = policy_json_from_lua(L, 2, policy_msg_max(L), err, sizeof err);
     if (!msg) return luaL_error(L, "gw.send: %s", err);
     int ok = h->send && h->send(h->ud, id, msg) == 0;
     json_decref(msg);
@@ -916,7 +983,7 @@ static int policy_gw_broadcast(lua_State *L)
     }
     const policy_host_t *h = policy_host_of(L);
     char err[200];
-    json_t *msg = policy_json_from_lua(L, 2, err, sizeof err);
+    json_t *msg = policy_json_from_lua(L, 2, policy_msg_max(L), err, sizeof err);
     if (!msg) return luaL_error(L, "gw.broadcast: %s", err);
     int ok = h->broadcast && h->broadcast(h->ud, room, msg, except) == 0;
     json_decref(msg);
@@ -975,8 +1042,8 @@ static int policy_gw_log(lua_State *L)
     char err[200];
     if (lua_isnoneornil(L, 3)) {
         fields = json_object();
-    } else if (!(fields = policy_json_from_lua(L, 3, err, sizeof err))) {
-        return luaL_error(L, "gw.log: fields: %s", err);
+    } else if (!(fields = policy_json_from_lua(L, 3, POLICY_LOG_FIELDS_MAX, err, sizeof err))) {
+        fields = json_pack("{s:s}", "fields_cut", err);   /* the line still goes out, without them */
     }
     if (!json_is_object(fields)) {
         json_decref(fields);
@@ -1074,7 +1141,7 @@ static int policy_store_set_l(lua_State *L)
         return 0;
     }
     char cerr[200];
-    json_t *v = policy_json_from_lua(L, 2, cerr, sizeof cerr);
+    json_t *v = policy_json_from_lua(L, 2, POLICY_STORE_MAX_VALUE, cerr, sizeof cerr);
     if (!v) return luaL_error(L, "gw.store.set: %s", cerr);
     const char *err = NULL;
     if (policy_store_set(s, key, v, ttl, policy_clock(CLOCK_MONOTONIC), &err) < 0)  /* v is stolen */
@@ -1322,6 +1389,24 @@ static int policy_slot_find(const char *key)
     return -1;
 }
 
+/* message_types = {"msg", ...} (the value at the top): the types on_message is called for.
+ * C keeps a copy, so a script cannot change the list after the load. */
+static void policy_msg_types_collect(lua_State *L, policy_vm_t *vm)
+{
+    if (!lua_istable(L, -1)) luaL_error(L, "policy.lua: message_types must be a list of type names");
+    lua_Unsigned n = lua_rawlen(L, -1);
+    if (n > POLICY_MSG_TYPES_MAX) luaL_error(L, "policy.lua: message_types lists more than %d types", POLICY_MSG_TYPES_MAX);
+    vm->msg_types = xcalloc(n ? n : 1, sizeof *vm->msg_types);
+    for (lua_Unsigned i = 1; i <= n; i++) {
+        size_t len;
+        const char *type = lua_rawgeti(L, -1, (lua_Integer)i) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (!type || len == 0 || len > 64 || strlen(type) != len)
+            luaL_error(L, "policy.lua: message_types[%d] must be a type name", (int)i);
+        vm->msg_types[vm->n_msg_types++] = xstrdup(type);
+        lua_pop(L, 1);
+    }
+}
+
 /* Keeps a registry ref to each hook of the table at t; rejects unknown keys (typos). */
 static void policy_hooks_collect(lua_State *L, policy_vm_t *vm, int t)
 {
@@ -1329,10 +1414,15 @@ static void policy_hooks_collect(lua_State *L, policy_vm_t *vm, int t)
     while (lua_next(L, t)) {                              /* [hooks key value] */
         if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "policy.lua: the returned table has a non-string key");
         const char *key = lua_tostring(L, -2);
+        if (strcmp(key, "message_types") == 0) {
+            policy_msg_types_collect(L, vm);
+            lua_pop(L, 1);                                /* [hooks key] */
+            continue;
+        }
         int slot = policy_slot_find(key);
         if (slot < 0)
             luaL_error(L, "policy.lua: unknown hook \"%s\" (hooks are on_connect, on_join, on_message, "
-                          "on_leave, on_tick, self_test)", key);
+                          "on_leave, on_tick, self_test; and message_types)", key);
         if (!lua_isfunction(L, -1))
             luaL_error(L, "policy.lua: %s must be a function, not a %s", key, luaL_typename(L, -1));
         vm->refs[slot] = luaL_ref(L, LUA_REGISTRYINDEX);  /* [hooks key] */
@@ -1569,7 +1659,7 @@ static void policy_message_verdict(lua_State *L, policy_call_t *c, const char *c
     int t = lua_type(L, 2);
     if (t == LUA_TTABLE) {
         char err[200];
-        json_t *out = policy_json_from_lua(L, 2, err, sizeof err);
+        json_t *out = policy_json_from_lua(L, 2, policy_msg_max(L), err, sizeof err);
         if (!out) luaL_error(L, "on_message: the returned message: %s", err);
         if (!json_is_object(out)) {
             json_decref(out);
@@ -1785,6 +1875,15 @@ const char *policy_last_error(const policy_t *p) { return p->last_error; }
 int policy_has(const policy_t *p, int hook)
 {
     return p->vm && hook >= 0 && hook < POLICY_HOOKS && p->vm->refs[hook] != LUA_NOREF;
+}
+
+int policy_wants(const policy_t *p, const char *type)
+{
+    if (!policy_has(p, POLICY_HOOK_MESSAGE)) return 0;
+    if (!p->vm->msg_types) return 1;
+    for (size_t i = 0; i < p->vm->n_msg_types; i++)
+        if (strcmp(p->vm->msg_types[i], type) == 0) return 1;
+    return 0;
 }
 
 int policy_on_connect(policy_t *p, const policy_conn_t *conn, char *reason, size_t len)

@@ -82,6 +82,9 @@ int policy_check(const config_t *cfg, const char *dir, char *version, char *err,
 const char *policy_version(const policy_t *p);     /* sha256 hex of the sources, "" when none */
 const char *policy_last_error(const policy_t *p);  /* last failed load, "" when none */
 int policy_has(const policy_t *p, int hook);       /* 1 when the live policy defines it */
+/* 1 when on_message is to see messages of this type: the policy defines on_message and either
+ * declares no message_types or lists type there. Others never enter Lua. */
+int policy_wants(const policy_t *p, const char *type);
 
 /* Hooks. code/reason buffers receive the policy's reason on POLICY_DROP. */
 int policy_on_connect(policy_t *p, const policy_conn_t *conn, char *reason, size_t len);

@@ -363,10 +363,46 @@ fail:
     return NULL;
 }
 
+/* Whether the JSON text has at most PROTO_VALUES_MAX values nested at most PROTO_DEPTH_MAX
+ * deep, by one pass over its structural bytes (strings skipped): every value but the first
+ * follows a '[' or a ','. Malformed text may pass; json_loadb judges it then. */
+static int proto_shape_ok(const char *text, size_t len)
+{
+    size_t values = 1, depth = 0;
+    for (const char *p = text, *end = text + len; p < end; p++) {
+        switch (*p) {
+        case '"':
+            for (p++; p < end && *p != '"'; p++)
+                if (*p == '\\') p++;
+            break;
+        case '{':
+        case '[':
+            if (++depth > PROTO_DEPTH_MAX) return 0;
+            values += *p == '[';
+            break;
+        case '}':
+        case ']':
+            if (depth) depth--;
+            break;
+        case ',':
+            values++;
+            break;
+        default: break;
+        }
+        if (values > PROTO_VALUES_MAX) return 0;
+    }
+    return 1;
+}
+
 int proto_decode(const char *text, size_t len, size_t max_text, proto_in_t *in, proto_err_t *err)
 {
     json_error_t jerr;
     json_t *root = proto_fast_load(text, len);
+    if (!root && !proto_shape_ok(text, len)) {
+        memset(in, 0, sizeof *in);
+        return proto_err_set(err, "too_complex", "more than %d JSON values or nested deeper than %d", PROTO_VALUES_MAX,
+                             PROTO_DEPTH_MAX);
+    }
     /* DECODE_ANY only so that a scalar gets the same "must be an object" answer as an array. */
     if (!root) root = json_loadb(text, len, JSON_DECODE_ANY, &jerr);
     if (!root) {

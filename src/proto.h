@@ -43,8 +43,16 @@ typedef struct {
     json_t *data;                  /* borrowed: signal payload (any JSON value) */
 } proto_in_t;
 
+/* The shape of one client message, checked on its text before any tree is built: jansson's
+ * tree, the hub's checks and the policy's Lua tables all cost per value, and no message of the
+ * protocol needs more (a signal's SDP is one string). Constants, not config keys: they bound
+ * work per message, which max_message_bytes and the rate limits already make an operator's
+ * choice. Beyond: error too_complex. */
+#define PROTO_VALUES_MAX 4096
+#define PROTO_DEPTH_MAX 32
+
 typedef struct {
-    const char *code;              /* bad_json, bad_type, bad_field, too_large */
+    const char *code;              /* bad_json, bad_type, bad_field, too_large, too_complex */
     char message[160];
 } proto_err_t;
 
