@@ -1141,7 +1141,8 @@ static int policy_store_set_l(lua_State *L)
         return 0;
     }
     char cerr[200];
-    json_t *v = policy_json_from_lua(L, 2, POLICY_STORE_MAX_VALUE, cerr, sizeof cerr);
+    /* twice the store's bound: the store measures the JSON exactly and says so past it */
+    json_t *v = policy_json_from_lua(L, 2, 2 * POLICY_STORE_MAX_VALUE, cerr, sizeof cerr);
     if (!v) return luaL_error(L, "gw.store.set: %s", cerr);
     const char *err = NULL;
     if (policy_store_set(s, key, v, ttl, policy_clock(CLOCK_MONOTONIC), &err) < 0)  /* v is stolen */

@@ -79,6 +79,7 @@ static int pm_class_match(int c, int cl)
     case 'u': res = pm_is_upper(c); break;
     case 'w': res = pm_is_alnum(c); break;
     case 'x': res = pm_is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); break;
+    case 'z': res = c == 0; break;  /* undocumented since 5.2, still in 5.4's lstrlib */
     default: return cl == c;
     }
     return pm_is_upper(cl) ? !res : res;

@@ -91,7 +91,7 @@ static void fuzz_decoded(const proto_in_t *in, size_t max_text)
 
 static void fuzz_refused(const proto_err_t *err)
 {
-    static const char *const codes[] = {"bad_json", "bad_type", "bad_field", "too_large"};
+    static const char *const codes[] = {"bad_json", "bad_type", "bad_field", "too_large", "too_complex"};
     size_t i = 0;
     while (i < sizeof codes / sizeof codes[0] && (!err->code || strcmp(err->code, codes[i]))) i++;
     if (i == sizeof codes / sizeof codes[0]) abort();

@@ -274,6 +274,65 @@ static void test_budget(void **state)
     policy_free(p);
 }
 
+/* Runs code through "eval" on p, which must fail by the time guard (within a second or two of
+ * its 50 ms, not at some later budget); the timeout count goes up by one. */
+static void eval_times_out(policy_t *p, const char *code)
+{
+    uint64_t before = metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_TIMEOUT];
+    json_t *msg = json_pack("{s:s, s:s}", "op", "eval", "code", code);
+    json_t *out = NULL;
+    char drop[64] = "";
+    double t0 = mono_now();
+    int rc = policy_on_message(p, &conn, "lobby", msg, &out, drop, sizeof drop);
+    double took = mono_now() - t0;
+    json_decref(msg);
+    if (rc != POLICY_ERROR || out || took > 3 ||
+        metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_TIMEOUT] != before + 1)
+        fail_msg("eval \"%s\": rc %d, out %p, %.3f s, timeouts %llu -> %llu", code, rc, (void *)out, took,
+                 (unsigned long long)before,
+                 (unsigned long long)metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_TIMEOUT]);
+}
+
+/* The time guard (policy_timeout_ms, no instruction budget): it stops a hook however the
+ * script tries to catch, resume or outlast the interrupt, and the next call works. */
+static void test_timeout(void **state)
+{
+    config_t quick = cfg;
+    quick.policy_timeout_ms = 50;
+    quick.policy_budget = 0;
+    char err[512];
+    policy_t *p = policy_new(&quick, metrics, NULL);
+    assert_int_equal(load_fixture(p, "good", err, sizeof err), 1);
+    static const char *const escapes[] = {
+        "while true do end",
+        "while true do pcall(function() while true do end end) end",
+        "local function spin() while true do end end xpcall(spin, spin)",
+        "local function h() return xpcall(function() while true do end end, h) end h()",
+        "local x <close> = setmetatable({}, { __close = function() while true do end end }) while true do end",
+        "error(setmetatable({}, { __tostring = function() while true do end end }))",
+        "while true do load(function() while true do end end) end",
+        "table.sort({ 3, 2, 1 }, function(a, b) while true do end end)",
+        "string.gsub('abc', '%w', function() while true do end end)",
+        "local t = setmetatable({}, { __index = function(t, k) while true do end end }) return t.x",
+        "while true do local ok = pcall(error, 'x') end",
+    };
+    for (size_t i = 0; i < sizeof escapes / sizeof escapes[0]; i++) {
+        eval_times_out(p, escapes[i]);
+        assert_pass_works(p);
+    }
+    for (int i = 0; i < 200; i++) eval_true(p, "return #string.rep('x', 100) == 100");   /* short calls: never fired */
+    assert_int_equal(metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_TIMEOUT], sizeof escapes / sizeof escapes[0]);
+    /* self_test runs under the same guard: a looping one is refused, the good policy stays */
+    char dir[PATH_MAX];
+    fixture(dir, sizeof dir, "load_loop");
+    double t0 = mono_now();
+    assert_int_equal(policy_load(p, dir, err, sizeof err), -1);
+    assert_true(mono_now() - t0 < 3);
+    assert_non_null(strstr(err, "timeout"));
+    assert_pass_works(p);
+    policy_free(p);
+}
+
 /* Finalizers run with hooks off, where no budget could stop them: the sandbox refuses __gc.
  * Closing a VM (a reload) must stay prompt. */
 static void test_no_finalizers(void **state)
@@ -301,9 +360,9 @@ static void test_memory(void **state)
     assert_null(out);
     assert_int_equal(metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_MEMORY], 1);
     assert_pass_works(p);
-    /* one long C call: the count hook never runs, the allocator cap stops it */
+    /* one long C call: string.rep refuses a result over its cap before any work */
     assert_int_equal(message_op(p, "rep", &out, code, sizeof code), POLICY_ERROR);
-    assert_int_equal(metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_MEMORY], 2);
+    assert_int_equal(metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_ERROR], 1);
     assert_pass_works(p);
     eval_fails(p, "return #string.rep('ab', 2^40)", "");   /* caught inside: no crash */
     assert_pass_works(p);
@@ -1018,9 +1077,11 @@ static void test_host(void **state)
 
 static int setup(void **state)
 {
-    char *argv[] = { "--policy_budget", "2000000", "--policy_memory_mb", "32", "--api_token", "hunter2" };
+    /* a generous time guard: these tests fill memory on purpose, slow under sanitizers */
+    char *argv[] = { "--policy_budget", "2000000", "--policy_memory_mb", "32", "--api_token", "hunter2",
+                     "--policy_timeout_ms", "10000" };
     char err[256];
-    if (config_load(&cfg, 6, argv, err, sizeof err) < 0) {
+    if (config_load(&cfg, 8, argv, err, sizeof err) < 0) {
         fprintf(stderr, "config: %s\n", err);
         return -1;
     }
@@ -1217,6 +1278,7 @@ int main(void)
         cmocka_unit_test_setup(test_budget, metrics_reset),
         cmocka_unit_test_setup(test_memory, metrics_reset),
         cmocka_unit_test_setup(test_store_get_out_of_memory, metrics_reset),
+        cmocka_unit_test_setup(test_timeout, metrics_reset),
         cmocka_unit_test_setup(test_no_finalizers, metrics_reset),
         cmocka_unit_test_setup(test_sandbox, metrics_reset),
         cmocka_unit_test_setup(test_require, metrics_reset),
