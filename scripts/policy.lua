@@ -19,6 +19,11 @@
 --   on_tick(now)              scheduled announcements
 --   self_test()               checks settings.lua and each module's pure functions; an error
 --                             rejects the reload and the last good policy keeps serving
+--   message_types             not a hook: the types on_message handles ("dm", "msg", "rooms",
+--                             "typing"), made from `custom`, routing.handlers and `passthrough`
+--                             below. chatgw calls on_message for those only: signal, mute,
+--                             unmute and history are delivered unchanged without entering Lua,
+--                             and any other custom type gets bad_type from chatgw itself.
 --
 -- gw.store keys: per connection ("rooms:<id>", "nick:<id>", "rep:<id>", "strikes:<id>") are
 -- deleted when it leaves its last room and carry a TTL in case it never joined one; per room
@@ -26,7 +31,7 @@
 -- or name ("kicks:<ip>", "ban:...") expire by TTL. Nothing is kept without a TTL.
 --
 -- Custom message types claimed here: "rooms" (the public directory) and "typing"; any other
--- custom type gets bad_type. Add your own in `custom` below.
+-- custom type gets bad_type. Add your own in `custom` below (message_types follows).
 -- Sandbox: only string, table, math, utf8, os.time/clock/date, pcall/error/assert and gw.*.
 
 local settings = require "settings"
@@ -49,12 +54,29 @@ local custom = {
   rooms = function(conn, room, msg) return rooms.on_rooms(conn) end,
 }
 
--- Built-in types that moderation does not need to see (the hub rate-limits them itself).
+-- Built-in types that the policy leaves alone (the hub rate-limits them itself). They are left
+-- out of message_types, so chatgw never calls on_message for them; on_message still passes
+-- them through unchanged, for a caller that hands it every type (a spec, or this table with
+-- message_types taken out).
 local passthrough = { signal = true, mute = true, unmute = true, history = true }
 local NICK_OPTS = { skip_words = true }
 local byte, find = string.byte, string.find
 
 local policy = {}
+
+-- The message types on_message handles, sorted: the custom types above and the types routing
+-- dispatches on, less the pass-through ones. Declared to chatgw as message_types.
+local function handled_types()
+  local list = {}
+  for t in pairs(custom) do list[#list + 1] = t end
+  for t in pairs(routing.handlers) do
+    if not passthrough[t] and not custom[t] then list[#list + 1] = t end
+  end
+  table.sort(list)
+  return list
+end
+
+policy.message_types = handled_types()
 
 function policy.on_connect(conn)
   local ok, why = moderation.on_connect(conn)
@@ -72,7 +94,7 @@ end
 
 function policy.on_message(conn, room, msg)
   local t = msg.type
-  if passthrough[t] then return true end
+  if passthrough[t] then return true end   -- not in message_types: chatgw does not send them
   -- A /nick is vetted whole by routing.name_allowed (a masked nickname would be "***").
   local text = msg.text
   local nick = t == "msg" and type(text) == "string" and byte(text, 1) == 47
@@ -97,6 +119,9 @@ end
 
 function policy.self_test()
   assert(type(settings) == "table", "settings.lua must return a table")
+  for _, t in ipairs(policy.message_types) do
+    assert(custom[t] or routing.handlers[t], "message_types: no handler for " .. tostring(t))
+  end
   rooms.self_test()
   moderation.self_test()
   routing.self_test()

@@ -12,7 +12,8 @@
 --             /other         "bad_command"
 --   dm      allowed only when sender and recipient share a room (checked with gw.members over
 --           the sender's rooms, at most max_rooms_per_conn of them), else "forbidden"
---   signal, mute, unmute, history: passed through unchanged
+--   signal, mute, unmute, history: passed through unchanged (policy.lua leaves them out of its
+--           message_types, so chatgw delivers them without calling on_message at all)
 --   typing  custom type {type="typing", room}: delivered as {type="typing", room} to the other
 --           members (the hub adds `from`); over typing_rate it is silently dropped
 --   other custom types: "bad_type" (policy.lua claims the ones it knows first)
@@ -75,11 +76,17 @@ function M.valid_name(s)
   return true
 end
 
--- "/cmd args" -> "cmd", "args" (trimmed); nil when text is not a command.
+-- "/cmd args" -> "cmd", "args" (trimmed); nil when text is not a command. O(#text): two
+-- anchored matches, each with one greedy item whose backtracking tries one O(1) item per step
+-- ("^/(%S*)%s*" never backtracks: whatever %s* takes, the pattern ends there; "^.*%S" backs
+-- off over the trailing whitespace only). The single match "^/(%S*)%s*(.-)%s*$" it replaces
+-- was quadratic: at every step of (.-) inside a run of whitespace, %s*$ took the rest of the
+-- run and failed ("/x a" .. (" \t"):rep(990) .. "b" cost milliseconds, in C, out of
+-- policy_budget's sight). Same results on every input.
 function M.parse_command(text)
   if string.sub(text, 1, 1) ~= "/" or string.sub(text, 2, 2) == "/" then return nil end
-  local cmd, rest = string.match(text, "^/(%S*)%s*(.-)%s*$")
-  return string.lower(cmd or ""), rest or ""
+  local _, e, cmd = string.find(text, "^/(%S*)%s*")
+  return string.lower(cmd), string.match(text, "^.*%S", e + 1) or ""
 end
 
 -- Room state in gw.store ----------------------------------------------------------------------

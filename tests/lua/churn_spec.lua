@@ -82,7 +82,7 @@ local function hub(policy)
   function h.send(id, room, msg)
     local c = h.conns[id]
     if not c then return nil end
-    local res, code = policy.on_message(c.conn, room, msg)
+    local res, code = mock.on_message(policy, c.conn, room, msg)   -- as chatgw dispatches
     h.settle()
     return res, code
   end

@@ -7,7 +7,8 @@
 --
 -- State: members per room (join order), a store with TTLs, token buckets, a clock that only
 -- moves with mock.advance(seconds). Every send/broadcast/kick/log is recorded in
--- mock.sent / mock.broadcasts / mock.kicks / mock.logs.
+-- mock.sent / mock.broadcasts / mock.kicks / mock.logs. mock.on_message(policy, conn, room,
+-- msg) hands a client message to the policy the way chatgw does (it honours message_types).
 
 local here = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./"
 local scripts = here .. "../../scripts/"
@@ -31,6 +32,7 @@ function mock.install()
   mock.buckets = {}       -- key -> { tokens, at }
   mock.jwts = {}          -- token -> { secret, claims }
   mock.sent, mock.broadcasts, mock.kicks, mock.logs = {}, {}, {}, {}
+  mock.dispatched = 0
 
   local gw = { version = "mock", store = {} }
   gw.config = setmetatable({}, {
@@ -213,6 +215,33 @@ end
 -- Fills a room with n anonymous members.
 function mock.fill(room, n, prefix)
   for i = 1, n do mock.join(room, (prefix or room .. "-m") .. i) end
+end
+
+-- The built-in message types that reach on_message (join and leave never do).
+mock.BUILTIN_TYPES = { msg = true, dm = true, signal = true, mute = true, unmute = true, history = true }
+
+-- What chatgw does with a client message: it calls policy.on_message only when the policy has
+-- one and, when the policy declares message_types (an array of type strings), only for the
+-- types listed there. Any other message gets the default: a built-in type is delivered
+-- unchanged (true, as with no on_message), a custom type is refused with bad_type.
+-- mock.dispatched counts the on_message calls made.
+mock.dispatched = 0
+function mock.on_message(policy, conn, room, msg)
+  local wanted = policy.message_types
+  local listed = wanted == nil
+  if wanted ~= nil then
+    assert(type(wanted) == "table", "message_types must be an array of strings")
+    for i = 1, #wanted do
+      assert(type(wanted[i]) == "string", "message_types must be an array of strings")
+      if wanted[i] == msg.type then listed = true end
+    end
+  end
+  if policy.on_message and listed then
+    mock.dispatched = mock.dispatched + 1
+    return policy.on_message(conn, room, msg)
+  end
+  if mock.BUILTIN_TYPES[msg.type] then return true end
+  return nil, "bad_type"
 end
 
 function mock.add_jwt(token, secret, claims) mock.jwts[token] = { secret = secret, claims = claims } end

@@ -25,8 +25,9 @@ describe("policy", function()
     return ok, code
   end
 
+  -- Messages go through mock.on_message, which dispatches as chatgw does (message_types).
   local function say(conn, room, text)
-    return policy.on_message(conn, room, { type = "msg", room = room, text = text })
+    return mock.on_message(policy, conn, room, { type = "msg", room = room, text = text })
   end
 
   before_each(function()
@@ -40,13 +41,59 @@ describe("policy", function()
     end
   end)
 
-  it("returns nothing but hooks (chatgw rejects unknown keys)", function()
+  it("returns nothing but hooks and message_types (chatgw rejects unknown keys)", function()
     local hooks = { on_connect = true, on_join = true, on_message = true, on_leave = true,
                     on_tick = true, self_test = true }
     for k, v in pairs(policy) do
-      assert.is_true(hooks[k], "unknown key " .. tostring(k))
-      assert.is_function(v)
+      if k == "message_types" then
+        assert.is_table(v)
+      else
+        assert.is_true(hooks[k], "unknown key " .. tostring(k))
+        assert.is_function(v)
+      end
     end
+  end)
+
+  describe("message_types", function()
+    it("declares exactly the types on_message handles", function()
+      assert.same({ "dm", "msg", "rooms", "typing" }, policy.message_types)
+      for i, t in ipairs(policy.message_types) do assert.is_string(t, i) end
+    end)
+
+    it("leaves out the built-in types the policy passes through untouched", function()
+      local listed = {}
+      for _, t in ipairs(policy.message_types) do listed[t] = true end
+      for _, t in ipairs({ "signal", "mute", "unmute", "history" }) do
+        assert.is_nil(listed[t], t)
+        local res = policy.on_message(mock.conn("a1"), "lobby", { type = t, room = "lobby" })
+        assert.is_true(res, t)            -- what chatgw does for them without on_message
+      end
+    end)
+
+    it("holds every custom type the policy answers (anything else is bad_type)", function()
+      local listed = {}
+      for _, t in ipairs(policy.message_types) do listed[t] = true end
+      for _, t in ipairs({ "rooms", "typing" }) do assert.is_true(listed[t], t) end
+      assert.is_nil(listed.poke)
+      local res, code = policy.on_message(mock.conn("a1"), "lobby", { type = "poke", room = "lobby" })
+      assert.is_nil(res)
+      assert.equal("bad_type", code)
+    end)
+
+    it("follows a custom type added to routing.handlers", function()
+      local routing = require "routing"
+      package.loaded.policy = nil
+      routing.handlers.wave = function() return true end
+      local p = require "policy"
+      assert.same({ "dm", "msg", "rooms", "typing", "wave" }, p.message_types)
+      assert.is_true(p.self_test())
+      routing.handlers.wave = nil
+    end)
+
+    it("is checked by self_test", function()
+      table.insert(policy.message_types, "nonesuch")
+      assert.has_error(function() policy.self_test() end)
+    end)
   end)
 
   it("passes self_test with the shipped settings", function()
@@ -176,10 +223,10 @@ describe("policy", function()
     end)
 
     it("routes dm only between room mates", function()
-      assert.is_true(policy.on_message(alice, nil, { type = "dm", to = "b1", text = "psst" }))
+      assert.is_true(mock.on_message(policy, alice, nil, { type = "dm", to = "b1", text = "psst" }))
       local carol = mock.conn("c1")
       join(carol, "games")
-      local res, code = policy.on_message(carol, nil, { type = "dm", to = "a1", text = "hi" })
+      local res, code = mock.on_message(policy, carol, nil, { type = "dm", to = "a1", text = "hi" })
       assert.is_nil(res)
       assert.equal("forbidden", code)
     end)
@@ -187,13 +234,24 @@ describe("policy", function()
     it("passes signal through untouched, even for a flooder", function()
       policy = load({ moderation = { conn_rate = 0.001, conn_burst = 1 } })
       local sig = { type = "signal", room = "lobby", to = "b1", data = { candidate = "x" } }
+      for _ = 1, 5 do assert.is_true(mock.on_message(policy, alice, "lobby", sig)) end
+      assert.equal(0, mock.dispatched)                 -- not in message_types: never enters Lua
+      -- on_message alone passes it through as well (a caller that hands it every type)
       for _ = 1, 5 do assert.is_true(policy.on_message(alice, "lobby", sig)) end
       assert.same({}, mock.kicks)
+      assert.same({}, mock.store["strikes:a1"] or {})
+    end)
+
+    it("never sees mute, unmute or history", function()
+      for _, t in ipairs({ "mute", "unmute", "history" }) do
+        assert.is_true(mock.on_message(policy, alice, "lobby", { type = t, room = "lobby" }), t)
+      end
+      assert.equal(0, mock.dispatched)
     end)
 
     it("answers the rooms request with the directory", function()
       join(mock.conn("x"), "_secret")
-      assert.is_false(policy.on_message(alice, nil, { type = "rooms" }))
+      assert.is_false(mock.on_message(policy, alice, nil, { type = "rooms" }))
       local s = mock.last(mock.sent)
       assert.equal("a1", s.to)
       assert.same({ type = "rooms", rooms = { { name = "lobby", online = 2 } } }, s.msg)
@@ -201,19 +259,20 @@ describe("policy", function()
 
     it("delivers typing as a new table", function()
       assert.same({ type = "typing", room = "lobby" },
-                  policy.on_message(alice, "lobby", { type = "typing", room = "lobby" }))
+                  mock.on_message(policy, alice, "lobby", { type = "typing", room = "lobby" }))
     end)
 
-    it("refuses unclaimed custom types with bad_type", function()
-      local res, code = policy.on_message(alice, "lobby", { type = "poke", room = "lobby" })
+    it("refuses unclaimed custom types with bad_type (from chatgw, without entering Lua)", function()
+      local res, code = mock.on_message(policy, alice, "lobby", { type = "poke", room = "lobby" })
       assert.is_nil(res)
       assert.equal("bad_type", code)
+      assert.equal(0, mock.dispatched)
     end)
 
     it("rate-limits custom types too", function()
       policy = load({ moderation = { conn_rate = 0.001, conn_burst = 1 } })
-      assert.is_false(policy.on_message(alice, nil, { type = "rooms" }))
-      local _, code = policy.on_message(alice, nil, { type = "rooms" })
+      assert.is_false(mock.on_message(policy, alice, nil, { type = "rooms" }))
+      local _, code = mock.on_message(policy, alice, nil, { type = "rooms" })
       assert.equal("rate_limited", code)
     end)
 
