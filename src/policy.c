@@ -345,8 +345,24 @@ static void *policy_vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
  * so a pcall inside the policy cannot catch the error and keep looping: the next instruction
  * of its caller fails too. The message carries the position (luaL_error's level is wrong
  * inside a hook, which has no frame of its own). */
+/* Raises what, prefixed with the innermost Lua position ("policy.lua:12: ") when there is one:
+ * a hook may run at the return of a C function, which has no line of its own. */
+static void policy_hook_raise(lua_State *L, const char *what)
+{
+    lua_Debug ar;
+    for (int level = 0; lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+            lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, what);
+            lua_error(L);
+        }
+    }
+    lua_pushstring(L, what);
+    lua_error(L);
+}
+
 static void policy_count_hook(lua_State *L, lua_Debug *ar)
 {
+    (void)ar;
     policy_vm_t *vm = policy_vm_of(L);
     if (!vm->over_budget) {
         vm->steps += POLICY_HOOK_STEP;
@@ -354,11 +370,7 @@ static void policy_count_hook(lua_State *L, lua_Debug *ar)
         vm->over_budget = 1;
         lua_sethook(L, policy_count_hook, LUA_MASKCOUNT, 1);
     }
-    if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
-        lua_pushfstring(L, "%s:%d: " POLICY_BUDGET_MSG, ar->short_src, ar->currentline);
-    else
-        lua_pushliteral(L, POLICY_BUDGET_MSG);
-    lua_error(L);
+    policy_hook_raise(L, POLICY_BUDGET_MSG);
 }
 
 /* Set by the guard when the run overran: raises at every instruction, call and return, so
@@ -366,13 +378,11 @@ static void policy_count_hook(lua_State *L, lua_Debug *ar)
  * one instruction. */
 static void policy_timeout_hook(lua_State *L, lua_Debug *ar)
 {
+    (void)ar;
     policy_vm_t *vm = policy_vm_of(L);
-    long ms = vm->p->guard ? policy_guard_timeout_ms(vm->p->guard) : 0;
-    if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
-        lua_pushfstring(L, "%s:%d: " POLICY_TIMEOUT_MSG " (over %d ms)", ar->short_src, ar->currentline, (int)ms);
-    else
-        lua_pushfstring(L, POLICY_TIMEOUT_MSG " (over %d ms)", (int)ms);
-    lua_error(L);
+    char what[64];
+    snprintf(what, sizeof what, POLICY_TIMEOUT_MSG " (over %ld ms)", vm->p->guard ? policy_guard_timeout_ms(vm->p->guard) : 0);
+    policy_hook_raise(L, what);
 }
 
 /* The guard's callback, in its signal handler on this holder's thread: lua.c's way to stop a

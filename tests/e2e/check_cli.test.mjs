@@ -1,5 +1,5 @@
 // `chatgw check DIR`, end to end: it loads a policy directory exactly as the server would (the
-// same sandbox, budget and self_test) and prints "ok <version>" with exit 0, or
+// same sandbox, time guard, budget and self_test) and prints "ok <version>" with exit 0, or
 // "file:line: message" with exit 1. The version it prints is the one a server on the same
 // directory reports in welcome, /readyz and chatgw_policy_info.
 import { describe, it, after } from 'node:test';
@@ -106,17 +106,21 @@ describe('chatgw check', () => {
 
   it('an endless loop at load time and a sandbox violation: exit 1 with file:line', T, async () => {
     const loop = fixture('rejected/load_loop.lua');
-    failsAt(await runCheck(scriptsDir({ 'policy.lua': loop })), 'policy.lua', lineOf(loop, '-- LINE'), /budget/);
+    failsAt(await runCheck(scriptsDir({ 'policy.lua': loop })), 'policy.lua', lineOf(loop, '-- LINE'), /policy timeout/);
     const io = fixture('rejected/sandbox_at_load.lua');
     failsAt(await runCheck(scriptsDir({ 'policy.lua': io })), 'policy.lua', lineOf(io, '-- LINE'), /io/);
     failsAt(await runCheck(scriptsDir({ 'policy.lua': fixture('rejected/unknown_hook.lua') })), 'policy.lua', null, /on_mesage/);
   });
 
-  it('uses the configured budget, as the server would', T, async () => {
+  it('uses the configured budget and time guard, as the server would', T, async () => {
     const text = '-- e2e: about 300k instructions at load time\nlocal n = 0\nfor i = 1, 100000 do n = n + i end\nreturn {}\n';
     const dir = scriptsDir({ 'policy.lua': text });
     okVersion(await runCheck(dir));
     failsAt(await runCheck(dir, ['--policy-budget', '1000']), 'policy.lua', 3, /budget/);
+    const slow = '-- e2e: about half a second at load time\nlocal t = os.clock()\nwhile os.clock() - t < 0.5 do end\nreturn {}\n';
+    const slowDir = scriptsDir({ 'policy.lua': slow });
+    failsAt(await runCheck(slowDir), 'policy.lua', 3, /policy timeout \(over 50 ms\)/);
+    okVersion(await runCheck(slowDir, ['--policy-timeout-ms', '5000']));
   });
 
   it('a directory without policy.lua, or no directory at all: exit 1', T, async () => {

@@ -314,8 +314,8 @@ describe('policy reload: rejected policies leave the last good one serving', () 
     { name: 'a syntax error in a required module', file: 'tag.lua', fixture: 'rejected/module_syntax_error.lua', where: 'tag.lua', re: /unexpected symbol/ },
     { name: 'an error inside self_test', file: 'policy.lua', fixture: 'rejected/self_test_error.lua', where: 'policy.lua', re: /self_test refuses this policy/, hook: 'self_test', kind: 'error' },
     { name: 'self_test returning false', file: 'policy.lua', fixture: 'rejected/self_test_false.lua', where: 'policy.lua', re: /self_test returned false.*settings are wrong/, noLine: true },
-    { name: 'an endless loop at load time', file: 'policy.lua', fixture: 'rejected/load_loop.lua', where: 'policy.lua', re: /budget/ },
-    { name: 'an endless loop inside self_test', file: 'policy.lua', fixture: 'rejected/self_test_loop.lua', where: 'policy.lua', re: /budget/, hook: 'self_test', kind: 'budget' },
+    { name: 'an endless loop at load time', file: 'policy.lua', fixture: 'rejected/load_loop.lua', where: 'policy.lua', re: /policy timeout/ },
+    { name: 'an endless loop inside self_test', file: 'policy.lua', fixture: 'rejected/self_test_loop.lua', where: 'policy.lua', re: /policy timeout/, hook: 'self_test', kind: 'timeout' },
     { name: 'a memory bomb at load time', file: 'policy.lua', fixture: 'rejected/load_memory.lua', where: 'policy.lua', re: /memory/, noLine: true },  // Lua gives memory errors no position
     { name: 'an unknown hook name (a typo)', file: 'policy.lua', fixture: 'rejected/unknown_hook.lua', where: 'policy.lua', re: /on_mesage/, noLine: true },
     { name: 'io touched at load time (sandbox)', file: 'policy.lua', fixture: 'rejected/sandbox_at_load.lua', where: 'policy.lua', re: /io/ },
