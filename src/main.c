@@ -15,6 +15,7 @@
 #include "hub.h"
 #include "log.h"
 #include "policy.h"
+#include "sentinel.h"
 #include "server.h"
 #include "static.h"
 #include "watch.h"
@@ -151,11 +152,13 @@ static int cmd_serve(int argc, char **argv)
     gw.web = static_site_boot(gw.cfg.web_dir);
     int rc = policy_boot(&gw);
     if (rc == 0) rc = server_start(&gw);
+    if (rc == 0) sentinel_start(gw.cfg.drain_timeout_ms);
     if (rc == 0) {
         log_info("started", "{s:s, s:s}", "version", CHATGW_VERSION, "listen", gw.cfg.listen);
         uv_run(gw.loop, UV_RUN_DEFAULT);
         log_info("stopped", NULL);
     }
+    sentinel_stop();
     hub_bus_close(gw.hub);         /* before server_free runs the loop: the Redis link would keep it alive */
     server_free(&gw);
     watch_stop(gw.watch);

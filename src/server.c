@@ -8,10 +8,13 @@
  * connection under the caller's feet: teardown only starts from read, write and timer
  * callbacks, and a conn_t is freed only in its close callbacks. This is the only module that
  * touches client sockets. */
+#define _GNU_SOURCE            /* accept4 */
 #include "server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -21,6 +24,7 @@
 #include "dheap.h"
 #include "log.h"
 #include "routes.h"
+#include "sentinel.h"
 #include "tls.h"
 #include "watch.h"
 #include "ws.h"
@@ -113,6 +117,8 @@ struct server_s {
     uint64_t timer_due;            /* what timer is started for; 0 when stopped */
     uv_timer_t drain_timer;
     uv_timer_t sweep_timer;        /* frees per-IP entries whose bucket refilled */
+    uv_timer_t beat_timer;         /* tells the sentinel this loop turns */
+    sentinel_slot_t *slot;
     int drain_timer_on;
     uint64_t serial;
     ws_deflater_t *deflaters[16];  /* shared, by window bits */
@@ -195,6 +201,50 @@ static void iptab_release(server_t *srv, ip_entry_t *ent)
     if (--ent->count) return;
     iptab_refill(srv, ent);
     if (ent->tokens >= iptab_burst(srv)) iptab_unlink(srv, ent);
+}
+
+/* ---- answers from outside a stuck loop (sentinel.h) ---- */
+
+#define STALL_ANSWERS_MAX 64           /* connections answered per sentinel tick and listener */
+#define STALL_WAIT_MS 20               /* for the request to arrive, and for the peer to close */
+
+static void on_beat(uv_timer_t *t)
+{
+    server_t *srv = t->data;
+    sentinel_slot_beat(srv->slot);
+}
+
+/* Reads and drops what fd has within STALL_WAIT_MS: a close with unread input would reset
+ * the connection and lose the answer. */
+static void stall_drain(int fd)
+{
+    char scratch[4096];
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    if (poll(&p, 1, STALL_WAIT_MS) > 0)
+        while (read(fd, scratch, sizeof scratch) > 0) {}
+}
+
+/* On the sentinel's thread while this listener's loop is stuck: every connection waiting on
+ * listen_fd (non-blocking, as libuv made it) gets 503 {"status":"stuck"} and is closed. Plain
+ * listeners only: a TLS handshake needs the loop's certificate state. */
+static void server_stall_answer(int listen_fd, int worker, uint64_t stuck_ms)
+{
+    char body[96], resp[256];
+    int blen = snprintf(body, sizeof body, "{\"status\":\"stuck\",\"worker\":%d,\"stuck_ms\":%llu}", worker,
+                        (unsigned long long)stuck_ms);
+    int rlen = snprintf(resp, sizeof resp,
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        "Content-Length: %d\r\nConnection: close\r\n\r\n%s", blen, body);
+    for (int n = 0; n < STALL_ANSWERS_MAX; n++) {
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) return;
+        stall_drain(fd);
+        if (send(fd, resp, (size_t)rlen, MSG_NOSIGNAL) == rlen) {
+            shutdown(fd, SHUT_WR);
+            stall_drain(fd);
+        }
+        close(fd);
+    }
 }
 
 static void on_sweep(uv_timer_t *t)
@@ -1124,6 +1174,8 @@ static int listener_open(server_t *srv, const char *addr, int roles, int tls)
     else
         log_info("listening", "{s:s, s:s, s:b}", "addr", name, "role", role, "tls", tls);
     srv->listeners[srv->nlisteners++] = l;
+    uv_os_fd_t fd;
+    if (!tls && uv_fileno((uv_handle_t *)&l->tcp, &fd) == 0) sentinel_slot_listen(srv->slot, fd);
     return 0;
 }
 
@@ -1195,6 +1247,11 @@ int server_start(gw_t *gw)
     srv->timer.data = srv->sweep_timer.data = srv;
     uv_timer_start(&srv->sweep_timer, on_sweep, 1000, 1000);
     uv_unref((uv_handle_t *)&srv->sweep_timer);
+    srv->slot = sentinel_slot_new(gw->worker, server_stall_answer);
+    uv_timer_init(gw->loop, &srv->beat_timer);
+    srv->beat_timer.data = srv;
+    uv_timer_start(&srv->beat_timer, on_beat, SENTINEL_BEAT_MS, SENTINEL_BEAT_MS);
+    uv_unref((uv_handle_t *)&srv->beat_timer);
     srv->flush_check.data = srv->flush_idle.data = srv->drain_timer.data = srv;
     uv_check_start(&srv->flush_check, on_flush_check);
     uv_unref((uv_handle_t *)&srv->flush_check);
@@ -1210,6 +1267,7 @@ int server_start(gw_t *gw)
 
 static void server_listeners_close(server_t *srv)
 {
+    sentinel_slot_forget(srv->slot);   /* before the descriptors close */
     for (int i = 0; i < srv->nlisteners; i++) uv_close((uv_handle_t *)&srv->listeners[i]->tcp, on_listener_closed);
     srv->nlisteners = 0;
 }
@@ -1255,6 +1313,7 @@ void server_free(gw_t *gw)
     uv_close((uv_handle_t *)&srv->timer, on_server_handle_closed);
     uv_close((uv_handle_t *)&srv->drain_timer, on_server_handle_closed);
     uv_close((uv_handle_t *)&srv->sweep_timer, on_server_handle_closed);
+    uv_close((uv_handle_t *)&srv->beat_timer, on_server_handle_closed);
     watch_stop(srv->tls_watch[0]);
     watch_stop(srv->tls_watch[1]);
     uv_run(gw->loop, UV_RUN_DEFAULT);
@@ -1267,6 +1326,7 @@ void server_free(gw_t *gw)
     pool_free(&srv->wreqs);
     pool_free(&srv->wqs);
     pool_free(&srv->parsers);
+    sentinel_slot_free(srv->slot);
     free(srv);
     gw->server = NULL;
 }

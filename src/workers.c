@@ -20,6 +20,7 @@
 #include "hub.h"
 #include "log.h"
 #include "policy.h"
+#include "sentinel.h"
 #include "server.h"
 #include "static.h"
 #include "watch.h"
@@ -237,11 +238,13 @@ static void pool_run(pool_t *p)
     p->done.data = p;
     pool_signals_start(p);
     p->watch = watch_start(p->loop, p->cfg.scripts_dir, p->cfg.reload_poll_ms, pool_on_watch, p);
+    sentinel_start(p->cfg.drain_timeout_ms);
     for (int i = 0; i < p->n; i++)
         if (uv_thread_create(&p->ws[i].thread, worker_run, &p->ws[i]) != 0) abort();
     log_info("started", "{s:s, s:s, s:i}", "version", CHATGW_VERSION, "listen", p->cfg.listen, "workers", p->n);
     uv_run(p->loop, UV_RUN_DEFAULT);   /* until the last worker is done (pool_on_done) */
     for (int i = 0; i < p->n; i++) uv_thread_join(&p->ws[i].thread);
+    sentinel_stop();
     log_info("stopped", "{s:i}", "workers", p->n);
 }
 
