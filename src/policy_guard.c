@@ -113,6 +113,7 @@ static void *policy_guard_main(void *unused)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);       /* signals are the loops' business */
+    pthread_setname_np(pthread_self(), "policy-guard");
     pthread_mutex_lock(&policy_guard_lock);
     for (;;) {
         uint64_t now = policy_guard_now();

@@ -4,6 +4,7 @@
  * watches a signal) arm the exit deadline. Answering runs under the mutex, so a server that
  * forgets its listeners waits for an answer in progress and never has a descriptor used after
  * it closed it. */
+#define _GNU_SOURCE            /* pthread_setname_np */
 #include "sentinel.h"
 
 #include <pthread.h>
@@ -98,6 +99,7 @@ static void sentinel_on_stop(uv_async_t *a)
 static void sentinel_main(void *arg)
 {
     (void)arg;
+    pthread_setname_np(pthread_self(), "sentinel");
     uv_run(&sentinel.loop, UV_RUN_DEFAULT);
 }
 

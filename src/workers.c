@@ -5,8 +5,10 @@
  * (its own mutex) and the control requests (pool.mu guards each worker's pending requests and
  * whether its async handle is still open, so no uv_async_send can reach a closed handle).
  * Metrics are per worker and summed by /metrics. */
+#define _GNU_SOURCE            /* pthread_setname_np */
 #include "workers.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +94,9 @@ static void worker_run(void *arg)
 {
     worker_t *w = arg;
     pool_t *p = w->pool;
+    char name[16];                 /* for top -H, gdb and the stall test */
+    snprintf(name, sizeof name, "worker-%d", w->gw->worker);
+    pthread_setname_np(pthread_self(), name);
     uv_run(w->gw->loop, UV_RUN_DEFAULT);
     log_info("stopped", "{s:i}", "worker", w->gw->worker);
     worker_teardown(w);
