@@ -61,6 +61,7 @@ typedef struct {
     uint64_t policy_errors[METRICS_POLICY_HOOKS][METRICS_POLICY_KINDS];
     uint64_t policy_reloads[METRICS_RELOAD_RESULTS];
     uint64_t policy_store_keys, policy_store_buckets;   /* gauges, set from on_tick */
+    uint64_t policy_store_bytes;
     uint64_t policy_store_evicted;
 } metrics_t;
 

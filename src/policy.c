@@ -1958,6 +1958,7 @@ void policy_on_tick(policy_t *p, double now)
                          __ATOMIC_RELAXED);
         __atomic_store_n(&p->metrics->policy_store_evicted, (uint64_t)policy_store_evicted(p->store),
                          __ATOMIC_RELAXED);
+        __atomic_store_n(&p->metrics->policy_store_bytes, (uint64_t)policy_store_bytes(p->store), __ATOMIC_RELAXED);
     }
     policy_call_t c = { .slot = POLICY_HOOK_TICK, .now = now };
     policy_call(p, &c);

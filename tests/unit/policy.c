@@ -608,6 +608,65 @@ static void test_store_c(void **state)
     policy_store_free(s);
 }
 
+/* The byte cap (policy_store_mb): permanent values fill it and the next write is refused with
+ * nothing changed; the charge follows what is held (a replaced or deleted value gives its bytes
+ * back); values with a ttl are evicted to make room; buckets share the cap. */
+static void test_store_bytes(void **state)
+{
+    size_t cap = (size_t)1 << 20;
+    policy_store_t *s = policy_store_new(cap);
+    const char *err = NULL;
+    char key[32], *big = malloc(60000);
+    memset(big, 'v', 59999);
+    big[59999] = '\0';
+    int n = 0;
+    for (; n < 100; n++) {
+        snprintf(key, sizeof key, "p%d", n);
+        if (policy_store_set(s, key, json_string(big), 0, 0, &err) < 0) break;
+        assert_true(policy_store_bytes(s) <= cap);
+    }
+    assert_true(n >= 15 && n < 18);                   /* about 1 MiB of 60 kB values */
+    assert_non_null(strstr(err, "policy_store_mb"));
+    assert_int_equal(policy_store_count(s), (size_t)n);
+    size_t full = policy_store_bytes(s);
+    /* refused: a bigger value for an existing key leaves it as it was */
+    json_t *arr = json_array();
+    for (int i = 0; i < 4000; i++) json_array_append_new(arr, json_string("0123456789"));
+    assert_int_equal(policy_store_set(s, "p0", arr, 0, 0, &err), -1);
+    assert_int_equal(json_string_length(policy_store_get(s, "p0", 0)), 59999);
+    assert_int_equal(policy_store_bytes(s), full);
+    /* a smaller value gives bytes back; a delete gives them all */
+    assert_int_equal(policy_store_set(s, "p0", json_integer(1), 0, 0, &err), 0);
+    assert_true(policy_store_bytes(s) < full - 59000);
+    assert_int_equal(policy_store_del(s, "p1"), 1);
+    assert_true(policy_store_bytes(s) < full - 2 * 59000);
+    /* buckets are charged too, and refused when the cap is reached */
+    int b = 0;
+    for (; b < 100000; b++) {
+        snprintf(key, sizeof key, "bucket-%d", b);
+        if (policy_store_limit(s, key, 1, 5, 0, &err) < 0) break;
+    }
+    assert_true(b > 100 && b < 100000);
+    assert_non_null(strstr(err, "policy_store_mb"));
+    assert_true(policy_store_bytes(s) <= cap);
+    policy_store_free(s);
+    /* entries with a ttl make room for a new one */
+    s = policy_store_new(cap);
+    for (n = 0; n < 16; n++) {
+        snprintf(key, sizeof key, "t%d", n);
+        assert_int_equal(policy_store_set(s, key, json_string(big), 10 + n, 0, &err), 0);
+    }
+    for (n = 0; n < 8; n++) {
+        snprintf(key, sizeof key, "more%d", n);
+        assert_int_equal(policy_store_set(s, key, json_string(big), 0, 0, &err), 0);
+        assert_true(policy_store_bytes(s) <= cap);
+    }
+    assert_null(policy_store_get(s, "t0", 0));        /* the soonest to expire went first */
+    assert_true(policy_store_evicted(s) > 0);
+    policy_store_free(s);
+    free(big);
+}
+
 /* Lowering a bucket to the cluster's count (gw.limit with Redis): never raises, refills first,
  * creates an absent bucket only when there is something to lower. */
 static void test_store_limit_sync(void **state)
@@ -1279,6 +1338,7 @@ int main(void)
         cmocka_unit_test_setup(test_memory, metrics_reset),
         cmocka_unit_test_setup(test_store_get_out_of_memory, metrics_reset),
         cmocka_unit_test_setup(test_timeout, metrics_reset),
+        cmocka_unit_test_setup(test_store_bytes, metrics_reset),
         cmocka_unit_test_setup(test_no_finalizers, metrics_reset),
         cmocka_unit_test_setup(test_sandbox, metrics_reset),
         cmocka_unit_test_setup(test_require, metrics_reset),
