@@ -101,17 +101,21 @@ static int policy_lib_rep(lua_State *L)
     if ((lua_Unsigned)n > (POLICY_LIB_BYTES_MAX + lsep) / unit)
         return luaL_error(L, "string.rep: the result would be longer than %d MiB (the policy sandbox's limit)",
                           (int)(POLICY_LIB_BYTES_MAX >> 20));
-    size_t total = (size_t)n * unit, done = unit;
+    size_t total = (size_t)n * unit - lsep;   /* no separator after the last copy */
     luaL_Buffer b;
     char *out = luaL_buffinitsize(L, &b, total);
     memcpy(out, s, l);
-    memcpy(out + l, sep, lsep);
-    while (done < total) {
+    size_t done = l;
+    if (done < total) {
+        memcpy(out + l, sep, lsep);
+        done = unit;
+    }
+    while (done < total) {         /* the text repeats every unit bytes: copy what is done */
         size_t step = done < total - done ? done : total - done;
         memcpy(out + done, out, step);
         done += step;
     }
-    luaL_pushresultsize(&b, total - lsep);   /* no separator after the last copy */
+    luaL_pushresultsize(&b, total);
     return 1;
 }
 

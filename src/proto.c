@@ -364,12 +364,14 @@ fail:
 }
 
 /* Whether the JSON text has at most PROTO_VALUES_MAX values nested at most PROTO_DEPTH_MAX
- * deep, by one pass over its structural bytes (strings skipped): every value but the first
- * follows a '[' or a ','. Malformed text may pass; json_loadb judges it then. */
+ * deep, by one pass over its structural bytes (strings skipped). Values are the root, each
+ * object member (one per ':') and each array element (one per ',' in an array, and one for a
+ * non-empty array). Malformed text may pass; json_loadb judges it then. */
 static int proto_shape_ok(const char *text, size_t len)
 {
+    char open[PROTO_DEPTH_MAX];    /* '[' or '{' per level */
     size_t values = 1, depth = 0;
-    for (const char *p = text, *end = text + len; p < end; p++) {
+    for (const char *p = text, *end = text + len; p < end && values <= PROTO_VALUES_MAX; p++) {
         switch (*p) {
         case '"':
             for (p++; p < end && *p != '"'; p++)
@@ -377,21 +379,23 @@ static int proto_shape_ok(const char *text, size_t len)
             break;
         case '{':
         case '[':
-            if (++depth > PROTO_DEPTH_MAX) return 0;
-            values += *p == '[';
+            if (depth == PROTO_DEPTH_MAX) return 0;
+            open[depth++] = *p;
+            if (*p == '[') {
+                const char *q = proto_fast_ws(p + 1, end);
+                values += q < end && *q != ']';
+            }
             break;
         case '}':
         case ']':
             if (depth) depth--;
             break;
-        case ',':
-            values++;
-            break;
+        case ':': values++; break;
+        case ',': values += depth && open[depth - 1] == '['; break;
         default: break;
         }
-        if (values > PROTO_VALUES_MAX) return 0;
     }
-    return 1;
+    return values <= PROTO_VALUES_MAX;
 }
 
 int proto_decode(const char *text, size_t len, size_t max_text, proto_in_t *in, proto_err_t *err)

@@ -3,6 +3,7 @@
 #
 #   tests/bench/callgrind.sh [BUILD_DIR]        (default build; needs valgrind and python3)
 #   SCRIPTS=dir tests/bench/callgrind.sh ...     the default policy from dir instead of scripts/
+#   CHATGW_ARGS="--policy-budget 1000000" ...   extra flags for the server (each configuration)
 #
 # Wall-clock rates on a shared 2-core machine swing by 2x; instruction counts repeat to within
 # a few per cent. This runs BUILD_DIR/chatgw under `valgrind --tool=callgrind` and drives it
@@ -36,7 +37,7 @@ run() {
   valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" "$B/chatgw" serve --listen 127.0.0.1:$port \
     --log-level warn --scripts-dir "$W/pol-$pol" --max-connections 100000 --max-connections-per-ip 100000 \
     --rate-msgs-per-sec 1000000 --rate-burst 1000000 --max-room-members 100000 --max-rooms-per-conn 16 \
-    --accept-rate-per-ip 0 >"$W/server.log" 2>&1 &
+    --accept-rate-per-ip 0 ${CHATGW_ARGS:-} >"$W/server.log" 2>&1 &
   local vp=$!
   for _ in $(seq 150); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
   if [ "$mode" = room ]; then g="--mode room --conns 100 --publishers 2"

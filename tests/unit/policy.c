@@ -274,6 +274,39 @@ static void test_budget(void **state)
     policy_free(p);
 }
 
+/* The bounded library (policy_lib.h): every call that could run long in C raises at once
+ * past its cap, and the same calls within the caps give Lua's own results. */
+static void test_bounded_lib(void **state)
+{
+    policy_t *p = good_new(NULL);
+    eval_true(p, "return #string.rep('', math.maxinteger) == 0 and string.rep('', 5, ',') == ',,,,'");
+    eval_true(p, "return string.rep('ab', 3, '-') == 'ab-ab-ab' and string.rep('x', 0) == '' and string.rep('x', -1, 'y') == ''");
+    eval_true(p, "return #string.rep('abc', 1398101) == 4194303");                  /* just under 4 MiB */
+    eval_fails(p, "return string.rep('abc', 1398102)", "longer than 4 MiB");
+    eval_fails(p, "return string.rep('x', 1 << 40)", "longer than 4 MiB");
+    eval_fails(p, "return string.rep('x', 3, string.rep('y', 3 << 20))", "longer than 4 MiB");
+    eval_true(p, "local s = string.rep('x', 2, string.rep('y', 3 << 20)) return #s == (3 << 20) + 2 and s:sub(-2) == 'yx'");
+    eval_fails(p, "table.move({}, 1, math.maxinteger - 1, 1)", "over the policy sandbox's limit");
+    eval_fails(p, "table.move({}, math.mininteger, -1, 1)", "over the policy sandbox's limit");
+    eval_fails(p, "return table.unpack({}, 1, 1e8)", "over the policy sandbox's limit");
+    eval_fails(p, "return table.concat({}, '', 1, 1 << 20)", "over the policy sandbox's limit");
+    eval_true(p, "local t = setmetatable({}, { __len = function() return math.maxinteger end }) "
+                 "local a = pcall(table.concat, t) local b = pcall(table.unpack, t) local c = pcall(table.insert, t, 1, 1) "
+                 "local d = pcall(table.remove, t, 1) local e = pcall(table.sort, t) return not (a or b or c or d or e)");
+    eval_fails(p, "local t = {} for i = 1, 70000 do t[i] = i end table.sort(t)", "over the policy sandbox's limit");
+    eval_true(p, "local t = { 3, 1, 2 } table.sort(t) table.insert(t, 4) table.insert(t, 1, 0) "
+                 "return table.concat(t, ',') == '0,1,2,3,4' and table.remove(t, 1) == 0 and select('#', table.unpack(t)) == 4 "
+                 "and table.concat(t, '', 2, 3) == '23' and table.unpack({ 1, 2, 3 }, 3) == 3 "
+                 "and table.move({ 1, 2 }, 1, 2, 2)[3] == 2");
+    eval_fails(p, "return os.date(string.rep('%c', 200))", "format longer than 256");
+    eval_true(p, "return os.date('!%Y-%m-%d', 0) == '1970-01-01'");
+    eval_true(p, "return string.pack == nil and string.unpack == nil and string.packsize == nil");
+    eval_fails(p, "local s = string.rep('x', 4 << 20) return s .. s", "not enough memory");   /* one block <= 4 MiB */
+    eval_true(p, "return utf8.len('h\\u{e9}llo') == 5 and string.upper('abc') == 'ABC' and string.format('%d-%s', 1, 'x') == '1-x'");
+    eval_fails(p, "return load(string.rep(' ', (1 << 20) + 1))", "load: a chunk longer than 1024 KiB");
+    policy_free(p);
+}
+
 /* Runs code through "eval" on p, which must fail by the time guard (within a second or two of
  * its 50 ms, not at some later budget); the timeout count goes up by one. */
 static void eval_times_out(policy_t *p, const char *code)
@@ -1338,6 +1371,7 @@ int main(void)
         cmocka_unit_test_setup(test_memory, metrics_reset),
         cmocka_unit_test_setup(test_store_get_out_of_memory, metrics_reset),
         cmocka_unit_test_setup(test_timeout, metrics_reset),
+        cmocka_unit_test_setup(test_bounded_lib, metrics_reset),
         cmocka_unit_test_setup(test_store_bytes, metrics_reset),
         cmocka_unit_test_setup(test_no_finalizers, metrics_reset),
         cmocka_unit_test_setup(test_sandbox, metrics_reset),

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "proto.h"
 
 /* cmocka hands every test a state it does not use (the build passes -Wno-unused-parameter). */
@@ -271,6 +272,58 @@ static void test_decode_bad_json(void **state)
 }
 
 /* Error messages are valid UTF-8 even when jansson quotes broken input, so they can be sent. */
+/* The shape check on the text: 4096 values and 32 levels pass, one more is too_complex before
+ * any tree is built; strings that hold brackets and commas do not count. */
+static void test_decode_too_complex(void **state)
+{
+    buf_t b;
+    buf_init(&b);
+    /* {"type":"signal","room":"r","to":"x","data":[0,0,...]}: 4 values, then the array and its items */
+    for (int items = PROTO_VALUES_MAX - 5; items <= PROTO_VALUES_MAX - 4; items++) {
+        b.len = 0;
+        buf_append_str(&b, "{\"type\":\"signal\",\"room\":\"r\",\"to\":\"x\",\"data\":[");
+        for (int i = 0; i < items; i++) buf_append_str(&b, i ? ",[]" : "[]");
+        buf_append_str(&b, "]}");
+        proto_in_t in;
+        proto_err_t err;
+        int rc = proto_decode(b.data, b.len, 4096, &in, &err);
+        if (items == PROTO_VALUES_MAX - 5) {
+            assert_int_equal(rc, 0);
+            proto_in_free(&in);
+        } else {
+            assert_int_equal(rc, -1);
+            assert_string_equal(err.code, "too_complex");
+        }
+    }
+    b.len = 0;                     /* 32 levels of data pass, 33 do not */
+    for (int depth = 31; depth <= 32; depth++) {
+        b.len = 0;
+        buf_append_str(&b, "{\"type\":\"signal\",\"room\":\"r\",\"to\":\"x\",\"data\":");
+        for (int i = 0; i < depth; i++) buf_append_str(&b, "[");
+        for (int i = 0; i < depth; i++) buf_append_str(&b, "]");
+        buf_append_str(&b, "}");
+        proto_in_t in;
+        proto_err_t err;
+        int rc = proto_decode(b.data, b.len, 4096, &in, &err);
+        if (depth == 31) {
+            assert_int_equal(rc, 0);
+            proto_in_free(&in);
+        } else {
+            assert_int_equal(rc, -1);
+            assert_string_equal(err.code, "too_complex");
+        }
+    }
+    b.len = 0;                     /* brackets and commas inside strings are text */
+    buf_append_str(&b, "{\"type\":\"msg\",\"room\":\"r\",\"text\":\"");
+    for (int i = 0; i < 1000; i++) buf_append_str(&b, "[,{\\\"");
+    buf_append_str(&b, "\",\"cid\":\"c\\u0041\"}");
+    proto_in_t in;
+    proto_err_t err;
+    assert_int_equal(proto_decode(b.data, b.len, 1 << 20, &in, &err), 0);
+    proto_in_free(&in);
+    buf_free(&b);
+}
+
 static void test_decode_error_message_sendable(void **state)
 {
     static const char *inputs[] = {
@@ -1325,6 +1378,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decode_join),
+        cmocka_unit_test(test_decode_too_complex),
         cmocka_unit_test(test_msg_id),
         cmocka_unit_test(test_decode_room_only),
         cmocka_unit_test(test_decode_history_since),
