@@ -1,0 +1,1044 @@
+// The policy sandbox under attack, end to end: scripts that try to hang a worker (endless loops
+// in every hook, loops that catch the watchdog's error, single C calls that run for ever or ask
+// for gigabytes, a gw.store filled far past its cap, 10 MiB log messages) and clients that try
+// to make the default policy do expensive work (a 510 KB signal of 170k empty arrays from 16
+// connections, a slash command built for a backtracking pattern).
+//
+// For every attack the test checks, while it runs:
+//   (a) no stall: a separate thread polls GET /healthz every ~20 ms (bounded in count and time)
+//       and the worst latency stays under STALL_MS: the issue's bound on a loop stall, not a
+//       speed target;
+//   (b) two bystanders in another room keep chatting, during and after the attack;
+//   (c) the attacked hook's failure mode (policy_error frame, refused upgrade or join, rejected
+//       reload) and the kind counted in chatgw_policy_errors_total{hook,kind};
+//   (d) RSS stays bounded where memory is involved;
+// and, at the end of each server's life, (e) SIGTERM ends it within drain_timeout_ms plus a few
+// seconds, also when a worker is stuck in Lua.
+//
+// Fixtures: tests/e2e/fixtures/attacks/<group>/policy.lua (see fixtures/README.md); the client
+// attacks run against the default policy (scripts/).
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Worker } from 'node:worker_threads';
+import {
+  startServer, chatClient, scrape, waitFor, sleep, rawWebSocket, readyz, fixture, scriptsDir,
+  defaultScripts, writeFiles, runCheck, procRssKb,
+} from './lib.mjs';
+
+const T = { timeout: 60000 };
+const STALL_MS = 200;                 // the issue: no stall of the loop beyond this
+const DRAIN_MS = 1000;
+const EXIT_GRACE_MS = 6500;           // "drain_timeout_ms plus a few seconds"
+const TIMEOUT_MS = 50;                // policy_timeout_ms (the default), passed explicitly
+const MEMORY_MB = 64;                 // policy_memory_mb (default)
+const STORE_MB = 16;                  // policy_store_mb (default), passed explicitly
+const RSS_SLACK_MB = 64;              // the process itself: loop, buffers, allocator slack
+const BASE = ['--policy-timeout-ms', TIMEOUT_MS, '--drain-timeout-ms', DRAIN_MS];
+const FAST = ['--rate-msgs-per-sec', '100000', '--rate-burst', '100000'];
+const TIMEOUT_RE = /timeout|timed out|time limit|policy_timeout_ms/i;
+const BYSTANDER_ADDR = '127.0.0.3';
+const PROBE_ADDRS = ['127.0.0.20', '127.0.0.21', '127.0.0.22', '127.0.0.23'];   // under accept_rate_per_ip
+
+let seq = 0;
+const uniq = (p = 'hello') => `${p} number ${++seq}`;
+const nextCid = (p = 'atk') => `${p}-${++seq}`;
+
+// ---------------------------------------------------------------------------------------------
+// (a) the stall probe: GET /healthz on a fresh connection every ~20 ms, from a worker thread, so
+// that the test's own busy main thread (big frames, JSON) does not show up as server latency.
+
+const PROBE_CODE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const net = require('node:net');
+const { port, intervalMs, maxSamples, maxMs, addrs } = workerData;
+const started = Date.now();
+let stop = false;
+const lat = [];
+const failures = [];
+parentPort.on('message', () => { stop = true; });
+function once(i) {
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    let buf = '';
+    let done = false;
+    const finish = (ok, why) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ ms: performance.now() - t0, ok, why });
+    };
+    const s = net.connect({ host: '127.0.0.1', port, localAddress: addrs[i % addrs.length] });
+    const timer = setTimeout(() => finish(false, 'no answer in 5 s'), 5000);
+    s.on('connect', () => s.write('GET /healthz HTTP/1.1\\r\\nHost: probe\\r\\nConnection: close\\r\\n\\r\\n'));
+    s.on('data', (d) => {
+      buf += d.toString('latin1');
+      if (buf.includes('\\r\\n\\r\\n')) finish(/^HTTP\\/1\\.1 200 /.test(buf), buf.slice(0, 40));
+    });
+    s.on('close', () => finish(/^HTTP\\/1\\.1 200 /.test(buf), 'closed: ' + JSON.stringify(buf.slice(0, 40))));
+    s.on('error', (e) => finish(false, e.code || e.message));
+  });
+}
+(async () => {
+  let i = 0;
+  while (!stop && lat.length < maxSamples && Date.now() - started < maxMs) {
+    const r = await once(i++);
+    lat.push(r.ms);
+    if (!r.ok) failures.push(r.why);
+    await new Promise((res) => setTimeout(res, intervalMs));
+  }
+  parentPort.postMessage({ lat, failures });
+})();
+`;
+
+/** Starts polling /healthz; stop() resolves {max, n, failures, lat}. */
+function stallProbe(port, { intervalMs = 20, maxSamples = 3000, maxMs = 60000 } = {}) {
+  const w = new Worker(PROBE_CODE, { eval: true, workerData: { port, intervalMs, maxSamples, maxMs, addrs: PROBE_ADDRS } });
+  const done = new Promise((resolve, reject) => { w.once('message', resolve); w.once('error', reject); });
+  return {
+    async stop() {
+      w.postMessage('stop');
+      const r = await done;
+      await w.terminate();
+      const sorted = [...r.lat].sort((a, b) => a - b);
+      return { ...r, n: r.lat.length, max: sorted.at(-1) ?? 0, p50: sorted[sorted.length >> 1] ?? 0 };
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) bystanders: two clients in another room chatting through the same policy
+
+/** c says text in room; resolves once peer got it (and c got its own echo). */
+async function relay(c, peer, room, text, ms = 5000) {
+  const { id } = await c.say(room, text, ms);
+  const own = await c.next((m) => m.type === 'msg' && m.id === id, ms, `own echo of ${id}`);
+  const got = await peer.next((m) => m.type === 'msg' && m.id === id, ms, `peer copy of ${id}`);
+  assert.equal(got.text, text);
+  return own;
+}
+
+async function bystanders(srv, room = 'calm') {
+  const opts = { wsOpts: { localAddress: BYSTANDER_ADDR } };
+  const a = await chatClient(srv.port, `/ws?room=${room}&name=bystander-a`, opts);
+  const b = await chatClient(srv.port, `/ws?room=${room}&name=bystander-b`, opts);
+  await a.next((m) => m.type === 'room' && m.room === room, 5000, 'bystander a joined');
+  await b.next((m) => m.type === 'room' && m.room === room, 5000, 'bystander b joined');
+  a.drain();
+  b.drain();
+  return { a, b, room, close() { a.terminate(); b.terminate(); } };
+}
+
+/** The bystanders talk (alternately) until stop(); stop() resolves {delivered, errors}. */
+function chatter(by) {
+  let stop = false;
+  const stats = { delivered: 0, errors: [] };
+  const loop = (async () => {
+    for (let turn = 0; !stop; turn++) {
+      const [from, to] = turn % 2 ? [by.b, by.a] : [by.a, by.b];
+      try {
+        await relay(from, to, by.room, uniq('bystander'));
+        stats.delivered++;
+      } catch (e) {
+        stats.errors.push(e.message.slice(0, 300));
+        if (stats.errors.length >= 3) break;
+      }
+      from.drain();
+      await sleep(150);
+    }
+  })();
+  return { async stop() { stop = true; await loop; return stats; } };
+}
+
+/**
+ * Runs attack() while the stall probe polls /healthz and the bystanders chat (for at least
+ * minMs, so that a quick attack is watched a little after it too); then asserts (a) and (b) and
+ * that the process is still up. Resolves what attack() resolved.
+ */
+async function underAttack(srv, by, attack, what = 'the attack', { minMs = 300 } = {}) {
+  const t0 = Date.now();
+  const probe = stallProbe(srv.port);
+  const talk = chatter(by);
+  let out, err;
+  try { out = await attack(); } catch (e) { err = e; }
+  if (!err && Date.now() - t0 < minMs) await sleep(minMs - (Date.now() - t0));
+  const talked = await talk.stop();
+  const p = await probe.stop();
+  if (err) throw err;
+  assert.equal(srv.exitInfo, null, `the process is still running\n${srv.tail(10)}`);
+  assert.ok(p.n >= 3, `the /healthz probe ran (${p.n} samples)`);
+  assert.deepEqual(p.failures.slice(0, 5), [], `every /healthz during ${what} answered 200`);
+  assert.ok(p.max < STALL_MS,
+    `worst /healthz latency during ${what}: ${p.max.toFixed(0)} ms (bound ${STALL_MS} ms; median ` +
+    `${p.p50.toFixed(1)} ms over ${p.n} samples)`);
+  assert.deepEqual(talked.errors, [], `the bystanders kept chatting during ${what}`);
+  assert.ok(talked.delivered >= 1, `a bystander message got through during ${what}`);
+  await relay(by.a, by.b, by.room, uniq('bystander after'));   // and after it
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) outcomes, metrics and logs
+
+/** Sends msg with a fresh cid; resolves the first frame naming that cid (ack, error ref, reply). */
+async function outcome(c, msg, ms = 5000) {
+  const cid = nextCid();
+  c.send({ ...msg, cid });
+  return c.next((m) => m.ref === cid || m.cid === cid, ms,
+    `the outcome of ${msg.type} ${JSON.stringify(String(msg.text ?? msg.room ?? '').slice(0, 40))} (${cid})`);
+}
+
+/** Runs fn(i) sequentially for about ms (at least min, at most max times); resolves the count. */
+async function repeatFor(ms, fn, { min = 2, max = 40 } = {}) {
+  const end = Date.now() + ms;
+  let n = 0;
+  while (n < max && (n < min || Date.now() < end)) await fn(n++);
+  return n;
+}
+
+/** chatgw_policy_errors_total as {"hook/kind": value}. */
+async function policyErrorCounts(port) {
+  const { samples } = await scrape(port);
+  const out = {};
+  for (const s of samples) {
+    if (s.name === 'chatgw_policy_errors_total') out[`${s.labels.hook}/${s.labels.kind}`] = s.value;
+  }
+  return out;
+}
+
+/** The counters that changed between a and b, as {"hook/kind": delta}. */
+function deltaOf(a, b) {
+  const d = {};
+  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+    const v = (b[k] || 0) - (a[k] || 0);
+    if (v) d[k] = v;
+  }
+  return d;
+}
+
+/** Waits until the policy error counters moved by exactly want (bounded), then asserts it. */
+async function expectErrorDelta(port, before, want, what) {
+  let d;
+  await waitFor(async () => {
+    d = deltaOf(before, await policyErrorCounts(port));
+    return JSON.stringify(d) === JSON.stringify(want);
+  }, { timeoutMs: 3000, intervalMs: 100, what: `chatgw_policy_errors_total to move by ${JSON.stringify(want)}` })
+    .catch(() => {});
+  assert.deepEqual(d, want, `chatgw_policy_errors_total{hook,kind} after ${what}`);
+}
+
+const hookFailures = (srv, mark) => srv.logs.slice(mark).filter((o) => o.msg === 'policy hook failed');
+const isReloadFailed = (o) => typeof o.msg === 'string' && o.msg.startsWith('policy reload failed');
+
+/** The "policy hook failed" log lines after mark, once there are n of them (bounded wait). */
+async function failureLogs(srv, mark, n) {
+  await waitFor(() => hookFailures(srv, mark).length >= n, { timeoutMs: 3000, what: `${n} "policy hook failed" log lines` })
+    .catch(() => {});
+  const logs = hookFailures(srv, mark);
+  assert.equal(logs.length, n, `one "policy hook failed" line per failure: ${JSON.stringify(logs.map((l) => [l.hook, l.kind]))}`);
+  return logs;
+}
+
+/** The status (and body) a WebSocket upgrade at reqPath gets. */
+async function handshake(port, reqPath) {
+  const r = await rawWebSocket(port, reqPath, {}, { timeoutMs: 5000 });
+  try { return { status: r.status, body: r.body ? r.body.toString('utf8') : '' }; } finally { r.close?.(); }
+}
+
+/** Writes files into the served directory and waits for pred among the logs after that (SIGHUP
+ * as a second trigger when the directory watch stays silent). */
+async function reloadWith(srv, dir, files, pred, what) {
+  const mark = srv.logs.length;
+  writeFiles(dir, files);
+  const seen = () => srv.logs.slice(mark).find(pred);
+  try {
+    return await waitFor(seen, { timeoutMs: 3000, what });
+  } catch {
+    srv.proc.kill('SIGHUP');
+    return waitFor(seen, { timeoutMs: 5000, what: `${what} (after SIGHUP too)\n${srv.tail(10)}` });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e) SIGTERM
+
+async function sigtermEndsIt(srv, { code0 = true } = {}) {
+  assert.equal(srv.exitInfo, null, 'the server was still running before SIGTERM');
+  const t0 = Date.now();
+  srv.proc.kill('SIGTERM');
+  let r;
+  try {
+    r = await srv.waitExit(DRAIN_MS + EXIT_GRACE_MS);
+  } catch {
+    srv.proc.kill('SIGKILL');
+    assert.fail(`still running ${Date.now() - t0} ms after SIGTERM (drain_timeout_ms ${DRAIN_MS})\n${srv.tail(10)}`);
+  }
+  if (code0) assert.equal(r.code, 0, `exit code ${r.code} signal ${r.signal}\n${srv.tail(10)}`);
+  return r;
+}
+
+function openClients(...cs) { return cs.filter(Boolean); }
+
+// =============================================================================================
+// 1. endless loops in every hook: only the wall-clock watchdog can end them (no budget)
+
+describe('watchdog: an endless loop in any hook ends at policy_timeout_ms (no instruction budget)', () => {
+  let srv, dir, s, peer, by, good;
+  const room = 'arena';
+  const SPIN = fixture('attacks/spin/policy.lua');
+  before(async () => {
+    dir = scriptsDir({ 'policy.lua': SPIN }, 'chatgw-e2e-attacks-spin-');
+    srv = await startServer(['--scripts-dir', dir, ...BASE, ...FAST]);
+    s = await chatClient(srv.port, `/ws?room=${room}&name=attacker`);
+    peer = await chatClient(srv.port, `/ws?room=${room}&name=peer`);
+    await s.next('room');
+    await peer.next('room');
+    by = await bystanders(srv);
+    good = (await readyz(srv.port)).body.policy.version;
+  });
+  after(async () => {
+    for (const c of openClients(s, peer)) c.terminate();
+    by?.close();
+    if (srv) await srv.stop('SIGKILL').catch(() => {});
+  });
+
+  const modes = [
+    ['spin', 'while true do end', 1500],
+    ['count', 'a counting loop', 600],
+    ['tail', 'an endless tail call', 600],
+    ['gsub_cb', 'a string.gsub callback that loops (Lua under C)', 600],
+    ['sort_cb', 'a table.sort comparator that loops', 600],
+    ['index_mm', 'an __index metamethod that loops', 600],
+    ['load_spin', 'a load()ed chunk that loops', 600],
+  ];
+  for (const [mode, what, ms] of modes) {
+    it(`on_message: ${what} -> policy_error to the sender, kind timeout; no stall, bystanders chat`, T, async () => {
+      const before = await policyErrorCounts(srv.port);
+      const mark = srv.logs.length;
+      const n = await underAttack(srv, by, () => repeatFor(ms, async () => {
+        const r = await outcome(s, { type: 'msg', room, text: `spin:${mode}` });
+        assert.equal(r.type, 'error', `the hook must fail: ${JSON.stringify(r)}`);
+        assert.equal(r.code, 'policy_error', JSON.stringify(r));
+      }), `spin:${mode}`);
+      await expectErrorDelta(srv.port, before, { 'on_message/timeout': n }, `${n} x spin:${mode}`);
+      for (const l of await failureLogs(srv, mark, n)) {
+        assert.equal(l.hook, 'on_message');
+        assert.equal(l.kind, 'timeout', `kind of ${JSON.stringify(l.error)}`);
+      }
+      assert.equal(peer.all.filter((m) => m.type === 'msg' && String(m.text).startsWith('spin:')).length, 0,
+        'a failed message is never delivered');
+      const own = await relay(s, peer, room, uniq('attacker again'));
+      assert.equal(own.via, 'spin', 'the next message goes through the same policy');
+      s.drain();
+      peer.drain();
+    });
+  }
+
+  it('on_connect: an endless loop refuses the upgrade (policy_fail closed: 503 policy_error), kind timeout', T, async () => {
+    const before = await policyErrorCounts(srv.port);
+    const n = await underAttack(srv, by, () => repeatFor(1000, async (i) => {
+      const r = await handshake(srv.port, `/ws?room=${room}&name=x${i}&attack=${i % 2 ? 'count' : 'spin'}`);
+      assert.equal(r.status, 503, `refused (fail closed): ${r.status} ${r.body}`);
+      assert.match(r.body, /policy_error/);
+    }), 'on_connect loops');
+    await expectErrorDelta(srv.port, before, { 'on_connect/timeout': n }, `${n} looping on_connect`);
+    const c = await chatClient(srv.port, `/ws?room=${room}&name=fine`);   // the next one is admitted
+    await c.close();
+  });
+
+  it('on_join: an endless loop refuses the join with policy_error, kind timeout; the connection stays', T, async () => {
+    const before = await policyErrorCounts(srv.port);
+    const n = await underAttack(srv, by, () => repeatFor(1000, async (i) => {
+      const target = i % 2 ? 'spin-count' : 'spin-spin';
+      const e = await s.expectError({ type: 'join', room: target }, 'policy_error', 5000);
+      assert.equal(e.ref, target);
+    }), 'on_join loops');
+    await expectErrorDelta(srv.port, before, { 'on_join/timeout': n }, `${n} looping on_join`);
+    assert.ok(s.isOpen);
+    await relay(s, peer, room, uniq('after join loops'));
+    s.drain();
+  });
+
+  it('on_leave: an endless loop is ended (kind timeout); the leave still happens', T, async () => {
+    const before = await policyErrorCounts(srv.port);
+    const n = await underAttack(srv, by, () => repeatFor(800, async (i) => {
+      const r = `spinleave-${i}`;
+      await s.join(r);
+      await peer.join(r);
+      s.send({ type: 'leave', room: r });                         // on_leave loops for s ...
+      const left = await peer.next((m) => m.type === 'leave' && m.room === r, 5000, `leave presence in ${r}`);
+      assert.equal(left.member?.id ?? left.id, s.id);
+      peer.send({ type: 'leave', room: r });                      // ... and for peer
+      await sleep(TIMEOUT_MS * 2);
+    }, { min: 2, max: 5 }), 'on_leave loops');
+    await expectErrorDelta(srv.port, before, { 'on_leave/timeout': 2 * n }, `${2 * n} looping on_leave`);
+    assert.ok(s.isOpen && peer.isOpen, 'nobody was disconnected');
+    s.drain();
+    peer.drain();
+  });
+
+  it('on_tick: an endless loop every second is ended each time (kind timeout) while chat goes on', T, async () => {
+    const before = await policyErrorCounts(srv.port);
+    const ticks = () => policyErrorCounts(srv.port).then((c) => (c['on_tick/timeout'] || 0) - (before['on_tick/timeout'] || 0));
+    await relay(s, peer, room, 'tick:on');
+    try {
+      await underAttack(srv, by, () => waitFor(async () => (await ticks()) >= 3,
+        { timeoutMs: 8000, intervalMs: 200, what: 'three on_tick timeouts' }), 'looping on_tick');
+    } finally {
+      await relay(s, peer, room, 'tick:off');
+    }
+    const d = deltaOf(before, await policyErrorCounts(srv.port));
+    assert.deepEqual(Object.keys(d), ['on_tick/timeout'], `only on_tick timeouts: ${JSON.stringify(d)}`);
+    s.drain();
+    peer.drain();
+  });
+
+  it('self_test: an endless loop rejects the reload, /readyz last_error names the timeout, the last good policy serves', T, async () => {
+    const before = await policyErrorCounts(srv.port);
+    const failed0 = (await scrape(srv.port)).samples
+      .filter((x) => x.name === 'chatgw_policy_reloads_total' && x.labels.result === 'failed').reduce((a, x) => a + x.value, 0);
+    const logged = await underAttack(srv, by, () => reloadWith(srv, dir, { 'policy.lua': fixture('attacks/self_test_spin/policy.lua') },
+      isReloadFailed, '"policy reload failed" for a looping self_test'), 'a reload with a looping self_test');
+    assert.match(String(logged.error), TIMEOUT_RE, `the reload error names the timeout: ${logged.error}`);
+
+    const rz = await readyz(srv.port);
+    assert.equal(rz.status, 200, 'a failed reload does not fail readiness');
+    assert.equal(rz.body.policy.version, good, 'the last good policy keeps serving');
+    assert.equal(rz.body.checks.policy, 'reload_failed');
+    assert.match(String(rz.body.policy.last_error), TIMEOUT_RE, `last_error: ${rz.body.policy.last_error}`);
+    assert.ok(!String(rz.body.policy.last_error).includes('\n'), 'last_error is one line');
+    const d = deltaOf(before, await policyErrorCounts(srv.port));
+    assert.deepEqual(Object.keys(d), ['self_test/timeout'], `counted as a self_test timeout: ${JSON.stringify(d)}`);
+    const failed1 = (await scrape(srv.port)).samples
+      .filter((x) => x.name === 'chatgw_policy_reloads_total' && x.labels.result === 'failed').reduce((a, x) => a + x.value, 0);
+    assert.ok(failed1 >= failed0 + 1, `chatgw_policy_reloads_total{result="failed"} grew: ${failed0} -> ${failed1}`);
+    const own = await relay(s, peer, room, uniq('after the rejected reload'));
+    assert.equal(own.via, 'spin', 'the old policy still handles messages');
+
+    writeFiles(dir, { 'policy.lua': SPIN });                      // back to the serving sources
+    await waitFor(async () => (await readyz(srv.port)).body.policy.last_error === null,
+      { timeoutMs: 8000, intervalMs: 100, what: 'last_error to clear after the revert' })
+      .catch(() => { srv.proc.kill('SIGHUP'); });
+    s.drain();
+    peer.drain();
+  });
+
+  it('load: a main chunk that never returns rejects the reload, last_error names the timeout', T, async () => {
+    const logged = await underAttack(srv, by, () => reloadWith(srv, dir, { 'policy.lua': fixture('attacks/load_spin/policy.lua') },
+      isReloadFailed, '"policy reload failed" for a looping main chunk'), 'a reload with a looping main chunk');
+    assert.match(String(logged.error), TIMEOUT_RE, `the reload error names the timeout: ${logged.error}`);
+    const rz = await readyz(srv.port);
+    assert.equal(rz.body.policy.version, good);
+    assert.match(String(rz.body.policy.last_error), TIMEOUT_RE, `last_error: ${rz.body.policy.last_error}`);
+    const own = await relay(s, peer, room, uniq('after the rejected load'));
+    assert.equal(own.via, 'spin');
+    writeFiles(dir, { 'policy.lua': SPIN });
+    await waitFor(async () => (await readyz(srv.port)).body.policy.last_error === null,
+      { timeoutMs: 8000, intervalMs: 100, what: 'last_error to clear after the revert' })
+      .catch(() => { srv.proc.kill('SIGHUP'); });
+    s.drain();
+    peer.drain();
+  });
+
+  it('chatgw check: a looping self_test or main chunk exits non-zero promptly, naming the timeout', T, async () => {
+    for (const fx of ['attacks/self_test_spin/policy.lua', 'attacks/load_spin/policy.lua']) {
+      const d = scriptsDir({ 'policy.lua': fixture(fx) }, 'chatgw-e2e-attacks-check-');
+      const r = await runCheck(d, [], { timeoutMs: 8000 });        // rejects when it had to be killed
+      assert.notEqual(r.code, 0, `${fx}: exit ${r.code}; stdout ${r.stdout} stderr ${r.stderr}`);
+      assert.ok(!/^ok /m.test(r.stdout), `${fx}: no "ok" line`);
+      assert.match(r.stderr, TIMEOUT_RE, `${fx}: stderr names the timeout: ${r.stderr}`);
+    }
+  });
+
+  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+    await sigtermEndsIt(srv);
+  });
+});
+
+describe('watchdog: a worker stuck in Lua anyway (policy_timeout_ms 60000)', () => {
+  let srv, s;
+  after(async () => {
+    s?.terminate();
+    if (srv) await srv.stop('SIGKILL').catch(() => {});
+  });
+
+  it('SIGTERM still ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+    const dir = scriptsDir({ 'policy.lua': fixture('attacks/spin/policy.lua') }, 'chatgw-e2e-attacks-stuck-');
+    srv = await startServer(['--scripts-dir', dir, '--policy-timeout-ms', '60000', '--drain-timeout-ms', DRAIN_MS, ...FAST]);
+    s = await chatClient(srv.port, '/ws?room=stuck&name=attacker');
+    await s.next('room');
+    s.send({ type: 'msg', room: 'stuck', text: 'spin:spin', cid: 'stuck' });
+    await sleep(300);                                             // the only worker is in the loop now
+    await sigtermEndsIt(srv, { code0: false });
+  });
+});
+
+// =============================================================================================
+// 2. loops that try to survive the watchdog by catching its error
+
+describe('watchdog: the timeout cannot be caught (pcall, xpcall handlers, __close, __tostring)', () => {
+  let srv, s, peer, by;
+  const room = 'escape';
+  before(async () => {
+    const dir = scriptsDir({ 'policy.lua': fixture('attacks/escape/policy.lua') }, 'chatgw-e2e-attacks-escape-');
+    srv = await startServer(['--scripts-dir', dir, ...BASE, ...FAST]);
+    s = await chatClient(srv.port, `/ws?room=${room}&name=attacker`);
+    peer = await chatClient(srv.port, `/ws?room=${room}&name=peer`);
+    await s.next('room');
+    await peer.next('room');
+    by = await bystanders(srv);
+  });
+  after(async () => {
+    for (const c of openClients(s, peer)) c.terminate();
+    by?.close();
+    if (srv) await srv.stop('SIGKILL').catch(() => {});
+  });
+
+  const attacks = [
+    ['xpcall', 'xpcall(spin, spin): the message handler loops too'],
+    ['xpcall_loop', 'xpcall(spin, spin) in a loop'],
+    ['pcall_loop', 'while true do pcall(function() while true do end end) end'],
+    ['pcall_report', 'pcall(spin) then gw.send "caught" (must never arrive)'],
+    ['close', 'a <close> variable whose __close loops, then a loop'],
+    ['close_pcall', 'the <close> loop inside pcall, over and over'],
+    ['close_nested', 'a __close that loops on pcall(spin)'],
+    ['tostring_error', 'error(obj) whose __tostring loops (chatgw\'s handler converts it)'],
+    ['tostring_loop', 'tostring() of a caught error object whose __tostring loops, in a loop'],
+    ['nested_xpcall', 'nested xpcall handlers, each running the next protected spin'],
+    ['handler_pcall', 'an xpcall handler looping on pcall(spin)'],
+    ['handler_error', 'an xpcall handler raising an error whose __tostring loops, in a loop'],
+  ];
+  for (const [name, what] of attacks) {
+    it(`${what} -> policy_error, kind timeout; nothing caught; no stall`, T, async () => {
+      const before = await policyErrorCounts(srv.port);
+      const mark = srv.logs.length;
+      const n = await underAttack(srv, by, () => repeatFor(500, async () => {
+        const r = await outcome(s, { type: 'msg', room, text: `escape:${name}` });
+        assert.equal(r.type, 'error', `the hook must fail: ${JSON.stringify(r)}`);
+        assert.equal(r.code, 'policy_error', JSON.stringify(r));
+      }), `escape:${name}`);
+      await expectErrorDelta(srv.port, before, { 'on_message/timeout': n }, `${n} x escape:${name}`);
+      for (const l of await failureLogs(srv, mark, n)) assert.equal(l.kind, 'timeout', `kind of ${JSON.stringify(l.error)}`);
+      const caught = s.all.filter((m) => m.type === 'caught');
+      assert.deepEqual(caught.slice(0, 3), [], 'the script never caught the watchdog\'s error');
+      assert.equal(peer.all.filter((m) => m.type === 'msg' && String(m.text).startsWith('escape:')).length, 0);
+      const own = await relay(s, peer, room, uniq('attacker again'));
+      assert.equal(own.via, 'escape');
+      s.drain();
+      peer.drain();
+    });
+  }
+
+  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+    await sigtermEndsIt(srv);
+  });
+});
+
+// =============================================================================================
+// 3. single C calls: each works quickly or raises a Lua error
+
+describe('bounded C functions: string.rep, table.*, string.format, utf8.*, os.date, patterns', () => {
+  let srv, s, peer, by, rss0, rssMax = 0;
+  const room = 'cfuncs';
+  before(async () => {
+    const dir = scriptsDir({ 'policy.lua': fixture('attacks/cfuncs/policy.lua') }, 'chatgw-e2e-attacks-cfuncs-');
+    srv = await startServer(['--scripts-dir', dir, ...BASE, '--policy-store-mb', STORE_MB, ...FAST]);
+    s = await chatClient(srv.port, `/ws?room=${room}&name=attacker`);
+    peer = await chatClient(srv.port, `/ws?room=${room}&name=peer`);
+    await s.next('room');
+    await peer.next('room');
+    by = await bystanders(srv);
+    rss0 = procRssKb(srv.proc.pid);
+  });
+  after(async () => {
+    for (const c of openClients(s, peer)) c.terminate();
+    by?.close();
+    if (srv) await srv.stop('SIGKILL').catch(() => {});
+  });
+
+  const ANY = ['result', 'error', 'memory', 'timeout'];
+  const PATTERN = /pattern too complex/;
+  // expect: outcomes allowed ('result' = the call returned; a kind = the hook failed so). Where
+  // the attack is several MiB of honest work (copying, building arguments), the watchdog ending
+  // it (timeout) is as good as the library refusing it: what matters is no stall. Where the
+  // spec says the call is refused at once (table.* over huge ranges, the pattern step limit),
+  // only that kind passes.
+  const cases = [
+    { name: 'rep_empty_maxint', what: 'string.rep("", math.maxinteger) (also with "" as separator) returns ""', expect: ['result'], info: '0' },
+    { name: 'rep_1e9', what: 'string.rep("x", 1e9)', expect: ['memory', 'error'] },
+    { name: 'rep_sep_1e9', what: 'string.rep("", 1e9, ",")', expect: ['memory', 'error'] },
+    { name: 'rep_ab_1e7_x100', what: 'string.rep("ab", 1e7) 100 times', expect: ANY },
+    { name: 'move_maxint', what: 'table.move({}, 1, math.maxinteger - 1, 1)', expect: ['error'] },
+    { name: 'move_maxint_to', what: 'table.move({}, 1, math.maxinteger - 1, 2, {})', expect: ['error'] },
+    { name: 'concat_len', what: 'table.concat of a table whose __len is math.maxinteger', expect: ['error'] },
+    { name: 'concat_range', what: 'table.concat(t, ",", 1, math.maxinteger)', expect: ['error'] },
+    { name: 'unpack_len', what: 'table.unpack of a table whose __len is math.maxinteger', expect: ['error'] },
+    { name: 'unpack_1e8', what: 'table.unpack({}, 1, 1e8)', expect: ['error'] },
+    { name: 'insert_len', what: 'table.insert(t, 1, v) where __len is math.maxinteger', expect: ['error'] },
+    { name: 'remove_len', what: 'table.remove(t, 1) where __len is math.maxinteger', expect: ['error'] },
+    { name: 'sort_len', what: 'table.sort of a table whose __len is math.maxinteger', expect: ['error'] },
+    { name: 'format_huge', what: 'string.format("%s%s%s") of 2 MiB each', expect: ['memory', 'error', 'timeout'] },
+    { name: 'format_many', what: 'string.format with 60k "%s" of 1 KiB', expect: ['memory', 'error', 'timeout'] },
+    { name: 'utf8_len_huge', what: 'utf8.len over 4 MiB, 100 times', expect: ANY },
+    { name: 'utf8_codepoint_huge', what: 'utf8.codepoint(s, 1, -1) over 128k characters', expect: ['error', 'memory'] },
+    { name: 'utf8_char_many', what: 'utf8.char with 60k arguments', expect: ANY },
+    { name: 'os_date_huge', what: 'os.date with a million "%c"', expect: ['result', 'error', 'memory'] },
+    { name: 'os_date_huge_utc', what: 'os.date("!" .. 1.5M conversions)', expect: ['result', 'error', 'memory'] },
+    { name: 'find_fine', what: 'not an attack: ("a"):rep(300):find("(.-)(.-)(.-)a") still works', expect: ['result'], info: '1' },
+    { name: 'find_backtrack', what: '("a"):rep(300):find("(.-)(.-)(.-)x")', expect: ['error'], re: PATTERN },
+    { name: 'match_backtrack', what: 'string.match of the same', expect: ['error'], re: PATTERN },
+    { name: 'gmatch_backtrack', what: 'string.gmatch of the same', expect: ['error'], re: PATTERN },
+    { name: 'gsub_backtrack', what: 'string.gsub of the same', expect: ['error'], re: PATTERN },
+    { name: 'find_quadratic', what: '("a"):rep(1 MiB):find(".-b")', expect: ['error'], re: PATTERN },
+  ];
+  for (const tc of cases) {
+    it(`${tc.what}: ${tc.expect.join(' or ')}; no stall`, T, async () => {
+      const before = await policyErrorCounts(srv.port);
+      const mark = srv.logs.length;
+      let failures = 0;
+      const n = await underAttack(srv, by, () => repeatFor(400, async () => {
+        const r = await outcome(s, { type: 'msg', room, text: `cfunc:${tc.name}` }, 10000);
+        if (r.type === 'result') {
+          assert.ok(tc.expect.includes('result'), `${tc.name} must not complete: ${JSON.stringify(r).slice(0, 200)}`);
+          if (tc.info !== undefined) assert.equal(r.info, tc.info);
+        } else {
+          assert.equal(r.type, 'error', JSON.stringify(r).slice(0, 200));
+          assert.equal(r.code, 'policy_error', JSON.stringify(r).slice(0, 200));
+          failures++;
+        }
+      }, { min: 2, max: 5 }), `cfunc:${tc.name}`);
+      const logs = await failureLogs(srv, mark, failures);
+      for (const l of logs) {
+        assert.equal(l.hook, 'on_message');
+        assert.ok(tc.expect.includes(l.kind), `${tc.name}: kind ${l.kind} (allowed ${tc.expect}): ${l.error}`);
+        if (tc.re) assert.match(String(l.error), tc.re);
+      }
+      const d = deltaOf(before, await policyErrorCounts(srv.port));
+      for (const [k, v] of Object.entries(d)) {
+        const [hook, kind] = k.split('/');
+        assert.equal(hook, 'on_message', `only on_message failed: ${JSON.stringify(d)}`);
+        assert.ok(tc.expect.includes(kind), `${tc.name}: counted as ${kind} x${v}: ${JSON.stringify(d)}`);
+      }
+      assert.equal(Object.values(d).reduce((a, v) => a + v, 0), failures, `every failure counted once: ${JSON.stringify(d)}`);
+      assert.ok(n >= 2);
+      const rss = procRssKb(srv.proc.pid);
+      if (rss) rssMax = Math.max(rssMax, rss);
+      s.drain();
+    });
+  }
+
+  it('RSS stayed within policy_memory_mb + policy_store_mb + a base', T, async () => {
+    assert.ok(rss0 > 0);
+    const grew = (rssMax - rss0) / 1024;
+    assert.ok(grew <= MEMORY_MB + STORE_MB + RSS_SLACK_MB, `RSS grew by ${grew.toFixed(0)} MiB (from ${(rss0 / 1024).toFixed(0)} MiB)`);
+    const own = await relay(s, peer, room, uniq('still here'));
+    assert.equal(own.via, 'cfuncs');
+  });
+
+  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+    await sigtermEndsIt(srv);
+  });
+});
+
+// =============================================================================================
+// 4. gw.store past its cap
+
+describe('gw.store cap: a full store raises an error to the script and never grows the process', () => {
+  let srv, s, by, rss0, rssMax = 0;
+  const room = 'hoard';
+  const sample = () => { const r = procRssKb(srv.proc.pid); if (r) rssMax = Math.max(rssMax, r); return r; };
+  const FULL = /gw\.store\.set: .*full/;
+  before(async () => {
+    const dir = scriptsDir({ 'policy.lua': fixture('attacks/store/policy.lua') }, 'chatgw-e2e-attacks-store-');
+    srv = await startServer(['--scripts-dir', dir, ...BASE, '--policy-store-mb', STORE_MB, ...FAST]);
+    s = await chatClient(srv.port, `/ws?room=${room}&name=hoarder`);
+    await s.next('room');
+    by = await bystanders(srv);
+    rss0 = procRssKb(srv.proc.pid);
+  });
+  after(async () => {
+    s?.terminate();
+    by?.close();
+    if (srv) await srv.stop('SIGKILL').catch(() => {});
+  });
+
+  /** Sends "<op> a b" and resolves the fixture's reply (fill/cleared), failing on anything else. */
+  async function op(text) {
+    const r = await outcome(s, { type: 'msg', room, text }, 10000);
+    assert.ok(r.type === 'fill' || r.type === 'cleared', `${text}: ${JSON.stringify(r).slice(0, 300)}\n${srv.tail(3)}`);
+    return r;
+  }
+
+  /** "clear a b" in slices small enough for one hook call; resolves how many keys went. */
+  async function clearRange(a, b) {
+    let n = 0;
+    for (let i = a; i <= b; i += 2000) n += (await op(`clear ${i} ${Math.min(b, i + 1999)}`)).n;
+    return n;
+  }
+
+  const BATCH = 25;                   // 64 KiB values per hook call: well within policy_timeout_ms
+  let stored = 0;
+  it('10,000 values of 64 KiB: the cap (policy_store_mb) refuses them with "gw.store.set: ... full", RSS bounded', T, async () => {
+    const before = await policyErrorCounts(srv.port);
+    let failed = 0, err = null;
+    await underAttack(srv, by, async () => {
+      for (let i = 0; i < 10000 / BATCH; i++) {
+        const r = await op(`fill ${i * BATCH + 1} ${(i + 1) * BATCH}`);
+        stored += r.ok;
+        failed += r.failed;
+        err = err || r.err;
+        sample();
+      }
+    }, '10,000 x 64 KiB into gw.store');
+    assert.equal(stored + failed, 10000);
+    assert.ok(stored * 64 <= STORE_MB * 1024, `at most ${STORE_MB} MiB of values were kept: ${stored} x 64 KiB`);
+    assert.ok(stored >= 64, `a ${STORE_MB} MiB store holds a fair share of ${STORE_MB} MiB: ${stored} x 64 KiB`);
+    assert.match(String(err), FULL, 'the script got the error');
+    const grew = (rssMax - rss0) / 1024;
+    assert.ok(grew <= MEMORY_MB + STORE_MB + RSS_SLACK_MB, `RSS grew by ${grew.toFixed(0)} MiB filling the store`);
+    await expectErrorDelta(srv.port, before, {}, 'pcall()ed store errors');   // caught by the script: no hook failed
+  });
+
+  it('without pcall, the full store fails the hook: policy_error, kind error', T, async () => {
+    const before = await policyErrorCounts(srv.port);
+    const mark = srv.logs.length;
+    const r = await outcome(s, { type: 'msg', room, text: 'fill_raw 20001' });
+    assert.equal(r.type, 'error', JSON.stringify(r));
+    assert.equal(r.code, 'policy_error');
+    const [l] = await failureLogs(srv, mark, 1);
+    assert.equal(l.kind, 'error');
+    assert.match(String(l.error), FULL);
+    await expectErrorDelta(srv.port, before, { 'on_message/error': 1 }, 'a store error without pcall');
+  });
+
+  it('deleting frees the cap: after a clear the same values fit again', T, async () => {
+    assert.equal(await clearRange(1, 10000), stored, 'every stored value was deleted once');
+    let ok = 0;
+    for (let i = 0; i < 200 / BATCH; i++) ok += (await op(`fill ${i * BATCH + 1} ${(i + 1) * BATCH}`)).ok;
+    assert.ok(ok >= 64, `values fit again after the clear: ${ok}`);
+    assert.equal(await clearRange(1, 200), ok);
+  });
+
+  // The fixture stops at the first refused key of a batch (what a sane script does): with the
+  // store full, a refused set may cost more than a granted one.
+  it('keys count too: 1000-byte keys stop at the cap, RSS bounded', T, async () => {
+    let ok = 0, err = null;
+    await underAttack(srv, by, async () => {
+      for (let i = 0; i < 60 && !err; i++) {
+        const r = await op(`keys ${i * 2000 + 1} ${(i + 1) * 2000}`);
+        ok += r.ok;
+        err = r.err;
+        sample();
+      }
+    }, '1000-byte keys into gw.store');
+    assert.match(String(err), FULL, `the store filled up (${ok} keys)`);
+    assert.ok(ok * 1000 <= STORE_MB * 1024 * 1024, `at most ${STORE_MB} MiB of keys: ${ok} x 1000 B`);
+    const grew = (rssMax - rss0) / 1024;
+    assert.ok(grew <= MEMORY_MB + STORE_MB + RSS_SLACK_MB, `RSS grew by ${grew.toFixed(0)} MiB`);
+    assert.equal(await clearRange(1, Math.min(120000, ok + 2000)), ok, 'every key was deleted once');
+  });
+
+  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+    await sigtermEndsIt(srv);
+  });
+});
+
+// =============================================================================================
+// 5. log floods
+
+// The sandbox itself refuses strings over 4 MiB (one library call, one allocation), so the fixture
+// floods with 10 MiB where it can and with just under 4 MiB otherwise. Building a few MiB takes
+// tens of ms on a small machine, so this server runs with policy_timeout_ms 1000: what is under
+// test here is the log line, not the watchdog (a timeout would log no flood at all).
+describe('log floods: policy errors, gw.log and print write about 1 KiB of message, marked as cut', () => {
+  let srv, s, by;
+  const room = 'flood';
+  const LINE_MAX = 4096;             // a whole JSON log line, fields and traceback included
+  const MSG_MAX = 1536;              // "about 1 KiB of message" plus the cut marker
+  before(async () => {
+    const dir = scriptsDir({ 'policy.lua': fixture('attacks/logflood/policy.lua') }, 'chatgw-e2e-attacks-logflood-');
+    srv = await startServer(['--scripts-dir', dir, '--policy-timeout-ms', '1000', '--drain-timeout-ms', DRAIN_MS, ...FAST]);
+    s = await chatClient(srv.port, `/ws?room=${room}&name=flooder`);
+    await s.next('room');
+    by = await bystanders(srv);
+  });
+  after(async () => {
+    s?.terminate();
+    by?.close();
+    if (srv) await srv.stop('SIGKILL').catch(() => {});
+  });
+
+  const cases = [
+    { name: 'error_huge', what: 'error(huge string)', marker: 'FLOOD_ERROR ', fails: true, field: 'error' },
+    { name: 'error_huge_level0', what: 'error(huge string, 0)', marker: 'FLOOD_ERROR0 ', fails: true, field: 'error' },
+    { name: 'error_tostring_huge', what: 'error(obj) whose __tostring returns a huge string', marker: 'FLOOD_TOSTRING ', fails: true, field: 'error' },
+    { name: 'log_huge', what: 'gw.log("warn", huge string)', marker: 'FLOOD_LOG ', field: 'msg' },
+    { name: 'print_huge', what: 'print(huge string)', marker: 'FLOOD_PRINT ', field: 'msg' },
+    { name: 'print_many', what: 'print of four arguments, 3 MiB in all', marker: 'FLOOD_PRINTMANY', field: 'msg' },
+    { name: 'log_lines', what: 'gw.log of 800k lines', marker: 'FLOOD_LINES ', field: 'msg' },
+  ];
+  for (const tc of cases) {
+    it(`${tc.what}: each log line stays under ${LINE_MAX} bytes and says cut; no stall`, T, async () => {
+      const before = await policyErrorCounts(srv.port);
+      const marked = () => srv.rawLines.filter((x) => x.includes(tc.marker));   // each marker is used by one case only
+      const n = await underAttack(srv, by, () => repeatFor(300, async () => {
+        const r = await outcome(s, { type: 'msg', room, text: `flood:${tc.name}` }, 10000);
+        if (tc.fails) {
+          assert.equal(r.type, 'error', JSON.stringify(r).slice(0, 300));
+          assert.equal(r.code, 'policy_error');
+        } else {
+          assert.equal(r.type, 'done', JSON.stringify(r).slice(0, 300));
+          assert.ok(r.bytes >= 3 * 1024 * 1024, `the flood was real: ${r.bytes} bytes`);
+        }
+      }, { min: 3, max: 5 }), `flood:${tc.name}`);
+      const lines = await waitFor(() => (marked().length >= n ? marked() : null),
+        { timeoutMs: 5000, what: `${n} log lines with ${tc.marker}` }).catch(() => marked());
+      assert.equal(lines.length, n, `one log line per flood (${tc.marker})`);
+      for (const raw of lines) {
+        assert.ok(raw.startsWith('stdout: '), `logged as a JSON line on stdout: ${raw.slice(0, 120)}`);
+        const line = raw.slice('stdout: '.length);
+        const bytes = Buffer.byteLength(line);
+        assert.ok(bytes <= LINE_MAX, `log line of ${bytes} bytes: ${line.slice(0, 200)}...`);
+        const o = JSON.parse(line);
+        const text = String(o[tc.field]);
+        assert.ok(Buffer.byteLength(text) <= MSG_MAX, `${tc.field} of ${Buffer.byteLength(text)} bytes`);
+        assert.match(text, /cut/, `the ${tc.field} says it was cut: ...${text.slice(-80)}`);
+      }
+      const tooLong = srv.rawLines.filter((x) => x.length > 2 * LINE_MAX);
+      assert.equal(tooLong.length, 0, `no log line of ${tooLong[0]?.length} bytes anywhere`);
+      await expectErrorDelta(srv.port, before, tc.fails ? { 'on_message/error': n } : {}, `flood:${tc.name}`);
+      s.drain();
+    });
+  }
+
+  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+    await sigtermEndsIt(srv);
+  });
+});
+
+// =============================================================================================
+// 6. message_types and too_complex: what never reaches Lua
+
+/** n empty arrays. */
+const flat = (n) => Array.from({ length: n }, () => []);
+/** Arrays nested n deep. */
+function nested(n) {
+  let d = [];
+  for (let i = 1; i < n; i++) d = [d];
+  return d;
+}
+
+describe('message_types and too_complex: costly or undeclared messages never reach Lua', () => {
+  let srv, s, p, by;
+  const room = 'cx';
+  before(async () => {
+    const dir = scriptsDir({ 'policy.lua': fixture('attacks/complex/policy.lua') }, 'chatgw-e2e-attacks-complex-');
+    srv = await startServer(['--scripts-dir', dir, ...BASE, ...FAST]);
+    s = await chatClient(srv.port, `/ws?room=${room}&name=sender`);
+    p = await chatClient(srv.port, `/ws?room=${room}&name=peer`);
+    await s.next('room');
+    await p.next('room');
+    by = await bystanders(srv);
+  });
+  after(async () => {
+    for (const c of openClients(s, p)) c.terminate();
+    by?.close();
+    if (srv) await srv.stop('SIGKILL').catch(() => {});
+  });
+
+  async function calls() {
+    const r = await outcome(s, { type: 'msg', room, text: 'calls?' });
+    assert.equal(r.type, 'calls', JSON.stringify(r));
+    return r;
+  }
+  /** Sends a raw message; resolves the next error frame (too_complex frames carry no ref). */
+  async function refused(c, obj, ms = 5000) {
+    c.send(obj);
+    return c.next('error', ms, `an error for ${obj.type}`);
+  }
+
+  it('a declared custom type within the limits reaches on_message (2000 values; 20 levels)', T, async () => {
+    const c0 = await calls();
+    assert.equal((await outcome(s, { type: 'blob', room, data: flat(2000) })).type, 'blob_seen');
+    assert.equal((await outcome(s, { type: 'blob', room, data: nested(20) })).type, 'blob_seen');
+    assert.equal((await calls()).blob, c0.blob + 2);
+  });
+
+  it('more than 4096 values, from 16 connections: too_complex before conversion, on_message never called; no stall', T, async () => {
+    const conns = [];
+    try {
+      for (let i = 0; i < 16; i++) {
+        const c = await chatClient(srv.port, `/ws?room=${room}&name=blob${i}`);
+        await c.next('room');
+        conns.push(c);
+      }
+      const c0 = await calls();
+      const before = await policyErrorCounts(srv.port);
+      const data = flat(10000);
+      await underAttack(srv, by, () => Promise.all(conns.map((c) => repeatFor(1000, async () => {
+        const e = await refused(c, { type: 'blob', room, cid: nextCid('blob'), data });
+        assert.equal(e.code, 'too_complex', JSON.stringify(e));
+        await sleep(20);
+      }, { min: 5, max: 60 }))), '16 connections of 10,000-value blobs');
+      assert.equal((await calls()).blob, c0.blob, 'on_message never saw a refused blob');
+      await expectErrorDelta(srv.port, before, {}, 'too_complex messages');
+      for (const c of conns) assert.ok(c.isOpen, 'a too_complex message leaves the connection open');
+    } finally {
+      for (const c of conns) c.terminate();
+    }
+  });
+
+  it('nested deeper than 32 levels: too_complex; on_message never called', T, async () => {
+    const c0 = await calls();
+    const e = await refused(s, { type: 'blob', room, cid: nextCid(), data: nested(40) });
+    assert.equal(e.code, 'too_complex');
+    assert.equal((await calls()).blob, c0.blob);
+  });
+
+  it('a declared signal of 170k empty arrays (510 KB): too_complex; the peer gets nothing', T, async () => {
+    const c0 = await calls();
+    const e = await refused(s, { type: 'signal', room, to: p.id, data: flat(170000) }, 10000);
+    assert.equal(e.code, 'too_complex');
+    assert.deepEqual(await p.none('signal', 300), []);
+    assert.equal((await calls()).signal, c0.signal);
+  });
+
+  it('an undeclared built-in type (mute) is carried out by the hub without entering Lua', T, async () => {
+    s.send({ type: 'mute', room });
+    const m = await p.next((x) => x.type === 'mute' && x.room === room, 5000, 'mute presence');
+    assert.equal(m.member?.id ?? m.id, s.id);
+    s.send({ type: 'unmute', room });
+    await p.next((x) => x.type === 'unmute' && x.room === room, 5000, 'unmute presence');
+    const c = await calls();
+    assert.equal(c.mute, 0, 'on_message never saw mute');
+  });
+
+  it('an undeclared custom type gets bad_type from chatgw without entering Lua', T, async () => {
+    const r = await outcome(s, { type: 'other', room, text: 'x' });
+    assert.equal(r.type, 'error');
+    assert.equal(r.code, 'bad_type');
+    assert.equal((await calls()).other, 0, 'on_message never saw it');
+  });
+
+  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+    await sigtermEndsIt(srv);
+  });
+});
+
+// =============================================================================================
+// 7. client attacks against the default policy (scripts/), from 16 connections over 2 addresses
+
+/**
+ * Keeps big frames (signals) out of the JSON inbox: they are only measured, so the test's own
+ * thread does not spend its time parsing 510 KB arrays. Everything else lands in the inbox.
+ */
+function lighten(c) {
+  c.signals = [];
+  c.ws.removeAllListeners('message');
+  c.ws.on('message', (data) => {
+    if (data.length > 65536) {
+      c.signals.push({ bytes: data.length, head: data.toString('latin1', 0, 120), tail: data.toString('latin1', data.length - 8) });
+    } else {
+      let m;
+      try { m = JSON.parse(data.toString('utf8')); } catch { m = { type: '__unparsable' }; }
+      c.inbox.push(m);
+      c.all.push(m);
+    }
+    for (const w of c.wake) w();
+  });
+  return c;
+}
+
+describe('client attacks on the default policy: 16 connections over 2 addresses', () => {
+  let srv, by;
+  const attackers = [];
+  const room = 'sig';
+  const N = 16;
+  before(async () => {
+    const dir = scriptsDir(defaultScripts(), 'chatgw-e2e-attacks-default-');
+    srv = await startServer(['--scripts-dir', dir, ...BASE]);
+    for (let i = 0; i < N; i++) {
+      const c = lighten(await chatClient(srv.port, `/ws?room=${room}&name=sig${i}`,
+        { wsOpts: { localAddress: i % 2 ? '127.0.0.2' : '127.0.0.1' } }));
+      await c.next((m) => m.type === 'room' && m.room === room, 5000, `attacker ${i} joined`);
+      attackers.push(c);
+    }
+    for (const c of attackers) c.drain();
+    by = await bystanders(srv, 'lounge');
+  });
+  after(async () => {
+    for (const c of attackers) c.terminate();
+    by?.close();
+    if (srv) await srv.stop('SIGKILL').catch(() => {});
+  });
+
+  it('a 510 KB signal of 170k empty arrays, 3 rounds from 16 connections: never enters Lua, handled consistently; no stall', T, async (t) => {
+    const ARRAYS = 170000;
+    const data = '[' + '[],'.repeat(ARRAYS - 1) + '[]]';
+    const ROUNDS = 3;
+    const before = await policyErrorCounts(srv.port);
+    for (const c of attackers) { c.drain(); c.signals.length = 0; }
+    const frame = (i, r) => `{"type":"signal","room":"${room}","to":"${attackers[(i + 1) % N].id}","cid":"sig-${i}-${r}","data":${data}}`;
+    assert.ok(frame(0, 0).length > 500000);
+    const outcomes = () => attackers.map((c, i) => ({
+      refused: c.inbox.filter((m) => m.type === 'error' && m.code === 'too_complex').length,
+      delivered: attackers[(i + 1) % N].signals.length,
+    }));
+    await underAttack(srv, by, async () => {
+      for (let r = 0; r < ROUNDS; r++) {
+        for (let i = 0; i < N; i++) attackers[i].send(frame(i, r));
+        await sleep(400);
+      }
+      await waitFor(() => outcomes().every((o) => o.refused + o.delivered >= ROUNDS),
+        { timeoutMs: 15000, intervalMs: 50, what: `an outcome for each of ${N * ROUNDS} signals: ${JSON.stringify(outcomes())}` });
+    }, `${N * ROUNDS} signals of ${ARRAYS} arrays`);
+    const o = outcomes();
+    const refused = o.reduce((a, x) => a + x.refused, 0);
+    const delivered = o.reduce((a, x) => a + x.delivered, 0);
+    t.diagnostic(`signals: ${refused} refused with too_complex, ${delivered} delivered`);
+    assert.equal(refused + delivered, N * ROUNDS, 'each signal once: refused or delivered');
+    assert.ok(refused === 0 || delivered === 0, `handled one way: ${refused} refused, ${delivered} delivered`);
+    for (const [i, c] of attackers.entries()) {
+      const others = c.inbox.filter((m) => m.type === 'error' && m.code !== 'too_complex');
+      assert.deepEqual(others, [], `attacker ${i}: no other error (policy_error, rate_limited, unknown_peer, ...)`);
+      const from = attackers[(i + N - 1) % N];
+      for (const sg of c.signals) {
+        assert.ok(sg.head.startsWith('{"type":"signal"'), sg.head);
+        assert.ok(sg.head.includes(`"from":"${from.id}"`), `from its sender: ${sg.head}`);
+        assert.ok(sg.bytes >= data.length, `the data arrived whole: ${sg.bytes} bytes`);
+        assert.ok(sg.tail.endsWith('[]]}'), sg.tail);
+      }
+      assert.ok(c.isOpen, `attacker ${i} is still connected`);
+    }
+    await expectErrorDelta(srv.port, before, {}, 'the signal flood (it never enters Lua)');
+  });
+
+  it('"/x a" .. (" \\t"):rep(990) .. "b" from 16 connections: parsed in linear time (bad_command); no stall', T, async () => {
+    const WS = ' \t'.repeat(990);
+    const before = await policyErrorCounts(srv.port);
+    for (const c of attackers) c.drain();
+    const codes = {};
+    await underAttack(srv, by, () => Promise.all(attackers.map(async (c, i) => {
+      const one = async () => {
+        const text = `/x a${WS}b${++seq}`;                        // unique: no "repeated"
+        const r = await outcome(c, { type: 'msg', room, text }, 10000);
+        const code = r.type === 'error' ? r.code : r.type;
+        codes[code] = (codes[code] || 0) + 1;
+      };
+      await Promise.all([one(), one(), one(), one()]);             // a burst, within every limit
+      for (let k = 0; k < 5; k++) {
+        await sleep(300);
+        await one();
+      }
+    })), `16 connections of backtracking command text`);
+    const bad = Object.keys(codes).filter((k) => k !== 'bad_command' && k !== 'rate_limited');
+    assert.deepEqual(bad, [], `every outcome is bad_command (or the flood limit): ${JSON.stringify(codes)}`);
+    assert.ok((codes.bad_command || 0) >= N * 4, `the commands were parsed: ${JSON.stringify(codes)}`);
+    await expectErrorDelta(srv.port, before, {}, 'the command text');
+    for (const [i, c] of attackers.entries()) assert.ok(c.isOpen, `attacker ${i} is still connected`);
+  });
+
+  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+    await sigtermEndsIt(srv);
+  });
+});
