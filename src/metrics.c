@@ -78,7 +78,7 @@ const char *const metrics_drop_reasons[METRICS_DROP_REASONS] = {
 const char *const metrics_policy_hooks[METRICS_POLICY_HOOKS] = {
     "on_connect", "on_join", "on_message", "on_leave", "on_tick", "self_test",
 };
-const char *const metrics_policy_kinds[METRICS_POLICY_KINDS] = { "error", "budget", "memory", "timeout" };
+const char *const metrics_policy_kinds[METRICS_POLICY_KINDS] = { "error", "budget", "memory", "timeout", "tripped" };
 const char *const metrics_reload_results[METRICS_RELOAD_RESULTS] = { "ok", "failed", "unchanged" };
 
 static uint64_t metrics_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }

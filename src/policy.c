@@ -54,6 +54,9 @@
 #define POLICY_LOG_TEXT_MAX 1024           /* bytes of a logged message or error before the cut */
 #define POLICY_LOG_FIELDS_MAX 4096         /* bytes of gw.log fields (as charged by conversion) */
 #define POLICY_LOAD_MAX (1u << 20)         /* bytes of a chunk given to load(): parsing is one C call */
+#define POLICY_TRIP_FACTOR 20              /* after a timeout, the hook's calls fail at once for 20
+                                            * timeouts (1 s at 50 ms): at most 5 % of a loop's time
+                                            * goes to a hook that keeps timing out */
 
 #define POLICY_ARRAY_MT "chatgw.array"     /* marks tables that convert to JSON arrays */
 #define POLICY_JBOX_MT "chatgw.jbox"       /* userdata holding a json_t until Lua collects it */
@@ -103,6 +106,7 @@ struct policy_s {
     policy_vm_t *vm;               /* live VM; NULL before the first good load */
     policy_vm_t *volatile running; /* the VM with a run in flight (a candidate's during a load) */
     policy_guard_t *guard;         /* policy_timeout_ms over every run */
+    double tripped_until[POLICY_HOOKS];   /* monotonic s: calls fail at once until then; 0 = not */
     policy_store_t *store;
     char last_error[512];
 };
@@ -437,6 +441,11 @@ static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *ms
     if (!msg) msg = "(no error message)";
     snprintf(err, errlen, "%.*s", (int)strcspn(msg, "\n"), msg);
     policy_metric_inc(vm->p, slot, kind);
+    long trip_ms = 0;
+    if (kind == METRICS_POLICY_TIMEOUT && slot < POLICY_HOOKS && vm->p->guard) {
+        trip_ms = policy_guard_timeout_ms(vm->p->guard) * POLICY_TRIP_FACTOR;
+        vm->p->tripped_until[slot] = policy_clock(CLOCK_MONOTONIC_COARSE) + (double)trip_ms / 1000.0;
+    }
     json_t *fields = json_object();
     json_object_set_new(fields, "hook", json_string(policy_slot_names[slot]));
     json_object_set_new(fields, "kind", json_string(metrics_policy_kinds[kind]));
@@ -445,6 +454,7 @@ static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *ms
     if (nl && strstr(nl, ".lua:"))            /* only when it shows a Lua frame */
         json_object_set_new(fields, "traceback", policy_json_text(msg));
     json_object_set_new(fields, "version", json_string(vm->version));
+    if (trip_ms) json_object_set_new(fields, "tripped_ms", json_integer(trip_ms));   /* later calls fail at once */
     policy_log(vm->p, LOG_WARN, slot == POLICY_SLOT_LOAD ? "policy load failed" : "policy hook failed", fields);
     json_decref(fields);
 }
@@ -1717,6 +1727,19 @@ static int policy_call_body(lua_State *L)
     return 0;
 }
 
+/* Whether calls of slot fail at once: it timed out less than POLICY_TRIP_FACTOR timeouts ago. The time
+ * guard bounds one call; this bounds a burst of calls that would each run to the timeout (16
+ * clients sending 40 messages each would otherwise hold the loop 32 s). Counted, not logged. */
+static int policy_tripped(policy_t *p, int slot)
+{
+    if (policy_clock(CLOCK_MONOTONIC_COARSE) < p->tripped_until[slot]) {
+        policy_metric_inc(p, slot, METRICS_POLICY_TRIPPED);
+        return 1;
+    }
+    p->tripped_until[slot] = 0;
+    return 0;
+}
+
 /* Runs c->slot on the live VM. POLICY_PASS when the hook is missing. */
 static int policy_call(policy_t *p, policy_call_t *c)
 {
@@ -1725,6 +1748,7 @@ static int policy_call(policy_t *p, policy_call_t *c)
         c->deliver = 1;
         return POLICY_PASS;
     }
+    if (p->tripped_until[c->slot] && policy_tripped(p, c->slot)) return POLICY_ERROR;
     c->vm = p->vm;
     char err[256];
     if (policy_vm_run(c->vm, c->slot, policy_call_body, c, err, sizeof err) < 0) return POLICY_ERROR;
@@ -1862,6 +1886,7 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
      * above), so the old VM can close at once. */
     policy_vm_free(p->vm);
     p->vm = vm;
+    memset(p->tripped_until, 0, sizeof p->tripped_until);   /* a new version gets a fresh chance */
     p->last_error[0] = '\0';
     policy_reload_count(p, METRICS_RELOAD_OK);
     return 1;

@@ -3,9 +3,10 @@
 // and contained: the sender of the message gets policy_error, the other clients notice
 // nothing, the next message works, the process keeps running. Long C calls (string.rep,
 // string.gsub, table.concat, a quadratic string.find) are bounded by their caps, the memory cap
-// or the message size. The faults server runs with a 1 s time guard and a 16 MiB memory cap,
-// so that on a slow machine a memory bomb still meets the cap before the clock
-// (sandbox_attacks.test.mjs runs the default 50 ms). Sandbox escapes (io, os, require of paths, binary chunks, string.dump, debug,
+// or the message size. Two servers: one with the default 50 ms time guard for the runaways
+// (after a timeout the hook's calls fail at once for 20 timeouts, 1 s here: each test waits that
+// out), one with a 2 s guard and a 16 MiB memory cap for errors and memory bombs, so that on a
+// slow machine a bomb still meets the cap before the clock. Sandbox escapes (io, os, require of paths, binary chunks, string.dump, debug,
 // collectgarbage, __gc) all fail inside a hook.
 //
 // Fixtures: tests/e2e/fixtures/faults/policy.lua and tests/e2e/fixtures/sandbox/policy.lua.
@@ -21,7 +22,8 @@ import {
 
 const T = { timeout: 60000 };
 const FAST = ['--rate-msgs-per-sec', '100000', '--rate-burst', '100000'];
-const GUARD = ['--policy-timeout-ms', '1000', '--policy-memory-mb', '16'];
+const GUARD = ['--policy-timeout-ms', '2000', '--policy-memory-mb', '16'];
+const TRIP_MS = 20 * 50 + 200;     // POLICY_TRIP_FACTOR timeouts of 50 ms, and a margin
 
 async function policyErrors(port, labels) {
   const { samples } = await scrape(port);
@@ -48,21 +50,29 @@ async function delivered(c, peer, room, text) {
 
 // ---------------------------------------------------------------------------------------------
 
+/** A faults server with a sender and another member in room. */
+async function faultsServer(args, room) {
+  const dir = scriptsDir({ 'policy.lua': fixture('faults/policy.lua') }, 'chatgw-e2e-faults-');
+  const srv = await startServer(['--scripts-dir', dir, ...FAST, ...args]);
+  const s = await chatClient(srv.port, `/ws?room=${room}&name=sender`);
+  const o = await chatClient(srv.port, `/ws?room=${room}&name=other`);
+  await s.next('room');
+  await o.next('room');
+  await s.next('join');                 // o's arrival
+  return { srv, s, o };
+}
+
 describe('policy faults: runaway hooks and memory bombs are aborted and contained', () => {
-  let srv, s, o;
+  let srv, s, o, main, quick;
   const room = 'faults';
   before(async () => {
-    const dir = scriptsDir({ 'policy.lua': fixture('faults/policy.lua') }, 'chatgw-e2e-faults-');
-    srv = await startServer(['--scripts-dir', dir, ...FAST, ...GUARD]);
-    s = await chatClient(srv.port, `/ws?room=${room}&name=sender`);
-    o = await chatClient(srv.port, `/ws?room=${room}&name=other`);
-    await s.next('room');
-    await o.next('room');
-    await s.next('join');                 // o's arrival
+    main = await faultsServer(GUARD, room);
+    ({ srv, s, o } = main);
+    quick = await faultsServer([], room);
   });
   after(async () => {
-    for (const c of [s, o]) c?.terminate();
-    if (srv) await srv.stop('SIGKILL').catch(() => {});
+    for (const c of [s, o, quick?.s, quick?.o]) c?.terminate();
+    for (const x of [srv, quick?.srv]) if (x) await x.stop('SIGKILL').catch(() => {});
   });
 
   const onMessage = [
@@ -83,6 +93,7 @@ describe('policy faults: runaway hooks and memory bombs are aborted and containe
 
   for (const f of onMessage) {
     it(`on_message: ${f.what} -> aborted (${f.kind}), policy_error to the sender only, the next message works`, T, async () => {
+      const { srv, s, o } = f.kind === 'timeout' ? quick : main;
       const before = await policyErrors(srv.port, { hook: 'on_message', kind: f.kind });
       const mark = srv.logs.length;
       const text = `fault:${f.mode}` + (f.pad ? ' ' + 'p'.repeat(f.pad) : '');
@@ -96,7 +107,15 @@ describe('policy faults: runaway hooks and memory bombs are aborted and containe
         { timeoutMs: 3000, what: '"policy hook failed" log line' });
       assert.equal(log.hook, 'on_message');
       assert.equal(log.kind, f.kind);
-      if (f.kind === 'timeout') assert.match(log.error, /policy timeout \(over 1000 ms\)/, log.error);
+      if (f.kind === 'timeout') {
+        assert.match(log.error, /policy timeout \(over 50 ms\)/, log.error);
+        assert.equal(log.tripped_ms, 1000, 'the hook fails at once for 20 timeouts');
+        const tripped = await policyErrors(srv.port, { hook: 'on_message', kind: 'tripped' });
+        s.send({ type: 'msg', room, text: 'while tripped', cid: 'tripped' });
+        assert.equal((await s.next('error', 3000, 'tripped policy_error')).code, 'policy_error');
+        assert.equal(await policyErrors(srv.port, { hook: 'on_message', kind: 'tripped' }), tripped + 1);
+        await sleep(TRIP_MS);
+      }
       if (f.kind === 'error') assert.match(log.error, /policy\.lua:\d+:|on_message/, log.error);
       assert.equal(await policyErrors(srv.port, { hook: 'on_message', kind: f.kind }), before + 1,
         `chatgw_policy_errors_total{hook="on_message",kind="${f.kind}"} counted once`);
@@ -128,27 +147,34 @@ describe('policy faults: runaway hooks and memory bombs are aborted and containe
   });
 
   it('on_connect: a runaway refuses the upgrade with 503 (policy_fail = closed); a refusal is 403 with the reason', T, async () => {
-    const b = await policyErrors(srv.port, { hook: 'on_connect', kind: 'timeout' });
+    const q = quick.srv;
+    const b = await policyErrors(q.port, { hook: 'on_connect', kind: 'timeout' });
     const m = await policyErrors(srv.port, { hook: 'on_connect', kind: 'memory' });
-    const r1 = await handshake(srv.port, `/ws?room=${room}&fault=loop`);
+    const r1 = await handshake(q.port, `/ws?room=${room}&fault=loop`);
     assert.equal(r1.status, 503);
     assert.match(r1.body, /policy_error/);
+    const tripped = await handshake(q.port, `/ws?room=${room}&name=early`);   // within the trip: refused at once
+    assert.equal(tripped.status, 503);
+    assert.equal(await policyErrors(q.port, { hook: 'on_connect', kind: 'tripped' }), 1);
     const r2 = await handshake(srv.port, `/ws?room=${room}&fault=table_bomb`);
     assert.equal(r2.status, 503);
     const r3 = await handshake(srv.port, `/ws?room=${room}&refuse=1`);
     assert.equal(r3.status, 403);
     assert.match(r3.body, /go_away/);
-    assert.equal(await policyErrors(srv.port, { hook: 'on_connect', kind: 'timeout' }), b + 1);
+    assert.equal(await policyErrors(q.port, { hook: 'on_connect', kind: 'timeout' }), b + 1);
     assert.equal(await policyErrors(srv.port, { hook: 'on_connect', kind: 'memory' }), m + 1);
-    const c = await chatClient(srv.port, '/ws?name=fine');   // the next connection is admitted
+    await sleep(TRIP_MS);
+    const c = await chatClient(q.port, '/ws?name=fine');     // the next connection is admitted
     await c.close();
-    await delivered(s, o, room, uniq('after connect faults'));
+    await delivered(quick.s, quick.o, room, uniq('after connect faults'));
   });
 
   it('on_join: a runaway refuses the join with policy_error; a refusal carries the policy\'s code', T, async () => {
+    const { srv, s, o } = quick;
     const before = await policyErrors(srv.port, { hook: 'on_join', kind: 'timeout' });
     const e1 = await s.expectError({ type: 'join', room: 'fault-loop' }, 'policy_error', 10000);
     assert.equal(e1.ref, 'fault-loop');
+    await sleep(TRIP_MS);
     const e2 = await s.expectError({ type: 'join', room: 'members-only' }, 'members_only');
     assert.equal(e2.ref, 'members-only');
     assert.equal(await policyErrors(srv.port, { hook: 'on_join', kind: 'timeout' }), before + 1);
@@ -158,6 +184,7 @@ describe('policy faults: runaway hooks and memory bombs are aborted and containe
   });
 
   it('on_leave: a runaway is counted; the leave still happens and nobody is disconnected', T, async () => {
+    const { srv, s, o } = quick;
     const before = await policyErrors(srv.port, { hook: 'on_leave', kind: 'timeout' });
     await s.join('leavefault-1');
     await o.join('leavefault-1');
@@ -171,6 +198,7 @@ describe('policy faults: runaway hooks and memory bombs are aborted and containe
   });
 
   it('on_tick: a runaway every second is counted while chat goes on', T, async () => {
+    const { srv, s, o } = quick;
     const before = await policyErrors(srv.port, { hook: 'on_tick', kind: 'timeout' });
     await delivered(s, o, room, 'tick:loop');
     try {
@@ -184,7 +212,7 @@ describe('policy faults: runaway hooks and memory bombs are aborted and containe
 
   it('policy_fail = open: a failing on_connect or on_join lets the client in', T, async () => {
     const dir = scriptsDir({ 'policy.lua': fixture('faults/policy.lua') }, 'chatgw-e2e-faults-open-');
-    const open = await startServer(['--scripts-dir', dir, '--policy-fail', 'open', ...GUARD]);
+    const open = await startServer(['--scripts-dir', dir, '--policy-fail', 'open']);
     try {
       const c = await chatClient(open.port, '/ws?room=fault-loop&fault=loop');
       const snap = await c.next('room', 5000);
@@ -206,9 +234,13 @@ describe('policy faults: runaway hooks and memory bombs are aborted and containe
     const rz = await readyz(srv.port);
     assert.equal(rz.status, 200);
     const { samples } = await scrape(srv.port);
-    for (const kind of ['timeout', 'error', 'memory']) {
+    for (const kind of ['error', 'memory']) {
       assert.ok(metricSum(samples, 'chatgw_policy_errors_total', { hook: 'on_message', kind }) > 0, `on_message ${kind}`);
     }
+    const q = await scrape(quick.srv.port);
+    for (const kind of ['timeout', 'tripped'])
+      assert.ok(metricSum(q.samples, 'chatgw_policy_errors_total', { hook: 'on_message', kind }) > 0, `on_message ${kind}`);
+    assert.equal(quick.srv.exitInfo, null);
     assert.deepEqual(o.all.filter((m) => m.type === 'error'), [], 'the bystander never saw an error');
     assert.equal(o.closeInfo, null);
   });

@@ -1,7 +1,8 @@
 -- Specs that every script in scripts/ runs inside a sandbox like chatgw's (no io, debug,
 -- coroutine, package, load/dofile, string.dump; os only time/clock/date; require only from the
 -- flat scripts directory; strict globals), and that the hooks stay well inside the
--- instruction budget (policy_budget, 1,000,000 by default) on worst-case inputs.
+-- instruction count of 1,000,000 (policy_budget's scale; chatgw's own guard is the 50 ms
+-- policy_timeout_ms) on worst-case inputs.
 local mock = dofile((debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./") .. "mock_gw.lua")
 
 local BUDGET = 1000000

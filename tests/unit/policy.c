@@ -308,7 +308,7 @@ static void test_bounded_lib(void **state)
 }
 
 /* Runs code through "eval" on p, which must fail by the time guard (within a second or two of
- * its 50 ms, not at some later budget); the timeout count goes up by one. */
+ * its 10 ms, not at some later budget); the timeout count goes up by one. */
 static void eval_times_out(policy_t *p, const char *code)
 {
     uint64_t before = metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_TIMEOUT];
@@ -331,7 +331,7 @@ static void eval_times_out(policy_t *p, const char *code)
 static void test_timeout(void **state)
 {
     config_t quick = cfg;
-    quick.policy_timeout_ms = 50;
+    quick.policy_timeout_ms = 10;      /* and 200 ms of failing at once after each timeout */
     quick.policy_budget = 0;
     char err[512];
     policy_t *p = policy_new(&quick, metrics, NULL);
@@ -349,8 +349,15 @@ static void test_timeout(void **state)
         "local t = setmetatable({}, { __index = function(t, k) while true do end end }) return t.x",
         "while true do local ok = pcall(error, 'x') end",
     };
+    json_t *out = NULL;
+    char code[64];
     for (size_t i = 0; i < sizeof escapes / sizeof escapes[0]; i++) {
         eval_times_out(p, escapes[i]);
+        /* the hook is tripped: its next calls fail at once, without entering Lua */
+        uint64_t tripped = metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_TRIPPED];
+        assert_int_equal(message_op(p, "pass", &out, code, sizeof code), POLICY_ERROR);
+        assert_int_equal(metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_TRIPPED], tripped + 1);
+        usleep(250 * 1000);
         assert_pass_works(p);
     }
     for (int i = 0; i < 200; i++) eval_true(p, "return #string.rep('x', 100) == 100");   /* short calls: never fired */
