@@ -38,6 +38,7 @@
 #include "log.h"
 #include "policy_guard.h"
 #include "policy_lib.h"
+#include "policy_pattern.h"
 #include "policy_store.h"
 
 #define POLICY_HOOK_STEP 1000              /* instructions between count-hook calls */
@@ -1458,6 +1459,9 @@ static int policy_vm_boot(lua_State *L)
     policy_base_patch(L);
     policy_os_open(L);
     policy_lib_bound(L);
+    lua_getglobal(L, LUA_STRLIBNAME);                     /* [string] */
+    policy_pattern_open(L, lua_gettop(L), &vm->timed_out, POLICY_PATTERN_MAX_STEPS, POLICY_LIB_BYTES_MAX);
+    lua_pop(L, 1);                                        /* [] */
     policy_gw_open(L, vm);
     const policy_src_t *src = policy_src_find(vm->srcs, vm->nsrcs, "policy.lua");
     if (!src) return luaL_error(L, "policy.lua: missing");

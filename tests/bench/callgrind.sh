@@ -18,7 +18,8 @@
 #   room:  100 connections in one room, 2 publishers (every message: 100 deliveries + ack)
 # each with the passthrough policy (policy.lua returning {}) and with the default policy
 # (scripts/, or $SCRIPTS, plus the benchmark's secrets.lua that lifts the flood limits, as run.mjs does).
-# 64-byte client messages. Prints one RESULT line per configuration.
+# 64-byte client messages. Prints one RESULT line per configuration. The server runs with a
+# 60 s policy_timeout_ms: under valgrind everything is ~50x slower, self_test included.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 B=$(cd "${1:-$ROOT/build}" && pwd)
@@ -37,7 +38,7 @@ run() {
   valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" "$B/chatgw" serve --listen 127.0.0.1:$port \
     --log-level warn --scripts-dir "$W/pol-$pol" --max-connections 100000 --max-connections-per-ip 100000 \
     --rate-msgs-per-sec 1000000 --rate-burst 1000000 --max-room-members 100000 --max-rooms-per-conn 16 \
-    --accept-rate-per-ip 0 ${CHATGW_ARGS:-} >"$W/server.log" 2>&1 &
+    --accept-rate-per-ip 0 --policy-timeout-ms 60000 ${CHATGW_ARGS:-} >"$W/server.log" 2>&1 &
   local vp=$!
   for _ in $(seq 150); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
   if [ "$mode" = room ]; then g="--mode room --conns 100 --publishers 2"

@@ -13,6 +13,7 @@
 //
 // Environment: BENCH_RUNS (rounds, default 3), BENCH_BUDGET_S (default 540),
 // BENCH_QUICK=1 (short phases, one round: a smoke test), BENCH_ONLY=scenario,scenario,
+// BENCH_TARGETS=target,target (e.g. chatgw,chatgw-nopolicy: chatgw alone, no peer needed),
 // BENCH_OUT (default BENCHMARKS.md in the repository root; "-" = do not write),
 // BENCH_REDIS (redis-server for the "redis" scenario, default /usr/bin/redis-server).
 import { spawn, spawnSync, execFileSync } from "node:child_process";
@@ -32,6 +33,7 @@ const QUICK = process.env.BENCH_QUICK === "1";
 const RUNS = Number(process.env.BENCH_RUNS || (QUICK ? 1 : 3));
 const BUDGET_S = Number(process.env.BENCH_BUDGET_S || 540);
 const ONLY = (process.env.BENCH_ONLY || "").split(",").filter(Boolean);
+const ONLY_TARGETS = (process.env.BENCH_TARGETS || "").split(",").filter(Boolean);
 const OUT = process.env.BENCH_OUT || path.join(ROOT, "BENCHMARKS.md");
 const REDIS = process.env.BENCH_REDIS || (fs.existsSync("/usr/bin/redis-server") ? "/usr/bin/redis-server" : "redis-server");
 const T0 = Date.now();
@@ -318,7 +320,8 @@ async function main() {
       break;
     }
     console.log(`round ${run} of ${RUNS}`);
-    for (const sc of SCENARIOS) for (const tn of sc.targets) await runOne(sc, tn, run);
+    for (const sc of SCENARIOS)
+      for (const tn of sc.targets) if (!ONLY_TARGETS.length || ONLY_TARGETS.includes(tn)) await runOne(sc, tn, run);
     roundsDone = run;
   }
   const load1 = os.loadavg();
