@@ -111,7 +111,11 @@ function stallProbe(port, { intervalMs = 20, maxSamples = 3000, maxMs = 60000 } 
 
 /** c says text in room; resolves once peer got it (and c got its own echo). */
 async function relay(c, peer, room, text, ms = 5000) {
-  const { id } = await c.say(room, text, ms);
+  const cid = nextCid('say');
+  c.send({ type: 'msg', room, text, cid });
+  const r = await c.next((m) => (m.type === 'ack' && m.cid === cid) || (m.type === 'error' && m.ref === cid), ms, `ack ${cid}`);
+  if (r.type === 'error') throw new Error(`${JSON.stringify(text.slice(0, 40))} was refused: ${JSON.stringify(r)}`);
+  const { id } = r;
   const own = await c.next((m) => m.type === 'msg' && m.id === id, ms, `own echo of ${id}`);
   const got = await peer.next((m) => m.type === 'msg' && m.id === id, ms, `peer copy of ${id}`);
   assert.equal(got.text, text);
@@ -152,8 +156,10 @@ function chatter(by) {
 
 /**
  * Runs attack() while the stall probe polls /healthz and the bystanders chat (for at least
- * minMs, so that a quick attack is watched a little after it too); then asserts (a) and (b) and
- * that the process is still up. Resolves what attack() resolved.
+ * minMs, so that a quick attack is watched a little after it too); then checks (a) and (b) and
+ * that the process is still up. Those checks are soft: a failure is recorded and reported at the
+ * end of the test (see check()) together with whatever the test found next, so that one run
+ * shows every property an attack broke. Resolves what attack() resolved.
  */
 async function underAttack(srv, by, attack, what = 'the attack', { minMs = 300 } = {}) {
   const t0 = Date.now();
@@ -164,17 +170,64 @@ async function underAttack(srv, by, attack, what = 'the attack', { minMs = 300 }
   if (!err && Date.now() - t0 < minMs) await sleep(minMs - (Date.now() - t0));
   const talked = await talk.stop();
   const p = await probe.stop();
-  if (err) throw err;
-  assert.equal(srv.exitInfo, null, `the process is still running\n${srv.tail(10)}`);
-  assert.ok(p.n >= 3, `the /healthz probe ran (${p.n} samples)`);
-  assert.deepEqual(p.failures.slice(0, 5), [], `every /healthz during ${what} answered 200`);
-  assert.ok(p.max < STALL_MS,
+  if (process.env.CHATGW_E2E_STALL_STATS) {
+    process.stderr.write(`stall probe: ${what}: max ${p.max.toFixed(1)} ms, median ${p.p50.toFixed(1)} ms, ` +
+      `${p.n} samples, ${p.failures.length} failed; bystanders ${talked.delivered}\n`);
+  }
+  softly(() => assert.equal(srv.exitInfo, null, `the process is still running\n${srv.tail(10)}`));
+  softly(() => assert.ok(p.n >= 3, `the /healthz probe ran (${p.n} samples)`));
+  softly(() => assert.deepEqual(p.failures.slice(0, 5), [],
+    `every /healthz during ${what} answered 200 (${p.failures.length} of ${p.n} did not)`));
+  softly(() => assert.ok(p.max < STALL_MS,
     `worst /healthz latency during ${what}: ${p.max.toFixed(0)} ms (bound ${STALL_MS} ms; median ` +
-    `${p.p50.toFixed(1)} ms over ${p.n} samples)`);
-  assert.deepEqual(talked.errors, [], `the bystanders kept chatting during ${what}`);
-  assert.ok(talked.delivered >= 1, `a bystander message got through during ${what}`);
-  await relay(by.a, by.b, by.room, uniq('bystander after'));   // and after it
+    `${p.p50.toFixed(1)} ms over ${p.n} samples)`));
+  softly(() => assert.deepEqual(talked.errors, [], `the bystanders kept chatting during ${what} ` +
+    `(${talked.delivered} messages got through)`));
+  softly(() => assert.ok(talked.delivered >= 1, `a bystander message got through during ${what}`));
+  if (err) throw err;
+  // and after it: a bystander message gets through within a few seconds
+  const after = Date.now();
+  let last = null;
+  for (let i = 0; i < 10; i++) {
+    try {
+      await relay(by.a, by.b, by.room, uniq('bystander after'), 3000);
+      last = null;
+      break;
+    } catch (e) {
+      last = e;
+      by.a.drain();
+      by.b.drain();
+      await sleep(300);
+      if (Date.now() - after > 3000) break;
+    }
+  }
+  softly(() => assert.equal(last, null, `a bystander message after ${what}: ${last?.message}`));
   return out;
+}
+
+// soft failures of the current test (underAttack's checks), reported by check() at its end
+let soft = [];
+function softly(fn) {
+  try { fn(); } catch (e) { soft.push(e.message.split('\n').slice(0, 12).join('\n')); }
+}
+async function softlyAsync(fn) {
+  try { await fn(); } catch (e) { soft.push(e.message.split('\n').slice(0, 12).join('\n')); }
+}
+
+/** it(), with the soft failures of underAttack reported at the end, after the test's own checks. */
+function check(name, fn) {
+  return it(name, T, async (t) => {
+    soft = [];
+    let err = null;
+    try { await fn(t); } catch (e) { err = e; }
+    const found = soft;
+    soft = [];
+    if (found.length) {
+      const own = err ? `\n--- and then:\n${err.message.split('\n').slice(0, 12).join('\n')}` : '';
+      assert.fail(`${found.join('\n---\n')}${own}`);
+    }
+    if (err) throw err;
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,6 +282,38 @@ async function expectErrorDelta(port, before, want, what) {
 
 const hookFailures = (srv, mark) => srv.logs.slice(mark).filter((o) => o.msg === 'policy hook failed');
 const isReloadFailed = (o) => typeof o.msg === 'string' && o.msg.startsWith('policy reload failed');
+
+/**
+ * The checks of an attack whose every call must end in the watchdog: first what the calls that
+ * ran did (each logged one with kind timeout), then (soft, so that both show) that every one of
+ * the n calls ran into the guard on its own: n timeouts counted, n log lines.
+ */
+async function everyCallTimedOut(srv, before, mark, n, hook, what) {
+  await waitFor(() => hookFailures(srv, mark).length >= 1, { timeoutMs: 3000, what: '"policy hook failed" log lines' })
+    .catch(() => {});
+  const logs = hookFailures(srv, mark);
+  assert.ok(logs.length >= 1, `${what}: no "policy hook failed" line`);
+  for (const l of logs) {
+    assert.equal(l.hook, hook);
+    assert.equal(l.kind, 'timeout', `kind of ${JSON.stringify(l.error)}`);
+  }
+  await softlyAsync(() => expectErrorDelta(srv.port, before, { [`${hook}/timeout`]: n }, `${n} x ${what}`));
+  softly(() => assert.equal(hookFailures(srv, mark).length, n, `${what}: one "policy hook failed" line per call`));
+}
+
+/** c's next message gets through (retried for a few seconds after an attack). */
+async function relayEventually(c, peer, room, text, ms = 3000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      return await relay(c, peer, room, text);
+    } catch (e) {
+      c.drain();
+      if (Date.now() > end) throw e;
+      await sleep(200);
+    }
+  }
+}
 
 /** The "policy hook failed" log lines after mark, once there are n of them (bounded wait). */
 async function failureLogs(srv, mark, n) {
@@ -312,7 +397,7 @@ describe('watchdog: an endless loop in any hook ends at policy_timeout_ms (no in
     ['load_spin', 'a load()ed chunk that loops', 600],
   ];
   for (const [mode, what, ms] of modes) {
-    it(`on_message: ${what} -> policy_error to the sender, kind timeout; no stall, bystanders chat`, T, async () => {
+    check(`on_message: ${what} -> policy_error to the sender, kind timeout; no stall, bystanders chat`, async () => {
       const before = await policyErrorCounts(srv.port);
       const mark = srv.logs.length;
       const n = await underAttack(srv, by, () => repeatFor(ms, async () => {
@@ -320,47 +405,75 @@ describe('watchdog: an endless loop in any hook ends at policy_timeout_ms (no in
         assert.equal(r.type, 'error', `the hook must fail: ${JSON.stringify(r)}`);
         assert.equal(r.code, 'policy_error', JSON.stringify(r));
       }), `spin:${mode}`);
-      await expectErrorDelta(srv.port, before, { 'on_message/timeout': n }, `${n} x spin:${mode}`);
-      for (const l of await failureLogs(srv, mark, n)) {
-        assert.equal(l.hook, 'on_message');
-        assert.equal(l.kind, 'timeout', `kind of ${JSON.stringify(l.error)}`);
-      }
       assert.equal(peer.all.filter((m) => m.type === 'msg' && String(m.text).startsWith('spin:')).length, 0,
         'a failed message is never delivered');
-      const own = await relay(s, peer, room, uniq('attacker again'));
+      await everyCallTimedOut(srv, before, mark, n, 'on_message', `spin:${mode}`);
+      const own = await relayEventually(s, peer, room, uniq('attacker again'));
       assert.equal(own.via, 'spin', 'the next message goes through the same policy');
       s.drain();
       peer.drain();
     });
   }
 
-  it('on_connect: an endless loop refuses the upgrade (policy_fail closed: 503 policy_error), kind timeout', T, async () => {
+  check('on_message: 16 connections send 5 endless loops each at once: every one fails, no stall, bystanders chat', async () => {
+    const conns = [];
+    try {
+      for (let i = 0; i < 16; i++) {
+        const c = await chatClient(srv.port, `/ws?room=${room}&name=burst${i}`);
+        await c.next('room');
+        conns.push(c);
+      }
+      const before = await policyErrorCounts(srv.port);
+      const outcomes = await underAttack(srv, by, () => Promise.all(conns.flatMap((c) =>
+        Array.from({ length: 5 }, () => outcome(c, { type: 'msg', room, text: 'spin:spin' }, 20000)))),
+      '80 endless loops at once from 16 connections');
+      const bad = outcomes.filter((r) => r.type !== 'error' || r.code !== 'policy_error');
+      assert.deepEqual(bad.slice(0, 3), [], 'every looping message failed with policy_error');
+      let d;
+      await waitFor(async () => {
+        d = deltaOf(before, await policyErrorCounts(srv.port));
+        return Object.values(d).reduce((a, v) => a + v, 0) >= 80;
+      }, { timeoutMs: 3000, what: '80 on_message failures counted' }).catch(() => {});
+      for (const k of Object.keys(d)) assert.match(k, /^on_message\/(timeout|tripped)$/, JSON.stringify(d));
+      assert.equal(Object.values(d).reduce((a, v) => a + v, 0), 80, `every failure counted once: ${JSON.stringify(d)}`);
+      assert.ok((d['on_message/timeout'] || 0) >= 1, `at least one ran into the timeout: ${JSON.stringify(d)}`);
+    } finally {
+      for (const c of conns) c.terminate();
+    }
+    peer.drain();
+  });
+
+  check('on_connect: an endless loop refuses the upgrade (policy_fail closed: 503 policy_error), kind timeout', async () => {
     const before = await policyErrorCounts(srv.port);
+    const mark = srv.logs.length;
     const n = await underAttack(srv, by, () => repeatFor(1000, async (i) => {
       const r = await handshake(srv.port, `/ws?room=${room}&name=x${i}&attack=${i % 2 ? 'count' : 'spin'}`);
       assert.equal(r.status, 503, `refused (fail closed): ${r.status} ${r.body}`);
       assert.match(r.body, /policy_error/);
     }), 'on_connect loops');
-    await expectErrorDelta(srv.port, before, { 'on_connect/timeout': n }, `${n} looping on_connect`);
-    const c = await chatClient(srv.port, `/ws?room=${room}&name=fine`);   // the next one is admitted
+    await everyCallTimedOut(srv, before, mark, n, 'on_connect', 'looping on_connect');
+    const c = await waitFor(() => chatClient(srv.port, `/ws?room=${room}&name=fine`).catch(() => null),
+      { timeoutMs: 3000, intervalMs: 200, what: 'a plain connection admitted after the attack' });
     await c.close();
   });
 
-  it('on_join: an endless loop refuses the join with policy_error, kind timeout; the connection stays', T, async () => {
+  check('on_join: an endless loop refuses the join with policy_error, kind timeout; the connection stays', async () => {
     const before = await policyErrorCounts(srv.port);
+    const mark = srv.logs.length;
     const n = await underAttack(srv, by, () => repeatFor(1000, async (i) => {
       const target = i % 2 ? 'spin-count' : 'spin-spin';
       const e = await s.expectError({ type: 'join', room: target }, 'policy_error', 5000);
       assert.equal(e.ref, target);
     }), 'on_join loops');
-    await expectErrorDelta(srv.port, before, { 'on_join/timeout': n }, `${n} looping on_join`);
     assert.ok(s.isOpen);
-    await relay(s, peer, room, uniq('after join loops'));
+    await everyCallTimedOut(srv, before, mark, n, 'on_join', 'looping on_join');
+    await relayEventually(s, peer, room, uniq('after join loops'));
     s.drain();
   });
 
-  it('on_leave: an endless loop is ended (kind timeout); the leave still happens', T, async () => {
+  check('on_leave: an endless loop is ended (kind timeout); the leave still happens', async () => {
     const before = await policyErrorCounts(srv.port);
+    const mark = srv.logs.length;
     const n = await underAttack(srv, by, () => repeatFor(800, async (i) => {
       const r = `spinleave-${i}`;
       await s.join(r);
@@ -371,13 +484,13 @@ describe('watchdog: an endless loop in any hook ends at policy_timeout_ms (no in
       peer.send({ type: 'leave', room: r });                      // ... and for peer
       await sleep(TIMEOUT_MS * 2);
     }, { min: 2, max: 5 }), 'on_leave loops');
-    await expectErrorDelta(srv.port, before, { 'on_leave/timeout': 2 * n }, `${2 * n} looping on_leave`);
     assert.ok(s.isOpen && peer.isOpen, 'nobody was disconnected');
+    await everyCallTimedOut(srv, before, mark, 2 * n, 'on_leave', 'looping on_leave');
     s.drain();
     peer.drain();
   });
 
-  it('on_tick: an endless loop every second is ended each time (kind timeout) while chat goes on', T, async () => {
+  check('on_tick: an endless loop every second is ended each time (kind timeout) while chat goes on', async () => {
     const before = await policyErrorCounts(srv.port);
     const ticks = () => policyErrorCounts(srv.port).then((c) => (c['on_tick/timeout'] || 0) - (before['on_tick/timeout'] || 0));
     await relay(s, peer, room, 'tick:on');
@@ -388,12 +501,12 @@ describe('watchdog: an endless loop in any hook ends at policy_timeout_ms (no in
       await relay(s, peer, room, 'tick:off');
     }
     const d = deltaOf(before, await policyErrorCounts(srv.port));
-    assert.deepEqual(Object.keys(d), ['on_tick/timeout'], `only on_tick timeouts: ${JSON.stringify(d)}`);
+    softly(() => assert.deepEqual(Object.keys(d), ['on_tick/timeout'], `every looping on_tick ran into the guard: ${JSON.stringify(d)}`));
     s.drain();
     peer.drain();
   });
 
-  it('self_test: an endless loop rejects the reload, /readyz last_error names the timeout, the last good policy serves', T, async () => {
+  check('self_test: an endless loop rejects the reload, /readyz last_error names the timeout, the last good policy serves', async () => {
     const before = await policyErrorCounts(srv.port);
     const failed0 = (await scrape(srv.port)).samples
       .filter((x) => x.name === 'chatgw_policy_reloads_total' && x.labels.result === 'failed').reduce((a, x) => a + x.value, 0);
@@ -423,7 +536,7 @@ describe('watchdog: an endless loop in any hook ends at policy_timeout_ms (no in
     peer.drain();
   });
 
-  it('load: a main chunk that never returns rejects the reload, last_error names the timeout', T, async () => {
+  check('load: a main chunk that never returns rejects the reload, last_error names the timeout', async () => {
     const logged = await underAttack(srv, by, () => reloadWith(srv, dir, { 'policy.lua': fixture('attacks/load_spin/policy.lua') },
       isReloadFailed, '"policy reload failed" for a looping main chunk'), 'a reload with a looping main chunk');
     assert.match(String(logged.error), TIMEOUT_RE, `the reload error names the timeout: ${logged.error}`);
@@ -440,7 +553,7 @@ describe('watchdog: an endless loop in any hook ends at policy_timeout_ms (no in
     peer.drain();
   });
 
-  it('chatgw check: a looping self_test or main chunk exits non-zero promptly, naming the timeout', T, async () => {
+  check('chatgw check: a looping self_test or main chunk exits non-zero promptly, naming the timeout', async () => {
     for (const fx of ['attacks/self_test_spin/policy.lua', 'attacks/load_spin/policy.lua']) {
       const d = scriptsDir({ 'policy.lua': fixture(fx) }, 'chatgw-e2e-attacks-check-');
       const r = await runCheck(d, [], { timeoutMs: 8000 });        // rejects when it had to be killed
@@ -450,7 +563,7 @@ describe('watchdog: an endless loop in any hook ends at policy_timeout_ms (no in
     }
   });
 
-  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+  check('SIGTERM ends the process within drain_timeout_ms plus a few seconds', async () => {
     await sigtermEndsIt(srv);
   });
 });
@@ -462,7 +575,7 @@ describe('watchdog: a worker stuck in Lua anyway (policy_timeout_ms 60000)', () 
     if (srv) await srv.stop('SIGKILL').catch(() => {});
   });
 
-  it('SIGTERM still ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+  check('SIGTERM still ends the process within drain_timeout_ms plus a few seconds', async () => {
     const dir = scriptsDir({ 'policy.lua': fixture('attacks/spin/policy.lua') }, 'chatgw-e2e-attacks-stuck-');
     srv = await startServer(['--scripts-dir', dir, '--policy-timeout-ms', '60000', '--drain-timeout-ms', DRAIN_MS, ...FAST]);
     s = await chatClient(srv.port, '/ws?room=stuck&name=attacker');
@@ -509,7 +622,7 @@ describe('watchdog: the timeout cannot be caught (pcall, xpcall handlers, __clos
     ['handler_error', 'an xpcall handler raising an error whose __tostring loops, in a loop'],
   ];
   for (const [name, what] of attacks) {
-    it(`${what} -> policy_error, kind timeout; nothing caught; no stall`, T, async () => {
+    check(`${what} -> policy_error, kind timeout; nothing caught; no stall`, async () => {
       const before = await policyErrorCounts(srv.port);
       const mark = srv.logs.length;
       const n = await underAttack(srv, by, () => repeatFor(500, async () => {
@@ -517,19 +630,18 @@ describe('watchdog: the timeout cannot be caught (pcall, xpcall handlers, __clos
         assert.equal(r.type, 'error', `the hook must fail: ${JSON.stringify(r)}`);
         assert.equal(r.code, 'policy_error', JSON.stringify(r));
       }), `escape:${name}`);
-      await expectErrorDelta(srv.port, before, { 'on_message/timeout': n }, `${n} x escape:${name}`);
-      for (const l of await failureLogs(srv, mark, n)) assert.equal(l.kind, 'timeout', `kind of ${JSON.stringify(l.error)}`);
       const caught = s.all.filter((m) => m.type === 'caught');
       assert.deepEqual(caught.slice(0, 3), [], 'the script never caught the watchdog\'s error');
       assert.equal(peer.all.filter((m) => m.type === 'msg' && String(m.text).startsWith('escape:')).length, 0);
-      const own = await relay(s, peer, room, uniq('attacker again'));
+      await everyCallTimedOut(srv, before, mark, n, 'on_message', `escape:${name}`);
+      const own = await relayEventually(s, peer, room, uniq('attacker again'));
       assert.equal(own.via, 'escape');
       s.drain();
       peer.drain();
     });
   }
 
-  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+  check('SIGTERM ends the process within drain_timeout_ms plus a few seconds', async () => {
     await sigtermEndsIt(srv);
   });
 });
@@ -592,7 +704,7 @@ describe('bounded C functions: string.rep, table.*, string.format, utf8.*, os.da
     { name: 'find_quadratic', what: '("a"):rep(1 MiB):find(".-b")', expect: ['error'], re: PATTERN },
   ];
   for (const tc of cases) {
-    it(`${tc.what}: ${tc.expect.join(' or ')}; no stall`, T, async () => {
+    check(`${tc.what}: ${tc.expect.join(' or ')}; no stall`, async () => {
       const before = await policyErrorCounts(srv.port);
       const mark = srv.logs.length;
       let failures = 0;
@@ -607,19 +719,31 @@ describe('bounded C functions: string.rep, table.*, string.format, utf8.*, os.da
           failures++;
         }
       }, { min: 2, max: 5 }), `cfunc:${tc.name}`);
-      const logs = await failureLogs(srv, mark, failures);
+      if (failures) {
+        await waitFor(() => hookFailures(srv, mark).length >= failures, { timeoutMs: 3000, what: 'log lines' }).catch(() => {});
+      }
+      const logs = hookFailures(srv, mark);
+      assert.ok(logs.length >= Math.min(failures, 1), `${tc.name}: a failed call is logged`);
       for (const l of logs) {
         assert.equal(l.hook, 'on_message');
         assert.ok(tc.expect.includes(l.kind), `${tc.name}: kind ${l.kind} (allowed ${tc.expect}): ${l.error}`);
         if (tc.re) assert.match(String(l.error), tc.re);
       }
-      const d = deltaOf(before, await policyErrorCounts(srv.port));
-      for (const [k, v] of Object.entries(d)) {
-        const [hook, kind] = k.split('/');
-        assert.equal(hook, 'on_message', `only on_message failed: ${JSON.stringify(d)}`);
-        assert.ok(tc.expect.includes(kind), `${tc.name}: counted as ${kind} x${v}: ${JSON.stringify(d)}`);
-      }
-      assert.equal(Object.values(d).reduce((a, v) => a + v, 0), failures, `every failure counted once: ${JSON.stringify(d)}`);
+      let d;
+      await waitFor(async () => {
+        d = deltaOf(before, await policyErrorCounts(srv.port));
+        return Object.values(d).reduce((a, v) => a + v, 0) >= failures;
+      }, { timeoutMs: 3000, what: 'the failures counted' }).catch(() => {});
+      softly(() => {
+        for (const [k, v] of Object.entries(d)) {
+          const [hook, kind] = k.split('/');
+          assert.equal(hook, 'on_message', `only on_message failed: ${JSON.stringify(d)}`);
+          assert.ok(tc.expect.includes(kind), `${tc.name}: counted as ${kind} x${v}: ${JSON.stringify(d)}`);
+        }
+      });
+      softly(() => assert.equal(Object.values(d).reduce((a, v) => a + v, 0), failures,
+        `every failure counted once: ${JSON.stringify(d)}`));
+      softly(() => assert.equal(logs.length, failures, `${tc.name}: one "policy hook failed" line per failed call`));
       assert.ok(n >= 2);
       const rss = procRssKb(srv.proc.pid);
       if (rss) rssMax = Math.max(rssMax, rss);
@@ -627,7 +751,7 @@ describe('bounded C functions: string.rep, table.*, string.format, utf8.*, os.da
     });
   }
 
-  it('RSS stayed within policy_memory_mb + policy_store_mb + a base', T, async () => {
+  check('RSS stayed within policy_memory_mb + policy_store_mb + a base', async () => {
     assert.ok(rss0 > 0);
     const grew = (rssMax - rss0) / 1024;
     assert.ok(grew <= MEMORY_MB + STORE_MB + RSS_SLACK_MB, `RSS grew by ${grew.toFixed(0)} MiB (from ${(rss0 / 1024).toFixed(0)} MiB)`);
@@ -635,7 +759,7 @@ describe('bounded C functions: string.rep, table.*, string.format, utf8.*, os.da
     assert.equal(own.via, 'cfuncs');
   });
 
-  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+  check('SIGTERM ends the process within drain_timeout_ms plus a few seconds', async () => {
     await sigtermEndsIt(srv);
   });
 });
@@ -678,7 +802,7 @@ describe('gw.store cap: a full store raises an error to the script and never gro
 
   const BATCH = 25;                   // 64 KiB values per hook call: well within policy_timeout_ms
   let stored = 0;
-  it('10,000 values of 64 KiB: the cap (policy_store_mb) refuses them with "gw.store.set: ... full", RSS bounded', T, async () => {
+  check('10,000 values of 64 KiB: the cap (policy_store_mb) refuses them with "gw.store.set: ... full", RSS bounded', async () => {
     const before = await policyErrorCounts(srv.port);
     let failed = 0, err = null;
     await underAttack(srv, by, async () => {
@@ -699,7 +823,7 @@ describe('gw.store cap: a full store raises an error to the script and never gro
     await expectErrorDelta(srv.port, before, {}, 'pcall()ed store errors');   // caught by the script: no hook failed
   });
 
-  it('without pcall, the full store fails the hook: policy_error, kind error', T, async () => {
+  check('without pcall, the full store fails the hook: policy_error, kind error', async () => {
     const before = await policyErrorCounts(srv.port);
     const mark = srv.logs.length;
     const r = await outcome(s, { type: 'msg', room, text: 'fill_raw 20001' });
@@ -711,7 +835,7 @@ describe('gw.store cap: a full store raises an error to the script and never gro
     await expectErrorDelta(srv.port, before, { 'on_message/error': 1 }, 'a store error without pcall');
   });
 
-  it('deleting frees the cap: after a clear the same values fit again', T, async () => {
+  check('deleting frees the cap: after a clear the same values fit again', async () => {
     assert.equal(await clearRange(1, 10000), stored, 'every stored value was deleted once');
     let ok = 0;
     for (let i = 0; i < 200 / BATCH; i++) ok += (await op(`fill ${i * BATCH + 1} ${(i + 1) * BATCH}`)).ok;
@@ -721,7 +845,7 @@ describe('gw.store cap: a full store raises an error to the script and never gro
 
   // The fixture stops at the first refused key of a batch (what a sane script does): with the
   // store full, a refused set may cost more than a granted one.
-  it('keys count too: 1000-byte keys stop at the cap, RSS bounded', T, async () => {
+  check('keys count too: 1000-byte keys stop at the cap, RSS bounded', async () => {
     let ok = 0, err = null;
     await underAttack(srv, by, async () => {
       for (let i = 0; i < 60 && !err; i++) {
@@ -738,7 +862,7 @@ describe('gw.store cap: a full store raises an error to the script and never gro
     assert.equal(await clearRange(1, Math.min(120000, ok + 2000)), ok, 'every key was deleted once');
   });
 
-  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+  check('SIGTERM ends the process within drain_timeout_ms plus a few seconds', async () => {
     await sigtermEndsIt(srv);
   });
 });
@@ -778,7 +902,7 @@ describe('log floods: policy errors, gw.log and print write about 1 KiB of messa
     { name: 'log_lines', what: 'gw.log of 800k lines', marker: 'FLOOD_LINES ', field: 'msg' },
   ];
   for (const tc of cases) {
-    it(`${tc.what}: each log line stays under ${LINE_MAX} bytes and says cut; no stall`, T, async () => {
+    check(`${tc.what}: each log line stays under ${LINE_MAX} bytes and says cut; no stall`, async () => {
       const before = await policyErrorCounts(srv.port);
       const marked = () => srv.rawLines.filter((x) => x.includes(tc.marker));   // each marker is used by one case only
       const n = await underAttack(srv, by, () => repeatFor(300, async () => {
@@ -811,7 +935,7 @@ describe('log floods: policy errors, gw.log and print write about 1 KiB of messa
     });
   }
 
-  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+  check('SIGTERM ends the process within drain_timeout_ms plus a few seconds', async () => {
     await sigtermEndsIt(srv);
   });
 });
@@ -857,14 +981,14 @@ describe('message_types and too_complex: costly or undeclared messages never rea
     return c.next('error', ms, `an error for ${obj.type}`);
   }
 
-  it('a declared custom type within the limits reaches on_message (2000 values; 20 levels)', T, async () => {
+  check('a declared custom type within the limits reaches on_message (2000 values; 20 levels)', async () => {
     const c0 = await calls();
     assert.equal((await outcome(s, { type: 'blob', room, data: flat(2000) })).type, 'blob_seen');
     assert.equal((await outcome(s, { type: 'blob', room, data: nested(20) })).type, 'blob_seen');
     assert.equal((await calls()).blob, c0.blob + 2);
   });
 
-  it('more than 4096 values, from 16 connections: too_complex before conversion, on_message never called; no stall', T, async () => {
+  check('more than 4096 values, from 16 connections: too_complex before conversion, on_message never called; no stall', async () => {
     const conns = [];
     try {
       for (let i = 0; i < 16; i++) {
@@ -888,14 +1012,14 @@ describe('message_types and too_complex: costly or undeclared messages never rea
     }
   });
 
-  it('nested deeper than 32 levels: too_complex; on_message never called', T, async () => {
+  check('nested deeper than 32 levels: too_complex; on_message never called', async () => {
     const c0 = await calls();
     const e = await refused(s, { type: 'blob', room, cid: nextCid(), data: nested(40) });
     assert.equal(e.code, 'too_complex');
     assert.equal((await calls()).blob, c0.blob);
   });
 
-  it('a declared signal of 170k empty arrays (510 KB): too_complex; the peer gets nothing', T, async () => {
+  check('a declared signal of 170k empty arrays (510 KB): too_complex; the peer gets nothing', async () => {
     const c0 = await calls();
     const e = await refused(s, { type: 'signal', room, to: p.id, data: flat(170000) }, 10000);
     assert.equal(e.code, 'too_complex');
@@ -903,7 +1027,7 @@ describe('message_types and too_complex: costly or undeclared messages never rea
     assert.equal((await calls()).signal, c0.signal);
   });
 
-  it('an undeclared built-in type (mute) is carried out by the hub without entering Lua', T, async () => {
+  check('an undeclared built-in type (mute) is carried out by the hub without entering Lua', async () => {
     s.send({ type: 'mute', room });
     const m = await p.next((x) => x.type === 'mute' && x.room === room, 5000, 'mute presence');
     assert.equal(m.member?.id ?? m.id, s.id);
@@ -913,14 +1037,14 @@ describe('message_types and too_complex: costly or undeclared messages never rea
     assert.equal(c.mute, 0, 'on_message never saw mute');
   });
 
-  it('an undeclared custom type gets bad_type from chatgw without entering Lua', T, async () => {
+  check('an undeclared custom type gets bad_type from chatgw without entering Lua', async () => {
     const r = await outcome(s, { type: 'other', room, text: 'x' });
     assert.equal(r.type, 'error');
     assert.equal(r.code, 'bad_type');
     assert.equal((await calls()).other, 0, 'on_message never saw it');
   });
 
-  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+  check('SIGTERM ends the process within drain_timeout_ms plus a few seconds', async () => {
     await sigtermEndsIt(srv);
   });
 });
@@ -972,7 +1096,7 @@ describe('client attacks on the default policy: 16 connections over 2 addresses'
     if (srv) await srv.stop('SIGKILL').catch(() => {});
   });
 
-  it('a 510 KB signal of 170k empty arrays, 3 rounds from 16 connections: never enters Lua, handled consistently; no stall', T, async (t) => {
+  check('a 510 KB signal of 170k empty arrays, 3 rounds from 16 connections: never enters Lua, handled consistently; no stall', async (t) => {
     const ARRAYS = 170000;
     const data = '[' + '[],'.repeat(ARRAYS - 1) + '[]]';
     const ROUNDS = 3;
@@ -1013,7 +1137,7 @@ describe('client attacks on the default policy: 16 connections over 2 addresses'
     await expectErrorDelta(srv.port, before, {}, 'the signal flood (it never enters Lua)');
   });
 
-  it('"/x a" .. (" \\t"):rep(990) .. "b" from 16 connections: parsed in linear time (bad_command); no stall', T, async () => {
+  check('"/x a" .. (" \\t"):rep(990) .. "b" from 16 connections: parsed in linear time (bad_command); no stall', async () => {
     const WS = ' \t'.repeat(990);
     const before = await policyErrorCounts(srv.port);
     for (const c of attackers) c.drain();
@@ -1038,7 +1162,7 @@ describe('client attacks on the default policy: 16 connections over 2 addresses'
     for (const [i, c] of attackers.entries()) assert.ok(c.isOpen, `attacker ${i} is still connected`);
   });
 
-  it('SIGTERM ends the process within drain_timeout_ms plus a few seconds', T, async () => {
+  check('SIGTERM ends the process within drain_timeout_ms plus a few seconds', async () => {
     await sigtermEndsIt(srv);
   });
 });
