@@ -274,7 +274,8 @@ describe('policy sandbox: escapes fail inside a hook', () => {
     chunkLit = binaryChunkLiteral();
     if (chunkLit) files['chunk.lua'] = `-- e2e: a binary chunk made outside the sandbox\nreturn ${chunkLit}\n`;
     const dir = writeFiles(path.join(root, 'scripts'), files);
-    srv = await startServer(['--scripts-dir', dir, ...FAST]);
+    // escapes are about the sandbox, not the clock: 8 MiB of GC churn under ASan takes a while
+    srv = await startServer(['--scripts-dir', dir, ...FAST, '--policy-timeout-ms', '2000']);
     c = await chatClient(srv.port, `/ws?room=${room}&name=prober`);
     await c.next('room');
   });
