@@ -796,11 +796,11 @@ describe('gw.store cap: a full store raises an error to the script and never gro
   /** "clear a b" in slices small enough for one hook call; resolves how many keys went. */
   async function clearRange(a, b) {
     let n = 0;
-    for (let i = a; i <= b; i += 2000) n += (await op(`clear ${i} ${Math.min(b, i + 1999)}`)).n;
+    for (let i = a; i <= b; i += 1000) n += (await op(`clear ${i} ${Math.min(b, i + 999)}`)).n;
     return n;
   }
 
-  const BATCH = 25;                   // 64 KiB values per hook call: well within policy_timeout_ms
+  const BATCH = 10;                   // 64 KiB values per hook call: well within policy_timeout_ms on a busy machine
   let stored = 0;
   check('10,000 values of 64 KiB: the cap (policy_store_mb) refuses them with "gw.store.set: ... full", RSS bounded', async () => {
     const before = await policyErrorCounts(srv.port);
@@ -848,8 +848,8 @@ describe('gw.store cap: a full store raises an error to the script and never gro
   check('keys count too: 1000-byte keys stop at the cap, RSS bounded', async () => {
     let ok = 0, err = null;
     await underAttack(srv, by, async () => {
-      for (let i = 0; i < 60 && !err; i++) {
-        const r = await op(`keys ${i * 2000 + 1} ${(i + 1) * 2000}`);
+      for (let i = 0; i < 120 && !err; i++) {
+        const r = await op(`keys ${i * 1000 + 1} ${(i + 1) * 1000}`);
         ok += r.ok;
         err = r.err;
         sample();
