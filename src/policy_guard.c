@@ -25,7 +25,7 @@
 #define POLICY_GUARD_SIGNAL SIGURG
 #define POLICY_GUARD_TICK_MIN_NS 1000000ull     /* 1 ms: finer ticks cost wakeups, not accuracy */
 #define POLICY_GUARD_TICK_MAX_NS 25000000ull    /* 25 ms: a timeout of 100 ms or more fires within 25 % */
-#define POLICY_GUARD_IDLE_NS 1000000000ull      /* no guard in flight: look again after 1 s */
+#define POLICY_GUARD_QUIET_NS 1000000000ull     /* no call seen in flight this long: sleep until one begins */
 #define POLICY_GUARD_STUCK_NS 5000000000ull     /* interrupted but still running: say so after 5 s */
 
 struct policy_guard_s {
@@ -47,6 +47,7 @@ static pthread_mutex_t policy_guard_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t policy_guard_cond;
 static policy_guard_t *policy_guard_list;
 static pthread_once_t policy_guard_once = PTHREAD_ONCE_INIT;
+static atomic_int policy_guard_asleep;   /* the watchdog waits for policy_guard_begin to wake it */
 static __thread policy_guard_t *policy_guard_current;   /* the guard of this thread's call */
 static __thread pid_t policy_guard_tid;
 
@@ -99,14 +100,15 @@ static void policy_guard_check(policy_guard_t *g, uint64_t now)
 /* The tick: a quarter of the shortest timeout, within the bounds. Under the lock. */
 static uint64_t policy_guard_tick(void)
 {
-    uint64_t tick = POLICY_GUARD_IDLE_NS;
+    uint64_t tick = POLICY_GUARD_TICK_MAX_NS;
     for (policy_guard_t *g = policy_guard_list; g; g = g->next)
         if (g->timeout_ns / 4 < tick) tick = g->timeout_ns / 4;
-    if (tick < POLICY_GUARD_TICK_MIN_NS) tick = POLICY_GUARD_TICK_MIN_NS;
-    if (policy_guard_list && tick > POLICY_GUARD_TICK_MAX_NS) tick = POLICY_GUARD_TICK_MAX_NS;
-    return tick;
+    return tick < POLICY_GUARD_TICK_MIN_NS ? POLICY_GUARD_TICK_MIN_NS : tick;
 }
 
+/* Ticks while calls run; after POLICY_GUARD_QUIET_NS without seeing one in flight it sleeps
+ * until policy_guard_begin wakes it (under load that is one wake a second: short calls are
+ * rarely seen), so an idle process costs no wakeups. */
 static void *policy_guard_main(void *unused)
 {
     (void)unused;
@@ -115,14 +117,37 @@ static void *policy_guard_main(void *unused)
     pthread_sigmask(SIG_BLOCK, &all, NULL);       /* signals are the loops' business */
     pthread_setname_np(pthread_self(), "policy-guard");
     pthread_mutex_lock(&policy_guard_lock);
+    uint64_t busy_at = policy_guard_now();
     for (;;) {
         uint64_t now = policy_guard_now();
-        for (policy_guard_t *g = policy_guard_list; g; g = g->next) policy_guard_check(g, now);
+        for (policy_guard_t *g = policy_guard_list; g; g = g->next) {
+            policy_guard_check(g, now);
+            if (g->seen_run) busy_at = now;
+        }
+        if (now - busy_at >= POLICY_GUARD_QUIET_NS) {
+            /* Dekker with policy_guard_begin (both seq_cst): a call that began after the check
+             * above either sees asleep and wakes us, or its run is seen here */
+            atomic_store(&policy_guard_asleep, 1);
+            for (policy_guard_t *g = policy_guard_list; g; g = g->next)
+                if (atomic_load(&g->run)) atomic_store(&policy_guard_asleep, 0);
+            while (atomic_load(&policy_guard_asleep)) pthread_cond_wait(&policy_guard_cond, &policy_guard_lock);
+            busy_at = policy_guard_now();
+            continue;
+        }
         uint64_t until = now + policy_guard_tick();
         struct timespec ts = { (time_t)(until / 1000000000ull), (long)(until % 1000000000ull) };
         while (pthread_cond_timedwait(&policy_guard_cond, &policy_guard_lock, &ts) == EINTR) {}
     }
     return NULL;
+}
+
+/* Wakes the sleeping watchdog: a call begins. */
+static void policy_guard_wake(void)
+{
+    pthread_mutex_lock(&policy_guard_lock);
+    atomic_store(&policy_guard_asleep, 0);
+    pthread_cond_signal(&policy_guard_cond);
+    pthread_mutex_unlock(&policy_guard_lock);
 }
 
 static void policy_guard_init(void)
@@ -179,7 +204,8 @@ void policy_guard_begin(policy_guard_t *g)
     if (!policy_guard_tid) policy_guard_tid = (pid_t)syscall(SYS_gettid);
     atomic_store_explicit(&g->tid, policy_guard_tid, memory_order_relaxed);
     policy_guard_current = g;
-    atomic_store_explicit(&g->run, ++g->next_run, memory_order_release);
+    atomic_store(&g->run, ++g->next_run);         /* seq_cst: see policy_guard_main's sleep */
+    if (atomic_load(&policy_guard_asleep)) policy_guard_wake();
 }
 
 void policy_guard_end(policy_guard_t *g)

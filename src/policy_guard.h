@@ -6,8 +6,9 @@
  * only do what is async-signal-safe (setting a Lua hook and a flag is). While the call stays
  * in flight past its timeout the watchdog fires again each tick, so one lost race costs a tick.
  *
- * The fast path is two stores per call and no clock read: a call that ends before the
- * watchdog's next look is never seen. A guard belongs to one thread at a time (the thread
+ * The fast path is two stores and a load per call and no clock read: a call that ends before
+ * the watchdog's next look is never seen. A watchdog that saw no call in flight for a second
+ * sleeps until the next call begins (that call wakes it: a lock and a futex wake, once). A guard belongs to one thread at a time (the thread
  * that runs the calls); begin/end never block. The guard does not know Lua. */
 #ifndef CHATGW_POLICY_GUARD_H
 #define CHATGW_POLICY_GUARD_H

@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 #define SENTINEL_STALL_MS 2000         /* a loop this late is stuck: no healthy iteration takes this long */
-#define SENTINEL_BEAT_MS 100           /* how often a loop beats */
+#define SENTINEL_BEAT_MS 250           /* how often a loop beats (and the sentinel looks) */
 #define SENTINEL_EXIT_GRACE_MS 5000    /* past drain_timeout_ms, before a stuck drain is cut short */
 
 typedef struct sentinel_slot_s sentinel_slot_t;
