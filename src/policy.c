@@ -55,9 +55,10 @@
 #define POLICY_LOG_TEXT_MAX 1024           /* bytes of a logged message or error before the cut */
 #define POLICY_LOG_FIELDS_MAX 4096         /* bytes of gw.log fields (as charged by conversion) */
 #define POLICY_LOAD_MAX (1u << 20)         /* bytes of a chunk given to load(): parsing is one C call */
-#define POLICY_TRIP_FACTOR 20              /* after a timeout, the hook's calls fail at once for 20
-                                            * timeouts (1 s at 50 ms): at most 5 % of a loop's time
-                                            * goes to a hook that keeps timing out */
+#define POLICY_TRIP_FACTOR 20              /* after a timeout, that address's calls of the hook fail at
+                                            * once for 20 timeouts (1 s at 50 ms): at most 5 % of a
+                                            * loop's time per address goes to a hook that keeps timing out */
+#define POLICY_TRIPS 1024                  /* trip entries (addresses); 48 KiB per holder */
 
 #define POLICY_ARRAY_MT "chatgw.array"     /* marks tables that convert to JSON arrays */
 #define POLICY_JBOX_MT "chatgw.jbox"       /* userdata holding a json_t until Lua collects it */
@@ -100,6 +101,13 @@ typedef struct {
     char version[65];
 } policy_vm_t;
 
+/* Hooks tripped for one client address (or, for on_tick, the holder): until when each fails
+ * at once. Direct-mapped by a hash of the address: a collision replaces the older entry. */
+typedef struct {
+    uint64_t who;
+    double until[POLICY_HOOKS];
+} policy_trip_t;
+
 struct policy_s {
     const config_t *cfg;
     metrics_t *metrics;            /* may be NULL (policy_check) */
@@ -107,7 +115,9 @@ struct policy_s {
     policy_vm_t *vm;               /* live VM; NULL before the first good load */
     policy_vm_t *volatile running; /* the VM with a run in flight (a candidate's during a load) */
     policy_guard_t *guard;         /* policy_timeout_ms over every run */
-    double tripped_until[POLICY_HOOKS];   /* monotonic s: calls fail at once until then; 0 = not */
+    policy_trip_t *trips;          /* POLICY_TRIPS entries, by client address */
+    double trips_until;            /* the latest trip's end (monotonic s); 0 = none active */
+    int last_kind;                 /* METRICS_POLICY_* of the last failed run */
     policy_store_t *store;
     char last_error[512];
 };
@@ -433,6 +443,12 @@ static void policy_metric_inc(policy_t *p, int slot, int kind)
     if (p->metrics && slot < METRICS_POLICY_HOOKS) METRIC_INC(p->metrics->policy_errors[slot][kind]);
 }
 
+/* How long a client's calls of a hook fail at once after one timed out (see policy_trip). */
+static long policy_trip_ms(const policy_t *p)
+{
+    return p->guard ? policy_guard_timeout_ms(p->guard) * POLICY_TRIP_FACTOR : 0;
+}
+
 /* Classifies, counts and logs a failed run; err gets the first line of the message. */
 static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg, char *err, size_t errlen)
 {
@@ -442,15 +458,17 @@ static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *ms
     if (!msg) msg = "(no error message)";
     snprintf(err, errlen, "%.*s", (int)strcspn(msg, "\n"), msg);
     policy_metric_inc(vm->p, slot, kind);
-    long trip_ms = 0;
-    if (kind == METRICS_POLICY_TIMEOUT && slot < POLICY_HOOKS && vm->p->guard) {
-        trip_ms = policy_guard_timeout_ms(vm->p->guard) * POLICY_TRIP_FACTOR;
-        vm->p->tripped_until[slot] = policy_clock(CLOCK_MONOTONIC_COARSE) + (double)trip_ms / 1000.0;
-    }
+    vm->p->last_kind = kind;
+    long trip_ms = kind == METRICS_POLICY_TIMEOUT && slot < POLICY_HOOKS ? policy_trip_ms(vm->p) : 0;
     json_t *fields = json_object();
     json_object_set_new(fields, "hook", json_string(policy_slot_names[slot]));
     json_object_set_new(fields, "kind", json_string(metrics_policy_kinds[kind]));
-    json_object_set_new(fields, "error", policy_json_text(err));
+    size_t first = strcspn(msg, "\n");            /* the log's copy: cut at 1 KiB, and marked */
+    char *line = xmalloc(first + 1);
+    memcpy(line, msg, first);
+    line[first] = '\0';
+    json_object_set_new(fields, "error", policy_json_text(line));
+    free(line);
     const char *nl = strchr(msg, '\n');
     if (nl && strstr(nl, ".lua:"))            /* only when it shows a Lua frame */
         json_object_set_new(fields, "traceback", policy_json_text(msg));
@@ -1731,17 +1749,44 @@ static int policy_call_body(lua_State *L)
     return 0;
 }
 
-/* Whether calls of slot fail at once: it timed out less than POLICY_TRIP_FACTOR timeouts ago. The time
- * guard bounds one call; this bounds a burst of calls that would each run to the timeout (16
- * clients sending 40 messages each would otherwise hold the loop 32 s). Counted, not logged. */
-static int policy_tripped(policy_t *p, int slot)
+/* ---- trips: after a timeout, that client's calls of that hook fail at once for a while ----
+ * The time guard bounds one call; this bounds a burst of calls that would each run to the
+ * timeout (16 clients sending 40 messages each would otherwise hold the loop 32 s). Keyed by
+ * client address, so the clients of other addresses notice nothing; on_tick, which has no
+ * client, trips for the holder. */
+
+static uint64_t policy_trip_who(const policy_call_t *c)
 {
-    if (policy_clock(CLOCK_MONOTONIC_COARSE) < p->tripped_until[slot]) {
-        policy_metric_inc(p, slot, METRICS_POLICY_TRIPPED);
-        return 1;
+    if (!c->conn || !c->conn->ip) return 0;
+    uint64_t h = 14695981039346656037ull;          /* FNV-1a */
+    for (const unsigned char *s = (const unsigned char *)c->conn->ip; *s; s++) h = (h ^ *s) * 1099511628211ull;
+    return h | 1;                                  /* never 0: that is the holder's */
+}
+
+static void policy_trip(policy_t *p, const policy_call_t *c)
+{
+    uint64_t who = policy_trip_who(c);
+    policy_trip_t *t = &p->trips[who % POLICY_TRIPS];
+    if (t->who != who) *t = (policy_trip_t){ .who = who };
+    double until = policy_clock(CLOCK_MONOTONIC_COARSE) + (double)policy_trip_ms(p) / 1000.0;
+    t->until[c->slot] = until;
+    if (until > p->trips_until) p->trips_until = until;
+}
+
+/* Whether this call fails at once (counted as tripped). Only reads the clock while some trip
+ * is active. */
+static int policy_tripped(policy_t *p, const policy_call_t *c)
+{
+    double now = policy_clock(CLOCK_MONOTONIC_COARSE);
+    if (now >= p->trips_until) {
+        p->trips_until = 0;
+        return 0;
     }
-    p->tripped_until[slot] = 0;
-    return 0;
+    uint64_t who = policy_trip_who(c);
+    const policy_trip_t *t = &p->trips[who % POLICY_TRIPS];
+    if (t->who != who || now >= t->until[c->slot]) return 0;
+    policy_metric_inc(p, c->slot, METRICS_POLICY_TRIPPED);
+    return 1;
 }
 
 /* Runs c->slot on the live VM. POLICY_PASS when the hook is missing. */
@@ -1752,10 +1797,13 @@ static int policy_call(policy_t *p, policy_call_t *c)
         c->deliver = 1;
         return POLICY_PASS;
     }
-    if (p->tripped_until[c->slot] && policy_tripped(p, c->slot)) return POLICY_ERROR;
+    if (p->trips_until && policy_tripped(p, c)) return POLICY_ERROR;
     c->vm = p->vm;
     char err[256];
-    if (policy_vm_run(c->vm, c->slot, policy_call_body, c, err, sizeof err) < 0) return POLICY_ERROR;
+    if (policy_vm_run(c->vm, c->slot, policy_call_body, c, err, sizeof err) < 0) {
+        if (p->last_kind == METRICS_POLICY_TIMEOUT) policy_trip(p, c);
+        return POLICY_ERROR;
+    }
     return c->verdict;
 }
 
@@ -1827,6 +1875,7 @@ policy_t *policy_new(const config_t *cfg, metrics_t *metrics, const policy_host_
     long store_mb = cfg ? cfg->policy_store_mb : 16;
     p->store = policy_store_new((size_t)store_mb << 20);
     p->guard = policy_guard_new(cfg ? cfg->policy_timeout_ms : 50, policy_vm_interrupt, p);
+    p->trips = xcalloc(POLICY_TRIPS, sizeof *p->trips);
     return p;
 }
 
@@ -1836,6 +1885,7 @@ void policy_free(policy_t *p)
     policy_vm_free(p->vm);         /* first: its finalizers may still reach the store */
     policy_store_free(p->store);
     policy_guard_free(p->guard);
+    free(p->trips);
     free(p);
 }
 
@@ -1890,7 +1940,8 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
      * above), so the old VM can close at once. */
     policy_vm_free(p->vm);
     p->vm = vm;
-    memset(p->tripped_until, 0, sizeof p->tripped_until);   /* a new version gets a fresh chance */
+    memset(p->trips, 0, POLICY_TRIPS * sizeof *p->trips);   /* a new version gets a fresh chance */
+    p->trips_until = 0;
     p->last_error[0] = '\0';
     policy_reload_count(p, METRICS_RELOAD_OK);
     return 1;

@@ -30,6 +30,7 @@ struct policy_store_s {
     map_t buckets;                 /* key -> policy_bucket_t* */
     size_t evicted;                /* entries dropped by a full store, since creation */
     size_t bytes, max_bytes;       /* charged to entries and buckets, and the cap */
+    double room_retry;             /* a full store sweeps and evicts again only from then on */
 };
 
 /* What a key costs in a map beside its value: the copy, the map entry, malloc's headers. */
@@ -174,6 +175,7 @@ static int policy_store_fits(const policy_store_t *s, size_t keys, size_t bytes)
 static int policy_entries_room(policy_store_t *s, size_t keys, size_t bytes, double now, const char **err)
 {
     if (policy_store_fits(s, keys, bytes)) return 0;
+    if (now < s->room_retry) goto full;            /* what is left is permanent: only deletes help */
     policy_store_sweep(s, now);
     size_t n = 0, batch;
     while (!policy_store_fits(s, keys, bytes) && (batch = policy_entries_evict(s, POLICY_STORE_EVICT_BATCH))) n += batch;
@@ -183,6 +185,8 @@ static int policy_entries_room(policy_store_t *s, size_t keys, size_t bytes, dou
                  "evicted_total", (json_int_t)s->evicted);
     }
     if (policy_store_fits(s, keys, bytes)) return 0;
+    s->room_retry = now + 1;       /* a sweep costs O(entries): not on every refused write */
+full:
     *err = s->entries.count + keys > POLICY_STORE_MAX_KEYS ? "store is full (100000 keys, none with a ttl)"
                                                           : "store is full (policy_store_mb, no entry with a ttl left)";
     return -1;
@@ -312,16 +316,12 @@ static int policy_bucket_room(policy_store_t *s, const char *key, double now, co
 {
     size_t cost = POLICY_STORE_BUCKET_COST(strlen(key));
     if (s->buckets.count < POLICY_STORE_MAX_KEYS && cost <= s->max_bytes - s->bytes) return 0;
-    policy_store_sweep(s, now);
-    if (s->buckets.count >= POLICY_STORE_MAX_KEYS) {
-        *err = "too many buckets (100000)";
-        return -1;
-    }
-    if (cost > s->max_bytes - s->bytes) {
-        *err = "store is full (policy_store_mb)";
-        return -1;
-    }
-    return 0;
+    if (now >= s->room_retry) policy_store_sweep(s, now);
+    int fits = cost <= s->max_bytes - s->bytes;
+    if (s->buckets.count < POLICY_STORE_MAX_KEYS && fits) return 0;
+    if (now >= s->room_retry) s->room_retry = now + 1;   /* as policy_entries_room */
+    *err = fits ? "too many buckets (100000)" : "store is full (policy_store_mb)";
+    return -1;
 }
 
 static policy_bucket_t *policy_bucket_add(policy_store_t *s, const char *key, policy_bucket_t init)

@@ -38,6 +38,7 @@ static config_t cfg;
 static metrics_t *metrics;
 static char fixtures[PATH_MAX];
 static const policy_conn_t conn = { "c1", "10.0.0.1", "alice", NULL, NULL };
+static const policy_conn_t conn2 = { "c2", "10.0.0.2", "bob", NULL, NULL };
 
 /* ---- helpers ---- */
 
@@ -353,10 +354,15 @@ static void test_timeout(void **state)
     char code[64];
     for (size_t i = 0; i < sizeof escapes / sizeof escapes[0]; i++) {
         eval_times_out(p, escapes[i]);
-        /* the hook is tripped: its next calls fail at once, without entering Lua */
+        /* the hook is tripped for that address: its next calls fail at once, without entering
+         * Lua; another address notices nothing */
         uint64_t tripped = metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_TRIPPED];
         assert_int_equal(message_op(p, "pass", &out, code, sizeof code), POLICY_ERROR);
         assert_int_equal(metrics->policy_errors[POLICY_HOOK_MESSAGE][METRICS_POLICY_TRIPPED], tripped + 1);
+        json_t *msg = json_pack("{s:s}", "op", "pass");
+        assert_int_equal(policy_on_message(p, &conn2, "lobby", msg, &out, code, sizeof code), POLICY_PASS);
+        json_decref(out);
+        json_decref(msg);
         usleep(250 * 1000);
         assert_pass_works(p);
     }
