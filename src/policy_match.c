@@ -39,20 +39,35 @@ static size_t pm_error_index(policy_match_t *m, int index)
     return pm_error(m, POLICY_MATCH_EPATTERN, m->errbuf);
 }
 
-/* Counts one step; nonzero (with the error set) once over budget or stopped. */
-static int pm_step(policy_match_t *m)
+/* Steps until the next look at the budget and the stop flag: every POLICY_MATCH_STOP_EVERY
+ * steps, and exactly at the step past the budget. */
+static unsigned long pm_tick(const policy_match_t *m)
 {
-    m->steps++;
+    unsigned long left = m->max_steps ? m->max_steps + 1 - m->steps : POLICY_MATCH_STOP_EVERY;
+    return left < POLICY_MATCH_STOP_EVERY ? left : POLICY_MATCH_STOP_EVERY;
+}
+
+/* The look: nonzero (with the error set) once over budget or stopped. */
+static int pm_step_check(policy_match_t *m)
+{
     if (m->max_steps && m->steps > m->max_steps) {
         snprintf(m->errbuf, sizeof m->errbuf, "pattern too complex (over %lu steps)", m->max_steps);
         pm_error(m, POLICY_MATCH_ESTEPS, m->errbuf);
         return 1;
     }
-    if (m->stop && m->steps % POLICY_MATCH_STOP_EVERY == 0 && *m->stop) {
+    if (m->stop && *m->stop) {
         pm_error(m, POLICY_MATCH_ESTOP, "interrupted");
         return 1;
     }
+    m->tick = pm_tick(m);
     return 0;
+}
+
+/* Counts one step: a count and a countdown on the way, the look only when it runs out. */
+static inline int pm_step(policy_match_t *m)
+{
+    m->steps++;
+    return --m->tick == 0 ? pm_step_check(m) : 0;
 }
 
 /* ---- character classes: the C locale's <ctype.h>, whatever locale the process runs in ---- */
@@ -318,6 +333,7 @@ void policy_match_init(policy_match_t *m, const char *s, size_t slen, const char
     m->pat_len = plen;
     m->max_steps = max_steps;
     m->stop = stop;
+    m->tick = pm_tick(m);
 }
 
 /* One attempt at s with the pattern from p0; the result code. */

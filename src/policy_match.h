@@ -44,6 +44,7 @@ typedef struct {
     size_t pat_len;
     unsigned long max_steps;           /* 0: no limit */
     unsigned long steps;               /* counted over every call since policy_match_init */
+    unsigned long tick;                /* steps until the next look at budget and stop flag */
     const volatile sig_atomic_t *stop; /* NULL: never interrupted */
     int depth;                         /* match frames now active */
     int code;                          /* the first error, sticky until policy_match_init */
