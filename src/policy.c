@@ -427,8 +427,8 @@ static int policy_msgh(lua_State *L)
         msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
         len = strlen(msg);
     }
-    if (len > POLICY_LOG_TEXT_MAX) {                      /* it only goes to the log: cut it now */
-        size_t keep = policy_cut_len(msg, POLICY_LOG_TEXT_MAX);
+    if (len > POLICY_LOG_TEXT_MAX) {                      /* it only goes to the log: cut it now, */
+        size_t keep = policy_cut_len(msg, POLICY_LOG_TEXT_MAX - 48);   /* with room for the mark */
         lua_pushlstring(L, msg, keep);                    /* [.. head] */
         lua_pushfstring(L, " [cut: %I bytes more]", (lua_Integer)(len - keep));  /* [.. head mark] */
         lua_concat(L, 2);                                 /* [.. msg] */
@@ -470,8 +470,8 @@ static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *ms
     json_object_set_new(fields, "error", policy_json_text(line));
     free(line);
     const char *nl = strchr(msg, '\n');
-    if (nl && strstr(nl, ".lua:"))            /* only when it shows a Lua frame */
-        json_object_set_new(fields, "traceback", policy_json_text(msg));
+    if (nl && strstr(nl, ".lua:"))            /* only when it shows a Lua frame; the lines after the error */
+        json_object_set_new(fields, "traceback", policy_json_text(nl + 1));
     json_object_set_new(fields, "version", json_string(vm->version));
     if (trip_ms) json_object_set_new(fields, "tripped_ms", json_integer(trip_ms));   /* later calls fail at once */
     policy_log(vm->p, LOG_WARN, slot == POLICY_SLOT_LOAD ? "policy load failed" : "policy hook failed", fields);
