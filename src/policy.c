@@ -55,6 +55,8 @@
 #define POLICY_LOG_TEXT_MAX 1024           /* bytes of a logged message or error before the cut */
 #define POLICY_LOG_FIELDS_MAX 4096         /* bytes of gw.log fields (as charged by conversion) */
 #define POLICY_LOAD_MAX (1u << 20)         /* bytes of a chunk given to load(): parsing is one C call */
+#define POLICY_PATTERN_STEPS 10000000UL    /* matcher steps per call: a linear scan of a 4 MiB string
+                                            * (~2 steps a byte) fits; ~40 ms of backtracking does not */
 #define POLICY_TRIP_FACTOR 20              /* after a timeout, that address's calls of the hook fail at
                                             * once for 20 timeouts (1 s at 50 ms): at most 5 % of a
                                             * loop's time per address goes to a hook that keeps timing out */
@@ -1478,7 +1480,7 @@ static int policy_vm_boot(lua_State *L)
     policy_os_open(L);
     policy_lib_bound(L);
     lua_getglobal(L, LUA_STRLIBNAME);                     /* [string] */
-    policy_pattern_open(L, lua_gettop(L), &vm->timed_out, POLICY_PATTERN_MAX_STEPS, POLICY_LIB_BYTES_MAX);
+    policy_pattern_open(L, lua_gettop(L), &vm->timed_out, POLICY_PATTERN_STEPS, POLICY_LIB_BYTES_MAX);
     lua_pop(L, 1);                                        /* [] */
     policy_gw_open(L, vm);
     const policy_src_t *src = policy_src_find(vm->srcs, vm->nsrcs, "policy.lua");
