@@ -454,7 +454,38 @@ async function sigtermEndsIt(srv, { code0 = true } = {}) {
   return r;
 }
 
-function openClients(...cs) { return cs.filter(Boolean); }
+// ---------------------------------------------------------------------------------------------
+// a server of its own for each group of attacks
+
+/**
+ * Serves tests/e2e/fixtures/attacks/<group>/policy.lua (copied into a scripts directory of its
+ * own) with args, opens a chat client in room for each of names and waits for their 'room'
+ * snapshots, then brings in the bystanders. Resolves {srv, dir, s, peer, by}: s and peer are the
+ * first two clients. Where a step fails, what was started is ended before the error goes on.
+ */
+async function attackSetup(group, room, args = [...BASE, ...FAST], names = ['attacker', 'peer']) {
+  const dir = scriptsDir({ 'policy.lua': fixture(`attacks/${group}/policy.lua`) }, `chatgw-e2e-attacks-${group}-`);
+  const srv = await startServer(['--scripts-dir', dir, ...args]);
+  const clients = [];
+  let by;
+  try {
+    for (const name of names) clients.push(await chatClient(srv.port, `/ws?room=${room}&name=${name}`));
+    for (const c of clients) await c.next('room');
+    by = await bystanders(srv);
+  } catch (e) {
+    await attackTeardown(srv, by, ...clients);
+    throw e;
+  }
+  const [s, peer] = clients;
+  return { srv, dir, s, peer, by };
+}
+
+/** Ends what a block started (any of it may be missing): the clients, the bystanders, the server. */
+async function attackTeardown(srv, by, ...clients) {
+  for (const c of clients) c?.terminate();
+  by?.close();
+  if (srv) await srv.stop('SIGKILL').catch(() => {});
+}
 
 // =============================================================================================
 // 1. endless loops in every hook: only the wall-clock watchdog can end them (no budget)
@@ -464,20 +495,10 @@ describe('watchdog: an endless loop in any hook ends at policy_timeout_ms (no in
   const room = 'arena';
   const SPIN = fixture('attacks/spin/policy.lua');
   before(async () => {
-    dir = scriptsDir({ 'policy.lua': SPIN }, 'chatgw-e2e-attacks-spin-');
-    srv = await startServer(['--scripts-dir', dir, ...BASE, ...FAST]);
-    s = await chatClient(srv.port, `/ws?room=${room}&name=attacker`);
-    peer = await chatClient(srv.port, `/ws?room=${room}&name=peer`);
-    await s.next('room');
-    await peer.next('room');
-    by = await bystanders(srv);
+    ({ srv, dir, s, peer, by } = await attackSetup('spin', room));
     good = (await readyz(srv.port)).body.policy.version;
   });
-  after(async () => {
-    for (const c of openClients(s, peer)) c.terminate();
-    by?.close();
-    if (srv) await srv.stop('SIGKILL').catch(() => {});
-  });
+  after(() => attackTeardown(srv, by, s, peer));
 
   // ms: how long the attacker repeats it. 'spin' goes on, paced, past the trip (TRIP_MS after its
   // first timeout), so that its calls run into the watchdog again once the trip is over.
@@ -823,10 +844,7 @@ describe('watchdog: an endless loop in any hook ends at policy_timeout_ms (no in
 
 describe('watchdog: a worker stuck in Lua anyway (policy_timeout_ms 60000)', () => {
   let srv, s;
-  after(async () => {
-    s?.terminate();
-    if (srv) await srv.stop('SIGKILL').catch(() => {});
-  });
+  after(() => attackTeardown(srv, null, s));
 
   check('SIGTERM still ends the process within drain_timeout_ms plus a few seconds', async () => {
     const dir = scriptsDir({ 'policy.lua': fixture('attacks/spin/policy.lua') }, 'chatgw-e2e-attacks-stuck-');
@@ -846,19 +864,9 @@ describe('watchdog: the timeout cannot be caught (pcall, xpcall handlers, __clos
   let srv, s, peer, by;
   const room = 'escape';
   before(async () => {
-    const dir = scriptsDir({ 'policy.lua': fixture('attacks/escape/policy.lua') }, 'chatgw-e2e-attacks-escape-');
-    srv = await startServer(['--scripts-dir', dir, ...BASE, ...FAST]);
-    s = await chatClient(srv.port, `/ws?room=${room}&name=attacker`);
-    peer = await chatClient(srv.port, `/ws?room=${room}&name=peer`);
-    await s.next('room');
-    await peer.next('room');
-    by = await bystanders(srv);
+    ({ srv, s, peer, by } = await attackSetup('escape', room));
   });
-  after(async () => {
-    for (const c of openClients(s, peer)) c.terminate();
-    by?.close();
-    if (srv) await srv.stop('SIGKILL').catch(() => {});
-  });
+  after(() => attackTeardown(srv, by, s, peer));
 
   const attacks = [
     ['xpcall', 'xpcall(spin, spin): the message handler loops too'],
@@ -919,20 +927,10 @@ describe('bounded C functions: string.rep, table.*, string.format, utf8.*, os.da
   let srv, s, peer, by, rss0, rssMax = 0;
   const room = 'cfuncs';
   before(async () => {
-    const dir = scriptsDir({ 'policy.lua': fixture('attacks/cfuncs/policy.lua') }, 'chatgw-e2e-attacks-cfuncs-');
-    srv = await startServer(['--scripts-dir', dir, ...BASE, '--policy-store-mb', STORE_MB, ...FAST]);
-    s = await chatClient(srv.port, `/ws?room=${room}&name=attacker`);
-    peer = await chatClient(srv.port, `/ws?room=${room}&name=peer`);
-    await s.next('room');
-    await peer.next('room');
-    by = await bystanders(srv);
+    ({ srv, s, peer, by } = await attackSetup('cfuncs', room, [...BASE, '--policy-store-mb', STORE_MB, ...FAST]));
     rss0 = procRssKb(srv.proc.pid);
   });
-  after(async () => {
-    for (const c of openClients(s, peer)) c.terminate();
-    by?.close();
-    if (srv) await srv.stop('SIGKILL').catch(() => {});
-  });
+  after(() => attackTeardown(srv, by, s, peer));
 
   const ANY = ['result', 'error', 'memory', 'timeout'];
   const PATTERN = /pattern too complex/;
@@ -1043,18 +1041,10 @@ describe('gw.store cap: a full store raises an error to the script and never gro
   const sample = () => { const r = procRssKb(srv.proc.pid); if (r) rssMax = Math.max(rssMax, r); return r; };
   const FULL = /gw\.store\.set: .*full/;
   before(async () => {
-    const dir = scriptsDir({ 'policy.lua': fixture('attacks/store/policy.lua') }, 'chatgw-e2e-attacks-store-');
-    srv = await startServer(['--scripts-dir', dir, ...BASE, '--policy-store-mb', STORE_MB, ...FAST]);
-    s = await chatClient(srv.port, `/ws?room=${room}&name=hoarder`);
-    await s.next('room');
-    by = await bystanders(srv);
+    ({ srv, s, by } = await attackSetup('store', room, [...BASE, '--policy-store-mb', STORE_MB, ...FAST], ['hoarder']));
     rss0 = procRssKb(srv.proc.pid);
   });
-  after(async () => {
-    s?.terminate();
-    by?.close();
-    if (srv) await srv.stop('SIGKILL').catch(() => {});
-  });
+  after(() => attackTeardown(srv, by, s));
 
   /** Sends "<op> a b" and resolves the fixture's reply (fill/cleared), failing on anything else. */
   async function op(text) {
@@ -1151,11 +1141,8 @@ describe('log floods: policy errors, gw.log and print write about 1 KiB of messa
   const MSG_MAX = 1536;              // "about 1 KiB of message" plus the cut marker
   const CUT_AT = 1024;               // bytes of the message kept (SECURITY.md: at most 1 KiB)
   before(async () => {
-    const dir = scriptsDir({ 'policy.lua': fixture('attacks/logflood/policy.lua') }, 'chatgw-e2e-attacks-logflood-');
-    srv = await startServer(['--scripts-dir', dir, '--policy-timeout-ms', '1000', '--drain-timeout-ms', DRAIN_MS, ...FAST]);
-    s = await chatClient(srv.port, `/ws?room=${room}&name=flooder`);
-    await s.next('room');
-    by = await bystanders(srv);
+    ({ srv, s, by } = await attackSetup('logflood', room,
+      ['--policy-timeout-ms', '1000', '--drain-timeout-ms', DRAIN_MS, ...FAST], ['flooder']));
     // The process's first multi-MiB strings grow its heap: on a small VM the page faults of the
     // first two floods hold the loop 50-150 ms each, once per process. That growth happens here,
     // before a probe watches (as it did before the probe waited for its first sample): the cases
@@ -1165,11 +1152,7 @@ describe('log floods: policy errors, gw.log and print write about 1 KiB of messa
       assert.equal(r.code, 'policy_error', JSON.stringify(r));
     }
   });
-  after(async () => {
-    s?.terminate();
-    by?.close();
-    if (srv) await srv.stop('SIGKILL').catch(() => {});
-  });
+  after(() => attackTeardown(srv, by, s));
 
   const cases = [
     { name: 'error_huge', what: 'error(huge string)', marker: 'FLOOD_ERROR ', fails: true, field: 'error' },
@@ -1251,19 +1234,9 @@ describe('message_types and too_complex: costly or undeclared messages never rea
   let srv, s, p, by;
   const room = 'cx';
   before(async () => {
-    const dir = scriptsDir({ 'policy.lua': fixture('attacks/complex/policy.lua') }, 'chatgw-e2e-attacks-complex-');
-    srv = await startServer(['--scripts-dir', dir, ...BASE, ...FAST]);
-    s = await chatClient(srv.port, `/ws?room=${room}&name=sender`);
-    p = await chatClient(srv.port, `/ws?room=${room}&name=peer`);
-    await s.next('room');
-    await p.next('room');
-    by = await bystanders(srv);
+    ({ srv, s, peer: p, by } = await attackSetup('complex', room, [...BASE, ...FAST], ['sender', 'peer']));
   });
-  after(async () => {
-    for (const c of openClients(s, p)) c.terminate();
-    by?.close();
-    if (srv) await srv.stop('SIGKILL').catch(() => {});
-  });
+  after(() => attackTeardown(srv, by, s, p));
 
   async function calls() {
     const r = await outcome(s, { type: 'msg', room, text: 'calls?' });
@@ -1385,11 +1358,7 @@ describe('client attacks on the default policy: 16 connections over 2 addresses'
     for (const c of attackers) c.drain();
     by = await bystanders(srv, 'lounge');
   });
-  after(async () => {
-    for (const c of attackers) c.terminate();
-    by?.close();
-    if (srv) await srv.stop('SIGKILL').catch(() => {});
-  });
+  after(() => attackTeardown(srv, by, ...attackers));
 
   check('a 510 KB signal of 170k empty arrays, 3 rounds from 16 connections: never enters Lua, handled consistently; no stall', async (t) => {
     const ARRAYS = 170000;
