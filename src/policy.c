@@ -2,11 +2,13 @@
  * directory into memory, hashes the snapshot (the version), and boots a fresh VM from that
  * snapshot: a sandbox of base/string/table/math/utf8 plus os.time/clock/date, our own require,
  * load (text only) and setmetatable (no __gc: finalizers run with hooks off, beyond any budget),
- * and the gw host table. Every entry into Lua goes through policy_vm_run: one lua_pcall
- * with a traceback handler, an instruction budget (count hook) and the VM's memory cap (custom
- * allocator), then the stack top restored. Code that runs under that pcall may raise; code
- * outside it must not touch the VM except to push a C function or light userdata. C memory is
- * never held across a call that may raise: Lua -> JSON conversion reports errors instead of
+ * and the gw host table, with the bounded library (policy_lib, policy_pattern). Every entry
+ * into Lua goes through policy_vm_run: one lua_pcall with a traceback handler, the time guard
+ * (policy_guard: a signal sets the timeout hook), the optional instruction budget (count hook)
+ * and the VM's memory cap (custom allocator), then the stack top restored. Code that runs
+ * under that pcall may raise; code outside it must not touch the VM except to push a C
+ * function or light userdata. C memory is never held across a call that may raise: Lua -> JSON
+ * conversion reports errors instead of
  * raising, and JSON that Lua code is about to see is held by a __gc box. gw.store and gw.limit
  * live in policy_store (C, outside the VM), so they survive reloads. Single-threaded: one holder
  * per worker, and a VM is only closed when none of its calls is in flight. */
@@ -146,8 +148,6 @@ static double policy_clock(clockid_t id)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* s as log text, a new heap string: at most POLICY_LOG_TEXT_MAX bytes of it (cut on a
- * character boundary and marked), so that no script turns one log line into megabytes. */
 /* Bytes of s (longer than max) to keep: max, less a UTF-8 character the cut would split. */
 static size_t policy_cut_len(const char *s, size_t max)
 {
@@ -155,6 +155,8 @@ static size_t policy_cut_len(const char *s, size_t max)
     return max;
 }
 
+/* s as log text, a new heap string: at most POLICY_LOG_TEXT_MAX bytes of it (cut on a
+ * character boundary and marked), so that no script turns one log line into megabytes. */
 static char *policy_log_text(const char *s)
 {
     size_t n = strlen(s);
@@ -358,10 +360,6 @@ static void *policy_vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return q;
 }
 
-/* Runs every POLICY_HOOK_STEP instructions. Past the budget it switches to every instruction,
- * so a pcall inside the policy cannot catch the error and keep looping: the next instruction
- * of its caller fails too. The message carries the position (luaL_error's level is wrong
- * inside a hook, which has no frame of its own). */
 /* Raises what, prefixed with the innermost Lua position ("policy.lua:12: ") when there is one:
  * a hook may run at the return of a C function, which has no line of its own. */
 static void policy_hook_raise(lua_State *L, const char *what)
@@ -377,6 +375,10 @@ static void policy_hook_raise(lua_State *L, const char *what)
     lua_error(L);
 }
 
+/* Runs every POLICY_HOOK_STEP instructions. Past the budget it switches to every instruction,
+ * so a pcall inside the policy cannot catch the error and keep looping: the next instruction
+ * of its caller fails too. The message carries the position (luaL_error's level is wrong
+ * inside a hook, which has no frame of its own). */
 static void policy_count_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;

@@ -1,9 +1,11 @@
 /* policy: the operators' Lua 5.4 policy. One VM per worker loads scripts/policy.lua (which
  * returns a table of optional hooks) in a sandbox: no io, debug, os except time/clock/date,
- * no binary chunks, require only from the scripts directory. Every hook call runs under an
- * instruction budget (count hook) and the VM under a memory cap (custom lua_Alloc); a hook that
- * errors or runs over is aborted, counted, and reported as POLICY_ERROR so the caller applies
- * the failure mode. A reload builds a fresh VM, runs self_test, and swaps only on success;
+ * no binary chunks, require only from the scripts directory, and a bounded standard library
+ * (policy_lib.h, policy_pattern.h). Every hook call runs under a wall-clock limit
+ * (policy_timeout_ms, policy_guard.h), optionally an instruction budget, and the VM under a
+ * memory cap (custom lua_Alloc); a hook that errors or runs over is aborted, counted, and
+ * reported as POLICY_ERROR so the caller applies the failure mode. After a timeout the hook is
+ * tripped for that client address for a while: its calls return POLICY_ERROR at once. A reload builds a fresh VM, runs self_test, and swaps only on success;
  * the last good policy keeps serving otherwise. gw.store and gw.limit live in C and survive
  * reloads. This is the only module that touches Lua. Values cross the boundary by direct
  * conversion between jansson values and Lua tables (no JSON text). */
