@@ -8,10 +8,10 @@
  * and the VM's memory cap (custom allocator), then the stack top restored. Code that runs
  * under that pcall may raise; code outside it must not touch the VM except to push a C
  * function or light userdata. C memory is never held across a call that may raise: Lua -> JSON
- * conversion reports errors instead of
- * raising, and JSON that Lua code is about to see is held by a __gc box. gw.store and gw.limit
- * live in policy_store (C, outside the VM), so they survive reloads. Single-threaded: one holder
- * per worker, and a VM is only closed when none of its calls is in flight. */
+ * conversion reports errors instead of raising, and JSON that Lua code is about to see is held
+ * by a __gc box. gw.store and gw.limit live in policy_store (C, outside the VM), so they survive
+ * reloads. Single-threaded: one holder per worker, and a VM is only closed when none of its
+ * calls is in flight (the guard's watchdog thread only sends a signal). */
 #include "policy.h"
 
 #include <dirent.h>
