@@ -270,9 +270,14 @@ static int policy_srcs_read(const char *dir, policy_src_t **out, size_t *nout, c
     }
     policy_src_t *srcs = NULL;
     size_t n = 0, total = 0;
-    struct dirent *de;
-    errno = 0;
-    while ((de = readdir(d))) {
+    for (;;) {
+        errno = 0;                 /* readdir's NULL means the end only while errno stays 0 */
+        struct dirent *de = readdir(d);
+        if (!de && errno) {        /* a partial listing would load a partial policy */
+            snprintf(err, errlen, "%s: cannot list: %s", dir, strerror(errno));
+            goto fail;
+        }
+        if (!de) break;
         if (!policy_src_name_ok(de->d_name)) continue;
         if (n == POLICY_FILES_MAX) {
             snprintf(err, errlen, "%s: more than %d .lua files", dir, POLICY_FILES_MAX);
