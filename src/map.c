@@ -8,7 +8,7 @@
 
 #include "buf.h"
 
-static unsigned map_hash(const char *s)
+unsigned map_hash(const char *s)
 {
     unsigned h = 2166136261u;
     while (*s) h = (h ^ (unsigned char)*s++) * 16777619u;

@@ -17,6 +17,9 @@ typedef struct {
     size_t nbuckets, count;
 } map_t;
 
+/* The map's hash of a string (FNV-1a, 32 bits), for tables keyed the same way. */
+unsigned map_hash(const char *s);
+
 void map_init(map_t *m);
 void map_free(map_t *m);                         /* frees entries, not values */
 void *map_get(const map_t *m, const char *key);

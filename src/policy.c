@@ -38,6 +38,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "map.h"
 #include "policy_guard.h"
 #include "policy_lib.h"
 #include "policy_pattern.h"
@@ -108,7 +109,7 @@ typedef struct {
 /* Hooks tripped for one client address (or, for on_tick, the holder): until when each fails
  * at once. Direct-mapped by a hash of the address: a collision replaces the older entry. */
 typedef struct {
-    uint64_t who;
+    unsigned who;
     double until[POLICY_HOOKS];
 } policy_trip_t;
 
@@ -465,22 +466,21 @@ static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *ms
              : status == LUA_ERRMEM ? METRICS_POLICY_MEMORY
              : vm->over_budget ? METRICS_POLICY_BUDGET : METRICS_POLICY_ERROR;
     if (!msg) msg = "(no error message)";
-    snprintf(err, errlen, "%.*s", (int)strcspn(msg, "\n"), msg);
+    size_t first = strcspn(msg, "\n");
+    snprintf(err, errlen, "%.*s", (int)first, msg);
     policy_metric_inc(vm->p, slot, kind);
     vm->p->last_kind = kind;
     long trip_ms = kind == METRICS_POLICY_TIMEOUT && slot < POLICY_HOOKS ? policy_trip_ms(vm->p) : 0;
     json_t *fields = json_object();
     json_object_set_new(fields, "hook", json_string(policy_slot_names[slot]));
     json_object_set_new(fields, "kind", json_string(metrics_policy_kinds[kind]));
-    size_t first = strcspn(msg, "\n");            /* the log's copy: cut at 1 KiB, and marked */
-    char *line = xmalloc(first + 1);
+    char *line = xmalloc(first + 1);              /* the log's copy: cut at 1 KiB, and marked */
     memcpy(line, msg, first);
     line[first] = '\0';
     json_object_set_new(fields, "error", policy_json_text(line));
     free(line);
-    const char *nl = strchr(msg, '\n');
-    if (nl && strstr(nl, ".lua:"))            /* only when it shows a Lua frame; the lines after the error */
-        json_object_set_new(fields, "traceback", policy_json_text(nl + 1));
+    if (msg[first] && strstr(msg + first, ".lua:"))   /* only when it shows a Lua frame: the lines after it */
+        json_object_set_new(fields, "traceback", policy_json_text(msg + first + 1));
     json_object_set_new(fields, "version", json_string(vm->version));
     if (trip_ms) json_object_set_new(fields, "tripped_ms", json_integer(trip_ms));   /* later calls fail at once */
     policy_log(vm->p, LOG_WARN, slot == POLICY_SLOT_LOAD ? "policy load failed" : "policy hook failed", fields);
@@ -755,9 +755,10 @@ static json_t *policy_lua_table(policy_conv_t *c, int idx, int depth)
 static json_t *policy_lua_value(policy_conv_t *c, int idx, int depth)
 {
     lua_State *L = c->L;
-    size_t slen = lua_type(L, idx) == LUA_TSTRING ? lua_rawlen(L, idx) : 0;
-    if (!policy_conv_charge(c, 8 + slen)) return policy_conv_fail(c, "cannot convert: larger than the bound of this call");
-    switch (lua_type(L, idx)) {
+    int t = lua_type(L, idx);
+    if (!policy_conv_charge(c, 8 + (t == LUA_TSTRING ? lua_rawlen(L, idx) : 0)))
+        return policy_conv_fail(c, "cannot convert: larger than the bound of this call");
+    switch (t) {
     case LUA_TNIL: return json_null();
     case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
     case LUA_TNUMBER: {
@@ -1764,17 +1765,15 @@ static int policy_call_body(lua_State *L)
  * client address, so the clients of other addresses notice nothing; on_tick, which has no
  * client, trips for the holder. */
 
-static uint64_t policy_trip_who(const policy_call_t *c)
+static unsigned policy_trip_who(const policy_call_t *c)
 {
     if (!c->conn || !c->conn->ip) return 0;
-    uint64_t h = 14695981039346656037ull;          /* FNV-1a */
-    for (const unsigned char *s = (const unsigned char *)c->conn->ip; *s; s++) h = (h ^ *s) * 1099511628211ull;
-    return h | 1;                                  /* never 0: that is the holder's */
+    return map_hash(c->conn->ip) | 1;              /* never 0: that is the holder's */
 }
 
 static void policy_trip(policy_t *p, const policy_call_t *c)
 {
-    uint64_t who = policy_trip_who(c);
+    unsigned who = policy_trip_who(c);
     policy_trip_t *t = &p->trips[who % POLICY_TRIPS];
     if (t->who != who) *t = (policy_trip_t){ .who = who };
     double until = policy_clock(CLOCK_MONOTONIC_COARSE) + (double)policy_trip_ms(p) / 1000.0;
@@ -1791,7 +1790,7 @@ static int policy_tripped(policy_t *p, const policy_call_t *c)
         p->trips_until = 0;
         return 0;
     }
-    uint64_t who = policy_trip_who(c);
+    unsigned who = policy_trip_who(c);
     const policy_trip_t *t = &p->trips[who % POLICY_TRIPS];
     if (t->who != who || now >= t->until[c->slot]) return 0;
     policy_metric_inc(p, c->slot, METRICS_POLICY_TRIPPED);

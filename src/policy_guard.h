@@ -33,7 +33,5 @@ void policy_guard_begin(policy_guard_t *g);
 void policy_guard_end(policy_guard_t *g);
 
 long policy_guard_timeout_ms(const policy_guard_t *g);
-/* How many calls of g the watchdog has interrupted (each call counted once). */
-uint64_t policy_guard_fired(const policy_guard_t *g);
 
 #endif

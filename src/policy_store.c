@@ -53,9 +53,10 @@ policy_store_t *policy_store_new(size_t max_bytes)
     return s;
 }
 
-/* Frees e (taken out of the map by the caller) and gives its bytes back. */
-static void policy_entry_drop(policy_store_t *s, policy_entry_t *e)
+/* Frees e (a policy_entry_t taken out of the map by the caller) and gives its bytes back. */
+static void policy_entry_drop(policy_store_t *s, void *value)
 {
+    policy_entry_t *e = value;
     if (!e) return;
     s->bytes -= e->cost;
     json_decref(e->value);
@@ -162,6 +163,12 @@ static size_t policy_entries_evict(policy_store_t *s, size_t max)
     return n;
 }
 
+/* What an entry of key holding value is charged. */
+static size_t policy_entry_cost(const char *key, json_t *value)
+{
+    return POLICY_STORE_KEY_COST(strlen(key)) + sizeof(policy_entry_t) + policy_value_cost(value);
+}
+
 /* Whether keys more entries and bytes more bytes fit. */
 static int policy_store_fits(const policy_store_t *s, size_t keys, size_t bytes)
 {
@@ -221,7 +228,7 @@ int policy_store_set(policy_store_t *s, const char *key, json_t *value, double t
         *err = "ttl must be a finite number";
         goto fail;
     }
-    size_t cost = POLICY_STORE_KEY_COST(strlen(key)) + sizeof(policy_entry_t) + policy_value_cost(value);
+    size_t cost = policy_entry_cost(key, value);
     policy_entry_t *old = policy_entry_find(s, key, now);
     if (old) {                     /* out of the map while room is made: its bytes count as free */
         map_del(&s->entries, key);
@@ -234,11 +241,8 @@ int policy_store_set(policy_store_t *s, const char *key, json_t *value, double t
         }
         goto fail;
     }
-    if (old) {
-        json_decref(old->value);
-        free(old);
-    }
-    policy_entry_t *e = xcalloc(1, sizeof *e);
+    policy_entry_t *e = old ? old : xcalloc(1, sizeof *e);
+    json_decref(e->value);         /* NULL in a new entry */
     map_set(&s->entries, key, e);
     e->value = value;              /* the entry owns the caller's reference now */
     e->expires = ttl > 0 ? now + ttl : 0;
@@ -294,7 +298,7 @@ json_t *policy_store_incr(policy_store_t *s, const char *key, json_t *n, double 
     json_decref(zero);
     if (!sum) return NULL;
     if (!e) {
-        size_t cost = POLICY_STORE_KEY_COST(strlen(key)) + sizeof(policy_entry_t) + policy_value_cost(sum);
+        size_t cost = policy_entry_cost(key, sum);
         if (policy_entries_room(s, 1, cost, now, err) < 0) {
             json_decref(sum);
             return NULL;
@@ -412,7 +416,6 @@ static size_t policy_map_sweep(policy_store_t *s, map_t *m, int (*dead)(const vo
 }
 
 static int policy_entry_dead(const void *value, double now) { return policy_entry_expired(value, now); }
-static void policy_entry_sweep_drop(policy_store_t *s, void *value) { policy_entry_drop(s, value); }
 
 static int policy_bucket_dead(const void *value, double now)
 {
@@ -422,7 +425,7 @@ static int policy_bucket_dead(const void *value, double now)
 
 size_t policy_store_sweep(policy_store_t *s, double now)
 {
-    return policy_map_sweep(s, &s->entries, policy_entry_dead, policy_entry_sweep_drop, now)
+    return policy_map_sweep(s, &s->entries, policy_entry_dead, policy_entry_drop, now)
         + policy_map_sweep(s, &s->buckets, policy_bucket_dead, policy_bucket_drop, now);
 }
 

@@ -23,6 +23,7 @@
 #include "cidr.h"
 #include "dheap.h"
 #include "log.h"
+#include "map.h"
 #include "routes.h"
 #include "sentinel.h"
 #include "tls.h"
@@ -139,12 +140,7 @@ static void server_drain_check(server_t *srv);
 
 /* ---- per-IP connection counts ---- */
 
-static unsigned iptab_hash(const char *s)
-{
-    unsigned h = 2166136261u;
-    while (*s) h = (h ^ (unsigned char)*s++) * 16777619u;
-    return h % IPTAB_SIZE;
-}
+static unsigned iptab_hash(const char *s) { return map_hash(s) % IPTAB_SIZE; }
 
 static double iptab_burst(const server_t *srv) { return 2.0 * srv->gw->cfg.accept_rate_per_ip; }
 
