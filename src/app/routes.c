@@ -1,0 +1,233 @@
+/* routes: the plain-HTTP router and the WebSocket path choice; see routes.h.
+ * Probes are cheap and allocation-light: the kubelet calls them every few seconds. */
+#include "app/routes.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "app/echo.h"
+#include "hub/hub.h"
+#include "policy/policy.h"
+#include "proto/proto.h"
+#include "http/static.h"
+#include "proto/ws.h"
+
+static int path_is(const http_request_t *req, const char *path) { return !strcmp(req->path, path); }
+
+const server_endpoint_t *routes_ws_endpoint(gw_t *gw, const http_request_t *req, int roles)
+{
+    if (!(roles & ROUTE_PUBLIC)) return NULL;
+    if (path_is(req, "/echo")) return gw->cfg.echo ? &echo_endpoint : NULL;
+    if (path_is(req, "/ws")) return &hub_endpoint;
+    /* free4chat-style /ROOM: a single segment, and only when the client asks to upgrade */
+    if (req->upgrade && req->path[0] == '/' && req->path[1] && !strchr(req->path + 1, '/')) return &hub_endpoint;
+    return NULL;
+}
+
+static void respond_json(buf_t *out, int status, json_t *body, int keep_alive)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    http_response_write(out, status, "application/json", NULL, text, text ? strlen(text) : 0, keep_alive);
+    free(text);
+    json_decref(body);
+}
+
+/* The process's open WebSockets: every worker's, read from their gauges. */
+static json_int_t websockets_open(const gw_t *gw)
+{
+    if (gw->nworkers <= 1) return (json_int_t)server_websockets_open(gw);
+    uint64_t n = 0;
+    for (int i = 0; i < gw->nworkers; i++) n += __atomic_load_n(&gw->workers[i].metrics.ws_open, __ATOMIC_RELAXED);
+    return (json_int_t)n;
+}
+
+/* Ready while not draining (and, with redis_required, while Redis is up). A failed reload does
+ * not fail readiness (the last good policy serves) but shows in checks.policy and
+ * policy.last_error. With redis_url, "redis" (top level and in checks) is "up" or "down":
+ * local rooms keep working while it is down. */
+static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
+{
+    int bus = hub_bus_state(gw->hub);
+    int ready = !gw->draining && !(bus == 0 && gw->cfg.redis_required);
+    const char *version = gw->policy ? policy_version(gw->policy) : "";
+    const char *last_error = gw->policy ? policy_last_error(gw->policy) : "";
+    json_t *checks = json_pack("{s:s, s:s}", "listener", gw->draining ? "draining" : "ok", "policy",
+                               last_error[0] ? "reload_failed" : version[0] ? "ok" : "none");
+    json_t *policy = json_pack("{s:s, s:o}", "version", version, "last_error",
+                               last_error[0] ? json_string(last_error) : json_null());
+    const char *status = ready ? "ready" : gw->draining ? "draining" : "redis_down";
+    json_t *body = json_pack("{s:s, s:o, s:o, s:s, s:I, s:I}", "status", status, "checks",
+                             checks, "policy", policy, "version", CHATGW_VERSION, "websockets",
+                             websockets_open(gw), "uptime_s",
+                             (json_int_t)((gw_now_ms(gw) - gw->started_ms) / 1000));
+    if (bus >= 0) {
+        json_object_set_new(checks, "redis", json_string(bus ? "up" : "down"));
+        json_object_set_new(body, "redis", json_string(bus ? "up" : "down"));
+    }
+    respond_json(out, ready ? 200 : 503, body, keep_alive);
+}
+
+static void route_metrics(gw_t *gw, buf_t *out, int keep_alive)
+{
+    buf_t text;
+    buf_init(&text);
+    if (gw->nworkers > 1) {        /* every worker counts in its own gw: the process is their sum */
+        const metrics_t **ms = xcalloc((size_t)gw->nworkers, sizeof *ms);
+        for (int i = 0; i < gw->nworkers; i++) ms[i] = &gw->workers[i].metrics;
+        metrics_t *sum = xmalloc(sizeof *sum);
+        metrics_sum(sum, ms, (size_t)gw->nworkers);
+        metrics_render(sum, CHATGW_VERSION, &text);
+        free(sum);
+        free(ms);
+    } else {
+        metrics_render(&gw->metrics, CHATGW_VERSION, &text);
+    }
+    metrics_info_render(&text, "chatgw_policy_info", "The live policy; version is the sha256 of its sources.",
+                        "version", gw->policy ? policy_version(gw->policy) : "");
+    http_response_write(out, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text.data, text.len, keep_alive);
+    buf_free(&text);
+}
+
+/* CORS: the Origin is echoed when allowed_origins admits it ("*" admits any). */
+static void cors_headers(gw_t *gw, const http_request_t *req, buf_t *hdr)
+{
+    const char *origin = http_request_header(req, "Origin");
+    const char *allowed = gw->cfg.allowed_origins;
+    if (!origin || !allowed || !allowed[0]) return;
+    int ok = !strcmp(allowed, "*") || http_header_has_token(allowed, origin);
+    if (!ok) return;
+    buf_printf(hdr, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n", !strcmp(allowed, "*") ? "*" : origin);
+}
+
+static void api_json(buf_t *out, int status, json_t *body, buf_t *hdr, int keep_alive)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    http_response_write(out, status, "application/json", hdr->len ? buf_cstr(hdr) : NULL, text, text ? strlen(text) : 0,
+                        keep_alive);
+    free(text);
+    json_decref(body);
+}
+
+static void api_error(buf_t *out, int status, const char *code, const char *msg, buf_t *hdr, int keep_alive)
+{
+    api_json(out, status, json_pack("{s:s, s:s}", "error", code, "message", msg), hdr, keep_alive);
+}
+
+/* Constant-time comparison of the bearer token with api_token. */
+static int api_authorized(gw_t *gw, const http_request_t *req)
+{
+    const char *auth = http_request_header(req, "Authorization");
+    const char *token = gw->cfg.api_token;
+    if (!auth || strncasecmp(auth, "Bearer ", 7)) return 0;
+    auth += 7;
+    size_t a = strlen(auth), t = strlen(token);
+    unsigned char diff = (unsigned char)(a != t);
+    for (size_t i = 0; i < t; i++) diff |= (unsigned char)(token[i] ^ (i < a ? auth[i] : 0));
+    return diff == 0;
+}
+
+static void api_publish(gw_t *gw, const http_request_t *req, const char *room, buf_t *hdr, int keep_alive,
+                        buf_t *out)
+{
+    if (!gw->cfg.api_token || !gw->cfg.api_token[0]) {
+        api_error(out, 404, "not_found", "the publish API is off (no api_token configured)", hdr, keep_alive);
+        return;
+    }
+    if (!api_authorized(gw, req)) {
+        api_error(out, 401, "unauthorized", "a valid Authorization: Bearer token is required", hdr, keep_alive);
+        return;
+    }
+    json_error_t jerr;
+    json_t *body = json_loadb(req->body ? req->body : "", req->body_len, 0, &jerr);
+    const char *text = NULL, *from = "server";
+    if (!body || json_unpack(body, "{s:s, s?:s}", "text", &text, "from", &from) < 0 || !text[0] ||
+        strlen(text) > (size_t)gw->cfg.max_text_bytes || !proto_name_valid(from)) {
+        api_error(out, 400, "bad_request", "body must be {\"text\": string, \"from\"?: name} within max_text_bytes", hdr,
+                  keep_alive);
+        json_decref(body);
+        return;
+    }
+    char id[64];
+    if (hub_room_announce(gw->hub, room, from, text, id, sizeof id) < 0)
+        api_error(out, 404, "not_found", "no such room", hdr, keep_alive);
+    else
+        api_json(out, 200, json_pack("{s:s, s:s}", "room", room, "id", id), hdr, keep_alive);
+    json_decref(body);
+}
+
+/* /api/stats, /api/rooms/{id}, /api/rooms/{id}/messages. */
+static void route_api(gw_t *gw, const http_request_t *req, int keep_alive, buf_t *out)
+{
+    buf_t hdr;
+    buf_init(&hdr);
+    cors_headers(gw, req, &hdr);
+    int get = req->method == HTTP_GET || req->method == HTTP_HEAD;
+    const char *p = req->path + 4;     /* after "/api" */
+    if (req->method == HTTP_OPTIONS) {
+        buf_append_str(&hdr, "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+                             "Access-Control-Allow-Headers: Authorization, Content-Type\r\n"
+                             "Access-Control-Max-Age: 600\r\n");
+        http_response_write(out, 204, NULL, buf_cstr(&hdr), NULL, 0, keep_alive);
+    } else if (!strcmp(p, "/stats")) {
+        if (get) api_json(out, 200, hub_stats_json(gw->hub), &hdr, keep_alive);
+        else api_error(out, 405, "method_not_allowed", "use GET", &hdr, keep_alive);
+    } else if (!strncmp(p, "/rooms/", 7) && p[7]) {
+        char room[PROTO_MAX_ROOM * 2 + 16];
+        snprintf(room, sizeof room, "%s", p + 7);
+        char *slash = strchr(room, '/');
+        int publish = slash && !strcmp(slash, "/messages");
+        if (slash) *slash = '\0';
+        if (slash && !publish) {
+            api_error(out, 404, "not_found", "no such route", &hdr, keep_alive);
+        } else if (publish) {
+            if (req->method == HTTP_POST) api_publish(gw, req, room, &hdr, keep_alive, out);
+            else api_error(out, 405, "method_not_allowed", "use POST", &hdr, keep_alive);
+        } else if (!get) {
+            api_error(out, 405, "method_not_allowed", "use GET", &hdr, keep_alive);
+        } else {
+            json_t *r = hub_room_json(gw->hub, room);
+            if (r) api_json(out, 200, r, &hdr, keep_alive);
+            else api_error(out, 404, "not_found", "no such room", &hdr, keep_alive);
+        }
+    } else {
+        api_error(out, 404, "not_found", "no such route", &hdr, keep_alive);
+    }
+    buf_free(&hdr);
+}
+
+void routes_handle(gw_t *gw, const http_request_t *req, int roles, int keep_alive, buf_t *out)
+{
+    int get = req->method == HTTP_GET || req->method == HTTP_HEAD;
+    const char *probe = NULL;
+    if ((roles & ROUTE_PUBLIC) && static_config_serve(&gw->cfg, req, keep_alive, out)) return;
+    if ((roles & ROUTE_PUBLIC) && !strncmp(req->path, "/api/", 5)) {
+        route_api(gw, req, keep_alive, out);
+        return;
+    }
+    if ((roles & ROUTE_PUBLIC) || (roles & ROUTE_ADMIN)) {
+        if (path_is(req, "/healthz")) probe = "healthz";
+        else if (path_is(req, "/readyz")) probe = "readyz";
+    }
+    if ((roles & ROUTE_ADMIN) && path_is(req, "/metrics")) probe = "metrics";
+    if (probe && !get) {
+        http_response_method_not_allowed(out, NULL, keep_alive);
+        return;
+    }
+    if (probe && !strcmp(probe, "healthz")) {
+        http_response_write(out, 200, "application/json", NULL, "{\"status\":\"ok\"}", 15, keep_alive);
+        return;
+    }
+    if (probe && !strcmp(probe, "readyz")) {
+        route_readyz(gw, out, keep_alive);
+        return;
+    }
+    if (probe) {
+        route_metrics(gw, out, keep_alive);
+        return;
+    }
+    if ((roles & ROUTE_PUBLIC) && static_route_handle(gw, req, keep_alive, out)) return;   /* web client */
+    http_response_error(out, 404, "not_found", "no such route", keep_alive);
+}

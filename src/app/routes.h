@@ -1,0 +1,21 @@
+/* routes: the plain-HTTP router (probes, metrics, API, static web client) and the choice of
+ * WebSocket endpoint for an upgrade path. It writes whole responses into a buffer and never
+ * touches a socket. */
+#ifndef CHATGW_ROUTES_H
+#define CHATGW_ROUTES_H
+
+#include "base/buf.h"
+#include "base/gw.h"
+#include "http/http.h"
+#include "net/server.h"
+
+/* What a listener serves: the public routes, the admin routes (/metrics), or both when no
+ * admin_listen is configured. */
+enum { ROUTE_PUBLIC = 1, ROUTE_ADMIN = 2 };
+
+/* The endpoint for a WebSocket path (/echo when enabled, /ws, /ROOM), or NULL. */
+const server_endpoint_t *routes_ws_endpoint(gw_t *gw, const http_request_t *req, int roles);
+/* Answers a plain request with a complete response in out. */
+void routes_handle(gw_t *gw, const http_request_t *req, int roles, int keep_alive, buf_t *out);
+
+#endif

@@ -1,0 +1,254 @@
+/* metrics: renders metrics_t in the Prometheus text exposition format 0.0.4. Every family gets
+ * its # HELP and # TYPE lines once, before its samples, even when a labelled family has no
+ * sample yet, so a scraper always sees the whole schema. Values are read with relaxed atomic
+ * loads: a scrape may race with worker threads and needs no more than that. This module never
+ * changes a counter; it only names and prints them. */
+#include "base/metrics.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Families with one unlabelled sample, read from a uint64_t at offset in metrics_t. */
+typedef struct {
+    const char *name, *type, *help;
+    size_t offset;
+} metrics_scalar_t;
+
+static const metrics_scalar_t metrics_scalars[] = {
+    { "chatgw_connections_open", "gauge", "TCP connections open.",
+      offsetof(metrics_t, conns_open) },
+    { "chatgw_connections_total", "counter", "TCP connections accepted.",
+      offsetof(metrics_t, conns_total) },
+    { "chatgw_websockets_open", "gauge", "WebSocket connections open.",
+      offsetof(metrics_t, ws_open) },
+    { "chatgw_websockets_total", "counter", "WebSocket upgrades completed.",
+      offsetof(metrics_t, ws_total) },
+    { "chatgw_bytes_in_total", "counter", "Bytes read from client sockets.",
+      offsetof(metrics_t, bytes_in) },
+    { "chatgw_bytes_out_total", "counter", "Bytes written to client sockets.",
+      offsetof(metrics_t, bytes_out) },
+    { "chatgw_connections_rejected_total", "counter",
+      "Connections refused by max_connections or max_connections_per_ip.",
+      offsetof(metrics_t, conns_rejected_limit) },
+    { "chatgw_header_timeouts_total", "counter",
+      "Connections closed because request headers did not arrive within header_timeout_ms.",
+      offsetof(metrics_t, header_timeouts) },
+    { "chatgw_idle_timeouts_total", "counter",
+      "Connections closed after idle_timeout_ms without traffic.",
+      offsetof(metrics_t, idle_timeouts) },
+    { "chatgw_slow_consumers_total", "counter",
+      "Connections closed because their write queue stayed over write_queue_bytes.",
+      offsetof(metrics_t, slow_consumers) },
+    { "chatgw_rooms", "gauge", "Rooms with at least one member.", offsetof(metrics_t, rooms) },
+    { "chatgw_room_members", "gauge", "Room memberships (a connection in two rooms counts twice).",
+      offsetof(metrics_t, room_members) },
+    { "chatgw_messages_received_total", "counter", "Protocol messages received from clients.",
+      offsetof(metrics_t, msgs_received) },
+    { "chatgw_messages_delivered_total", "counter", "Frames queued to recipients by room fan-out.",
+      offsetof(metrics_t, msgs_delivered) },
+    { "chatgw_history_gaps_total", "counter",
+      "Recoveries that could not be served whole from the history ring (history_gap sent).",
+      offsetof(metrics_t, history_gaps) },
+    { "chatgw_bus_up", "gauge",
+      "1 while the bus to the other replicas works (always 1 without redis_url).",
+      offsetof(metrics_t, bus_up) },
+    { "chatgw_bus_reconnects_total", "counter", "Redis links re-established after the first.",
+      offsetof(metrics_t, bus_reconnects) },
+    { "chatgw_bus_published_total", "counter", "Messages and events Redis accepted from this replica.",
+      offsetof(metrics_t, bus_published) },
+    { "chatgw_bus_received_total", "counter", "Messages and presence events received from other replicas.",
+      offsetof(metrics_t, bus_received) },
+    { "chatgw_policy_store_keys", "gauge", "Entries in the policy's gw.store (updated once a second).",
+      offsetof(metrics_t, policy_store_keys) },
+    { "chatgw_policy_store_buckets", "gauge", "gw.limit token buckets held (updated once a second).",
+      offsetof(metrics_t, policy_store_buckets) },
+    { "chatgw_policy_store_bytes", "gauge",
+      "Bytes gw.store and gw.limit hold, as charged against policy_store_mb (updated once a second).",
+      offsetof(metrics_t, policy_store_bytes) },
+    { "chatgw_policy_store_evicted_total", "counter",
+      "gw.store entries evicted because the store was full (soonest to expire first).",
+      offsetof(metrics_t, policy_store_evicted) },
+};
+
+const char *const metrics_drop_reasons[METRICS_DROP_REASONS] = {
+    "rate_limited", "too_large", "invalid", "not_in_room", "unknown_peer", "policy", "slow",
+    "room_full",
+};
+const char *const metrics_policy_hooks[METRICS_POLICY_HOOKS] = {
+    "on_connect", "on_join", "on_message", "on_leave", "on_tick", "self_test",
+};
+const char *const metrics_policy_kinds[METRICS_POLICY_KINDS] = { "error", "budget", "memory", "timeout", "tripped" };
+const char *const metrics_reload_results[METRICS_RELOAD_RESULTS] = { "ok", "failed", "unchanged" };
+
+static uint64_t metrics_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
+static void metrics_family_head(buf_t *out, const char *name, const char *type, const char *help)
+{
+    buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Upper bounds in microseconds: 0.5 ms to 2.5 s, the range where a chat delay matters. */
+static const uint64_t metrics_latency_le_us[METRICS_LATENCY_BUCKETS] = {
+    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
+};
+
+void metrics_latency_observe(metrics_t *m, uint64_t usec)
+{
+    unsigned i = 0;
+    while (i < METRICS_LATENCY_BUCKETS && usec > metrics_latency_le_us[i]) i++;
+    METRIC_INC(m->msg_latency[i]);
+    METRIC_ADD(m->msg_latency_sum_us, usec);
+}
+
+static void metrics_latency_render(const metrics_t *m, buf_t *out)
+{
+    const char *name = "chatgw_message_latency_seconds";
+    metrics_family_head(out, name, "histogram",
+                        "Chat messages from arrival to the start of their fan-out (through Redis when used).");
+    uint64_t cum = 0;
+    for (unsigned i = 0; i <= METRICS_LATENCY_BUCKETS; i++) {
+        cum += metrics_load(&m->msg_latency[i]);
+        if (i < METRICS_LATENCY_BUCKETS)
+            buf_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, (double)metrics_latency_le_us[i] / 1e6,
+                       (unsigned long long)cum);
+        else
+            buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    }
+    buf_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)metrics_load(&m->msg_latency_sum_us) / 1e6, name,
+               (unsigned long long)cum);
+}
+
+static void metrics_scalars_render(const metrics_t *m, buf_t *out)
+{
+    for (size_t i = 0; i < sizeof metrics_scalars / sizeof metrics_scalars[0]; i++) {
+        const metrics_scalar_t *s = &metrics_scalars[i];
+        const uint64_t *p = (const uint64_t *)((const char *)m + s->offset);
+        metrics_family_head(out, s->name, s->type, s->help);
+        buf_printf(out, "%s %llu\n", s->name, (unsigned long long)metrics_load(p));
+    }
+}
+
+/* RFC 6455 opcode names; reserved opcodes keep their number. */
+static void metrics_opcode_name(unsigned op, char *out, size_t outlen)
+{
+    static const char *const names[16] = {
+        [0] = "continuation", [1] = "text", [2] = "binary",
+        [8] = "close", [9] = "ping", [10] = "pong",
+    };
+    if (op < 16 && names[op])
+        snprintf(out, outlen, "%s", names[op]);
+    else
+        snprintf(out, outlen, "%u", op);
+}
+
+static void metrics_number_name(unsigned i, char *out, size_t outlen) { snprintf(out, outlen, "%u", i); }
+
+/* Label values printed even at zero, so dashboards and rate() see the series from the start. */
+static int metrics_opcode_known(unsigned op) { return op <= 2 || (op >= 8 && op <= 10); }
+static int metrics_close_known(unsigned code)
+{
+    return code == 1000 || code == 1001 || code == 1002 || code == 1003 || code == 1007 ||
+           code == 1008 || code == 1009 || code == 1011;
+}
+static int metrics_status_known(unsigned code) { return code == 200 || code == 404 || code == 503; }
+
+/* A counter family with one label: one sample per nonzero slot of values[0..n), and per slot
+ * that known() names. */
+static void metrics_labelled_render(buf_t *out, const char *name, const char *help,
+                                    const char *label, const uint64_t *values, unsigned n,
+                                    void (*label_value)(unsigned, char *, size_t),
+                                    int (*known)(unsigned))
+{
+    metrics_family_head(out, name, "counter", help);
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t v = metrics_load(&values[i]);
+        if (!v && !known(i)) continue;
+        char lv[16];
+        label_value(i, lv, sizeof lv);
+        buf_printf(out, "%s{%s=\"%s\"} %llu\n", name, label, lv, (unsigned long long)v);
+    }
+}
+
+/* Label values escape backslash, double quote and newline (text format 0.0.4). */
+static void metrics_label_escape(buf_t *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\') buf_append_str(out, "\\\\");
+        else if (*s == '"') buf_append_str(out, "\\\"");
+        else if (*s == '\n') buf_append_str(out, "\\n");
+        else buf_append(out, s, 1);
+    }
+}
+
+void metrics_info_render(buf_t *out, const char *name, const char *help, const char *label, const char *value)
+{
+    metrics_family_head(out, name, "gauge", help);
+    buf_printf(out, "%s{%s=\"", name, label);
+    metrics_label_escape(out, value);
+    buf_append_str(out, "\"} 1\n");
+}
+
+/* A counter family over fixed label values, every value printed. */
+static void metrics_enum_render(buf_t *out, const char *name, const char *help, const char *label,
+                                const uint64_t *values, const char *const *names, unsigned n)
+{
+    metrics_family_head(out, name, "counter", help);
+    for (unsigned i = 0; i < n; i++)
+        buf_printf(out, "%s{%s=\"%s\"} %llu\n", name, label, names[i],
+                   (unsigned long long)metrics_load(&values[i]));
+}
+
+static void metrics_policy_errors_render(const metrics_t *m, buf_t *out)
+{
+    const char *name = "chatgw_policy_errors_total";
+    metrics_family_head(out, name, "counter",
+                        "Policy hook calls aborted, by hook and kind (error, budget, memory).");
+    for (unsigned h = 0; h < METRICS_POLICY_HOOKS; h++)
+        for (unsigned k = 0; k < METRICS_POLICY_KINDS; k++)
+            buf_printf(out, "%s{hook=\"%s\",kind=\"%s\"} %llu\n", name, metrics_policy_hooks[h],
+                       metrics_policy_kinds[k], (unsigned long long)metrics_load(&m->policy_errors[h][k]));
+}
+
+void metrics_render(const metrics_t *m, const char *version, buf_t *out)
+{
+    metrics_scalars_render(m, out);
+    metrics_labelled_render(out, "chatgw_http_responses_total", "HTTP responses sent, by status code.",
+                            "code", m->http_responses, 600, metrics_number_name, metrics_status_known);
+    metrics_labelled_render(out, "chatgw_ws_frames_in_total", "WebSocket frames received, by opcode.",
+                            "opcode", m->frames_in, 16, metrics_opcode_name, metrics_opcode_known);
+    metrics_labelled_render(out, "chatgw_ws_frames_out_total", "WebSocket frames sent, by opcode.",
+                            "opcode", m->frames_out, 16, metrics_opcode_name, metrics_opcode_known);
+    metrics_labelled_render(out, "chatgw_ws_close_sent_total", "WebSocket close frames sent, by close code.",
+                            "code", m->close_sent, METRICS_CLOSE_CODES, metrics_number_name,
+                            metrics_close_known);
+    metrics_labelled_render(out, "chatgw_ws_close_received_total",
+                            "WebSocket close frames received, by close code.",
+                            "code", m->close_received, METRICS_CLOSE_CODES, metrics_number_name,
+                            metrics_close_known);
+    metrics_enum_render(out, "chatgw_messages_dropped_total",
+                        "Client messages refused or frames not delivered, by reason.", "reason",
+                        m->msgs_dropped, metrics_drop_reasons, METRICS_DROP_REASONS);
+    metrics_latency_render(m, out);
+    metrics_policy_errors_render(m, out);
+    metrics_enum_render(out, "chatgw_policy_reloads_total", "Policy reload attempts, by result.", "result",
+                        m->policy_reloads, metrics_reload_results, METRICS_RELOAD_RESULTS);
+    metrics_info_render(out, "chatgw_build_info", "Build information; always 1.", "version",
+                        version ? version : "unknown");
+}
+
+/* metrics_t is nothing but uint64_t fields: it sums as an array. */
+_Static_assert(sizeof(metrics_t) % sizeof(uint64_t) == 0, "metrics_t holds only uint64_t");
+
+void metrics_sum(metrics_t *out, const metrics_t *const *ms, size_t n)
+{
+    memset(out, 0, sizeof *out);
+    uint64_t *acc = (uint64_t *)out, up_min = 0;
+    for (size_t k = 0; k < n; k++) {
+        const uint64_t *f = (const uint64_t *)ms[k];
+        for (size_t i = 0; i < sizeof *out / sizeof *acc; i++) acc[i] += __atomic_load_n(&f[i], __ATOMIC_RELAXED);
+        uint64_t up = __atomic_load_n(&ms[k]->bus_up, __ATOMIC_RELAXED);
+        if (k == 0 || up < up_min) up_min = up;
+    }
+    out->bus_up = up_min;
+}

@@ -1,0 +1,93 @@
+/* metrics: process-wide counters and gauges, rendered in the Prometheus text format 0.0.4.
+ * Updates are relaxed atomic adds so any worker thread may count. Modules own the meaning of
+ * their counters; this module owns their names, help texts and rendering. */
+#ifndef CHATGW_METRICS_H
+#define CHATGW_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/buf.h"
+
+#define METRICS_CLOSE_CODES 5000   /* close codes 0..4999 counted individually */
+#define METRICS_LATENCY_BUCKETS 12 /* finite upper bounds of chatgw_message_latency_seconds */
+
+enum {
+    METRICS_DROP_RATE_LIMITED,
+    METRICS_DROP_TOO_LARGE,
+    METRICS_DROP_INVALID,          /* bad_json, bad_type, bad_field */
+    METRICS_DROP_NOT_IN_ROOM,
+    METRICS_DROP_UNKNOWN_PEER,
+    METRICS_DROP_POLICY,           /* refused or failed in the Lua policy */
+    METRICS_DROP_SLOW,             /* recipient's write queue over its bound */
+    METRICS_DROP_ROOM_FULL,        /* join refused: room or per-connection room limit */
+    METRICS_DROP_REASONS
+};
+
+#define METRICS_POLICY_HOOKS 6     /* on_connect, on_join, on_message, on_leave, on_tick, self_test */
+enum { METRICS_POLICY_ERROR, METRICS_POLICY_BUDGET, METRICS_POLICY_MEMORY, METRICS_POLICY_TIMEOUT, METRICS_POLICY_TRIPPED,
+       METRICS_POLICY_KINDS };
+enum { METRICS_RELOAD_OK, METRICS_RELOAD_FAILED, METRICS_RELOAD_UNCHANGED, METRICS_RELOAD_RESULTS };
+
+typedef struct {
+    uint64_t conns_open;           /* gauge: TCP connections open */
+    uint64_t conns_total;
+    uint64_t ws_open;              /* gauge: WebSocket connections open */
+    uint64_t ws_total;
+    uint64_t http_responses[600];  /* by status code */
+    uint64_t frames_in[16], frames_out[16];  /* by opcode */
+    uint64_t bytes_in, bytes_out;
+    uint64_t close_sent[METRICS_CLOSE_CODES], close_received[METRICS_CLOSE_CODES];
+    uint64_t conns_rejected_limit; /* refused by max_connections / per-IP */
+    uint64_t header_timeouts;
+    uint64_t idle_timeouts;
+    uint64_t slow_consumers;
+    /* chat (hub.c) */
+    uint64_t rooms;                /* gauge */
+    uint64_t room_members;         /* gauge: memberships */
+    uint64_t msgs_received;        /* client protocol messages */
+    uint64_t msgs_delivered;       /* frames queued to recipients by fan-out */
+    uint64_t msgs_dropped[METRICS_DROP_REASONS];
+    uint64_t history_gaps;
+    /* chat msg arrival to fan-out (through Redis when it is used): per-bucket counts, the last
+     * slot is +Inf; the sum in microseconds */
+    uint64_t msg_latency[METRICS_LATENCY_BUCKETS + 1];
+    uint64_t msg_latency_sum_us;
+    /* bus (hub.c copies bus_stats_get here: on each bus event and once a second) */
+    uint64_t bus_up;               /* gauge: 1 while the bus works (always 1 without redis_url) */
+    uint64_t bus_reconnects;
+    uint64_t bus_published;
+    uint64_t bus_received;
+    /* policy (policy.c): hooks are POLICY_HOOK_* plus self_test at METRICS_POLICY_HOOKS - 1 */
+    uint64_t policy_errors[METRICS_POLICY_HOOKS][METRICS_POLICY_KINDS];
+    uint64_t policy_reloads[METRICS_RELOAD_RESULTS];
+    uint64_t policy_store_keys, policy_store_buckets;   /* gauges, set from on_tick */
+    uint64_t policy_store_bytes;
+    uint64_t policy_store_evicted;
+} metrics_t;
+
+/* Label values for chatgw_policy_errors_total{hook,kind} and chatgw_policy_reloads_total{result}. */
+extern const char *const metrics_policy_hooks[METRICS_POLICY_HOOKS];
+extern const char *const metrics_policy_kinds[METRICS_POLICY_KINDS];
+extern const char *const metrics_reload_results[METRICS_RELOAD_RESULTS];
+
+/* Label values of chatgw_messages_dropped_total{reason}, indexed by METRICS_DROP_*. */
+extern const char *const metrics_drop_reasons[METRICS_DROP_REASONS];
+
+#define METRIC_ADD(field, n) __atomic_add_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)
+#define METRIC_SUB(field, n) __atomic_sub_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)
+#define METRIC_INC(field) METRIC_ADD(field, 1)
+
+/* Counts one msg whose fan-out began usec microseconds after it arrived. */
+void metrics_latency_observe(metrics_t *m, uint64_t usec);
+
+/* out = the sum of n workers' metrics (relaxed atomic loads, so the workers may go on
+ * counting); bus_up is the least of them (1 only while every worker's bus is up). */
+void metrics_sum(metrics_t *out, const metrics_t *const *ms, size_t n);
+
+/* Appends every metric of m to out, plus chatgw_build_info{version}. */
+void metrics_render(const metrics_t *m, const char *version, buf_t *out);
+/* Appends an info gauge: name{label="value"} 1, with HELP and TYPE. */
+void metrics_info_render(buf_t *out, const char *name, const char *help, const char *label, const char *value);
+
+#endif

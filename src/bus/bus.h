@@ -1,0 +1,263 @@
+/* bus: what one chatgw node shares with the other replicas: room fan-out (publish/subscribe),
+ * presence, history ids and streams, and rate-limit buckets. Two implementations sit behind
+ * one table of operations: bus_local.c (single node: nothing is remote, and the stores answer
+ * BUS_ENOTSUP so the hub keeps its own ring, ids and buckets), bus_inproc.c (the worker
+ * threads of one process, see bus_inproc.h) and bus_redis.c (Redis through hiredis's async
+ * API on the libuv loop). A bus lives on one loop and is not thread-safe.
+ * It never blocks the loop: every answer from Redis comes back through a callback, and a call
+ * that cannot be served at once fails at once (BUS_EDOWN) so the hub can fall back to local
+ * delivery. It never sees sockets of clients and never encodes protocol frames: the hub hands
+ * it already-serialised payloads and gets the same bytes back on the other replicas.
+ *
+ * Calls that take a callback return 0 when the request is queued, and then the callback runs
+ * exactly once, later, from the loop; or they return a negative BUS_E* code and the callback
+ * never runs. Strings passed in are copied; pointers handed to callbacks are borrowed for the
+ * duration of the call (sbuf_ref a payload to keep it). After bus_free no callback runs.
+ * bus_redis needs Redis 6.2 or later (SET ... GET, Streams, EVALSHA). */
+#ifndef CHATGW_BUS_H
+#define CHATGW_BUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "base/buf.h"
+
+/* Error codes (0 = success). */
+#define BUS_EDOWN (-1)         /* the shared store is unreachable now; nothing was done */
+#define BUS_ENOTSUP (-2)       /* this bus keeps no such state (bus_local): use the hub's own */
+#define BUS_EINVAL (-3)        /* bad argument (no id placeholder, rate <= 0, bad URL, ...) */
+#define BUS_ETIMEDOUT (-4)     /* no answer within command_timeout_ms; the link was reset */
+#define BUS_EREPLY (-5)        /* Redis answered an error (logged) */
+const char *bus_strerror(int status);
+
+#define BUS_NODE_MAX 64        /* node ids: 1..63 bytes, no '\n' */
+#define BUS_EPOCH_MAX 40
+
+/* The msg id placeholder. Serialise the msg once with proto_msg(room, BUS_ID_EPOCH, 0, ...):
+ * its text then holds BUS_ID_FIELD exactly once, and bus_room_post writes the real
+ * "epoch:seq" in place of BUS_ID_EPOCH ":0". */
+#define BUS_ID_EPOCH "~bus~"
+#define BUS_ID_FIELD "\"id\":\"" BUS_ID_EPOCH ":0\""
+
+typedef struct {
+    char epoch[BUS_EPOCH_MAX]; /* "" when the room has no history in the store */
+    uint64_t seq;
+} bus_id_t;
+
+/* A copy of the msg template (payload holding BUS_ID_FIELD) with id written in, refs = 1:
+ * for delivering with the hub's own id when bus_room_post answers BUS_EDOWN or BUS_ENOTSUP.
+ * NULL when payload has no placeholder. */
+sbuf_t *bus_payload_set_id(const void *payload, size_t len, const bus_id_t *id);
+
+/* A room member. In events and lists, node is the replica that holds the connection. */
+typedef struct {
+    const char *id;
+    const char *name;
+    int muted;
+    const char *node;          /* ignored by bus_presence_add */
+} bus_member_t;
+
+enum { BUS_PRESENCE_JOIN, BUS_PRESENCE_LEAVE, BUS_PRESENCE_UPDATE };
+
+/* What other replicas did; every handler is optional. Own messages are never handed back
+ * (node id guard). Per room, handlers run in the one order Redis gave the room's channel. */
+typedef struct {
+    /* A payload another node sent to room: from bus_room_post (id set: the msg id, also kept
+     * in history) or bus_room_publish (id NULL). */
+    void (*room_message)(void *arg, const char *room, sbuf_t *payload, const char *origin, const bus_id_t *id);
+    /* A member of another node joined, left (also when its node died: member->node is the
+     * dead node) or changed (muted). */
+    void (*presence)(void *arg, const char *room, int event, const bus_member_t *member);
+    /* bus_direct_publish from another node; deliver when the connection `to` is local. */
+    void (*direct)(void *arg, const char *to, sbuf_t *payload, const char *origin);
+    /* The link went up (1) or down (0): /readyz "redis". */
+    void (*status)(void *arg, int up);
+} bus_handlers_t;
+
+typedef struct {
+    const char *redis_url;     /* "" or NULL: bus_local. redis://[[user]:password@]host[:port][/db] */
+    const char *password_file; /* "" or NULL: none; else its content (trailing newline cut)
+                                * replaces the URL's password (Kubernetes Secret) */
+    const char *node_id;       /* "" or NULL: 16 random hex digits */
+    long connect_timeout_ms;   /* 0 = 2000: resolve + connect + AUTH + script load */
+    long command_timeout_ms;   /* 0 = 2000: oldest unanswered command; the link is reset after */
+    long backoff_min_ms;       /* 0 = 100: first reconnect delay, doubled per failed try */
+    long backoff_max_ms;       /* 0 = 5000: cap; each delay is jittered to [d/2, d] */
+    long presence_ttl_ms;      /* 0 = 15000: node heartbeat TTL; heartbeat every ttl/3 */
+    long history_size;         /* stream MAXLEN ~ and the newest-N answer on a gap; 0 = none */
+    struct bus_inproc_s *inproc; /* without redis_url: the workers' shared state (bus_inproc.h);
+                                * NULL = bus_local */
+} bus_options_t;
+
+/* Counters for /metrics (report as chatgw_bus_up, chatgw_bus_reconnects_total,
+ * chatgw_bus_published_total, chatgw_bus_received_total). */
+typedef struct {
+    uint64_t up;               /* gauge: 1 while the link works; always 1 for bus_local */
+    uint64_t reconnects;       /* links re-established after the first */
+    uint64_t published;        /* room_publish, room_post and direct_publish accepted by Redis */
+    uint64_t received;         /* messages and presence events from other nodes, handed to handlers */
+} bus_stats_t;
+
+typedef struct bus_s bus_t;
+
+typedef void (*bus_post_cb)(void *arg, int status, const bus_id_t *id, sbuf_t *payload);
+typedef void (*bus_members_cb)(void *arg, int status, const bus_member_t *members, size_t n);
+typedef struct {
+    bus_id_t last;             /* the room's current epoch and newest seq */
+    int gap;                   /* since is not kept (other epoch, trimmed, lost): send
+                                * history_gap; msgs are then the newest history_size kept */
+    size_t n;
+    sbuf_t *const *msgs;       /* encoded msg objects, oldest first */
+    const uint64_t *seqs;
+} bus_history_t;
+typedef void (*bus_history_cb)(void *arg, int status, const bus_history_t *h);
+typedef void (*bus_limit_cb)(void *arg, int status, int allowed, double tokens);
+/* A request's callback, whichever kind it is (the implementations keep one per request). */
+typedef union {
+    bus_post_cb post;
+    bus_members_cb members;
+    bus_history_cb history;
+    bus_limit_cb limit;
+} bus_cb_t;
+
+/* Opens the bus that opts asks for: bus_redis when redis_url is set, else bus_inproc when
+ * inproc is set, else bus_local. The
+ * Redis link starts connecting at once (status handler fires when it is up). Returns 0 and
+ * *out, or BUS_EINVAL with a one-line message naming the option in err. */
+int bus_open(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
+             char *err, size_t errlen);
+/* Stops the bus: removes this node's members from the shared presence and its heartbeat
+ * (best effort, bounded by command_timeout_ms), then closes. No callback runs after this
+ * returns. bus_redis frees its memory from close callbacks: keep running the loop. */
+void bus_free(bus_t *bus);
+
+/* Parsed redis_url (for validation at config load as well). */
+typedef struct {
+    char *host;                /* without [] for IPv6 */
+    int port;                  /* default 6379 */
+    int db;                    /* default 0 */
+    char *user, *password;     /* NULL when absent; percent-decoded */
+} bus_url_t;
+int bus_url_parse(const char *url, bus_url_t *out, char *err, size_t errlen);
+void bus_url_free(bus_url_t *u);
+
+/* ---- the implementation side: one table per kind ---- */
+typedef struct {
+    int (*room_subscribe)(bus_t *, const char *room);
+    int (*room_unsubscribe)(bus_t *, const char *room);
+    int (*room_publish)(bus_t *, const char *room, const void *payload, size_t len);
+    int (*room_post)(bus_t *, const char *room, const void *payload, size_t len, bus_post_cb cb, void *arg);
+    int (*direct_publish)(bus_t *, const char *to, const void *payload, size_t len);
+    int (*presence_add)(bus_t *, const char *room, const bus_member_t *m);
+    int (*presence_remove)(bus_t *, const char *room, const char *member_id);
+    int (*presence_list)(bus_t *, const char *room, bus_members_cb cb, void *arg);
+    int (*history_range)(bus_t *, const char *room, const char *since, bus_history_cb cb, void *arg);
+    int (*limit_take)(bus_t *, const char *key, double rate, double burst, bus_limit_cb cb, void *arg);
+    void (*free)(bus_t *);
+} bus_ops_t;
+
+struct bus_s {
+    const bus_ops_t *ops;
+    const char *kind;          /* "local", "inproc" or "redis" */
+    bus_handlers_t on;
+    void *arg;
+    char node[BUS_NODE_MAX];
+    bus_stats_t stats;         /* relaxed atomics; read with bus_stats_get */
+};
+
+int bus_local_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
+                  char *err, size_t errlen);
+int bus_inproc_open(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
+                    char *err, size_t errlen);
+int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
+                  char *err, size_t errlen);
+
+/* ---- the interface ---- */
+
+static inline const char *bus_node_id(const bus_t *b) { return b->node; }
+static inline const char *bus_kind(const bus_t *b) { return b->kind; }
+static inline void bus_stats_get(const bus_t *b, bus_stats_t *out)
+{
+    out->up = __atomic_load_n(&b->stats.up, __ATOMIC_RELAXED);
+    out->reconnects = __atomic_load_n(&b->stats.reconnects, __ATOMIC_RELAXED);
+    out->published = __atomic_load_n(&b->stats.published, __ATOMIC_RELAXED);
+    out->received = __atomic_load_n(&b->stats.received, __ATOMIC_RELAXED);
+}
+
+/* Room interest: subscribe when the first local member joins, unsubscribe when the last
+ * leaves. Idempotent flags, not counters. Always 0: the bus remembers the wish and
+ * (re)subscribes whenever the link is up; messages for a room not wanted are dropped. */
+static inline int bus_room_subscribe(bus_t *b, const char *room) { return b->ops->room_subscribe(b, room); }
+static inline int bus_room_unsubscribe(bus_t *b, const char *room) { return b->ops->room_unsubscribe(b, room); }
+
+/* Fire and forget: payload (any bytes) reaches room_message on the other nodes, id NULL
+ * (presence-independent events: signal, mute frames, policy broadcasts). The caller delivers
+ * to its own members itself. 0, or BUS_EDOWN while the link is down. */
+static inline int bus_room_publish(bus_t *b, const char *room, const void *payload, size_t len)
+{
+    return b->ops->room_publish(b, room, payload, len);
+}
+
+/* A chat msg with a shared id: atomically in Redis, takes the room's next seq (a new epoch
+ * when the room's keys are lost), writes the id into payload (see BUS_ID_FIELD), appends it
+ * to the room's stream and publishes it. cb gets the id and the final payload; for a room
+ * this node subscribes to, cb runs when the msg comes back on the room's channel, i.e. at
+ * its place in the one order every replica sees: deliver it to local members (and ack)
+ * from cb, not before. BUS_EDOWN when down (deliver locally with the hub's own id, see
+ * bus_payload_set_id), BUS_EINVAL without the placeholder, BUS_ENOTSUP on bus_local.
+ * A status other than 0 in cb means the msg may or may not have reached Redis (the link
+ * dropped before the answer). */
+static inline int bus_room_post(bus_t *b, const char *room, const void *payload, size_t len, bus_post_cb cb,
+                                void *arg)
+{
+    return b->ops->room_post(b, room, payload, len, cb, arg);
+}
+
+/* Fire and forget: payload reaches the direct handler on every other node, which delivers
+ * when the connection `to` is its own (dm across replicas). 0 or BUS_EDOWN. */
+static inline int bus_direct_publish(bus_t *b, const char *to, const void *payload, size_t len)
+{
+    return b->ops->direct_publish(b, to, payload, len);
+}
+
+/* This node's members of room in the shared presence hash: add (again, to change muted),
+ * remove. The other nodes get join/leave/update events. 0 even while down: the bus keeps a
+ * mirror and re-registers it after every reconnect (and when its own heartbeat had expired);
+ * BUS_EINVAL for a member without id/name or with invalid UTF-8.
+ * Events are not replayed: a node that was down or resubscribing misses what happened
+ * meanwhile, so after status(1) the hub re-lists its rooms (bus_presence_list) and
+ * reconciles, as it fills message gaps with bus_history_range. */
+static inline int bus_presence_add(bus_t *b, const char *room, const bus_member_t *m)
+{
+    return b->ops->presence_add(b, room, m);
+}
+static inline int bus_presence_remove(bus_t *b, const char *room, const char *member_id)
+{
+    return b->ops->presence_remove(b, room, member_id);
+}
+/* All replicas' members of room (members of dead nodes are removed on the way, with leave
+ * events). Order is unspecified. BUS_EDOWN or BUS_ENOTSUP: use the local members. */
+static inline int bus_presence_list(bus_t *b, const char *room, bus_members_cb cb, void *arg)
+{
+    return b->ops->presence_list(b, room, cb, arg);
+}
+
+/* The room's kept msgs after since ("epoch:seq", or NULL for the newest history_size).
+ * A since from another epoch, trimmed away or newer than the room's last id gives gap = 1.
+ * BUS_EDOWN or BUS_ENOTSUP: use the hub's ring. */
+static inline int bus_history_range(bus_t *b, const char *room, const char *since, bus_history_cb cb, void *arg)
+{
+    return b->ops->history_range(b, room, since, cb, arg);
+}
+
+/* Takes one token from the shared bucket key (rate tokens per second, burst capacity), with
+ * Redis's clock. cb: allowed 1/0 and the tokens left. BUS_EINVAL for rate <= 0 or burst < 1;
+ * BUS_EDOWN or BUS_ENOTSUP: use a local bucket. */
+static inline int bus_limit_take(bus_t *b, const char *key, double rate, double burst, bus_limit_cb cb, void *arg)
+{
+    return b->ops->limit_take(b, key, rate, burst, cb, arg);
+}
+
+#endif

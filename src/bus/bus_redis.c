@@ -1,0 +1,1788 @@
+/* bus_redis: the bus on Redis, through hiredis's async API and its libuv adapter.
+ *
+ * One link is two connections: `cmd` carries commands and server-side scripts (in order, so
+ * the oldest unanswered one tells whether Redis still answers), `sub` carries SUBSCRIBE and
+ * the messages. The link is up when both are connected and authenticated, the scripts are
+ * loaded and the base channels are subscribed. Any failure (connect error or timeout, a lost
+ * connection, an AUTH error, a command older than command_timeout_ms, a subscriber that no
+ * longer hears its own pings) drops both connections and retries after an exponential
+ * backoff with jitter; on the way up again the bus resubscribes its rooms, writes its
+ * heartbeat and re-registers its members. Nothing here blocks: names are resolved with
+ * uv_getaddrinfo and hiredis only ever sees numeric addresses.
+ *
+ * Redis layout (R = room name, N = node id):
+ *   channel chatgw:room:R      every message of R, as an envelope "kind\norigin\ntoken\nid\npayload"
+ *                              (kind m = msg with id, p = plain, j/l/u = presence)
+ *   channel chatgw:direct      kind d, id = the target connection
+ *   channel chatgw:ping:N      the node's own liveness probe of its subscriber connection
+ *   key chatgw:{R}:seq / :epoch / :hist   the id counter, the epoch, the history stream
+ *   hash chatgw:{R}:presence   member id -> "N\n{id,name,muted}"
+ *   key chatgw:node:N          heartbeat, PX presence_ttl_ms
+ *   hash chatgw:limit:K        token bucket {tokens, ts}
+ * Every multi-step change is one Lua script (loaded once per connection, run by EVALSHA, and
+ * sent again as EVAL after NOSCRIPT), so replicas never see half of one.
+ *
+ * Ownership: the bus owns its rooms (interest, members mirror), requests (argv copies kept
+ * for the EVAL fallback) and handles. A request is freed when Redis answered it (or its
+ * connection went) and, for a post, when its own message came back. The struct is freed from
+ * the last close callback. */
+#define _GNU_SOURCE 1 /* memmem */
+#include "bus/bus.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libuv.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "base/log.h"
+#include "base/map.h"
+#include "proto/proto.h"
+
+#define RB_CHAN_ROOM "chatgw:room:"
+#define RB_CHAN_DIRECT "chatgw:direct"
+#define RB_CHAN_PING "chatgw:ping:"
+#define RB_KEY_NODE "chatgw:node:"
+#define RB_KEY_LIMIT "chatgw:limit:"
+
+#define RB_STAT_ADD(r, field, n) __atomic_add_fetch(&(r)->base.stats.field, (uint64_t)(n), __ATOMIC_RELAXED)
+#define RB_STAT_SET(r, field, v) __atomic_store_n(&(r)->base.stats.field, (uint64_t)(v), __ATOMIC_RELAXED)
+
+/* ---- server-side scripts ---- */
+
+enum { RB_POST, RB_RANGE, RB_PADD, RB_PREMOVE, RB_PLIST, RB_PSYNC, RB_LIMIT, RB_SCRIPTS };
+
+/* KEYS seq, epoch, hist. ARGV channel, node, token, head, tail, maxlen, new epoch.
+ * A missing seq or epoch means the room's keys were lost: a new epoch starts, so an old
+ * since can never match a new id. Returns {epoch, seq}. */
+static const char rb_lua_post[] =
+    "local epoch = redis.call('GET', KEYS[2])\n"
+    "local seq = redis.call('GET', KEYS[1])\n"
+    "if not epoch or not seq then\n"
+    "  epoch = ARGV[7]\n"
+    "  redis.call('SET', KEYS[2], epoch)\n"
+    "  redis.call('SET', KEYS[1], 0)\n"
+    "  redis.call('DEL', KEYS[3])\n"
+    "end\n"
+    "seq = redis.call('INCR', KEYS[1])\n"
+    "local id = epoch .. ':' .. seq\n"
+    "local payload = ARGV[4] .. id .. ARGV[5]\n"
+    "if tonumber(ARGV[6]) > 0 then\n"
+    "  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], seq .. '-0', 'p', payload)\n"
+    "end\n"
+    "redis.call('PUBLISH', ARGV[1], 'm\\n' .. ARGV[2] .. '\\n' .. ARGV[3] .. '\\n' .. id .. '\\n' .. payload)\n"
+    "return {epoch, seq}\n";
+
+/* KEYS seq, epoch, hist. ARGV since epoch ('' = none), since seq, count.
+ * Returns {epoch, last, gap, seq1, payload1, ...}. */
+static const char rb_lua_range[] =
+    "local epoch = redis.call('GET', KEYS[2]) or ''\n"
+    "local last = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "local count = tonumber(ARGV[3])\n"
+    "local gap = 0\n"
+    "local entries\n"
+    "if ARGV[1] ~= '' then\n"
+    "  local since = tonumber(ARGV[2])\n"
+    "  if ARGV[1] ~= epoch or since == nil or since > last then\n"
+    "    gap = 1\n"
+    "  elseif since < last then\n"
+    "    local first = (since + 1) .. '-0'\n"
+    "    entries = redis.call('XRANGE', KEYS[3], first, '+')\n"
+    "    if #entries == 0 or entries[1][1] ~= first then gap = 1; entries = nil end\n"
+    "  else\n"
+    "    entries = {}\n"
+    "  end\n"
+    "end\n"
+    "if not entries then\n"
+    "  if count > 0 then\n"
+    "    entries = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', count)\n"
+    "    local n = #entries\n"
+    "    for i = 1, math.floor(n / 2) do entries[i], entries[n - i + 1] = entries[n - i + 1], entries[i] end\n"
+    "  else\n"
+    "    entries = {}\n"
+    "  end\n"
+    "end\n"
+    "local out = {epoch, last, gap}\n"
+    "for i = 1, #entries do\n"
+    "  out[#out + 1] = string.match(entries[i][1], '^(%d+)')\n"
+    "  out[#out + 1] = entries[i][2][2]\n"
+    "end\n"
+    "return out\n";
+
+/* KEYS presence. ARGV channel, node, member id, member json. */
+static const char rb_lua_padd[] =
+    "local v = ARGV[2] .. '\\n' .. ARGV[4]\n"
+    "local old = redis.call('HGET', KEYS[1], ARGV[3])\n"
+    "if old == v then return 0 end\n"
+    "redis.call('HSET', KEYS[1], ARGV[3], v)\n"
+    "redis.call('PUBLISH', ARGV[1], (old and 'u' or 'j') .. '\\n' .. ARGV[2] .. '\\n\\n\\n' .. ARGV[4])\n"
+    "return 1\n";
+
+/* KEYS presence. ARGV channel, node, member id. The leave names the owner node. */
+static const char rb_lua_premove[] =
+    "local old = redis.call('HGET', KEYS[1], ARGV[3])\n"
+    "if not old then return 0 end\n"
+    "redis.call('HDEL', KEYS[1], ARGV[3])\n"
+    "local nl = string.find(old, '\\n', 1, true)\n"
+    "if nl then\n"
+    "  redis.call('PUBLISH', ARGV[1], 'l\\n' .. string.sub(old, 1, nl - 1) .. '\\n\\n\\n' .. string.sub(old, nl + 1))\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS presence. ARGV channel, node key prefix. Members whose node has no heartbeat key are
+ * removed, each with a leave event in the dead node's name. Returns the live "node\njson". */
+static const char rb_lua_plist[] =
+    "local all = redis.call('HGETALL', KEYS[1])\n"
+    "local live = {}\n"
+    "local out = {}\n"
+    "for i = 1, #all, 2 do\n"
+    "  local v = all[i + 1]\n"
+    "  local nl = string.find(v, '\\n', 1, true)\n"
+    "  local ok = false\n"
+    "  local node\n"
+    "  if nl then\n"
+    "    node = string.sub(v, 1, nl - 1)\n"
+    "    ok = live[node]\n"
+    "    if ok == nil then ok = redis.call('EXISTS', ARGV[2] .. node) == 1; live[node] = ok end\n"
+    "  end\n"
+    "  if ok then\n"
+    "    out[#out + 1] = v\n"
+    "  else\n"
+    "    redis.call('HDEL', KEYS[1], all[i])\n"
+    "    if nl then\n"
+    "      redis.call('PUBLISH', ARGV[1], 'l\\n' .. node .. '\\n\\n\\n' .. string.sub(v, nl + 1))\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+/* KEYS presence. ARGV channel, node, then id, json pairs: the node's complete member list.
+ * Removes the node's other entries (leave), writes missing or changed ones (join/update). */
+static const char rb_lua_psync[] =
+    "local prefix = ARGV[2] .. '\\n'\n"
+    "local want = {}\n"
+    "for i = 3, #ARGV, 2 do want[ARGV[i]] = prefix .. ARGV[i + 1] end\n"
+    "local have = {}\n"
+    "local all = redis.call('HGETALL', KEYS[1])\n"
+    "for i = 1, #all, 2 do\n"
+    "  local id, v = all[i], all[i + 1]\n"
+    "  if string.sub(v, 1, #prefix) == prefix then\n"
+    "    if want[id] then\n"
+    "      have[id] = v\n"
+    "    else\n"
+    "      redis.call('HDEL', KEYS[1], id)\n"
+    "      redis.call('PUBLISH', ARGV[1], 'l\\n' .. ARGV[2] .. '\\n\\n\\n' .. string.sub(v, #prefix + 1))\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "for i = 3, #ARGV, 2 do\n"
+    "  local id = ARGV[i]\n"
+    "  if have[id] ~= want[id] then\n"
+    "    redis.call('HSET', KEYS[1], id, want[id])\n"
+    "    redis.call('PUBLISH', ARGV[1], (have[id] and 'u' or 'j') .. '\\n' .. ARGV[2] .. '\\n\\n\\n' .. ARGV[i + 1])\n"
+    "    have[id] = want[id]\n"
+    "  end\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS bucket. ARGV rate per second, burst, cost. Redis's clock, so replicas agree.
+ * Returns {allowed, tokens as a string}. */
+static const char rb_lua_limit[] =
+    "local rate = tonumber(ARGV[1])\n"
+    "local burst = tonumber(ARGV[2])\n"
+    "local cost = tonumber(ARGV[3])\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')\n"
+    "local tokens = tonumber(b[1]) or burst\n"
+    "local ts = tonumber(b[2]) or now\n"
+    "if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate / 1000) end\n"
+    "local allowed = 0\n"
+    "if tokens >= cost then tokens = tokens - cost; allowed = 1 end\n"
+    "redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)\n"
+    "redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)\n"
+    "return {allowed, tostring(tokens)}\n";
+
+static const char *const rb_scripts[RB_SCRIPTS] = {
+    [RB_POST] = rb_lua_post,     [RB_RANGE] = rb_lua_range, [RB_PADD] = rb_lua_padd,   [RB_PREMOVE] = rb_lua_premove,
+    [RB_PLIST] = rb_lua_plist,   [RB_PSYNC] = rb_lua_psync, [RB_LIMIT] = rb_lua_limit,
+};
+
+/* ---- types ---- */
+
+typedef struct rb_list_s {
+    struct rb_list_s *prev, *next;
+} rb_list_t;
+
+static void rb_list_init(rb_list_t *h) { h->prev = h->next = h; }
+static int rb_list_empty(const rb_list_t *h) { return h->next == h; }
+static int rb_list_linked(const rb_list_t *n) { return n->next != NULL; }
+static void rb_list_push(rb_list_t *h, rb_list_t *n)
+{
+    n->prev = h->prev;
+    n->next = h;
+    h->prev->next = n;
+    h->prev = n;
+}
+static void rb_list_del(rb_list_t *n)
+{
+    if (!n->next) return;
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = NULL;
+}
+
+#define rb_container_of(p, type, field) ((type *)((char *)(p) - offsetof(type, field)))
+
+typedef struct {
+    char *id;
+    char *json;                    /* {"id","name","muted"} */
+} rb_member_t;
+
+typedef struct {
+    rb_list_t link;                /* r->rooms */
+    char *name;
+    char *chan;                    /* chatgw:room:NAME */
+    int wanted;                    /* the hub subscribed */
+    int subs_pending;              /* SUBSCRIBEs sent on this link, not yet confirmed */
+    int confirmed;                 /* Redis sends us the channel now */
+    int dirty;                     /* the presence hash may differ from the mirror: sync when up */
+    rb_member_t *members;          /* this node's members: the mirror re-registered on reconnect */
+    size_t nmembers, cap;
+} rb_room_t;
+
+enum { RB_IDLE, RB_CONNECTING, RB_UP, RB_CLOSING };
+
+typedef struct bus_redis_s bus_redis_t;
+typedef struct rb_req_s rb_req_t;
+typedef void (*rb_done_fn)(rb_req_t *q, redisReply *reply, int status);
+
+struct rb_req_s {
+    bus_redis_t *r;
+    rb_list_t pending;             /* r->pending while Redis owes the answer, oldest first */
+    rb_list_t echo;                /* r->echo: a post waiting for its own message */
+    uint64_t sent_ms;
+    int script;                    /* RB_* or -1 */
+    int evaled;                    /* already resent as EVAL */
+    int argc, argcap;
+    char **argv;
+    size_t *argvlen;
+    rb_done_fn done;
+    bus_cb_t cb;
+    void *arg;
+    char *room;                    /* presence and posts */
+    uint64_t token;                /* posts */
+    int completed;
+    bus_id_t id;
+    sbuf_t *payload;
+};
+
+struct bus_redis_s {
+    bus_t base;                    /* first: a bus_t * is a bus_redis_t * */
+    uv_loop_t *loop;
+    bus_url_t url;
+    char *password;                /* from password_file, else the URL's; NULL = no AUTH */
+    long connect_timeout_ms, command_timeout_ms, backoff_min_ms, backoff_max_ms, ttl_ms, history_size;
+    int state;                     /* RB_* */
+    int fail_status;               /* what requests lost with the link report */
+    int need_teardown;
+    redisAsyncContext *cmd, *sub;
+    int cmd_ready;                 /* the prelude (AUTH, SELECT, SCRIPT LOAD, PING) answered */
+    int sub_base_pending;          /* base channels not yet confirmed */
+    int ever_up;
+    unsigned attempt;              /* failed tries since the last up */
+    uv_getaddrinfo_t gai;
+    int gai_busy;
+    uv_timer_t tick;               /* heartbeat, reaper and watchdogs */
+    uv_timer_t retry;              /* backoff, connect timeout, close timeout */
+    uv_timer_t kick;               /* runs teardown and close outside hiredis's stack */
+    int handles;                   /* open uv handles; the struct goes with the last */
+    int close_started, close_up, handles_closing;
+    map_t room_map;                /* name -> rb_room_t */
+    rb_list_t rooms;
+    rb_list_t pending, echo;
+    uint64_t next_token;
+    uint64_t last_hb_ms, ping_sent_ms, last_load_ms, last_tick_ms;
+    int hb_first;
+    long tick_ms, hb_ms;
+    char sha[RB_SCRIPTS][41];
+    char *chan_ping, *key_node;
+};
+
+static void rb_link_fail(bus_redis_t *r, int status, const char *why);
+static void rb_link_start(bus_redis_t *r);
+static void rb_close_maybe_finish(bus_redis_t *r);
+static void rb_presence_sync(bus_redis_t *r, rb_room_t *room, int leave_all);
+
+/* ---- small helpers ---- */
+
+static void rb_random_hex(char *out, size_t nbytes)
+{
+    unsigned char raw[32];
+    if (nbytes > sizeof raw || RAND_bytes(raw, (int)nbytes) != 1) abort();
+    for (size_t i = 0; i < nbytes; i++) sprintf(out + 2 * i, "%02x", raw[i]);
+}
+
+static char *rb_strcat(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *s = xmalloc(la + lb + 1);
+    memcpy(s, a, la);
+    memcpy(s + la, b, lb + 1);
+    return s;
+}
+
+static int rb_is_self(const bus_redis_t *r, const char *origin, size_t len)
+{
+    return len == strlen(r->base.node) && !memcmp(origin, r->base.node, len);
+}
+
+static int rb_alive(const bus_redis_t *r) { return r->state != RB_CLOSING; }
+
+/* ---- rooms ---- */
+
+static rb_room_t *rb_room_get(bus_redis_t *r, const char *name) { return map_get(&r->room_map, name); }
+
+static rb_room_t *rb_room_open(bus_redis_t *r, const char *name)
+{
+    rb_room_t *room = rb_room_get(r, name);
+    if (room) return room;
+    room = xcalloc(1, sizeof *room);
+    room->name = xstrdup(name);
+    room->chan = rb_strcat(RB_CHAN_ROOM, name);
+    map_set(&r->room_map, name, room);
+    rb_list_push(&r->rooms, &room->link);
+    return room;
+}
+
+static void rb_room_destroy(bus_redis_t *r, rb_room_t *room)
+{
+    map_del(&r->room_map, room->name);
+    rb_list_del(&room->link);
+    for (size_t i = 0; i < room->nmembers; i++) {
+        free(room->members[i].id);
+        free(room->members[i].json);
+    }
+    free(room->members);
+    free(room->chan);
+    free(room->name);
+    free(room);
+}
+
+/* Frees room once nothing needs it: not wanted, no members, nothing to sync. */
+static void rb_room_release(bus_redis_t *r, rb_room_t *room)
+{
+    if (!room->wanted && !room->nmembers && !room->dirty && !room->subs_pending) rb_room_destroy(r, room);
+}
+
+static rb_member_t *rb_room_member(rb_room_t *room, const char *id)
+{
+    for (size_t i = 0; i < room->nmembers; i++)
+        if (!strcmp(room->members[i].id, id)) return &room->members[i];
+    return NULL;
+}
+
+static void rb_key(buf_t *b, const char *room, const char *suffix)
+{
+    buf_reset(b);
+    buf_printf(b, "chatgw:{%s}:%s", room, suffix);
+}
+
+/* ---- requests on the cmd connection ---- */
+
+static rb_req_t *rb_req_new(bus_redis_t *r, int script, rb_done_fn done)
+{
+    rb_req_t *q = xcalloc(1, sizeof *q);
+    q->r = r;
+    q->script = script;
+    q->done = done;
+    return q;
+}
+
+static void rb_req_arg(rb_req_t *q, const void *p, size_t n)
+{
+    if (q->argc == q->argcap) {
+        q->argcap = q->argcap ? q->argcap * 2 : 8;
+        q->argv = xrealloc(q->argv, (size_t)q->argcap * sizeof *q->argv);
+        q->argvlen = xrealloc(q->argvlen, (size_t)q->argcap * sizeof *q->argvlen);
+    }
+    char *c = xmalloc(n + 1);
+    memcpy(c, p, n);
+    c[n] = '\0';
+    q->argv[q->argc] = c;
+    q->argvlen[q->argc++] = n;
+}
+
+static void rb_req_str(rb_req_t *q, const char *s) { rb_req_arg(q, s, strlen(s)); }
+
+static void rb_req_fmt(rb_req_t *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void rb_req_fmt(rb_req_t *q, const char *fmt, ...)
+{
+    char tmp[64];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    rb_req_str(q, tmp);
+}
+
+/* EVALSHA sha nkeys: the caller appends the keys, then the arguments. */
+static rb_req_t *rb_req_script(bus_redis_t *r, int script, int nkeys, rb_done_fn done)
+{
+    rb_req_t *q = rb_req_new(r, script, done);
+    rb_req_str(q, "EVALSHA");
+    rb_req_str(q, r->sha[script]);
+    rb_req_fmt(q, "%d", nkeys);
+    return q;
+}
+
+static void rb_req_free(rb_req_t *q)
+{
+    rb_list_del(&q->pending);
+    rb_list_del(&q->echo);
+    for (int i = 0; i < q->argc; i++) free(q->argv[i]);
+    free(q->argv);
+    free(q->argvlen);
+    free(q->room);
+    if (q->payload) sbuf_unref(q->payload);
+    free(q);
+}
+
+static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata);
+
+/* Queues q on cmd. 0, or BUS_EDOWN (q untouched: the caller frees it). */
+static int rb_req_send(rb_req_t *q)
+{
+    bus_redis_t *r = q->r;
+    if (!r->cmd) return BUS_EDOWN;
+    if (redisAsyncCommandArgv(r->cmd, rb_on_reply, q, q->argc, (const char **)q->argv, q->argvlen) != REDIS_OK)
+        return BUS_EDOWN;
+    q->sent_ms = uv_now(r->loop);
+    rb_list_push(&r->pending, &q->pending);
+    return 0;
+}
+
+/* Sends q, or frees it and answers BUS_EDOWN (q is the callee's either way). */
+static int rb_req_submit(rb_req_t *q)
+{
+    if (rb_req_send(q) == 0) return 0;
+    rb_req_free(q);
+    return BUS_EDOWN;
+}
+
+static void rb_done_free(rb_req_t *q, redisReply *rep, int status) { rb_req_free(q); }
+
+static void rb_scripts_load(bus_redis_t *r)
+{
+    r->last_load_ms = uv_now(r->loop);
+    for (int i = 0; i < RB_SCRIPTS; i++) {
+        rb_req_t *q = rb_req_new(r, -1, rb_done_free);
+        rb_req_str(q, "SCRIPT");
+        rb_req_str(q, "LOAD");
+        rb_req_str(q, rb_scripts[i]);
+        (void)rb_req_submit(q);
+    }
+}
+
+static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
+{
+    rb_req_t *q = privdata;
+    bus_redis_t *r = q->r;
+    redisReply *rep = reply;
+    rb_list_del(&q->pending);
+    if (rep && rep->type == REDIS_REPLY_ERROR && q->script >= 0 && !q->evaled && !strncmp(rep->str, "NOSCRIPT", 8)) {
+        /* The script cache was flushed: run this one as EVAL, and load them all again. */
+        q->evaled = 1;
+        free(q->argv[0]);
+        free(q->argv[1]);
+        q->argv[0] = xstrdup("EVAL");
+        q->argvlen[0] = 4;
+        q->argv[1] = xstrdup(rb_scripts[q->script]);
+        q->argvlen[1] = strlen(q->argv[1]);
+        if (r->state == RB_UP && uv_now(r->loop) - r->last_load_ms > 1000) rb_scripts_load(r);
+        if (rb_req_send(q) == 0) return;
+        rep = NULL;
+    }
+    int status = 0;
+    if (!rep) {
+        status = r->state == RB_UP || r->state == RB_CONNECTING ? BUS_EDOWN : r->fail_status;
+        rb_link_fail(r, BUS_EDOWN, "connection lost");
+    } else if (rep->type == REDIS_REPLY_ERROR) {
+        status = BUS_EREPLY;
+        log_warn("bus: redis error", "{s:s, s:s}", "command", q->script >= 0 ? "script" : q->argv[0], "error",
+                 rep->str ? rep->str : "");
+    }
+    q->done(q, rep, status);
+}
+
+/* ---- link: connect, up, fail, teardown ---- */
+
+static void rb_on_kick(uv_timer_t *t);
+static void rb_on_retry(uv_timer_t *t);
+
+static void rb_kick(bus_redis_t *r) { uv_timer_start(&r->kick, rb_on_kick, 0, 0); }
+
+static void rb_done_prelude(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    if (rep && status) rb_link_fail(r, BUS_EREPLY, rep->str ? rep->str : "prelude refused");
+    rb_req_free(q);
+}
+
+static void rb_maybe_up(bus_redis_t *r);
+
+static void rb_done_ready(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    rb_req_free(q);
+    if (status || r->state != RB_CONNECTING) return;
+    r->cmd_ready = 1;
+    rb_maybe_up(r);
+}
+
+static void rb_on_sub_msg(redisAsyncContext *c, void *reply, void *privdata);
+
+static void rb_room_sub_send(bus_redis_t *r, rb_room_t *room)
+{
+    const char *argv[2] = {"SUBSCRIBE", room->chan};
+    size_t len[2] = {9, strlen(room->chan)};
+    if (r->sub && redisAsyncCommandArgv(r->sub, rb_on_sub_msg, r, 2, argv, len) == REDIS_OK) room->subs_pending++;
+}
+
+static void rb_on_sub_auth(redisAsyncContext *c, void *reply, void *privdata)
+{
+    bus_redis_t *r = privdata;
+    redisReply *rep = reply;
+    if (rep && rep->type == REDIS_REPLY_ERROR) rb_link_fail(r, BUS_EREPLY, rep->str ? rep->str : "AUTH refused");
+}
+
+static void rb_on_ctx_connect(const redisAsyncContext *c, int status)
+{
+    bus_redis_t *r = c->data;
+    if (status == REDIS_OK) return;
+    /* hiredis frees c after this returns */
+    if (c == r->cmd) r->cmd = NULL;
+    else if (c == r->sub) r->sub = NULL;
+    else return;
+    log_debug("bus: redis connect failed", "{s:s}", "error", c->errstr ? c->errstr : "");
+    rb_link_fail(r, BUS_EDOWN, "connect failed");
+}
+
+static void rb_on_ctx_disconnect(const redisAsyncContext *c, int status)
+{
+    bus_redis_t *r = c->data;
+    if (c == r->cmd) r->cmd = NULL;
+    else if (c == r->sub) r->sub = NULL;
+    else return;                   /* we let go of it ourselves */
+    if (r->state == RB_CLOSING) {
+        rb_close_maybe_finish(r);
+        return;
+    }
+    rb_link_fail(r, BUS_EDOWN, status == REDIS_OK ? "disconnected" : (c->errstr ? c->errstr : "connection lost"));
+}
+
+static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip)
+{
+    redisAsyncContext *c = redisAsyncConnect(ip, r->url.port);
+    if (!c) return NULL;
+    if (c->err) {
+        log_debug("bus: redis connect failed", "{s:s}", "error", c->errstr ? c->errstr : "");
+        redisAsyncFree(c);
+        return NULL;
+    }
+    if (redisLibuvAttach(c, r->loop) != REDIS_OK) {
+        redisAsyncFree(c);
+        return NULL;
+    }
+    c->data = r;
+    redisAsyncSetConnectCallback(c, rb_on_ctx_connect);
+    redisAsyncSetDisconnectCallback(c, rb_on_ctx_disconnect);
+    return c;
+}
+
+static void rb_req_auth(rb_req_t *q, const bus_redis_t *r)
+{
+    rb_req_str(q, "AUTH");
+    if (r->url.user && *r->url.user) rb_req_str(q, r->url.user);
+    rb_req_str(q, r->password);
+}
+
+static void rb_link_connect(bus_redis_t *r, const char *ip)
+{
+    r->cmd = rb_ctx_open(r, ip);
+    r->sub = r->cmd ? rb_ctx_open(r, ip) : NULL;
+    if (!r->cmd || !r->sub) {
+        rb_link_fail(r, BUS_EDOWN, "connect failed");
+        return;
+    }
+    /* cmd prelude: everything is pipelined; the PING answers last */
+    if (r->password) {
+        rb_req_t *q = rb_req_new(r, -1, rb_done_prelude);
+        rb_req_auth(q, r);
+        (void)rb_req_submit(q);
+    }
+    if (r->url.db) {
+        rb_req_t *q = rb_req_new(r, -1, rb_done_prelude);
+        rb_req_str(q, "SELECT");
+        rb_req_fmt(q, "%d", r->url.db);
+        (void)rb_req_submit(q);
+    }
+    rb_scripts_load(r);
+    rb_req_t *ping = rb_req_new(r, -1, rb_done_ready);
+    rb_req_str(ping, "PING");
+    (void)rb_req_submit(ping);
+
+    /* sub prelude: AUTH, then the base channels, then every wanted room */
+    if (r->password) {
+        rb_req_t *q = rb_req_new(r, -1, NULL);   /* only to build argv */
+        rb_req_auth(q, r);
+        redisAsyncCommandArgv(r->sub, rb_on_sub_auth, r, q->argc, (const char **)q->argv, q->argvlen);
+        rb_req_free(q);
+    }
+    const char *argv[3] = {"SUBSCRIBE", RB_CHAN_DIRECT, r->chan_ping};
+    size_t len[3] = {9, strlen(RB_CHAN_DIRECT), strlen(r->chan_ping)};
+    if (redisAsyncCommandArgv(r->sub, rb_on_sub_msg, r, 3, argv, len) != REDIS_OK) {
+        rb_link_fail(r, BUS_EDOWN, "subscribe failed");
+        return;
+    }
+    r->sub_base_pending = 2;
+    for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
+        rb_room_t *room = rb_container_of(l, rb_room_t, link);
+        if (room->wanted) rb_room_sub_send(r, room);
+    }
+}
+
+static void rb_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    bus_redis_t *r = req->data;
+    r->gai_busy = 0;
+    char ip[64] = "";
+    /* IPv4 first: "localhost" often lists ::1 first while Redis binds 127.0.0.1 */
+    for (int pass = 0; status == 0 && pass < 2 && !*ip; pass++)
+        for (const struct addrinfo *a = res; a && !*ip; a = a->ai_next) {
+            if (pass == 0 && a->ai_family == AF_INET)
+                uv_ip4_name((const struct sockaddr_in *)a->ai_addr, ip, sizeof ip);
+            else if (pass == 1 && a->ai_family == AF_INET6)
+                uv_ip6_name((const struct sockaddr_in6 *)a->ai_addr, ip, sizeof ip);
+        }
+    if (res) uv_freeaddrinfo(res);
+    if (r->state == RB_CLOSING) {
+        rb_close_maybe_finish(r);
+        return;
+    }
+    if (r->state != RB_CONNECTING || r->cmd) return;   /* this try already timed out */
+    if (status < 0 || !*ip) {
+        log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", r->url.host, "error",
+                 status < 0 ? uv_strerror(status) : "no address");
+        rb_link_fail(r, BUS_EDOWN, "resolve failed");
+        return;
+    }
+    rb_link_connect(r, ip);
+}
+
+static void rb_link_start(bus_redis_t *r)
+{
+    r->state = RB_CONNECTING;
+    r->fail_status = BUS_EDOWN;
+    r->cmd_ready = 0;
+    r->sub_base_pending = 0;
+    uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->connect_timeout_ms, 0);
+    unsigned char addr[16];
+    if (uv_inet_pton(AF_INET, r->url.host, addr) == 0 || uv_inet_pton(AF_INET6, r->url.host, addr) == 0) {
+        rb_link_connect(r, r->url.host);
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    r->gai.data = r;
+    int rc = uv_getaddrinfo(r->loop, &r->gai, rb_on_resolved, r->url.host, NULL, &hints);
+    if (rc < 0) {
+        log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", r->url.host, "error", uv_strerror(rc));
+        rb_link_fail(r, BUS_EDOWN, "resolve failed");
+        return;
+    }
+    r->gai_busy = 1;
+}
+
+static void rb_heartbeat(bus_redis_t *r);
+static void rb_presence_sync_all(bus_redis_t *r);
+
+static void rb_maybe_up(bus_redis_t *r)
+{
+    if (r->state != RB_CONNECTING || !r->cmd_ready || r->sub_base_pending) return;
+    r->state = RB_UP;
+    uv_timer_stop(&r->retry);
+    r->attempt = 0;
+    if (r->ever_up) RB_STAT_ADD(r, reconnects, 1);
+    r->ever_up = 1;
+    RB_STAT_SET(r, up, 1);
+    log_info("bus: redis link up", "{s:s, s:i, s:s}", "host", r->url.host, "port", r->url.port, "node", r->base.node);
+    r->hb_first = 1;
+    r->ping_sent_ms = 0;
+    rb_heartbeat(r);
+    rb_presence_sync_all(r);
+    if (r->base.on.status) r->base.on.status(r->base.arg, 1);
+}
+
+static void rb_link_fail(bus_redis_t *r, int status, const char *why)
+{
+    if (r->state != RB_CONNECTING && r->state != RB_UP) return;
+    int was_up = r->state == RB_UP;
+    log_write(was_up || r->attempt == 0 ? LOG_WARN : LOG_DEBUG, "bus: redis link down", "{s:s, s:s, s:i}", "reason",
+              why, "host", r->url.host, "port", r->url.port);
+    r->state = RB_IDLE;
+    r->fail_status = status;
+    r->need_teardown = 1;
+    uv_timer_stop(&r->retry);
+    rb_kick(r);
+    if (was_up) {
+        RB_STAT_SET(r, up, 0);
+        if (r->base.on.status) r->base.on.status(r->base.arg, 0);
+    }
+}
+
+static void rb_post_finish(rb_req_t *q, int status);
+
+/* Drops both connections; every request they owed fails with fail_status. */
+static void rb_link_teardown(bus_redis_t *r)
+{
+    redisAsyncContext *cmd = r->cmd, *sub = r->sub;
+    r->cmd = r->sub = NULL;
+    r->cmd_ready = 0;
+    r->sub_base_pending = 0;
+    r->ping_sent_ms = 0;
+    if (cmd) redisAsyncFree(cmd);
+    if (sub) redisAsyncFree(sub);
+    for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
+        rb_room_t *room = rb_container_of(l, rb_room_t, link);
+        room->subs_pending = 0;
+        room->confirmed = 0;
+    }
+    /* posts that Redis did take but whose own message never came back: they happened */
+    while (!rb_list_empty(&r->echo)) rb_post_finish(rb_container_of(r->echo.next, rb_req_t, echo), 0);
+    for (rb_list_t *l = r->rooms.next, *next; l != &r->rooms; l = next) {
+        next = l->next;
+        rb_room_release(r, rb_container_of(l, rb_room_t, link));
+    }
+}
+
+static uint64_t rb_backoff_ms(bus_redis_t *r)
+{
+    unsigned shift = r->attempt < 20 ? r->attempt : 20;
+    uint64_t d = (uint64_t)r->backoff_min_ms << shift;
+    if (d > (uint64_t)r->backoff_max_ms) d = (uint64_t)r->backoff_max_ms;
+    uint32_t rnd;
+    if (RAND_bytes((unsigned char *)&rnd, sizeof rnd) != 1) rnd = 0;
+    r->attempt++;
+    return d / 2 + (d / 2 ? rnd % (d / 2 + 1) : 0);
+}
+
+static void rb_close_step(bus_redis_t *r);
+
+static void rb_on_kick(uv_timer_t *t)
+{
+    bus_redis_t *r = t->data;
+    if (r->state == RB_CLOSING) {
+        rb_close_step(r);
+        return;
+    }
+    if (r->state != RB_IDLE || !r->need_teardown) return;
+    r->need_teardown = 0;
+    rb_link_teardown(r);
+    if (r->state == RB_CLOSING) {  /* bus_free from a callback during teardown */
+        rb_close_step(r);
+        return;
+    }
+    if (r->state == RB_IDLE) uv_timer_start(&r->retry, rb_on_retry, rb_backoff_ms(r), 0);
+}
+
+/* The retry timer: a reconnect when idle, the connect timeout while connecting, the
+ * goodbye's bound while closing. */
+static void rb_on_retry(uv_timer_t *t)
+{
+    bus_redis_t *r = t->data;
+    switch (r->state) {
+    case RB_IDLE:
+        if (r->gai_busy) {         /* the last try's lookup is still running */
+            uv_timer_start(&r->retry, rb_on_retry, 50, 0);
+            return;
+        }
+        rb_link_start(r);
+        break;
+    case RB_CONNECTING:
+        rb_link_fail(r, BUS_ETIMEDOUT, "connect timeout");
+        break;
+    case RB_CLOSING:
+        if (r->cmd) {
+            redisAsyncContext *c = r->cmd;
+            r->cmd = NULL;
+            redisAsyncFree(c);
+        }
+        rb_close_maybe_finish(r);
+        break;
+    }
+}
+
+/* ---- heartbeat, reaper, watchdogs ---- */
+
+static void rb_done_heartbeat(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    rb_req_free(q);
+    if (status || r->state != RB_UP) return;
+    /* nil: our key had expired (a stall longer than the TTL, or Redis lost it), so other
+     * nodes may have reaped our members: register them again */
+    if (rep->type == REDIS_REPLY_NIL && !r->hb_first) {
+        log_warn("bus: heartbeat had expired; re-registering presence", NULL);
+        rb_presence_sync_all(r);
+    }
+    r->hb_first = 0;
+}
+
+static void rb_heartbeat(bus_redis_t *r)
+{
+    uint64_t now = uv_now(r->loop);
+    r->last_hb_ms = now;
+    rb_req_t *q = rb_req_new(r, -1, rb_done_heartbeat);
+    rb_req_str(q, "SET");
+    rb_req_str(q, r->key_node);
+    rb_req_fmt(q, "%" PRIu64, now);
+    rb_req_str(q, "PX");
+    rb_req_fmt(q, "%ld", r->ttl_ms);
+    rb_req_str(q, "GET");
+    (void)rb_req_submit(q);
+    if (!r->ping_sent_ms) {
+        rb_req_t *p = rb_req_new(r, -1, rb_done_free);
+        rb_req_str(p, "PUBLISH");
+        rb_req_str(p, r->chan_ping);
+        buf_t env;
+        buf_init(&env);
+        buf_printf(&env, "h\n%s\n\n\n", r->base.node);
+        rb_req_arg(p, env.data, env.len);
+        buf_free(&env);
+        if (rb_req_send(p) == 0) r->ping_sent_ms = now ? now : 1;
+        else rb_req_free(p);
+    }
+}
+
+/* Lists (and so reaps) every wanted room: dead nodes' members leave within the TTL plus
+ * one heartbeat period. */
+static void rb_reap(bus_redis_t *r)
+{
+    buf_t key;
+    buf_init(&key);
+    for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
+        rb_room_t *room = rb_container_of(l, rb_room_t, link);
+        if (!room->wanted) continue;
+        rb_req_t *q = rb_req_script(r, RB_PLIST, 1, rb_done_free);
+        rb_key(&key, room->name, "presence");
+        rb_req_arg(q, key.data, key.len);
+        rb_req_str(q, room->chan);
+        rb_req_str(q, RB_KEY_NODE);
+        (void)rb_req_submit(q);
+    }
+    buf_free(&key);
+}
+
+static void rb_on_tick(uv_timer_t *t)
+{
+    bus_redis_t *r = t->data;
+    uint64_t now = uv_now(r->loop), last = r->last_tick_ms;
+    r->last_tick_ms = now;
+    if (r->state != RB_UP && r->state != RB_CONNECTING) return;
+    /* The loop itself stalled (timers run before I/O is polled): answers may be waiting in
+     * the socket. Judge Redis on the next tick, after a poll. */
+    if (now - last > (uint64_t)(2 * r->tick_ms + 50)) return;
+    if (!rb_list_empty(&r->pending)) {
+        rb_req_t *oldest = rb_container_of(r->pending.next, rb_req_t, pending);
+        if (now - oldest->sent_ms > (uint64_t)r->command_timeout_ms) {
+            rb_link_fail(r, BUS_ETIMEDOUT, "command timeout");
+            return;
+        }
+    }
+    if (r->state != RB_UP) return;
+    if (r->ping_sent_ms && now - r->ping_sent_ms > (uint64_t)r->command_timeout_ms) {
+        rb_link_fail(r, BUS_ETIMEDOUT, "subscriber connection silent");
+        return;
+    }
+    if (now - r->last_hb_ms >= (uint64_t)r->hb_ms) {
+        rb_heartbeat(r);
+        rb_reap(r);
+    }
+}
+
+/* ---- the subscriber connection ---- */
+
+typedef struct {
+    char kind;
+    const char *origin, *token, *id, *payload;
+    size_t origin_len, token_len, id_len, len;
+} rb_env_t;
+
+/* "kind\norigin\ntoken\nid\npayload" */
+static int rb_env_parse(const char *p, size_t n, rb_env_t *e)
+{
+    if (n < 2 || p[1] != '\n') return -1;
+    e->kind = p[0];
+    const char *s = p + 2, *end = p + n;
+    const char *f[3];
+    size_t fl[3];
+    for (int i = 0; i < 3; i++) {
+        const char *nl = memchr(s, '\n', (size_t)(end - s));
+        if (!nl) return -1;
+        f[i] = s;
+        fl[i] = (size_t)(nl - s);
+        s = nl + 1;
+    }
+    e->origin = f[0], e->origin_len = fl[0];
+    e->token = f[1], e->token_len = fl[1];
+    e->id = f[2], e->id_len = fl[2];
+    e->payload = s, e->len = (size_t)(end - s);
+    return 0;
+}
+
+/* "epoch:seq" of n bytes into id. */
+static int rb_id_parse(const char *s, size_t n, bus_id_t *id)
+{
+    const char *colon = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == ':') colon = s + i;
+    if (!colon || (size_t)(colon - s) >= sizeof id->epoch || colon + 1 == s + n) return -1;
+    uint64_t v = 0;
+    for (const char *p = colon + 1; p < s + n; p++) {
+        if (*p < '0' || *p > '9') return -1;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    memcpy(id->epoch, s, (size_t)(colon - s));
+    id->epoch[colon - s] = '\0';
+    id->seq = v;
+    return 0;
+}
+
+/* Our own post came back on the channel: this is its place in the room's order. */
+static void rb_post_echo(bus_redis_t *r, const rb_env_t *e)
+{
+    uint64_t token = 0;
+    for (size_t i = 0; i < e->token_len; i++) token = token * 10 + (uint64_t)(e->token[i] - '0');
+    for (rb_list_t *l = r->echo.next; l != &r->echo; l = l->next) {
+        rb_req_t *q = rb_container_of(l, rb_req_t, echo);
+        if (q->token != token) continue;
+        if (!q->payload) {
+            if (rb_id_parse(e->id, e->id_len, &q->id) < 0) return;
+            q->payload = sbuf_from(e->payload, e->len);
+        }
+        rb_post_finish(q, 0);
+        return;
+    }
+}
+
+static int rb_member_parse(const char *p, size_t n, json_t **root, bus_member_t *m)
+{
+    *root = json_loadb(p, n, 0, NULL);
+    json_t *id = json_object_get(*root, "id"), *name = json_object_get(*root, "name");
+    if (!json_is_string(id) || !json_is_string(name)) {
+        json_decref(*root);
+        *root = NULL;
+        return -1;
+    }
+    m->id = json_string_value(id);
+    m->name = json_string_value(name);
+    m->muted = json_is_true(json_object_get(*root, "muted"));
+    return 0;
+}
+
+static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, const char *msg, size_t len)
+{
+    rb_env_t e;
+    if (rb_env_parse(msg, len, &e) < 0) return;
+    int self = rb_is_self(r, e.origin, e.origin_len);
+    if (!strcmp(chan, r->chan_ping)) {
+        if (self) r->ping_sent_ms = 0;
+        return;
+    }
+    char origin[BUS_NODE_MAX];
+    if (e.origin_len >= sizeof origin) return;
+    memcpy(origin, e.origin, e.origin_len);
+    origin[e.origin_len] = '\0';
+    const bus_handlers_t *on = &r->base.on;
+
+    if (!strcmp(chan, RB_CHAN_DIRECT)) {
+        if (self || e.kind != 'd' || !on->direct) return;
+        char *to = xstrndup(e.id, e.id_len);
+        sbuf_t *p = sbuf_from(e.payload, e.len);
+        RB_STAT_ADD(r, received, 1);
+        on->direct(r->base.arg, to, p, origin);
+        sbuf_unref(p);
+        free(to);
+        return;
+    }
+    size_t plen = strlen(RB_CHAN_ROOM);
+    if (chan_len <= plen || strncmp(chan, RB_CHAN_ROOM, plen)) return;
+    const char *name = chan + plen;  /* NUL-terminated by hiredis; outlives the handlers */
+    rb_room_t *room = rb_room_get(r, name);
+    if (!room || !room->wanted) return;
+    if (self) {                    /* the node id guard */
+        if (e.kind == 'm') rb_post_echo(r, &e);
+        return;
+    }
+    switch (e.kind) {
+    case 'm':
+    case 'p': {
+        bus_id_t id;
+        if (e.kind == 'm' && rb_id_parse(e.id, e.id_len, &id) < 0) return;
+        RB_STAT_ADD(r, received, 1);
+        if (!on->room_message) return;
+        sbuf_t *p = sbuf_from(e.payload, e.len);
+        on->room_message(r->base.arg, name, p, origin, e.kind == 'm' ? &id : NULL);
+        sbuf_unref(p);
+        break;
+    }
+    case 'j':
+    case 'l':
+    case 'u': {
+        json_t *root;
+        bus_member_t m;
+        if (rb_member_parse(e.payload, e.len, &root, &m) < 0) return;
+        m.node = origin;
+        RB_STAT_ADD(r, received, 1);
+        int ev = e.kind == 'j' ? BUS_PRESENCE_JOIN : e.kind == 'l' ? BUS_PRESENCE_LEAVE : BUS_PRESENCE_UPDATE;
+        if (on->presence) on->presence(r->base.arg, name, ev, &m);
+        json_decref(root);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+static void rb_on_sub_msg(redisAsyncContext *c, void *reply, void *privdata)
+{
+    bus_redis_t *r = privdata;
+    redisReply *rep = reply;
+    if (!rep || r->state == RB_CLOSING || c != r->sub) return;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 || rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_STRING)
+        return;
+    const char *type = rep->element[0]->str;
+    const redisReply *ch = rep->element[1];
+    if (!strcasecmp(type, "message")) {
+        const redisReply *m = rep->element[2];
+        if (m->type == REDIS_REPLY_STRING) rb_sub_dispatch(r, ch->str, ch->len, m->str, m->len);
+        return;
+    }
+    int sub = !strcasecmp(type, "subscribe");
+    if (!sub && strcasecmp(type, "unsubscribe")) return;
+    size_t plen = strlen(RB_CHAN_ROOM);
+    if (ch->len > plen && !strncmp(ch->str, RB_CHAN_ROOM, plen)) {
+        rb_room_t *room = rb_room_get(r, ch->str + plen);
+        if (!room) return;
+        if (sub) {
+            if (room->subs_pending) room->subs_pending--;
+            if (room->wanted && !room->subs_pending) room->confirmed = 1;
+            rb_room_release(r, room);
+        } else {
+            room->confirmed = 0;
+        }
+        return;
+    }
+    if (sub && r->sub_base_pending > 0 && (!strcmp(ch->str, RB_CHAN_DIRECT) || !strcmp(ch->str, r->chan_ping))) {
+        if (--r->sub_base_pending == 0) rb_maybe_up(r);
+    }
+}
+
+/* ---- operations ---- */
+
+static int rb_room_subscribe(bus_t *b, const char *name)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (!rb_alive(r)) return BUS_EDOWN;
+    rb_room_t *room = rb_room_open(r, name);
+    if (room->wanted) return 0;
+    room->wanted = 1;
+    if (r->state == RB_CONNECTING || r->state == RB_UP) rb_room_sub_send(r, room);
+    return 0;
+}
+
+static int rb_room_unsubscribe(bus_t *b, const char *name)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (!rb_alive(r)) return BUS_EDOWN;
+    rb_room_t *room = rb_room_get(r, name);
+    if (!room || !room->wanted) return 0;
+    room->wanted = 0;
+    room->confirmed = 0;
+    if (r->sub && (r->state == RB_CONNECTING || r->state == RB_UP)) {
+        const char *argv[2] = {"UNSUBSCRIBE", room->chan};
+        size_t len[2] = {11, strlen(room->chan)};
+        redisAsyncCommandArgv(r->sub, NULL, NULL, 2, argv, len);
+    }
+    /* posts to this room can no longer come back: answered ones are done, the others finish
+     * with their answer */
+    for (rb_list_t *l = r->echo.next, *next; l != &r->echo; l = next) {
+        next = l->next;
+        rb_req_t *q = rb_container_of(l, rb_req_t, echo);
+        if (strcmp(q->room, name)) continue;
+        rb_list_del(&q->echo);
+        if (q->payload) rb_post_finish(q, 0);
+    }
+    rb_room_release(r, room);
+    return 0;
+}
+
+static void rb_done_published(rb_req_t *q, redisReply *rep, int status)
+{
+    if (!status) RB_STAT_ADD(q->r, published, 1);
+    rb_req_free(q);
+}
+
+static int rb_envelope_publish(bus_redis_t *r, const char *chan, char kind, const char *id, const void *payload,
+                               size_t len)
+{
+    if (r->state != RB_UP) return BUS_EDOWN;
+    rb_req_t *q = rb_req_new(r, -1, rb_done_published);
+    rb_req_str(q, "PUBLISH");
+    rb_req_str(q, chan);
+    buf_t env;
+    buf_init(&env);
+    buf_printf(&env, "%c\n%s\n\n%s\n", kind, r->base.node, id);
+    buf_append(&env, payload, len);
+    rb_req_arg(q, env.data, env.len);
+    buf_free(&env);
+    return rb_req_submit(q);
+}
+
+static int rb_room_publish(bus_t *b, const char *room, const void *payload, size_t len)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (r->state != RB_UP) return BUS_EDOWN;
+    char *chan = rb_strcat(RB_CHAN_ROOM, room);
+    int rc = rb_envelope_publish(r, chan, 'p', "", payload, len);
+    free(chan);
+    return rc;
+}
+
+static int rb_direct_publish(bus_t *b, const char *to, const void *payload, size_t len)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (strchr(to, '\n')) return BUS_EINVAL;
+    return rb_envelope_publish(r, RB_CHAN_DIRECT, 'd', to, payload, len);
+}
+
+/* Ends a post: the callback (unless closing), then the request once Redis no longer owes
+ * its answer. */
+static void rb_post_finish(rb_req_t *q, int status)
+{
+    bus_redis_t *r = q->r;
+    rb_list_del(&q->echo);
+    if (!q->completed) {
+        q->completed = 1;
+        if (rb_alive(r) && q->cb.post)
+            q->cb.post(q->arg, status, status ? NULL : &q->id, status ? NULL : q->payload);
+    }
+    if (!rb_list_linked(&q->pending)) rb_req_free(q);
+}
+
+#define RB_POST_HEAD 9             /* argv index of the payload's head (see rb_room_post) */
+
+static void rb_done_post(rb_req_t *q, redisReply *rep, int status)
+{
+    if (!status) RB_STAT_ADD(q->r, published, 1);
+    if (q->completed) {            /* its own message came back first */
+        rb_req_free(q);
+        return;
+    }
+    if (!status && (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+                    rep->element[0]->type != REDIS_REPLY_STRING || rep->element[1]->type != REDIS_REPLY_INTEGER ||
+                    rep->element[0]->len >= sizeof q->id.epoch))
+        status = BUS_EREPLY;
+    if (status) {
+        rb_post_finish(q, status);
+        return;
+    }
+    memcpy(q->id.epoch, rep->element[0]->str, rep->element[0]->len);
+    q->id.epoch[rep->element[0]->len] = '\0';
+    q->id.seq = (uint64_t)rep->element[1]->integer;
+    char id[BUS_EPOCH_MAX + 24];
+    size_t idlen = strlen(proto_msg_id(id, sizeof id, q->id.epoch, q->id.seq));
+    size_t hl = q->argvlen[RB_POST_HEAD], tl = q->argvlen[RB_POST_HEAD + 1];
+    q->payload = sbuf_new(hl + idlen + tl);
+    memcpy(q->payload->data, q->argv[RB_POST_HEAD], hl);
+    memcpy(q->payload->data + hl, id, idlen);
+    memcpy(q->payload->data + hl + idlen, q->argv[RB_POST_HEAD + 1], tl);
+    if (rb_list_linked(&q->echo) && q->r->state == RB_UP) return;   /* wait for its place in the order */
+    rb_post_finish(q, 0);
+}
+
+static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t len, bus_post_cb cb, void *arg)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    const char *mark = memmem(payload, len, BUS_ID_FIELD, strlen(BUS_ID_FIELD));
+    if (!mark) return BUS_EINVAL;
+    if (r->state != RB_UP) return BUS_EDOWN;
+    size_t head = (size_t)(mark - (const char *)payload) + strlen("\"id\":\"");
+    size_t tail = (size_t)(mark - (const char *)payload) + strlen(BUS_ID_FIELD) - 1;   /* the closing quote */
+
+    rb_req_t *q = rb_req_script(r, RB_POST, 3, rb_done_post);
+    buf_t key;
+    buf_init(&key);
+    rb_key(&key, name, "seq");
+    rb_req_arg(q, key.data, key.len);
+    rb_key(&key, name, "epoch");
+    rb_req_arg(q, key.data, key.len);
+    rb_key(&key, name, "hist");
+    rb_req_arg(q, key.data, key.len);
+    buf_free(&key);
+    char *chan = rb_strcat(RB_CHAN_ROOM, name);
+    rb_req_str(q, chan);
+    free(chan);
+    rb_req_str(q, r->base.node);
+    q->token = ++r->next_token;
+    rb_req_fmt(q, "%" PRIu64, q->token);
+    rb_req_arg(q, payload, head);                                       /* RB_POST_HEAD */
+    rb_req_arg(q, (const char *)payload + tail, len - tail);
+    rb_req_fmt(q, "%ld", r->history_size);
+    char epoch[13];
+    rb_random_hex(epoch, 6);
+    rb_req_str(q, epoch);
+    q->room = xstrdup(name);
+    q->cb.post = cb;
+    q->arg = arg;
+    if (rb_req_submit(q) < 0) return BUS_EDOWN;
+    rb_room_t *room = rb_room_get(r, name);
+    if (room && room->confirmed) rb_list_push(&r->echo, &q->echo);
+    return 0;
+}
+
+/* presence */
+
+static void rb_done_presence(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    if (status && rb_alive(r)) rb_room_open(r, q->room)->dirty = 1;   /* sync on the next up */
+    rb_req_free(q);
+}
+
+static void rb_presence_sync(bus_redis_t *r, rb_room_t *room, int leave_all)
+{
+    rb_req_t *q = rb_req_script(r, RB_PSYNC, 1, rb_done_presence);
+    buf_t key;
+    buf_init(&key);
+    rb_key(&key, room->name, "presence");
+    rb_req_arg(q, key.data, key.len);
+    buf_free(&key);
+    rb_req_str(q, room->chan);
+    rb_req_str(q, r->base.node);
+    for (size_t i = 0; !leave_all && i < room->nmembers; i++) {
+        rb_req_str(q, room->members[i].id);
+        rb_req_str(q, room->members[i].json);
+    }
+    q->room = xstrdup(room->name);
+    room->dirty = 0;
+    if (rb_req_submit(q) < 0) room->dirty = 1;
+}
+
+static void rb_presence_sync_all(bus_redis_t *r)
+{
+    for (rb_list_t *l = r->rooms.next, *next; l != &r->rooms; l = next) {
+        next = l->next;
+        rb_room_t *room = rb_container_of(l, rb_room_t, link);
+        if (room->nmembers || room->dirty) rb_presence_sync(r, room, 0);
+        rb_room_release(r, room);
+    }
+}
+
+static int rb_presence_add(bus_t *b, const char *name, const bus_member_t *m)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (!rb_alive(r)) return BUS_EDOWN;
+    if (!m || !m->id || !m->name) return BUS_EINVAL;
+    json_t *o = json_pack("{s:s, s:s, s:b}", "id", m->id, "name", m->name, "muted", m->muted);
+    char *json = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!json) return BUS_EINVAL;
+    rb_room_t *room = rb_room_open(r, name);
+    rb_member_t *mm = rb_room_member(room, m->id);
+    if (mm) {
+        free(mm->json);
+        mm->json = xstrdup(json);
+    } else {
+        if (room->nmembers == room->cap) {
+            room->cap = room->cap ? room->cap * 2 : 4;
+            room->members = xrealloc(room->members, room->cap * sizeof *room->members);
+        }
+        room->members[room->nmembers++] = (rb_member_t){xstrdup(m->id), xstrdup(json)};
+    }
+    if (r->state == RB_UP) {
+        rb_req_t *q = rb_req_script(r, RB_PADD, 1, rb_done_presence);
+        buf_t key;
+        buf_init(&key);
+        rb_key(&key, name, "presence");
+        rb_req_arg(q, key.data, key.len);
+        buf_free(&key);
+        rb_req_str(q, room->chan);
+        rb_req_str(q, r->base.node);
+        rb_req_str(q, m->id);
+        rb_req_str(q, json);
+        q->room = xstrdup(name);
+        if (rb_req_submit(q) < 0) room->dirty = 1;
+    } else {
+        room->dirty = 1;
+    }
+    free(json);
+    return 0;
+}
+
+static int rb_presence_remove(bus_t *b, const char *name, const char *member_id)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (!rb_alive(r)) return BUS_EDOWN;
+    rb_room_t *room = rb_room_get(r, name);
+    if (!room) return 0;
+    rb_member_t *mm = rb_room_member(room, member_id);
+    if (!mm) return 0;
+    free(mm->id);
+    free(mm->json);
+    size_t i = (size_t)(mm - room->members);
+    memmove(mm, mm + 1, (room->nmembers - i - 1) * sizeof *mm);
+    room->nmembers--;
+    if (r->state == RB_UP) {
+        rb_req_t *q = rb_req_script(r, RB_PREMOVE, 1, rb_done_presence);
+        buf_t key;
+        buf_init(&key);
+        rb_key(&key, name, "presence");
+        rb_req_arg(q, key.data, key.len);
+        buf_free(&key);
+        rb_req_str(q, room->chan);
+        rb_req_str(q, r->base.node);
+        rb_req_str(q, member_id);
+        q->room = xstrdup(name);
+        if (rb_req_submit(q) < 0) room->dirty = 1;
+    } else {
+        room->dirty = 1;
+    }
+    rb_room_release(r, room);
+    return 0;
+}
+
+static void rb_done_list(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    if (!status && rep->type != REDIS_REPLY_ARRAY) status = BUS_EREPLY;
+    size_t n = 0, cap = status ? 0 : rep->elements;
+    bus_member_t *ms = xcalloc(cap + 1, sizeof *ms);
+    json_t **roots = xcalloc(cap + 1, sizeof *roots);
+    char **nodes = xcalloc(cap + 1, sizeof *nodes);
+    for (size_t i = 0; i < cap; i++) {
+        const redisReply *e = rep->element[i];
+        if (e->type != REDIS_REPLY_STRING) continue;
+        const char *nl = memchr(e->str, '\n', e->len);
+        if (!nl) continue;
+        if (rb_member_parse(nl + 1, e->len - (size_t)(nl + 1 - e->str), &roots[n], &ms[n]) < 0) continue;
+        nodes[n] = xstrndup(e->str, (size_t)(nl - e->str));
+        ms[n].node = nodes[n];
+        n++;
+    }
+    if (rb_alive(r) && q->cb.members) q->cb.members(q->arg, status, status ? NULL : ms, n);
+    for (size_t i = 0; i < n; i++) {
+        json_decref(roots[i]);
+        free(nodes[i]);
+    }
+    free(ms);
+    free(roots);
+    free(nodes);
+    rb_req_free(q);
+}
+
+static int rb_presence_list(bus_t *b, const char *name, bus_members_cb cb, void *arg)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (r->state != RB_UP) return BUS_EDOWN;
+    rb_req_t *q = rb_req_script(r, RB_PLIST, 1, rb_done_list);
+    buf_t key;
+    buf_init(&key);
+    rb_key(&key, name, "presence");
+    rb_req_arg(q, key.data, key.len);
+    buf_free(&key);
+    char *chan = rb_strcat(RB_CHAN_ROOM, name);
+    rb_req_str(q, chan);
+    free(chan);
+    rb_req_str(q, RB_KEY_NODE);
+    q->cb.members = cb;
+    q->arg = arg;
+    if (rb_req_submit(q) < 0) return BUS_EDOWN;
+    return 0;
+}
+
+/* history */
+
+static void rb_done_range(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    bus_history_t h = {0};
+    if (!status && (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 || rep->elements % 2 != 1 ||
+                    rep->element[0]->type != REDIS_REPLY_STRING || rep->element[0]->len >= sizeof h.last.epoch ||
+                    rep->element[1]->type != REDIS_REPLY_INTEGER || rep->element[2]->type != REDIS_REPLY_INTEGER))
+        status = BUS_EREPLY;
+    size_t cap = status ? 0 : (rep->elements - 3) / 2;
+    sbuf_t **msgs = xcalloc(cap + 1, sizeof *msgs);
+    uint64_t *seqs = xcalloc(cap + 1, sizeof *seqs);
+    if (!status) {
+        memcpy(h.last.epoch, rep->element[0]->str, rep->element[0]->len);
+        h.last.seq = (uint64_t)rep->element[1]->integer;
+        h.gap = rep->element[2]->integer != 0;
+        for (size_t i = 0; i < cap; i++) {
+            const redisReply *s = rep->element[3 + 2 * i], *p = rep->element[4 + 2 * i];
+            if (s->type != REDIS_REPLY_STRING || p->type != REDIS_REPLY_STRING) continue;
+            seqs[h.n] = strtoull(s->str, NULL, 10);
+            msgs[h.n++] = sbuf_from(p->str, p->len);
+        }
+        h.msgs = msgs;
+        h.seqs = seqs;
+    }
+    if (rb_alive(r) && q->cb.history) q->cb.history(q->arg, status, status ? NULL : &h);
+    for (size_t i = 0; i < h.n; i++) sbuf_unref(msgs[i]);
+    free(msgs);
+    free(seqs);
+    rb_req_free(q);
+}
+
+static int rb_history_range(bus_t *b, const char *name, const char *since, bus_history_cb cb, void *arg)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    bus_id_t sid = {"", 0};
+    if (since && proto_since_parse(since, sid.epoch, sizeof sid.epoch, &sid.seq) < 0) return BUS_EINVAL;
+    if (r->state != RB_UP) return BUS_EDOWN;
+    rb_req_t *q = rb_req_script(r, RB_RANGE, 3, rb_done_range);
+    buf_t key;
+    buf_init(&key);
+    rb_key(&key, name, "seq");
+    rb_req_arg(q, key.data, key.len);
+    rb_key(&key, name, "epoch");
+    rb_req_arg(q, key.data, key.len);
+    rb_key(&key, name, "hist");
+    rb_req_arg(q, key.data, key.len);
+    buf_free(&key);
+    rb_req_str(q, sid.epoch);
+    rb_req_fmt(q, "%" PRIu64, sid.seq);
+    rb_req_fmt(q, "%ld", r->history_size);
+    q->cb.history = cb;
+    q->arg = arg;
+    if (rb_req_submit(q) < 0) return BUS_EDOWN;
+    return 0;
+}
+
+/* limits */
+
+static void rb_done_limit(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    if (!status && (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+                    rep->element[0]->type != REDIS_REPLY_INTEGER || rep->element[1]->type != REDIS_REPLY_STRING))
+        status = BUS_EREPLY;
+    int allowed = status ? 0 : rep->element[0]->integer != 0;
+    double tokens = status ? 0 : strtod(rep->element[1]->str, NULL);
+    if (rb_alive(r) && q->cb.limit) q->cb.limit(q->arg, status, allowed, tokens);
+    rb_req_free(q);
+}
+
+static int rb_limit_take(bus_t *b, const char *key, double rate, double burst, bus_limit_cb cb, void *arg)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (!(rate > 0) || !(burst >= 1) || !isfinite(rate) || !isfinite(burst)) return BUS_EINVAL;
+    if (r->state != RB_UP) return BUS_EDOWN;
+    rb_req_t *q = rb_req_script(r, RB_LIMIT, 1, rb_done_limit);
+    char *k = rb_strcat(RB_KEY_LIMIT, key);
+    rb_req_str(q, k);
+    free(k);
+    rb_req_fmt(q, "%.17g", rate);
+    rb_req_fmt(q, "%.17g", burst);
+    rb_req_str(q, "1");
+    q->cb.limit = cb;
+    q->arg = arg;
+    if (rb_req_submit(q) < 0) return BUS_EDOWN;
+    return 0;
+}
+
+/* ---- close ---- */
+
+static void rb_destroy(bus_redis_t *r)
+{
+    while (!rb_list_empty(&r->echo)) rb_req_free(rb_container_of(r->echo.next, rb_req_t, echo));
+    while (!rb_list_empty(&r->pending)) rb_req_free(rb_container_of(r->pending.next, rb_req_t, pending));
+    while (!rb_list_empty(&r->rooms)) rb_room_destroy(r, rb_container_of(r->rooms.next, rb_room_t, link));
+    map_free(&r->room_map);
+    bus_url_free(&r->url);
+    free(r->password);
+    free(r->chan_ping);
+    free(r->key_node);
+    free(r);
+}
+
+static void rb_on_handle_closed(uv_handle_t *h)
+{
+    bus_redis_t *r = h->data;
+    if (--r->handles == 0) rb_destroy(r);
+}
+
+static void rb_close_maybe_finish(bus_redis_t *r)
+{
+    if (!r->close_started || r->cmd || r->sub || r->gai_busy || r->handles_closing) return;
+    r->handles_closing = 1;
+    uv_close((uv_handle_t *)&r->tick, rb_on_handle_closed);
+    uv_close((uv_handle_t *)&r->retry, rb_on_handle_closed);
+    uv_close((uv_handle_t *)&r->kick, rb_on_handle_closed);
+}
+
+/* From the kick timer: say goodbye when up (our members leave, the heartbeat goes), then let
+ * the connections go. */
+static void rb_close_step(bus_redis_t *r)
+{
+    if (r->close_started) return;
+    r->close_started = 1;
+    if (r->sub) {
+        redisAsyncContext *c = r->sub;
+        r->sub = NULL;
+        redisAsyncFree(c);
+    }
+    if (r->close_up && r->cmd && r->cmd_ready) {
+        for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
+            rb_room_t *room = rb_container_of(l, rb_room_t, link);
+            if (room->nmembers || room->dirty) rb_presence_sync(r, room, 1);
+        }
+        rb_req_t *q = rb_req_new(r, -1, rb_done_free);
+        rb_req_str(q, "DEL");
+        rb_req_str(q, r->key_node);
+        (void)rb_req_submit(q);
+        redisAsyncDisconnect(r->cmd);   /* after the answers; rb_on_ctx_disconnect then */
+        if (r->cmd) uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->command_timeout_ms, 0);
+    } else if (r->cmd) {
+        redisAsyncContext *c = r->cmd;
+        r->cmd = NULL;
+        redisAsyncFree(c);
+    }
+    if (r->gai_busy) uv_cancel((uv_req_t *)&r->gai);
+    rb_close_maybe_finish(r);
+}
+
+static void rb_free(bus_t *b)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (r->state == RB_CLOSING) return;
+    r->close_up = r->state == RB_UP;
+    r->state = RB_CLOSING;
+    memset(&r->base.on, 0, sizeof r->base.on);
+    RB_STAT_SET(r, up, 0);
+    uv_timer_stop(&r->tick);
+    uv_timer_stop(&r->retry);
+    uv_timer_start(&r->kick, rb_on_kick, 0, 0);
+}
+
+/* ---- URL, password file, construction ---- */
+
+static char *rb_pct_decode(const char *s, size_t n)
+{
+    char *out = xmalloc(n + 1), *o = out;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) && isxdigit((unsigned char)s[i + 2])) {
+            char hex[3] = {s[i + 1], s[i + 2], 0};
+            *o++ = (char)strtol(hex, NULL, 16);
+            i += 2;
+        } else {
+            *o++ = s[i];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+void bus_url_free(bus_url_t *u)
+{
+    free(u->host);
+    free(u->user);
+    free(u->password);
+    memset(u, 0, sizeof *u);
+}
+
+int bus_url_parse(const char *url, bus_url_t *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->port = 6379;
+    if (!url || strncmp(url, "redis://", 8)) {
+        snprintf(err, errlen, "redis_url: %s", url && !strncmp(url, "rediss://", 9)
+                                                   ? "TLS (rediss://) is not supported; use redis://"
+                                                   : "must look like redis://[:password@]host:port/db");
+        return BUS_EINVAL;
+    }
+    const char *p = url + 8;
+    const char *at = strrchr(p, '@');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (colon) {
+            if (colon > p) out->user = rb_pct_decode(p, (size_t)(colon - p));
+            out->password = rb_pct_decode(colon + 1, (size_t)(at - colon - 1));
+        } else if (at > p) {
+            out->user = rb_pct_decode(p, (size_t)(at - p));
+        }
+        p = at + 1;
+    }
+    const char *h = p, *he;
+    if (*p == '[') {
+        he = strchr(p, ']');
+        if (!he) goto bad;
+        h = p + 1;
+        p = he + 1;
+    } else {
+        p += strcspn(p, ":/");
+        he = p;
+    }
+    if (he == h) {
+        snprintf(err, errlen, "redis_url: no host");
+        goto fail;
+    }
+    out->host = xstrndup(h, (size_t)(he - h));
+    if (*p == ':') {
+        char *end;
+        errno = 0;
+        long port = strtol(p + 1, &end, 10);
+        if (end == p + 1 || errno || port < 1 || port > 65535) {
+            snprintf(err, errlen, "redis_url: port must be 1-65535");
+            goto fail;
+        }
+        p = end;
+        out->port = (int)port;
+    }
+    if (*p == '/') {
+        p++;
+        if (*p) {
+            char *end;
+            errno = 0;
+            long db = strtol(p, &end, 10);
+            if (end == p || *end || errno || db < 0 || db > 1000000) {
+                snprintf(err, errlen, "redis_url: the database must be a number");
+                goto fail;
+            }
+            out->db = (int)db;
+            p = end;
+        }
+    }
+    if (*p) goto bad;
+    return 0;
+bad:
+    snprintf(err, errlen, "redis_url: must look like redis://[:password@]host:port/db");
+fail:
+    bus_url_free(out);
+    return BUS_EINVAL;
+}
+
+static char *rb_password_read(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "redis password file %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    int bad = ferror(f) || !feof(f);
+    fclose(f);
+    if (bad) {
+        snprintf(err, errlen, "redis password file %s: unreadable or over %zu bytes", path, sizeof buf - 1);
+        return NULL;
+    }
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
+    return xstrndup(buf, n);
+}
+
+static const bus_ops_t rb_ops = {
+    .room_subscribe = rb_room_subscribe,
+    .room_unsubscribe = rb_room_unsubscribe,
+    .room_publish = rb_room_publish,
+    .room_post = rb_room_post,
+    .direct_publish = rb_direct_publish,
+    .presence_add = rb_presence_add,
+    .presence_remove = rb_presence_remove,
+    .presence_list = rb_presence_list,
+    .history_range = rb_history_range,
+    .limit_take = rb_limit_take,
+    .free = rb_free,
+};
+
+static long rb_opt(long v, long def) { return v > 0 ? v : def; }
+
+static void rb_sha1_hex(const char *s, char out[41])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    if (EVP_Digest(s, strlen(s), md, &n, EVP_sha1(), NULL) != 1 || n != 20) abort();
+    for (unsigned i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", md[i]);
+}
+
+int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
+                  char *err, size_t errlen)
+{
+    bus_url_t url;
+    if (bus_url_parse(opts->redis_url, &url, err, errlen) < 0) return BUS_EINVAL;
+    const char *node = opts->node_id ? opts->node_id : "";
+    if (strlen(node) >= BUS_NODE_MAX || strchr(node, '\n')) {
+        snprintf(err, errlen, "node id: at most %d bytes and no newline", BUS_NODE_MAX - 1);
+        bus_url_free(&url);
+        return BUS_EINVAL;
+    }
+    char *password = NULL;
+    if (opts->password_file && *opts->password_file) {
+        password = rb_password_read(opts->password_file, err, errlen);
+        if (!password) {
+            bus_url_free(&url);
+            return BUS_EINVAL;
+        }
+    } else if (url.password) {
+        password = xstrdup(url.password);
+    }
+
+    bus_redis_t *r = xcalloc(1, sizeof *r);
+    r->base.ops = &rb_ops;
+    r->base.kind = "redis";
+    if (on) r->base.on = *on;
+    r->base.arg = arg;
+    if (*node) snprintf(r->base.node, sizeof r->base.node, "%s", node);
+    else rb_random_hex(r->base.node, 8);
+    r->loop = loop;
+    r->url = url;
+    r->password = password;
+    r->connect_timeout_ms = rb_opt(opts->connect_timeout_ms, 2000);
+    r->command_timeout_ms = rb_opt(opts->command_timeout_ms, 2000);
+    r->backoff_min_ms = rb_opt(opts->backoff_min_ms, 100);
+    r->backoff_max_ms = rb_opt(opts->backoff_max_ms, 5000);
+    if (r->backoff_max_ms < r->backoff_min_ms) r->backoff_max_ms = r->backoff_min_ms;
+    r->ttl_ms = rb_opt(opts->presence_ttl_ms, 15000);
+    r->history_size = opts->history_size > 0 ? opts->history_size : 0;
+    r->hb_ms = r->ttl_ms / 3 > 0 ? r->ttl_ms / 3 : 1;
+    r->tick_ms = r->hb_ms < 100 ? r->hb_ms : 100;
+    r->chan_ping = rb_strcat(RB_CHAN_PING, r->base.node);
+    r->key_node = rb_strcat(RB_KEY_NODE, r->base.node);
+    for (int i = 0; i < RB_SCRIPTS; i++) rb_sha1_hex(rb_scripts[i], r->sha[i]);
+    map_init(&r->room_map);
+    rb_list_init(&r->rooms);
+    rb_list_init(&r->pending);
+    rb_list_init(&r->echo);
+
+    uv_timer_init(loop, &r->tick);
+    uv_timer_init(loop, &r->retry);
+    uv_timer_init(loop, &r->kick);
+    r->tick.data = r->retry.data = r->kick.data = r;
+    r->handles = 3;
+    uv_timer_start(&r->tick, rb_on_tick, (uint64_t)r->tick_ms, (uint64_t)r->tick_ms);
+    rb_link_start(r);
+    *out = &r->base;
+    return 0;
+}

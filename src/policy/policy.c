@@ -1,0 +1,2053 @@
+/* policy: the Lua 5.4 policy bridge (see policy.h). A load reads every *.lua file of the scripts
+ * directory into memory, hashes the snapshot (the version), and boots a fresh VM from that
+ * snapshot: a sandbox of base/string/table/math/utf8 plus os.time/clock/date, our own require,
+ * load (text only) and setmetatable (no __gc: finalizers run with hooks off, beyond any budget),
+ * and the gw host table, with the bounded library (policy_lib, policy_pattern). Every entry
+ * into Lua goes through policy_vm_run: one lua_pcall with a traceback handler, the time guard
+ * (policy_guard: a signal sets the timeout hook), the optional instruction budget (count hook)
+ * and the VM's memory cap (custom allocator), then the stack top restored. Code that runs
+ * under that pcall may raise; code outside it must not touch the VM except to push a C
+ * function or light userdata. C memory is never held across a call that may raise: Lua -> JSON
+ * conversion reports errors instead of raising, and JSON that Lua code is about to see is held
+ * by a __gc box. gw.store and gw.limit live in policy_store (C, outside the VM), so they survive
+ * reloads. Single-threaded: one holder per worker, and a VM is only closed when none of its
+ * calls is in flight (the guard's watchdog thread only sends a signal). */
+#include "policy/policy.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "base/buf.h"
+#include "base/log.h"
+#include "base/map.h"
+#include "policy/policy_guard.h"
+#include "policy/policy_lib.h"
+#include "policy/policy_pattern.h"
+#include "policy/policy_store.h"
+
+#define POLICY_HOOK_STEP 1000              /* instructions between count-hook calls */
+#define POLICY_DEPTH_MAX 32                /* nesting limit of converted values (also catches cycles) */
+#define POLICY_SOURCES_MAX (16u << 20)     /* bytes of all *.lua files together */
+#define POLICY_FILES_MAX 1024
+#define POLICY_MODULE_NAME_MAX 64
+#define POLICY_JWT_MAX 16384
+#define POLICY_STACK_FLOOR 256           /* Lua stack slots kept through GC shrinking */
+#define POLICY_BUDGET_MSG "policy budget exceeded"
+#define POLICY_TIMEOUT_MSG "policy timeout"
+#define POLICY_CONN_CACHE_MAX 65536        /* cached conn tables before the cache starts over */
+#define POLICY_MSG_TYPES_MAX 64            /* message_types entries: a linear scan per message */
+#define POLICY_LOG_TEXT_MAX 1024           /* bytes of a logged message or error before the cut */
+#define POLICY_LOG_FIELDS_MAX 4096         /* bytes of gw.log fields (as charged by conversion) */
+#define POLICY_LOAD_MAX (1u << 20)         /* bytes of a chunk given to load(): parsing is one C call */
+#define POLICY_PATTERN_STEPS 10000000UL    /* matcher steps per call: a linear scan of a 4 MiB string
+                                            * (~2 steps a byte) fits; ~40 ms of backtracking does not */
+#define POLICY_TRIP_FACTOR 20              /* after a timeout, that address's calls of the hook fail at
+                                            * once for 20 timeouts (1 s at 50 ms): at most 5 % of a
+                                            * loop's time per address goes to a hook that keeps timing out */
+#define POLICY_TRIPS 1024                  /* trip entries (addresses); 48 KiB per holder */
+
+#define POLICY_ARRAY_MT "chatgw.array"     /* marks tables that convert to JSON arrays */
+#define POLICY_JBOX_MT "chatgw.jbox"       /* userdata holding a json_t until Lua collects it */
+#define POLICY_CONFIG_MT "chatgw.config"   /* the read-only gw.config proxy */
+#define POLICY_LOADED "chatgw.loaded"      /* require's cache, like package.loaded */
+
+/* Call slots: the hooks, then self_test (its metrics index), then loading policy.lua. */
+enum { POLICY_SLOT_SELF_TEST = METRICS_POLICY_HOOKS - 1, POLICY_SLOT_LOAD, POLICY_SLOTS };
+_Static_assert((int)POLICY_HOOKS == (int)POLICY_SLOT_SELF_TEST, "policy hooks and metrics hooks disagree");
+
+static const char *const policy_slot_names[POLICY_SLOTS] = {
+    "on_connect", "on_join", "on_message", "on_leave", "on_tick", "self_test", "load",
+};
+
+typedef struct {
+    char *name;                    /* "policy.lua" */
+    char *text;
+    size_t len;
+} policy_src_t;
+
+typedef struct {
+    lua_State *L;
+    policy_t *p;                   /* back pointer: host, store, metrics */
+    size_t mem_used, mem_limit;    /* allocator */
+    long steps, budget;            /* count hook; budget 0 = none */
+    int over_budget;
+    volatile sig_atomic_t timed_out;  /* set by the guard's signal handler on this VM's thread */
+    int depth;                     /* runs in flight: a gw.* callback may re-enter a hook */
+    policy_src_t *srcs;            /* the snapshot this version was built from */
+    size_t nsrcs;
+    json_t *config;                /* config_to_json() parsed, behind gw.config */
+    int array_mt, config_mt;       /* registry refs */
+    int conn_cache;                /* registry ref: conn id -> the conn table hooks last got */
+    size_t conn_cache_n;           /* entries in it (about: a reset may be cut short) */
+    json_t **jbox;                 /* the spare JSON box's slot (the box: registry ref jbox_ref) */
+    int jbox_ref;
+    int refs[METRICS_POLICY_HOOKS];/* hook functions by slot; LUA_NOREF when absent */
+    char **msg_types;              /* on_message's types (message_types); NULL = every type */
+    size_t n_msg_types;
+    char version[65];
+} policy_vm_t;
+
+/* Hooks tripped for one client address (or, for on_tick, the holder): until when each fails
+ * at once. Direct-mapped by a hash of the address: a collision replaces the older entry. */
+typedef struct {
+    unsigned who;
+    double until[POLICY_HOOKS];
+} policy_trip_t;
+
+struct policy_s {
+    const config_t *cfg;
+    metrics_t *metrics;            /* may be NULL (policy_check) */
+    policy_host_t host;            /* all NULL when none was given */
+    policy_vm_t *vm;               /* live VM; NULL before the first good load */
+    policy_vm_t *volatile running; /* the VM with a run in flight (a candidate's during a load) */
+    policy_guard_t *guard;         /* policy_timeout_ms over every run */
+    policy_trip_t *trips;          /* POLICY_TRIPS entries, by client address */
+    double trips_until;            /* the latest trip's end (monotonic s); 0 = none active */
+    int last_kind;                 /* METRICS_POLICY_* of the last failed run */
+    policy_store_t *store;
+    char last_error[512];
+};
+
+/* One hook call: its inputs and, after the run, its verdict. */
+typedef struct {
+    policy_vm_t *vm;
+    int slot;
+    const policy_conn_t *conn;
+    const char *room;
+    json_t *msg;
+    double now;
+    int verdict;                   /* POLICY_PASS or POLICY_DROP */
+    int deliver;                   /* on_message: deliver msg unchanged */
+    json_t *out;                   /* on_message: the rewritten message (new reference) */
+    char *code;
+    size_t codelen;
+} policy_call_t;
+
+static double policy_clock(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Bytes of s (longer than max) to keep: max, less a UTF-8 character the cut would split. */
+static size_t policy_cut_len(const char *s, size_t max)
+{
+    while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80) max--;
+    return max;
+}
+
+/* s as log text, a new heap string: at most POLICY_LOG_TEXT_MAX bytes of it (cut on a
+ * character boundary and marked), so that no script turns one log line into megabytes. */
+static char *policy_log_text(const char *s)
+{
+    size_t n = strlen(s);
+    if (n <= POLICY_LOG_TEXT_MAX) return xstrdup(s);
+    size_t keep = policy_cut_len(s, POLICY_LOG_TEXT_MAX);
+    buf_t b;
+    buf_init(&b);
+    buf_append(&b, s, keep);
+    buf_printf(&b, " [cut: %zu bytes more]", n - keep);
+    buf_cstr(&b);
+    return b.data;                 /* buf_t storage is xmalloc'd: the caller frees it */
+}
+
+/* jansson refuses invalid UTF-8; log text from Lua may be anything, so keep it readable. */
+static json_t *policy_json_text(const char *s)
+{
+    char *copy = policy_log_text(s);
+    json_t *v = json_string(copy);
+    if (!v) {
+        for (char *c = copy; *c; c++)
+            if ((unsigned char)*c >= 0x80) *c = '?';
+        v = json_string(copy);
+    }
+    free(copy);
+    return v;
+}
+
+/* Logs through the host when it has a logger, else straight to log.c: msg cut as log text,
+ * fields borrowed. */
+static void policy_log(const policy_t *p, int level, const char *msg, json_t *fields)
+{
+    char *text = policy_log_text(msg);
+    if (p->host.log)
+        p->host.log(p->host.ud, level, text, fields);
+    else
+        log_write(level, text, "O", fields);
+    free(text);
+}
+
+/* ---- sources: the snapshot of the scripts directory and its version ---- */
+
+static void policy_srcs_free(policy_src_t *srcs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(srcs[i].name);
+        free(srcs[i].text);
+    }
+    free(srcs);
+}
+
+static int policy_src_cmp(const void *a, const void *b)
+{
+    return strcmp(((const policy_src_t *)a)->name, ((const policy_src_t *)b)->name);
+}
+
+/* "x.lua", not hidden: kubelet's ..data, ..2026_... and editor files start with '.'. */
+static int policy_src_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    return name[0] != '.' && n > 4 && strcmp(name + n - 4, ".lua") == 0;
+}
+
+/* Reads path when it is (or links to) a regular file. 1 read, 0 not a regular file or gone
+ * (a ConfigMap swap in progress; the next event reloads), -1 error with errno. O_NONBLOCK
+ * keeps a FIFO named x.lua from blocking the open; fstat then skips it. */
+static int policy_file_read(const char *path, size_t room, char **text, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return errno == ENOENT ? 0 : -1;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return 0;
+    }
+    buf_t b;
+    buf_init(&b);
+    for (;;) {
+        buf_reserve(&b, 65536);
+        ssize_t n = read(fd, b.data + b.len, b.cap - b.len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 || b.len + (size_t)n > room) {
+            if (n >= 0) errno = EFBIG;
+            int saved = errno;
+            buf_free(&b);
+            close(fd);
+            errno = saved;
+            return -1;
+        }
+        if (n == 0) break;
+        b.len += (size_t)n;
+    }
+    close(fd);
+    *len = b.len;
+    *text = b.data;                /* buf_t storage is xmalloc'd: the caller frees it */
+    return 1;
+}
+
+/* Reads every source of dir, sorted by name. 0 with the snapshot, or -1 with err. */
+static int policy_srcs_read(const char *dir, policy_src_t **out, size_t *nout, char *err, size_t errlen)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        snprintf(err, errlen, "%s: cannot open: %s", dir, strerror(errno));
+        return -1;
+    }
+    policy_src_t *srcs = NULL;
+    size_t n = 0, total = 0;
+    for (;;) {
+        errno = 0;                 /* readdir's NULL means the end only while errno stays 0 */
+        struct dirent *de = readdir(d);
+        if (!de && errno) {        /* a partial listing would load a partial policy */
+            snprintf(err, errlen, "%s: cannot list: %s", dir, strerror(errno));
+            goto fail;
+        }
+        if (!de) break;
+        if (!policy_src_name_ok(de->d_name)) continue;
+        if (n == POLICY_FILES_MAX) {
+            snprintf(err, errlen, "%s: more than %d .lua files", dir, POLICY_FILES_MAX);
+            goto fail;
+        }
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        char *text;
+        size_t len;
+        int rc = policy_file_read(path, POLICY_SOURCES_MAX - total, &text, &len);
+        if (rc < 0) {
+            snprintf(err, errlen, "%s: cannot read: %s", de->d_name,
+                     errno == EFBIG ? "sources larger than 16 MiB" : strerror(errno));
+            goto fail;
+        }
+        if (rc == 0) continue;
+        srcs = xrealloc(srcs, (n + 1) * sizeof *srcs);
+        srcs[n++] = (policy_src_t){ xstrdup(de->d_name), text, len };
+        total += len;
+    }
+    closedir(d);
+    if (n) qsort(srcs, n, sizeof *srcs, policy_src_cmp);
+    *out = srcs;
+    *nout = n;
+    return 0;
+fail:
+    closedir(d);
+    policy_srcs_free(srcs, n);
+    return -1;
+}
+
+static const policy_src_t *policy_src_find(const policy_src_t *srcs, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(srcs[i].name, name) == 0) return &srcs[i];
+    return NULL;
+}
+
+/* sha256 over "name\0contents\0" of each source in name order, as 64 hex digits. */
+static void policy_srcs_hash(const policy_src_t *srcs, size_t n, char version[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (!ctx) abort();             /* out of memory: the gateway cannot answer (buf.h policy) */
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    for (size_t i = 0; i < n; i++) {
+        EVP_DigestUpdate(ctx, srcs[i].name, strlen(srcs[i].name) + 1);
+        EVP_DigestUpdate(ctx, srcs[i].text, srcs[i].len);
+        EVP_DigestUpdate(ctx, "", 1);
+    }
+    EVP_DigestFinal_ex(ctx, md, &mdlen);
+    EVP_MD_CTX_free(ctx);
+    for (unsigned i = 0; i < mdlen && i < 32; i++) snprintf(version + 2 * i, 3, "%02x", md[i]);
+    version[64] = '\0';
+}
+
+/* ---- the VM: allocator, budget, protected runs ---- */
+
+static policy_vm_t *policy_vm_of(lua_State *L)
+{
+    void *ud;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+/* Counts live bytes and refuses growth past the cap; Lua then raises LUA_ERRMEM (after an
+ * emergency collection). Shrinking never fails, as Lua requires. No single block grows past
+ * POLICY_LIB_BYTES_MAX: one VM instruction (a concatenation, a table resize) copies at most
+ * that much, so it ends soon enough for the time guard to stop the next one. */
+static void *policy_vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    policy_vm_t *vm = ud;
+    size_t old = ptr ? osize : 0;  /* with ptr NULL, osize is a type tag, not a size */
+    if (nsize == 0) {
+        free(ptr);
+        vm->mem_used -= old;
+        return NULL;
+    }
+    if (nsize > old && (nsize - old > vm->mem_limit - vm->mem_used || nsize > POLICY_LIB_BYTES_MAX + 4096))
+        return NULL;                                      /* 4096: a string's header, a buffer's box */
+    void *q = realloc(ptr, nsize);
+    if (!q) return NULL;
+    vm->mem_used = vm->mem_used - old + nsize;
+    return q;
+}
+
+/* Raises what, prefixed with the innermost Lua position ("policy.lua:12: ") when there is one:
+ * a hook may run at the return of a C function, which has no line of its own. */
+static void policy_hook_raise(lua_State *L, const char *what)
+{
+    lua_Debug ar;
+    for (int level = 0; lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+            lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, what);
+            lua_error(L);
+        }
+    }
+    lua_pushstring(L, what);
+    lua_error(L);
+}
+
+/* Runs every POLICY_HOOK_STEP instructions. Past the budget it switches to every instruction,
+ * so a pcall inside the policy cannot catch the error and keep looping: the next instruction
+ * of its caller fails too. The message carries the position (luaL_error's level is wrong
+ * inside a hook, which has no frame of its own). */
+static void policy_count_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    policy_vm_t *vm = policy_vm_of(L);
+    if (!vm->over_budget) {
+        vm->steps += POLICY_HOOK_STEP;
+        if (vm->steps <= vm->budget) return;
+        vm->over_budget = 1;
+        lua_sethook(L, policy_count_hook, LUA_MASKCOUNT, 1);
+    }
+    policy_hook_raise(L, POLICY_BUDGET_MSG);
+}
+
+/* Set by the guard when the run overran: raises at every instruction, call and return, so
+ * that nothing the script does (pcall, a loop around it, a __close handler) gets further than
+ * one instruction. */
+static void policy_timeout_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    policy_vm_t *vm = policy_vm_of(L);
+    char what[64];
+    snprintf(what, sizeof what, POLICY_TIMEOUT_MSG " (over %ld ms)", vm->p->guard ? policy_guard_timeout_ms(vm->p->guard) : 0);
+    policy_hook_raise(L, what);
+}
+
+/* The guard's callback, in its signal handler on this holder's thread: lua.c's way to stop a
+ * running chunk (lua_sethook is safe there). */
+static void policy_vm_interrupt(void *arg)
+{
+    policy_t *p = arg;
+    policy_vm_t *vm = p->running;
+    if (!vm || vm->timed_out) return;
+    vm->timed_out = 1;
+    lua_sethook(vm->L, policy_timeout_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+}
+
+/* Whether an error now unwinding was raised by one of our hooks. Lua runs message handlers of
+ * such an error with hooks off, so no script code may run in one: it could loop unguarded. */
+static int policy_vm_stopping(const policy_vm_t *vm) { return vm->timed_out || vm->over_budget; }
+
+/* Message handler: the error plus a traceback, for the log. */
+static int policy_msgh(lua_State *L)
+{
+    size_t len;
+    const char *msg = lua_tolstring(L, 1, &len);
+    if (!msg && !policy_vm_stopping(policy_vm_of(L)) && luaL_callmeta(L, 1, "__tostring") &&
+        lua_type(L, -1) == LUA_TSTRING)
+        msg = lua_tolstring(L, -1, &len);                 /* [err s] */
+    if (!msg) {
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+        len = strlen(msg);
+    }
+    if (len > POLICY_LOG_TEXT_MAX) {                      /* it only goes to the log: cut it now, */
+        size_t keep = policy_cut_len(msg, POLICY_LOG_TEXT_MAX - 48);   /* with room for the mark */
+        lua_pushlstring(L, msg, keep);                    /* [.. head] */
+        lua_pushfstring(L, " [cut: %I bytes more]", (lua_Integer)(len - keep));  /* [.. head mark] */
+        lua_concat(L, 2);                                 /* [.. msg] */
+        msg = lua_tostring(L, -1);
+    }
+    luaL_traceback(L, L, msg, 1);                         /* [.. msg traceback] */
+    return 1;
+}
+
+static void policy_metric_inc(policy_t *p, int slot, int kind)
+{
+    if (p->metrics && slot < METRICS_POLICY_HOOKS) METRIC_INC(p->metrics->policy_errors[slot][kind]);
+}
+
+/* How long a client's calls of a hook fail at once after one timed out (see policy_trip). */
+static long policy_trip_ms(const policy_t *p)
+{
+    return p->guard ? policy_guard_timeout_ms(p->guard) * POLICY_TRIP_FACTOR : 0;
+}
+
+/* Classifies, counts and logs a failed run; err gets the first line of the message. */
+static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg, char *err, size_t errlen)
+{
+    int kind = vm->timed_out ? METRICS_POLICY_TIMEOUT
+             : status == LUA_ERRMEM ? METRICS_POLICY_MEMORY
+             : vm->over_budget ? METRICS_POLICY_BUDGET : METRICS_POLICY_ERROR;
+    if (!msg) msg = "(no error message)";
+    size_t first = strcspn(msg, "\n");
+    snprintf(err, errlen, "%.*s", (int)first, msg);
+    policy_metric_inc(vm->p, slot, kind);
+    vm->p->last_kind = kind;
+    long trip_ms = kind == METRICS_POLICY_TIMEOUT && slot < POLICY_HOOKS ? policy_trip_ms(vm->p) : 0;
+    json_t *fields = json_object();
+    json_object_set_new(fields, "hook", json_string(policy_slot_names[slot]));
+    json_object_set_new(fields, "kind", json_string(metrics_policy_kinds[kind]));
+    char *line = xmalloc(first + 1);              /* the log's copy: cut at 1 KiB, and marked */
+    memcpy(line, msg, first);
+    line[first] = '\0';
+    json_object_set_new(fields, "error", policy_json_text(line));
+    free(line);
+    if (msg[first] && strstr(msg + first, ".lua:"))   /* only when it shows a Lua frame: the lines after it */
+        json_object_set_new(fields, "traceback", policy_json_text(msg + first + 1));
+    json_object_set_new(fields, "version", json_string(vm->version));
+    if (trip_ms) json_object_set_new(fields, "tripped_ms", json_integer(trip_ms));   /* later calls fail at once */
+    policy_log(vm->p, LOG_WARN, slot == POLICY_SLOT_LOAD ? "policy load failed" : "policy hook failed", fields);
+    json_decref(fields);
+}
+
+/* The outermost run starts: the guard watches it, the budget (when set) counts it. */
+static void policy_vm_enter(policy_vm_t *vm)
+{
+    vm->steps = 0;
+    vm->over_budget = 0;
+    vm->timed_out = 0;
+    vm->p->running = vm;
+    if (vm->p->guard) policy_guard_begin(vm->p->guard);
+    if (vm->budget) lua_sethook(vm->L, policy_count_hook, LUA_MASKCOUNT, POLICY_HOOK_STEP);
+}
+
+/* The outermost run ended: no interrupt can arrive for it after policy_guard_end. */
+static void policy_vm_leave(policy_vm_t *vm)
+{
+    if (vm->p->guard) policy_guard_end(vm->p->guard);
+    vm->p->running = NULL;
+    if (vm->budget || vm->timed_out) lua_sethook(vm->L, NULL, 0, 0);
+    if (vm->jbox && *vm->jbox) {              /* a push raised while the spare box held JSON */
+        json_decref(*vm->jbox);
+        *vm->jbox = NULL;
+    }
+}
+
+/* The one way into Lua: body(ctx) under lua_pcall with the traceback handler, the time guard,
+ * the budget and the memory cap. A nested run (a gw.* callback re-entering a hook) shares the
+ * outer run's time and budget. 0, or -1 with err (already counted and logged). The stack top
+ * is restored either way. */
+static int policy_vm_run(policy_vm_t *vm, int slot, lua_CFunction body, void *ctx, char *err, size_t errlen)
+{
+    lua_State *L = vm->L;
+    int top = lua_gettop(L);
+    if (vm->depth++ == 0) policy_vm_enter(vm);
+    lua_pushcfunction(L, policy_msgh);         /* [msgh] */
+    lua_pushcfunction(L, body);                /* [msgh body] */
+    lua_pushlightuserdata(L, ctx);             /* [msgh body ctx] */
+    int status = lua_pcall(L, 1, 0, top + 1);  /* [msgh] or [msgh error] */
+    int outermost = --vm->depth == 0;
+    if (outermost) policy_vm_leave(vm);
+    if (status != LUA_OK) {
+        const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        policy_vm_fail(vm, slot, status, msg, err, errlen);
+    }
+    if (outermost) vm->timed_out = 0;
+    lua_settop(L, top);
+    return status == LUA_OK ? 0 : -1;
+}
+
+/* Panics cannot happen when everything runs under policy_vm_run; if one does, say so before
+ * Lua aborts. */
+static int policy_vm_panic(lua_State *L)
+{
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+    log_write(LOG_ERROR, "lua panic", "{s:s}", "error", msg);
+    return 0;
+}
+
+static void policy_vm_free(policy_vm_t *vm)
+{
+    if (!vm) return;
+    if (vm->L) lua_close(vm->L);  /* policy code has no finalizers: setmetatable refuses __gc */
+    json_decref(vm->config);
+    policy_srcs_free(vm->srcs, vm->nsrcs);
+    for (size_t i = 0; i < vm->n_msg_types; i++) free(vm->msg_types[i]);
+    free(vm->msg_types);
+    free(vm);
+}
+
+/* ---- conversion: JSON -> Lua (may raise; the JSON is borrowed) ---- */
+
+static void policy_json_push(lua_State *L, json_t *v, int depth)
+{
+    if (depth > POLICY_DEPTH_MAX) luaL_error(L, "cannot convert: nested deeper than %d levels", POLICY_DEPTH_MAX);
+    luaL_checkstack(L, 4, "cannot convert: nested too deeply");
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *key;
+        size_t keylen;
+        json_t *member;
+        size_t n = json_object_size(v);
+        lua_createtable(L, 0, n > INT_MAX ? INT_MAX : (int)n);  /* [t] */
+        json_object_keylen_foreach(v, key, keylen, member) {
+            if (json_is_null(member)) continue;                 /* null members are absent in Lua */
+            lua_pushlstring(L, key, keylen);                    /* [t k] */
+            policy_json_push(L, member, depth + 1);             /* [t k v] */
+            lua_rawset(L, -3);                                  /* [t] */
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        size_t n = json_array_size(v);
+        lua_createtable(L, n > INT_MAX ? INT_MAX : (int)n, 0);  /* [t] */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, policy_vm_of(L)->array_mt);  /* [t mt] */
+        lua_setmetatable(L, -2);                                /* [t]: stays [] even when empty */
+        for (size_t i = 0; i < n; i++) {
+            json_t *item = json_array_get(v, i);
+            if (json_is_null(item))
+                lua_pushlightuserdata(L, NULL);                 /* [t gw.null]: keeps the index */
+            else
+                policy_json_push(L, item, depth + 1);           /* [t v] */
+            lua_rawseti(L, -2, (lua_Integer)i + 1);             /* [t] */
+        }
+        break;
+    }
+    case JSON_STRING: lua_pushlstring(L, json_string_value(v), json_string_length(v)); break;
+    case JSON_INTEGER: lua_pushinteger(L, (lua_Integer)json_integer_value(v)); break;
+    case JSON_REAL: lua_pushnumber(L, json_real_value(v)); break;
+    case JSON_TRUE: lua_pushboolean(L, 1); break;
+    case JSON_FALSE: lua_pushboolean(L, 0); break;
+    default: lua_pushnil(L); break;
+    }
+}
+
+/* A box for JSON that Lua code may see before C is done with it: if a push raises, or a
+ * finalizer run by the GC changes the store, the box still owns one reference and __gc drops
+ * it. Returns the slot to fill; the box is on the stack. The VM's spare box serves whenever it
+ * is empty (a push raised: the run's end empties it), so a gw.store.get allocates no box. */
+static json_t **policy_jbox_new(lua_State *L)
+{
+    policy_vm_t *vm = policy_vm_of(L);
+    if (vm->jbox && !*vm->jbox) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->jbox_ref);  /* [box] */
+        return vm->jbox;
+    }
+    json_t **slot = lua_newuserdatauv(L, sizeof *slot, 0);  /* [box] */
+    *slot = NULL;
+    luaL_setmetatable(L, POLICY_JBOX_MT);
+    return slot;
+}
+
+static int policy_jbox_gc(lua_State *L)
+{
+    json_t **slot = luaL_checkudata(L, 1, POLICY_JBOX_MT);
+    json_decref(*slot);
+    *slot = NULL;
+    return 0;
+}
+
+/* Pushes v (borrowed, may be NULL -> nil) while holding a reference of our own: a finalizer run
+ * by the GC during the push may change whatever owns v. */
+static void policy_json_push_held(lua_State *L, json_t *v)
+{
+    json_t **slot = policy_jbox_new(L);        /* [box]: may raise, nothing held yet */
+    *slot = json_incref(v);
+    if (v)
+        policy_json_push(L, v, 1);             /* [box value] */
+    else
+        lua_pushnil(L);                        /* [box nil] */
+    json_decref(*slot);
+    *slot = NULL;
+    lua_remove(L, -2);                         /* [value] */
+}
+
+/* ---- conversion: Lua -> JSON (never raises; C owns the result) ---- */
+
+typedef struct {
+    lua_State *L;
+    policy_vm_t *vm;
+    size_t left;                   /* bytes the result may still take, as charged */
+    char *err;
+    size_t errlen;
+} policy_conv_t;
+
+/* Charges n bytes (a value's slot, a string's bytes) to the conversion; 0 past its bound. */
+static int policy_conv_charge(policy_conv_t *c, size_t n)
+{
+    if (n > c->left) return 0;
+    c->left -= n;
+    return 1;
+}
+
+static json_t *policy_conv_fail(policy_conv_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static json_t *policy_conv_fail(policy_conv_t *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, c->errlen, fmt, ap);
+    va_end(ap);
+    return NULL;
+}
+
+static json_t *policy_lua_value(policy_conv_t *c, int idx, int depth);
+
+/* Whether the table at idx has the metatable at registry ref. No allocation, no metamethods. */
+static int policy_mt_is(lua_State *L, int idx, int ref)
+{
+    if (!lua_getmetatable(L, idx)) return 0;   /* [mt] */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);    /* [mt ref] */
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);                             /* [] */
+    return same;
+}
+
+static json_t *policy_lua_array(policy_conv_t *c, int idx, size_t n, int depth)
+{
+    json_t *arr = json_array();
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(c->L, idx, (lua_Integer)i);           /* [v] */
+        json_t *v = policy_lua_value(c, lua_gettop(c->L), depth + 1);
+        lua_pop(c->L, 1);                                 /* [] */
+        if (!v) {
+            json_decref(arr);
+            return NULL;
+        }
+        json_array_append_new(arr, v);
+    }
+    return arr;
+}
+
+static json_t *policy_lua_object(policy_conv_t *c, int idx, int depth)
+{
+    lua_State *L = c->L;
+    json_t *obj = json_object();
+    lua_pushnil(L);                                       /* [nil] */
+    while (lua_next(L, idx)) {                            /* [k v] */
+        json_t *v = NULL;
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            policy_conv_fail(c, "cannot convert: a table with a %s key (objects need string keys, arrays keys 1..n)",
+                             luaL_typename(L, -2));
+        } else if ((v = policy_lua_value(c, lua_gettop(L), depth + 1))) {
+            size_t klen;
+            const char *k = lua_tolstring(L, -2, &klen);  /* a string already: no conversion */
+            if (!policy_conv_charge(c, klen)) {
+                json_decref(v);
+                v = policy_conv_fail(c, "cannot convert: larger than the bound of this call");
+            } else if (json_object_setn_new(obj, k, klen, v) < 0) {
+                v = NULL;
+                policy_conv_fail(c, "cannot convert: a key is not valid UTF-8");
+            }
+        }
+        if (!v) {
+            lua_pop(L, 2);                                /* [] */
+            json_decref(obj);
+            return NULL;
+        }
+        lua_pop(L, 1);                                    /* [k] */
+    }
+    return obj;
+}
+
+/* keys 1..n contiguous -> array; no keys -> [] when marked, else {}; anything else -> object. */
+static json_t *policy_lua_table(policy_conv_t *c, int idx, int depth)
+{
+    lua_State *L = c->L;
+    if (depth > POLICY_DEPTH_MAX)
+        return policy_conv_fail(c, "cannot convert: nested deeper than %d levels (or a cycle)", POLICY_DEPTH_MAX);
+    if (policy_mt_is(L, idx, c->vm->config_mt)) return json_deep_copy(c->vm->config);
+    size_t n = 0;
+    lua_Integer max = 0;
+    int seq = 1;
+    lua_pushnil(L);                                       /* [nil] */
+    while (lua_next(L, idx)) {                            /* [k v] */
+        n++;
+        if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1) {
+            lua_Integer k = lua_tointeger(L, -2);
+            if (k > max) max = k;
+        } else {
+            seq = 0;
+        }
+        lua_pop(L, 1);                                    /* [k] */
+    }
+    if (n == 0) return policy_mt_is(L, idx, c->vm->array_mt) ? json_array() : json_object();
+    if (seq && (lua_Unsigned)max == n) return policy_lua_array(c, idx, n, depth);
+    return policy_lua_object(c, idx, depth);
+}
+
+static json_t *policy_lua_value(policy_conv_t *c, int idx, int depth)
+{
+    lua_State *L = c->L;
+    int t = lua_type(L, idx);
+    if (!policy_conv_charge(c, 8 + (t == LUA_TSTRING ? lua_rawlen(L, idx) : 0)))
+        return policy_conv_fail(c, "cannot convert: larger than the bound of this call");
+    switch (t) {
+    case LUA_TNIL: return json_null();
+    case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
+    case LUA_TNUMBER: {
+        if (lua_isinteger(L, idx)) return json_integer((json_int_t)lua_tointeger(L, idx));
+        double d = lua_tonumber(L, idx);
+        if (!isfinite(d)) return policy_conv_fail(c, "cannot convert: NaN or infinity");
+        return json_real(d);
+    }
+    case LUA_TSTRING: {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        json_t *v = json_stringn(s, n);
+        return v ? v : policy_conv_fail(c, "cannot convert: a string is not valid UTF-8");
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (!lua_touserdata(L, idx)) return json_null();  /* gw.null */
+        break;
+    case LUA_TTABLE: return policy_lua_table(c, idx, depth);
+    default: break;
+    }
+    return policy_conv_fail(c, "cannot convert a %s value", luaL_typename(L, idx));
+}
+
+/* The value at idx as JSON (new reference), or NULL with err. Never raises, so a caller may
+ * hold C memory around it. max bounds the result (each value 8 bytes plus its string's or
+ * key's bytes), so a host function's work follows what it is asked to send, store or log. */
+static json_t *policy_json_from_lua(lua_State *L, int idx, size_t max, char *err, size_t errlen)
+{
+    policy_conv_t c = { L, policy_vm_of(L), max, err, errlen };
+    idx = lua_absindex(L, idx);
+    if (!lua_checkstack(L, POLICY_DEPTH_MAX * 4 + 8))     /* returns 0 rather than raising */
+        return policy_conv_fail(&c, "cannot convert: out of stack");
+    return policy_lua_value(&c, idx, 1);
+}
+
+/* ---- sandbox: base library replacements ---- */
+
+/* load(chunk, name, mode, env): text chunks only, and the sandbox globals unless env is given. */
+static int policy_lua_load(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TSTRING && lua_rawlen(L, 1) > POLICY_LOAD_MAX)
+        return luaL_error(L, "load: a chunk longer than %d KiB (the policy sandbox's limit)", (int)(POLICY_LOAD_MAX >> 10));
+    int has_env = !lua_isnone(L, 4);
+    lua_settop(L, 4);                                     /* [chunk name mode env] */
+    lua_pushvalue(L, lua_upvalueindex(1));                /* [.. load] */
+    lua_pushvalue(L, 1);                                  /* [.. load chunk] */
+    lua_pushvalue(L, 2);                                  /* [.. load chunk name] */
+    lua_pushliteral(L, "t");                              /* [.. load chunk name "t"] */
+    if (has_env)
+        lua_pushvalue(L, 4);                              /* [.. load chunk name "t" env] */
+    else
+        lua_pushglobaltable(L);                           /* [.. load chunk name "t" _G] */
+    lua_call(L, 4, LUA_MULTRET);  /* inside the run's lua_pcall: errors reach its handler */
+    return lua_gettop(L) - 4;                             /* [.. results] */
+}
+
+static int policy_lua_collectgarbage(lua_State *L)
+{
+    const char *opt = luaL_optstring(L, 1, "collect");
+    if (strcmp(opt, "count") != 0)
+        return luaL_error(L, "collectgarbage(\"%s\") is not allowed in the policy sandbox (only \"count\")", opt);
+    int kb = lua_gc(L, LUA_GCCOUNT), b = lua_gc(L, LUA_GCCOUNTB);
+    lua_pushnumber(L, (lua_Number)kb + (lua_Number)b / 1024);
+    return 1;
+}
+
+/* setmetatable(t, mt) without __gc: Lua runs finalizers with hooks off (GCTM), so a looping
+ * __gc could never be stopped by the budget. Lua marks an object for finalization only when
+ * its metatable has the __gc field at setmetatable time, so checking here (raw, any value)
+ * is enough: adding __gc to mt later has no effect. */
+static int policy_lua_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");                       /* [t mt "__gc"] */
+        int has_gc = lua_rawget(L, 2) != LUA_TNIL;        /* [t mt gc] */
+        lua_pop(L, 1);                                    /* [t mt] */
+        if (has_gc) return luaL_error(L, "setmetatable: __gc is not allowed in the policy sandbox");
+    }
+    lua_settop(L, 2);                                     /* [t mt] */
+    lua_pushvalue(L, lua_upvalueindex(1));                /* [t mt setmetatable] */
+    lua_insert(L, 1);                                     /* [setmetatable t mt] */
+    lua_call(L, 2, 1);            /* inside the run's lua_pcall; [t] */
+    return 1;
+}
+
+/* The script's xpcall handler, behind a guard: Lua runs a handler with hooks off when the
+ * error was raised by a hook, so after a timeout or an exhausted budget the handler is skipped
+ * and the error passes through unchanged. [err] -> [handled err]. */
+static int policy_lua_xpcall_handler(lua_State *L)
+{
+    lua_settop(L, 1);                                     /* [err] */
+    if (policy_vm_stopping(policy_vm_of(L))) return 1;
+    lua_pushvalue(L, lua_upvalueindex(1));                /* [err h] */
+    lua_insert(L, 1);                                     /* [h err] */
+    lua_call(L, 1, 1);            /* inside the run's lua_pcall; [result] */
+    return 1;
+}
+
+/* xpcall(f, msgh, ...): Lua's own, with msgh wrapped by policy_lua_xpcall_handler. */
+static int policy_lua_xpcall(lua_State *L)
+{
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);                                  /* [f msgh args.. msgh] */
+    lua_pushcclosure(L, policy_lua_xpcall_handler, 1);    /* [f msgh args.. guarded] */
+    lua_replace(L, 2);                                    /* [f guarded args..] */
+    lua_pushvalue(L, lua_upvalueindex(1));                /* [f guarded args.. xpcall] */
+    lua_insert(L, 1);                                     /* [xpcall f guarded args..] */
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);          /* [results..] */
+    return lua_gettop(L);
+}
+
+/* print(...) -> gw.log("info", args joined by tabs). */
+static int policy_lua_print(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);                                 /* [args.. buf?] */
+    for (int i = 1; i <= n; i++) {
+        if (i > 1) luaL_addchar(&b, '\t');
+        luaL_tolstring(L, i, NULL);                       /* [.. s] */
+        luaL_addvalue(&b);                                /* [..] */
+    }
+    luaL_pushresult(&b);                                  /* [args.. line] */
+    json_t *fields = json_pack("{s:s}", "source", "print");
+    policy_log(policy_vm_of(L)->p, LOG_INFO, lua_tostring(L, -1), fields);
+    json_decref(fields);
+    return 0;
+}
+
+static int policy_module_name_ok(const char *name, size_t len)
+{
+    if (len == 0 || len > POLICY_MODULE_NAME_MAX) return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        if (!(ch == '_' || (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')))
+            return 0;
+    }
+    return 1;
+}
+
+/* require(name): name.lua from this version's snapshot of the scripts directory, run once and
+ * cached in the registry (like package.loaded). Flat names only: no paths, no dots. */
+static int policy_lua_require(lua_State *L)
+{
+    size_t len;
+    const char *name = luaL_checklstring(L, 1, &len);
+    if (!policy_module_name_ok(name, len))
+        return luaL_error(L, "require \"%s\": module names are letters, digits and _ (a file NAME.lua "
+                             "in the scripts directory)", name);
+    lua_settop(L, 1);                                     /* [name] */
+    lua_getfield(L, LUA_REGISTRYINDEX, POLICY_LOADED);    /* [name loaded] */
+    if (lua_getfield(L, 2, name) != LUA_TNIL) return 1;   /* [name loaded mod] */
+    lua_pop(L, 1);                                        /* [name loaded] */
+    policy_vm_t *vm = policy_vm_of(L);
+    char file[POLICY_MODULE_NAME_MAX + 8], chunkname[POLICY_MODULE_NAME_MAX + 9];
+    snprintf(file, sizeof file, "%s.lua", name);
+    snprintf(chunkname, sizeof chunkname, "@%s", file);  /* errors read "name.lua:LINE: msg" */
+    const policy_src_t *src = policy_src_find(vm->srcs, vm->nsrcs, file);
+    if (!src) return luaL_error(L, "require \"%s\": no file %s in the scripts directory", name, file);
+    if (luaL_loadbufferx(L, src->text, src->len, chunkname, "t") != LUA_OK)  /* [name loaded chunk] */
+        return lua_error(L);
+    lua_pushvalue(L, 1);                                  /* [name loaded chunk name] */
+    lua_call(L, 1, 1);            /* inside the run's lua_pcall; [name loaded result] */
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);                            /* [name loaded true], as Lua's require */
+    }
+    lua_pushvalue(L, -1);                                 /* [name loaded result result] */
+    lua_setfield(L, 2, name);                             /* [name loaded result] */
+    return 1;
+}
+
+static void policy_libs_open(lua_State *L)
+{
+    static const luaL_Reg libs[] = {
+        { LUA_GNAME, luaopen_base }, { LUA_STRLIBNAME, luaopen_string }, { LUA_TABLIBNAME, luaopen_table },
+        { LUA_MATHLIBNAME, luaopen_math }, { LUA_UTF8LIBNAME, luaopen_utf8 },
+    };
+    for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
+        luaL_requiref(L, libs[i].name, libs[i].func, 1);  /* [lib] */
+        lua_pop(L, 1);                                    /* [] */
+    }
+    lua_getglobal(L, LUA_STRLIBNAME);                     /* [string] */
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");                          /* [string]: no binary chunks out */
+    lua_pop(L, 1);                                        /* [] */
+}
+
+static void policy_base_patch(lua_State *L)
+{
+    static const luaL_Reg repl[] = {
+        { "collectgarbage", policy_lua_collectgarbage },
+        { "print", policy_lua_print },
+        { "require", policy_lua_require },
+        { NULL, NULL },
+    };
+    lua_pushglobaltable(L);                               /* [G] */
+    luaL_setfuncs(L, repl, 0);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dofile");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "loadfile");                      /* [G] */
+    lua_getfield(L, -1, "load");                          /* [G load] */
+    lua_pushcclosure(L, policy_lua_load, 1);              /* [G wrapper] */
+    lua_setfield(L, -2, "load");                          /* [G] */
+    lua_getfield(L, -1, "setmetatable");                  /* [G setmetatable] */
+    lua_pushcclosure(L, policy_lua_setmetatable, 1);      /* [G wrapper] */
+    lua_setfield(L, -2, "setmetatable");                  /* [G] */
+    lua_getfield(L, -1, "xpcall");                        /* [G xpcall] */
+    lua_pushcclosure(L, policy_lua_xpcall, 1);            /* [G wrapper] */
+    lua_setfield(L, -2, "xpcall");                        /* [G] */
+    lua_pop(L, 1);                                        /* [] */
+    lua_newtable(L);                                      /* [loaded] */
+    lua_setfield(L, LUA_REGISTRYINDEX, POLICY_LOADED);    /* [] */
+}
+
+/* os = {time, clock, date}, copied out of a temporary full os library. */
+static void policy_os_open(lua_State *L)
+{
+    static const char *const keep[] = { "time", "clock", "date" };
+    luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);       /* [os_full] */
+    lua_createtable(L, 0, 3);                             /* [os_full os] */
+    for (size_t i = 0; i < 3; i++) {
+        lua_getfield(L, -2, keep[i]);                     /* [os_full os f] */
+        lua_setfield(L, -2, keep[i]);                     /* [os_full os] */
+    }
+    lua_setglobal(L, LUA_OSLIBNAME);                      /* [os_full] */
+    lua_pop(L, 1);                                        /* [] */
+    /* requiref also cached the full library in the registry; unreachable, but drop it. */
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE); /* [_LOADED] */
+    lua_pushnil(L);
+    lua_setfield(L, -2, LUA_OSLIBNAME);
+    lua_pop(L, 1);                                        /* [] */
+}
+
+/* ---- the gw table ---- */
+
+static const policy_host_t *policy_host_of(lua_State *L) { return &policy_vm_of(L)->p->host; }
+
+/* The bound of a message the policy sends or returns: what a client may send. */
+static size_t policy_msg_max(lua_State *L)
+{
+    const config_t *cfg = policy_vm_of(L)->p->cfg;
+    return cfg ? (size_t)cfg->max_message_bytes : 1u << 20;
+}
+
+static int policy_gw_send(lua_State *L)
+{
+    const char *id = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const policy_host_t *h = policy_host_of(L);
+    char err[200];
+    json_t *msg = policy_json_from_lua(L, 2, policy_msg_max(L), err, sizeof err);
+    if (!msg) return luaL_error(L, "gw.send: %s", err);
+    int ok = h->send && h->send(h->ud, id, msg) == 0;
+    json_decref(msg);
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
+static int policy_gw_broadcast(lua_State *L)
+{
+    const char *room = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const char *except = NULL;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_settop(L, 3);                                 /* [room msg opts] */
+        lua_getfield(L, 3, "except");                     /* [room msg opts except] */
+        except = lua_isnil(L, 4) ? NULL : luaL_checkstring(L, 4);
+    }
+    const policy_host_t *h = policy_host_of(L);
+    char err[200];
+    json_t *msg = policy_json_from_lua(L, 2, policy_msg_max(L), err, sizeof err);
+    if (!msg) return luaL_error(L, "gw.broadcast: %s", err);
+    int ok = h->broadcast && h->broadcast(h->ud, room, msg, except) == 0;
+    json_decref(msg);
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
+static int policy_gw_kick(lua_State *L)
+{
+    const char *id = luaL_checkstring(L, 1);
+    const char *code = luaL_optstring(L, 2, "kicked");
+    const char *reason = luaL_optstring(L, 3, "");
+    const policy_host_t *h = policy_host_of(L);
+    lua_pushboolean(L, h->kick && h->kick(h->ud, id, code, reason) == 0);
+    return 1;
+}
+
+static int policy_gw_members(lua_State *L)
+{
+    const char *room = luaL_checkstring(L, 1);
+    const policy_host_t *h = policy_host_of(L);
+    json_t **slot = policy_jbox_new(L);                   /* [room box] */
+    *slot = h->members ? h->members(h->ud, room) : NULL;
+    if (!*slot) return 0;                                 /* nil: no such room */
+    policy_json_push(L, *slot, 1);                        /* [room box members] */
+    json_decref(*slot);
+    *slot = NULL;
+    return 1;
+}
+
+static int policy_gw_rooms(lua_State *L)
+{
+    const policy_host_t *h = policy_host_of(L);
+    json_t **slot = policy_jbox_new(L);                   /* [box] */
+    *slot = h->rooms ? h->rooms(h->ud) : NULL;
+    if (!*slot) *slot = json_array();
+    policy_json_push(L, *slot, 1);                        /* [box rooms] */
+    json_decref(*slot);
+    *slot = NULL;
+    return 1;
+}
+
+static int policy_gw_now(lua_State *L)
+{
+    lua_pushnumber(L, policy_clock(CLOCK_REALTIME));
+    return 1;
+}
+
+static int policy_gw_log(lua_State *L)
+{
+    static const char *const levels[] = { "debug", "info", "warn", "error", NULL };
+    int level = luaL_checkoption(L, 1, NULL, levels);     /* index = LOG_* */
+    const char *msg = luaL_checkstring(L, 2);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    json_t *fields;
+    char err[200];
+    if (lua_isnoneornil(L, 3)) {
+        fields = json_object();
+    } else if (!(fields = policy_json_from_lua(L, 3, POLICY_LOG_FIELDS_MAX, err, sizeof err))) {
+        fields = json_pack("{s:s}", "fields_cut", err);   /* the line still goes out, without them */
+    }
+    if (!json_is_object(fields)) {
+        json_decref(fields);
+        return luaL_error(L, "gw.log: fields must be a table with string keys");
+    }
+    policy_log(policy_vm_of(L)->p, level, msg, fields);
+    json_decref(fields);
+    return 0;
+}
+
+/* A store or bucket key: a string without NUL bytes (the C maps use C strings). */
+static const char *policy_key_arg(lua_State *L, int arg)
+{
+    size_t len;
+    const char *key = luaL_checklstring(L, arg, &len);
+    luaL_argcheck(L, strlen(key) == len, arg, "key contains a NUL byte");
+    return key;
+}
+
+static double policy_ttl_arg(lua_State *L, int arg)
+{
+    double ttl = luaL_optnumber(L, arg, 0);
+    luaL_argcheck(L, ttl >= 0 && isfinite(ttl), arg, "ttl must be a number of seconds >= 0");
+    return ttl;
+}
+
+/* The cluster's shared bucket answered a mirrored take: lower the local one to what is left.
+ * arg is the policy_t (it outlives the host's bus: see policy_host_t.limit_take). */
+static void policy_limit_synced(void *arg, const char *key, double rate, double burst, double tokens)
+{
+    policy_t *p = arg;
+    const char *err = NULL;
+    if (policy_store_limit_sync(p->store, key, rate, burst, tokens, policy_clock(CLOCK_MONOTONIC), &err) < 0)
+        log_debug("gw.limit: shared bucket not applied", "{s:s, s:s}", "key", key, "error", err);
+}
+
+/* gw.limit decides at once with the local bucket (hooks cannot wait). With a shared store
+ * (Redis), every take it allowed is also taken from the cluster's bucket, and the answer lowers
+ * the local bucket to what the cluster has left: replicas agree within one round trip. Only the
+ * live VM mirrors: self_test and load-time calls of a candidate VM stay local, and so do calls
+ * with {shared = false} (a per-connection key: the connection lives on one replica). */
+static int policy_gw_limit(lua_State *L)
+{
+    const char *key = policy_key_arg(L, 1);
+    double rate = luaL_checknumber(L, 2);
+    double burst = luaL_optnumber(L, 3, rate < 1 ? 1 : ceil(rate));
+    int shared = 1;
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        lua_getfield(L, 4, "shared");                     /* [.. shared] */
+        shared = lua_isnil(L, -1) || lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    const char *err = NULL;
+    policy_vm_t *vm = policy_vm_of(L);
+    policy_t *p = vm->p;
+    int rc = policy_store_limit(p->store, key, rate, burst, policy_clock(CLOCK_MONOTONIC), &err);
+    if (rc < 0) return luaL_error(L, "gw.limit: %s", err);
+    if (rc == 1 && shared && vm == p->vm && p->host.limit_take)
+        (void)p->host.limit_take(p->host.ud, key, rate, burst, policy_limit_synced, p);
+    lua_pushboolean(L, rc);
+    return 1;
+}
+
+/* gw.array([t]): marks t (or a new table) so it converts to a JSON array even when empty. */
+static int policy_gw_array(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);                                  /* [t] */
+    } else {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_settop(L, 1);                                 /* [t] */
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, policy_vm_of(L)->array_mt);  /* [t mt] */
+    lua_setmetatable(L, 1);                               /* [t] */
+    return 1;
+}
+
+static int policy_store_get_l(lua_State *L)
+{
+    const char *key = policy_key_arg(L, 1);
+    json_t *v = policy_store_get(policy_vm_of(L)->p->store, key, policy_clock(CLOCK_MONOTONIC));
+    policy_json_push_held(L, v);
+    return 1;
+}
+
+static int policy_store_set_l(lua_State *L)
+{
+    const char *key = policy_key_arg(L, 1);
+    double ttl = policy_ttl_arg(L, 3);
+    policy_store_t *s = policy_vm_of(L)->p->store;
+    if (lua_isnoneornil(L, 2)) {
+        policy_store_del(s, key);
+        return 0;
+    }
+    char cerr[200];
+    /* twice the store's bound: the store measures the JSON exactly and says so past it */
+    json_t *v = policy_json_from_lua(L, 2, 2 * POLICY_STORE_MAX_VALUE, cerr, sizeof cerr);
+    if (!v) return luaL_error(L, "gw.store.set: %s", cerr);
+    const char *err = NULL;
+    if (policy_store_set(s, key, v, ttl, policy_clock(CLOCK_MONOTONIC), &err) < 0)  /* v is stolen */
+        return luaL_error(L, "gw.store.set: %s", err);
+    return 0;
+}
+
+static int policy_store_del_l(lua_State *L)
+{
+    lua_pushboolean(L, policy_store_del(policy_vm_of(L)->p->store, policy_key_arg(L, 1)));
+    return 1;
+}
+
+static int policy_store_incr_l(lua_State *L)
+{
+    const char *key = policy_key_arg(L, 1);
+    json_int_t ni = 1;
+    double nd = 0;
+    int is_int = lua_isnoneornil(L, 2) || lua_isinteger(L, 2);
+    if (!lua_isnoneornil(L, 2)) {
+        if (is_int)
+            ni = (json_int_t)lua_tointeger(L, 2);
+        else
+            nd = luaL_checknumber(L, 2);
+    }
+    double ttl = policy_ttl_arg(L, 3);
+    json_t *n = is_int ? json_integer(ni) : json_real(nd);
+    const char *err = NULL;
+    json_t *r = policy_store_incr(policy_vm_of(L)->p->store, key, n, ttl, policy_clock(CLOCK_MONOTONIC), &err);
+    json_decref(n);
+    if (!r) return luaL_error(L, "gw.store.incr: %s", err);
+    if (json_is_integer(r))
+        lua_pushinteger(L, (lua_Integer)json_integer_value(r));
+    else
+        lua_pushnumber(L, json_real_value(r));
+    return 1;
+}
+
+/* ---- gw.jwt_verify ---- */
+
+static int policy_b64url_value(unsigned char ch)
+{
+    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
+    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
+    if (ch == '-') return 62;
+    if (ch == '_') return 63;
+    return -1;
+}
+
+/* Unpadded base64url (RFC 7515 section 2). The result is xmalloc'd, NUL-terminated; NULL when
+ * the input is not base64url. */
+static unsigned char *policy_b64url_decode(const char *in, size_t n, size_t *outlen)
+{
+    if (n % 4 == 1) return NULL;
+    unsigned char *out = xmalloc(n / 4 * 3 + 3);
+    size_t o = 0;
+    unsigned acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = policy_b64url_value((unsigned char)in[i]);
+        if (v < 0) {
+            free(out);
+            return NULL;
+        }
+        acc = (acc << 6) | (unsigned)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    out[o] = '\0';
+    *outlen = o;
+    return out;
+}
+
+/* A base64url JSON object segment, or NULL. */
+static json_t *policy_jwt_part(const char *in, size_t n)
+{
+    size_t len;
+    unsigned char *raw = policy_b64url_decode(in, n, &len);
+    if (!raw) return NULL;
+    json_t *v = json_loadb((const char *)raw, len, JSON_REJECT_DUPLICATES, NULL);
+    free(raw);
+    if (v && !json_is_object(v)) {
+        json_decref(v);
+        v = NULL;
+    }
+    return v;
+}
+
+static int policy_jwt_mac_ok(const char *signing, size_t signlen, const char *sig, size_t siglen,
+                             const char *secret, size_t secretlen)
+{
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned maclen = 0;
+    size_t rawlen;
+    unsigned char *raw = policy_b64url_decode(sig, siglen, &rawlen);
+    if (!raw) return 0;
+    int ok = HMAC(EVP_sha256(), secret, (int)secretlen, (const unsigned char *)signing, signlen, mac, &maclen)
+          && rawlen == maclen && CRYPTO_memcmp(raw, mac, maclen) == 0;   /* constant time */
+    free(raw);
+    return ok;
+}
+
+/* exp / nbf, when present, must be numbers. */
+static const char *policy_jwt_times(json_t *claims, double now)
+{
+    json_t *exp = json_object_get(claims, "exp"), *nbf = json_object_get(claims, "nbf");
+    if ((exp && !json_is_number(exp)) || (nbf && !json_is_number(nbf))) return "malformed";
+    if (exp && now >= json_number_value(exp)) return "expired";
+    if (nbf && now < json_number_value(nbf)) return "not_yet_valid";
+    return NULL;
+}
+
+/* HS256 only. NULL with *claims (new reference) when valid, else the reason. */
+static const char *policy_jwt_check(const char *tok, size_t len, const char *secret, size_t secretlen,
+                                    double now, json_t **claims)
+{
+    *claims = NULL;
+    const char *end = tok + len;
+    const char *d1 = len <= POLICY_JWT_MAX ? memchr(tok, '.', len) : NULL;
+    const char *d2 = d1 ? memchr(d1 + 1, '.', (size_t)(end - d1 - 1)) : NULL;
+    if (!d2 || memchr(d2 + 1, '.', (size_t)(end - d2 - 1))) return "malformed";
+    json_t *header = policy_jwt_part(tok, (size_t)(d1 - tok));
+    const char *alg = json_string_value(json_object_get(header, "alg"));
+    const char *reason = !alg ? "malformed" : strcmp(alg, "HS256") ? "unsupported_alg" : NULL;
+    json_decref(header);
+    if (reason) return reason;
+    if (!policy_jwt_mac_ok(tok, (size_t)(d2 - tok), d2 + 1, (size_t)(end - d2 - 1), secret, secretlen))
+        return "bad_signature";
+    json_t *payload = policy_jwt_part(d1 + 1, (size_t)(d2 - d1 - 1));
+    if (!payload) return "malformed";
+    if ((reason = policy_jwt_times(payload, now))) {
+        json_decref(payload);
+        return reason;
+    }
+    *claims = payload;
+    return NULL;
+}
+
+static int policy_gw_jwt_verify(lua_State *L)
+{
+    size_t toklen, secretlen;
+    const char *tok = luaL_checklstring(L, 1, &toklen);
+    const char *secret = luaL_checklstring(L, 2, &secretlen);
+    luaL_argcheck(L, secretlen > 0, 2, "the secret is empty");
+    json_t **slot = policy_jbox_new(L);                   /* [tok secret box] */
+    const char *reason = policy_jwt_check(tok, toklen, secret, secretlen, policy_clock(CLOCK_REALTIME), slot);
+    if (reason) {
+        lua_pushnil(L);                                   /* [.. box nil] */
+        lua_pushstring(L, reason);                        /* [.. box nil reason] */
+        return 2;
+    }
+    policy_json_push(L, *slot, 1);                        /* [.. box claims] */
+    json_decref(*slot);
+    *slot = NULL;
+    return 1;
+}
+
+/* ---- gw.config: a read-only proxy over the config JSON ---- */
+
+static int policy_config_index(lua_State *L)
+{
+    json_t *v = lua_type(L, 2) == LUA_TSTRING ? json_object_get(policy_vm_of(L)->config, lua_tostring(L, 2)) : NULL;
+    if (!v) return 0;
+    policy_json_push(L, v, 1);     /* a fresh copy each time: nested tables cannot change config */
+    return 1;
+}
+
+static int policy_config_newindex(lua_State *L) { return luaL_error(L, "gw.config is read-only"); }
+
+static int policy_config_pairs(lua_State *L)
+{
+    lua_getglobal(L, "next");                             /* [proxy next] */
+    policy_json_push(L, policy_vm_of(L)->config, 1);      /* [proxy next copy] */
+    lua_pushnil(L);                                       /* [proxy next copy nil] */
+    return 3;
+}
+
+/* Registers the metatables: array mark, JSON box, config proxy. */
+static void policy_metatables_open(lua_State *L, policy_vm_t *vm)
+{
+    static const luaL_Reg jbox[] = { { "__gc", policy_jbox_gc }, { NULL, NULL } };
+    static const luaL_Reg config[] = {
+        { "__index", policy_config_index }, { "__newindex", policy_config_newindex },
+        { "__pairs", policy_config_pairs }, { NULL, NULL },
+    };
+    luaL_newmetatable(L, POLICY_ARRAY_MT);                /* [amt] */
+    vm->array_mt = luaL_ref(L, LUA_REGISTRYINDEX);        /* [] */
+    luaL_newmetatable(L, POLICY_JBOX_MT);                 /* [jmt] */
+    luaL_setfuncs(L, jbox, 0);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);                                        /* [] */
+    json_t **spare = policy_jbox_new(L);                  /* [box] */
+    vm->jbox_ref = luaL_ref(L, LUA_REGISTRYINDEX);        /* [] */
+    vm->jbox = spare;
+    luaL_newmetatable(L, POLICY_CONFIG_MT);               /* [cmt] */
+    luaL_setfuncs(L, config, 0);
+    lua_pushliteral(L, "gw.config is read-only");
+    lua_setfield(L, -2, "__metatable");                   /* setmetatable(gw.config, x) fails */
+    vm->config_mt = luaL_ref(L, LUA_REGISTRYINDEX);       /* [] */
+}
+
+static void policy_gw_open(lua_State *L, policy_vm_t *vm)
+{
+    static const luaL_Reg gw[] = {
+        { "send", policy_gw_send }, { "broadcast", policy_gw_broadcast }, { "kick", policy_gw_kick },
+        { "members", policy_gw_members }, { "rooms", policy_gw_rooms }, { "now", policy_gw_now },
+        { "log", policy_gw_log }, { "limit", policy_gw_limit }, { "jwt_verify", policy_gw_jwt_verify },
+        { "array", policy_gw_array }, { NULL, NULL },
+    };
+    static const luaL_Reg store[] = {
+        { "get", policy_store_get_l }, { "set", policy_store_set_l }, { "del", policy_store_del_l },
+        { "incr", policy_store_incr_l }, { NULL, NULL },
+    };
+    policy_metatables_open(L, vm);
+    lua_newtable(L);                                      /* [cache] */
+    vm->conn_cache = luaL_ref(L, LUA_REGISTRYINDEX);      /* [] */
+    lua_createtable(L, 0, 16);                            /* [gw] */
+    luaL_setfuncs(L, gw, 0);
+    lua_createtable(L, 0, 4);                             /* [gw store] */
+    luaL_setfuncs(L, store, 0);
+    lua_setfield(L, -2, "store");                         /* [gw] */
+    lua_newtable(L);                                      /* [gw proxy] */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->config_mt);     /* [gw proxy cmt] */
+    lua_setmetatable(L, -2);                              /* [gw proxy] */
+    lua_setfield(L, -2, "config");                        /* [gw] */
+    lua_pushstring(L, vm->version);
+    lua_setfield(L, -2, "version");
+    lua_pushlightuserdata(L, NULL);
+    lua_setfield(L, -2, "null");                          /* JSON null inside arrays */
+    lua_setglobal(L, "gw");                               /* [] */
+}
+
+/* ---- loading: boot a VM from a snapshot ---- */
+
+static int policy_slot_find(const char *key)
+{
+    for (int i = 0; i < METRICS_POLICY_HOOKS; i++)
+        if (strcmp(key, policy_slot_names[i]) == 0) return i;
+    return -1;
+}
+
+/* message_types = {"msg", ...} (the value at the top): the types on_message is called for.
+ * C keeps a copy, so a script cannot change the list after the load. */
+static void policy_msg_types_collect(lua_State *L, policy_vm_t *vm)
+{
+    if (!lua_istable(L, -1)) luaL_error(L, "policy.lua: message_types must be a list of type names");
+    lua_Unsigned n = lua_rawlen(L, -1);
+    if (n > POLICY_MSG_TYPES_MAX) luaL_error(L, "policy.lua: message_types lists more than %d types", POLICY_MSG_TYPES_MAX);
+    vm->msg_types = xcalloc(n ? n : 1, sizeof *vm->msg_types);
+    for (lua_Unsigned i = 1; i <= n; i++) {
+        size_t len;
+        const char *type = lua_rawgeti(L, -1, (lua_Integer)i) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (!type || len == 0 || len > 64 || strlen(type) != len)
+            luaL_error(L, "policy.lua: message_types[%d] must be a type name", (int)i);
+        vm->msg_types[vm->n_msg_types++] = xstrdup(type);
+        lua_pop(L, 1);
+    }
+}
+
+/* Keeps a registry ref to each hook of the table at t; rejects unknown keys (typos). */
+static void policy_hooks_collect(lua_State *L, policy_vm_t *vm, int t)
+{
+    lua_pushnil(L);                                       /* [hooks nil] */
+    while (lua_next(L, t)) {                              /* [hooks key value] */
+        if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "policy.lua: the returned table has a non-string key");
+        const char *key = lua_tostring(L, -2);
+        if (strcmp(key, "message_types") == 0) {
+            policy_msg_types_collect(L, vm);
+            lua_pop(L, 1);                                /* [hooks key] */
+            continue;
+        }
+        int slot = policy_slot_find(key);
+        if (slot < 0)
+            luaL_error(L, "policy.lua: unknown hook \"%s\" (hooks are on_connect, on_join, on_message, "
+                          "on_leave, on_tick, self_test; and message_types)", key);
+        if (!lua_isfunction(L, -1))
+            luaL_error(L, "policy.lua: %s must be a function, not a %s", key, luaL_typename(L, -1));
+        vm->refs[slot] = luaL_ref(L, LUA_REGISTRYINDEX);  /* [hooks key] */
+    }
+}
+
+/* Body of the load run: sandbox, gw, then policy.lua itself. */
+static int policy_vm_boot(lua_State *L)
+{
+    policy_vm_t *vm = policy_vm_of(L);
+    policy_libs_open(L);
+    policy_base_patch(L);
+    policy_os_open(L);
+    policy_lib_bound(L);
+    lua_getglobal(L, LUA_STRLIBNAME);                     /* [string] */
+    policy_pattern_open(L, lua_gettop(L), &vm->timed_out, POLICY_PATTERN_STEPS, POLICY_LIB_BYTES_MAX);
+    lua_pop(L, 1);                                        /* [] */
+    policy_gw_open(L, vm);
+    const policy_src_t *src = policy_src_find(vm->srcs, vm->nsrcs, "policy.lua");
+    if (!src) return luaL_error(L, "policy.lua: missing");
+    lua_settop(L, 0);                                     /* [] */
+    if (luaL_loadbufferx(L, src->text, src->len, "@policy.lua", "t") != LUA_OK)  /* [chunk] */
+        return lua_error(L);
+    lua_call(L, 0, 1);            /* inside the run's lua_pcall; [hooks] */
+    if (!lua_istable(L, 1)) return luaL_error(L, "policy.lua: must return a table of hooks");
+    policy_hooks_collect(L, vm, 1);
+    return 0;
+}
+
+/* ---- hook calls ---- */
+
+static void policy_field_str(lua_State *L, const char *key, const char *value)
+{
+    if (!value) return;
+    lua_pushstring(L, value);
+    lua_setfield(L, -2, key);
+}
+
+/* The pair after the one at p in policy_conn_t.query pairs. */
+static const char *policy_pair_next(const char *p)
+{
+    p += strlen(p) + 1;
+    return p + strlen(p) + 1;
+}
+
+const char *policy_query_find(const char *pairs, const char *key, size_t klen)
+{
+    for (const char *p = pairs; *p; p = policy_pair_next(p))
+        if (strlen(p) == klen && !memcmp(p, key, klen)) return p + klen + 1;
+    return NULL;
+}
+
+/* The query pairs as a table of strings. */
+static void policy_query_push(lua_State *L, const char *pairs)
+{
+    int n = 0;
+    for (const char *p = pairs; *p; p = policy_pair_next(p)) n++;
+    lua_createtable(L, 0, n);                             /* [q] */
+    for (const char *p = pairs; *p; p = policy_pair_next(p)) {
+        lua_pushstring(L, p + strlen(p) + 1);             /* [q v] */
+        lua_setfield(L, -2, p);                           /* [q] */
+    }
+}
+
+/* A fresh conn table: {id, ip, name, query, headers}, absent fields left out. */
+static void policy_conn_build(lua_State *L, const policy_conn_t *conn)
+{
+    if (!conn) {
+        lua_createtable(L, 0, 0);                         /* [conn] */
+        return;
+    }
+    int n = (conn->id != NULL) + (conn->ip != NULL) + (conn->name != NULL) + (conn->query != NULL) +
+            (conn->headers != NULL);
+    lua_createtable(L, 0, n);                             /* [conn]: no spare slots (cached ones live long) */
+    policy_field_str(L, "id", conn->id);
+    policy_field_str(L, "ip", conn->ip);
+    policy_field_str(L, "name", conn->name);
+    if (conn->query) {
+        policy_query_push(L, conn->query);                /* [conn query] */
+        lua_setfield(L, -2, "query");                     /* [conn] */
+    }
+    if (conn->headers) {
+        policy_json_push(L, conn->headers, 2);            /* [conn headers] */
+        lua_setfield(L, -2, "headers");                   /* [conn] */
+    }
+}
+
+/* 1 when the value at idx is a string of the n bytes at s. */
+static int policy_str_is(lua_State *L, int idx, const char *s, size_t n)
+{
+    size_t vn;
+    if (lua_type(L, idx) != LUA_TSTRING) return 0;
+    const char *v = lua_tolstring(L, idx, &vn);
+    return vn == n && memcmp(v, s, n) == 0;
+}
+
+/* 1 when the value at idx is a table without a metatable holding exactly what
+ * policy_query_push(pairs) would make. One pass over the table: every key must be one of the
+ * pairs' (distinct) keys with the same value, and the counts must agree. */
+static int policy_query_same(lua_State *L, int idx, const char *pairs)
+{
+    if (lua_type(L, idx) != LUA_TTABLE) return 0;
+    if (lua_getmetatable(L, idx)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    idx = lua_absindex(L, idx);
+    size_t want = 0, have = 0;
+    for (const char *p = pairs; *p; p = policy_pair_next(p)) want++;
+    lua_pushnil(L);                                       /* [.. nil] */
+    while (lua_next(L, idx)) {                            /* [.. k v] */
+        const char *val = NULL;
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            size_t kn;
+            const char *k = lua_tolstring(L, -2, &kn);  /* a string key: no conversion in place */
+            val = policy_query_find(pairs, k, kn);
+        }
+        if (++have > want || !val || !policy_str_is(L, -1, val, strlen(val))) {
+            lua_pop(L, 2);
+            return 0;
+        }
+        lua_pop(L, 1);                                    /* [.. k] */
+    }
+    return have == want;
+}
+
+/* 1 when the table at t is still what policy_conn_build(conn) would make for a conn without
+ * headers: no metatable, the same id, ip, name and query, nothing else. One pass over it. */
+static int policy_conn_same(lua_State *L, int t, const policy_conn_t *conn)
+{
+    if (lua_getmetatable(L, t)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    size_t want = (conn->id != NULL) + (conn->ip != NULL) + (conn->name != NULL) + (conn->query != NULL), have = 0;
+    lua_pushnil(L);                                       /* [.. nil] */
+    while (lua_next(L, t)) {                              /* [.. k v] */
+        int same = 0;
+        if (++have <= want && lua_type(L, -2) == LUA_TSTRING) {
+            size_t kn;
+            const char *k = lua_tolstring(L, -2, &kn);
+            const char *field = NULL;
+            if (kn == 2 && k[0] == 'i' && k[1] == 'd') field = conn->id;
+            else if (kn == 2 && k[0] == 'i' && k[1] == 'p') field = conn->ip;
+            else if (kn == 4 && !memcmp(k, "name", 4)) field = conn->name;
+            if (field) same = policy_str_is(L, -1, field, strlen(field));
+            else if (kn == 5 && !memcmp(k, "query", 5) && conn->query) same = policy_query_same(L, -1, conn->query);
+        }
+        if (!same) {
+            lua_pop(L, 2);
+            return 0;
+        }
+        lua_pop(L, 1);                                    /* [.. k] */
+    }
+    return have == want;
+}
+
+/* Pushes the conn table for a hook. Building it (strings, the query table) on
+ * every call was a large part of a cheap hook, so the VM keeps the table it last handed out
+ * per conn id and hands it out again while it still holds exactly what a fresh build would:
+ * a hook that changed it (a field, a new key, the query, a metatable), or a conn whose name
+ * changed, gets a fresh table, which replaces the cached one. The only difference a policy can
+ * see is identity: two calls for the same conn may get the same table. Not cached: on_connect
+ * (it has headers), and nested calls (a gw.* callback re-entering a hook),
+ * which must not be handed a table an outer call of the same conn is using. Only on_message
+ * adds entries: a conn that only joins and idles costs no memory in the VM (on_join and
+ * on_leave use an entry when there is one). The cache starts over past
+ * POLICY_CONN_CACHE_MAX entries or half the VM's memory cap; policy_conn_forget drops a conn
+ * that went away. */
+static void policy_conn_push(lua_State *L, policy_vm_t *vm, const policy_conn_t *conn, int slot)
+{
+    if (!conn || !conn->id || conn->headers || vm->depth != 1 || vm->conn_cache == LUA_NOREF) {
+        policy_conn_build(L, conn);                       /* [conn] */
+        return;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->conn_cache);    /* [cache] */
+    int cache = lua_gettop(L);
+    lua_pushstring(L, conn->id);                          /* [cache id] */
+    int had = lua_rawget(L, cache);                       /* [cache old] */
+    if (had == LUA_TTABLE && policy_conn_same(L, cache + 1, conn)) {
+        lua_remove(L, cache);                             /* [conn] */
+        return;
+    }
+    lua_pop(L, 1);                                        /* [cache] */
+    if (had == LUA_TNIL && slot != POLICY_HOOK_MESSAGE) {
+        lua_pop(L, 1);                                    /* [] */
+        policy_conn_build(L, conn);                       /* [conn] */
+        return;
+    }
+    if (had == LUA_TNIL && (vm->conn_cache_n >= POLICY_CONN_CACHE_MAX || vm->mem_used > vm->mem_limit / 2)) {
+        lua_pop(L, 1);                                    /* [] */
+        vm->conn_cache_n = 0;
+        lua_newtable(L);                                  /* [cache] */
+        lua_pushvalue(L, -1);                             /* [cache cache] */
+        lua_rawseti(L, LUA_REGISTRYINDEX, vm->conn_cache);  /* [cache] */
+    }
+    policy_conn_build(L, conn);                           /* [cache conn] */
+    lua_pushstring(L, conn->id);                          /* [cache conn id] */
+    lua_pushvalue(L, -2);                                 /* [cache conn id conn] */
+    lua_rawset(L, cache);                                 /* [cache conn] */
+    if (had == LUA_TNIL) vm->conn_cache_n++;
+    lua_remove(L, cache);                                 /* [conn] */
+}
+
+static int policy_call_args(lua_State *L, policy_call_t *c)
+{
+    switch (c->slot) {
+    case POLICY_HOOK_CONNECT: policy_conn_push(L, c->vm, c->conn, c->slot); return 1;
+    case POLICY_HOOK_JOIN:
+    case POLICY_HOOK_LEAVE:
+        policy_conn_push(L, c->vm, c->conn, c->slot);
+        lua_pushstring(L, c->room);
+        return 2;
+    case POLICY_HOOK_MESSAGE:
+        policy_conn_push(L, c->vm, c->conn, c->slot);
+        lua_pushstring(L, c->room);
+        if (c->msg)
+            policy_json_push(L, c->msg, 1);
+        else
+            lua_pushnil(L);
+        return 3;
+    case POLICY_HOOK_TICK: lua_pushnumber(L, c->now); return 1;
+    default: return 0;
+    }
+}
+
+static void policy_call_drop(policy_call_t *c, const char *code, const char *fallback)
+{
+    c->verdict = POLICY_DROP;
+    if (c->code && c->codelen) snprintf(c->code, c->codelen, "%s", code ? code : fallback);
+}
+
+/* on_message's return value (policy.h). The conversion is the last step: nothing raises once
+ * c->out holds C memory. */
+static void policy_message_verdict(lua_State *L, policy_call_t *c, const char *code)
+{
+    int t = lua_type(L, 2);
+    if (t == LUA_TTABLE) {
+        char err[200];
+        json_t *out = policy_json_from_lua(L, 2, policy_msg_max(L), err, sizeof err);
+        if (!out) luaL_error(L, "on_message: the returned message: %s", err);
+        if (!json_is_object(out)) {
+            json_decref(out);
+            luaL_error(L, "on_message: the returned message must be a table with string keys");
+        }
+        c->out = out;
+    } else if ((t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, 2))) && code) {
+        policy_call_drop(c, code, code);
+    } else if (t == LUA_TNIL || (t == LUA_TBOOLEAN && lua_toboolean(L, 2))) {
+        c->deliver = 1;
+    } else if (t != LUA_TBOOLEAN) {
+        luaL_error(L, "on_message: returned a %s (expected a table, true, false or nil)", luaL_typename(L, 2));
+    }                              /* false: handled by the policy, deliver nothing */
+}
+
+/* Reads the hook's two results at 2 and 3 into c. */
+static void policy_call_verdict(lua_State *L, policy_call_t *c)
+{
+    int t = lua_type(L, 2);
+    const char *code = lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : NULL;
+    int refused = (t == LUA_TBOOLEAN && !lua_toboolean(L, 2)) || (t == LUA_TNIL && code);
+    switch (c->slot) {
+    case POLICY_HOOK_CONNECT:
+    case POLICY_HOOK_JOIN:
+        if (refused) policy_call_drop(c, code, "forbidden");
+        break;
+    case POLICY_HOOK_MESSAGE: policy_message_verdict(L, c, code); break;
+    case POLICY_SLOT_SELF_TEST:
+        if (t == LUA_TBOOLEAN && !lua_toboolean(L, 2))
+            luaL_error(L, "policy.lua: self_test returned false%s%s", code ? ": " : "", code ? code : "");
+        break;
+    default: break;
+    }
+}
+
+/* Body of a hook run: [c] -> hook(args...) -> verdict. */
+static int policy_call_body(lua_State *L)
+{
+    policy_call_t *c = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->vm->refs[c->slot]);  /* [c fn] */
+    int nargs = policy_call_args(L, c);                   /* [c fn args..] */
+    lua_call(L, nargs, 2);        /* inside the run's lua_pcall; [c r1 r2] */
+    policy_call_verdict(L, c);
+    return 0;
+}
+
+/* ---- trips: after a timeout, that client's calls of that hook fail at once for a while ----
+ * The time guard bounds one call; this bounds a burst of calls that would each run to the
+ * timeout (16 clients sending 40 messages each would otherwise hold the loop 32 s). Keyed by
+ * client address, so the clients of other addresses notice nothing; on_tick, which has no
+ * client, trips for the holder. */
+
+static unsigned policy_trip_who(const policy_call_t *c)
+{
+    if (!c->conn || !c->conn->ip) return 0;
+    return map_hash(c->conn->ip) | 1;              /* never 0: that is the holder's */
+}
+
+static void policy_trip(policy_t *p, const policy_call_t *c)
+{
+    unsigned who = policy_trip_who(c);
+    policy_trip_t *t = &p->trips[who % POLICY_TRIPS];
+    if (t->who != who) *t = (policy_trip_t){ .who = who };
+    double until = policy_clock(CLOCK_MONOTONIC_COARSE) + (double)policy_trip_ms(p) / 1000.0;
+    t->until[c->slot] = until;
+    if (until > p->trips_until) p->trips_until = until;
+}
+
+/* Whether this call fails at once (counted as tripped). Only reads the clock while some trip
+ * is active. */
+static int policy_tripped(policy_t *p, const policy_call_t *c)
+{
+    double now = policy_clock(CLOCK_MONOTONIC_COARSE);
+    if (now >= p->trips_until) {
+        p->trips_until = 0;
+        return 0;
+    }
+    unsigned who = policy_trip_who(c);
+    const policy_trip_t *t = &p->trips[who % POLICY_TRIPS];
+    if (t->who != who || now >= t->until[c->slot]) return 0;
+    policy_metric_inc(p, c->slot, METRICS_POLICY_TRIPPED);
+    return 1;
+}
+
+/* Runs c->slot on the live VM. POLICY_PASS when the hook is missing. */
+static int policy_call(policy_t *p, policy_call_t *c)
+{
+    c->verdict = POLICY_PASS;
+    if (!p->vm || p->vm->refs[c->slot] == LUA_NOREF) {
+        c->deliver = 1;
+        return POLICY_PASS;
+    }
+    if (p->trips_until && policy_tripped(p, c)) return POLICY_ERROR;
+    c->vm = p->vm;
+    char err[256];
+    if (policy_vm_run(c->vm, c->slot, policy_call_body, c, err, sizeof err) < 0) {
+        if (p->last_kind == METRICS_POLICY_TIMEOUT) policy_trip(p, c);
+        return POLICY_ERROR;
+    }
+    return c->verdict;
+}
+
+/* ---- the holder ---- */
+
+/* Errors that lack a position get the file they came from. */
+static void policy_err_locate(char *err, size_t errlen)
+{
+    if (strstr(err, ".lua:") || !errlen) return;
+    char copy[512];
+    snprintf(copy, sizeof copy, "%s", err);
+    snprintf(err, errlen, "policy.lua: %s", copy);
+}
+
+/* A VM booted from srcs (taken over on every path), self_test passed; NULL with err. */
+static policy_vm_t *policy_vm_new(policy_t *p, policy_src_t *srcs, size_t nsrcs, const char *version,
+                                  char *err, size_t errlen)
+{
+    policy_vm_t *vm = xcalloc(1, sizeof *vm);
+    vm->p = p;
+    vm->srcs = srcs;
+    vm->nsrcs = nsrcs;
+    long mb = p->cfg ? p->cfg->policy_memory_mb : 64;
+    long budget = p->cfg ? p->cfg->policy_budget : 0;
+    vm->mem_limit = mb > 0 && (unsigned long)mb < SIZE_MAX >> 20 ? (size_t)mb << 20 : SIZE_MAX;
+    vm->budget = budget > 0 ? budget : 0;
+    vm->array_mt = vm->config_mt = vm->conn_cache = vm->jbox_ref = LUA_NOREF;
+    for (int i = 0; i < METRICS_POLICY_HOOKS; i++) vm->refs[i] = LUA_NOREF;
+    snprintf(vm->version, sizeof vm->version, "%s", version);
+    char *text = p->cfg ? config_to_json(p->cfg) : NULL;
+    vm->config = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    if (!vm->config) vm->config = json_object();
+    if (!policy_src_find(srcs, nsrcs, "policy.lua")) {
+        snprintf(err, errlen, "policy.lua: missing");
+        goto fail;
+    }
+    vm->L = lua_newstate(policy_vm_alloc, vm);
+    if (!vm->L) {
+        snprintf(err, errlen, "policy.lua: not enough memory");
+        goto fail;
+    }
+    lua_atpanic(vm->L, policy_vm_panic);
+    /* The GC shrinks the stack to twice what is in use when it looks, and the next deep call
+     * grows it again: a realloc that made malloc consolidate its free lists (hundreds of us,
+     * measured). A floor on the base frame keeps a stack of up to 3x the floor as it is. */
+    if (!lua_checkstack(vm->L, POLICY_STACK_FLOOR)) {
+        snprintf(err, errlen, "policy.lua: not enough memory");
+        goto fail;
+    }
+    if (policy_vm_run(vm, POLICY_SLOT_LOAD, policy_vm_boot, NULL, err, errlen) < 0) goto fail;
+    if (vm->refs[POLICY_SLOT_SELF_TEST] != LUA_NOREF) {
+        policy_call_t c = { .vm = vm, .slot = POLICY_SLOT_SELF_TEST };
+        if (policy_vm_run(vm, POLICY_SLOT_SELF_TEST, policy_call_body, &c, err, errlen) < 0) goto fail;
+    }
+    return vm;
+fail:
+    policy_err_locate(err, errlen);
+    policy_vm_free(vm);
+    return NULL;
+}
+
+policy_t *policy_new(const config_t *cfg, metrics_t *metrics, const policy_host_t *host)
+{
+    policy_t *p = xcalloc(1, sizeof *p);
+    p->cfg = cfg;
+    p->metrics = metrics;
+    if (host) p->host = *host;
+    long store_mb = cfg ? cfg->policy_store_mb : 16;
+    p->store = policy_store_new((size_t)store_mb << 20);
+    p->guard = policy_guard_new(cfg ? cfg->policy_timeout_ms : 50, policy_vm_interrupt, p);
+    p->trips = xcalloc(POLICY_TRIPS, sizeof *p->trips);
+    return p;
+}
+
+void policy_free(policy_t *p)
+{
+    if (!p) return;
+    policy_vm_free(p->vm);         /* first: its finalizers may still reach the store */
+    policy_store_free(p->store);
+    policy_guard_free(p->guard);
+    free(p->trips);
+    free(p);
+}
+
+static void policy_reload_count(policy_t *p, int result)
+{
+    if (p->metrics) METRIC_INC(p->metrics->policy_reloads[result]);
+}
+
+void policy_reload_logged(policy_t *p, const char *dir, const char *why, int worker)
+{
+    char err[512], old[65];
+    json_t *w = worker >= 0 ? json_integer(worker) : NULL;   /* "O*" leaves "worker" out when NULL */
+    snprintf(old, sizeof old, "%s", policy_version(p));
+    int rc = policy_load(p, dir, err, sizeof err);
+    if (rc > 0)
+        log_info("policy reloaded", "{s:s, s:s, s:s, s:O*}", "version", policy_version(p), "previous", old,
+                 "trigger", why, "worker", w);
+    else if (rc == 0)
+        log_debug("policy unchanged", "{s:s, s:s, s:O*}", "version", old, "trigger", why, "worker", w);
+    else
+        log_error("policy reload failed; the previous policy keeps serving", "{s:s, s:s, s:s, s:O*}", "error", err,
+                  "version", old, "trigger", why, "worker", w);
+    json_decref(w);
+}
+
+int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
+{
+    char scratch[512];
+    if (!err || !errlen) {
+        err = scratch;
+        errlen = sizeof scratch;
+    }
+    err[0] = '\0';
+    policy_src_t *srcs;
+    size_t nsrcs;
+    char version[65];
+    if (p->vm && p->vm->depth) {
+        snprintf(err, errlen, "policy.lua: reload requested during a hook call");
+        goto fail;
+    }
+    if (policy_srcs_read(dir, &srcs, &nsrcs, err, errlen) < 0) goto fail;
+    policy_srcs_hash(srcs, nsrcs, version);
+    if (p->vm && strcmp(version, p->vm->version) == 0) {
+        policy_srcs_free(srcs, nsrcs);
+        p->last_error[0] = '\0';    /* the directory again matches what serves */
+        policy_reload_count(p, METRICS_RELOAD_UNCHANGED);
+        return 0;
+    }
+    policy_vm_t *vm = policy_vm_new(p, srcs, nsrcs, version, err, errlen);
+    if (!vm) goto fail;
+    /* Swap. One thread owns this holder and no call of the old VM is in flight (checked
+     * above), so the old VM can close at once. */
+    policy_vm_free(p->vm);
+    p->vm = vm;
+    memset(p->trips, 0, POLICY_TRIPS * sizeof *p->trips);   /* a new version gets a fresh chance */
+    p->trips_until = 0;
+    p->last_error[0] = '\0';
+    policy_reload_count(p, METRICS_RELOAD_OK);
+    return 1;
+fail:
+    snprintf(p->last_error, sizeof p->last_error, "%s", err);
+    policy_reload_count(p, METRICS_RELOAD_FAILED);
+    return -1;
+}
+
+int policy_check(const config_t *cfg, const char *dir, char *version, char *err, size_t errlen)
+{
+    policy_t *p = policy_new(cfg, NULL, NULL);
+    int rc = policy_load(p, dir, err, errlen);
+    if (version) snprintf(version, 65, "%s", rc == 1 ? policy_version(p) : "");
+    policy_free(p);
+    return rc == 1 ? 0 : -1;
+}
+
+const char *policy_version(const policy_t *p) { return p->vm ? p->vm->version : ""; }
+const char *policy_last_error(const policy_t *p) { return p->last_error; }
+
+int policy_has(const policy_t *p, int hook)
+{
+    return p->vm && hook >= 0 && hook < POLICY_HOOKS && p->vm->refs[hook] != LUA_NOREF;
+}
+
+int policy_wants(const policy_t *p, const char *type)
+{
+    if (!policy_has(p, POLICY_HOOK_MESSAGE)) return 0;
+    if (!p->vm->msg_types) return 1;
+    for (size_t i = 0; i < p->vm->n_msg_types; i++)
+        if (strcmp(p->vm->msg_types[i], type) == 0) return 1;
+    return 0;
+}
+
+int policy_on_connect(policy_t *p, const policy_conn_t *conn, char *reason, size_t len)
+{
+    policy_call_t c = { .slot = POLICY_HOOK_CONNECT, .conn = conn, .code = reason, .codelen = len };
+    return policy_call(p, &c);
+}
+
+int policy_on_join(policy_t *p, const policy_conn_t *conn, const char *room, char *code, size_t len)
+{
+    policy_call_t c = { .slot = POLICY_HOOK_JOIN, .conn = conn, .room = room, .code = code, .codelen = len };
+    return policy_call(p, &c);
+}
+
+int policy_on_message(policy_t *p, const policy_conn_t *conn, const char *room, json_t *msg, json_t **out,
+                      char *code, size_t len)
+{
+    policy_call_t c = { .slot = POLICY_HOOK_MESSAGE, .conn = conn, .room = room, .msg = msg,
+                        .code = code, .codelen = len };
+    *out = NULL;
+    int rc = policy_call(p, &c);
+    if (rc == POLICY_PASS) *out = c.out ? c.out : c.deliver ? json_incref(msg) : NULL;
+    return rc;
+}
+
+void policy_on_leave(policy_t *p, const policy_conn_t *conn, const char *room)
+{
+    policy_call_t c = { .slot = POLICY_HOOK_LEAVE, .conn = conn, .room = room };
+    policy_call(p, &c);
+}
+
+/* Body of policy_conn_forget: cache[id] = nil. */
+static int policy_forget_body(lua_State *L)
+{
+    const char *id = lua_touserdata(L, 1);
+    policy_vm_t *vm = policy_vm_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->conn_cache);    /* [id cache] */
+    lua_pushstring(L, id);                                /* [id cache k] */
+    if (lua_rawget(L, -2) == LUA_TNIL) return 0;          /* [id cache old] */
+    lua_pop(L, 1);                                        /* [id cache] */
+    lua_pushstring(L, id);                                /* [id cache k] */
+    lua_pushnil(L);                                       /* [id cache k nil] */
+    lua_rawset(L, -3);                                    /* [id cache] */
+    if (vm->conn_cache_n) vm->conn_cache_n--;
+    return 0;
+}
+
+void policy_conn_forget(policy_t *p, const char *id)
+{
+    if (!p || !p->vm || !id || p->vm->conn_cache == LUA_NOREF) return;
+    char err[128];
+    policy_vm_run(p->vm, POLICY_HOOK_LEAVE, policy_forget_body, (void *)id, err, sizeof err);
+}
+
+void policy_on_tick(policy_t *p, double now)
+{
+    policy_store_sweep(p->store, policy_clock(CLOCK_MONOTONIC));
+    if (p->metrics) {
+        __atomic_store_n(&p->metrics->policy_store_keys, (uint64_t)policy_store_count(p->store), __ATOMIC_RELAXED);
+        __atomic_store_n(&p->metrics->policy_store_buckets, (uint64_t)policy_store_buckets(p->store),
+                         __ATOMIC_RELAXED);
+        __atomic_store_n(&p->metrics->policy_store_evicted, (uint64_t)policy_store_evicted(p->store),
+                         __ATOMIC_RELAXED);
+        __atomic_store_n(&p->metrics->policy_store_bytes, (uint64_t)policy_store_bytes(p->store), __ATOMIC_RELAXED);
+    }
+    policy_call_t c = { .slot = POLICY_HOOK_TICK, .now = now };
+    policy_call(p, &c);
+}
