@@ -15,6 +15,10 @@
 #include <strings.h>
 
 #include <jansson.h>
+#include <uv.h>
+
+#include "base/err.h"
+#include "base/hex.h"
 
 /* A store that grew past this (a large body) is released between requests rather than kept. */
 #define HTTP_STORE_KEEP 65536
@@ -32,14 +36,6 @@ static int http_is_tchar(int c)
            (c && strchr("!#$%&'*+-.^_`|~", c));
 }
 
-static int http_hex_value(int c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes n bytes of s into out (cap bytes, no NUL added). A decoded NUL would cut
  * the C string short, so %00 is refused like a malformed escape. Returns the decoded length,
  * -1 for a bad escape, -2 when it does not fit in cap. */
@@ -50,7 +46,7 @@ static long http_pct_decode(const char *s, size_t n, char *out, size_t cap, int 
         int c = (unsigned char)s[i];
         if (c == '%') {
             if (n - i < 3) return -1;
-            int hi = http_hex_value((unsigned char)s[i + 1]), lo = http_hex_value((unsigned char)s[i + 2]);
+            int hi = hex_digit((unsigned char)s[i + 1]), lo = hex_digit((unsigned char)s[i + 2]);
             if (hi < 0 || lo < 0 || (hi | lo) == 0) return -1;
             c = hi << 4 | lo;
             i += 2;
@@ -417,6 +413,20 @@ int http_query_next(const char **cursor, const char **key, size_t *klen, char *o
 }
 
 /* ---- responses ---- */
+
+int http_status_of(int err)
+{
+    switch (err) {
+    case GW_EINVAL: return 400;
+    case GW_EREFUSED: return 403;
+    case GW_ENOTFOUND: return 404;
+    case GW_ETOOBIG: return 413;
+    case GW_ELIMIT: return 429;
+    case GW_EDOWN: case GW_EUNAVAIL: case GW_ENOMEM: case UV_ENOMEM: return 503;
+    case GW_ETIMEDOUT: return 504;
+    default: return 500;
+    }
+}
 
 const char *http_status_text(int status)
 {

@@ -77,6 +77,9 @@ int http_query_get(const char *query, const char *key, char *out, size_t outlen)
 int http_query_next(const char **cursor, const char **key, size_t *klen, char *out, size_t outlen);
 
 const char *http_status_text(int status);
+/* The HTTP status for a GW_E* or UV_E* code (base/err.h): the one place a failure below the
+ * HTTP edge becomes a status. 500 for a code with no closer status. */
+int http_status_of(int err);
 /* Appends a complete response. extra_headers is "Name: value\r\n"... or NULL. Adds Date-less
  * Content-Length, Content-Type (when body or ctype given) and Connection: close unless keep_alive. */
 void http_response_write(buf_t *out, int status, const char *ctype, const char *extra_headers,

@@ -18,6 +18,7 @@
 #include <uv.h>
 #include <zlib.h>
 
+#include "base/hex.h"
 #include "base/log.h"
 #include "base/map.h"
 
@@ -100,7 +101,7 @@ static int static_etag_make(static_file_t *f)
     unsigned int mdlen = 0;
     if (EVP_Digest(f->body, f->len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen < 16) return UV_EIO;
     char hex[33];
-    for (int i = 0; i < 16; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    hex_encode(md, 16, hex);
     snprintf(f->etag, sizeof f->etag, "\"%s\"", hex);
     snprintf(f->etag_gz, sizeof f->etag_gz, "\"%s-gz\"", hex);
     return 0;
