@@ -14,8 +14,8 @@
 
 #include <jansson.h>
 
-#include "http.h"
-#include "ws.h"
+#include "http/http.h"
+#include "proto/ws.h"
 
 static const char *const fuzz_origins[4] = {
     "", "*", "https://chat.example.com, example.org:8080", " null , http://localhost:8888/ ,",

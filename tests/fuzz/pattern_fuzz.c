@@ -24,7 +24,7 @@
 #include <lua.h>
 #include <lualib.h>
 
-#include "policy_pattern.h"
+#include "policy/policy_pattern.h"
 
 #define FUZZ_MAX_PAT 24
 #define FUZZ_MAX_REPL 8

@@ -12,12 +12,12 @@
 
 #include <jansson.h>
 
-#include "config.h"
-#include "log.h"
-#include "metrics.h"
-#include "policy.h"
-#include "proto.h"
-#include "ws.h"
+#include "base/config.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "policy/policy.h"
+#include "proto/proto.h"
+#include "proto/ws.h"
 
 /* tests/fuzz and the default policy; CHATGW_SRC, when set, names the source tree instead */
 #ifndef FUZZ_DIR

@@ -11,8 +11,8 @@
 
 #include <jansson.h>
 
-#include "proto.h"
-#include "ws.h"
+#include "proto/proto.h"
+#include "proto/ws.h"
 
 /* Parses an encoder's output; it must be an object whose "type" is type. Frees s. */
 static void fuzz_expect(sbuf_t *s, const char *type)

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ws.h"
+#include "proto/ws.h"
 
 typedef struct {
     buf_t *log;

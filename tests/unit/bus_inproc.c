@@ -20,9 +20,9 @@
 
 #include <uv.h>
 
-#include "bus.h"
-#include "bus_inproc.h"
-#include "log.h"
+#include "bus/bus.h"
+#include "bus/bus_inproc.h"
+#include "base/log.h"
 
 #define MAXREC 4096
 

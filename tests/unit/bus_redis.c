@@ -34,8 +34,8 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
-#include "bus.h"
-#include "log.h"
+#include "bus/bus.h"
+#include "base/log.h"
 
 /* ---- redis-server ---- */
 

@@ -6,7 +6,7 @@
 
 #include <cmocka.h>
 
-#include "cidr.h"
+#include "net/cidr.h"
 
 static void test_match(void **state)
 {

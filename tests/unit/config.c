@@ -20,8 +20,8 @@
 
 #include <jansson.h>
 
-#include "config.h"
-#include "log.h"
+#include "base/config.h"
+#include "base/log.h"
 
 /* The contract: every key of DESIGN.md's table, in its order. */
 static const char *const keys[] = {

@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "dheap.h"
+#include "net/dheap.h"
 
 #define N 300
 

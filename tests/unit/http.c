@@ -14,7 +14,7 @@
 
 #include <jansson.h>
 
-#include "http.h"
+#include "http/http.h"
 
 #define MAX_HDR 4096
 #define MAX_BODY 1024

@@ -31,16 +31,16 @@
 #include <jansson.h>
 #include <uv.h>
 
-#include "config.h"
-#include "gw.h"
-#include "http.h"
-#include "hub.h"
-#include "log.h"
-#include "metrics.h"
-#include "policy.h"
-#include "proto.h"
-#include "server.h"
-#include "ws.h"
+#include "base/config.h"
+#include "base/gw.h"
+#include "http/http.h"
+#include "hub/hub.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "policy/policy.h"
+#include "proto/proto.h"
+#include "net/server.h"
+#include "proto/ws.h"
 
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 

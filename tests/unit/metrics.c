@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "metrics.h"
+#include "base/metrics.h"
 
 /* The rendered text as a NUL-terminated string; caller frees. */
 static char *render(const metrics_t *m, const char *version)

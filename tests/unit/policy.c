@@ -26,11 +26,11 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-#include "config.h"
-#include "log.h"
-#include "metrics.h"
-#include "policy.h"
-#include "policy_store.h"
+#include "base/config.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "policy/policy.h"
+#include "policy/policy_store.h"
 
 #define THIS_FILE __FILE__
 

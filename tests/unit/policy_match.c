@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "policy_match.h"
+#include "policy/policy_match.h"
 
 /* string.find over NUL-terminated strings from init (0-based); the result code. */
 static int find(policy_match_t *m, const char *s, const char *p, size_t init, size_t *start, size_t *end)

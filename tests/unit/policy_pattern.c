@@ -12,7 +12,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "policy_pattern.h"
+#include "policy/policy_pattern.h"
 
 /* Compares string (the original) with mine (ours) over every case; returns the differences,
  * one per line, or "". "bad argument" messages lose the function's name: Lua finds it only

@@ -15,8 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "buf.h"
-#include "proto.h"
+#include "base/buf.h"
+#include "proto/proto.h"
 
 /* cmocka hands every test a state it does not use (the build passes -Wno-unused-parameter). */
 #pragma GCC diagnostic ignored "-Wunused-parameter"

@@ -20,9 +20,9 @@
 #include <uv.h>
 #include <zlib.h>
 
-#include "config.h"
-#include "http.h"
-#include "static.h"
+#include "base/config.h"
+#include "http/http.h"
+#include "http/static.h"
 
 #define INDEX_HTML "<!doctype html><html><head><title>chat</title></head><body>" \
                    "<main id=app>the app the app the app the app the app the app the app</main></body></html>\n"

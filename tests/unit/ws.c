@@ -13,7 +13,7 @@
 #include <string.h>
 #include <zlib.h>
 
-#include "ws.h"
+#include "proto/ws.h"
 
 static const uint8_t MASK[4] = {0x37, 0xfa, 0x21, 0x3d};
 
