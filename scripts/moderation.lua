@@ -279,16 +279,33 @@ local function rep_count(prev, norm)
   return tonumber(sub(prev, 1, nl - 1))
 end
 
-local function repeated(key, text)
+-- keys: the connection's keys_of table, which also remembers the last record this VM stored
+-- under keys.rep (rep_value) with its count and text: when the store hands that very string
+-- back, its count and text are known without parsing it (the store still decides what the
+-- record is: an expired, evicted, deleted or foreign record is another string, parsed as ever).
+local function repeated(keys, text)
+  local key = keys.rep
   if not cfg.repeat_limit or cfg.repeat_limit < 2 or key == nil then return false end
   local norm = M.normalize(text)
   local prev = gw.store.get(key)
-  local count = 1
+  local count, exact = 1, true   -- exact: count prints and reads back as the same number
   if type(prev) == "string" then
-    local c = rep_count(prev, norm)
+    local c
+    if prev == keys.rep_value then
+      if norm == keys.rep_norm then c = keys.rep_count end
+    else
+      c = rep_count(prev, norm)
+      exact = c == nil or math.type(c) == "integer"
+    end
     if c then count = c + 1 end
   end
-  gw.store.set(key, count .. "\n" .. norm, cfg.repeat_window)
+  local value = count .. "\n" .. norm
+  gw.store.set(key, value, cfg.repeat_window)
+  if exact then
+    keys.rep_value, keys.rep_count, keys.rep_norm = value, count, norm
+  else
+    keys.rep_value = nil
+  end
   return count >= cfg.repeat_limit
 end
 
@@ -353,7 +370,7 @@ function M.check(conn, room, msg, opts)
       if cfg.strike_on_mask then M.strike(conn, "forbidden") end
     end
   end
-  if repeated(keys.rep, text) then return violation(conn, "repeated") end
+  if repeated(keys, text) then return violation(conn, "repeated") end
   if changed then msg.text = text end
   return nil, changed
 end
