@@ -170,18 +170,16 @@ function M.collapse_runs(text, max, ascii)
   return table.concat(parts)
 end
 
--- 1 when s has whitespace to squeeze: a control whitespace character or two spaces. Plain
--- finds: a fraction of the cost of one character class tried at every byte.
-local function has_loose_space(s)
-  return find(s, "  ", 1, true) or find(s, "\n", 1, true) or find(s, "\t", 1, true)
-      or find(s, "\r", 1, true) or find(s, "\v", 1, true) or find(s, "\f", 1, true)
-end
-
 -- The form compared for repetition: lower case, whitespace squeezed and trimmed. (lower
--- always copies, and costs less than looking for an upper-case letter first.)
+-- always copies, and costs less than looking for an upper-case letter first.) Whitespace to
+-- squeeze is a control whitespace character or two spaces, looked for with plain finds (in
+-- line: a fraction of the cost of one character class tried at every byte).
 function M.normalize(text)
   local s = lower(text)
-  if has_loose_space(s) then s = gsub(s, "%s+", " ") end
+  if find(s, "  ", 1, true) or find(s, "\n", 1, true) or find(s, "\t", 1, true)
+     or find(s, "\r", 1, true) or find(s, "\v", 1, true) or find(s, "\f", 1, true) then
+    s = gsub(s, "%s+", " ")
+  end
   local n = #s
   local i, j = 1, n
   if byte(s, 1) == 32 then i = 2 end
@@ -340,7 +338,7 @@ local function keys_of(conn)
 end
 
 function M.check(conn, room, msg, opts)
-  local keys = keys_of(conn)
+  local keys = conn_keys[conn] or keys_of(conn)
   if keys.limit and cfg.conn_rate and not gw.limit(keys.limit, cfg.conn_rate, cfg.conn_burst, PER_CONN) then
     return violation(conn, "rate_limited")
   end
