@@ -111,14 +111,52 @@ local function run_patterns_of(char)
 end
 local char_runs, byte_runs = run_patterns_of(CHAR), run_patterns_of(".")
 
+-- true when the bytes j and j + 1 of text (equal) lie in a run of more than max equal bytes.
+-- At most max + 1 bytes looked at.
+local function long_run_at(text, j, max)
+  local c = byte(text, j)
+  local s, e = j, j + 1
+  while e - s < max and s > 1 and byte(text, s - 1) == c do s = s - 1 end
+  while e - s < max and byte(text, e + 1) == c do e = e + 1 end
+  return e - s >= max
+end
+
+-- true when text may hold a run of more than max equal bytes (the byte pattern's match), false
+-- when it surely holds none; a pre-check for the byte pattern, whose search tries every byte
+-- (a few hundred instructions each). A run of max + 1 bytes has max equal neighbour pairs in a
+-- row, so one of them starts at a position p = 1 (mod stride) for any stride <= max: only
+-- those pairs are compared (four per string.byte call of 14 bytes for stride 4), and a pair
+-- found equal is measured. O(#text), and about a sixth of the search's cost on chat text.
+local function may_have_byte_run(text, max)
+  local n = #text
+  if max >= 4 then
+    for i = 1, n - 1, 16 do
+      local b1, b2, _, _, b5, b6, _, _, b9, b10, _, _, b13, b14 = byte(text, i, i + 13)
+      if (b1 == b2 and long_run_at(text, i, max))
+         or (b5 == b6 and b5 and long_run_at(text, i + 4, max))
+         or (b9 == b10 and b9 and long_run_at(text, i + 8, max))
+         or (b13 == b14 and b13 and long_run_at(text, i + 12, max)) then
+        return true
+      end
+    end
+    return false
+  end
+  for j = 1, n - 1, max do
+    local a, b = byte(text, j, j + 1)
+    if a == b and long_run_at(text, j, max) then return true end
+  end
+  return false
+end
+
 -- Shortens every run of one character longer than max to max characters. O(#text). ascii
 -- (optional) tells that text is ASCII (utf8.len(text) == #text), when the caller knows.
 function M.collapse_runs(text, max, ascii)
   if not max or max < 1 or #text <= max then return text end
   if ascii == nil then ascii = utf8.len(text) == #text end
-  local pat = (ascii and byte_runs or char_runs)[max]
+  local pat = (ascii and byte_runs or char_runs)[max]   -- first: a bad max errors as before
+  if ascii and not may_have_byte_run(text, max) then return text end
   local s, e, c = find(text, pat)
-  if not s then return text end               -- the common case: nothing to shorten
+  if not s then return text end               -- nothing to shorten
   local parts, n, pos = {}, 0, 1
   repeat
     local len = #c
@@ -132,18 +170,16 @@ function M.collapse_runs(text, max, ascii)
   return table.concat(parts)
 end
 
--- 1 when s has whitespace to squeeze: a control whitespace character or two spaces. Plain
--- finds: a fraction of the cost of one character class tried at every byte.
-local function has_loose_space(s)
-  return find(s, "  ", 1, true) or find(s, "\n", 1, true) or find(s, "\t", 1, true)
-      or find(s, "\r", 1, true) or find(s, "\v", 1, true) or find(s, "\f", 1, true)
-end
-
 -- The form compared for repetition: lower case, whitespace squeezed and trimmed. (lower
--- always copies, and costs less than looking for an upper-case letter first.)
+-- always copies, and costs less than looking for an upper-case letter first.) Whitespace to
+-- squeeze is a control whitespace character or two spaces, looked for with plain finds (in
+-- line: a fraction of the cost of one character class tried at every byte).
 function M.normalize(text)
   local s = lower(text)
-  if has_loose_space(s) then s = gsub(s, "%s+", " ") end
+  if find(s, "  ", 1, true) or find(s, "\n", 1, true) or find(s, "\t", 1, true)
+     or find(s, "\r", 1, true) or find(s, "\v", 1, true) or find(s, "\f", 1, true) then
+    s = gsub(s, "%s+", " ")
+  end
   local n = #s
   local i, j = 1, n
   if byte(s, 1) == 32 then i = 2 end
@@ -241,16 +277,33 @@ local function rep_count(prev, norm)
   return tonumber(sub(prev, 1, nl - 1))
 end
 
-local function repeated(key, text)
+-- keys: the connection's keys_of table, which also remembers the last record this VM stored
+-- under keys.rep (rep_value) with its count and text: when the store hands that very string
+-- back, its count and text are known without parsing it (the store still decides what the
+-- record is: an expired, evicted, deleted or foreign record is another string, parsed as ever).
+local function repeated(keys, text)
+  local key = keys.rep
   if not cfg.repeat_limit or cfg.repeat_limit < 2 or key == nil then return false end
   local norm = M.normalize(text)
   local prev = gw.store.get(key)
-  local count = 1
+  local count, exact = 1, true   -- exact: count prints and reads back as the same number
   if type(prev) == "string" then
-    local c = rep_count(prev, norm)
+    local c
+    if prev == keys.rep_value then
+      if norm == keys.rep_norm then c = keys.rep_count end
+    else
+      c = rep_count(prev, norm)
+      exact = c == nil or math.type(c) == "integer"
+    end
     if c then count = c + 1 end
   end
-  gw.store.set(key, count .. "\n" .. norm, cfg.repeat_window)
+  local value = count .. "\n" .. norm
+  gw.store.set(key, value, cfg.repeat_window)
+  if exact then
+    keys.rep_value, keys.rep_count, keys.rep_norm = value, count, norm
+  else
+    keys.rep_value = nil
+  end
   return count >= cfg.repeat_limit
 end
 
@@ -285,7 +338,7 @@ local function keys_of(conn)
 end
 
 function M.check(conn, room, msg, opts)
-  local keys = keys_of(conn)
+  local keys = conn_keys[conn] or keys_of(conn)
   if keys.limit and cfg.conn_rate and not gw.limit(keys.limit, cfg.conn_rate, cfg.conn_burst, PER_CONN) then
     return violation(conn, "rate_limited")
   end
@@ -315,7 +368,7 @@ function M.check(conn, room, msg, opts)
       if cfg.strike_on_mask then M.strike(conn, "forbidden") end
     end
   end
-  if repeated(keys.rep, text) then return violation(conn, "repeated") end
+  if repeated(keys, text) then return violation(conn, "repeated") end
   if changed then msg.text = text end
   return nil, changed
 end

@@ -349,10 +349,12 @@ M.handlers = {
 
 -- The on_message part of routing; same return conventions as the hook.
 function M.on_message(conn, room, msg)
-  local h = M.handlers[msg.type]
+  local t = msg.type
+  local h = M.handlers[t]
   if not h then return nil, "bad_type" end
-  if msg.type == "msg" and conn.id and type(room) == "string" then
-    heal(conn.id, room)                  -- the hub only lets members send msg
+  if t == "msg" then
+    local id = conn.id
+    if id and type(room) == "string" then heal(id, room) end   -- the hub only lets members send msg
   end
   return h(conn, room, msg)
 end
