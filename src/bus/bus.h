@@ -1,5 +1,5 @@
 /* bus: what one chatgw node shares with the other replicas: room fan-out (publish/subscribe),
- * presence, history ids and streams, and rate-limit buckets. Two implementations sit behind
+ * presence, history ids and streams, and rate-limit buckets. Three implementations sit behind
  * one table of operations, chosen by bus_open (bus.c): bus_local.c (single node: nothing is
  * remote, and the stores answer GW_ENOTSUP so the hub keeps its own ring, ids and buckets),
  * bus_inproc.c (the worker threads of one process, see bus_inproc.h) and bus_redis.c (Redis
@@ -13,8 +13,9 @@
  *
  * Calls that take a callback return 0 when the request is queued, and then the callback runs
  * exactly once, later, from the loop; or they return a negative GW_E* code (base/err.h) and
- * the callback never runs. Strings passed in are copied; pointers handed to callbacks are borrowed for the
- * duration of the call (sbuf_ref a payload to keep it). After bus_free no callback runs.
+ * the callback never runs. Strings passed in are copied; pointers handed to callbacks are
+ * borrowed for the duration of the call (sbuf_ref a payload to keep it). After bus_free no
+ * callback runs.
  * bus_redis needs Redis 6.2 or later (SET ... GET, Streams, EVALSHA). */
 #ifndef CHATGW_BUS_H
 #define CHATGW_BUS_H
