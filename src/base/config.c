@@ -41,6 +41,7 @@ typedef enum {
     CK_JSON_ARRAY,  /* char *, compact JSON array text */
     CK_CIDRS,       /* char *, comma list of CIDRs */
     CK_REDIS_URL,   /* char *, redis:// URL (the bus has no unix socket or TLS transport) */
+    CK_NODE_ID,     /* char *, 1..CONFIG_NODE_ID_MAX bytes without a newline (the bus's framing), or empty */
     CK_COUNT
 } config_kind_t;
 
@@ -135,7 +136,7 @@ static const config_key_t config_keys[] = {
       "whether Redis being down fails /readyz (with redis_url set)" },
     { "presence_ttl_ms", CK_LONG, OFF(presence_ttl_ms), "15000", 300, MS_DAY, 0,
       "node heartbeat TTL: members of a dead replica leave within about this time" },
-    { "node_id", CK_STRING, OFF(node_id), "", 0, 0, 0,
+    { "node_id", CK_NODE_ID, OFF(node_id), "", 0, 0, 0,
       "this replica's id on the bus (1-63 bytes); empty = hostname-RANDOM" },
     { "policy_timeout_ms", CK_LONG, OFF(policy_timeout_ms), "50", 1, 60000, 0,
       "wall-clock limit of one Lua hook call (self_test and load included)" },
@@ -395,6 +396,10 @@ static int config_value_parse(config_t *cfg, const config_key_t *k, const char *
         if (!config_redis_url_valid(s)) return -1;
         config_string_replace(cfg, k, xstrdup(s));
         return 0;
+    case CK_NODE_ID:
+        if (strlen(s) > CONFIG_NODE_ID_MAX || strchr(s, '\n')) return -1;
+        config_string_replace(cfg, k, xstrdup(s));
+        return 0;
     case CK_COUNT:
         break;
     }
@@ -425,6 +430,7 @@ static void config_expect_describe(const config_key_t *k, buf_t *b)
     case CK_REDIS_URL:
         buf_append_str(b, "redis://[user:password@]host:port[/db] or empty");
         break;
+    case CK_NODE_ID: buf_printf(b, "1 to %d bytes without a newline, or empty", CONFIG_NODE_ID_MAX); break;
     case CK_COUNT: break;
     }
 }
@@ -726,7 +732,7 @@ int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
 static int config_kind_is_string(config_kind_t kind)
 {
     return kind == CK_STRING || kind == CK_LISTEN || kind == CK_POLICY_FAIL || kind == CK_JSON_ARRAY
-        || kind == CK_CIDRS || kind == CK_REDIS_URL;
+        || kind == CK_CIDRS || kind == CK_REDIS_URL || kind == CK_NODE_ID;
 }
 
 void config_free(config_t *cfg)

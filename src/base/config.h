@@ -7,6 +7,10 @@
 
 #include <stddef.h>
 
+/* node_id's length limit: the bus keeps node ids in fixed arrays (BUS_NODE_MAX in bus/bus.h,
+ * this plus the NUL) and frames its Redis envelopes with newlines, hence no '\n' either. */
+#define CONFIG_NODE_ID_MAX 63
+
 typedef struct {
     char *listen;                  /* host:port, [v6]:port */
     char *admin_listen;            /* "" = metrics and admin routes on listen */
@@ -44,7 +48,7 @@ typedef struct {
     long redis_backoff_max_ms;
     int redis_required;            /* redis down fails /readyz */
     long presence_ttl_ms;
-    char *node_id;                 /* "" = hostname-RANDOM */
+    char *node_id;                 /* "" = hostname-RANDOM; else 1..CONFIG_NODE_ID_MAX bytes, no '\n' */
     long policy_timeout_ms;
     long policy_budget;            /* 0 = no instruction limit */
     long policy_memory_mb;

@@ -1,18 +1,21 @@
 /* bus: what one chatgw node shares with the other replicas: room fan-out (publish/subscribe),
- * presence, history ids and streams, and rate-limit buckets. Two implementations sit behind
- * one table of operations: bus_local.c (single node: nothing is remote, and the stores answer
- * BUS_ENOTSUP so the hub keeps its own ring, ids and buckets), bus_inproc.c (the worker
- * threads of one process, see bus_inproc.h) and bus_redis.c (Redis through hiredis's async
- * API on the libuv loop). A bus lives on one loop and is not thread-safe.
+ * presence, history ids and streams, and rate-limit buckets. Three implementations sit behind
+ * one table of operations, chosen by bus_open (bus.c): bus_local.c (single node: nothing is
+ * remote, and the stores answer GW_ENOTSUP so the hub keeps its own ring, ids and buckets),
+ * bus_inproc.c (the worker threads of one process, see bus_inproc.h) and bus_redis.c (Redis
+ * through hiredis's async API on the libuv loop). A bus lives on one loop and is not
+ * thread-safe.
  * It never blocks the loop: every answer from Redis comes back through a callback, and a call
- * that cannot be served at once fails at once (BUS_EDOWN) so the hub can fall back to local
- * delivery. It never sees sockets of clients and never encodes protocol frames: the hub hands
- * it already-serialised payloads and gets the same bytes back on the other replicas.
+ * that cannot be served at once fails at once (GW_EDOWN) so the hub can fall back to local
+ * delivery. It never sees sockets of clients and never encodes, parses or edits protocol
+ * frames: it carries ids (bus_id.h) and opaque payloads, and gets the same bytes back on the
+ * other replicas; a chat msg's id goes in at the slot the caller names (bus_room_post).
  *
  * Calls that take a callback return 0 when the request is queued, and then the callback runs
- * exactly once, later, from the loop; or they return a negative BUS_E* code and the callback
- * never runs. Strings passed in are copied; pointers handed to callbacks are borrowed for the
- * duration of the call (sbuf_ref a payload to keep it). After bus_free no callback runs.
+ * exactly once, later, from the loop; or they return a negative GW_E* code (base/err.h) and
+ * the callback never runs. Strings passed in are copied; pointers handed to callbacks are
+ * borrowed for the duration of the call (sbuf_ref a payload to keep it). After bus_free no
+ * callback runs.
  * bus_redis needs Redis 6.2 or later (SET ... GET, Streams, EVALSHA). */
 #ifndef CHATGW_BUS_H
 #define CHATGW_BUS_H
@@ -23,33 +26,18 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "base/config.h"
+#include "base/err.h"
+#include "bus/bus_id.h"
 
-/* Error codes (0 = success). */
-#define BUS_EDOWN (-1)         /* the shared store is unreachable now; nothing was done */
-#define BUS_ENOTSUP (-2)       /* this bus keeps no such state (bus_local): use the hub's own */
-#define BUS_EINVAL (-3)        /* bad argument (no id placeholder, rate <= 0, bad URL, ...) */
-#define BUS_ETIMEDOUT (-4)     /* no answer within command_timeout_ms; the link was reset */
-#define BUS_EREPLY (-5)        /* Redis answered an error (logged) */
-const char *bus_strerror(int status);
+/* Error codes: 0, or a negative GW_E* code (base/err.h):
+ *   GW_EDOWN      the shared store is unreachable now; nothing was done
+ *   GW_ENOTSUP    this bus keeps no such state (bus_local): use the hub's own
+ *   GW_EINVAL     bad argument (id slot past the payload, rate <= 0, bad URL, ...)
+ *   GW_ETIMEDOUT  no answer within command_timeout_ms; the link was reset
+ *   GW_EREPLY     Redis answered an error (logged) */
 
-#define BUS_NODE_MAX 64        /* node ids: 1..63 bytes, no '\n' */
-#define BUS_EPOCH_MAX 40
-
-/* The msg id placeholder. Serialise the msg once with proto_msg(room, BUS_ID_EPOCH, 0, ...):
- * its text then holds BUS_ID_FIELD exactly once, and bus_room_post writes the real
- * "epoch:seq" in place of BUS_ID_EPOCH ":0". */
-#define BUS_ID_EPOCH "~bus~"
-#define BUS_ID_FIELD "\"id\":\"" BUS_ID_EPOCH ":0\""
-
-typedef struct {
-    char epoch[BUS_EPOCH_MAX]; /* "" when the room has no history in the store */
-    uint64_t seq;
-} bus_id_t;
-
-/* A copy of the msg template (payload holding BUS_ID_FIELD) with id written in, refs = 1:
- * for delivering with the hub's own id when bus_room_post answers BUS_EDOWN or BUS_ENOTSUP.
- * NULL when payload has no placeholder. */
-sbuf_t *bus_payload_set_id(const void *payload, size_t len, const bus_id_t *id);
+#define BUS_NODE_MAX (CONFIG_NODE_ID_MAX + 1)   /* node ids: config_load checks them */
 
 /* A room member. In events and lists, node is the replica that holds the connection. */
 typedef struct {
@@ -80,12 +68,15 @@ typedef struct {
     const char *redis_url;     /* "" or NULL: bus_local. redis://[[user]:password@]host[:port][/db] */
     const char *password_file; /* "" or NULL: none; else its content (trailing newline cut)
                                 * replaces the URL's password (Kubernetes Secret) */
-    const char *node_id;       /* "" or NULL: 16 random hex digits */
-    long connect_timeout_ms;   /* 0 = 2000: resolve + connect + AUTH + script load */
-    long command_timeout_ms;   /* 0 = 2000: oldest unanswered command; the link is reset after */
-    long backoff_min_ms;       /* 0 = 100: first reconnect delay, doubled per failed try */
-    long backoff_max_ms;       /* 0 = 5000: cap; each delay is jittered to [d/2, d] */
-    long presence_ttl_ms;      /* 0 = 15000: node heartbeat TTL; heartbeat every ttl/3 */
+    const char *node_id;       /* "" or NULL: 16 random hex digits. Else taken as valid (1..63
+                                * bytes, no '\n': config_load checks node_id) */
+    /* Redis timings, all > 0: config's values (redis_*, presence_ttl_ms; the defaults live
+     * there) */
+    long connect_timeout_ms;   /* resolve + connect + AUTH + script load */
+    long command_timeout_ms;   /* oldest unanswered command; the link is reset after */
+    long backoff_min_ms;       /* first reconnect delay, doubled per failed try */
+    long backoff_max_ms;       /* cap (raised to backoff_min_ms); each delay is jittered to [d/2, d] */
+    long presence_ttl_ms;      /* node heartbeat TTL; heartbeat every ttl/3 */
     long history_size;         /* stream MAXLEN ~ and the newest-N answer on a gap; 0 = none */
     struct bus_inproc_s *inproc; /* without redis_url: the workers' shared state (bus_inproc.h);
                                 * NULL = bus_local */
@@ -109,7 +100,7 @@ typedef struct {
     int gap;                   /* since is not kept (other epoch, trimmed, lost): send
                                 * history_gap; msgs are then the newest history_size kept */
     size_t n;
-    sbuf_t *const *msgs;       /* encoded msg objects, oldest first */
+    sbuf_t *const *msgs;       /* numbered payloads, oldest first */
     const uint64_t *seqs;
 } bus_history_t;
 typedef void (*bus_history_cb)(void *arg, int status, const bus_history_t *h);
@@ -122,10 +113,10 @@ typedef union {
     bus_limit_cb limit;
 } bus_cb_t;
 
-/* Opens the bus that opts asks for: bus_redis when redis_url is set, else bus_inproc when
- * inproc is set, else bus_local. The
- * Redis link starts connecting at once (status handler fires when it is up). Returns 0 and
- * *out, or BUS_EINVAL with a one-line message naming the option in err. */
+/* Opens the bus that opts asks for (NULL: bus_local with a random node id): bus_redis when
+ * redis_url is set, else bus_inproc when inproc is set, else bus_local. The Redis link starts
+ * connecting at once (status handler fires when it is up). Returns 0 and *out, or GW_EINVAL
+ * with a one-line message naming the option in err. */
 int bus_open(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
              char *err, size_t errlen);
 /* Stops the bus: removes this node's members from the shared presence and its heartbeat
@@ -148,12 +139,13 @@ typedef struct {
     int (*room_subscribe)(bus_t *, const char *room);
     int (*room_unsubscribe)(bus_t *, const char *room);
     int (*room_publish)(bus_t *, const char *room, const void *payload, size_t len);
-    int (*room_post)(bus_t *, const char *room, const void *payload, size_t len, bus_post_cb cb, void *arg);
+    int (*room_post)(bus_t *, const char *room, const void *payload, size_t len, size_t id_at, bus_post_cb cb,
+                     void *arg);
     int (*direct_publish)(bus_t *, const char *to, const void *payload, size_t len);
     int (*presence_add)(bus_t *, const char *room, const bus_member_t *m);
     int (*presence_remove)(bus_t *, const char *room, const char *member_id);
     int (*presence_list)(bus_t *, const char *room, bus_members_cb cb, void *arg);
-    int (*history_range)(bus_t *, const char *room, const char *since, bus_history_cb cb, void *arg);
+    int (*history_range)(bus_t *, const char *room, const bus_id_t *since, bus_history_cb cb, void *arg);
     int (*limit_take)(bus_t *, const char *key, double rate, double burst, bus_limit_cb cb, void *arg);
     void (*free)(bus_t *);
 } bus_ops_t;
@@ -167,6 +159,7 @@ struct bus_s {
     bus_stats_t stats;         /* relaxed atomics; read with bus_stats_get */
 };
 
+/* The backends' constructors, for bus_open only: opts->node_id is set. */
 int bus_local_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
                   char *err, size_t errlen);
 int bus_inproc_open(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
@@ -194,29 +187,29 @@ static inline int bus_room_unsubscribe(bus_t *b, const char *room) { return b->o
 
 /* Fire and forget: payload (any bytes) reaches room_message on the other nodes, id NULL
  * (presence-independent events: signal, mute frames, policy broadcasts). The caller delivers
- * to its own members itself. 0, or BUS_EDOWN while the link is down. */
+ * to its own members itself. 0, or GW_EDOWN while the link is down. */
 static inline int bus_room_publish(bus_t *b, const char *room, const void *payload, size_t len)
 {
     return b->ops->room_publish(b, room, payload, len);
 }
 
 /* A chat msg with a shared id: atomically in Redis, takes the room's next seq (a new epoch
- * when the room's keys are lost), writes the id into payload (see BUS_ID_FIELD), appends it
- * to the room's stream and publishes it. cb gets the id and the final payload; for a room
- * this node subscribes to, cb runs when the msg comes back on the room's channel, i.e. at
- * its place in the one order every replica sees: deliver it to local members (and ack)
- * from cb, not before. BUS_EDOWN when down (deliver locally with the hub's own id, see
- * bus_payload_set_id), BUS_EINVAL without the placeholder, BUS_ENOTSUP on bus_local.
- * A status other than 0 in cb means the msg may or may not have reached Redis (the link
- * dropped before the answer). */
-static inline int bus_room_post(bus_t *b, const char *room, const void *payload, size_t len, bus_post_cb cb,
-                                void *arg)
+ * when the room's keys are lost), numbers the payload (borrowed: the msg without its id) by
+ * inserting the id's text at byte id_at (bus_payload_number), appends it to the room's
+ * stream and publishes it. cb gets the id and the numbered payload; for a room this node
+ * subscribes to, cb runs when the msg comes back on the room's channel, i.e. at its place in
+ * the one order every replica sees: deliver it to local members (and ack) from cb, not
+ * before. GW_EDOWN when down (deliver locally with the hub's own id: bus_payload_number),
+ * GW_EINVAL for id_at > len, GW_ENOTSUP on bus_local. A status other than 0 in cb means the
+ * msg may or may not have reached Redis (the link dropped before the answer). */
+static inline int bus_room_post(bus_t *b, const char *room, const void *payload, size_t len, size_t id_at,
+                                bus_post_cb cb, void *arg)
 {
-    return b->ops->room_post(b, room, payload, len, cb, arg);
+    return b->ops->room_post(b, room, payload, len, id_at, cb, arg);
 }
 
 /* Fire and forget: payload reaches the direct handler on every other node, which delivers
- * when the connection `to` is its own (dm across replicas). 0 or BUS_EDOWN. */
+ * when the connection `to` is its own (dm across replicas). 0 or GW_EDOWN. */
 static inline int bus_direct_publish(bus_t *b, const char *to, const void *payload, size_t len)
 {
     return b->ops->direct_publish(b, to, payload, len);
@@ -225,7 +218,7 @@ static inline int bus_direct_publish(bus_t *b, const char *to, const void *paylo
 /* This node's members of room in the shared presence hash: add (again, to change muted),
  * remove. The other nodes get join/leave/update events. 0 even while down: the bus keeps a
  * mirror and re-registers it after every reconnect (and when its own heartbeat had expired);
- * BUS_EINVAL for a member without id/name or with invalid UTF-8.
+ * GW_EINVAL for a member without id/name or with invalid UTF-8.
  * Events are not replayed: a node that was down or resubscribing misses what happened
  * meanwhile, so after status(1) the hub re-lists its rooms (bus_presence_list) and
  * reconciles, as it fills message gaps with bus_history_range. */
@@ -238,23 +231,24 @@ static inline int bus_presence_remove(bus_t *b, const char *room, const char *me
     return b->ops->presence_remove(b, room, member_id);
 }
 /* All replicas' members of room (members of dead nodes are removed on the way, with leave
- * events). Order is unspecified. BUS_EDOWN or BUS_ENOTSUP: use the local members. */
+ * events). Order is unspecified. GW_EDOWN or GW_ENOTSUP: use the local members. */
 static inline int bus_presence_list(bus_t *b, const char *room, bus_members_cb cb, void *arg)
 {
     return b->ops->presence_list(b, room, cb, arg);
 }
 
-/* The room's kept msgs after since ("epoch:seq", or NULL for the newest history_size).
- * A since from another epoch, trimmed away or newer than the room's last id gives gap = 1.
- * BUS_EDOWN or BUS_ENOTSUP: use the hub's ring. */
-static inline int bus_history_range(bus_t *b, const char *room, const char *since, bus_history_cb cb, void *arg)
+/* The room's kept msgs after since (an id the caller parsed, or NULL for the newest
+ * history_size). A since from another epoch, trimmed away or newer than the room's last id
+ * gives gap = 1. GW_EDOWN or GW_ENOTSUP: use the hub's ring. */
+static inline int bus_history_range(bus_t *b, const char *room, const bus_id_t *since, bus_history_cb cb,
+                                    void *arg)
 {
     return b->ops->history_range(b, room, since, cb, arg);
 }
 
 /* Takes one token from the shared bucket key (rate tokens per second, burst capacity), with
- * Redis's clock. cb: allowed 1/0 and the tokens left. BUS_EINVAL for rate <= 0 or burst < 1;
- * BUS_EDOWN or BUS_ENOTSUP: use a local bucket. */
+ * Redis's clock. cb: allowed 1/0 and the tokens left. GW_EINVAL for rate <= 0 or burst < 1;
+ * GW_EDOWN or GW_ENOTSUP: use a local bucket. */
 static inline int bus_limit_take(bus_t *b, const char *key, double rate, double burst, bus_limit_cb cb, void *arg)
 {
     return b->ops->limit_take(b, key, rate, burst, cb, arg);

@@ -12,7 +12,6 @@
  * listed), buckets and the history payloads (one reference each). An event owns its strings,
  * its payload reference and its answer arrays; the queue owns its events. A handle is freed
  * from its async handle's close callback. */
-#define _GNU_SOURCE 1 /* memmem */
 #include "bus/bus_inproc.h"
 
 #include <inttypes.h>
@@ -21,11 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/rand.h>
-
-#include "bus/bus.h"
+#include "base/hex.h"
 #include "base/map.h"
-#include "proto/proto.h"
+#include "bus/bus.h"
 
 #define IB_DRAIN_MAX 256           /* events per loop wake-up, so one busy worker cannot starve a loop */
 #define IB_LIMITS_SWEEP 1024       /* buckets kept before full ones are swept */
@@ -311,21 +308,20 @@ static void ib_post_emit(ib_bus_t *to, ib_bus_t *from, const ib_room_t *r, const
     ib_queue_push(to, e);
 }
 
-static int ib_room_post(bus_t *base, const char *name, const void *payload, size_t len, bus_post_cb cb, void *arg)
+static int ib_room_post(bus_t *base, const char *name, const void *payload, size_t len, size_t id_at,
+                        bus_post_cb cb, void *arg)
 {
     ib_bus_t *b = (ib_bus_t *)base;
-    if (!memmem(payload, len, BUS_ID_FIELD, strlen(BUS_ID_FIELD))) return BUS_EINVAL;
+    if (id_at > len) return GW_EINVAL;
     uv_mutex_lock(&b->sh->mu);
     ib_room_t *r = ib_room_open(b->sh, name);
     if (!r->epoch[0]) {            /* a room without history starts an epoch, as Redis does */
-        unsigned char raw[6];
-        if (RAND_bytes(raw, sizeof raw) != 1) abort();
-        for (size_t i = 0; i < sizeof raw; i++) sprintf(r->epoch + 2 * i, "%02x", raw[i]);
+        hex_random(r->epoch, 6);
         r->seq = 0;
     }
     bus_id_t id = {"", ++r->seq};
     snprintf(id.epoch, sizeof id.epoch, "%s", r->epoch);
-    sbuf_t *p = bus_payload_set_id(payload, len, &id);
+    sbuf_t *p = bus_payload_number(payload, id_at, (const char *)payload + id_at, len - id_at, &id);
     ib_hist_push(r, id.seq, p);
     int self = 0;
     for (size_t i = 0; i < r->nsubs; i++) {
@@ -360,7 +356,7 @@ static int ib_direct_publish(bus_t *base, const char *to, const void *payload, s
 static int ib_presence_add(bus_t *base, const char *name, const bus_member_t *m)
 {
     ib_bus_t *b = (ib_bus_t *)base;
-    if (!m || !m->id || !m->name) return BUS_EINVAL;
+    if (!m || !m->id || !m->name) return GW_EINVAL;
     uv_mutex_lock(&b->sh->mu);
     ib_room_t *r = ib_room_open(b->sh, name);
     ib_member_t *mm = ib_room_member(r, m->id);
@@ -462,16 +458,14 @@ static void ib_range_fill(ib_event_t *e, const ib_room_t *r, const bus_id_t *sin
     h->seqs = seqs;
 }
 
-static int ib_history_range(bus_t *base, const char *name, const char *since, bus_history_cb cb, void *arg)
+static int ib_history_range(bus_t *base, const char *name, const bus_id_t *since, bus_history_cb cb, void *arg)
 {
     ib_bus_t *b = (ib_bus_t *)base;
-    bus_id_t sid;
-    if (since && proto_since_parse(since, sid.epoch, sizeof sid.epoch, &sid.seq) < 0) return BUS_EINVAL;
     ib_event_t *e = ib_event_new(IB_RANGE, name, b);
     e->cb.history = cb;
     e->arg = arg;
     uv_mutex_lock(&b->sh->mu);
-    ib_range_fill(e, map_get(&b->sh->rooms, name), since ? &sid : NULL);
+    ib_range_fill(e, map_get(&b->sh->rooms, name), since);
     ib_queue_push(b, e);
     uv_mutex_unlock(&b->sh->mu);
     return 0;
@@ -494,7 +488,7 @@ static void ib_limits_sweep(bus_inproc_t *sh, uint64_t now)
 static int ib_limit_take(bus_t *base, const char *key, double rate, double burst, bus_limit_cb cb, void *arg)
 {
     ib_bus_t *b = (ib_bus_t *)base;
-    if (!(rate > 0) || !(burst >= 1) || !isfinite(rate) || !isfinite(burst)) return BUS_EINVAL;
+    if (!(rate > 0) || !(burst >= 1) || !isfinite(rate) || !isfinite(burst)) return GW_EINVAL;
     uint64_t now = uv_hrtime() / 1000000;
     ib_event_t *e = ib_event_new(IB_LIMIT, key, b);
     e->cb.limit = cb;
@@ -628,11 +622,7 @@ static const bus_ops_t ib_ops = {
 int bus_inproc_open(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
                     char *err, size_t errlen)
 {
-    const char *node = opts->node_id ? opts->node_id : "";
-    if (!*node || strlen(node) >= BUS_NODE_MAX || strchr(node, '\n')) {
-        snprintf(err, errlen, "node id: 1 to %d bytes and no newline", BUS_NODE_MAX - 1);
-        return BUS_EINVAL;
-    }
+    const char *node = opts->node_id;
     bus_inproc_t *sh = opts->inproc;
     ib_bus_t *b = xcalloc(1, sizeof *b);
     b->base.ops = &ib_ops;
@@ -651,7 +641,7 @@ int bus_inproc_open(uv_loop_t *loop, const bus_options_t *opts, const bus_handle
             uv_mutex_unlock(&sh->mu);
             snprintf(err, errlen, "node id: \"%s\" is already open on this bus", node);
             uv_close((uv_handle_t *)&b->async, ib_on_closed);
-            return BUS_EINVAL;
+            return GW_EINVAL;
         }
     if (sh->nhandles == sh->handles_cap) {
         sh->handles_cap = sh->handles_cap ? sh->handles_cap * 2 : 4;

@@ -26,7 +26,6 @@
  * for the EVAL fallback) and handles. A request is freed when Redis answered it (or its
  * connection went) and, for a post, when its own message came back. The struct is freed from
  * the last close callback. */
-#define _GNU_SOURCE 1 /* memmem */
 #include "bus/bus.h"
 
 #include <ctype.h>
@@ -46,9 +45,9 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "base/hex.h"
 #include "base/log.h"
 #include "base/map.h"
-#include "proto/proto.h"
 
 #define RB_CHAN_ROOM "chatgw:room:"
 #define RB_CHAN_DIRECT "chatgw:direct"
@@ -327,13 +326,6 @@ static void rb_presence_sync(bus_redis_t *r, rb_room_t *room, int leave_all);
 
 /* ---- small helpers ---- */
 
-static void rb_random_hex(char *out, size_t nbytes)
-{
-    unsigned char raw[32];
-    if (nbytes > sizeof raw || RAND_bytes(raw, (int)nbytes) != 1) abort();
-    for (size_t i = 0; i < nbytes; i++) sprintf(out + 2 * i, "%02x", raw[i]);
-}
-
 static char *rb_strcat(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
@@ -461,24 +453,24 @@ static void rb_req_free(rb_req_t *q)
 
 static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata);
 
-/* Queues q on cmd. 0, or BUS_EDOWN (q untouched: the caller frees it). */
+/* Queues q on cmd. 0, or GW_EDOWN (q untouched: the caller frees it). */
 static int rb_req_send(rb_req_t *q)
 {
     bus_redis_t *r = q->r;
-    if (!r->cmd) return BUS_EDOWN;
+    if (!r->cmd) return GW_EDOWN;
     if (redisAsyncCommandArgv(r->cmd, rb_on_reply, q, q->argc, (const char **)q->argv, q->argvlen) != REDIS_OK)
-        return BUS_EDOWN;
+        return GW_EDOWN;
     q->sent_ms = uv_now(r->loop);
     rb_list_push(&r->pending, &q->pending);
     return 0;
 }
 
-/* Sends q, or frees it and answers BUS_EDOWN (q is the callee's either way). */
+/* Sends q, or frees it and answers GW_EDOWN (q is the callee's either way). */
 static int rb_req_submit(rb_req_t *q)
 {
     if (rb_req_send(q) == 0) return 0;
     rb_req_free(q);
-    return BUS_EDOWN;
+    return GW_EDOWN;
 }
 
 static void rb_done_free(rb_req_t *q, redisReply *rep, int status) { rb_req_free(q); }
@@ -516,10 +508,10 @@ static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
     }
     int status = 0;
     if (!rep) {
-        status = r->state == RB_UP || r->state == RB_CONNECTING ? BUS_EDOWN : r->fail_status;
-        rb_link_fail(r, BUS_EDOWN, "connection lost");
+        status = r->state == RB_UP || r->state == RB_CONNECTING ? GW_EDOWN : r->fail_status;
+        rb_link_fail(r, GW_EDOWN, "connection lost");
     } else if (rep->type == REDIS_REPLY_ERROR) {
-        status = BUS_EREPLY;
+        status = GW_EREPLY;
         log_warn("bus: redis error", "{s:s, s:s}", "command", q->script >= 0 ? "script" : q->argv[0], "error",
                  rep->str ? rep->str : "");
     }
@@ -536,7 +528,7 @@ static void rb_kick(bus_redis_t *r) { uv_timer_start(&r->kick, rb_on_kick, 0, 0)
 static void rb_done_prelude(rb_req_t *q, redisReply *rep, int status)
 {
     bus_redis_t *r = q->r;
-    if (rep && status) rb_link_fail(r, BUS_EREPLY, rep->str ? rep->str : "prelude refused");
+    if (rep && status) rb_link_fail(r, GW_EREPLY, rep->str ? rep->str : "prelude refused");
     rb_req_free(q);
 }
 
@@ -564,7 +556,7 @@ static void rb_on_sub_auth(redisAsyncContext *c, void *reply, void *privdata)
 {
     bus_redis_t *r = privdata;
     redisReply *rep = reply;
-    if (rep && rep->type == REDIS_REPLY_ERROR) rb_link_fail(r, BUS_EREPLY, rep->str ? rep->str : "AUTH refused");
+    if (rep && rep->type == REDIS_REPLY_ERROR) rb_link_fail(r, GW_EREPLY, rep->str ? rep->str : "AUTH refused");
 }
 
 static void rb_on_ctx_connect(const redisAsyncContext *c, int status)
@@ -576,7 +568,7 @@ static void rb_on_ctx_connect(const redisAsyncContext *c, int status)
     else if (c == r->sub) r->sub = NULL;
     else return;
     log_debug("bus: redis connect failed", "{s:s}", "error", c->errstr ? c->errstr : "");
-    rb_link_fail(r, BUS_EDOWN, "connect failed");
+    rb_link_fail(r, GW_EDOWN, "connect failed");
 }
 
 static void rb_on_ctx_disconnect(const redisAsyncContext *c, int status)
@@ -589,7 +581,7 @@ static void rb_on_ctx_disconnect(const redisAsyncContext *c, int status)
         rb_close_maybe_finish(r);
         return;
     }
-    rb_link_fail(r, BUS_EDOWN, status == REDIS_OK ? "disconnected" : (c->errstr ? c->errstr : "connection lost"));
+    rb_link_fail(r, GW_EDOWN, status == REDIS_OK ? "disconnected" : (c->errstr ? c->errstr : "connection lost"));
 }
 
 static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip)
@@ -623,7 +615,7 @@ static void rb_link_connect(bus_redis_t *r, const char *ip)
     r->cmd = rb_ctx_open(r, ip);
     r->sub = r->cmd ? rb_ctx_open(r, ip) : NULL;
     if (!r->cmd || !r->sub) {
-        rb_link_fail(r, BUS_EDOWN, "connect failed");
+        rb_link_fail(r, GW_EDOWN, "connect failed");
         return;
     }
     /* cmd prelude: everything is pipelined; the PING answers last */
@@ -653,7 +645,7 @@ static void rb_link_connect(bus_redis_t *r, const char *ip)
     const char *argv[3] = {"SUBSCRIBE", RB_CHAN_DIRECT, r->chan_ping};
     size_t len[3] = {9, strlen(RB_CHAN_DIRECT), strlen(r->chan_ping)};
     if (redisAsyncCommandArgv(r->sub, rb_on_sub_msg, r, 3, argv, len) != REDIS_OK) {
-        rb_link_fail(r, BUS_EDOWN, "subscribe failed");
+        rb_link_fail(r, GW_EDOWN, "subscribe failed");
         return;
     }
     r->sub_base_pending = 2;
@@ -685,7 +677,7 @@ static void rb_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
     if (status < 0 || !*ip) {
         log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", r->url.host, "error",
                  status < 0 ? uv_strerror(status) : "no address");
-        rb_link_fail(r, BUS_EDOWN, "resolve failed");
+        rb_link_fail(r, GW_EDOWN, "resolve failed");
         return;
     }
     rb_link_connect(r, ip);
@@ -694,7 +686,7 @@ static void rb_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
 static void rb_link_start(bus_redis_t *r)
 {
     r->state = RB_CONNECTING;
-    r->fail_status = BUS_EDOWN;
+    r->fail_status = GW_EDOWN;
     r->cmd_ready = 0;
     r->sub_base_pending = 0;
     uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->connect_timeout_ms, 0);
@@ -708,7 +700,7 @@ static void rb_link_start(bus_redis_t *r)
     int rc = uv_getaddrinfo(r->loop, &r->gai, rb_on_resolved, r->url.host, NULL, &hints);
     if (rc < 0) {
         log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", r->url.host, "error", uv_strerror(rc));
-        rb_link_fail(r, BUS_EDOWN, "resolve failed");
+        rb_link_fail(r, GW_EDOWN, "resolve failed");
         return;
     }
     r->gai_busy = 1;
@@ -820,7 +812,7 @@ static void rb_on_retry(uv_timer_t *t)
         rb_link_start(r);
         break;
     case RB_CONNECTING:
-        rb_link_fail(r, BUS_ETIMEDOUT, "connect timeout");
+        rb_link_fail(r, GW_ETIMEDOUT, "connect timeout");
         break;
     case RB_CLOSING:
         if (r->cmd) {
@@ -906,13 +898,13 @@ static void rb_on_tick(uv_timer_t *t)
     if (!rb_list_empty(&r->pending)) {
         rb_req_t *oldest = rb_container_of(r->pending.next, rb_req_t, pending);
         if (now - oldest->sent_ms > (uint64_t)r->command_timeout_ms) {
-            rb_link_fail(r, BUS_ETIMEDOUT, "command timeout");
+            rb_link_fail(r, GW_ETIMEDOUT, "command timeout");
             return;
         }
     }
     if (r->state != RB_UP) return;
     if (r->ping_sent_ms && now - r->ping_sent_ms > (uint64_t)r->command_timeout_ms) {
-        rb_link_fail(r, BUS_ETIMEDOUT, "subscriber connection silent");
+        rb_link_fail(r, GW_ETIMEDOUT, "subscriber connection silent");
         return;
     }
     if (now - r->last_hb_ms >= (uint64_t)r->hb_ms) {
@@ -951,24 +943,6 @@ static int rb_env_parse(const char *p, size_t n, rb_env_t *e)
     return 0;
 }
 
-/* "epoch:seq" of n bytes into id. */
-static int rb_id_parse(const char *s, size_t n, bus_id_t *id)
-{
-    const char *colon = NULL;
-    for (size_t i = 0; i < n; i++)
-        if (s[i] == ':') colon = s + i;
-    if (!colon || (size_t)(colon - s) >= sizeof id->epoch || colon + 1 == s + n) return -1;
-    uint64_t v = 0;
-    for (const char *p = colon + 1; p < s + n; p++) {
-        if (*p < '0' || *p > '9') return -1;
-        v = v * 10 + (uint64_t)(*p - '0');
-    }
-    memcpy(id->epoch, s, (size_t)(colon - s));
-    id->epoch[colon - s] = '\0';
-    id->seq = v;
-    return 0;
-}
-
 /* Our own post came back on the channel: this is its place in the room's order. */
 static void rb_post_echo(bus_redis_t *r, const rb_env_t *e)
 {
@@ -978,7 +952,7 @@ static void rb_post_echo(bus_redis_t *r, const rb_env_t *e)
         rb_req_t *q = rb_container_of(l, rb_req_t, echo);
         if (q->token != token) continue;
         if (!q->payload) {
-            if (rb_id_parse(e->id, e->id_len, &q->id) < 0) return;
+            if (bus_id_parse(e->id, e->id_len, &q->id) < 0) return;
             q->payload = sbuf_from(e->payload, e->len);
         }
         rb_post_finish(q, 0);
@@ -1039,7 +1013,7 @@ static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, c
     case 'm':
     case 'p': {
         bus_id_t id;
-        if (e.kind == 'm' && rb_id_parse(e.id, e.id_len, &id) < 0) return;
+        if (e.kind == 'm' && bus_id_parse(e.id, e.id_len, &id) < 0) return;
         RB_STAT_ADD(r, received, 1);
         if (!on->room_message) return;
         sbuf_t *p = sbuf_from(e.payload, e.len);
@@ -1105,7 +1079,7 @@ static void rb_on_sub_msg(redisAsyncContext *c, void *reply, void *privdata)
 static int rb_room_subscribe(bus_t *b, const char *name)
 {
     bus_redis_t *r = (bus_redis_t *)b;
-    if (!rb_alive(r)) return BUS_EDOWN;
+    if (!rb_alive(r)) return GW_EDOWN;
     rb_room_t *room = rb_room_open(r, name);
     if (room->wanted) return 0;
     room->wanted = 1;
@@ -1116,7 +1090,7 @@ static int rb_room_subscribe(bus_t *b, const char *name)
 static int rb_room_unsubscribe(bus_t *b, const char *name)
 {
     bus_redis_t *r = (bus_redis_t *)b;
-    if (!rb_alive(r)) return BUS_EDOWN;
+    if (!rb_alive(r)) return GW_EDOWN;
     rb_room_t *room = rb_room_get(r, name);
     if (!room || !room->wanted) return 0;
     room->wanted = 0;
@@ -1148,7 +1122,7 @@ static void rb_done_published(rb_req_t *q, redisReply *rep, int status)
 static int rb_envelope_publish(bus_redis_t *r, const char *chan, char kind, const char *id, const void *payload,
                                size_t len)
 {
-    if (r->state != RB_UP) return BUS_EDOWN;
+    if (r->state != RB_UP) return GW_EDOWN;
     rb_req_t *q = rb_req_new(r, -1, rb_done_published);
     rb_req_str(q, "PUBLISH");
     rb_req_str(q, chan);
@@ -1164,7 +1138,7 @@ static int rb_envelope_publish(bus_redis_t *r, const char *chan, char kind, cons
 static int rb_room_publish(bus_t *b, const char *room, const void *payload, size_t len)
 {
     bus_redis_t *r = (bus_redis_t *)b;
-    if (r->state != RB_UP) return BUS_EDOWN;
+    if (r->state != RB_UP) return GW_EDOWN;
     char *chan = rb_strcat(RB_CHAN_ROOM, room);
     int rc = rb_envelope_publish(r, chan, 'p', "", payload, len);
     free(chan);
@@ -1174,9 +1148,11 @@ static int rb_room_publish(bus_t *b, const char *room, const void *payload, size
 static int rb_direct_publish(bus_t *b, const char *to, const void *payload, size_t len)
 {
     bus_redis_t *r = (bus_redis_t *)b;
-    if (strchr(to, '\n')) return BUS_EINVAL;
+    if (strchr(to, '\n')) return GW_EINVAL;
     return rb_envelope_publish(r, RB_CHAN_DIRECT, 'd', to, payload, len);
 }
+
+#define RB_POST_HEAD 9             /* argv index of the payload's head (see rb_room_post) */
 
 /* Ends a post: the callback (unless closing), then the request once Redis no longer owes
  * its answer. */
@@ -1192,8 +1168,6 @@ static void rb_post_finish(rb_req_t *q, int status)
     if (!rb_list_linked(&q->pending)) rb_req_free(q);
 }
 
-#define RB_POST_HEAD 9             /* argv index of the payload's head (see rb_room_post) */
-
 static void rb_done_post(rb_req_t *q, redisReply *rep, int status)
 {
     if (!status) RB_STAT_ADD(q->r, published, 1);
@@ -1204,7 +1178,7 @@ static void rb_done_post(rb_req_t *q, redisReply *rep, int status)
     if (!status && (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
                     rep->element[0]->type != REDIS_REPLY_STRING || rep->element[1]->type != REDIS_REPLY_INTEGER ||
                     rep->element[0]->len >= sizeof q->id.epoch))
-        status = BUS_EREPLY;
+        status = GW_EREPLY;
     if (status) {
         rb_post_finish(q, status);
         return;
@@ -1212,25 +1186,18 @@ static void rb_done_post(rb_req_t *q, redisReply *rep, int status)
     memcpy(q->id.epoch, rep->element[0]->str, rep->element[0]->len);
     q->id.epoch[rep->element[0]->len] = '\0';
     q->id.seq = (uint64_t)rep->element[1]->integer;
-    char id[BUS_EPOCH_MAX + 24];
-    size_t idlen = strlen(proto_msg_id(id, sizeof id, q->id.epoch, q->id.seq));
-    size_t hl = q->argvlen[RB_POST_HEAD], tl = q->argvlen[RB_POST_HEAD + 1];
-    q->payload = sbuf_new(hl + idlen + tl);
-    memcpy(q->payload->data, q->argv[RB_POST_HEAD], hl);
-    memcpy(q->payload->data + hl, id, idlen);
-    memcpy(q->payload->data + hl + idlen, q->argv[RB_POST_HEAD + 1], tl);
+    q->payload = bus_payload_number(q->argv[RB_POST_HEAD], q->argvlen[RB_POST_HEAD], q->argv[RB_POST_HEAD + 1],
+                                    q->argvlen[RB_POST_HEAD + 1], &q->id);   /* as the script did */
     if (rb_list_linked(&q->echo) && q->r->state == RB_UP) return;   /* wait for its place in the order */
     rb_post_finish(q, 0);
 }
 
-static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t len, bus_post_cb cb, void *arg)
+static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t len, size_t id_at,
+                        bus_post_cb cb, void *arg)
 {
     bus_redis_t *r = (bus_redis_t *)b;
-    const char *mark = memmem(payload, len, BUS_ID_FIELD, strlen(BUS_ID_FIELD));
-    if (!mark) return BUS_EINVAL;
-    if (r->state != RB_UP) return BUS_EDOWN;
-    size_t head = (size_t)(mark - (const char *)payload) + strlen("\"id\":\"");
-    size_t tail = (size_t)(mark - (const char *)payload) + strlen(BUS_ID_FIELD) - 1;   /* the closing quote */
+    if (id_at > len) return GW_EINVAL;
+    if (r->state != RB_UP) return GW_EDOWN;
 
     rb_req_t *q = rb_req_script(r, RB_POST, 3, rb_done_post);
     buf_t key;
@@ -1248,16 +1215,16 @@ static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t 
     rb_req_str(q, r->base.node);
     q->token = ++r->next_token;
     rb_req_fmt(q, "%" PRIu64, q->token);
-    rb_req_arg(q, payload, head);                                       /* RB_POST_HEAD */
-    rb_req_arg(q, (const char *)payload + tail, len - tail);
+    rb_req_arg(q, payload, id_at);                                      /* RB_POST_HEAD */
+    rb_req_arg(q, (const char *)payload + id_at, len - id_at);          /* the tail */
     rb_req_fmt(q, "%ld", r->history_size);
     char epoch[13];
-    rb_random_hex(epoch, 6);
-    rb_req_str(q, epoch);
+    rb_req_str(q, hex_random(epoch, 6));
+
     q->room = xstrdup(name);
     q->cb.post = cb;
     q->arg = arg;
-    if (rb_req_submit(q) < 0) return BUS_EDOWN;
+    if (rb_req_submit(q) < 0) return GW_EDOWN;
     rb_room_t *room = rb_room_get(r, name);
     if (room && room->confirmed) rb_list_push(&r->echo, &q->echo);
     return 0;
@@ -1304,12 +1271,12 @@ static void rb_presence_sync_all(bus_redis_t *r)
 static int rb_presence_add(bus_t *b, const char *name, const bus_member_t *m)
 {
     bus_redis_t *r = (bus_redis_t *)b;
-    if (!rb_alive(r)) return BUS_EDOWN;
-    if (!m || !m->id || !m->name) return BUS_EINVAL;
+    if (!rb_alive(r)) return GW_EDOWN;
+    if (!m || !m->id || !m->name) return GW_EINVAL;
     json_t *o = json_pack("{s:s, s:s, s:b}", "id", m->id, "name", m->name, "muted", m->muted);
     char *json = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
-    if (!json) return BUS_EINVAL;
+    if (!json) return GW_EINVAL;
     rb_room_t *room = rb_room_open(r, name);
     rb_member_t *mm = rb_room_member(room, m->id);
     if (mm) {
@@ -1345,7 +1312,7 @@ static int rb_presence_add(bus_t *b, const char *name, const bus_member_t *m)
 static int rb_presence_remove(bus_t *b, const char *name, const char *member_id)
 {
     bus_redis_t *r = (bus_redis_t *)b;
-    if (!rb_alive(r)) return BUS_EDOWN;
+    if (!rb_alive(r)) return GW_EDOWN;
     rb_room_t *room = rb_room_get(r, name);
     if (!room) return 0;
     rb_member_t *mm = rb_room_member(room, member_id);
@@ -1377,7 +1344,7 @@ static int rb_presence_remove(bus_t *b, const char *name, const char *member_id)
 static void rb_done_list(rb_req_t *q, redisReply *rep, int status)
 {
     bus_redis_t *r = q->r;
-    if (!status && rep->type != REDIS_REPLY_ARRAY) status = BUS_EREPLY;
+    if (!status && rep->type != REDIS_REPLY_ARRAY) status = GW_EREPLY;
     size_t n = 0, cap = status ? 0 : rep->elements;
     bus_member_t *ms = xcalloc(cap + 1, sizeof *ms);
     json_t **roots = xcalloc(cap + 1, sizeof *roots);
@@ -1406,7 +1373,7 @@ static void rb_done_list(rb_req_t *q, redisReply *rep, int status)
 static int rb_presence_list(bus_t *b, const char *name, bus_members_cb cb, void *arg)
 {
     bus_redis_t *r = (bus_redis_t *)b;
-    if (r->state != RB_UP) return BUS_EDOWN;
+    if (r->state != RB_UP) return GW_EDOWN;
     rb_req_t *q = rb_req_script(r, RB_PLIST, 1, rb_done_list);
     buf_t key;
     buf_init(&key);
@@ -1419,7 +1386,7 @@ static int rb_presence_list(bus_t *b, const char *name, bus_members_cb cb, void 
     rb_req_str(q, RB_KEY_NODE);
     q->cb.members = cb;
     q->arg = arg;
-    if (rb_req_submit(q) < 0) return BUS_EDOWN;
+    if (rb_req_submit(q) < 0) return GW_EDOWN;
     return 0;
 }
 
@@ -1432,7 +1399,7 @@ static void rb_done_range(rb_req_t *q, redisReply *rep, int status)
     if (!status && (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 || rep->elements % 2 != 1 ||
                     rep->element[0]->type != REDIS_REPLY_STRING || rep->element[0]->len >= sizeof h.last.epoch ||
                     rep->element[1]->type != REDIS_REPLY_INTEGER || rep->element[2]->type != REDIS_REPLY_INTEGER))
-        status = BUS_EREPLY;
+        status = GW_EREPLY;
     size_t cap = status ? 0 : (rep->elements - 3) / 2;
     sbuf_t **msgs = xcalloc(cap + 1, sizeof *msgs);
     uint64_t *seqs = xcalloc(cap + 1, sizeof *seqs);
@@ -1456,12 +1423,12 @@ static void rb_done_range(rb_req_t *q, redisReply *rep, int status)
     rb_req_free(q);
 }
 
-static int rb_history_range(bus_t *b, const char *name, const char *since, bus_history_cb cb, void *arg)
+static int rb_history_range(bus_t *b, const char *name, const bus_id_t *since, bus_history_cb cb, void *arg)
 {
     bus_redis_t *r = (bus_redis_t *)b;
     bus_id_t sid = {"", 0};
-    if (since && proto_since_parse(since, sid.epoch, sizeof sid.epoch, &sid.seq) < 0) return BUS_EINVAL;
-    if (r->state != RB_UP) return BUS_EDOWN;
+    if (since) sid = *since;
+    if (r->state != RB_UP) return GW_EDOWN;
     rb_req_t *q = rb_req_script(r, RB_RANGE, 3, rb_done_range);
     buf_t key;
     buf_init(&key);
@@ -1477,7 +1444,7 @@ static int rb_history_range(bus_t *b, const char *name, const char *since, bus_h
     rb_req_fmt(q, "%ld", r->history_size);
     q->cb.history = cb;
     q->arg = arg;
-    if (rb_req_submit(q) < 0) return BUS_EDOWN;
+    if (rb_req_submit(q) < 0) return GW_EDOWN;
     return 0;
 }
 
@@ -1488,7 +1455,7 @@ static void rb_done_limit(rb_req_t *q, redisReply *rep, int status)
     bus_redis_t *r = q->r;
     if (!status && (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
                     rep->element[0]->type != REDIS_REPLY_INTEGER || rep->element[1]->type != REDIS_REPLY_STRING))
-        status = BUS_EREPLY;
+        status = GW_EREPLY;
     int allowed = status ? 0 : rep->element[0]->integer != 0;
     double tokens = status ? 0 : strtod(rep->element[1]->str, NULL);
     if (rb_alive(r) && q->cb.limit) q->cb.limit(q->arg, status, allowed, tokens);
@@ -1498,8 +1465,8 @@ static void rb_done_limit(rb_req_t *q, redisReply *rep, int status)
 static int rb_limit_take(bus_t *b, const char *key, double rate, double burst, bus_limit_cb cb, void *arg)
 {
     bus_redis_t *r = (bus_redis_t *)b;
-    if (!(rate > 0) || !(burst >= 1) || !isfinite(rate) || !isfinite(burst)) return BUS_EINVAL;
-    if (r->state != RB_UP) return BUS_EDOWN;
+    if (!(rate > 0) || !(burst >= 1) || !isfinite(rate) || !isfinite(burst)) return GW_EINVAL;
+    if (r->state != RB_UP) return GW_EDOWN;
     rb_req_t *q = rb_req_script(r, RB_LIMIT, 1, rb_done_limit);
     char *k = rb_strcat(RB_KEY_LIMIT, key);
     rb_req_str(q, k);
@@ -1509,7 +1476,7 @@ static int rb_limit_take(bus_t *b, const char *key, double rate, double burst, b
     rb_req_str(q, "1");
     q->cb.limit = cb;
     q->arg = arg;
-    if (rb_req_submit(q) < 0) return BUS_EDOWN;
+    if (rb_req_submit(q) < 0) return GW_EDOWN;
     return 0;
 }
 
@@ -1593,9 +1560,10 @@ static char *rb_pct_decode(const char *s, size_t n)
 {
     char *out = xmalloc(n + 1), *o = out;
     for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) && isxdigit((unsigned char)s[i + 2])) {
-            char hex[3] = {s[i + 1], s[i + 2], 0};
-            *o++ = (char)strtol(hex, NULL, 16);
+        int hi = s[i] == '%' && i + 2 < n ? hex_digit((unsigned char)s[i + 1]) : -1;
+        int lo = hi >= 0 ? hex_digit((unsigned char)s[i + 2]) : -1;
+        if (lo >= 0) {
+            *o++ = (char)(hi << 4 | lo);
             i += 2;
         } else {
             *o++ = s[i];
@@ -1621,7 +1589,7 @@ int bus_url_parse(const char *url, bus_url_t *out, char *err, size_t errlen)
         snprintf(err, errlen, "redis_url: %s", url && !strncmp(url, "rediss://", 9)
                                                    ? "TLS (rediss://) is not supported; use redis://"
                                                    : "must look like redis://[:password@]host:port/db");
-        return BUS_EINVAL;
+        return GW_EINVAL;
     }
     const char *p = url + 8;
     const char *at = strrchr(p, '@');
@@ -1681,7 +1649,7 @@ bad:
     snprintf(err, errlen, "redis_url: must look like redis://[:password@]host:port/db");
 fail:
     bus_url_free(out);
-    return BUS_EINVAL;
+    return GW_EINVAL;
 }
 
 static char *rb_password_read(const char *path, char *err, size_t errlen)
@@ -1717,33 +1685,25 @@ static const bus_ops_t rb_ops = {
     .free = rb_free,
 };
 
-static long rb_opt(long v, long def) { return v > 0 ? v : def; }
-
 static void rb_sha1_hex(const char *s, char out[41])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned n = 0;
     if (EVP_Digest(s, strlen(s), md, &n, EVP_sha1(), NULL) != 1 || n != 20) abort();
-    for (unsigned i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", md[i]);
+    hex_encode(md, n, out);
 }
 
 int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers_t *on, void *arg, bus_t **out,
                   char *err, size_t errlen)
 {
     bus_url_t url;
-    if (bus_url_parse(opts->redis_url, &url, err, errlen) < 0) return BUS_EINVAL;
-    const char *node = opts->node_id ? opts->node_id : "";
-    if (strlen(node) >= BUS_NODE_MAX || strchr(node, '\n')) {
-        snprintf(err, errlen, "node id: at most %d bytes and no newline", BUS_NODE_MAX - 1);
-        bus_url_free(&url);
-        return BUS_EINVAL;
-    }
+    if (bus_url_parse(opts->redis_url, &url, err, errlen) < 0) return GW_EINVAL;
     char *password = NULL;
     if (opts->password_file && *opts->password_file) {
         password = rb_password_read(opts->password_file, err, errlen);
         if (!password) {
             bus_url_free(&url);
-            return BUS_EINVAL;
+            return GW_EINVAL;
         }
     } else if (url.password) {
         password = xstrdup(url.password);
@@ -1754,17 +1714,16 @@ int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers
     r->base.kind = "redis";
     if (on) r->base.on = *on;
     r->base.arg = arg;
-    if (*node) snprintf(r->base.node, sizeof r->base.node, "%s", node);
-    else rb_random_hex(r->base.node, 8);
+    snprintf(r->base.node, sizeof r->base.node, "%s", opts->node_id);
     r->loop = loop;
     r->url = url;
     r->password = password;
-    r->connect_timeout_ms = rb_opt(opts->connect_timeout_ms, 2000);
-    r->command_timeout_ms = rb_opt(opts->command_timeout_ms, 2000);
-    r->backoff_min_ms = rb_opt(opts->backoff_min_ms, 100);
-    r->backoff_max_ms = rb_opt(opts->backoff_max_ms, 5000);
+    r->connect_timeout_ms = opts->connect_timeout_ms;
+    r->command_timeout_ms = opts->command_timeout_ms;
+    r->backoff_min_ms = opts->backoff_min_ms;
+    r->backoff_max_ms = opts->backoff_max_ms;
     if (r->backoff_max_ms < r->backoff_min_ms) r->backoff_max_ms = r->backoff_min_ms;
-    r->ttl_ms = rb_opt(opts->presence_ttl_ms, 15000);
+    r->ttl_ms = opts->presence_ttl_ms;
     r->history_size = opts->history_size > 0 ? opts->history_size : 0;
     r->hb_ms = r->ttl_ms / 3 > 0 ? r->ttl_ms / 3 : 1;
     r->tick_ms = r->hb_ms < 100 ? r->hb_ms : 100;

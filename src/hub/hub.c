@@ -314,7 +314,7 @@ static void hub_presence_publish(hub_t *hub, hub_room_t *r, hub_client_t *cl, in
     bus_member_t bm = {cl->id, cl->name, muted, NULL};
     int rc = bus_presence_add(hub->bus, r->name, &bm);
     if (rc < 0) log_warn("bus: presence not published", "{s:s, s:s, s:s}", "client", cl->id, "room", r->name,
-                         "error", bus_strerror(rc));
+                         "error", gw_strerror(rc));
 }
 
 static int hub_room_join(hub_t *hub, hub_client_t *cl, const char *name, const char *since, char *code, size_t len)
@@ -463,9 +463,9 @@ static void hub_on_msg(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_
  * is no bus to carry it. */
 static int hub_direct_publish(hub_t *hub, const char *to, sbuf_t *payload)
 {
-    int rc = hub->remote ? bus_direct_publish(hub->bus, to, payload->data, payload->len) : BUS_ENOTSUP;
+    int rc = hub->remote ? bus_direct_publish(hub->bus, to, payload->data, payload->len) : GW_ENOTSUP;
     sbuf_unref(payload);
-    if (rc < 0 && rc != BUS_ENOTSUP) log_debug("bus: direct not sent", "{s:s, s:s}", "to", to, "error", bus_strerror(rc));
+    if (rc < 0 && rc != GW_ENOTSUP) log_debug("bus: direct not sent", "{s:s, s:s}", "to", to, "error", gw_strerror(rc));
     return rc < 0 ? -1 : 0;
 }
 
@@ -527,7 +527,7 @@ static void hub_on_custom(hub_t *hub, hub_client_t *cl, hub_room_t *r, const pro
     if (hub->remote) {
         int rc = bus_room_publish(hub->bus, r->name, payload->data, payload->len);
         if (rc < 0) log_debug("bus: custom message not published", "{s:s, s:s}", "room", r->name, "error",
-                              bus_strerror(rc));
+                              gw_strerror(rc));
     }
     hub_room_fanout(hub, r, payload, cl);
 }
@@ -1000,10 +1000,6 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
         hub_random_hex(rnd, 3);
         snprintf(node, sizeof node, "%s-%s", host, rnd);
     }
-    if (strlen(cfg->node_id) >= BUS_NODE_MAX || strchr(cfg->node_id, '\n')) {
-        snprintf(err, errlen, "config: node_id: expected 1 to %d bytes without a newline", BUS_NODE_MAX - 1);
-        return -1;
-    }
     hub_node_worker(hub->gw, node, sizeof node);
     bus_options_t opts = {
         .redis_url = cfg->redis_url,
@@ -1052,8 +1048,7 @@ void hub_bus_close(hub_t *hub)
     hub_bus_drop(hub);
     hub->remote = 0;
     char err[128];
-    bus_options_t opts = {.node_id = NULL};
-    if (bus_local_new(hub->gw->loop, &opts, NULL, hub, &hub->bus, err, sizeof err) < 0) abort();
+    if (bus_open(hub->gw->loop, NULL, NULL, hub, &hub->bus, err, sizeof err) < 0) abort();
 }
 
 int hub_bus_state(hub_t *hub)
@@ -1078,8 +1073,7 @@ hub_t *hub_new(gw_t *gw)
     uv_timer_start(hub->tick, hub_on_tick, 1000, 1000);
     uv_unref((uv_handle_t *)hub->tick);     /* the tick alone does not keep the process up */
     char err[128];
-    bus_options_t opts = {.node_id = NULL};
-    if (bus_local_new(gw->loop, &opts, NULL, hub, &hub->bus, err, sizeof err) < 0) abort();
+    if (bus_open(gw->loop, NULL, NULL, hub, &hub->bus, err, sizeof err) < 0) abort();
     hub_bus_metrics(hub);
     return hub;
 }

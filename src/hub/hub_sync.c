@@ -32,14 +32,15 @@ struct hub_op_s {
     int waiting;                   /* answers still owed */
     /* post */
     json_t *cid;
-    sbuf_t *tmpl;                  /* the msg with the id placeholder */
+    sbuf_t *tmpl;                  /* the msg without its id */
+    size_t id_at;                  /* where in tmpl the id goes */
     int ack;
     uint64_t t0;                   /* arrival of the client's msg (0: not from a client) */
     /* snapshot / history / list */
     char *since;
     uint64_t room_serial;          /* fill: the room it counts in (filling) */
     uint64_t list_seq;             /* hub->pres_seq when the list was asked for */
-    int list_status, hist_status;  /* 0 = answered; else a BUS_E* code: use the hub's own state */
+    int list_status, hist_status;  /* 0 = answered; else a GW_E* code: use the hub's own state */
     hub_remote_t *members;
     size_t nmembers;
     bus_id_t last;
@@ -60,7 +61,7 @@ static hub_op_t *hub_op_new(hub_t *hub, int kind, const char *room, const char *
     op->kind = kind;
     snprintf(op->room, sizeof op->room, "%s", room);
     snprintf(op->client, sizeof op->client, "%s", client ? client : "");
-    op->list_status = op->hist_status = BUS_ENOTSUP;
+    op->list_status = op->hist_status = GW_ENOTSUP;
     op->next = hub->ops;
     if (hub->ops) hub->ops->prev = op;
     hub->ops = op;
@@ -472,7 +473,7 @@ static void hub_op_listed(void *arg, int status, const bus_member_t *members, si
     hub_op_t *op = arg;
     op->list_status = status;
     if (status) log_warn("bus: presence list failed; using local members", "{s:s, s:s}", "room", op->room,
-                         "error", bus_strerror(status));
+                         "error", gw_strerror(status));
     const char *self = bus_node_id(op->hub->bus);
     op->members = xcalloc(n + 1, sizeof *op->members);
     for (size_t i = 0; !status && i < n; i++) {
@@ -490,7 +491,7 @@ static void hub_op_ranged(void *arg, int status, const bus_history_t *h)
     op->hist_status = status;
     if (status) {
         log_warn("bus: history range failed; using the local ring", "{s:s, s:s}", "room", op->room, "error",
-                 bus_strerror(status));
+                 gw_strerror(status));
     } else {
         op->last = h->last;
         op->gap = h->gap;
@@ -516,7 +517,9 @@ static void hub_op_fetch(hub_t *hub, hub_op_t *op, int list, int hist)
         else op->list_status = rc;
     }
     if (hist) {
-        int rc = bus_history_range(hub->bus, op->room, op->since, hub_op_ranged, op);
+        bus_id_t since;
+        int bad = op->since && proto_since_parse(op->since, since.epoch, sizeof since.epoch, &since.seq) < 0;
+        int rc = bad ? GW_EINVAL : bus_history_range(hub->bus, op->room, op->since ? &since : NULL, hub_op_ranged, op);
         if (rc == 0) op->waiting++;
         else op->hist_status = rc;
     }
@@ -664,8 +667,8 @@ static void hub_post_local(hub_t *hub, hub_op_t *op)
     if (!r) return;                /* the sender left the room meanwhile */
     bus_id_t id = {"", ++r->seq};
     snprintf(id.epoch, sizeof id.epoch, "%s", r->epoch);
-    sbuf_t *payload = bus_payload_set_id(op->tmpl->data, op->tmpl->len, &id);
-    if (!payload) return;
+    sbuf_t *payload = bus_payload_number(op->tmpl->data, op->id_at, op->tmpl->data + op->id_at,
+                                         op->tmpl->len - op->id_at, &id);
     hub_latency_observe(hub, op->t0);
     hub_room_deliver(hub, r, &id, payload, 0);
     hub_post_ack(hub, op, &id);
@@ -678,7 +681,7 @@ static void hub_post_done(void *arg, int status, const bus_id_t *id, sbuf_t *pay
     hub_t *hub = op->hub;
     if (status) {
         log_warn("bus: post failed; delivering on this replica only", "{s:s, s:s}", "room", op->room, "error",
-                 bus_strerror(status));
+                 gw_strerror(status));
         hub_post_local(hub, op);
     } else {
         hub_room_t *r = hub_room_get(hub, op->room);
@@ -690,20 +693,20 @@ static void hub_post_done(void *arg, int status, const bus_id_t *id, sbuf_t *pay
     hub_op_free(op);
 }
 
-/* A chat msg through the bus: encoded once with the id placeholder; Redis assigns the id and
+/* A chat msg through the bus: encoded once without its id; Redis assigns the id and
  * every replica (this one included, from hub_post_done) delivers it at the same place in the
  * room's order. client (may be NULL) gets the ack with the final id. */
 void hub_room_post(hub_t *hub, const char *room, const char *from_id, const char *from_name, const char *text,
                    json_t *extra, const char *client, json_t *cid)
 {
     hub_op_t *op = hub_op_new(hub, HUB_OP_POST, room, client);
-    op->tmpl = proto_msg(room, BUS_ID_EPOCH, 0, from_id, from_name, text, hub_wall_ms(), extra);
+    op->tmpl = proto_msg_unnumbered(room, from_id, from_name, text, hub_wall_ms(), extra, &op->id_at);
     op->cid = cid ? json_incref(cid) : NULL;
     op->ack = client != NULL;
     op->t0 = client ? hub->msg_t0 : 0;
-    int rc = bus_room_post(hub->bus, room, op->tmpl->data, op->tmpl->len, hub_post_done, op);
+    int rc = bus_room_post(hub->bus, room, op->tmpl->data, op->tmpl->len, op->id_at, hub_post_done, op);
     if (rc == 0) return;
-    if (rc != BUS_EDOWN) log_warn("bus: post refused", "{s:s, s:s}", "room", room, "error", bus_strerror(rc));
+    if (rc != GW_EDOWN) log_warn("bus: post refused", "{s:s, s:s}", "room", room, "error", gw_strerror(rc));
     hub_post_local(hub, op);
     hub_op_free(op);
 }

@@ -7,6 +7,7 @@
  * jansson objects and dumped compactly into a shared buffer; room snapshots and history
  * replies splice already-encoded msg buffers in as raw bytes, so history is never parsed
  * again. No I/O, no room state, and no string reaches the wire without being valid UTF-8. */
+#define _GNU_SOURCE 1 /* memmem */
 #include "proto/proto.h"
 
 #include <inttypes.h>
@@ -712,12 +713,10 @@ char *proto_msg_id(char *out, size_t len, const char *epoch, uint64_t seq)
 
 /* The tree-built msg: for an extra with a key that holds a NUL byte, which json_object_set
  * cuts short (two such keys may then collapse into one). */
-static sbuf_t *proto_msg_tree(const char *room, const char *epoch, uint64_t seq, const char *from_id,
-                              const char *from_name, const char *text, int64_t ts, json_t *extra)
+static sbuf_t *proto_msg_tree(const char *room, const char *id, const char *from_id, const char *from_name,
+                              const char *text, int64_t ts, json_t *extra)
 {
     static const char *const *reserved = proto_msg_reserved;
-    char id[96];
-    proto_msg_id(id, sizeof id, epoch, seq);
     json_t *o = proto_obj_new("msg");
     json_object_set_new(o, "room", proto_str(room));
     json_object_set_new(o, "id", proto_str(id));
@@ -749,23 +748,22 @@ static void pw_from_text(proto_w_t *w, const char *from_id, const char *from_nam
     pw_i64(w, ts);
 }
 
-sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char *from_id,
-                  const char *from_name, const char *text, int64_t ts, json_t *extra)
+/* The msg with id as its "id" text. */
+static sbuf_t *proto_msg_encode(const char *room, const char *id, const char *from_id, const char *from_name,
+                                const char *text, int64_t ts, json_t *extra)
 {
     const char *key;
     size_t keylen;
     json_t *v;
     if (json_is_object(extra)) {
         json_object_keylen_foreach(extra, key, keylen, v) {
-            if (strlen(key) != keylen) return proto_msg_tree(room, epoch, seq, from_id, from_name, text, ts, extra);
+            if (strlen(key) != keylen) return proto_msg_tree(room, id, from_id, from_name, text, ts, extra);
         }
     }
     proto_w_t w;
     pw_init(&w);
     PW_LIT(&w, "{\"type\":\"msg\",\"room\":");
     pw_str(&w, room);
-    char id[96];
-    proto_msg_id(id, sizeof id, epoch, seq);
     PW_LIT(&w, ",\"id\":");
     pw_str(&w, id);
     PW_LIT(&w, ",");
@@ -782,6 +780,27 @@ sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char 
     }
     PW_LIT(&w, "}");
     return pw_finish(&w);
+}
+
+sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char *from_id,
+                  const char *from_name, const char *text, int64_t ts, json_t *extra)
+{
+    char id[96];
+    proto_msg_id(id, sizeof id, epoch, seq);
+    return proto_msg_encode(room, id, from_id, from_name, text, ts, extra);
+}
+
+sbuf_t *proto_msg_unnumbered(const char *room, const char *from_id, const char *from_name, const char *text,
+                             int64_t ts, json_t *extra, size_t *id_at)
+{
+    static const char slot[] = ",\"id\":\"\"";
+    sbuf_t *s = proto_msg_encode(room, "", from_id, from_name, text, ts, extra);
+    if (!s) return NULL;
+    /* the first match is the slot: "id" follows "room", and inside a JSON string every '"'
+     * follows a backslash, never a comma */
+    const char *at = memmem(s->data, s->len, slot, sizeof slot - 1);
+    *id_at = (size_t)(at - s->data) + sizeof slot - 2;
+    return s;
 }
 
 sbuf_t *proto_ack(json_t *cid, const char *id)

@@ -74,7 +74,9 @@ int proto_room_valid(const char *s);
 /* 1 when s is a valid display name: 1..32 code points of UTF-8, no C0/C1 control characters
  * or DEL, not only spaces. */
 int proto_name_valid(const char *s);
-/* Parses "epoch:seq". Returns 0 and fills epoch (NUL-terminated) and seq, or -1. */
+/* Parses a msg id, "epoch:seq" (a client's since): epoch 1..32 of [A-Za-z0-9_-], seq 1..20
+ * digits within uint64. Returns 0 and fills epoch (NUL-terminated) and seq, or -1. The one
+ * parser of ids: the hub parses a since here before it asks the bus. */
 int proto_since_parse(const char *since, char *epoch, size_t epoch_len, uint64_t *seq);
 
 /* Server messages. ts is milliseconds since the Unix epoch. member objects are
@@ -85,6 +87,10 @@ sbuf_t *proto_presence(const char *type, const char *room, const char *id, const
  * from the policy, may be NULL) that does not clash with those keys. */
 sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char *from_id,
                   const char *from_name, const char *text, int64_t ts, json_t *extra);
+/* The same msg without its id ("id":""), for the bus to number (bus_room_post): *id_at is
+ * the byte offset of the id's slot, between those two quotes. NULL as proto_msg. */
+sbuf_t *proto_msg_unnumbered(const char *room, const char *from_id, const char *from_name, const char *text,
+                             int64_t ts, json_t *extra, size_t *id_at);
 /* A msg id, "epoch:seq", into out (cut to len as snprintf would). Returns out. */
 char *proto_msg_id(char *out, size_t len, const char *epoch, uint64_t seq);
 sbuf_t *proto_ack(json_t *cid, const char *id);

@@ -399,7 +399,29 @@ static const error_case_t error_cases[] = {
     { NULL, NULL, NULL, { "--redis-url", "http://x" }, { "config: redis_url:", "got \"http://x\"" } },
     /* a password in a bad URL is never echoed */
     { NULL, NULL, NULL, { "--redis-url", "http://u:hunter2@x" }, { "config: redis_url:", "(hidden)" } },
+    /* node ids: the bus's limits, checked once, here */
+    { NULL, NULL, NULL, { "--node-id", "a\nb" },
+      { "config: node_id: expected 1 to 63 bytes without a newline, or empty", "got \"a\\x0ab\"" } },
+    { NULL, NULL, NULL, { "--node-id", "0123456789012345678901234567890123456789012345678901234567890123" },
+      { "config: node_id:", "(from --node-id)" } },
 };
+
+/* node_id: empty (a random one at start) or up to 63 bytes, as the bus holds them. */
+static void test_node_id(void **state)
+{
+    (void)state;
+    config_t c;
+    char err[256];
+    char id[CONFIG_NODE_ID_MAX + 1];
+    memset(id, 'n', CONFIG_NODE_ID_MAX);
+    id[CONFIG_NODE_ID_MAX] = '\0';
+    assert_int_equal(LOAD(&c, err, "--node-id", id), 0);
+    assert_string_equal(c.node_id, id);
+    config_free(&c);
+    assert_int_equal(LOAD(&c, err, "--node-id="), 0);
+    assert_string_equal(c.node_id, "");
+    config_free(&c);
+}
 
 static void test_errors(void **state)
 {
@@ -532,6 +554,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bool_flags, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_workers_auto, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_valid_addresses, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_node_id, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_errors, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_to_json_redacts, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_to_json_round_trip, test_setup, test_teardown),

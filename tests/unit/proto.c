@@ -741,6 +741,31 @@ static void test_msg_id(void **state)
     assert_string_equal(got, ":42");
 }
 
+/* A msg without its id, numbered at its slot, is byte for byte proto_msg's: on the direct
+ * path and on the tree path (an extra key with a NUL byte), with quotes and an "id" in the
+ * text and the extra that must not be taken for the slot. */
+static void test_msg_unnumbered(void **state)
+{
+    (void)state;
+    json_t *plain = json_pack("{s:s, s:s}", "note", ",\"id\":\"\"", "id", "x:1");
+    json_t *nul = json_object();
+    json_object_setn_new(nul, "a\0b", 3, json_string(",\"id\":\"\""));
+    json_t *extras[] = { NULL, plain, nul };
+    for (size_t i = 0; i < sizeof extras / sizeof *extras; i++) {
+        size_t at = 0;
+        sbuf_t *t = proto_msg_unnumbered("r", "u1", "A \"b\"", ",\"id\":\"\"", 42, extras[i], &at);
+        sbuf_t *want = proto_msg("r", "k3f9", 17, "u1", "A \"b\"", ",\"id\":\"\"", 42, extras[i]);
+        assert_non_null(t);
+        assert_int_equal(t->len + strlen("k3f9:17"), want->len);
+        assert_memory_equal(t->data, want->data, at);
+        assert_memory_equal(want->data + at, "k3f9:17", 7);
+        assert_memory_equal(t->data + at, want->data + at + 7, t->len - at);
+        sbuf_unref(t);
+        sbuf_unref(want);
+        json_decref(extras[i]);
+    }
+}
+
 static void test_encode_msg_extra(void **state)
 {
     json_t *extra = json_pack("{s:s, s:s, s:s, s:i, s:s, s:i, s:{s:b}, s:[i,i], s:n}", "type", "evil", "room", "other",
@@ -1380,6 +1405,7 @@ int main(void)
         cmocka_unit_test(test_decode_join),
         cmocka_unit_test(test_decode_too_complex),
         cmocka_unit_test(test_msg_id),
+        cmocka_unit_test(test_msg_unnumbered),
         cmocka_unit_test(test_decode_room_only),
         cmocka_unit_test(test_decode_history_since),
         cmocka_unit_test(test_decode_msg),
