@@ -88,7 +88,8 @@ static int routes_chat_parse(const http_request_t *req, const char *ip, routes_c
         return GW_EINVAL;
     }
     int has_since = http_query_get(req->query, "since", rc->since, sizeof rc->since) >= 0;
-    for (int i = 0; i < req->nheaders; i++) rc->headers[i] = (policy_pair_t){req->headers[i].name, req->headers[i].value};
+    for (int i = 0; i < req->nheaders; i++)
+        rc->headers[i] = (policy_pair_t){req->headers[i].name, req->headers[i].value};
     rc->headers[req->nheaders] = (policy_pair_t){NULL, NULL};
     rc->query = routes_query_pairs(req->query);
     rc->hc = (hub_connect_t){
@@ -132,7 +133,8 @@ const server_endpoint_t *routes_ws_endpoint(gw_t *gw, const http_request_t *req,
     if (path_is(req, "/echo")) return gw->cfg.echo ? &echo_endpoint : NULL;
     if (path_is(req, "/ws")) return &routes_chat_endpoint;
     /* free4chat-style /ROOM: a single segment, and only when the client asks to upgrade */
-    if (req->upgrade && req->path[0] == '/' && req->path[1] && !strchr(req->path + 1, '/')) return &routes_chat_endpoint;
+    if (req->upgrade && req->path[0] == '/' && req->path[1] && !strchr(req->path + 1, '/'))
+        return &routes_chat_endpoint;
     return NULL;
 }
 
