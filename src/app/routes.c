@@ -9,6 +9,7 @@
 #include <jansson.h>
 
 #include "app/echo.h"
+#include "base/err.h"
 #include "hub/hub.h"
 #include "policy/policy.h"
 #include "proto/proto.h"
@@ -17,13 +18,123 @@
 
 static int path_is(const http_request_t *req, const char *path) { return !strcmp(req->path, path); }
 
+/* ---- the chat endpoint: the hub behind its HTTP edge ----
+ * The upgrade request is parsed here, once, into a hub_connect_t (the client the hub makes
+ * keeps what attach needs), and a refusal's GW_E* code becomes a status (http_status_of). */
+
+#define ROUTES_QUERY_KEY_MAX 63    /* longer query keys are left out of conn.query */
+
+/* A parsed request and the storage its strings point into. */
+typedef struct {
+    hub_connect_t hc;
+    char room[PROTO_MAX_ROOM * 2], name[PROTO_MAX_NAME * 4 + 1], since[128];
+    policy_pair_t headers[HTTP_MAX_HEADERS + 1];
+    policy_pair_t *query;          /* owned: routes_query_pairs */
+} routes_connect_t;
+
+/* The room named by the URL: ?room=R, or the single path segment of /R; "" for none. 0, or
+ * GW_EINVAL when it is badly encoded, too long or not a room name. */
+static int routes_chat_room(const http_request_t *req, char *room, size_t len)
+{
+    room[0] = '\0';
+    int n = http_query_get(req->query, "room", room, len);
+    if (n == -2) return GW_EINVAL;
+    if (n < 0 && strcmp(req->path, "/ws")) snprintf(room, len, "%s", req->path + 1);
+    return room[0] && !proto_room_valid(room) ? GW_EINVAL : 0;
+}
+
+/* The query parameters hooks see (conn.query): keys of 1 to ROUTES_QUERY_KEY_MAX bytes as
+ * sent, values percent-decoded and valid UTF-8 (others are left out), the first of a repeated
+ * key. One block the caller frees (the pairs, a NULL key last, then their strings), or NULL
+ * when there are none. */
+static policy_pair_t *routes_query_pairs(const char *query)
+{
+    size_t max = 1, n = 0, used = 0, kn;
+    for (const char *c = query; *c; c++) max += *c == '&';
+    size_t cap = strlen(query) + 2 * max;   /* each value and key with its NUL; decoding only shrinks */
+    policy_pair_t *pairs = xmalloc((max + 1) * sizeof *pairs + cap);
+    char *text = (char *)(pairs + max + 1);
+    const char *cur = query, *key;
+    int vn;
+    pairs[0] = (policy_pair_t){NULL, NULL};
+    while ((vn = http_query_next(&cur, &key, &kn, text + used, cap - used)) != -1) {
+        char *value = text + used;
+        if (vn < 0 || !kn || kn > ROUTES_QUERY_KEY_MAX || !ws_utf8_valid((const uint8_t *)value, (size_t)vn) ||
+            policy_query_find(pairs, key, kn))
+            continue;
+        char *k = value + vn + 1;  /* the key after its value: the value's length was known first */
+        memcpy(k, key, kn);
+        k[kn] = '\0';
+        pairs[n++] = (policy_pair_t){k, value};
+        pairs[n] = (policy_pair_t){NULL, NULL};
+        used += (size_t)vn + kn + 2;
+    }
+    if (n) return pairs;
+    free(pairs);
+    return NULL;
+}
+
+/* Parses and checks req for hub_admit into rc. 0, or GW_EINVAL with the reason. */
+static int routes_chat_parse(const http_request_t *req, const char *ip, routes_connect_t *rc, char *reason,
+                             size_t len)
+{
+    if (routes_chat_room(req, rc->room, sizeof rc->room) < 0) {
+        snprintf(reason, len, "invalid room name");
+        return GW_EINVAL;
+    }
+    int n = http_query_get(req->query, "name", rc->name, sizeof rc->name);
+    if (n == -2 || (n >= 0 && !proto_name_valid(rc->name))) {
+        snprintf(reason, len, "invalid name");
+        return GW_EINVAL;
+    }
+    int has_since = http_query_get(req->query, "since", rc->since, sizeof rc->since) >= 0;
+    for (int i = 0; i < req->nheaders; i++)
+        rc->headers[i] = (policy_pair_t){req->headers[i].name, req->headers[i].value};
+    rc->headers[req->nheaders] = (policy_pair_t){NULL, NULL};
+    rc->query = routes_query_pairs(req->query);
+    rc->hc = (hub_connect_t){
+        .ip = ip,
+        .room = rc->room[0] ? rc->room : NULL,
+        .name = n >= 0 ? rc->name : NULL,
+        .since = has_since ? rc->since : NULL,
+        .query = rc->query,
+        .headers = rc->headers,
+    };
+    return 0;
+}
+
+/* server_endpoint_t.admit: 0, or the refusal's HTTP status with reason. */
+static int routes_chat_admit(gw_t *gw, const http_request_t *req, const char *ip, void **data, char *reason,
+                             size_t len)
+{
+    routes_connect_t rc;
+    int err = routes_chat_parse(req, ip, &rc, reason, len);
+    if (!err) {
+        err = hub_admit(gw, &rc.hc, data, reason, len);
+        free(rc.query);
+    }
+    return err < 0 ? http_status_of(err) : 0;
+}
+
+/* req was parsed at admit: the client keeps what attach needs. */
+static void routes_chat_attach(gw_t *gw, conn_t *c, const http_request_t *req) { hub_attach(gw, c); }
+
+const server_endpoint_t routes_chat_endpoint = {
+    .name = "chat",
+    .admit = routes_chat_admit,
+    .attach = routes_chat_attach,
+    .message = hub_message,
+    .detach = hub_detach,
+};
+
 const server_endpoint_t *routes_ws_endpoint(gw_t *gw, const http_request_t *req, int roles)
 {
     if (!(roles & ROUTE_PUBLIC)) return NULL;
     if (path_is(req, "/echo")) return gw->cfg.echo ? &echo_endpoint : NULL;
-    if (path_is(req, "/ws")) return &hub_endpoint;
+    if (path_is(req, "/ws")) return &routes_chat_endpoint;
     /* free4chat-style /ROOM: a single segment, and only when the client asks to upgrade */
-    if (req->upgrade && req->path[0] == '/' && req->path[1] && !strchr(req->path + 1, '/')) return &hub_endpoint;
+    if (req->upgrade && req->path[0] == '/' && req->path[1] && !strchr(req->path + 1, '/'))
+        return &routes_chat_endpoint;
     return NULL;
 }
 

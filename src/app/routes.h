@@ -13,6 +13,10 @@
  * admin_listen is configured. */
 enum { ROUTE_PUBLIC = 1, ROUTE_ADMIN = 2 };
 
+/* The chat endpoint (/ws, /ROOM): the hub's, behind the HTTP edge that parses its upgrade
+ * request (room, name, since, the query and headers for the policy) and maps a refusal to a
+ * status. */
+extern const server_endpoint_t routes_chat_endpoint;
 /* The endpoint for a WebSocket path (/echo when enabled, /ws, /ROOM), or NULL. */
 const server_endpoint_t *routes_ws_endpoint(gw_t *gw, const http_request_t *req, int roles);
 /* Answers a plain request with a complete response in out. */

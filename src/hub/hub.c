@@ -20,6 +20,8 @@
 
 #include "bus/bus.h"
 #include "bus/bus_inproc.h"
+#include "base/err.h"
+#include "base/hex.h"
 #include "base/log.h"
 #include "base/map.h"
 #include "policy/policy.h"
@@ -40,13 +42,6 @@ static void hub_random_b64url(char *out, size_t nbytes)
         for (int k = 3; k >= 0; k--) out[o++] = tab[(v >> (6 * k)) & 63];
     }
     out[o] = '\0';
-}
-
-static void hub_random_hex(char *out, size_t nbytes)
-{
-    unsigned char raw[32];
-    if (RAND_bytes(raw, (int)nbytes) != 1) abort();
-    for (size_t i = 0; i < nbytes; i++) sprintf(out + 2 * i, "%02x", raw[i]);
 }
 
 static void hub_random_name(char *out, size_t len)
@@ -79,6 +74,7 @@ static policy_conn_t hub_pconn(const hub_client_t *cl, json_t *headers)
 
 /* ---- sending ---- */
 
+/* One frame to one client (hub_int.h). */
 void hub_send(hub_t *hub, hub_client_t *cl, sbuf_t *payload)
 {
     server_msg_t m;
@@ -95,16 +91,17 @@ static void hub_send_error(hub_t *hub, hub_client_t *cl, const char *code, const
     hub_send(hub, cl, proto_error(code, message, ref));
 }
 
-/* Fans payload out to every member of room except skip (may be NULL). Takes the reference. */
-void hub_room_fanout(hub_t *hub, hub_room_t *room, sbuf_t *payload, const hub_client_t *skip)
+/* The room send loop: one shared frame, framed once per variant, to every member that takes
+ * it (hub_int.h). */
+void hub_room_send(hub_t *hub, hub_room_t *r, sbuf_t *payload, const hub_client_t *skip, const bus_id_t *id)
 {
     server_msg_t m;
     server_msg_init(&m, payload);
     size_t n = 0;
-    for (size_t i = 0; i < room->nmembers; i++) {
-        hub_client_t *cl = room->members[i].client;
-        if (cl == skip || hub_member_pending(&room->members[i])) continue;
-        server_conn_send_msg(cl->conn, &m);
+    for (size_t i = 0; i < r->nmembers; i++) {
+        hub_member_t *mem = &r->members[i];
+        if (mem->client == skip || (mem->join && !hub_member_takes(mem, id, payload))) continue;
+        server_conn_send_msg(mem->client->conn, &m);
         n++;
     }
     METRIC_ADD(hub->gw->metrics.msgs_delivered, n);
@@ -120,7 +117,7 @@ static hub_room_t *hub_room_create(hub_t *hub, const char *name)
     hub_room_t *r = xcalloc(1, sizeof *r);
     r->name = xstrdup(name);
     r->serial = ++hub->room_serial;
-    hub_random_hex(r->epoch, HUB_EPOCH_BYTES);
+    hex_random(r->epoch, HUB_EPOCH_BYTES);
     snprintf(r->last_epoch, sizeof r->last_epoch, "%s", r->epoch);
     r->hist_max = (size_t)hub->gw->cfg.history_size;
     map_set(&hub->rooms, name, r);
@@ -272,7 +269,7 @@ void hub_history_send(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *s
 }
 
 /* Sends `room` (snapshot + history) to cl, after history_gap when since is lost. */
-void hub_room_snapshot(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since)
+void hub_snapshot_send(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since)
 {
     size_t n;
     sbuf_t **hist = hub_hist_recover(hub, r, cl, since, &n);
@@ -306,7 +303,6 @@ static int hub_policy_join(hub_t *hub, hub_client_t *cl, const char *room, char 
     return 0;
 }
 
-/* Joins cl to the room name. Returns 0, or -1 with an error code in code. */
 /* Tells the other replicas that cl is (still) in r, muted or not. */
 static void hub_presence_publish(hub_t *hub, hub_room_t *r, hub_client_t *cl, int muted)
 {
@@ -317,6 +313,7 @@ static void hub_presence_publish(hub_t *hub, hub_room_t *r, hub_client_t *cl, in
                          "error", gw_strerror(rc));
 }
 
+/* Joins cl to the room name. Returns 0, or -1 with an error code in code. */
 static int hub_room_join(hub_t *hub, hub_client_t *cl, const char *name, const char *since, char *code, size_t len)
 {
     const config_t *cfg = &hub->gw->cfg;
@@ -347,7 +344,7 @@ static int hub_room_join(hub_t *hub, hub_client_t *cl, const char *name, const c
     METRIC_INC(hub->gw->metrics.room_members);
     hub_presence_publish(hub, r, cl, 0);
     hub_snapshot_start(hub, r, cl, since);
-    hub_room_fanout(hub, r, proto_presence("join", r->name, cl->id, cl->name, 0), cl);
+    hub_room_send(hub, r, proto_presence("join", r->name, cl->id, cl->name, 0), cl, NULL);
     log_debug("join", "{s:s, s:s, s:s}", "client", cl->id, "room", r->name, "ip", cl->ip);
     return 0;
 }
@@ -382,7 +379,7 @@ static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
         }
     METRIC_SUB(hub->gw->metrics.room_members, 1);
     if (hub->remote) bus_presence_remove(hub->bus, r->name, cl->id);
-    if (r->nmembers) hub_room_fanout(hub, r, proto_presence("leave", r->name, cl->id, cl->name, 0), NULL);
+    if (r->nmembers) hub_room_send(hub, r, proto_presence("leave", r->name, cl->id, cl->name, 0), NULL, NULL);
     if (hub->gw->policy) {
         policy_conn_t pc = hub_pconn(cl, NULL);
         policy_on_leave(hub->gw->policy, &pc, r->name);
@@ -390,15 +387,15 @@ static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
     if (!r->nmembers) hub_room_destroy(hub, r);
 }
 
-static uint64_t hub_room_publish(hub_t *hub, hub_room_t *r, const char *from_id, const char *from_name,
-                                 const char *text, json_t *extra, char *id_out, size_t id_len)
+/* Posts a msg on a single node: the hub's own id (written to id_out), then delivered. */
+static void hub_room_post_own(hub_t *hub, hub_room_t *r, const char *from_id, const char *from_name,
+                              const char *text, json_t *extra, char *id_out, size_t id_len)
 {
-    uint64_t seq = ++r->seq;
-    sbuf_t *payload = proto_msg(r->name, r->epoch, seq, from_id, from_name, text, hub_wall_ms(), extra);
-    hub_hist_push(r, r->epoch, seq, payload);
-    if (id_out) proto_msg_id(id_out, id_len, r->epoch, seq);
-    hub_room_fanout(hub, r, payload, NULL);
-    return seq;
+    bus_id_t id = {"", ++r->seq};
+    memcpy(id.epoch, r->epoch, sizeof r->epoch);   /* NUL-terminated, shorter than BUS_EPOCH_MAX */
+    sbuf_t *payload = proto_msg(r->name, r->epoch, id.seq, from_id, from_name, text, hub_wall_ms(), extra);
+    proto_msg_id(id_out, id_len, r->epoch, id.seq);
+    hub_room_deliver(hub, r, &id, payload, 0);
 }
 
 /* ---- client messages ---- */
@@ -424,7 +421,7 @@ static hub_room_t *hub_member_room(hub_t *hub, hub_client_t *cl, const proto_in_
     return NULL;
 }
 
-static void hub_on_join(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
+static void hub_handle_join(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
 {
     /* The hook and the join presence see the new name; a refused join leaves the old one. */
     char *old = cl->name;
@@ -445,7 +442,8 @@ static json_t *hub_msg_extra(json_t *root, int from_policy)
     return extra;
 }
 
-static void hub_on_msg(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in, int from_policy)
+/* A chat msg: posted through the bus (acked with the bus's answer) or here (acked now). */
+static void hub_handle_msg(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in, int from_policy)
 {
     char id[64];
     json_t *extra = hub_msg_extra(in->root, from_policy);
@@ -453,7 +451,7 @@ static void hub_on_msg(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_
         hub_room_post(hub, r->name, cl->id, cl->name, in->text, extra, cl->id, in->cid);
     } else {
         hub_latency_observe(hub, hub->msg_t0);
-        hub_room_publish(hub, r, cl->id, cl->name, in->text, extra, id, sizeof id);
+        hub_room_post_own(hub, r, cl->id, cl->name, in->text, extra, id, sizeof id);
         hub_send(hub, cl, proto_ack(in->cid, id));
     }
     json_decref(extra);
@@ -469,7 +467,7 @@ static int hub_direct_publish(hub_t *hub, const char *to, sbuf_t *payload)
     return rc < 0 ? -1 : 0;
 }
 
-static void hub_on_dm(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
+static void hub_handle_dm(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
 {
     hub_client_t *to = hub_client_find(hub, in->to);
     if (!to && hub_direct_publish(hub, in->to, proto_dm(cl->id, cl->name, in->text, hub_wall_ms())) == 0) {
@@ -485,7 +483,7 @@ static void hub_on_dm(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
     if (in->cid) hub_send(hub, cl, proto_ack(in->cid, NULL));
 }
 
-static void hub_on_signal(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
+static void hub_handle_signal(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
 {
     hub_client_t *to = hub_client_find(hub, in->to);
     if (!to && hub_remote_find(r, in->to) && hub_direct_publish(hub, in->to, proto_signal(r->name, cl->id, in->data)) == 0)
@@ -498,14 +496,15 @@ static void hub_on_signal(hub_t *hub, hub_client_t *cl, hub_room_t *r, const pro
     METRIC_INC(hub->gw->metrics.msgs_delivered);
 }
 
-static void hub_on_mute(hub_t *hub, hub_client_t *cl, hub_room_t *r, int muted)
+static void hub_handle_mute(hub_t *hub, hub_client_t *cl, hub_room_t *r, int muted)
 {
     hub_room_member(r, cl)->muted = muted;
     hub_presence_publish(hub, r, cl, muted);   /* the other replicas send mute/unmute themselves */
-    hub_room_fanout(hub, r, proto_presence(muted ? "mute" : "unmute", r->name, cl->id, cl->name, muted), cl);
+    sbuf_t *frame = proto_presence(muted ? "mute" : "unmute", r->name, cl->id, cl->name, muted);
+    hub_room_send(hub, r, frame, cl, NULL);
 }
 
-static void hub_on_history(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
+static void hub_handle_history(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
 {
     if (hub->remote) {
         hub_history_start(hub, r, cl, in->since);
@@ -515,7 +514,7 @@ static void hub_on_history(hub_t *hub, hub_client_t *cl, hub_room_t *r, const pr
 }
 
 /* A custom type the policy delivered: to the room's other members, with from added. */
-static void hub_on_custom(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
+static void hub_handle_custom(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
 {
     if (!r) return;                /* no room to deliver to: the policy answered it itself */
     json_t *out = json_copy(in->root);
@@ -529,27 +528,27 @@ static void hub_on_custom(hub_t *hub, hub_client_t *cl, hub_room_t *r, const pro
         if (rc < 0) log_debug("bus: custom message not published", "{s:s, s:s}", "room", r->name, "error",
                               gw_strerror(rc));
     }
-    hub_room_fanout(hub, r, payload, cl);
+    hub_room_send(hub, r, payload, cl, NULL);
 }
 
 /* Carries out a message the policy let through (or every message when it has no hook). */
-static void hub_deliver(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in, int from_policy)
+static void hub_handle(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in, int from_policy)
 {
     switch (in->type) {
-    case PROTO_MSG: hub_on_msg(hub, cl, r, in, from_policy); break;
-    case PROTO_DM: hub_on_dm(hub, cl, in); break;
-    case PROTO_SIGNAL: hub_on_signal(hub, cl, r, in); break;
-    case PROTO_MUTE: hub_on_mute(hub, cl, r, 1); break;
-    case PROTO_UNMUTE: hub_on_mute(hub, cl, r, 0); break;
-    case PROTO_HISTORY: hub_on_history(hub, cl, r, in); break;
-    case PROTO_CUSTOM: hub_on_custom(hub, cl, r, in); break;
+    case PROTO_MSG: hub_handle_msg(hub, cl, r, in, from_policy); break;
+    case PROTO_DM: hub_handle_dm(hub, cl, in); break;
+    case PROTO_SIGNAL: hub_handle_signal(hub, cl, r, in); break;
+    case PROTO_MUTE: hub_handle_mute(hub, cl, r, 1); break;
+    case PROTO_UNMUTE: hub_handle_mute(hub, cl, r, 0); break;
+    case PROTO_HISTORY: hub_handle_history(hub, cl, r, in); break;
+    case PROTO_CUSTOM: hub_handle_custom(hub, cl, r, in); break;
     case PROTO_JOIN:
     case PROTO_LEAVE: break;       /* handled before the policy */
     }
 }
 
 /* A message the policy rewrote: checked like a client's, and its room must be one of ours. */
-static void hub_deliver_rewritten(hub_t *hub, hub_client_t *cl, json_t *out)
+static void hub_handle_rewritten(hub_t *hub, hub_client_t *cl, json_t *out)
 {
     proto_in_t in;
     proto_err_t err;
@@ -564,7 +563,7 @@ static void hub_deliver_rewritten(hub_t *hub, hub_client_t *cl, json_t *out)
             hub_send_error(hub, cl, "policy_error", "the policy cannot turn a message into a join or leave", NULL,
                            METRICS_DROP_POLICY);
     } else {
-        hub_deliver(hub, cl, r, &in, 1);
+        hub_handle(hub, cl, r, &in, 1);
     }
     proto_in_free(&in);
 }
@@ -584,14 +583,14 @@ static void hub_msg_envelope_only(json_t *root)
 
 /* Runs on_message over a message of a member (r is its room, NULL for dm and roomless custom
  * types) and carries out the verdict. */
-static void hub_route(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
+static void hub_filter(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in)
 {
     policy_t *p = hub->gw->policy;
     if (!p || !policy_wants(p, in->type_name)) {
         if (in->type == PROTO_CUSTOM)
             hub_send_error(hub, cl, "bad_type", "no handler for this message type", in->cid, METRICS_DROP_INVALID);
         else
-            hub_deliver(hub, cl, r, in, 0);
+            hub_handle(hub, cl, r, in, 0);
         return;
     }
     if (in->type == PROTO_MSG) hub_msg_envelope_only(in->root);
@@ -610,16 +609,17 @@ static void hub_route(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_i
         json_decref(out);          /* the policy kicked the sender */
     } else if (out == in->root) {
         json_decref(out);
-        hub_deliver(hub, cl, r, in, 0);
+        hub_handle(hub, cl, r, in, 0);
     } else {
-        hub_deliver_rewritten(hub, cl, out);
+        hub_handle_rewritten(hub, cl, out);
     }
 }
 
+/* A decoded message of cl: join and leave are the hub's own, the rest goes to the policy. */
 static void hub_dispatch(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
 {
     if (in->type == PROTO_JOIN) {
-        hub_on_join(hub, cl, in);
+        hub_handle_join(hub, cl, in);
         return;
     }
     hub_room_t *r = NULL;
@@ -627,10 +627,10 @@ static void hub_dispatch(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
     if (in->type == PROTO_LEAVE)
         hub_room_leave(hub, cl, r);
     else
-        hub_route(hub, cl, r, in);
+        hub_filter(hub, cl, r, in);
 }
 
-static void hub_message(gw_t *gw, conn_t *c, int opcode, uint8_t *data, size_t len)
+void hub_message(gw_t *gw, conn_t *c, int opcode, uint8_t *data, size_t len)
 {
     hub_t *hub = gw->hub;
     hub_client_t *cl = server_conn_data(c);
@@ -658,114 +658,97 @@ static void hub_message(gw_t *gw, conn_t *c, int opcode, uint8_t *data, size_t l
 
 /* ---- connection lifecycle ---- */
 
-/* The room named by the URL: ?room=R, or the single path segment of /R. */
-static int hub_url_room(const http_request_t *req, char *room, size_t len)
+/* A copy of pairs (a NULL key last) in one block, the array then its strings: one free. NULL
+ * when there are none. */
+static policy_pair_t *hub_pairs_copy(const policy_pair_t *pairs)
 {
-    room[0] = '\0';
-    int n = http_query_get(req->query, "room", room, len);
-    if (n == -2) return -1;
-    if (n < 0 && strcmp(req->path, "/ws")) snprintf(room, len, "%s", req->path + 1);
-    return room[0] && !proto_room_valid(room) ? -1 : 0;
-}
-
-/* The query parameters hooks see, as policy_conn_t.query pairs: keys of 1 to 63 bytes as
- * sent, values percent-decoded and valid UTF-8 (others are left out), the first of a repeated
- * key. NULL when there are none. */
-static char *hub_query_pairs(const char *query)
-{
-    size_t qlen = strlen(query), kn;
-    char *val = xmalloc(qlen + 1);
-    const char *cur = query, *key;
-    int n;
-    buf_t b;
-    buf_init(&b);
-    buf_append(&b, "", 1);         /* the empty key that ends the pairs, kept last as they grow */
-    while ((n = http_query_next(&cur, &key, &kn, val, qlen + 1)) != -1) {
-        if (n < 0 || !kn || kn > 63 || !ws_utf8_valid((const uint8_t *)val, (size_t)n) ||
-            policy_query_find(b.data, key, kn))
-            continue;
-        b.len--;
-        buf_append(&b, key, kn);
-        buf_append(&b, "", 1);
-        buf_append(&b, val, (size_t)n + 1);
-        buf_append(&b, "", 1);
+    size_t n = 0, bytes = 0;
+    for (const policy_pair_t *p = pairs; p && p->key; p++, n++) bytes += strlen(p->key) + strlen(p->value) + 2;
+    if (!n) return NULL;
+    policy_pair_t *out = xmalloc((n + 1) * sizeof *out + bytes);
+    char *s = (char *)(out + n + 1);
+    for (size_t i = 0; i < n; i++) {
+        out[i].key = s;
+        s = stpcpy(s, pairs[i].key) + 1;
+        out[i].value = s;
+        s = stpcpy(s, pairs[i].value) + 1;
     }
-    free(val);
-    if (b.len > 1) return b.data;
-    buf_free(&b);
-    return NULL;
+    out[n] = (policy_pair_t){NULL, NULL};
+    return out;
 }
 
 /* Request headers with lower-case names, for on_connect only. */
-static json_t *hub_headers_json(const http_request_t *req)
+static json_t *hub_headers_json(const policy_pair_t *headers)
 {
     json_t *obj = json_object();
-    for (int i = 0; i < req->nheaders; i++) {
+    for (const policy_pair_t *h = headers; h && h->key; h++) {
         char name[64];
         size_t n = 0;
-        for (const char *h = req->headers[i].name; *h && n + 1 < sizeof name; h++)
-            name[n++] = (char)(*h >= 'A' && *h <= 'Z' ? *h + 32 : *h);
+        for (const char *c = h->key; *c && n + 1 < sizeof name; c++)
+            name[n++] = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
         name[n] = '\0';
-        json_object_set_new(obj, name, json_string(req->headers[i].value));
+        json_object_set_new(obj, name, json_string(h->value));
     }
     return obj;
+}
+
+/* A client for an admitted request: its id, its name (the request's or a random one), and
+ * what attach needs (the room to join, since). */
+static hub_client_t *hub_client_new(hub_t *hub, const hub_connect_t *req)
+{
+    hub_client_t *cl = xcalloc(1, sizeof *cl);
+    char name[PROTO_MAX_NAME * 4 + 1];
+    if (!req->name) hub_random_name(name, sizeof name);
+    cl->name = xstrdup(req->name ? req->name : name);
+    do hub_random_b64url(cl->id, HUB_ID_BYTES);
+    while (map_get(&hub->clients, cl->id));
+    cl->ip = req->ip;
+    cl->query = hub_pairs_copy(req->query);
+    cl->join_room = req->room ? xstrdup(req->room) : NULL;
+    cl->join_since = req->since ? xstrdup(req->since) : NULL;
+    return cl;
 }
 
 static void hub_client_free(hub_client_t *cl)
 {
     free(cl->name);
     free(cl->query);
+    free(cl->join_room);
+    free(cl->join_since);
     free(cl->rooms);
     free(cl);
 }
 
-/* Asks on_connect. 0 admits; otherwise an HTTP status with reason. */
-static int hub_policy_connect(gw_t *gw, hub_client_t *cl, const http_request_t *req, char *reason, size_t len)
+/* Asks on_connect. 0 admits; otherwise GW_EREFUSED or GW_EUNAVAIL with reason. */
+static int hub_policy_connect(gw_t *gw, hub_client_t *cl, const policy_pair_t *headers, char *reason, size_t len)
 {
     policy_t *p = gw->policy;
     if (!p || !policy_has(p, POLICY_HOOK_CONNECT)) return 0;
-    json_t *headers = hub_headers_json(req);
-    policy_conn_t pc = hub_pconn(cl, headers);
+    json_t *hj = hub_headers_json(headers);
+    policy_conn_t pc = hub_pconn(cl, hj);
     int rc = policy_on_connect(p, &pc, reason, len);
-    json_decref(headers);
-    if (rc == POLICY_DROP) return 403;
+    json_decref(hj);
+    if (rc == POLICY_DROP) return GW_EREFUSED;
     if (rc == POLICY_ERROR && strcmp(gw->cfg.policy_fail, "open")) {
         snprintf(reason, len, "policy_error");
-        return 503;
+        return GW_EUNAVAIL;
     }
     return 0;
 }
 
-static int hub_admit(gw_t *gw, const http_request_t *req, const char *ip, void **data, char *reason, size_t len)
+int hub_admit(gw_t *gw, const hub_connect_t *req, void **data, char *reason, size_t len)
 {
-    char room[PROTO_MAX_ROOM * 2];
-    if (hub_url_room(req, room, sizeof room) < 0) {
-        snprintf(reason, len, "invalid room name");
-        return 400;
-    }
-    char name[PROTO_MAX_NAME * 4 + 1];
-    int n = http_query_get(req->query, "name", name, sizeof name);
-    if (n == -2 || (n >= 0 && !proto_name_valid(name))) {
-        snprintf(reason, len, "invalid name");
-        return 400;
-    }
-    if (n < 0) hub_random_name(name, sizeof name);
-    hub_client_t *cl = xcalloc(1, sizeof *cl);
-    cl->name = xstrdup(name);
-    do hub_random_b64url(cl->id, HUB_ID_BYTES);
-    while (map_get(&gw->hub->clients, cl->id));
-    cl->ip = ip;
-    cl->query = hub_query_pairs(req->query);
-    int status = hub_policy_connect(gw, cl, req, reason, len);
-    if (status) {
+    hub_client_t *cl = hub_client_new(gw->hub, req);
+    int rc = hub_policy_connect(gw, cl, req->headers, reason, len);
+    if (rc < 0) {
         hub_client_free(cl);
-        return status;
+        return rc;
     }
     *data = cl;
     return 0;
 }
 
-static void hub_attach(gw_t *gw, conn_t *c, const http_request_t *req)
+void hub_attach(gw_t *gw, conn_t *c)
 {
     hub_t *hub = gw->hub;
     hub_client_t *cl = server_conn_data(c);
@@ -776,11 +759,10 @@ static void hub_attach(gw_t *gw, conn_t *c, const http_request_t *req)
     __atomic_add_fetch(&gw->chat_clients, 1, __ATOMIC_RELAXED);
     const char *version = gw->policy ? policy_version(gw->policy) : "";
     hub_send(hub, cl, proto_welcome(cl->id, cl->name, "chatgw/" CHATGW_VERSION, version));
-    char room[PROTO_MAX_ROOM * 2], since[128];
-    if (hub_url_room(req, room, sizeof room) == 0 && room[0]) {
-        int has_since = http_query_get(req->query, "since", since, sizeof since) >= 0;
-        hub_join_or_error(hub, cl, room, has_since ? since : NULL);
-    }
+    if (cl->join_room) hub_join_or_error(hub, cl, cl->join_room, cl->join_since);
+    free(cl->join_room);
+    free(cl->join_since);
+    cl->join_room = cl->join_since = NULL;
     if (gw->nworkers > 1)
         log_debug("client attached", "{s:s, s:s, s:I, s:i}", "client", cl->id, "ip", cl->ip,
                   "conn", (json_int_t)server_conn_serial(c), "worker", gw->worker);
@@ -789,7 +771,7 @@ static void hub_attach(gw_t *gw, conn_t *c, const http_request_t *req)
                   "conn", (json_int_t)server_conn_serial(c));
 }
 
-static void hub_detach(gw_t *gw, conn_t *c)
+void hub_detach(gw_t *gw, conn_t *c)
 {
     hub_t *hub = gw->hub;
     hub_client_t *cl = server_conn_data(c);
@@ -801,14 +783,6 @@ static void hub_detach(gw_t *gw, conn_t *c)
     server_conn_data_set(c, NULL);
     hub_client_free(cl);
 }
-
-const server_endpoint_t hub_endpoint = {
-    .name = "chat",
-    .admit = hub_admit,
-    .attach = hub_attach,
-    .message = hub_message,
-    .detach = hub_detach,
-};
 
 /* ---- the policy's host API (gw.send, gw.broadcast, ...) ---- */
 
@@ -828,7 +802,7 @@ static int hub_host_broadcast(void *ud, const char *room, json_t *msg, const cha
     hub_room_t *r = hub_room_get(hub, room);
     sbuf_t *payload = r ? proto_encode(msg) : NULL;
     if (!payload) return -1;
-    hub_room_fanout(hub, r, payload, except ? hub_client_find(hub, except) : NULL);
+    hub_room_send(hub, r, payload, except ? hub_client_find(hub, except) : NULL, NULL);
     return 0;
 }
 
@@ -951,7 +925,7 @@ static void hub_bus_on_message(void *arg, const char *room, sbuf_t *payload, con
     hub_room_t *r = hub_room_get(hub, room);
     if (!r) return;
     if (id) hub_room_deliver(hub, r, id, sbuf_ref(payload), 1);
-    else hub_room_fanout(hub, r, sbuf_ref(payload), NULL);
+    else hub_room_send(hub, r, sbuf_ref(payload), NULL, NULL);
     (void)origin;
 }
 
@@ -997,7 +971,7 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
         if (gethostname(host, sizeof host) < 0 || !host[0]) snprintf(host, sizeof host, "chatgw");
         host[sizeof host - 1] = '\0';
         char rnd[7];
-        hub_random_hex(rnd, 3);
+        hex_random(rnd, 3);
         snprintf(node, sizeof node, "%s-%s", host, rnd);
     }
     hub_node_worker(hub->gw, node, sizeof node);
@@ -1142,12 +1116,12 @@ int hub_room_announce(hub_t *hub, const char *room, const char *from_name, const
                       size_t id_len)
 {
     hub_room_t *r = hub_room_get(hub, room);
-    if (!r && !hub_room_elsewhere(hub, room)) return -1;
+    if (!r && !hub_room_elsewhere(hub, room)) return GW_ENOTFOUND;
     if (hub->remote) {             /* the id comes with the post's answer, after this returns */
         hub_room_post(hub, room, "server", from_name, text, NULL, NULL, NULL);
         if (id_len) id_out[0] = '\0';
         return 0;
     }
-    hub_room_publish(hub, r, "server", from_name, text, NULL, id_out, id_len);
+    hub_room_post_own(hub, r, "server", from_name, text, NULL, id_out, id_len);
     return 0;
 }

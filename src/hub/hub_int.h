@@ -82,7 +82,8 @@ typedef struct hub_client_s {
     char id[24];
     char *name;                    /* owned */
     const char *ip;                /* the conn's, which outlives the client */
-    char *query;                   /* the upgrade URL's query parameters for hooks, or NULL */
+    policy_pair_t *query;          /* owned, one block: the URL's pairs for hooks, or NULL */
+    char *join_room, *join_since;  /* owned: the URL's join, from admit until attach; or NULL */
     hub_room_t **rooms;
     size_t nrooms;
     double tokens;
@@ -118,34 +119,77 @@ struct hub_s {
 
 #define HUB_CODE_LEN 64            /* error codes from the policy */
 
+/* Ownership: a function that "takes" an sbuf_t payload owns the caller's reference from then
+ * on (the caller passes a new one, e.g. from proto_*, or sbuf_ref); one that "borrows" it
+ * takes its own references where it keeps the buffer. JSON arguments are borrowed. */
+
 /* hub.c */
-int64_t hub_wall_ms(void);
+int64_t hub_wall_ms(void);         /* the wall clock in ms, for a msg's ts */
+/* One frame to one client, queued by server_conn_send_msg (which borrows). Takes payload. */
 void hub_send(hub_t *hub, hub_client_t *cl, sbuf_t *payload);
-void hub_room_fanout(hub_t *hub, hub_room_t *room, sbuf_t *payload, const hub_client_t *skip);
-hub_room_t *hub_room_get(hub_t *hub, const char *name);
-void hub_remote_free(hub_remote_t *m);
+/* The room send loop: payload, framed once, to every member of r but skip (may be NULL). A frame
+ * without an id (presence, errors, custom types) skips pending joiners; a msg (id set) is held
+ * for them and skipped by one whose snapshot held it (hub_member_takes). Counts
+ * msgs_delivered. Takes payload. */
+void hub_room_send(hub_t *hub, hub_room_t *r, sbuf_t *payload, const hub_client_t *skip, const bus_id_t *id);
+hub_room_t *hub_room_get(hub_t *hub, const char *name);   /* this hub's room, or NULL */
+void hub_remote_free(hub_remote_t *m);                     /* frees m's strings, not m */
+/* cl's member entry in r, or NULL when cl is not in r. */
 hub_member_t *hub_room_member(hub_room_t *r, const hub_client_t *cl);
+/* [{id,name,muted}]: local members in join order, then the mirrored ones; new reference. */
 json_t *hub_room_members_json(const hub_room_t *r);
+/* Keeps payload in r's ring as its newest msg, id epoch:seq. Borrows payload (the ring takes
+ * its own reference). */
 void hub_hist_push(hub_room_t *r, const char *epoch, uint64_t seq, sbuf_t *payload);
+/* The i-th oldest entry of r's ring (i < r->hist_len); borrowed. */
 const hub_hist_t *hub_hist_at(const hub_room_t *r, size_t i);
+/* Sends cl history_gap for r: msgs after its since are lost. */
 void hub_send_gap(hub_t *hub, hub_room_t *r, hub_client_t *cl);
+/* The ring's msgs after since (NULL: all kept), after history_gap to cl when since is lost: a
+ * new array (the caller frees it, not its entries) of borrowed payloads, its count in *n. */
 sbuf_t **hub_hist_recover(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since, size_t *n);
+/* Sends cl `history` after since from the ring (single node, or the bus failed). */
 void hub_history_send(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
-void hub_room_snapshot(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
-hub_client_t *hub_client_find(hub_t *hub, const char *id);
+/* Sends cl `room` (members and the ring's history after since) from the hub's own state. */
+void hub_snapshot_send(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
+hub_client_t *hub_client_find(hub_t *hub, const char *id);   /* an attached client, or NULL */
 
 /* hub_sync.c */
+/* Sends cl `history` after since: from the shared history through the bus, answered later
+ * (the ring when the bus fails). */
 void hub_history_start(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
+/* Frees the bus requests in flight, which the bus will never answer (after bus_free). */
 void hub_ops_free(hub_t *hub);
+/* Ends m's join through the bus: frees its held msgs (their references) and m->join. */
 void hub_member_release(hub_member_t *m);
+/* For hub_room_send, on a member with a join in progress (m->join): 1 when m gets the frame
+ * now. A pending joiner holds a msg (id set) for after its snapshot (a reference of its own:
+ * payload is borrowed); one whose snapshot held the msg skips it, and past that the join is
+ * settled. */
+int hub_member_takes(hub_member_t *m, const bus_id_t *id, sbuf_t *payload);
+/* Finishes the parked snapshots of room (NULL: every room) whose channel caught up or that
+ * waited too long. */
 void hub_parked_check(hub_t *hub, const char *room);
+/* A msg with its final id: into r's ring, then to the room (hub_room_send). From the bus
+ * (from_bus) it goes out in the room's order, once: old ones are dropped, a hole is refilled
+ * first. Takes payload. */
 void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus);
-void hub_bus_metrics(hub_t *hub);
+void hub_bus_metrics(hub_t *hub);  /* copies the bus's counters into the metrics */
+/* The mirrored member id of r (another replica's), or NULL; borrowed. */
 hub_remote_t *hub_remote_find(hub_room_t *r, const char *id);
+/* The bus's presence handler (bus_handlers_t.presence): another replica's member joined, left
+ * or (un)muted; bm is borrowed. */
 void hub_bus_on_presence(void *arg, const char *room, int event, const bus_member_t *bm);
+/* Sends cl `room`: now from the hub's own state on a single node, else through the bus (every
+ * replica's members, the shared history) once it answers. */
 void hub_snapshot_start(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
+/* After the link came back: lists every room's members again and refills its msgs. */
 void hub_rooms_relist(hub_t *hub);
+/* Observes the latency of a client's msg that arrived at t0 (uv_hrtime; 0: not a client's). */
 void hub_latency_observe(hub_t *hub, uint64_t t0);
+/* Posts a msg through the bus: Redis assigns its id and order, and every replica delivers it
+ * (this one from the answer; with the hub's own id when Redis cannot). client (may be NULL)
+ * gets the ack with cid. Strings and JSON borrowed. */
 void hub_room_post(hub_t *hub, const char *room, const char *from_id, const char *from_name, const char *text,
                    json_t *extra, const char *client, json_t *cid);
 

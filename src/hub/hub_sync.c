@@ -149,9 +149,10 @@ static int hub_tomb_after(const hub_t *hub, const char *room, const char *id, ui
     return 0;
 }
 
-static void hub_remote_fanout(hub_t *hub, hub_room_t *r, const char *type, const hub_remote_t *m)
+/* Tells the local members of r that another replica's member m joined, left or (un)muted. */
+static void hub_remote_presence_send(hub_t *hub, hub_room_t *r, const char *type, const hub_remote_t *m)
 {
-    hub_room_fanout(hub, r, proto_presence(type, r->name, m->id, m->name, m->muted), NULL);
+    hub_room_send(hub, r, proto_presence(type, r->name, m->id, m->name, m->muted), NULL, NULL);
 }
 
 /* A presence event from another replica: mirror it and tell the local members. */
@@ -165,17 +166,17 @@ void hub_bus_on_presence(void *arg, const char *room, int event, const bus_membe
     if (event == BUS_PRESENCE_LEAVE) {
         hub_tomb_add(hub, room, bm->id);
         if (!m) return;
-        hub_remote_fanout(hub, r, "leave", m);
+        hub_remote_presence_send(hub, r, "leave", m);
         hub_remote_del(r, m);
     } else if (!m) {
         m = hub_remote_add(r, bm->id, bm->name, bm->node, bm->muted);
         m->touched = hub->pres_seq;
-        hub_remote_fanout(hub, r, "join", m);
+        hub_remote_presence_send(hub, r, "join", m);
     } else {
         m->touched = hub->pres_seq;
         if (m->muted != bm->muted) {
             m->muted = bm->muted;
-            hub_remote_fanout(hub, r, m->muted ? "mute" : "unmute", m);
+            hub_remote_presence_send(hub, r, m->muted ? "mute" : "unmute", m);
         }
     }
     hub_bus_metrics(hub);
@@ -196,7 +197,7 @@ static void hub_presence_reconcile(hub_t *hub, hub_room_t *r, const hub_op_t *op
     for (size_t i = r->nremote; i-- > 0;) {
         hub_remote_t *m = &r->remote[i];
         if (m->touched > op->list_seq || hub_op_has_member(op, m->id)) continue;
-        hub_remote_fanout(hub, r, "leave", m);
+        hub_remote_presence_send(hub, r, "leave", m);
         hub_remote_del(r, m);
     }
     for (size_t i = 0; i < op->nmembers; i++) {
@@ -206,11 +207,11 @@ static void hub_presence_reconcile(hub_t *hub, hub_room_t *r, const hub_op_t *op
         if (m) {
             if (m->touched > op->list_seq || m->muted == lm->muted) continue;
             m->muted = lm->muted;
-            hub_remote_fanout(hub, r, m->muted ? "mute" : "unmute", m);
+            hub_remote_presence_send(hub, r, m->muted ? "mute" : "unmute", m);
         } else if (!hub_tomb_after(hub, r->name, lm->id, op->list_seq)) {
             m = hub_remote_add(r, lm->id, lm->name, lm->node, lm->muted);
             m->touched = op->list_seq;
-            hub_remote_fanout(hub, r, "join", m);
+            hub_remote_presence_send(hub, r, "join", m);
         }
     }
 }
@@ -233,6 +234,19 @@ static void hub_member_hold(hub_joining_t *j, const bus_id_t *id, sbuf_t *payloa
         j->held = xrealloc(j->held, j->held_cap * sizeof *j->held);
     }
     j->held[j->nheld++] = (hub_queued_t){*id, sbuf_ref(payload)};
+}
+
+int hub_member_takes(hub_member_t *m, const bus_id_t *id, sbuf_t *payload)
+{
+    hub_joining_t *j = m->join;
+    if (j->pending) {
+        if (id) hub_member_hold(j, id, payload);   /* sent after its snapshot */
+        return 0;
+    }
+    if (!id) return 1;
+    if (!strcmp(j->floor.epoch, id->epoch) && id->seq <= j->floor.seq) return 0;   /* in its snapshot */
+    hub_member_release(m);         /* past its snapshot: the join is settled */
+    return 1;
 }
 
 void hub_member_release(hub_member_t *m)
@@ -393,8 +407,8 @@ static void hub_room_gap(hub_t *hub, hub_room_t *r)
 {
     METRIC_INC(hub->gw->metrics.history_gaps);
     json_t *ref = json_string(r->name);
-    hub_room_fanout(hub, r, proto_error("history_gap", "messages of this room were lost on the way to this "
-                                        "replica; history restarts", ref), NULL);
+    hub_room_send(hub, r, proto_error("history_gap", "messages of this room were lost on the way to this "
+                                      "replica; history restarts", ref), NULL, NULL);
     json_decref(ref);
 }
 
@@ -531,7 +545,7 @@ static void hub_op_fetch(hub_t *hub, hub_op_t *op, int list, int hist)
 void hub_snapshot_start(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since)
 {
     if (!hub->remote) {
-        hub_room_snapshot(hub, r, cl, since);
+        hub_snapshot_send(hub, r, cl, since);
         return;
     }
     hub_op_t *op = hub_op_new(hub, HUB_OP_SNAPSHOT, r->name, cl->id);
@@ -623,25 +637,7 @@ void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *pay
         r->bus_known = r->bus_init = 1;
     }
     hub_hist_push(r, id->epoch, id->seq, payload);
-    server_msg_t m;
-    server_msg_init(&m, payload);
-    size_t n = 0;
-    for (size_t i = 0; i < r->nmembers; i++) {
-        hub_member_t *mem = &r->members[i];
-        if (mem->join) {
-            if (mem->join->pending) {
-                hub_member_hold(mem->join, id, payload);
-                continue;
-            }
-            const bus_id_t *floor = &mem->join->floor;
-            if (!strcmp(floor->epoch, id->epoch) && id->seq <= floor->seq) continue;   /* in its snapshot */
-            hub_member_release(mem);
-        }
-        server_conn_send_msg(mem->client->conn, &m);
-        n++;
-    }
-    METRIC_ADD(hub->gw->metrics.msgs_delivered, n);
-    server_msg_release(&m);
+    hub_room_send(hub, r, payload, NULL, id);
     if (from_bus && hub->parked) hub_parked_check(hub, r->name);
 }
 

@@ -1511,29 +1511,22 @@ static void policy_field_str(lua_State *L, const char *key, const char *value)
     lua_setfield(L, -2, key);
 }
 
-/* The pair after the one at p in policy_conn_t.query pairs. */
-static const char *policy_pair_next(const char *p)
+const char *policy_query_find(const policy_pair_t *pairs, const char *key, size_t klen)
 {
-    p += strlen(p) + 1;
-    return p + strlen(p) + 1;
-}
-
-const char *policy_query_find(const char *pairs, const char *key, size_t klen)
-{
-    for (const char *p = pairs; *p; p = policy_pair_next(p))
-        if (strlen(p) == klen && !memcmp(p, key, klen)) return p + klen + 1;
+    for (const policy_pair_t *p = pairs; p->key; p++)
+        if (strlen(p->key) == klen && !memcmp(p->key, key, klen)) return p->value;
     return NULL;
 }
 
 /* The query pairs as a table of strings. */
-static void policy_query_push(lua_State *L, const char *pairs)
+static void policy_query_push(lua_State *L, const policy_pair_t *pairs)
 {
     int n = 0;
-    for (const char *p = pairs; *p; p = policy_pair_next(p)) n++;
+    for (const policy_pair_t *p = pairs; p->key; p++) n++;
     lua_createtable(L, 0, n);                             /* [q] */
-    for (const char *p = pairs; *p; p = policy_pair_next(p)) {
-        lua_pushstring(L, p + strlen(p) + 1);             /* [q v] */
-        lua_setfield(L, -2, p);                           /* [q] */
+    for (const policy_pair_t *p = pairs; p->key; p++) {
+        lua_pushstring(L, p->value);                      /* [q v] */
+        lua_setfield(L, -2, p->key);                      /* [q] */
     }
 }
 
@@ -1572,7 +1565,7 @@ static int policy_str_is(lua_State *L, int idx, const char *s, size_t n)
 /* 1 when the value at idx is a table without a metatable holding exactly what
  * policy_query_push(pairs) would make. One pass over the table: every key must be one of the
  * pairs' (distinct) keys with the same value, and the counts must agree. */
-static int policy_query_same(lua_State *L, int idx, const char *pairs)
+static int policy_query_same(lua_State *L, int idx, const policy_pair_t *pairs)
 {
     if (lua_type(L, idx) != LUA_TTABLE) return 0;
     if (lua_getmetatable(L, idx)) {
@@ -1581,7 +1574,7 @@ static int policy_query_same(lua_State *L, int idx, const char *pairs)
     }
     idx = lua_absindex(L, idx);
     size_t want = 0, have = 0;
-    for (const char *p = pairs; *p; p = policy_pair_next(p)) want++;
+    for (const policy_pair_t *p = pairs; p->key; p++) want++;
     lua_pushnil(L);                                       /* [.. nil] */
     while (lua_next(L, idx)) {                            /* [.. k v] */
         const char *val = NULL;

@@ -43,20 +43,26 @@ typedef struct {
                       void *arg);
 } policy_host_t;
 
+/* One key and its value, both NUL-terminated: a URL's query parameter as hooks see it in
+ * conn.query. An array of pairs ends with a NULL key. */
+typedef struct {
+    const char *key;
+    const char *value;
+} policy_pair_t;
+
 /* The connection as hooks see it: conn = {id, ip, name, query, headers}. query is the URL's
- * parameters as "key\0value\0...key\0value\0\0" (distinct, non-empty keys, UTF-8 values;
- * an empty key ends it), headers an object. Both borrowed; NULL when absent (headers are only
- * given to on_connect). */
+ * parameters as pairs (distinct, non-empty keys, UTF-8 values; a NULL key ends them), headers
+ * an object. Both borrowed; NULL when absent (headers are only given to on_connect). */
 typedef struct {
     const char *id;
     const char *ip;
     const char *name;
-    const char *query;
+    const policy_pair_t *query;
     json_t *headers;
 } policy_conn_t;
 
-/* The value of key (klen bytes) in policy_conn_t.query pairs, or NULL. */
-const char *policy_query_find(const char *pairs, const char *key, size_t klen);
+/* The value of key (klen bytes) among pairs (ended by a NULL key), or NULL. */
+const char *policy_query_find(const policy_pair_t *pairs, const char *key, size_t klen);
 
 enum {
     POLICY_PASS = 0,               /* allowed / deliver */

@@ -1,5 +1,5 @@
 /* libFuzzer target for the policy message path: a client text frame goes through proto_decode
- * and, when it decodes, through policy_on_message exactly as hub_route calls it (the message's
+ * and, when it decodes, through policy_on_message exactly as hub_filter calls it (the message's
  * room, which may be NULL). Two policies see every message: the fixture in tests/fuzz/policy/,
  * whose on_message ops drive the JSON <-> Lua conversion, every verdict, the gw.* host API,
  * errors and the budget and memory cap from fields of the message; and the default policy in

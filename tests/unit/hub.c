@@ -1,5 +1,5 @@
-/* Unit tests for hub.c: the chat endpoint driven through hub_endpoint (admit, attach, message,
- * detach) with fake http_request_t values, a real libuv loop and config defaults. The server
+/* Unit tests for hub.c: the chat endpoint driven through routes_chat_endpoint (the hub behind
+ * its HTTP edge in routes.c: admit, attach, message, detach) with fake http_request_t values, a real libuv loop and config defaults. The server
  * side is faked here: every server_* function of server.h is defined in this file, so the
  * linker never pulls server.o out of chatgw_core. A fake conn_t keeps a reference on every
  * payload queued to it, which lets the tests check what each connection received and that a
@@ -31,7 +31,9 @@
 #include <jansson.h>
 #include <uv.h>
 
+#include "app/routes.h"
 #include "base/config.h"
+#include "base/err.h"
 #include "base/gw.h"
 #include "http/http.h"
 #include "hub/hub.h"
@@ -210,7 +212,7 @@ static int env_down(void **state)
     if (!T.up) return 0;
     for (size_t i = 0; i < T.nconns; i++)
         if (T.conns[i]->attached) {
-            hub_endpoint.detach(GW, T.conns[i]);
+            routes_chat_endpoint.detach(GW, T.conns[i]);
             T.conns[i]->attached = 0;
         }
     int rc = 0;
@@ -362,7 +364,7 @@ static int client_refused(const char *path, const char *query, char *reason, siz
     request_fill(&req, url, sizeof url, p, query);
     void *data = NULL;
     reason[0] = '\0';
-    int status = hub_endpoint.admit(GW, &req, "10.0.0.9", &data, reason, len);
+    int status = routes_chat_endpoint.admit(GW, &req, "10.0.0.9", &data, reason, len);
     if (status) assert_null(data);
     return status;
 }
@@ -383,12 +385,12 @@ static conn_t *client_open(const char *path, const char *query)
     snprintf(c->ip, sizeof c->ip, "10.0.0.%u", (unsigned)c->serial);
     snprintf(c->name, sizeof c->name, "conn%u", (unsigned)c->serial);
     void *data = NULL;
-    int status = hub_endpoint.admit(GW, &req, c->ip, &data, reason, sizeof reason);
+    int status = routes_chat_endpoint.admit(GW, &req, c->ip, &data, reason, sizeof reason);
     if (status) fail_msg("admit %s?%s: %d %s", path, query, status, reason);
     assert_non_null(data);
     server_conn_data_set(c, data);
     c->attached = 1;
-    hub_endpoint.attach(GW, c, &req);
+    routes_chat_endpoint.attach(GW, c, &req);
     json_t *w = expect(c, "welcome");
     snprintf(c->id, sizeof c->id, "%s", jstr(w, "id"));
     snprintf(c->name, sizeof c->name, "%s", jstr(w, "name"));
@@ -398,7 +400,7 @@ static conn_t *client_open(const char *path, const char *query)
 static void client_close(conn_t *c)
 {
     assert_true(c->attached);
-    hub_endpoint.detach(GW, c);
+    routes_chat_endpoint.detach(GW, c);
     assert_null(c->data);
     c->attached = 0;
     c->open = 0;
@@ -409,7 +411,7 @@ static void client_send_raw(conn_t *c, int opcode, const char *data, size_t len)
     uint8_t *copy = malloc(len + 1);
     assert_non_null(copy);
     memcpy(copy, data, len);
-    hub_endpoint.message(GW, c, opcode, copy, len);
+    routes_chat_endpoint.message(GW, c, opcode, copy, len);
     free(copy);
 }
 
@@ -1111,7 +1113,7 @@ static void test_room_json_announce(void **state)
     id_seq(first, epoch, sizeof epoch);
 
     char id[64] = "untouched";
-    assert_int_equal(hub_room_announce(GW->hub, "nope", "ops", "x", id, sizeof id), -1);
+    assert_int_equal(hub_room_announce(GW->hub, "nope", "ops", "x", id, sizeof id), GW_ENOTFOUND);
     assert_string_equal(id, "untouched");
     assert_int_equal(M.rooms, 1);  /* announcing creates no room */
 
@@ -1266,7 +1268,7 @@ static void test_policy_connect(void **state)
     req.headers[0] = (http_header_t){ hname, hvalue };
     req.nheaders = 1;
     void *data = NULL;
-    assert_int_equal(hub_endpoint.admit(GW, &req, "10.0.0.9", &data, reason, sizeof reason), 403);
+    assert_int_equal(routes_chat_endpoint.admit(GW, &req, "10.0.0.9", &data, reason, sizeof reason), 403);
     assert_string_equal(reason, "blocked:yes");
     assert_null(data);
 
@@ -1281,15 +1283,22 @@ static void test_policy_connect(void **state)
     static const struct { const char *query; int admitted; } q[] = {
         { "room=ticketed&ticket=yes&ticket=no", 1 }, { "room=ticketed&ticket=no&ticket=yes", 0 },
         { "room=ticketed&ticket=%ff&ticket=yes", 1 }, { "room=ticketed&ticket=%zz&ticket=yes", 1 },
-        { "room=ticketed&ticket=yes%ff", 0 }, { "room=ticketed&ticket", 0 } };
+        { "room=ticketed&ticket=yes%ff", 0 }, { "room=ticketed&ticket", 0 },
+        { "room=ticketed&&=no&ticket=yes&", 1 } };
     for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) {
         conn_t *c = client_open("/ws", q[i].query);
         if (q[i].admitted) assert_string_equal(jstr(expect(c, "room"), "room"), "ticketed");
         else expect_error(c, "no_ticket", "ticketed");
         assert_quiet(c);
     }
+    /* many pairs, a key past 63 bytes among them */
+    char many[8192] = "room=ticketed";
+    for (int i = 0; i < 500; i++) snprintf(many + strlen(many), sizeof many - strlen(many), "&k%d=%%41%d", i, i);
+    snprintf(many + strlen(many), sizeof many - strlen(many), "&%064d=no&ticket=yes", 0);
+    conn_t *d = client_open("/ws", many);
+    assert_string_equal(jstr(expect(d, "room"), "room"), "ticketed");
     json_t *stats = keep(hub_stats_json(GW->hub));
-    assert_int_equal(json_integer_value(json_object_get(stats, "online")), 8);
+    assert_int_equal(json_integer_value(json_object_get(stats, "online")), 10);
 }
 
 static void test_policy_fail_open(void **state)

@@ -538,7 +538,7 @@ static void test_on_connect_join_leave_tick(void **state)
     policy_conn_t boom = { "c3", "10.0.0.3", "err", NULL, NULL };
     assert_int_equal(policy_on_connect(p, &boom, reason, sizeof reason), POLICY_ERROR);
     assert_int_equal(metrics->policy_errors[POLICY_HOOK_CONNECT][METRICS_POLICY_ERROR], 1);
-    const char *query = "deny\0x\0";
+    const policy_pair_t query[] = { { "deny", "x" }, { NULL, NULL } };
     json_t *headers = json_pack("{s:s}", "x-block", "1");
     policy_conn_t q = { "c4", "10.0.0.4", "bob", query, NULL };
     assert_int_equal(policy_on_connect(p, &q, reason, sizeof reason), POLICY_DROP);
@@ -1258,7 +1258,7 @@ static void test_conn_cache(void **state)
     policy_host_t host = { .kick = cc_kick };
     policy_t *p = policy_new(&cfg, metrics, &host);
     if (load_fixture(p, "conn_cache", err, sizeof err) != 1) fail_msg("conn_cache policy: %s", err);
-    const char *query = "room\0lobby\0name\0alice\0";
+    const policy_pair_t query[] = { { "room", "lobby" }, { "name", "alice" }, { NULL, NULL } };
     policy_conn_t c = { "c1", "10.0.0.1", "alice", query, NULL };
     const char *all = "id,ip,name,query", *q = "name=alice&room=lobby";
     cc_policy = p;
@@ -1297,9 +1297,11 @@ static void test_conn_cache(void **state)
     c.name = "alice";
     cc_show(p, &c, all, "alice", q);
     /* a query with the same keys and other values */
-    c.query = "room\0hall\0name\0alice\0";
+    const policy_pair_t hall[] = { { "room", "hall" }, { "name", "alice" }, { NULL, NULL } };
+    const policy_pair_t lobby[] = { { "room", "lobby" }, { NULL, NULL } };
+    c.query = hall;
     cc_show(p, &c, all, "alice", "name=alice&room=hall");
-    c.query = "room\0lobby\0";
+    c.query = lobby;
     cc_show(p, &c, all, "alice", "room=lobby");
     c.query = query;
     cc_show(p, &c, all, "alice", q);
