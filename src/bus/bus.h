@@ -8,7 +8,7 @@
  * It never blocks the loop: every answer from Redis comes back through a callback, and a call
  * that cannot be served at once fails at once (GW_EDOWN) so the hub can fall back to local
  * delivery. It never sees sockets of clients and never encodes, parses or edits protocol
- * frames: it carries ids (bus_id.h) and opaque payloads, and gets the same bytes back on the
+ * frames: it carries ids (proto/proto_id.h) and opaque payloads, and gets the same bytes back on the
  * other replicas; a chat msg's id goes in at the slot the caller names (bus_room_post).
  *
  * Calls that take a callback return 0 when the request is queued, and then the callback runs
@@ -28,7 +28,7 @@
 #include "base/buf.h"
 #include "base/config.h"
 #include "base/err.h"
-#include "bus/bus_id.h"
+#include "proto/proto_id.h"
 
 /* Error codes: 0, or a negative GW_E* code (base/err.h):
  *   GW_EDOWN      the shared store is unreachable now; nothing was done
@@ -54,7 +54,7 @@ enum { BUS_PRESENCE_JOIN, BUS_PRESENCE_LEAVE, BUS_PRESENCE_UPDATE };
 typedef struct {
     /* A payload another node sent to room: from bus_room_post (id set: the msg id, also kept
      * in history) or bus_room_publish (id NULL). */
-    void (*room_message)(void *arg, const char *room, sbuf_t *payload, const char *origin, const bus_id_t *id);
+    void (*room_message)(void *arg, const char *room, sbuf_t *payload, const char *origin, const proto_id_t *id);
     /* A member of another node joined, left (also when its node died: member->node is the
      * dead node) or changed (muted). */
     void (*presence)(void *arg, const char *room, int event, const bus_member_t *member);
@@ -93,10 +93,10 @@ typedef struct {
 
 typedef struct bus_s bus_t;
 
-typedef void (*bus_post_cb)(void *arg, int status, const bus_id_t *id, sbuf_t *payload);
+typedef void (*bus_post_cb)(void *arg, int status, const proto_id_t *id, sbuf_t *payload);
 typedef void (*bus_members_cb)(void *arg, int status, const bus_member_t *members, size_t n);
 typedef struct {
-    bus_id_t last;             /* the room's current epoch and newest seq */
+    proto_id_t last;             /* the room's current epoch and newest seq */
     int gap;                   /* since is not kept (other epoch, trimmed, lost): send
                                 * history_gap; msgs are then the newest history_size kept */
     size_t n;
@@ -145,7 +145,7 @@ typedef struct {
     int (*presence_add)(bus_t *, const char *room, const bus_member_t *m);
     int (*presence_remove)(bus_t *, const char *room, const char *member_id);
     int (*presence_list)(bus_t *, const char *room, bus_members_cb cb, void *arg);
-    int (*history_range)(bus_t *, const char *room, const bus_id_t *since, bus_history_cb cb, void *arg);
+    int (*history_range)(bus_t *, const char *room, const proto_id_t *since, bus_history_cb cb, void *arg);
     int (*limit_take)(bus_t *, const char *key, double rate, double burst, bus_limit_cb cb, void *arg);
     void (*free)(bus_t *);
 } bus_ops_t;
@@ -195,11 +195,11 @@ static inline int bus_room_publish(bus_t *b, const char *room, const void *paylo
 
 /* A chat msg with a shared id: atomically in Redis, takes the room's next seq (a new epoch
  * when the room's keys are lost), numbers the payload (borrowed: the msg without its id) by
- * inserting the id's text at byte id_at (bus_payload_number), appends it to the room's
+ * inserting the id's text at byte id_at (proto_msg_number), appends it to the room's
  * stream and publishes it. cb gets the id and the numbered payload; for a room this node
  * subscribes to, cb runs when the msg comes back on the room's channel, i.e. at its place in
  * the one order every replica sees: deliver it to local members (and ack) from cb, not
- * before. GW_EDOWN when down (deliver locally with the hub's own id: bus_payload_number),
+ * before. GW_EDOWN when down (deliver locally with the hub's own id: proto_msg_number),
  * GW_EINVAL for id_at > len, GW_ENOTSUP on bus_local. A status other than 0 in cb means the
  * msg may or may not have reached Redis (the link dropped before the answer). */
 static inline int bus_room_post(bus_t *b, const char *room, const void *payload, size_t len, size_t id_at,
@@ -240,7 +240,7 @@ static inline int bus_presence_list(bus_t *b, const char *room, bus_members_cb c
 /* The room's kept msgs after since (an id the caller parsed, or NULL for the newest
  * history_size). A since from another epoch, trimmed away or newer than the room's last id
  * gives gap = 1. GW_EDOWN or GW_ENOTSUP: use the hub's ring. */
-static inline int bus_history_range(bus_t *b, const char *room, const bus_id_t *since, bus_history_cb cb,
+static inline int bus_history_range(bus_t *b, const char *room, const proto_id_t *since, bus_history_cb cb,
                                     void *arg)
 {
     return b->ops->history_range(b, room, since, cb, arg);

@@ -74,7 +74,7 @@ typedef struct ib_event_s {
     char *room;                    /* the room, or the direct frame's target */
     char origin[BUS_NODE_MAX];
     sbuf_t *payload;
-    bus_id_t id;
+    proto_id_t id;
     int presence;                  /* BUS_PRESENCE_* */
     ib_member_t member;
     bus_cb_t cb;
@@ -295,7 +295,7 @@ static int ib_room_publish(bus_t *base, const char *name, const void *payload, s
 }
 
 /* The post's event for one subscriber: the poster's carries its callback. */
-static void ib_post_emit(ib_bus_t *to, ib_bus_t *from, const ib_room_t *r, const bus_id_t *id, sbuf_t *p,
+static void ib_post_emit(ib_bus_t *to, ib_bus_t *from, const ib_room_t *r, const proto_id_t *id, sbuf_t *p,
                          bus_post_cb cb, void *arg)
 {
     ib_event_t *e = ib_event_new(to == from ? IB_POSTED : IB_MSG, r->name, from);
@@ -319,9 +319,9 @@ static int ib_room_post(bus_t *base, const char *name, const void *payload, size
         hex_random(r->epoch, 6);
         r->seq = 0;
     }
-    bus_id_t id = {"", ++r->seq};
+    proto_id_t id = {"", ++r->seq};
     snprintf(id.epoch, sizeof id.epoch, "%s", r->epoch);
-    sbuf_t *p = bus_payload_number(payload, id_at, (const char *)payload + id_at, len - id_at, &id);
+    sbuf_t *p = proto_msg_number(payload, id_at, (const char *)payload + id_at, len - id_at, &id);
     ib_hist_push(r, id.seq, p);
     int self = 0;
     for (size_t i = 0; i < r->nsubs; i++) {
@@ -424,7 +424,7 @@ static int ib_presence_list(bus_t *base, const char *name, bus_members_cb cb, vo
 
 /* Where the answer starts in r's ring: the msg after since, or -1 for a gap (other epoch,
  * newer than the last, trimmed away). r->len when since is the newest. */
-static long ib_range_from(const ib_room_t *r, const bus_id_t *since)
+static long ib_range_from(const ib_room_t *r, const proto_id_t *since)
 {
     if (strcmp(since->epoch, r->epoch) || since->seq > r->seq) return -1;
     if (since->seq == r->seq) return (long)r->len;
@@ -434,7 +434,7 @@ static long ib_range_from(const ib_room_t *r, const bus_id_t *since)
 }
 
 /* The answer of history_range, as rb_lua_range gives it. Under sh->mu. */
-static void ib_range_fill(ib_event_t *e, const ib_room_t *r, const bus_id_t *since)
+static void ib_range_fill(ib_event_t *e, const ib_room_t *r, const proto_id_t *since)
 {
     bus_history_t *h = &e->hist;
     size_t from = 0, len = r ? r->len : 0;
@@ -458,7 +458,7 @@ static void ib_range_fill(ib_event_t *e, const ib_room_t *r, const bus_id_t *sin
     h->seqs = seqs;
 }
 
-static int ib_history_range(bus_t *base, const char *name, const bus_id_t *since, bus_history_cb cb, void *arg)
+static int ib_history_range(bus_t *base, const char *name, const proto_id_t *since, bus_history_cb cb, void *arg)
 {
     ib_bus_t *b = (ib_bus_t *)base;
     ib_event_t *e = ib_event_new(IB_RANGE, name, b);

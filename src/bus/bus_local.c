@@ -23,7 +23,7 @@ static int local_post(bus_t *b, const char *room, const void *p, size_t len, siz
 
 static int local_list(bus_t *b, const char *room, bus_members_cb cb, void *arg) { return GW_ENOTSUP; }
 
-static int local_range(bus_t *b, const char *room, const bus_id_t *since, bus_history_cb cb, void *arg)
+static int local_range(bus_t *b, const char *room, const proto_id_t *since, bus_history_cb cb, void *arg)
 {
     return GW_ENOTSUP;
 }

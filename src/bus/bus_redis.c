@@ -283,7 +283,7 @@ struct rb_req_s {
     char *room;                    /* presence and posts */
     uint64_t token;                /* posts */
     int completed;
-    bus_id_t id;
+    proto_id_t id;
     sbuf_t *payload;
 };
 
@@ -952,7 +952,7 @@ static void rb_post_echo(bus_redis_t *r, const rb_env_t *e)
         rb_req_t *q = rb_container_of(l, rb_req_t, echo);
         if (q->token != token) continue;
         if (!q->payload) {
-            if (bus_id_parse(e->id, e->id_len, &q->id) < 0) return;
+            if (proto_id_parse(e->id, e->id_len, &q->id) < 0) return;
             q->payload = sbuf_from(e->payload, e->len);
         }
         rb_post_finish(q, 0);
@@ -1012,8 +1012,8 @@ static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, c
     switch (e.kind) {
     case 'm':
     case 'p': {
-        bus_id_t id;
-        if (e.kind == 'm' && bus_id_parse(e.id, e.id_len, &id) < 0) return;
+        proto_id_t id;
+        if (e.kind == 'm' && proto_id_parse(e.id, e.id_len, &id) < 0) return;
         RB_STAT_ADD(r, received, 1);
         if (!on->room_message) return;
         sbuf_t *p = sbuf_from(e.payload, e.len);
@@ -1186,7 +1186,7 @@ static void rb_done_post(rb_req_t *q, redisReply *rep, int status)
     memcpy(q->id.epoch, rep->element[0]->str, rep->element[0]->len);
     q->id.epoch[rep->element[0]->len] = '\0';
     q->id.seq = (uint64_t)rep->element[1]->integer;
-    q->payload = bus_payload_number(q->argv[RB_POST_HEAD], q->argvlen[RB_POST_HEAD], q->argv[RB_POST_HEAD + 1],
+    q->payload = proto_msg_number(q->argv[RB_POST_HEAD], q->argvlen[RB_POST_HEAD], q->argv[RB_POST_HEAD + 1],
                                     q->argvlen[RB_POST_HEAD + 1], &q->id);   /* as the script did */
     if (rb_list_linked(&q->echo) && q->r->state == RB_UP) return;   /* wait for its place in the order */
     rb_post_finish(q, 0);
@@ -1423,10 +1423,10 @@ static void rb_done_range(rb_req_t *q, redisReply *rep, int status)
     rb_req_free(q);
 }
 
-static int rb_history_range(bus_t *b, const char *name, const bus_id_t *since, bus_history_cb cb, void *arg)
+static int rb_history_range(bus_t *b, const char *name, const proto_id_t *since, bus_history_cb cb, void *arg)
 {
     bus_redis_t *r = (bus_redis_t *)b;
-    bus_id_t sid = {"", 0};
+    proto_id_t sid = {"", 0};
     if (since) sid = *since;
     if (r->state != RB_UP) return GW_EDOWN;
     rb_req_t *q = rb_req_script(r, RB_RANGE, 3, rb_done_range);

@@ -93,7 +93,7 @@ static void hub_send_error(hub_t *hub, hub_client_t *cl, const char *code, const
 
 /* The room send loop: one shared frame, framed once per variant, to every member that takes
  * it (hub_int.h). */
-void hub_room_send(hub_t *hub, hub_room_t *r, sbuf_t *payload, const hub_client_t *skip, const bus_id_t *id)
+void hub_room_send(hub_t *hub, hub_room_t *r, sbuf_t *payload, const hub_client_t *skip, const proto_id_t *id)
 {
     server_msg_t m;
     server_msg_init(&m, payload);
@@ -222,7 +222,7 @@ static long hub_hist_since(const hub_room_t *r, const char *since, sbuf_t **out)
 {
     size_t from = 0;
     if (since) {
-        char epoch[BUS_EPOCH_MAX];
+        char epoch[PROTO_EPOCH_MAX];
         uint64_t after;
         if (proto_since_parse(since, epoch, sizeof epoch, &after) < 0) return -1;
         if (!strcmp(epoch, r->last_epoch) && after == r->last_seq) return 0;
@@ -391,10 +391,10 @@ static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
 static void hub_room_post_own(hub_t *hub, hub_room_t *r, const char *from_id, const char *from_name,
                               const char *text, json_t *extra, char *id_out, size_t id_len)
 {
-    bus_id_t id = {"", ++r->seq};
-    memcpy(id.epoch, r->epoch, sizeof r->epoch);   /* NUL-terminated, shorter than BUS_EPOCH_MAX */
+    proto_id_t id = {"", ++r->seq};
+    memcpy(id.epoch, r->epoch, sizeof r->epoch);   /* NUL-terminated, shorter than PROTO_EPOCH_MAX */
     sbuf_t *payload = proto_msg(r->name, r->epoch, id.seq, from_id, from_name, text, hub_wall_ms(), extra);
-    proto_msg_id(id_out, id_len, r->epoch, id.seq);
+    proto_id_write(id_out, id_len, r->epoch, id.seq);
     hub_room_deliver(hub, r, &id, payload, 0);
 }
 
@@ -919,7 +919,7 @@ static void hub_on_tick(uv_timer_t *t)
 
 /* ---- the bus's handlers: what the other replicas did ---- */
 
-static void hub_bus_on_message(void *arg, const char *room, sbuf_t *payload, const char *origin, const bus_id_t *id)
+static void hub_bus_on_message(void *arg, const char *room, sbuf_t *payload, const char *origin, const proto_id_t *id)
 {
     hub_t *hub = arg;
     hub_room_t *r = hub_room_get(hub, room);

@@ -18,12 +18,12 @@
 typedef struct hub_room_s hub_room_t;
 
 typedef struct hub_queued_s {
-    bus_id_t id;
+    proto_id_t id;
     sbuf_t *payload;
 } hub_queued_t;
 
 typedef struct {
-    char epoch[BUS_EPOCH_MAX];     /* the hub's own epoch, or the bus's (Redis) */
+    char epoch[PROTO_EPOCH_MAX];     /* the hub's own epoch, or the bus's (Redis) */
     uint64_t seq;
     sbuf_t *payload;
 } hub_hist_t;
@@ -32,7 +32,7 @@ typedef struct {
  * without Redis costs a pointer. */
 typedef struct {
     int pending;                   /* joined; its room snapshot waits for the bus: no fan-out yet */
-    bus_id_t floor;                /* seq 0, or the newest msg its snapshot held: the room's
+    proto_id_t floor;                /* seq 0, or the newest msg its snapshot held: the room's
                                     * channel may still bring older ones, which it must not get twice */
     hub_queued_t *held;            /* msgs delivered here while pending, sent when the snapshot came */
     size_t nheld, held_cap;
@@ -61,13 +61,13 @@ struct hub_room_s {
     uint64_t serial;               /* tells a room from a later one of the same name */
     char epoch[HUB_EPOCH_BYTES * 2 + 1];   /* ids the hub assigns itself (no bus, or bus down) */
     uint64_t seq;
-    char last_epoch[BUS_EPOCH_MAX];        /* the newest id delivered here, whoever assigned it */
+    char last_epoch[PROTO_EPOCH_MAX];        /* the newest id delivered here, whoever assigned it */
     uint64_t last_seq;
     hub_member_t *members;
     size_t nmembers, cap;
     hub_remote_t *remote;          /* other replicas' members */
     size_t nremote, remote_cap;
-    bus_id_t bus_last;             /* the newest Redis id delivered here ("" = the store had none) */
+    proto_id_t bus_last;             /* the newest Redis id delivered here ("" = the store had none) */
     int bus_known;                 /* bus_last is a position: the next msg must follow it */
     int bus_init;                  /* bus_last was set once (by a delivery or the first snapshot) */
     int filling;                   /* refills in flight after a reconnect: channel msgs wait */
@@ -131,7 +131,7 @@ void hub_send(hub_t *hub, hub_client_t *cl, sbuf_t *payload);
  * without an id (presence, errors, custom types) skips pending joiners; a msg (id set) is held
  * for them and skipped by one whose snapshot held it (hub_member_takes). Counts
  * msgs_delivered. Takes payload. */
-void hub_room_send(hub_t *hub, hub_room_t *r, sbuf_t *payload, const hub_client_t *skip, const bus_id_t *id);
+void hub_room_send(hub_t *hub, hub_room_t *r, sbuf_t *payload, const hub_client_t *skip, const proto_id_t *id);
 hub_room_t *hub_room_get(hub_t *hub, const char *name);   /* this hub's room, or NULL */
 void hub_remote_free(hub_remote_t *m);                     /* frees m's strings, not m */
 /* cl's member entry in r, or NULL when cl is not in r. */
@@ -166,14 +166,14 @@ void hub_member_release(hub_member_t *m);
  * now. A pending joiner holds a msg (id set) for after its snapshot (a reference of its own:
  * payload is borrowed); one whose snapshot held the msg skips it, and past that the join is
  * settled. */
-int hub_member_takes(hub_member_t *m, const bus_id_t *id, sbuf_t *payload);
+int hub_member_takes(hub_member_t *m, const proto_id_t *id, sbuf_t *payload);
 /* Finishes the parked snapshots of room (NULL: every room) whose channel caught up or that
  * waited too long. */
 void hub_parked_check(hub_t *hub, const char *room);
 /* A msg with its final id: into r's ring, then to the room (hub_room_send). From the bus
  * (from_bus) it goes out in the room's order, once: old ones are dropped, a hole is refilled
  * first. Takes payload. */
-void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus);
+void hub_room_deliver(hub_t *hub, hub_room_t *r, const proto_id_t *id, sbuf_t *payload, int from_bus);
 void hub_bus_metrics(hub_t *hub);  /* copies the bus's counters into the metrics */
 /* The mirrored member id of r (another replica's), or NULL; borrowed. */
 hub_remote_t *hub_remote_find(hub_room_t *r, const char *id);

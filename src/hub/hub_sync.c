@@ -43,7 +43,7 @@ struct hub_op_s {
     int list_status, hist_status;  /* 0 = answered; else a GW_E* code: use the hub's own state */
     hub_remote_t *members;
     size_t nmembers;
-    bus_id_t last;
+    proto_id_t last;
     int gap;
     hub_op_t *park_next;           /* snapshot: in hub->parked, since parked_ms */
     uint64_t parked_ms;
@@ -221,7 +221,7 @@ static void hub_presence_reconcile(hub_t *hub, hub_room_t *r, const hub_op_t *op
 /* A pending member gets no fan-out (its snapshot is on its way); what the channel delivers
  * meanwhile is held for it, so nothing published after it joined can fall between the
  * snapshot's history window and the live stream. */
-static void hub_member_hold(hub_joining_t *j, const bus_id_t *id, sbuf_t *payload)
+static void hub_member_hold(hub_joining_t *j, const proto_id_t *id, sbuf_t *payload)
 {
     if (j->nheld == HUB_HELD_MAX) {
         sbuf_unref(j->held[0].payload);
@@ -236,7 +236,7 @@ static void hub_member_hold(hub_joining_t *j, const bus_id_t *id, sbuf_t *payloa
     j->held[j->nheld++] = (hub_queued_t){*id, sbuf_ref(payload)};
 }
 
-int hub_member_takes(hub_member_t *m, const bus_id_t *id, sbuf_t *payload)
+int hub_member_takes(hub_member_t *m, const proto_id_t *id, sbuf_t *payload)
 {
     hub_joining_t *j = m->join;
     if (j->pending) {
@@ -314,7 +314,7 @@ static void hub_snapshot_finish(hub_t *hub, hub_op_t *op)
         r->bus_known = r->bus_init = 1;
     }
     if (j) {
-        bus_id_t floor = {"", 0};
+        proto_id_t floor = {"", 0};
         if (op->hist_status == 0) {
             hub_held_flush(hub, cl, j, op);
             if (!(r->last_seq && !strcmp(r->last_epoch, op->last.epoch) && r->last_seq > op->last.seq))
@@ -376,9 +376,9 @@ enum { HUB_SEQ_NEXT, HUB_SEQ_SEEN, HUB_SEQ_HOLE };
 /* Where a msg from Redis stands against the newest one delivered here. Redis numbers every
  * msg of an epoch, so a skipped seq, or a first seq other than 1 after an empty store or in
  * a new epoch, means the channel missed some. */
-static int hub_seq_class(const hub_room_t *r, const bus_id_t *id)
+static int hub_seq_class(const hub_room_t *r, const proto_id_t *id)
 {
-    const bus_id_t *last = &r->bus_last;
+    const proto_id_t *last = &r->bus_last;
     if (!r->bus_known) return HUB_SEQ_NEXT;
     if (!last->epoch[0] || strcmp(last->epoch, id->epoch)) return id->seq == 1 && !last->epoch[0] ? HUB_SEQ_NEXT
                                                                                                   : HUB_SEQ_HOLE;
@@ -446,7 +446,7 @@ static void hub_fill_finish(hub_t *hub, hub_op_t *op)
         int was = r->filling;
         r->filling = 0;            /* deliver these now, in order */
         for (size_t i = 0; i < op->nmsgs; i++) {
-            bus_id_t id = op->last;
+            proto_id_t id = op->last;
             id.seq = op->seqs[i];
             hub_room_deliver(hub, r, &id, sbuf_ref(op->msgs[i]), 1);
         }
@@ -531,7 +531,7 @@ static void hub_op_fetch(hub_t *hub, hub_op_t *op, int list, int hist)
         else op->list_status = rc;
     }
     if (hist) {
-        bus_id_t since;
+        proto_id_t since;
         int bad = op->since && proto_since_parse(op->since, since.epoch, sizeof since.epoch, &since.seq) < 0;
         int rc = bad ? GW_EINVAL : bus_history_range(hub->bus, op->room, op->since ? &since : NULL, hub_op_ranged, op);
         if (rc == 0) op->waiting++;
@@ -572,9 +572,9 @@ void hub_ops_free(hub_t *hub)
 static void hub_fill_start(hub_t *hub, hub_room_t *r)
 {
     hub_op_t *op = hub_op_new(hub, HUB_OP_FILL, r->name, NULL);
-    char since[BUS_EPOCH_MAX + 24] = "";
+    char since[PROTO_EPOCH_MAX + 24] = "";
     if (r->bus_last.epoch[0]) {    /* else the store was empty: all it keeps now is new */
-        proto_msg_id(since, sizeof since, r->bus_last.epoch, r->bus_last.seq);
+        proto_id_write(since, sizeof since, r->bus_last.epoch, r->bus_last.seq);
         op->since = xstrdup(since);
     }
     op->room_serial = r->serial;
@@ -602,7 +602,7 @@ static int hub_room_has_pending(const hub_room_t *r)
     return 0;
 }
 
-static void hub_room_queue(hub_room_t *r, const bus_id_t *id, sbuf_t *payload)
+static void hub_room_queue(hub_room_t *r, const proto_id_t *id, sbuf_t *payload)
 {
     if (r->nqueue == r->queue_cap) {
         r->queue_cap = r->queue_cap ? r->queue_cap * 2 : 8;
@@ -615,7 +615,7 @@ static void hub_room_queue(hub_room_t *r, const bus_id_t *id, sbuf_t *payload)
  * pending ones, nor to one whose snapshot already held it). A msg from Redis (from_bus) goes
  * out in seq order, once: older ones are dropped, and a hole is filled first. Takes the
  * reference. */
-void hub_room_deliver(hub_t *hub, hub_room_t *r, const bus_id_t *id, sbuf_t *payload, int from_bus)
+void hub_room_deliver(hub_t *hub, hub_room_t *r, const proto_id_t *id, sbuf_t *payload, int from_bus)
 {
     if (from_bus && !r->bus_init && hub_room_has_pending(r)) {
         hub_room_queue(r, id, payload);   /* the first snapshot sets where the room starts */
@@ -647,12 +647,12 @@ void hub_latency_observe(hub_t *hub, uint64_t t0)
     if (t0) metrics_latency_observe(&hub->gw->metrics, (uv_hrtime() - t0) / 1000);
 }
 
-static void hub_post_ack(hub_t *hub, const hub_op_t *op, const bus_id_t *id)
+static void hub_post_ack(hub_t *hub, const hub_op_t *op, const proto_id_t *id)
 {
     hub_client_t *cl = op->ack ? hub_client_find(hub, op->client) : NULL;
     if (!cl) return;
-    char ids[BUS_EPOCH_MAX + 24];
-    hub_send(hub, cl, proto_ack(op->cid, proto_msg_id(ids, sizeof ids, id->epoch, id->seq)));
+    char ids[PROTO_EPOCH_MAX + 24];
+    hub_send(hub, cl, proto_ack(op->cid, proto_id_write(ids, sizeof ids, id->epoch, id->seq)));
 }
 
 /* Redis is not there: this replica's members still get the msg, with the hub's own id (its
@@ -661,9 +661,9 @@ static void hub_post_local(hub_t *hub, hub_op_t *op)
 {
     hub_room_t *r = hub_room_get(hub, op->room);
     if (!r) return;                /* the sender left the room meanwhile */
-    bus_id_t id = {"", ++r->seq};
+    proto_id_t id = {"", ++r->seq};
     snprintf(id.epoch, sizeof id.epoch, "%s", r->epoch);
-    sbuf_t *payload = bus_payload_number(op->tmpl->data, op->id_at, op->tmpl->data + op->id_at,
+    sbuf_t *payload = proto_msg_number(op->tmpl->data, op->id_at, op->tmpl->data + op->id_at,
                                          op->tmpl->len - op->id_at, &id);
     hub_latency_observe(hub, op->t0);
     hub_room_deliver(hub, r, &id, payload, 0);
@@ -671,7 +671,7 @@ static void hub_post_local(hub_t *hub, hub_op_t *op)
 }
 
 /* The post's place in the room's one order (or its failure): deliver here and ack. */
-static void hub_post_done(void *arg, int status, const bus_id_t *id, sbuf_t *payload)
+static void hub_post_done(void *arg, int status, const proto_id_t *id, sbuf_t *payload)
 {
     hub_op_t *op = arg;
     hub_t *hub = op->hub;

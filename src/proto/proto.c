@@ -107,15 +107,16 @@ int proto_since_parse(const char *since, char *epoch, size_t epoch_len, uint64_t
     const char *digits = since + n + 1;
     size_t nd = strspn(digits, "0123456789");
     if (nd < 1 || nd > 20 || digits[nd] != '\0') return -1;
-    uint64_t v = 0;
+    uint64_t v = 0;   /* 20 digits can pass 2^64-1: proto_id_parse would wrap, so count here */
     for (size_t i = 0; i < nd; i++) {
         unsigned d = (unsigned)(digits[i] - '0');
-        if (v > (UINT64_MAX - d) / 10) return -1;   /* 20 digits can still pass 2^64-1 */
+        if (v > (UINT64_MAX - d) / 10) return -1;
         v = v * 10 + d;
     }
-    memcpy(epoch, since, n);
-    epoch[n] = '\0';
-    *seq = v;
+    proto_id_t id;
+    if (proto_id_parse(since, n + 1 + nd, &id) < 0) return -1;
+    memcpy(epoch, id.epoch, n + 1);
+    *seq = id.seq;
     return 0;
 }
 
@@ -693,24 +694,6 @@ static int proto_msg_is_reserved(const char *key)
     return 0;
 }
 
-char *proto_msg_id(char *out, size_t len, const char *epoch, uint64_t seq)
-{
-    char digits[24];
-    size_t i = sizeof digits;
-    do digits[--i] = (char)('0' + seq % 10), seq /= 10;
-    while (seq);
-    size_t elen = epoch ? strlen(epoch) : 0, dlen = sizeof digits - i;
-    if (elen + 1 + dlen < len) {   /* on every message: no snprintf */
-        if (elen) memcpy(out, epoch, elen);
-        out[elen] = ':';
-        memcpy(out + elen + 1, digits + i, dlen);
-        out[elen + 1 + dlen] = '\0';
-    } else if (len) {
-        snprintf(out, len, "%s:%.*s", epoch ? epoch : "", (int)dlen, digits + i);
-    }
-    return out;
-}
-
 /* The tree-built msg: for an extra with a key that holds a NUL byte, which json_object_set
  * cuts short (two such keys may then collapse into one). */
 static sbuf_t *proto_msg_tree(const char *room, const char *id, const char *from_id, const char *from_name,
@@ -786,7 +769,7 @@ sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char 
                   const char *from_name, const char *text, int64_t ts, json_t *extra)
 {
     char id[96];
-    proto_msg_id(id, sizeof id, epoch, seq);
+    proto_id_write(id, sizeof id, epoch, seq);
     return proto_msg_encode(room, id, from_id, from_name, text, ts, extra);
 }
 

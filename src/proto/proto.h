@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "base/buf.h"
+#include "proto/proto_id.h"
 
 typedef enum {
     PROTO_JOIN,
@@ -75,8 +76,8 @@ int proto_room_valid(const char *s);
  * or DEL, not only spaces. */
 int proto_name_valid(const char *s);
 /* Parses a msg id, "epoch:seq" (a client's since): epoch 1..32 of [A-Za-z0-9_-], seq 1..20
- * digits within uint64. Returns 0 and fills epoch (NUL-terminated) and seq, or -1. The one
- * parser of ids: the hub parses a since here before it asks the bus. */
+ * digits within uint64. Returns 0 and fills epoch (NUL-terminated) and seq, or -1. The hub
+ * parses a since here before it asks the bus; the id's text itself is proto_id.h's. */
 int proto_since_parse(const char *since, char *epoch, size_t epoch_len, uint64_t *seq);
 
 /* Server messages. ts is milliseconds since the Unix epoch. member objects are
@@ -91,8 +92,6 @@ sbuf_t *proto_msg(const char *room, const char *epoch, uint64_t seq, const char 
  * the byte offset of the id's slot, between those two quotes. NULL as proto_msg. */
 sbuf_t *proto_msg_unnumbered(const char *room, const char *from_id, const char *from_name, const char *text,
                              int64_t ts, json_t *extra, size_t *id_at);
-/* A msg id, "epoch:seq", into out (cut to len as snprintf would). Returns out. */
-char *proto_msg_id(char *out, size_t len, const char *epoch, uint64_t seq);
 sbuf_t *proto_ack(json_t *cid, const char *id);
 sbuf_t *proto_dm(const char *from_id, const char *from_name, const char *text, int64_t ts);
 sbuf_t *proto_signal(const char *room, const char *from, json_t *data);

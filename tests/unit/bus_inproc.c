@@ -39,13 +39,13 @@ typedef struct {
     int last_muted;
 } rec_t;
 
-static void rec_id(rec_t *r, const bus_id_t *id)
+static void rec_id(rec_t *r, const proto_id_t *id)
 {
     if (r->nmsg + r->nposted < MAXREC)
         snprintf(r->msgs[r->nmsg + r->nposted], sizeof r->msgs[0], "%s:%" PRIu64, id->epoch, id->seq);
 }
 
-static void on_message(void *arg, const char *room, sbuf_t *p, const char *origin, const bus_id_t *id)
+static void on_message(void *arg, const char *room, sbuf_t *p, const char *origin, const proto_id_t *id)
 {
     rec_t *r = arg;
     snprintf(r->last_payload, sizeof r->last_payload, "%.*s", (int)p->len, p->data);
@@ -80,7 +80,7 @@ static void on_direct(void *arg, const char *to, sbuf_t *p, const char *origin)
 
 static const bus_handlers_t handlers = {.room_message = on_message, .presence = on_presence, .direct = on_direct};
 
-static void on_posted(void *arg, int status, const bus_id_t *id, sbuf_t *payload)
+static void on_posted(void *arg, int status, const proto_id_t *id, sbuf_t *payload)
 {
     rec_t *r = arg;
     assert_int_equal(status, 0);
@@ -328,7 +328,7 @@ static void test_presence(void **state)
 
 typedef struct {
     int calls, status, gap;
-    bus_id_t last;
+    proto_id_t last;
     size_t n;
     uint64_t seqs[8];
 } range_t;
@@ -350,8 +350,8 @@ static void on_range(void *arg, int status, const bus_history_t *h)
 static range_t range(uv_loop_t *loop, rec_t *r, const char *room, const char *since)
 {
     range_t out = {0};
-    bus_id_t id;
-    if (since) assert_int_equal(bus_id_parse(since, strlen(since), &id), 0);
+    proto_id_t id;
+    if (since) assert_int_equal(proto_id_parse(since, strlen(since), &id), 0);
     assert_int_equal(bus_history_range(r->bus, room, since ? &id : NULL, on_range, &out), 0);
     spin(loop);
     assert_int_equal(out.calls, 1);
@@ -375,7 +375,7 @@ static void test_history(void **state)
     for (int i = 0; i < 6; i++) post(a, "r", "t");
     spin(&loop);
     const char *id = a->msgs[2];               /* seq 3 */
-    char epoch[BUS_EPOCH_MAX];
+    char epoch[PROTO_EPOCH_MAX];
     snprintf(epoch, sizeof epoch, "%.*s", (int)(strrchr(id, ':') - id), id);
     h = range(&loop, b, "r", NULL);            /* the newest history_size */
     assert_int_equal(h.n, 4);
@@ -399,9 +399,9 @@ static void test_history(void **state)
     snprintf(since, sizeof since, "%s:9", epoch);   /* newer than the last */
     assert_int_equal(range(&loop, b, "r", since).gap, 1);
     assert_int_equal(range(&loop, b, "r", "other:5").gap, 1);
-    bus_id_t bad;
-    assert_int_equal(bus_id_parse("nocolon", 7, &bad), GW_EINVAL);   /* envelope ids; a since is proto's */
-    assert_int_equal(bus_id_parse("e:1x", 4, &bad), GW_EINVAL);
+    proto_id_t bad;
+    assert_int_equal(proto_id_parse("nocolon", 7, &bad), GW_EINVAL);   /* envelope ids; a since is proto's */
+    assert_int_equal(proto_id_parse("e:1x", 4, &bad), GW_EINVAL);
     /* the room goes with its last subscriber: a new epoch later */
     bus_room_unsubscribe(a->bus, "r");
     spin(&loop);

@@ -189,7 +189,7 @@ typedef struct {
     char room[64];
     char origin[BUS_NODE_MAX];
     int has_id;
-    bus_id_t id;
+    proto_id_t id;
     char payload[256];
 } rmsg_t;
 
@@ -223,7 +223,7 @@ static void rec_reset(node_t *n)
     n->ndirect = 0;
 }
 
-static void h_room(void *arg, const char *room, sbuf_t *p, const char *origin, const bus_id_t *id)
+static void h_room(void *arg, const char *room, sbuf_t *p, const char *origin, const proto_id_t *id)
 {
     node_t *n = arg;
     assert_true(n->nmsgs < 1024);
@@ -325,11 +325,11 @@ typedef struct {
     node_t *n;
     char room[64];
     int done, status;
-    bus_id_t id;
+    proto_id_t id;
     char payload[256];
 } post_t;
 
-static void on_post(void *arg, int status, const bus_id_t *id, sbuf_t *p)
+static void on_post(void *arg, int status, const proto_id_t *id, sbuf_t *p)
 {
     post_t *c = arg;
     assert_false(c->done);
@@ -399,7 +399,7 @@ static const char *list_node(const list_t *l, const char *id)
 
 typedef struct {
     int done, status, gap;
-    bus_id_t last;
+    proto_id_t last;
     size_t n;
     uint64_t seqs[512];
     char first[256];
@@ -421,8 +421,8 @@ static void on_range(void *arg, int status, const bus_history_t *h)
 static range_t range_of(node_t *n, const char *room, const char *since)
 {
     range_t r = {0};
-    bus_id_t id;
-    if (since) assert_int_equal(bus_id_parse(since, strlen(since), &id), 0);
+    proto_id_t id;
+    if (since) assert_int_equal(proto_id_parse(since, strlen(since), &id), 0);
     assert_int_equal(bus_history_range(n->bus, room, since ? &id : NULL, on_range, &r), 0);
     assert_true(WAIT(r.done, 2000));
     assert_int_equal(r.status, 0);
@@ -525,20 +525,20 @@ static void test_local(void **state)
     /* numbering: the id's text between head and tail, nothing else touched */
     const char *tmpl = "{\"type\":\"msg\",\"room\":\"r\",\"id\":\"\",\"text\":\"\\\"id\\\":\\\"\\\"\"}";
     size_t at = strlen("{\"type\":\"msg\",\"room\":\"r\",\"id\":\"");
-    sbuf_t *s = bus_payload_number(tmpl, at, tmpl + at, strlen(tmpl) - at, &(bus_id_t){"abc", 42});
+    sbuf_t *s = proto_msg_number(tmpl, at, tmpl + at, strlen(tmpl) - at, &(proto_id_t){"abc", 42});
     assert_int_equal(s->len, strlen(tmpl) + strlen("abc:42"));
     assert_memory_equal(s->data, "{\"type\":\"msg\",\"room\":\"r\",\"id\":\"abc:42\",\"text\":\"\\\"id\\\":\\\"\\\"\"}", s->len);
     sbuf_unref(s);
-    char text[BUS_ID_TEXT_MAX];
-    bus_id_t big = {"", UINT64_MAX}, back;
+    char text[PROTO_ID_TEXT_MAX];
+    proto_id_t big = {"", UINT64_MAX}, back;
     memset(big.epoch, 'e', sizeof big.epoch - 1);
     big.epoch[sizeof big.epoch - 1] = '\0';
-    size_t n = bus_id_text(&big, text);
+    size_t n = proto_id_text(&big, text);
     assert_int_equal(n, sizeof big.epoch - 1 + 1 + 20);   /* the longest id fits */
-    assert_int_equal(bus_id_parse(text, n, &back), 0);   /* and comes back */
+    assert_int_equal(proto_id_parse(text, n, &back), 0);   /* and comes back */
     assert_string_equal(back.epoch, big.epoch);
     assert_true(back.seq == UINT64_MAX);
-    assert_int_equal(bus_id_parse("abc:42", 6, &back), 0);
+    assert_int_equal(proto_id_parse("abc:42", 6, &back), 0);
     assert_string_equal(back.epoch, "abc");
     assert_int_equal(back.seq, 42);
 }

@@ -719,7 +719,7 @@ static void test_encode_msg(void **state)
     json_decref(o);
 }
 
-/* proto_msg_id is what snprintf("%s:%llu") would make, cut short the same way. */
+/* proto_id_write is what snprintf("%s:%llu") would make, cut short the same way. */
 static void test_msg_id(void **state)
 {
     (void)state;
@@ -731,13 +731,13 @@ static void test_msg_id(void **state)
                 char want[64], got[64];
                 memset(got, 'x', sizeof got);
                 snprintf(want, len, "%s:%" PRIu64, epochs[e], seqs[q]);
-                assert_ptr_equal(proto_msg_id(got, len, epochs[e], seqs[q]), got);
+                assert_ptr_equal(proto_id_write(got, len, epochs[e], seqs[q]), got);
                 assert_string_equal(got, want);
             }
     char got[8] = "x";
-    proto_msg_id(got, 0, "e", 1);             /* len 0 writes nothing */
+    proto_id_write(got, 0, "e", 1);             /* len 0 writes nothing */
     assert_int_equal(got[0], 'x');
-    proto_msg_id(got, sizeof got, NULL, 42);   /* no epoch: ":42" */
+    proto_id_write(got, sizeof got, NULL, 42);   /* no epoch: ":42" */
     assert_string_equal(got, ":42");
 }
 
