@@ -37,8 +37,10 @@
 #include <openssl/hmac.h>
 
 #include "base/buf.h"
+#include "base/hex.h"
 #include "base/log.h"
 #include "base/map.h"
+#include "base/utf8.h"
 #include "policy/policy_guard.h"
 #include "policy/policy_lib.h"
 #include "policy/policy_pattern.h"
@@ -171,16 +173,11 @@ static char *policy_log_text(const char *s)
     return b.data;                 /* buf_t storage is xmalloc'd: the caller frees it */
 }
 
-/* jansson refuses invalid UTF-8; log text from Lua may be anything, so keep it readable. */
+/* Log text from Lua may be anything: cut (policy_log_text), then scrubbed to valid UTF-8. */
 static json_t *policy_json_text(const char *s)
 {
     char *copy = policy_log_text(s);
-    json_t *v = json_string(copy);
-    if (!v) {
-        for (char *c = copy; *c; c++)
-            if ((unsigned char)*c >= 0x80) *c = '?';
-        v = json_string(copy);
-    }
+    json_t *v = utf8_json_new(copy, NULL);
     free(copy);
     return v;
 }
