@@ -95,16 +95,6 @@ const char *buf_cstr(buf_t *b)
     return b->data;
 }
 
-void buf_consume(buf_t *b, size_t n)
-{
-    if (n >= b->len) {
-        b->len = 0;
-        return;
-    }
-    memmove(b->data, b->data + n, b->len - n);
-    b->len -= n;
-}
-
 void buf_reset(buf_t *b) { b->len = 0; }
 
 sbuf_t *sbuf_new(size_t len)

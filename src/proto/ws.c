@@ -674,29 +674,23 @@ int ws_parser_feed(ws_parser_t *p, uint8_t *data, size_t len, ws_frame_cb cb, vo
 
 /* ---- encoders ---- */
 
-static size_t ws_header_write(uint8_t *out, int opcode, int fin, int rsv1, uint64_t len,
-                              int masked)
+/* Writes the header of an unfragmented server frame (FIN set, unmasked); returns its length. */
+static size_t ws_header_write(uint8_t *out, int opcode, int rsv1, uint64_t len)
 {
-    uint8_t m = masked ? 0x80 : 0;
-    out[0] = (uint8_t)((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | (opcode & 0x0F));
+    out[0] = (uint8_t)(0x80 | (rsv1 ? 0x40 : 0) | (opcode & 0x0F));
     if (len < 126) {
-        out[1] = m | (uint8_t)len;
+        out[1] = (uint8_t)len;
         return 2;
     }
     if (len <= 0xFFFF) {
-        out[1] = m | 126;
+        out[1] = 126;
         out[2] = (uint8_t)(len >> 8);
         out[3] = (uint8_t)len;
         return 4;
     }
-    out[1] = m | 127;
+    out[1] = 127;
     for (int i = 0; i < 8; i++) out[2 + i] = (uint8_t)(len >> (56 - 8 * i));
     return 10;
-}
-
-size_t ws_frame_header(uint8_t out[WS_MAX_HEADER], int opcode, int fin, int rsv1, uint64_t len)
-{
-    return ws_header_write(out, opcode, fin, rsv1, len, 0);
 }
 
 sbuf_t *ws_frame_build(int opcode, int rsv1, const void *payload, size_t len)
@@ -704,7 +698,7 @@ sbuf_t *ws_frame_build(int opcode, int rsv1, const void *payload, size_t len)
     /* one allocation, the header written straight into it */
     size_t hl = len < 126 ? 2 : len <= 0xFFFF ? 4 : 10;
     sbuf_t *s = sbuf_new(hl + len);
-    ws_header_write((uint8_t *)s->data, opcode, 1, rsv1, len, 0);
+    ws_header_write((uint8_t *)s->data, opcode, rsv1, len);
     if (len) memcpy(s->data + hl, payload, len);
     return s;
 }
@@ -726,19 +720,4 @@ sbuf_t *ws_close_build(unsigned code, const char *reason)
         n = 2 + r;
     }
     return ws_frame_build(WS_OP_CLOSE, 0, pl, n);
-}
-
-void ws_client_frame(buf_t *out, int opcode, int fin, int rsv1, const void *payload, size_t len,
-                     const uint8_t mask[4])
-{
-    uint8_t h[WS_MAX_HEADER];
-    size_t hl = ws_header_write(h, opcode, fin, rsv1, len, 1);
-    memcpy(h + hl, mask, 4);
-    buf_reserve(out, hl + 4 + len);
-    buf_append(out, h, hl + 4);
-    if (!len) return;
-    uint8_t *d = (uint8_t *)out->data + out->len;
-    memcpy(d, payload, len);
-    ws_mask(d, len, mask, 0);
-    out->len += len;
 }

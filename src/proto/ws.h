@@ -134,14 +134,9 @@ int ws_parser_idle(const ws_parser_t *p);
  * violation (p->close_code and p->reason tell how to close; the parser is then dead). */
 int ws_parser_feed(ws_parser_t *p, uint8_t *data, size_t len, ws_frame_cb cb, void *ctx);
 
-/* Writes a server (unmasked) frame header; returns its length (2, 4 or 10). */
-size_t ws_frame_header(uint8_t out[WS_MAX_HEADER], int opcode, int fin, int rsv1, uint64_t len);
 /* One complete unfragmented server frame in a new shared buffer (refs = 1). */
 sbuf_t *ws_frame_build(int opcode, int rsv1, const void *payload, size_t len);
 /* A close frame: code (omitted when 0) and a reason truncated to fit 125 bytes. */
 sbuf_t *ws_close_build(unsigned code, const char *reason);
-/* A masked client frame appended to out (for tests and the load generator). */
-void ws_client_frame(buf_t *out, int opcode, int fin, int rsv1, const void *payload, size_t len,
-                     const uint8_t mask[4]);
 
 #endif
