@@ -37,6 +37,7 @@
 #include <openssl/hmac.h>
 
 #include "base/buf.h"
+#include "base/err.h"
 #include "base/hex.h"
 #include "base/log.h"
 #include "base/map.h"
@@ -217,19 +218,19 @@ static int policy_src_name_ok(const char *name)
     return name[0] != '.' && n > 4 && strcmp(name + n - 4, ".lua") == 0;
 }
 
-/* Reads path when it is (or links to) a regular file. 1 read, 0 not a regular file or gone
- * (a ConfigMap swap in progress; the next event reloads), -1 error with errno. O_NONBLOCK
- * keeps a FIFO named x.lua from blocking the open; fstat then skips it. */
+/* Reads path when it is (or links to) a regular file: 1 read (*text taken by the caller), 0
+ * not a regular file or gone (a ConfigMap swap in progress; the next event reloads), or a
+ * negative errno (-EFBIG past room bytes). O_NONBLOCK keeps a FIFO named x.lua from blocking
+ * the open; fstat then skips it. */
 static int policy_file_read(const char *path, size_t room, char **text, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return errno == ENOENT ? 0 : -1;
+    if (fd < 0) return errno == ENOENT ? 0 : -errno;
     struct stat st;
     if (fstat(fd, &st) < 0) {
-        int saved = errno;
+        int rc = -errno;
         close(fd);
-        errno = saved;
-        return -1;
+        return rc;
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
@@ -242,12 +243,10 @@ static int policy_file_read(const char *path, size_t room, char **text, size_t *
         ssize_t n = read(fd, b.data + b.len, b.cap - b.len);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 || b.len + (size_t)n > room) {
-            if (n >= 0) errno = EFBIG;
-            int saved = errno;
+            int rc = n < 0 ? -errno : -EFBIG;
             buf_free(&b);
             close(fd);
-            errno = saved;
-            return -1;
+            return rc;
         }
         if (n == 0) break;
         b.len += (size_t)n;
@@ -258,37 +257,44 @@ static int policy_file_read(const char *path, size_t room, char **text, size_t *
     return 1;
 }
 
-/* Reads every source of dir, sorted by name. 0 with the snapshot, or -1 with err. */
+/* Reads every source of dir, sorted by name. 0 with the snapshot (*out taken by the caller),
+ * or with err a negative errno (UV_E*) when dir cannot be listed or a file read, GW_ELIMIT
+ * for too many files, GW_ETOOBIG for too many bytes. */
 static int policy_srcs_read(const char *dir, policy_src_t **out, size_t *nout, char *err, size_t errlen)
 {
     DIR *d = opendir(dir);
     if (!d) {
-        snprintf(err, errlen, "%s: cannot open: %s", dir, strerror(errno));
-        return -1;
+        int rc = -errno;
+        snprintf(err, errlen, "%s: cannot open: %s", dir, strerror(-rc));
+        return rc;
     }
     policy_src_t *srcs = NULL;
     size_t n = 0, total = 0;
+    int rc;
     for (;;) {
         errno = 0;                 /* readdir's NULL means the end only while errno stays 0 */
         struct dirent *de = readdir(d);
         if (!de && errno) {        /* a partial listing would load a partial policy */
-            snprintf(err, errlen, "%s: cannot list: %s", dir, strerror(errno));
+            rc = -errno;
+            snprintf(err, errlen, "%s: cannot list: %s", dir, strerror(-rc));
             goto fail;
         }
         if (!de) break;
         if (!policy_src_name_ok(de->d_name)) continue;
         if (n == POLICY_FILES_MAX) {
+            rc = GW_ELIMIT;
             snprintf(err, errlen, "%s: more than %d .lua files", dir, POLICY_FILES_MAX);
             goto fail;
         }
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        char *text;
-        size_t len;
-        int rc = policy_file_read(path, POLICY_SOURCES_MAX - total, &text, &len);
+        char *text = NULL;
+        size_t len = 0;
+        rc = policy_file_read(path, POLICY_SOURCES_MAX - total, &text, &len);
         if (rc < 0) {
             snprintf(err, errlen, "%s: cannot read: %s", de->d_name,
-                     errno == EFBIG ? "sources larger than 16 MiB" : strerror(errno));
+                     rc == -EFBIG ? "sources larger than 16 MiB" : strerror(-rc));
+            if (rc == -EFBIG) rc = GW_ETOOBIG;
             goto fail;
         }
         if (rc == 0) continue;
@@ -304,7 +310,7 @@ static int policy_srcs_read(const char *dir, policy_src_t **out, size_t *nout, c
 fail:
     closedir(d);
     policy_srcs_free(srcs, n);
-    return -1;
+    return rc;
 }
 
 static const policy_src_t *policy_src_find(const policy_src_t *srcs, size_t n, const char *name)
@@ -314,23 +320,24 @@ static const policy_src_t *policy_src_find(const policy_src_t *srcs, size_t n, c
     return NULL;
 }
 
-/* sha256 over "name\0contents\0" of each source in name order, as 64 hex digits. */
-static void policy_srcs_hash(const policy_src_t *srcs, size_t n, char version[65])
+/* sha256 over "name\0contents\0" of each source in name order, as 64 hex digits. 0, or
+ * -EIO (UV_EIO) when OpenSSL fails: a version that is not the sources' hash would make a
+ * changed policy look unchanged, so the load fails instead. */
+static int policy_srcs_hash(const policy_src_t *srcs, size_t n, char version[65])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned mdlen = 0;
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (!ctx) abort();             /* out of memory: the gateway cannot answer (buf.h policy) */
-    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-    for (size_t i = 0; i < n; i++) {
-        EVP_DigestUpdate(ctx, srcs[i].name, strlen(srcs[i].name) + 1);
-        EVP_DigestUpdate(ctx, srcs[i].text, srcs[i].len);
-        EVP_DigestUpdate(ctx, "", 1);
-    }
-    EVP_DigestFinal_ex(ctx, md, &mdlen);
+    int ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = EVP_DigestUpdate(ctx, srcs[i].name, strlen(srcs[i].name) + 1) == 1 &&
+             EVP_DigestUpdate(ctx, srcs[i].text, srcs[i].len) == 1 && EVP_DigestUpdate(ctx, "", 1) == 1;
+    ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
     EVP_MD_CTX_free(ctx);
-    for (unsigned i = 0; i < mdlen && i < 32; i++) snprintf(version + 2 * i, 3, "%02x", md[i]);
-    version[64] = '\0';
+    if (!ok) return -EIO;
+    hex_encode(md, 32, version);
+    return 0;
 }
 
 /* ---- the VM: allocator, budget, protected runs ---- */
@@ -1924,15 +1931,22 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
         errlen = sizeof scratch;
     }
     err[0] = '\0';
-    policy_src_t *srcs;
-    size_t nsrcs;
+    policy_src_t *srcs = NULL;
+    size_t nsrcs = 0;
     char version[65];
+    int rc = GW_EUNAVAIL;          /* not now: a hook of the live VM is running */
     if (p->vm && p->vm->depth) {
         snprintf(err, errlen, "policy.lua: reload requested during a hook call");
         goto fail;
     }
-    if (policy_srcs_read(dir, &srcs, &nsrcs, err, errlen) < 0) goto fail;
-    policy_srcs_hash(srcs, nsrcs, version);
+    rc = policy_srcs_read(dir, &srcs, &nsrcs, err, errlen);
+    if (rc < 0) goto fail;
+    rc = policy_srcs_hash(srcs, nsrcs, version);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s: cannot hash the sources: sha256 failed", dir);
+        policy_srcs_free(srcs, nsrcs);
+        goto fail;
+    }
     if (p->vm && strcmp(version, p->vm->version) == 0) {
         policy_srcs_free(srcs, nsrcs);
         p->last_error[0] = '\0';    /* the directory again matches what serves */
@@ -1940,7 +1954,10 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
         return 0;
     }
     policy_vm_t *vm = policy_vm_new(p, srcs, nsrcs, version, err, errlen);
-    if (!vm) goto fail;
+    if (!vm) {
+        rc = GW_EINVAL;            /* the scripts do not load or fail their self_test */
+        goto fail;
+    }
     /* Swap. One thread owns this holder and no call of the old VM is in flight (checked
      * above), so the old VM can close at once. */
     policy_vm_free(p->vm);
@@ -1953,7 +1970,7 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
 fail:
     snprintf(p->last_error, sizeof p->last_error, "%s", err);
     policy_reload_count(p, METRICS_RELOAD_FAILED);
-    return -1;
+    return rc;
 }
 
 int policy_check(const config_t *cfg, const char *dir, char *version, char *err, size_t errlen)
@@ -1962,7 +1979,7 @@ int policy_check(const config_t *cfg, const char *dir, char *version, char *err,
     int rc = policy_load(p, dir, err, errlen);
     if (version) snprintf(version, 65, "%s", rc == 1 ? policy_version(p) : "");
     policy_free(p);
-    return rc == 1 ? 0 : -1;
+    return rc < 0 ? rc : 0;        /* a fresh holder has no version to match: rc is 1 */
 }
 
 const char *policy_version(const policy_t *p) { return p->vm ? p->vm->version : ""; }

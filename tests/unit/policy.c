@@ -13,6 +13,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@
 #include <openssl/hmac.h>
 
 #include "base/config.h"
+#include "base/err.h"
 #include "base/log.h"
 #include "base/metrics.h"
 #include "policy/policy.h"
@@ -193,7 +195,8 @@ static void test_load_rejected(void **state)
         char err[512] = "";
         double t0 = mono_now();
         int rc = load_fixture(p, cases[i].dir, err, sizeof err);
-        if (rc != -1 || !strstr(err, cases[i].want))
+        int want_rc = strcmp(cases[i].dir, "no_such_dir") ? GW_EINVAL : -ENOENT;
+        if (rc != want_rc || !strstr(err, cases[i].want))
             fail_msg("%s: rc %d err \"%s\", wanted \"%s\"", cases[i].dir, rc, err, cases[i].want);
         assert_true(mono_now() - t0 < 10);
         assert_null(strchr(err, '\n'));        /* one line, no traceback */
@@ -219,7 +222,7 @@ static void test_policy_check(void **state)
     assert_string_equal(version, policy_version(p));
     policy_free(p);
     fixture(dir, sizeof dir, "syntax");
-    assert_int_equal(policy_check(&cfg, dir, version, err, sizeof err), -1);
+    assert_int_equal(policy_check(&cfg, dir, version, err, sizeof err), GW_EINVAL);
     assert_non_null(strstr(err, "policy.lua:2:"));
     assert_string_equal(version, "");
 }
@@ -372,7 +375,7 @@ static void test_timeout(void **state)
     char dir[PATH_MAX];
     fixture(dir, sizeof dir, "load_loop");
     double t0 = mono_now();
-    assert_int_equal(policy_load(p, dir, err, sizeof err), -1);
+    assert_int_equal(policy_load(p, dir, err, sizeof err), GW_EINVAL);
     assert_true(mono_now() - t0 < 3);
     assert_non_null(strstr(err, "timeout"));
     assert_pass_works(p);
@@ -1167,7 +1170,7 @@ static void test_host(void **state)
     fh.p = p;
     eval_true(p, "return gw.kick('c1', 'reenter', '') and gw.store.get('leaves:kicked') == 1");
     eval_true(p, "return gw.kick('c1', 'reload', '')");
-    assert_int_equal(fh.reload_rc, -1);
+    assert_int_equal(fh.reload_rc, GW_EUNAVAIL);
     assert_non_null(strstr(fh.reload_err, "during a hook call"));
     fh.p = NULL;
     policy_free(p);
