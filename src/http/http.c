@@ -38,22 +38,22 @@ static int http_is_tchar(int c)
 
 /* Percent-decodes n bytes of s into out (cap bytes, no NUL added). A decoded NUL would cut
  * the C string short, so %00 is refused like a malformed escape. Returns the decoded length,
- * -1 for a bad escape, -2 when it does not fit in cap. */
+ * GW_EINVAL for a bad escape, GW_ETOOBIG when it does not fit in cap. */
 static long http_pct_decode(const char *s, size_t n, char *out, size_t cap, int plus_space)
 {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         int c = (unsigned char)s[i];
         if (c == '%') {
-            if (n - i < 3) return -1;
+            if (n - i < 3) return GW_EINVAL;
             int hi = hex_digit((unsigned char)s[i + 1]), lo = hex_digit((unsigned char)s[i + 2]);
-            if (hi < 0 || lo < 0 || (hi | lo) == 0) return -1;
+            if (hi < 0 || lo < 0 || (hi | lo) == 0) return GW_EINVAL;
             c = hi << 4 | lo;
             i += 2;
         } else if (c == '+' && plus_space) {
             c = ' ';
         }
-        if (o == cap) return -2;
+        if (o == cap) return GW_ETOOBIG;
         out[o++] = (char)c;
     }
     return (long)o;
@@ -241,7 +241,8 @@ static void http_parser_next(http_parser_t *p)
 }
 
 /* Splits the target into path and query and decodes the path into the store. The absolute
- * form (proxies) is cut down to its path, so routing sees the same thing either way. */
+ * form (proxies) is cut down to its path, so routing sees the same thing either way. 0, or
+ * GW_EINVAL for a bad escape in the path. */
 static int http_request_split(http_parser_t *p, size_t *path_off, size_t *query_off)
 {
     const char *url = p->store.data + p->url_off;
@@ -261,7 +262,7 @@ static int http_request_split(http_parser_t *p, size_t *path_off, size_t *query_
     *path_off = p->store.len;
     char *out = p->store.data + p->store.len;
     long dlen = http_pct_decode(p->store.data + src, n, out, n, 0);
-    if (dlen < 0) return -1;
+    if (dlen < 0) return GW_EINVAL;   /* out holds n bytes: the path always fits */
     if (dlen == 0) out[dlen++] = '/';   /* "http://host" means "/" */
     out[dlen] = '\0';
     p->store.len += (size_t)dlen + 1;

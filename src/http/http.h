@@ -2,7 +2,9 @@
  * No I/O: the server feeds bytes in and writes the bytes this module produces.
  *
  * One http_parser_t lives per connection while it speaks HTTP. Requests are returned one at a
- * time (the parser pauses after each), so pipelined requests are answered in order. */
+ * time (the parser pauses after each), so pipelined requests are answered in order.
+ * This is the HTTP edge: statuses are chosen here (http_status_of maps the negative codes of
+ * base/err.h that the layers below return); the query-string readers keep their -1/-2. */
 #ifndef CHATGW_HTTP_H
 #define CHATGW_HTTP_H
 
