@@ -605,7 +605,7 @@ static int http_ws_refuse(buf_t *out, int status, const char *code, const char *
 }
 
 /* Checks in RFC 6455 4.2.1 order; returns 0 or the refusal already written to out. */
-static int http_ws_check(const http_request_t *req, const char *allowed_origins, buf_t *out, char accept[29])
+static int http_ws_check(const http_request_t *req, const char *allowed_origins, buf_t *out, char accept[WS_ACCEPT_SIZE])
 {
     if (req->method != HTTP_GET) return http_ws_refuse(out, 400, "bad_handshake", "WebSocket upgrade must use GET");
     if (req->http_major < 1 || (req->http_major == 1 && req->http_minor < 1))
@@ -634,7 +634,7 @@ int http_ws_handshake(const http_request_t *req, const char *allowed_origins, in
     http_ws_accept_t local;
     if (!acc) acc = &local;
     memset(acc, 0, sizeof *acc);
-    char accept[29];
+    char accept[WS_ACCEPT_SIZE];
     int status = http_ws_check(req, allowed_origins, out, accept);
     if (status) return status;
 

@@ -106,7 +106,7 @@ typedef struct {
     int refs[METRICS_POLICY_HOOKS];/* hook functions by slot; LUA_NOREF when absent */
     char **msg_types;              /* on_message's types (message_types); NULL = every type */
     size_t n_msg_types;
-    char version[65];
+    char version[POLICY_VERSION_SIZE];
 } policy_vm_t;
 
 /* Hooks tripped for one client address (or, for on_tick, the holder): until when each fails
@@ -323,7 +323,7 @@ static const policy_src_t *policy_src_find(const policy_src_t *srcs, size_t n, c
 /* sha256 over "name\0contents\0" of each source in name order, as 64 hex digits. 0, or
  * -EIO (UV_EIO) when OpenSSL fails: a version that is not the sources' hash would make a
  * changed policy look unchanged, so the load fails instead. */
-static int policy_srcs_hash(const policy_src_t *srcs, size_t n, char version[65])
+static int policy_srcs_hash(const policy_src_t *srcs, size_t n, char version[POLICY_VERSION_SIZE])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned mdlen = 0;
@@ -1908,7 +1908,7 @@ static void policy_reload_count(policy_t *p, int result)
 
 void policy_reload_logged(policy_t *p, const char *dir, const char *why, int worker)
 {
-    char err[512], old[65];
+    char err[512], old[POLICY_VERSION_SIZE];
     json_t *w = worker >= 0 ? json_integer(worker) : NULL;   /* "O*" leaves "worker" out when NULL */
     snprintf(old, sizeof old, "%s", policy_version(p));
     int rc = policy_load(p, dir, err, sizeof err);
@@ -1933,7 +1933,7 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
     err[0] = '\0';
     policy_src_t *srcs = NULL;
     size_t nsrcs = 0;
-    char version[65];
+    char version[POLICY_VERSION_SIZE];
     int rc = GW_EUNAVAIL;          /* not now: a hook of the live VM is running */
     if (p->vm && p->vm->depth) {
         snprintf(err, errlen, "policy.lua: reload requested during a hook call");
@@ -1977,7 +1977,7 @@ int policy_check(const config_t *cfg, const char *dir, char *version, char *err,
 {
     policy_t *p = policy_new(cfg, NULL, NULL);
     int rc = policy_load(p, dir, err, errlen);
-    if (version) snprintf(version, 65, "%s", rc == 1 ? policy_version(p) : "");
+    if (version) snprintf(version, POLICY_VERSION_SIZE, "%s", rc == 1 ? policy_version(p) : "");
     policy_free(p);
     return rc < 0 ? rc : 0;        /* a fresh holder has no version to match: rc is 1 */
 }

@@ -21,6 +21,8 @@
 
 typedef struct policy_s policy_t;
 
+#define POLICY_VERSION_SIZE 65     /* a version: sha256 as 64 hex digits and a NUL */
+
 /* What the policy's gw.* functions call back into (implemented by the hub). Each returns 0 on
  * success or -1 when the target does not exist. JSON arguments are borrowed. */
 typedef struct {
@@ -81,7 +83,7 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen);
  * failed (the previous policy keeps serving). worker >= 0 adds a "worker" field. */
 void policy_reload_logged(policy_t *p, const char *dir, const char *why, int worker);
 /* Loads and self-tests dir without touching any live policy (chatgw check). Writes the
- * version to version (65 bytes). 0, or policy_load's negative code with err. */
+ * version to version (POLICY_VERSION_SIZE bytes). 0, or policy_load's negative code with err. */
 int policy_check(const config_t *cfg, const char *dir, char *version, char *err, size_t errlen);
 
 const char *policy_version(const policy_t *p);     /* sha256 hex of the sources, "" when none */

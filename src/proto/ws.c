@@ -34,7 +34,7 @@ static int ws_b64_char(int c)
            c == '+' || c == '/';
 }
 
-int ws_accept_key(const char *key, size_t len, char out[29])
+int ws_accept_key(const char *key, size_t len, char out[WS_ACCEPT_SIZE])
 {
     /* 16 bytes encode to 22 characters and "==", nothing else. */
     if (len != 24 || key[22] != '=' || key[23] != '=') return GW_EINVAL;

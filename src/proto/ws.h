@@ -37,11 +37,12 @@ enum {
 
 #define WS_MAX_HEADER 14           /* 2 + 8 length + 4 mask */
 #define WS_MAX_CONTROL 125
+#define WS_ACCEPT_SIZE 29          /* Sec-WebSocket-Accept: base64 of a sha1 (28) and a NUL */
 
 /* Writes the Sec-WebSocket-Accept value for key into out (NUL-terminated, 28 chars).
  * Returns 0, GW_EINVAL when key is not the base64 encoding of exactly 16 bytes, or -EIO
  * (UV_EIO) when OpenSSL's sha1 fails. */
-int ws_accept_key(const char *key, size_t len, char out[29]);
+int ws_accept_key(const char *key, size_t len, char out[WS_ACCEPT_SIZE]);
 
 /* 1 when code may appear in a close frame on the wire (1000-1003, 1007-1014 less the
  * unassigned ones, 3000-4999), else 0. 1005, 1006 and 1015 are never valid. */
