@@ -20,7 +20,8 @@
 #include "base/err.h"
 #include "base/hex.h"
 
-/* A store that grew past this (a large body) is released between requests rather than kept. */
+/* A store that grew past this (a large body) is released between requests rather than kept:
+ * memory kept per connection, not a limit anyone sees, so not a config key. */
 #define HTTP_STORE_KEEP 65536
 
 #define HTTP_WS_SUBPROTOCOL "chatgw.v1"

@@ -15,7 +15,7 @@
 #include "base/buf.h"
 #include "proto/ws.h"
 
-#define HTTP_MAX_HEADERS 64
+#define HTTP_MAX_HEADERS 64        /* sizes the header array; max_header_bytes (config) bounds the bytes */
 
 typedef struct {
     char *name;                    /* as received, NUL-terminated */

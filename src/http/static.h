@@ -20,6 +20,8 @@
 #include "base/gw.h"
 #include "http/http.h"
 
+/* Bounds on the web client kept in memory. Not config keys: they only stop a wrong web_dir (a
+ * home directory) from filling memory; the bundled client is far below each. */
 #define STATIC_MAX_FILES 1024               /* files kept; more are skipped with a warning */
 #define STATIC_MAX_FILE_BYTES (8u << 20)    /* a larger file is skipped with a warning */
 #define STATIC_MAX_TOTAL_BYTES (64u << 20)  /* bytes kept over all files */

@@ -47,12 +47,15 @@
 #include "policy/policy_pattern.h"
 #include "policy/policy_store.h"
 
+/* Bounds on what a script can make the gateway do. Not config keys: they guard the gateway
+ * against a script, not tune it; operators size the sandbox with policy_timeout_ms,
+ * policy_budget, policy_memory_mb and policy_store_mb. */
 #define POLICY_HOOK_STEP 1000              /* instructions between count-hook calls */
 #define POLICY_DEPTH_MAX 32                /* nesting limit of converted values (also catches cycles) */
 #define POLICY_SOURCES_MAX (16u << 20)     /* bytes of all *.lua files together */
-#define POLICY_FILES_MAX 1024
-#define POLICY_MODULE_NAME_MAX 64
-#define POLICY_JWT_MAX 16384
+#define POLICY_FILES_MAX 1024              /* *.lua files in the scripts directory */
+#define POLICY_MODULE_NAME_MAX 64          /* bytes of a require() name */
+#define POLICY_JWT_MAX 16384               /* bytes of a token gw.jwt_verify takes */
 #define POLICY_STACK_FLOOR 256           /* Lua stack slots kept through GC shrinking */
 #define POLICY_BUDGET_MSG "policy budget exceeded"
 #define POLICY_TIMEOUT_MSG "policy timeout"

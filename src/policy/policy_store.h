@@ -27,6 +27,8 @@
 
 #include <jansson.h>
 
+/* Per-entry bounds of gw.store and gw.limit; not config keys: policy_store_mb (config) is the
+ * operator's limit, these only keep one entry or one eviction small. */
 #define POLICY_STORE_MAX_KEYS 100000       /* store entries, and separately limit buckets */
 #define POLICY_STORE_MAX_VALUE 65536       /* bytes of a value as compact JSON */
 #define POLICY_STORE_MAX_KEY 1024          /* bytes of a key */

@@ -21,8 +21,10 @@
 #include "base/err.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#define WS_KEEP_MAX (64 * 1024)    /* larger message buffers are released after each message */
-#define WS_ZCHUNK (16 * 1024)      /* inflate output step: a bomb is cut within one step */
+#define WS_KEEP_MAX (64 * 1024)    /* larger message buffers are released after each message;
+                                    * memory kept, not a limit anyone sees: not a config key */
+#define WS_ZCHUNK (16 * 1024)      /* inflate output step: a bomb is cut within one step; the
+                                    * limit itself is max_message_bytes (config) */
 
 enum { WS_ST_HEADER, WS_ST_PAYLOAD, WS_ST_DEAD };
 

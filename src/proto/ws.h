@@ -35,8 +35,8 @@ enum {
     WS_CLOSE_INTERNAL = 1011,
 };
 
-#define WS_MAX_HEADER 14           /* 2 + 8 length + 4 mask */
-#define WS_MAX_CONTROL 125
+#define WS_MAX_HEADER 14           /* 2 + 8 length + 4 mask (RFC 6455 5.2: fixed) */
+#define WS_MAX_CONTROL 125         /* control payload bytes (RFC 6455 5.5: fixed) */
 #define WS_ACCEPT_SIZE 29          /* Sec-WebSocket-Accept: base64 of a sha1 (28) and a NUL */
 
 /* Writes the Sec-WebSocket-Accept value for key into out (NUL-terminated, 28 chars).
