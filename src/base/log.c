@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "base/buf.h"
+#include "base/err.h"
 #include "base/utf8.h"
 
 static atomic_int log_level_current = LOG_INFO;
@@ -35,11 +36,11 @@ int log_level_get(void) { return atomic_load_explicit(&log_level_current, memory
 
 int log_level_parse(const char *s)
 {
-    if (!s) return -1;
+    if (!s) return GW_EINVAL;
     for (int i = LOG_DEBUG; i <= LOG_ERROR; i++)
         if (strcmp(s, log_level_names[i]) == 0) return i;
     if (strcmp(s, "warning") == 0) return LOG_WARN;
-    return -1;
+    return GW_EINVAL;
 }
 
 /* RFC 3339 UTC with milliseconds: 2026-11-26T17:40:18.123Z. */

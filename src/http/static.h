@@ -31,9 +31,9 @@ typedef struct static_site_s static_site_t;
 
 /* Loads every file under dir into a new site (*out, owned by the caller: static_site_free).
  * Files that cannot be read or break a limit are skipped, each with a warning in the log.
- * Returns 0, or a negative uv error with *out = NULL: UV_ENOENT or UV_ENOTDIR when dir is
- * missing or not a directory, UV_EACCES (or another open error) when it cannot be listed,
- * UV_EIO when hashing or compressing failed. */
+ * Returns 0, or a negative libuv code (base/err.h) with *out = NULL: UV_ENOENT or UV_ENOTDIR
+ * when dir is missing or not a directory, UV_EACCES (or another open error) when it cannot be
+ * listed, UV_EIO when hashing or compressing failed. */
 int static_site_load(const char *dir, static_site_t **out);
 void static_site_free(static_site_t *site);     /* NULL is fine */
 size_t static_site_files(const static_site_t *site);

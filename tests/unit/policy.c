@@ -636,7 +636,7 @@ static void test_store_c(void **state)
     assert_null(policy_store_incr(s, "w", big, 0, 106, &err));
     assert_string_equal(err, "integer overflow");
     json_decref(big);
-    assert_int_equal(policy_store_set(s, "", json_true(), 0, 0, &err), -1);
+    assert_int_equal(policy_store_set(s, "", json_true(), 0, 0, &err), GW_EINVAL);
     assert_int_equal(policy_store_del(s, "b"), 1);
     assert_int_equal(policy_store_del(s, "b"), 0);
 
@@ -649,7 +649,7 @@ static void test_store_c(void **state)
     assert_int_equal(policy_store_limit(s, "ip", 1, 2, 100, &err), 1);
     assert_int_equal(policy_store_limit(s, "ip", 1, 2, 100, &err), 1);
     assert_int_equal(policy_store_limit(s, "ip", 1, 2, 100, &err), 0);
-    assert_int_equal(policy_store_limit(s, "ip", 0, 2, 100, &err), -1);
+    assert_int_equal(policy_store_limit(s, "ip", 0, 2, 100, &err), GW_EINVAL);
     assert_int_equal(policy_store_buckets(s), 1);
     assert_int_equal(policy_store_sweep(s, 1000), 2);   /* "w" expired, "ip" refilled (= absent) */
     assert_int_equal(policy_store_count(s), 0);
@@ -681,7 +681,7 @@ static void test_store_bytes(void **state)
     /* refused: a bigger value for an existing key leaves it as it was */
     json_t *arr = json_array();
     for (int i = 0; i < 4000; i++) json_array_append_new(arr, json_string("0123456789"));
-    assert_int_equal(policy_store_set(s, "p0", arr, 0, 0, &err), -1);
+    assert_int_equal(policy_store_set(s, "p0", arr, 0, 0, &err), GW_EUNAVAIL);
     assert_int_equal(json_string_length(policy_store_get(s, "p0", 0)), 59999);
     assert_int_equal(policy_store_bytes(s), full);
     /* a smaller value gives bytes back; a delete gives them all */
@@ -752,11 +752,11 @@ static void test_store_limit_sync(void **state)
     assert_int_equal(policy_store_limit(s, "c", 1, 2, 0.5, &err), 0);
     assert_int_equal(policy_store_limit(s, "c", 1, 2, 1, &err), 1);
     /* bad arguments change nothing */
-    assert_int_equal(policy_store_limit_sync(s, "c", 0, 2, 0, 1, &err), -1);
+    assert_int_equal(policy_store_limit_sync(s, "c", 0, 2, 0, 1, &err), GW_EINVAL);
     assert_string_equal(err, "rate must be > 0 and burst >= 1");
-    assert_int_equal(policy_store_limit_sync(s, "c", 1, 0.5, 0, 1, &err), -1);
-    assert_int_equal(policy_store_limit_sync(s, "c", 1, 2, NAN, 1, &err), -1);
-    assert_int_equal(policy_store_limit_sync(s, "", 1, 2, 0, 1, &err), -1);
+    assert_int_equal(policy_store_limit_sync(s, "c", 1, 0.5, 0, 1, &err), GW_EINVAL);
+    assert_int_equal(policy_store_limit_sync(s, "c", 1, 2, NAN, 1, &err), GW_EINVAL);
+    assert_int_equal(policy_store_limit_sync(s, "", 1, 2, 0, 1, &err), GW_EINVAL);
     assert_int_equal(policy_store_buckets(s), 3);
     policy_store_free(s);
 }
@@ -818,7 +818,7 @@ static void test_store_eviction(void **state)
     }
     size_t evicted = policy_store_evicted(s);
     err = NULL;
-    assert_int_equal(policy_store_set(s, "one-more", json_true(), 60, 1009.5, &err), -1);
+    assert_int_equal(policy_store_set(s, "one-more", json_true(), 60, 1009.5, &err), GW_EUNAVAIL);
     assert_non_null(err);
     assert_non_null(strstr(err, "store is full"));
     err = NULL;
