@@ -466,8 +466,9 @@ static long policy_trip_ms(const policy_t *p)
     return p->guard ? policy_guard_timeout_ms(p->guard) * POLICY_TRIP_FACTOR : 0;
 }
 
-/* Classifies, counts and logs a failed run; err gets the first line of the message. */
-static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg, char *err, size_t errlen)
+/* Classifies, counts and logs a failed run; err gets the first line of the message. Returns
+ * the kind as a negative code (policy_vm_run's). */
+static int policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg, char *err, size_t errlen)
 {
     int kind = vm->timed_out ? METRICS_POLICY_TIMEOUT
              : status == LUA_ERRMEM ? METRICS_POLICY_MEMORY
@@ -492,6 +493,8 @@ static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *ms
     if (trip_ms) json_object_set_new(fields, "tripped_ms", json_integer(trip_ms));   /* later calls fail at once */
     policy_log(vm->p, LOG_WARN, slot == POLICY_SLOT_LOAD ? "policy load failed" : "policy hook failed", fields);
     json_decref(fields);
+    return kind == METRICS_POLICY_TIMEOUT ? GW_ETIMEDOUT : kind == METRICS_POLICY_MEMORY ? GW_ENOMEM
+         : kind == METRICS_POLICY_BUDGET ? GW_ELIMIT : GW_EINVAL;
 }
 
 /* The outermost run starts: the guard watches it, the budget (when set) counts it. */
@@ -519,8 +522,9 @@ static void policy_vm_leave(policy_vm_t *vm)
 
 /* The one way into Lua: body(ctx) under lua_pcall with the traceback handler, the time guard,
  * the budget and the memory cap. A nested run (a gw.* callback re-entering a hook) shares the
- * outer run's time and budget. 0, or -1 with err (already counted and logged). The stack top
- * is restored either way. */
+ * outer run's time and budget. 0, or with err (already counted and logged) GW_ETIMEDOUT,
+ * GW_ENOMEM (the memory cap), GW_ELIMIT (the budget) or GW_EINVAL (the script raised). The
+ * stack top is restored either way. */
 static int policy_vm_run(policy_vm_t *vm, int slot, lua_CFunction body, void *ctx, char *err, size_t errlen)
 {
     lua_State *L = vm->L;
@@ -532,13 +536,14 @@ static int policy_vm_run(policy_vm_t *vm, int slot, lua_CFunction body, void *ct
     int status = lua_pcall(L, 1, 0, top + 1);  /* [msgh] or [msgh error] */
     int outermost = --vm->depth == 0;
     if (outermost) policy_vm_leave(vm);
+    int rc = 0;
     if (status != LUA_OK) {
         const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-        policy_vm_fail(vm, slot, status, msg, err, errlen);
+        rc = policy_vm_fail(vm, slot, status, msg, err, errlen);
     }
     if (outermost) vm->timed_out = 0;
     lua_settop(L, top);
-    return status == LUA_OK ? 0 : -1;
+    return rc;
 }
 
 /* Panics cannot happen when everything runs under policy_vm_run; if one does, say so before
