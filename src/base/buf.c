@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void oom(void)
+static void buf_oom_abort(void)
 {
     fputs("{\"level\":\"error\",\"msg\":\"out of memory\"}\n", stderr);
     abort();
@@ -14,21 +14,21 @@ static void oom(void)
 void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
-    if (!p) oom();
+    if (!p) buf_oom_abort();
     return p;
 }
 
 void *xcalloc(size_t n, size_t sz)
 {
     void *p = calloc(n ? n : 1, sz ? sz : 1);
-    if (!p) oom();
+    if (!p) buf_oom_abort();
     return p;
 }
 
 void *xrealloc(void *p, size_t n)
 {
     p = realloc(p, n ? n : 1);
-    if (!p) oom();
+    if (!p) buf_oom_abort();
     return p;
 }
 
@@ -93,16 +93,6 @@ const char *buf_cstr(buf_t *b)
     buf_reserve(b, 1);
     b->data[b->len] = '\0';
     return b->data;
-}
-
-void buf_consume(buf_t *b, size_t n)
-{
-    if (n >= b->len) {
-        b->len = 0;
-        return;
-    }
-    memmove(b->data, b->data + n, b->len - n);
-    b->len -= n;
 }
 
 void buf_reset(buf_t *b) { b->len = 0; }

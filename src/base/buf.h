@@ -21,7 +21,6 @@ void buf_reserve(buf_t *b, size_t extra);         /* ensures cap >= len + extra 
 void buf_append(buf_t *b, const void *p, size_t n);
 void buf_append_str(buf_t *b, const char *s);
 void buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void buf_consume(buf_t *b, size_t n);             /* drops the first n bytes */
 void buf_reset(buf_t *b);                         /* len = 0, keeps storage */
 const char *buf_cstr(buf_t *b);                   /* NUL-terminated view (not counted in len) */
 

@@ -2,7 +2,8 @@
  * with jansson and writes it, newline included, with one write(2) so that lines from several
  * worker threads never interleave. The level filter is one atomic int; nothing else is shared.
  * A log call must never be lost: a bad fields format, a non-object result or invalid UTF-8
- * still produces a line, with a "log_error" field that says what went wrong. */
+ * (scrubbed by utf8_json_new) still produces a line, with a "log_error" field that says what
+ * went wrong. */
 #include "base/log.h"
 
 #include <errno.h>
@@ -17,6 +18,8 @@
 #include <jansson.h>
 
 #include "base/buf.h"
+#include "base/err.h"
+#include "base/utf8.h"
 
 static atomic_int log_level_current = LOG_INFO;
 
@@ -33,11 +36,11 @@ int log_level_get(void) { return atomic_load_explicit(&log_level_current, memory
 
 int log_level_parse(const char *s)
 {
-    if (!s) return -1;
+    if (!s) return GW_EINVAL;
     for (int i = LOG_DEBUG; i <= LOG_ERROR; i++)
         if (strcmp(s, log_level_names[i]) == 0) return i;
     if (strcmp(s, "warning") == 0) return LOG_WARN;
-    return -1;
+    return GW_EINVAL;
 }
 
 /* RFC 3339 UTC with milliseconds: 2026-11-26T17:40:18.123Z. */
@@ -51,35 +54,19 @@ static void log_ts_format(char *out, size_t outlen)
     snprintf(out + n, outlen - n, ".%03ldZ", now.tv_nsec / 1000000L);
 }
 
-/* jansson refuses invalid UTF-8; rather than drop the text, keep its ASCII, turn every other
- * byte into '?', and tell the caller (*lossy) so the line can say so. */
-static json_t *log_string_new(const char *s, int *lossy)
-{
-    json_t *str = json_string(s);
-    if (str) return str;
-    char *copy = xstrdup(s);
-    for (char *p = copy; *p; p++)
-        if ((unsigned char)*p >= 0x80) *p = '?';
-    str = json_string(copy);
-    free(copy);
-    *lossy = 1;
-    return str;
-}
-
 /* Adds text to the line's log_error field, after any earlier note, so no problem hides another. */
 static void log_error_note(json_t *obj, const char *text)
 {
     const char *prev = json_string_value(json_object_get(obj, "log_error"));
-    int lossy = 0;
     if (!prev) {
-        json_object_set_new(obj, "log_error", log_string_new(text, &lossy));
+        json_object_set_new(obj, "log_error", utf8_json_new(text, NULL));
         return;
     }
     buf_t b;
     buf_init(&b);
     buf_printf(&b, "%s; %s", prev, text);
     buf_append(&b, "", 1); /* buf_t is not NUL-terminated */
-    json_object_set_new(obj, "log_error", log_string_new(b.data, &lossy));
+    json_object_set_new(obj, "log_error", utf8_json_new(b.data, NULL));
     buf_free(&b);
 }
 
@@ -150,7 +137,7 @@ void log_write(int level, const char *msg, const char *fields, ...)
     json_object_set_new(obj, "ts", json_string(ts));
     json_object_set_new(obj, "level", json_string(log_level_names[level]));
     int lossy = 0;
-    json_object_set_new(obj, "msg", log_string_new(msg ? msg : "", &lossy));
+    json_object_set_new(obj, "msg", utf8_json_new(msg ? msg : "", &lossy));
     if (lossy) log_error_note(obj, "msg is not valid UTF-8");
     if (fields) {
         va_list ap;

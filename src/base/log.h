@@ -9,7 +9,7 @@ enum { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
 
 void log_level_set(int level);
 int log_level_get(void);
-int log_level_parse(const char *s);          /* LOG_* or -1 */
+int log_level_parse(const char *s);          /* LOG_* or GW_EINVAL (base/err.h) */
 /* fields: a jansson json_pack() format for an object ("{s:s, s:i}") followed by its
  * arguments, or NULL for none. A bad format is logged as a field error, never dropped. */
 void log_write(int level, const char *msg, const char *fields, ...);

@@ -132,11 +132,11 @@ static void metrics_scalars_render(const metrics_t *m, buf_t *out)
 /* RFC 6455 opcode names; reserved opcodes keep their number. */
 static void metrics_opcode_name(unsigned op, char *out, size_t outlen)
 {
-    static const char *const names[16] = {
+    static const char *const names[METRICS_WS_OPCODES] = {
         [0] = "continuation", [1] = "text", [2] = "binary",
         [8] = "close", [9] = "ping", [10] = "pong",
     };
-    if (op < 16 && names[op])
+    if (op < METRICS_WS_OPCODES && names[op])
         snprintf(out, outlen, "%s", names[op]);
     else
         snprintf(out, outlen, "%u", op);
@@ -214,11 +214,11 @@ void metrics_render(const metrics_t *m, const char *version, buf_t *out)
 {
     metrics_scalars_render(m, out);
     metrics_labelled_render(out, "chatgw_http_responses_total", "HTTP responses sent, by status code.",
-                            "code", m->http_responses, 600, metrics_number_name, metrics_status_known);
+                            "code", m->http_responses, METRICS_HTTP_STATUSES, metrics_number_name, metrics_status_known);
     metrics_labelled_render(out, "chatgw_ws_frames_in_total", "WebSocket frames received, by opcode.",
-                            "opcode", m->frames_in, 16, metrics_opcode_name, metrics_opcode_known);
+                            "opcode", m->frames_in, METRICS_WS_OPCODES, metrics_opcode_name, metrics_opcode_known);
     metrics_labelled_render(out, "chatgw_ws_frames_out_total", "WebSocket frames sent, by opcode.",
-                            "opcode", m->frames_out, 16, metrics_opcode_name, metrics_opcode_known);
+                            "opcode", m->frames_out, METRICS_WS_OPCODES, metrics_opcode_name, metrics_opcode_known);
     metrics_labelled_render(out, "chatgw_ws_close_sent_total", "WebSocket close frames sent, by close code.",
                             "code", m->close_sent, METRICS_CLOSE_CODES, metrics_number_name,
                             metrics_close_known);

@@ -9,6 +9,8 @@
 
 #include "base/buf.h"
 
+#define METRICS_HTTP_STATUSES 600  /* HTTP statuses 0..599 counted individually */
+#define METRICS_WS_OPCODES 16      /* WebSocket opcodes: 4 bits */
 #define METRICS_CLOSE_CODES 5000   /* close codes 0..4999 counted individually */
 #define METRICS_LATENCY_BUCKETS 12 /* finite upper bounds of chatgw_message_latency_seconds */
 
@@ -34,8 +36,8 @@ typedef struct {
     uint64_t conns_total;
     uint64_t ws_open;              /* gauge: WebSocket connections open */
     uint64_t ws_total;
-    uint64_t http_responses[600];  /* by status code */
-    uint64_t frames_in[16], frames_out[16];  /* by opcode */
+    uint64_t http_responses[METRICS_HTTP_STATUSES];  /* by status code */
+    uint64_t frames_in[METRICS_WS_OPCODES], frames_out[METRICS_WS_OPCODES];  /* by opcode */
     uint64_t bytes_in, bytes_out;
     uint64_t close_sent[METRICS_CLOSE_CODES], close_received[METRICS_CLOSE_CODES];
     uint64_t conns_rejected_limit; /* refused by max_connections / per-IP */

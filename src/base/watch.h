@@ -10,7 +10,7 @@
 
 typedef struct watch_s watch_t;
 
-#define WATCH_DEBOUNCE_MS 200
+#define WATCH_DEBOUNCE_MS 200      /* a ConfigMap swap's burst of events settles well within; not tuned */
 
 /* why names the trigger: "fs_event", "poll", or what watch_trigger was given. */
 typedef void (*watch_cb)(void *ud, const char *why);

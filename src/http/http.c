@@ -20,7 +20,8 @@
 #include "base/err.h"
 #include "base/hex.h"
 
-/* A store that grew past this (a large body) is released between requests rather than kept. */
+/* A store that grew past this (a large body) is released between requests rather than kept:
+ * memory kept per connection, not a limit anyone sees, so not a config key. */
 #define HTTP_STORE_KEEP 65536
 
 #define HTTP_WS_SUBPROTOCOL "chatgw.v1"
@@ -38,22 +39,22 @@ static int http_is_tchar(int c)
 
 /* Percent-decodes n bytes of s into out (cap bytes, no NUL added). A decoded NUL would cut
  * the C string short, so %00 is refused like a malformed escape. Returns the decoded length,
- * -1 for a bad escape, -2 when it does not fit in cap. */
+ * GW_EINVAL for a bad escape, GW_ETOOBIG when it does not fit in cap. */
 static long http_pct_decode(const char *s, size_t n, char *out, size_t cap, int plus_space)
 {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         int c = (unsigned char)s[i];
         if (c == '%') {
-            if (n - i < 3) return -1;
+            if (n - i < 3) return GW_EINVAL;
             int hi = hex_digit((unsigned char)s[i + 1]), lo = hex_digit((unsigned char)s[i + 2]);
-            if (hi < 0 || lo < 0 || (hi | lo) == 0) return -1;
+            if (hi < 0 || lo < 0 || (hi | lo) == 0) return GW_EINVAL;
             c = hi << 4 | lo;
             i += 2;
         } else if (c == '+' && plus_space) {
             c = ' ';
         }
-        if (o == cap) return -2;
+        if (o == cap) return GW_ETOOBIG;
         out[o++] = (char)c;
     }
     return (long)o;
@@ -241,7 +242,8 @@ static void http_parser_next(http_parser_t *p)
 }
 
 /* Splits the target into path and query and decodes the path into the store. The absolute
- * form (proxies) is cut down to its path, so routing sees the same thing either way. */
+ * form (proxies) is cut down to its path, so routing sees the same thing either way. 0, or
+ * GW_EINVAL for a bad escape in the path. */
 static int http_request_split(http_parser_t *p, size_t *path_off, size_t *query_off)
 {
     const char *url = p->store.data + p->url_off;
@@ -261,7 +263,7 @@ static int http_request_split(http_parser_t *p, size_t *path_off, size_t *query_
     *path_off = p->store.len;
     char *out = p->store.data + p->store.len;
     long dlen = http_pct_decode(p->store.data + src, n, out, n, 0);
-    if (dlen < 0) return -1;
+    if (dlen < 0) return GW_EINVAL;   /* out holds n bytes: the path always fits */
     if (dlen == 0) out[dlen++] = '/';   /* "http://host" means "/" */
     out[dlen] = '\0';
     p->store.len += (size_t)dlen + 1;
@@ -604,7 +606,7 @@ static int http_ws_refuse(buf_t *out, int status, const char *code, const char *
 }
 
 /* Checks in RFC 6455 4.2.1 order; returns 0 or the refusal already written to out. */
-static int http_ws_check(const http_request_t *req, const char *allowed_origins, buf_t *out, char accept[29])
+static int http_ws_check(const http_request_t *req, const char *allowed_origins, buf_t *out, char accept[WS_ACCEPT_SIZE])
 {
     if (req->method != HTTP_GET) return http_ws_refuse(out, 400, "bad_handshake", "WebSocket upgrade must use GET");
     if (req->http_major < 1 || (req->http_major == 1 && req->http_minor < 1))
@@ -633,7 +635,7 @@ int http_ws_handshake(const http_request_t *req, const char *allowed_origins, in
     http_ws_accept_t local;
     if (!acc) acc = &local;
     memset(acc, 0, sizeof *acc);
-    char accept[29];
+    char accept[WS_ACCEPT_SIZE];
     int status = http_ws_check(req, allowed_origins, out, accept);
     if (status) return status;
 

@@ -2,7 +2,9 @@
  * No I/O: the server feeds bytes in and writes the bytes this module produces.
  *
  * One http_parser_t lives per connection while it speaks HTTP. Requests are returned one at a
- * time (the parser pauses after each), so pipelined requests are answered in order. */
+ * time (the parser pauses after each), so pipelined requests are answered in order.
+ * This is the HTTP edge: statuses are chosen here (http_status_of maps the negative codes of
+ * base/err.h that the layers below return); the query-string readers keep their -1/-2. */
 #ifndef CHATGW_HTTP_H
 #define CHATGW_HTTP_H
 
@@ -13,7 +15,7 @@
 #include "base/buf.h"
 #include "proto/ws.h"
 
-#define HTTP_MAX_HEADERS 64
+#define HTTP_MAX_HEADERS 64        /* sizes the header array; max_header_bytes (config) bounds the bytes */
 
 typedef struct {
     char *name;                    /* as received, NUL-terminated */

@@ -20,6 +20,8 @@
 #include "base/gw.h"
 #include "http/http.h"
 
+/* Bounds on the web client kept in memory. Not config keys: they only stop a wrong web_dir (a
+ * home directory) from filling memory; the bundled client is far below each. */
 #define STATIC_MAX_FILES 1024               /* files kept; more are skipped with a warning */
 #define STATIC_MAX_FILE_BYTES (8u << 20)    /* a larger file is skipped with a warning */
 #define STATIC_MAX_TOTAL_BYTES (64u << 20)  /* bytes kept over all files */
@@ -29,9 +31,9 @@ typedef struct static_site_s static_site_t;
 
 /* Loads every file under dir into a new site (*out, owned by the caller: static_site_free).
  * Files that cannot be read or break a limit are skipped, each with a warning in the log.
- * Returns 0, or a negative uv error with *out = NULL: UV_ENOENT or UV_ENOTDIR when dir is
- * missing or not a directory, UV_EACCES (or another open error) when it cannot be listed,
- * UV_EIO when hashing or compressing failed. */
+ * Returns 0, or a negative libuv code (base/err.h) with *out = NULL: UV_ENOENT or UV_ENOTDIR
+ * when dir is missing or not a directory, UV_EACCES (or another open error) when it cannot be
+ * listed, UV_EIO when hashing or compressing failed. */
 int static_site_load(const char *dir, static_site_t **out);
 void static_site_free(static_site_t *site);     /* NULL is fine */
 size_t static_site_files(const static_site_t *site);

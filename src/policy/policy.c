@@ -37,19 +37,25 @@
 #include <openssl/hmac.h>
 
 #include "base/buf.h"
+#include "base/err.h"
+#include "base/hex.h"
 #include "base/log.h"
 #include "base/map.h"
+#include "base/utf8.h"
 #include "policy/policy_guard.h"
 #include "policy/policy_lib.h"
 #include "policy/policy_pattern.h"
 #include "policy/policy_store.h"
 
+/* Bounds on what a script can make the gateway do. Not config keys: they guard the gateway
+ * against a script, not tune it; operators size the sandbox with policy_timeout_ms,
+ * policy_budget, policy_memory_mb and policy_store_mb. */
 #define POLICY_HOOK_STEP 1000              /* instructions between count-hook calls */
 #define POLICY_DEPTH_MAX 32                /* nesting limit of converted values (also catches cycles) */
 #define POLICY_SOURCES_MAX (16u << 20)     /* bytes of all *.lua files together */
-#define POLICY_FILES_MAX 1024
-#define POLICY_MODULE_NAME_MAX 64
-#define POLICY_JWT_MAX 16384
+#define POLICY_FILES_MAX 1024              /* *.lua files in the scripts directory */
+#define POLICY_MODULE_NAME_MAX 64          /* bytes of a require() name */
+#define POLICY_JWT_MAX 16384               /* bytes of a token gw.jwt_verify takes */
 #define POLICY_STACK_FLOOR 256           /* Lua stack slots kept through GC shrinking */
 #define POLICY_BUDGET_MSG "policy budget exceeded"
 #define POLICY_TIMEOUT_MSG "policy timeout"
@@ -103,7 +109,7 @@ typedef struct {
     int refs[METRICS_POLICY_HOOKS];/* hook functions by slot; LUA_NOREF when absent */
     char **msg_types;              /* on_message's types (message_types); NULL = every type */
     size_t n_msg_types;
-    char version[65];
+    char version[POLICY_VERSION_SIZE];
 } policy_vm_t;
 
 /* Hooks tripped for one client address (or, for on_tick, the holder): until when each fails
@@ -171,16 +177,11 @@ static char *policy_log_text(const char *s)
     return b.data;                 /* buf_t storage is xmalloc'd: the caller frees it */
 }
 
-/* jansson refuses invalid UTF-8; log text from Lua may be anything, so keep it readable. */
+/* Log text from Lua may be anything: cut (policy_log_text), then scrubbed to valid UTF-8. */
 static json_t *policy_json_text(const char *s)
 {
     char *copy = policy_log_text(s);
-    json_t *v = json_string(copy);
-    if (!v) {
-        for (char *c = copy; *c; c++)
-            if ((unsigned char)*c >= 0x80) *c = '?';
-        v = json_string(copy);
-    }
+    json_t *v = utf8_json_new(copy, NULL);
     free(copy);
     return v;
 }
@@ -220,19 +221,19 @@ static int policy_src_name_ok(const char *name)
     return name[0] != '.' && n > 4 && strcmp(name + n - 4, ".lua") == 0;
 }
 
-/* Reads path when it is (or links to) a regular file. 1 read, 0 not a regular file or gone
- * (a ConfigMap swap in progress; the next event reloads), -1 error with errno. O_NONBLOCK
- * keeps a FIFO named x.lua from blocking the open; fstat then skips it. */
+/* Reads path when it is (or links to) a regular file: 1 read (*text taken by the caller), 0
+ * not a regular file or gone (a ConfigMap swap in progress; the next event reloads), or a
+ * negative errno (-EFBIG past room bytes). O_NONBLOCK keeps a FIFO named x.lua from blocking
+ * the open; fstat then skips it. */
 static int policy_file_read(const char *path, size_t room, char **text, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return errno == ENOENT ? 0 : -1;
+    if (fd < 0) return errno == ENOENT ? 0 : -errno;
     struct stat st;
     if (fstat(fd, &st) < 0) {
-        int saved = errno;
+        int rc = -errno;
         close(fd);
-        errno = saved;
-        return -1;
+        return rc;
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
@@ -245,12 +246,10 @@ static int policy_file_read(const char *path, size_t room, char **text, size_t *
         ssize_t n = read(fd, b.data + b.len, b.cap - b.len);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 || b.len + (size_t)n > room) {
-            if (n >= 0) errno = EFBIG;
-            int saved = errno;
+            int rc = n < 0 ? -errno : -EFBIG;
             buf_free(&b);
             close(fd);
-            errno = saved;
-            return -1;
+            return rc;
         }
         if (n == 0) break;
         b.len += (size_t)n;
@@ -261,37 +260,44 @@ static int policy_file_read(const char *path, size_t room, char **text, size_t *
     return 1;
 }
 
-/* Reads every source of dir, sorted by name. 0 with the snapshot, or -1 with err. */
+/* Reads every source of dir, sorted by name. 0 with the snapshot (*out taken by the caller),
+ * or with err a negative errno (UV_E*) when dir cannot be listed or a file read, GW_ELIMIT
+ * for too many files, GW_ETOOBIG for too many bytes. */
 static int policy_srcs_read(const char *dir, policy_src_t **out, size_t *nout, char *err, size_t errlen)
 {
     DIR *d = opendir(dir);
     if (!d) {
-        snprintf(err, errlen, "%s: cannot open: %s", dir, strerror(errno));
-        return -1;
+        int rc = -errno;
+        snprintf(err, errlen, "%s: cannot open: %s", dir, strerror(-rc));
+        return rc;
     }
     policy_src_t *srcs = NULL;
     size_t n = 0, total = 0;
+    int rc;
     for (;;) {
         errno = 0;                 /* readdir's NULL means the end only while errno stays 0 */
         struct dirent *de = readdir(d);
         if (!de && errno) {        /* a partial listing would load a partial policy */
-            snprintf(err, errlen, "%s: cannot list: %s", dir, strerror(errno));
+            rc = -errno;
+            snprintf(err, errlen, "%s: cannot list: %s", dir, strerror(-rc));
             goto fail;
         }
         if (!de) break;
         if (!policy_src_name_ok(de->d_name)) continue;
         if (n == POLICY_FILES_MAX) {
+            rc = GW_ELIMIT;
             snprintf(err, errlen, "%s: more than %d .lua files", dir, POLICY_FILES_MAX);
             goto fail;
         }
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        char *text;
-        size_t len;
-        int rc = policy_file_read(path, POLICY_SOURCES_MAX - total, &text, &len);
+        char *text = NULL;
+        size_t len = 0;
+        rc = policy_file_read(path, POLICY_SOURCES_MAX - total, &text, &len);
         if (rc < 0) {
             snprintf(err, errlen, "%s: cannot read: %s", de->d_name,
-                     errno == EFBIG ? "sources larger than 16 MiB" : strerror(errno));
+                     rc == -EFBIG ? "sources larger than 16 MiB" : strerror(-rc));
+            if (rc == -EFBIG) rc = GW_ETOOBIG;
             goto fail;
         }
         if (rc == 0) continue;
@@ -307,7 +313,7 @@ static int policy_srcs_read(const char *dir, policy_src_t **out, size_t *nout, c
 fail:
     closedir(d);
     policy_srcs_free(srcs, n);
-    return -1;
+    return rc;
 }
 
 static const policy_src_t *policy_src_find(const policy_src_t *srcs, size_t n, const char *name)
@@ -317,23 +323,24 @@ static const policy_src_t *policy_src_find(const policy_src_t *srcs, size_t n, c
     return NULL;
 }
 
-/* sha256 over "name\0contents\0" of each source in name order, as 64 hex digits. */
-static void policy_srcs_hash(const policy_src_t *srcs, size_t n, char version[65])
+/* sha256 over "name\0contents\0" of each source in name order, as 64 hex digits. 0, or
+ * -EIO (UV_EIO) when OpenSSL fails: a version that is not the sources' hash would make a
+ * changed policy look unchanged, so the load fails instead. */
+static int policy_srcs_hash(const policy_src_t *srcs, size_t n, char version[POLICY_VERSION_SIZE])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned mdlen = 0;
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (!ctx) abort();             /* out of memory: the gateway cannot answer (buf.h policy) */
-    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-    for (size_t i = 0; i < n; i++) {
-        EVP_DigestUpdate(ctx, srcs[i].name, strlen(srcs[i].name) + 1);
-        EVP_DigestUpdate(ctx, srcs[i].text, srcs[i].len);
-        EVP_DigestUpdate(ctx, "", 1);
-    }
-    EVP_DigestFinal_ex(ctx, md, &mdlen);
+    int ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = EVP_DigestUpdate(ctx, srcs[i].name, strlen(srcs[i].name) + 1) == 1 &&
+             EVP_DigestUpdate(ctx, srcs[i].text, srcs[i].len) == 1 && EVP_DigestUpdate(ctx, "", 1) == 1;
+    ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
     EVP_MD_CTX_free(ctx);
-    for (unsigned i = 0; i < mdlen && i < 32; i++) snprintf(version + 2 * i, 3, "%02x", md[i]);
-    version[64] = '\0';
+    if (!ok) return -EIO;
+    hex_encode(md, 32, version);
+    return 0;
 }
 
 /* ---- the VM: allocator, budget, protected runs ---- */
@@ -459,8 +466,9 @@ static long policy_trip_ms(const policy_t *p)
     return p->guard ? policy_guard_timeout_ms(p->guard) * POLICY_TRIP_FACTOR : 0;
 }
 
-/* Classifies, counts and logs a failed run; err gets the first line of the message. */
-static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg, char *err, size_t errlen)
+/* Classifies, counts and logs a failed run; err gets the first line of the message. Returns
+ * the kind as a negative code (policy_vm_run's). */
+static int policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg, char *err, size_t errlen)
 {
     int kind = vm->timed_out ? METRICS_POLICY_TIMEOUT
              : status == LUA_ERRMEM ? METRICS_POLICY_MEMORY
@@ -485,6 +493,8 @@ static void policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *ms
     if (trip_ms) json_object_set_new(fields, "tripped_ms", json_integer(trip_ms));   /* later calls fail at once */
     policy_log(vm->p, LOG_WARN, slot == POLICY_SLOT_LOAD ? "policy load failed" : "policy hook failed", fields);
     json_decref(fields);
+    return kind == METRICS_POLICY_TIMEOUT ? GW_ETIMEDOUT : kind == METRICS_POLICY_MEMORY ? GW_ENOMEM
+         : kind == METRICS_POLICY_BUDGET ? GW_ELIMIT : GW_EINVAL;
 }
 
 /* The outermost run starts: the guard watches it, the budget (when set) counts it. */
@@ -512,8 +522,9 @@ static void policy_vm_leave(policy_vm_t *vm)
 
 /* The one way into Lua: body(ctx) under lua_pcall with the traceback handler, the time guard,
  * the budget and the memory cap. A nested run (a gw.* callback re-entering a hook) shares the
- * outer run's time and budget. 0, or -1 with err (already counted and logged). The stack top
- * is restored either way. */
+ * outer run's time and budget. 0, or with err (already counted and logged) GW_ETIMEDOUT,
+ * GW_ENOMEM (the memory cap), GW_ELIMIT (the budget) or GW_EINVAL (the script raised). The
+ * stack top is restored either way. */
 static int policy_vm_run(policy_vm_t *vm, int slot, lua_CFunction body, void *ctx, char *err, size_t errlen)
 {
     lua_State *L = vm->L;
@@ -525,13 +536,14 @@ static int policy_vm_run(policy_vm_t *vm, int slot, lua_CFunction body, void *ct
     int status = lua_pcall(L, 1, 0, top + 1);  /* [msgh] or [msgh error] */
     int outermost = --vm->depth == 0;
     if (outermost) policy_vm_leave(vm);
+    int rc = 0;
     if (status != LUA_OK) {
         const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-        policy_vm_fail(vm, slot, status, msg, err, errlen);
+        rc = policy_vm_fail(vm, slot, status, msg, err, errlen);
     }
     if (outermost) vm->timed_out = 0;
     lua_settop(L, top);
-    return status == LUA_OK ? 0 : -1;
+    return rc;
 }
 
 /* Panics cannot happen when everything runs under policy_vm_run; if one does, say so before
@@ -1897,7 +1909,7 @@ static void policy_reload_count(policy_t *p, int result)
 
 void policy_reload_logged(policy_t *p, const char *dir, const char *why, int worker)
 {
-    char err[512], old[65];
+    char err[512], old[POLICY_VERSION_SIZE];
     json_t *w = worker >= 0 ? json_integer(worker) : NULL;   /* "O*" leaves "worker" out when NULL */
     snprintf(old, sizeof old, "%s", policy_version(p));
     int rc = policy_load(p, dir, err, sizeof err);
@@ -1920,15 +1932,22 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
         errlen = sizeof scratch;
     }
     err[0] = '\0';
-    policy_src_t *srcs;
-    size_t nsrcs;
-    char version[65];
+    policy_src_t *srcs = NULL;
+    size_t nsrcs = 0;
+    char version[POLICY_VERSION_SIZE];
+    int rc = GW_EUNAVAIL;          /* not now: a hook of the live VM is running */
     if (p->vm && p->vm->depth) {
         snprintf(err, errlen, "policy.lua: reload requested during a hook call");
         goto fail;
     }
-    if (policy_srcs_read(dir, &srcs, &nsrcs, err, errlen) < 0) goto fail;
-    policy_srcs_hash(srcs, nsrcs, version);
+    rc = policy_srcs_read(dir, &srcs, &nsrcs, err, errlen);
+    if (rc < 0) goto fail;
+    rc = policy_srcs_hash(srcs, nsrcs, version);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s: cannot hash the sources: sha256 failed", dir);
+        policy_srcs_free(srcs, nsrcs);
+        goto fail;
+    }
     if (p->vm && strcmp(version, p->vm->version) == 0) {
         policy_srcs_free(srcs, nsrcs);
         p->last_error[0] = '\0';    /* the directory again matches what serves */
@@ -1936,7 +1955,10 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
         return 0;
     }
     policy_vm_t *vm = policy_vm_new(p, srcs, nsrcs, version, err, errlen);
-    if (!vm) goto fail;
+    if (!vm) {
+        rc = GW_EINVAL;            /* the scripts do not load or fail their self_test */
+        goto fail;
+    }
     /* Swap. One thread owns this holder and no call of the old VM is in flight (checked
      * above), so the old VM can close at once. */
     policy_vm_free(p->vm);
@@ -1949,16 +1971,16 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
 fail:
     snprintf(p->last_error, sizeof p->last_error, "%s", err);
     policy_reload_count(p, METRICS_RELOAD_FAILED);
-    return -1;
+    return rc;
 }
 
 int policy_check(const config_t *cfg, const char *dir, char *version, char *err, size_t errlen)
 {
     policy_t *p = policy_new(cfg, NULL, NULL);
     int rc = policy_load(p, dir, err, errlen);
-    if (version) snprintf(version, 65, "%s", rc == 1 ? policy_version(p) : "");
+    if (version) snprintf(version, POLICY_VERSION_SIZE, "%s", rc == 1 ? policy_version(p) : "");
     policy_free(p);
-    return rc == 1 ? 0 : -1;
+    return rc < 0 ? rc : 0;        /* a fresh holder has no version to match: rc is 1 */
 }
 
 const char *policy_version(const policy_t *p) { return p->vm ? p->vm->version : ""; }

@@ -21,6 +21,8 @@
 
 typedef struct policy_s policy_t;
 
+#define POLICY_VERSION_SIZE 65     /* a version: sha256 as 64 hex digits and a NUL */
+
 /* What the policy's gw.* functions call back into (implemented by the hub). Each returns 0 on
  * success or -1 when the target does not exist. JSON arguments are borrowed. */
 typedef struct {
@@ -78,13 +80,16 @@ void policy_free(policy_t *p);
 
 /* Loads dir/policy.lua into a fresh sandboxed VM, runs self_test, and swaps it in.
  * Returns 1 when a new version went live, 0 when the sources are unchanged (same sha256),
- * or -1 with "file:line: message" in err (the previous policy keeps serving). */
+ * or a negative code (base/err.h) with "file:line: message" in err, and the previous policy
+ * keeps serving: GW_EINVAL when the scripts fail to load or their self_test, a negative
+ * errno (UV_E*) when dir cannot be read, GW_ELIMIT or GW_ETOOBIG past the file or byte
+ * bounds, GW_EUNAVAIL when called from inside a hook. */
 int policy_load(policy_t *p, const char *dir, char *err, size_t errlen);
 /* policy_load for a reload (watch, SIGHUP), with its outcome logged: reloaded, unchanged or
  * failed (the previous policy keeps serving). worker >= 0 adds a "worker" field. */
 void policy_reload_logged(policy_t *p, const char *dir, const char *why, int worker);
 /* Loads and self-tests dir without touching any live policy (chatgw check). Writes the
- * version to version (65 bytes). 0 or -1 with err. */
+ * version to version (POLICY_VERSION_SIZE bytes). 0, or policy_load's negative code with err. */
 int policy_check(const config_t *cfg, const char *dir, char *version, char *err, size_t errlen);
 
 const char *policy_version(const policy_t *p);     /* sha256 hex of the sources, "" when none */

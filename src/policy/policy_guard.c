@@ -23,6 +23,7 @@
 #include "base/log.h"
 
 #define POLICY_GUARD_SIGNAL SIGURG
+/* The watchdog's pace: derived from policy_timeout_ms (config), so these are not keys. */
 #define POLICY_GUARD_TICK_MIN_NS 1000000ull     /* 1 ms: finer ticks cost wakeups, not accuracy */
 #define POLICY_GUARD_TICK_MAX_NS 25000000ull    /* 25 ms: a timeout of 100 ms or more fires within 25 % */
 #define POLICY_GUARD_QUIET_NS 1000000000ull     /* no call seen in flight this long: sleep until one begins */

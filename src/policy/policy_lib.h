@@ -21,6 +21,8 @@
 
 #include <lua.h>
 
+/* Per-call bounds of the library, so one call ends soon enough for the time guard; not config
+ * keys: policy_timeout_ms and policy_memory_mb (config) are the operator's limits. */
 #define POLICY_LIB_BYTES_MAX (4u << 20)      /* a string one library call may build or scan; also
                                                 the VM's largest single allocation (policy.c) */
 #define POLICY_LIB_ITEMS_MAX (1u << 16)      /* table elements one library call may touch */

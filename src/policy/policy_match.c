@@ -230,8 +230,8 @@ static size_t pm_balance(policy_match_t *m, size_t s, size_t p)
     return PM_FAIL;
 }
 
-/* %N (digit at p): the end of a copy of capture N at s, or PM_FAIL. A position capture never
- * matches (Lua compares its negative length as a huge size). */
+/* %N (digit: N as a character): the end of a copy of capture N at s, or PM_FAIL. A position
+ * capture never matches (Lua compares its negative length as a huge size). */
 static size_t pm_backref(policy_match_t *m, size_t s, int digit)
 {
     int l = digit - '1';

@@ -12,9 +12,10 @@
 #include <signal.h>
 #include <stddef.h>
 
+/* Lua's own limits, kept so that patterns behave as in stock Lua: not config keys. */
 #define POLICY_MATCH_MAXCAPTURES 32    /* LUA_MAXCAPTURES */
 #define POLICY_MATCH_MAXDEPTH 200      /* MAXCCALLS in lstrlib.c: "pattern too complex" */
-#define POLICY_MATCH_STOP_EVERY 1024   /* steps between two reads of *stop */
+#define POLICY_MATCH_STOP_EVERY 1024   /* steps between two reads of *stop (a pace, not a limit) */
 
 /* Results. The errors leave a message in policy_match_t.err. */
 enum {

@@ -12,9 +12,6 @@
 
 #include <lua.h>
 
-#define POLICY_PATTERN_MAX_STEPS 1000000UL       /* a default budget: some ms of matching */
-#define POLICY_PATTERN_MAX_OUT (16u << 20)       /* a default cap on gsub's result, bytes */
-
 /* Replaces find, match, gmatch and gsub in the table at index idx (the string library table,
  * or a copy) with closures that share one configuration:
  *  - max_steps: the matching steps one call may take (0: no limit); find, match and gsub

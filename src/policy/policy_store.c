@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "base/buf.h"
+#include "base/err.h"
 #include "base/log.h"
 #include "base/map.h"
 
@@ -117,11 +118,11 @@ static int policy_key_check(const char *key, const char **err)
 {
     if (!*key) {
         *err = "key is empty";
-        return -1;
+        return GW_EINVAL;
     }
     if (strlen(key) > POLICY_STORE_MAX_KEY) {
         *err = "key is longer than 1024 bytes";
-        return -1;
+        return GW_ETOOBIG;
     }
     return 0;
 }
@@ -196,7 +197,7 @@ static int policy_entries_room(policy_store_t *s, size_t keys, size_t bytes, dou
 full:
     *err = s->entries.count + keys > POLICY_STORE_MAX_KEYS ? "store is full (100000 keys, none with a ttl)"
                                                           : "store is full (policy_store_mb, no entry with a ttl left)";
-    return -1;
+    return GW_EUNAVAIL;
 }
 
 /* 1 when the value is over POLICY_STORE_MAX_VALUE bytes as compact JSON. A string (the common
@@ -215,15 +216,18 @@ static int policy_value_too_large(const json_t *value)
 int policy_store_set(policy_store_t *s, const char *key, json_t *value, double ttl, double now,
                      const char **err)
 {
-    if (policy_key_check(key, err) < 0) goto fail;
+    int rc = policy_key_check(key, err);
+    if (rc < 0) goto fail;
     if (!value) {
         *err = "value is missing";
-        return -1;
+        return GW_EINVAL;
     }
+    rc = GW_ETOOBIG;
     if (policy_value_too_large(value)) {
         *err = "value is larger than 64 KiB as JSON";
         goto fail;
     }
+    rc = GW_EINVAL;
     if (!isfinite(ttl)) {
         *err = "ttl must be a finite number";
         goto fail;
@@ -234,7 +238,7 @@ int policy_store_set(policy_store_t *s, const char *key, json_t *value, double t
         map_del(&s->entries, key);
         s->bytes -= old->cost;
     }
-    if (policy_entries_room(s, 1, cost, now, err) < 0) {
+    if ((rc = policy_entries_room(s, 1, cost, now, err)) < 0) {
         if (old) {                 /* refused: the key keeps its value */
             map_set(&s->entries, key, old);
             s->bytes += old->cost;
@@ -251,7 +255,7 @@ int policy_store_set(policy_store_t *s, const char *key, json_t *value, double t
     return 0;
 fail:
     json_decref(value);
-    return -1;
+    return rc;
 }
 
 int policy_store_del(policy_store_t *s, const char *key)
@@ -325,7 +329,7 @@ static int policy_bucket_room(policy_store_t *s, const char *key, double now, co
     if (s->buckets.count < POLICY_STORE_MAX_KEYS && fits) return 0;
     if (now >= s->room_retry) s->room_retry = now + 1;   /* as policy_entries_room */
     *err = fits ? "too many buckets (100000)" : "store is full (policy_store_mb)";
-    return -1;
+    return fits ? GW_ELIMIT : GW_EUNAVAIL;
 }
 
 static policy_bucket_t *policy_bucket_add(policy_store_t *s, const char *key, policy_bucket_t init)
@@ -349,14 +353,15 @@ static double policy_bucket_level(const policy_bucket_t *b, double now)
 int policy_store_limit(policy_store_t *s, const char *key, double rate, double burst, double now,
                        const char **err)
 {
-    if (policy_key_check(key, err) < 0) return -1;
+    int rc = policy_key_check(key, err);
+    if (rc < 0) return rc;
     if (!(rate > 0) || !isfinite(rate) || !(burst >= 1) || !isfinite(burst)) {
         *err = "rate must be > 0 and burst >= 1";
-        return -1;
+        return GW_EINVAL;
     }
     policy_bucket_t *b = map_get(&s->buckets, key);
     if (!b) {
-        if (policy_bucket_room(s, key, now, err) < 0) return -1;
+        if ((rc = policy_bucket_room(s, key, now, err)) < 0) return rc;
         b = policy_bucket_add(s, key, (policy_bucket_t){ .tokens = burst, .last = now, .rate = rate, .burst = burst });
     }
     /* A changed rate or burst applies from now on; tokens already earned stay, capped. */
@@ -373,20 +378,21 @@ int policy_store_limit(policy_store_t *s, const char *key, double rate, double b
 int policy_store_limit_sync(policy_store_t *s, const char *key, double rate, double burst, double tokens,
                             double now, const char **err)
 {
-    if (policy_key_check(key, err) < 0) return -1;
+    int rc = policy_key_check(key, err);
+    if (rc < 0) return rc;
     if (!(rate > 0) || !isfinite(rate) || !(burst >= 1) || !isfinite(burst)) {
         *err = "rate must be > 0 and burst >= 1";
-        return -1;
+        return GW_EINVAL;
     }
     if (isnan(tokens)) {
         *err = "tokens must be a number";
-        return -1;
+        return GW_EINVAL;
     }
     if (tokens < 0) tokens = 0;
     policy_bucket_t *b = map_get(&s->buckets, key);
     if (!b) {
         if (tokens >= burst) return 0;             /* absent = full: nothing to lower */
-        if (policy_bucket_room(s, key, now, err) < 0) return -1;
+        if ((rc = policy_bucket_room(s, key, now, err)) < 0) return rc;
         policy_bucket_add(s, key, (policy_bucket_t){ .tokens = tokens, .last = now, .rate = rate, .burst = burst });
         return 1;
     }

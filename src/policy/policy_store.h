@@ -3,7 +3,8 @@
  * survives policy reloads. It knows nothing about Lua: callers pass the current time (monotonic
  * seconds) so tests can drive the clock. Expired entries behave as absent (lazy expiry, plus
  * policy_store_sweep from on_tick). Sizes are capped so a policy cannot grow it without bound;
- * a refused operation returns -1 with a static message in *err and changes nothing.
+ * a refused operation returns a negative code (base/err.h) with a static message in *err and
+ * changes nothing.
  *
  * A full store (POLICY_STORE_MAX_KEYS entries) that must create a key (set or incr of an absent
  * key; replacing an existing key always works) makes room in this order:
@@ -27,6 +28,8 @@
 
 #include <jansson.h>
 
+/* Per-entry bounds of gw.store and gw.limit; not config keys: policy_store_mb (config) is the
+ * operator's limit, these only keep one entry or one eviction small. */
 #define POLICY_STORE_MAX_KEYS 100000       /* store entries, and separately limit buckets */
 #define POLICY_STORE_MAX_VALUE 65536       /* bytes of a value as compact JSON */
 #define POLICY_STORE_MAX_KEY 1024          /* bytes of a key */
@@ -40,7 +43,8 @@ void policy_store_free(policy_store_t *s);
 /* The value at key (borrowed: valid until the next change of that key), or NULL. */
 json_t *policy_store_get(policy_store_t *s, const char *key, double now);
 /* Sets key to value (stolen, also on failure). ttl > 0 expires it ttl seconds after now;
- * ttl <= 0 keeps it until deleted (and exempt from eviction). 0, or -1 with *err. */
+ * ttl <= 0 keeps it until deleted (and exempt from eviction). 0, or with *err GW_EINVAL (bad
+ * key, value or ttl), GW_ETOOBIG (key or value too long) or GW_EUNAVAIL (store full). */
 int policy_store_set(policy_store_t *s, const char *key, json_t *value, double ttl, double now,
                      const char **err);
 int policy_store_del(policy_store_t *s, const char *key);   /* 1 when it existed */
@@ -50,14 +54,15 @@ int policy_store_del(policy_store_t *s, const char *key);   /* 1 when it existed
 json_t *policy_store_incr(policy_store_t *s, const char *key, json_t *n, double ttl, double now,
                           const char **err);
 /* Token bucket: starts full with burst tokens and refills at rate per second. 1 when a token was
- * taken, 0 when limited, -1 with *err (bad arguments, too many buckets). */
+ * taken, 0 when limited, or with *err GW_EINVAL or GW_ETOOBIG (bad arguments), GW_ELIMIT (too
+ * many buckets) or GW_EUNAVAIL (store full). */
 int policy_store_limit(policy_store_t *s, const char *key, double rate, double burst, double now,
                        const char **err);
 /* Lowers the bucket at key to tokens (what the cluster's shared bucket has left, see gw.limit
  * with Redis) after refilling it to now; never raises it, since this replica's takes still in
  * flight are not counted in tokens yet. An absent bucket is created with rate and burst when
- * tokens < burst (an existing one keeps its own). 1 when lowered, 0 when unchanged, -1 with *err
- * (bad arguments, too many buckets). */
+ * tokens < burst (an existing one keeps its own). 1 when lowered, 0 when unchanged, or
+ * policy_store_limit's negative codes with *err. */
 int policy_store_limit_sync(policy_store_t *s, const char *key, double rate, double burst, double tokens,
                             double now, const char **err);
 /* Drops expired entries and buckets that have refilled (they equal absent ones). Returns how

@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/utf8.h"
+
 /* ---- UTF-8 ---- */
 
 /* Decodes one code point at *p (p < end) and advances *p. Rejects truncated sequences,
@@ -41,20 +43,6 @@ static int proto_utf8_next(const unsigned char **p, const unsigned char *end, ui
     *p = s + n;
     *cp = c;
     return 0;
-}
-
-/* Replaces every byte that does not start a valid sequence with '?', in place, so that text
- * from elsewhere (jansson's error text, a name cut short) can always become a JSON string. */
-static void proto_utf8_scrub(char *s)
-{
-    unsigned char *u = (unsigned char *)s;
-    const unsigned char *p = u, *end = u + strlen(s);
-    uint32_t cp;
-    while (p < end) {
-        if (proto_utf8_next(&p, end, &cp) == 0) continue;
-        u[p - u] = '?';
-        p++;
-    }
 }
 
 /* C0 controls, DEL and C1 controls. */
@@ -160,7 +148,7 @@ static int proto_err_set(proto_err_t *err, const char *code, const char *fmt, ..
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof err->message, fmt, ap);
     va_end(ap);
-    proto_utf8_scrub(err->message);   /* truncation may cut a sequence in half */
+    utf8_scrub(err->message);   /* truncation may cut a sequence in half */
     err->code = code;
     return -1;
 }
@@ -450,14 +438,7 @@ void proto_in_free(proto_in_t *in)
  * (json_string would return NULL and the key would silently vanish). */
 static json_t *proto_str(const char *s)
 {
-    if (!s) return json_null();
-    json_t *v = json_string(s);
-    if (v) return v;
-    char *copy = xstrdup(s);
-    proto_utf8_scrub(copy);
-    v = json_string(copy);
-    free(copy);
-    return v;
+    return s ? utf8_json_new(s, NULL) : json_null();
 }
 
 static json_t *proto_obj_new(const char *type)
@@ -481,7 +462,7 @@ static json_t *proto_from_new(const char *id, const char *name)
  * it, and produce exactly the bytes the tree would have (same key order, jansson's compact
  * form and escapes: \" \\ \b \f \n \r \t, other C0 controls as \u00XX, everything else, DEL and
  * U+2028 included, as it is). A byte that does not start a valid UTF-8 sequence becomes '?',
- * as proto_str's scrub does, so the output is always valid UTF-8. */
+ * as utf8_scrub does, so the output is always valid UTF-8. */
 
 typedef struct {
     char *p;                       /* stack or heap */
@@ -561,7 +542,7 @@ static void pw_strn(proto_w_t *w, const char *s, size_t n)
                 pw_put(w, (const char *)p, (size_t)(q - p));
                 p = q;
             } else {
-                pw_put(w, "?", 1);   /* as proto_utf8_scrub: this byte only */
+                pw_put(w, "?", 1);   /* as utf8_scrub: this byte only */
                 p++;
             }
             continue;

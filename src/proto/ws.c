@@ -8,6 +8,7 @@
  * no global state. */
 #include "proto/ws.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +18,13 @@
 #include <openssl/evp.h>
 #include <zlib.h>
 
+#include "base/err.h"
+
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#define WS_KEEP_MAX (64 * 1024)    /* larger message buffers are released after each message */
-#define WS_ZCHUNK (16 * 1024)      /* inflate output step: a bomb is cut within one step */
+#define WS_KEEP_MAX (64 * 1024)    /* larger message buffers are released after each message;
+                                    * memory kept, not a limit anyone sees: not a config key */
+#define WS_ZCHUNK (16 * 1024)      /* inflate output step: a bomb is cut within one step; the
+                                    * limit itself is max_message_bytes (config) */
 
 enum { WS_ST_HEADER, WS_ST_PAYLOAD, WS_ST_DEAD };
 
@@ -31,20 +36,20 @@ static int ws_b64_char(int c)
            c == '+' || c == '/';
 }
 
-int ws_accept_key(const char *key, size_t len, char out[29])
+int ws_accept_key(const char *key, size_t len, char out[WS_ACCEPT_SIZE])
 {
     /* 16 bytes encode to 22 characters and "==", nothing else. */
-    if (len != 24 || key[22] != '=' || key[23] != '=') return -1;
+    if (len != 24 || key[22] != '=' || key[23] != '=') return GW_EINVAL;
     for (size_t i = 0; i < 22; i++)
-        if (!ws_b64_char((unsigned char)key[i])) return -1;
+        if (!ws_b64_char((unsigned char)key[i])) return GW_EINVAL;
 
     char src[24 + sizeof WS_GUID];
     memcpy(src, key, 24);
     memcpy(src + 24, WS_GUID, sizeof WS_GUID - 1);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned mdlen = 0;
-    if (!EVP_Digest(src, 24 + sizeof WS_GUID - 1, md, &mdlen, EVP_sha1(), NULL) || mdlen != 20)
-        return -1;
+    if (EVP_Digest(src, 24 + sizeof WS_GUID - 1, md, &mdlen, EVP_sha1(), NULL) != 1 || mdlen != 20)
+        return -EIO;
     EVP_EncodeBlock((unsigned char *)out, md, 20);
     out[28] = '\0';
     return 0;
@@ -116,7 +121,7 @@ int ws_utf8_feed(ws_utf8_t *u, const uint8_t *p, size_t n)
 {
     uint32_t s = u->state;
     size_t i = 0;
-    if (s == WS_UTF8_BAD) return -1;
+    if (s == WS_UTF8_BAD) return GW_EINVAL;
     while (i < n) {
         if (s == 0) {
             i += ws_ascii_words(p + i, n - i);
@@ -126,7 +131,7 @@ int ws_utf8_feed(ws_utf8_t *u, const uint8_t *p, size_t n)
         if (s == WS_UTF8_BAD) break;
     }
     u->state = s;
-    return s == WS_UTF8_BAD ? -1 : 0;
+    return s == WS_UTF8_BAD ? GW_EINVAL : 0;
 }
 
 int ws_utf8_complete(const ws_utf8_t *u) { return u->state == 0; }
@@ -381,7 +386,8 @@ int ws_inflater_run(ws_inflater_t *z, const uint8_t *in, size_t n, size_t max, b
     int rc = n > UINT_MAX ? WS_CLOSE_TOO_BIG : ws_inflater_step(z, in, n, max, start, out);
     /* after a final block (BFINAL) the stream is complete: the tail would start a new one */
     if (!rc && !z->ended) rc = ws_inflater_step(z, tail, sizeof tail, max, start, out);
-    if (rc || z->reset_each) inflateReset(&z->zs);
+    /* a reset fails only on a stream that inflateInit2 never set up: say so if it ever does */
+    if ((rc || z->reset_each) && inflateReset(&z->zs) != Z_OK && !rc) rc = WS_CLOSE_INTERNAL;
     return rc;
 }
 
@@ -408,7 +414,7 @@ void ws_deflater_free(ws_deflater_t *z)
 int ws_deflater_run(ws_deflater_t *z, const uint8_t *in, size_t n, buf_t *out)
 {
     size_t start = out->len;
-    if (n > UINT_MAX) return -1;
+    if (n > UINT_MAX) return GW_ETOOBIG;
     z->zs.next_in = (Bytef *)in;
     z->zs.avail_in = (uInt)n;
     /* room for the whole result at once in the usual case; later rounds add chunks */
@@ -428,9 +434,9 @@ int ws_deflater_run(ws_deflater_t *z, const uint8_t *in, size_t n, buf_t *out)
     static const uint8_t tail[4] = {0x00, 0x00, 0xff, 0xff};
     int ok = (rc == Z_OK || rc == Z_BUF_ERROR) && out->len - start >= 4 &&
              !memcmp(out->data + out->len - 4, tail, 4);
-    deflateReset(&z->zs);
+    if (deflateReset(&z->zs) != Z_OK) ok = 0;
     out->len = ok ? out->len - 4 : start;
-    return ok ? 0 : -1;
+    return ok ? 0 : -EIO;
 }
 
 /* ---- frame parser ---- */
@@ -464,7 +470,7 @@ static int ws_parser_fail(ws_parser_t *p, int code, const char *reason)
     p->state = WS_ST_DEAD;
     p->close_code = code;
     p->reason = reason;
-    return -1;
+    return GW_EINVAL;
 }
 
 static void ws_buf_recycle(buf_t *b)
@@ -669,34 +675,28 @@ int ws_parser_feed(ws_parser_t *p, uint8_t *data, size_t len, ws_frame_cb cb, vo
         }
         if (rc) return rc;
     }
-    return -1;
+    return GW_EINVAL;
 }
 
 /* ---- encoders ---- */
 
-static size_t ws_header_write(uint8_t *out, int opcode, int fin, int rsv1, uint64_t len,
-                              int masked)
+/* Writes the header of an unfragmented server frame (FIN set, unmasked); returns its length. */
+static size_t ws_header_write(uint8_t *out, int opcode, int rsv1, uint64_t len)
 {
-    uint8_t m = masked ? 0x80 : 0;
-    out[0] = (uint8_t)((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | (opcode & 0x0F));
+    out[0] = (uint8_t)(0x80 | (rsv1 ? 0x40 : 0) | (opcode & 0x0F));
     if (len < 126) {
-        out[1] = m | (uint8_t)len;
+        out[1] = (uint8_t)len;
         return 2;
     }
     if (len <= 0xFFFF) {
-        out[1] = m | 126;
+        out[1] = 126;
         out[2] = (uint8_t)(len >> 8);
         out[3] = (uint8_t)len;
         return 4;
     }
-    out[1] = m | 127;
+    out[1] = 127;
     for (int i = 0; i < 8; i++) out[2 + i] = (uint8_t)(len >> (56 - 8 * i));
     return 10;
-}
-
-size_t ws_frame_header(uint8_t out[WS_MAX_HEADER], int opcode, int fin, int rsv1, uint64_t len)
-{
-    return ws_header_write(out, opcode, fin, rsv1, len, 0);
 }
 
 sbuf_t *ws_frame_build(int opcode, int rsv1, const void *payload, size_t len)
@@ -704,7 +704,7 @@ sbuf_t *ws_frame_build(int opcode, int rsv1, const void *payload, size_t len)
     /* one allocation, the header written straight into it */
     size_t hl = len < 126 ? 2 : len <= 0xFFFF ? 4 : 10;
     sbuf_t *s = sbuf_new(hl + len);
-    ws_header_write((uint8_t *)s->data, opcode, 1, rsv1, len, 0);
+    ws_header_write((uint8_t *)s->data, opcode, rsv1, len);
     if (len) memcpy(s->data + hl, payload, len);
     return s;
 }
@@ -726,19 +726,4 @@ sbuf_t *ws_close_build(unsigned code, const char *reason)
         n = 2 + r;
     }
     return ws_frame_build(WS_OP_CLOSE, 0, pl, n);
-}
-
-void ws_client_frame(buf_t *out, int opcode, int fin, int rsv1, const void *payload, size_t len,
-                     const uint8_t mask[4])
-{
-    uint8_t h[WS_MAX_HEADER];
-    size_t hl = ws_header_write(h, opcode, fin, rsv1, len, 1);
-    memcpy(h + hl, mask, 4);
-    buf_reserve(out, hl + 4 + len);
-    buf_append(out, h, hl + 4);
-    if (!len) return;
-    uint8_t *d = (uint8_t *)out->data + out->len;
-    memcpy(d, payload, len);
-    ws_mask(d, len, mask, 0);
-    out->len += len;
 }

@@ -3,7 +3,8 @@
  * It computes the handshake accept key, parses client frames incrementally (any split of the
  * bytes gives the same result, down to one byte per feed), validates UTF-8 across fragments,
  * reassembles and inflates messages under size limits, and encodes server frames. It never
- * touches a socket: the caller feeds bytes and writes what it gets back. */
+ * touches a socket: the caller feeds bytes and writes what it gets back. Failures are negative
+ * codes from base/err.h; close codes (WS_CLOSE_*) are answers for the peer, not errors. */
 #ifndef CHATGW_WS_H
 #define CHATGW_WS_H
 
@@ -34,12 +35,14 @@ enum {
     WS_CLOSE_INTERNAL = 1011,
 };
 
-#define WS_MAX_HEADER 14           /* 2 + 8 length + 4 mask */
-#define WS_MAX_CONTROL 125
+#define WS_MAX_HEADER 14           /* 2 + 8 length + 4 mask (RFC 6455 5.2: fixed) */
+#define WS_MAX_CONTROL 125         /* control payload bytes (RFC 6455 5.5: fixed) */
+#define WS_ACCEPT_SIZE 29          /* Sec-WebSocket-Accept: base64 of a sha1 (28) and a NUL */
 
 /* Writes the Sec-WebSocket-Accept value for key into out (NUL-terminated, 28 chars).
- * Returns 0, or -1 when key is not the base64 encoding of exactly 16 bytes. */
-int ws_accept_key(const char *key, size_t len, char out[29]);
+ * Returns 0, GW_EINVAL when key is not the base64 encoding of exactly 16 bytes, or -EIO
+ * (UV_EIO) when OpenSSL's sha1 fails. */
+int ws_accept_key(const char *key, size_t len, char out[WS_ACCEPT_SIZE]);
 
 /* 1 when code may appear in a close frame on the wire (1000-1003, 1007-1014 less the
  * unassigned ones, 3000-4999), else 0. 1005, 1006 and 1015 are never valid. */
@@ -52,7 +55,7 @@ typedef struct {
 } ws_utf8_t;
 
 void ws_utf8_init(ws_utf8_t *u);
-int ws_utf8_feed(ws_utf8_t *u, const uint8_t *p, size_t n);   /* 0 valid so far, -1 invalid */
+int ws_utf8_feed(ws_utf8_t *u, const uint8_t *p, size_t n);   /* 0 valid so far, GW_EINVAL invalid */
 int ws_utf8_complete(const ws_utf8_t *u);                     /* 1 when no sequence is open */
 int ws_utf8_valid(const uint8_t *p, size_t n);                /* 1 when p is complete, valid UTF-8 */
 
@@ -78,15 +81,17 @@ typedef struct ws_inflater_s ws_inflater_t;
 ws_inflater_t *ws_inflater_new(const ws_pmd_params_t *p);
 void ws_inflater_free(ws_inflater_t *z);
 /* Inflates one whole message (without the trailing 00 00 ff ff, which it appends) into out.
- * Returns 0, WS_CLOSE_TOO_BIG when the output would pass max bytes (a compression bomb stops
- * there, not after inflating everything), or WS_CLOSE_INVALID_DATA for a corrupt stream. */
+ * Returns 0 or the close code to answer with (an answer to the peer, not an error code):
+ * WS_CLOSE_TOO_BIG when the output would pass max bytes (a compression bomb stops there, not
+ * after inflating everything), WS_CLOSE_INVALID_DATA for a corrupt stream. */
 int ws_inflater_run(ws_inflater_t *z, const uint8_t *in, size_t n, size_t max, buf_t *out);
 
 /* Deflater for outgoing messages, reset after every message (no context takeover). */
 typedef struct ws_deflater_s ws_deflater_t;
 ws_deflater_t *ws_deflater_new(int window_bits);
 void ws_deflater_free(ws_deflater_t *z);
-/* Appends the compressed message, trailing 00 00 ff ff removed, to out. Returns 0 or -1. */
+/* Appends the compressed message, trailing 00 00 ff ff removed, to out. Returns 0, GW_ETOOBIG
+ * past 4 GiB (zlib's counts), or -EIO (UV_EIO) when zlib fails, with out as it was. */
 int ws_deflater_run(ws_deflater_t *z, const uint8_t *in, size_t n, buf_t *out);
 
 /* Incremental frame parser for the server side (client frames must be masked).
@@ -130,18 +135,13 @@ void ws_parser_free(ws_parser_t *p);
 /* 1 when the parser is between frames with no message in assembly: it holds nothing that the
  * next feed needs beyond its settings, so it may be freed and a fresh one used then. */
 int ws_parser_idle(const ws_parser_t *p);
-/* Returns 0 when every byte was consumed, 1 when the callback stopped it, or -1 on a protocol
- * violation (p->close_code and p->reason tell how to close; the parser is then dead). */
+/* Returns 0 when every byte was consumed, 1 when the callback stopped it, or GW_EINVAL on a
+ * protocol violation (p->close_code and p->reason tell how to close; the parser is then dead). */
 int ws_parser_feed(ws_parser_t *p, uint8_t *data, size_t len, ws_frame_cb cb, void *ctx);
 
-/* Writes a server (unmasked) frame header; returns its length (2, 4 or 10). */
-size_t ws_frame_header(uint8_t out[WS_MAX_HEADER], int opcode, int fin, int rsv1, uint64_t len);
 /* One complete unfragmented server frame in a new shared buffer (refs = 1). */
 sbuf_t *ws_frame_build(int opcode, int rsv1, const void *payload, size_t len);
 /* A close frame: code (omitted when 0) and a reason truncated to fit 125 bytes. */
 sbuf_t *ws_close_build(unsigned code, const char *reason);
-/* A masked client frame appended to out (for tests and the load generator). */
-void ws_client_frame(buf_t *out, int opcode, int fin, int rsv1, const void *payload, size_t len,
-                     const uint8_t mask[4]);
 
 #endif

@@ -13,6 +13,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@
 #include <openssl/hmac.h>
 
 #include "base/config.h"
+#include "base/err.h"
 #include "base/log.h"
 #include "base/metrics.h"
 #include "policy/policy.h"
@@ -193,7 +195,8 @@ static void test_load_rejected(void **state)
         char err[512] = "";
         double t0 = mono_now();
         int rc = load_fixture(p, cases[i].dir, err, sizeof err);
-        if (rc != -1 || !strstr(err, cases[i].want))
+        int want_rc = strcmp(cases[i].dir, "no_such_dir") ? GW_EINVAL : -ENOENT;
+        if (rc != want_rc || !strstr(err, cases[i].want))
             fail_msg("%s: rc %d err \"%s\", wanted \"%s\"", cases[i].dir, rc, err, cases[i].want);
         assert_true(mono_now() - t0 < 10);
         assert_null(strchr(err, '\n'));        /* one line, no traceback */
@@ -219,7 +222,7 @@ static void test_policy_check(void **state)
     assert_string_equal(version, policy_version(p));
     policy_free(p);
     fixture(dir, sizeof dir, "syntax");
-    assert_int_equal(policy_check(&cfg, dir, version, err, sizeof err), -1);
+    assert_int_equal(policy_check(&cfg, dir, version, err, sizeof err), GW_EINVAL);
     assert_non_null(strstr(err, "policy.lua:2:"));
     assert_string_equal(version, "");
 }
@@ -372,7 +375,7 @@ static void test_timeout(void **state)
     char dir[PATH_MAX];
     fixture(dir, sizeof dir, "load_loop");
     double t0 = mono_now();
-    assert_int_equal(policy_load(p, dir, err, sizeof err), -1);
+    assert_int_equal(policy_load(p, dir, err, sizeof err), GW_EINVAL);
     assert_true(mono_now() - t0 < 3);
     assert_non_null(strstr(err, "timeout"));
     assert_pass_works(p);
@@ -633,7 +636,7 @@ static void test_store_c(void **state)
     assert_null(policy_store_incr(s, "w", big, 0, 106, &err));
     assert_string_equal(err, "integer overflow");
     json_decref(big);
-    assert_int_equal(policy_store_set(s, "", json_true(), 0, 0, &err), -1);
+    assert_int_equal(policy_store_set(s, "", json_true(), 0, 0, &err), GW_EINVAL);
     assert_int_equal(policy_store_del(s, "b"), 1);
     assert_int_equal(policy_store_del(s, "b"), 0);
 
@@ -646,7 +649,7 @@ static void test_store_c(void **state)
     assert_int_equal(policy_store_limit(s, "ip", 1, 2, 100, &err), 1);
     assert_int_equal(policy_store_limit(s, "ip", 1, 2, 100, &err), 1);
     assert_int_equal(policy_store_limit(s, "ip", 1, 2, 100, &err), 0);
-    assert_int_equal(policy_store_limit(s, "ip", 0, 2, 100, &err), -1);
+    assert_int_equal(policy_store_limit(s, "ip", 0, 2, 100, &err), GW_EINVAL);
     assert_int_equal(policy_store_buckets(s), 1);
     assert_int_equal(policy_store_sweep(s, 1000), 2);   /* "w" expired, "ip" refilled (= absent) */
     assert_int_equal(policy_store_count(s), 0);
@@ -678,7 +681,7 @@ static void test_store_bytes(void **state)
     /* refused: a bigger value for an existing key leaves it as it was */
     json_t *arr = json_array();
     for (int i = 0; i < 4000; i++) json_array_append_new(arr, json_string("0123456789"));
-    assert_int_equal(policy_store_set(s, "p0", arr, 0, 0, &err), -1);
+    assert_int_equal(policy_store_set(s, "p0", arr, 0, 0, &err), GW_EUNAVAIL);
     assert_int_equal(json_string_length(policy_store_get(s, "p0", 0)), 59999);
     assert_int_equal(policy_store_bytes(s), full);
     /* a smaller value gives bytes back; a delete gives them all */
@@ -749,11 +752,11 @@ static void test_store_limit_sync(void **state)
     assert_int_equal(policy_store_limit(s, "c", 1, 2, 0.5, &err), 0);
     assert_int_equal(policy_store_limit(s, "c", 1, 2, 1, &err), 1);
     /* bad arguments change nothing */
-    assert_int_equal(policy_store_limit_sync(s, "c", 0, 2, 0, 1, &err), -1);
+    assert_int_equal(policy_store_limit_sync(s, "c", 0, 2, 0, 1, &err), GW_EINVAL);
     assert_string_equal(err, "rate must be > 0 and burst >= 1");
-    assert_int_equal(policy_store_limit_sync(s, "c", 1, 0.5, 0, 1, &err), -1);
-    assert_int_equal(policy_store_limit_sync(s, "c", 1, 2, NAN, 1, &err), -1);
-    assert_int_equal(policy_store_limit_sync(s, "", 1, 2, 0, 1, &err), -1);
+    assert_int_equal(policy_store_limit_sync(s, "c", 1, 0.5, 0, 1, &err), GW_EINVAL);
+    assert_int_equal(policy_store_limit_sync(s, "c", 1, 2, NAN, 1, &err), GW_EINVAL);
+    assert_int_equal(policy_store_limit_sync(s, "", 1, 2, 0, 1, &err), GW_EINVAL);
     assert_int_equal(policy_store_buckets(s), 3);
     policy_store_free(s);
 }
@@ -815,7 +818,7 @@ static void test_store_eviction(void **state)
     }
     size_t evicted = policy_store_evicted(s);
     err = NULL;
-    assert_int_equal(policy_store_set(s, "one-more", json_true(), 60, 1009.5, &err), -1);
+    assert_int_equal(policy_store_set(s, "one-more", json_true(), 60, 1009.5, &err), GW_EUNAVAIL);
     assert_non_null(err);
     assert_non_null(strstr(err, "store is full"));
     err = NULL;
@@ -1167,7 +1170,7 @@ static void test_host(void **state)
     fh.p = p;
     eval_true(p, "return gw.kick('c1', 'reenter', '') and gw.store.get('leaves:kicked') == 1");
     eval_true(p, "return gw.kick('c1', 'reload', '')");
-    assert_int_equal(fh.reload_rc, -1);
+    assert_int_equal(fh.reload_rc, GW_EUNAVAIL);
     assert_non_null(strstr(fh.reload_err, "during a hook call"));
     fh.p = NULL;
     policy_free(p);

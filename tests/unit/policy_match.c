@@ -147,7 +147,7 @@ static void test_captures(void **state)
     for (int i = 0; i < 4; i++) {
         assert_int_equal(policy_match_capture(&m, i, start, end, &off, &len), 0);
         assert_int_equal(len, strlen(want[i]));
-        assert_memory_equal("xabc" + off, want[i], len);
+        assert_memory_equal(&"xabc"[off], want[i], len);
     }
     assert_int_equal(policy_match_capture(&m, 4, start, end, &off, &len), POLICY_MATCH_EPATTERN);
     assert_string_equal(m.err, "invalid capture index %5");

@@ -14,6 +14,9 @@
 
 #include "policy/policy_pattern.h"
 
+#define POLICY_PATTERN_MAX_STEPS 1000000UL       /* a budget: some ms of matching */
+#define POLICY_PATTERN_MAX_OUT (16u << 20)       /* a cap on gsub's result, bytes */
+
 /* Compares string (the original) with mine (ours) over every case; returns the differences,
  * one per line, or "". "bad argument" messages lose the function's name: Lua finds it only
  * for functions in package.loaded. */
