@@ -19,6 +19,7 @@
 #include "net/server.h"
 #include "http/static.h"
 #include "base/watch.h"
+#include "app/routes.h"
 #include "app/workers.h"
 
 static void usage(FILE *f)
@@ -151,7 +152,7 @@ static int cmd_serve(int argc, char **argv)
     }
     gw.web = static_site_boot(gw.cfg.web_dir);
     int rc = policy_boot(&gw);
-    if (rc == 0) rc = server_start(&gw);
+    if (rc == 0) rc = server_start(&gw, &routes_router);
     if (rc == 0) sentinel_start(gw.cfg.drain_timeout_ms);
     if (rc == 0) {
         log_info("started", "{s:s, s:s}", "version", CHATGW_VERSION, "listen", gw.cfg.listen);

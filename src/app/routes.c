@@ -342,3 +342,5 @@ void routes_handle(gw_t *gw, const http_request_t *req, int roles, int keep_aliv
     if ((roles & ROUTE_PUBLIC) && static_route_handle(gw, req, keep_alive, out)) return;   /* web client */
     http_response_error(out, 404, "not_found", "no such route", keep_alive);
 }
+
+const server_router_t routes_router = {.endpoint = routes_ws_endpoint, .handle = routes_handle};

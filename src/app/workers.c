@@ -26,6 +26,7 @@
 #include "net/server.h"
 #include "http/static.h"
 #include "base/watch.h"
+#include "app/routes.h"
 
 enum { WORKER_DRAIN = 1, WORKER_RELOAD = 2 };
 
@@ -145,7 +146,7 @@ static int worker_boot(pool_t *p, int i)
     }
     if (i == 0)
         log_info("policy loaded", "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "version", policy_version(gw->policy));
-    if (server_start(gw) < 0) return 1;
+    if (server_start(gw, &routes_router) < 0) return 1;
     if (i == 0 && server_listen_addr(gw, p->listen, sizeof p->listen) < 0) return 1;
     return 0;
 }

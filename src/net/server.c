@@ -24,7 +24,6 @@
 #include "net/dheap.h"
 #include "base/log.h"
 #include "base/map.h"
-#include "app/routes.h"
 #include "net/sentinel.h"
 #include "net/tls.h"
 #include "base/watch.h"
@@ -69,7 +68,7 @@ typedef struct ip_entry_s {
 typedef struct {
     uv_tcp_t tcp;
     server_t *srv;
-    int roles;                     /* ROUTE_PUBLIC | ROUTE_ADMIN */
+    int roles;                     /* SERVER_ROLE_* */
     int tls;                       /* terminates TLS */
 } listener_t;
 
@@ -105,6 +104,7 @@ struct conn_s {
 
 struct server_s {
     gw_t *gw;
+    const server_router_t *router; /* borrowed */
     listener_t *listeners[2];
     int nlisteners;
     int freeing;                 /* server_free runs the loop to finish closes: no uv_stop */
@@ -793,7 +793,7 @@ static void conn_http_request(conn_t *c, const http_request_t *req)
         conn_http_error(c, 429, "too_many_connections_per_ip", "too many connections from this address");
         return;
     }
-    const server_endpoint_t *ep = routes_ws_endpoint(gw, req, c->roles);
+    const server_endpoint_t *ep = c->srv->router->endpoint(gw, req, c->roles);
     if (ep) {
         conn_upgrade(c, ep, req);
         return;
@@ -802,7 +802,7 @@ static void conn_http_request(conn_t *c, const http_request_t *req)
     int keep_alive = req->keep_alive && !req->upgrade && !gw->draining;
     buf_t out;
     buf_init(&out);
-    routes_handle(gw, req, c->roles, keep_alive, &out);
+    c->srv->router->handle(gw, req, c->roles, keep_alive, &out);
     conn_respond(c, &out, keep_alive);
     buf_free(&out);
     c->deadline_ms = gw_now_ms(gw) + (uint64_t)gw->cfg.header_timeout_ms;
@@ -1164,7 +1164,7 @@ static int listener_open(server_t *srv, const char *addr, int roles, int tls)
     uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&sa, &len);
     char name[80];
     addr_name(&sa, name, sizeof name);
-    const char *role = roles == ROUTE_ADMIN ? "admin" : roles == ROUTE_PUBLIC ? "public" : "public+admin";
+    const char *role = roles == SERVER_ROLE_ADMIN ? "admin" : roles == SERVER_ROLE_PUBLIC ? "public" : "public+admin";
     if (srv->gw->nworkers > 1)
         log_info("listening", "{s:s, s:s, s:b, s:i}", "addr", name, "role", role, "tls", tls, "worker", srv->gw->worker);
     else
@@ -1226,10 +1226,11 @@ static int server_tls_start(server_t *srv)
     return 0;
 }
 
-int server_start(gw_t *gw)
+int server_start(gw_t *gw, const server_router_t *router)
 {
     server_t *srv = xcalloc(1, sizeof *srv);
     srv->gw = gw;
+    srv->router = router;
     gw->server = srv;
     dheap_init(&srv->timers);
     srv->wreqs.size = sizeof(uv_write_t);
@@ -1255,9 +1256,10 @@ int server_start(gw_t *gw)
     buf_init(&srv->tls_plain);
     if (server_tls_start(srv) < 0) return -1;
     int admin_separate = gw->cfg.admin_listen && gw->cfg.admin_listen[0];
-    int rc = listener_open(srv, gw->cfg.listen, admin_separate ? ROUTE_PUBLIC : ROUTE_PUBLIC | ROUTE_ADMIN,
-                           srv->tls != NULL);
-    if (rc == 0 && admin_separate && gw->worker == 0) rc = listener_open(srv, gw->cfg.admin_listen, ROUTE_ADMIN, 0);
+    int rc = listener_open(srv, gw->cfg.listen,
+                           admin_separate ? SERVER_ROLE_PUBLIC : SERVER_ROLE_PUBLIC | SERVER_ROLE_ADMIN, srv->tls != NULL);
+    if (rc == 0 && admin_separate && gw->worker == 0)
+        rc = listener_open(srv, gw->cfg.admin_listen, SERVER_ROLE_ADMIN, 0);
     return rc;
 }
 
@@ -1340,9 +1342,7 @@ int server_listen_addr(const gw_t *gw, char *out, size_t len)
     return 0;
 }
 
-const char *server_conn_ip(const conn_t *c) { return c->ip; }
 uint64_t server_conn_serial(const conn_t *c) { return c->serial; }
 void *server_conn_data(const conn_t *c) { return c->data; }
 void server_conn_data_set(conn_t *c, void *data) { c->data = data; }
-size_t server_conn_queued(const conn_t *c) { return c->queued; }
 size_t server_websockets_open(const gw_t *gw) { return gw->server ? gw->server->nws : 0; }
