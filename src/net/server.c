@@ -22,6 +22,7 @@
 
 #include "net/cidr.h"
 #include "net/dheap.h"
+#include "base/gw_sum.h"
 #include "base/log.h"
 #include "base/map.h"
 #include "net/sentinel.h"
@@ -1019,21 +1020,13 @@ static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
     return iptab_charge(c->srv, c->ipent) < 0 ? 429 : 0;
 }
 
-/* 0 when the connection may proceed, else the HTTP status it gets before any request. */
-/* Open TCP connections of the process: this server's, or every worker's gauge together. */
-static size_t conns_open(const gw_t *gw)
-{
-    if (gw->nworkers <= 1) return gw->server->nconns;
-    uint64_t n = 0;
-    for (int i = 0; i < gw->nworkers; i++) n += __atomic_load_n(&gw->workers[i].metrics.conns_open, __ATOMIC_RELAXED);
-    return (size_t)n;
-}
-
+/* 0 when the connection may proceed, else the HTTP status it gets before any request.
+ * max_connections counts the process: every worker's open connections. */
 static int conn_admit(conn_t *c)
 {
     server_t *srv = c->srv;
     const config_t *cfg = &srv->gw->cfg;
-    if (conns_open(srv->gw) > (size_t)cfg->max_connections) return 503;
+    if (GW_SUM(srv->gw, metrics.conns_open) > (uint64_t)cfg->max_connections) return 503;
     c->ipent = iptab_acquire(srv, c->ip);
     if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return 429;
     /* a trusted proxy carries many clients: their own addresses are charged per request */
@@ -1345,4 +1338,3 @@ int server_listen_addr(const gw_t *gw, char *out, size_t len)
 uint64_t server_conn_serial(const conn_t *c) { return c->serial; }
 void *server_conn_data(const conn_t *c) { return c->data; }
 void server_conn_data_set(conn_t *c, void *data) { c->data = data; }
-size_t server_websockets_open(const gw_t *gw) { return gw->server ? gw->server->nws : 0; }

@@ -84,7 +84,4 @@ void *server_conn_data(const conn_t *c);
 void server_conn_data_set(conn_t *c, void *data);
 int server_conn_is_open(const conn_t *c);       /* 0 once closing */
 
-/* Counts of open connections, for /readyz and /api/stats. */
-size_t server_websockets_open(const gw_t *gw);
-
 #endif

@@ -127,7 +127,6 @@ uint64_t server_conn_serial(const conn_t *c) { return c->serial; }
 void *server_conn_data(const conn_t *c) { return c->data; }
 void server_conn_data_set(conn_t *c, void *data) { c->data = data; }
 int server_conn_is_open(const conn_t *c) { return c->open; }
-size_t server_websockets_open(const gw_t *gw) { return 0; }
 
 /* ---- the test environment: one gw per test, torn down by env_down ---- */
 
