@@ -214,7 +214,7 @@ void metrics_render(const metrics_t *m, const char *version, buf_t *out)
 {
     metrics_scalars_render(m, out);
     metrics_labelled_render(out, "chatgw_http_responses_total", "HTTP responses sent, by status code.",
-                            "code", m->http_responses, 600, metrics_number_name, metrics_status_known);
+                            "code", m->http_responses, METRICS_HTTP_STATUSES, metrics_number_name, metrics_status_known);
     metrics_labelled_render(out, "chatgw_ws_frames_in_total", "WebSocket frames received, by opcode.",
                             "opcode", m->frames_in, 16, metrics_opcode_name, metrics_opcode_known);
     metrics_labelled_render(out, "chatgw_ws_frames_out_total", "WebSocket frames sent, by opcode.",

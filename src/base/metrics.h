@@ -11,6 +11,7 @@
 
 #define METRICS_CLOSE_CODES 5000   /* close codes 0..4999 counted individually */
 #define METRICS_LATENCY_BUCKETS 12 /* finite upper bounds of chatgw_message_latency_seconds */
+#define METRICS_HTTP_STATUSES 600  /* statuses 0..599 counted individually */
 
 enum {
     METRICS_DROP_RATE_LIMITED,
@@ -34,7 +35,7 @@ typedef struct {
     uint64_t conns_total;
     uint64_t ws_open;              /* gauge: WebSocket connections open */
     uint64_t ws_total;
-    uint64_t http_responses[600];  /* by status code */
+    uint64_t http_responses[METRICS_HTTP_STATUSES];  /* by status code */
     uint64_t frames_in[16], frames_out[16];  /* by opcode */
     uint64_t bytes_in, bytes_out;
     uint64_t close_sent[METRICS_CLOSE_CODES], close_received[METRICS_CLOSE_CODES];
