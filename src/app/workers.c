@@ -40,7 +40,7 @@ typedef struct {
     uv_loop_t loop;                /* workers > 1: the worker's own; one worker uses the main loop */
     uv_thread_t thread;
     uv_async_t ctl;
-    int ctl_closed;                /* under pool.mu */
+    int ctl_closed;                /* under pool.mu; 1 until the handle is made */
     int requests;                  /* WORKER_* bits, under pool.mu */
     const char *why;               /* the reload's trigger (a string literal), under pool.mu */
 } worker_t;
@@ -95,6 +95,9 @@ static int worker_loop_open(worker_t *w)
     if ((rc = uv_async_init(gw->loop, &w->ctl, worker_on_ctl)) < 0) goto fail_loop;
     w->ctl.data = w;
     uv_unref((uv_handle_t *)&w->ctl);
+    uv_mutex_lock(&w->pool->mu);
+    w->ctl_closed = 0;             /* requests may reach it now */
+    uv_mutex_unlock(&w->pool->mu);
     gw->started_ms = uv_now(gw->loop);
     return 0;
 
@@ -319,9 +322,10 @@ static void pool_on_done(uv_async_t *a)
     if (all) pool_main_close(p);
 }
 
-/* The main loop's handles: the signals, the policy watch, and done, which keeps the loop up
- * while worker threads run (a lone worker's own handles keep it up). Signals alone must not
- * keep it alive once the server has closed its handles. */
+/* The main loop's signals, made before the workers boot (a SIGTERM once a listener is up
+ * drains instead of killing the process; its callback runs when the loop first runs), and
+ * done, which keeps the loop up while worker threads run (a lone worker's own handles keep it
+ * up). Signals alone must not keep it alive once the server has closed its handles. */
 static void pool_main_start(pool_t *p)
 {
     uv_async_init(p->loop, &p->done, pool_on_done);
@@ -335,7 +339,6 @@ static void pool_main_start(pool_t *p)
         uv_signal_start(sigs[i], i == 2 ? pool_on_hup : pool_on_stop_signal, nums[i]);
         uv_unref((uv_handle_t *)sigs[i]);
     }
-    p->watch = watch_start(p->loop, p->cfg.scripts_dir, p->cfg.reload_poll_ms, pool_on_watch, p);
 }
 
 /* Boots every worker; on a failure frees the ones booted, last first (none runs yet). 0 or an
@@ -355,7 +358,7 @@ static int pool_boot(pool_t *p)
  * here on the main loop. */
 static void pool_run(pool_t *p)
 {
-    pool_main_start(p);
+    p->watch = watch_start(p->loop, p->cfg.scripts_dir, p->cfg.reload_poll_ms, pool_on_watch, p);
     sentinel_start(p->cfg.drain_timeout_ms);
     for (int i = 0; p->n > 1 && i < p->n; i++)
         if (uv_thread_create(&p->ws[i].thread, worker_thread, &p->ws[i]) != 0) abort();
@@ -379,11 +382,14 @@ int workers_serve(const config_t *cfg)
     p->n = cfg->workers;
     p->gws = xcalloc((size_t)p->n, sizeof *p->gws);
     p->ws = xcalloc((size_t)p->n, sizeof *p->ws);
+    for (int i = 0; i < p->n; i++) p->ws[i].ctl_closed = 1;
     if (p->n > 1 && (!cfg->redis_url || !cfg->redis_url[0])) p->inproc = bus_inproc_new(cfg->history_size);
     if (uv_mutex_init(&p->mu) != 0) abort();
     p->loop = uv_default_loop();
+    pool_main_start(p);
     int rc = pool_boot(p);
     if (rc == 0) pool_run(p);
+    else pool_main_close(p);
     uv_run(p->loop, UV_RUN_DEFAULT);   /* the closes */
     uv_loop_close(p->loop);
     bus_inproc_free(p->inproc);
