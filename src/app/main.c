@@ -1,24 +1,14 @@
-/* main: the command line (serve, check, version, --help), wiring of the modules, and signals:
- * SIGTERM/SIGINT drain (a second one exits at once), SIGHUP reloads the policy. workers > 1
- * hands over to workers.c; one worker runs on this thread's loop. */
+/* main: the command line (serve, check, version, --help). serve loads the configuration and
+ * hands it to workers.c, which boots, runs and frees the gateway for any worker count. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <unistd.h>
-
-#include <uv.h>
 
 #include "base/config.h"
-#include "base/gw.h"
-#include "hub/hub.h"
 #include "base/log.h"
 #include "policy/policy.h"
-#include "net/sentinel.h"
-#include "net/server.h"
-#include "http/static.h"
-#include "base/watch.h"
 #include "app/workers.h"
 
 static void usage(FILE *f)
@@ -34,50 +24,6 @@ static void usage(FILE *f)
             "\n"
             "Every config key can be set in the JSON file, as CHATGW_<KEY>, or as a flag:\n");
 }
-
-static void on_stop_signal(uv_signal_t *h, int signum)
-{
-    gw_t *gw = h->data;
-    if (gw->draining) {
-        log_warn("second signal, exiting now", "{s:i}", "signal", signum);
-        _exit(1);
-    }
-    log_info("signal received, draining", "{s:i}", "signal", signum);
-    server_drain(gw);
-}
-
-static void on_hup(uv_signal_t *h, int signum)
-{
-    gw_t *gw = h->data;
-    log_info("SIGHUP received, reloading the policy", "{s:i}", "signal", signum);
-    watch_trigger(gw->watch, "SIGHUP");
-}
-
-/* A reload: a fresh VM, self_test, swap; the outcome is logged (watch callback). */
-static void policy_reload(void *ud, const char *why)
-{
-    gw_t *gw = ud;
-    policy_reload_logged(gw->policy, gw->cfg.scripts_dir, why, -1);
-}
-
-/* The first load decides whether the process can serve at all: no policy, no start. */
-static int policy_boot(gw_t *gw)
-{
-    policy_host_t host;
-    hub_policy_host(gw->hub, &host);
-    gw->policy = policy_new(&gw->cfg, &gw->metrics, &host);
-    char err[512];
-    if (policy_load(gw->policy, gw->cfg.scripts_dir, err, sizeof err) < 0) {
-        log_error("policy load failed", "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "error", err);
-        fprintf(stderr, "chatgw: %s\n", err);
-        return -1;
-    }
-    log_info("policy loaded", "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "version", policy_version(gw->policy));
-    gw->watch = watch_start(gw->loop, gw->cfg.scripts_dir, gw->cfg.reload_poll_ms, policy_reload, gw);
-    return 0;
-}
-
-static void on_close_noop(uv_handle_t *h) { (void)h; }
 
 #define NOFILE_RESERVE 256          /* listeners, loops, Redis, script reads, logs */
 
@@ -105,73 +51,18 @@ static void serve_nofile_raise(const config_t *cfg)
 
 static int cmd_serve(int argc, char **argv)
 {
-    gw_t gw;
-    memset(&gw, 0, sizeof gw);
+    config_t cfg;
     char err[512];
-    if (config_load(&gw.cfg, argc, argv, err, sizeof err) < 0) {
+    if (config_load(&cfg, argc, argv, err, sizeof err) < 0) {
         fprintf(stderr, "%s\n", err);
         return 2;
     }
-    log_level_set(gw.cfg.log_level);
+    log_level_set(cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
-    serve_nofile_raise(&gw.cfg);
-    if (gw.cfg.workers > 1) {      /* several loops: workers.c; one loop runs right here */
-        int code = workers_serve(&gw.cfg);
-        config_free(&gw.cfg);
-        return code;
-    }
-    gw.loop = uv_default_loop();
-    gw.started_ms = uv_now(gw.loop);
-
-    uv_signal_t sig_term, sig_int, sig_hup;
-    uv_signal_init(gw.loop, &sig_term);
-    uv_signal_init(gw.loop, &sig_int);
-    uv_signal_init(gw.loop, &sig_hup);
-    sig_term.data = sig_int.data = sig_hup.data = &gw;
-    uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
-    uv_signal_start(&sig_int, on_stop_signal, SIGINT);
-    uv_signal_start(&sig_hup, on_hup, SIGHUP);
-    /* signals alone must not keep the loop alive once the server has closed its handles */
-    uv_unref((uv_handle_t *)&sig_term);
-    uv_unref((uv_handle_t *)&sig_int);
-    uv_unref((uv_handle_t *)&sig_hup);
-
-    gw.hub = hub_new(&gw);
-    if (hub_bus_open(gw.hub, err, sizeof err) < 0) {   /* a bad redis_url or password file: a config error */
-        fprintf(stderr, "%s\n", err);
-        log_error("bus open failed", "{s:s}", "error", err);
-        hub_free(gw.hub);
-        uv_close((uv_handle_t *)&sig_term, on_close_noop);
-        uv_close((uv_handle_t *)&sig_int, on_close_noop);
-        uv_close((uv_handle_t *)&sig_hup, on_close_noop);
-        uv_run(gw.loop, UV_RUN_DEFAULT);
-        uv_loop_close(gw.loop);
-        config_free(&gw.cfg);
-        return 2;
-    }
-    gw.web = static_site_boot(gw.cfg.web_dir);
-    int rc = policy_boot(&gw);
-    if (rc == 0) rc = server_start(&gw);
-    if (rc == 0) sentinel_start(gw.cfg.drain_timeout_ms);
-    if (rc == 0) {
-        log_info("started", "{s:s, s:s}", "version", CHATGW_VERSION, "listen", gw.cfg.listen);
-        uv_run(gw.loop, UV_RUN_DEFAULT);
-        log_info("stopped", NULL);
-    }
-    sentinel_stop();
-    hub_bus_close(gw.hub);         /* before server_free runs the loop: the Redis link would keep it alive */
-    server_free(&gw);
-    watch_stop(gw.watch);
-    hub_free(gw.hub);
-    uv_close((uv_handle_t *)&sig_term, on_close_noop);
-    uv_close((uv_handle_t *)&sig_int, on_close_noop);
-    uv_close((uv_handle_t *)&sig_hup, on_close_noop);
-    uv_run(gw.loop, UV_RUN_DEFAULT);
-    policy_free(gw.policy);
-    static_site_free(gw.web);
-    uv_loop_close(gw.loop);
-    config_free(&gw.cfg);
-    return rc == 0 ? 0 : 1;
+    serve_nofile_raise(&cfg);
+    int code = workers_serve(&cfg);
+    config_free(&cfg);
+    return code;
 }
 
 /* chatgw check DIR [--key value ...]: the server's own load path, then self_test. */
@@ -182,7 +73,7 @@ static int cmd_check(int argc, char **argv)
         return 2;
     }
     config_t cfg;
-    char err[512], version[65];
+    char err[512], version[POLICY_VERSION_SIZE];
     if (config_load(&cfg, argc - 1, argv + 1, err, sizeof err) < 0) {
         fprintf(stderr, "%s\n", err);
         return 2;

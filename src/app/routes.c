@@ -10,6 +10,7 @@
 
 #include "app/echo.h"
 #include "base/err.h"
+#include "base/gw_sum.h"
 #include "hub/hub.h"
 #include "policy/policy.h"
 #include "proto/proto.h"
@@ -146,15 +147,6 @@ static void respond_json(buf_t *out, int status, json_t *body, int keep_alive)
     json_decref(body);
 }
 
-/* The process's open WebSockets: every worker's, read from their gauges. */
-static json_int_t websockets_open(const gw_t *gw)
-{
-    if (gw->nworkers <= 1) return (json_int_t)server_websockets_open(gw);
-    uint64_t n = 0;
-    for (int i = 0; i < gw->nworkers; i++) n += __atomic_load_n(&gw->workers[i].metrics.ws_open, __ATOMIC_RELAXED);
-    return (json_int_t)n;
-}
-
 /* Ready while not draining (and, with redis_required, while Redis is up). A failed reload does
  * not fail readiness (the last good policy serves) but shows in checks.policy and
  * policy.last_error. With redis_url, "redis" (top level and in checks) is "up" or "down":
@@ -172,7 +164,7 @@ static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
     const char *status = ready ? "ready" : gw->draining ? "draining" : "redis_down";
     json_t *body = json_pack("{s:s, s:o, s:o, s:s, s:I, s:I}", "status", status, "checks",
                              checks, "policy", policy, "version", CHATGW_VERSION, "websockets",
-                             websockets_open(gw), "uptime_s",
+                             (json_int_t)GW_SUM(gw, metrics.ws_open), "uptime_s",
                              (json_int_t)((gw_now_ms(gw) - gw->started_ms) / 1000));
     if (bus >= 0) {
         json_object_set_new(checks, "redis", json_string(bus ? "up" : "down"));
@@ -185,17 +177,10 @@ static void route_metrics(gw_t *gw, buf_t *out, int keep_alive)
 {
     buf_t text;
     buf_init(&text);
-    if (gw->nworkers > 1) {        /* every worker counts in its own gw: the process is their sum */
-        const metrics_t **ms = xcalloc((size_t)gw->nworkers, sizeof *ms);
-        for (int i = 0; i < gw->nworkers; i++) ms[i] = &gw->workers[i].metrics;
-        metrics_t *sum = xmalloc(sizeof *sum);
-        metrics_sum(sum, ms, (size_t)gw->nworkers);
-        metrics_render(sum, CHATGW_VERSION, &text);
-        free(sum);
-        free(ms);
-    } else {
-        metrics_render(&gw->metrics, CHATGW_VERSION, &text);
-    }
+    metrics_t *sum = xmalloc(sizeof *sum);   /* every worker counts in its own gw: the process is their sum */
+    gw_sum_metrics(gw, sum);
+    metrics_render(sum, CHATGW_VERSION, &text);
+    free(sum);
     metrics_info_render(&text, "chatgw_policy_info", "The live policy; version is the sha256 of its sources.",
                         "version", gw->policy ? policy_version(gw->policy) : "");
     http_response_write(out, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text.data, text.len, keep_alive);
@@ -342,3 +327,5 @@ void routes_handle(gw_t *gw, const http_request_t *req, int roles, int keep_aliv
     if ((roles & ROUTE_PUBLIC) && static_route_handle(gw, req, keep_alive, out)) return;   /* web client */
     http_response_error(out, 404, "not_found", "no such route", keep_alive);
 }
+
+const server_router_t routes_router = {.endpoint = routes_ws_endpoint, .handle = routes_handle};

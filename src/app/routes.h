@@ -9,9 +9,11 @@
 #include "http/http.h"
 #include "net/server.h"
 
-/* What a listener serves: the public routes, the admin routes (/metrics), or both when no
- * admin_listen is configured. */
-enum { ROUTE_PUBLIC = 1, ROUTE_ADMIN = 2 };
+/* The listener roles (server.h) as the routes name them. */
+enum { ROUTE_PUBLIC = SERVER_ROLE_PUBLIC, ROUTE_ADMIN = SERVER_ROLE_ADMIN };
+
+/* The router main/workers hand to server_start: routes_ws_endpoint and routes_handle. */
+extern const server_router_t routes_router;
 
 /* The chat endpoint (/ws, /ROOM): the hub's, behind the HTTP edge that parses its upgrade
  * request (room, name, since, the query and headers for the policy) and maps a refusal to a

@@ -1,10 +1,12 @@
-/* workers: several event-loop threads in one process; see workers.h.
+/* workers: the gateway's event loops; see workers.h.
  *
- * Threads: the main thread owns the pool, the signals and the watch; worker i's thread owns
- * gws[i] and everything hanging from it. They meet in two places only: the bus_inproc state
- * (its own mutex) and the control requests (pool.mu guards each worker's pending requests and
- * whether its async handle is still open, so no uv_async_send can reach a closed handle).
- * Metrics are per worker and summed by /metrics. */
+ * Threads (workers > 1): the main thread owns the pool, the signals and the watch; worker i's
+ * thread owns gws[i] and everything hanging from it. They meet in two places only: the
+ * bus_inproc state (its own mutex) and the control requests (pool.mu guards each worker's
+ * pending requests and whether its async handle is still open, so no uv_async_send can reach
+ * a closed handle). Metrics are per worker and summed by /metrics. One worker runs on the main
+ * thread's loop instead, beside the signals and the watch, and logs without a "worker" field,
+ * as a one-loop process: the boot, the requests and the teardown are the same. */
 #define _GNU_SOURCE            /* pthread_setname_np */
 #include "app/workers.h"
 
@@ -26,6 +28,7 @@
 #include "net/server.h"
 #include "http/static.h"
 #include "base/watch.h"
+#include "app/routes.h"
 
 enum { WORKER_DRAIN = 1, WORKER_RELOAD = 2 };
 
@@ -34,10 +37,10 @@ typedef struct pool_s pool_t;
 typedef struct {
     pool_t *pool;
     gw_t *gw;
-    uv_loop_t loop;
+    uv_loop_t loop;                /* workers > 1: the worker's own; one worker uses the main loop */
     uv_thread_t thread;
     uv_async_t ctl;
-    int ctl_closed;                /* under pool.mu */
+    int ctl_closed;                /* under pool.mu; 1 until the handle is made */
     int requests;                  /* WORKER_* bits, under pool.mu */
     const char *why;               /* the reload's trigger (a string literal), under pool.mu */
 } worker_t;
@@ -52,13 +55,16 @@ struct pool_s {
     uv_loop_t *loop;               /* the main thread's */
     uv_signal_t sig_term, sig_int, sig_hup;
     watch_t *watch;
-    uv_async_t done;               /* a worker finished */
+    uv_async_t done;               /* a worker thread finished */
     uv_mutex_t mu;
     int ndone, done_closed;        /* under mu */
     int draining;
 };
 
-/* ---- on a worker's thread ---- */
+/* ---- on the worker's loop ---- */
+
+/* The worker's index for policy_reload_logged: -1 (no "worker" field) when it is the only one. */
+static int worker_log_index(const gw_t *gw) { return gw->nworkers > 1 ? gw->worker : -1; }
 
 static void worker_on_ctl(uv_async_t *a)
 {
@@ -68,47 +74,133 @@ static void worker_on_ctl(uv_async_t *a)
     const char *why = w->why;
     w->requests = 0;
     uv_mutex_unlock(&w->pool->mu);
-    if (req & WORKER_RELOAD) policy_reload_logged(w->gw->policy, w->gw->cfg.scripts_dir, why ? why : "reload", w->gw->worker);
+    if (req & WORKER_RELOAD)
+        policy_reload_logged(w->gw->policy, w->gw->cfg.scripts_dir, why ? why : "reload", worker_log_index(w->gw));
     if (req & WORKER_DRAIN) server_drain(w->gw);
 }
 
-/* Frees what worker_boot made (whatever of it was made); runs the worker's loop to finish
- * the closes. On the worker's thread, or on the main thread when it never started. */
-static void worker_teardown(worker_t *w)
+/* Each worker_*_open below makes one stage of a worker, or frees what it made of it and
+ * returns an exit code; worker_*_close frees a whole stage. */
+
+/* The loop (its own, or the main thread's for a lone worker) and the control handle. */
+static int worker_loop_open(worker_t *w)
 {
     gw_t *gw = w->gw;
-    if (gw->hub) hub_bus_close(gw->hub);   /* leaves the shared presence; before server_free runs the loop */
-    server_free(gw);
+    int rc;
+    gw->loop = w->pool->loop;
+    if (w->pool->n > 1) {
+        if ((rc = uv_loop_init(&w->loop)) < 0) goto fail;
+        gw->loop = &w->loop;
+    }
+    if ((rc = uv_async_init(gw->loop, &w->ctl, worker_on_ctl)) < 0) goto fail_loop;
+    w->ctl.data = w;
+    uv_unref((uv_handle_t *)&w->ctl);
+    uv_mutex_lock(&w->pool->mu);
+    w->ctl_closed = 0;             /* requests may reach it now */
+    uv_mutex_unlock(&w->pool->mu);
+    gw->started_ms = uv_now(gw->loop);
+    return 0;
+
+fail_loop:
+    if (gw->loop == &w->loop) uv_loop_close(gw->loop);
+fail:
+    log_error("worker loop failed", "{s:s, s:i}", "error", uv_strerror(rc), "worker", gw->worker);
+    return 1;
+}
+
+/* Runs the loop to finish every close; then closes it when it is the worker's own. */
+static void worker_loop_close(worker_t *w)
+{
+    gw_t *gw = w->gw;
     uv_mutex_lock(&w->pool->mu);
     w->ctl_closed = 1;
     uv_mutex_unlock(&w->pool->mu);
     uv_close((uv_handle_t *)&w->ctl, NULL);
-    hub_free(gw->hub);
     uv_run(gw->loop, UV_RUN_DEFAULT);
-    policy_free(gw->policy);
-    static_site_free(gw->web);
-    if (uv_loop_close(gw->loop) != 0) log_warn("worker loop closed with handles open", "{s:i}", "worker", gw->worker);
+    if (gw->loop == &w->loop && uv_loop_close(gw->loop) != 0)
+        log_warn("worker loop closed with handles open", "{s:i}", "worker", gw->worker);
 }
 
-static void worker_run(void *arg)
+/* The hub and its bus; a bad redis_url or password file is a configuration error (2). */
+static int worker_hub_open(worker_t *w)
 {
-    worker_t *w = arg;
-    pool_t *p = w->pool;
-    char name[16];                 /* for top -H, gdb and the stall test */
-    snprintf(name, sizeof name, "worker-%d", w->gw->worker);
-    pthread_setname_np(pthread_self(), name);
-    uv_run(w->gw->loop, UV_RUN_DEFAULT);
-    log_info("stopped", "{s:i}", "worker", w->gw->worker);
-    worker_teardown(w);
-    uv_mutex_lock(&p->mu);
-    p->ndone++;
-    if (!p->done_closed) uv_async_send(&p->done);
-    uv_mutex_unlock(&p->mu);
+    gw_t *gw = w->gw;
+    char err[512];
+    gw->hub = hub_new(gw);
+    if (hub_bus_open(gw->hub, err, sizeof err) == 0) return 0;
+    fprintf(stderr, "%s\n", err);
+    log_error("bus open failed", gw->nworkers > 1 ? "{s:s, s:i}" : "{s:s}", "error", err, "worker", gw->worker);
+    hub_free(gw->hub);
+    gw->hub = NULL;
+    return 2;
 }
 
-/* ---- on the main thread ---- */
+static void worker_hub_close(worker_t *w)
+{
+    hub_free(w->gw->hub);
+    w->gw->hub = NULL;
+}
 
-/* Boots worker i on its loop (not running yet). 0, 1 (could not start) or 2 (bus config). */
+static void worker_policy_close(worker_t *w)
+{
+    gw_t *gw = w->gw;
+    policy_free(gw->policy);
+    gw->policy = NULL;
+    static_site_free(gw->web);
+    gw->web = NULL;
+}
+
+/* The web client and the policy: the first load decides whether the process can serve. */
+static int worker_policy_open(worker_t *w)
+{
+    gw_t *gw = w->gw;
+    policy_host_t host;
+    char err[512];
+    gw->web = static_site_boot(gw->cfg.web_dir);
+    hub_policy_host(gw->hub, &host);
+    gw->policy = policy_new(&gw->cfg, &gw->metrics, &host);
+    if (policy_load(gw->policy, gw->cfg.scripts_dir, err, sizeof err) < 0) {
+        log_error("policy load failed", gw->nworkers > 1 ? "{s:s, s:s, s:i}" : "{s:s, s:s}", "dir",
+                  gw->cfg.scripts_dir, "error", err, "worker", gw->worker);
+        fprintf(stderr, "chatgw: %s\n", err);
+        worker_policy_close(w);
+        return 1;
+    }
+    if (gw->worker == 0)
+        log_info("policy loaded", "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "version", policy_version(gw->policy));
+    return 0;
+}
+
+static void worker_server_close(worker_t *w)
+{
+    hub_bus_close(w->gw->hub);     /* leaves the shared presence; the Redis link would keep server_free's loop run alive */
+    server_free(w->gw);
+}
+
+/* The listeners; worker 0 notes the address it bound for the others. */
+static int worker_server_open(worker_t *w)
+{
+    gw_t *gw = w->gw;
+    pool_t *p = w->pool;
+    if (server_start(gw, &routes_router) == 0 &&
+        (gw->worker > 0 || server_listen_addr(gw, p->listen, sizeof p->listen) == 0))
+        return 0;
+    worker_server_close(w);
+    return 1;
+}
+
+/* Frees a booted worker, stage by stage in reverse, and runs its loop to finish the closes.
+ * On the worker's thread, or on the main thread when it never started or runs there. */
+static void worker_teardown(worker_t *w)
+{
+    worker_server_close(w);
+    worker_policy_close(w);
+    worker_hub_close(w);
+    worker_loop_close(w);
+}
+
+/* Boots worker i (its loop not running yet). 0, or an exit code (1: could not start, 2: bus
+ * configuration) once what it made is freed. */
 static int worker_boot(pool_t *p, int i)
 {
     worker_t *w = &p->ws[i];
@@ -119,36 +211,47 @@ static int worker_boot(pool_t *p, int i)
     if (i > 0) gw->cfg.listen = p->listen;   /* the port worker 0 got, when listen asked for 0 */
     gw->worker = i;
     gw->nworkers = p->n;
-    gw->workers = p->gws;
+    gw->workers = p->n > 1 ? p->gws : NULL;
     gw->inproc = p->inproc;
-    uv_loop_init(&w->loop);
-    gw->loop = &w->loop;
-    gw->started_ms = uv_now(gw->loop);
-    uv_async_init(gw->loop, &w->ctl, worker_on_ctl);
-    w->ctl.data = w;
-    uv_unref((uv_handle_t *)&w->ctl);
-    gw->hub = hub_new(gw);
-    char err[512];
-    if (hub_bus_open(gw->hub, err, sizeof err) < 0) {
-        fprintf(stderr, "%s\n", err);
-        log_error("bus open failed", "{s:s, s:i}", "error", err, "worker", i);
-        return 2;
-    }
-    gw->web = static_site_boot(gw->cfg.web_dir);
-    policy_host_t host;
-    hub_policy_host(gw->hub, &host);
-    gw->policy = policy_new(&gw->cfg, &gw->metrics, &host);
-    if (policy_load(gw->policy, gw->cfg.scripts_dir, err, sizeof err) < 0) {
-        log_error("policy load failed", "{s:s, s:s, s:i}", "dir", gw->cfg.scripts_dir, "error", err, "worker", i);
-        fprintf(stderr, "chatgw: %s\n", err);
-        return 1;
-    }
-    if (i == 0)
-        log_info("policy loaded", "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "version", policy_version(gw->policy));
-    if (server_start(gw) < 0) return 1;
-    if (i == 0 && server_listen_addr(gw, p->listen, sizeof p->listen) < 0) return 1;
+    int rc = worker_loop_open(w);
+    if (rc != 0) return rc;
+    if ((rc = worker_hub_open(w)) != 0) goto fail_loop;
+    if ((rc = worker_policy_open(w)) != 0) goto fail_hub;
+    if ((rc = worker_server_open(w)) != 0) goto fail_policy;
     return 0;
+
+fail_policy:
+    worker_policy_close(w);
+fail_hub:
+    worker_hub_close(w);
+fail_loop:
+    worker_loop_close(w);
+    return rc;
 }
+
+/* Runs the worker's loop on the calling thread until it drained, then frees the worker. */
+static void worker_run(worker_t *w)
+{
+    pool_t *p = w->pool;
+    uv_run(w->gw->loop, UV_RUN_DEFAULT);
+    log_info("stopped", p->n > 1 ? "{s:i}" : NULL, "worker", w->gw->worker);
+    worker_teardown(w);
+    uv_mutex_lock(&p->mu);
+    p->ndone++;
+    if (!p->done_closed) uv_async_send(&p->done);
+    uv_mutex_unlock(&p->mu);
+}
+
+static void worker_thread(void *arg)
+{
+    worker_t *w = arg;
+    char name[16];                 /* for top -H, gdb and the stall test */
+    snprintf(name, sizeof name, "worker-%d", w->gw->worker);
+    pthread_setname_np(pthread_self(), name);
+    worker_run(w);
+}
+
+/* ---- on the main thread ---- */
 
 /* Queues requests for every worker still listening to them and wakes it. */
 static void pool_request(pool_t *p, int req, const char *why)
@@ -172,7 +275,7 @@ static void pool_on_stop_signal(uv_signal_t *h, int signum)
         _exit(1);
     }
     p->draining = 1;
-    log_info("signal received, draining", "{s:i, s:i}", "signal", signum, "workers", p->n);
+    log_info("signal received, draining", p->n > 1 ? "{s:i, s:i}" : "{s:i}", "signal", signum, "workers", p->n);
     pool_request(p, WORKER_DRAIN, NULL);
 }
 
@@ -197,14 +300,11 @@ static void pool_on_watch(void *ud, const char *why)
     pool_request(ud, WORKER_RELOAD, pool_why(why));
 }
 
-static void pool_on_done(uv_async_t *a)
+static void pool_main_close(pool_t *p)
 {
-    pool_t *p = a->data;
     uv_mutex_lock(&p->mu);
-    int all = p->ndone == p->n;
-    if (all) p->done_closed = 1;
+    p->done_closed = 1;
     uv_mutex_unlock(&p->mu);
-    if (!all) return;
     uv_close((uv_handle_t *)&p->done, NULL);
     watch_stop(p->watch);
     p->watch = NULL;
@@ -213,8 +313,24 @@ static void pool_on_done(uv_async_t *a)
     uv_close((uv_handle_t *)&p->sig_hup, NULL);
 }
 
-static void pool_signals_start(pool_t *p)
+static void pool_on_done(uv_async_t *a)
 {
+    pool_t *p = a->data;
+    uv_mutex_lock(&p->mu);
+    int all = p->ndone == p->n;
+    uv_mutex_unlock(&p->mu);
+    if (all) pool_main_close(p);
+}
+
+/* The main loop's signals, made before the workers boot (a SIGTERM once a listener is up
+ * drains instead of killing the process; its callback runs when the loop first runs), and
+ * done, which keeps the loop up while worker threads run (a lone worker's own handles keep it
+ * up). Signals alone must not keep it alive once the server has closed its handles. */
+static void pool_main_start(pool_t *p)
+{
+    uv_async_init(p->loop, &p->done, pool_on_done);
+    p->done.data = p;
+    if (p->n == 1) uv_unref((uv_handle_t *)&p->done);
     uv_signal_t *sigs[3] = {&p->sig_term, &p->sig_int, &p->sig_hup};
     int nums[3] = {SIGTERM, SIGINT, SIGHUP};
     for (int i = 0; i < 3; i++) {
@@ -225,32 +341,38 @@ static void pool_signals_start(pool_t *p)
     }
 }
 
-/* Boots every worker; on a failure frees the ones made (none runs yet). 0 or an exit code. */
+/* Boots every worker; on a failure frees the ones booted, last first (none runs yet). 0 or an
+ * exit code. */
 static int pool_boot(pool_t *p)
 {
     for (int i = 0; i < p->n; i++) {
         int rc = worker_boot(p, i);
         if (rc == 0) continue;
-        for (int k = 0; k <= i; k++) worker_teardown(&p->ws[k]);
+        while (i-- > 0) worker_teardown(&p->ws[i]);
         return rc;
     }
     return 0;
 }
 
+/* Runs the workers until every one drained and was freed: on their threads, or a lone one
+ * here on the main loop. */
 static void pool_run(pool_t *p)
 {
-    uv_async_init(p->loop, &p->done, pool_on_done);
-    p->done.data = p;
-    pool_signals_start(p);
     p->watch = watch_start(p->loop, p->cfg.scripts_dir, p->cfg.reload_poll_ms, pool_on_watch, p);
     sentinel_start(p->cfg.drain_timeout_ms);
-    for (int i = 0; i < p->n; i++)
-        if (uv_thread_create(&p->ws[i].thread, worker_run, &p->ws[i]) != 0) abort();
-    log_info("started", "{s:s, s:s, s:i}", "version", CHATGW_VERSION, "listen", p->cfg.listen, "workers", p->n);
-    uv_run(p->loop, UV_RUN_DEFAULT);   /* until the last worker is done (pool_on_done) */
-    for (int i = 0; i < p->n; i++) uv_thread_join(&p->ws[i].thread);
+    for (int i = 0; p->n > 1 && i < p->n; i++)
+        if (uv_thread_create(&p->ws[i].thread, worker_thread, &p->ws[i]) != 0) abort();
+    log_info("started", p->n > 1 ? "{s:s, s:s, s:i}" : "{s:s, s:s}", "version", CHATGW_VERSION, "listen",
+             p->cfg.listen, "workers", p->n);
+    if (p->n == 1) {
+        worker_run(&p->ws[0]);
+        pool_main_close(p);
+    } else {
+        uv_run(p->loop, UV_RUN_DEFAULT);   /* until the last worker is done (pool_on_done) */
+        for (int i = 0; i < p->n; i++) uv_thread_join(&p->ws[i].thread);
+    }
     sentinel_stop();
-    log_info("stopped", "{s:i}", "workers", p->n);
+    if (p->n > 1) log_info("stopped", "{s:i}", "workers", p->n);
 }
 
 int workers_serve(const config_t *cfg)
@@ -260,11 +382,14 @@ int workers_serve(const config_t *cfg)
     p->n = cfg->workers;
     p->gws = xcalloc((size_t)p->n, sizeof *p->gws);
     p->ws = xcalloc((size_t)p->n, sizeof *p->ws);
-    if (!cfg->redis_url || !cfg->redis_url[0]) p->inproc = bus_inproc_new(cfg->history_size);
+    for (int i = 0; i < p->n; i++) p->ws[i].ctl_closed = 1;
+    if (p->n > 1 && (!cfg->redis_url || !cfg->redis_url[0])) p->inproc = bus_inproc_new(cfg->history_size);
     if (uv_mutex_init(&p->mu) != 0) abort();
     p->loop = uv_default_loop();
+    pool_main_start(p);
     int rc = pool_boot(p);
     if (rc == 0) pool_run(p);
+    else pool_main_close(p);
     uv_run(p->loop, UV_RUN_DEFAULT);   /* the closes */
     uv_loop_close(p->loop);
     bus_inproc_free(p->inproc);

@@ -31,7 +31,6 @@ typedef struct gw_s {
     server_t *server;
     hub_t *hub;
     policy_t *policy;
-    watch_t *watch;                /* live reload of policy */
     static_site_t *web;            /* the web client, NULL when web_dir is missing */
     int draining;                  /* set once on SIGTERM/SIGINT; /readyz answers 503 */
     uint64_t started_ms;

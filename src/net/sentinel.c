@@ -18,11 +18,13 @@
 #include "base/buf.h"
 #include "base/log.h"
 
+#define SENTINEL_SLOT_FDS 2            /* a server's plain listeners: public, admin */
+
 struct sentinel_slot_s {
     _Atomic uint64_t beat_ms;
     int worker;
     sentinel_answer_cb answer;
-    int fds[2];                    /* under sentinel_lock */
+    int fds[SENTINEL_SLOT_FDS];    /* under sentinel_lock */
     int nfds;
     int stuck;                     /* the sentinel's own: logged as stuck */
     sentinel_slot_t *prev, *next;
@@ -163,7 +165,7 @@ void sentinel_slot_beat(sentinel_slot_t *s)
 void sentinel_slot_listen(sentinel_slot_t *s, int fd)
 {
     pthread_mutex_lock(&sentinel_lock);
-    if (s->nfds < 2) s->fds[s->nfds++] = fd;
+    if (s->nfds < SENTINEL_SLOT_FDS) s->fds[s->nfds++] = fd;
     pthread_mutex_unlock(&sentinel_lock);
 }
 

@@ -21,10 +21,11 @@
 #include <unistd.h>
 
 #include "net/cidr.h"
+#include "base/err.h"
 #include "net/dheap.h"
+#include "base/gw_sum.h"
 #include "base/log.h"
 #include "base/map.h"
-#include "app/routes.h"
 #include "net/sentinel.h"
 #include "net/tls.h"
 #include "base/watch.h"
@@ -33,11 +34,18 @@
 #define READ_BUF_SIZE 65536
 #define COMPRESS_MIN 256           /* smaller messages gain nothing from deflate */
 #define CLOSE_LINGER_MS 2000       /* wait for the peer's close frame or FIN */
-#define MAX_BODY_BYTES 65536       /* plain-HTTP request bodies (API posts) */
+/* Plain-HTTP request bodies: only the publish API takes one (a chat text in JSON). A fixed
+ * bound, not a config key: the body is buffered whole, before the route checks the bearer
+ * token, so it is what any client can make a connection hold. */
+#define MAX_BODY_BYTES 65536
 #define WQ_IOV 64                  /* buffers per writev */
 #define WQ_SMALL 16                /* a write queue's first size (a handshake's frames fit); pooled */
 #define POOL_MAX 1024              /* spare items a pool keeps */
-#define IPTAB_SIZE 1024
+#define IPTAB_SIZE 1024            /* per-IP entries' hash buckets */
+#define SWEEP_MS 1000              /* how often idle per-IP entries are looked at */
+#define LISTEN_BACKLOG 1024
+#define LISTENERS_MAX 2            /* public, admin */
+#define WQ_KEEP_MAX 64             /* a busy conn keeps an emptied queue above WQ_SMALL up to this */
 
 enum { CONN_HTTP, CONN_WS, CONN_CLOSING };
 
@@ -69,7 +77,7 @@ typedef struct ip_entry_s {
 typedef struct {
     uv_tcp_t tcp;
     server_t *srv;
-    int roles;                     /* ROUTE_PUBLIC | ROUTE_ADMIN */
+    int roles;                     /* SERVER_ROLE_* */
     int tls;                       /* terminates TLS */
 } listener_t;
 
@@ -103,9 +111,12 @@ struct conn_s {
     char peer[INET6_ADDRSTRLEN];   /* the TCP peer */
 };
 
+#define DEFLATERS 16               /* by window bits: 9..15 used */
+
 struct server_s {
     gw_t *gw;
-    listener_t *listeners[2];
+    const server_router_t *router; /* borrowed */
+    listener_t *listeners[LISTENERS_MAX];
     int nlisteners;
     int freeing;                 /* server_free runs the loop to finish closes: no uv_stop */
     conn_t *conns;
@@ -122,7 +133,7 @@ struct server_s {
     sentinel_slot_t *slot;
     int drain_timer_on;
     uint64_t serial;
-    ws_deflater_t *deflaters[16];  /* shared, by window bits */
+    ws_deflater_t *deflaters[DEFLATERS];   /* shared, by window bits */
     ip_entry_t *iptab[IPTAB_SIZE];
     tls_ctx_t *tls;                /* the public listener's certificate, or NULL */
     watch_t *tls_watch[2];         /* the certificate's and the key's directories */
@@ -137,6 +148,7 @@ static void conn_abort(conn_t *c);
 static void flush_schedule(conn_t *c);
 static void conn_timer_arm(conn_t *c);
 static void server_drain_check(server_t *srv);
+static int conn_forwarded_ip(conn_t *c, const http_request_t *req);
 
 /* ---- per-IP connection counts ---- */
 
@@ -144,7 +156,7 @@ static unsigned iptab_hash(const char *s) { return map_hash(s) % IPTAB_SIZE; }
 
 static double iptab_burst(const server_t *srv) { return 2.0 * srv->gw->cfg.accept_rate_per_ip; }
 
-/* Refills ent's accept bucket up to now. */
+/* Refills e's accept bucket up to now. */
 static void iptab_refill(server_t *srv, ip_entry_t *e)
 {
     uint64_t now = gw_now_ms(srv->gw);
@@ -172,12 +184,12 @@ static ip_entry_t *iptab_acquire(server_t *srv, const char *ip)
     return e;
 }
 
-/* Takes one accept token: 0, or -1 when the address opens connections too fast. */
+/* Takes one accept token: 0, or GW_ELIMIT when the address opens connections too fast. */
 static int iptab_charge(server_t *srv, ip_entry_t *e)
 {
     if (srv->gw->cfg.accept_rate_per_ip <= 0) return 0;
     iptab_refill(srv, e);
-    if (e->tokens < 1.0) return -1;
+    if (e->tokens < 1.0) return GW_ELIMIT;
     e->tokens -= 1.0;
     return 0;
 }
@@ -197,6 +209,19 @@ static void iptab_release(server_t *srv, ip_entry_t *ent)
     if (--ent->count) return;
     iptab_refill(srv, ent);
     if (ent->tokens >= iptab_burst(srv)) iptab_unlink(srv, ent);
+}
+
+/* Frees the per-IP entries without connections whose bucket refilled. */
+static void on_sweep(uv_timer_t *t)
+{
+    server_t *srv = t->data;
+    for (size_t i = 0; i < IPTAB_SIZE; i++)
+        for (ip_entry_t *e = srv->iptab[i], *next; e; e = next) {
+            next = e->next;
+            if (e->count) continue;
+            iptab_refill(srv, e);
+            if (e->tokens >= iptab_burst(srv)) iptab_unlink(srv, e);
+        }
 }
 
 /* ---- answers from outside a stuck loop (sentinel.h) ---- */
@@ -241,18 +266,6 @@ static void server_stall_answer(int listen_fd, int worker, uint64_t stuck_ms)
         }
         close(fd);
     }
-}
-
-static void on_sweep(uv_timer_t *t)
-{
-    server_t *srv = t->data;
-    for (size_t i = 0; i < IPTAB_SIZE; i++)
-        for (ip_entry_t *e = srv->iptab[i], *next; e; e = next) {
-            next = e->next;
-            if (e->count) continue;
-            iptab_refill(srv, e);
-            if (e->tokens >= iptab_burst(srv)) iptab_unlink(srv, e);
-        }
 }
 
 /* ---- pools ---- */
@@ -337,7 +350,7 @@ static void wq_consume(conn_t *c, size_t n)
     }
     if (c->wq_head == c->wq_tail) {
         c->wq_head = c->wq_tail = 0;
-        if (c->wq_cap == WQ_SMALL || c->wq_cap > 64) wq_release(c);   /* a busy conn keeps a middle one */
+        if (c->wq_cap == WQ_SMALL || c->wq_cap > WQ_KEEP_MAX) wq_release(c);
     }
 }
 
@@ -407,7 +420,7 @@ static void conn_queue(conn_t *c, sbuf_t *frame, int opcode)
     }
     if (c->tls && !(frame = conn_seal(c, frame))) return;
     wq_push(c, frame);
-    if (opcode >= 0) METRIC_INC(gw->metrics.frames_out[opcode & 15]);
+    if (opcode >= 0) METRIC_INC(gw->metrics.frames_out[opcode & (METRICS_WS_OPCODES - 1)]);
     if (c->state == CONN_WS && c->queued > (size_t)limit && !c->over_since_ms) {
         c->over_since_ms = gw_now_ms(gw);
         conn_timer_arm(c);
@@ -557,7 +570,7 @@ static void on_flush_idle(uv_idle_t *h) { (void)h; /* keeps poll from blocking w
 
 static ws_deflater_t *server_deflater(server_t *srv, int bits)
 {
-    if (bits < 9 || bits > 15) return NULL;
+    if (bits < 9 || bits >= DEFLATERS) return NULL;
     if (!srv->deflaters[bits]) srv->deflaters[bits] = ws_deflater_new(bits);
     return srv->deflaters[bits];
 }
@@ -654,7 +667,7 @@ static int on_ws_frame(void *ctx, int opcode, uint8_t *data, size_t len)
 {
     conn_t *c = ctx;
     gw_t *gw = c->srv->gw;
-    METRIC_INC(gw->metrics.frames_in[opcode & 15]);
+    METRIC_INC(gw->metrics.frames_in[opcode & (METRICS_WS_OPCODES - 1)]);
     switch (opcode) {
     case WS_OP_TEXT:
     case WS_OP_BINARY:
@@ -707,7 +720,7 @@ static void conn_count_response(conn_t *c, const buf_t *out)
 {
     if (out->len < 12) return;
     int status = atoi(out->data + 9);
-    if (status > 0 && status < 600) METRIC_INC(c->srv->gw->metrics.http_responses[status]);
+    if (status > 0 && status < METRICS_HTTP_STATUSES) METRIC_INC(c->srv->gw->metrics.http_responses[status]);
 }
 
 /* Queues a complete HTTP response; closes after it unless keep_alive. */
@@ -730,6 +743,17 @@ static void conn_http_error(conn_t *c, int status, const char *code, const char 
     http_response_error(&out, status, code, msg, 0);
     conn_respond(c, &out, 0);
     buf_free(&out);
+}
+
+/* Answers an admission error (conn_admit, conn_forwarded_ip) and closes: GW_ELIMIT, the
+ * address is over its limits; GW_EUNAVAIL, the process is full. */
+static void conn_refuse(conn_t *c, int err)
+{
+    METRIC_INC(c->srv->gw->metrics.conns_rejected_limit);
+    if (err == GW_ELIMIT)
+        conn_http_error(c, http_status_of(err), "too_many_connections_per_ip", "too many connections from this address");
+    else
+        conn_http_error(c, http_status_of(err), "server_full", "connection limit reached");
 }
 
 static void conn_upgrade(conn_t *c, const server_endpoint_t *ep, const http_request_t *req)
@@ -783,17 +807,15 @@ static void conn_upgrade(conn_t *c, const server_endpoint_t *ep, const http_requ
     free(http);
 }
 
-static int conn_forwarded_ip(conn_t *c, const http_request_t *req);
-
 static void conn_http_request(conn_t *c, const http_request_t *req)
 {
     gw_t *gw = c->srv->gw;
-    if (conn_forwarded_ip(c, req)) {
-        METRIC_INC(gw->metrics.conns_rejected_limit);
-        conn_http_error(c, 429, "too_many_connections_per_ip", "too many connections from this address");
+    int rc = conn_forwarded_ip(c, req);
+    if (rc < 0) {
+        conn_refuse(c, rc);
         return;
     }
-    const server_endpoint_t *ep = routes_ws_endpoint(gw, req, c->roles);
+    const server_endpoint_t *ep = c->srv->router->endpoint(gw, req, c->roles);
     if (ep) {
         conn_upgrade(c, ep, req);
         return;
@@ -802,7 +824,7 @@ static void conn_http_request(conn_t *c, const http_request_t *req)
     int keep_alive = req->keep_alive && !req->upgrade && !gw->draining;
     buf_t out;
     buf_init(&out);
-    routes_handle(gw, req, c->roles, keep_alive, &out);
+    c->srv->router->handle(gw, req, c->roles, keep_alive, &out);
     conn_respond(c, &out, keep_alive);
     buf_free(&out);
     c->deadline_ms = gw_now_ms(gw) + (uint64_t)gw->cfg.header_timeout_ms;
@@ -1003,7 +1025,7 @@ static int conn_behind_proxy(const conn_t *c)
 }
 
 /* Behind a trusted proxy the client is the X-Forwarded-For address: per-IP limits and logs use
- * it. Returns 429 when that address is over max_connections_per_ip, else 0. */
+ * it. 0, or GW_ELIMIT when that address is over max_connections_per_ip or its accept rate. */
 static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
 {
     const config_t *cfg = &c->srv->gw->cfg;
@@ -1015,51 +1037,28 @@ static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
     if (c->ipent) iptab_release(c->srv, c->ipent);
     c->ipent = iptab_acquire(c->srv, ip);
     c->ip = c->ipent->ip;
-    if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return 429;
-    return iptab_charge(c->srv, c->ipent) < 0 ? 429 : 0;
+    if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return GW_ELIMIT;
+    return iptab_charge(c->srv, c->ipent);
 }
 
-/* 0 when the connection may proceed, else the HTTP status it gets before any request. */
-/* Open TCP connections of the process: this server's, or every worker's gauge together. */
-static size_t conns_open(const gw_t *gw)
-{
-    if (gw->nworkers <= 1) return gw->server->nconns;
-    uint64_t n = 0;
-    for (int i = 0; i < gw->nworkers; i++) n += __atomic_load_n(&gw->workers[i].metrics.conns_open, __ATOMIC_RELAXED);
-    return (size_t)n;
-}
-
+/* 0 when the connection may proceed; GW_EUNAVAIL when the process is at max_connections
+ * (every worker's open connections), GW_ELIMIT when the address is over its own limits. */
 static int conn_admit(conn_t *c)
 {
     server_t *srv = c->srv;
     const config_t *cfg = &srv->gw->cfg;
-    if (conns_open(srv->gw) > (size_t)cfg->max_connections) return 503;
+    if (GW_SUM(srv->gw, metrics.conns_open) > (uint64_t)cfg->max_connections) return GW_EUNAVAIL;
     c->ipent = iptab_acquire(srv, c->ip);
-    if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return 429;
+    if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return GW_ELIMIT;
     /* a trusted proxy carries many clients: their own addresses are charged per request */
-    if (!conn_behind_proxy(c) && iptab_charge(srv, c->ipent) < 0) return 429;
-    return 0;
+    return conn_behind_proxy(c) ? 0 : iptab_charge(srv, c->ipent);
 }
 
-static void on_connection(uv_stream_t *ls, int status)
+/* Links an accepted connection, reads it as HTTP and admits it, or answers why not. */
+static void conn_start(conn_t *c)
 {
-    listener_t *l = ls->data;
-    server_t *srv = l->srv;
+    server_t *srv = c->srv;
     gw_t *gw = srv->gw;
-    if (status < 0) {
-        log_warn("accept failed", "{s:s}", "error", uv_strerror(status));
-        return;
-    }
-    conn_t *c = xcalloc(1, sizeof *c);
-    c->srv = srv;
-    c->roles = l->roles;
-    if (l->tls) c->tls = tls_conn_new(srv->tls);
-    uv_tcp_init(gw->loop, &c->tcp);
-    c->tcp.data = c;
-    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
-        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-        return;
-    }
     uv_tcp_nodelay(&c->tcp, 1);
     c->serial = ++srv->serial;
     c->next = srv->conns;
@@ -1073,14 +1072,43 @@ static void on_connection(uv_stream_t *ls, int status)
     http_parser_init(c->http, (size_t)gw->cfg.max_header_bytes, MAX_BODY_BYTES);
     c->state = CONN_HTTP;
     c->deadline_ms = gw_now_ms(gw) + (uint64_t)gw->cfg.header_timeout_ms;
-    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-    int refuse = conn_admit(c);
-    if (refuse) {
-        METRIC_INC(gw->metrics.conns_rejected_limit);
-        conn_http_error(c, refuse, refuse == 429 ? "too_many_connections_per_ip" : "server_full",
-                        refuse == 429 ? "too many connections from this address" : "connection limit reached");
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc < 0) {
+        log_warn("read start failed", "{s:I, s:s, s:s}", "conn", (json_int_t)c->serial, "ip", c->ip, "error",
+                 uv_strerror(rc));
+        conn_abort(c);
+        return;
     }
+    rc = conn_admit(c);
+    if (rc < 0) conn_refuse(c, rc);
     conn_timer_arm(c);
+}
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    listener_t *l = ls->data;
+    server_t *srv = l->srv;
+    if (status < 0) {
+        log_warn("accept failed", "{s:s}", "error", uv_strerror(status));
+        return;
+    }
+    conn_t *c = xcalloc(1, sizeof *c);
+    int rc = uv_tcp_init(srv->gw->loop, &c->tcp);
+    if (rc < 0) {
+        /* no handle to accept into: libuv keeps the connection pending */
+        log_error("connection handle failed", "{s:s}", "error", uv_strerror(rc));
+        free(c);
+        return;
+    }
+    c->tcp.data = c;
+    c->srv = srv;
+    c->roles = l->roles;
+    if (l->tls) c->tls = tls_conn_new(srv->tls);
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+        return;
+    }
+    conn_start(c);
 }
 
 /* Parses "host:port" or "[v6]:port". */
@@ -1148,13 +1176,17 @@ static int listener_open(server_t *srv, const char *addr, int roles, int tls)
         return rc;
     }
     listener_t *l = xcalloc(1, sizeof *l);
+    if ((rc = uv_tcp_init(srv->gw->loop, &l->tcp)) < 0) {
+        log_error("listen failed", "{s:s, s:s}", "addr", addr, "error", uv_strerror(rc));
+        free(l);
+        return rc;
+    }
     l->srv = srv;
     l->roles = roles;
     l->tls = tls;
-    uv_tcp_init(srv->gw->loop, &l->tcp);
     l->tcp.data = l;
     rc = srv->gw->nworkers > 1 ? listener_bind_reuseport(&l->tcp, &sa) : uv_tcp_bind(&l->tcp, (struct sockaddr *)&sa, 0);
-    if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, on_connection);
     if (rc < 0) {
         log_error("listen failed", "{s:s, s:s}", "addr", addr, "error", uv_strerror(rc));
         uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
@@ -1164,7 +1196,7 @@ static int listener_open(server_t *srv, const char *addr, int roles, int tls)
     uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&sa, &len);
     char name[80];
     addr_name(&sa, name, sizeof name);
-    const char *role = roles == ROUTE_ADMIN ? "admin" : roles == ROUTE_PUBLIC ? "public" : "public+admin";
+    const char *role = roles == SERVER_ROLE_ADMIN ? "admin" : roles == SERVER_ROLE_PUBLIC ? "public" : "public+admin";
     if (srv->gw->nworkers > 1)
         log_info("listening", "{s:s, s:s, s:b, s:i}", "addr", name, "role", role, "tls", tls, "worker", srv->gw->worker);
     else
@@ -1200,7 +1232,7 @@ static char *path_dir(const char *file)
     return dir;
 }
 
-/* tls_cert and tls_key together turn TLS on for the public listener. */
+/* tls_cert and tls_key together turn TLS on for the public listener. 0, or GW_EINVAL (logged). */
 static int server_tls_start(server_t *srv)
 {
     const config_t *cfg = &srv->gw->cfg;
@@ -1209,12 +1241,12 @@ static int server_tls_start(server_t *srv)
     char err[512];
     if (has_cert != has_key) {
         log_error("tls needs both tls_cert and tls_key", NULL);
-        return -1;
+        return GW_EINVAL;
     }
     srv->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key, err, sizeof err);
     if (!srv->tls) {
         log_error("tls setup failed", "{s:s}", "error", err);
-        return -1;
+        return GW_EINVAL;
     }
     log_info("tls enabled", "{s:s, s:s}", "cert", cfg->tls_cert, "fingerprint", tls_ctx_fingerprint(srv->tls));
     char *cert_dir = path_dir(cfg->tls_cert), *key_dir = path_dir(cfg->tls_key);
@@ -1226,22 +1258,23 @@ static int server_tls_start(server_t *srv)
     return 0;
 }
 
-int server_start(gw_t *gw)
+int server_start(gw_t *gw, const server_router_t *router)
 {
     server_t *srv = xcalloc(1, sizeof *srv);
     srv->gw = gw;
+    srv->router = router;
     gw->server = srv;
     dheap_init(&srv->timers);
     srv->wreqs.size = sizeof(uv_write_t);
     srv->wqs.size = WQ_SMALL * sizeof(wq_item_t);
     srv->parsers.size = sizeof(ws_parser_t);
     uv_check_init(gw->loop, &srv->flush_check);
-    uv_idle_init(gw->loop, &srv->flush_idle);
+    uv_idle_init(gw->loop, &srv->flush_idle);   /* flush_schedule starts it (uv_idle_start needs the callback) */
     uv_timer_init(gw->loop, &srv->timer);
     uv_timer_init(gw->loop, &srv->drain_timer);
     uv_timer_init(gw->loop, &srv->sweep_timer);
     srv->timer.data = srv->sweep_timer.data = srv;
-    uv_timer_start(&srv->sweep_timer, on_sweep, 1000, 1000);
+    uv_timer_start(&srv->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
     uv_unref((uv_handle_t *)&srv->sweep_timer);
     srv->slot = sentinel_slot_new(gw->worker, server_stall_answer);
     uv_timer_init(gw->loop, &srv->beat_timer);
@@ -1251,13 +1284,14 @@ int server_start(gw_t *gw)
     srv->flush_check.data = srv->flush_idle.data = srv->drain_timer.data = srv;
     uv_check_start(&srv->flush_check, on_flush_check);
     uv_unref((uv_handle_t *)&srv->flush_check);
-    /* uv_idle_start needs a callback; flush_schedule starts it with on_flush_idle */
     buf_init(&srv->tls_plain);
-    if (server_tls_start(srv) < 0) return -1;
+    int rc = server_tls_start(srv);
+    if (rc < 0) return rc;
     int admin_separate = gw->cfg.admin_listen && gw->cfg.admin_listen[0];
-    int rc = listener_open(srv, gw->cfg.listen, admin_separate ? ROUTE_PUBLIC : ROUTE_PUBLIC | ROUTE_ADMIN,
-                           srv->tls != NULL);
-    if (rc == 0 && admin_separate && gw->worker == 0) rc = listener_open(srv, gw->cfg.admin_listen, ROUTE_ADMIN, 0);
+    rc = listener_open(srv, gw->cfg.listen,
+                       admin_separate ? SERVER_ROLE_PUBLIC : SERVER_ROLE_PUBLIC | SERVER_ROLE_ADMIN, srv->tls != NULL);
+    if (rc == 0 && admin_separate && gw->worker == 0)
+        rc = listener_open(srv, gw->cfg.admin_listen, SERVER_ROLE_ADMIN, 0);
     return rc;
 }
 
@@ -1313,7 +1347,7 @@ void server_free(gw_t *gw)
     watch_stop(srv->tls_watch[0]);
     watch_stop(srv->tls_watch[1]);
     uv_run(gw->loop, UV_RUN_DEFAULT);
-    for (int i = 0; i < 16; i++) ws_deflater_free(srv->deflaters[i]);
+    for (int i = 0; i < DEFLATERS; i++) ws_deflater_free(srv->deflaters[i]);
     for (size_t i = 0; i < IPTAB_SIZE; i++)
         while (srv->iptab[i]) iptab_unlink(srv, srv->iptab[i]);
     tls_ctx_free(srv->tls);
@@ -1340,9 +1374,6 @@ int server_listen_addr(const gw_t *gw, char *out, size_t len)
     return 0;
 }
 
-const char *server_conn_ip(const conn_t *c) { return c->ip; }
 uint64_t server_conn_serial(const conn_t *c) { return c->serial; }
 void *server_conn_data(const conn_t *c) { return c->data; }
 void server_conn_data_set(conn_t *c, void *data) { c->data = data; }
-size_t server_conn_queued(const conn_t *c) { return c->queued; }
-size_t server_websockets_open(const gw_t *gw) { return gw->server ? gw->server->nws : 0; }

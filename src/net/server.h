@@ -2,7 +2,8 @@
  * (header, idle, ping/pong, close), bounded write queues (backpressure and slow consumers),
  * connection limits and graceful drain. It is the only module that touches client sockets.
  *
- * WebSocket applications plug in as endpoints (echo, chat). A conn_t is owned by the server:
+ * The application plugs in through the router it hands to server_start: plain requests go to
+ * its handler, upgrades to the WebSocket endpoint it picks (echo, chat). A conn_t is owned by the server:
  * endpoints get a borrowed pointer that is valid until their detach callback returns. Frames
  * sent to a conn are shared buffers; the queue takes its own reference. */
 #ifndef CHATGW_SERVER_H
@@ -43,10 +44,26 @@ typedef struct {
 void server_msg_init(server_msg_t *m, sbuf_t *payload);   /* takes over the reference */
 void server_msg_release(server_msg_t *m);
 
-/* Binds the listeners from gw->cfg (listen, admin_listen). 0 or a negative uv error; the
- * error is logged with the address. With gw->nworkers > 1 each worker's public listener is
- * its own socket on the same address (SO_REUSEPORT); worker 0 alone opens admin_listen. */
-int server_start(gw_t *gw);
+/* What a listener serves (a bit set): the public routes, the admin routes (/metrics), or both
+ * when no admin_listen is configured. */
+enum { SERVER_ROLE_PUBLIC = 1, SERVER_ROLE_ADMIN = 2 };
+
+/* The application's side of every request, handed to server_start: the server knows no
+ * endpoint and no route. roles is the listener's (SERVER_ROLE_*); req is borrowed for the
+ * call. */
+typedef struct {
+    /* The WebSocket endpoint for req (an upgrade path), or NULL: then handle answers it. */
+    const server_endpoint_t *(*endpoint)(gw_t *gw, const http_request_t *req, int roles);
+    /* Appends a complete response to a plain request to out (borrowed). */
+    void (*handle)(gw_t *gw, const http_request_t *req, int roles, int keep_alive, buf_t *out);
+} server_router_t;
+
+/* Binds the listeners from gw->cfg (listen, admin_listen) and serves them through router
+ * (borrowed: it outlives the server). 0 or a negative error code (base/err.h); the error is
+ * logged with the address. Whatever it made is freed by server_free, failed or not. With
+ * gw->nworkers > 1 each worker's public listener is its own socket on the same address
+ * (SO_REUSEPORT); worker 0 alone opens admin_listen. */
+int server_start(gw_t *gw, const server_router_t *router);
 /* The public listener's bound address ("127.0.0.1:PORT", "[::1]:PORT"): what the other
  * workers bind when listen asked for port 0. 0, or -1 when not listening. */
 int server_listen_addr(const gw_t *gw, char *out, size_t len);
@@ -61,15 +78,10 @@ void server_conn_send_msg(conn_t *c, server_msg_t *m);
 void server_conn_send(conn_t *c, int opcode, const void *data, size_t len);
 /* Starts the close handshake with code and reason; later sends are dropped. */
 void server_conn_close(conn_t *c, unsigned code, const char *reason);
-const char *server_conn_ip(const conn_t *c);
 uint64_t server_conn_serial(const conn_t *c);   /* a per-process sequence number for logs */
 /* A slot for the endpoint's own per-connection data. */
 void *server_conn_data(const conn_t *c);
 void server_conn_data_set(conn_t *c, void *data);
 int server_conn_is_open(const conn_t *c);       /* 0 once closing */
-size_t server_conn_queued(const conn_t *c);     /* bytes waiting in the write queue */
-
-/* Counts of open connections, for /readyz and /api/stats. */
-size_t server_websockets_open(const gw_t *gw);
 
 #endif

@@ -9,10 +9,16 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include "base/hex.h"
+
+#define FINGERPRINT_BYTES 32           /* SHA-256 */
+/* TLS 1.2: forward-secret AEAD suites only; 1.3 keeps OpenSSL's defaults (all AEAD) */
+#define TLS12_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
+
 struct tls_ctx_s {
     SSL_CTX *ctx;
     char *cert, *key;
-    char fingerprint[65];
+    char fingerprint[2 * FINGERPRINT_BYTES + 1];
 };
 
 struct tls_conn_s {
@@ -41,17 +47,38 @@ static int tls_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *o
     return SSL_TLSEXT_ERR_OK;
 }
 
-static SSL_CTX *tls_ctx_build(const char *cert, const char *key, char fingerprint[65], char *err, size_t errlen)
+/* The fingerprint of ctx's certificate: 0, or -1 with err. */
+static int tls_fingerprint(SSL_CTX *ctx, const char *cert, char fingerprint[2 * FINGERPRINT_BYTES + 1], char *err,
+                           size_t errlen)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    X509 *x = SSL_CTX_get0_certificate(ctx);
+    if (!x || X509_digest(x, EVP_sha256(), md, &mdlen) != 1 || mdlen != FINGERPRINT_BYTES) {
+        tls_err(err, errlen, "certificate digest", cert);
+        return -1;
+    }
+    hex_encode(md, FINGERPRINT_BYTES, fingerprint);
+    return 0;
+}
+
+static SSL_CTX *tls_ctx_build(const char *cert, const char *key, char fingerprint[2 * FINGERPRINT_BYTES + 1],
+                              char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
         tls_err(err, errlen, "SSL_CTX_new", "");
         return NULL;
     }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
+        tls_err(err, errlen, "minimum protocol", "TLS 1.2");
+        goto fail;
+    }
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
-    /* TLS 1.2: forward-secret AEAD suites only; 1.3 keeps OpenSSL's defaults (all AEAD) */
-    SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20");
+    if (SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS) != 1) {
+        tls_err(err, errlen, "cipher list", TLS12_CIPHERS);
+        goto fail;
+    }
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_select, NULL);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
@@ -66,14 +93,7 @@ static SSL_CTX *tls_ctx_build(const char *cert, const char *key, char fingerprin
         tls_err(err, errlen, "key does not match certificate", cert);
         goto fail;
     }
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    X509 *x = SSL_CTX_get0_certificate(ctx);
-    if (!x || X509_digest(x, EVP_sha256(), md, &mdlen) != 1) {
-        tls_err(err, errlen, "certificate digest", cert);
-        goto fail;
-    }
-    for (unsigned i = 0; i < mdlen && i < 32; i++) sprintf(fingerprint + 2 * i, "%02x", md[i]);
+    if (tls_fingerprint(ctx, cert, fingerprint, err, errlen) < 0) goto fail;
     return ctx;
 fail:
     SSL_CTX_free(ctx);
@@ -95,7 +115,7 @@ tls_ctx_t *tls_ctx_new(const char *cert, const char *key, char *err, size_t errl
 
 int tls_ctx_reload(tls_ctx_t *t, char *err, size_t errlen)
 {
-    char fp[65];
+    char fp[2 * FINGERPRINT_BYTES + 1];
     SSL_CTX *ctx = tls_ctx_build(t->cert, t->key, fp, err, errlen);
     if (!ctx) return -1;
     if (!strcmp(fp, t->fingerprint)) {

@@ -98,7 +98,7 @@ for (const file of includes.keys()) if (file.endsWith('.c')) modGraph.set(mod(fi
 checkCircles(modGraph, 'includes between modules');
 
 if (build) {
-  const objectOf = (m) => ['chatgw_core', 'chatgw'].map((t) => join(build, 'CMakeFiles', `${t}.dir`, 'src', `${m}.c.o`)).find(existsSync);
+  const objectOf = (m) => [`chatgw_${m.split('/')[0]}`, 'chatgw'].map((t) => join(build, 'CMakeFiles', `${t}.dir`, 'src', `${m}.c.o`)).find(existsSync);
   const defined = new Map(); // symbol -> module
   const undef = new Map();   // module -> Set(symbol)
   for (const m of modGraph.keys()) {
