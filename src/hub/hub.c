@@ -21,6 +21,7 @@
 #include "bus/bus.h"
 #include "bus/bus_inproc.h"
 #include "base/err.h"
+#include "base/gw_sum.h"
 #include "base/hex.h"
 #include "base/log.h"
 #include "base/map.h"
@@ -1072,9 +1073,8 @@ void hub_free(hub_t *hub)
 static json_t *hub_stats_workers_json(hub_t *hub)
 {
     const gw_t *gw = hub->gw;
-    uint64_t online = 0;
-    for (int i = 0; i < gw->nworkers; i++) online += __atomic_load_n(&gw->workers[i].chat_clients, __ATOMIC_RELAXED);
-    return json_pack("{s:I, s:o}", "online", (json_int_t)online, "rooms", bus_inproc_rooms_json(gw->inproc));
+    return json_pack("{s:I, s:o}", "online", (json_int_t)GW_SUM(gw, chat_clients), "rooms",
+                     bus_inproc_rooms_json(gw->inproc));
 }
 
 json_t *hub_stats_json(hub_t *hub)
