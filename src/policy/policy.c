@@ -71,6 +71,9 @@
                                             * loop's time per address goes to a hook that keeps timing out */
 #define POLICY_TRIPS 1024                  /* trip entries (addresses); 48 KiB per holder */
 
+#define POLICY_STRS 256                    /* slots of the VM's short-string cache */
+#define POLICY_STR_MAX 24                  /* bytes of a string the cache keeps */
+
 #define POLICY_ARRAY_MT "chatgw.array"     /* marks tables that convert to JSON arrays */
 #define POLICY_JBOX_MT "chatgw.jbox"       /* userdata holding a json_t until Lua collects it */
 #define POLICY_CONFIG_MT "chatgw.config"   /* the read-only gw.config proxy */
@@ -90,6 +93,15 @@ typedef struct {
     size_t len;
 } policy_src_t;
 
+/* A short string kept alive by a registry ref, so pushing it again is a registry read instead of
+ * hashing and interning its bytes (Lua interns short strings: a script cannot tell the two
+ * apart). Direct-mapped: a new string takes over its slot's ref. */
+typedef struct {
+    int ref;                       /* registry ref; 0 = empty slot (refs are >= 1) */
+    unsigned char len;
+    char s[POLICY_STR_MAX];
+} policy_str_t;
+
 typedef struct {
     lua_State *L;
     policy_t *p;                   /* back pointer: host, store, metrics */
@@ -107,6 +119,7 @@ typedef struct {
     json_t **jbox;                 /* the spare JSON box's slot (the box: registry ref jbox_ref) */
     int jbox_ref;
     int refs[METRICS_POLICY_HOOKS];/* hook functions by slot; LUA_NOREF when absent */
+    policy_str_t strs[POLICY_STRS];/* short strings hooks get often (keys, types, rooms, ids) */
     char **msg_types;              /* on_message's types (message_types); NULL = every type */
     size_t n_msg_types;
     char version[POLICY_VERSION_SIZE];
@@ -568,20 +581,60 @@ static void policy_vm_free(policy_vm_t *vm)
 
 /* ---- conversion: JSON -> Lua (may raise; the JSON is borrowed) ---- */
 
+static unsigned policy_str_slot(const char *s, size_t len)
+{
+    unsigned h = (unsigned)len * 0x9E3779B1u;
+    h ^= (unsigned char)s[0] | (unsigned char)s[len / 2] << 8 | (unsigned char)s[len - 1] << 16;
+    h ^= h >> 15;
+    h *= 0x85EBCA6Bu;
+    return (h ^ h >> 13) % POLICY_STRS;
+}
+
+/* Pushes the len bytes at s as a Lua string, like lua_pushlstring, from the VM's cache when it
+ * holds them. May raise (memory), with the cache unchanged. */
+static void policy_str_push(lua_State *L, policy_vm_t *vm, const char *s, size_t len)
+{
+    if (len == 0 || len > POLICY_STR_MAX) {
+        lua_pushlstring(L, s, len);
+        return;
+    }
+    policy_str_t *e = &vm->strs[policy_str_slot(s, len)];
+    if (e->ref && e->len == len && memcmp(e->s, s, len) == 0) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref);        /* [s] */
+        return;
+    }
+    s = lua_pushlstring(L, s, len);       /* [s]: from here on the Lua string's own bytes */
+    lua_pushvalue(L, -1);                                 /* [s s] */
+    if (e->ref)
+        lua_rawseti(L, LUA_REGISTRYINDEX, e->ref);        /* [s]: an existing key, no allocation */
+    else
+        e->ref = luaL_ref(L, LUA_REGISTRYINDEX);          /* [s] */
+    e->len = (unsigned char)len;
+    memcpy(e->s, s, len);
+}
+
+/* policy_str_push of a C string. */
+static void policy_cstr_push(lua_State *L, policy_vm_t *vm, const char *s)
+{
+    policy_str_push(L, vm, s, strlen(s));
+}
+
+/* A leaf pushes one value, in the room its caller has; a container checks for its own. */
 static void policy_json_push(lua_State *L, json_t *v, int depth)
 {
     if (depth > POLICY_DEPTH_MAX) luaL_error(L, "cannot convert: nested deeper than %d levels", POLICY_DEPTH_MAX);
-    luaL_checkstack(L, 4, "cannot convert: nested too deeply");
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
         const char *key;
         size_t keylen;
         json_t *member;
         size_t n = json_object_size(v);
+        policy_vm_t *vm = policy_vm_of(L);
+        luaL_checkstack(L, 4, "cannot convert: nested too deeply");
         lua_createtable(L, 0, n > INT_MAX ? INT_MAX : (int)n);  /* [t] */
         json_object_keylen_foreach(v, key, keylen, member) {
             if (json_is_null(member)) continue;                 /* null members are absent in Lua */
-            lua_pushlstring(L, key, keylen);                    /* [t k] */
+            policy_str_push(L, vm, key, keylen);                /* [t k] */
             policy_json_push(L, member, depth + 1);             /* [t k v] */
             lua_rawset(L, -3);                                  /* [t] */
         }
@@ -589,6 +642,7 @@ static void policy_json_push(lua_State *L, json_t *v, int depth)
     }
     case JSON_ARRAY: {
         size_t n = json_array_size(v);
+        luaL_checkstack(L, 4, "cannot convert: nested too deeply");
         lua_createtable(L, n > INT_MAX ? INT_MAX : (int)n, 0);  /* [t] */
         lua_rawgeti(L, LUA_REGISTRYINDEX, policy_vm_of(L)->array_mt);  /* [t mt] */
         lua_setmetatable(L, -2);                                /* [t]: stays [] even when empty */
@@ -602,7 +656,7 @@ static void policy_json_push(lua_State *L, json_t *v, int depth)
         }
         break;
     }
-    case JSON_STRING: lua_pushlstring(L, json_string_value(v), json_string_length(v)); break;
+    case JSON_STRING: policy_str_push(L, policy_vm_of(L), json_string_value(v), json_string_length(v)); break;
     case JSON_INTEGER: lua_pushinteger(L, (lua_Integer)json_integer_value(v)); break;
     case JSON_REAL: lua_pushnumber(L, json_real_value(v)); break;
     case JSON_TRUE: lua_pushboolean(L, 1); break;
@@ -782,7 +836,7 @@ static json_t *policy_lua_value(policy_conv_t *c, int idx, int depth)
     case LUA_TSTRING: {
         size_t n;
         const char *s = lua_tolstring(L, idx, &n);
-        json_t *v = json_stringn(s, n);
+        json_t *v = policy_lib_ascii(s, n) ? json_stringn_nocheck(s, n) : json_stringn(s, n);  /* ASCII is UTF-8 */
         return v ? v : policy_conv_fail(c, "cannot convert: a string is not valid UTF-8");
     }
     case LUA_TLIGHTUSERDATA:
@@ -1188,7 +1242,12 @@ static int policy_store_get_l(lua_State *L)
 {
     const char *key = policy_key_arg(L, 1);
     json_t *v = policy_store_get(policy_vm_of(L)->p->store, key, policy_clock(CLOCK_MONOTONIC));
-    policy_json_push_held(L, v);
+    if (json_is_object(v) || json_is_array(v))
+        policy_json_push_held(L, v);           /* tables: GC steps run between the pushes */
+    else if (v)
+        policy_json_push(L, v, 1);             /* one push that copies v before the GC can run */
+    else
+        lua_pushnil(L);
     return 1;
 }
 
@@ -1655,7 +1714,7 @@ static void policy_conn_push(lua_State *L, policy_vm_t *vm, const policy_conn_t 
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->conn_cache);    /* [cache] */
     int cache = lua_gettop(L);
-    lua_pushstring(L, conn->id);                          /* [cache id] */
+    policy_cstr_push(L, vm, conn->id);                    /* [cache id] */
     int had = lua_rawget(L, cache);                       /* [cache old] */
     if (had == LUA_TTABLE && policy_conn_same(L, cache + 1, conn)) {
         lua_remove(L, cache);                             /* [conn] */
@@ -1675,11 +1734,20 @@ static void policy_conn_push(lua_State *L, policy_vm_t *vm, const policy_conn_t 
         lua_rawseti(L, LUA_REGISTRYINDEX, vm->conn_cache);  /* [cache] */
     }
     policy_conn_build(L, conn);                           /* [cache conn] */
-    lua_pushstring(L, conn->id);                          /* [cache conn id] */
+    policy_cstr_push(L, vm, conn->id);                    /* [cache conn id] */
     lua_pushvalue(L, -2);                                 /* [cache conn id conn] */
     lua_rawset(L, cache);                                 /* [cache conn] */
     if (had == LUA_TNIL) vm->conn_cache_n++;
     lua_remove(L, cache);                                 /* [conn] */
+}
+
+/* The room argument: lua_pushstring's nil for NULL, else the string. */
+static void policy_room_push(lua_State *L, policy_vm_t *vm, const char *room)
+{
+    if (room)
+        policy_cstr_push(L, vm, room);
+    else
+        lua_pushnil(L);
 }
 
 static int policy_call_args(lua_State *L, policy_call_t *c)
@@ -1689,11 +1757,11 @@ static int policy_call_args(lua_State *L, policy_call_t *c)
     case POLICY_HOOK_JOIN:
     case POLICY_HOOK_LEAVE:
         policy_conn_push(L, c->vm, c->conn, c->slot);
-        lua_pushstring(L, c->room);
+        policy_room_push(L, c->vm, c->room);
         return 2;
     case POLICY_HOOK_MESSAGE:
         policy_conn_push(L, c->vm, c->conn, c->slot);
-        lua_pushstring(L, c->room);
+        policy_room_push(L, c->vm, c->room);
         if (c->msg)
             policy_json_push(L, c->msg, 1);
         else
