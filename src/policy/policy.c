@@ -71,6 +71,10 @@
                                             * loop's time per address goes to a hook that keeps timing out */
 #define POLICY_TRIPS 1024                  /* trip entries (addresses); 48 KiB per holder */
 
+#define POLICY_POOL_GRAIN 16               /* the VM's small blocks come in sizes of 16, 32, .. */
+#define POLICY_POOL_CLASSES 16             /* .. 256 bytes; larger ones are plain malloc/realloc */
+#define POLICY_POOL_SMALL (POLICY_POOL_GRAIN * POLICY_POOL_CLASSES)
+#define POLICY_POOL_KEEP (256u << 10)      /* bytes of freed small blocks kept for reuse per VM */
 #define POLICY_STRS 256                    /* slots of the VM's short-string cache */
 #define POLICY_STR_MAX 24                  /* bytes of a string the cache keeps */
 
@@ -102,10 +106,17 @@ typedef struct {
     char s[POLICY_STR_MAX];
 } policy_str_t;
 
+/* A freed small block, on its size class's list. */
+typedef struct policy_block_s {
+    struct policy_block_s *next;
+} policy_block_t;
+
 typedef struct {
     lua_State *L;
     policy_t *p;                   /* back pointer: host, store, metrics */
-    size_t mem_used, mem_limit;    /* allocator */
+    size_t mem_used, mem_limit;    /* allocator: what Lua holds (as it asked), and the cap */
+    policy_block_t *pool[POLICY_POOL_CLASSES];   /* freed small blocks by size class */
+    size_t pool_bytes;             /* bytes on those lists, at most POLICY_POOL_KEEP */
     long steps, budget;            /* count hook; budget 0 = none */
     int over_budget;
     volatile sig_atomic_t timed_out;  /* set by the guard's signal handler on this VM's thread */
@@ -365,6 +376,65 @@ static policy_vm_t *policy_vm_of(lua_State *L)
     return ud;
 }
 
+/* Small blocks: Lua tells the size of every block it frees or resizes, so blocks of up to
+ * POLICY_POOL_SMALL bytes come from per-class free lists without a header (a message's tables
+ * and strings are allocated and freed by the dozen). A small block is always allocated at its
+ * class's full size, so any request of the class fits it. */
+static size_t policy_pool_class(size_t n) { return (n - 1) / POLICY_POOL_GRAIN; }
+
+/* A block of n bytes (n > 0), or NULL. */
+static void *policy_block_get(policy_vm_t *vm, size_t n)
+{
+    if (n > POLICY_POOL_SMALL) return malloc(n);
+    size_t c = policy_pool_class(n);
+    policy_block_t *b = vm->pool[c];
+    if (!b) return malloc((c + 1) * POLICY_POOL_GRAIN);
+    vm->pool[c] = b->next;
+    vm->pool_bytes -= (c + 1) * POLICY_POOL_GRAIN;
+    return b;
+}
+
+/* Frees p, a block of n bytes (n > 0): onto its list while the pool keeps less than
+ * POLICY_POOL_KEEP bytes, else back to malloc. */
+static void policy_block_put(policy_vm_t *vm, void *p, size_t n)
+{
+    size_t c = policy_pool_class(n), size = (c + 1) * POLICY_POOL_GRAIN;
+    if (n > POLICY_POOL_SMALL || vm->pool_bytes + size > POLICY_POOL_KEEP) {
+        free(p);
+        return;
+    }
+    policy_block_t *b = p;
+    b->next = vm->pool[c];
+    vm->pool[c] = b;
+    vm->pool_bytes += size;
+}
+
+/* Returns every pooled block to malloc (the VM is closed). */
+static void policy_pool_free(policy_vm_t *vm)
+{
+    for (size_t c = 0; c < POLICY_POOL_CLASSES; c++) {
+        while (vm->pool[c]) {
+            policy_block_t *b = vm->pool[c];
+            vm->pool[c] = b->next;
+            free(b);
+        }
+    }
+    vm->pool_bytes = 0;
+}
+
+/* ptr (old bytes, > 0) resized to nsize (> 0), or NULL with ptr still valid. */
+static void *policy_block_resize(policy_vm_t *vm, void *ptr, size_t old, size_t nsize)
+{
+    if (old > POLICY_POOL_SMALL && nsize > POLICY_POOL_SMALL) return realloc(ptr, nsize);
+    if (old <= POLICY_POOL_SMALL && nsize <= POLICY_POOL_SMALL && policy_pool_class(old) == policy_pool_class(nsize))
+        return ptr;
+    void *q = policy_block_get(vm, nsize);
+    if (!q) return nsize < old ? ptr : NULL;              /* a shrink keeps the larger block */
+    memcpy(q, ptr, old < nsize ? old : nsize);
+    policy_block_put(vm, ptr, old);
+    return q;
+}
+
 /* Counts live bytes and refuses growth past the cap; Lua then raises LUA_ERRMEM (after an
  * emergency collection). Shrinking never fails, as Lua requires. No single block grows past
  * POLICY_LIB_BYTES_MAX: one VM instruction (a concatenation, a table resize) copies at most
@@ -374,13 +444,13 @@ static void *policy_vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     policy_vm_t *vm = ud;
     size_t old = ptr ? osize : 0;  /* with ptr NULL, osize is a type tag, not a size */
     if (nsize == 0) {
-        free(ptr);
+        if (ptr) policy_block_put(vm, ptr, old);
         vm->mem_used -= old;
         return NULL;
     }
     if (nsize > old && (nsize - old > vm->mem_limit - vm->mem_used || nsize > POLICY_LIB_BYTES_MAX + 4096))
         return NULL;                                      /* 4096: a string's header, a buffer's box */
-    void *q = realloc(ptr, nsize);
+    void *q = ptr ? policy_block_resize(vm, ptr, old, nsize) : policy_block_get(vm, nsize);
     if (!q) return NULL;
     vm->mem_used = vm->mem_used - old + nsize;
     return q;
@@ -572,6 +642,7 @@ static void policy_vm_free(policy_vm_t *vm)
 {
     if (!vm) return;
     if (vm->L) lua_close(vm->L);  /* policy code has no finalizers: setmetatable refuses __gc */
+    policy_pool_free(vm);          /* lua_close freed every block: some are on the lists */
     json_decref(vm->config);
     policy_srcs_free(vm->srcs, vm->nsrcs);
     for (size_t i = 0; i < vm->n_msg_types; i++) free(vm->msg_types[i]);
