@@ -1249,9 +1249,25 @@ static const char *policy_key_arg(lua_State *L, int arg)
     return key;
 }
 
+/* luaL_optnumber(L, arg, def), reading a number argument (the common case) directly. */
+static lua_Number policy_optnumber(lua_State *L, int arg, lua_Number def)
+{
+    int isnum;
+    lua_Number v = lua_tonumberx(L, arg, &isnum);
+    return isnum ? v : luaL_optnumber(L, arg, def);      /* nil/none: def; anything else as Lua says */
+}
+
+/* luaL_checknumber(L, arg), the same way. */
+static lua_Number policy_checknumber(lua_State *L, int arg)
+{
+    int isnum;
+    lua_Number v = lua_tonumberx(L, arg, &isnum);
+    return isnum ? v : luaL_checknumber(L, arg);
+}
+
 static double policy_ttl_arg(lua_State *L, int arg)
 {
-    double ttl = luaL_optnumber(L, arg, 0);
+    double ttl = policy_optnumber(L, arg, 0);
     luaL_argcheck(L, ttl >= 0 && isfinite(ttl), arg, "ttl must be a number of seconds >= 0");
     return ttl;
 }
@@ -1274,8 +1290,8 @@ static void policy_limit_synced(void *arg, const char *key, double rate, double 
 static int policy_gw_limit(lua_State *L)
 {
     const char *key = policy_key_arg(L, 1);
-    double rate = luaL_checknumber(L, 2);
-    double burst = luaL_optnumber(L, 3, rate < 1 ? 1 : ceil(rate));
+    double rate = policy_checknumber(L, 2);
+    double burst = policy_optnumber(L, 3, rate < 1 ? 1 : ceil(rate));
     int shared = 1;
     if (!lua_isnoneornil(L, 4)) {
         luaL_checktype(L, 4, LUA_TTABLE);
