@@ -71,6 +71,13 @@
                                             * loop's time per address goes to a hook that keeps timing out */
 #define POLICY_TRIPS 1024                  /* trip entries (addresses); 48 KiB per holder */
 
+#define POLICY_POOL_GRAIN 16               /* the VM's small blocks come in sizes of 16, 32, .. */
+#define POLICY_POOL_CLASSES 16             /* .. 256 bytes; larger ones are plain malloc/realloc */
+#define POLICY_POOL_SMALL (POLICY_POOL_GRAIN * POLICY_POOL_CLASSES)
+#define POLICY_POOL_KEEP (256u << 10)      /* bytes of freed small blocks kept for reuse per VM */
+#define POLICY_STRS 256                    /* slots of the VM's short-string cache */
+#define POLICY_STR_MAX 24                  /* bytes of a string the cache keeps */
+
 #define POLICY_ARRAY_MT "chatgw.array"     /* marks tables that convert to JSON arrays */
 #define POLICY_JBOX_MT "chatgw.jbox"       /* userdata holding a json_t until Lua collects it */
 #define POLICY_CONFIG_MT "chatgw.config"   /* the read-only gw.config proxy */
@@ -90,10 +97,26 @@ typedef struct {
     size_t len;
 } policy_src_t;
 
+/* A short string kept alive by a registry ref, so pushing it again is a registry read instead of
+ * hashing and interning its bytes (Lua interns short strings: a script cannot tell the two
+ * apart). Direct-mapped: a new string takes over its slot's ref. */
+typedef struct {
+    int ref;                       /* registry ref; 0 = empty slot (refs are >= 1) */
+    unsigned char len;
+    char s[POLICY_STR_MAX];
+} policy_str_t;
+
+/* A freed small block, on its size class's list. */
+typedef struct policy_block_s {
+    struct policy_block_s *next;
+} policy_block_t;
+
 typedef struct {
     lua_State *L;
     policy_t *p;                   /* back pointer: host, store, metrics */
-    size_t mem_used, mem_limit;    /* allocator */
+    size_t mem_used, mem_limit;    /* allocator: what Lua holds (as it asked), and the cap */
+    policy_block_t *pool[POLICY_POOL_CLASSES];   /* freed small blocks by size class */
+    size_t pool_bytes;             /* bytes on those lists, at most POLICY_POOL_KEEP */
     long steps, budget;            /* count hook; budget 0 = none */
     int over_budget;
     volatile sig_atomic_t timed_out;  /* set by the guard's signal handler on this VM's thread */
@@ -107,6 +130,7 @@ typedef struct {
     json_t **jbox;                 /* the spare JSON box's slot (the box: registry ref jbox_ref) */
     int jbox_ref;
     int refs[METRICS_POLICY_HOOKS];/* hook functions by slot; LUA_NOREF when absent */
+    policy_str_t strs[POLICY_STRS];/* short strings hooks get often (keys, types, rooms, ids) */
     char **msg_types;              /* on_message's types (message_types); NULL = every type */
     size_t n_msg_types;
     char version[POLICY_VERSION_SIZE];
@@ -352,6 +376,65 @@ static policy_vm_t *policy_vm_of(lua_State *L)
     return ud;
 }
 
+/* Small blocks: Lua tells the size of every block it frees or resizes, so blocks of up to
+ * POLICY_POOL_SMALL bytes come from per-class free lists without a header (a message's tables
+ * and strings are allocated and freed by the dozen). A small block is always allocated at its
+ * class's full size, so any request of the class fits it. */
+static size_t policy_pool_class(size_t n) { return (n - 1) / POLICY_POOL_GRAIN; }
+
+/* A block of n bytes (n > 0), or NULL. */
+static void *policy_block_get(policy_vm_t *vm, size_t n)
+{
+    if (n > POLICY_POOL_SMALL) return malloc(n);
+    size_t c = policy_pool_class(n);
+    policy_block_t *b = vm->pool[c];
+    if (!b) return malloc((c + 1) * POLICY_POOL_GRAIN);
+    vm->pool[c] = b->next;
+    vm->pool_bytes -= (c + 1) * POLICY_POOL_GRAIN;
+    return b;
+}
+
+/* Frees p, a block of n bytes (n > 0): onto its list while the pool keeps less than
+ * POLICY_POOL_KEEP bytes, else back to malloc. */
+static void policy_block_put(policy_vm_t *vm, void *p, size_t n)
+{
+    size_t c = policy_pool_class(n), size = (c + 1) * POLICY_POOL_GRAIN;
+    if (n > POLICY_POOL_SMALL || vm->pool_bytes + size > POLICY_POOL_KEEP) {
+        free(p);
+        return;
+    }
+    policy_block_t *b = p;
+    b->next = vm->pool[c];
+    vm->pool[c] = b;
+    vm->pool_bytes += size;
+}
+
+/* Returns every pooled block to malloc (the VM is closed). */
+static void policy_pool_free(policy_vm_t *vm)
+{
+    for (size_t c = 0; c < POLICY_POOL_CLASSES; c++) {
+        while (vm->pool[c]) {
+            policy_block_t *b = vm->pool[c];
+            vm->pool[c] = b->next;
+            free(b);
+        }
+    }
+    vm->pool_bytes = 0;
+}
+
+/* ptr (old bytes, > 0) resized to nsize (> 0), or NULL with ptr still valid. */
+static void *policy_block_resize(policy_vm_t *vm, void *ptr, size_t old, size_t nsize)
+{
+    if (old > POLICY_POOL_SMALL && nsize > POLICY_POOL_SMALL) return realloc(ptr, nsize);
+    if (old <= POLICY_POOL_SMALL && nsize <= POLICY_POOL_SMALL && policy_pool_class(old) == policy_pool_class(nsize))
+        return ptr;
+    void *q = policy_block_get(vm, nsize);
+    if (!q) return nsize < old ? ptr : NULL;              /* a shrink keeps the larger block */
+    memcpy(q, ptr, old < nsize ? old : nsize);
+    policy_block_put(vm, ptr, old);
+    return q;
+}
+
 /* Counts live bytes and refuses growth past the cap; Lua then raises LUA_ERRMEM (after an
  * emergency collection). Shrinking never fails, as Lua requires. No single block grows past
  * POLICY_LIB_BYTES_MAX: one VM instruction (a concatenation, a table resize) copies at most
@@ -361,13 +444,13 @@ static void *policy_vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     policy_vm_t *vm = ud;
     size_t old = ptr ? osize : 0;  /* with ptr NULL, osize is a type tag, not a size */
     if (nsize == 0) {
-        free(ptr);
+        if (ptr) policy_block_put(vm, ptr, old);
         vm->mem_used -= old;
         return NULL;
     }
     if (nsize > old && (nsize - old > vm->mem_limit - vm->mem_used || nsize > POLICY_LIB_BYTES_MAX + 4096))
         return NULL;                                      /* 4096: a string's header, a buffer's box */
-    void *q = realloc(ptr, nsize);
+    void *q = ptr ? policy_block_resize(vm, ptr, old, nsize) : policy_block_get(vm, nsize);
     if (!q) return NULL;
     vm->mem_used = vm->mem_used - old + nsize;
     return q;
@@ -559,6 +642,7 @@ static void policy_vm_free(policy_vm_t *vm)
 {
     if (!vm) return;
     if (vm->L) lua_close(vm->L);  /* policy code has no finalizers: setmetatable refuses __gc */
+    policy_pool_free(vm);          /* lua_close freed every block: some are on the lists */
     json_decref(vm->config);
     policy_srcs_free(vm->srcs, vm->nsrcs);
     for (size_t i = 0; i < vm->n_msg_types; i++) free(vm->msg_types[i]);
@@ -568,20 +652,60 @@ static void policy_vm_free(policy_vm_t *vm)
 
 /* ---- conversion: JSON -> Lua (may raise; the JSON is borrowed) ---- */
 
+static unsigned policy_str_slot(const char *s, size_t len)
+{
+    unsigned h = (unsigned)len * 0x9E3779B1u;
+    h ^= (unsigned char)s[0] | (unsigned char)s[len / 2] << 8 | (unsigned char)s[len - 1] << 16;
+    h ^= h >> 15;
+    h *= 0x85EBCA6Bu;
+    return (h ^ h >> 13) % POLICY_STRS;
+}
+
+/* Pushes the len bytes at s as a Lua string, like lua_pushlstring, from the VM's cache when it
+ * holds them. May raise (memory), with the cache unchanged. */
+static void policy_str_push(lua_State *L, policy_vm_t *vm, const char *s, size_t len)
+{
+    if (len == 0 || len > POLICY_STR_MAX) {
+        lua_pushlstring(L, s, len);
+        return;
+    }
+    policy_str_t *e = &vm->strs[policy_str_slot(s, len)];
+    if (e->ref && e->len == len && memcmp(e->s, s, len) == 0) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref);        /* [s] */
+        return;
+    }
+    s = lua_pushlstring(L, s, len);       /* [s]: from here on the Lua string's own bytes */
+    lua_pushvalue(L, -1);                                 /* [s s] */
+    if (e->ref)
+        lua_rawseti(L, LUA_REGISTRYINDEX, e->ref);        /* [s]: an existing key, no allocation */
+    else
+        e->ref = luaL_ref(L, LUA_REGISTRYINDEX);          /* [s] */
+    e->len = (unsigned char)len;
+    memcpy(e->s, s, len);
+}
+
+/* policy_str_push of a C string. */
+static void policy_cstr_push(lua_State *L, policy_vm_t *vm, const char *s)
+{
+    policy_str_push(L, vm, s, strlen(s));
+}
+
+/* A leaf pushes one value, in the room its caller has; a container checks for its own. */
 static void policy_json_push(lua_State *L, json_t *v, int depth)
 {
     if (depth > POLICY_DEPTH_MAX) luaL_error(L, "cannot convert: nested deeper than %d levels", POLICY_DEPTH_MAX);
-    luaL_checkstack(L, 4, "cannot convert: nested too deeply");
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
         const char *key;
         size_t keylen;
         json_t *member;
         size_t n = json_object_size(v);
+        policy_vm_t *vm = policy_vm_of(L);
+        luaL_checkstack(L, 4, "cannot convert: nested too deeply");
         lua_createtable(L, 0, n > INT_MAX ? INT_MAX : (int)n);  /* [t] */
         json_object_keylen_foreach(v, key, keylen, member) {
             if (json_is_null(member)) continue;                 /* null members are absent in Lua */
-            lua_pushlstring(L, key, keylen);                    /* [t k] */
+            policy_str_push(L, vm, key, keylen);                /* [t k] */
             policy_json_push(L, member, depth + 1);             /* [t k v] */
             lua_rawset(L, -3);                                  /* [t] */
         }
@@ -589,6 +713,7 @@ static void policy_json_push(lua_State *L, json_t *v, int depth)
     }
     case JSON_ARRAY: {
         size_t n = json_array_size(v);
+        luaL_checkstack(L, 4, "cannot convert: nested too deeply");
         lua_createtable(L, n > INT_MAX ? INT_MAX : (int)n, 0);  /* [t] */
         lua_rawgeti(L, LUA_REGISTRYINDEX, policy_vm_of(L)->array_mt);  /* [t mt] */
         lua_setmetatable(L, -2);                                /* [t]: stays [] even when empty */
@@ -602,7 +727,7 @@ static void policy_json_push(lua_State *L, json_t *v, int depth)
         }
         break;
     }
-    case JSON_STRING: lua_pushlstring(L, json_string_value(v), json_string_length(v)); break;
+    case JSON_STRING: policy_str_push(L, policy_vm_of(L), json_string_value(v), json_string_length(v)); break;
     case JSON_INTEGER: lua_pushinteger(L, (lua_Integer)json_integer_value(v)); break;
     case JSON_REAL: lua_pushnumber(L, json_real_value(v)); break;
     case JSON_TRUE: lua_pushboolean(L, 1); break;
@@ -782,7 +907,7 @@ static json_t *policy_lua_value(policy_conv_t *c, int idx, int depth)
     case LUA_TSTRING: {
         size_t n;
         const char *s = lua_tolstring(L, idx, &n);
-        json_t *v = json_stringn(s, n);
+        json_t *v = policy_lib_ascii(s, n) ? json_stringn_nocheck(s, n) : json_stringn(s, n);  /* ASCII is UTF-8 */
         return v ? v : policy_conv_fail(c, "cannot convert: a string is not valid UTF-8");
     }
     case LUA_TLIGHTUSERDATA:
@@ -1124,9 +1249,25 @@ static const char *policy_key_arg(lua_State *L, int arg)
     return key;
 }
 
+/* luaL_optnumber(L, arg, def), reading a number argument (the common case) directly. */
+static lua_Number policy_optnumber(lua_State *L, int arg, lua_Number def)
+{
+    int isnum;
+    lua_Number v = lua_tonumberx(L, arg, &isnum);
+    return isnum ? v : luaL_optnumber(L, arg, def);      /* nil/none: def; anything else as Lua says */
+}
+
+/* luaL_checknumber(L, arg), the same way. */
+static lua_Number policy_checknumber(lua_State *L, int arg)
+{
+    int isnum;
+    lua_Number v = lua_tonumberx(L, arg, &isnum);
+    return isnum ? v : luaL_checknumber(L, arg);
+}
+
 static double policy_ttl_arg(lua_State *L, int arg)
 {
-    double ttl = luaL_optnumber(L, arg, 0);
+    double ttl = policy_optnumber(L, arg, 0);
     luaL_argcheck(L, ttl >= 0 && isfinite(ttl), arg, "ttl must be a number of seconds >= 0");
     return ttl;
 }
@@ -1149,8 +1290,8 @@ static void policy_limit_synced(void *arg, const char *key, double rate, double 
 static int policy_gw_limit(lua_State *L)
 {
     const char *key = policy_key_arg(L, 1);
-    double rate = luaL_checknumber(L, 2);
-    double burst = luaL_optnumber(L, 3, rate < 1 ? 1 : ceil(rate));
+    double rate = policy_checknumber(L, 2);
+    double burst = policy_optnumber(L, 3, rate < 1 ? 1 : ceil(rate));
     int shared = 1;
     if (!lua_isnoneornil(L, 4)) {
         luaL_checktype(L, 4, LUA_TTABLE);
@@ -1188,7 +1329,12 @@ static int policy_store_get_l(lua_State *L)
 {
     const char *key = policy_key_arg(L, 1);
     json_t *v = policy_store_get(policy_vm_of(L)->p->store, key, policy_clock(CLOCK_MONOTONIC));
-    policy_json_push_held(L, v);
+    if (json_is_object(v) || json_is_array(v))
+        policy_json_push_held(L, v);           /* tables: GC steps run between the pushes */
+    else if (v)
+        policy_json_push(L, v, 1);             /* one push that copies v before the GC can run */
+    else
+        lua_pushnil(L);
     return 1;
 }
 
@@ -1655,7 +1801,7 @@ static void policy_conn_push(lua_State *L, policy_vm_t *vm, const policy_conn_t 
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->conn_cache);    /* [cache] */
     int cache = lua_gettop(L);
-    lua_pushstring(L, conn->id);                          /* [cache id] */
+    policy_cstr_push(L, vm, conn->id);                    /* [cache id] */
     int had = lua_rawget(L, cache);                       /* [cache old] */
     if (had == LUA_TTABLE && policy_conn_same(L, cache + 1, conn)) {
         lua_remove(L, cache);                             /* [conn] */
@@ -1675,11 +1821,20 @@ static void policy_conn_push(lua_State *L, policy_vm_t *vm, const policy_conn_t 
         lua_rawseti(L, LUA_REGISTRYINDEX, vm->conn_cache);  /* [cache] */
     }
     policy_conn_build(L, conn);                           /* [cache conn] */
-    lua_pushstring(L, conn->id);                          /* [cache conn id] */
+    policy_cstr_push(L, vm, conn->id);                    /* [cache conn id] */
     lua_pushvalue(L, -2);                                 /* [cache conn id conn] */
     lua_rawset(L, cache);                                 /* [cache conn] */
     if (had == LUA_TNIL) vm->conn_cache_n++;
     lua_remove(L, cache);                                 /* [conn] */
+}
+
+/* The room argument: lua_pushstring's nil for NULL, else the string. */
+static void policy_room_push(lua_State *L, policy_vm_t *vm, const char *room)
+{
+    if (room)
+        policy_cstr_push(L, vm, room);
+    else
+        lua_pushnil(L);
 }
 
 static int policy_call_args(lua_State *L, policy_call_t *c)
@@ -1689,11 +1844,11 @@ static int policy_call_args(lua_State *L, policy_call_t *c)
     case POLICY_HOOK_JOIN:
     case POLICY_HOOK_LEAVE:
         policy_conn_push(L, c->vm, c->conn, c->slot);
-        lua_pushstring(L, c->room);
+        policy_room_push(L, c->vm, c->room);
         return 2;
     case POLICY_HOOK_MESSAGE:
         policy_conn_push(L, c->vm, c->conn, c->slot);
-        lua_pushstring(L, c->room);
+        policy_room_push(L, c->vm, c->room);
         if (c->msg)
             policy_json_push(L, c->msg, 1);
         else

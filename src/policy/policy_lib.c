@@ -5,6 +5,8 @@
  * every repetition is empty. */
 #include "policy/policy_lib.h"
 
+#include <ctype.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -25,6 +27,59 @@ static int policy_lib_strings_checked(lua_State *L)
     for (int i = 1; i <= n; i++)
         if (lua_type(L, i) == LUA_TSTRING && lua_rawlen(L, i) > POLICY_LIB_BYTES_MAX) return policy_lib_too_long(L, i);
     return policy_lib_orig(L)(L);
+}
+
+int policy_lib_ascii(const char *s, size_t n)
+{
+    uint64_t any = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        any |= w;
+    }
+    for (; i < n; i++) any |= (unsigned char)s[i];
+    return (any & 0x8080808080808080ull) == 0;
+}
+
+/* utf8.len: a lone ASCII string argument has as many characters as bytes (what Lua's utf8.len
+ * answers after decoding each one); anything else goes to Lua's function, checked. */
+static int policy_lib_utf8_len(lua_State *L)
+{
+    size_t n;
+    if (lua_gettop(L) == 1 && lua_type(L, 1) == LUA_TSTRING) {
+        const char *s = lua_tolstring(L, 1, &n);
+        if (n <= POLICY_LIB_BYTES_MAX && policy_lib_ascii(s, n)) {
+            lua_pushinteger(L, (lua_Integer)n);
+            return 1;
+        }
+    }
+    return policy_lib_strings_checked(L);
+}
+
+#define POLICY_LIB_LOWER_STACK 512         /* lower builds a result this long on the C stack */
+
+/* string.lower: Lua's result (tolower on each byte), without a luaL_Buffer for short strings,
+ * and the argument itself when no byte changes (strings are values: an equal string is the
+ * same to a script). Long strings go to Lua's function. */
+static int policy_lib_lower(lua_State *L)
+{
+    int n = lua_gettop(L);
+    for (int i = 1; i <= n; i++)
+        if (lua_type(L, i) == LUA_TSTRING && lua_rawlen(L, i) > POLICY_LIB_BYTES_MAX) return policy_lib_too_long(L, i);
+    size_t l, i = 0;
+    const char *s = luaL_checklstring(L, 1, &l);
+    if (l > POLICY_LIB_LOWER_STACK) return policy_lib_orig(L)(L);
+    while (i < l && tolower((unsigned char)s[i]) == (unsigned char)s[i]) i++;
+    if (i == l) {
+        lua_pushvalue(L, 1);                              /* [.. s]: a number became this string */
+        return 1;
+    }
+    char out[POLICY_LIB_LOWER_STACK];
+    memcpy(out, s, i);
+    for (; i < l; i++) out[i] = (char)tolower((unsigned char)s[i]);
+    lua_pushlstring(L, out, l);
+    return 1;
 }
 
 static int policy_lib_too_many(lua_State *L, const char *fn, lua_Unsigned n)
@@ -129,10 +184,11 @@ static void policy_lib_wrap(lua_State *L, const char *name, lua_CFunction fn)
 
 static void policy_lib_string(lua_State *L)
 {
-    static const char *const scanned[] = { "format", "upper", "lower", "reverse" };
+    static const char *const scanned[] = { "format", "upper", "reverse" };
     lua_getglobal(L, "string");                           /* [string] */
     for (size_t i = 0; i < sizeof scanned / sizeof scanned[0]; i++)
         policy_lib_wrap(L, scanned[i], policy_lib_strings_checked);
+    policy_lib_wrap(L, "lower", policy_lib_lower);
     lua_pushcfunction(L, policy_lib_rep);
     lua_setfield(L, -2, "rep");
     static const char *const removed[] = { "pack", "unpack", "packsize" };
@@ -160,7 +216,7 @@ void policy_lib_bound(lua_State *L)
     policy_lib_string(L);
     policy_lib_table(L);
     lua_getglobal(L, "utf8");                             /* [utf8] */
-    policy_lib_wrap(L, "len", policy_lib_strings_checked);
+    policy_lib_wrap(L, "len", policy_lib_utf8_len);
     policy_lib_wrap(L, "codepoint", policy_lib_strings_checked);
     policy_lib_wrap(L, "offset", policy_lib_strings_checked);
     lua_pop(L, 1);                                        /* [] */

@@ -19,6 +19,8 @@
 #ifndef CHATGW_POLICY_LIB_H
 #define CHATGW_POLICY_LIB_H
 
+#include <stddef.h>
+
 #include <lua.h>
 
 /* Per-call bounds of the library, so one call ends soon enough for the time guard; not config
@@ -27,6 +29,9 @@
                                                 the VM's largest single allocation (policy.c) */
 #define POLICY_LIB_ITEMS_MAX (1u << 16)      /* table elements one library call may touch */
 #define POLICY_LIB_DATE_FORMAT_MAX 256       /* each conversion is a strftime call */
+
+/* Whether the n bytes at s are all ASCII (below 0x80): valid UTF-8 without decoding it. */
+int policy_lib_ascii(const char *s, size_t n);
 
 /* Replaces the functions above in the global string, table, utf8 and os tables (which must
  * be open). Runs inside a protected call: may raise on memory errors. */

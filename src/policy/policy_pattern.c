@@ -67,19 +67,41 @@ static int pattern_push_captures(lua_State *L, policy_match_t *m, size_t start, 
     return n;
 }
 
+/* luaL_optinteger(L, arg, 1), reading an integer argument (the common case) directly. */
+static lua_Integer pattern_opt_init(lua_State *L, int arg)
+{
+    int isint;
+    lua_Integer v = lua_tointegerx(L, arg, &isint);
+    return isint ? v : luaL_optinteger(L, arg, 1);   /* nil/none: 1; anything else as Lua says */
+}
+
+/* memmem, with needles of one or two bytes found by memchr (glibc's memmem compares those
+ * byte by byte); longer needles keep memmem's linear-time search. */
+static const char *pattern_memmem(const char *s, size_t ls, const char *p, size_t lp)
+{
+    if (lp == 0) return s;
+    if (lp > 2) return memmem(s, ls, p, lp);
+    if (lp > ls) return NULL;
+    const char *end = s + ls - lp + 1;   /* a match starts before end */
+    for (const char *at = s; at < end; at++) {
+        at = memchr(at, p[0], (size_t)(end - at));
+        if (!at || lp == 1 || at[1] == p[1]) return at;
+    }
+    return NULL;
+}
+
 static int pattern_find_aux(lua_State *L, int find)
 {
-    const pattern_conf_t *conf = pattern_conf(L);
     size_t ls, lp;
     const char *s = luaL_checklstring(L, 1, &ls);
     const char *p = luaL_checklstring(L, 2, &lp);
-    size_t init = pattern_start(luaL_optinteger(L, 3, 1), ls) - 1;
+    size_t init = pattern_start(pattern_opt_init(L, 3), ls) - 1;
     if (init > ls) {
         luaL_pushfail(L);
         return 1;
     }
     if (find && (lua_toboolean(L, 4) || policy_match_plain(p, lp))) {
-        const char *hit = lp ? memmem(s + init, ls - init, p, lp) : s + init;
+        const char *hit = pattern_memmem(s + init, ls - init, p, lp);
         if (!hit) {
             luaL_pushfail(L);
             return 1;
@@ -88,6 +110,7 @@ static int pattern_find_aux(lua_State *L, int find)
         lua_pushinteger(L, (lua_Integer)(hit - s + lp));
         return 2;
     }
+    const pattern_conf_t *conf = pattern_conf(L);
     policy_match_t m;
     policy_match_init(&m, s, ls, p, lp, conf->max_steps, conf->stop);
     size_t start, end;

@@ -213,6 +213,17 @@ static int policy_value_too_large(const json_t *value)
     return json_dumpb(value, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY) > POLICY_STORE_MAX_VALUE;
 }
 
+/* Gives the entry e (in the map, its cost counted) value (stolen), its expiry and its cost. */
+static void policy_entry_put(policy_store_t *s, policy_entry_t *e, json_t *value, double ttl, double now,
+                             size_t cost)
+{
+    json_decref(e->value);         /* NULL in a new entry */
+    e->value = value;              /* the entry owns the caller's reference now */
+    e->expires = ttl > 0 ? now + ttl : 0;
+    s->bytes = s->bytes - e->cost + cost;
+    e->cost = cost;
+}
+
 int policy_store_set(policy_store_t *s, const char *key, json_t *value, double ttl, double now,
                      const char **err)
 {
@@ -234,6 +245,10 @@ int policy_store_set(policy_store_t *s, const char *key, json_t *value, double t
     }
     size_t cost = policy_entry_cost(key, value);
     policy_entry_t *old = policy_entry_find(s, key, now);
+    if (old && cost <= s->max_bytes - (s->bytes - old->cost)) {   /* a replacement that fits: in place */
+        policy_entry_put(s, old, value, ttl, now, cost);
+        return 0;
+    }
     if (old) {                     /* out of the map while room is made: its bytes count as free */
         map_del(&s->entries, key);
         s->bytes -= old->cost;
@@ -246,12 +261,9 @@ int policy_store_set(policy_store_t *s, const char *key, json_t *value, double t
         goto fail;
     }
     policy_entry_t *e = old ? old : xcalloc(1, sizeof *e);
-    json_decref(e->value);         /* NULL in a new entry */
     map_set(&s->entries, key, e);
-    e->value = value;              /* the entry owns the caller's reference now */
-    e->expires = ttl > 0 ? now + ttl : 0;
-    e->cost = cost;
-    s->bytes += cost;
+    s->bytes += e->cost;           /* 0 in a new entry; old's, taken off above */
+    policy_entry_put(s, e, value, ttl, now, cost);
     return 0;
 fail:
     json_decref(value);

@@ -307,6 +307,16 @@ static void test_bounded_lib(void **state)
     eval_true(p, "return string.pack == nil and string.unpack == nil and string.packsize == nil");
     eval_fails(p, "local s = string.rep('x', 4 << 20) return s .. s", "not enough memory");   /* one block <= 4 MiB */
     eval_true(p, "return utf8.len('h\\u{e9}llo') == 5 and string.upper('abc') == 'ABC' and string.format('%d-%s', 1, 'x') == '1-x'");
+    /* fast paths: lower and utf8.len answer as Lua's own */
+    eval_true(p, "return string.lower('AbC\\0\\xc9x') == 'abc\\0\\xc9x' and string.lower('abc') == 'abc' and string.lower(12) == '12' "
+                 "and string.lower('') == '' and string.lower(string.rep('Ab', 400)) == string.rep('ab', 400) "
+                 "and select('#', string.lower('a', 'B')) == 1 and not pcall(string.lower) and not pcall(string.lower, {})");
+    eval_true(p, "return utf8.len('hello') == 5 and utf8.len('') == 0 and utf8.len(string.rep('a', 100)) == 100 "
+                 "and utf8.len(123) == 3 and utf8.len('abc', 2) == 2 and utf8.len('ab\\xffcd') == nil "
+                 "and select(2, utf8.len('ab\\xffcd')) == 3 and not pcall(utf8.len) and not pcall(utf8.len, {})");
+    eval_fails(p, "return utf8.len(string.rep('a', (4 << 20) + 1))", "longer than 4 MiB");
+    eval_true(p, "gw.store.set('u', 'a\\0b') local ok = pcall(gw.store.set, 'v', 'a\\xffb') "
+                 "return gw.store.get('u') == 'a\\0b' and not ok and gw.store.get('v') == nil");
     eval_fails(p, "return load(string.rep(' ', (1 << 20) + 1))", "load: a chunk longer than 1024 KiB");
     policy_free(p);
 }
@@ -689,6 +699,16 @@ static void test_store_bytes(void **state)
     assert_true(policy_store_bytes(s) < full - 59000);
     assert_int_equal(policy_store_del(s, "p1"), 1);
     assert_true(policy_store_bytes(s) < full - 2 * 59000);
+    /* a replacement takes the new value's bytes and ttl, and keeps one entry */
+    size_t before = policy_store_bytes(s), count = policy_store_count(s);
+    assert_int_equal(policy_store_set(s, "p0", json_integer(2), 5, 0, &err), 0);
+    assert_int_equal(policy_store_bytes(s), before);
+    assert_int_equal(policy_store_set(s, "p0", json_string("abc"), 0, 0, &err), 0);
+    assert_int_equal(policy_store_count(s), count);
+    assert_string_equal(json_string_value(policy_store_get(s, "p0", 100)), "abc");   /* no ttl any more */
+    assert_int_equal(policy_store_set(s, "p0", json_integer(1), 5, 0, &err), 0);
+    assert_null(policy_store_get(s, "p0", 6));
+    assert_int_equal(policy_store_set(s, "p0", json_integer(1), 0, 0, &err), 0);
     /* buckets are charged too, and refused when the cap is reached */
     int b = 0;
     for (; b < 100000; b++) {
