@@ -605,7 +605,7 @@ static int pw_dump_cb(const char *buffer, size_t size, void *data)
     return 0;
 }
 
-/* Any JSON value, compact, as json_dumps writes it. 0, or -1 when jansson refuses it. */
+/* Any JSON value, compact, as json_dumps writes it. 0, or GW_EINVAL when jansson refuses it. */
 static int pw_json(proto_w_t *w, json_t *v)
 {
     switch (json_typeof(v)) {
@@ -615,7 +615,8 @@ static int pw_json(proto_w_t *w, json_t *v)
     case JSON_FALSE: PW_LIT(w, "false"); return 0;
     case JSON_NULL: PW_LIT(w, "null"); return 0;
     default:
-        return json_dump_callback(v, pw_dump_cb, w, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+        if (json_dump_callback(v, pw_dump_cb, w, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER)) return GW_EINVAL;
+        return 0;
     }
 }
 
