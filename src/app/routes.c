@@ -39,7 +39,7 @@ static int routes_chat_room(const http_request_t *req, char *room, size_t len)
 {
     room[0] = '\0';
     int n = http_query_get(req->query, "room", room, len);
-    if (n == -2) return GW_EINVAL;
+    if (n < 0 && n != GW_ENOTFOUND) return GW_EINVAL;
     if (n < 0 && strcmp(req->path, "/ws")) snprintf(room, len, "%s", req->path + 1);
     return room[0] && !proto_room_valid(room) ? GW_EINVAL : 0;
 }
@@ -58,7 +58,7 @@ static policy_pair_t *routes_query_pairs(const char *query)
     const char *cur = query, *key;
     int vn;
     pairs[0] = (policy_pair_t){NULL, NULL};
-    while ((vn = http_query_next(&cur, &key, &kn, text + used, cap - used)) != -1) {
+    while ((vn = http_query_next(&cur, &key, &kn, text + used, cap - used)) != GW_ENOTFOUND) {
         char *value = text + used;
         if (vn < 0 || !kn || kn > ROUTES_QUERY_KEY_MAX || !ws_utf8_valid((const uint8_t *)value, (size_t)vn) ||
             policy_query_find(pairs, key, kn))
@@ -84,7 +84,7 @@ static int routes_chat_parse(const http_request_t *req, const char *ip, routes_c
         return GW_EINVAL;
     }
     int n = http_query_get(req->query, "name", rc->name, sizeof rc->name);
-    if (n == -2 || (n >= 0 && !proto_name_valid(rc->name))) {
+    if ((n < 0 && n != GW_ENOTFOUND) || (n >= 0 && !proto_name_valid(rc->name))) {
         snprintf(reason, len, "invalid name");
         return GW_EINVAL;
     }

@@ -24,6 +24,7 @@
 #include <jansson.h>
 
 #include "base/buf.h"
+#include "base/err.h"
 #include "base/log.h"
 
 #define CONFIG_DEFAULT_FILE "config/chatgw.json"
@@ -192,19 +193,20 @@ static const config_key_t *config_key_find(const char *name)
     return NULL;
 }
 
-/* ---- value parsers: text in, 0 and the field set, or -1 and the field untouched ---- */
+/* ---- value parsers: text in, 0 and the field set, or GW_EINVAL and the field untouched ---- */
 
 static int config_long_parse(const char *s, long *out)
 {
-    if (!*s || isspace((unsigned char)*s)) return -1;
+    if (!*s || isspace((unsigned char)*s)) return GW_EINVAL;
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || *end) return -1;
+    if (errno || *end) return GW_EINVAL;
     *out = v;
     return 0;
 }
 
+/* 1 or 0 for a yes or no word, else GW_EINVAL. */
 static int config_bool_parse(const char *s)
 {
     static const char *const yes[] = { "true", "1", "yes", "on" };
@@ -213,7 +215,7 @@ static int config_bool_parse(const char *s)
         if (strcasecmp(s, yes[i]) == 0) return 1;
         if (strcasecmp(s, no[i]) == 0) return 0;
     }
-    return -1;
+    return GW_EINVAL;
 }
 
 /* CPUs this process may run on; a cgroup v2 CPU quota (a Kubernetes limit) lowers it, since
@@ -343,27 +345,27 @@ static int config_value_parse(config_t *cfg, const config_key_t *k, const char *
     int i;
     switch (k->kind) {
     case CK_STRING:
-        if ((k->flags & CF_NONEMPTY) && !*s) return -1;
+        if ((k->flags & CF_NONEMPTY) && !*s) return GW_EINVAL;
         config_string_replace(cfg, k, xstrdup(s));
         return 0;
     case CK_BOOL:
-        if ((i = config_bool_parse(s)) < 0) return -1;
+        if ((i = config_bool_parse(s)) < 0) return GW_EINVAL;
         *(int *)field = i;
         return 0;
     case CK_LONG:
-        if (config_long_parse(s, &l) < 0 || l < (long)k->min || l > (long)k->max) return -1;
+        if (config_long_parse(s, &l) < 0 || l < (long)k->min || l > (long)k->max) return GW_EINVAL;
         *(long *)field = l;
         return 0;
     case CK_DOUBLE: {
         char *end;
-        if (!*s || isspace((unsigned char)*s)) return -1;
+        if (!*s || isspace((unsigned char)*s)) return GW_EINVAL;
         double d = strtod(s, &end);
-        if (*end || !isfinite(d) || d < k->min || d > k->max) return -1;
+        if (*end || !isfinite(d) || d < k->min || d > k->max) return GW_EINVAL;
         *(double *)field = d;
         return 0;
     }
     case CK_LOG_LEVEL:
-        if ((i = log_level_parse(s)) < 0) return -1;
+        if ((i = log_level_parse(s)) < 0) return GW_EINVAL;
         *(int *)field = i;
         return 0;
     case CK_WORKERS:
@@ -371,39 +373,39 @@ static int config_value_parse(config_t *cfg, const config_key_t *k, const char *
             *(int *)field = config_cpus_allowed();
             return 0;
         }
-        if (config_long_parse(s, &l) < 0 || l < (long)k->min || l > (long)k->max) return -1;
+        if (config_long_parse(s, &l) < 0 || l < (long)k->min || l > (long)k->max) return GW_EINVAL;
         *(int *)field = (int)l;
         return 0;
     case CK_LISTEN:
-        if (*s ? !config_listen_valid(s) : (k->flags & CF_NONEMPTY) != 0) return -1;
+        if (*s ? !config_listen_valid(s) : (k->flags & CF_NONEMPTY) != 0) return GW_EINVAL;
         config_string_replace(cfg, k, xstrdup(s));
         return 0;
     case CK_POLICY_FAIL:
-        if (strcmp(s, "closed") && strcmp(s, "open")) return -1;
+        if (strcmp(s, "closed") && strcmp(s, "open")) return GW_EINVAL;
         config_string_replace(cfg, k, xstrdup(s));
         return 0;
     case CK_JSON_ARRAY: {
         char *text = config_json_array_text(s);
-        if (!text) return -1;
+        if (!text) return GW_EINVAL;
         config_string_replace(cfg, k, text);
         return 0;
     }
     case CK_CIDRS:
-        if (!config_cidrs_valid(s)) return -1;
+        if (!config_cidrs_valid(s)) return GW_EINVAL;
         config_string_replace(cfg, k, xstrdup(s));
         return 0;
     case CK_REDIS_URL:
-        if (!config_redis_url_valid(s)) return -1;
+        if (!config_redis_url_valid(s)) return GW_EINVAL;
         config_string_replace(cfg, k, xstrdup(s));
         return 0;
     case CK_NODE_ID:
-        if (strlen(s) > CONFIG_NODE_ID_MAX || strchr(s, '\n')) return -1;
+        if (strlen(s) > CONFIG_NODE_ID_MAX || strchr(s, '\n')) return GW_EINVAL;
         config_string_replace(cfg, k, xstrdup(s));
         return 0;
     case CK_COUNT:
         break;
     }
-    return -1;
+    return GW_EINVAL;
 }
 
 /* ---- error lines ---- */
@@ -494,9 +496,10 @@ static void config_value_err(const config_key_t *k, const char *s, const char *g
 static int config_value_set(config_t *cfg, const config_key_t *k, const char *s,
                             const config_src_t *src)
 {
-    if (config_value_parse(cfg, k, s) == 0) return 0;
+    int rc = config_value_parse(cfg, k, s);
+    if (rc == 0) return 0;
     config_value_err(k, s, NULL, src);
-    return -1;
+    return rc;
 }
 
 /* ---- layers ---- */
@@ -504,8 +507,10 @@ static int config_value_set(config_t *cfg, const config_key_t *k, const char *s,
 static int config_defaults_apply(config_t *cfg, char *err, size_t errlen)
 {
     config_src_t src = { "built-in defaults", err, errlen };
-    for (size_t i = 0; i < CONFIG_NKEYS; i++)
-        if (config_value_set(cfg, &config_keys[i], config_keys[i].def, &src) < 0) return -1;
+    for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+        int rc = config_value_set(cfg, &config_keys[i], config_keys[i].def, &src);
+        if (rc < 0) return rc;
+    }
     return 0;
 }
 
@@ -556,7 +561,7 @@ static int config_json_value_apply(config_t *cfg, const config_key_t *k, const j
         int is_string = json_is_string(v);
         if (!is_string && strlen(text) > 80) strcpy(text + 77, "...");
         config_value_err(k, text, is_string ? NULL : text, src);
-        rc = -1;
+        rc = GW_EINVAL;
     }
     free(text);
     return rc;
@@ -572,12 +577,12 @@ static int config_file_apply(config_t *cfg, const char *path, char *err, size_t 
             config_err_printf(&src, "config: cannot read %s: %s", path, jerr.text);
         else
             config_err_printf(&src, "config: %s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
-        return -1;
+        return jerr.line < 0 ? GW_ENOTFOUND : GW_EINVAL;
     }
     int rc = 0;
     if (!json_is_object(root)) {
         config_err_printf(&src, "config: %s: the top level must be a JSON object", path);
-        rc = -1;
+        rc = GW_EINVAL;
     }
     const char *name;
     json_t *v;
@@ -586,7 +591,7 @@ static int config_file_apply(config_t *cfg, const char *path, char *err, size_t 
         const config_key_t *k = config_key_find(name);
         if (!k) {
             config_err_printf(&src, "config: %s: unknown key (from %s)", name, path);
-            rc = -1;
+            rc = GW_EINVAL;
             break;
         }
         rc = config_json_value_apply(cfg, k, v, &src);
@@ -607,19 +612,22 @@ static int config_env_apply(config_t *cfg, char *err, size_t errlen)
         const char *value = getenv(var);
         if (!value) continue;
         config_src_t src = { var, err, errlen };
-        if (config_value_set(cfg, k, value, &src) < 0) return -1;
+        int rc = config_value_set(cfg, k, value, &src);
+        if (rc < 0) return rc;
     }
     return 0;
 }
 
 /* "--max-frame-bytes=9" -> "max_frame_bytes" in name (NUL-terminated) and "9" in *value
- * (NULL without '='). Returns -1 when arg is not a long option or too long for name. */
+ * (NULL without '='). Returns 0, GW_EINVAL when arg is not a long option, or GW_ETOOBIG when
+ * its name does not fit name. */
 static int config_flag_split(const char *arg, char *name, size_t namelen, const char **value)
 {
-    if (strncmp(arg, "--", 2) != 0 || !arg[2]) return -1;
+    if (strncmp(arg, "--", 2) != 0 || !arg[2]) return GW_EINVAL;
     const char *p = arg + 2;
     size_t n = strcspn(p, "=");
-    if (n == 0 || n >= namelen) return -1;
+    if (n == 0) return GW_EINVAL;
+    if (n >= namelen) return GW_ETOOBIG;
     for (size_t i = 0; i < n; i++) name[i] = p[i] == '-' ? '_' : p[i];
     name[n] = '\0';
     *value = p[n] == '=' ? p + n + 1 : NULL;
@@ -633,7 +641,7 @@ static void config_flag_label(const char *arg, char *out, size_t outlen)
 }
 
 /* Finds the last --config FILE / --config=FILE, so the file layer can go in before env and
- * flags. Returns 0 (*path NULL when absent) or -1 when --config has no value. */
+ * flags. Returns 0 (*path NULL when absent) or GW_EINVAL when --config has no value. */
 static int config_file_find(int argc, char **argv, const char **path, char *err, size_t errlen)
 {
     *path = NULL;
@@ -644,7 +652,7 @@ static int config_file_find(int argc, char **argv, const char **path, char *err,
         if (!value) {
             if (i + 1 >= argc || !*argv[i + 1]) {
                 snprintf(err, errlen, "config: --config: missing FILE");
-                return -1;
+                return GW_EINVAL;
             }
             value = argv[++i];
         }
@@ -668,7 +676,7 @@ static int config_flags_apply(config_t *cfg, int argc, char **argv, char *err, s
                 snprintf(err, errlen, "config: unknown option %s", label);
             else
                 snprintf(err, errlen, "config: unexpected argument \"%.80s\"", arg);
-            return -1;
+            return GW_EINVAL;
         }
         if (strcmp(name, "config") == 0) {
             if (!value) i++; /* already applied as the file layer */
@@ -677,7 +685,7 @@ static int config_flags_apply(config_t *cfg, int argc, char **argv, char *err, s
         const config_key_t *k = config_key_find(name);
         if (!k) {
             snprintf(err, errlen, "config: unknown option %s", label);
-            return -1;
+            return GW_EINVAL;
         }
         if (!value) {
             const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -687,11 +695,12 @@ static int config_flags_apply(config_t *cfg, int argc, char **argv, char *err, s
                 value = "true";
             } else {
                 snprintf(err, errlen, "config: %s: missing value (from %s)", k->name, label);
-                return -1;
+                return GW_EINVAL;
             }
         }
         config_src_t src = { label, err, errlen };
-        if (config_value_set(cfg, k, value, &src) < 0) return -1;
+        int rc = config_value_set(cfg, k, value, &src);
+        if (rc < 0) return rc;
     }
     return 0;
 }
@@ -699,19 +708,20 @@ static int config_flags_apply(config_t *cfg, int argc, char **argv, char *err, s
 static int config_layers_apply(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
 {
     const char *path;
-    if (config_defaults_apply(cfg, err, errlen) < 0) return -1;
-    if (config_file_find(argc, argv, &path, err, errlen) < 0) return -1;
+    int rc;
+    if ((rc = config_defaults_apply(cfg, err, errlen)) < 0) return rc;
+    if ((rc = config_file_find(argc, argv, &path, err, errlen)) < 0) return rc;
     if (path) {
         /* An explicit file must exist: a typo must not silently fall back to defaults. */
         if (access(path, R_OK) != 0) {
             snprintf(err, errlen, "config: --config: cannot read \"%.200s\": %s", path, strerror(errno));
-            return -1;
+            return GW_ENOTFOUND;
         }
-        if (config_file_apply(cfg, path, err, errlen) < 0) return -1;
+        if ((rc = config_file_apply(cfg, path, err, errlen)) < 0) return rc;
     } else if (access(CONFIG_DEFAULT_FILE, F_OK) == 0) {
-        if (config_file_apply(cfg, CONFIG_DEFAULT_FILE, err, errlen) < 0) return -1;
+        if ((rc = config_file_apply(cfg, CONFIG_DEFAULT_FILE, err, errlen)) < 0) return rc;
     }
-    if (config_env_apply(cfg, err, errlen) < 0) return -1;
+    if ((rc = config_env_apply(cfg, err, errlen)) < 0) return rc;
     return config_flags_apply(cfg, argc, argv, err, errlen);
 }
 
@@ -724,9 +734,10 @@ int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
     }
     err[0] = '\0';
     memset(cfg, 0, sizeof *cfg);
-    if (config_layers_apply(cfg, argc, argv, err, errlen) == 0) return 0;
+    int rc = config_layers_apply(cfg, argc, argv, err, errlen);
+    if (rc == 0) return 0;
     config_free(cfg); /* on failure nothing stays allocated; config_free again is harmless */
-    return -1;
+    return rc;
 }
 
 static int config_kind_is_string(config_kind_t kind)

@@ -63,7 +63,9 @@ typedef struct {
 
 /* Fills cfg from all layers. args are the flags after the subcommand (argv style, argc items).
  * config_file is the --config value or NULL (then config/chatgw.json if it exists).
- * Returns 0, or -1 with a one-line message naming the key in err. */
+ * Returns 0, or a negative code with a one-line message naming the key in err: GW_ENOTFOUND
+ * when a config file cannot be read, GW_EINVAL for anything else (a bad value, an unknown key
+ * or option, a file that is not a JSON object). */
 int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen);
 void config_free(config_t *cfg);
 /* The config as a JSON object text (api_token and secrets redacted); caller frees. */

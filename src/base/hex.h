@@ -11,7 +11,8 @@ char *hex_encode(const void *in, size_t n, char *out);
 /* nbytes random bytes (OpenSSL's RAND_bytes) as 2 * nbytes hex digits and a NUL. Aborts when
  * the generator fails: ids that repeat across restarts are worse than no start. */
 char *hex_random(char *out, size_t nbytes);
-/* The value of one hex digit (either case), or -1. */
+/* The value of one hex digit (either case), or -1 for a byte that is not one: an answer,
+ * not an error, so it is not a GW_E* code. */
 int hex_digit(int c);
 
 #endif

@@ -6,9 +6,11 @@
 #include <string.h>
 
 #include "base/buf.h"
+#include "base/err.h"
 
 /* Decodes one code point at *p (p < end) and advances *p. Rejects truncated sequences,
- * overlong forms, surrogates and values above U+10FFFF. Returns 0, or -1 with *p unchanged. */
+ * overlong forms, surrogates and values above U+10FFFF. Returns 0, or GW_EINVAL with *p
+ * unchanged. */
 static int utf8_next(const unsigned char **p, const unsigned char *end)
 {
     static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
@@ -20,13 +22,13 @@ static int utf8_next(const unsigned char **p, const unsigned char *end)
     else if ((b & 0xE0) == 0xC0) { n = 2; c = b & 0x1F; }
     else if ((b & 0xF0) == 0xE0) { n = 3; c = b & 0x0F; }
     else if ((b & 0xF8) == 0xF0) { n = 4; c = b & 0x07; }
-    else return -1;
-    if ((size_t)(end - s) < n) return -1;
+    else return GW_EINVAL;
+    if ((size_t)(end - s) < n) return GW_EINVAL;
     for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xC0) != 0x80) return -1;
+        if ((s[i] & 0xC0) != 0x80) return GW_EINVAL;
         c = (c << 6) | (s[i] & 0x3F);
     }
-    if (c < min[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return -1;
+    if (c < min[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return GW_EINVAL;
     *p = s + n;
     return 0;
 }

@@ -184,6 +184,7 @@ static void ib_room_release(bus_inproc_t *sh, ib_room_t *r)
     ib_room_free(r);
 }
 
+/* b's index in r's subscribers, or -1 when b is not one: a "no index" answer, not an error. */
 static int ib_room_sub_index(const ib_room_t *r, const ib_bus_t *b)
 {
     for (size_t i = 0; i < r->nsubs; i++)
@@ -423,7 +424,8 @@ static int ib_presence_list(bus_t *base, const char *name, bus_members_cb cb, vo
 }
 
 /* Where the answer starts in r's ring: the msg after since, or -1 for a gap (other epoch,
- * newer than the last, trimmed away). r->len when since is the newest. */
+ * newer than the last, trimmed away). r->len when since is the newest. A gap is an answer
+ * (the reply says gap), not an error, so -1 is no GW_E* code. */
 static long ib_range_from(const ib_room_t *r, const proto_id_t *since)
 {
     if (strcmp(since->epoch, r->epoch) || since->seq > r->seq) return -1;

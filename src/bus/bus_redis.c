@@ -921,17 +921,18 @@ typedef struct {
     size_t origin_len, token_len, id_len, len;
 } rb_env_t;
 
-/* "kind\norigin\ntoken\nid\npayload" */
+/* "kind\norigin\ntoken\nid\npayload" into e (pointing into p). 0, or GW_EINVAL when p is not
+ * one. */
 static int rb_env_parse(const char *p, size_t n, rb_env_t *e)
 {
-    if (n < 2 || p[1] != '\n') return -1;
+    if (n < 2 || p[1] != '\n') return GW_EINVAL;
     e->kind = p[0];
     const char *s = p + 2, *end = p + n;
     const char *f[3];
     size_t fl[3];
     for (int i = 0; i < 3; i++) {
         const char *nl = memchr(s, '\n', (size_t)(end - s));
-        if (!nl) return -1;
+        if (!nl) return GW_EINVAL;
         f[i] = s;
         fl[i] = (size_t)(nl - s);
         s = nl + 1;
@@ -960,6 +961,8 @@ static void rb_post_echo(bus_redis_t *r, const rb_env_t *e)
     }
 }
 
+/* A member's JSON {"id","name","muted"?} into m (borrowing from *root, which the caller
+ * frees). 0, or GW_EINVAL (and *root NULL) when id or name is missing or not a string. */
 static int rb_member_parse(const char *p, size_t n, json_t **root, bus_member_t *m)
 {
     *root = json_loadb(p, n, 0, NULL);
@@ -967,7 +970,7 @@ static int rb_member_parse(const char *p, size_t n, json_t **root, bus_member_t 
     if (!json_is_string(id) || !json_is_string(name)) {
         json_decref(*root);
         *root = NULL;
-        return -1;
+        return GW_EINVAL;
     }
     m->id = json_string_value(id);
     m->name = json_string_value(name);

@@ -171,12 +171,12 @@ static int http_on_headers_complete(llhttp_t *l)
     /* llhttp takes HTTP/0.9 and HTTP/2.0 request lines; only 1.x is spoken here */
     if (r->http_major != 1) {
         http_parser_fail(p, 505);
-        return -1;
+        return -1;                 /* llhttp's callback contract: -1 stops the parser, HPE_USER */
     }
     /* refuse a declared body before any of it is read */
     if ((l->flags & F_CONTENT_LENGTH) && l->content_length > p->max_body_bytes) {
         http_parser_fail(p, 413);
-        return -1;
+        return -1;                 /* as above: llhttp's error answer, not a GW_E* code */
     }
     p->body_off = p->store.len;
     return 0;
@@ -384,13 +384,14 @@ static int http_query_split(const char **cursor, const char **key, size_t *klen,
     return 1;
 }
 
+/* A raw value decoded into out as http_query_get answers: its length, GW_EINVAL or GW_ETOOBIG. */
 static int http_query_decode(const char *v, size_t vlen, char *out, size_t outlen)
 {
-    if (!outlen) return -2;
+    if (!outlen) return GW_ETOOBIG;
     long dlen = http_pct_decode(v, vlen, out, outlen - 1, 1);
     if (dlen < 0 || dlen > 0x7fffffff) {
         out[0] = '\0';
-        return -2;
+        return dlen < 0 ? (int)dlen : GW_ETOOBIG;
     }
     out[dlen] = '\0';
     return (int)dlen;
@@ -398,19 +399,19 @@ static int http_query_decode(const char *v, size_t vlen, char *out, size_t outle
 
 int http_query_get(const char *query, const char *key, char *out, size_t outlen)
 {
-    if (!key) return -1;
+    if (!key) return GW_ENOTFOUND;
     size_t want = strlen(key), klen, vlen;
     const char *k, *v;
     while (http_query_split(&query, &k, &klen, &v, &vlen))
         if (klen == want && !memcmp(k, key, klen)) return http_query_decode(v, vlen, out, outlen);
-    return -1;
+    return GW_ENOTFOUND;
 }
 
 int http_query_next(const char **cursor, const char **key, size_t *klen, char *out, size_t outlen)
 {
     const char *v;
     size_t vlen;
-    if (!http_query_split(cursor, key, klen, &v, &vlen)) return -1;
+    if (!http_query_split(cursor, key, klen, &v, &vlen)) return GW_ENOTFOUND;
     return http_query_decode(v, vlen, out, outlen);
 }
 

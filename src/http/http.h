@@ -4,7 +4,7 @@
  * One http_parser_t lives per connection while it speaks HTTP. Requests are returned one at a
  * time (the parser pauses after each), so pipelined requests are answered in order.
  * This is the HTTP edge: statuses are chosen here (http_status_of maps the negative codes of
- * base/err.h that the layers below return); the query-string readers keep their -1/-2. */
+ * base/err.h that the layers below return). */
 #ifndef CHATGW_HTTP_H
 #define CHATGW_HTTP_H
 
@@ -70,12 +70,14 @@ const char *http_request_header(const http_request_t *req, const char *name);
 /* 1 when the comma-separated header value contains token (case-insensitive, trimmed). */
 int http_header_has_token(const char *value, const char *token);
 /* Copies the percent-decoded value of key from a query string into out (NUL-terminated).
- * Returns its length, -1 when absent, -2 when it does not fit or is badly encoded. */
+ * Returns its length; GW_ENOTFOUND when absent (or key is NULL), GW_EINVAL when it is badly
+ * encoded (a malformed escape or %00), GW_ETOOBIG when it does not fit; out is "" on the last
+ * two when outlen > 0. */
 int http_query_get(const char *query, const char *key, char *out, size_t outlen);
 /* Steps through a query string's parameters: with *cursor at the query (NULL: none), each call
  * sets the next parameter's raw key (*key, *klen; not NUL-terminated), decodes its value into
- * out as http_query_get does, and moves *cursor past it. Returns the value's length or -2, and
- * -1 after the last parameter. */
+ * out as http_query_get does, and moves *cursor past it. Returns the value's length,
+ * GW_EINVAL or GW_ETOOBIG as http_query_get does, and GW_ENOTFOUND after the last parameter. */
 int http_query_next(const char **cursor, const char **key, size_t *klen, char *out, size_t outlen);
 
 const char *http_status_text(int status);

@@ -216,7 +216,8 @@ const hub_hist_t *hub_hist_at(const hub_room_t *r, size_t i)
 }
 
 /* Collects the history after since (NULL = all kept) into out (borrowed pointers).
- * Returns the count, or -1 when since is older than the ring or from another epoch. The ring
+ * Returns the count; GW_EINVAL when since is not a msg id, GW_ENOTFOUND when it is older than
+ * the ring or from another epoch (both a gap for the caller). The ring
  * may mix epochs (Redis's, and the hub's own while Redis was down), so since must name the
  * newest msg or the one just before a kept msg. */
 static long hub_hist_since(const hub_room_t *r, const char *since, sbuf_t **out)
@@ -225,13 +226,14 @@ static long hub_hist_since(const hub_room_t *r, const char *since, sbuf_t **out)
     if (since) {
         char epoch[PROTO_EPOCH_MAX];
         uint64_t after;
-        if (proto_since_parse(since, epoch, sizeof epoch, &after) < 0) return -1;
+        int rc = proto_since_parse(since, epoch, sizeof epoch, &after);
+        if (rc < 0) return rc;
         if (!strcmp(epoch, r->last_epoch) && after == r->last_seq) return 0;
         for (from = 0; from < r->hist_len; from++) {
             const hub_hist_t *h = hub_hist_at(r, from);
             if (h->seq == after + 1 && !strcmp(h->epoch, epoch)) break;
         }
-        if (from == r->hist_len) return -1;
+        if (from == r->hist_len) return GW_ENOTFOUND;
     }
     long n = 0;
     for (size_t i = from; i < r->hist_len; i++) out[n++] = hub_hist_at(r, i)->payload;
@@ -289,17 +291,18 @@ static int hub_client_in(const hub_client_t *cl, const hub_room_t *r)
     return 0;
 }
 
-/* Asks on_join; 0 allows, -1 with code. A failed hook applies policy_fail. */
+/* Asks on_join; 0 allows, else code is set: GW_EREFUSED when the hook refuses, GW_EUNAVAIL
+ * when it failed and policy_fail is closed ("policy_error"). */
 static int hub_policy_join(hub_t *hub, hub_client_t *cl, const char *room, char *code, size_t len)
 {
     policy_t *p = hub->gw->policy;
     if (!p || !policy_has(p, POLICY_HOOK_JOIN)) return 0;
     policy_conn_t pc = hub_pconn(cl, NULL);
     int rc = policy_on_join(p, &pc, room, code, len);
-    if (rc == POLICY_DROP) return -1;
+    if (rc == POLICY_DROP) return GW_EREFUSED;
     if (rc == POLICY_ERROR && strcmp(hub->gw->cfg.policy_fail, "open")) {
         snprintf(code, len, "policy_error");
-        return -1;
+        return GW_EUNAVAIL;
     }
     return 0;
 }
@@ -314,7 +317,8 @@ static void hub_presence_publish(hub_t *hub, hub_room_t *r, hub_client_t *cl, in
                          "error", gw_strerror(rc));
 }
 
-/* Joins cl to the room name. Returns 0, or -1 with an error code in code. */
+/* Joins cl to the room name. Returns 0, or with an error code in code: GW_ELIMIT
+ * ("room_full"), or hub_policy_join's GW_EREFUSED or GW_EUNAVAIL. */
 static int hub_room_join(hub_t *hub, hub_client_t *cl, const char *name, const char *since, char *code, size_t len)
 {
     const config_t *cfg = &hub->gw->cfg;
@@ -325,9 +329,10 @@ static int hub_room_join(hub_t *hub, hub_client_t *cl, const char *name, const c
     }
     if (cl->nrooms >= (size_t)cfg->max_rooms_per_conn || (r && r->nmembers >= (size_t)cfg->max_room_members)) {
         snprintf(code, len, "room_full");
-        return -1;
+        return GW_ELIMIT;
     }
-    if (hub_policy_join(hub, cl, name, code, len) < 0) return -1;
+    int rc = hub_policy_join(hub, cl, name, code, len);
+    if (rc < 0) return rc;
     r = hub_room_get(hub, name);   /* the hook cannot create rooms, but keep the lookup honest */
     if (!r) r = hub_room_create(hub, name);
     if (r->nmembers == r->cap) {
@@ -458,14 +463,14 @@ static void hub_handle_msg(hub_t *hub, hub_client_t *cl, hub_room_t *r, const pr
     json_decref(extra);
 }
 
-/* A frame for a connection held by another replica. Takes the reference. 0, or -1 when there
- * is no bus to carry it. */
+/* A frame for a connection held by another replica. Takes the reference. 0, or GW_ENOTSUP
+ * when there is no bus to carry it, or the bus's code when it did not take it (logged). */
 static int hub_direct_publish(hub_t *hub, const char *to, sbuf_t *payload)
 {
     int rc = hub->remote ? bus_direct_publish(hub->bus, to, payload->data, payload->len) : GW_ENOTSUP;
     sbuf_unref(payload);
     if (rc < 0 && rc != GW_ENOTSUP) log_debug("bus: direct not sent", "{s:s, s:s}", "to", to, "error", gw_strerror(rc));
-    return rc < 0 ? -1 : 0;
+    return rc < 0 ? rc : 0;
 }
 
 static void hub_handle_dm(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
@@ -787,12 +792,15 @@ void hub_detach(gw_t *gw, conn_t *c)
 
 /* ---- the policy's host API (gw.send, gw.broadcast, ...) ---- */
 
+/* The policy host's calls (policy_host_t) answer 0, GW_ENOTFOUND when the connection or room
+ * is not here, or GW_EINVAL when msg does not encode; the policy only tests for 0. */
 static int hub_host_send(void *ud, const char *conn_id, json_t *msg)
 {
     hub_t *hub = ud;
     hub_client_t *cl = hub_client_find(hub, conn_id);
-    sbuf_t *payload = cl ? proto_encode(msg) : NULL;
-    if (!payload) return -1;
+    if (!cl) return GW_ENOTFOUND;
+    sbuf_t *payload = proto_encode(msg);
+    if (!payload) return GW_EINVAL;
     hub_send(hub, cl, payload);
     return 0;
 }
@@ -801,8 +809,9 @@ static int hub_host_broadcast(void *ud, const char *room, json_t *msg, const cha
 {
     hub_t *hub = ud;
     hub_room_t *r = hub_room_get(hub, room);
-    sbuf_t *payload = r ? proto_encode(msg) : NULL;
-    if (!payload) return -1;
+    if (!r) return GW_ENOTFOUND;
+    sbuf_t *payload = proto_encode(msg);
+    if (!payload) return GW_EINVAL;
     hub_room_send(hub, r, payload, except ? hub_client_find(hub, except) : NULL, NULL);
     return 0;
 }
@@ -811,7 +820,7 @@ static int hub_host_kick(void *ud, const char *conn_id, const char *code, const 
 {
     hub_t *hub = ud;
     hub_client_t *cl = hub_client_find(hub, conn_id);
-    if (!cl || !server_conn_is_open(cl->conn)) return -1;
+    if (!cl || !server_conn_is_open(cl->conn)) return GW_ENOTFOUND;
     hub_send(hub, cl, proto_error(code ? code : "kicked", reason ? reason : "removed by policy", NULL));
     log_info("kicked by policy", "{s:s, s:s, s:s}", "client", cl->id, "ip", cl->ip, "code", code ? code : "kicked");
     server_conn_close(cl->conn, WS_CLOSE_POLICY, reason ? reason : "kicked");
@@ -878,10 +887,10 @@ static int hub_host_limit_take(void *ud, const char *key, double rate, double bu
                                void *arg)
 {
     hub_t *hub = ud;
-    if (!done || !hub->remote) return -1;   /* Redis, or the other workers of this process */
+    if (!done || !hub->remote) return GW_ENOTSUP;   /* Redis, or the other workers of this process */
     bus_stats_t st;
     bus_stats_get(hub->bus, &st);
-    if (!st.up) return -1;         /* Redis down: purely local until it is back */
+    if (!st.up) return GW_EDOWN;   /* Redis down: purely local until it is back */
     size_t klen = strlen(key);
     hub_limit_t *q = xmalloc(sizeof *q + klen + 1);
     *q = (hub_limit_t){ .hub = hub, .rate = rate, .burst = burst, .done = done, .arg = arg };
@@ -889,9 +898,10 @@ static int hub_host_limit_take(void *ud, const char *key, double rate, double bu
     q->next = hub->limits;
     if (hub->limits) hub->limits->prev = q;
     hub->limits = q;
-    if (bus_limit_take(hub->bus, key, rate, burst, hub_limit_answered, q) < 0) {
+    int rc = bus_limit_take(hub->bus, key, rate, burst, hub_limit_answered, q);
+    if (rc < 0) {
         hub_limit_free(q);
-        return -1;
+        return rc;
     }
     return 0;
 }
@@ -996,10 +1006,11 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
     };
     bus_t *bus;
     char why[256] = "";
-    if (bus_open(hub->gw->loop, &opts, &on, hub, &bus, why, sizeof why) < 0) {
+    int rc = bus_open(hub->gw->loop, &opts, &on, hub, &bus, why, sizeof why);
+    if (rc < 0) {
         snprintf(err, errlen, "config: %s%s", cfg->redis_password_file[0] && strstr(why, "password file")
                                                    ? "redis_password_file: " : "", why);
-        return -1;
+        return rc;
     }
     bus_free(hub->bus);            /* the placeholder bus_local of hub_new */
     hub->bus = bus;

@@ -62,13 +62,15 @@ hub_t *hub_new(gw_t *gw);
 void hub_policy_host(hub_t *hub, policy_host_t *host);
 void hub_free(hub_t *hub);         /* after every connection detached */
 /* Opens the bus that config asks for (Redis with redis_url, else single node) in place of the
- * single-node one hub_new starts with. 0, or -1 with a one-line error naming the key. */
+ * single-node one hub_new starts with. 0, or bus_open's negative code with a one-line error
+ * naming the key in err. */
 int hub_bus_open(hub_t *hub, char *err, size_t errlen);
 /* Says goodbye to Redis or to the other workers (this node's members leave, its heartbeat
  * goes) and falls back to the single-node bus; the link closes while the loop runs on. For
  * shutdown. */
 void hub_bus_close(hub_t *hub);
-/* -1 without Redis (single node or in-process bus), else 1 while the link is up and 0 while down. */
+/* -1 without Redis (single node or in-process bus), else 1 while the link is up and 0 while down.
+ * A tri-state answer, not an error: -1 is no GW_E* code. */
 int hub_bus_state(hub_t *hub);
 
 /* {online, rooms:[{name, online}]}; new reference. */

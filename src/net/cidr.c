@@ -6,8 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/err.h"
+
 /* Parses ip into 16 bytes (IPv4 as ::ffff:a.b.c.d); returns the family's bit offset (96 for
- * IPv4, 0 for IPv6) or -1. */
+ * IPv4, 0 for IPv6), or GW_EINVAL when ip is not an address. */
 static int cidr_addr_parse(const char *ip, unsigned char out[16])
 {
     unsigned char v4[4];
@@ -21,7 +23,7 @@ static int cidr_addr_parse(const char *ip, unsigned char out[16])
         static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
         return memcmp(out, mapped, 12) ? 0 : 96;
     }
-    return -1;
+    return GW_EINVAL;
 }
 
 static int cidr_prefix_equal(const unsigned char *a, const unsigned char *b, int bits)
@@ -72,7 +74,7 @@ int cidr_list_match(const char *list, const char *ip)
 
 int cidr_forwarded_client(const char *xff, const char *trusted, char *out, size_t outlen)
 {
-    if (!xff) return -1;
+    if (!xff) return GW_ENOTFOUND;
     const char *end = xff + strlen(xff);
     while (end > xff) {
         const char *start = end;
@@ -83,15 +85,15 @@ int cidr_forwarded_client(const char *xff, const char *trusted, char *out, size_
         char ip[64];
         unsigned char bin[16];
         size_t n = (size_t)(b - a);
-        if (n == 0 || n >= sizeof ip) return -1;
+        if (n == 0 || n >= sizeof ip) return GW_EINVAL;
         memcpy(ip, a, n);
         ip[n] = '\0';
-        if (cidr_addr_parse(ip, bin) < 0) return -1;   /* garbage: believe nothing further left */
+        if (cidr_addr_parse(ip, bin) < 0) return GW_EINVAL;   /* garbage: believe nothing further left */
         if (!cidr_list_match(trusted, ip)) {
             snprintf(out, outlen, "%s", ip);
             return 0;
         }
         end = start > xff ? start - 1 : xff;
     }
-    return -1;
+    return GW_ENOTFOUND;
 }

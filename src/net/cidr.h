@@ -10,7 +10,9 @@
 int cidr_list_match(const char *list, const char *ip);
 
 /* The client address from an X-Forwarded-For value: the rightmost entry that is not a trusted
- * proxy. Copies it into out and returns 0, or -1 when the header holds no usable address. */
+ * proxy. Copies it into out and returns 0; GW_ENOTFOUND when there is no header or every
+ * entry is a trusted proxy, GW_EINVAL when the first untrusted entry from the right is empty,
+ * too long or not an address. */
 int cidr_forwarded_client(const char *xff, const char *trusted, char *out, size_t outlen);
 
 #endif

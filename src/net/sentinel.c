@@ -131,7 +131,7 @@ int sentinel_start(long drain_timeout_ms)
     return 0;
 fail:
     log_error("sentinel: cannot start", "{s:s}", "error", uv_strerror(rc));
-    return -1;
+    return rc;
 }
 
 void sentinel_stop(void)

@@ -29,7 +29,8 @@ typedef struct sentinel_slot_s sentinel_slot_t;
  * answer what is waiting, without blocking for long. */
 typedef void (*sentinel_answer_cb)(int listen_fd, int worker, uint64_t stuck_ms);
 
-/* Starts the thread (once per process; 0, or -1 when it could not start, logged). */
+/* Starts the thread (once per process; 0, or libuv's UV_E* code when it could not start,
+ * logged). */
 int sentinel_start(long drain_timeout_ms);
 /* Stops and joins it (a no-op when not started). */
 void sentinel_stop(void);

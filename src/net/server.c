@@ -859,7 +859,8 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 }
 
 /* Decrypts one read, pointing data and len at the plaintext (the server scratch buffer), queueing what the
- * TLS engine answers. -1 when the session failed and the connection is gone. */
+ * TLS engine answers. 0, or tls_conn_feed's GW_EINVAL when the session failed and the
+ * connection is gone. */
 static int conn_tls_open(conn_t *c, uint8_t **data, size_t *len)
 {
     buf_t *plain = &c->srv->tls_plain, wire;
@@ -872,7 +873,7 @@ static int conn_tls_open(conn_t *c, uint8_t **data, size_t *len)
     if (rc < 0) {
         log_debug("tls failed", "{s:I, s:s, s:s}", "conn", (json_int_t)c->serial, "ip", c->ip, "error", why);
         conn_abort(c);
-        return -1;
+        return rc;
     }
     *data = (uint8_t *)plain->data;
     *len = plain->len;
@@ -1366,10 +1367,11 @@ void server_free(gw_t *gw)
 int server_listen_addr(const gw_t *gw, char *out, size_t len)
 {
     const server_t *srv = gw->server;
-    if (!srv || !srv->nlisteners) return -1;
+    if (!srv || !srv->nlisteners) return GW_ENOTFOUND;
     struct sockaddr_storage sa;
     int n = sizeof sa;
-    if (uv_tcp_getsockname(&srv->listeners[0]->tcp, (struct sockaddr *)&sa, &n) < 0) return -1;
+    int rc = uv_tcp_getsockname(&srv->listeners[0]->tcp, (struct sockaddr *)&sa, &n);
+    if (rc < 0) return rc;
     addr_name(&sa, out, len);
     return 0;
 }

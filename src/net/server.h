@@ -65,7 +65,8 @@ typedef struct {
  * (SO_REUSEPORT); worker 0 alone opens admin_listen. */
 int server_start(gw_t *gw, const server_router_t *router);
 /* The public listener's bound address ("127.0.0.1:PORT", "[::1]:PORT"): what the other
- * workers bind when listen asked for port 0. 0, or -1 when not listening. */
+ * workers bind when listen asked for port 0. 0, GW_ENOTFOUND when not listening, or libuv's
+ * UV_E* code when the socket has no name. */
 int server_listen_addr(const gw_t *gw, char *out, size_t len);
 /* Stops accepting, makes /readyz fail, sends close 1001 to every WebSocket and exits the loop
  * once they are closed or drain_timeout_ms passed. A second call closes everything now. */

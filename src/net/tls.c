@@ -9,6 +9,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include "base/err.h"
 #include "base/hex.h"
 
 #define FINGERPRINT_BYTES 32           /* SHA-256 */
@@ -47,7 +48,7 @@ static int tls_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *o
     return SSL_TLSEXT_ERR_OK;
 }
 
-/* The fingerprint of ctx's certificate: 0, or -1 with err. */
+/* The fingerprint of ctx's certificate: 0, or GW_EINVAL with err. */
 static int tls_fingerprint(SSL_CTX *ctx, const char *cert, char fingerprint[2 * FINGERPRINT_BYTES + 1], char *err,
                            size_t errlen)
 {
@@ -56,7 +57,7 @@ static int tls_fingerprint(SSL_CTX *ctx, const char *cert, char fingerprint[2 * 
     X509 *x = SSL_CTX_get0_certificate(ctx);
     if (!x || X509_digest(x, EVP_sha256(), md, &mdlen) != 1 || mdlen != FINGERPRINT_BYTES) {
         tls_err(err, errlen, "certificate digest", cert);
-        return -1;
+        return GW_EINVAL;
     }
     hex_encode(md, FINGERPRINT_BYTES, fingerprint);
     return 0;
@@ -117,7 +118,7 @@ int tls_ctx_reload(tls_ctx_t *t, char *err, size_t errlen)
 {
     char fp[2 * FINGERPRINT_BYTES + 1];
     SSL_CTX *ctx = tls_ctx_build(t->cert, t->key, fp, err, errlen);
-    if (!ctx) return -1;
+    if (!ctx) return GW_EINVAL;
     if (!strcmp(fp, t->fingerprint)) {
         SSL_CTX_free(ctx);
         return 0;
@@ -185,7 +186,7 @@ int tls_conn_feed(tls_conn_t *c, const void *in, size_t len, buf_t *plain, buf_t
         *why = ee ? ERR_reason_error_string(ee) : "tls error";
         if (!*why) *why = "tls error";
         ERR_clear_error();
-        rc = -1;
+        rc = GW_EINVAL;
         break;
     }
     tls_drain(c, wire);
@@ -196,7 +197,7 @@ int tls_conn_write(tls_conn_t *c, const void *data, size_t len, buf_t *wire)
 {
     if (len && SSL_write(c->ssl, data, (int)len) != (int)len) {
         ERR_clear_error();
-        return -1;
+        return GW_EUNAVAIL;
     }
     tls_drain(c, wire);
     return 0;

@@ -16,12 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/err.h"
 #include "base/utf8.h"
 
 /* ---- UTF-8 ---- */
 
 /* Decodes one code point at *p (p < end) and advances *p. Rejects truncated sequences,
- * overlong forms, surrogates and values above U+10FFFF. Returns 0, or -1 with *p unchanged. */
+ * overlong forms, surrogates and values above U+10FFFF. Returns 0, or GW_EINVAL with *p
+ * unchanged. */
 static int proto_utf8_next(const unsigned char **p, const unsigned char *end, uint32_t *cp)
 {
     static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
@@ -33,13 +35,13 @@ static int proto_utf8_next(const unsigned char **p, const unsigned char *end, ui
     else if ((b & 0xE0) == 0xC0) { n = 2; c = b & 0x1F; }
     else if ((b & 0xF0) == 0xE0) { n = 3; c = b & 0x0F; }
     else if ((b & 0xF8) == 0xF0) { n = 4; c = b & 0x07; }
-    else return -1;
-    if ((size_t)(end - s) < n) return -1;
+    else return GW_EINVAL;
+    if ((size_t)(end - s) < n) return GW_EINVAL;
     for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xC0) != 0x80) return -1;
+        if ((s[i] & 0xC0) != 0x80) return GW_EINVAL;
         c = (c << 6) | (s[i] & 0x3F);
     }
-    if (c < min[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return -1;
+    if (c < min[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return GW_EINVAL;
     *p = s + n;
     *cp = c;
     return 0;
@@ -89,20 +91,21 @@ int proto_name_valid(const char *s)
 
 int proto_since_parse(const char *since, char *epoch, size_t epoch_len, uint64_t *seq)
 {
-    if (!since) return -1;
+    if (!since) return GW_EINVAL;
     size_t n = strspn(since, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-");
-    if (n < 1 || n > 32 || since[n] != ':' || n >= epoch_len) return -1;
+    if (n < 1 || n > 32 || since[n] != ':') return GW_EINVAL;
+    if (n >= epoch_len) return GW_ETOOBIG;
     const char *digits = since + n + 1;
     size_t nd = strspn(digits, "0123456789");
-    if (nd < 1 || nd > 20 || digits[nd] != '\0') return -1;
+    if (nd < 1 || nd > 20 || digits[nd] != '\0') return GW_EINVAL;
     uint64_t v = 0;   /* 20 digits can pass 2^64-1: proto_id_parse would wrap, so count here */
     for (size_t i = 0; i < nd; i++) {
         unsigned d = (unsigned)(digits[i] - '0');
-        if (v > (UINT64_MAX - d) / 10) return -1;
+        if (v > (UINT64_MAX - d) / 10) return GW_EINVAL;
         v = v * 10 + d;
     }
     proto_id_t id;
-    if (proto_id_parse(since, n + 1 + nd, &id) < 0) return -1;
+    if (proto_id_parse(since, n + 1 + nd, &id) < 0) return GW_EINVAL;
     memcpy(epoch, id.epoch, n + 1);
     *seq = id.seq;
     return 0;
@@ -141,6 +144,8 @@ static const proto_kind_t proto_kinds[] = {
 };
 static const proto_kind_t proto_kind_custom = {NULL, PROTO_CUSTOM, 0, F_ROOM | F_TEXT};
 
+/* Fills err and returns the code for it: GW_ETOOBIG for too_large and too_complex, GW_EINVAL
+ * for the rest. */
 __attribute__((format(printf, 3, 4)))
 static int proto_err_set(proto_err_t *err, const char *code, const char *fmt, ...)
 {
@@ -150,7 +155,7 @@ static int proto_err_set(proto_err_t *err, const char *code, const char *fmt, ..
     va_end(ap);
     utf8_scrub(err->message);   /* truncation may cut a sequence in half */
     err->code = code;
-    return -1;
+    return !strcmp(code, "too_large") || !strcmp(code, "too_complex") ? GW_ETOOBIG : GW_EINVAL;
 }
 
 /* [a-z][a-z0-9_.-]{0,31} */
@@ -254,7 +259,7 @@ static int proto_fields_check(const proto_kind_t *k, size_t max_text, proto_in_t
         case F_CID: rc = proto_field_cid(v, in, err); break;
         case F_DATA: in->data = v; break;   /* any JSON value, null included */
         }
-        if (rc < 0) return -1;
+        if (rc < 0) return rc;
     }
     return 0;
 }
@@ -416,10 +421,11 @@ int proto_decode_value(json_t *root, size_t max_text, proto_in_t *in, proto_err_
     }
     in->root = root;
     const proto_kind_t *k = proto_kind_find(json_object_get(root, "type"), err);
-    if (!k || proto_fields_check(k, max_text, in, err) < 0) {
+    int rc = k ? proto_fields_check(k, max_text, in, err) : GW_EINVAL;   /* no kind: bad_type */
+    if (rc < 0) {
         json_decref(root);
         memset(in, 0, sizeof *in);
-        return -1;
+        return rc;
     }
     in->type = k->type;
     in->type_name = json_string_value(json_object_get(root, "type"));
@@ -599,7 +605,7 @@ static int pw_dump_cb(const char *buffer, size_t size, void *data)
     return 0;
 }
 
-/* Any JSON value, compact, as json_dumps writes it. 0, or -1 when jansson refuses it. */
+/* Any JSON value, compact, as json_dumps writes it. 0, or GW_EINVAL when jansson refuses it. */
 static int pw_json(proto_w_t *w, json_t *v)
 {
     switch (json_typeof(v)) {
@@ -609,7 +615,8 @@ static int pw_json(proto_w_t *w, json_t *v)
     case JSON_FALSE: PW_LIT(w, "false"); return 0;
     case JSON_NULL: PW_LIT(w, "null"); return 0;
     default:
-        return json_dump_callback(v, pw_dump_cb, w, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+        if (json_dump_callback(v, pw_dump_cb, w, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER)) return GW_EINVAL;
+        return 0;
     }
 }
 

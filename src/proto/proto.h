@@ -58,14 +58,15 @@ typedef struct {
 } proto_err_t;
 
 /* Decodes one client text frame. max_text is the limit on msg/dm text in bytes. Returns 0 and
- * fills in (free it with proto_in_free), or -1 and fills err; on error *in needs no free.
+ * fills in (free it with proto_in_free), or a negative code and fills err (GW_ETOOBIG when
+ * err->code is too_large or too_complex, GW_EINVAL for the rest); on error *in needs no free.
  * Checks per type: join {room, name?, since?}; leave/mute/unmute {room}; msg {room, text, cid?};
  * dm {to, text, cid?}; signal {room, to, data}; history {room, since?}. Custom types must match
  * [a-z][a-z0-9_.-]{0,31}. A field of the wrong JSON type or an invalid room or name is
  * bad_field; text over max_text is too_large. */
 int proto_decode(const char *text, size_t len, size_t max_text, proto_in_t *in, proto_err_t *err);
 /* The same checks on an already-built value (a message the policy rewrote). Takes over the
- * reference to root whatever the result. */
+ * reference to root whatever the result. Returns as proto_decode does. */
 int proto_decode_value(json_t *root, size_t max_text, proto_in_t *in, proto_err_t *err);
 void proto_in_free(proto_in_t *in);
 
@@ -76,7 +77,8 @@ int proto_room_valid(const char *s);
  * or DEL, not only spaces. */
 int proto_name_valid(const char *s);
 /* Parses a msg id, "epoch:seq" (a client's since): epoch 1..32 of [A-Za-z0-9_-], seq 1..20
- * digits within uint64. Returns 0 and fills epoch (NUL-terminated) and seq, or -1. The hub
+ * digits within uint64. Returns 0 and fills epoch (NUL-terminated) and seq; GW_ETOOBIG when the
+ * epoch and its NUL do not fit epoch_len, GW_EINVAL for any other bad text (NULL too). The hub
  * parses a since here before it asks the bus; the id's text itself is proto_id.h's. */
 int proto_since_parse(const char *since, char *epoch, size_t epoch_len, uint64_t *seq);
 

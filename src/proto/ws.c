@@ -221,14 +221,14 @@ static const char *ws_pmd_value(const char *s, char *v, size_t vlen, int *ok)
     return s;
 }
 
-/* "8".."15" without leading zeros, at least lo; -1 otherwise. */
+/* "8".."15" without leading zeros, at least lo: the number, or GW_EINVAL. */
 static int ws_pmd_bits(const char *v, int lo)
 {
     size_t n = strlen(v);
     if (n < 1 || n > 2 || v[0] < '1' || v[0] > '9' || (n == 2 && (v[1] < '0' || v[1] > '9')))
-        return -1;
+        return GW_EINVAL;
     int bits = n == 1 ? v[0] - '0' : (v[0] - '0') * 10 + v[1] - '0';
-    return bits >= lo && bits <= 15 ? bits : -1;
+    return bits >= lo && bits <= 15 ? bits : GW_EINVAL;
 }
 
 static int ws_pmd_name_is(const char *name, size_t n, const char *want)

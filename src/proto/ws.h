@@ -111,7 +111,7 @@ typedef struct {
     size_t max_frame, max_message;
     ws_inflater_t *inflater;       /* not owned; non-NULL allows RSV1 on a message's first frame */
 
-    /* error, valid after feed returns -1 */
+    /* error, valid after feed returns GW_EINVAL */
     int close_code;                /* 1002, 1007 or 1009 */
     const char *reason;            /* static string, for the close frame and the log */
 

@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 
+#include "base/err.h"
 #include "proto/proto.h"
 #include "proto/ws.h"
 
@@ -127,10 +128,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     proto_err_t ebig, esmall;
     int rbig = proto_decode((const char *)data, size, 4096, &big, &ebig);
     int rsmall = proto_decode((const char *)data, size, 16, &small, &esmall);
-    if (rbig != 0 && rbig != -1) abort();
+    if (rbig != 0 && rbig != GW_EINVAL && rbig != GW_ETOOBIG) abort();
     /* a smaller text limit can only refuse more, and only with too_large */
     if (rbig && !rsmall) abort();
-    if (!rbig && rsmall && strcmp(esmall.code, "too_large")) abort();
+    if (!rbig && rsmall && (strcmp(esmall.code, "too_large") || rsmall != GW_ETOOBIG)) abort();
     if (!rbig && !rsmall && small.type != big.type) abort();
     if (!rbig) fuzz_decoded(&big, 4096), proto_in_free(&big);
     else fuzz_refused(&ebig);

@@ -6,6 +6,7 @@
 
 #include <cmocka.h>
 
+#include "base/err.h"
 #include "net/cidr.h"
 
 static void test_match(void **state)
@@ -41,11 +42,11 @@ static void test_forwarded(void **state)
     assert_string_equal(ip, "203.0.113.9");
     assert_int_equal(cidr_forwarded_client(" 2001:db8::7 ", "10.0.0.0/8", ip, sizeof ip), 0);
     assert_string_equal(ip, "2001:db8::7");
-    assert_int_equal(cidr_forwarded_client("10.0.0.1, 10.0.0.2", "10.0.0.0/8", ip, sizeof ip), -1);
-    assert_int_equal(cidr_forwarded_client("bogus", "10.0.0.0/8", ip, sizeof ip), -1);
-    assert_int_equal(cidr_forwarded_client("", "10.0.0.0/8", ip, sizeof ip), -1);
-    assert_int_equal(cidr_forwarded_client("1.2.3.4,,", "10.0.0.0/8", ip, sizeof ip), -1);
-    assert_int_equal(cidr_forwarded_client(NULL, "10.0.0.0/8", ip, sizeof ip), -1);
+    assert_int_equal(cidr_forwarded_client("10.0.0.1, 10.0.0.2", "10.0.0.0/8", ip, sizeof ip), GW_ENOTFOUND);
+    assert_int_equal(cidr_forwarded_client("bogus", "10.0.0.0/8", ip, sizeof ip), GW_EINVAL);
+    assert_int_equal(cidr_forwarded_client("", "10.0.0.0/8", ip, sizeof ip), GW_ENOTFOUND);
+    assert_int_equal(cidr_forwarded_client("1.2.3.4,,", "10.0.0.0/8", ip, sizeof ip), GW_EINVAL);
+    assert_int_equal(cidr_forwarded_client(NULL, "10.0.0.0/8", ip, sizeof ip), GW_ENOTFOUND);
 }
 
 int main(void)

@@ -14,6 +14,7 @@
 
 #include <jansson.h>
 
+#include "base/err.h"
 #include "http/http.h"
 
 #define MAX_HDR 4096
@@ -539,15 +540,15 @@ static void test_query(void **state)
     assert_int_equal(http_query_get(q, "flag", out, sizeof out), 0);
     assert_int_equal(http_query_get(q, "pct", out, sizeof out), 2);
     assert_string_equal(out, "Ab");
-    assert_int_equal(http_query_get(q, "bad", out, sizeof out), -2);
-    assert_int_equal(http_query_get(q, "nul", out, sizeof out), -2);
-    assert_int_equal(http_query_get(q, "long", out, sizeof out), -2);
-    assert_int_equal(http_query_get(q, "missing", out, sizeof out), -1);
-    assert_int_equal(http_query_get(q, "roo", out, sizeof out), -1);
-    assert_int_equal(http_query_get("", "a", out, sizeof out), -1);
-    assert_int_equal(http_query_get("a=1", "a", out, 1), -2);
+    assert_int_equal(http_query_get(q, "bad", out, sizeof out), GW_EINVAL);
+    assert_int_equal(http_query_get(q, "nul", out, sizeof out), GW_EINVAL);
+    assert_int_equal(http_query_get(q, "long", out, sizeof out), GW_ETOOBIG);
+    assert_int_equal(http_query_get(q, "missing", out, sizeof out), GW_ENOTFOUND);
+    assert_int_equal(http_query_get(q, "roo", out, sizeof out), GW_ENOTFOUND);
+    assert_int_equal(http_query_get("", "a", out, sizeof out), GW_ENOTFOUND);
+    assert_int_equal(http_query_get("a=1", "a", out, 1), GW_ETOOBIG);
     assert_int_equal(http_query_get("a=1", "a", out, 2), 1);
-    assert_int_equal(http_query_get("x=1&a=%4", "a", out, sizeof out), -2);
+    assert_int_equal(http_query_get("x=1&a=%4", "a", out, sizeof out), GW_EINVAL);
     /* the first occurrence wins */
     assert_int_equal(http_query_get("a=1&a=2", "a", out, sizeof out), 1);
     assert_string_equal(out, "1");
@@ -556,19 +557,19 @@ static void test_query(void **state)
     const char *cur = "b%41=x+y&&flag&bad=%zz&a=1&a=2", *k;
     size_t kn;
     static const struct { const char *key; int len; const char *val; } want[] = {
-        {"b%41", 3, "x y"}, {"", 0, ""}, {"flag", 0, ""}, {"bad", -2, ""}, {"a", 1, "1"}, {"a", 1, "2"} };
+        {"b%41", 3, "x y"}, {"", 0, ""}, {"flag", 0, ""}, {"bad", GW_EINVAL, ""}, {"a", 1, "1"}, {"a", 1, "2"} };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), want[i].len);
         assert_int_equal(kn, strlen(want[i].key));
         assert_memory_equal(k, want[i].key, kn);
         assert_string_equal(out, want[i].val);
     }
-    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), -1);
-    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), -1);
+    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), GW_ENOTFOUND);
+    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), GW_ENOTFOUND);
     cur = NULL;
-    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), -1);
+    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), GW_ENOTFOUND);
     cur = "";
-    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), -1);
+    assert_int_equal(http_query_next(&cur, &k, &kn, out, sizeof out), GW_ENOTFOUND);
 }
 
 /* ---- responses ---- */

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "base/buf.h"
+#include "base/err.h"
 #include "proto/proto.h"
 
 /* cmocka hands every test a state it does not use (the build passes -Wno-unused-parameter). */
@@ -40,8 +41,9 @@ static void decode_err_n(const char *json, size_t n, size_t max_text, const char
     proto_in_t in;
     proto_err_t err = {0};
     int rc = proto_decode(json, n, max_text, &in, &err);
-    if (rc != -1) print_error("decode accepted %.*s\n", (int)n, json);
-    assert_int_equal(rc, -1);
+    int want = !strcmp(code, "too_large") || !strcmp(code, "too_complex") ? GW_ETOOBIG : GW_EINVAL;
+    if (rc != want) print_error("decode of %.*s gave %d, want %d\n", (int)n, json, rc, want);
+    assert_int_equal(rc, want);
     assert_null(in.root);
     assert_non_null(err.code);
     if (strcmp(err.code, code)) print_error("%.*s: got %s (%s), want %s\n", (int)n, json, err.code, err.message, code);
@@ -268,7 +270,7 @@ static void test_decode_bad_json(void **state)
     proto_in_t in;
     proto_err_t err;
     const char *json = "{\"type\":\"leave\",\"room\":\"a\"}";
-    assert_int_equal(proto_decode(json, strlen(json) - 1, MAX_TEXT, &in, &err), -1);
+    assert_int_equal(proto_decode(json, strlen(json) - 1, MAX_TEXT, &in, &err), GW_EINVAL);
 }
 
 /* Error messages are valid UTF-8 even when jansson quotes broken input, so they can be sent. */
@@ -291,7 +293,7 @@ static void test_decode_too_complex(void **state)
             assert_int_equal(rc, 0);
             proto_in_free(&in);
         } else {
-            assert_int_equal(rc, -1);
+            assert_int_equal(rc, GW_ETOOBIG);
             assert_string_equal(err.code, "too_complex");
         }
     }
@@ -309,7 +311,7 @@ static void test_decode_too_complex(void **state)
             assert_int_equal(rc, 0);
             proto_in_free(&in);
         } else {
-            assert_int_equal(rc, -1);
+            assert_int_equal(rc, GW_ETOOBIG);
             assert_string_equal(err.code, "too_complex");
         }
     }
@@ -332,7 +334,7 @@ static void test_decode_error_message_sendable(void **state)
     for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) {
         proto_in_t in;
         proto_err_t err;
-        assert_int_equal(proto_decode(inputs[i], strlen(inputs[i]), MAX_TEXT, &in, &err), -1);
+        assert_int_equal(proto_decode(inputs[i], strlen(inputs[i]), MAX_TEXT, &in, &err), GW_EINVAL);
         json_t *v = json_string(err.message);
         assert_non_null(v);
         json_decref(v);
@@ -644,9 +646,9 @@ static void test_since_parse(void **state)
     snprintf(s, sizeof s, "%s:1", e32);
     assert_int_equal(proto_since_parse(s, epoch, sizeof epoch, &seq), 0);
     assert_string_equal(epoch, e32);
-    assert_int_equal(proto_since_parse(s, epoch, 32, &seq), -1);   /* no room for the NUL */
+    assert_int_equal(proto_since_parse(s, epoch, 32, &seq), GW_ETOOBIG);   /* no room for the NUL */
     snprintf(s, sizeof s, "%s:1", e33);
-    assert_int_equal(proto_since_parse(s, epoch, sizeof epoch, &seq), -1);
+    assert_int_equal(proto_since_parse(s, epoch, sizeof epoch, &seq), GW_EINVAL);
     free(e32);
     free(e33);
 
@@ -658,12 +660,12 @@ static void test_since_parse(void **state)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         seq = 5;
         strcpy(epoch, "keep");
-        if (proto_since_parse(bad[i], epoch, sizeof epoch, &seq) != -1) print_error("accepted '%s'\n", bad[i]);
-        assert_int_equal(proto_since_parse(bad[i], epoch, sizeof epoch, &seq), -1);
+        if (proto_since_parse(bad[i], epoch, sizeof epoch, &seq) != GW_EINVAL) print_error("accepted '%s'\n", bad[i]);
+        assert_int_equal(proto_since_parse(bad[i], epoch, sizeof epoch, &seq), GW_EINVAL);
         assert_true(seq == 5);
         assert_string_equal(epoch, "keep");
     }
-    assert_int_equal(proto_since_parse(NULL, epoch, sizeof epoch, &seq), -1);
+    assert_int_equal(proto_since_parse(NULL, epoch, sizeof epoch, &seq), GW_EINVAL);
 }
 
 /* ---- encoders ---- */
@@ -1023,10 +1025,10 @@ static void decode_same_as_jansson(const char *text, size_t len)
     json_error_t jerr;
     json_t *j = json_loadb(text, len, JSON_DECODE_ANY, &jerr);
     if (!j) {
-        if (rc != -1 || strcmp(err.code, "bad_json") || !strstr(err.message, "invalid JSON at line"))
+        if (rc != GW_EINVAL || strcmp(err.code, "bad_json") || !strstr(err.message, "invalid JSON at line"))
             print_error("json_loadb refused %.*s (%s) but proto_decode gave %d %s\n", (int)len, text, jerr.text, rc,
                         rc ? err.message : "ok");
-        assert_int_equal(rc, -1);
+        assert_int_equal(rc, GW_EINVAL);
         assert_string_equal(err.code, "bad_json");
         assert_non_null(strstr(err.message, "invalid JSON at line"));
         return;
