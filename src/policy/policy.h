@@ -24,7 +24,8 @@ typedef struct policy_s policy_t;
 #define POLICY_VERSION_SIZE 65     /* a version: sha256 as 64 hex digits and a NUL */
 
 /* What the policy's gw.* functions call back into (implemented by the hub). Each returns 0 on
- * success or -1 when the target does not exist. JSON arguments are borrowed. */
+ * success or a negative GW_E* code (base/err.h): GW_ENOTFOUND when the target does not exist,
+ * GW_EINVAL when the message cannot be encoded. JSON arguments are borrowed. */
 typedef struct {
     void *ud;
     int (*send)(void *ud, const char *conn_id, json_t *msg);
@@ -38,8 +39,8 @@ typedef struct {
      * bucket decides, and when the shared store answers, the host calls done(arg, key, rate,
      * burst, tokens) with the tokens the cluster has left, from the loop, at most once (never
      * after the host is freed; key borrowed for the call). Returns 0 when the take was sent,
-     * -1 when there is nothing shared (single node, Redis down): done never runs and the local
-     * decision is all there is. NULL = purely local limits. */
+     * or a negative code when there is nothing shared (GW_ENOTSUP: single node; GW_EDOWN:
+     * Redis down): done never runs and the local decision is all there is. NULL = purely local limits. */
     int (*limit_take)(void *ud, const char *key, double rate, double burst,
                       void (*done)(void *arg, const char *key, double rate, double burst, double tokens),
                       void *arg);

@@ -879,7 +879,7 @@ static int fake_limit_take(void *ud, const char *key, double rate, double burst,
 {
     fake_limit_t *f = ud;
     f->takes++;
-    if (f->refuse) return -1;
+    if (f->refuse) return GW_EDOWN;
     snprintf(f->key, sizeof f->key, "%s", key);
     f->rate = rate;
     f->burst = burst;
@@ -1100,7 +1100,7 @@ typedef struct {
 static int fake_send(void *ud, const char *id, json_t *msg)
 {
     fake_host_t *h = ud;
-    if (strcmp(id, "c1")) return -1;
+    if (strcmp(id, "c1")) return GW_ENOTFOUND;
     h->sends++;
     snprintf(h->last_to, sizeof h->last_to, "%s", id);
     json_decref(h->last);
