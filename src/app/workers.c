@@ -339,6 +339,9 @@ static void pool_main_start(pool_t *p)
         uv_signal_start(sigs[i], i == 2 ? pool_on_hup : pool_on_stop_signal, nums[i]);
         uv_unref((uv_handle_t *)sigs[i]);
     }
+    /* Before the workers load the policy, as the signals: an edit once a listener is up
+     * reloads (one during the boot is read by the first load or reloads after it). */
+    p->watch = watch_start(p->loop, p->cfg.scripts_dir, p->cfg.reload_poll_ms, pool_on_watch, p);
 }
 
 /* Boots every worker; on a failure frees the ones booted, last first (none runs yet). 0 or an
@@ -358,7 +361,6 @@ static int pool_boot(pool_t *p)
  * here on the main loop. */
 static void pool_run(pool_t *p)
 {
-    p->watch = watch_start(p->loop, p->cfg.scripts_dir, p->cfg.reload_poll_ms, pool_on_watch, p);
     sentinel_start(p->cfg.drain_timeout_ms);
     for (int i = 0; p->n > 1 && i < p->n; i++)
         if (uv_thread_create(&p->ws[i].thread, worker_thread, &p->ws[i]) != 0) abort();

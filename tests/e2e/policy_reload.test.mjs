@@ -296,7 +296,9 @@ describe('policy reload: rejected policies leave the last good one serving', () 
 
   before(async () => {
     cm = AtomicWriterDir.create(TAGGER, 'chatgw-e2e-reject-cm-');
-    srv = await startServer(['--scripts-dir', cm.dir, ...FAST]);
+    // A generous time guard: the memory bomb must meet the memory cap, not the clock, on a
+    // loaded machine (first touches of its ~10 MB are slow); the loops still time out.
+    srv = await startServer(['--scripts-dir', cm.dir, ...FAST, '--policy-timeout-ms', '1000']);
     a = await chatClient(srv.port, `/ws?room=${room}&name=alice`);
     b = await chatClient(srv.port, `/ws?room=${room}&name=bob`);
     await a.next('room');
