@@ -5,8 +5,11 @@
  * a per-connection queue of shared frames: sends never write synchronously, they queue and put
  * the connection on a flush list that a check handle drains once per loop iteration, so a
  * fan-out to many members costs one writev per member. Sends therefore never close a
- * connection under the caller's feet: teardown only starts from read, write and timer
- * callbacks, and a conn_t is freed only in its close callbacks. This is the only module that
+ * connection under the caller's feet: teardown only starts from read, write, flush-check and
+ * timer callbacks (a TLS write that fails inside a send marks the conn doomed; the next flush
+ * tears it down, as Redis's freeClientAsync), and a conn_t is freed only in its close
+ * callbacks. A plain-HTTP connection is not read while its unsent responses exceed
+ * write_queue_bytes, so pipelining cannot grow its memory. This is the only module that
  * touches client sockets. */
 #define _GNU_SOURCE            /* accept4 */
 #include "net/server.h"
@@ -46,6 +49,13 @@
 #define LISTEN_BACKLOG 1024
 #define LISTENERS_MAX 2            /* public, admin */
 #define WQ_KEEP_MAX 64             /* a busy conn keeps an emptied queue above WQ_SMALL up to this */
+/* Connections beyond max_connections that may carry one plain-HTTP request each (then close),
+ * so probes answer from a full pod; an upgrade on them gets 503. Fixed, not a config key: it
+ * only has to outlast a probe period, and a larger one would just move the limit. */
+#define PROBE_RESERVE 16
+/* The admin-only listener's own cap, instead of max_connections: kubelet and Prometheus use a
+ * handful of connections, and a full public side must not refuse them. */
+#define ADMIN_CONNS_MAX 64
 
 enum { CONN_HTTP, CONN_WS, CONN_CLOSING };
 
@@ -93,6 +103,10 @@ struct conn_s {
     unsigned closing : 1;          /* uv_close called; freed by its callback */
     unsigned in_flush : 1, writing : 1, close_after_flush : 1, shutdown : 1;
     unsigned close_sent : 1, close_received : 1, deflate : 1, websocket : 1;
+    unsigned read_paused : 1;      /* HTTP output over write_queue_bytes: not read until it drains */
+    unsigned reserve : 1;          /* admitted on PROBE_RESERVE: plain HTTP, one request */
+    unsigned admin_slot : 1;       /* counted in srv->nadmin */
+    unsigned doomed : 1;           /* TLS write failed: torn down by the next flush, sends dropped */
     uint64_t serial;
     uint64_t deadline_ms;          /* HTTP header deadline, or the close linger deadline */
     uint64_t last_rx_ms, last_ping_ms, over_since_ms;
@@ -106,6 +120,7 @@ struct conn_s {
     wq_item_t *wq;
     size_t wq_head, wq_tail, wq_cap;
     size_t queued, writing_bytes;
+    buf_t *held;                   /* while read_paused: requests read but not yet parsed */
     const char *ip;                /* the client: peer, or X-Forwarded-For from a trusted proxy
                                     * (then ipent's copy, which the conn holds) */
     char peer[INET6_ADDRSTRLEN];   /* the TCP peer */
@@ -120,7 +135,7 @@ struct server_s {
     int nlisteners;
     int freeing;                 /* server_free runs the loop to finish closes: no uv_stop */
     conn_t *conns;
-    size_t nconns, nws;
+    size_t nconns, nws, nadmin;
     conn_t *flush_head;
     uv_check_t flush_check;
     uv_idle_t flush_idle;
@@ -147,6 +162,9 @@ static void on_flush_idle(uv_idle_t *h);
 static void conn_abort(conn_t *c);
 static void flush_schedule(conn_t *c);
 static void conn_timer_arm(conn_t *c);
+static void conn_read_resume(conn_t *c);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void server_drain_check(server_t *srv);
 static int conn_forwarded_ip(conn_t *c, const http_request_t *req);
 
@@ -395,7 +413,11 @@ static sbuf_t *conn_seal(conn_t *c, sbuf_t *frame)
     sbuf_unref(frame);
     sbuf_t *sealed = rc == 0 ? sbuf_from(wire.data, wire.len) : NULL;
     buf_free(&wire);
-    if (!sealed) conn_abort(c);
+    if (!sealed) {
+        /* not conn_abort: this may run inside a fan-out that iterates the conn's room */
+        c->doomed = 1;
+        flush_schedule(c);
+    }
     return sealed;
 }
 
@@ -412,6 +434,10 @@ static void conn_queue(conn_t *c, sbuf_t *frame, int opcode)
 {
     gw_t *gw = c->srv->gw;
     long limit = gw->cfg.write_queue_bytes;
+    if (c->doomed) {
+        sbuf_unref(frame);
+        return;
+    }
     if (c->state == CONN_WS && opcode != WS_OP_CLOSE && c->queued > (size_t)limit * 2) {
         /* over twice the limit: memory stays bounded, the slow-consumer timer closes it */
         METRIC_INC(gw->metrics.msgs_dropped[METRICS_DROP_SLOW]);
@@ -439,6 +465,8 @@ static void conn_free(conn_t *c)
 {
     wq_truncate(c, c->wq_head);
     wq_release(c);
+    if (c->held) buf_free(c->held);
+    free(c->held);
     if (c->http) {
         http_parser_free(c->http);
         free(c->http);
@@ -471,6 +499,7 @@ static void conn_abort(conn_t *c)
     else srv->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     srv->nconns--;
+    if (c->admin_slot) srv->nadmin--;
     METRIC_SUB(gw->metrics.conns_open, 1);
     if (c->ipent) iptab_release(srv, c->ipent);
     c->ipent = NULL;
@@ -518,10 +547,15 @@ static void on_write(uv_write_t *req, int status)
     }
     wq_consume(c, c->writing_bytes);
     conn_flush(c);
+    conn_read_resume(c);
 }
 
 static void conn_flush(conn_t *c)
 {
+    if (c->doomed) {
+        conn_abort(c);             /* a safe point: no send loop is running */
+        return;
+    }
     if (c->closing || c->writing || c->shutdown) return;
     uv_buf_t iov[WQ_IOV];
     size_t bytes;
@@ -561,6 +595,7 @@ static void on_flush_check(uv_check_t *h)
         srv->flush_head = c->flush_next;
         c->in_flush = 0;
         conn_flush(c);
+        conn_read_resume(c);
     }
 }
 
@@ -589,7 +624,7 @@ static sbuf_t *frame_deflated(server_t *srv, int bits, int opcode, const void *d
 
 int server_conn_is_open(const conn_t *c)
 {
-    return !c->closing && c->state == CONN_WS && !c->close_sent;
+    return !c->closing && c->state == CONN_WS && !c->close_sent && !c->doomed;
 }
 
 void server_conn_send(conn_t *c, int opcode, const void *data, size_t len)
@@ -673,7 +708,7 @@ static int on_ws_frame(void *ctx, int opcode, uint8_t *data, size_t len)
     case WS_OP_BINARY:
         if (c->close_sent) return 0;
         if (c->ep && c->ep->message) c->ep->message(gw, c, opcode, data, len);
-        return c->closing;
+        return c->closing || c->doomed;
     case WS_OP_PING:
         if (!c->close_sent) conn_queue(c, ws_frame_build(WS_OP_PONG, 0, data, len), WS_OP_PONG);
         return 0;
@@ -816,12 +851,16 @@ static void conn_http_request(conn_t *c, const http_request_t *req)
         return;
     }
     const server_endpoint_t *ep = c->srv->router->endpoint(gw, req, c->roles);
+    if (ep && c->reserve) {
+        conn_refuse(c, GW_EUNAVAIL);
+        return;
+    }
     if (ep) {
         conn_upgrade(c, ep, req);
         return;
     }
     /* an upgrade we do not take leaves llhttp past the headers: answer, then close */
-    int keep_alive = req->keep_alive && !req->upgrade && !gw->draining;
+    int keep_alive = req->keep_alive && !req->upgrade && !gw->draining && !c->reserve;
     buf_t out;
     buf_init(&out);
     c->srv->router->handle(gw, req, c->roles, keep_alive, &out);
@@ -831,9 +870,35 @@ static void conn_http_request(conn_t *c, const http_request_t *req)
     conn_timer_arm(c);
 }
 
+/* Stops reading a connection whose responses wait unsent (nginx and h2o do the same): the rest
+ * of this read is held, unparsed, until conn_read_resume. So a plain-HTTP connection holds at
+ * most write_queue_bytes of output plus the response that crossed it, and one read. */
+static void conn_read_pause(conn_t *c, const uint8_t *data, size_t len)
+{
+    if (len) {
+        if (!c->held) {
+            c->held = xmalloc(sizeof *c->held);
+            buf_init(c->held);
+        }
+        buf_append(c->held, data, len);
+    }
+    if (c->read_paused) return;
+    c->read_paused = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+static int conn_http_over(const conn_t *c)
+{
+    return c->queued > (size_t)c->srv->gw->cfg.write_queue_bytes;
+}
+
 static void conn_http_feed(conn_t *c, uint8_t *data, size_t len)
 {
-    while (len && c->state == CONN_HTTP && !c->closing) {
+    while (len && c->state == CONN_HTTP && !c->closing && !c->doomed) {
+        if (conn_http_over(c)) {
+            conn_read_pause(c, data, len);
+            return;
+        }
         size_t used = 0;
         int rc = http_parser_feed(c->http, (const char *)data, len, &used);
         if (rc == HTTP_PARSE_ERROR) {
@@ -848,6 +913,25 @@ static void conn_http_feed(conn_t *c, uint8_t *data, size_t len)
         conn_http_request(c, &c->http->req);
     }
     if (c->state == CONN_WS) conn_ws_feed(c, data, len);
+    else if (c->state == CONN_HTTP && conn_http_over(c)) conn_read_pause(c, NULL, 0);
+}
+
+/* Once the output of a paused connection is down to half the limit: parses what was held,
+ * then reads again unless that filled the queue once more. From write and check callbacks. */
+static void conn_read_resume(conn_t *c)
+{
+    if (!c->read_paused || c->closing || c->doomed) return;
+    if (c->queued > (size_t)c->srv->gw->cfg.write_queue_bytes / 2) return;
+    c->read_paused = 0;
+    buf_t *held = c->held;
+    c->held = NULL;
+    if (held) {
+        conn_http_feed(c, (uint8_t *)held->data, held->len);
+        buf_free(held);
+        free(held);
+    }
+    if (c->read_paused || c->closing || c->doomed) return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) conn_abort(c);
 }
 
 /* ---- reading ---- */
@@ -887,14 +971,15 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         conn_abort(c);
         return;
     }
-    if (n == 0 || c->closing) return;
+    if (n == 0 || c->closing || c->doomed) return;
     gw_t *gw = c->srv->gw;
     METRIC_ADD(gw->metrics.bytes_in, n);
     c->last_rx_ms = gw_now_ms(gw);
     uint8_t *data = (uint8_t *)buf->base;
     size_t len = (size_t)n;
     if (c->tls && conn_tls_open(c, &data, &len) < 0) return;
-    if (c->state == CONN_HTTP) conn_http_feed(c, data, len);
+    if (c->read_paused) conn_read_pause(c, data, len);   /* behind what is held */
+    else if (c->state == CONN_HTTP) conn_http_feed(c, data, len);
     else if (c->state == CONN_WS) conn_ws_feed(c, data, len);
     /* CONN_CLOSING: discard until FIN */
 }
@@ -1042,13 +1127,22 @@ static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
     return iptab_charge(c->srv, c->ipent);
 }
 
-/* 0 when the connection may proceed; GW_EUNAVAIL when the process is at max_connections
- * (every worker's open connections), GW_ELIMIT when the address is over its own limits. */
+/* 0 when the connection may proceed; GW_EUNAVAIL when the process is past max_connections
+ * (every worker's open connections) and PROBE_RESERVE, or the admin listener past its own
+ * ADMIN_CONNS_MAX; GW_ELIMIT when the address is over its own limits. */
 static int conn_admit(conn_t *c)
 {
     server_t *srv = c->srv;
     const config_t *cfg = &srv->gw->cfg;
-    if (GW_SUM(srv->gw, metrics.conns_open) > (uint64_t)cfg->max_connections) return GW_EUNAVAIL;
+    uint64_t open = GW_SUM(srv->gw, metrics.conns_open);
+    if (c->roles == SERVER_ROLE_ADMIN) {
+        c->admin_slot = 1;
+        if (++srv->nadmin > ADMIN_CONNS_MAX) return GW_EUNAVAIL;
+    } else if (open > (uint64_t)cfg->max_connections + PROBE_RESERVE) {
+        return GW_EUNAVAIL;
+    } else if (open > (uint64_t)cfg->max_connections) {
+        c->reserve = 1;
+    }
     c->ipent = iptab_acquire(srv, c->ip);
     if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return GW_ELIMIT;
     /* a trusted proxy carries many clients: their own addresses are charged per request */

@@ -1,4 +1,7 @@
 /* tls: OpenSSL over memory BIOs; see tls.h. */
+#ifdef CHATGW_FAULTS
+#define _GNU_SOURCE            /* memmem */
+#endif
 #include "net/tls.h"
 
 #include <stdio.h>
@@ -11,6 +14,11 @@
 
 #include "base/err.h"
 #include "base/hex.h"
+#ifdef CHATGW_FAULTS
+#include <stdlib.h>
+
+#include "base/log.h"
+#endif
 
 #define FINGERPRINT_BYTES 32           /* SHA-256 */
 /* TLS 1.2: forward-secret AEAD suites only; 1.3 keeps OpenSSL's defaults (all AEAD) */
@@ -105,6 +113,10 @@ tls_ctx_t *tls_ctx_new(const char *cert, const char *key, char *err, size_t errl
 {
     tls_ctx_t *t = xcalloc(1, sizeof *t);
     t->ctx = tls_ctx_build(cert, key, t->fingerprint, err, errlen);
+#ifdef CHATGW_FAULTS
+    if (getenv("CHATGW_FAULT_TLS_WRITE"))
+        log_warn("fault injection armed", "{s:s}", "tls_write_marker", getenv("CHATGW_FAULT_TLS_WRITE"));
+#endif
     if (!t->ctx) {
         free(t);
         return NULL;
@@ -193,8 +205,21 @@ int tls_conn_feed(tls_conn_t *c, const void *in, size_t len, buf_t *plain, buf_t
     return rc;
 }
 
+#ifdef CHATGW_FAULTS
+/* Test builds only (cmake -DFAULT_INJECTION=ON): CHATGW_FAULT_TLS_WRITE=MARKER makes every
+ * write whose plaintext contains MARKER fail, as a broken session would. */
+static int tls_fault_write(const void *data, size_t len)
+{
+    const char *marker = getenv("CHATGW_FAULT_TLS_WRITE");
+    return marker && marker[0] && memmem(data, len, marker, strlen(marker)) != NULL;
+}
+#endif
+
 int tls_conn_write(tls_conn_t *c, const void *data, size_t len, buf_t *wire)
 {
+#ifdef CHATGW_FAULTS
+    if (tls_fault_write(data, len)) return -1;
+#endif
     if (len && SSL_write(c->ssl, data, (int)len) != (int)len) {
         ERR_clear_error();
         return GW_EUNAVAIL;

@@ -506,7 +506,10 @@ describe('rules on the rendered YAML', () => {
     const tlsPort = c.ports.find((p) => p.hostPort === 443);
     const env = containerEnv(o, c);
     assert.equal(listenPort(env.CHATGW_LISTEN), tlsPort.containerPort);
-    for (const p of ['startupProbe', 'livenessProbe', 'readinessProbe']) assert.equal(c[p].httpGet.scheme, 'HTTPS', `${p} over TLS`);
+    for (const p of ['startupProbe', 'readinessProbe']) assert.equal(c[p].httpGet.scheme, 'HTTPS', `${p} over TLS`);
+    // liveness on the admin listener (plain HTTP), which max_connections does not hold
+    assert.equal(c.livenessProbe.httpGet.port, 'metrics', 'livenessProbe on the admin port');
+    assert.notEqual(c.livenessProbe.httpGet.scheme, 'HTTPS');
     const cert = findObj(o, 'Certificate', 'chatgw-tls');
     assert.ok(cert);
     const vol = podSpec(ds).volumes.find((v) => v.secret?.secretName === cert.spec.secretName);
