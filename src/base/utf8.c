@@ -8,10 +8,7 @@
 #include "base/buf.h"
 #include "base/err.h"
 
-/* Decodes one code point at *p (p < end) and advances *p. Rejects truncated sequences,
- * overlong forms, surrogates and values above U+10FFFF. Returns 0, or GW_EINVAL with *p
- * unchanged. */
-static int utf8_next(const unsigned char **p, const unsigned char *end)
+int utf8_next(const unsigned char **p, const unsigned char *end, uint32_t *cp)
 {
     static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
     const unsigned char *s = *p;
@@ -30,6 +27,7 @@ static int utf8_next(const unsigned char **p, const unsigned char *end)
     }
     if (c < min[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return GW_EINVAL;
     *p = s + n;
+    *cp = c;
     return 0;
 }
 
@@ -38,7 +36,8 @@ void utf8_scrub(char *s)
     unsigned char *u = (unsigned char *)s;
     const unsigned char *p = u, *end = u + strlen(s);
     while (p < end) {
-        if (utf8_next(&p, end) == 0) continue;
+        uint32_t c;
+        if (utf8_next(&p, end, &c) == 0) continue;
         u[p - u] = '?';
         p++;
     }

@@ -21,32 +21,6 @@
 
 /* ---- UTF-8 ---- */
 
-/* Decodes one code point at *p (p < end) and advances *p. Rejects truncated sequences,
- * overlong forms, surrogates and values above U+10FFFF. Returns 0, or GW_EINVAL with *p
- * unchanged. */
-static int proto_utf8_next(const unsigned char **p, const unsigned char *end, uint32_t *cp)
-{
-    static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
-    const unsigned char *s = *p;
-    unsigned char b = s[0];
-    size_t n;
-    uint32_t c;
-    if (b < 0x80) { n = 1; c = b; }
-    else if ((b & 0xE0) == 0xC0) { n = 2; c = b & 0x1F; }
-    else if ((b & 0xF0) == 0xE0) { n = 3; c = b & 0x0F; }
-    else if ((b & 0xF8) == 0xF0) { n = 4; c = b & 0x07; }
-    else return GW_EINVAL;
-    if ((size_t)(end - s) < n) return GW_EINVAL;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xC0) != 0x80) return GW_EINVAL;
-        c = (c << 6) | (s[i] & 0x3F);
-    }
-    if (c < min[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return GW_EINVAL;
-    *p = s + n;
-    *cp = c;
-    return 0;
-}
-
 /* C0 controls, DEL and C1 controls. */
 static int proto_cp_control(uint32_t c) { return c < 0x20 || (c >= 0x7F && c <= 0x9F); }
 
@@ -67,7 +41,7 @@ int proto_room_valid(const char *s)
     const unsigned char *p = (const unsigned char *)s, *end = p + len;
     while (p < end) {
         uint32_t c;
-        if (proto_utf8_next(&p, end, &c) < 0) return 0;
+        if (utf8_next(&p, end, &c) < 0) return 0;
         if (proto_cp_control(c) || proto_cp_space(c)) return 0;
         if (c < 0x80 && strchr("/?#%\\\"<>", (int)c)) return 0;
     }
@@ -82,7 +56,7 @@ int proto_name_valid(const char *s)
     int visible = 0;
     while (p < end) {
         uint32_t c;
-        if (proto_utf8_next(&p, end, &c) < 0 || proto_cp_control(c)) return 0;
+        if (utf8_next(&p, end, &c) < 0 || proto_cp_control(c)) return 0;
         if (++count > PROTO_MAX_NAME) return 0;
         if (!proto_cp_space(c)) visible = 1;
     }
@@ -294,7 +268,7 @@ static const char *proto_fast_str(const char *p, const char *end)
             continue;
         }
         uint32_t cp;
-        if (proto_utf8_next(&u, e, &cp) < 0) return NULL;
+        if (utf8_next(&u, e, &cp) < 0) return NULL;
     }
     return NULL;
 }
@@ -544,7 +518,7 @@ static void pw_strn(proto_w_t *w, const char *s, size_t n)
         if (c >= 0x80) {
             const unsigned char *q = p;
             uint32_t cp;
-            if (proto_utf8_next(&q, end, &cp) == 0) {
+            if (utf8_next(&q, end, &cp) == 0) {
                 pw_put(w, (const char *)p, (size_t)(q - p));
                 p = q;
             } else {
