@@ -192,7 +192,7 @@ static void test_v2(void **state)
     assert_int_equal(feed_all_splits(buf, n, &a, &taken), PROXY_DONE);
     assert_true(a.local);
     assert_int_equal(taken, n);
-    n = v2_build(buf, 0x20, 0x00, NULL, 0, 0);
+    n = v2_build(buf, 0x20, 0x00, v4, 0, 0);
     assert_int_equal(feed_all_splits(buf, n, &a, &taken), PROXY_DONE);
     assert_true(a.local);
     assert_int_equal(taken, 16);
