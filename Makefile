@@ -55,7 +55,7 @@ clean:
 # report, even from a server process that exited cleanly, fails it.
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= http ws proto policy pattern
+FUZZ_TARGETS ?= http ws proto policy pattern proxy
 FUZZ_FLAGS ?=
 ASAN_BUILD ?= build-asan
 

@@ -156,7 +156,11 @@ static const config_key_t config_keys[] = {
     { "tls_key", CK_STRING, OFF(tls_key), "", 0, 0, 0,
       "PEM private key for tls_cert" },
     { "trusted_proxies", CK_CIDRS, OFF(trusted_proxies), "", 0, 0, 0,
-      "comma list of CIDRs whose X-Forwarded-For is believed" },
+      "comma list of CIDRs whose X-Forwarded-For (and PROXY header) is believed" },
+    { "proxy_protocol", CK_BOOL, OFF(proxy_protocol), "false", 0, 0, 0,
+      "the public listener expects a PROXY protocol v1/v2 header, from trusted_proxies only" },
+    { "ipv6_prefix_bits", CK_LONG, OFF(ipv6_prefix_bits), "64", 32, 128, 0,
+      "per-IP limits count an IPv6 client by this prefix of its address (128 = each address)" },
     { "ice_servers", CK_JSON_ARRAY, OFF(ice_servers), "[]", 0, 0, 0,
       "JSON list of ICE servers handed to the web client by /api/config" },
 };
@@ -705,6 +709,17 @@ static int config_flags_apply(config_t *cfg, int argc, char **argv, char *err, s
     return 0;
 }
 
+/* Keys that only make sense together, once every layer is in. */
+static int config_pairs_check(const config_t *cfg, char *err, size_t errlen)
+{
+    if (cfg->proxy_protocol && !cfg->trusted_proxies[0]) {
+        snprintf(err, errlen, "config: proxy_protocol: needs trusted_proxies (the load balancer's addresses); "
+                              "without it every connection would be refused");
+        return GW_EINVAL;
+    }
+    return 0;
+}
+
 static int config_layers_apply(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
 {
     const char *path;
@@ -722,7 +737,8 @@ static int config_layers_apply(config_t *cfg, int argc, char **argv, char *err, 
         if ((rc = config_file_apply(cfg, CONFIG_DEFAULT_FILE, err, errlen)) < 0) return rc;
     }
     if ((rc = config_env_apply(cfg, err, errlen)) < 0) return rc;
-    return config_flags_apply(cfg, argc, argv, err, errlen);
+    if ((rc = config_flags_apply(cfg, argc, argv, err, errlen)) < 0) return rc;
+    return config_pairs_check(cfg, err, errlen);
 }
 
 int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen)

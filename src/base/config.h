@@ -58,6 +58,8 @@ typedef struct {
     char *tls_cert;
     char *tls_key;
     char *trusted_proxies;
+    int proxy_protocol;            /* the public listener expects a PROXY header (trusted_proxies only) */
+    long ipv6_prefix_bits;         /* per-IP limits key IPv6 clients by this prefix */
     char *ice_servers;             /* JSON array text */
 } config_t;
 

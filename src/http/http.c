@@ -159,6 +159,42 @@ static int http_on_header_value_complete(llhttp_t *l)
     return 0;
 }
 
+/* Repeated lines of a list header become one line, "a, b" in order with empty lines dropped, as
+ * RFC 9110 5.3 lets a recipient do; the later lines leave the header array. Every reader then
+ * sees every line: X-Forwarded-For's first line may be the client's, its last the proxy's. */
+static void http_parser_join(http_parser_t *p, const char *name)
+{
+    http_request_t *r = &p->req;
+    size_t total = 1;
+    int lines = 0, out = 0, first = -1;
+    for (int i = 0; i < r->nheaders; i++)
+        if (!strcasecmp(p->store.data + p->name_off[i], name)) {
+            total += strlen(p->store.data + p->value_off[i]) + 2;
+            lines++;
+        }
+    if (lines < 2) return;
+    buf_reserve(&p->store, total);   /* no move while values are copied from the store into it */
+    size_t joined = p->store.len;
+    for (int i = 0; i < r->nheaders; i++) {
+        const char *v = p->store.data + p->value_off[i];
+        if (strcasecmp(p->store.data + p->name_off[i], name)) {
+            p->name_off[out] = p->name_off[i];
+            p->value_off[out++] = p->value_off[i];
+            continue;
+        }
+        if (first < 0) {
+            first = out;
+            p->name_off[out] = p->name_off[i];
+            p->value_off[out++] = joined;
+        }
+        if (!*v) continue;
+        if (p->store.len > joined) buf_append(&p->store, ", ", 2);
+        buf_append_str(&p->store, v);
+    }
+    buf_append(&p->store, "", 1);
+    r->nheaders = out;
+}
+
 static int http_on_headers_complete(llhttp_t *l)
 {
     http_parser_t *p = l->data;
@@ -178,6 +214,7 @@ static int http_on_headers_complete(llhttp_t *l)
         http_parser_fail(p, 413);
         return -1;                 /* as above: llhttp's error answer, not a GW_E* code */
     }
+    http_parser_join(p, "X-Forwarded-For");
     p->body_off = p->store.len;
     return 0;
 }

@@ -65,7 +65,8 @@ void http_parser_free(http_parser_t *p);
  * request, *used stops right after the headers and the rest belongs to the new protocol. */
 int http_parser_feed(http_parser_t *p, const char *data, size_t len, size_t *used);
 
-/* First header named name (case-insensitive), or NULL. */
+/* First header named name (case-insensitive), or NULL. Repeated X-Forwarded-For lines arrive
+ * joined into one ("a, b", in order). */
 const char *http_request_header(const http_request_t *req, const char *name);
 /* 1 when the comma-separated header value contains token (case-insensitive, trimmed). */
 int http_header_has_token(const char *value, const char *token);

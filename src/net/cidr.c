@@ -97,3 +97,25 @@ int cidr_forwarded_client(const char *xff, const char *trusted, char *out, size_
     }
     return GW_ENOTFOUND;
 }
+
+void cidr_limit_key(const char *ip, int v6_bits, char *out, size_t outlen)
+{
+    unsigned char addr[16];
+    char text[INET6_ADDRSTRLEN];
+    int offset = cidr_addr_parse(ip, addr);
+    if (offset < 0) {
+        snprintf(out, outlen, "%s", ip);
+    } else if (offset == 96) {
+        inet_ntop(AF_INET, addr + 12, text, sizeof text);
+        snprintf(out, outlen, "%s", text);
+    } else if (v6_bits >= 128 || v6_bits < 0) {
+        inet_ntop(AF_INET6, addr, text, sizeof text);
+        snprintf(out, outlen, "%s", text);
+    } else {
+        int bytes = v6_bits / 8, rest = v6_bits % 8;
+        if (rest) addr[bytes++] &= (unsigned char)(0xff << (8 - rest));
+        memset(addr + bytes, 0, (size_t)(16 - bytes));
+        inet_ntop(AF_INET6, addr, text, sizeof text);
+        snprintf(out, outlen, "%s/%d", text, v6_bits);
+    }
+}

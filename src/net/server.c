@@ -26,6 +26,7 @@
 #include "net/cidr.h"
 #include "base/err.h"
 #include "net/dheap.h"
+#include "net/proxy.h"
 #include "base/gw_sum.h"
 #include "base/log.h"
 #include "base/map.h"
@@ -81,7 +82,7 @@ typedef struct ip_entry_s {
     unsigned count;                /* open connections */
     double tokens;                 /* accept_rate_per_ip bucket */
     uint64_t tokens_ms;
-    char ip[INET6_ADDRSTRLEN];
+    char ip[CIDR_KEY_MAX];         /* the key: the address, or an IPv6 address's prefix (cidr_limit_key) */
 } ip_entry_t;
 
 typedef struct {
@@ -116,14 +117,15 @@ struct conn_s {
     ws_parser_t *ws;               /* from srv->parsers while a frame or message is in progress */
     ws_inflater_t *inflater;
     tls_conn_t *tls;               /* NULL on plain connections */
+    proxy_parser_t *proxy;         /* while the PROXY header is expected (proxy_protocol) */
     ip_entry_t *ipent;
     wq_item_t *wq;
     size_t wq_head, wq_tail, wq_cap;
     size_t queued, writing_bytes;
     buf_t *held;                   /* while read_paused: requests read but not yet parsed */
-    const char *ip;                /* the client: peer, or X-Forwarded-For from a trusted proxy
-                                    * (then ipent's copy, which the conn holds) */
-    char peer[INET6_ADDRSTRLEN];   /* the TCP peer */
+    const char *ip;                /* the client: peer, or client (X-Forwarded-For from a trusted proxy) */
+    char peer[INET6_ADDRSTRLEN];   /* the TCP peer, or the PROXY header's source */
+    char client[INET6_ADDRSTRLEN]; /* the X-Forwarded-For client */
 };
 
 #define DEFLATERS 16               /* by window bits: 9..15 used */
@@ -148,6 +150,7 @@ struct server_s {
     sentinel_slot_t *slot;
     int drain_timer_on;
     uint64_t serial;
+    uint64_t proxy_warned_ms;      /* the last "PROXY header refused" warning */
     ws_deflater_t *deflaters[DEFLATERS];   /* shared, by window bits */
     ip_entry_t *iptab[IPTAB_SIZE];
     tls_ctx_t *tls;                /* the public listener's certificate, or NULL */
@@ -167,6 +170,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void server_drain_check(server_t *srv);
 static int conn_forwarded_ip(conn_t *c, const http_request_t *req);
+static int conn_proxy_feed(conn_t *c, uint8_t **data, size_t *len);
 
 /* ---- per-IP connection counts ---- */
 
@@ -183,17 +187,19 @@ static void iptab_refill(server_t *srv, ip_entry_t *e)
     e->tokens_ms = now;
 }
 
-/* Counts one more connection from ip. */
+/* Counts one more connection from ip (under its key: an IPv6 client by its prefix). */
 static ip_entry_t *iptab_acquire(server_t *srv, const char *ip)
 {
-    ip_entry_t **slot = &srv->iptab[iptab_hash(ip)];
+    char key[CIDR_KEY_MAX];
+    cidr_limit_key(ip, (int)srv->gw->cfg.ipv6_prefix_bits, key, sizeof key);
+    ip_entry_t **slot = &srv->iptab[iptab_hash(key)];
     for (ip_entry_t *e = *slot; e; e = e->next)
-        if (!strcmp(e->ip, ip)) {
+        if (!strcmp(e->ip, key)) {
             e->count++;
             return e;
         }
     ip_entry_t *e = xcalloc(1, sizeof *e);
-    snprintf(e->ip, sizeof e->ip, "%s", ip);
+    snprintf(e->ip, sizeof e->ip, "%s", key);
     e->count = 1;
     e->tokens = iptab_burst(srv);
     e->tokens_ms = gw_now_ms(srv->gw);
@@ -474,6 +480,7 @@ static void conn_free(conn_t *c)
     conn_ws_parser_release(c);
     ws_inflater_free(c->inflater);
     tls_conn_free(c->tls);
+    free(c->proxy);
     free(c);
 }
 
@@ -977,6 +984,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     c->last_rx_ms = gw_now_ms(gw);
     uint8_t *data = (uint8_t *)buf->base;
     size_t len = (size_t)n;
+    if (c->proxy && (c->state != CONN_HTTP || conn_proxy_feed(c, &data, &len) < 0)) return;
     if (c->tls && conn_tls_open(c, &data, &len) < 0) return;
     if (c->read_paused) conn_read_pause(c, data, len);   /* behind what is held */
     else if (c->state == CONN_HTTP) conn_http_feed(c, data, len);
@@ -1110,8 +1118,18 @@ static int conn_behind_proxy(const conn_t *c)
     return trusted && trusted[0] && cidr_list_match(trusted, c->peer);
 }
 
-/* Behind a trusted proxy the client is the X-Forwarded-For address: per-IP limits and logs use
- * it. 0, or GW_ELIMIT when that address is over max_connections_per_ip or its accept rate. */
+/* Counts c under ip's entry instead of the one it had. 0, or GW_ELIMIT when ip is over
+ * max_connections_per_ip. */
+static int conn_ipent_move(conn_t *c, const char *ip)
+{
+    if (c->ipent) iptab_release(c->srv, c->ipent);
+    c->ipent = iptab_acquire(c->srv, ip);
+    return c->ipent->count > (unsigned)c->srv->gw->cfg.max_connections_per_ip ? GW_ELIMIT : 0;
+}
+
+/* Behind a trusted proxy the client is the X-Forwarded-For address (every line of it, joined
+ * by http.c): per-IP limits and logs use it. 0, or GW_ELIMIT when that address is over
+ * max_connections_per_ip or its accept rate. */
 static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
 {
     const config_t *cfg = &c->srv->gw->cfg;
@@ -1120,11 +1138,76 @@ static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
     if (cidr_forwarded_client(http_request_header(req, "X-Forwarded-For"), cfg->trusted_proxies, ip, sizeof ip) < 0)
         snprintf(ip, sizeof ip, "%s", c->peer);
     if (!strcmp(ip, c->ip)) return 0;
-    if (c->ipent) iptab_release(c->srv, c->ipent);
-    c->ipent = iptab_acquire(c->srv, ip);
-    c->ip = c->ipent->ip;
-    if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return GW_ELIMIT;
-    return iptab_charge(c->srv, c->ipent);
+    snprintf(c->client, sizeof c->client, "%s", ip);
+    c->ip = c->client;
+    int rc = conn_ipent_move(c, c->ip);
+    return rc < 0 ? rc : iptab_charge(c->srv, c->ipent);
+}
+
+/* Closes a connection whose PROXY header is missing, malformed or untrusted, unanswered: it
+ * may not speak HTTP, and a proxy that sends none is misconfigured. Warns at most every 10 s,
+ * or anyone could fill the log. */
+static void conn_proxy_refuse(conn_t *c, const char *why)
+{
+    server_t *srv = c->srv;
+    uint64_t now = gw_now_ms(srv->gw);
+    if (!srv->proxy_warned_ms || now - srv->proxy_warned_ms >= 10000) {
+        srv->proxy_warned_ms = now;
+        log_warn("proxy_protocol: connection refused", "{s:I, s:s, s:s}", "conn", (json_int_t)c->serial, "peer", c->peer,
+                 "error", why);
+    }
+    conn_abort(c);
+}
+
+/* With proxy_protocol the public listener reads a PROXY header first, and takes it only from
+ * trusted_proxies. -1 when c was refused (closed). */
+static int conn_proxy_expect(conn_t *c)
+{
+    if (!c->srv->gw->cfg.proxy_protocol || !(c->roles & SERVER_ROLE_PUBLIC)) return 0;
+    if (!conn_behind_proxy(c)) {
+        conn_proxy_refuse(c, "not from trusted_proxies");
+        return -1;
+    }
+    c->proxy = xmalloc(sizeof *c->proxy);
+    proxy_parser_init(c->proxy);
+    return 0;
+}
+
+/* The header's source becomes the peer: logs, X-Forwarded-For trust and the per-IP limits see
+ * it from here on. LOCAL (the proxy's own health check) keeps the socket's. 0, or GW_ELIMIT. */
+static int conn_proxy_peer(conn_t *c, const proxy_addr_t *a)
+{
+    if (a->local) return 0;
+    log_debug("proxy header", "{s:I, s:s, s:s}", "conn", (json_int_t)c->serial, "proxy", c->peer, "client", a->src);
+    snprintf(c->peer, sizeof c->peer, "%s", a->src);
+    c->ip = c->peer;
+    int rc = conn_ipent_move(c, c->peer);
+    if (rc < 0) return rc;
+    return conn_behind_proxy(c) ? 0 : iptab_charge(c->srv, c->ipent);
+}
+
+/* Takes the PROXY header off the front of a read (before TLS and HTTP), leaving data and len
+ * at what follows. -1 when nothing is left to go on with: the header is not whole yet, or c
+ * was refused. */
+static int conn_proxy_feed(conn_t *c, uint8_t **data, size_t *len)
+{
+    size_t used;
+    int rc = proxy_parser_feed(c->proxy, *data, *len, &used);
+    if (rc == PROXY_MORE) return -1;
+    if (rc < 0) {
+        conn_proxy_refuse(c, c->proxy->error);
+        return -1;
+    }
+    proxy_addr_t addr = c->proxy->addr;
+    free(c->proxy);
+    c->proxy = NULL;
+    *data += used;
+    *len -= used;
+    if ((rc = conn_proxy_peer(c, &addr)) < 0) {
+        conn_refuse(c, rc);
+        return -1;
+    }
+    return *len ? 0 : -1;
 }
 
 /* 0 when the connection may proceed; GW_EUNAVAIL when the process is past max_connections
@@ -1174,6 +1257,7 @@ static void conn_start(conn_t *c)
         conn_abort(c);
         return;
     }
+    if (conn_proxy_expect(c) < 0) return;
     rc = conn_admit(c);
     if (rc < 0) conn_refuse(c, rc);
     conn_timer_arm(c);

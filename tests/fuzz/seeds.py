@@ -5,7 +5,8 @@ are named by their sha1 and are left alone here.
 
 http: byte 0 settings, byte 1 split seed, then a connection's bytes (see http_fuzz.c).
 ws:   byte 0 settings (bit 0 inflater, bits 2-5 limits), byte 1 split seed, then client frames (ws_fuzz.c).
-proto, policy: one client text frame."""
+proto, policy: one client text frame.
+proxy: byte 0 split seed, then a connection's first bytes: a PROXY header and what follows (proxy_fuzz.c)."""
 import json
 import os
 import struct
@@ -224,8 +225,33 @@ def policy_seeds():
         write("policy", "op-weird-%02d" % k, json.dumps({"type": "x.weird", "n": k, "list": []}).encode())
 
 
+def proxy_seeds():
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"
+    def v2(ver_cmd, fam, block):
+        return sig + bytes([ver_cmd, fam]) + struct.pack(">H", len(block)) + block
+    v4 = bytes([203, 0, 113, 7, 10, 0, 0, 1]) + struct.pack(">HH", 56324, 443)
+    v6 = bytes.fromhex("20010db8000000000000000000000042") + bytes(15) + b"\x01" + struct.pack(">HH", 1, 2)
+    seeds = {
+        "v1-tcp4": b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 443\r\nGET / HTTP/1.1\r\n\r\n",
+        "v1-tcp6": b"PROXY TCP6 2001:db8::7 2001:db8::1 1 65535\r\n\x16\x03\x01",
+        "v1-unknown": b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n",
+        "v1-long": b"PROXY UNKNOWN " + b"a" * 120 + b"\r\n",
+        "v1-lf": b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+        "v2-tcp4": v2(0x21, 0x11, v4) + b"GET /",
+        "v2-tcp6-tlv": v2(0x21, 0x21, v6 + b"\x04\x00\x03abc\x20\x00\x05\x01\x00\x00\x00\x00"),
+        "v2-local": v2(0x20, 0x00, b""),
+        "v2-unix": v2(0x21, 0x31, b"/" + bytes(215)),
+        "v2-short": v2(0x21, 0x21, v6[:20]),
+        "v2-udp": v2(0x21, 0x12, v4),
+        "no-header": b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    }
+    for i, (name, data) in enumerate(seeds.items()):
+        write("proxy", name, bytes([0x11 + 2 * i]) + data)
+
+
 if __name__ == "__main__":
     http_seeds()
     ws_seeds()
     proto_seeds()
     policy_seeds()
+    proxy_seeds()

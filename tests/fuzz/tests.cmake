@@ -3,7 +3,7 @@
 # committed seed (corpus/<target>/) and crash regression (regress/<target>/). The libFuzzer
 # builds themselves live in tests/fuzz/CMakeLists.txt (-DFUZZ=ON, clang; `make fuzz`).
 set(CHATGW_FUZZ_DIR ${CMAKE_CURRENT_LIST_DIR})
-foreach(t http ws proto policy pattern)
+foreach(t http ws proto policy pattern proxy)
   add_executable(fuzz_replay_${t} ${CHATGW_FUZZ_DIR}/${t}_fuzz.c ${CHATGW_FUZZ_DIR}/replay.c)
   target_compile_options(fuzz_replay_${t} PRIVATE ${WARN})
   target_link_libraries(fuzz_replay_${t} PRIVATE chatgw_core)

@@ -49,11 +49,42 @@ static void test_forwarded(void **state)
     assert_int_equal(cidr_forwarded_client(NULL, "10.0.0.0/8", ip, sizeof ip), GW_ENOTFOUND);
 }
 
+/* Per-IP limit keys: IPv6 by prefix, IPv4 whole however it is written. */
+static void test_limit_key(void **state)
+{
+    (void)state;
+    char k[CIDR_KEY_MAX];
+    cidr_limit_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64, k, sizeof k);
+    assert_string_equal(k, "2001:db8:1:2::/64");
+    char k2[sizeof k];
+    cidr_limit_key("2001:0db8:0001:0002::1", 64, k2, sizeof k2);
+    assert_string_equal(k, k2);   /* two addresses of one /64, written differently: one key */
+    cidr_limit_key("2001:db8:1:3::1", 64, k2, sizeof k2);
+    assert_string_not_equal(k, k2);
+    cidr_limit_key("2001:db8:1:2ff::1", 56, k, sizeof k);
+    assert_string_equal(k, "2001:db8:1:200::/56");
+    cidr_limit_key("2001:db8:1:2ff::1", 57, k, sizeof k);
+    assert_string_equal(k, "2001:db8:1:280::/57");
+    cidr_limit_key("2001:db8::1", 128, k, sizeof k);
+    assert_string_equal(k, "2001:db8::1");
+    cidr_limit_key("::1", 64, k, sizeof k);
+    assert_string_equal(k, "::/64");
+    cidr_limit_key("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 127, k, sizeof k);
+    assert_string_equal(k, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127");
+    cidr_limit_key("203.0.113.7", 64, k, sizeof k);
+    assert_string_equal(k, "203.0.113.7");
+    cidr_limit_key("::ffff:203.0.113.7", 64, k, sizeof k);
+    assert_string_equal(k, "203.0.113.7");
+    cidr_limit_key("?", 64, k, sizeof k);
+    assert_string_equal(k, "?");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_match),
         cmocka_unit_test(test_forwarded),
+        cmocka_unit_test(test_limit_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

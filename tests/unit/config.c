@@ -35,7 +35,7 @@ static const char *const keys[] = {
     "redis_password_file", "redis_connect_timeout_ms", "redis_command_timeout_ms", "redis_backoff_min_ms",
     "redis_backoff_max_ms", "redis_required", "presence_ttl_ms", "node_id",
     "policy_timeout_ms", "policy_budget", "policy_memory_mb", "policy_store_mb", "policy_fail", "reload_poll_ms", "tls_cert",
-    "tls_key", "trusted_proxies", "ice_servers",
+    "tls_key", "trusted_proxies", "proxy_protocol", "ipv6_prefix_bits", "ice_servers",
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -157,6 +157,8 @@ static void assert_defaults(const config_t *c)
     assert_string_equal(c->tls_cert, "");
     assert_string_equal(c->tls_key, "");
     assert_string_equal(c->trusted_proxies, "");
+    assert_int_equal(c->proxy_protocol, 0);
+    assert_int_equal(c->ipv6_prefix_bits, 64);
     assert_string_equal(c->ice_servers, "[]");
 }
 
@@ -218,6 +220,7 @@ static void test_file_values(void **state)
                " \"permessage_deflate\": false, \"rate_msgs_per_sec\": 2.5, \"rate_burst\": 1e3,"
                " \"ice_servers\": [{\"urls\": \"stun:stun.example.org\"}],"
                " \"trusted_proxies\": \"10.0.0.0/8, 192.168.1.1,fd00::/8\","
+               " \"proxy_protocol\": true, \"ipv6_prefix_bits\": 56,"
                " \"redis_url\": \"redis://redis:6379/0\", \"policy_fail\": \"open\","
                " \"api_token\": \"t0k\", \"ping_interval_ms\": 0}");
     assert_int_equal(LOAD(&c, err, "--config", "c.json"), 0);
@@ -232,6 +235,8 @@ static void test_file_values(void **state)
     assert_int_equal(c.rate_burst, 1000);
     assert_string_equal(c.ice_servers, "[{\"urls\":\"stun:stun.example.org\"}]");
     assert_string_equal(c.trusted_proxies, "10.0.0.0/8, 192.168.1.1,fd00::/8");
+    assert_int_equal(c.proxy_protocol, 1);
+    assert_int_equal(c.ipv6_prefix_bits, 56);
     assert_string_equal(c.redis_url, "redis://redis:6379/0");
     assert_string_equal(c.policy_fail, "open");
     assert_string_equal(c.api_token, "t0k");
@@ -390,6 +395,10 @@ static const error_case_t error_cases[] = {
     { NULL, NULL, NULL, { "--trusted-proxies", "10.0.0.0/8,,fd00::/8" }, { "config: trusted_proxies:" } },
     { NULL, NULL, NULL, { "--trusted-proxies", "fd00::/129" }, { "config: trusted_proxies:" } },
     { NULL, NULL, NULL, { "--trusted-proxies", "example.com" }, { "config: trusted_proxies:" } },
+    /* a PROXY header believed from nobody would refuse every connection */
+    { NULL, NULL, NULL, { "--proxy-protocol" }, { "config: proxy_protocol: needs trusted_proxies" } },
+    { NULL, NULL, NULL, { "--ipv6-prefix-bits", "129" }, { "config: ipv6_prefix_bits:" } },
+    { NULL, NULL, NULL, { "--ipv6-prefix-bits", "8" }, { "config: ipv6_prefix_bits:" } },
     { NULL, NULL, NULL, { "--policy-fail", "maybe" }, { "config: policy_fail: expected \"closed\" or \"open\"" } },
     { NULL, NULL, NULL, { "--log-level", "loud" }, { "config: log_level: expected one of debug" } },
     { NULL, NULL, NULL, { "--rate-msgs-per-sec", "0" }, { "config: rate_msgs_per_sec: expected a number" } },

@@ -513,6 +513,36 @@ static void test_header_lookup(void **state)
     http_parser_free(&p);
 }
 
+/* Every X-Forwarded-For line counts, in order (RFC 9110 5.3): a client's line cannot hide a
+ * proxy's. The other headers keep their order and a body its place, however the bytes arrive. */
+static void test_forwarded_lines_joined(void **state)
+{
+    const char *req = "POST /x HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\nHost: h\r\nx-forwarded-for:\r\n"
+                      "X-FORWARDED-FOR: 10.0.0.1 , 203.0.113.7\r\nX-Forwarded-For: 198.51.100.2\r\n"
+                      "Content-Length: 4\r\n\r\nbody";
+    for (size_t step = 1; step <= strlen(req); step++) {
+        http_parser_t p;
+        size_t used;
+        http_parser_init(&p, MAX_HDR, MAX_BODY);
+        assert_int_equal(feed_steps(&p, req, strlen(req), step, &used), HTTP_PARSE_DONE);
+        assert_int_equal(p.req.nheaders, 3);
+        assert_string_equal(p.req.headers[0].name, "X-Forwarded-For");
+        assert_string_equal(p.req.headers[0].value, "1.2.3.4, 10.0.0.1 , 203.0.113.7, 198.51.100.2");
+        assert_string_equal(http_request_header(&p.req, "x-forwarded-for"), p.req.headers[0].value);
+        assert_string_equal(p.req.headers[1].value, "h");
+        assert_string_equal(p.req.headers[2].name, "Content-Length");
+        assert_int_equal(p.req.body_len, 4);
+        assert_memory_equal(p.req.body, "body", 5);
+        http_parser_free(&p);
+    }
+    /* one line stays as it is */
+    http_parser_t p;
+    parse_one(&p, "GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4,5.6.7.8\r\n\r\n");
+    assert_string_equal(http_request_header(&p.req, "X-Forwarded-For"), "1.2.3.4,5.6.7.8");
+    assert_int_equal(p.req.nheaders, 1);
+    http_parser_free(&p);
+}
+
 static void test_tokens(void **state)
 {
     assert_true(http_header_has_token("keep-alive, Upgrade", "upgrade"));
@@ -852,6 +882,7 @@ int main(void)
         cmocka_unit_test(test_upgrade_used),
         cmocka_unit_test(test_paths),
         cmocka_unit_test(test_header_lookup),
+        cmocka_unit_test(test_forwarded_lines_joined),
         cmocka_unit_test(test_tokens),
         cmocka_unit_test(test_query),
         cmocka_unit_test(test_status_text),
