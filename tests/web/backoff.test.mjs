@@ -38,6 +38,16 @@ describe('web client: reconnect backoff', () => {
   const status = () => page.textContent('#conn-status');
   /** The page's log of connection states since the last call, [{st, delay, code, t}]. */
   const takeLog = () => page.evaluate(() => window.__connLog.splice(0));
+  /** Drops the page's socket and waits until the log shows the n-th wait and a new open after it
+   * (the close event comes later than drop(), so the status alone would still say Connected). */
+  async function dropAndReturn(n) {
+    await page.evaluate(() => window.chatgw.conn.drop());
+    await waitFor(() => page.evaluate((k) => {
+      const sts = window.__connLog.map((e) => e.st);
+      const waits = sts.flatMap((st, i) => (st === 'waiting' ? [i] : []));
+      return waits.length >= k && sts.indexOf('open', waits[k - 1]) > 0;
+    }, n), { timeoutMs: 30000, what: `back after drop ${n}` });
+  }
 
   it('the delay computation: full jitter over a doubling window, capped', T, async () => {
     await page.goto(`${srv.url}/`, { waitUntil: 'domcontentloaded' });
@@ -136,11 +146,8 @@ describe('web client: reconnect backoff', () => {
     const firstMs = await page.evaluate(() => window.chatgw.conn.backoff.firstMs);
     await takeLog();
     await sleep(STABLE_MS + 1000);               // up for longer than stableMs (a lower bound)
-    await page.evaluate(() => window.chatgw.conn.drop());
-    await waitFor(async () => (await status()) === 'Connected', { timeoutMs: 30000, what: 'back after the drop' });
-    // at once, well within stableMs of the open
-    await page.evaluate(() => window.chatgw.conn.drop());
-    await waitFor(async () => (await status()) === 'Connected', { timeoutMs: 30000, what: 'back after the second drop' });
+    await dropAndReturn(1);
+    await dropAndReturn(2);                      // at once, well within stableMs of the open
     const waits = (await takeLog()).filter((e) => e.st === 'waiting');
     assert.deepEqual(waits.map((w) => w.delay), [Math.floor(DRAW * firstMs), Math.floor(DRAW * 2 * firstMs)],
       JSON.stringify(waits));
