@@ -195,6 +195,15 @@ static void http_parser_join(http_parser_t *p, const char *name)
     r->nheaders = out;
 }
 
+/* RFC 9112 3.2: an HTTP/1.1 request names exactly one Host; no request may name two, as two
+ * let the proxy in front and this server each route or check the origin by a different one. */
+static int http_parser_host_bad(const http_parser_t *p, int http_minor)
+{
+    int hosts = 0;
+    for (int i = 0; i < p->req.nheaders; i++) hosts += !strcasecmp(p->store.data + p->name_off[i], "Host");
+    return hosts > 1 || (hosts == 0 && http_minor >= 1);
+}
+
 static int http_on_headers_complete(llhttp_t *l)
 {
     http_parser_t *p = l->data;
@@ -209,6 +218,13 @@ static int http_on_headers_complete(llhttp_t *l)
         http_parser_fail(p, 505);
         return -1;                 /* llhttp's callback contract: -1 stops the parser, HPE_USER */
     }
+    if (http_parser_host_bad(p, r->http_minor)) {
+        http_parser_fail(p, 400);
+        return -1;
+    }
+    /* RFC 9112 6.1: Transfer-Encoding on HTTP/1.0 means the framing cannot be trusted, so
+     * whatever follows this request may be smuggled: answer it, then close */
+    if (r->http_minor == 0 && (l->flags & F_TRANSFER_ENCODING)) r->keep_alive = 0;
     /* refuse a declared body before any of it is read */
     if ((l->flags & F_CONTENT_LENGTH) && l->content_length > p->max_body_bytes) {
         http_parser_fail(p, 413);

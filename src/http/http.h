@@ -62,7 +62,9 @@ typedef struct {
 void http_parser_init(http_parser_t *p, size_t max_header_bytes, size_t max_body_bytes);
 void http_parser_free(http_parser_t *p);
 /* Parses from data. After HTTP_PARSE_DONE, p->req is valid until the next feed; for an upgrade
- * request, *used stops right after the headers and the rest belongs to the new protocol. */
+ * request, *used stops right after the headers and the rest belongs to the new protocol.
+ * RFC 9112 strictness: an HTTP/1.1 request without Host, or any request with two Host lines,
+ * is an error (400); an HTTP/1.0 request with Transfer-Encoding comes back with keep_alive 0. */
 int http_parser_feed(http_parser_t *p, const char *data, size_t len, size_t *used);
 
 /* First header named name (case-insensitive), or NULL. Repeated X-Forwarded-For lines arrive

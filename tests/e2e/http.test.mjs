@@ -4,7 +4,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startServer, httpGet, httpRaw, httpConn, parseResponse, parseResponses, parseMetrics,
-  metricSum, scrape, connect, wsClient, wsRoundTrip, wsClose, sleep, HOST,
+  metricSum, scrape, connect, wsClient, wsRoundTrip, wsClose, rawWebSocket, sleep, HOST,
 } from './lib.mjs';
 
 const T = { timeout: 20000 };
@@ -191,6 +191,104 @@ describe('http probes and errors', () => {
     const r = await httpGet(srv.port, '/healthz');
     assert.equal(r.status, 200);
     assert.equal(srv.exitInfo, null, 'server still running');
+  });
+});
+
+// RFC 9112 3.2 (Host) and 6.1 (Transfer-Encoding on HTTP/1.0), over raw sockets so nothing
+// in between adds or fixes a header.
+describe('HTTP/1.1 strictness', () => {
+  let srv;
+  before(async () => { srv = await startServer(['--echo', 'true']); });
+  after(async () => { if (srv) await srv.stop('SIGKILL').catch(() => {}); });
+
+  const text = (b) => JSON.stringify(b.toString('latin1').slice(0, 160));
+
+  for (const [label, head] of [
+    ['no Host', 'GET /healthz HTTP/1.1\r\n'],
+    ['no Host, keep-alive asked for', 'GET /healthz HTTP/1.1\r\nConnection: keep-alive\r\n'],
+    ['two Host lines', `GET /healthz HTTP/1.1\r\nHost: ${HOST}\r\nHost: ${HOST}\r\n`],
+    ['two Host lines of different case and value', `GET /healthz HTTP/1.1\r\nHost: ${HOST}\r\nhOsT: evil.example\r\n`],
+    ['two Host lines on HTTP/1.0', `GET /healthz HTTP/1.0\r\nHost: ${HOST}\r\nHost: evil.example\r\n`],
+    ['two Host lines around a body', `POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nHost: b\r\n`],
+  ]) {
+    it(`${label}: 400, then the connection is closed`, T, async () => {
+      const b = await httpRaw(srv.port, head + '\r\n', { timeoutMs: 3000 });
+      const rs = parseResponses(b);
+      assert.equal(rs.length, 1, `one response: ${text(b)}`);
+      assert.equal(rs[0].status, 400, text(b));
+      assert.equal(rs[0].json().error, 'bad_request');
+      assert.match(rs[0].headers.connection || '', /close/i);
+      assert.equal(b.closed, true, 'closed after the 400');
+    });
+  }
+
+  it('a pipelined request without Host after a good one: 200, 400, close', T, async () => {
+    const b = await httpRaw(srv.port,
+      `GET /healthz HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET /readyz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
+    assert.deepEqual(parseResponses(b).map((r) => r.status), [200, 400], text(b));
+    assert.equal(b.closed, true);
+  });
+
+  it('HTTP/1.0 without Host is served', T, async () => {
+    const r = parseResponse(await httpRaw(srv.port, 'GET /healthz HTTP/1.0\r\n\r\n'), { eof: true });
+    assert.equal(r?.status, 200);
+  });
+
+  it('an empty Host on HTTP/1.1 is served (RFC 9112 3.2 allows it)', T, async () => {
+    const r = parseResponse(await httpRaw(srv.port, 'GET /healthz HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n'), { eof: true });
+    assert.equal(r?.status, 200);
+  });
+
+  it('probes as the kubelet sends them are served on one keep-alive connection', T, async () => {
+    const c = await httpConn(srv.port);
+    try {
+      for (const p of ['/healthz', '/readyz']) {
+        c.write(`GET ${p} HTTP/1.1\r\nHost: 10.0.0.7:${srv.port}\r\nUser-Agent: kube-probe/1.30\r\n` +
+          'Accept: */*\r\nConnection: keep-alive\r\n\r\n');
+        assert.equal((await c.readResponse()).status, 200, p);
+      }
+      assert.equal(c.isClosed, false);
+    } finally { c.close(); }
+  });
+
+  it('HTTP/1.0 with Transfer-Encoding: one response, Connection: close, closed; what follows is not run', T, async () => {
+    // the second request rides in the chunked framing the server must not trust
+    const b = await httpRaw(srv.port,
+      'GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n' +
+      'GET /readyz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n', { timeoutMs: 3000 });
+    const rs = parseResponses(b);
+    assert.equal(rs.length, 1, `exactly one response: ${text(b)}`);
+    assert.equal(rs[0].status, 200);
+    assert.equal(rs[0].json().status, 'ok', 'the answer is the first request\'s');
+    assert.match(rs[0].headers.connection || '', /close/i);
+    assert.equal(b.closed, true, 'closed after the response');
+  });
+
+  it('HTTP/1.0 keep-alive without Transfer-Encoding stays open (the close above is the TE)', T, async () => {
+    const c = await httpConn(srv.port);
+    try {
+      for (const p of ['/healthz', '/readyz']) {
+        c.write(`GET ${p} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n`);
+        const r = await c.readResponse();
+        assert.equal(r.status, 200, p);
+        assert.doesNotMatch(r.headers.connection || '', /close/i);
+      }
+      assert.equal(c.isClosed, false);
+    } finally { c.close(); }
+  });
+
+  it('the WebSocket upgrade needs its Host too, and works with one', T, async () => {
+    const bad = await rawWebSocket(srv.port, '/echo', { Host: null });
+    try {
+      assert.equal(bad.status, 400);
+      await Promise.race([bad.closed, sleep(3000)]);
+      assert.equal(bad.isClosed, true);
+    } finally { bad.close(); }
+    const two = await rawWebSocket(srv.port, '/echo', { host: 'evil.example' });   // beside the helper's Host
+    try { assert.equal(two.status, 400); } finally { two.close(); }
+    const ws = await wsClient(srv.port, '/echo', { perMessageDeflate: false });
+    await wsRoundTrip(ws, 'still upgrades');
+    await wsClose(ws, 1000);
   });
 });
 

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <jansson.h>
 
@@ -77,6 +78,14 @@ static void fuzz_request_check(const http_request_t *r)
         if (!r->headers[i].name || (n && (fuzz_is_ows(v[0]) || fuzz_is_ows(v[n - 1])))) abort();
     }
     if (r->body[r->body_len] != '\0') abort();
+    /* RFC 9112 3.2 and 6.1, as http.h promises */
+    int hosts = 0, te = 0;
+    for (int i = 0; i < r->nheaders; i++) {
+        hosts += !strcasecmp(r->headers[i].name, "Host");
+        te |= !strcasecmp(r->headers[i].name, "Transfer-Encoding");
+    }
+    if (hosts > 1 || (hosts == 0 && r->http_minor >= 1)) abort();
+    if (te && r->http_minor == 0 && r->keep_alive) abort();
 }
 
 static void fuzz_request_log(buf_t *log, const http_request_t *r)

@@ -62,7 +62,11 @@ def http_seeds():
                               b"Content-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"text\":\"hey\"}\n"),
         "post-chunked": (0x02, b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                                b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n"),
-        "body-too-big": (0x02, b"POST / HTTP/1.1\r\nContent-Length: 99999\r\n\r\n"),
+        "body-too-big": (0x02, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999\r\n\r\n"),
+        "no-host": (0x00, b"GET /healthz HTTP/1.1\r\n\r\n"),
+        "two-hosts": (0x00, b"GET /healthz HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"),
+        "http10-te": (0x00, b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"1\r\nx\r\n0\r\n\r\nGET / HTTP/1.0\r\n\r\n"),
         "header-too-big": (0x01, b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 300 + b"\r\n\r\n"),
         "bad-header-name": (0x00, b"GET / HTTP/1.1\r\nBad Name: v\r\n\r\n"),
         "bad-space-colon": (0x00, b"GET / HTTP/1.1\r\nHost : v\r\n\r\n"),

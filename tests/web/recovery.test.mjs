@@ -2,8 +2,8 @@
 //  1. The page's socket drops while the server stays up: the page comes back with
 //     since=<last id> and gets exactly the missed messages.
 //  2. The server drains (SIGTERM: close 1001 to every socket) and a new one starts on the same
-//     port: the page reconnects at once, and then with backoff until the new server answers,
-//     and shows the messages sent there.
+//     port: the page reconnects with backoff until the new server answers, and shows the
+//     messages sent there (web_backoff checks the waits themselves).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {

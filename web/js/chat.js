@@ -2,11 +2,12 @@
 //
 // It connects to /ws?room=R&name=N (room optional), remembers the id of the last message seen
 // in the room and reconnects with since=<that id>, so the server replays exactly what was
-// missed. A drop waits a backoff with jitter (0.5 s doubling to 15 s); a close with 1001 (the
-// server draining or restarting) reconnects at once. A kick or a ban stops reconnecting until
-// reconnect() is called. Every frame from the server goes to onFrame; state changes go to
-// onState(state, info) with state one of 'connecting', 'open', 'waiting', 'stopped'.
-import { backoffDelay } from './util.js';
+// missed. Every close, 1001 from a draining server included, waits a backoff with full jitter
+// before the next try (BACKOFF in util.js has the numbers and the reasons). A kick or a ban
+// stops reconnecting until reconnect() is called. Every frame from the server goes to onFrame;
+// state changes go to onState(state, info) with state one of 'connecting', 'open', 'waiting'
+// (info.delay: the wait in ms, info.code: the close code) and 'stopped'.
+import { BACKOFF, backoffDelay } from './util.js';
 
 const CONNECT_TIMEOUT_MS = 10000;
 
@@ -26,7 +27,10 @@ export class ChatConnection {
     this.ws = null;
     this.id = null;                // our connection id (from welcome)
     this.lastId = null;            // the last message id seen in this.room
-    this.attempt = 0;              // failed tries since the last good connection
+    this.attempt = 0;              // tries in a row since the last connection that stayed up
+    this.firstMs = BACKOFF.firstMs;   // the first window of this run of tries
+    this.backoff = BACKOFF;        // tests may swap in other numbers
+    this.random = Math.random;     // and a fixed draw
     this.retryTimer = null;
     this.connectTimer = null;
     this.stopped = false;
@@ -80,7 +84,6 @@ export class ChatConnection {
   track(f) {
     if (f.type === 'welcome') {
       this.id = f.id;
-      this.attempt = 0;
       this.everOpen = true;
       this.onState('open', { id: f.id, name: f.name });
     } else if (f.type === 'msg' && f.room === this.room && f.id) {
@@ -102,32 +105,31 @@ export class ChatConnection {
       this.onState('stopped', { code: ev.code, reason: ev.reason });
       return;
     }
-    // 1001: the server is going away (drain, restart, idle). Come back at once, but only once
-    // in a row: if that try fails too, the normal backoff applies.
-    const lived = this.openedAt && Date.now() - this.openedAt > 2000;
-    if (ev.code === 1001 && (lived || this.attempt === 0)) {
-      this.attempt = 1;
-      this.openedAt = 0;
-      this.onState('waiting', { delay: 0, code: ev.code });
-      this.connect();
-      return;
-    }
+    // a connection that stayed up starts a new run of tries; one that did not (accepted, then
+    // closed at once) goes on growing the wait, so a server in trouble is not hammered
+    if (this.openedAt && Date.now() - this.openedAt >= this.backoff.stableMs) this.attempt = 0;
     this.openedAt = 0;
+    if (this.attempt === 0) {
+      const asked = ev.code === 1001 || ev.code === 1013;   // going away, try again later
+      this.firstMs = asked ? this.backoff.drainFirstMs : this.backoff.firstMs;
+    }
     this.onState('waiting', { delay: this.scheduleRetry(), code: ev.code });
   }
 
   scheduleRetry() {
-    const delay = backoffDelay(this.attempt);
+    const delay = backoffDelay(this.attempt, { first: this.firstMs, cap: this.backoff.capMs, random: this.random });
     this.attempt++;
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => this.connect(), delay);
     return delay;
   }
 
-  /** Reconnects now (the "retry" button, or after a kick). */
+  /** Reconnects now (the "retry" button, back online, after a kick): a person or this browser
+   * asked, not a crowd. */
   reconnect() {
     this.stopped = false;
     this.attempt = 0;
+    this.firstMs = this.backoff.firstMs;
     if (this.ws) {
       const ws = this.ws;
       this.ws = null;

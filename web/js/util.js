@@ -142,8 +142,21 @@ export function errorText(code, fallback) {
   return ERROR_TEXT[code] || fallback || `The server answered: ${code}.`;
 }
 
-/** Full jitter: a random delay in [base/2, base] for attempt n, capped. */
-export function backoffDelay(attempt, { min = 500, max = 15000 } = {}) {
-  const base = Math.min(max, min * 2 ** attempt);
-  return Math.round(base / 2 + Math.random() * (base / 2));
+// Reconnect backoff: the one place its numbers live (README.md gives bots the same advice).
+// Each wait is drawn uniformly from [0, window) ("full jitter"), so clients that lost their
+// server at the same moment spread out instead of landing on the next one together. The window
+// starts at firstMs, doubles after every failed try and stops at capMs. A close the server asked
+// for (1001 going away on a drain, 1013 try again later) starts at drainFirstMs: a drained
+// pod's clients then arrive at the others over seconds. A connection that stayed up stableMs
+// counts as good, and the next drop starts from the first window again.
+export const BACKOFF = Object.freeze({ firstMs: 1000, drainFirstMs: 4000, capMs: 30000, stableMs: 10000 });
+
+/** The window of the attempt-th try in a row (0 for the first): first doubled per try, capped. */
+export function backoffWindow(attempt, { first = BACKOFF.firstMs, cap = BACKOFF.capMs } = {}) {
+  return Math.min(cap, first * 2 ** Math.min(Math.max(attempt, 0), 30));
+}
+
+/** Full jitter: a wait in whole ms drawn from [0, backoffWindow(attempt)); random as Math.random. */
+export function backoffDelay(attempt, { first, cap, random = Math.random } = {}) {
+  return Math.floor(random() * backoffWindow(attempt, { first, cap }));
 }
