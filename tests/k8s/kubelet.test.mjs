@@ -438,8 +438,15 @@ describe('kubelet simulation (overlays/budget: TLS from a Secret volume)', { tim
     assert.equal(pub.tls, true, 'the public listener terminates TLS');
     port = Number(/:(\d+)$/.exec(pub.addr)[1]);
 
+    // liveness: plain HTTP on the admin port, which answers even when the public one is full
+    const adm = await gw.waitLog((o) => o.msg === 'listening' && o.role === 'admin', 10000, 'admin listener');
+    assert.equal(c.livenessProbe.httpGet.scheme ?? 'HTTP', 'HTTP');
+    assert.equal(c.livenessProbe.httpGet.port, 'metrics');
+    const live = await waitFor(() => httpGet(Number(/:(\d+)$/.exec(adm.addr)[1]), c.livenessProbe.httpGet.path)
+      .then((x) => (x.status === 200 ? x : null)), { timeoutMs: 10000, what: `livenessProbe on the admin port\n${gw.tail(10)}` });
+    assert.equal(live.status, 200);
     // kubelet's HTTPS probes
-    for (const p of ['startupProbe', 'livenessProbe', 'readinessProbe']) {
+    for (const p of ['startupProbe', 'readinessProbe']) {
       assert.equal(c[p].httpGet.scheme, 'HTTPS');
       const r = await waitFor(() => httpsProbe(port, c[p].httpGet.path).then((x) => (x.status >= 200 && x.status < 400 ? x : null)),
         { timeoutMs: 10000, what: `${p} over HTTPS\n${gw.tail(10)}` });
