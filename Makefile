@@ -1,18 +1,29 @@
 # Thin wrapper over CMake. `make run` serves the default policy on :8888; `make test` runs
-# every test. Both install missing Debian packages first (as root), so a fresh Debian 12 works.
+# every test. Both install missing Debian packages first (as root), so a fresh Debian 12 works;
+# each installs only what it needs: `make run` the build tools and libraries, `make test` those
+# plus the test suites' packages.
 BUILD ?= build
-DEBS := cmake make gcc pkg-config libuv1-dev node-llhttp liblua5.4-dev lua5.4 libjansson-dev \
-        libssl-dev libhiredis-dev zlib1g-dev lua-busted libcmocka-dev redis-server openssl curl \
-        $(shell cat tests/*/debs.txt 2>/dev/null)
+# building and running chatgw (curl for the README's first `curl localhost:8888/healthz`)
+DEBS := cmake make gcc pkg-config libuv1-dev node-llhttp liblua5.4-dev libjansson-dev libssl-dev \
+        libhiredis-dev zlib1g-dev curl
+# Node.js, for the npm-based suites and tools, when none is on PATH
+NODE_DEBS := $(if $(shell command -v node 2>/dev/null),,nodejs npm)
+# the test suites: ctest's runners and servers, then each suite's own (tests/*/debs.txt: the
+# browser, podman, Prometheus, gdb, ...)
+TEST_DEBS := lua5.4 lua-busted libcmocka-dev redis-server openssl \
+             $(shell cat tests/*/debs.txt 2>/dev/null) $(NODE_DEBS)
+# One `deps` installs DEBS; a target that needs more adds to it, and the addition reaches every
+# prerequisite of that target (build, npm), so `make test` installs the lot before configuring.
+test test-asan test-deps: DEBS += $(TEST_DEBS)
+npm soak bench: DEBS += $(NODE_DEBS)
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test npm clean fuzz fuzz-build fuzz-merge test-asan
+.PHONY: all deps test-deps build run test npm clean fuzz fuzz-build fuzz-merge test-asan
 
 all: build
 
 deps:
-	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
-	command -v node >/dev/null || missing="$$missing nodejs npm"; \
+	@missing=$$(for p in $(sort $(DEBS)); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$(echo $$missing)" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
@@ -22,7 +33,13 @@ deps:
 	  fi; \
 	fi
 
-$(BUILD)/Makefile: CMakeLists.txt
+# everything the tests need, without building or testing (CI images, offline preparation)
+test-deps: deps
+
+# Reconfigured when the installed packages change too: CMake finds cmocka, busted and node at
+# configure time, so a build tree first made by `make run` gains the tests after `make test`
+# installs them.
+$(BUILD)/Makefile: CMakeLists.txt $(wildcard /var/lib/dpkg/status) | deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 
 build: deps $(BUILD)/Makefile
@@ -31,9 +48,9 @@ build: deps $(BUILD)/Makefile
 # Every tests/ folder with a lock file gets its own node_modules, installed exactly from the lock.
 # tests/bench is left to `make bench`: its peers (uWebSockets.js) are large and no test needs them.
 NPM_DIRS := $(filter-out tests/bench,$(patsubst %/package-lock.json,%,$(wildcard tests/package-lock.json tests/*/package-lock.json)))
-npm: $(addsuffix /node_modules/.package-lock.json,$(NPM_DIRS))
+npm: deps $(addsuffix /node_modules/.package-lock.json,$(NPM_DIRS))
 
-%/node_modules/.package-lock.json: %/package.json %/package-lock.json
+%/node_modules/.package-lock.json: %/package.json %/package-lock.json | deps
 	cd $* && npm ci --no-audit --no-fund --loglevel=error
 
 run: build
