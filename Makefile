@@ -12,10 +12,13 @@ NODE_DEBS := $(if $(shell command -v node 2>/dev/null),,nodejs npm)
 # browser, podman, Prometheus, gdb, ...)
 TEST_DEBS := lua5.4 lua-busted libcmocka-dev redis-server openssl \
              $(shell cat tests/*/debs.txt 2>/dev/null) $(NODE_DEBS)
-# One `deps` installs DEBS; a target that needs more adds to it, and the addition reaches every
-# prerequisite of that target (build, npm), so `make test` installs the lot before configuring.
-test test-asan test-deps: DEBS += $(TEST_DEBS)
-npm soak bench: DEBS += $(NODE_DEBS)
+# One `deps` installs DEBS, which grows with the goals named on the command line, so that
+# `make test` (or `make build test`) installs the lot before configuring and `make run` never does.
+ifneq ($(filter test test-asan test-deps,$(MAKECMDGOALS)),)
+DEBS += $(TEST_DEBS)
+else ifneq ($(filter npm soak bench,$(MAKECMDGOALS)),)
+DEBS += $(NODE_DEBS)
+endif
 JOBS ?= $(shell nproc)
 
 .PHONY: all deps test-deps build run test npm clean fuzz fuzz-build fuzz-merge test-asan
