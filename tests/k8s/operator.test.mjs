@@ -208,6 +208,23 @@ describe('keda-connections component', () => {
     assert.ok(findObj(both, 'ScaledObject', 'chatgw') && findObj(both, 'PodMonitor', 'chatgw') && !findObj(both, 'HorizontalPodAutoscaler'));
   });
 
+  for (const overlay of OVERLAYS.filter((o) => o !== 'prod')) {
+    it(`refuses to render with overlays/${overlay} (no HPA to replace; no Redis or a DaemonSet)`, () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatgw-components-'));
+      try {
+        fs.writeFileSync(path.join(dir, 'kustomization.yaml'), YAML.stringify({
+          resources: [path.relative(dir, path.join(SRC, 'deploy', 'k8s', 'overlays', overlay))],
+          components: [path.relative(dir, path.join(COMPONENTS, KEDA))],
+        }));
+        const r = run(which('kubectl'), ['kustomize', dir], { timeoutMs: 60000 });
+        assert.notEqual(r.code, 0, 'rendered');
+        assert.match(r.stderr, /HorizontalPodAutoscaler/);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+
   it('scales the prod Deployment on open WebSockets, keeps CPU, and the base HPA\'s bounds and slow scale-in', () => {
     const objs = renderWith('prod', [KEDA]);
     const so = findObj(objs, 'ScaledObject', 'chatgw');
