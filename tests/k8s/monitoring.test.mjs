@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  SRC, BIN, run, which, startProcess, freePort, httpGet, waitFor, chatRoundTrip, metricSamples, tcpProbe,
+  SRC, BIN, run, which, startProcess, freePort, httpGet, waitFor, chatRoundTrip, metricSamples, tcpProbe, YAML,
 } from './lib.mjs';
 
 const MON = path.join(SRC, 'deploy', 'monitoring');
@@ -65,11 +65,20 @@ describe('alert rules (promtool)', () => {
     const r = run('promtool', ['test', 'rules', 'alerts.test.yaml'], { cwd: MON });
     assert.equal(r.code, 0, `${r.stdout}${r.stderr}`);
   });
-  it('covers the alerts issue 9 asks for', () => {
+  it('covers the alerts issues 9 and 17 ask for', () => {
     const text = fs.readFileSync(path.join(MON, 'alerts.yaml'), 'utf8');
-    for (const a of ['ChatgwDown', 'ChatgwNotReady', 'ChatgwPolicyReloadFailed', 'ChatgwSlowConsumerSpike', 'ChatgwRedisDown', 'ChatgwHighLatencyP99']) {
+    for (const a of ['ChatgwDown', 'ChatgwNotReady', 'ChatgwPolicyReloadFailed', 'ChatgwSlowConsumerSpike', 'ChatgwRedisDown', 'ChatgwHighLatencyP99',
+      'ChatgwPodRestarting', 'ChatgwOOMKilled', 'ChatgwCertificateExpiringSoon', 'ChatgwCertificateExpiryCritical', 'ChatgwNearMaxConnections',
+      'ChatgwRedisFlapping']) {
       assert.match(text, new RegExp(`alert: ${a}\\b`), a);
     }
+  });
+  it('every alert has a unit test that shows it firing', () => {
+    const rules = YAML.parse(fs.readFileSync(path.join(MON, 'alerts.yaml'), 'utf8'));
+    const tests = YAML.parse(fs.readFileSync(path.join(MON, 'alerts.test.yaml'), 'utf8'));
+    const fired = new Set(tests.tests.flatMap((t) => (t.alert_rule_test || []).filter((a) => a.exp_alerts?.length).map((a) => a.alertname)));
+    const missing = rules.groups.flatMap((g) => g.rules).map((r) => r.alert).filter((a) => a && !fired.has(a));
+    assert.deepEqual(missing, []);
   });
 });
 
