@@ -14,4 +14,14 @@ if(NODE)
       TIMEOUT 600)
   endforeach()
   set_tests_properties(k8s_image PROPERTIES TIMEOUT 1500)
+  # issue 17: the deploy path from git, Gateway API (offline: YAML, kustomize, kubectl dry-run)
+  foreach(t deploy-workflow gateway-api)
+    add_test(NAME k8s_${t}
+      COMMAND ${NODE} --test --test-reporter=spec ${CMAKE_SOURCE_DIR}/tests/k8s/${t}.test.mjs
+      WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests/k8s)
+    set_tests_properties(k8s_${t} PROPERTIES
+      ENVIRONMENT "CHATGW_BIN=$<TARGET_FILE:chatgw>;CHATGW_SRC=${CMAKE_SOURCE_DIR};CHATGW_BUILD=${CMAKE_BINARY_DIR}"
+      LABELS k8s
+      TIMEOUT 300)
+  endforeach()
 endif()
