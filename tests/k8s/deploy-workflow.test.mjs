@@ -144,7 +144,7 @@ describe('deploy.yml: what a push deploys', () => {
       assert.deepEqual(picked, ['ConfigMap/chatgw-policy'], `${o}: ${sel}`);
     }
     // and the job refuses to apply if that ever changes
-    assert.ok(runs(wf.jobs.policy).some((r) => /test "\$\(cat selected\.txt\)" = "configmap\/chatgw-policy"/.test(r)));
+    assert.ok(runs(wf.jobs.policy).some((r) => /test "\$\(awk '\{print \$1\}' selected\.txt\)" = "configmap\/chatgw-policy"/.test(r)));
   });
 
   it('the policy ConfigMap keeps one name (no hash suffix): an apply changes it in place, pods do not roll', () => {
