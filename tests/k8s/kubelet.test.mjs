@@ -410,9 +410,10 @@ describe('kubelet simulation (overlays/budget: TLS from a Secret volume)', { tim
       // the Redis Secret, laid out as kubelet does, where redis_password_file points
       const rs = mountOf((v) => /^chatgw-redis(-[a-z0-9]+)?$/.test(v.secret?.secretName || ''));
       const rsDir = path.join(root, 'redis-secret');
-      const data = findObj(objs, 'Secret', rs.vol.secret.secretName).data;
-      new AtomicWriter(rsDir, rs.vol.secret.defaultMode ?? 0o644).write(
-        Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')])));
+      // no overlay renders it: the operator creates it once, as docs/deploy-kubernetes.md says
+      // (kubectl create secret generic chatgw-redis --from-literal=password="$(openssl rand -hex 24)")
+      assert.equal(findObj(objs, 'Secret', rs.vol.secret.secretName), undefined, 'the Redis Secret is not rendered');
+      new AtomicWriter(rsDir, rs.vol.secret.defaultMode ?? 0o644).write({ password: crypto.randomBytes(24).toString('hex') });
       const file = runEnv.CHATGW_REDIS_PASSWORD_FILE;
       assert.ok(file.startsWith(`${rs.mount.mountPath}/`), 'redis_password_file is inside the Secret mount');
       runEnv.CHATGW_REDIS_PASSWORD_FILE = path.join(rsDir, file.slice(rs.mount.mountPath.length + 1));
