@@ -150,7 +150,9 @@ static void worker_policy_close(worker_t *w)
     gw->web = NULL;
 }
 
-/* The web client and the policy: the first load decides whether the process can serve. */
+/* The web client and the policy: the first load decides whether the process can serve. When it
+ * fails, policy_boot = exit stops the boot (1); wait keeps the empty holder: the worker serves
+ * unready and refuses every chat connection (hub_policy_connect) until a reload loads one. */
 static int worker_policy_open(worker_t *w)
 {
     gw_t *gw = w->gw;
@@ -160,9 +162,13 @@ static int worker_policy_open(worker_t *w)
     hub_policy_host(gw->hub, &host);
     gw->policy = policy_new(&gw->cfg, &gw->metrics, &host);
     if (policy_load(gw->policy, gw->cfg.scripts_dir, err, sizeof err) < 0) {
-        log_error("policy load failed", gw->nworkers > 1 ? "{s:s, s:s, s:i}" : "{s:s, s:s}", "dir",
-                  gw->cfg.scripts_dir, "error", err, "worker", gw->worker);
+        int wait = !strcmp(gw->cfg.policy_boot, "wait");
+        log_error(wait ? "policy load failed; serving unready, refusing chat, until a reload loads one"
+                       : "policy load failed",
+                  gw->nworkers > 1 ? "{s:s, s:s, s:i}" : "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "error", err,
+                  "worker", gw->worker);
         fprintf(stderr, "chatgw: %s\n", err);
+        if (wait) return 0;
         worker_policy_close(w);
         return 1;
     }

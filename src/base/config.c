@@ -39,6 +39,7 @@ typedef enum {
     CK_WORKERS,     /* int within [min, max], or "auto" */
     CK_LISTEN,      /* char *, host:port or [v6]:port */
     CK_POLICY_FAIL, /* char *, "closed" or "open" */
+    CK_POLICY_BOOT, /* char *, "exit" or "wait" */
     CK_JSON_ARRAY,  /* char *, compact JSON array text */
     CK_CIDRS,       /* char *, comma list of CIDRs */
     CK_REDIS_URL,   /* char *, redis:// URL (the bus has no unix socket or TLS transport) */
@@ -149,6 +150,8 @@ static const config_key_t config_keys[] = {
       "gw.store memory cap in MiB (keys, values and bookkeeping; outside the VM, kept across reloads)" },
     { "policy_fail", CK_POLICY_FAIL, OFF(policy_fail), "closed", 0, 0, 0,
       "what a failing on_connect/on_join hook means: closed (refuse) or open (allow)" },
+    { "policy_boot", CK_POLICY_BOOT, OFF(policy_boot), "exit", 0, 0, 0,
+      "a first policy load that fails: exit (status 1) or wait (serve unready, refusing chat, until a reload loads it)" },
     { "reload_poll_ms", CK_LONG, OFF(reload_poll_ms), "0", 0, MS_DAY, 0,
       "polling fallback for the scripts directory; 0 = off" },
     { "tls_cert", CK_STRING, OFF(tls_cert), "", 0, 0, 0,
@@ -388,6 +391,10 @@ static int config_value_parse(config_t *cfg, const config_key_t *k, const char *
         if (strcmp(s, "closed") && strcmp(s, "open")) return GW_EINVAL;
         config_string_replace(cfg, k, xstrdup(s));
         return 0;
+    case CK_POLICY_BOOT:
+        if (strcmp(s, "exit") && strcmp(s, "wait")) return GW_EINVAL;
+        config_string_replace(cfg, k, xstrdup(s));
+        return 0;
     case CK_JSON_ARRAY: {
         char *text = config_json_array_text(s);
         if (!text) return GW_EINVAL;
@@ -431,6 +438,7 @@ static void config_expect_describe(const config_key_t *k, buf_t *b)
         if (!(k->flags & CF_NONEMPTY)) buf_append_str(b, ", or empty");
         break;
     case CK_POLICY_FAIL: buf_append_str(b, "\"closed\" or \"open\""); break;
+    case CK_POLICY_BOOT: buf_append_str(b, "\"exit\" or \"wait\""); break;
     case CK_JSON_ARRAY: buf_append_str(b, "a JSON array"); break;
     case CK_CIDRS: buf_append_str(b, "a comma list of CIDRs such as 10.0.0.0/8,fd00::/8"); break;
     case CK_REDIS_URL:
@@ -758,7 +766,8 @@ int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
 
 static int config_kind_is_string(config_kind_t kind)
 {
-    return kind == CK_STRING || kind == CK_LISTEN || kind == CK_POLICY_FAIL || kind == CK_JSON_ARRAY
+    return kind == CK_STRING || kind == CK_LISTEN || kind == CK_POLICY_FAIL || kind == CK_POLICY_BOOT
+        || kind == CK_JSON_ARRAY
         || kind == CK_CIDRS || kind == CK_REDIS_URL || kind == CK_NODE_ID;
 }
 
@@ -852,6 +861,7 @@ static const char *config_metavar(const config_key_t *k)
     case CK_WORKERS: return "N|auto";
     case CK_LISTEN: return "HOST:PORT";
     case CK_POLICY_FAIL: return "closed|open";
+    case CK_POLICY_BOOT: return "exit|wait";
     case CK_JSON_ARRAY: return "JSON";
     case CK_CIDRS: return "CIDRS";
     case CK_REDIS_URL: return "URL";

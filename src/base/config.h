@@ -54,6 +54,7 @@ typedef struct {
     long policy_memory_mb;
     long policy_store_mb;
     char *policy_fail;             /* "closed" or "open" */
+    char *policy_boot;             /* "exit" or "wait": a first policy load that fails */
     long reload_poll_ms;
     char *tls_cert;
     char *tls_key;

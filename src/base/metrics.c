@@ -59,6 +59,10 @@ static const metrics_scalar_t metrics_scalars[] = {
       offsetof(metrics_t, bus_published) },
     { "chatgw_bus_received_total", "counter", "Messages and presence events received from other replicas.",
       offsetof(metrics_t, bus_received) },
+    { "chatgw_policy_loaded", "gauge",
+      "1 while a policy is loaded; 0 while the process waits for a loadable one (policy_boot = wait) "
+      "and refuses every chat connection.",
+      offsetof(metrics_t, policy_loaded) },
     { "chatgw_policy_store_keys", "gauge", "Entries in the policy's gw.store (updated once a second).",
       offsetof(metrics_t, policy_store_keys) },
     { "chatgw_policy_store_buckets", "gauge", "gw.limit token buckets held (updated once a second).",
@@ -243,12 +247,15 @@ _Static_assert(sizeof(metrics_t) % sizeof(uint64_t) == 0, "metrics_t holds only 
 void metrics_sum(metrics_t *out, const metrics_t *const *ms, size_t n)
 {
     memset(out, 0, sizeof *out);
-    uint64_t *acc = (uint64_t *)out, up_min = 0;
+    uint64_t *acc = (uint64_t *)out, up_min = 0, loaded_min = 0;
     for (size_t k = 0; k < n; k++) {
         const uint64_t *f = (const uint64_t *)ms[k];
         for (size_t i = 0; i < sizeof *out / sizeof *acc; i++) acc[i] += __atomic_load_n(&f[i], __ATOMIC_RELAXED);
         uint64_t up = __atomic_load_n(&ms[k]->bus_up, __ATOMIC_RELAXED);
         if (k == 0 || up < up_min) up_min = up;
+        uint64_t loaded = __atomic_load_n(&ms[k]->policy_loaded, __ATOMIC_RELAXED);
+        if (k == 0 || loaded < loaded_min) loaded_min = loaded;
     }
     out->bus_up = up_min;
+    out->policy_loaded = loaded_min;
 }

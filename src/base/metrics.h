@@ -63,6 +63,7 @@ typedef struct {
     /* policy (policy.c): hooks are POLICY_HOOK_* plus self_test at METRICS_POLICY_HOOKS - 1 */
     uint64_t policy_errors[METRICS_POLICY_HOOKS][METRICS_POLICY_KINDS];
     uint64_t policy_reloads[METRICS_RELOAD_RESULTS];
+    uint64_t policy_loaded;        /* gauge: 1 once a policy version serves (policy_load) */
     uint64_t policy_store_keys, policy_store_buckets;   /* gauges, set from on_tick */
     uint64_t policy_store_bytes;
     uint64_t policy_store_evicted;
@@ -84,7 +85,8 @@ extern const char *const metrics_drop_reasons[METRICS_DROP_REASONS];
 void metrics_latency_observe(metrics_t *m, uint64_t usec);
 
 /* out = the sum of n workers' metrics (relaxed atomic loads, so the workers may go on
- * counting); bus_up is the least of them (1 only while every worker's bus is up). */
+ * counting); bus_up and policy_loaded are the least of them (1 only while every worker's bus
+ * is up, or every worker has a policy loaded). */
 void metrics_sum(metrics_t *out, const metrics_t *const *ms, size_t n);
 
 /* Appends every metric of m to out, plus chatgw_build_info{version}. */

@@ -725,10 +725,15 @@ static void hub_client_free(hub_client_t *cl)
     free(cl);
 }
 
-/* Asks on_connect. 0 admits; otherwise GW_EREFUSED or GW_EUNAVAIL with reason. */
+/* Asks on_connect. 0 admits; otherwise GW_EREFUSED or GW_EUNAVAIL with reason. A holder with
+ * no policy loaded (policy_boot = wait) refuses every connection, whatever policy_fail says. */
 static int hub_policy_connect(gw_t *gw, hub_client_t *cl, const policy_pair_t *headers, char *reason, size_t len)
 {
     policy_t *p = gw->policy;
+    if (p && !policy_version(p)[0]) {   /* policy_boot = wait, nothing loaded yet: never open the doors */
+        snprintf(reason, len, "policy_unavailable");
+        return GW_EUNAVAIL;
+    }
     if (!p || !policy_has(p, POLICY_HOOK_CONNECT)) return 0;
     json_t *hj = hub_headers_json(headers);
     policy_conn_t pc = hub_pconn(cl, hj);

@@ -2122,6 +2122,7 @@ int policy_load(policy_t *p, const char *dir, char *err, size_t errlen)
     p->trips_until = 0;
     p->last_error[0] = '\0';
     policy_reload_count(p, METRICS_RELOAD_OK);
+    if (p->metrics) __atomic_store_n(&p->metrics->policy_loaded, 1, __ATOMIC_RELAXED);
     return 1;
 fail:
     snprintf(p->last_error, sizeof p->last_error, "%s", err);

@@ -34,7 +34,7 @@ static const char *const keys[] = {
     "max_room_members", "history_size", "api_token", "allowed_origins", "redis_url",
     "redis_password_file", "redis_connect_timeout_ms", "redis_command_timeout_ms", "redis_backoff_min_ms",
     "redis_backoff_max_ms", "redis_required", "presence_ttl_ms", "node_id",
-    "policy_timeout_ms", "policy_budget", "policy_memory_mb", "policy_store_mb", "policy_fail", "reload_poll_ms", "tls_cert",
+    "policy_timeout_ms", "policy_budget", "policy_memory_mb", "policy_store_mb", "policy_fail", "policy_boot", "reload_poll_ms", "tls_cert",
     "tls_key", "trusted_proxies", "proxy_protocol", "ipv6_prefix_bits", "ice_servers",
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -153,6 +153,7 @@ static void assert_defaults(const config_t *c)
     assert_int_equal(c->policy_memory_mb, 64);
     assert_int_equal(c->policy_store_mb, 16);
     assert_string_equal(c->policy_fail, "closed");
+    assert_string_equal(c->policy_boot, "exit");
     assert_int_equal(c->reload_poll_ms, 0);
     assert_string_equal(c->tls_cert, "");
     assert_string_equal(c->tls_key, "");
@@ -222,7 +223,7 @@ static void test_file_values(void **state)
                " \"trusted_proxies\": \"10.0.0.0/8, 192.168.1.1,fd00::/8\","
                " \"proxy_protocol\": true, \"ipv6_prefix_bits\": 56,"
                " \"redis_url\": \"redis://redis:6379/0\", \"policy_fail\": \"open\","
-               " \"api_token\": \"t0k\", \"ping_interval_ms\": 0}");
+               " \"policy_boot\": \"wait\", \"api_token\": \"t0k\", \"ping_interval_ms\": 0}");
     assert_int_equal(LOAD(&c, err, "--config", "c.json"), 0);
     assert_string_equal(c.listen, "[::1]:0");
     assert_string_equal(c.admin_listen, "127.0.0.1:9090");
@@ -239,6 +240,7 @@ static void test_file_values(void **state)
     assert_int_equal(c.ipv6_prefix_bits, 56);
     assert_string_equal(c.redis_url, "redis://redis:6379/0");
     assert_string_equal(c.policy_fail, "open");
+    assert_string_equal(c.policy_boot, "wait");
     assert_string_equal(c.api_token, "t0k");
     assert_int_equal(c.ping_interval_ms, 0);
     config_free(&c);
@@ -400,6 +402,7 @@ static const error_case_t error_cases[] = {
     { NULL, NULL, NULL, { "--ipv6-prefix-bits", "129" }, { "config: ipv6_prefix_bits:" } },
     { NULL, NULL, NULL, { "--ipv6-prefix-bits", "8" }, { "config: ipv6_prefix_bits:" } },
     { NULL, NULL, NULL, { "--policy-fail", "maybe" }, { "config: policy_fail: expected \"closed\" or \"open\"" } },
+    { NULL, NULL, NULL, { "--policy-boot", "maybe" }, { "config: policy_boot: expected \"exit\" or \"wait\"" } },
     { NULL, NULL, NULL, { "--log-level", "loud" }, { "config: log_level: expected one of debug" } },
     { NULL, NULL, NULL, { "--rate-msgs-per-sec", "0" }, { "config: rate_msgs_per_sec: expected a number" } },
     { NULL, NULL, NULL, { "--rate-msgs-per-sec", "nan" }, { "config: rate_msgs_per_sec:" } },

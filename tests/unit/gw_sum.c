@@ -41,6 +41,7 @@ static void test_workers(void **state)
         gws[i].metrics.ws_open = (uint64_t)(i + 1);
         gws[i].metrics.http_responses[200] = 10;
         gws[i].metrics.bus_up = i != 1;
+        gws[i].metrics.policy_loaded = i != 2;
     }
     for (int i = 0; i < N; i++) assert_int_equal(GW_SUM(&gws[i], metrics.ws_open), 6);
     metrics_t *sum = malloc(sizeof *sum);
@@ -48,6 +49,7 @@ static void test_workers(void **state)
     assert_int_equal(sum->ws_open, 6);
     assert_int_equal(sum->http_responses[200], 30);
     assert_int_equal(sum->bus_up, 0);
+    assert_int_equal(sum->policy_loaded, 0);
     free(sum);
     free(gws);
 }
