@@ -313,6 +313,50 @@ describe('kubelet simulation (overlays/dev)', { timeout: 180000 }, () => {
       { timeoutMs: 15000, intervalMs: 100, what: 'the original policy after the fix' });
   });
 
+  it('a pod that starts on a broken ConfigMap stays alive and unready, refusing chat, until the fix lands', async () => {
+    // a scale-out or a drain while the ConfigMap is broken: the new pod has no last good policy
+    assert.equal(env.CHATGW_POLICY_BOOT, 'wait', 'the base sets policy_boot = wait: no crash loop');
+    const dir2 = path.join(root, 'volumes-new-pod', 'kubernetes.io~configmap', policyVol.name);
+    const w2 = new AtomicWriter(dir2, policyVol.configMap.defaultMode ?? 0o644);
+    w2.write({ ...cm.data, 'policy.lua': 'return { on_message = function( }\n' });
+    const runEnv = { PATH: process.env.PATH, HOME: root, LANG: 'C.UTF-8', ...env, CHATGW_SCRIPTS_DIR: dir2 };
+    if (runEnv.CHATGW_WEB_DIR) runEnv.CHATGW_WEB_DIR = path.join(SRC, 'web');
+    for (const k of ['CHATGW_LISTEN', 'CHATGW_ADMIN_LISTEN']) if (runEnv[k]) runEnv[k] = '127.0.0.1:0';
+    const gw2 = startProcess(BIN, c.args, { cwd: fs.mkdtempSync(path.join(root, 'workdir-')), env: runEnv, name: 'chatgw-new-pod' });
+    try {
+      const pub = Number(/:(\d+)$/.exec((await gw2.waitLog((o) => o.msg === 'listening' && o.role !== 'admin', 10000, 'public listener')).addr)[1]);
+      const adm = runEnv.CHATGW_ADMIN_LISTEN
+        ? Number(/:(\d+)$/.exec((await gw2.waitLog((o) => o.msg === 'listening' && o.role === 'admin', 10000, 'admin listener')).addr)[1])
+        : pub;
+      const probe = async (pr) => {
+        const cp = typeof pr.httpGet.port === 'number' ? pr.httpGet.port : c.ports.find((x) => x.name === pr.httpGet.port).containerPort;
+        return httpGet(portMap.get(cp) === 'CHATGW_ADMIN_LISTEN' ? adm : pub, pr.httpGet.path, { timeoutMs: (pr.timeoutSeconds ?? 1) * 1000 });
+      };
+      assert.equal((await probe(c.startupProbe)).status, 200, 'startupProbe passes: no restart');
+      assert.equal((await probe(c.livenessProbe)).status, 200, 'livenessProbe passes: no crash loop');
+      const unready = await probe(c.readinessProbe);
+      assert.equal(unready.status, 503, 'readinessProbe fails: no Service traffic');
+      const j = unready.json();
+      assert.equal(j.checks?.policy, 'not_loaded');
+      assert.match(j.policy?.last_error || '', /policy\.lua/);
+      await assert.rejects(chatClient(pub, { room: 'cm', name: 'early' }), /503/, 'chat refused without a policy');
+      const m = (await httpGet(adm, '/metrics')).text;
+      assert.deepEqual(metricSamples(m, 'chatgw_policy_loaded').map((x) => x.value), [0], 'chatgw_policy_loaded 0 (ChatgwPolicyNotLoaded)');
+
+      w2.write(cm.data);                                           // the fix reaches the volume
+      await waitFor(async () => (await probe(c.readinessProbe)).status === 200,
+        { timeoutMs: 15000, intervalMs: 100, what: `readiness after the fix\n${gw2.tail(10)}` });
+      const m2 = (await httpGet(adm, '/metrics')).text;
+      assert.deepEqual(metricSamples(m2, 'chatgw_policy_loaded').map((x) => x.value), [1]);
+      const cl = await chatClient(pub, { room: 'cm', name: 'late' });
+      assert.equal((await cl.next((x) => x.type === 'welcome')).policy, versionOfPayload(cm.data));
+      cl.ws.terminate();
+      assert.equal(gw2.exitInfo, null, 'the same process throughout');
+    } finally {
+      await gw2.stop(15000);
+    }
+  });
+
   it('termination: preStop, SIGTERM, close 1001 to every client, exit 0 within the grace period', async () => {
     const grace = (pod.terminationGracePeriodSeconds ?? 30) * 1000;
     const t0 = Date.now();
