@@ -24,12 +24,13 @@ const folders = readdirSync(src, { withFileTypes: true }).filter((d) => d.isDire
 for (const f of folders) {
   const readme = join(src, f, 'README.md');
   if (!existsSync(readme)) { errors.push(`src/${f}: no README.md`); continue; }
-  const m = readFileSync(readme, 'utf8').match(/^May include: *(.*)$/m);
+  const text = readFileSync(readme, 'utf8');
+  const m = text.match(/^May include: *(.*)$/m);
   if (!m) { errors.push(`src/${f}/README.md: no "May include:" line`); continue; }
   const list = m[1].replace(/\.$/, '').split(/[ ,]+/).filter((x) => x && x !== 'nothing');
   for (const x of list) if (!folders.includes(x)) errors.push(`src/${f}/README.md: unknown folder ${x}`);
   allowed.set(f, new Set(list));
-  const unit = readFileSync(readme, 'utf8').match(/^One unit: *(.*)$/m);
+  const unit = text.match(/^One unit: *(.*)$/m);
   if (unit) units.push(new Set(unit[1].replace(/\.$/, '').split(/[ ,]+/).filter(Boolean).map((m) => `${f}/${m}`)));
 }
 for (const f of readdirSync(src)) if (/\.[ch]$/.test(f)) errors.push(`src/${f}: not in a layer folder`);
