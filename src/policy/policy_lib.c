@@ -20,12 +20,18 @@ static int policy_lib_too_long(lua_State *L, int arg)
                       (int)(POLICY_LIB_BYTES_MAX >> 20));
 }
 
-/* Every string argument at most POLICY_LIB_BYTES_MAX, then Lua's function. */
-static int policy_lib_strings_checked(lua_State *L)
+/* Raises unless every string argument is at most POLICY_LIB_BYTES_MAX. */
+static void policy_lib_strings_check(lua_State *L)
 {
     int n = lua_gettop(L);
     for (int i = 1; i <= n; i++)
-        if (lua_type(L, i) == LUA_TSTRING && lua_rawlen(L, i) > POLICY_LIB_BYTES_MAX) return policy_lib_too_long(L, i);
+        if (lua_type(L, i) == LUA_TSTRING && lua_rawlen(L, i) > POLICY_LIB_BYTES_MAX) policy_lib_too_long(L, i);
+}
+
+/* Every string argument at most POLICY_LIB_BYTES_MAX, then Lua's function. */
+static int policy_lib_strings_checked(lua_State *L)
+{
+    policy_lib_strings_check(L);
     return policy_lib_orig(L)(L);
 }
 
@@ -64,9 +70,7 @@ static int policy_lib_utf8_len(lua_State *L)
  * same to a script). Long strings go to Lua's function. */
 static int policy_lib_lower(lua_State *L)
 {
-    int n = lua_gettop(L);
-    for (int i = 1; i <= n; i++)
-        if (lua_type(L, i) == LUA_TSTRING && lua_rawlen(L, i) > POLICY_LIB_BYTES_MAX) return policy_lib_too_long(L, i);
+    policy_lib_strings_check(L);
     size_t l, i = 0;
     const char *s = luaL_checklstring(L, 1, &l);
     if (l > POLICY_LIB_LOWER_STACK) return policy_lib_orig(L)(L);

@@ -309,7 +309,7 @@ json_t *policy_store_incr(policy_store_t *s, const char *key, json_t *n, double 
         *err = "value is not a number";
         return NULL;
     }
-    json_t *zero = json_integer(0);
+    json_t *zero = e ? NULL : json_integer(0);   /* an absent key counts from 0 */
     json_t *sum = policy_number_add(e ? e->value : zero, n, err);
     json_decref(zero);
     if (!sum) return NULL;
@@ -362,8 +362,8 @@ static double policy_bucket_level(const policy_bucket_t *b, double now)
     return t < b->burst ? t : b->burst;
 }
 
-int policy_store_limit(policy_store_t *s, const char *key, double rate, double burst, double now,
-                       const char **err)
+/* A bucket's key, rate and burst: 0, or policy_key_check's codes, or GW_EINVAL. */
+static int policy_limit_check(const char *key, double rate, double burst, const char **err)
 {
     int rc = policy_key_check(key, err);
     if (rc < 0) return rc;
@@ -371,6 +371,14 @@ int policy_store_limit(policy_store_t *s, const char *key, double rate, double b
         *err = "rate must be > 0 and burst >= 1";
         return GW_EINVAL;
     }
+    return 0;
+}
+
+int policy_store_limit(policy_store_t *s, const char *key, double rate, double burst, double now,
+                       const char **err)
+{
+    int rc = policy_limit_check(key, rate, burst, err);
+    if (rc < 0) return rc;
     policy_bucket_t *b = map_get(&s->buckets, key);
     if (!b) {
         if ((rc = policy_bucket_room(s, key, now, err)) < 0) return rc;
@@ -390,12 +398,8 @@ int policy_store_limit(policy_store_t *s, const char *key, double rate, double b
 int policy_store_limit_sync(policy_store_t *s, const char *key, double rate, double burst, double tokens,
                             double now, const char **err)
 {
-    int rc = policy_key_check(key, err);
+    int rc = policy_limit_check(key, rate, burst, err);
     if (rc < 0) return rc;
-    if (!(rate > 0) || !isfinite(rate) || !(burst >= 1) || !isfinite(burst)) {
-        *err = "rate must be > 0 and burst >= 1";
-        return GW_EINVAL;
-    }
     if (isnan(tokens)) {
         *err = "tokens must be a number";
         return GW_EINVAL;
