@@ -416,6 +416,19 @@ static void rb_req_arg(rb_req_t *q, const void *p, size_t n)
     q->argvlen[q->argc++] = n;
 }
 
+/* The three keys of room's history (the post and range scripts' KEYS): seq, epoch, hist. */
+static void rb_req_history_keys(rb_req_t *q, const char *room)
+{
+    static const char *const suffix[] = {"seq", "epoch", "hist"};
+    buf_t key;
+    buf_init(&key);
+    for (size_t i = 0; i < 3; i++) {
+        rb_key(&key, room, suffix[i]);
+        rb_req_arg(q, key.data, key.len);
+    }
+    buf_free(&key);
+}
+
 static void rb_req_str(rb_req_t *q, const char *s) { rb_req_arg(q, s, strlen(s)); }
 
 static void rb_req_fmt(rb_req_t *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -1203,15 +1216,7 @@ static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t 
     if (r->state != RB_UP) return GW_EDOWN;
 
     rb_req_t *q = rb_req_script(r, RB_POST, 3, rb_done_post);
-    buf_t key;
-    buf_init(&key);
-    rb_key(&key, name, "seq");
-    rb_req_arg(q, key.data, key.len);
-    rb_key(&key, name, "epoch");
-    rb_req_arg(q, key.data, key.len);
-    rb_key(&key, name, "hist");
-    rb_req_arg(q, key.data, key.len);
-    buf_free(&key);
+    rb_req_history_keys(q, name);
     char *chan = rb_strcat(RB_CHAN_ROOM, name);
     rb_req_str(q, chan);
     free(chan);
@@ -1433,15 +1438,7 @@ static int rb_history_range(bus_t *b, const char *name, const proto_id_t *since,
     if (since) sid = *since;
     if (r->state != RB_UP) return GW_EDOWN;
     rb_req_t *q = rb_req_script(r, RB_RANGE, 3, rb_done_range);
-    buf_t key;
-    buf_init(&key);
-    rb_key(&key, name, "seq");
-    rb_req_arg(q, key.data, key.len);
-    rb_key(&key, name, "epoch");
-    rb_req_arg(q, key.data, key.len);
-    rb_key(&key, name, "hist");
-    rb_req_arg(q, key.data, key.len);
-    buf_free(&key);
+    rb_req_history_keys(q, name);
     rb_req_str(q, sid.epoch);
     rb_req_fmt(q, "%" PRIu64, sid.seq);
     rb_req_fmt(q, "%ld", r->history_size);

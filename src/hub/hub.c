@@ -393,12 +393,18 @@ static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
     if (!r->nmembers) hub_room_destroy(hub, r);
 }
 
+proto_id_t hub_room_own_id(hub_room_t *r)
+{
+    proto_id_t id = {"", ++r->seq};
+    memcpy(id.epoch, r->epoch, sizeof r->epoch);   /* NUL-terminated, shorter than PROTO_EPOCH_MAX */
+    return id;
+}
+
 /* Posts a msg on a single node: the hub's own id (written to id_out), then delivered. */
 static void hub_room_post_own(hub_t *hub, hub_room_t *r, const char *from_id, const char *from_name,
                               const char *text, json_t *extra, char *id_out, size_t id_len)
 {
-    proto_id_t id = {"", ++r->seq};
-    memcpy(id.epoch, r->epoch, sizeof r->epoch);   /* NUL-terminated, shorter than PROTO_EPOCH_MAX */
+    proto_id_t id = hub_room_own_id(r);
     sbuf_t *payload = proto_msg(r->name, r->epoch, id.seq, from_id, from_name, text, hub_wall_ms(), extra);
     proto_id_write(id_out, id_len, r->epoch, id.seq);
     hub_room_deliver(hub, r, &id, payload, 0);

@@ -174,6 +174,8 @@ void hub_parked_check(hub_t *hub, const char *room);
  * (from_bus) it goes out in the room's order, once: old ones are dropped, a hole is refilled
  * first. Takes payload. */
 void hub_room_deliver(hub_t *hub, hub_room_t *r, const proto_id_t *id, sbuf_t *payload, int from_bus);
+/* The next id the hub assigns itself in r (no bus, or the bus down): its epoch, ++seq. */
+proto_id_t hub_room_own_id(hub_room_t *r);
 void hub_bus_metrics(hub_t *hub);  /* copies the bus's counters into the metrics */
 /* The mirrored member id of r (another replica's), or NULL; borrowed. */
 hub_remote_t *hub_remote_find(hub_room_t *r, const char *id);

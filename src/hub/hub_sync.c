@@ -661,8 +661,7 @@ static void hub_post_local(hub_t *hub, hub_op_t *op)
 {
     hub_room_t *r = hub_room_get(hub, op->room);
     if (!r) return;                /* the sender left the room meanwhile */
-    proto_id_t id = {"", ++r->seq};
-    snprintf(id.epoch, sizeof id.epoch, "%s", r->epoch);
+    proto_id_t id = hub_room_own_id(r);
     sbuf_t *payload = proto_msg_number(op->tmpl->data, op->id_at, op->tmpl->data + op->id_at,
                                          op->tmpl->len - op->id_at, &id);
     hub_latency_observe(hub, op->t0);

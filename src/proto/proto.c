@@ -78,10 +78,9 @@ int proto_since_parse(const char *since, char *epoch, size_t epoch_len, uint64_t
         if (v > (UINT64_MAX - d) / 10) return GW_EINVAL;
         v = v * 10 + d;
     }
-    proto_id_t id;
-    if (proto_id_parse(since, n + 1 + nd, &id) < 0) return GW_EINVAL;
-    memcpy(epoch, id.epoch, n + 1);
-    *seq = id.seq;
+    memcpy(epoch, since, n);
+    epoch[n] = '\0';
+    *seq = v;
     return 0;
 }
 
