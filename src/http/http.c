@@ -136,7 +136,12 @@ static int http_on_header_field_complete(llhttp_t *l)
     http_parser_t *p = l->data;
     if (p->headers_done) return 0;
     if (p->req.nheaders == HTTP_MAX_HEADERS) return http_parser_fail(p, 431);
-    p->name_off[p->req.nheaders] = http_parser_span_end(p);
+    size_t len = p->store.len - p->span_off;
+    size_t off = p->name_off[p->req.nheaders] = http_parser_span_end(p);
+    const char *name = p->store.data + off;
+    /* counted here, once per line, so a request without repeats pays no pass over its headers */
+    if (len == sizeof "Host" - 1) p->host_lines += !strcasecmp(name, "Host");
+    else if (len == sizeof "X-Forwarded-For" - 1) p->xff_lines += !strcasecmp(name, "X-Forwarded-For");
     return 0;
 }
 
@@ -161,18 +166,15 @@ static int http_on_header_value_complete(llhttp_t *l)
 
 /* Repeated lines of a list header become one line, "a, b" in order with empty lines dropped, as
  * RFC 9110 5.3 lets a recipient do; the later lines leave the header array. Every reader then
- * sees every line: X-Forwarded-For's first line may be the client's, its last the proxy's. */
+ * sees every line: X-Forwarded-For's first line may be the client's, its last the proxy's.
+ * Called only for a name with two lines or more. */
 static void http_parser_join(http_parser_t *p, const char *name)
 {
     http_request_t *r = &p->req;
     size_t total = 1;
-    int lines = 0, out = 0, first = -1;
+    int out = 0, first = -1;
     for (int i = 0; i < r->nheaders; i++)
-        if (!strcasecmp(p->store.data + p->name_off[i], name)) {
-            total += strlen(p->store.data + p->value_off[i]) + 2;
-            lines++;
-        }
-    if (lines < 2) return;
+        if (!strcasecmp(p->store.data + p->name_off[i], name)) total += strlen(p->store.data + p->value_off[i]) + 2;
     buf_reserve(&p->store, total);   /* no move while values are copied from the store into it */
     size_t joined = p->store.len;
     for (int i = 0; i < r->nheaders; i++) {
@@ -199,9 +201,7 @@ static void http_parser_join(http_parser_t *p, const char *name)
  * let the proxy in front and this server each route or check the origin by a different one. */
 static int http_parser_host_bad(const http_parser_t *p, int http_minor)
 {
-    int hosts = 0;
-    for (int i = 0; i < p->req.nheaders; i++) hosts += !strcasecmp(p->store.data + p->name_off[i], "Host");
-    return hosts > 1 || (hosts == 0 && http_minor >= 1);
+    return p->host_lines > 1 || (p->host_lines == 0 && http_minor >= 1);
 }
 
 static int http_on_headers_complete(llhttp_t *l)
@@ -230,7 +230,7 @@ static int http_on_headers_complete(llhttp_t *l)
         http_parser_fail(p, 413);
         return -1;                 /* as above: llhttp's error answer, not a GW_E* code */
     }
-    http_parser_join(p, "X-Forwarded-For");
+    if (p->xff_lines > 1) http_parser_join(p, "X-Forwarded-For");
     p->body_off = p->store.len;
     return 0;
 }
@@ -291,6 +291,7 @@ static void http_parser_next(http_parser_t *p)
     p->header_bytes = 0;
     p->url_off = p->body_off = p->span_off = 0;
     p->headers_done = 0;
+    p->host_lines = p->xff_lines = 0;
     p->complete = 0;
 }
 

@@ -56,6 +56,7 @@ typedef struct {
     size_t name_off[HTTP_MAX_HEADERS], value_off[HTTP_MAX_HEADERS];
     size_t span_off;               /* where the string now arriving starts in store */
     int headers_done;              /* on_headers_complete has run for this request */
+    int host_lines, xff_lines;     /* Host and X-Forwarded-For lines, counted as their names end */
     int complete;                  /* req was returned; the next feed starts a new one */
 } http_parser_t;
 

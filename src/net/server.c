@@ -1118,13 +1118,15 @@ static int conn_behind_proxy(const conn_t *c)
     return trusted && trusted[0] && cidr_list_match(trusted, c->peer);
 }
 
-/* Counts c under ip's entry instead of the one it had. 0, or GW_ELIMIT when ip is over
- * max_connections_per_ip. */
-static int conn_ipent_move(conn_t *c, const char *ip)
+/* Counts c under ip's entry instead of the one it had (if any), and takes one of ip's accept
+ * tokens when charge. 0, or GW_ELIMIT when ip is over max_connections_per_ip or its accept
+ * rate. */
+static int conn_ipent_move(conn_t *c, const char *ip, int charge)
 {
     if (c->ipent) iptab_release(c->srv, c->ipent);
     c->ipent = iptab_acquire(c->srv, ip);
-    return c->ipent->count > (unsigned)c->srv->gw->cfg.max_connections_per_ip ? GW_ELIMIT : 0;
+    if (c->ipent->count > (unsigned)c->srv->gw->cfg.max_connections_per_ip) return GW_ELIMIT;
+    return charge ? iptab_charge(c->srv, c->ipent) : 0;
 }
 
 /* Behind a trusted proxy the client is the X-Forwarded-For address (every line of it, joined
@@ -1140,8 +1142,7 @@ static int conn_forwarded_ip(conn_t *c, const http_request_t *req)
     if (!strcmp(ip, c->ip)) return 0;
     snprintf(c->client, sizeof c->client, "%s", ip);
     c->ip = c->client;
-    int rc = conn_ipent_move(c, c->ip);
-    return rc < 0 ? rc : iptab_charge(c->srv, c->ipent);
+    return conn_ipent_move(c, c->ip, 1);
 }
 
 /* Closes a connection whose PROXY header is missing, malformed or untrusted, unanswered: it
@@ -1181,9 +1182,7 @@ static int conn_proxy_peer(conn_t *c, const proxy_addr_t *a)
     log_debug("proxy header", "{s:I, s:s, s:s}", "conn", (json_int_t)c->serial, "proxy", c->peer, "client", a->src);
     snprintf(c->peer, sizeof c->peer, "%s", a->src);
     c->ip = c->peer;
-    int rc = conn_ipent_move(c, c->peer);
-    if (rc < 0) return rc;
-    return conn_behind_proxy(c) ? 0 : iptab_charge(c->srv, c->ipent);
+    return conn_ipent_move(c, c->peer, !conn_behind_proxy(c));
 }
 
 /* Takes the PROXY header off the front of a read (before TLS and HTTP), leaving data and len
@@ -1226,10 +1225,8 @@ static int conn_admit(conn_t *c)
     } else if (open > (uint64_t)cfg->max_connections) {
         c->reserve = 1;
     }
-    c->ipent = iptab_acquire(srv, c->ip);
-    if (c->ipent->count > (unsigned)cfg->max_connections_per_ip) return GW_ELIMIT;
     /* a trusted proxy carries many clients: their own addresses are charged per request */
-    return conn_behind_proxy(c) ? 0 : iptab_charge(srv, c->ipent);
+    return conn_ipent_move(c, c->ip, !conn_behind_proxy(c));
 }
 
 /* Links an accepted connection, reads it as HTTP and admits it, or answers why not. */
