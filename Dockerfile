@@ -13,7 +13,7 @@ FROM docker.io/library/debian:bookworm-slim AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       cmake make gcc libc6-dev pkg-config libuv1-dev node-llhttp liblua5.4-dev \
-      libjansson-dev libssl-dev libhiredis-dev zlib1g-dev \
+      libjansson-dev libssl-dev libhiredis-dev zlib1g-dev libcurl4-openssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -30,7 +30,7 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libuv1 liblua5.4-0 libjansson4 libssl3 libhiredis0.14 zlib1g \
+      libuv1 liblua5.4-0 libjansson4 libssl3 libhiredis0.14 zlib1g libcurl4 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
  && groupadd --system --gid 10001 chatgw \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

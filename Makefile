@@ -5,7 +5,7 @@
 BUILD ?= build
 # building and running chatgw (curl for the README's first `curl localhost:8888/healthz`)
 DEBS := cmake make gcc pkg-config libuv1-dev node-llhttp liblua5.4-dev libjansson-dev libssl-dev \
-        libhiredis-dev zlib1g-dev curl
+        libhiredis-dev zlib1g-dev libcurl4-openssl-dev curl
 # Node.js, for the npm-based suites and tools, when none is on PATH
 NODE_DEBS := $(if $(shell command -v node 2>/dev/null),,nodejs npm)
 # the test suites: ctest's runners and servers, then each suite's own (tests/*/debs.txt: the
