@@ -25,7 +25,7 @@
 --                             unmute and history are delivered unchanged without entering Lua,
 --                             and any other custom type gets bad_type from chatgw itself.
 --
--- gw.store keys: per connection ("rooms:<id>", "nick:<id>", "rep:<id>", "strikes:<id>") are
+-- gw.store keys: per connection ("rooms:<id>", "nick:<id>", "strikes:<id>") are
 -- deleted when it leaves its last room and carry a TTL in case it never joined one; per room
 -- ("owner:<room>", "members:<room>") are deleted when the room empties, with a TTL too; per IP
 -- or name ("kicks:<ip>", "ban:...") expire by TTL. Nothing is kept without a TTL.
