@@ -45,7 +45,7 @@ static void replay_on_diff(void *ud, int hook, unsigned kinds, json_t *example)
     (void)hook;
     replay_t *r = ud;
     r->last_kinds |= kinds;
-    if ((long)json_array_size(r->shown) < r->examples) json_array_append(r->shown, example);
+    if ((long)json_array_size(r->shown) < r->examples) json_array_append_new(r->shown, json_deep_copy(example));
 }
 
 static int replay_hook_of(const char *name)
