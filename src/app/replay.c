@@ -28,11 +28,62 @@ typedef struct {
     double max_rate;
     long examples;
     /* results */
-    long records, skipped, compared, differing, stable_changed;
+    long records, skipped, compared, differing, stable_changed, stable_changed_line;
+    long lineno;                   /* the line being replayed */
     long calls[POLICY_HOOKS];
     json_t *shown;                 /* the first examples */
     unsigned last_kinds;           /* kinds of the call being replayed */
+    json_t *rooms;                 /* room -> [{id, name, muted}]: the members the records imply */
 } replay_t;
+
+/* ---- the host: members and rooms as the recorded joins and leaves left them; gw.send,
+ * gw.broadcast and gw.kick reach nobody (the rollout records them for the comparison) ---- */
+
+static json_t *replay_members(void *ud, const char *room)
+{
+    json_t *m = json_object_get(((replay_t *)ud)->rooms, room);
+    return m ? json_deep_copy(m) : NULL;
+}
+
+static json_t *replay_rooms(void *ud)
+{
+    json_t *out = json_array();
+    const char *name;
+    json_t *m;
+    json_object_foreach(((replay_t *)ud)->rooms, name, m)
+        json_array_append_new(out, json_pack("{s:s, s:I}", "name", name, "online", (json_int_t)json_array_size(m)));
+    return out;
+}
+
+static int replay_member_index(json_t *members, const char *id)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(members, i, m) {
+        const char *mid = json_string_value(json_object_get(m, "id"));
+        if (mid && !strcmp(mid, id)) return (int)i;
+    }
+    return -1;
+}
+
+/* A join the policy let pass adds the member, as the hub does; a leave removes it. */
+static void replay_membership(replay_t *r, int hook, int rc, const policy_conn_t *pc, const char *room)
+{
+    json_t *members = json_object_get(r->rooms, room);
+    if (hook == POLICY_HOOK_JOIN && rc == POLICY_PASS) {
+        if (!members) {
+            members = json_array();
+            json_object_set_new(r->rooms, room, members);
+        }
+        if (replay_member_index(members, pc->id) < 0)
+            json_array_append_new(members, json_pack("{s:s, s:s, s:b}", "id", pc->id, "name", pc->name ? pc->name : "",
+                                                     "muted", 0));
+    } else if (hook == POLICY_HOOK_LEAVE && members) {
+        int i = replay_member_index(members, pc->id);
+        if (i >= 0) json_array_remove(members, (size_t)i);
+        if (!json_array_size(members)) json_object_del(r->rooms, room);
+    }
+}
 
 static void replay_usage(void)
 {
@@ -95,6 +146,7 @@ static int replay_record(replay_t *r, policy_t *p, json_t *rec)
     case POLICY_HOOK_LEAVE: policy_on_leave(p, &pc, room); break;
     default: break;
     }
+    if (room) replay_membership(r, hook, rc, &pc, room);
     r->records++;
     r->compared++;
     r->calls[hook]++;
@@ -104,7 +156,7 @@ static int replay_record(replay_t *r, policy_t *p, json_t *rec)
     const char *was_code = json_string_value(json_object_get(was, "code"));
     if (hook != POLICY_HOOK_LEAVE && verdict &&
         (strcmp(verdict, replay_verdict(rc)) || (rc == POLICY_DROP && strcmp(was_code ? was_code : "", code))))
-        r->stable_changed++;
+        if (r->stable_changed++ == 0) r->stable_changed_line = r->lineno;
     return 0;
 }
 
@@ -121,7 +173,7 @@ static int replay_file(replay_t *r, policy_t *p)
     ssize_t n;
     long lineno = 0;
     while ((n = getline(&line, &cap, f)) >= 0) {
-        lineno++;
+        r->lineno = ++lineno;
         if (n == 0 || (n == 1 && line[0] == '\n')) continue;
         json_error_t jerr;
         json_t *rec = (size_t)n <= REPLAY_LINE_MAX ? json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES, &jerr) : NULL;
@@ -169,7 +221,8 @@ static void replay_summary(const replay_t *r, const policy_t *p, const metrics_t
             for (int k = 0; k < METRICS_POLICY_KINDS; k++) errs[a] += m->policy_arm_errors[a][h][k];
     printf("hook errors: stable %llu, candidate %llu\n", (unsigned long long)errs[0], (unsigned long long)errs[1]);
     if (r->stable_changed)
-        printf("note: the stable policy decided %ld calls differently than when they were recorded\n", r->stable_changed);
+        printf("note: the stable policy decided %ld calls differently than when they were recorded (the first on line %ld)\n",
+               r->stable_changed, r->stable_changed_line);
     size_t i;
     json_t *ex;
     if (json_array_size(r->shown)) printf("examples:\n");
@@ -222,6 +275,7 @@ static int replay_args(replay_t *r, int argc, char **argv, char **cfg_argv, int 
 int replay_main(int argc, char **argv)
 {
     replay_t r = { .examples = 5 };
+    policy_host_t host = { .ud = &r, .members = replay_members, .rooms = replay_rooms };
     char **cfg_argv = xcalloc((size_t)argc + 1, sizeof *cfg_argv);
     int cfg_argc = 0;
     if (replay_args(&r, argc, argv, cfg_argv, &cfg_argc) < 0) {
@@ -239,7 +293,8 @@ int replay_main(int argc, char **argv)
     }
     log_level_set(LOG_ERROR);      /* hook failures are counted in the summary, not printed */
     metrics_t *m = xcalloc(1, sizeof *m);
-    policy_t *p = policy_new(&cfg, m, NULL);
+    r.rooms = json_object();
+    policy_t *p = policy_new(&cfg, m, &host);
     int code = 2;
     if (policy_load(p, r.stable_dir, err, sizeof err) < 0) {
         fprintf(stderr, "chatgw replay: stable policy %s: %s\n", r.stable_dir, err);
@@ -258,6 +313,7 @@ int replay_main(int argc, char **argv)
     json_decref(r.shown);
 done:
     policy_free(p);
+    json_decref(r.rooms);
     free(m);
     config_free(&cfg);
     return code;

@@ -287,6 +287,14 @@ describe('policy rollout: record and replay', () => {
     assert.equal(same.code, 0, same.stdout + same.stderr);
     assert.match(same.stdout, /differing 0 of 6 calls/);
     assert.doesNotMatch(same.stdout, /decided \d+ calls differently/);
+    // the committed sample (tests/replay/sample.jsonl, the deploy workflow's) replays the default
+    // policy deterministically: no disagreement with itself, none with what it decided live
+    const sample = path.join(SRC, 'tests', 'replay', 'sample.jsonl');
+    const scripts = path.join(SRC, 'scripts');
+    const self = await runReplay(['--stable', scripts, '--candidate', scripts, sample]);
+    assert.equal(self.code, 0, self.stdout + self.stderr);
+    assert.match(self.stdout, /differing 0 of \d+ calls/);
+    assert.doesNotMatch(self.stdout, /decided \d+ calls differently/, 'the default policy still decides the sample as recorded');
     // bad usage and a candidate that does not load: 2
     assert.equal((await runReplay(['--stable', stable, file])).code, 2);
     const broken = writeFiles(tempDir('chatgw-e2e-rollout-'), { 'policy.lua': 'return {' });
