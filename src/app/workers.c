@@ -202,7 +202,7 @@ static int worker_policy_open(worker_t *w)
                   gw->nworkers > 1 ? "{s:s, s:s, s:i}" : "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "error", err,
                   "worker", gw->worker);
         fprintf(stderr, "chatgw: %s\n", err);
-        if (wait) return 0;
+        if (wait) return worker_rollout_open(w);   /* the candidate waits beside it */
         worker_policy_close(w);
         return 1;
     }
