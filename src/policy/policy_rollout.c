@@ -18,6 +18,8 @@
 #define POLICY_ROLLOUT_EFFECTS_MAX 32      /* effects recorded per arm and call */
 #define POLICY_ROLLOUT_LOGS_PER_MIN 10     /* diff samples logged per minute and worker */
 #define POLICY_ROLLOUT_TEXT_MAX 64         /* bytes of a string a diff sample shows */
+#define POLICY_ROLLOUT_ITEMS_MAX 16        /* members of an object or array a cut copy keeps */
+#define POLICY_ROLLOUT_DEPTH_MAX 8         /* levels a cut copy keeps */
 
 typedef struct {
     policy_rollout_t *r;
@@ -295,7 +297,7 @@ static size_t policy_rollout_cut_len(const char *s, size_t max)
 static json_t *policy_rollout_cut_depth(json_t *v, size_t max, int depth)
 {
     if (!v) return json_null();
-    if (depth > 16) return json_string("[nested]");
+    if (depth > POLICY_ROLLOUT_DEPTH_MAX) return json_string("[nested]");
     if (json_is_string(v) && json_string_length(v) > max) {
         const char *s = json_string_value(v);
         size_t keep = policy_rollout_cut_len(s, max);
@@ -311,14 +313,26 @@ static json_t *policy_rollout_cut_depth(json_t *v, size_t max, int depth)
         json_t *o = json_object();
         const char *k;
         json_t *m;
-        json_object_foreach(v, k, m) json_object_set_new(o, k, policy_rollout_cut_depth(m, max, depth + 1));
+        size_t n = 0;
+        json_object_foreach(v, k, m) {
+            if (n++ == POLICY_ROLLOUT_ITEMS_MAX) break;
+            json_object_set_new(o, policy_rollout_cut_len(k, max) < strlen(k) ? "[long key]" : k,
+                                policy_rollout_cut_depth(m, max, depth + 1));
+        }
+        if (json_object_size(v) > POLICY_ROLLOUT_ITEMS_MAX)
+            json_object_set_new(o, "[cut]", json_integer((json_int_t)(json_object_size(v) - POLICY_ROLLOUT_ITEMS_MAX)));
         return o;
     }
     if (json_is_array(v)) {
         json_t *a = json_array();
-        size_t i;
-        json_t *m;
-        json_array_foreach(v, i, m) json_array_append_new(a, policy_rollout_cut_depth(m, max, depth + 1));
+        size_t n = json_array_size(v);
+        for (size_t i = 0; i < n && i < POLICY_ROLLOUT_ITEMS_MAX; i++)
+            json_array_append_new(a, policy_rollout_cut_depth(json_array_get(v, i), max, depth + 1));
+        if (n > POLICY_ROLLOUT_ITEMS_MAX) {
+            char more[48];
+            snprintf(more, sizeof more, "[cut: %zu items more]", n - POLICY_ROLLOUT_ITEMS_MAX);
+            json_array_append_new(a, json_string(more));
+        }
         return a;
     }
     return json_incref(v);

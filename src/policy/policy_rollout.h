@@ -84,8 +84,9 @@ void policy_rollout_on_diff(policy_rollout_t *r, policy_rollout_diff_cb cb, void
  * "not_loaded", "active" or "rolled_back". */
 json_t *policy_rollout_status(const policy_rollout_t *r);
 
-/* A copy of v with every string longer than max bytes cut (on a character boundary) and marked:
- * what the logs and the replay summary show of a message. New reference. */
+/* A copy of v with every string longer than max bytes cut (on a character boundary) and marked,
+ * objects and arrays cut to their first 16 members and 8 levels: what the logs and the replay
+ * summary show of a message, a few KiB at most whatever the script made. New reference. */
 json_t *policy_rollout_cut(json_t *v, size_t max);
 
 #endif

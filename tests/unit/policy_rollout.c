@@ -226,6 +226,29 @@ static void test_cut(void **state)
     assert_int_equal(json_integer_value(json_array_get(json_object_get(c, "list"), 1)), 7);
     json_decref(c);
     json_decref(v);
+    /* wide and deep values are cut too: a log line stays small whatever a script sends */
+    json_t *wide = json_object(), *arr = json_array(), *deep = json_array();
+    char k[16];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(k, sizeof k, "k%d", i);
+        json_object_set_new(wide, k, json_integer(i));
+        json_array_append_new(arr, json_integer(i));
+    }
+    json_t *cur = deep;
+    for (int i = 0; i < 50; i++) {
+        json_t *next = json_array();
+        json_array_append_new(cur, next);
+        cur = next;
+    }
+    json_t *all = json_pack("{s:o, s:o, s:o}", "wide", wide, "arr", arr, "deep", deep);
+    json_t *cut = policy_rollout_cut(all, 16);
+    char *text = json_dumps(cut, JSON_COMPACT);
+    assert_true(strlen(text) < 1024);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(cut, "wide"), "[cut]")), 984);
+    assert_int_equal(json_array_size(json_object_get(cut, "arr")), 17);
+    free(text);
+    json_decref(cut);
+    json_decref(all);
 }
 
 int main(void)
