@@ -121,7 +121,7 @@ describe('policy rollout: canary', () => {
     const stableDir = policyDir(STABLE, 'stable');
     const candDir = policyDir(STABLE, 'candidate');
     const srv = await startServer([...FAST, '--scripts-dir', stableDir, '--policy-candidate-dir', candDir,
-      '--policy-candidate-mode', 'canary', '--policy-candidate-percent', '50', '--max-connections-per-ip', '1000']);
+      '--policy-candidate-mode', 'canary', '--policy-candidate-percent', '50', '--max-connections-per-ip', '1000', '--accept-rate-per-ip', '0']);
     const pool = clientPool();
     try {
       const N = 60;
@@ -164,7 +164,7 @@ describe('policy rollout: canary', () => {
     const candDir = writeFiles(tempDir('chatgw-e2e-rollout-'), { 'policy.lua': ERRORING });
     const MIN = 5;
     const srv = await startServer([...FAST, '--scripts-dir', stableDir, '--policy-candidate-dir', candDir,
-      '--policy-candidate-mode', 'canary', '--policy-candidate-percent', '50', '--max-connections-per-ip', '1000',
+      '--policy-candidate-mode', 'canary', '--policy-candidate-percent', '50', '--max-connections-per-ip', '1000', '--accept-rate-per-ip', '0',
       '--policy-rollback-window-ms', '60000', '--policy-rollback-min-calls', String(MIN),
       '--policy-rollback-error-rate', '0.5']);
     const pool = clientPool();
