@@ -316,7 +316,7 @@ static json_t *policy_rollout_cut_depth(json_t *v, size_t max, int depth)
         size_t n = 0;
         json_object_foreach(v, k, m) {
             if (n++ == POLICY_ROLLOUT_ITEMS_MAX) break;
-            json_object_set_new(o, policy_rollout_cut_len(k, max) < strlen(k) ? "[long key]" : k,
+            json_object_set_new(o, strlen(k) > max ? "[long key]" : k,
                                 policy_rollout_cut_depth(m, max, depth + 1));
         }
         if (json_object_size(v) > POLICY_ROLLOUT_ITEMS_MAX)
