@@ -10,16 +10,19 @@
 #include "base/log.h"
 #include "policy/policy.h"
 #include "app/workers.h"
+#include "app/probe.h"
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: chatgw [serve] [--config FILE] [--key value ...]\n"
             "       chatgw check DIR\n"
+            "       chatgw probe ws[s]://HOST[:PORT][/PATH] [--timeout-ms N] [--token T] ...\n"
             "       chatgw version\n"
             "\n"
             "serve    run the gateway (default)\n"
             "check    load a policy directory as the server would, run self_test, print its version\n"
+            "probe    connect, join a probe room, send and receive a message, read /readyz; one JSON line\n"
             "version  print the version\n"
             "\n"
             "Every config key can be set in the JSON file, as CHATGW_<KEY>, or as a flag:\n");
@@ -104,6 +107,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 2, argv + 2);
     if (!strcmp(cmd, "check")) return cmd_check(argc - 2, argv + 2);
+    if (!strcmp(cmd, "probe")) return probe_main(argc - 2, argv + 2);
     if (!strncmp(cmd, "--", 2)) return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "chatgw: unknown command '%s'\n", cmd);
     usage(stderr);
