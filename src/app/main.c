@@ -11,6 +11,7 @@
 #include "policy/policy.h"
 #include "app/workers.h"
 #include "app/probe.h"
+#include "app/crash.h"
 
 static void usage(FILE *f)
 {
@@ -62,6 +63,11 @@ static int cmd_serve(int argc, char **argv)
     }
     log_level_set(cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
+    if (crash_install(cfg.crash_dir, err, sizeof err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        config_free(&cfg);
+        return 2;
+    }
     serve_nofile_raise(&cfg);
     int code = workers_serve(&cfg);
     config_free(&cfg);

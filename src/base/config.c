@@ -166,6 +166,14 @@ static const config_key_t config_keys[] = {
       "per-IP limits count an IPv6 client by this prefix of its address (128 = each address)" },
     { "ice_servers", CK_JSON_ARRAY, OFF(ice_servers), "[]", 0, 0, 0,
       "JSON list of ICE servers handed to the web client by /api/config" },
+    { "sentry_dsn", CK_STRING, OFF(sentry_dsn), "", 0, 0, CF_SECRET,
+      "Sentry (or GlitchTip) DSN: policy errors, rejected reloads, bus errors and crashes go there; empty = none" },
+    { "sentry_dsn_file", CK_STRING, OFF(sentry_dsn_file), "", 0, 0, 0,
+      "file holding the DSN (a Kubernetes Secret); replaces sentry_dsn" },
+    { "environment", CK_STRING, OFF(environment), "production", 0, 0, CF_NONEMPTY,
+      "the environment name on error reports (production, staging, ...)" },
+    { "crash_dir", CK_STRING, OFF(crash_dir), "", 0, 0, 0,
+      "directory for crash records (an emptyDir); each is reported at the next start; empty = none" },
 };
 
 #define CONFIG_NKEYS (sizeof config_keys / sizeof config_keys[0])

@@ -62,6 +62,10 @@ typedef struct {
     int proxy_protocol;            /* the public listener expects a PROXY header (trusted_proxies only) */
     long ipv6_prefix_bits;         /* per-IP limits key IPv6 clients by this prefix */
     char *ice_servers;             /* JSON array text */
+    char *sentry_dsn;              /* "" = no error reports (app/sentry_app checks the format) */
+    char *sentry_dsn_file;         /* "" = sentry_dsn; else the file's first line replaces it */
+    char *environment;             /* on error reports */
+    char *crash_dir;               /* "" = no crash records */
 } config_t;
 
 /* Fills cfg from all layers. args are the flags after the subcommand (argv style, argc items).

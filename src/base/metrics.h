@@ -30,6 +30,10 @@ enum {
 enum { METRICS_POLICY_ERROR, METRICS_POLICY_BUDGET, METRICS_POLICY_MEMORY, METRICS_POLICY_TIMEOUT, METRICS_POLICY_TRIPPED,
        METRICS_POLICY_KINDS };
 enum { METRICS_RELOAD_OK, METRICS_RELOAD_FAILED, METRICS_RELOAD_UNCHANGED, METRICS_RELOAD_RESULTS };
+/* chatgw_sentry_events_total{result}: accepted by the DSN, refused or unreachable there, not
+ * queued (queue full), not sent (the fingerprint's rate limit) */
+enum { METRICS_SENTRY_SENT, METRICS_SENTRY_FAILED, METRICS_SENTRY_DROPPED, METRICS_SENTRY_RATE_LIMITED,
+       METRICS_SENTRY_RESULTS };
 
 typedef struct {
     uint64_t conns_open;           /* gauge: TCP connections open */
@@ -67,12 +71,15 @@ typedef struct {
     uint64_t policy_store_keys, policy_store_buckets;   /* gauges, set from on_tick */
     uint64_t policy_store_bytes;
     uint64_t policy_store_evicted;
+    /* error reports (app/sentry_app.c; counted in worker 0's metrics) */
+    uint64_t sentry_events[METRICS_SENTRY_RESULTS];
 } metrics_t;
 
 /* Label values for chatgw_policy_errors_total{hook,kind} and chatgw_policy_reloads_total{result}. */
 extern const char *const metrics_policy_hooks[METRICS_POLICY_HOOKS];
 extern const char *const metrics_policy_kinds[METRICS_POLICY_KINDS];
 extern const char *const metrics_reload_results[METRICS_RELOAD_RESULTS];
+extern const char *const metrics_sentry_results[METRICS_SENTRY_RESULTS];
 
 /* Label values of chatgw_messages_dropped_total{reason}, indexed by METRICS_DROP_*. */
 extern const char *const metrics_drop_reasons[METRICS_DROP_REASONS];

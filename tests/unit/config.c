@@ -36,6 +36,7 @@ static const char *const keys[] = {
     "redis_backoff_max_ms", "redis_required", "presence_ttl_ms", "node_id",
     "policy_timeout_ms", "policy_budget", "policy_memory_mb", "policy_store_mb", "policy_fail", "policy_boot", "reload_poll_ms", "tls_cert",
     "tls_key", "trusted_proxies", "proxy_protocol", "ipv6_prefix_bits", "ice_servers",
+    "sentry_dsn", "sentry_dsn_file", "environment", "crash_dir",
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
