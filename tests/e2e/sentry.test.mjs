@@ -15,6 +15,7 @@ import {
   startServer, chatClient, scrape, metricSum, scriptsDir, tempDir, waitFor, lineOf, sleep, BIN,
 } from './lib.mjs';
 import { spawnSync } from 'node:child_process';
+import { startRedis, waitRedis } from './redis_lib.mjs';
 
 const T = { timeout: 60000 };
 
@@ -256,6 +257,25 @@ describe('error reports to a Sentry DSN', () => {
     });
     assert.equal(rx.got.length, 2, 'two requests in flight at most');
     assert.equal(await sentryCount(srv.port, 'rate_limited'), 0);
+  });
+
+  it('a Redis link that goes down is reported once, not once per retry', T, async () => {
+    const rx = await receiver();
+    cleanup.push(() => rx.close());
+    const redis = await startRedis();
+    cleanup.push(() => redis.stop());
+    const { srv } = await sentryServer(rx.dsn, ['--redis_url', redis.url, '--redis-backoff-max-ms', '200',
+      '--redis-connect-timeout-ms', '500']);
+    cleanup.push(() => srv.stop());
+    await waitRedis(srv, 'up');
+    await redis.stop('SIGKILL');
+    await waitFor(() => rx.events().some((e) => e.tags.kind === 'bus_error'), { timeoutMs: 8000, what: 'the bus event' });
+    await sleep(1500);   // several reconnect tries fail meanwhile
+    const evs = rx.events().filter((e) => e.tags.kind === 'bus_error');
+    assert.equal(evs.length, 1, JSON.stringify(evs.map((e) => e.message)));
+    assertEnvelope(rx.got.find((g) => g.event === evs[0]));
+    assert.equal(evs[0].tags.hook, 'redis');
+    assert.match(evs[0].message.formatted, new RegExp(`^redis link down \\(127\\.0\\.0\\.1:${redis.port}\\): `));
   });
 
   it('a malformed DSN is a configuration error naming the key', T, async () => {
