@@ -207,6 +207,7 @@ char *sentry_envelope(const char *public_dsn, const json_t *event, size_t *len)
     free(h);
     free(i);
     free(payload);
+    buf_cstr(&b);   /* NUL-terminated too */
     *len = b.len;
     return b.data;
 }

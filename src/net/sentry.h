@@ -70,7 +70,8 @@ void sentry_free(sentry_t *s);
 /* The event for r, as sentry_capture sends it. */
 json_t *sentry_event_of(const report_t *r, int worker, unsigned suppressed);
 
-/* The envelope for event (header, item header, payload, each on its line); caller frees. */
+/* The envelope for event (header, item header, payload, each on its line), NUL-terminated,
+ * its length in *len; caller frees. */
 char *sentry_envelope(const char *public_dsn, const json_t *event, size_t *len);
 
 #endif
