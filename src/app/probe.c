@@ -234,6 +234,7 @@ static int probe_read_more(probe_t *p)
             }
         }
         buf_append(&p->in, tmp, (size_t)n);
+        buf_cstr(&p->in);   /* the response head is read as a string */
         return 0;
     }
 }
@@ -242,6 +243,7 @@ static void probe_consume(probe_t *p, size_t n)
 {
     memmove(p->in.data, p->in.data + n, p->in.len - n);
     p->in.len -= n;
+    buf_cstr(&p->in);
 }
 
 /* ---- the steps ---- */
