@@ -31,6 +31,7 @@
 #include "app/routes.h"
 #include "app/crash.h"
 #include "app/reports.h"
+#include "base/report.h"
 
 enum { WORKER_DRAIN = 1, WORKER_RELOAD = 2 };
 
@@ -173,6 +174,11 @@ static int worker_policy_open(worker_t *w)
                   gw->nworkers > 1 ? "{s:s, s:s, s:i}" : "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "error", err,
                   "worker", gw->worker);
         fprintf(stderr, "chatgw: %s\n", err);
+        if (gw->worker == 0) {     /* every worker loads the same files: one report */
+            report_t r = {.kind = "policy_load_failed", .level = "error", .message = err, .hook = "load",
+                          .worker = gw->worker};
+            report_emit(&r);
+        }
         if (wait) return 0;
         worker_policy_close(w);
         return 1;

@@ -16,7 +16,8 @@
 
 typedef struct {
     const char *kind;            /* stable word: "policy_error", "policy_timeout", "policy_budget",
-                                  * "policy_memory", "reload_rejected", "bus_error" */
+                                  * "policy_memory", "reload_rejected", "policy_load_failed",
+                                  * "bus_error" */
     const char *level;           /* "error" or "warning" */
     const char *message;         /* one line */
     const char *hook;            /* the policy hook, or NULL */

@@ -187,6 +187,17 @@ describe('error reports to a Sentry DSN', () => {
     assert.match(evs[0].tags.policy_version, /^[0-9a-f]{12}$/, 'the version still serving');
   });
 
+  it('a first load that fails (policy_boot = wait) is reported', T, async () => {
+    const rx = await receiver();
+    cleanup.push(() => rx.close());
+    const { srv } = await sentryServer(rx.dsn, ['--policy_boot', 'wait'], { 'policy.lua': 'return {\n  on_join = function( end\n}\n' });
+    cleanup.push(() => srv.stop());
+    await waitFor(() => rx.events().some((e) => e.tags.kind === 'policy_load_failed'), { timeoutMs: 8000, what: 'the load event' });
+    const ev = rx.events().find((e) => e.tags.kind === 'policy_load_failed');
+    assert.match(ev.message.formatted, /policy\.lua:2/);
+    assert.equal(ev.tags.hook, 'load');
+  });
+
   it('a crash leaves a record that the next start sends, then removes', T, async () => {
     const rx = await receiver();
     cleanup.push(() => rx.close());
