@@ -30,6 +30,9 @@
 #include "http/static.h"
 #include "base/watch.h"
 #include "app/routes.h"
+#include "app/crash.h"
+#include "app/reports.h"
+#include "base/report.h"
 
 enum { WORKER_DRAIN = 1, WORKER_RELOAD = 2, WORKER_RELOAD_CANDIDATE = 4 };
 
@@ -53,6 +56,7 @@ struct pool_s {
     worker_t *ws;
     char listen[80];               /* the address worker 0 bound: the others bind it too */
     bus_inproc_t *inproc;
+    reports_t *reports;            /* error reports (sentry_dsn), NULL when off */
     uv_loop_t *loop;               /* the main thread's */
     uv_signal_t sig_term, sig_int, sig_hup;
     watch_t *watch;
@@ -76,8 +80,10 @@ static void worker_on_ctl(uv_async_t *a)
     const char *why = w->why;
     w->requests = 0;
     uv_mutex_unlock(&w->pool->mu);
-    if (req & WORKER_RELOAD)
+    if (req & WORKER_RELOAD) {
         policy_reload_logged(w->gw->policy, w->gw->cfg.scripts_dir, why ? why : "reload", worker_log_index(w->gw));
+        crash_policy_note(policy_version(w->gw->policy));
+    }
     if ((req & WORKER_RELOAD_CANDIDATE) && w->gw->policy)
         policy_candidate_reload_logged(w->gw->policy, w->gw->cfg.policy_candidate_dir, why ? why : "reload",
                                        worker_log_index(w->gw));
@@ -202,12 +208,18 @@ static int worker_policy_open(worker_t *w)
                   gw->nworkers > 1 ? "{s:s, s:s, s:i}" : "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "error", err,
                   "worker", gw->worker);
         fprintf(stderr, "chatgw: %s\n", err);
+        if (gw->worker == 0) {     /* every worker loads the same files: one report */
+            report_t r = {.kind = "policy_load_failed", .level = "error", .message = err, .hook = "load",
+                          .worker = gw->worker};
+            report_emit(&r);
+        }
         if (wait) return worker_rollout_open(w);   /* the candidate waits beside it */
         worker_policy_close(w);
         return 1;
     }
     if (gw->worker == 0)
         log_info("policy loaded", "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "version", policy_version(gw->policy));
+    crash_policy_note(policy_version(gw->policy));
     return worker_rollout_open(w);
 }
 
@@ -288,6 +300,7 @@ static void worker_thread(void *arg)
     char name[16];                 /* for top -H, gdb and the stall test */
     snprintf(name, sizeof name, "worker-%d", w->gw->worker);
     pthread_setname_np(pthread_self(), name);
+    reports_worker_set(w->gw->worker);
     worker_run(w);
 }
 
@@ -440,9 +453,19 @@ int workers_serve(const config_t *cfg)
     if (uv_mutex_init(&p->mu) != 0) abort();
     p->loop = uv_default_loop();
     pool_main_start(p);
-    int rc = pool_boot(p);
+    char err[512];
+    int rc = reports_start(p->loop, cfg, &p->gws[0].metrics, &p->reports, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "%s\n", err);
+        log_error("error reports not started", "{s:s}", "error", err);
+        rc = 2;
+    } else {
+        reports_worker_set(p->n == 1 ? 0 : -1);   /* a lone worker runs here, on the main thread */
+        rc = pool_boot(p);
+    }
     if (rc == 0) pool_run(p);
     else pool_main_close(p);
+    reports_stop(p->reports);
     uv_run(p->loop, UV_RUN_DEFAULT);   /* the closes */
     uv_loop_close(p->loop);
     bus_inproc_free(p->inproc);

@@ -187,6 +187,14 @@ static const config_key_t config_keys[] = {
       "share of connections recorded (chosen by a hash of the connection id: whole lives)" },
     { "policy_record_redact", CK_BOOL, OFF(policy_record_redact), "true", 0, 0, 0,
       "records replace message text, names and query values with same-length placeholders" },
+    { "sentry_dsn", CK_STRING, OFF(sentry_dsn), "", 0, 0, CF_SECRET,
+      "Sentry (or GlitchTip) DSN: policy errors, rejected reloads, bus errors and crashes go there; empty = none" },
+    { "sentry_dsn_file", CK_STRING, OFF(sentry_dsn_file), "", 0, 0, 0,
+      "file holding the DSN (a Kubernetes Secret); replaces sentry_dsn" },
+    { "environment", CK_STRING, OFF(environment), "production", 0, 0, CF_NONEMPTY,
+      "the environment name on error reports (production, staging, ...)" },
+    { "crash_dir", CK_STRING, OFF(crash_dir), "", 0, 0, 0,
+      "directory for crash records (an emptyDir); each is reported at the next start; empty = none" },
 };
 
 #define CONFIG_NKEYS (sizeof config_keys / sizeof config_keys[0])

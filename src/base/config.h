@@ -72,6 +72,10 @@ typedef struct {
     char *policy_record_file;      /* "" = no recording */
     double policy_record_sample;   /* 0..1 of connections recorded */
     int policy_record_redact;
+    char *sentry_dsn;              /* "" = no error reports (app/sentry_app checks the format) */
+    char *sentry_dsn_file;         /* "" = sentry_dsn; else the file's first line replaces it */
+    char *environment;             /* on error reports */
+    char *crash_dir;               /* "" = no crash records */
 } config_t;
 
 /* Fills cfg from all layers. args are the flags after the subcommand (argv style, argc items).

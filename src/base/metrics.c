@@ -95,6 +95,7 @@ const char *const metrics_shadow_kinds[METRICS_SHADOW_KINDS] = { "verdict", "cod
 const char *const metrics_arm_codes[METRICS_ARM_CODES] = {
     "forbidden", "room_full", "rate_limited", "banned", "bad_field", "bad_type", "other",
 };
+const char *const metrics_sentry_results[METRICS_SENTRY_RESULTS] = { "sent", "failed", "dropped", "rate_limited" };
 
 static uint64_t metrics_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 
@@ -317,6 +318,9 @@ void metrics_render(const metrics_t *m, const char *version, buf_t *out)
     metrics_enum_render(out, "chatgw_policy_reloads_total", "Policy reload attempts, by result.", "result",
                         m->policy_reloads, metrics_reload_results, METRICS_RELOAD_RESULTS);
     metrics_rollout_render(m, out);
+    metrics_enum_render(out, "chatgw_sentry_events_total",
+                        "Error reports for sentry_dsn, by result (sent, failed, dropped, rate_limited).", "result",
+                        m->sentry_events, metrics_sentry_results, METRICS_SENTRY_RESULTS);
     metrics_info_render(out, "chatgw_build_info", "Build information; always 1.", "version",
                         version ? version : "unknown");
 }

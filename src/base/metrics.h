@@ -36,6 +36,10 @@ enum { METRICS_SHADOW_VERDICT, METRICS_SHADOW_CODE, METRICS_SHADOW_REWRITE, METR
        METRICS_SHADOW_ERROR, METRICS_SHADOW_KINDS };
 #define METRICS_ARM_CODES 7        /* drop codes counted by name; the last is "other" */
 #define METRICS_ARM_LATENCY_BUCKETS 8
+/* chatgw_sentry_events_total{result}: accepted by the DSN, refused or unreachable there, not
+ * queued (queue full), not sent (the fingerprint's rate limit) */
+enum { METRICS_SENTRY_SENT, METRICS_SENTRY_FAILED, METRICS_SENTRY_DROPPED, METRICS_SENTRY_RATE_LIMITED,
+       METRICS_SENTRY_RESULTS };
 
 typedef struct {
     uint64_t conns_open;           /* gauge: TCP connections open */
@@ -83,12 +87,15 @@ typedef struct {
     uint64_t policy_rollbacks;
     uint64_t policy_candidate_active;   /* gauge: workers whose candidate takes or shadows decisions */
     uint64_t policy_candidate_reloads[METRICS_RELOAD_RESULTS];
+    /* error reports (app/sentry_app.c; counted in worker 0's metrics) */
+    uint64_t sentry_events[METRICS_SENTRY_RESULTS];
 } metrics_t;
 
 /* Label values for chatgw_policy_errors_total{hook,kind} and chatgw_policy_reloads_total{result}. */
 extern const char *const metrics_policy_hooks[METRICS_POLICY_HOOKS];
 extern const char *const metrics_policy_kinds[METRICS_POLICY_KINDS];
 extern const char *const metrics_reload_results[METRICS_RELOAD_RESULTS];
+extern const char *const metrics_sentry_results[METRICS_SENTRY_RESULTS];
 
 /* Label values of the rollout families: arms, shadow diff kinds, drop codes (the last "other"). */
 extern const char *const metrics_arms[METRICS_ARMS];

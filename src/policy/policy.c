@@ -41,6 +41,7 @@
 #include "base/hex.h"
 #include "base/log.h"
 #include "base/map.h"
+#include "base/report.h"
 #include "base/utf8.h"
 #include "policy/policy_guard.h"
 #include "policy/policy_lib.h"
@@ -562,6 +563,20 @@ static long policy_trip_ms(const policy_t *p)
     return p->guard ? policy_guard_timeout_ms(p->guard) * POLICY_TRIP_FACTOR : 0;
 }
 
+/* A hook's failure to the error tracker (base/report.h); a load's or self_test's is reported
+ * once as a rejected reload instead. */
+static void policy_report(policy_vm_t *vm, int slot, int kind, const char *msg, size_t first)
+{
+    char kind_word[32], where[128], *line = xstrndup(msg, first);
+    snprintf(kind_word, sizeof kind_word, "policy_%s", metrics_policy_kinds[kind]);
+    int has_where = report_where(msg, where, sizeof where) == 0;
+    report_t r = {.kind = kind_word, .level = "error", .message = line, .hook = policy_slot_names[slot],
+                  .where = has_where ? where : NULL, .traceback = msg[first] ? msg + first + 1 : NULL,
+                  .policy_version = vm->version, .worker = -1};
+    report_emit(&r);
+    free(line);
+}
+
 /* Classifies, counts and logs a failed run; err gets the first line of the message. Returns
  * the kind as a negative code (policy_vm_run's). */
 static int policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg, char *err, size_t errlen)
@@ -589,6 +604,7 @@ static int policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg
     if (trip_ms) json_object_set_new(fields, "tripped_ms", json_integer(trip_ms));   /* later calls fail at once */
     policy_log(vm->p, LOG_WARN, slot == POLICY_SLOT_LOAD ? "policy load failed" : "policy hook failed", fields);
     json_decref(fields);
+    if (slot < POLICY_HOOKS) policy_report(vm, slot, kind, msg, first);
     return kind == METRICS_POLICY_TIMEOUT ? GW_ETIMEDOUT : kind == METRICS_POLICY_MEMORY ? GW_ENOMEM
          : kind == METRICS_POLICY_BUDGET ? GW_ELIMIT : GW_EINVAL;
 }
@@ -2095,6 +2111,13 @@ void policy_reload_logged(policy_t *p, const char *dir, const char *why, int wor
     else
         log_error("policy reload failed; the previous policy keeps serving", "{s:s, s:s, s:s, s:O*}", "error", err,
                   "version", old, "trigger", why, "worker", w);
+    if (rc < 0 && worker <= 0) {   /* every worker reloads the same files: one report */
+        char where[128];
+        int has_where = report_where(err, where, sizeof where) == 0;
+        report_t r = {.kind = "reload_rejected", .level = "error", .message = err, .hook = "reload",
+                      .where = has_where ? where : NULL, .policy_version = old, .worker = worker};
+        report_emit(&r);
+    }
     json_decref(w);
 }
 

@@ -39,6 +39,7 @@ static const char *const keys[] = {
     "policy_candidate_dir", "policy_candidate_mode", "policy_candidate_percent", "policy_rollback_window_ms",
     "policy_rollback_min_calls", "policy_rollback_error_rate", "policy_rollback_drop_rate", "policy_record_file",
     "policy_record_sample", "policy_record_redact",
+    "sentry_dsn", "sentry_dsn_file", "environment", "crash_dir",
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
