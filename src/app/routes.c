@@ -151,27 +151,30 @@ static void respond_json(buf_t *out, int status, json_t *body, int keep_alive)
  * up). A failed reload does not fail readiness (the last good policy serves) but shows in
  * checks.policy ("reload_failed") and policy.last_error. A worker that booted without a policy
  * (policy_boot = wait) is unready, checks.policy "not_loaded", until a reload loads one. With
- * redis_url, "redis" (top level and in checks) is "up" or "down": local rooms keep working
- * while it is down. */
+ * redis_url, "redis" (top level and in checks) is "up", "down" or "refusing" (up, but it
+ * answers writes with errors: out of memory): local rooms keep working meanwhile. */
 static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
 {
     int bus = hub_bus_state(gw->hub);
+    if (bus == 1 && hub_bus_refusing(gw->hub)) bus = 2;   /* up, but Redis refuses writes (OOM) */
     const char *version = gw->policy ? policy_version(gw->policy) : "";
     const char *last_error = gw->policy ? policy_last_error(gw->policy) : "";
     int unloaded = gw->policy && !version[0];
-    int ready = !gw->draining && !unloaded && !(bus == 0 && gw->cfg.redis_required);
+    int ready = !gw->draining && !unloaded && !((bus == 0 || bus == 2) && gw->cfg.redis_required);
     json_t *checks = json_pack("{s:s, s:s}", "listener", gw->draining ? "draining" : "ok", "policy",
                                unloaded ? "not_loaded" : last_error[0] ? "reload_failed" : version[0] ? "ok" : "none");
     json_t *policy = json_pack("{s:s, s:o}", "version", version, "last_error",
                                last_error[0] ? json_string(last_error) : json_null());
-    const char *status = ready ? "ready" : gw->draining ? "draining" : unloaded ? "policy_not_loaded" : "redis_down";
+    const char *status = ready ? "ready" : gw->draining ? "draining" : unloaded ? "policy_not_loaded"
+                         : bus == 2 ? "redis_refusing" : "redis_down";
     json_t *body = json_pack("{s:s, s:o, s:o, s:s, s:I, s:I}", "status", status, "checks",
                              checks, "policy", policy, "version", CHATGW_VERSION, "websockets",
                              (json_int_t)GW_SUM(gw, metrics.ws_open), "uptime_s",
                              (json_int_t)((gw_now_ms(gw) - gw->started_ms) / 1000));
     if (bus >= 0) {
-        json_object_set_new(checks, "redis", json_string(bus ? "up" : "down"));
-        json_object_set_new(body, "redis", json_string(bus ? "up" : "down"));
+        const char *rs = bus == 2 ? "refusing" : bus ? "up" : "down";
+        json_object_set_new(checks, "redis", json_string(rs));
+        json_object_set_new(body, "redis", json_string(rs));
     }
     respond_json(out, ready ? 200 : 503, body, keep_alive);
 }

@@ -28,6 +28,7 @@
 #include "base/buf.h"
 #include "base/config.h"
 #include "base/err.h"
+#include "base/metrics.h"
 #include "proto/proto_id.h"
 
 /* Error codes: 0, or a negative GW_E* code (base/err.h):
@@ -35,7 +36,8 @@
  *   GW_ENOTSUP    this bus keeps no such state (bus_local): use the hub's own
  *   GW_EINVAL     bad argument (id slot past the payload, rate <= 0, bad URL, ...)
  *   GW_ETIMEDOUT  no answer within command_timeout_ms; the link was reset
- *   GW_EREPLY     Redis answered an error (logged) */
+ *   GW_EREPLY     Redis answered an error (logged, counted in errors[op]; an OOM is logged as
+ *                 an error and sets refusing) */
 
 #define BUS_NODE_MAX (CONFIG_NODE_ID_MAX + 1)   /* node ids: config_load checks them */
 
@@ -83,12 +85,17 @@ typedef struct {
 } bus_options_t;
 
 /* Counters for /metrics (report as chatgw_bus_up, chatgw_bus_reconnects_total,
- * chatgw_bus_published_total, chatgw_bus_received_total). */
+ * chatgw_bus_published_total, chatgw_bus_received_total, chatgw_bus_errors_total{op},
+ * chatgw_bus_refusing). */
 typedef struct {
     uint64_t up;               /* gauge: 1 while the link works; always 1 for bus_local */
     uint64_t reconnects;       /* links re-established after the first */
     uint64_t published;        /* room_publish, room_post and direct_publish accepted by Redis */
     uint64_t received;         /* messages and presence events from other nodes, handed to handlers */
+    uint64_t errors[METRICS_BUS_OPS];   /* requests Redis refused (error reply: OOM, ...) or never
+                                * answered, by METRICS_BUS_OP_*; LINK: links lost or refused */
+    uint64_t refusing;         /* gauge: 1 while Redis answers writes with errors (OOM, READONLY);
+                                * 0 again after a write it took */
 } bus_stats_t;
 
 typedef struct bus_s bus_t;
@@ -177,6 +184,8 @@ static inline void bus_stats_get(const bus_t *b, bus_stats_t *out)
     out->reconnects = __atomic_load_n(&b->stats.reconnects, __ATOMIC_RELAXED);
     out->published = __atomic_load_n(&b->stats.published, __ATOMIC_RELAXED);
     out->received = __atomic_load_n(&b->stats.received, __ATOMIC_RELAXED);
+    for (int i = 0; i < METRICS_BUS_OPS; i++) out->errors[i] = __atomic_load_n(&b->stats.errors[i], __ATOMIC_RELAXED);
+    out->refusing = __atomic_load_n(&b->stats.refusing, __ATOMIC_RELAXED);
 }
 
 /* Room interest: subscribe when the first local member joins, unsubscribe when the last

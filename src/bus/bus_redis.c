@@ -273,6 +273,7 @@ struct rb_req_s {
     rb_list_t echo;                /* r->echo: a post waiting for its own message */
     uint64_t sent_ms;
     int script;                    /* RB_* or -1 */
+    int op;                        /* METRICS_BUS_OP_*: what an error counts as */
     int evaled;                    /* already resent as EVAL */
     int argc, argcap;
     char **argv;
@@ -393,12 +394,33 @@ static void rb_key(buf_t *b, const char *room, const char *suffix)
 
 /* ---- requests on the cmd connection ---- */
 
+/* What a request counts as in errors[]; plain commands are the link's unless the caller says. */
+static int rb_script_op(int script)
+{
+    switch (script) {
+    case RB_POST: return METRICS_BUS_OP_POST;
+    case RB_RANGE: case RB_PLIST: return METRICS_BUS_OP_READ;
+    case RB_PADD: case RB_PREMOVE: case RB_PSYNC: return METRICS_BUS_OP_PRESENCE;
+    case RB_LIMIT: return METRICS_BUS_OP_LIMIT;
+    default: return METRICS_BUS_OP_LINK;
+    }
+}
+
+/* Ops that store data: an error reply to one means Redis refuses writes (OOM, READONLY), and
+ * only one of them taken says it stopped (PUBLISH is allowed even when Redis is full). */
+static int rb_op_writes(int op)
+{
+    return op == METRICS_BUS_OP_POST || op == METRICS_BUS_OP_PRESENCE || op == METRICS_BUS_OP_HEARTBEAT ||
+           op == METRICS_BUS_OP_LIMIT;
+}
+
 static rb_req_t *rb_req_new(bus_redis_t *r, int script, rb_done_fn done)
 {
     rb_req_t *q = xcalloc(1, sizeof *q);
     q->r = r;
     q->script = script;
     q->done = done;
+    q->op = rb_script_op(script);
     return q;
 }
 
@@ -500,6 +522,20 @@ static void rb_scripts_load(bus_redis_t *r)
     }
 }
 
+/* An error reply: counted by op; one to a write means Redis refuses writes until one succeeds.
+ * An OOM (maxmemory reached with nothing it may evict) is an error, not a warning: messages
+ * and presence stop crossing replicas while Redis stays full. */
+static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *rep)
+{
+    const char *err = rep->str ? rep->str : "";
+    int oom = !strncmp(err, "OOM", 3) || strstr(err, "OOM command not allowed");
+    RB_STAT_ADD(r, errors[q->op], 1);
+    log_write(oom ? LOG_ERROR : LOG_WARN, oom ? "bus: redis is out of memory; writes are refused" : "bus: redis error",
+              "{s:s, s:s, s:s}", "command", q->script >= 0 ? "script" : q->argv[0], "op", metrics_bus_ops[q->op],
+              "error", err);
+    if (rb_op_writes(q->op)) RB_STAT_SET(r, refusing, 1);
+}
+
 static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
 {
     rb_req_t *q = privdata;
@@ -525,8 +561,10 @@ static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
         rb_link_fail(r, GW_EDOWN, "connection lost");
     } else if (rep->type == REDIS_REPLY_ERROR) {
         status = GW_EREPLY;
-        log_warn("bus: redis error", "{s:s, s:s}", "command", q->script >= 0 ? "script" : q->argv[0], "error",
-                 rep->str ? rep->str : "");
+        rb_reply_error(r, q, rep);
+    } else if (rb_op_writes(q->op) && __atomic_load_n(&r->base.stats.refusing, __ATOMIC_RELAXED)) {
+        log_info("bus: redis takes writes again", NULL);
+        RB_STAT_SET(r, refusing, 0);
     }
     q->done(q, rep, status);
 }
@@ -743,6 +781,7 @@ static void rb_link_fail(bus_redis_t *r, int status, const char *why)
 {
     if (r->state != RB_CONNECTING && r->state != RB_UP) return;
     int was_up = r->state == RB_UP;
+    RB_STAT_ADD(r, errors[METRICS_BUS_OP_LINK], 1);
     log_write(was_up || r->attempt == 0 ? LOG_WARN : LOG_DEBUG, "bus: redis link down", "{s:s, s:s, s:i}", "reason",
               why, "host", r->url.host, "port", r->url.port);
     r->state = RB_IDLE;
@@ -859,6 +898,7 @@ static void rb_heartbeat(bus_redis_t *r)
     uint64_t now = uv_now(r->loop);
     r->last_hb_ms = now;
     rb_req_t *q = rb_req_new(r, -1, rb_done_heartbeat);
+    q->op = METRICS_BUS_OP_HEARTBEAT;
     rb_req_str(q, "SET");
     rb_req_str(q, r->key_node);
     rb_req_fmt(q, "%" PRIu64, now);
@@ -867,7 +907,7 @@ static void rb_heartbeat(bus_redis_t *r)
     rb_req_str(q, "GET");
     (void)rb_req_submit(q);
     if (!r->ping_sent_ms) {
-        rb_req_t *p = rb_req_new(r, -1, rb_done_free);
+        rb_req_t *p = rb_req_new(r, -1, rb_done_free);   /* the subscriber's probe: the link's */
         rb_req_str(p, "PUBLISH");
         rb_req_str(p, r->chan_ping);
         buf_t env;
@@ -1140,6 +1180,7 @@ static int rb_envelope_publish(bus_redis_t *r, const char *chan, char kind, cons
 {
     if (r->state != RB_UP) return GW_EDOWN;
     rb_req_t *q = rb_req_new(r, -1, rb_done_published);
+    q->op = METRICS_BUS_OP_PUBLISH;
     rb_req_str(q, "PUBLISH");
     rb_req_str(q, chan);
     buf_t env;

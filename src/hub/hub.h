@@ -72,6 +72,8 @@ void hub_bus_close(hub_t *hub);
 /* -1 without Redis (single node or in-process bus), else 1 while the link is up and 0 while down.
  * A tri-state answer, not an error: -1 is no GW_E* code. */
 int hub_bus_state(hub_t *hub);
+/* 1 while Redis answers this replica's writes with errors (out of memory, read-only), else 0. */
+int hub_bus_refusing(hub_t *hub);
 
 /* {online, rooms:[{name, online}]}; new reference. */
 json_t *hub_stats_json(hub_t *hub);

@@ -94,6 +94,15 @@ void hub_bus_metrics(hub_t *hub)
     __atomic_store_n(&m->bus_reconnects, st.reconnects, __ATOMIC_RELAXED);
     __atomic_store_n(&m->bus_published, st.published, __ATOMIC_RELAXED);
     __atomic_store_n(&m->bus_received, st.received, __ATOMIC_RELAXED);
+    for (int i = 0; i < METRICS_BUS_OPS; i++) __atomic_store_n(&m->bus_errors[i], st.errors[i], __ATOMIC_RELAXED);
+    __atomic_store_n(&m->bus_refusing, st.refusing, __ATOMIC_RELAXED);
+}
+
+int hub_bus_refusing(hub_t *hub)
+{
+    bus_stats_t st;
+    bus_stats_get(hub->bus, &st);
+    return st.refusing != 0;
 }
 
 /* ---- the other replicas' members ---- */
@@ -674,7 +683,12 @@ static void hub_post_done(void *arg, int status, const proto_id_t *id, sbuf_t *p
 {
     hub_op_t *op = arg;
     hub_t *hub = op->hub;
-    if (status) {
+    if (status == GW_EREPLY) {     /* Redis refused it (OOM, ...): it reached no replica; say so */
+        log_error("bus: redis refused a post; not delivered", "{s:s}", "room", op->room);
+        hub_client_t *cl = op->ack ? hub_client_find(hub, op->client) : NULL;
+        if (cl) hub_send(hub, cl, proto_error("unavailable", "the shared store refused the message (Redis is out "
+                                              "of memory or read-only); it was not delivered", op->cid));
+    } else if (status) {
         log_warn("bus: post failed; delivering on this replica only", "{s:s, s:s}", "room", op->room, "error",
                  gw_strerror(status));
         hub_post_local(hub, op);
