@@ -138,6 +138,8 @@ static const config_key_t config_keys[] = {
       "whether Redis being down fails /readyz (with redis_url set)" },
     { "presence_ttl_ms", CK_LONG, OFF(presence_ttl_ms), "15000", 300, MS_DAY, 0,
       "node heartbeat TTL: members of a dead replica leave within about this time" },
+    { "redis_room_ttl_ms", CK_LONG, OFF(redis_room_ttl_ms), "604800000", 0, 366L * MS_DAY, 0,
+      "a room's Redis keys expire this long after its last activity; 0 = never" },
     { "node_id", CK_NODE_ID, OFF(node_id), "", 0, 0, 0,
       "this replica's id on the bus (1-63 bytes); empty = hostname-RANDOM" },
     { "policy_timeout_ms", CK_LONG, OFF(policy_timeout_ms), "50", 1, 60000, 0,
@@ -723,6 +725,11 @@ static int config_pairs_check(const config_t *cfg, char *err, size_t errlen)
     if (cfg->proxy_protocol && !cfg->trusted_proxies[0]) {
         snprintf(err, errlen, "config: proxy_protocol: needs trusted_proxies (the load balancer's addresses); "
                               "without it every connection would be refused");
+        return GW_EINVAL;
+    }
+    if (cfg->redis_room_ttl_ms && cfg->redis_room_ttl_ms < cfg->presence_ttl_ms) {
+        snprintf(err, errlen, "config: redis_room_ttl_ms: must be 0 or at least presence_ttl_ms (%ld): the "
+                              "heartbeat refreshes the rooms of live members", cfg->presence_ttl_ms);
         return GW_EINVAL;
     }
     return 0;

@@ -17,6 +17,7 @@
  *   channel chatgw:ping:N      the node's own liveness probe of its subscriber connection
  *   key chatgw:{R}:seq / :epoch / :hist   the id counter, the epoch, the history stream
  *   hash chatgw:{R}:presence   member id -> "N\n{id,name,muted}"
+ *                              (the four expire room_ttl_ms after the room's last activity)
  *   key chatgw:node:N          heartbeat, PX presence_ttl_ms
  *   hash chatgw:limit:K        token bucket {tokens, ts}
  * Every multi-step change is one Lua script (loaded once per connection, run by EVALSHA, and
@@ -62,10 +63,19 @@
 
 enum { RB_POST, RB_RANGE, RB_PADD, RB_PREMOVE, RB_PLIST, RB_PSYNC, RB_LIMIT, RB_SCRIPTS };
 
-/* KEYS seq, epoch, hist. ARGV channel, node, token, head, tail, maxlen, new epoch.
- * A missing seq or epoch means the room's keys were lost: a new epoch starts, so an old
- * since can never match a new id. Returns {epoch, seq}. */
+/* Every script that changes a room is activity: it gives all of the room's keys (its KEYS) a
+ * fresh TTL of ttl ms (0 = none), so a room expires as a whole, after its last activity. */
+#define RB_LUA_TOUCH                                                                               \
+    "local function touch(ttl)\n"                                                                  \
+    "  ttl = tonumber(ttl)\n"                                                                      \
+    "  if ttl and ttl > 0 then for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end end\n" \
+    "end\n"
+
+/* KEYS seq, epoch, hist, presence. ARGV channel, node, token, head, tail, maxlen, new epoch,
+ * ttl. A missing seq or epoch means the room's keys were lost (expired, evicted, flushed): a
+ * new epoch starts, so an old since can never match a new id. Returns {epoch, seq}. */
 static const char rb_lua_post[] =
+    RB_LUA_TOUCH
     "local epoch = redis.call('GET', KEYS[2])\n"
     "local seq = redis.call('GET', KEYS[1])\n"
     "if not epoch or not seq then\n"
@@ -81,6 +91,7 @@ static const char rb_lua_post[] =
     "  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], seq .. '-0', 'p', payload)\n"
     "end\n"
     "redis.call('PUBLISH', ARGV[1], 'm\\n' .. ARGV[2] .. '\\n' .. ARGV[3] .. '\\n' .. id .. '\\n' .. payload)\n"
+    "touch(ARGV[8])\n"
     "return {epoch, seq}\n";
 
 /* KEYS seq, epoch, hist. ARGV since epoch ('' = none), since seq, count.
@@ -119,8 +130,11 @@ static const char rb_lua_range[] =
     "end\n"
     "return out\n";
 
-/* KEYS presence. ARGV channel, node, member id, member json. */
+/* The presence scripts' KEYS: presence, then the room's seq, epoch, hist (for touch).
+ * KEYS presence.... ARGV channel, node, member id, member json, ttl. */
 static const char rb_lua_padd[] =
+    RB_LUA_TOUCH
+    "touch(ARGV[5])\n"
     "local v = ARGV[2] .. '\\n' .. ARGV[4]\n"
     "local old = redis.call('HGET', KEYS[1], ARGV[3])\n"
     "if old == v then return 0 end\n"
@@ -128,8 +142,10 @@ static const char rb_lua_padd[] =
     "redis.call('PUBLISH', ARGV[1], (old and 'u' or 'j') .. '\\n' .. ARGV[2] .. '\\n\\n\\n' .. ARGV[4])\n"
     "return 1\n";
 
-/* KEYS presence. ARGV channel, node, member id. The leave names the owner node. */
+/* KEYS presence.... ARGV channel, node, member id, ttl. The leave names the owner node. */
 static const char rb_lua_premove[] =
+    RB_LUA_TOUCH
+    "touch(ARGV[4])\n"
     "local old = redis.call('HGET', KEYS[1], ARGV[3])\n"
     "if not old then return 0 end\n"
     "redis.call('HDEL', KEYS[1], ARGV[3])\n"
@@ -139,9 +155,12 @@ static const char rb_lua_premove[] =
     "end\n"
     "return 1\n";
 
-/* KEYS presence. ARGV channel, node key prefix. Members whose node has no heartbeat key are
- * removed, each with a leave event in the dead node's name. Returns the live "node\njson". */
+/* KEYS presence.... ARGV channel, node key prefix, ttl. Members whose node has no heartbeat
+ * key are removed, each with a leave event in the dead node's name. Returns the live
+ * "node\njson". ttl: the caller holds members of the room (its reaper), or joins it. */
 static const char rb_lua_plist[] =
+    RB_LUA_TOUCH
+    "touch(ARGV[3])\n"
     "local all = redis.call('HGETALL', KEYS[1])\n"
     "local live = {}\n"
     "local out = {}\n"
@@ -166,12 +185,14 @@ static const char rb_lua_plist[] =
     "end\n"
     "return out\n";
 
-/* KEYS presence. ARGV channel, node, then id, json pairs: the node's complete member list.
- * Removes the node's other entries (leave), writes missing or changed ones (join/update). */
+/* KEYS presence.... ARGV channel, node, ttl, then id, json pairs: the node's complete member
+ * list. Removes the node's other entries (leave), writes missing or changed ones (join/update). */
 static const char rb_lua_psync[] =
+    RB_LUA_TOUCH
+    "touch(ARGV[3])\n"
     "local prefix = ARGV[2] .. '\\n'\n"
     "local want = {}\n"
-    "for i = 3, #ARGV, 2 do want[ARGV[i]] = prefix .. ARGV[i + 1] end\n"
+    "for i = 4, #ARGV, 2 do want[ARGV[i]] = prefix .. ARGV[i + 1] end\n"
     "local have = {}\n"
     "local all = redis.call('HGETALL', KEYS[1])\n"
     "for i = 1, #all, 2 do\n"
@@ -185,7 +206,7 @@ static const char rb_lua_psync[] =
     "    end\n"
     "  end\n"
     "end\n"
-    "for i = 3, #ARGV, 2 do\n"
+    "for i = 4, #ARGV, 2 do\n"
     "  local id = ARGV[i]\n"
     "  if have[id] ~= want[id] then\n"
     "    redis.call('HSET', KEYS[1], id, want[id])\n"
@@ -294,6 +315,7 @@ struct bus_redis_s {
     bus_url_t url;
     char *password;                /* from password_file, else the URL's; NULL = no AUTH */
     long connect_timeout_ms, command_timeout_ms, backoff_min_ms, backoff_max_ms, ttl_ms, history_size;
+    long room_ttl_ms;
     int state;                     /* RB_* */
     int fail_status;               /* what requests lost with the link report */
     int need_teardown;
@@ -452,6 +474,23 @@ static void rb_req_history_keys(rb_req_t *q, const char *room)
 }
 
 static void rb_req_str(rb_req_t *q, const char *s) { rb_req_arg(q, s, strlen(s)); }
+
+static void rb_req_key(rb_req_t *q, const char *room, const char *suffix)
+{
+    buf_t key;
+    buf_init(&key);
+    rb_key(&key, room, suffix);
+    rb_req_arg(q, key.data, key.len);
+    buf_free(&key);
+}
+
+/* The presence scripts' KEYS (RB_PRESENCE_KEYS): presence, then seq, epoch, hist to touch. */
+#define RB_PRESENCE_KEYS 4
+static void rb_req_presence_keys(rb_req_t *q, const char *room)
+{
+    rb_req_key(q, room, "presence");
+    rb_req_history_keys(q, room);
+}
 
 static void rb_req_fmt(rb_req_t *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void rb_req_fmt(rb_req_t *q, const char *fmt, ...)
@@ -924,19 +963,16 @@ static void rb_heartbeat(bus_redis_t *r)
  * one heartbeat period. */
 static void rb_reap(bus_redis_t *r)
 {
-    buf_t key;
-    buf_init(&key);
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
         rb_room_t *room = rb_container_of(l, rb_room_t, link);
         if (!room->wanted) continue;
-        rb_req_t *q = rb_req_script(r, RB_PLIST, 1, rb_done_free);
-        rb_key(&key, room->name, "presence");
-        rb_req_arg(q, key.data, key.len);
+        rb_req_t *q = rb_req_script(r, RB_PLIST, RB_PRESENCE_KEYS, rb_done_free);
+        rb_req_presence_keys(q, room->name);
         rb_req_str(q, room->chan);
         rb_req_str(q, RB_KEY_NODE);
+        rb_req_fmt(q, "%ld", room->nmembers ? r->room_ttl_ms : 0);   /* our members keep it alive */
         (void)rb_req_submit(q);
     }
-    buf_free(&key);
 }
 
 static void rb_on_tick(uv_timer_t *t)
@@ -1209,7 +1245,7 @@ static int rb_direct_publish(bus_t *b, const char *to, const void *payload, size
     return rb_envelope_publish(r, RB_CHAN_DIRECT, 'd', to, payload, len);
 }
 
-#define RB_POST_HEAD 9             /* argv index of the payload's head (see rb_room_post) */
+#define RB_POST_HEAD 10            /* argv index of the payload's head (see rb_room_post) */
 
 /* Ends a post: the callback (unless closing), then the request once Redis no longer owes
  * its answer. */
@@ -1256,8 +1292,9 @@ static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t 
     if (id_at > len) return GW_EINVAL;
     if (r->state != RB_UP) return GW_EDOWN;
 
-    rb_req_t *q = rb_req_script(r, RB_POST, 3, rb_done_post);
+    rb_req_t *q = rb_req_script(r, RB_POST, 4, rb_done_post);
     rb_req_history_keys(q, name);
+    rb_req_key(q, name, "presence");
     char *chan = rb_strcat(RB_CHAN_ROOM, name);
     rb_req_str(q, chan);
     free(chan);
@@ -1269,6 +1306,7 @@ static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t 
     rb_req_fmt(q, "%ld", r->history_size);
     char epoch[13];
     rb_req_str(q, hex_random(epoch, 6));
+    rb_req_fmt(q, "%ld", r->room_ttl_ms);
 
     q->room = xstrdup(name);
     q->cb.post = cb;
@@ -1290,14 +1328,11 @@ static void rb_done_presence(rb_req_t *q, redisReply *rep, int status)
 
 static void rb_presence_sync(bus_redis_t *r, rb_room_t *room, int leave_all)
 {
-    rb_req_t *q = rb_req_script(r, RB_PSYNC, 1, rb_done_presence);
-    buf_t key;
-    buf_init(&key);
-    rb_key(&key, room->name, "presence");
-    rb_req_arg(q, key.data, key.len);
-    buf_free(&key);
+    rb_req_t *q = rb_req_script(r, RB_PSYNC, RB_PRESENCE_KEYS, rb_done_presence);
+    rb_req_presence_keys(q, room->name);
     rb_req_str(q, room->chan);
     rb_req_str(q, r->base.node);
+    rb_req_fmt(q, "%ld", r->room_ttl_ms);
     for (size_t i = 0; !leave_all && i < room->nmembers; i++) {
         rb_req_str(q, room->members[i].id);
         rb_req_str(q, room->members[i].json);
@@ -1339,16 +1374,13 @@ static int rb_presence_add(bus_t *b, const char *name, const bus_member_t *m)
         room->members[room->nmembers++] = (rb_member_t){xstrdup(m->id), xstrdup(json)};
     }
     if (r->state == RB_UP) {
-        rb_req_t *q = rb_req_script(r, RB_PADD, 1, rb_done_presence);
-        buf_t key;
-        buf_init(&key);
-        rb_key(&key, name, "presence");
-        rb_req_arg(q, key.data, key.len);
-        buf_free(&key);
+        rb_req_t *q = rb_req_script(r, RB_PADD, RB_PRESENCE_KEYS, rb_done_presence);
+        rb_req_presence_keys(q, name);
         rb_req_str(q, room->chan);
         rb_req_str(q, r->base.node);
         rb_req_str(q, m->id);
         rb_req_str(q, json);
+        rb_req_fmt(q, "%ld", r->room_ttl_ms);
         q->room = xstrdup(name);
         if (rb_req_submit(q) < 0) room->dirty = 1;
     } else {
@@ -1372,15 +1404,12 @@ static int rb_presence_remove(bus_t *b, const char *name, const char *member_id)
     memmove(mm, mm + 1, (room->nmembers - i - 1) * sizeof *mm);
     room->nmembers--;
     if (r->state == RB_UP) {
-        rb_req_t *q = rb_req_script(r, RB_PREMOVE, 1, rb_done_presence);
-        buf_t key;
-        buf_init(&key);
-        rb_key(&key, name, "presence");
-        rb_req_arg(q, key.data, key.len);
-        buf_free(&key);
+        rb_req_t *q = rb_req_script(r, RB_PREMOVE, RB_PRESENCE_KEYS, rb_done_presence);
+        rb_req_presence_keys(q, name);
         rb_req_str(q, room->chan);
         rb_req_str(q, r->base.node);
         rb_req_str(q, member_id);
+        rb_req_fmt(q, "%ld", r->room_ttl_ms);
         q->room = xstrdup(name);
         if (rb_req_submit(q) < 0) room->dirty = 1;
     } else {
@@ -1423,16 +1452,13 @@ static int rb_presence_list(bus_t *b, const char *name, bus_members_cb cb, void 
 {
     bus_redis_t *r = (bus_redis_t *)b;
     if (r->state != RB_UP) return GW_EDOWN;
-    rb_req_t *q = rb_req_script(r, RB_PLIST, 1, rb_done_list);
-    buf_t key;
-    buf_init(&key);
-    rb_key(&key, name, "presence");
-    rb_req_arg(q, key.data, key.len);
-    buf_free(&key);
+    rb_req_t *q = rb_req_script(r, RB_PLIST, RB_PRESENCE_KEYS, rb_done_list);
+    rb_req_presence_keys(q, name);
     char *chan = rb_strcat(RB_CHAN_ROOM, name);
     rb_req_str(q, chan);
     free(chan);
     rb_req_str(q, RB_KEY_NODE);
+    rb_req_str(q, "0");            /* a look: the API's or a snapshot's; joins touch through presence */
     q->cb.members = cb;
     q->arg = arg;
     if (rb_req_submit(q) < 0) return GW_EDOWN;
@@ -1766,6 +1792,7 @@ int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers
     if (r->backoff_max_ms < r->backoff_min_ms) r->backoff_max_ms = r->backoff_min_ms;
     r->ttl_ms = opts->presence_ttl_ms;
     r->history_size = opts->history_size > 0 ? opts->history_size : 0;
+    r->room_ttl_ms = opts->room_ttl_ms > 0 ? opts->room_ttl_ms : 0;
     r->hb_ms = r->ttl_ms / 3 > 0 ? r->ttl_ms / 3 : 1;
     r->tick_ms = r->hb_ms < 100 ? r->hb_ms : 100;
     r->chan_ping = rb_strcat(RB_CHAN_PING, r->base.node);

@@ -1006,6 +1006,7 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
         .backoff_min_ms = cfg->redis_backoff_min_ms,
         .backoff_max_ms = cfg->redis_backoff_max_ms,
         .presence_ttl_ms = cfg->presence_ttl_ms,
+        .room_ttl_ms = cfg->redis_room_ttl_ms,
         .history_size = cfg->history_size,
         .inproc = hub->gw->inproc,
     };
