@@ -250,7 +250,10 @@ static inline int bus_presence_list(bus_t *b, const char *room, bus_members_cb c
 
 /* The room's kept msgs after since (an id the caller parsed, or NULL for the newest
  * history_size). A since from another epoch, trimmed away or newer than the room's last id
- * gives gap = 1. GW_EDOWN or GW_ENOTSUP: use the hub's ring. */
+ * gives gap = 1. GW_EDOWN or GW_ENOTSUP: use the hub's ring.
+ * For a room this node subscribes to, this read and bus_presence_list are taken only once the
+ * subscription is on, so every msg after h->last comes on the room's channel (the first
+ * joiner's race). */
 static inline int bus_history_range(bus_t *b, const char *room, const proto_id_t *since, bus_history_cb cb,
                                     void *arg)
 {

@@ -292,6 +292,7 @@ struct rb_req_s {
     bus_redis_t *r;
     rb_list_t pending;             /* r->pending while Redis owes the answer, oldest first */
     rb_list_t echo;                /* r->echo: a post waiting for its own message */
+    rb_list_t wait;                /* r->waiting: a read held until its room's channel is on */
     uint64_t sent_ms;
     int script;                    /* RB_* or -1 */
     int op;                        /* METRICS_BUS_OP_*: what an error counts as */
@@ -334,6 +335,8 @@ struct bus_redis_s {
     map_t room_map;                /* name -> rb_room_t */
     rb_list_t rooms;
     rb_list_t pending, echo;
+    rb_list_t waiting;             /* reads held until their room's SUBSCRIBE is confirmed, oldest
+                                    * first (a wanted room is never freed, so they name it) */
     uint64_t next_token;
     uint64_t last_hb_ms, ping_sent_ms, last_load_ms, last_tick_ms;
     int hb_first;
@@ -517,6 +520,7 @@ static void rb_req_free(rb_req_t *q)
 {
     rb_list_del(&q->pending);
     rb_list_del(&q->echo);
+    rb_list_del(&q->wait);
     for (int i = 0; i < q->argc; i++) free(q->argv[i]);
     free(q->argv);
     free(q->argvlen);
@@ -548,6 +552,42 @@ static int rb_req_submit(rb_req_t *q)
 }
 
 static void rb_done_free(rb_req_t *q, redisReply *rep, int status) { rb_req_free(q); }
+
+/* A snapshot's or a refill's read of a room this node is subscribing to waits until Redis
+ * confirmed the SUBSCRIBE: every msg after the read's newest id then comes on the channel, so a
+ * first joiner cannot miss one posted between the read and the subscription. Otherwise (not
+ * wanted, already on) it goes at once. 0, or GW_EDOWN (q freed). */
+static int rb_req_submit_read(rb_req_t *q, const char *name)
+{
+    bus_redis_t *r = q->r;
+    rb_room_t *room = map_get(&r->room_map, name);
+    if (!room || !room->wanted || room->confirmed || !r->sub) return rb_req_submit(q);
+    q->sent_ms = uv_now(r->loop);
+    free(q->room);
+    q->room = xstrdup(name);
+    rb_list_push(&r->waiting, &q->wait);
+    return 0;
+}
+
+/* Sends the reads held for room (NULL: every room), now that its channel is on or no longer
+ * wanted; or, with status, fails them (the link went). Each is unlinked before its callback. */
+static void rb_waiting_flush(bus_redis_t *r, const char *room, int status)
+{
+    rb_list_t todo;
+    rb_list_init(&todo);
+    for (rb_list_t *l = r->waiting.next, *next; l != &r->waiting; l = next) {
+        next = l->next;
+        rb_req_t *q = rb_container_of(l, rb_req_t, wait);
+        if (room && strcmp(q->room, room)) continue;
+        rb_list_del(&q->wait);
+        rb_list_push(&todo, &q->wait);
+    }
+    while (!rb_list_empty(&todo)) {
+        rb_req_t *q = rb_container_of(todo.next, rb_req_t, wait);
+        rb_list_del(&q->wait);
+        if (status || rb_req_send(q) < 0) q->done(q, NULL, status ? status : GW_EDOWN);
+    }
+}
 
 static void rb_scripts_load(bus_redis_t *r)
 {
@@ -851,6 +891,7 @@ static void rb_link_teardown(bus_redis_t *r)
         room->subs_pending = 0;
         room->confirmed = 0;
     }
+    rb_waiting_flush(r, NULL, r->fail_status ? r->fail_status : GW_EDOWN);
     /* posts that Redis did take but whose own message never came back: they happened */
     while (!rb_list_empty(&r->echo)) rb_post_finish(rb_container_of(r->echo.next, rb_req_t, echo), 0);
     for (rb_list_t *l = r->rooms.next, *next; l != &r->rooms; l = next) {
@@ -975,6 +1016,14 @@ static void rb_reap(bus_redis_t *r)
     }
 }
 
+/* Whether a read has waited for its room's SUBSCRIBE longer than command_timeout_ms. */
+static int rb_waiting_late(const bus_redis_t *r, uint64_t now)
+{
+    if (rb_list_empty(&r->waiting)) return 0;
+    const rb_req_t *q = rb_container_of(r->waiting.next, rb_req_t, wait);
+    return now - q->sent_ms > (uint64_t)r->command_timeout_ms;
+}
+
 static void rb_on_tick(uv_timer_t *t)
 {
     bus_redis_t *r = t->data;
@@ -992,6 +1041,10 @@ static void rb_on_tick(uv_timer_t *t)
         }
     }
     if (r->state != RB_UP) return;
+    if (rb_waiting_late(r, now)) {
+        rb_link_fail(r, GW_ETIMEDOUT, "subscribe timeout");
+        return;
+    }
     if (r->ping_sent_ms && now - r->ping_sent_ms > (uint64_t)r->command_timeout_ms) {
         rb_link_fail(r, GW_ETIMEDOUT, "subscriber connection silent");
         return;
@@ -1154,7 +1207,10 @@ static void rb_on_sub_msg(redisAsyncContext *c, void *reply, void *privdata)
         if (!room) return;
         if (sub) {
             if (room->subs_pending) room->subs_pending--;
-            if (room->wanted && !room->subs_pending) room->confirmed = 1;
+            if (room->wanted && !room->subs_pending) {
+                room->confirmed = 1;
+                rb_waiting_flush(r, room->name, 0);
+            }
             rb_room_release(r, room);
         } else {
             room->confirmed = 0;
@@ -1187,6 +1243,7 @@ static int rb_room_unsubscribe(bus_t *b, const char *name)
     if (!room || !room->wanted) return 0;
     room->wanted = 0;
     room->confirmed = 0;
+    rb_waiting_flush(r, name, 0);
     if (r->sub && (r->state == RB_CONNECTING || r->state == RB_UP)) {
         const char *argv[2] = {"UNSUBSCRIBE", room->chan};
         size_t len[2] = {11, strlen(room->chan)};
@@ -1461,7 +1518,7 @@ static int rb_presence_list(bus_t *b, const char *name, bus_members_cb cb, void 
     rb_req_str(q, "0");            /* a look: the API's or a snapshot's; joins touch through presence */
     q->cb.members = cb;
     q->arg = arg;
-    if (rb_req_submit(q) < 0) return GW_EDOWN;
+    if (rb_req_submit_read(q, name) < 0) return GW_EDOWN;
     return 0;
 }
 
@@ -1511,7 +1568,7 @@ static int rb_history_range(bus_t *b, const char *name, const proto_id_t *since,
     rb_req_fmt(q, "%ld", r->history_size);
     q->cb.history = cb;
     q->arg = arg;
-    if (rb_req_submit(q) < 0) return GW_EDOWN;
+    if (rb_req_submit_read(q, name) < 0) return GW_EDOWN;
     return 0;
 }
 
@@ -1553,6 +1610,7 @@ static void rb_destroy(bus_redis_t *r)
 {
     while (!rb_list_empty(&r->echo)) rb_req_free(rb_container_of(r->echo.next, rb_req_t, echo));
     while (!rb_list_empty(&r->pending)) rb_req_free(rb_container_of(r->pending.next, rb_req_t, pending));
+    while (!rb_list_empty(&r->waiting)) rb_req_free(rb_container_of(r->waiting.next, rb_req_t, wait));
     while (!rb_list_empty(&r->rooms)) rb_room_destroy(r, rb_container_of(r->rooms.next, rb_room_t, link));
     map_free(&r->room_map);
     bus_url_free(&r->url);
@@ -1802,6 +1860,7 @@ int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers
     rb_list_init(&r->rooms);
     rb_list_init(&r->pending);
     rb_list_init(&r->echo);
+    rb_list_init(&r->waiting);
 
     uv_timer_init(loop, &r->tick);
     uv_timer_init(loop, &r->retry);
