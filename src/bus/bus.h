@@ -114,12 +114,15 @@ typedef struct {
 } bus_history_t;
 typedef void (*bus_history_cb)(void *arg, int status, const bus_history_t *h);
 typedef void (*bus_limit_cb)(void *arg, int status, int allowed, double tokens);
+/* n byte strings (not NUL-terminated: lens), borrowed for the call. */
+typedef void (*bus_strings_cb)(void *arg, int status, const char *const *items, const size_t *lens, size_t n);
 /* A request's callback, whichever kind it is (the implementations keep one per request). */
 typedef union {
     bus_post_cb post;
     bus_members_cb members;
     bus_history_cb history;
     bus_limit_cb limit;
+    bus_strings_cb strings;
 } bus_cb_t;
 
 /* Opens the bus that opts asks for (NULL: bus_local with a random node id): bus_redis when
@@ -156,6 +159,9 @@ typedef struct {
     int (*presence_list)(bus_t *, const char *room, bus_members_cb cb, void *arg);
     int (*history_range)(bus_t *, const char *room, const proto_id_t *since, bus_history_cb cb, void *arg);
     int (*limit_take)(bus_t *, const char *key, double rate, double burst, bus_limit_cb cb, void *arg);
+    /* optional (NULL: GW_ENOTSUP) */
+    int (*node_report)(bus_t *, const char *report, size_t len);
+    int (*node_reports)(bus_t *, bus_strings_cb cb, void *arg);
     void (*free)(bus_t *);
 } bus_ops_t;
 
@@ -266,6 +272,20 @@ static inline int bus_history_range(bus_t *b, const char *room, const proto_id_t
 static inline int bus_limit_take(bus_t *b, const char *key, double rate, double burst, bus_limit_cb cb, void *arg)
 {
     return b->ops->limit_take(b, key, rate, burst, cb, arg);
+}
+
+/* This node's report (opaque bytes: the hub's JSON of its clients and rooms), kept in the
+ * shared store for presence_ttl_ms; a node writes it again before then while it lives.
+ * 0 (queued), GW_EDOWN, or GW_ENOTSUP (no other replicas: the hub knows everything). */
+static inline int bus_node_report(bus_t *b, const char *report, size_t len)
+{
+    return b->ops->node_report ? b->ops->node_report(b, report, len) : GW_ENOTSUP;
+}
+/* Every live node's last report (this one's included), in no particular order. Queued after
+ * an earlier bus_node_report on the same link, so it sees that one. */
+static inline int bus_node_reports(bus_t *b, bus_strings_cb cb, void *arg)
+{
+    return b->ops->node_reports ? b->ops->node_reports(b, cb, arg) : GW_ENOTSUP;
 }
 
 #endif

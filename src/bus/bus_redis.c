@@ -20,6 +20,8 @@
  *                              (the four expire room_ttl_ms after the room's last activity)
  *   key chatgw:node:N          heartbeat, PX presence_ttl_ms
  *   hash chatgw:limit:K        token bucket {tokens, ts}
+ *   zset chatgw:{nodes}        node -> when its report expires (ms, Redis's clock)
+ *   key chatgw:{nodes}:report:N   the node's report (clients, rooms) for the API, PX ttl
  * Every multi-step change is one Lua script (loaded once per connection, run by EVALSHA, and
  * sent again as EVAL after NOSCRIPT), so replicas never see half of one.
  *
@@ -55,13 +57,15 @@
 #define RB_CHAN_PING "chatgw:ping:"
 #define RB_KEY_NODE "chatgw:node:"
 #define RB_KEY_LIMIT "chatgw:limit:"
+#define RB_KEY_NODES "chatgw:{nodes}"                 /* node-level keys share one hash tag */
+#define RB_KEY_REPORT "chatgw:{nodes}:report:"
 
 #define RB_STAT_ADD(r, field, n) __atomic_add_fetch(&(r)->base.stats.field, (uint64_t)(n), __ATOMIC_RELAXED)
 #define RB_STAT_SET(r, field, v) __atomic_store_n(&(r)->base.stats.field, (uint64_t)(v), __ATOMIC_RELAXED)
 
 /* ---- server-side scripts ---- */
 
-enum { RB_POST, RB_RANGE, RB_PADD, RB_PREMOVE, RB_PLIST, RB_PSYNC, RB_LIMIT, RB_SCRIPTS };
+enum { RB_POST, RB_RANGE, RB_PADD, RB_PREMOVE, RB_PLIST, RB_PSYNC, RB_LIMIT, RB_REPORT, RB_REPORTS, RB_SCRIPTS };
 
 /* Every script that changes a room is activity: it gives all of the room's keys (its KEYS) a
  * fresh TTL of ttl ms (0 = none), so a room expires as a whole, after its last activity. */
@@ -234,9 +238,32 @@ static const char rb_lua_limit[] =
     "redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)\n"
     "return {allowed, tostring(tokens)}\n";
 
+/* KEYS nodes (zset node -> expiry, Redis's clock), report key. ARGV node, report, ttl. Also
+ * drops the nodes whose time ran out. */
+static const char rb_lua_report[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])\n"
+    "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\n"
+    "return 1\n";
+
+/* KEYS nodes. ARGV report key prefix (same hash tag). Returns the live nodes' reports. */
+static const char rb_lua_reports[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "local out = {}\n"
+    "for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n"
+    "  local v = redis.call('GET', ARGV[1] .. n)\n"
+    "  if v then out[#out + 1] = v end\n"
+    "end\n"
+    "return out\n";
+
 static const char *const rb_scripts[RB_SCRIPTS] = {
     [RB_POST] = rb_lua_post,     [RB_RANGE] = rb_lua_range, [RB_PADD] = rb_lua_padd,   [RB_PREMOVE] = rb_lua_premove,
     [RB_PLIST] = rb_lua_plist,   [RB_PSYNC] = rb_lua_psync, [RB_LIMIT] = rb_lua_limit,
+    [RB_REPORT] = rb_lua_report, [RB_REPORTS] = rb_lua_reports,
 };
 
 /* ---- types ---- */
@@ -424,7 +451,8 @@ static int rb_script_op(int script)
 {
     switch (script) {
     case RB_POST: return METRICS_BUS_OP_POST;
-    case RB_RANGE: case RB_PLIST: return METRICS_BUS_OP_READ;
+    case RB_RANGE: case RB_PLIST: case RB_REPORTS: return METRICS_BUS_OP_READ;
+    case RB_REPORT: return METRICS_BUS_OP_HEARTBEAT;
     case RB_PADD: case RB_PREMOVE: case RB_PSYNC: return METRICS_BUS_OP_PRESENCE;
     case RB_LIMIT: return METRICS_BUS_OP_LIMIT;
     default: return METRICS_BUS_OP_LINK;
@@ -1604,6 +1632,53 @@ static int rb_limit_take(bus_t *b, const char *key, double rate, double burst, b
     return 0;
 }
 
+/* node reports (the cluster-wide API) */
+
+static int rb_node_report(bus_t *b, const char *report, size_t len)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (r->state != RB_UP) return GW_EDOWN;
+    rb_req_t *q = rb_req_script(r, RB_REPORT, 2, rb_done_free);
+    rb_req_str(q, RB_KEY_NODES);
+    char *k = rb_strcat(RB_KEY_REPORT, r->base.node);
+    rb_req_str(q, k);
+    free(k);
+    rb_req_str(q, r->base.node);
+    rb_req_arg(q, report, len);
+    rb_req_fmt(q, "%ld", r->ttl_ms);
+    return rb_req_submit(q);
+}
+
+static void rb_done_reports(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    if (!status && rep->type != REDIS_REPLY_ARRAY) status = GW_EREPLY;
+    size_t n = 0, cap = status ? 0 : rep->elements;
+    const char **items = xcalloc(cap + 1, sizeof *items);
+    size_t *lens = xcalloc(cap + 1, sizeof *lens);
+    for (size_t i = 0; i < cap; i++) {
+        if (rep->element[i]->type != REDIS_REPLY_STRING) continue;
+        items[n] = rep->element[i]->str;
+        lens[n++] = rep->element[i]->len;
+    }
+    if (rb_alive(r) && q->cb.strings) q->cb.strings(q->arg, status, status ? NULL : items, lens, n);
+    free(items);
+    free(lens);
+    rb_req_free(q);
+}
+
+static int rb_node_reports(bus_t *b, bus_strings_cb cb, void *arg)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (r->state != RB_UP) return GW_EDOWN;
+    rb_req_t *q = rb_req_script(r, RB_REPORTS, 1, rb_done_reports);
+    rb_req_str(q, RB_KEY_NODES);
+    rb_req_str(q, RB_KEY_REPORT);
+    q->cb.strings = cb;
+    q->arg = arg;
+    return rb_req_submit(q);
+}
+
 /* ---- close ---- */
 
 static void rb_destroy(bus_redis_t *r)
@@ -1654,6 +1729,11 @@ static void rb_close_step(bus_redis_t *r)
         rb_req_t *q = rb_req_new(r, -1, rb_done_free);
         rb_req_str(q, "DEL");
         rb_req_str(q, r->key_node);
+        (void)rb_req_submit(q);
+        q = rb_req_new(r, -1, rb_done_free);
+        rb_req_str(q, "ZREM");
+        rb_req_str(q, RB_KEY_NODES);
+        rb_req_str(q, r->base.node);
         (void)rb_req_submit(q);
         redisAsyncDisconnect(r->cmd);   /* after the answers; rb_on_ctx_disconnect then */
         if (r->cmd) uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->command_timeout_ms, 0);
@@ -1807,6 +1887,8 @@ static const bus_ops_t rb_ops = {
     .presence_list = rb_presence_list,
     .history_range = rb_history_range,
     .limit_take = rb_limit_take,
+    .node_report = rb_node_report,
+    .node_reports = rb_node_reports,
     .free = rb_free,
 };
 

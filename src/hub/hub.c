@@ -935,6 +935,7 @@ static void hub_on_tick(uv_timer_t *t)
 {
     hub_t *hub = t->data;
     hub_bus_metrics(hub);
+    hub_report_tick(hub);
     if (hub->parked) hub_parked_check(hub, NULL);
     if (hub->gw->policy) policy_on_tick(hub->gw->policy, (double)hub_wall_ms() / 1000.0);
 }
@@ -1089,6 +1090,7 @@ void hub_free(hub_t *hub)
     hub_bus_drop(hub);
     map_free(&hub->rooms);
     map_free(&hub->clients);
+    free(hub->report);
     free(hub);
 }
 

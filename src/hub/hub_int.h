@@ -115,6 +115,8 @@ struct hub_s {
     hub_tombstone_t tombs[HUB_TOMBSTONES];
     size_t tomb_next;
     uint64_t msg_t0;               /* uv_hrtime() when the frame being handled arrived */
+    char *report;                  /* the last node report written to the bus (hub_report_tick) */
+    uint64_t report_ms;
 };
 
 #define HUB_CODE_LEN 64            /* error codes from the policy */
@@ -177,6 +179,9 @@ void hub_room_deliver(hub_t *hub, hub_room_t *r, const proto_id_t *id, sbuf_t *p
 /* The next id the hub assigns itself in r (no bus, or the bus down): its epoch, ++seq. */
 proto_id_t hub_room_own_id(hub_room_t *r);
 void hub_bus_metrics(hub_t *hub);  /* copies the bus's counters into the metrics */
+/* Once a second: writes this node's report (clients, rooms' local members) to the bus when it
+ * changed or is a third of presence_ttl_ms old, for the cluster-wide API. */
+void hub_report_tick(hub_t *hub);
 /* The mirrored member id of r (another replica's), or NULL; borrowed. */
 hub_remote_t *hub_remote_find(hub_room_t *r, const char *id);
 /* The bus's presence handler (bus_handlers_t.presence): another replica's member joined, left
