@@ -114,6 +114,7 @@ typedef struct {
 } bus_history_t;
 typedef void (*bus_history_cb)(void *arg, int status, const bus_history_t *h);
 typedef void (*bus_limit_cb)(void *arg, int status, int allowed, double tokens);
+typedef void (*bus_join_cb)(void *arg, int status, int admitted);
 /* n byte strings (not NUL-terminated: lens), borrowed for the call. */
 typedef void (*bus_strings_cb)(void *arg, int status, const char *const *items, const size_t *lens, size_t n);
 /* A request's callback, whichever kind it is (the implementations keep one per request). */
@@ -123,6 +124,7 @@ typedef union {
     bus_history_cb history;
     bus_limit_cb limit;
     bus_strings_cb strings;
+    bus_join_cb join;
 } bus_cb_t;
 
 /* Opens the bus that opts asks for (NULL: bus_local with a random node id): bus_redis when
@@ -162,6 +164,7 @@ typedef struct {
     /* optional (NULL: GW_ENOTSUP) */
     int (*node_report)(bus_t *, const char *report, size_t len);
     int (*node_reports)(bus_t *, bus_strings_cb cb, void *arg);
+    int (*presence_join)(bus_t *, const char *room, const bus_member_t *m, long max, bus_join_cb cb, void *arg);
     void (*free)(bus_t *);
 } bus_ops_t;
 
@@ -246,6 +249,17 @@ static inline int bus_presence_add(bus_t *b, const char *room, const bus_member_
 static inline int bus_presence_remove(bus_t *b, const char *room, const char *member_id)
 {
     return b->ops->presence_remove(b, room, member_id);
+}
+/* bus_presence_add under max_room_members across every replica: Redis adds m only while the
+ * room's shared presence holds fewer than max members (0 = no cap), in the same script that
+ * records the join, so two replicas cannot both take the last place. cb: status 0 and
+ * admitted 1/0; a refused m is dropped from the mirror too. A status other than 0 means the
+ * link went before the answer: m stays in the mirror like any bus_presence_add. GW_EDOWN (use
+ * bus_presence_add and the local cap) or GW_ENOTSUP (no cap across replicas on this bus). */
+static inline int bus_presence_join(bus_t *b, const char *room, const bus_member_t *m, long max, bus_join_cb cb,
+                                    void *arg)
+{
+    return b->ops->presence_join ? b->ops->presence_join(b, room, m, max, cb, arg) : GW_ENOTSUP;
 }
 /* All replicas' members of room (members of dead nodes are removed on the way, with leave
  * events). Order is unspecified. GW_EDOWN or GW_ENOTSUP: use the local members. */

@@ -135,12 +135,15 @@ static const char rb_lua_range[] =
     "return out\n";
 
 /* The presence scripts' KEYS: presence, then the room's seq, epoch, hist (for touch).
- * KEYS presence.... ARGV channel, node, member id, member json, ttl. */
+ * KEYS presence.... ARGV channel, node, member id, member json, ttl, max members (0 = none).
+ * Returns -1 when a new member would pass max (nothing written), else 0 or 1 (changed). */
 static const char rb_lua_padd[] =
     RB_LUA_TOUCH
     "touch(ARGV[5])\n"
     "local v = ARGV[2] .. '\\n' .. ARGV[4]\n"
     "local old = redis.call('HGET', KEYS[1], ARGV[3])\n"
+    "local max = tonumber(ARGV[6] or '0') or 0\n"
+    "if max > 0 and not old and redis.call('HLEN', KEYS[1]) >= max then return -1 end\n"
     "if old == v then return 0 end\n"
     "redis.call('HSET', KEYS[1], ARGV[3], v)\n"
     "redis.call('PUBLISH', ARGV[1], (old and 'u' or 'j') .. '\\n' .. ARGV[2] .. '\\n\\n\\n' .. ARGV[4])\n"
@@ -1437,9 +1440,55 @@ static void rb_presence_sync_all(bus_redis_t *r)
     }
 }
 
+static void rb_done_join(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    int admitted = 1;
+    if (!status && rep->type != REDIS_REPLY_INTEGER) status = GW_EREPLY;
+    if (!status && rep->integer < 0) {   /* full: forget it, Redis never had it */
+        admitted = 0;
+        rb_room_t *room = rb_room_get(r, q->room);
+        rb_member_t *mm = room ? rb_room_member(room, q->argv[q->argc - 4]) : NULL;
+        if (mm) {
+            free(mm->id);
+            free(mm->json);
+            size_t i = (size_t)(mm - room->members);
+            memmove(mm, mm + 1, (room->nmembers - i - 1) * sizeof *mm);
+            room->nmembers--;
+        }
+    } else if (status && rb_alive(r)) {
+        rb_room_open(r, q->room)->dirty = 1;   /* sync on the next up */
+    }
+    bus_join_cb cb = q->cb.join;
+    void *arg = q->arg;
+    char *name = q->room;
+    q->room = NULL;
+    rb_req_free(q);
+    if (rb_alive(r) && cb) cb(arg, status, admitted);
+    rb_room_t *room = rb_alive(r) ? rb_room_get(r, name) : NULL;
+    if (room) rb_room_release(r, room);
+    free(name);
+}
+
+static int rb_presence_put(bus_redis_t *r, const char *name, const bus_member_t *m, long max, bus_join_cb cb,
+                           void *arg);
+
 static int rb_presence_add(bus_t *b, const char *name, const bus_member_t *m)
 {
+    return rb_presence_put((bus_redis_t *)b, name, m, 0, NULL, NULL);
+}
+
+static int rb_presence_join(bus_t *b, const char *name, const bus_member_t *m, long max, bus_join_cb cb, void *arg)
+{
     bus_redis_t *r = (bus_redis_t *)b;
+    if (r->state != RB_UP) return GW_EDOWN;
+    return rb_presence_put(r, name, m, max > 0 ? max : 0, cb, arg);
+}
+
+/* Adds m to the mirror and, when up, to the shared presence (capped at max with cb: a join). */
+static int rb_presence_put(bus_redis_t *r, const char *name, const bus_member_t *m, long max, bus_join_cb cb,
+                           void *arg)
+{
     if (!rb_alive(r)) return GW_EDOWN;
     if (!m || !m->id || !m->name) return GW_EINVAL;
     json_t *o = json_pack("{s:s, s:s, s:b}", "id", m->id, "name", m->name, "muted", m->muted);
@@ -1459,15 +1508,22 @@ static int rb_presence_add(bus_t *b, const char *name, const bus_member_t *m)
         room->members[room->nmembers++] = (rb_member_t){xstrdup(m->id), xstrdup(json)};
     }
     if (r->state == RB_UP) {
-        rb_req_t *q = rb_req_script(r, RB_PADD, RB_PRESENCE_KEYS, rb_done_presence);
+        rb_req_t *q = rb_req_script(r, RB_PADD, RB_PRESENCE_KEYS, cb ? rb_done_join : rb_done_presence);
         rb_req_presence_keys(q, name);
         rb_req_str(q, room->chan);
         rb_req_str(q, r->base.node);
-        rb_req_str(q, m->id);
+        rb_req_str(q, m->id);                     /* argc - 4: rb_done_join finds it there */
         rb_req_str(q, json);
         rb_req_fmt(q, "%ld", r->room_ttl_ms);
+        rb_req_fmt(q, "%ld", max);
         q->room = xstrdup(name);
-        if (rb_req_submit(q) < 0) room->dirty = 1;
+        q->cb.join = cb;
+        q->arg = arg;
+        if (rb_req_submit(q) < 0) {
+            room->dirty = 1;
+            free(json);
+            return cb ? GW_EDOWN : 0;    /* a join that cannot be asked: the caller falls back */
+        }
     } else {
         room->dirty = 1;
     }
@@ -1889,6 +1945,7 @@ static const bus_ops_t rb_ops = {
     .limit_take = rb_limit_take,
     .node_report = rb_node_report,
     .node_reports = rb_node_reports,
+    .presence_join = rb_presence_join,
     .free = rb_free,
 };
 

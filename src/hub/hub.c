@@ -348,7 +348,11 @@ static int hub_room_join(hub_t *hub, hub_client_t *cl, const char *name, const c
     cl->rooms = xrealloc(cl->rooms, (cl->nrooms + 1) * sizeof *cl->rooms);
     cl->rooms[cl->nrooms++] = r;
     METRIC_INC(hub->gw->metrics.room_members);
-    hub_presence_publish(hub, r, cl, 0);
+    if (hub->remote) {             /* recorded under max_room_members across replicas; then the join event */
+        hub_presence_join(hub, r, cl);
+        hub_snapshot_start(hub, r, cl, since);
+        return 0;
+    }
     hub_snapshot_start(hub, r, cl, since);
     hub_room_send(hub, r, proto_presence("join", r->name, cl->id, cl->name, 0), cl, NULL);
     log_debug("join", "{s:s, s:s, s:s}", "client", cl->id, "room", r->name, "ip", cl->ip);
@@ -369,7 +373,20 @@ static int hub_join_or_error(hub_t *hub, hub_client_t *cl, const char *room, con
     return 0;
 }
 
-static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
+static void hub_room_leave_as(hub_t *hub, hub_client_t *cl, hub_room_t *r, int announced);
+
+void hub_room_refuse(hub_t *hub, hub_client_t *cl, hub_room_t *r)
+{
+    json_t *ref = json_string(r->name);
+    hub_room_leave_as(hub, cl, r, 0);
+    hub_send_error(hub, cl, "room_full", "the room or your room count is at its limit", ref, METRICS_DROP_ROOM_FULL);
+    json_decref(ref);
+}
+
+static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r) { hub_room_leave_as(hub, cl, r, 1); }
+
+/* announced: the room's members were told of the join (so now of the leave). */
+static void hub_room_leave_as(hub_t *hub, hub_client_t *cl, hub_room_t *r, int announced)
 {
     for (size_t i = 0; i < r->nmembers; i++)
         if (r->members[i].client == cl) {   /* keep join order: gw.members promises it */
@@ -385,7 +402,8 @@ static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
         }
     METRIC_SUB(hub->gw->metrics.room_members, 1);
     if (hub->remote) bus_presence_remove(hub->bus, r->name, cl->id);
-    if (r->nmembers) hub_room_send(hub, r, proto_presence("leave", r->name, cl->id, cl->name, 0), NULL, NULL);
+    if (r->nmembers && announced)
+        hub_room_send(hub, r, proto_presence("leave", r->name, cl->id, cl->name, 0), NULL, NULL);
     if (hub->gw->policy) {
         policy_conn_t pc = hub_pconn(cl, NULL);
         policy_on_leave(hub->gw->policy, &pc, r->name);

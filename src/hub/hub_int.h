@@ -155,6 +155,9 @@ void hub_history_send(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *s
 /* Sends cl `room` (members and the ring's history after since) from the hub's own state. */
 void hub_snapshot_send(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
 hub_client_t *hub_client_find(hub_t *hub, const char *id);   /* an attached client, or NULL */
+/* cl may not stay in r after all (the room is full across replicas): it leaves r without a
+ * leave event (none saw it join) and gets room_full. */
+void hub_room_refuse(hub_t *hub, hub_client_t *cl, hub_room_t *r);
 
 /* hub_sync.c */
 /* Sends cl `history` after since: from the shared history through the bus, answered later
@@ -192,6 +195,10 @@ void hub_bus_on_presence(void *arg, const char *room, int event, const bus_membe
 void hub_snapshot_start(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
 /* After the link came back: lists every room's members again and refills its msgs. */
 void hub_rooms_relist(hub_t *hub);
+/* Records cl's join of r in the shared presence under max_room_members across replicas; the
+ * room's local members get the join event once Redis admitted it, and a refused cl leaves
+ * again (hub_room_refuse). Without an answer (Redis down) the local cap alone holds. */
+void hub_presence_join(hub_t *hub, hub_room_t *r, hub_client_t *cl);
 /* Observes the latency of a client's msg that arrived at t0 (uv_hrtime; 0: not a client's). */
 void hub_latency_observe(hub_t *hub, uint64_t t0);
 /* Posts a msg through the bus: Redis assigns its id and order, and every replica delivers it

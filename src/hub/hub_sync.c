@@ -22,7 +22,7 @@
  * them: either may be gone when the answer arrives. */
 
 enum { HUB_OP_POST, HUB_OP_SNAPSHOT, HUB_OP_HISTORY, HUB_OP_LIST, HUB_OP_FILL, HUB_OP_API_ROOM, HUB_OP_API_STATS,
-       HUB_OP_API_PUBLISH };
+       HUB_OP_API_PUBLISH, HUB_OP_JOIN };
 
 struct hub_op_s {
     hub_op_t *prev, *next;
@@ -765,6 +765,44 @@ void hub_room_post(hub_t *hub, const char *room, const char *from_id, const char
 {
     hub_room_post_op(hub, hub_op_new(hub, HUB_OP_POST, room, client), room, from_id, from_name, text, extra, client,
                      cid);
+}
+
+/* ---- joins under max_room_members across replicas ---- */
+
+static void hub_join_announce(hub_t *hub, hub_room_t *r, hub_client_t *cl)
+{
+    hub_room_send(hub, r, proto_presence("join", r->name, cl->id, cl->name, 0), cl, NULL);
+}
+
+static void hub_joined(void *arg, int status, int admitted)
+{
+    hub_op_t *op = arg;
+    hub_t *hub = op->hub;
+    hub_room_t *r = hub_room_get(hub, op->room);
+    hub_client_t *cl = hub_client_find(hub, op->client);
+    if (r && cl && hub_room_member(r, cl)) {   /* else it left meanwhile */
+        if (!status && !admitted) {
+            log_debug("join refused: the room is full across replicas", "{s:s, s:s}", "client", cl->id, "room",
+                      r->name);
+            hub_room_refuse(hub, cl, r);
+        } else {
+            hub_join_announce(hub, r, cl);
+        }
+    }
+    hub_op_free(op);
+}
+
+void hub_presence_join(hub_t *hub, hub_room_t *r, hub_client_t *cl)
+{
+    bus_member_t bm = {cl->id, cl->name, 0, NULL};
+    hub_op_t *op = hub_op_new(hub, HUB_OP_JOIN, r->name, cl->id);
+    int rc = bus_presence_join(hub->bus, r->name, &bm, hub->gw->cfg.max_room_members, hub_joined, op);
+    if (rc == 0) return;
+    hub_op_free(op);
+    rc = bus_presence_add(hub->bus, r->name, &bm);   /* registered when the link is back */
+    if (rc < 0) log_warn("bus: presence not published", "{s:s, s:s, s:s}", "client", cl->id, "room", r->name,
+                         "error", gw_strerror(rc));
+    hub_join_announce(hub, r, cl);
 }
 
 /* ---- the HTTP API across replicas ---- */

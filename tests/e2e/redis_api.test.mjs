@@ -121,3 +121,35 @@ describe('redis: the HTTP API answers the same on every replica', () => {
     assert.match(bodies[2], /"online":/);
   });
 });
+
+describe('redis: max_room_members holds across replicas', () => {
+  const cluster = redisCluster((redis) =>
+    Promise.all(['a', 'b', 'c'].map((n) => startReplica(redis.url, `cap-${n}`, ['--max-room-members', '3']))));
+  const { reps, cs } = cluster;
+
+  it('six joiners racing on three replicas: exactly three get in, the rest get room_full', T, async () => {
+    const room = uniqueRoom('cap');
+    const clients = await Promise.all([0, 1, 2, 3, 4, 5].map((i) => cs.open(reps[i % 3].port, `/ws?name=j${i}`)));
+    for (const c of clients) c.send({ type: 'join', room });
+    const outcomes = await Promise.all(clients.map((c) =>
+      c.next((m) => (m.type === 'room' && m.room === room) || (m.type === 'error' && m.ref === room), 8000, 'room or room_full')));
+    const inside = clients.filter((c, i) => outcomes[i].type === 'room');
+    const refused = outcomes.filter((o) => o.type === 'error');
+    assert.equal(inside.length, 3, `three admitted: ${JSON.stringify(outcomes.map((o) => o.type))}`);
+    for (const e of refused) assert.equal(e.code, 'room_full');
+    await waitMembers(reps, room, inside.map((c) => c.id));
+    // the admitted see each other's joins, never a refused one
+    const refusedIds = new Set(clients.filter((c) => !inside.includes(c)).map((c) => c.id));
+    for (const c of inside) {
+      assert.deepEqual(await c.none((m) => (m.type === 'join' || m.type === 'leave') && refusedIds.has(m.member?.id), 300), []);
+    }
+    // a place frees: the next joiner, on any replica, gets it
+    await inside[0].close();
+    await waitMembers(reps, room, inside.slice(1).map((c) => c.id));
+    const late = await cs.open(reps[1].port, `/ws?room=${room}&name=late`);
+    await late.next('room', 5000);
+    const over = await cs.open(reps[2].port, `/ws?room=${room}&name=over`);
+    const e = await over.next((m) => m.type === 'error', 5000, 'room_full');
+    assert.equal(e.code, 'room_full');
+  });
+});
