@@ -115,6 +115,7 @@ typedef struct {
 typedef void (*bus_history_cb)(void *arg, int status, const bus_history_t *h);
 typedef void (*bus_limit_cb)(void *arg, int status, int allowed, double tokens);
 typedef void (*bus_join_cb)(void *arg, int status, int admitted);
+typedef void (*bus_sent_cb)(void *arg, int status, int delivered);
 /* n byte strings (not NUL-terminated: lens), borrowed for the call. */
 typedef void (*bus_strings_cb)(void *arg, int status, const char *const *items, const size_t *lens, size_t n);
 /* A request's callback, whichever kind it is (the implementations keep one per request). */
@@ -125,6 +126,7 @@ typedef union {
     bus_limit_cb limit;
     bus_strings_cb strings;
     bus_join_cb join;
+    bus_sent_cb sent;
 } bus_cb_t;
 
 /* Opens the bus that opts asks for (NULL: bus_local with a random node id): bus_redis when
@@ -165,6 +167,9 @@ typedef struct {
     int (*node_report)(bus_t *, const char *report, size_t len);
     int (*node_reports)(bus_t *, bus_strings_cb cb, void *arg);
     int (*presence_join)(bus_t *, const char *room, const bus_member_t *m, long max, bus_join_cb cb, void *arg);
+    int (*conn_add)(bus_t *, const char *id);
+    int (*conn_remove)(bus_t *, const char *id);
+    int (*direct_send)(bus_t *, const char *to, const void *payload, size_t len, bus_sent_cb cb, void *arg);
     void (*free)(bus_t *);
 } bus_ops_t;
 
@@ -286,6 +291,26 @@ static inline int bus_history_range(bus_t *b, const char *room, const proto_id_t
 static inline int bus_limit_take(bus_t *b, const char *key, double rate, double burst, bus_limit_cb cb, void *arg)
 {
     return b->ops->limit_take(b, key, rate, burst, cb, arg);
+}
+
+/* This node's connections, by id, so that a direct frame to an id no node holds is known as
+ * such (bus_direct_send). Kept in a mirror and registered again after every reconnect, like
+ * presence. 0 (also while down), or GW_ENOTSUP. */
+static inline int bus_conn_add(bus_t *b, const char *id)
+{
+    return b->ops->conn_add ? b->ops->conn_add(b, id) : GW_ENOTSUP;
+}
+static inline int bus_conn_remove(bus_t *b, const char *id)
+{
+    return b->ops->conn_remove ? b->ops->conn_remove(b, id) : GW_ENOTSUP;
+}
+/* bus_direct_publish to the node that holds the connection `to`, if a live one does: cb gets
+ * delivered 1 (handed to that node) or 0 (no node holds it: unknown_peer). GW_EDOWN, or
+ * GW_ENOTSUP (use bus_direct_publish). */
+static inline int bus_direct_send(bus_t *b, const char *to, const void *payload, size_t len, bus_sent_cb cb,
+                                  void *arg)
+{
+    return b->ops->direct_send ? b->ops->direct_send(b, to, payload, len, cb, arg) : GW_ENOTSUP;
 }
 
 /* This node's report (opaque bytes: the hub's JSON of its clients and rooms), kept in the

@@ -22,6 +22,7 @@
  *   hash chatgw:limit:K        token bucket {tokens, ts}
  *   zset chatgw:{nodes}        node -> when its report expires (ms, Redis's clock)
  *   key chatgw:{nodes}:report:N   the node's report (clients, rooms) for the API, PX ttl
+ *   hash chatgw:{nodes}:conns:N    the node's connection ids (dm targets), PX ttl
  * Every multi-step change is one Lua script (loaded once per connection, run by EVALSHA, and
  * sent again as EVAL after NOSCRIPT), so replicas never see half of one.
  *
@@ -59,16 +60,22 @@
 #define RB_KEY_LIMIT "chatgw:limit:"
 #define RB_KEY_NODES "chatgw:{nodes}"                 /* node-level keys share one hash tag */
 #define RB_KEY_REPORT "chatgw:{nodes}:report:"
+#define RB_KEY_CONNS "chatgw:{nodes}:conns:"
 
 #define RB_STAT_ADD(r, field, n) __atomic_add_fetch(&(r)->base.stats.field, (uint64_t)(n), __ATOMIC_RELAXED)
 #define RB_STAT_SET(r, field, v) __atomic_store_n(&(r)->base.stats.field, (uint64_t)(v), __ATOMIC_RELAXED)
 
 /* ---- server-side scripts ---- */
 
-enum { RB_POST, RB_RANGE, RB_PADD, RB_PREMOVE, RB_PLIST, RB_PSYNC, RB_LIMIT, RB_REPORT, RB_REPORTS, RB_SCRIPTS };
+enum {
+    RB_POST, RB_RANGE, RB_PADD, RB_PREMOVE, RB_PLIST, RB_PSYNC, RB_LIMIT, RB_REPORT, RB_REPORTS, RB_ALIVE, RB_DIRECT,
+    RB_SCRIPTS
+};
 
 /* Every script that changes a room is activity: it gives all of the room's keys (its KEYS) a
- * fresh TTL of ttl ms (0 = none), so a room expires as a whole, after its last activity. */
+ * fresh TTL of ttl ms (0 = none), so a room expires as a whole, after its last activity.
+ * Called after a script's writes: once a script wrote (PEXPIRE is a write Redis allows when
+ * full), Redis lets its later writes pass maxmemory, which would hide an OOM. */
 #define RB_LUA_TOUCH                                                                               \
     "local function touch(ttl)\n"                                                                  \
     "  ttl = tonumber(ttl)\n"                                                                      \
@@ -139,14 +146,14 @@ static const char rb_lua_range[] =
  * Returns -1 when a new member would pass max (nothing written), else 0 or 1 (changed). */
 static const char rb_lua_padd[] =
     RB_LUA_TOUCH
-    "touch(ARGV[5])\n"
     "local v = ARGV[2] .. '\\n' .. ARGV[4]\n"
     "local old = redis.call('HGET', KEYS[1], ARGV[3])\n"
     "local max = tonumber(ARGV[6] or '0') or 0\n"
     "if max > 0 and not old and redis.call('HLEN', KEYS[1]) >= max then return -1 end\n"
-    "if old == v then return 0 end\n"
+    "if old == v then touch(ARGV[5]); return 0 end\n"
     "redis.call('HSET', KEYS[1], ARGV[3], v)\n"
     "redis.call('PUBLISH', ARGV[1], (old and 'u' or 'j') .. '\\n' .. ARGV[2] .. '\\n\\n\\n' .. ARGV[4])\n"
+    "touch(ARGV[5])\n"
     "return 1\n";
 
 /* KEYS presence.... ARGV channel, node, member id, ttl. The leave names the owner node. */
@@ -196,7 +203,6 @@ static const char rb_lua_plist[] =
  * list. Removes the node's other entries (leave), writes missing or changed ones (join/update). */
 static const char rb_lua_psync[] =
     RB_LUA_TOUCH
-    "touch(ARGV[3])\n"
     "local prefix = ARGV[2] .. '\\n'\n"
     "local want = {}\n"
     "for i = 4, #ARGV, 2 do want[ARGV[i]] = prefix .. ARGV[i + 1] end\n"
@@ -221,6 +227,7 @@ static const char rb_lua_psync[] =
     "    have[id] = want[id]\n"
     "  end\n"
     "end\n"
+    "touch(ARGV[3])\n"
     "return 1\n";
 
 /* KEYS bucket. ARGV rate per second, burst, cost. Redis's clock, so replicas agree.
@@ -242,13 +249,14 @@ static const char rb_lua_limit[] =
     "return {allowed, tostring(tokens)}\n";
 
 /* KEYS nodes (zset node -> expiry, Redis's clock), report key. ARGV node, report, ttl. Also
- * drops the nodes whose time ran out. */
+ * drops the nodes whose time ran out. The writes Redis refuses when full come first: a
+ * script that wrote once may write on past maxmemory, which would hide an OOM. */
 static const char rb_lua_report[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
-    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])\n"
     "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\n"
+    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
     "return 1\n";
 
 /* KEYS nodes. ARGV report key prefix (same hash tag). Returns the live nodes' reports. */
@@ -263,10 +271,34 @@ static const char rb_lua_reports[] =
     "end\n"
     "return out\n";
 
+/* KEYS nodes, this node's conns hash. ARGV node, ttl. With the heartbeat: the node is live
+ * for ttl more, and so are its connections. */
+static const char rb_lua_alive[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "redis.call('PEXPIRE', KEYS[2], ARGV[2])\n"
+    "return 1\n";
+
+/* KEYS nodes. ARGV conns key prefix (same hash tag), target id, channel, envelope. Publishes
+ * to the channel when a live node holds the id. Returns 1, or 0 when none does. */
+static const char rb_lua_direct[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do\n"
+    "  if redis.call('HEXISTS', ARGV[1] .. n, ARGV[2]) == 1 then\n"
+    "    redis.call('PUBLISH', ARGV[3], ARGV[4])\n"
+    "    return 1\n"
+    "  end\n"
+    "end\n"
+    "return 0\n";
+
 static const char *const rb_scripts[RB_SCRIPTS] = {
     [RB_POST] = rb_lua_post,     [RB_RANGE] = rb_lua_range, [RB_PADD] = rb_lua_padd,   [RB_PREMOVE] = rb_lua_premove,
     [RB_PLIST] = rb_lua_plist,   [RB_PSYNC] = rb_lua_psync, [RB_LIMIT] = rb_lua_limit,
-    [RB_REPORT] = rb_lua_report, [RB_REPORTS] = rb_lua_reports,
+    [RB_REPORT] = rb_lua_report, [RB_REPORTS] = rb_lua_reports, [RB_ALIVE] = rb_lua_alive,
+    [RB_DIRECT] = rb_lua_direct,
 };
 
 /* ---- types ---- */
@@ -372,7 +404,8 @@ struct bus_redis_s {
     int hb_first;
     long tick_ms, hb_ms;
     char sha[RB_SCRIPTS][41];
-    char *chan_ping, *key_node;
+    char *chan_ping, *key_node, *key_conns;
+    map_t conns;                   /* this node's connection ids: the mirror of key_conns */
 };
 
 static void rb_link_fail(bus_redis_t *r, int status, const char *why);
@@ -455,7 +488,8 @@ static int rb_script_op(int script)
     switch (script) {
     case RB_POST: return METRICS_BUS_OP_POST;
     case RB_RANGE: case RB_PLIST: case RB_REPORTS: return METRICS_BUS_OP_READ;
-    case RB_REPORT: return METRICS_BUS_OP_HEARTBEAT;
+    case RB_REPORT: case RB_ALIVE: return METRICS_BUS_OP_HEARTBEAT;
+    case RB_DIRECT: return METRICS_BUS_OP_PUBLISH;
     case RB_PADD: case RB_PREMOVE: case RB_PSYNC: return METRICS_BUS_OP_PRESENCE;
     case RB_LIMIT: return METRICS_BUS_OP_LIMIT;
     default: return METRICS_BUS_OP_LINK;
@@ -869,6 +903,34 @@ static void rb_link_start(bus_redis_t *r)
 
 static void rb_heartbeat(bus_redis_t *r);
 static void rb_presence_sync_all(bus_redis_t *r);
+static void rb_conns_sync(bus_redis_t *r);
+
+/* Writes the connection mirror again (the hash may be gone: expired, or Redis restarted). */
+static void rb_conns_sync(bus_redis_t *r)
+{
+    rb_req_t *q = rb_req_new(r, -1, rb_done_free);
+    q->op = METRICS_BUS_OP_HEARTBEAT;
+    rb_req_str(q, "DEL");
+    rb_req_str(q, r->key_conns);
+    (void)rb_req_submit(q);
+    size_t i;
+    q = NULL;
+    for (map_entry_t *e = map_first(&r->conns, &i); e; e = map_next(&r->conns, e, &i)) {
+        if (!q) {
+            q = rb_req_new(r, -1, rb_done_free);
+            q->op = METRICS_BUS_OP_HEARTBEAT;
+            rb_req_str(q, "HSET");
+            rb_req_str(q, r->key_conns);
+        }
+        rb_req_str(q, e->key);
+        rb_req_str(q, "1");
+        if (q->argc >= 2 + 2 * 512) {   /* bounded commands */
+            (void)rb_req_submit(q);
+            q = NULL;
+        }
+    }
+    if (q) (void)rb_req_submit(q);
+}
 
 static void rb_maybe_up(bus_redis_t *r)
 {
@@ -882,6 +944,7 @@ static void rb_maybe_up(bus_redis_t *r)
     log_info("bus: redis link up", "{s:s, s:i, s:s}", "host", r->url.host, "port", r->url.port, "node", r->base.node);
     r->hb_first = 1;
     r->ping_sent_ms = 0;
+    rb_conns_sync(r);
     rb_heartbeat(r);
     rb_presence_sync_all(r);
     if (r->base.on.status) r->base.on.status(r->base.arg, 1);
@@ -1016,6 +1079,12 @@ static void rb_heartbeat(bus_redis_t *r)
     rb_req_str(q, "PX");
     rb_req_fmt(q, "%ld", r->ttl_ms);
     rb_req_str(q, "GET");
+    (void)rb_req_submit(q);
+    q = rb_req_script(r, RB_ALIVE, 2, rb_done_free);
+    rb_req_str(q, RB_KEY_NODES);
+    rb_req_str(q, r->key_conns);
+    rb_req_str(q, r->base.node);
+    rb_req_fmt(q, "%ld", r->ttl_ms);
     (void)rb_req_submit(q);
     if (!r->ping_sent_ms) {
         rb_req_t *p = rb_req_new(r, -1, rb_done_free);   /* the subscriber's probe: the link's */
@@ -1688,6 +1757,72 @@ static int rb_limit_take(bus_t *b, const char *key, double rate, double burst, b
     return 0;
 }
 
+/* connections and direct frames */
+
+static int rb_conn_add(bus_t *b, const char *id)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (!rb_alive(r)) return GW_EDOWN;
+    if (map_get(&r->conns, id)) return 0;
+    map_set(&r->conns, id, (void *)1);
+    if (r->state != RB_UP) return 0;  /* rb_conns_sync on the way up */
+    rb_req_t *q = rb_req_new(r, -1, rb_done_free);
+    q->op = METRICS_BUS_OP_PRESENCE;
+    rb_req_str(q, "HSET");
+    rb_req_str(q, r->key_conns);
+    rb_req_str(q, id);
+    rb_req_str(q, "1");
+    (void)rb_req_submit(q);
+    return 0;
+}
+
+static int rb_conn_remove(bus_t *b, const char *id)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (!rb_alive(r)) return GW_EDOWN;
+    if (!map_get(&r->conns, id)) return 0;
+    map_del(&r->conns, id);
+    if (r->state != RB_UP) return 0;
+    rb_req_t *q = rb_req_new(r, -1, rb_done_free);
+    q->op = METRICS_BUS_OP_PRESENCE;
+    rb_req_str(q, "HDEL");
+    rb_req_str(q, r->key_conns);
+    rb_req_str(q, id);
+    (void)rb_req_submit(q);
+    return 0;
+}
+
+static void rb_done_direct(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    if (!status && rep->type != REDIS_REPLY_INTEGER) status = GW_EREPLY;
+    int delivered = !status && rep->integer == 1;
+    if (delivered) RB_STAT_ADD(r, published, 1);
+    if (rb_alive(r) && q->cb.sent) q->cb.sent(q->arg, status, delivered);
+    rb_req_free(q);
+}
+
+static int rb_direct_send(bus_t *b, const char *to, const void *payload, size_t len, bus_sent_cb cb, void *arg)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (strchr(to, '\n')) return GW_EINVAL;
+    if (r->state != RB_UP) return GW_EDOWN;
+    rb_req_t *q = rb_req_script(r, RB_DIRECT, 1, rb_done_direct);
+    rb_req_str(q, RB_KEY_NODES);
+    rb_req_str(q, RB_KEY_CONNS);
+    rb_req_str(q, to);
+    rb_req_str(q, RB_CHAN_DIRECT);
+    buf_t env;
+    buf_init(&env);
+    buf_printf(&env, "d\n%s\n\n%s\n", r->base.node, to);
+    buf_append(&env, payload, len);
+    rb_req_arg(q, env.data, env.len);
+    buf_free(&env);
+    q->cb.sent = cb;
+    q->arg = arg;
+    return rb_req_submit(q);
+}
+
 /* node reports (the cluster-wide API) */
 
 static int rb_node_report(bus_t *b, const char *report, size_t len)
@@ -1748,6 +1883,8 @@ static void rb_destroy(bus_redis_t *r)
     free(r->password);
     free(r->chan_ping);
     free(r->key_node);
+    free(r->key_conns);
+    map_free(&r->conns);
     free(r);
 }
 
@@ -1785,6 +1922,10 @@ static void rb_close_step(bus_redis_t *r)
         rb_req_t *q = rb_req_new(r, -1, rb_done_free);
         rb_req_str(q, "DEL");
         rb_req_str(q, r->key_node);
+        (void)rb_req_submit(q);
+        q = rb_req_new(r, -1, rb_done_free);
+        rb_req_str(q, "DEL");
+        rb_req_str(q, r->key_conns);
         (void)rb_req_submit(q);
         q = rb_req_new(r, -1, rb_done_free);
         rb_req_str(q, "ZREM");
@@ -1946,6 +2087,9 @@ static const bus_ops_t rb_ops = {
     .node_report = rb_node_report,
     .node_reports = rb_node_reports,
     .presence_join = rb_presence_join,
+    .conn_add = rb_conn_add,
+    .conn_remove = rb_conn_remove,
+    .direct_send = rb_direct_send,
     .free = rb_free,
 };
 
@@ -1994,6 +2138,8 @@ int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers
     r->tick_ms = r->hb_ms < 100 ? r->hb_ms : 100;
     r->chan_ping = rb_strcat(RB_CHAN_PING, r->base.node);
     r->key_node = rb_strcat(RB_KEY_NODE, r->base.node);
+    r->key_conns = rb_strcat(RB_KEY_CONNS, r->base.node);
+    map_init(&r->conns);
     for (int i = 0; i < RB_SCRIPTS; i++) rb_sha1_hex(rb_scripts[i], r->sha[i]);
     map_init(&r->room_map);
     rb_list_init(&r->rooms);

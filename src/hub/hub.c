@@ -500,6 +500,9 @@ static int hub_direct_publish(hub_t *hub, const char *to, sbuf_t *payload)
 static void hub_handle_dm(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
 {
     hub_client_t *to = hub_client_find(hub, in->to);
+    if (!to && hub->remote && hub_dm_send(hub, cl, in->to, proto_dm(cl->id, cl->name, in->text, hub_wall_ms()),
+                                          in->cid) == 0)
+        return;                    /* acked, or unknown_peer, once Redis says whether a node holds it */
     if (!to && hub_direct_publish(hub, in->to, proto_dm(cl->id, cl->name, in->text, hub_wall_ms())) == 0) {
         if (in->cid) hub_send(hub, cl, proto_ack(in->cid, NULL));   /* sent; the peer may be anywhere */
         return;
@@ -791,6 +794,7 @@ void hub_attach(gw_t *gw, conn_t *c)
     cl->tokens = (double)gw->cfg.rate_burst;
     cl->tokens_ms = gw_now_ms(gw);
     map_set(&hub->clients, cl->id, cl);
+    if (hub->remote) bus_conn_add(hub->bus, cl->id);   /* a dm target for the other replicas */
     __atomic_add_fetch(&gw->chat_clients, 1, __ATOMIC_RELAXED);
     const char *version = gw->policy ? policy_version(gw->policy) : "";
     hub_send(hub, cl, proto_welcome(cl->id, cl->name, "chatgw/" CHATGW_VERSION, version));
@@ -814,6 +818,7 @@ void hub_detach(gw_t *gw, conn_t *c)
     while (cl->nrooms) hub_room_leave(hub, cl, cl->rooms[cl->nrooms - 1]);
     if (gw->policy) policy_conn_forget(gw->policy, cl->id);
     map_del(&hub->clients, cl->id);
+    if (hub->remote) bus_conn_remove(hub->bus, cl->id);
     __atomic_sub_fetch(&gw->chat_clients, 1, __ATOMIC_RELAXED);
     server_conn_data_set(c, NULL);
     hub_client_free(cl);

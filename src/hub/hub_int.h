@@ -199,6 +199,10 @@ void hub_rooms_relist(hub_t *hub);
  * room's local members get the join event once Redis admitted it, and a refused cl leaves
  * again (hub_room_refuse). Without an answer (Redis down) the local cap alone holds. */
 void hub_presence_join(hub_t *hub, hub_room_t *r, hub_client_t *cl);
+/* A dm to a connection this replica does not hold: sent to the node that holds it; cl gets the
+ * ack (cid) once Redis found one, else unknown_peer. Takes payload. 0 (answered later), or
+ * GW_ENOTSUP / GW_EDOWN (nothing sent: the caller answers as without Redis). */
+int hub_dm_send(hub_t *hub, hub_client_t *cl, const char *to, sbuf_t *payload, json_t *cid);
 /* Observes the latency of a client's msg that arrived at t0 (uv_hrtime; 0: not a client's). */
 void hub_latency_observe(hub_t *hub, uint64_t t0);
 /* Posts a msg through the bus: Redis assigns its id and order, and every replica delivers it

@@ -22,7 +22,7 @@
  * them: either may be gone when the answer arrives. */
 
 enum { HUB_OP_POST, HUB_OP_SNAPSHOT, HUB_OP_HISTORY, HUB_OP_LIST, HUB_OP_FILL, HUB_OP_API_ROOM, HUB_OP_API_STATS,
-       HUB_OP_API_PUBLISH, HUB_OP_JOIN };
+       HUB_OP_API_PUBLISH, HUB_OP_JOIN, HUB_OP_DM };
 
 struct hub_op_s {
     hub_op_t *prev, *next;
@@ -765,6 +765,33 @@ void hub_room_post(hub_t *hub, const char *room, const char *from_id, const char
 {
     hub_room_post_op(hub, hub_op_new(hub, HUB_OP_POST, room, client), room, from_id, from_name, text, extra, client,
                      cid);
+}
+
+/* ---- dm across replicas ---- */
+
+static void hub_dm_sent(void *arg, int status, int delivered)
+{
+    hub_op_t *op = arg;
+    hub_t *hub = op->hub;
+    hub_client_t *cl = hub_client_find(hub, op->client);
+    if (cl && delivered) {
+        if (op->cid) hub_send(hub, cl, proto_ack(op->cid, NULL));
+    } else if (cl) {
+        METRIC_INC(hub->gw->metrics.msgs_dropped[METRICS_DROP_UNKNOWN_PEER]);
+        hub_send(hub, cl, proto_error("unknown_peer", "no such connection", op->cid));
+    }
+    hub_bus_metrics(hub);
+    hub_op_free(op);
+}
+
+int hub_dm_send(hub_t *hub, hub_client_t *cl, const char *to, sbuf_t *payload, json_t *cid)
+{
+    hub_op_t *op = hub_op_new(hub, HUB_OP_DM, "", cl->id);
+    op->cid = cid ? json_incref(cid) : NULL;
+    int rc = bus_direct_send(hub->bus, to, payload->data, payload->len, hub_dm_sent, op);
+    sbuf_unref(payload);
+    if (rc < 0) hub_op_free(op);
+    return rc;
 }
 
 /* ---- joins under max_room_members across replicas ---- */

@@ -153,3 +153,29 @@ describe('redis: max_room_members holds across replicas', () => {
     assert.equal(e.code, 'room_full');
   });
 });
+
+describe('redis: a dm to an id no replica holds gets unknown_peer', () => {
+  const cluster = redisCluster((redis) =>
+    Promise.all(['a', 'b'].map((n) => startReplica(redis.url, `dm-${n}`))));
+  const { reps, cs } = cluster;
+
+  it('held elsewhere: acked and delivered; held nowhere (never, or gone): unknown_peer', T, async () => {
+    const [a, b] = reps;
+    const x = await cs.open(a.port, '/ws?name=xena');
+    const y = await cs.open(b.port, '/ws?name=yuri');       // in no room: a dm target all the same
+    x.send({ type: 'dm', to: y.id, text: 'hi', cid: 'k1' });
+    await x.next((m) => m.type === 'ack' && m.cid === 'k1', 5000, 'dm ack');
+    assert.equal((await y.next('dm', 5000)).text, 'hi');
+
+    const e1 = await x.expectError({ type: 'dm', to: 'NoSuchConnection', text: 'hello?', cid: 'k2' }, 'unknown_peer', 5000);
+    assert.equal(e1.ref, 'k2');
+
+    const gone = y.id;
+    await y.close();
+    await waitFor(async () => {
+      x.send({ type: 'dm', to: gone, text: 'still there?', cid: 'k3' });
+      const m = await x.next((f) => f.cid === 'k3' || f.ref === 'k3', 5000, 'k3 answer');
+      return m.type === 'error' && m.code === 'unknown_peer';
+    }, { timeoutMs: 5000, intervalMs: 50, what: 'dm to a closed connection is unknown_peer' });
+  });
+});
