@@ -80,6 +80,11 @@ typedef struct {
     long backoff_max_ms;       /* cap (raised to backoff_min_ms); each delay is jittered to [d/2, d] */
     long presence_ttl_ms;      /* node heartbeat TTL; heartbeat every ttl/3 */
     long history_size;         /* stream MAXLEN ~ and the newest-N answer on a gap; 0 = none */
+    const char *sentinels;     /* "" or NULL: none. Else "host:port,host:port": the master of
+                                * sentinel_master comes from them (redis_url then gives only the
+                                * user, password and db) */
+    const char *sentinel_master;
+    const char *sentinel_password_file;   /* "" or NULL: the sentinels take no AUTH */
     long room_ttl_ms;          /* a room's keys expire this long after its last activity (a post,
                                 * a presence change, a live node's reaper pass); 0 = never */
     struct bus_inproc_s *inproc; /* without redis_url: the workers' shared state (bus_inproc.h);

@@ -406,6 +406,14 @@ struct bus_redis_s {
     char sha[RB_SCRIPTS][41];
     char *chan_ping, *key_node, *key_conns;
     map_t conns;                   /* this node's connection ids: the mirror of key_conns */
+    /* Sentinel: the master's address comes from the first sentinel that names it */
+    bus_url_t *sentinels;          /* host, port of each; NULL without redis_sentinels */
+    size_t nsentinels, sentinel_i, sentinel_tries;
+    char *sentinel_master, *sentinel_password;
+    redisAsyncContext *sent;       /* the sentinel being asked, during a try */
+    int asking;                    /* this try still looks for the master */
+    char *target_host;             /* what this try connects to: the URL's, or the named master */
+    int target_port;
 };
 
 static void rb_link_fail(bus_redis_t *r, int status, const char *why);
@@ -669,6 +677,8 @@ static void rb_scripts_load(bus_redis_t *r)
 /* An error reply: counted by op; one to a write means Redis refuses writes until one succeeds.
  * An OOM (maxmemory reached with nothing it may evict) is an error, not a warning: messages
  * and presence stop crossing replicas while Redis stays full. */
+static void rb_link_fail(bus_redis_t *r, int status, const char *why);
+
 static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *rep)
 {
     const char *err = rep->str ? rep->str : "";
@@ -678,6 +688,8 @@ static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *
               "{s:s, s:s, s:s}", "command", q->script >= 0 ? "script" : q->argv[0], "op", metrics_bus_ops[q->op],
               "error", err);
     if (rb_op_writes(q->op)) RB_STAT_SET(r, refusing, 1);
+    if (r->nsentinels && !strncmp(err, "READONLY", 8))   /* a failover made our master a replica */
+        rb_link_fail(r, GW_EREPLY, "the master became a replica; asking the sentinels again");
 }
 
 static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
@@ -754,11 +766,18 @@ static void rb_on_sub_auth(redisAsyncContext *c, void *reply, void *privdata)
     if (rep && rep->type == REDIS_REPLY_ERROR) rb_link_fail(r, GW_EREPLY, rep->str ? rep->str : "AUTH refused");
 }
 
+static void rb_sentinel_next(bus_redis_t *r, const char *why);
+
 static void rb_on_ctx_connect(const redisAsyncContext *c, int status)
 {
     bus_redis_t *r = c->data;
     if (status == REDIS_OK) return;
     /* hiredis frees c after this returns */
+    if (c == r->sent) {
+        r->sent = NULL;
+        rb_sentinel_next(r, c->errstr ? c->errstr : "connect failed");
+        return;
+    }
     if (c == r->cmd) r->cmd = NULL;
     else if (c == r->sub) r->sub = NULL;
     else return;
@@ -769,6 +788,12 @@ static void rb_on_ctx_connect(const redisAsyncContext *c, int status)
 static void rb_on_ctx_disconnect(const redisAsyncContext *c, int status)
 {
     bus_redis_t *r = c->data;
+    if (c == r->sent) {
+        r->sent = NULL;
+        if (r->state == RB_CLOSING) rb_close_maybe_finish(r);
+        else rb_sentinel_next(r, "sentinel connection lost");
+        return;
+    }
     if (c == r->cmd) r->cmd = NULL;
     else if (c == r->sub) r->sub = NULL;
     else return;                   /* we let go of it ourselves */
@@ -779,9 +804,9 @@ static void rb_on_ctx_disconnect(const redisAsyncContext *c, int status)
     rb_link_fail(r, GW_EDOWN, status == REDIS_OK ? "disconnected" : (c->errstr ? c->errstr : "connection lost"));
 }
 
-static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip)
+static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip, int port)
 {
-    redisAsyncContext *c = redisAsyncConnect(ip, r->url.port);
+    redisAsyncContext *c = redisAsyncConnect(ip, port);
     if (!c) return NULL;
     if (c->err) {
         log_debug("bus: redis connect failed", "{s:s}", "error", c->errstr ? c->errstr : "");
@@ -805,10 +830,19 @@ static void rb_req_auth(rb_req_t *q, const bus_redis_t *r)
     rb_req_str(q, r->password);
 }
 
+static void rb_done_role(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    int master = !status && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                 rep->element[0]->type == REDIS_REPLY_STRING && !strcmp(rep->element[0]->str, "master");
+    rb_req_free(q);
+    if (!master && !status) rb_link_fail(r, GW_EREPLY, "the server the sentinel named is not a master (yet)");
+}
+
 static void rb_link_connect(bus_redis_t *r, const char *ip)
 {
-    r->cmd = rb_ctx_open(r, ip);
-    r->sub = r->cmd ? rb_ctx_open(r, ip) : NULL;
+    r->cmd = rb_ctx_open(r, ip, r->target_port);
+    r->sub = r->cmd ? rb_ctx_open(r, ip, r->target_port) : NULL;
     if (!r->cmd || !r->sub) {
         rb_link_fail(r, GW_EDOWN, "connect failed");
         return;
@@ -823,6 +857,11 @@ static void rb_link_connect(bus_redis_t *r, const char *ip)
         rb_req_t *q = rb_req_new(r, -1, rb_done_prelude);
         rb_req_str(q, "SELECT");
         rb_req_fmt(q, "%d", r->url.db);
+        (void)rb_req_submit(q);
+    }
+    if (r->nsentinels) {           /* a sentinel's answer may be stale: only a master will do */
+        rb_req_t *q = rb_req_new(r, -1, rb_done_role);
+        rb_req_str(q, "ROLE");
         (void)rb_req_submit(q);
     }
     rb_scripts_load(r);
@@ -850,6 +889,8 @@ static void rb_link_connect(bus_redis_t *r, const char *ip)
     }
 }
 
+static void rb_resolved(bus_redis_t *r, const char *ip);
+
 static void rb_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     bus_redis_t *r = req->data;
@@ -868,15 +909,42 @@ static void rb_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
         rb_close_maybe_finish(r);
         return;
     }
-    if (r->state != RB_CONNECTING || r->cmd) return;   /* this try already timed out */
+    if (r->state != RB_CONNECTING || r->cmd || r->sent) return;   /* this try already timed out */
     if (status < 0 || !*ip) {
-        log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", r->url.host, "error",
+        log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", r->target_host, "error",
                  status < 0 ? uv_strerror(status) : "no address");
-        rb_link_fail(r, GW_EDOWN, "resolve failed");
+        if (r->asking) rb_sentinel_next(r, "resolve failed");
+        else rb_link_fail(r, GW_EDOWN, "resolve failed");
         return;
     }
-    rb_link_connect(r, ip);
+    rb_resolved(r, ip);
 }
+
+/* Resolves host (r->target_host or a sentinel's), then rb_resolved. */
+static void rb_resolve(bus_redis_t *r, const char *host)
+{
+    unsigned char addr[16];
+    if (uv_inet_pton(AF_INET, host, addr) == 0 || uv_inet_pton(AF_INET6, host, addr) == 0) {
+        rb_resolved(r, host);
+        return;
+    }
+    if (r->gai_busy) {             /* an earlier lookup is still out: this try fails, the next goes */
+        rb_link_fail(r, GW_EDOWN, "resolve busy");
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    r->gai.data = r;
+    int rc = uv_getaddrinfo(r->loop, &r->gai, rb_on_resolved, host, NULL, &hints);
+    if (rc < 0) {
+        log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", host, "error", uv_strerror(rc));
+        if (r->asking) rb_sentinel_next(r, "resolve failed");
+        else rb_link_fail(r, GW_EDOWN, "resolve failed");
+        return;
+    }
+    r->gai_busy = 1;
+}
+
+static void rb_sentinel_ask(bus_redis_t *r);
 
 static void rb_link_start(bus_redis_t *r)
 {
@@ -885,20 +953,105 @@ static void rb_link_start(bus_redis_t *r)
     r->cmd_ready = 0;
     r->sub_base_pending = 0;
     uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->connect_timeout_ms, 0);
-    unsigned char addr[16];
-    if (uv_inet_pton(AF_INET, r->url.host, addr) == 0 || uv_inet_pton(AF_INET6, r->url.host, addr) == 0) {
-        rb_link_connect(r, r->url.host);
+    if (r->nsentinels) {
+        r->asking = 1;
+        r->sentinel_tries = 0;
+        rb_sentinel_ask(r);
         return;
     }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    r->gai.data = r;
-    int rc = uv_getaddrinfo(r->loop, &r->gai, rb_on_resolved, r->url.host, NULL, &hints);
-    if (rc < 0) {
-        log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", r->url.host, "error", uv_strerror(rc));
-        rb_link_fail(r, GW_EDOWN, "resolve failed");
+    r->asking = 0;
+    free(r->target_host);
+    r->target_host = xstrdup(r->url.host);
+    r->target_port = r->url.port;
+    rb_resolve(r, r->target_host);
+}
+
+/* ---- Sentinel: which server is the master ---- */
+
+static void rb_sentinel_ask(bus_redis_t *r)
+{
+    const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
+    rb_resolve(r, s->host);
+}
+
+/* This sentinel cannot say: ask the next one, or fail this try when each was asked. */
+static void rb_sentinel_next(bus_redis_t *r, const char *why)
+{
+    if (r->state != RB_CONNECTING || !r->asking) return;
+    const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
+    log_debug("bus: sentinel did not name the master", "{s:s, s:i, s:s}", "host", s->host, "port", s->port, "reason",
+              why);
+    if (r->sent) {
+        redisAsyncContext *c = r->sent;
+        r->sent = NULL;
+        redisAsyncFree(c);
+    }
+    r->sentinel_i++;
+    if (++r->sentinel_tries >= r->nsentinels) {
+        rb_link_fail(r, GW_EDOWN, "no sentinel named the master");
         return;
     }
-    r->gai_busy = 1;
+    rb_sentinel_ask(r);
+}
+
+static void rb_on_sentinel_auth(redisAsyncContext *c, void *reply, void *privdata)
+{
+    bus_redis_t *r = privdata;
+    redisReply *rep = reply;
+    if (c != r->sent || !rep || rep->type != REDIS_REPLY_ERROR) return;
+    log_warn("bus: sentinel refused AUTH", "{s:s}", "error", rep->str ? rep->str : "");
+    rb_sentinel_next(r, "AUTH refused");
+}
+
+static void rb_on_sentinel_master(redisAsyncContext *c, void *reply, void *privdata)
+{
+    bus_redis_t *r = privdata;
+    redisReply *rep = reply;
+    if (c != r->sent || r->state != RB_CONNECTING) return;
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 || rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_STRING) {
+        rb_sentinel_next(r, rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "unknown master name");
+        return;
+    }
+    char *end;
+    long port = strtol(rep->element[1]->str, &end, 10);
+    if (*end || port < 1 || port > 65535) {
+        rb_sentinel_next(r, "bad port");
+        return;
+    }
+    free(r->target_host);
+    r->target_host = xstrdup(rep->element[0]->str);
+    r->target_port = (int)port;
+    r->asking = 0;
+    r->sent = NULL;
+    redisAsyncFree(c);             /* freed by hiredis once this callback returns */
+    log_debug("bus: sentinel named the master", "{s:s, s:s, s:i}", "master", r->sentinel_master, "host",
+              r->target_host, "port", r->target_port);
+    rb_resolve(r, r->target_host);
+}
+
+/* The address of this try's next step is known: a sentinel to ask, or the server. */
+static void rb_resolved(bus_redis_t *r, const char *ip)
+{
+    if (!r->asking) {
+        rb_link_connect(r, ip);
+        return;
+    }
+    const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
+    r->sent = rb_ctx_open(r, ip, s->port);
+    if (!r->sent) {
+        rb_sentinel_next(r, "connect failed");
+        return;
+    }
+    if (r->sentinel_password) {
+        const char *argv[2] = {"AUTH", r->sentinel_password};
+        size_t len[2] = {4, strlen(r->sentinel_password)};
+        redisAsyncCommandArgv(r->sent, rb_on_sentinel_auth, r, 2, argv, len);
+    }
+    const char *argv[3] = {"SENTINEL", "get-master-addr-by-name", r->sentinel_master};
+    size_t len[3] = {8, 23, strlen(r->sentinel_master)};
+    if (redisAsyncCommandArgv(r->sent, rb_on_sentinel_master, r, 3, argv, len) != REDIS_OK)
+        rb_sentinel_next(r, "send failed");
 }
 
 static void rb_heartbeat(bus_redis_t *r);
@@ -941,7 +1094,8 @@ static void rb_maybe_up(bus_redis_t *r)
     if (r->ever_up) RB_STAT_ADD(r, reconnects, 1);
     r->ever_up = 1;
     RB_STAT_SET(r, up, 1);
-    log_info("bus: redis link up", "{s:s, s:i, s:s}", "host", r->url.host, "port", r->url.port, "node", r->base.node);
+    log_info("bus: redis link up", "{s:s, s:i, s:s}", "host", r->target_host, "port", r->target_port, "node",
+             r->base.node);
     r->hb_first = 1;
     r->ping_sent_ms = 0;
     rb_conns_sync(r);
@@ -956,7 +1110,7 @@ static void rb_link_fail(bus_redis_t *r, int status, const char *why)
     int was_up = r->state == RB_UP;
     RB_STAT_ADD(r, errors[METRICS_BUS_OP_LINK], 1);
     log_write(was_up || r->attempt == 0 ? LOG_WARN : LOG_DEBUG, "bus: redis link down", "{s:s, s:s, s:i}", "reason",
-              why, "host", r->url.host, "port", r->url.port);
+              why, "host", r->target_host ? r->target_host : r->url.host, "port", r->target_port);
     r->state = RB_IDLE;
     r->fail_status = status;
     r->need_teardown = 1;
@@ -973,8 +1127,9 @@ static void rb_post_finish(rb_req_t *q, int status);
 /* Drops both connections; every request they owed fails with fail_status. */
 static void rb_link_teardown(bus_redis_t *r)
 {
-    redisAsyncContext *cmd = r->cmd, *sub = r->sub;
-    r->cmd = r->sub = NULL;
+    redisAsyncContext *cmd = r->cmd, *sub = r->sub, *sent = r->sent;
+    r->cmd = r->sub = r->sent = NULL;
+    if (sent) redisAsyncFree(sent);
     r->cmd_ready = 0;
     r->sub_base_pending = 0;
     r->ping_sent_ms = 0;
@@ -1772,7 +1927,9 @@ static int rb_conn_add(bus_t *b, const char *id)
     rb_req_str(q, r->key_conns);
     rb_req_str(q, id);
     rb_req_str(q, "1");
-    (void)rb_req_submit(q);
+    /* on the socket now, before the welcome the caller sends next: a dm from a client that
+     * heard of this connection must find it registered */
+    if (rb_req_submit(q) == 0 && r->cmd) redisAsyncHandleWrite(r->cmd);
     return 0;
 }
 
@@ -1885,6 +2042,11 @@ static void rb_destroy(bus_redis_t *r)
     free(r->key_node);
     free(r->key_conns);
     map_free(&r->conns);
+    for (size_t i = 0; i < r->nsentinels; i++) bus_url_free(&r->sentinels[i]);
+    free(r->sentinels);
+    free(r->sentinel_master);
+    free(r->sentinel_password);
+    free(r->target_host);
     free(r);
 }
 
@@ -1896,7 +2058,7 @@ static void rb_on_handle_closed(uv_handle_t *h)
 
 static void rb_close_maybe_finish(bus_redis_t *r)
 {
-    if (!r->close_started || r->cmd || r->sub || r->gai_busy || r->handles_closing) return;
+    if (!r->close_started || r->cmd || r->sub || r->sent || r->gai_busy || r->handles_closing) return;
     r->handles_closing = 1;
     uv_close((uv_handle_t *)&r->tick, rb_on_handle_closed);
     uv_close((uv_handle_t *)&r->retry, rb_on_handle_closed);
@@ -1909,6 +2071,11 @@ static void rb_close_step(bus_redis_t *r)
 {
     if (r->close_started) return;
     r->close_started = 1;
+    if (r->sent) {
+        redisAsyncContext *c = r->sent;
+        r->sent = NULL;
+        redisAsyncFree(c);
+    }
     if (r->sub) {
         redisAsyncContext *c = r->sub;
         r->sub = NULL;
@@ -2073,6 +2240,40 @@ static char *rb_password_read(const char *path, char *err, size_t errlen)
     return xstrndup(buf, n);
 }
 
+/* "host:port,host:port" into an array of addresses (port 26379 when left out). */
+static int rb_sentinels_parse(const char *list, bus_url_t **out, size_t *n, char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    const char *p = list;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        char item[512];
+        if (len == 0 || len >= sizeof item - 9) {
+            snprintf(err, errlen, "redis_sentinels: must be host:port,host:port");
+            return GW_EINVAL;
+        }
+        snprintf(item, sizeof item, "redis://%.*s", (int)len, p);
+        bus_url_t u;
+        char why[256];
+        if (bus_url_parse(item, &u, why, sizeof why) < 0 || u.user || u.password || u.db) {
+            bus_url_free(&u);
+            snprintf(err, errlen, "redis_sentinels: \"%.*s\" is not host:port", (int)len, p);
+            return GW_EINVAL;
+        }
+        if (!strchr(item + 8, ':') || item[strlen(item) - 1] == ']') u.port = 26379;
+        *out = xrealloc(*out, (*n + 1) * sizeof **out);
+        (*out)[(*n)++] = u;
+        p += len;
+        if (*p == ',') p++;
+    }
+    if (!*n) {
+        snprintf(err, errlen, "redis_sentinels: no sentinel given");
+        return GW_EINVAL;
+    }
+    return 0;
+}
+
 static const bus_ops_t rb_ops = {
     .room_subscribe = rb_room_subscribe,
     .room_unsubscribe = rb_room_unsubscribe,
@@ -2117,7 +2318,25 @@ int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers
         password = xstrdup(url.password);
     }
 
+    bus_url_t *sentinels = NULL;
+    size_t nsentinels = 0;
+    char *sentinel_password = NULL;
+    if (opts->sentinels && *opts->sentinels &&
+        (rb_sentinels_parse(opts->sentinels, &sentinels, &nsentinels, err, errlen) < 0 ||
+         (opts->sentinel_password_file && *opts->sentinel_password_file &&
+          !(sentinel_password = rb_password_read(opts->sentinel_password_file, err, errlen))))) {
+        for (size_t i = 0; i < nsentinels; i++) bus_url_free(&sentinels[i]);
+        free(sentinels);
+        free(password);
+        bus_url_free(&url);
+        return GW_EINVAL;
+    }
+
     bus_redis_t *r = xcalloc(1, sizeof *r);
+    r->sentinels = sentinels;
+    r->nsentinels = nsentinels;
+    r->sentinel_password = sentinel_password;
+    r->sentinel_master = xstrdup(opts->sentinel_master ? opts->sentinel_master : "");
     r->base.ops = &rb_ops;
     r->base.kind = "redis";
     if (on) r->base.on = *on;

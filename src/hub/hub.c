@@ -1031,6 +1031,9 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
         .backoff_max_ms = cfg->redis_backoff_max_ms,
         .presence_ttl_ms = cfg->presence_ttl_ms,
         .room_ttl_ms = cfg->redis_room_ttl_ms,
+        .sentinels = cfg->redis_sentinels,
+        .sentinel_master = cfg->redis_sentinel_master,
+        .sentinel_password_file = cfg->redis_sentinel_password_file,
         .history_size = cfg->history_size,
         .inproc = hub->gw->inproc,
     };
