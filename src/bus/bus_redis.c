@@ -200,23 +200,19 @@ static const char rb_lua_plist[] =
     "return out\n";
 
 /* KEYS presence.... ARGV channel, node, ttl, then id, json pairs: the node's complete member
- * list. Removes the node's other entries (leave), writes missing or changed ones (join/update). */
+ * list. Writes missing or changed entries (join/update), then removes the node's others
+ * (leave): the writes a full Redis refuses come first, so an OOM is not hidden. */
 static const char rb_lua_psync[] =
     RB_LUA_TOUCH
     "local prefix = ARGV[2] .. '\\n'\n"
     "local want = {}\n"
     "for i = 4, #ARGV, 2 do want[ARGV[i]] = prefix .. ARGV[i + 1] end\n"
-    "local have = {}\n"
+    "local have, gone = {}, {}\n"
     "local all = redis.call('HGETALL', KEYS[1])\n"
     "for i = 1, #all, 2 do\n"
     "  local id, v = all[i], all[i + 1]\n"
     "  if string.sub(v, 1, #prefix) == prefix then\n"
-    "    if want[id] then\n"
-    "      have[id] = v\n"
-    "    else\n"
-    "      redis.call('HDEL', KEYS[1], id)\n"
-    "      redis.call('PUBLISH', ARGV[1], 'l\\n' .. ARGV[2] .. '\\n\\n\\n' .. string.sub(v, #prefix + 1))\n"
-    "    end\n"
+    "    if want[id] then have[id] = v else gone[#gone + 1] = {id, v} end\n"
     "  end\n"
     "end\n"
     "for i = 4, #ARGV, 2 do\n"
@@ -226,6 +222,10 @@ static const char rb_lua_psync[] =
     "    redis.call('PUBLISH', ARGV[1], (have[id] and 'u' or 'j') .. '\\n' .. ARGV[2] .. '\\n\\n\\n' .. ARGV[i + 1])\n"
     "    have[id] = want[id]\n"
     "  end\n"
+    "end\n"
+    "for _, g in ipairs(gone) do\n"
+    "  redis.call('HDEL', KEYS[1], g[1])\n"
+    "  redis.call('PUBLISH', ARGV[1], 'l\\n' .. ARGV[2] .. '\\n\\n\\n' .. string.sub(g[2], #prefix + 1))\n"
     "end\n"
     "touch(ARGV[3])\n"
     "return 1\n";
