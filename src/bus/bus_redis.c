@@ -411,6 +411,8 @@ struct bus_redis_s {
     size_t nsentinels, sentinel_i, sentinel_tries;
     char *sentinel_master, *sentinel_password;
     redisAsyncContext *sent;       /* the sentinel being asked, during a try */
+    redisAsyncContext *watch;      /* while up: SUBSCRIBE +switch-master on the sentinel that answered */
+    char sentinel_ip[64];          /* that sentinel's address */
     int asking;                    /* this try still looks for the master */
     char *target_host;             /* what this try connects to: the URL's, or the named master */
     int target_port;
@@ -773,6 +775,10 @@ static void rb_on_ctx_connect(const redisAsyncContext *c, int status)
     bus_redis_t *r = c->data;
     if (status == REDIS_OK) return;
     /* hiredis frees c after this returns */
+    if (c == r->watch) {           /* only a hint: the link goes on without it */
+        r->watch = NULL;
+        return;
+    }
     if (c == r->sent) {
         r->sent = NULL;
         rb_sentinel_next(r, c->errstr ? c->errstr : "connect failed");
@@ -788,6 +794,11 @@ static void rb_on_ctx_connect(const redisAsyncContext *c, int status)
 static void rb_on_ctx_disconnect(const redisAsyncContext *c, int status)
 {
     bus_redis_t *r = c->data;
+    if (c == r->watch) {
+        r->watch = NULL;
+        if (r->state == RB_CLOSING) rb_close_maybe_finish(r);
+        return;
+    }
     if (c == r->sent) {
         r->sent = NULL;
         if (r->state == RB_CLOSING) rb_close_maybe_finish(r);
@@ -1038,6 +1049,7 @@ static void rb_resolved(bus_redis_t *r, const char *ip)
         return;
     }
     const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
+    snprintf(r->sentinel_ip, sizeof r->sentinel_ip, "%s", ip);
     r->sent = rb_ctx_open(r, ip, s->port);
     if (!r->sent) {
         rb_sentinel_next(r, "connect failed");
@@ -1085,6 +1097,44 @@ static void rb_conns_sync(bus_redis_t *r)
     if (q) (void)rb_req_submit(q);
 }
 
+/* +switch-master from the sentinel: a failover chose another master; go there now rather
+ * than at the old one's first READONLY. "name oldip oldport newip newport". */
+static void rb_on_switch(redisAsyncContext *c, void *reply, void *privdata)
+{
+    bus_redis_t *r = privdata;
+    redisReply *rep = reply;
+    if (!rep || c != r->watch || r->state != RB_UP || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
+        rep->element[0]->type != REDIS_REPLY_STRING || strcmp(rep->element[0]->str, "message") ||
+        rep->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    const char *msg = rep->element[2]->str;
+    size_t n = strlen(r->sentinel_master);
+    if (strncmp(msg, r->sentinel_master, n) || msg[n] != ' ') return;
+    char newhost[256] = "";
+    int newport = 0;
+    if (sscanf(msg + n, " %*s %*d %255s %d", newhost, &newport) != 2) return;
+    if (newport == r->target_port && !strcmp(newhost, r->target_host)) return;
+    log_info("bus: sentinel switched the master", "{s:s, s:s, s:i}", "master", r->sentinel_master, "host", newhost,
+             "port", newport);
+    rb_link_fail(r, GW_EDOWN, "failover (+switch-master)");
+}
+
+static void rb_sentinel_watch(bus_redis_t *r)
+{
+    if (r->watch || !r->sentinel_ip[0]) return;
+    const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
+    r->watch = rb_ctx_open(r, r->sentinel_ip, s->port);
+    if (!r->watch) return;
+    if (r->sentinel_password) {
+        const char *argv[2] = {"AUTH", r->sentinel_password};
+        size_t len[2] = {4, strlen(r->sentinel_password)};
+        redisAsyncCommandArgv(r->watch, NULL, NULL, 2, argv, len);
+    }
+    const char *argv[2] = {"SUBSCRIBE", "+switch-master"};
+    size_t len[2] = {9, 14};
+    redisAsyncCommandArgv(r->watch, rb_on_switch, r, 2, argv, len);
+}
+
 static void rb_maybe_up(bus_redis_t *r)
 {
     if (r->state != RB_CONNECTING || !r->cmd_ready || r->sub_base_pending) return;
@@ -1098,6 +1148,7 @@ static void rb_maybe_up(bus_redis_t *r)
              r->base.node);
     r->hb_first = 1;
     r->ping_sent_ms = 0;
+    if (r->nsentinels) rb_sentinel_watch(r);
     rb_conns_sync(r);
     rb_heartbeat(r);
     rb_presence_sync_all(r);
@@ -1127,9 +1178,10 @@ static void rb_post_finish(rb_req_t *q, int status);
 /* Drops both connections; every request they owed fails with fail_status. */
 static void rb_link_teardown(bus_redis_t *r)
 {
-    redisAsyncContext *cmd = r->cmd, *sub = r->sub, *sent = r->sent;
-    r->cmd = r->sub = r->sent = NULL;
+    redisAsyncContext *cmd = r->cmd, *sub = r->sub, *sent = r->sent, *watch = r->watch;
+    r->cmd = r->sub = r->sent = r->watch = NULL;
     if (sent) redisAsyncFree(sent);
+    if (watch) redisAsyncFree(watch);
     r->cmd_ready = 0;
     r->sub_base_pending = 0;
     r->ping_sent_ms = 0;
@@ -2058,7 +2110,7 @@ static void rb_on_handle_closed(uv_handle_t *h)
 
 static void rb_close_maybe_finish(bus_redis_t *r)
 {
-    if (!r->close_started || r->cmd || r->sub || r->sent || r->gai_busy || r->handles_closing) return;
+    if (!r->close_started || r->cmd || r->sub || r->sent || r->watch || r->gai_busy || r->handles_closing) return;
     r->handles_closing = 1;
     uv_close((uv_handle_t *)&r->tick, rb_on_handle_closed);
     uv_close((uv_handle_t *)&r->retry, rb_on_handle_closed);
@@ -2074,6 +2126,11 @@ static void rb_close_step(bus_redis_t *r)
     if (r->sent) {
         redisAsyncContext *c = r->sent;
         r->sent = NULL;
+        redisAsyncFree(c);
+    }
+    if (r->watch) {
+        redisAsyncContext *c = r->watch;
+        r->watch = NULL;
         redisAsyncFree(c);
     }
     if (r->sub) {

@@ -55,7 +55,7 @@ async function rawAuthed(port, args, pw) {
 }
 
 describe('redis: Sentinel failover', { skip: !SENTINEL_BIN && 'redis-sentinel is not installed (tests/e2e/debs.txt)' }, () => {
-  let master, replica, masterPort, replicaPort;
+  let master, replica, replica2, masterPort, replicaPort, replica2Port;
   const sentinels = [];
   const reps = [];
   const cs = clientPool();
@@ -64,12 +64,18 @@ describe('redis: Sentinel failover', { skip: !SENTINEL_BIN && 'redis-sentinel is
   before(async () => {
     masterPort = await freePort();
     replicaPort = await freePort();
+    replica2Port = await freePort();
     const common = ['--bind', HOST, '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--loglevel', 'warning',
+      '--dir', dir,   // a replica's full sync writes its RDB there
       '--requirepass', PW, '--masterauth', PW];
     master = run(REDIS_BIN, ['--port', String(masterPort), ...common]);
-    replica = run(REDIS_BIN, ['--port', String(replicaPort), ...common, '--replicaof', HOST, String(masterPort)]);
-    await waitFor(async () => /master_link_status:up/.test(await rawAuthed(replicaPort, ['INFO', 'replication'], PW).catch(() => '')),
-      { timeoutMs: 10000, intervalMs: 100, what: `replica in sync\n${replica.tail()}` });
+    replica = run(REDIS_BIN, ['--port', String(replicaPort), ...common, '--replicaof', HOST, String(masterPort),
+      '--replica-priority', '10']);  // the first to be promoted
+    replica2 = run(REDIS_BIN, ['--port', String(replica2Port), ...common, '--replicaof', HOST, String(masterPort)]);
+    for (const [p, proc] of [[replicaPort, replica], [replica2Port, replica2]]) {
+      await waitFor(async () => /master_link_status:up/.test(await rawAuthed(p, ['INFO', 'replication'], PW).catch(() => '')),
+        { timeoutMs: 10000, intervalMs: 100, what: `replica ${p} in sync\n${proc.tail()}` });
+    }
     for (let i = 0; i < 3; i++) {
       const port = await freePort();
       const conf = path.join(dir, `sentinel-${i}.conf`);
@@ -104,7 +110,7 @@ describe('redis: Sentinel failover', { skip: !SENTINEL_BIN && 'redis-sentinel is
   after(async () => {
     await cs.closeAll();
     await Promise.all(reps.map((s) => s.stop('SIGKILL').catch(() => {})));
-    for (const p of [...sentinels, master, replica]) if (p) await stop(p);
+    for (const p of [...sentinels, master, replica, replica2]) if (p) await stop(p);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
@@ -140,5 +146,38 @@ describe('redis: Sentinel failover', { skip: !SENTINEL_BIN && 'redis-sentinel is
     }
     const m3 = await cb.say(room, 'back', 8000);
     assert.equal((await ca.next((m) => m.type === 'msg' && m.text === 'back', 8000)).id, m3.id);
+  });
+
+  it('a manual failover with the master alive: the sentinels\' +switch-master moves chatgw at once', T, async () => {
+    const [a, b] = reps;
+    const room = uniqueRoom('switch');
+    const ca = await cs.open(a.port, `/ws?room=${room}&name=carol`);
+    await ca.next('room', 5000);
+    const cb = await cs.open(b.port, `/ws?room=${room}&name=dave`);
+    await cb.next('room', 5000);
+    await waitMembers(reps, room, [ca.id, cb.id]);
+    // the remaining replica follows the promoted one before it can be promoted in turn
+    await waitFor(async () => /master_link_status:up/.test(await rawAuthed(replica2Port, ['INFO', 'replication'], PW).catch(() => '')) &&
+      (await rawAuthed(replica2Port, ['INFO', 'replication'], PW)).includes(`master_port:${replicaPort}`),
+    { timeoutMs: 30000, intervalMs: 200, what: 'replica2 follows the new master' });
+    const before = await ca.say(room, 'one', 5000);
+    await cb.next((m) => m.type === 'msg' && m.id === before.id, 5000);
+    // -INPROG while the sentinels still finish the first failover (reconfiguring replicas)
+    await waitFor(async () => /^\+OK/.test(await rawAuthed(sentinels[1].port, ['SENTINEL', 'FAILOVER', NAME], SPW)),
+      { timeoutMs: 30000, intervalMs: 500, what: 'SENTINEL FAILOVER accepted' });
+    await waitFor(async () => (await rawAuthed(sentinels[0].port, ['SENTINEL', 'get-master-addr-by-name', NAME], SPW)
+      .catch(() => '')).includes(String(replica2Port)), { timeoutMs: 30000, intervalMs: 200, what: 'manual failover done' });
+    for (const s of reps) {
+      await waitFor(async () => /sentinel switched the master/.test(s.tail(400)),
+        { timeoutMs: 15000, intervalMs: 100, what: `${s.nodeId} heard +switch-master` });
+      await waitRedis(s, 'up', 20000);
+    }
+    cb.drain();
+    const m = await ca.say(room, 'two', 8000);
+    const got = await cb.next((x) => x.type === 'msg' && x.text === 'two', 8000, 'two on b');
+    assert.equal(got.id, m.id);
+    const i1 = parseMsgId(before.id), i2 = parseMsgId(m.id);
+    if (i2.epoch !== i1.epoch || i2.seq !== i1.seq + 1)
+      assert.ok(cb.all.some((x) => x.type === 'error' && x.code === 'history_gap'), 'a discontinuity is reported');
   });
 });
