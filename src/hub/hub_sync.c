@@ -850,8 +850,8 @@ static json_t *hub_report_json(hub_t *hub)
     return json_pack("{s:I, s:o}", "online", (json_int_t)hub->clients.count, "rooms", rooms);
 }
 
-/* Writes this node's report when it changed, or before it expires; force: now. */
-static void hub_report_write(hub_t *hub, int force)
+/* Writes this node's report when it changed, or before it expires. */
+static void hub_report_write(hub_t *hub)
 {
     uint64_t now = uv_now(hub->gw->loop);
     json_t *o = hub_report_json(hub);
@@ -859,7 +859,7 @@ static void hub_report_write(hub_t *hub, int force)
     json_decref(o);
     if (!text) return;
     int same = hub->report && !strcmp(hub->report, text);
-    if (!force && same && now - hub->report_ms < (uint64_t)hub->gw->cfg.presence_ttl_ms / 3) {
+    if (same && now - hub->report_ms < (uint64_t)hub->gw->cfg.presence_ttl_ms / 3) {
         free(text);
         return;
     }
@@ -874,7 +874,7 @@ static void hub_report_write(hub_t *hub, int force)
 
 void hub_report_tick(hub_t *hub)
 {
-    if (hub_api_shared(hub)) hub_report_write(hub, 0);
+    if (hub_api_shared(hub)) hub_report_write(hub);
 }
 
 static void hub_api_stats_merge(void *arg, int status, const char *const *items, const size_t *lens, size_t n)
@@ -918,7 +918,8 @@ void hub_api_stats(hub_t *hub, hub_api_cb cb, void *arg)
     hub_op_t *op = hub_op_new(hub, HUB_OP_API_STATS, "", NULL);
     op->api_cb = cb;
     op->api_arg = arg;
-    hub_report_write(hub, 1);      /* this replica's part is fresh; the others' are a second old at most */
+    hub_report_write(hub);      /* this replica's part is fresh (written when it changed, so a flood of
+                                    * requests costs Redis one read each); the others' are a second old at most */
     int rc = bus_node_reports(hub->bus, hub_api_stats_merge, op);
     if (rc < 0) {
         hub_op_answer(op, 200, hub_stats_json(hub));
