@@ -1003,7 +1003,7 @@ void hub_api_room(hub_t *hub, const char *room, hub_api_cb cb, void *arg)
 void hub_api_publish(hub_t *hub, const char *room, const char *from_name, const char *text, hub_api_cb cb,
                      void *arg)
 {
-    if (!hub_api_shared(hub)) {
+    if (!hub->remote) {            /* through a bus (Redis, or the other workers) it answers with the id */
         char id[PROTO_EPOCH_MAX + 24];
         if (hub_room_announce(hub, room, from_name, text, id, sizeof id) < 0)
             cb(arg, 404, hub_api_error("not_found", "no such room"));
