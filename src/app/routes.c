@@ -151,22 +151,25 @@ static void respond_json(buf_t *out, int status, json_t *body, int keep_alive)
  * up). A failed reload does not fail readiness (the last good policy serves) but shows in
  * checks.policy ("reload_failed") and policy.last_error. A worker that booted without a policy
  * (policy_boot = wait) is unready, checks.policy "not_loaded", until a reload loads one. With
- * redis_url, "redis" (top level and in checks) is "up" or "down": local rooms keep working
- * while it is down. With a candidate policy, "candidate" shows its mode, state (active,
- * rolled_back, not_loaded), version and last error, and checks.candidate its state: a rolled
- * back candidate never fails readiness (the live policy serves every connection). */
+ * redis_url, "redis" (top level and in checks) is "up", "down" or "refusing" (up, but it
+ * answers writes with errors: out of memory): local rooms keep working meanwhile. With a
+ * candidate policy, "candidate" shows its mode, state (active, rolled_back, not_loaded),
+ * version and last error, and checks.candidate its state: a rolled back candidate never fails
+ * readiness (the live policy serves every connection). */
 static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
 {
     int bus = hub_bus_state(gw->hub);
+    if (bus == 1 && hub_bus_refusing(gw->hub)) bus = 2;   /* up, but Redis refuses writes (OOM) */
     const char *version = gw->policy ? policy_version(gw->policy) : "";
     const char *last_error = gw->policy ? policy_last_error(gw->policy) : "";
     int unloaded = gw->policy && !version[0];
-    int ready = !gw->draining && !unloaded && !(bus == 0 && gw->cfg.redis_required);
+    int ready = !gw->draining && !unloaded && !((bus == 0 || bus == 2) && gw->cfg.redis_required);
     json_t *checks = json_pack("{s:s, s:s}", "listener", gw->draining ? "draining" : "ok", "policy",
                                unloaded ? "not_loaded" : last_error[0] ? "reload_failed" : version[0] ? "ok" : "none");
     json_t *policy = json_pack("{s:s, s:o}", "version", version, "last_error",
                                last_error[0] ? json_string(last_error) : json_null());
-    const char *status = ready ? "ready" : gw->draining ? "draining" : unloaded ? "policy_not_loaded" : "redis_down";
+    const char *status = ready ? "ready" : gw->draining ? "draining" : unloaded ? "policy_not_loaded"
+                         : bus == 2 ? "redis_refusing" : "redis_down";
     json_t *body = json_pack("{s:s, s:o, s:o, s:s, s:I, s:I}", "status", status, "checks",
                              checks, "policy", policy, "version", CHATGW_VERSION, "websockets",
                              (json_int_t)GW_SUM(gw, metrics.ws_open), "uptime_s",
@@ -177,8 +180,9 @@ static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
         json_object_set_new(body, "candidate", cand);
     }
     if (bus >= 0) {
-        json_object_set_new(checks, "redis", json_string(bus ? "up" : "down"));
-        json_object_set_new(body, "redis", json_string(bus ? "up" : "down"));
+        const char *rs = bus == 2 ? "refusing" : bus ? "up" : "down";
+        json_object_set_new(checks, "redis", json_string(rs));
+        json_object_set_new(body, "redis", json_string(rs));
     }
     respond_json(out, ready ? 200 : 503, body, keep_alive);
 }
@@ -225,6 +229,66 @@ static void api_error(buf_t *out, int status, const char *code, const char *msg,
     api_json(out, status, json_pack("{s:s, s:s}", "error", code, "message", msg), hdr, keep_alive);
 }
 
+/* One API call answered by the hub: at once (into out, while route_api runs) or later (through
+ * a server_later_t, when the answer needs Redis). */
+typedef struct {
+    buf_t *out;                    /* while answering at once */
+    server_later_t *later;         /* after route_api returned */
+    int keep_alive;
+    int answered;
+    char *hdr;                     /* the CORS headers, or NULL */
+} api_call_t;
+
+static api_call_t *api_call_new(const buf_t *hdr, int keep_alive, buf_t *out)
+{
+    api_call_t *a = xcalloc(1, sizeof *a);
+    a->out = out;
+    a->keep_alive = keep_alive;
+    a->hdr = hdr->len ? xstrdup(buf_cstr((buf_t *)hdr)) : NULL;
+    return a;
+}
+
+static void api_call_free(api_call_t *a)
+{
+    free(a->hdr);
+    free(a);
+}
+
+/* The hub's answer (hub_api_cb). */
+static void api_call_answered(void *arg, int status, json_t *body)
+{
+    api_call_t *a = arg;
+    buf_t hdr, out;
+    buf_init(&hdr);
+    if (a->hdr) buf_append_str(&hdr, a->hdr);
+    if (a->out) {                  /* still inside route_api */
+        api_json(a->out, status, body, &hdr, a->keep_alive);
+        a->answered = 1;
+        buf_free(&hdr);
+        return;
+    }
+    buf_init(&out);
+    api_json(&out, status, body, &hdr, a->keep_alive);
+    if (a->later) server_later_answer(a->later, &out, a->keep_alive);
+    buf_free(&out);
+    buf_free(&hdr);
+    api_call_free(a);
+}
+
+/* After the hub call: done when it answered at once; else the answer comes later. */
+static void api_call_wait(gw_t *gw, api_call_t *a)
+{
+    if (a->answered) {
+        api_call_free(a);
+        return;
+    }
+    buf_t *out = a->out;
+    a->out = NULL;
+    a->later = server_later_take(gw);
+    if (!a->later)                 /* cannot happen inside handle; answer something anyway */
+        http_response_error(out, 500, "internal", "the answer cannot be deferred", 0);
+}
+
 /* Constant-time comparison of the bearer token with api_token. */
 static int api_authorized(gw_t *gw, const http_request_t *req)
 {
@@ -259,11 +323,9 @@ static void api_publish(gw_t *gw, const http_request_t *req, const char *room, b
         json_decref(body);
         return;
     }
-    char id[64];
-    if (hub_room_announce(gw->hub, room, from, text, id, sizeof id) < 0)
-        api_error(out, 404, "not_found", "no such room", hdr, keep_alive);
-    else
-        api_json(out, 200, json_pack("{s:s, s:s}", "room", room, "id", id), hdr, keep_alive);
+    api_call_t *a = api_call_new(hdr, keep_alive, out);
+    hub_api_publish(gw->hub, room, from, text, api_call_answered, a);
+    api_call_wait(gw, a);
     json_decref(body);
 }
 
@@ -281,8 +343,13 @@ static void route_api(gw_t *gw, const http_request_t *req, int keep_alive, buf_t
                              "Access-Control-Max-Age: 600\r\n");
         http_response_write(out, 204, NULL, buf_cstr(&hdr), NULL, 0, keep_alive);
     } else if (!strcmp(p, "/stats")) {
-        if (get) api_json(out, 200, hub_stats_json(gw->hub), &hdr, keep_alive);
-        else api_error(out, 405, "method_not_allowed", "use GET", &hdr, keep_alive);
+        if (get) {
+            api_call_t *a = api_call_new(&hdr, keep_alive, out);
+            hub_api_stats(gw->hub, api_call_answered, a);
+            api_call_wait(gw, a);
+        } else {
+            api_error(out, 405, "method_not_allowed", "use GET", &hdr, keep_alive);
+        }
     } else if (!strncmp(p, "/rooms/", 7) && p[7]) {
         char room[PROTO_MAX_ROOM * 2 + 16];
         snprintf(room, sizeof room, "%s", p + 7);
@@ -297,9 +364,9 @@ static void route_api(gw_t *gw, const http_request_t *req, int keep_alive, buf_t
         } else if (!get) {
             api_error(out, 405, "method_not_allowed", "use GET", &hdr, keep_alive);
         } else {
-            json_t *r = hub_room_json(gw->hub, room);
-            if (r) api_json(out, 200, r, &hdr, keep_alive);
-            else api_error(out, 404, "not_found", "no such room", &hdr, keep_alive);
+            api_call_t *a = api_call_new(&hdr, keep_alive, out);
+            hub_api_room(gw->hub, room, api_call_answered, a);
+            api_call_wait(gw, a);
         }
     } else {
         api_error(out, 404, "not_found", "no such route", &hdr, keep_alive);

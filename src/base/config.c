@@ -139,6 +139,14 @@ static const config_key_t config_keys[] = {
       "whether Redis being down fails /readyz (with redis_url set)" },
     { "presence_ttl_ms", CK_LONG, OFF(presence_ttl_ms), "15000", 300, MS_DAY, 0,
       "node heartbeat TTL: members of a dead replica leave within about this time" },
+    { "redis_room_ttl_ms", CK_LONG, OFF(redis_room_ttl_ms), "604800000", 0, 366L * MS_DAY, 0,
+      "a room's Redis keys expire this long after its last activity; 0 = never" },
+    { "redis_sentinels", CK_STRING, OFF(redis_sentinels), "", 0, 0, 0,
+      "host:port,... of Redis Sentinels naming the master (with redis_url for user, password, db)" },
+    { "redis_sentinel_master", CK_STRING, OFF(redis_sentinel_master), "", 0, 0, 0,
+      "the Sentinel service name of the master (redis_sentinels)" },
+    { "redis_sentinel_password_file", CK_STRING, OFF(redis_sentinel_password_file), "", 0, 0, 0,
+      "file holding the sentinels' password; empty = they take no AUTH" },
     { "node_id", CK_NODE_ID, OFF(node_id), "", 0, 0, 0,
       "this replica's id on the bus (1-63 bytes); empty = hostname-RANDOM" },
     { "policy_timeout_ms", CK_LONG, OFF(policy_timeout_ms), "50", 1, 60000, 0,
@@ -757,6 +765,16 @@ static int config_pairs_check(const config_t *cfg, char *err, size_t errlen)
     if (cfg->proxy_protocol && !cfg->trusted_proxies[0]) {
         snprintf(err, errlen, "config: proxy_protocol: needs trusted_proxies (the load balancer's addresses); "
                               "without it every connection would be refused");
+        return GW_EINVAL;
+    }
+    if (cfg->redis_sentinels[0] && (!cfg->redis_sentinel_master[0] || !cfg->redis_url[0])) {
+        snprintf(err, errlen, "config: redis_sentinels: needs redis_sentinel_master (the service name) and "
+                              "redis_url (its user, password and db; the host is what the sentinels name)");
+        return GW_EINVAL;
+    }
+    if (cfg->redis_room_ttl_ms && cfg->redis_room_ttl_ms < cfg->presence_ttl_ms) {
+        snprintf(err, errlen, "config: redis_room_ttl_ms: must be 0 or at least presence_ttl_ms (%ld): the "
+                              "heartbeat refreshes the rooms of live members", cfg->presence_ttl_ms);
         return GW_EINVAL;
     }
     return 0;

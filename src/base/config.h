@@ -48,6 +48,10 @@ typedef struct {
     long redis_backoff_max_ms;
     int redis_required;            /* redis down fails /readyz */
     long presence_ttl_ms;
+    long redis_room_ttl_ms;
+    char *redis_sentinels;         /* "" = none; else host:port,... naming redis_sentinel_master */
+    char *redis_sentinel_master;
+    char *redis_sentinel_password_file;        /* a room's keys expire this long after its last activity; 0 = never */
     char *node_id;                 /* "" = hostname-RANDOM; else 1..CONFIG_NODE_ID_MAX bytes, no '\n' */
     long policy_timeout_ms;
     long policy_budget;            /* 0 = no instruction limit */

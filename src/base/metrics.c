@@ -59,6 +59,9 @@ static const metrics_scalar_t metrics_scalars[] = {
       offsetof(metrics_t, bus_published) },
     { "chatgw_bus_received_total", "counter", "Messages and presence events received from other replicas.",
       offsetof(metrics_t, bus_received) },
+    { "chatgw_bus_refusing", "gauge",
+      "1 while Redis answers this replica's writes with errors (out of memory, read-only replica).",
+      offsetof(metrics_t, bus_refusing) },
     { "chatgw_policy_loaded", "gauge",
       "1 while a policy is loaded; 0 while the process waits for a loadable one (policy_boot = wait) "
       "and refuses every chat connection.",
@@ -79,6 +82,10 @@ static const metrics_scalar_t metrics_scalars[] = {
     { "chatgw_policy_candidate_active", "gauge",
       "Workers whose candidate policy is loaded and shadowing or serving its canary share (0 when off or rolled back).",
       offsetof(metrics_t, policy_candidate_active) },
+};
+
+const char *const metrics_bus_ops[METRICS_BUS_OPS] = {
+    "post", "publish", "presence", "read", "limit", "heartbeat", "link",
 };
 
 const char *const metrics_drop_reasons[METRICS_DROP_REASONS] = {
@@ -313,6 +320,10 @@ void metrics_render(const metrics_t *m, const char *version, buf_t *out)
     metrics_enum_render(out, "chatgw_messages_dropped_total",
                         "Client messages refused or frames not delivered, by reason.", "reason",
                         m->msgs_dropped, metrics_drop_reasons, METRICS_DROP_REASONS);
+    metrics_enum_render(out, "chatgw_bus_errors_total",
+                        "Redis requests that failed (an error reply such as OOM, or no answer), by operation; "
+                        "op=link counts lost or refused links.", "op", m->bus_errors, metrics_bus_ops,
+                        METRICS_BUS_OPS);
     metrics_latency_render(m, out);
     metrics_policy_errors_render(m, out);
     metrics_enum_render(out, "chatgw_policy_reloads_total", "Policy reload attempts, by result.", "result",

@@ -40,6 +40,11 @@ enum { METRICS_SHADOW_VERDICT, METRICS_SHADOW_CODE, METRICS_SHADOW_REWRITE, METR
  * queued (queue full), not sent (the fingerprint's rate limit) */
 enum { METRICS_SENTRY_SENT, METRICS_SENTRY_FAILED, METRICS_SENTRY_DROPPED, METRICS_SENTRY_RATE_LIMITED,
        METRICS_SENTRY_RESULTS };
+/* chatgw_bus_errors_total{op}: what the bus asked Redis for when Redis refused or dropped it */
+enum {
+    METRICS_BUS_OP_POST, METRICS_BUS_OP_PUBLISH, METRICS_BUS_OP_PRESENCE, METRICS_BUS_OP_READ, METRICS_BUS_OP_LIMIT,
+    METRICS_BUS_OP_HEARTBEAT, METRICS_BUS_OP_LINK, METRICS_BUS_OPS
+};
 
 typedef struct {
     uint64_t conns_open;           /* gauge: TCP connections open */
@@ -70,6 +75,8 @@ typedef struct {
     uint64_t bus_reconnects;
     uint64_t bus_published;
     uint64_t bus_received;
+    uint64_t bus_errors[METRICS_BUS_OPS];
+    uint64_t bus_refusing;         /* gauge: 1 while Redis refuses writes (OOM, READONLY, ...) */
     /* policy (policy.c): hooks are POLICY_HOOK_* plus self_test at METRICS_POLICY_HOOKS - 1 */
     uint64_t policy_errors[METRICS_POLICY_HOOKS][METRICS_POLICY_KINDS];
     uint64_t policy_reloads[METRICS_RELOAD_RESULTS];
@@ -106,6 +113,8 @@ void metrics_arm_latency_observe(metrics_t *m, int arm, uint64_t usec);
 
 /* Label values of chatgw_messages_dropped_total{reason}, indexed by METRICS_DROP_*. */
 extern const char *const metrics_drop_reasons[METRICS_DROP_REASONS];
+/* Label values of chatgw_bus_errors_total{op}, indexed by METRICS_BUS_OP_*. */
+extern const char *const metrics_bus_ops[METRICS_BUS_OPS];
 
 #define METRIC_ADD(field, n) __atomic_add_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)
 #define METRIC_SUB(field, n) __atomic_sub_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)

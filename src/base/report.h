@@ -1,6 +1,6 @@
 /* report: the hand-off of errors worth tracking outside the process (an error tracker such as
  * Sentry) from any layer to the one sink the app installs. The layers that notice such errors
- * (policy: hook failures and rejected reloads; bus: a lost Redis link) stand below the code
+ * (policy: hook failures and rejected reloads; bus: a lost Redis link, an error reply) stand below the code
  * that sends them and cannot call up; they call report_emit, which does nothing until
  * report_sink_set installed a sink.
  *

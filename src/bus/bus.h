@@ -28,6 +28,7 @@
 #include "base/buf.h"
 #include "base/config.h"
 #include "base/err.h"
+#include "base/metrics.h"
 #include "proto/proto_id.h"
 
 /* Error codes: 0, or a negative GW_E* code (base/err.h):
@@ -35,7 +36,8 @@
  *   GW_ENOTSUP    this bus keeps no such state (bus_local): use the hub's own
  *   GW_EINVAL     bad argument (id slot past the payload, rate <= 0, bad URL, ...)
  *   GW_ETIMEDOUT  no answer within command_timeout_ms; the link was reset
- *   GW_EREPLY     Redis answered an error (logged) */
+ *   GW_EREPLY     Redis answered an error (logged, counted in errors[op]; an OOM is logged as
+ *                 an error and sets refusing) */
 
 #define BUS_NODE_MAX (CONFIG_NODE_ID_MAX + 1)   /* node ids: config_load checks them */
 
@@ -78,17 +80,29 @@ typedef struct {
     long backoff_max_ms;       /* cap (raised to backoff_min_ms); each delay is jittered to [d/2, d] */
     long presence_ttl_ms;      /* node heartbeat TTL; heartbeat every ttl/3 */
     long history_size;         /* stream MAXLEN ~ and the newest-N answer on a gap; 0 = none */
+    const char *sentinels;     /* "" or NULL: none. Else "host:port,host:port": the master of
+                                * sentinel_master comes from them (redis_url then gives only the
+                                * user, password and db) */
+    const char *sentinel_master;
+    const char *sentinel_password_file;   /* "" or NULL: the sentinels take no AUTH */
+    long room_ttl_ms;          /* a room's keys expire this long after its last activity (a post,
+                                * a presence change, a live node's reaper pass); 0 = never */
     struct bus_inproc_s *inproc; /* without redis_url: the workers' shared state (bus_inproc.h);
                                 * NULL = bus_local */
 } bus_options_t;
 
 /* Counters for /metrics (report as chatgw_bus_up, chatgw_bus_reconnects_total,
- * chatgw_bus_published_total, chatgw_bus_received_total). */
+ * chatgw_bus_published_total, chatgw_bus_received_total, chatgw_bus_errors_total{op},
+ * chatgw_bus_refusing). */
 typedef struct {
     uint64_t up;               /* gauge: 1 while the link works; always 1 for bus_local */
     uint64_t reconnects;       /* links re-established after the first */
     uint64_t published;        /* room_publish, room_post and direct_publish accepted by Redis */
     uint64_t received;         /* messages and presence events from other nodes, handed to handlers */
+    uint64_t errors[METRICS_BUS_OPS];   /* requests Redis refused (error reply: OOM, ...) or never
+                                * answered, by METRICS_BUS_OP_*; LINK: links lost or refused */
+    uint64_t refusing;         /* gauge: 1 while Redis answers writes with errors (OOM, READONLY);
+                                * 0 again after a write it took */
 } bus_stats_t;
 
 typedef struct bus_s bus_t;
@@ -105,12 +119,19 @@ typedef struct {
 } bus_history_t;
 typedef void (*bus_history_cb)(void *arg, int status, const bus_history_t *h);
 typedef void (*bus_limit_cb)(void *arg, int status, int allowed, double tokens);
+typedef void (*bus_join_cb)(void *arg, int status, int admitted);
+typedef void (*bus_sent_cb)(void *arg, int status, int delivered);
+/* n byte strings (not NUL-terminated: lens), borrowed for the call. */
+typedef void (*bus_strings_cb)(void *arg, int status, const char *const *items, const size_t *lens, size_t n);
 /* A request's callback, whichever kind it is (the implementations keep one per request). */
 typedef union {
     bus_post_cb post;
     bus_members_cb members;
     bus_history_cb history;
     bus_limit_cb limit;
+    bus_strings_cb strings;
+    bus_join_cb join;
+    bus_sent_cb sent;
 } bus_cb_t;
 
 /* Opens the bus that opts asks for (NULL: bus_local with a random node id): bus_redis when
@@ -147,6 +168,13 @@ typedef struct {
     int (*presence_list)(bus_t *, const char *room, bus_members_cb cb, void *arg);
     int (*history_range)(bus_t *, const char *room, const proto_id_t *since, bus_history_cb cb, void *arg);
     int (*limit_take)(bus_t *, const char *key, double rate, double burst, bus_limit_cb cb, void *arg);
+    /* optional (NULL: GW_ENOTSUP) */
+    int (*node_report)(bus_t *, const char *report, size_t len);
+    int (*node_reports)(bus_t *, bus_strings_cb cb, void *arg);
+    int (*presence_join)(bus_t *, const char *room, const bus_member_t *m, long max, bus_join_cb cb, void *arg);
+    int (*conn_add)(bus_t *, const char *id);
+    int (*conn_remove)(bus_t *, const char *id);
+    int (*direct_send)(bus_t *, const char *to, const void *payload, size_t len, bus_sent_cb cb, void *arg);
     void (*free)(bus_t *);
 } bus_ops_t;
 
@@ -177,6 +205,8 @@ static inline void bus_stats_get(const bus_t *b, bus_stats_t *out)
     out->reconnects = __atomic_load_n(&b->stats.reconnects, __ATOMIC_RELAXED);
     out->published = __atomic_load_n(&b->stats.published, __ATOMIC_RELAXED);
     out->received = __atomic_load_n(&b->stats.received, __ATOMIC_RELAXED);
+    for (int i = 0; i < METRICS_BUS_OPS; i++) out->errors[i] = __atomic_load_n(&b->stats.errors[i], __ATOMIC_RELAXED);
+    out->refusing = __atomic_load_n(&b->stats.refusing, __ATOMIC_RELAXED);
 }
 
 /* Room interest: subscribe when the first local member joins, unsubscribe when the last
@@ -230,6 +260,17 @@ static inline int bus_presence_remove(bus_t *b, const char *room, const char *me
 {
     return b->ops->presence_remove(b, room, member_id);
 }
+/* bus_presence_add under max_room_members across every replica: Redis adds m only while the
+ * room's shared presence holds fewer than max members (0 = no cap), in the same script that
+ * records the join, so two replicas cannot both take the last place. cb: status 0 and
+ * admitted 1/0; a refused m is dropped from the mirror too. A status other than 0 means the
+ * link went before the answer: m stays in the mirror like any bus_presence_add. GW_EDOWN (use
+ * bus_presence_add and the local cap) or GW_ENOTSUP (no cap across replicas on this bus). */
+static inline int bus_presence_join(bus_t *b, const char *room, const bus_member_t *m, long max, bus_join_cb cb,
+                                    void *arg)
+{
+    return b->ops->presence_join ? b->ops->presence_join(b, room, m, max, cb, arg) : GW_ENOTSUP;
+}
 /* All replicas' members of room (members of dead nodes are removed on the way, with leave
  * events). Order is unspecified. GW_EDOWN or GW_ENOTSUP: use the local members. */
 static inline int bus_presence_list(bus_t *b, const char *room, bus_members_cb cb, void *arg)
@@ -239,7 +280,10 @@ static inline int bus_presence_list(bus_t *b, const char *room, bus_members_cb c
 
 /* The room's kept msgs after since (an id the caller parsed, or NULL for the newest
  * history_size). A since from another epoch, trimmed away or newer than the room's last id
- * gives gap = 1. GW_EDOWN or GW_ENOTSUP: use the hub's ring. */
+ * gives gap = 1. GW_EDOWN or GW_ENOTSUP: use the hub's ring.
+ * For a room this node subscribes to, this read and bus_presence_list are taken only once the
+ * subscription is on, so every msg after h->last comes on the room's channel (the first
+ * joiner's race). */
 static inline int bus_history_range(bus_t *b, const char *room, const proto_id_t *since, bus_history_cb cb,
                                     void *arg)
 {
@@ -252,6 +296,40 @@ static inline int bus_history_range(bus_t *b, const char *room, const proto_id_t
 static inline int bus_limit_take(bus_t *b, const char *key, double rate, double burst, bus_limit_cb cb, void *arg)
 {
     return b->ops->limit_take(b, key, rate, burst, cb, arg);
+}
+
+/* This node's connections, by id, so that a direct frame to an id no node holds is known as
+ * such (bus_direct_send). Kept in a mirror and registered again after every reconnect, like
+ * presence. 0 (also while down), or GW_ENOTSUP. */
+static inline int bus_conn_add(bus_t *b, const char *id)
+{
+    return b->ops->conn_add ? b->ops->conn_add(b, id) : GW_ENOTSUP;
+}
+static inline int bus_conn_remove(bus_t *b, const char *id)
+{
+    return b->ops->conn_remove ? b->ops->conn_remove(b, id) : GW_ENOTSUP;
+}
+/* bus_direct_publish to the node that holds the connection `to`, if a live one does: cb gets
+ * delivered 1 (handed to that node) or 0 (no node holds it: unknown_peer). GW_EDOWN, or
+ * GW_ENOTSUP (use bus_direct_publish). */
+static inline int bus_direct_send(bus_t *b, const char *to, const void *payload, size_t len, bus_sent_cb cb,
+                                  void *arg)
+{
+    return b->ops->direct_send ? b->ops->direct_send(b, to, payload, len, cb, arg) : GW_ENOTSUP;
+}
+
+/* This node's report (opaque bytes: the hub's JSON of its clients and rooms), kept in the
+ * shared store for presence_ttl_ms; a node writes it again before then while it lives.
+ * 0 (queued), GW_EDOWN, or GW_ENOTSUP (no other replicas: the hub knows everything). */
+static inline int bus_node_report(bus_t *b, const char *report, size_t len)
+{
+    return b->ops->node_report ? b->ops->node_report(b, report, len) : GW_ENOTSUP;
+}
+/* Every live node's last report (this one's included), in no particular order. Queued after
+ * an earlier bus_node_report on the same link, so it sees that one. */
+static inline int bus_node_reports(bus_t *b, bus_strings_cb cb, void *arg)
+{
+    return b->ops->node_reports ? b->ops->node_reports(b, cb, arg) : GW_ENOTSUP;
 }
 
 #endif

@@ -17,8 +17,12 @@
  *   channel chatgw:ping:N      the node's own liveness probe of its subscriber connection
  *   key chatgw:{R}:seq / :epoch / :hist   the id counter, the epoch, the history stream
  *   hash chatgw:{R}:presence   member id -> "N\n{id,name,muted}"
+ *                              (the four expire room_ttl_ms after the room's last activity)
  *   key chatgw:node:N          heartbeat, PX presence_ttl_ms
  *   hash chatgw:limit:K        token bucket {tokens, ts}
+ *   zset chatgw:{nodes}        node -> when its report expires (ms, Redis's clock)
+ *   key chatgw:{nodes}:report:N   the node's report (clients, rooms) for the API, PX ttl
+ *   hash chatgw:{nodes}:conns:N    the node's connection ids (dm targets), PX ttl
  * Every multi-step change is one Lua script (loaded once per connection, run by EVALSHA, and
  * sent again as EVAL after NOSCRIPT), so replicas never see half of one.
  *
@@ -55,18 +59,35 @@
 #define RB_CHAN_PING "chatgw:ping:"
 #define RB_KEY_NODE "chatgw:node:"
 #define RB_KEY_LIMIT "chatgw:limit:"
+#define RB_KEY_NODES "chatgw:{nodes}"                 /* node-level keys share one hash tag */
+#define RB_KEY_REPORT "chatgw:{nodes}:report:"
+#define RB_KEY_CONNS "chatgw:{nodes}:conns:"
 
 #define RB_STAT_ADD(r, field, n) __atomic_add_fetch(&(r)->base.stats.field, (uint64_t)(n), __ATOMIC_RELAXED)
 #define RB_STAT_SET(r, field, v) __atomic_store_n(&(r)->base.stats.field, (uint64_t)(v), __ATOMIC_RELAXED)
 
 /* ---- server-side scripts ---- */
 
-enum { RB_POST, RB_RANGE, RB_PADD, RB_PREMOVE, RB_PLIST, RB_PSYNC, RB_LIMIT, RB_SCRIPTS };
+enum {
+    RB_POST, RB_RANGE, RB_PADD, RB_PREMOVE, RB_PLIST, RB_PSYNC, RB_LIMIT, RB_REPORT, RB_REPORTS, RB_ALIVE, RB_DIRECT,
+    RB_SCRIPTS
+};
 
-/* KEYS seq, epoch, hist. ARGV channel, node, token, head, tail, maxlen, new epoch.
- * A missing seq or epoch means the room's keys were lost: a new epoch starts, so an old
- * since can never match a new id. Returns {epoch, seq}. */
+/* Every script that changes a room is activity: it gives all of the room's keys (its KEYS) a
+ * fresh TTL of ttl ms (0 = none), so a room expires as a whole, after its last activity.
+ * Called after a script's writes: once a script wrote (PEXPIRE is a write Redis allows when
+ * full), Redis lets its later writes pass maxmemory, which would hide an OOM. */
+#define RB_LUA_TOUCH                                                                               \
+    "local function touch(ttl)\n"                                                                  \
+    "  ttl = tonumber(ttl)\n"                                                                      \
+    "  if ttl and ttl > 0 then for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end end\n" \
+    "end\n"
+
+/* KEYS seq, epoch, hist, presence. ARGV channel, node, token, head, tail, maxlen, new epoch,
+ * ttl. A missing seq or epoch means the room's keys were lost (expired, evicted, flushed): a
+ * new epoch starts, so an old since can never match a new id. Returns {epoch, seq}. */
 static const char rb_lua_post[] =
+    RB_LUA_TOUCH
     "local epoch = redis.call('GET', KEYS[2])\n"
     "local seq = redis.call('GET', KEYS[1])\n"
     "if not epoch or not seq then\n"
@@ -82,6 +103,7 @@ static const char rb_lua_post[] =
     "  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], seq .. '-0', 'p', payload)\n"
     "end\n"
     "redis.call('PUBLISH', ARGV[1], 'm\\n' .. ARGV[2] .. '\\n' .. ARGV[3] .. '\\n' .. id .. '\\n' .. payload)\n"
+    "touch(ARGV[8])\n"
     "return {epoch, seq}\n";
 
 /* KEYS seq, epoch, hist. ARGV since epoch ('' = none), since seq, count.
@@ -120,17 +142,25 @@ static const char rb_lua_range[] =
     "end\n"
     "return out\n";
 
-/* KEYS presence. ARGV channel, node, member id, member json. */
+/* The presence scripts' KEYS: presence, then the room's seq, epoch, hist (for touch).
+ * KEYS presence.... ARGV channel, node, member id, member json, ttl, max members (0 = none).
+ * Returns -1 when a new member would pass max (nothing written), else 0 or 1 (changed). */
 static const char rb_lua_padd[] =
+    RB_LUA_TOUCH
     "local v = ARGV[2] .. '\\n' .. ARGV[4]\n"
     "local old = redis.call('HGET', KEYS[1], ARGV[3])\n"
-    "if old == v then return 0 end\n"
+    "local max = tonumber(ARGV[6] or '0') or 0\n"
+    "if max > 0 and not old and redis.call('HLEN', KEYS[1]) >= max then return -1 end\n"
+    "if old == v then touch(ARGV[5]); return 0 end\n"
     "redis.call('HSET', KEYS[1], ARGV[3], v)\n"
     "redis.call('PUBLISH', ARGV[1], (old and 'u' or 'j') .. '\\n' .. ARGV[2] .. '\\n\\n\\n' .. ARGV[4])\n"
+    "touch(ARGV[5])\n"
     "return 1\n";
 
-/* KEYS presence. ARGV channel, node, member id. The leave names the owner node. */
+/* KEYS presence.... ARGV channel, node, member id, ttl. The leave names the owner node. */
 static const char rb_lua_premove[] =
+    RB_LUA_TOUCH
+    "touch(ARGV[4])\n"
     "local old = redis.call('HGET', KEYS[1], ARGV[3])\n"
     "if not old then return 0 end\n"
     "redis.call('HDEL', KEYS[1], ARGV[3])\n"
@@ -140,9 +170,12 @@ static const char rb_lua_premove[] =
     "end\n"
     "return 1\n";
 
-/* KEYS presence. ARGV channel, node key prefix. Members whose node has no heartbeat key are
- * removed, each with a leave event in the dead node's name. Returns the live "node\njson". */
+/* KEYS presence.... ARGV channel, node key prefix, ttl. Members whose node has no heartbeat
+ * key are removed, each with a leave event in the dead node's name. Returns the live
+ * "node\njson". ttl: the caller holds members of the room (its reaper), or joins it. */
 static const char rb_lua_plist[] =
+    RB_LUA_TOUCH
+    "touch(ARGV[3])\n"
     "local all = redis.call('HGETALL', KEYS[1])\n"
     "local live = {}\n"
     "local out = {}\n"
@@ -167,26 +200,23 @@ static const char rb_lua_plist[] =
     "end\n"
     "return out\n";
 
-/* KEYS presence. ARGV channel, node, then id, json pairs: the node's complete member list.
- * Removes the node's other entries (leave), writes missing or changed ones (join/update). */
+/* KEYS presence.... ARGV channel, node, ttl, then id, json pairs: the node's complete member
+ * list. Writes missing or changed entries (join/update), then removes the node's others
+ * (leave): the writes a full Redis refuses come first, so an OOM is not hidden. */
 static const char rb_lua_psync[] =
+    RB_LUA_TOUCH
     "local prefix = ARGV[2] .. '\\n'\n"
     "local want = {}\n"
-    "for i = 3, #ARGV, 2 do want[ARGV[i]] = prefix .. ARGV[i + 1] end\n"
-    "local have = {}\n"
+    "for i = 4, #ARGV, 2 do want[ARGV[i]] = prefix .. ARGV[i + 1] end\n"
+    "local have, gone = {}, {}\n"
     "local all = redis.call('HGETALL', KEYS[1])\n"
     "for i = 1, #all, 2 do\n"
     "  local id, v = all[i], all[i + 1]\n"
     "  if string.sub(v, 1, #prefix) == prefix then\n"
-    "    if want[id] then\n"
-    "      have[id] = v\n"
-    "    else\n"
-    "      redis.call('HDEL', KEYS[1], id)\n"
-    "      redis.call('PUBLISH', ARGV[1], 'l\\n' .. ARGV[2] .. '\\n\\n\\n' .. string.sub(v, #prefix + 1))\n"
-    "    end\n"
+    "    if want[id] then have[id] = v else gone[#gone + 1] = {id, v} end\n"
     "  end\n"
     "end\n"
-    "for i = 3, #ARGV, 2 do\n"
+    "for i = 4, #ARGV, 2 do\n"
     "  local id = ARGV[i]\n"
     "  if have[id] ~= want[id] then\n"
     "    redis.call('HSET', KEYS[1], id, want[id])\n"
@@ -194,6 +224,11 @@ static const char rb_lua_psync[] =
     "    have[id] = want[id]\n"
     "  end\n"
     "end\n"
+    "for _, g in ipairs(gone) do\n"
+    "  redis.call('HDEL', KEYS[1], g[1])\n"
+    "  redis.call('PUBLISH', ARGV[1], 'l\\n' .. ARGV[2] .. '\\n\\n\\n' .. string.sub(g[2], #prefix + 1))\n"
+    "end\n"
+    "touch(ARGV[3])\n"
     "return 1\n";
 
 /* KEYS bucket. ARGV rate per second, burst, cost. Redis's clock, so replicas agree.
@@ -214,9 +249,57 @@ static const char rb_lua_limit[] =
     "redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)\n"
     "return {allowed, tostring(tokens)}\n";
 
+/* KEYS nodes (zset node -> expiry, Redis's clock), report key. ARGV node, report, ttl. Also
+ * drops the nodes whose time ran out. The writes Redis refuses when full come first: a
+ * script that wrote once may write on past maxmemory, which would hide an OOM. */
+static const char rb_lua_report[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\n"
+    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "return 1\n";
+
+/* KEYS nodes. ARGV report key prefix (same hash tag). Returns the live nodes' reports. */
+static const char rb_lua_reports[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "local out = {}\n"
+    "for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n"
+    "  local v = redis.call('GET', ARGV[1] .. n)\n"
+    "  if v then out[#out + 1] = v end\n"
+    "end\n"
+    "return out\n";
+
+/* KEYS nodes, this node's conns hash. ARGV node, ttl. With the heartbeat: the node is live
+ * for ttl more, and so are its connections. */
+static const char rb_lua_alive[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "redis.call('PEXPIRE', KEYS[2], ARGV[2])\n"
+    "return 1\n";
+
+/* KEYS nodes. ARGV conns key prefix (same hash tag), target id, channel, envelope. Publishes
+ * to the channel when a live node holds the id. Returns 1, or 0 when none does. */
+static const char rb_lua_direct[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do\n"
+    "  if redis.call('HEXISTS', ARGV[1] .. n, ARGV[2]) == 1 then\n"
+    "    redis.call('PUBLISH', ARGV[3], ARGV[4])\n"
+    "    return 1\n"
+    "  end\n"
+    "end\n"
+    "return 0\n";
+
 static const char *const rb_scripts[RB_SCRIPTS] = {
     [RB_POST] = rb_lua_post,     [RB_RANGE] = rb_lua_range, [RB_PADD] = rb_lua_padd,   [RB_PREMOVE] = rb_lua_premove,
     [RB_PLIST] = rb_lua_plist,   [RB_PSYNC] = rb_lua_psync, [RB_LIMIT] = rb_lua_limit,
+    [RB_REPORT] = rb_lua_report, [RB_REPORTS] = rb_lua_reports, [RB_ALIVE] = rb_lua_alive,
+    [RB_DIRECT] = rb_lua_direct,
 };
 
 /* ---- types ---- */
@@ -272,8 +355,10 @@ struct rb_req_s {
     bus_redis_t *r;
     rb_list_t pending;             /* r->pending while Redis owes the answer, oldest first */
     rb_list_t echo;                /* r->echo: a post waiting for its own message */
+    rb_list_t wait;                /* r->waiting: a read held until its room's channel is on */
     uint64_t sent_ms;
     int script;                    /* RB_* or -1 */
+    int op;                        /* METRICS_BUS_OP_*: what an error counts as */
     int evaled;                    /* already resent as EVAL */
     int argc, argcap;
     char **argv;
@@ -294,6 +379,7 @@ struct bus_redis_s {
     bus_url_t url;
     char *password;                /* from password_file, else the URL's; NULL = no AUTH */
     long connect_timeout_ms, command_timeout_ms, backoff_min_ms, backoff_max_ms, ttl_ms, history_size;
+    long room_ttl_ms;
     int state;                     /* RB_* */
     int fail_status;               /* what requests lost with the link report */
     int need_teardown;
@@ -312,12 +398,25 @@ struct bus_redis_s {
     map_t room_map;                /* name -> rb_room_t */
     rb_list_t rooms;
     rb_list_t pending, echo;
+    rb_list_t waiting;             /* reads held until their room's SUBSCRIBE is confirmed, oldest
+                                    * first (a wanted room is never freed, so they name it) */
     uint64_t next_token;
     uint64_t last_hb_ms, ping_sent_ms, last_load_ms, last_tick_ms;
     int hb_first;
     long tick_ms, hb_ms;
     char sha[RB_SCRIPTS][41];
-    char *chan_ping, *key_node;
+    char *chan_ping, *key_node, *key_conns;
+    map_t conns;                   /* this node's connection ids: the mirror of key_conns */
+    /* Sentinel: the master's address comes from the first sentinel that names it */
+    bus_url_t *sentinels;          /* host, port of each; NULL without redis_sentinels */
+    size_t nsentinels, sentinel_i, sentinel_tries;
+    char *sentinel_master, *sentinel_password;
+    redisAsyncContext *sent;       /* the sentinel being asked, during a try */
+    redisAsyncContext *watch;      /* while up: SUBSCRIBE +switch-master on the sentinel that answered */
+    char sentinel_ip[64];          /* that sentinel's address */
+    int asking;                    /* this try still looks for the master */
+    char *target_host;             /* what this try connects to: the URL's, or the named master */
+    int target_port;
 };
 
 static void rb_link_fail(bus_redis_t *r, int status, const char *why);
@@ -394,12 +493,35 @@ static void rb_key(buf_t *b, const char *room, const char *suffix)
 
 /* ---- requests on the cmd connection ---- */
 
+/* What a request counts as in errors[]; plain commands are the link's unless the caller says. */
+static int rb_script_op(int script)
+{
+    switch (script) {
+    case RB_POST: return METRICS_BUS_OP_POST;
+    case RB_RANGE: case RB_PLIST: case RB_REPORTS: return METRICS_BUS_OP_READ;
+    case RB_REPORT: case RB_ALIVE: return METRICS_BUS_OP_HEARTBEAT;
+    case RB_DIRECT: return METRICS_BUS_OP_PUBLISH;
+    case RB_PADD: case RB_PREMOVE: case RB_PSYNC: return METRICS_BUS_OP_PRESENCE;
+    case RB_LIMIT: return METRICS_BUS_OP_LIMIT;
+    default: return METRICS_BUS_OP_LINK;
+    }
+}
+
+/* Ops that store data: an error reply to one means Redis refuses writes (OOM, READONLY), and
+ * only one of them taken says it stopped (PUBLISH is allowed even when Redis is full). */
+static int rb_op_writes(int op)
+{
+    return op == METRICS_BUS_OP_POST || op == METRICS_BUS_OP_PRESENCE || op == METRICS_BUS_OP_HEARTBEAT ||
+           op == METRICS_BUS_OP_LIMIT;
+}
+
 static rb_req_t *rb_req_new(bus_redis_t *r, int script, rb_done_fn done)
 {
     rb_req_t *q = xcalloc(1, sizeof *q);
     q->r = r;
     q->script = script;
     q->done = done;
+    q->op = rb_script_op(script);
     return q;
 }
 
@@ -432,6 +554,23 @@ static void rb_req_history_keys(rb_req_t *q, const char *room)
 
 static void rb_req_str(rb_req_t *q, const char *s) { rb_req_arg(q, s, strlen(s)); }
 
+static void rb_req_key(rb_req_t *q, const char *room, const char *suffix)
+{
+    buf_t key;
+    buf_init(&key);
+    rb_key(&key, room, suffix);
+    rb_req_arg(q, key.data, key.len);
+    buf_free(&key);
+}
+
+/* The presence scripts' KEYS (RB_PRESENCE_KEYS): presence, then seq, epoch, hist to touch. */
+#define RB_PRESENCE_KEYS 4
+static void rb_req_presence_keys(rb_req_t *q, const char *room)
+{
+    rb_req_key(q, room, "presence");
+    rb_req_history_keys(q, room);
+}
+
 static void rb_req_fmt(rb_req_t *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void rb_req_fmt(rb_req_t *q, const char *fmt, ...)
 {
@@ -457,6 +596,7 @@ static void rb_req_free(rb_req_t *q)
 {
     rb_list_del(&q->pending);
     rb_list_del(&q->echo);
+    rb_list_del(&q->wait);
     for (int i = 0; i < q->argc; i++) free(q->argv[i]);
     free(q->argv);
     free(q->argvlen);
@@ -489,6 +629,42 @@ static int rb_req_submit(rb_req_t *q)
 
 static void rb_done_free(rb_req_t *q, redisReply *rep, int status) { rb_req_free(q); }
 
+/* A snapshot's or a refill's read of a room this node is subscribing to waits until Redis
+ * confirmed the SUBSCRIBE: every msg after the read's newest id then comes on the channel, so a
+ * first joiner cannot miss one posted between the read and the subscription. Otherwise (not
+ * wanted, already on) it goes at once. 0, or GW_EDOWN (q freed). */
+static int rb_req_submit_read(rb_req_t *q, const char *name)
+{
+    bus_redis_t *r = q->r;
+    rb_room_t *room = map_get(&r->room_map, name);
+    if (!room || !room->wanted || room->confirmed || !r->sub) return rb_req_submit(q);
+    q->sent_ms = uv_now(r->loop);
+    free(q->room);
+    q->room = xstrdup(name);
+    rb_list_push(&r->waiting, &q->wait);
+    return 0;
+}
+
+/* Sends the reads held for room (NULL: every room), now that its channel is on or no longer
+ * wanted; or, with status, fails them (the link went). Each is unlinked before its callback. */
+static void rb_waiting_flush(bus_redis_t *r, const char *room, int status)
+{
+    rb_list_t todo;
+    rb_list_init(&todo);
+    for (rb_list_t *l = r->waiting.next, *next; l != &r->waiting; l = next) {
+        next = l->next;
+        rb_req_t *q = rb_container_of(l, rb_req_t, wait);
+        if (room && strcmp(q->room, room)) continue;
+        rb_list_del(&q->wait);
+        rb_list_push(&todo, &q->wait);
+    }
+    while (!rb_list_empty(&todo)) {
+        rb_req_t *q = rb_container_of(todo.next, rb_req_t, wait);
+        rb_list_del(&q->wait);
+        if (status || rb_req_send(q) < 0) q->done(q, NULL, status ? status : GW_EDOWN);
+    }
+}
+
 static void rb_scripts_load(bus_redis_t *r)
 {
     r->last_load_ms = uv_now(r->loop);
@@ -499,6 +675,30 @@ static void rb_scripts_load(bus_redis_t *r)
         rb_req_str(q, rb_scripts[i]);
         (void)rb_req_submit(q);
     }
+}
+
+/* An error reply: counted by op; one to a write means Redis refuses writes until one succeeds.
+ * An OOM (maxmemory reached with nothing it may evict) is an error, not a warning: messages
+ * and presence stop crossing replicas while Redis stays full. */
+static void rb_link_fail(bus_redis_t *r, int status, const char *why);
+
+static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *rep)
+{
+    const char *err = rep->str ? rep->str : "";
+    int oom = !strncmp(err, "OOM", 3) || strstr(err, "OOM command not allowed");
+    RB_STAT_ADD(r, errors[q->op], 1);
+    log_write(oom ? LOG_ERROR : LOG_WARN, oom ? "bus: redis is out of memory; writes are refused" : "bus: redis error",
+              "{s:s, s:s, s:s}", "command", q->script >= 0 ? "script" : q->argv[0], "op", metrics_bus_ops[q->op],
+              "error", err);
+    if (rb_op_writes(q->op)) RB_STAT_SET(r, refusing, 1);
+    char msg[512];
+    snprintf(msg, sizeof msg, "redis error on %s: %.400s", metrics_bus_ops[q->op], err);
+    /* hook = the op, so the tracker groups by what failed; its rate limit keeps a flood small */
+    report_t report = {.kind = "bus_error", .level = oom ? "error" : "warning", .message = msg,
+                       .hook = metrics_bus_ops[q->op], .worker = -1};
+    report_emit(&report);
+    if (r->nsentinels && !strncmp(err, "READONLY", 8))   /* a failover made our master a replica */
+        rb_link_fail(r, GW_EREPLY, "the master became a replica; asking the sentinels again");
 }
 
 static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
@@ -526,8 +726,10 @@ static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
         rb_link_fail(r, GW_EDOWN, "connection lost");
     } else if (rep->type == REDIS_REPLY_ERROR) {
         status = GW_EREPLY;
-        log_warn("bus: redis error", "{s:s, s:s}", "command", q->script >= 0 ? "script" : q->argv[0], "error",
-                 rep->str ? rep->str : "");
+        rb_reply_error(r, q, rep);
+    } else if (rb_op_writes(q->op) && __atomic_load_n(&r->base.stats.refusing, __ATOMIC_RELAXED)) {
+        log_info("bus: redis takes writes again", NULL);
+        RB_STAT_SET(r, refusing, 0);
     }
     q->done(q, rep, status);
 }
@@ -573,11 +775,22 @@ static void rb_on_sub_auth(redisAsyncContext *c, void *reply, void *privdata)
     if (rep && rep->type == REDIS_REPLY_ERROR) rb_link_fail(r, GW_EREPLY, rep->str ? rep->str : "AUTH refused");
 }
 
+static void rb_sentinel_next(bus_redis_t *r, const char *why);
+
 static void rb_on_ctx_connect(const redisAsyncContext *c, int status)
 {
     bus_redis_t *r = c->data;
     if (status == REDIS_OK) return;
     /* hiredis frees c after this returns */
+    if (c == r->watch) {           /* only a hint: the link goes on without it */
+        r->watch = NULL;
+        return;
+    }
+    if (c == r->sent) {
+        r->sent = NULL;
+        rb_sentinel_next(r, c->errstr ? c->errstr : "connect failed");
+        return;
+    }
     if (c == r->cmd) r->cmd = NULL;
     else if (c == r->sub) r->sub = NULL;
     else return;
@@ -588,6 +801,17 @@ static void rb_on_ctx_connect(const redisAsyncContext *c, int status)
 static void rb_on_ctx_disconnect(const redisAsyncContext *c, int status)
 {
     bus_redis_t *r = c->data;
+    if (c == r->watch) {
+        r->watch = NULL;
+        if (r->state == RB_CLOSING) rb_close_maybe_finish(r);
+        return;
+    }
+    if (c == r->sent) {
+        r->sent = NULL;
+        if (r->state == RB_CLOSING) rb_close_maybe_finish(r);
+        else rb_sentinel_next(r, "sentinel connection lost");
+        return;
+    }
     if (c == r->cmd) r->cmd = NULL;
     else if (c == r->sub) r->sub = NULL;
     else return;                   /* we let go of it ourselves */
@@ -598,9 +822,9 @@ static void rb_on_ctx_disconnect(const redisAsyncContext *c, int status)
     rb_link_fail(r, GW_EDOWN, status == REDIS_OK ? "disconnected" : (c->errstr ? c->errstr : "connection lost"));
 }
 
-static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip)
+static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip, int port)
 {
-    redisAsyncContext *c = redisAsyncConnect(ip, r->url.port);
+    redisAsyncContext *c = redisAsyncConnect(ip, port);
     if (!c) return NULL;
     if (c->err) {
         log_debug("bus: redis connect failed", "{s:s}", "error", c->errstr ? c->errstr : "");
@@ -624,10 +848,19 @@ static void rb_req_auth(rb_req_t *q, const bus_redis_t *r)
     rb_req_str(q, r->password);
 }
 
+static void rb_done_role(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    int master = !status && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                 rep->element[0]->type == REDIS_REPLY_STRING && !strcmp(rep->element[0]->str, "master");
+    rb_req_free(q);
+    if (!master && !status) rb_link_fail(r, GW_EREPLY, "the server the sentinel named is not a master (yet)");
+}
+
 static void rb_link_connect(bus_redis_t *r, const char *ip)
 {
-    r->cmd = rb_ctx_open(r, ip);
-    r->sub = r->cmd ? rb_ctx_open(r, ip) : NULL;
+    r->cmd = rb_ctx_open(r, ip, r->target_port);
+    r->sub = r->cmd ? rb_ctx_open(r, ip, r->target_port) : NULL;
     if (!r->cmd || !r->sub) {
         rb_link_fail(r, GW_EDOWN, "connect failed");
         return;
@@ -642,6 +875,11 @@ static void rb_link_connect(bus_redis_t *r, const char *ip)
         rb_req_t *q = rb_req_new(r, -1, rb_done_prelude);
         rb_req_str(q, "SELECT");
         rb_req_fmt(q, "%d", r->url.db);
+        (void)rb_req_submit(q);
+    }
+    if (r->nsentinels) {           /* a sentinel's answer may be stale: only a master will do */
+        rb_req_t *q = rb_req_new(r, -1, rb_done_role);
+        rb_req_str(q, "ROLE");
         (void)rb_req_submit(q);
     }
     rb_scripts_load(r);
@@ -669,6 +907,8 @@ static void rb_link_connect(bus_redis_t *r, const char *ip)
     }
 }
 
+static void rb_resolved(bus_redis_t *r, const char *ip);
+
 static void rb_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     bus_redis_t *r = req->data;
@@ -687,15 +927,42 @@ static void rb_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
         rb_close_maybe_finish(r);
         return;
     }
-    if (r->state != RB_CONNECTING || r->cmd) return;   /* this try already timed out */
+    if (r->state != RB_CONNECTING || r->cmd || r->sent) return;   /* this try already timed out */
     if (status < 0 || !*ip) {
-        log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", r->url.host, "error",
+        log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", r->target_host, "error",
                  status < 0 ? uv_strerror(status) : "no address");
-        rb_link_fail(r, GW_EDOWN, "resolve failed");
+        if (r->asking) rb_sentinel_next(r, "resolve failed");
+        else rb_link_fail(r, GW_EDOWN, "resolve failed");
         return;
     }
-    rb_link_connect(r, ip);
+    rb_resolved(r, ip);
 }
+
+/* Resolves host (r->target_host or a sentinel's), then rb_resolved. */
+static void rb_resolve(bus_redis_t *r, const char *host)
+{
+    unsigned char addr[16];
+    if (uv_inet_pton(AF_INET, host, addr) == 0 || uv_inet_pton(AF_INET6, host, addr) == 0) {
+        rb_resolved(r, host);
+        return;
+    }
+    if (r->gai_busy) {             /* an earlier lookup is still out: this try fails, the next goes */
+        rb_link_fail(r, GW_EDOWN, "resolve busy");
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    r->gai.data = r;
+    int rc = uv_getaddrinfo(r->loop, &r->gai, rb_on_resolved, host, NULL, &hints);
+    if (rc < 0) {
+        log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", host, "error", uv_strerror(rc));
+        if (r->asking) rb_sentinel_next(r, "resolve failed");
+        else rb_link_fail(r, GW_EDOWN, "resolve failed");
+        return;
+    }
+    r->gai_busy = 1;
+}
+
+static void rb_sentinel_ask(bus_redis_t *r);
 
 static void rb_link_start(bus_redis_t *r)
 {
@@ -704,24 +971,176 @@ static void rb_link_start(bus_redis_t *r)
     r->cmd_ready = 0;
     r->sub_base_pending = 0;
     uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->connect_timeout_ms, 0);
-    unsigned char addr[16];
-    if (uv_inet_pton(AF_INET, r->url.host, addr) == 0 || uv_inet_pton(AF_INET6, r->url.host, addr) == 0) {
-        rb_link_connect(r, r->url.host);
+    if (r->nsentinels) {
+        r->asking = 1;
+        r->sentinel_tries = 0;
+        rb_sentinel_ask(r);
         return;
     }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    r->gai.data = r;
-    int rc = uv_getaddrinfo(r->loop, &r->gai, rb_on_resolved, r->url.host, NULL, &hints);
-    if (rc < 0) {
-        log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", r->url.host, "error", uv_strerror(rc));
-        rb_link_fail(r, GW_EDOWN, "resolve failed");
+    r->asking = 0;
+    free(r->target_host);
+    r->target_host = xstrdup(r->url.host);
+    r->target_port = r->url.port;
+    rb_resolve(r, r->target_host);
+}
+
+/* ---- Sentinel: which server is the master ---- */
+
+static void rb_sentinel_ask(bus_redis_t *r)
+{
+    const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
+    rb_resolve(r, s->host);
+}
+
+/* This sentinel cannot say: ask the next one, or fail this try when each was asked. */
+static void rb_sentinel_next(bus_redis_t *r, const char *why)
+{
+    if (r->state != RB_CONNECTING || !r->asking) return;
+    const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
+    log_debug("bus: sentinel did not name the master", "{s:s, s:i, s:s}", "host", s->host, "port", s->port, "reason",
+              why);
+    if (r->sent) {
+        redisAsyncContext *c = r->sent;
+        r->sent = NULL;
+        redisAsyncFree(c);
+    }
+    r->sentinel_i++;
+    if (++r->sentinel_tries >= r->nsentinels) {
+        rb_link_fail(r, GW_EDOWN, "no sentinel named the master");
         return;
     }
-    r->gai_busy = 1;
+    rb_sentinel_ask(r);
+}
+
+static void rb_on_sentinel_auth(redisAsyncContext *c, void *reply, void *privdata)
+{
+    bus_redis_t *r = privdata;
+    redisReply *rep = reply;
+    if (c != r->sent || !rep || rep->type != REDIS_REPLY_ERROR) return;
+    log_warn("bus: sentinel refused AUTH", "{s:s}", "error", rep->str ? rep->str : "");
+    rb_sentinel_next(r, "AUTH refused");
+}
+
+static void rb_on_sentinel_master(redisAsyncContext *c, void *reply, void *privdata)
+{
+    bus_redis_t *r = privdata;
+    redisReply *rep = reply;
+    if (c != r->sent || r->state != RB_CONNECTING) return;
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 || rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_STRING) {
+        rb_sentinel_next(r, rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "unknown master name");
+        return;
+    }
+    char *end;
+    long port = strtol(rep->element[1]->str, &end, 10);
+    if (*end || port < 1 || port > 65535) {
+        rb_sentinel_next(r, "bad port");
+        return;
+    }
+    free(r->target_host);
+    r->target_host = xstrdup(rep->element[0]->str);
+    r->target_port = (int)port;
+    r->asking = 0;
+    r->sent = NULL;
+    redisAsyncFree(c);             /* freed by hiredis once this callback returns */
+    log_debug("bus: sentinel named the master", "{s:s, s:s, s:i}", "master", r->sentinel_master, "host",
+              r->target_host, "port", r->target_port);
+    rb_resolve(r, r->target_host);
+}
+
+/* The address of this try's next step is known: a sentinel to ask, or the server. */
+static void rb_resolved(bus_redis_t *r, const char *ip)
+{
+    if (!r->asking) {
+        rb_link_connect(r, ip);
+        return;
+    }
+    const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
+    snprintf(r->sentinel_ip, sizeof r->sentinel_ip, "%s", ip);
+    r->sent = rb_ctx_open(r, ip, s->port);
+    if (!r->sent) {
+        rb_sentinel_next(r, "connect failed");
+        return;
+    }
+    if (r->sentinel_password) {
+        const char *argv[2] = {"AUTH", r->sentinel_password};
+        size_t len[2] = {4, strlen(r->sentinel_password)};
+        redisAsyncCommandArgv(r->sent, rb_on_sentinel_auth, r, 2, argv, len);
+    }
+    const char *argv[3] = {"SENTINEL", "get-master-addr-by-name", r->sentinel_master};
+    size_t len[3] = {8, 23, strlen(r->sentinel_master)};
+    if (redisAsyncCommandArgv(r->sent, rb_on_sentinel_master, r, 3, argv, len) != REDIS_OK)
+        rb_sentinel_next(r, "send failed");
 }
 
 static void rb_heartbeat(bus_redis_t *r);
 static void rb_presence_sync_all(bus_redis_t *r);
+static void rb_conns_sync(bus_redis_t *r);
+
+/* Writes the connection mirror again (the hash may be gone: expired, or Redis restarted). */
+static void rb_conns_sync(bus_redis_t *r)
+{
+    rb_req_t *q = rb_req_new(r, -1, rb_done_free);
+    q->op = METRICS_BUS_OP_HEARTBEAT;
+    rb_req_str(q, "DEL");
+    rb_req_str(q, r->key_conns);
+    (void)rb_req_submit(q);
+    size_t i;
+    q = NULL;
+    for (map_entry_t *e = map_first(&r->conns, &i); e; e = map_next(&r->conns, e, &i)) {
+        if (!q) {
+            q = rb_req_new(r, -1, rb_done_free);
+            q->op = METRICS_BUS_OP_HEARTBEAT;
+            rb_req_str(q, "HSET");
+            rb_req_str(q, r->key_conns);
+        }
+        rb_req_str(q, e->key);
+        rb_req_str(q, "1");
+        if (q->argc >= 2 + 2 * 512) {   /* bounded commands */
+            (void)rb_req_submit(q);
+            q = NULL;
+        }
+    }
+    if (q) (void)rb_req_submit(q);
+}
+
+/* +switch-master from the sentinel: a failover chose another master; go there now rather
+ * than at the old one's first READONLY. "name oldip oldport newip newport". */
+static void rb_on_switch(redisAsyncContext *c, void *reply, void *privdata)
+{
+    bus_redis_t *r = privdata;
+    redisReply *rep = reply;
+    if (!rep || c != r->watch || r->state != RB_UP || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
+        rep->element[0]->type != REDIS_REPLY_STRING || strcmp(rep->element[0]->str, "message") ||
+        rep->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    const char *msg = rep->element[2]->str;
+    size_t n = strlen(r->sentinel_master);
+    if (strncmp(msg, r->sentinel_master, n) || msg[n] != ' ') return;
+    char newhost[256] = "";
+    int newport = 0;
+    if (sscanf(msg + n, " %*s %*d %255s %d", newhost, &newport) != 2) return;
+    if (newport == r->target_port && !strcmp(newhost, r->target_host)) return;
+    log_info("bus: sentinel switched the master", "{s:s, s:s, s:i}", "master", r->sentinel_master, "host", newhost,
+             "port", newport);
+    rb_link_fail(r, GW_EDOWN, "failover (+switch-master)");
+}
+
+static void rb_sentinel_watch(bus_redis_t *r)
+{
+    if (r->watch || !r->sentinel_ip[0]) return;
+    const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
+    r->watch = rb_ctx_open(r, r->sentinel_ip, s->port);
+    if (!r->watch) return;
+    if (r->sentinel_password) {
+        const char *argv[2] = {"AUTH", r->sentinel_password};
+        size_t len[2] = {4, strlen(r->sentinel_password)};
+        redisAsyncCommandArgv(r->watch, NULL, NULL, 2, argv, len);
+    }
+    const char *argv[2] = {"SUBSCRIBE", "+switch-master"};
+    size_t len[2] = {9, 14};
+    redisAsyncCommandArgv(r->watch, rb_on_switch, r, 2, argv, len);
+}
 
 static void rb_maybe_up(bus_redis_t *r)
 {
@@ -732,9 +1151,12 @@ static void rb_maybe_up(bus_redis_t *r)
     if (r->ever_up) RB_STAT_ADD(r, reconnects, 1);
     r->ever_up = 1;
     RB_STAT_SET(r, up, 1);
-    log_info("bus: redis link up", "{s:s, s:i, s:s}", "host", r->url.host, "port", r->url.port, "node", r->base.node);
+    log_info("bus: redis link up", "{s:s, s:i, s:s}", "host", r->target_host, "port", r->target_port, "node",
+             r->base.node);
     r->hb_first = 1;
     r->ping_sent_ms = 0;
+    if (r->nsentinels) rb_sentinel_watch(r);
+    rb_conns_sync(r);
     rb_heartbeat(r);
     rb_presence_sync_all(r);
     if (r->base.on.status) r->base.on.status(r->base.arg, 1);
@@ -744,11 +1166,13 @@ static void rb_link_fail(bus_redis_t *r, int status, const char *why)
 {
     if (r->state != RB_CONNECTING && r->state != RB_UP) return;
     int was_up = r->state == RB_UP;
+    RB_STAT_ADD(r, errors[METRICS_BUS_OP_LINK], 1);
     log_write(was_up || r->attempt == 0 ? LOG_WARN : LOG_DEBUG, "bus: redis link down", "{s:s, s:s, s:i}", "reason",
-              why, "host", r->url.host, "port", r->url.port);
+              why, "host", r->target_host ? r->target_host : r->url.host, "port", r->target_port);
     if (was_up || r->attempt == 0) {   /* as the warning: a link's first failure, not each retry */
         char msg[512];
-        snprintf(msg, sizeof msg, "redis link down (%s:%d): %s", r->url.host, r->url.port, why);
+        snprintf(msg, sizeof msg, "redis link down (%s:%d): %s", r->target_host ? r->target_host : r->url.host,
+                 r->target_port, why);
         report_t rep = {.kind = "bus_error", .level = "error", .message = msg, .hook = "redis", .worker = -1};
         report_emit(&rep);
     }
@@ -768,8 +1192,10 @@ static void rb_post_finish(rb_req_t *q, int status);
 /* Drops both connections; every request they owed fails with fail_status. */
 static void rb_link_teardown(bus_redis_t *r)
 {
-    redisAsyncContext *cmd = r->cmd, *sub = r->sub;
-    r->cmd = r->sub = NULL;
+    redisAsyncContext *cmd = r->cmd, *sub = r->sub, *sent = r->sent, *watch = r->watch;
+    r->cmd = r->sub = r->sent = r->watch = NULL;
+    if (sent) redisAsyncFree(sent);
+    if (watch) redisAsyncFree(watch);
     r->cmd_ready = 0;
     r->sub_base_pending = 0;
     r->ping_sent_ms = 0;
@@ -780,6 +1206,7 @@ static void rb_link_teardown(bus_redis_t *r)
         room->subs_pending = 0;
         room->confirmed = 0;
     }
+    rb_waiting_flush(r, NULL, r->fail_status ? r->fail_status : GW_EDOWN);
     /* posts that Redis did take but whose own message never came back: they happened */
     while (!rb_list_empty(&r->echo)) rb_post_finish(rb_container_of(r->echo.next, rb_req_t, echo), 0);
     for (rb_list_t *l = r->rooms.next, *next; l != &r->rooms; l = next) {
@@ -866,6 +1293,7 @@ static void rb_heartbeat(bus_redis_t *r)
     uint64_t now = uv_now(r->loop);
     r->last_hb_ms = now;
     rb_req_t *q = rb_req_new(r, -1, rb_done_heartbeat);
+    q->op = METRICS_BUS_OP_HEARTBEAT;
     rb_req_str(q, "SET");
     rb_req_str(q, r->key_node);
     rb_req_fmt(q, "%" PRIu64, now);
@@ -873,8 +1301,14 @@ static void rb_heartbeat(bus_redis_t *r)
     rb_req_fmt(q, "%ld", r->ttl_ms);
     rb_req_str(q, "GET");
     (void)rb_req_submit(q);
+    q = rb_req_script(r, RB_ALIVE, 2, rb_done_free);
+    rb_req_str(q, RB_KEY_NODES);
+    rb_req_str(q, r->key_conns);
+    rb_req_str(q, r->base.node);
+    rb_req_fmt(q, "%ld", r->ttl_ms);
+    (void)rb_req_submit(q);
     if (!r->ping_sent_ms) {
-        rb_req_t *p = rb_req_new(r, -1, rb_done_free);
+        rb_req_t *p = rb_req_new(r, -1, rb_done_free);   /* the subscriber's probe: the link's */
         rb_req_str(p, "PUBLISH");
         rb_req_str(p, r->chan_ping);
         buf_t env;
@@ -891,19 +1325,24 @@ static void rb_heartbeat(bus_redis_t *r)
  * one heartbeat period. */
 static void rb_reap(bus_redis_t *r)
 {
-    buf_t key;
-    buf_init(&key);
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
         rb_room_t *room = rb_container_of(l, rb_room_t, link);
         if (!room->wanted) continue;
-        rb_req_t *q = rb_req_script(r, RB_PLIST, 1, rb_done_free);
-        rb_key(&key, room->name, "presence");
-        rb_req_arg(q, key.data, key.len);
+        rb_req_t *q = rb_req_script(r, RB_PLIST, RB_PRESENCE_KEYS, rb_done_free);
+        rb_req_presence_keys(q, room->name);
         rb_req_str(q, room->chan);
         rb_req_str(q, RB_KEY_NODE);
+        rb_req_fmt(q, "%ld", room->nmembers ? r->room_ttl_ms : 0);   /* our members keep it alive */
         (void)rb_req_submit(q);
     }
-    buf_free(&key);
+}
+
+/* Whether a read has waited for its room's SUBSCRIBE longer than command_timeout_ms. */
+static int rb_waiting_late(const bus_redis_t *r, uint64_t now)
+{
+    if (rb_list_empty(&r->waiting)) return 0;
+    const rb_req_t *q = rb_container_of(r->waiting.next, rb_req_t, wait);
+    return now - q->sent_ms > (uint64_t)r->command_timeout_ms;
 }
 
 static void rb_on_tick(uv_timer_t *t)
@@ -923,6 +1362,10 @@ static void rb_on_tick(uv_timer_t *t)
         }
     }
     if (r->state != RB_UP) return;
+    if (rb_waiting_late(r, now)) {
+        rb_link_fail(r, GW_ETIMEDOUT, "subscribe timeout");
+        return;
+    }
     if (r->ping_sent_ms && now - r->ping_sent_ms > (uint64_t)r->command_timeout_ms) {
         rb_link_fail(r, GW_ETIMEDOUT, "subscriber connection silent");
         return;
@@ -1085,7 +1528,10 @@ static void rb_on_sub_msg(redisAsyncContext *c, void *reply, void *privdata)
         if (!room) return;
         if (sub) {
             if (room->subs_pending) room->subs_pending--;
-            if (room->wanted && !room->subs_pending) room->confirmed = 1;
+            if (room->wanted && !room->subs_pending) {
+                room->confirmed = 1;
+                rb_waiting_flush(r, room->name, 0);
+            }
             rb_room_release(r, room);
         } else {
             room->confirmed = 0;
@@ -1118,6 +1564,7 @@ static int rb_room_unsubscribe(bus_t *b, const char *name)
     if (!room || !room->wanted) return 0;
     room->wanted = 0;
     room->confirmed = 0;
+    rb_waiting_flush(r, name, 0);
     if (r->sub && (r->state == RB_CONNECTING || r->state == RB_UP)) {
         const char *argv[2] = {"UNSUBSCRIBE", room->chan};
         size_t len[2] = {11, strlen(room->chan)};
@@ -1147,6 +1594,7 @@ static int rb_envelope_publish(bus_redis_t *r, const char *chan, char kind, cons
 {
     if (r->state != RB_UP) return GW_EDOWN;
     rb_req_t *q = rb_req_new(r, -1, rb_done_published);
+    q->op = METRICS_BUS_OP_PUBLISH;
     rb_req_str(q, "PUBLISH");
     rb_req_str(q, chan);
     buf_t env;
@@ -1175,7 +1623,7 @@ static int rb_direct_publish(bus_t *b, const char *to, const void *payload, size
     return rb_envelope_publish(r, RB_CHAN_DIRECT, 'd', to, payload, len);
 }
 
-#define RB_POST_HEAD 9             /* argv index of the payload's head (see rb_room_post) */
+#define RB_POST_HEAD 10            /* argv index of the payload's head (see rb_room_post) */
 
 /* Ends a post: the callback (unless closing), then the request once Redis no longer owes
  * its answer. */
@@ -1222,8 +1670,9 @@ static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t 
     if (id_at > len) return GW_EINVAL;
     if (r->state != RB_UP) return GW_EDOWN;
 
-    rb_req_t *q = rb_req_script(r, RB_POST, 3, rb_done_post);
+    rb_req_t *q = rb_req_script(r, RB_POST, 4, rb_done_post);
     rb_req_history_keys(q, name);
+    rb_req_key(q, name, "presence");
     char *chan = rb_strcat(RB_CHAN_ROOM, name);
     rb_req_str(q, chan);
     free(chan);
@@ -1235,6 +1684,7 @@ static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t 
     rb_req_fmt(q, "%ld", r->history_size);
     char epoch[13];
     rb_req_str(q, hex_random(epoch, 6));
+    rb_req_fmt(q, "%ld", r->room_ttl_ms);
 
     q->room = xstrdup(name);
     q->cb.post = cb;
@@ -1256,14 +1706,11 @@ static void rb_done_presence(rb_req_t *q, redisReply *rep, int status)
 
 static void rb_presence_sync(bus_redis_t *r, rb_room_t *room, int leave_all)
 {
-    rb_req_t *q = rb_req_script(r, RB_PSYNC, 1, rb_done_presence);
-    buf_t key;
-    buf_init(&key);
-    rb_key(&key, room->name, "presence");
-    rb_req_arg(q, key.data, key.len);
-    buf_free(&key);
+    rb_req_t *q = rb_req_script(r, RB_PSYNC, RB_PRESENCE_KEYS, rb_done_presence);
+    rb_req_presence_keys(q, room->name);
     rb_req_str(q, room->chan);
     rb_req_str(q, r->base.node);
+    rb_req_fmt(q, "%ld", r->room_ttl_ms);
     for (size_t i = 0; !leave_all && i < room->nmembers; i++) {
         rb_req_str(q, room->members[i].id);
         rb_req_str(q, room->members[i].json);
@@ -1283,9 +1730,55 @@ static void rb_presence_sync_all(bus_redis_t *r)
     }
 }
 
+static void rb_done_join(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    int admitted = 1;
+    if (!status && rep->type != REDIS_REPLY_INTEGER) status = GW_EREPLY;
+    if (!status && rep->integer < 0) {   /* full: forget it, Redis never had it */
+        admitted = 0;
+        rb_room_t *room = rb_room_get(r, q->room);
+        rb_member_t *mm = room ? rb_room_member(room, q->argv[q->argc - 4]) : NULL;
+        if (mm) {
+            free(mm->id);
+            free(mm->json);
+            size_t i = (size_t)(mm - room->members);
+            memmove(mm, mm + 1, (room->nmembers - i - 1) * sizeof *mm);
+            room->nmembers--;
+        }
+    } else if (status && rb_alive(r)) {
+        rb_room_open(r, q->room)->dirty = 1;   /* sync on the next up */
+    }
+    bus_join_cb cb = q->cb.join;
+    void *arg = q->arg;
+    char *name = q->room;
+    q->room = NULL;
+    rb_req_free(q);
+    if (rb_alive(r) && cb) cb(arg, status, admitted);
+    rb_room_t *room = rb_alive(r) ? rb_room_get(r, name) : NULL;
+    if (room) rb_room_release(r, room);
+    free(name);
+}
+
+static int rb_presence_put(bus_redis_t *r, const char *name, const bus_member_t *m, long max, bus_join_cb cb,
+                           void *arg);
+
 static int rb_presence_add(bus_t *b, const char *name, const bus_member_t *m)
 {
+    return rb_presence_put((bus_redis_t *)b, name, m, 0, NULL, NULL);
+}
+
+static int rb_presence_join(bus_t *b, const char *name, const bus_member_t *m, long max, bus_join_cb cb, void *arg)
+{
     bus_redis_t *r = (bus_redis_t *)b;
+    if (r->state != RB_UP) return GW_EDOWN;
+    return rb_presence_put(r, name, m, max > 0 ? max : 0, cb, arg);
+}
+
+/* Adds m to the mirror and, when up, to the shared presence (capped at max with cb: a join). */
+static int rb_presence_put(bus_redis_t *r, const char *name, const bus_member_t *m, long max, bus_join_cb cb,
+                           void *arg)
+{
     if (!rb_alive(r)) return GW_EDOWN;
     if (!m || !m->id || !m->name) return GW_EINVAL;
     json_t *o = json_pack("{s:s, s:s, s:b}", "id", m->id, "name", m->name, "muted", m->muted);
@@ -1305,18 +1798,22 @@ static int rb_presence_add(bus_t *b, const char *name, const bus_member_t *m)
         room->members[room->nmembers++] = (rb_member_t){xstrdup(m->id), xstrdup(json)};
     }
     if (r->state == RB_UP) {
-        rb_req_t *q = rb_req_script(r, RB_PADD, 1, rb_done_presence);
-        buf_t key;
-        buf_init(&key);
-        rb_key(&key, name, "presence");
-        rb_req_arg(q, key.data, key.len);
-        buf_free(&key);
+        rb_req_t *q = rb_req_script(r, RB_PADD, RB_PRESENCE_KEYS, cb ? rb_done_join : rb_done_presence);
+        rb_req_presence_keys(q, name);
         rb_req_str(q, room->chan);
         rb_req_str(q, r->base.node);
-        rb_req_str(q, m->id);
+        rb_req_str(q, m->id);                     /* argc - 4: rb_done_join finds it there */
         rb_req_str(q, json);
+        rb_req_fmt(q, "%ld", r->room_ttl_ms);
+        rb_req_fmt(q, "%ld", max);
         q->room = xstrdup(name);
-        if (rb_req_submit(q) < 0) room->dirty = 1;
+        q->cb.join = cb;
+        q->arg = arg;
+        if (rb_req_submit(q) < 0) {
+            room->dirty = 1;
+            free(json);
+            return cb ? GW_EDOWN : 0;    /* a join that cannot be asked: the caller falls back */
+        }
     } else {
         room->dirty = 1;
     }
@@ -1338,15 +1835,12 @@ static int rb_presence_remove(bus_t *b, const char *name, const char *member_id)
     memmove(mm, mm + 1, (room->nmembers - i - 1) * sizeof *mm);
     room->nmembers--;
     if (r->state == RB_UP) {
-        rb_req_t *q = rb_req_script(r, RB_PREMOVE, 1, rb_done_presence);
-        buf_t key;
-        buf_init(&key);
-        rb_key(&key, name, "presence");
-        rb_req_arg(q, key.data, key.len);
-        buf_free(&key);
+        rb_req_t *q = rb_req_script(r, RB_PREMOVE, RB_PRESENCE_KEYS, rb_done_presence);
+        rb_req_presence_keys(q, name);
         rb_req_str(q, room->chan);
         rb_req_str(q, r->base.node);
         rb_req_str(q, member_id);
+        rb_req_fmt(q, "%ld", r->room_ttl_ms);
         q->room = xstrdup(name);
         if (rb_req_submit(q) < 0) room->dirty = 1;
     } else {
@@ -1389,19 +1883,16 @@ static int rb_presence_list(bus_t *b, const char *name, bus_members_cb cb, void 
 {
     bus_redis_t *r = (bus_redis_t *)b;
     if (r->state != RB_UP) return GW_EDOWN;
-    rb_req_t *q = rb_req_script(r, RB_PLIST, 1, rb_done_list);
-    buf_t key;
-    buf_init(&key);
-    rb_key(&key, name, "presence");
-    rb_req_arg(q, key.data, key.len);
-    buf_free(&key);
+    rb_req_t *q = rb_req_script(r, RB_PLIST, RB_PRESENCE_KEYS, rb_done_list);
+    rb_req_presence_keys(q, name);
     char *chan = rb_strcat(RB_CHAN_ROOM, name);
     rb_req_str(q, chan);
     free(chan);
     rb_req_str(q, RB_KEY_NODE);
+    rb_req_str(q, "0");            /* a look: the API's or a snapshot's; joins touch through presence */
     q->cb.members = cb;
     q->arg = arg;
-    if (rb_req_submit(q) < 0) return GW_EDOWN;
+    if (rb_req_submit_read(q, name) < 0) return GW_EDOWN;
     return 0;
 }
 
@@ -1451,7 +1942,7 @@ static int rb_history_range(bus_t *b, const char *name, const proto_id_t *since,
     rb_req_fmt(q, "%ld", r->history_size);
     q->cb.history = cb;
     q->arg = arg;
-    if (rb_req_submit(q) < 0) return GW_EDOWN;
+    if (rb_req_submit_read(q, name) < 0) return GW_EDOWN;
     return 0;
 }
 
@@ -1487,18 +1978,141 @@ static int rb_limit_take(bus_t *b, const char *key, double rate, double burst, b
     return 0;
 }
 
+/* connections and direct frames */
+
+static int rb_conn_add(bus_t *b, const char *id)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (!rb_alive(r)) return GW_EDOWN;
+    if (map_get(&r->conns, id)) return 0;
+    map_set(&r->conns, id, (void *)1);
+    if (r->state != RB_UP) return 0;  /* rb_conns_sync on the way up */
+    rb_req_t *q = rb_req_new(r, -1, rb_done_free);
+    q->op = METRICS_BUS_OP_PRESENCE;
+    rb_req_str(q, "HSET");
+    rb_req_str(q, r->key_conns);
+    rb_req_str(q, id);
+    rb_req_str(q, "1");
+    /* on the socket now, before the welcome the caller sends next: a dm from a client that
+     * heard of this connection must find it registered */
+    if (rb_req_submit(q) == 0 && r->cmd) redisAsyncHandleWrite(r->cmd);
+    return 0;
+}
+
+static int rb_conn_remove(bus_t *b, const char *id)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (!rb_alive(r)) return GW_EDOWN;
+    if (!map_get(&r->conns, id)) return 0;
+    map_del(&r->conns, id);
+    if (r->state != RB_UP) return 0;
+    rb_req_t *q = rb_req_new(r, -1, rb_done_free);
+    q->op = METRICS_BUS_OP_PRESENCE;
+    rb_req_str(q, "HDEL");
+    rb_req_str(q, r->key_conns);
+    rb_req_str(q, id);
+    (void)rb_req_submit(q);
+    return 0;
+}
+
+static void rb_done_direct(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    if (!status && rep->type != REDIS_REPLY_INTEGER) status = GW_EREPLY;
+    int delivered = !status && rep->integer == 1;
+    if (delivered) RB_STAT_ADD(r, published, 1);
+    if (rb_alive(r) && q->cb.sent) q->cb.sent(q->arg, status, delivered);
+    rb_req_free(q);
+}
+
+static int rb_direct_send(bus_t *b, const char *to, const void *payload, size_t len, bus_sent_cb cb, void *arg)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (strchr(to, '\n')) return GW_EINVAL;
+    if (r->state != RB_UP) return GW_EDOWN;
+    rb_req_t *q = rb_req_script(r, RB_DIRECT, 1, rb_done_direct);
+    rb_req_str(q, RB_KEY_NODES);
+    rb_req_str(q, RB_KEY_CONNS);
+    rb_req_str(q, to);
+    rb_req_str(q, RB_CHAN_DIRECT);
+    buf_t env;
+    buf_init(&env);
+    buf_printf(&env, "d\n%s\n\n%s\n", r->base.node, to);
+    buf_append(&env, payload, len);
+    rb_req_arg(q, env.data, env.len);
+    buf_free(&env);
+    q->cb.sent = cb;
+    q->arg = arg;
+    return rb_req_submit(q);
+}
+
+/* node reports (the cluster-wide API) */
+
+static int rb_node_report(bus_t *b, const char *report, size_t len)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (r->state != RB_UP) return GW_EDOWN;
+    rb_req_t *q = rb_req_script(r, RB_REPORT, 2, rb_done_free);
+    rb_req_str(q, RB_KEY_NODES);
+    char *k = rb_strcat(RB_KEY_REPORT, r->base.node);
+    rb_req_str(q, k);
+    free(k);
+    rb_req_str(q, r->base.node);
+    rb_req_arg(q, report, len);
+    rb_req_fmt(q, "%ld", r->ttl_ms);
+    return rb_req_submit(q);
+}
+
+static void rb_done_reports(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    if (!status && rep->type != REDIS_REPLY_ARRAY) status = GW_EREPLY;
+    size_t n = 0, cap = status ? 0 : rep->elements;
+    const char **items = xcalloc(cap + 1, sizeof *items);
+    size_t *lens = xcalloc(cap + 1, sizeof *lens);
+    for (size_t i = 0; i < cap; i++) {
+        if (rep->element[i]->type != REDIS_REPLY_STRING) continue;
+        items[n] = rep->element[i]->str;
+        lens[n++] = rep->element[i]->len;
+    }
+    if (rb_alive(r) && q->cb.strings) q->cb.strings(q->arg, status, status ? NULL : items, lens, n);
+    free(items);
+    free(lens);
+    rb_req_free(q);
+}
+
+static int rb_node_reports(bus_t *b, bus_strings_cb cb, void *arg)
+{
+    bus_redis_t *r = (bus_redis_t *)b;
+    if (r->state != RB_UP) return GW_EDOWN;
+    rb_req_t *q = rb_req_script(r, RB_REPORTS, 1, rb_done_reports);
+    rb_req_str(q, RB_KEY_NODES);
+    rb_req_str(q, RB_KEY_REPORT);
+    q->cb.strings = cb;
+    q->arg = arg;
+    return rb_req_submit(q);
+}
+
 /* ---- close ---- */
 
 static void rb_destroy(bus_redis_t *r)
 {
     while (!rb_list_empty(&r->echo)) rb_req_free(rb_container_of(r->echo.next, rb_req_t, echo));
     while (!rb_list_empty(&r->pending)) rb_req_free(rb_container_of(r->pending.next, rb_req_t, pending));
+    while (!rb_list_empty(&r->waiting)) rb_req_free(rb_container_of(r->waiting.next, rb_req_t, wait));
     while (!rb_list_empty(&r->rooms)) rb_room_destroy(r, rb_container_of(r->rooms.next, rb_room_t, link));
     map_free(&r->room_map);
     bus_url_free(&r->url);
     free(r->password);
     free(r->chan_ping);
     free(r->key_node);
+    free(r->key_conns);
+    map_free(&r->conns);
+    for (size_t i = 0; i < r->nsentinels; i++) bus_url_free(&r->sentinels[i]);
+    free(r->sentinels);
+    free(r->sentinel_master);
+    free(r->sentinel_password);
+    free(r->target_host);
     free(r);
 }
 
@@ -1510,7 +2124,7 @@ static void rb_on_handle_closed(uv_handle_t *h)
 
 static void rb_close_maybe_finish(bus_redis_t *r)
 {
-    if (!r->close_started || r->cmd || r->sub || r->gai_busy || r->handles_closing) return;
+    if (!r->close_started || r->cmd || r->sub || r->sent || r->watch || r->gai_busy || r->handles_closing) return;
     r->handles_closing = 1;
     uv_close((uv_handle_t *)&r->tick, rb_on_handle_closed);
     uv_close((uv_handle_t *)&r->retry, rb_on_handle_closed);
@@ -1523,6 +2137,16 @@ static void rb_close_step(bus_redis_t *r)
 {
     if (r->close_started) return;
     r->close_started = 1;
+    if (r->sent) {
+        redisAsyncContext *c = r->sent;
+        r->sent = NULL;
+        redisAsyncFree(c);
+    }
+    if (r->watch) {
+        redisAsyncContext *c = r->watch;
+        r->watch = NULL;
+        redisAsyncFree(c);
+    }
     if (r->sub) {
         redisAsyncContext *c = r->sub;
         r->sub = NULL;
@@ -1536,6 +2160,15 @@ static void rb_close_step(bus_redis_t *r)
         rb_req_t *q = rb_req_new(r, -1, rb_done_free);
         rb_req_str(q, "DEL");
         rb_req_str(q, r->key_node);
+        (void)rb_req_submit(q);
+        q = rb_req_new(r, -1, rb_done_free);
+        rb_req_str(q, "DEL");
+        rb_req_str(q, r->key_conns);
+        (void)rb_req_submit(q);
+        q = rb_req_new(r, -1, rb_done_free);
+        rb_req_str(q, "ZREM");
+        rb_req_str(q, RB_KEY_NODES);
+        rb_req_str(q, r->base.node);
         (void)rb_req_submit(q);
         redisAsyncDisconnect(r->cmd);   /* after the answers; rb_on_ctx_disconnect then */
         if (r->cmd) uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->command_timeout_ms, 0);
@@ -1678,6 +2311,40 @@ static char *rb_password_read(const char *path, char *err, size_t errlen)
     return xstrndup(buf, n);
 }
 
+/* "host:port,host:port" into an array of addresses (port 26379 when left out). */
+static int rb_sentinels_parse(const char *list, bus_url_t **out, size_t *n, char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    const char *p = list;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        char item[512];
+        if (len == 0 || len >= sizeof item - 9) {
+            snprintf(err, errlen, "redis_sentinels: must be host:port,host:port");
+            return GW_EINVAL;
+        }
+        snprintf(item, sizeof item, "redis://%.*s", (int)len, p);
+        bus_url_t u;
+        char why[256];
+        if (bus_url_parse(item, &u, why, sizeof why) < 0 || u.user || u.password || u.db) {
+            bus_url_free(&u);
+            snprintf(err, errlen, "redis_sentinels: \"%.*s\" is not host:port", (int)len, p);
+            return GW_EINVAL;
+        }
+        if (!strchr(item + 8, ':') || item[strlen(item) - 1] == ']') u.port = 26379;
+        *out = xrealloc(*out, (*n + 1) * sizeof **out);
+        (*out)[(*n)++] = u;
+        p += len;
+        if (*p == ',') p++;
+    }
+    if (!*n) {
+        snprintf(err, errlen, "redis_sentinels: no sentinel given");
+        return GW_EINVAL;
+    }
+    return 0;
+}
+
 static const bus_ops_t rb_ops = {
     .room_subscribe = rb_room_subscribe,
     .room_unsubscribe = rb_room_unsubscribe,
@@ -1689,6 +2356,12 @@ static const bus_ops_t rb_ops = {
     .presence_list = rb_presence_list,
     .history_range = rb_history_range,
     .limit_take = rb_limit_take,
+    .node_report = rb_node_report,
+    .node_reports = rb_node_reports,
+    .presence_join = rb_presence_join,
+    .conn_add = rb_conn_add,
+    .conn_remove = rb_conn_remove,
+    .direct_send = rb_direct_send,
     .free = rb_free,
 };
 
@@ -1716,7 +2389,25 @@ int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers
         password = xstrdup(url.password);
     }
 
+    bus_url_t *sentinels = NULL;
+    size_t nsentinels = 0;
+    char *sentinel_password = NULL;
+    if (opts->sentinels && *opts->sentinels &&
+        (rb_sentinels_parse(opts->sentinels, &sentinels, &nsentinels, err, errlen) < 0 ||
+         (opts->sentinel_password_file && *opts->sentinel_password_file &&
+          !(sentinel_password = rb_password_read(opts->sentinel_password_file, err, errlen))))) {
+        for (size_t i = 0; i < nsentinels; i++) bus_url_free(&sentinels[i]);
+        free(sentinels);
+        free(password);
+        bus_url_free(&url);
+        return GW_EINVAL;
+    }
+
     bus_redis_t *r = xcalloc(1, sizeof *r);
+    r->sentinels = sentinels;
+    r->nsentinels = nsentinels;
+    r->sentinel_password = sentinel_password;
+    r->sentinel_master = xstrdup(opts->sentinel_master ? opts->sentinel_master : "");
     r->base.ops = &rb_ops;
     r->base.kind = "redis";
     if (on) r->base.on = *on;
@@ -1732,15 +2423,19 @@ int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers
     if (r->backoff_max_ms < r->backoff_min_ms) r->backoff_max_ms = r->backoff_min_ms;
     r->ttl_ms = opts->presence_ttl_ms;
     r->history_size = opts->history_size > 0 ? opts->history_size : 0;
+    r->room_ttl_ms = opts->room_ttl_ms > 0 ? opts->room_ttl_ms : 0;
     r->hb_ms = r->ttl_ms / 3 > 0 ? r->ttl_ms / 3 : 1;
     r->tick_ms = r->hb_ms < 100 ? r->hb_ms : 100;
     r->chan_ping = rb_strcat(RB_CHAN_PING, r->base.node);
     r->key_node = rb_strcat(RB_KEY_NODE, r->base.node);
+    r->key_conns = rb_strcat(RB_KEY_CONNS, r->base.node);
+    map_init(&r->conns);
     for (int i = 0; i < RB_SCRIPTS; i++) rb_sha1_hex(rb_scripts[i], r->sha[i]);
     map_init(&r->room_map);
     rb_list_init(&r->rooms);
     rb_list_init(&r->pending);
     rb_list_init(&r->echo);
+    rb_list_init(&r->waiting);
 
     uv_timer_init(loop, &r->tick);
     uv_timer_init(loop, &r->retry);

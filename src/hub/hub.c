@@ -348,7 +348,11 @@ static int hub_room_join(hub_t *hub, hub_client_t *cl, const char *name, const c
     cl->rooms = xrealloc(cl->rooms, (cl->nrooms + 1) * sizeof *cl->rooms);
     cl->rooms[cl->nrooms++] = r;
     METRIC_INC(hub->gw->metrics.room_members);
-    hub_presence_publish(hub, r, cl, 0);
+    if (hub->remote) {             /* recorded under max_room_members across replicas; then the join event */
+        hub_presence_join(hub, r, cl);
+        hub_snapshot_start(hub, r, cl, since);
+        return 0;
+    }
     hub_snapshot_start(hub, r, cl, since);
     hub_room_send(hub, r, proto_presence("join", r->name, cl->id, cl->name, 0), cl, NULL);
     log_debug("join", "{s:s, s:s, s:s}", "client", cl->id, "room", r->name, "ip", cl->ip);
@@ -369,7 +373,20 @@ static int hub_join_or_error(hub_t *hub, hub_client_t *cl, const char *room, con
     return 0;
 }
 
-static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
+static void hub_room_leave_as(hub_t *hub, hub_client_t *cl, hub_room_t *r, int announced);
+
+void hub_room_refuse(hub_t *hub, hub_client_t *cl, hub_room_t *r)
+{
+    json_t *ref = json_string(r->name);
+    hub_room_leave_as(hub, cl, r, 0);
+    hub_send_error(hub, cl, "room_full", "the room or your room count is at its limit", ref, METRICS_DROP_ROOM_FULL);
+    json_decref(ref);
+}
+
+static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r) { hub_room_leave_as(hub, cl, r, 1); }
+
+/* announced: the room's members were told of the join (so now of the leave). */
+static void hub_room_leave_as(hub_t *hub, hub_client_t *cl, hub_room_t *r, int announced)
 {
     for (size_t i = 0; i < r->nmembers; i++)
         if (r->members[i].client == cl) {   /* keep join order: gw.members promises it */
@@ -385,7 +402,8 @@ static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
         }
     METRIC_SUB(hub->gw->metrics.room_members, 1);
     if (hub->remote) bus_presence_remove(hub->bus, r->name, cl->id);
-    if (r->nmembers) hub_room_send(hub, r, proto_presence("leave", r->name, cl->id, cl->name, 0), NULL, NULL);
+    if (r->nmembers && announced)
+        hub_room_send(hub, r, proto_presence("leave", r->name, cl->id, cl->name, 0), NULL, NULL);
     if (hub->gw->policy) {
         policy_conn_t pc = hub_pconn(cl, NULL);
         policy_on_leave(hub->gw->policy, &pc, r->name);
@@ -482,6 +500,9 @@ static int hub_direct_publish(hub_t *hub, const char *to, sbuf_t *payload)
 static void hub_handle_dm(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
 {
     hub_client_t *to = hub_client_find(hub, in->to);
+    if (!to && hub->remote && hub_dm_send(hub, cl, in->to, proto_dm(cl->id, cl->name, in->text, hub_wall_ms()),
+                                          in->cid) == 0)
+        return;                    /* acked, or unknown_peer, once Redis says whether a node holds it */
     if (!to && hub_direct_publish(hub, in->to, proto_dm(cl->id, cl->name, in->text, hub_wall_ms())) == 0) {
         if (in->cid) hub_send(hub, cl, proto_ack(in->cid, NULL));   /* sent; the peer may be anywhere */
         return;
@@ -773,6 +794,7 @@ void hub_attach(gw_t *gw, conn_t *c)
     cl->tokens = (double)gw->cfg.rate_burst;
     cl->tokens_ms = gw_now_ms(gw);
     map_set(&hub->clients, cl->id, cl);
+    if (hub->remote) bus_conn_add(hub->bus, cl->id);   /* a dm target for the other replicas */
     __atomic_add_fetch(&gw->chat_clients, 1, __ATOMIC_RELAXED);
     const char *version = gw->policy ? policy_version(gw->policy) : "";
     hub_send(hub, cl, proto_welcome(cl->id, cl->name, "chatgw/" CHATGW_VERSION, version));
@@ -796,6 +818,7 @@ void hub_detach(gw_t *gw, conn_t *c)
     while (cl->nrooms) hub_room_leave(hub, cl, cl->rooms[cl->nrooms - 1]);
     if (gw->policy) policy_conn_forget(gw->policy, cl->id);
     map_del(&hub->clients, cl->id);
+    if (hub->remote) bus_conn_remove(hub->bus, cl->id);
     __atomic_sub_fetch(&gw->chat_clients, 1, __ATOMIC_RELAXED);
     server_conn_data_set(c, NULL);
     hub_client_free(cl);
@@ -935,6 +958,7 @@ static void hub_on_tick(uv_timer_t *t)
 {
     hub_t *hub = t->data;
     hub_bus_metrics(hub);
+    hub_report_tick(hub);
     if (hub->parked) hub_parked_check(hub, NULL);
     if (hub->gw->policy) policy_on_tick(hub->gw->policy, (double)hub_wall_ms() / 1000.0);
 }
@@ -1006,6 +1030,10 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
         .backoff_min_ms = cfg->redis_backoff_min_ms,
         .backoff_max_ms = cfg->redis_backoff_max_ms,
         .presence_ttl_ms = cfg->presence_ttl_ms,
+        .room_ttl_ms = cfg->redis_room_ttl_ms,
+        .sentinels = cfg->redis_sentinels,
+        .sentinel_master = cfg->redis_sentinel_master,
+        .sentinel_password_file = cfg->redis_sentinel_password_file,
         .history_size = cfg->history_size,
         .inproc = hub->gw->inproc,
     };
@@ -1088,6 +1116,7 @@ void hub_free(hub_t *hub)
     hub_bus_drop(hub);
     map_free(&hub->rooms);
     map_free(&hub->clients);
+    free(hub->report);
     free(hub);
 }
 

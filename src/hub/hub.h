@@ -72,6 +72,22 @@ void hub_bus_close(hub_t *hub);
 /* -1 without Redis (single node or in-process bus), else 1 while the link is up and 0 while down.
  * A tri-state answer, not an error: -1 is no GW_E* code. */
 int hub_bus_state(hub_t *hub);
+/* 1 while Redis answers this replica's writes with errors (out of memory, read-only), else 0. */
+int hub_bus_refusing(hub_t *hub);
+
+/* The HTTP API through the bus: every replica answers the same (with redis_url, from every
+ * node's report, the shared presence and a post's Redis id). cb gets an HTTP status and a
+ * JSON body (a new reference it takes); it runs exactly once, maybe before the call returns
+ * (single node, Redis down), at the latest at hub_free (503). Strings are copied.
+ *   hub_api_stats    200 {online, rooms:[{name, online}]} (counts across replicas)
+ *   hub_api_room     200 {name, online, members:[{id,name,muted}]} (local members first), or 404
+ *   hub_api_publish  200 {room, id} (the id Redis assigned), 404 (no member anywhere), 503
+ *                    (Redis refused it, or is down and the room has no member here) */
+typedef void (*hub_api_cb)(void *arg, int status, json_t *body);
+void hub_api_stats(hub_t *hub, hub_api_cb cb, void *arg);
+void hub_api_room(hub_t *hub, const char *room, hub_api_cb cb, void *arg);
+void hub_api_publish(hub_t *hub, const char *room, const char *from_name, const char *text, hub_api_cb cb,
+                     void *arg);
 
 /* {online, rooms:[{name, online}]}; new reference. */
 json_t *hub_stats_json(hub_t *hub);

@@ -115,6 +115,8 @@ struct hub_s {
     hub_tombstone_t tombs[HUB_TOMBSTONES];
     size_t tomb_next;
     uint64_t msg_t0;               /* uv_hrtime() when the frame being handled arrived */
+    char *report;                  /* the last node report written to the bus (hub_report_tick) */
+    uint64_t report_ms;
 };
 
 #define HUB_CODE_LEN 64            /* error codes from the policy */
@@ -153,6 +155,9 @@ void hub_history_send(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *s
 /* Sends cl `room` (members and the ring's history after since) from the hub's own state. */
 void hub_snapshot_send(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
 hub_client_t *hub_client_find(hub_t *hub, const char *id);   /* an attached client, or NULL */
+/* cl may not stay in r after all (the room is full across replicas): it leaves r without a
+ * leave event (none saw it join) and gets room_full. */
+void hub_room_refuse(hub_t *hub, hub_client_t *cl, hub_room_t *r);
 
 /* hub_sync.c */
 /* Sends cl `history` after since: from the shared history through the bus, answered later
@@ -177,6 +182,9 @@ void hub_room_deliver(hub_t *hub, hub_room_t *r, const proto_id_t *id, sbuf_t *p
 /* The next id the hub assigns itself in r (no bus, or the bus down): its epoch, ++seq. */
 proto_id_t hub_room_own_id(hub_room_t *r);
 void hub_bus_metrics(hub_t *hub);  /* copies the bus's counters into the metrics */
+/* Once a second: writes this node's report (clients, rooms' local members) to the bus when it
+ * changed or is a third of presence_ttl_ms old, for the cluster-wide API. */
+void hub_report_tick(hub_t *hub);
 /* The mirrored member id of r (another replica's), or NULL; borrowed. */
 hub_remote_t *hub_remote_find(hub_room_t *r, const char *id);
 /* The bus's presence handler (bus_handlers_t.presence): another replica's member joined, left
@@ -187,6 +195,14 @@ void hub_bus_on_presence(void *arg, const char *room, int event, const bus_membe
 void hub_snapshot_start(hub_t *hub, hub_room_t *r, hub_client_t *cl, const char *since);
 /* After the link came back: lists every room's members again and refills its msgs. */
 void hub_rooms_relist(hub_t *hub);
+/* Records cl's join of r in the shared presence under max_room_members across replicas; the
+ * room's local members get the join event once Redis admitted it, and a refused cl leaves
+ * again (hub_room_refuse). Without an answer (Redis down) the local cap alone holds. */
+void hub_presence_join(hub_t *hub, hub_room_t *r, hub_client_t *cl);
+/* A dm to a connection this replica does not hold: sent to the node that holds it; cl gets the
+ * ack (cid) once Redis found one, else unknown_peer. Takes payload. 0 (answered later), or
+ * GW_ENOTSUP / GW_EDOWN (nothing sent: the caller answers as without Redis). */
+int hub_dm_send(hub_t *hub, hub_client_t *cl, const char *to, sbuf_t *payload, json_t *cid);
 /* Observes the latency of a client's msg that arrived at t0 (uv_hrtime; 0: not a client's). */
 void hub_latency_observe(hub_t *hub, uint64_t t0);
 /* Posts a msg through the bus: Redis assigns its id and order, and every replica delivers it

@@ -21,7 +21,8 @@
  * free what the bus will never answer. It names its room and client instead of pointing at
  * them: either may be gone when the answer arrives. */
 
-enum { HUB_OP_POST, HUB_OP_SNAPSHOT, HUB_OP_HISTORY, HUB_OP_LIST, HUB_OP_FILL };
+enum { HUB_OP_POST, HUB_OP_SNAPSHOT, HUB_OP_HISTORY, HUB_OP_LIST, HUB_OP_FILL, HUB_OP_API_ROOM, HUB_OP_API_STATS,
+       HUB_OP_API_PUBLISH, HUB_OP_JOIN, HUB_OP_DM };
 
 struct hub_op_s {
     hub_op_t *prev, *next;
@@ -50,9 +51,15 @@ struct hub_op_s {
     sbuf_t **msgs;
     uint64_t *seqs;
     size_t nmsgs;
+    /* the HTTP API: answered once through api_cb (hub_op_answer) */
+    hub_api_cb api_cb;
+    void *api_arg;
+    char *from, *text;             /* publish: the msg, once the room is known to exist */
+    json_t *reports;               /* stats: the nodes' reports */
 };
 
 static void hub_queue_flush(hub_t *hub, hub_room_t *r);
+static void hub_api_settle(hub_t *hub, hub_op_t *op);
 
 static hub_op_t *hub_op_new(hub_t *hub, int kind, const char *room, const char *client)
 {
@@ -68,9 +75,26 @@ static hub_op_t *hub_op_new(hub_t *hub, int kind, const char *room, const char *
     return op;
 }
 
+static void hub_op_answer(hub_op_t *op, int status, json_t *body)
+{
+    hub_api_cb cb = op->api_cb;
+    op->api_cb = NULL;
+    if (cb) cb(op->api_arg, status, body);
+    else json_decref(body);
+}
+
+static json_t *hub_api_error(const char *code, const char *message)
+{
+    return json_pack("{s:s, s:s}", "error", code, "message", message);
+}
+
 static void hub_op_free(hub_op_t *op)
 {
     hub_t *hub = op->hub;
+    if (op->api_cb) hub_op_answer(op, 503, hub_api_error("unavailable", "the server is shutting down"));
+    free(op->from);
+    free(op->text);
+    json_decref(op->reports);
     if (op->prev) op->prev->next = op->next;
     else hub->ops = op->next;
     if (op->next) op->next->prev = op->prev;
@@ -94,6 +118,15 @@ void hub_bus_metrics(hub_t *hub)
     __atomic_store_n(&m->bus_reconnects, st.reconnects, __ATOMIC_RELAXED);
     __atomic_store_n(&m->bus_published, st.published, __ATOMIC_RELAXED);
     __atomic_store_n(&m->bus_received, st.received, __ATOMIC_RELAXED);
+    for (int i = 0; i < METRICS_BUS_OPS; i++) __atomic_store_n(&m->bus_errors[i], st.errors[i], __ATOMIC_RELAXED);
+    __atomic_store_n(&m->bus_refusing, st.refusing, __ATOMIC_RELAXED);
+}
+
+int hub_bus_refusing(hub_t *hub)
+{
+    bus_stats_t st;
+    bus_stats_get(hub->bus, &st);
+    return st.refusing != 0;
 }
 
 /* ---- the other replicas' members ---- */
@@ -478,6 +511,8 @@ static void hub_op_settle(hub_op_t *op)
         if (r && op->list_status == 0) hub_presence_reconcile(hub, r, op);
         break;
     }
+    case HUB_OP_API_ROOM:
+    case HUB_OP_API_PUBLISH: hub_api_settle(hub, op); break;
     }
     hub_op_free(op);
 }
@@ -655,18 +690,31 @@ static void hub_post_ack(hub_t *hub, const hub_op_t *op, const proto_id_t *id)
     hub_send(hub, cl, proto_ack(op->cid, proto_id_write(ids, sizeof ids, id->epoch, id->seq)));
 }
 
+/* The API's answer to a post: its id. */
+static void hub_post_answer(hub_op_t *op, const proto_id_t *id)
+{
+    if (!op->api_cb) return;
+    char ids[PROTO_EPOCH_MAX + 24];
+    proto_id_write(ids, sizeof ids, id->epoch, id->seq);
+    hub_op_answer(op, 200, json_pack("{s:s, s:s}", "room", op->room, "id", ids));
+}
+
 /* Redis is not there: this replica's members still get the msg, with the hub's own id (its
  * epoch is not Redis's, so a since naming it elsewhere is a history_gap, never a silent loss). */
 static void hub_post_local(hub_t *hub, hub_op_t *op)
 {
     hub_room_t *r = hub_room_get(hub, op->room);
-    if (!r) return;                /* the sender left the room meanwhile */
+    if (!r) {                      /* the sender left the room meanwhile, or none is here (API) */
+        hub_op_answer(op, 503, hub_api_error("unavailable", "Redis is unreachable and the room has no member here"));
+        return;
+    }
     proto_id_t id = hub_room_own_id(r);
     sbuf_t *payload = proto_msg_number(op->tmpl->data, op->id_at, op->tmpl->data + op->id_at,
                                          op->tmpl->len - op->id_at, &id);
     hub_latency_observe(hub, op->t0);
     hub_room_deliver(hub, r, &id, payload, 0);
     hub_post_ack(hub, op, &id);
+    hub_post_answer(op, &id);
 }
 
 /* The post's place in the room's one order (or its failure): deliver here and ack. */
@@ -674,7 +722,13 @@ static void hub_post_done(void *arg, int status, const proto_id_t *id, sbuf_t *p
 {
     hub_op_t *op = arg;
     hub_t *hub = op->hub;
-    if (status) {
+    if (status == GW_EREPLY) {     /* Redis refused it (OOM, ...): it reached no replica; say so */
+        log_error("bus: redis refused a post; not delivered", "{s:s}", "room", op->room);
+        hub_client_t *cl = op->ack ? hub_client_find(hub, op->client) : NULL;
+        if (cl) hub_send(hub, cl, proto_error("unavailable", "the shared store refused the message (Redis is out "
+                                              "of memory or read-only); it was not delivered", op->cid));
+        hub_op_answer(op, 503, hub_api_error("unavailable", "Redis refused the message (out of memory or read-only)"));
+    } else if (status) {
         log_warn("bus: post failed; delivering on this replica only", "{s:s, s:s}", "room", op->room, "error",
                  gw_strerror(status));
         hub_post_local(hub, op);
@@ -683,6 +737,7 @@ static void hub_post_done(void *arg, int status, const proto_id_t *id, sbuf_t *p
         hub_latency_observe(hub, op->t0);
         if (r) hub_room_deliver(hub, r, id, sbuf_ref(payload), 1);
         hub_post_ack(hub, op, id);
+        hub_post_answer(op, id);
     }
     hub_bus_metrics(hub);
     hub_op_free(op);
@@ -691,10 +746,9 @@ static void hub_post_done(void *arg, int status, const proto_id_t *id, sbuf_t *p
 /* A chat msg through the bus: encoded once without its id; Redis assigns the id and
  * every replica (this one included, from hub_post_done) delivers it at the same place in the
  * room's order. client (may be NULL) gets the ack with the final id. */
-void hub_room_post(hub_t *hub, const char *room, const char *from_id, const char *from_name, const char *text,
-                   json_t *extra, const char *client, json_t *cid)
+static void hub_room_post_op(hub_t *hub, hub_op_t *op, const char *room, const char *from_id, const char *from_name,
+                             const char *text, json_t *extra, const char *client, json_t *cid)
 {
-    hub_op_t *op = hub_op_new(hub, HUB_OP_POST, room, client);
     op->tmpl = proto_msg_unnumbered(room, from_id, from_name, text, hub_wall_ms(), extra, &op->id_at);
     op->cid = cid ? json_incref(cid) : NULL;
     op->ack = client != NULL;
@@ -704,5 +758,269 @@ void hub_room_post(hub_t *hub, const char *room, const char *from_id, const char
     if (rc != GW_EDOWN) log_warn("bus: post refused", "{s:s, s:s}", "room", room, "error", gw_strerror(rc));
     hub_post_local(hub, op);
     hub_op_free(op);
+}
+
+void hub_room_post(hub_t *hub, const char *room, const char *from_id, const char *from_name, const char *text,
+                   json_t *extra, const char *client, json_t *cid)
+{
+    hub_room_post_op(hub, hub_op_new(hub, HUB_OP_POST, room, client), room, from_id, from_name, text, extra, client,
+                     cid);
+}
+
+/* ---- dm across replicas ---- */
+
+static void hub_dm_sent(void *arg, int status, int delivered)
+{
+    hub_op_t *op = arg;
+    hub_t *hub = op->hub;
+    hub_client_t *cl = hub_client_find(hub, op->client);
+    if (cl && delivered) {
+        if (op->cid) hub_send(hub, cl, proto_ack(op->cid, NULL));
+    } else if (cl) {
+        METRIC_INC(hub->gw->metrics.msgs_dropped[METRICS_DROP_UNKNOWN_PEER]);
+        hub_send(hub, cl, proto_error("unknown_peer", "no such connection", op->cid));
+    }
+    hub_bus_metrics(hub);
+    hub_op_free(op);
+}
+
+int hub_dm_send(hub_t *hub, hub_client_t *cl, const char *to, sbuf_t *payload, json_t *cid)
+{
+    hub_op_t *op = hub_op_new(hub, HUB_OP_DM, "", cl->id);
+    op->cid = cid ? json_incref(cid) : NULL;
+    int rc = bus_direct_send(hub->bus, to, payload->data, payload->len, hub_dm_sent, op);
+    sbuf_unref(payload);
+    if (rc < 0) hub_op_free(op);
+    return rc;
+}
+
+/* ---- joins under max_room_members across replicas ---- */
+
+static void hub_join_announce(hub_t *hub, hub_room_t *r, hub_client_t *cl)
+{
+    hub_room_send(hub, r, proto_presence("join", r->name, cl->id, cl->name, 0), cl, NULL);
+}
+
+static void hub_joined(void *arg, int status, int admitted)
+{
+    hub_op_t *op = arg;
+    hub_t *hub = op->hub;
+    hub_room_t *r = hub_room_get(hub, op->room);
+    hub_client_t *cl = hub_client_find(hub, op->client);
+    if (r && cl && hub_room_member(r, cl)) {   /* else it left meanwhile */
+        if (!status && !admitted) {
+            log_debug("join refused: the room is full across replicas", "{s:s, s:s}", "client", cl->id, "room",
+                      r->name);
+            hub_room_refuse(hub, cl, r);
+        } else {
+            hub_join_announce(hub, r, cl);
+        }
+    }
+    hub_op_free(op);
+}
+
+void hub_presence_join(hub_t *hub, hub_room_t *r, hub_client_t *cl)
+{
+    bus_member_t bm = {cl->id, cl->name, 0, NULL};
+    hub_op_t *op = hub_op_new(hub, HUB_OP_JOIN, r->name, cl->id);
+    int rc = bus_presence_join(hub->bus, r->name, &bm, hub->gw->cfg.max_room_members, hub_joined, op);
+    if (rc == 0) return;
+    hub_op_free(op);
+    rc = bus_presence_add(hub->bus, r->name, &bm);   /* registered when the link is back */
+    if (rc < 0) log_warn("bus: presence not published", "{s:s, s:s, s:s}", "client", cl->id, "room", r->name,
+                         "error", gw_strerror(rc));
+    hub_join_announce(hub, r, cl);
+}
+
+/* ---- the HTTP API across replicas ---- */
+
+/* Whether the API asks Redis: with workers on the in-process bus the hub answers for the whole
+ * process at once (hub_stats_json, hub_room_json read the shared state). */
+static int hub_api_shared(const hub_t *hub) { return hub->remote && !hub->gw->inproc; }
+
+/* This node's part of /api/stats: {online, rooms:{name: local members}}; new reference. */
+static json_t *hub_report_json(hub_t *hub)
+{
+    json_t *rooms = json_object();
+    size_t i;
+    for (map_entry_t *e = map_first(&hub->rooms, &i); e; e = map_next(&hub->rooms, e, &i)) {
+        hub_room_t *r = e->value;
+        if (r->nmembers) json_object_set_new(rooms, r->name, json_integer((json_int_t)r->nmembers));
+    }
+    return json_pack("{s:I, s:o}", "online", (json_int_t)hub->clients.count, "rooms", rooms);
+}
+
+/* Writes this node's report when it changed, or before it expires. */
+static void hub_report_write(hub_t *hub)
+{
+    uint64_t now = uv_now(hub->gw->loop);
+    json_t *o = hub_report_json(hub);
+    char *text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(o);
+    if (!text) return;
+    int same = hub->report && !strcmp(hub->report, text);
+    if (same && now - hub->report_ms < (uint64_t)hub->gw->cfg.presence_ttl_ms / 3) {
+        free(text);
+        return;
+    }
+    if (bus_node_report(hub->bus, text, strlen(text)) == 0) {
+        free(hub->report);
+        hub->report = text;
+        hub->report_ms = now;
+    } else {
+        free(text);
+    }
+}
+
+void hub_report_tick(hub_t *hub)
+{
+    if (hub_api_shared(hub)) hub_report_write(hub);
+}
+
+static void hub_api_stats_merge(void *arg, int status, const char *const *items, const size_t *lens, size_t n)
+{
+    hub_op_t *op = arg;
+    hub_t *hub = op->hub;
+    if (status) {
+        log_warn("bus: node reports failed; answering for this replica", "{s:s}", "error", gw_strerror(status));
+        hub_op_answer(op, 200, hub_stats_json(hub));
+        hub_op_free(op);
+        return;
+    }
+    json_int_t online = 0;
+    json_t *counts = json_object();
+    for (size_t i = 0; i < n; i++) {
+        json_t *rep = json_loadb(items[i], lens[i], 0, NULL);
+        online += json_integer_value(json_object_get(rep, "online"));
+        const char *name;
+        json_t *v;
+        json_object_foreach(json_object_get(rep, "rooms"), name, v) {
+            json_int_t had = json_integer_value(json_object_get(counts, name));
+            json_object_set_new(counts, name, json_integer(had + json_integer_value(v)));
+        }
+        json_decref(rep);
+    }
+    json_t *rooms = json_array();
+    const char *name;
+    json_t *v;
+    json_object_foreach(counts, name, v) json_array_append_new(rooms, json_pack("{s:s, s:O}", "name", name, "online", v));
+    json_decref(counts);
+    hub_op_answer(op, 200, json_pack("{s:I, s:o}", "online", online, "rooms", rooms));
+    hub_op_free(op);
+}
+
+void hub_api_stats(hub_t *hub, hub_api_cb cb, void *arg)
+{
+    if (!hub_api_shared(hub)) {
+        cb(arg, 200, hub_stats_json(hub));
+        return;
+    }
+    hub_op_t *op = hub_op_new(hub, HUB_OP_API_STATS, "", NULL);
+    op->api_cb = cb;
+    op->api_arg = arg;
+    hub_report_write(hub);      /* this replica's part is fresh (written when it changed, so a flood of
+                                    * requests costs Redis one read each); the others' are a second old at most */
+    int rc = bus_node_reports(hub->bus, hub_api_stats_merge, op);
+    if (rc < 0) {
+        hub_op_answer(op, 200, hub_stats_json(hub));
+        hub_op_free(op);
+    }
+}
+
+/* The room's members on every replica: the local ones in join order, then the others from the
+ * presence list (op->members); NULL when there are none. */
+static json_t *hub_api_room_json(hub_t *hub, const hub_op_t *op)
+{
+    hub_room_t *r = hub_room_get(hub, op->room);
+    json_t *members = json_array();
+    for (size_t i = 0; r && i < r->nmembers; i++) {
+        const hub_member_t *m = &r->members[i];
+        json_array_append_new(members, json_pack("{s:s, s:s, s:b}", "id", m->client->id, "name", m->client->name,
+                                                 "muted", m->muted));
+    }
+    for (size_t i = 0; i < op->nmembers; i++) {
+        const hub_remote_t *m = &op->members[i];
+        if (r && hub_room_has_local(hub, r, m->id)) continue;
+        json_array_append_new(members, json_pack("{s:s, s:s, s:b}", "id", m->id, "name", m->name, "muted", m->muted));
+    }
+    if (!json_array_size(members)) {
+        json_decref(members);
+        return NULL;
+    }
+    return json_pack("{s:s, s:I, s:o}", "name", op->room, "online", (json_int_t)json_array_size(members), "members",
+                     members);
+}
+
+/* The publish API's msg, once its room is known: a post op of its own takes over the answer. */
+static void hub_api_post(hub_t *hub, hub_op_t *op)
+{
+    hub_op_t *post = hub_op_new(hub, HUB_OP_POST, op->room, NULL);
+    post->api_cb = op->api_cb;
+    post->api_arg = op->api_arg;
+    op->api_cb = NULL;
+    hub_room_post_op(hub, post, op->room, "server", op->from, op->text, NULL, NULL, NULL);
+}
+
+static void hub_api_settle(hub_t *hub, hub_op_t *op)
+{
+    if (op->list_status) {         /* Redis cannot answer: what this replica knows */
+        if (op->kind == HUB_OP_API_ROOM) {
+            json_t *r = hub_room_json(hub, op->room);
+            if (r) hub_op_answer(op, 200, r);
+            else hub_op_answer(op, 404, hub_api_error("not_found", "no such room"));
+        } else if (hub_room_get(hub, op->room)) {
+            hub_api_post(hub, op);
+        } else {
+            hub_op_answer(op, 503, hub_api_error("unavailable", "Redis is unreachable and the room has no member here"));
+        }
+        return;
+    }
+    json_t *room = hub_api_room_json(hub, op);
+    if (!room) {
+        hub_op_answer(op, 404, hub_api_error("not_found", "no such room"));
+    } else if (op->kind == HUB_OP_API_ROOM) {
+        hub_op_answer(op, 200, json_incref(room));
+    } else {                       /* publish: the room exists somewhere */
+        hub_api_post(hub, op);
+    }
+    json_decref(room);
+}
+
+void hub_api_room(hub_t *hub, const char *room, hub_api_cb cb, void *arg)
+{
+    if (!hub_api_shared(hub)) {
+        json_t *r = hub_room_json(hub, room);
+        if (r) cb(arg, 200, r);
+        else cb(arg, 404, hub_api_error("not_found", "no such room"));
+        return;
+    }
+    hub_op_t *op = hub_op_new(hub, HUB_OP_API_ROOM, room, NULL);
+    op->api_cb = cb;
+    op->api_arg = arg;
+    hub_op_fetch(hub, op, 1, 0);
+}
+
+void hub_api_publish(hub_t *hub, const char *room, const char *from_name, const char *text, hub_api_cb cb,
+                     void *arg)
+{
+    if (!hub->remote) {            /* through a bus (Redis, or the other workers) it answers with the id */
+        char id[PROTO_EPOCH_MAX + 24];
+        if (hub_room_announce(hub, room, from_name, text, id, sizeof id) < 0)
+            cb(arg, 404, hub_api_error("not_found", "no such room"));
+        else
+            cb(arg, 200, json_pack("{s:s, s:s}", "room", room, "id", id));
+        return;
+    }
+    hub_op_t *op = hub_op_new(hub, HUB_OP_API_PUBLISH, room, NULL);
+    op->api_cb = cb;
+    op->api_arg = arg;
+    if (hub_room_get(hub, room)) { /* it exists: members here */
+        op->kind = HUB_OP_POST;
+        hub_room_post_op(hub, op, room, "server", from_name, text, NULL, NULL, NULL);
+        return;
+    }
+    op->from = xstrdup(from_name);
+    op->text = xstrdup(text);
+    hub_op_fetch(hub, op, 1, 0);
 }
 

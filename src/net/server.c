@@ -123,9 +123,15 @@ struct conn_s {
     size_t wq_head, wq_tail, wq_cap;
     size_t queued, writing_bytes;
     buf_t *held;                   /* while read_paused: requests read but not yet parsed */
+    server_later_t *later;         /* the answer to the last request comes later: not read until */
     const char *ip;                /* the client: peer, or client (X-Forwarded-For from a trusted proxy) */
     char peer[INET6_ADDRSTRLEN];   /* the TCP peer, or the PROXY header's source */
     char client[INET6_ADDRSTRLEN]; /* the X-Forwarded-For client */
+};
+
+struct server_later_s {
+    conn_t *c;                     /* NULL once the conn went */
+    int keep_alive;                /* the request's */
 };
 
 #define DEFLATERS 16               /* by window bits: 9..15 used */
@@ -137,6 +143,7 @@ struct server_s {
     int nlisteners;
     int freeing;                 /* server_free runs the loop to finish closes: no uv_stop */
     conn_t *conns;
+    conn_t *handling;              /* the conn whose request the router handles now */
     size_t nconns, nws, nadmin;
     conn_t *flush_head;
     uv_check_t flush_check;
@@ -493,6 +500,10 @@ static void conn_abort(conn_t *c)
     server_t *srv = c->srv;
     gw_t *gw = srv->gw;
     c->closing = 1;
+    if (c->later) {                /* its answer will find the conn gone */
+        c->later->c = NULL;
+        c->later = NULL;
+    }
     if (c->ep) {
         if (!c->close_received) METRIC_INC(gw->metrics.close_received[WS_CLOSE_ABNORMAL]);
         if (c->ep->detach) c->ep->detach(gw, c);
@@ -870,11 +881,39 @@ static void conn_http_request(conn_t *c, const http_request_t *req)
     int keep_alive = req->keep_alive && !req->upgrade && !gw->draining && !c->reserve;
     buf_t out;
     buf_init(&out);
+    c->srv->handling = c;
     c->srv->router->handle(gw, req, c->roles, keep_alive, &out);
-    conn_respond(c, &out, keep_alive);
+    c->srv->handling = NULL;
+    if (c->later) c->later->keep_alive = keep_alive;
+    else conn_respond(c, &out, keep_alive);
     buf_free(&out);
     c->deadline_ms = gw_now_ms(gw) + (uint64_t)gw->cfg.header_timeout_ms;
     conn_timer_arm(c);
+}
+
+server_later_t *server_later_take(gw_t *gw)
+{
+    conn_t *c = gw->server ? gw->server->handling : NULL;
+    if (!c || c->later) return NULL;
+    server_later_t *l = xcalloc(1, sizeof *l);
+    l->c = c;
+    c->later = l;
+    return l;
+}
+
+void server_later_answer(server_later_t *l, const buf_t *out, int keep_alive)
+{
+    conn_t *c = l->c;
+    keep_alive = keep_alive && l->keep_alive;
+    free(l);
+    if (!c) return;
+    c->later = NULL;
+    if (c->srv->gw->draining) keep_alive = 0;
+    conn_respond(c, out, keep_alive);
+    flush_schedule(c);
+    c->deadline_ms = gw_now_ms(c->srv->gw) + (uint64_t)c->srv->gw->cfg.header_timeout_ms;
+    conn_timer_arm(c);
+    if (keep_alive) conn_read_resume(c);
 }
 
 /* Stops reading a connection whose responses wait unsent (nginx and h2o do the same): the rest
@@ -918,6 +957,10 @@ static void conn_http_feed(conn_t *c, uint8_t *data, size_t len)
         data += used;
         len -= used;
         conn_http_request(c, &c->http->req);
+        if (c->later) {            /* the rest waits for that answer */
+            conn_read_pause(c, data, len);
+            return;
+        }
     }
     if (c->state == CONN_WS) conn_ws_feed(c, data, len);
     else if (c->state == CONN_HTTP && conn_http_over(c)) conn_read_pause(c, NULL, 0);
@@ -927,7 +970,7 @@ static void conn_http_feed(conn_t *c, uint8_t *data, size_t len)
  * then reads again unless that filled the queue once more. From write and check callbacks. */
 static void conn_read_resume(conn_t *c)
 {
-    if (!c->read_paused || c->closing || c->doomed) return;
+    if (!c->read_paused || c->closing || c->doomed || c->later) return;
     if (c->queued > (size_t)c->srv->gw->cfg.write_queue_bytes / 2) return;
     c->read_paused = 0;
     buf_t *held = c->held;

@@ -58,6 +58,14 @@ typedef struct {
     void (*handle)(gw_t *gw, const http_request_t *req, int roles, int keep_alive, buf_t *out);
 } server_router_t;
 
+/* A plain request answered after handle returned (its answer needs Redis): handle calls
+ * server_later_take during its call and leaves out empty. The connection then parses no
+ * further request until server_later_answer queues the response (exactly once per ticket,
+ * from the loop; it frees the ticket, and drops the answer when the conn went meanwhile). */
+typedef struct server_later_s server_later_t;
+server_later_t *server_later_take(gw_t *gw);   /* NULL outside handle */
+void server_later_answer(server_later_t *l, const buf_t *out, int keep_alive);
+
 /* Binds the listeners from gw->cfg (listen, admin_listen) and serves them through router
  * (borrowed: it outlives the server). 0 or a negative error code (base/err.h); the error is
  * logged with the address. Whatever it made is freed by server_free, failed or not. With

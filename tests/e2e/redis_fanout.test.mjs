@@ -103,8 +103,8 @@ describe('redis: fan-out, presence, dm and signal across three replicas', () => 
     await b.close();
     await a.next((m) => m.type === 'leave' && m.member?.id === b.id, 5000, 'leave of bob at alice');
     await c.next((m) => m.type === 'leave' && m.member?.id === b.id, 5000, 'leave of bob at carol');
-    await waitMembers([reps[0], reps[2]], room, [a.id, c.id]);
-    assert.deepEqual(await apiMembers(reps[1], room), [], 'no local member left on b: the room is gone there');
+    // b has no local member left, and still answers for the whole cluster
+    await waitMembers(reps, room, [a.id, c.id]);
   });
 
   it('dm and signal cross replicas', T, async () => {

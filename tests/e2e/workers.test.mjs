@@ -223,6 +223,7 @@ describe('workers: rooms across event-loop threads', () => {
       const ma = await a.next((m) => m.type === 'msg' && m.text === `notice ${i}`, 5000);
       const mb = await b.next((m) => m.type === 'msg' && m.text === `notice ${i}`, 5000);
       assert.equal(ma.id, mb.id, 'one id everywhere');
+      assert.equal(JSON.parse(r.text).id, ma.id, 'the answer carries the id');
     }
     assert.equal((await httpGet(srv.port, `/api/rooms/${uniqueRoom('none')}`)).status, 404);
   });

@@ -522,6 +522,20 @@ static void test_local(void **state)
     assert_non_null(strstr(err, "redis_url"));
     assert_string_equal(gw_strerror(GW_EDOWN), "the shared store is unreachable");
 
+    /* redis_sentinels: a list of host[:port]; anything else is refused at open */
+    static const char *const bad_sentinels[] = {",", "a:1,,b:2", "a:0", "redis://a:1", "a:1/3", ":pw@a:1", "a:x"};
+    for (size_t i = 0; i < sizeof bad_sentinels / sizeof *bad_sentinels; i++) {
+        err[0] = '\0';
+        bus_options_t so = {.redis_url = "redis://x/0", .node_id = "s", .sentinels = bad_sentinels[i],
+                            .sentinel_master = "m"};
+        assert_int_equal(bus_open(&lp, &so, NULL, NULL, &b, err, sizeof err), GW_EINVAL);
+        assert_non_null(strstr(err, "redis_sentinels"));
+    }
+    bus_options_t so = {.redis_url = "redis://x/0", .node_id = "s", .sentinels = "127.0.0.1:1,[::1]",
+                        .sentinel_master = "m", .sentinel_password_file = "/nonexistent/pw"};
+    assert_int_equal(bus_open(&lp, &so, NULL, NULL, &b, err, sizeof err), GW_EINVAL);
+    assert_non_null(strstr(err, "/nonexistent/pw"));
+
     /* numbering: the id's text between head and tail, nothing else touched */
     const char *tmpl = "{\"type\":\"msg\",\"room\":\"r\",\"id\":\"\",\"text\":\"\\\"id\\\":\\\"\\\"\"}";
     size_t at = strlen("{\"type\":\"msg\",\"room\":\"r\",\"id\":\"");

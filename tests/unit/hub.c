@@ -102,6 +102,8 @@ void server_msg_release(server_msg_t *m)
 int server_start(gw_t *gw, const server_router_t *router) { return -1; }
 void server_drain(gw_t *gw) {}
 void server_free(gw_t *gw) {}
+server_later_t *server_later_take(gw_t *gw) { return NULL; }
+void server_later_answer(server_later_t *l, const buf_t *out, int keep_alive) {}
 
 void server_conn_send_msg(conn_t *c, server_msg_t *m)
 {
