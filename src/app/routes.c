@@ -169,6 +169,11 @@ static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
                              checks, "policy", policy, "version", CHATGW_VERSION, "websockets",
                              (json_int_t)GW_SUM(gw, metrics.ws_open), "uptime_s",
                              (json_int_t)((gw_now_ms(gw) - gw->started_ms) / 1000));
+    int voice = hub_voice_state(gw->hub);   /* Janus down: voice is refused, text goes on, still ready */
+    if (voice >= 0) {
+        json_object_set_new(checks, "janus", json_string(voice ? "up" : "down"));
+        json_object_set_new(body, "janus", json_string(voice ? "up" : "down"));
+    }
     if (bus >= 0) {
         json_object_set_new(checks, "redis", json_string(bus ? "up" : "down"));
         json_object_set_new(body, "redis", json_string(bus ? "up" : "down"));

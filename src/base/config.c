@@ -136,6 +136,10 @@ static const config_key_t config_keys[] = {
       "cap on the Redis reconnect delay" },
     { "redis_required", CK_BOOL, OFF(redis_required), "false", 0, 0, 0,
       "whether Redis being down fails /readyz (with redis_url set)" },
+    { "janus_url", CK_STRING, OFF(janus_url), "", 0, 0, 0,
+      "Janus HTTP API (http://host:port/janus): voice through its AudioBridge; empty = peer-to-peer mesh" },
+    { "janus_timeout_ms", CK_LONG, OFF(janus_timeout_ms), "5000", 100, 120000, 0,
+      "limit per Janus request; a voice join gets voice_timeout after twice this" },
     { "presence_ttl_ms", CK_LONG, OFF(presence_ttl_ms), "15000", 300, MS_DAY, 0,
       "node heartbeat TTL: members of a dead replica leave within about this time" },
     { "node_id", CK_NODE_ID, OFF(node_id), "", 0, 0, 0,
@@ -723,6 +727,10 @@ static int config_pairs_check(const config_t *cfg, char *err, size_t errlen)
     if (cfg->proxy_protocol && !cfg->trusted_proxies[0]) {
         snprintf(err, errlen, "config: proxy_protocol: needs trusted_proxies (the load balancer's addresses); "
                               "without it every connection would be refused");
+        return GW_EINVAL;
+    }
+    if (cfg->janus_url[0] && strncmp(cfg->janus_url, "http://", 7) && strncmp(cfg->janus_url, "https://", 8)) {
+        snprintf(err, errlen, "config: janus_url: must be an http:// or https:// URL of Janus's HTTP API");
         return GW_EINVAL;
     }
     return 0;

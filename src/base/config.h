@@ -47,6 +47,8 @@ typedef struct {
     long redis_backoff_min_ms;
     long redis_backoff_max_ms;
     int redis_required;            /* redis down fails /readyz */
+    char *janus_url;               /* "" = voice is the browsers' mesh */
+    long janus_timeout_ms;
     long presence_ttl_ms;
     char *node_id;                 /* "" = hostname-RANDOM; else 1..CONFIG_NODE_ID_MAX bytes, no '\n' */
     long policy_timeout_ms;

@@ -384,6 +384,7 @@ static void hub_room_leave(hub_t *hub, hub_client_t *cl, hub_room_t *r)
             break;
         }
     METRIC_SUB(hub->gw->metrics.room_members, 1);
+    hub_voice_left(hub, cl, r);
     if (hub->remote) bus_presence_remove(hub->bus, r->name, cl->id);
     if (r->nmembers) hub_room_send(hub, r, proto_presence("leave", r->name, cl->id, cl->name, 0), NULL, NULL);
     if (hub->gw->policy) {
@@ -511,6 +512,7 @@ static void hub_handle_signal(hub_t *hub, hub_client_t *cl, hub_room_t *r, const
 static void hub_handle_mute(hub_t *hub, hub_client_t *cl, hub_room_t *r, int muted)
 {
     hub_room_member(r, cl)->muted = muted;
+    hub_voice_mute(hub, cl, r, muted);
     hub_presence_publish(hub, r, cl, muted);   /* the other replicas send mute/unmute themselves */
     sbuf_t *frame = proto_presence(muted ? "mute" : "unmute", r->name, cl->id, cl->name, muted);
     hub_room_send(hub, r, frame, cl, NULL);
@@ -553,6 +555,9 @@ static void hub_handle(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_
     case PROTO_MUTE: hub_handle_mute(hub, cl, r, 1); break;
     case PROTO_UNMUTE: hub_handle_mute(hub, cl, r, 0); break;
     case PROTO_HISTORY: hub_handle_history(hub, cl, r, in); break;
+    case PROTO_VOICE_JOIN:
+    case PROTO_VOICE_LEAVE:
+    case PROTO_VOICE_TRICKLE: hub_voice_handle(hub, cl, r, in); break;
     case PROTO_CUSTOM: hub_handle_custom(hub, cl, r, in); break;
     case PROTO_JOIN:
     case PROTO_LEAVE: break;       /* handled before the policy */
@@ -1072,6 +1077,7 @@ hub_t *hub_new(gw_t *gw)
     char err[128];
     if (bus_open(gw->loop, NULL, NULL, hub, &hub->bus, err, sizeof err) < 0) abort();
     hub_bus_metrics(hub);
+    hub_voice_open(hub);
     return hub;
 }
 
@@ -1081,6 +1087,7 @@ void hub_free(hub_t *hub)
 {
     if (!hub) return;
     uv_close((uv_handle_t *)hub->tick, hub_tick_closed);
+    hub_voice_close(hub);
     size_t i;
     /* rooms outlive clients only if detach was skipped; free what is left */
     for (map_entry_t *e = map_first(&hub->rooms, &i); e; e = map_first(&hub->rooms, &i))

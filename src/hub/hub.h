@@ -73,6 +73,9 @@ void hub_bus_close(hub_t *hub);
  * A tri-state answer, not an error: -1 is no GW_E* code. */
 int hub_bus_state(hub_t *hub);
 
+/* Voice through Janus: -1 without janus_url, else 1 while its session is up and 0 while not. */
+int hub_voice_state(hub_t *hub);
+
 /* {online, rooms:[{name, online}]}; new reference. */
 json_t *hub_stats_json(hub_t *hub);
 /* {name, online, members:[{id,name,muted}]}, or NULL when the room does not exist. */
