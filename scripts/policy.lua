@@ -52,6 +52,7 @@ end
 -- Custom types answered by the policy itself (before routing sees them).
 local custom = {
   rooms = function(conn, room, msg) return rooms.on_rooms(conn) end,
+  voice_join = function(conn, room, msg) return rooms.check_voice(conn, room, msg) end,
 }
 
 -- Built-in types that the policy leaves alone (the hub rate-limits them itself). They are left

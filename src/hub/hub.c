@@ -611,6 +611,7 @@ static void hub_filter(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_
         return;
     }
     if (in->type == PROTO_MSG) hub_msg_envelope_only(in->root);
+    if (in->type == PROTO_VOICE_JOIN) hub_voice_annotate(hub, cl, r, in->root);
     policy_conn_t pc = hub_pconn(cl, NULL);
     json_t *out;
     char code[HUB_CODE_LEN];

@@ -205,5 +205,8 @@ void hub_voice_close(hub_t *hub);
 void hub_voice_handle(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in);
 void hub_voice_mute(hub_t *hub, hub_client_t *cl, hub_room_t *r, int muted);   /* in the mixer */
 void hub_voice_left(hub_t *hub, hub_client_t *cl, hub_room_t *r);              /* cl left r */
+/* Sets voice_members on a voice_join for the policy (whatever the client put there): the
+ * members of r in voice through this hub, cl not counted. */
+void hub_voice_annotate(hub_t *hub, hub_client_t *cl, hub_room_t *r, json_t *root);
 
 #endif

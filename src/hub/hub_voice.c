@@ -35,9 +35,11 @@ static sbuf_t *hub_voice_frame(json_t *o)
     return b;
 }
 
-static void hub_voice_error(hub_t *hub, hub_client_t *cl, const char *code, const char *message, const char *room)
+/* error {code, message, ref}: ref is the message's cid, else {type: "voice_join", room}. */
+static void hub_voice_error(hub_t *hub, hub_client_t *cl, const char *code, const char *message, json_t *cid,
+                            const char *room)
 {
-    json_t *ref = json_pack("{s:s, s:s}", "type", "voice_join", "room", room);
+    json_t *ref = cid ? json_incref(cid) : json_pack("{s:s, s:s}", "type", "voice_join", "room", room);
     hub_send(hub, cl, proto_error(code, message, ref));
     json_decref(ref);
 }
@@ -184,7 +186,8 @@ static void hub_voice_join(hub_t *hub, hub_client_t *cl, hub_room_t *r, const pr
     const char *sdp = json_string_value(json_object_get(in->data, "sdp"));
     const char *type = json_string_value(json_object_get(in->data, "type"));
     if (!sdp || !type || strcmp(type, "offer")) {
-        hub_voice_error(hub, cl, "bad_field", "field 'data' must be an SDP offer {type:\"offer\", sdp}", r->name);
+        hub_voice_error(hub, cl, "bad_field", "field 'data' must be an SDP offer {type:\"offer\", sdp}", in->cid,
+                        r->name);
         return;
     }
     hub_voice_entry_t **old = hub_voice_find(v, cl, r->name);
@@ -202,7 +205,7 @@ static void hub_voice_join(hub_t *hub, hub_client_t *cl, hub_room_t *r, const pr
         METRIC_INC(hub->gw->metrics.voice_refused);
         hub_voice_error(hub, cl, "voice_unavailable",
                         err == GW_EDOWN ? "the media server is unreachable; text chat goes on" : "voice join failed",
-                        r->name);
+                        in->cid, r->name);
         return;
     }
     e->next = v->entries;
@@ -215,7 +218,7 @@ void hub_voice_handle(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_i
     if (!v) {
         if (in->type == PROTO_VOICE_JOIN)
             hub_voice_error(hub, cl, "voice_unavailable", "no media server here: voice is peer to peer (signal)",
-                            r->name);
+                            in->cid, r->name);
         return;
     }
     if (in->type == PROTO_VOICE_JOIN) {
@@ -231,7 +234,7 @@ void hub_voice_handle(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_i
     json_t *c = json_is_null(in->data) ? NULL : in->data;
     if (janus_peer_trickle((*at)->peer, c) < 0)
         hub_voice_error(hub, cl, "bad_field", "field 'data' must be an ICE candidate {candidate, sdpMid, "
-                        "sdpMLineIndex} or null (at most 64 before the media server answers)", r->name);
+                        "sdpMLineIndex} or null (at most 64 before the media server answers)", in->cid, r->name);
 }
 
 void hub_voice_mute(hub_t *hub, hub_client_t *cl, hub_room_t *r, int muted)
@@ -250,4 +253,12 @@ void hub_voice_left(hub_t *hub, hub_client_t *cl, hub_room_t *r)
     if (!hub->voice) return;
     hub_voice_entry_t **at = hub_voice_find(hub->voice, cl, r->name);
     if (at) hub_voice_drop(hub, at, 1);
+}
+
+void hub_voice_annotate(hub_t *hub, hub_client_t *cl, hub_room_t *r, json_t *root)
+{
+    json_int_t n = 0;
+    for (hub_voice_entry_t *e = hub->voice ? hub->voice->entries : NULL; e; e = e->next)
+        if (e->client != cl && !strcmp(e->room, r->name)) n++;
+    json_object_set_new(root, "voice_members", json_integer(n));
 }

@@ -56,7 +56,7 @@ describe("policy", function()
 
   describe("message_types", function()
     it("declares exactly the types on_message handles", function()
-      assert.same({ "dm", "msg", "rooms", "typing" }, policy.message_types)
+      assert.same({ "dm", "msg", "rooms", "typing", "voice_join" }, policy.message_types)
       for i, t in ipairs(policy.message_types) do assert.is_string(t, i) end
     end)
 
@@ -85,7 +85,7 @@ describe("policy", function()
       package.loaded.policy = nil
       routing.handlers.wave = function() return true end
       local p = require "policy"
-      assert.same({ "dm", "msg", "rooms", "typing", "wave" }, p.message_types)
+      assert.same({ "dm", "msg", "rooms", "typing", "voice_join", "wave" }, p.message_types)
       assert.is_true(p.self_test())
       routing.handlers.wave = nil
     end)
