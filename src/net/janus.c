@@ -232,12 +232,14 @@ static void janus_peer_create(janus_peer_t *p)
 {
     janus_t *j = p->j;
     p->state = P_CREATE;
+    /* talking: an average level above -40 dBov over 50 packets (1 s), about a voice at speaking
+     * level; the mixer says so to every participant */
     char desc[64];
     snprintf(desc, sizeof desc, "%.60s", p->room);   /* AudioBridge descriptions are for people */
     json_t *body = json_pack("{s:s, s:I, s:s, s:b, s:b, s:i, s:b, s:i, s:i}", "request", "create", "room",
                              (json_int_t)p->rid, "description", desc, "permanent", 0, "is_private", 1,
-                             "sampling_rate", 48000, "audiolevel_event", 1, "audio_active_packets", 25,
-                             "audio_level_average", 50);
+                             "sampling_rate", 48000, "audiolevel_event", 1, "audio_active_packets", 50,
+                             "audio_level_average", 40);
     if (janus_plugin_send(j, p->handle, body, NULL, R_CREATE, p, NULL) < 0)
         janus_peer_lose(p, "voice_unavailable", "the media server cannot be asked now");
 }

@@ -36,6 +36,25 @@ function sfuStats(page) {
   });
 }
 
+/** A WAV file (48 kHz, mono, 16 bit) of a steady tone with a slow vibrato, for Chromium's fake
+ * microphone: its default beep is too short for the mixer to call anyone talking. */
+function toneWav(file, seconds = 10) {
+  const rate = 48000;
+  const n = rate * seconds;
+  const buf = Buffer.alloc(44 + n * 2);
+  buf.write('RIFF', 0); buf.writeUInt32LE(36 + n * 2, 4); buf.write('WAVEfmt ', 8);
+  buf.writeUInt32LE(16, 16); buf.writeUInt16LE(1, 20); buf.writeUInt16LE(1, 22);
+  buf.writeUInt32LE(rate, 24); buf.writeUInt32LE(rate * 2, 28); buf.writeUInt16LE(2, 32); buf.writeUInt16LE(16, 34);
+  buf.write('data', 36); buf.writeUInt32LE(n * 2, 40);
+  let phase = 0;
+  for (let i = 0; i < n; i++) {
+    const f = 330 + 60 * Math.sin((2 * Math.PI * 3 * i) / rate);
+    phase += (2 * Math.PI * f) / rate;
+    buf.writeInt16LE(Math.round(12000 * Math.sin(phase)), 44 + i * 2);
+  }
+  fs.writeFileSync(file, buf);
+}
+
 /** The audio energy a page receives over about ms (a difference of totalAudioEnergy). */
 async function energyOver(page, ms) {
   const a = await sfuStats(page);
@@ -63,12 +82,14 @@ describe('voice through Janus (AudioBridge)', { skip: skip || false }, () => {
       if (f === 'settings.lua') text = text.replace(/voice_sfu_max = \d+/, `voice_sfu_max = ${N}`);
       fs.writeFileSync(path.join(scripts, f), text);
     }
+    toneWav(path.join(scripts, 'tone.wav'));
     srv = await startServer(['--janus-url', janus.url, '--janus-timeout-ms', '3000', '--scripts-dir', scripts]);
     const { chromium } = await import('../web/node_modules/playwright-core/index.mjs');
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--use-fake-ui-for-media-stream',
-        '--use-fake-device-for-media-stream', '--autoplay-policy=no-user-gesture-required'],
+        '--use-fake-device-for-media-stream', `--use-file-for-fake-audio-capture=${path.join(scripts, 'tone.wav')}`,
+        '--autoplay-policy=no-user-gesture-required'],
       timeout: 60000,
     });
     for (let i = 0; i < N; i++) {
