@@ -1047,6 +1047,7 @@ static void hub_bus_drop(hub_t *hub)
 
 void hub_bus_close(hub_t *hub)
 {
+    hub_voice_close(hub);          /* Janus's long poll would keep the loop alive as well */
     if (!hub->remote) return;
     hub_bus_drop(hub);
     hub->remote = 0;

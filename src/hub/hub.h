@@ -66,8 +66,8 @@ void hub_free(hub_t *hub);         /* after every connection detached */
  * naming the key in err. */
 int hub_bus_open(hub_t *hub, char *err, size_t errlen);
 /* Says goodbye to Redis or to the other workers (this node's members leave, its heartbeat
- * goes) and falls back to the single-node bus; the link closes while the loop runs on. For
- * shutdown. */
+ * goes) and falls back to the single-node bus; the link closes while the loop runs on. The
+ * Janus client (janus_url) goes too: voice ends. For shutdown. */
 void hub_bus_close(hub_t *hub);
 /* -1 without Redis (single node or in-process bus), else 1 while the link is up and 0 while down.
  * A tri-state answer, not an error: -1 is no GW_E* code. */
