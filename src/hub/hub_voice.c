@@ -13,6 +13,8 @@
 #include "hub/hub_int.h"
 #include "net/janus.h"
 
+#define HUB_VOICE_SDP_MAX 65536     /* a browser's audio offer is a few KB */
+
 typedef struct hub_voice_entry_s {
     struct hub_voice_entry_s *next;
     hub_t *hub;
@@ -136,6 +138,10 @@ static void hub_voice_on_talking(void *ud, janus_peer_t *p, const char *member, 
 static void hub_voice_on_state(void *arg, int up)
 {
     hub_t *hub = arg;
+    if (!up && hub->voice) {       /* every voice here ended: nobody is talking */
+        map_free(&hub->voice->talking);
+        map_init(&hub->voice->talking);
+    }
     __atomic_store_n(&hub->gw->metrics.janus_up, (uint64_t)(up ? 1 : 0), __ATOMIC_RELAXED);
 }
 
@@ -188,6 +194,10 @@ static void hub_voice_join(hub_t *hub, hub_client_t *cl, hub_room_t *r, const pr
     if (!sdp || !type || strcmp(type, "offer")) {
         hub_voice_error(hub, cl, "bad_field", "field 'data' must be an SDP offer {type:\"offer\", sdp}", in->cid,
                         r->name);
+        return;
+    }
+    if (strlen(sdp) > HUB_VOICE_SDP_MAX) {
+        hub_voice_error(hub, cl, "too_large", "the SDP offer is over 64 KiB", in->cid, r->name);
         return;
     }
     hub_voice_entry_t **old = hub_voice_find(v, cl, r->name);

@@ -179,6 +179,8 @@ describe('voice through Janus: chatgw\'s side', () => {
     b.send({ type: 'voice_join', room: 'voice-1', cid: 'bad', data: { type: 'answer', sdp: 'x' } });
     const err = await b.wait((f) => f.type === 'error' && f.ref === 'bad', 'bad offer');
     assert.equal(err.code, 'bad_field');
+    b.send({ type: 'voice_join', room: 'voice-1', cid: 'big', data: { type: 'offer', sdp: 'a'.repeat(70000) } });
+    assert.equal((await b.wait((f) => f.type === 'error' && f.ref === 'big', 'big offer')).code, 'too_large');
     b.send({ type: 'voice_join', room: 'elsewhere', cid: 'nr', data: OFFER });
     assert.equal((await b.wait((f) => f.type === 'error' && f.ref === 'nr', 'not in room')).code, 'not_in_room');
   });

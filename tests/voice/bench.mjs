@@ -104,7 +104,12 @@ async function run(n, sfu) {
 const rows = [];
 for (const n of sizes) {
   for (const sfu of [true, false]) {
-    const r = await run(n, sfu);
+    let r;
+    try {
+      r = await run(n, sfu);
+    } catch (err) {              // a mesh too big for the machine never connects: say so
+      r = { n, mode: sfu ? 'janus' : 'mesh', failed: err.message.split('\n')[0] };
+    }
     rows.push(r);
     console.error(JSON.stringify(r));
   }
@@ -113,6 +118,7 @@ const f1 = (x) => (x === null ? '-' : x.toFixed(1));
 console.log('| members | voice | Janus CPU % | Janus RSS MiB | chatgw CPU % | chatgw RSS MiB | browser CPU % per member | streams up/down per member |');
 console.log('|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
+  if (r.failed) { console.log(`| ${r.n} | ${r.mode} | ${r.failed} |||||| `); continue; }
   console.log(`| ${r.n} | ${r.mode} | ${f1(r.janusCpu)} | ${f1(r.janusRss)} | ${f1(r.gwCpu)} | ${f1(r.gwRss)} | ${f1(r.clientCpuPerMember)} | ${r.upStreams}/${r.downStreams} |`);
 }
 console.log(`\n${os.cpus().length} CPUs (${os.cpus()[0].model}), ${windowS} s window, Chromium fake microphone, Opus.`);
