@@ -844,6 +844,21 @@ static int hub_host_kick(void *ud, const char *conn_id, const char *code, const 
     return 0;
 }
 
+/* A moderator's mute: like the member's own, in the mixer too, and the member is told. */
+static int hub_host_mute(void *ud, const char *conn_id, const char *room, int muted)
+{
+    hub_t *hub = ud;
+    hub_client_t *cl = hub_client_find(hub, conn_id);
+    hub_room_t *r = hub_room_get(hub, room);
+    hub_member_t *m = cl && r ? hub_room_member(r, cl) : NULL;
+    if (!m) return GW_ENOTFOUND;
+    m->muted = muted;
+    hub_voice_mute(hub, cl, r, muted);
+    hub_presence_publish(hub, r, cl, muted);
+    hub_room_send(hub, r, proto_presence(muted ? "mute" : "unmute", r->name, cl->id, cl->name, muted), NULL, NULL);
+    return 0;
+}
+
 static json_t *hub_host_members(void *ud, const char *room)
 {
     hub_room_t *r = hub_room_get(ud, room);
@@ -930,6 +945,7 @@ void hub_policy_host(hub_t *hub, policy_host_t *host)
         .send = hub_host_send,
         .broadcast = hub_host_broadcast,
         .kick = hub_host_kick,
+        .mute = hub_host_mute,
         .members = hub_host_members,
         .rooms = hub_host_rooms,
         .log = hub_host_log,

@@ -4,7 +4,10 @@
 // request, so the test sees what chatgw asks of the mixer: the room id, the join, the mute by
 // participant id, the clean-up. tests/voice runs the same paths with a real Janus and browsers.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { HOST, WebSocket, httpGet, startServer, waitFor, withTimeout } from './lib.mjs';
@@ -239,5 +242,60 @@ describe('voice without janus_url', () => {
 
   it('refuses a janus_url that is not http(s) at start', async () => {
     await assert.rejects(startServer(['--janus-url', 'ws://janus:8188']), /janus_url/);
+  });
+});
+
+describe('voice and a policy of its own: refusal codes and a moderator\'s mute in the mixer', () => {
+  const janus = new FakeJanus();
+  let srv, dir, mod, alice, mallory;
+
+  before(async () => {
+    await janus.start();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatgw-voice-policy-'));
+    fs.writeFileSync(path.join(dir, 'policy.lua'), `
+return {
+  message_types = { "voice_join", "modmute" },
+  on_message = function(conn, room, msg)
+    if msg.type == "voice_join" then
+      if conn.name == "mallory" then return nil, "voice_banned" end
+      return true
+    end
+    gw.mute(msg.target, room, msg.on ~= false)   -- modmute {room, target, on}
+    return false
+  end,
+}
+`);
+    srv = await startServer(['--janus-url', janus.url, '--scripts-dir', dir]);
+    await waitFor(async () => (await readyz(srv.port)).janus === 'up', { timeoutMs: 8000, what: 'janus up' });
+    alice = await client(srv.port, 'stage', 'alice');
+    mallory = await client(srv.port, 'stage', 'mallory');
+    mod = await client(srv.port, 'stage', 'mod');
+  });
+  after(async () => {
+    for (const c of [alice, mallory, mod]) c?.ws.close();
+    await srv?.stop();
+    await janus.stop().catch(() => {});
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('the policy refuses a voice join with its own code, before Janus hears of it', async () => {
+    const joins = janus.plugin('join').length;
+    mallory.send({ type: 'voice_join', room: 'stage', cid: 'mj', data: OFFER });
+    const err = await mallory.wait((f) => f.type === 'error' && f.ref === 'mj', 'refusal');
+    assert.equal(err.code, 'voice_banned');
+    assert.equal(janus.plugin('join').length, joins);
+  });
+
+  it('gw.mute from the policy mutes the member in the mixer and tells everyone, the member too', async () => {
+    alice.send({ type: 'voice_join', room: 'stage', data: OFFER });
+    await alice.wait((f) => f.type === 'voice_answer', 'answer');
+    const pid = janus.lastJoin.pid;
+    mod.send({ type: 'modmute', room: 'stage', target: alice.id });
+    await waitFor(() => janus.plugin('mute').some((m) => m.id === pid), { what: 'mute at janus' });
+    const self = await alice.wait((f) => f.type === 'mute' && f.member.id === alice.id, 'alice told');
+    assert.equal(self.member.muted, true);
+    await mallory.wait((f) => f.type === 'mute' && f.member.id === alice.id, 'mallory told');
+    mod.send({ type: 'modmute', room: 'stage', target: alice.id, on: false });
+    await waitFor(() => janus.plugin('unmute').some((m) => m.id === pid), { what: 'unmute at janus' });
   });
 });

@@ -345,6 +345,7 @@ export function renderRoom(root, room) {
     case 'mute':
     case 'unmute': {
       if (f.room !== room || !f.member) break;
+      if (f.member.id === state.me.id) { setMuted(f.type === 'mute'); break; }   // a moderator's mute
       const m = state.members.get(f.member.id);
       if (m) { m.muted = f.type === 'mute'; renderMembers(); }
       break;
