@@ -140,6 +140,8 @@ static const config_key_t config_keys[] = {
       "Janus HTTP API (http://host:port/janus): voice through its AudioBridge; empty = peer-to-peer mesh" },
     { "janus_timeout_ms", CK_LONG, OFF(janus_timeout_ms), "5000", 100, 120000, 0,
       "limit per Janus request; a voice join gets voice_timeout after twice this" },
+    { "janus_keepalive_ms", CK_LONG, OFF(janus_keepalive_ms), "20000", 100, 3600000, 0,
+      "keepalive of chatgw's Janus session; below Janus's session_timeout (60 s by default)" },
     { "presence_ttl_ms", CK_LONG, OFF(presence_ttl_ms), "15000", 300, MS_DAY, 0,
       "node heartbeat TTL: members of a dead replica leave within about this time" },
     { "node_id", CK_NODE_ID, OFF(node_id), "", 0, 0, 0,

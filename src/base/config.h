@@ -49,6 +49,7 @@ typedef struct {
     int redis_required;            /* redis down fails /readyz */
     char *janus_url;               /* "" = voice is the browsers' mesh */
     long janus_timeout_ms;
+    long janus_keepalive_ms;       /* Janus ends a session idle for its session_timeout */
     long presence_ttl_ms;
     char *node_id;                 /* "" = hostname-RANDOM; else 1..CONFIG_NODE_ID_MAX bytes, no '\n' */
     long policy_timeout_ms;

@@ -155,7 +155,8 @@ void hub_voice_open(hub_t *hub)
     map_init(&v->talking);
     static const janus_handlers_t handlers = {hub_voice_on_answer, hub_voice_on_lost, hub_voice_on_talking,
                                               hub_voice_on_state};
-    v->janus = janus_new(hub->gw->loop, url, (unsigned)hub->gw->cfg.janus_timeout_ms, &handlers, hub);
+    v->janus = janus_new(hub->gw->loop, url, (unsigned)hub->gw->cfg.janus_timeout_ms,
+                         (unsigned)hub->gw->cfg.janus_keepalive_ms, &handlers, hub);
     if (!v->janus) {
         log_error("janus: no client (out of memory); voice stays peer to peer", "{s:s}", "url", url);
         map_free(&v->talking);

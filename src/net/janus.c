@@ -24,7 +24,7 @@
 #define JANUS_ROOM_EXISTS 486      /* AudioBridge error codes */
 #define JANUS_NO_SUCH_ROOM 485
 
-typedef enum { R_SESSION, R_CONTROL, R_POLL, R_ATTACH, R_CREATE, R_JOIN, R_DETACH, R_LIST, R_FIRE } janus_kind_t;
+typedef enum { R_SESSION, R_CONTROL, R_POLL, R_KEEPALIVE, R_ATTACH, R_CREATE, R_JOIN, R_DETACH, R_LIST, R_FIRE } janus_kind_t;
 typedef enum { P_ATTACH, P_CREATE, P_JOIN, P_LIVE, P_DEAD } janus_pstate_t;
 
 typedef struct janus_req {
@@ -59,7 +59,8 @@ struct janus {
     uv_loop_t *loop;
     httpc_t *http;
     char *url;
-    unsigned timeout_ms;
+    unsigned timeout_ms, keepalive_ms;
+    uint64_t keepalive_at;         /* the next keepalive, on the loop's clock */
     janus_handlers_t h;
     void *arg;
     int64_t session, control;
@@ -415,11 +416,15 @@ static void janus_on_done(void *ud, int status, const char *body, size_t len)
         j->up = 1;
         j->connecting = 0;
         j->backoff = JANUS_BACKOFF_MIN_MS;
+        j->keepalive_at = uv_now(j->loop) + j->keepalive_ms;
         log_info("janus: session up", "{s:s}", "url", j->url);
         janus_poll(j);
         if (j->h.state) j->h.state(j->arg, 1);
         break;
     }
+    case R_KEEPALIVE:              /* "ack"; an error (458: no such session) or no answer ends it */
+        if (!ok) janus_session_fail(j, why);
+        break;
     case R_POLL:
         if (!ok) {
             janus_session_fail(j, why);
@@ -491,11 +496,18 @@ static void janus_session_start(janus_t *j)
         janus_session_fail(j, "create not sent");
 }
 
-/* Once a second: joins past their deadline, and the next try at a session. */
+/* Now and then: joins past their deadline, the session's keepalive, the next try at a session. */
 static void janus_on_tick(uv_timer_t *t)
 {
     janus_t *j = t->data;
     uint64_t now = uv_now(j->loop);
+    if (j->up && now >= j->keepalive_at) {
+        j->keepalive_at = now + j->keepalive_ms;
+        char path[64];
+        janus_path(path, sizeof path, j, 0);
+        if (janus_send(j, path, json_pack("{s:s}", "janus", "keepalive"), R_KEEPALIVE, NULL, NULL) < 0)
+            log_warn("janus: keepalive not sent", "{s:s}", "url", j->url);
+    }
     for (janus_peer_t *p = j->peers, *next; p; p = next) {
         next = p->next;
         if (p->state < P_LIVE && now >= p->deadline) janus_peer_lose(p, "voice_timeout", "the media server is slow");
@@ -505,8 +517,8 @@ static void janus_on_tick(uv_timer_t *t)
 
 /* ---- the public side ---- */
 
-janus_t *janus_new(uv_loop_t *loop, const char *url, unsigned timeout_ms, const janus_handlers_t *handlers,
-                   void *arg)
+janus_t *janus_new(uv_loop_t *loop, const char *url, unsigned timeout_ms, unsigned keepalive_ms,
+                   const janus_handlers_t *handlers, void *arg)
 {
     janus_t *j = xcalloc(1, sizeof *j);
     j->http = httpc_new(loop, JANUS_INFLIGHT);
@@ -519,6 +531,7 @@ janus_t *janus_new(uv_loop_t *loop, const char *url, unsigned timeout_ms, const 
     size_t n = strlen(j->url);
     while (n && j->url[n - 1] == '/') j->url[--n] = '\0';
     j->timeout_ms = timeout_ms;
+    j->keepalive_ms = keepalive_ms;
     j->h = *handlers;
     j->arg = arg;
     j->backoff = JANUS_BACKOFF_MIN_MS;
@@ -527,7 +540,8 @@ janus_t *janus_new(uv_loop_t *loop, const char *url, unsigned timeout_ms, const 
     j->tick = xmalloc(sizeof *j->tick);
     uv_timer_init(loop, j->tick);
     j->tick->data = j;
-    uv_timer_start(j->tick, janus_on_tick, 1000, 1000);
+    unsigned every = keepalive_ms < 1000 ? keepalive_ms : 1000;   /* a short keepalive ticks sooner */
+    uv_timer_start(j->tick, janus_on_tick, every, every);
     janus_session_start(j);
     return j;
 }

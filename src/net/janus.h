@@ -1,6 +1,6 @@
 /* janus: chatgw's client of a Janus media server (its HTTP API), for voice rooms mixed by the
  * AudioBridge plugin. Clients never see Janus: chatgw holds one Janus session per loop (kept
- * alive by its long poll), one plugin handle per member in voice, and one control handle for
+ * alive by a keepalive every keepalive_ms: Janus's long poll does not count), one plugin handle per member in voice, and one control handle for
  * room-wide requests (create, destroy, mute). Outgoing HTTP goes through httpc (libcurl multi).
  *
  * Contract:
@@ -44,9 +44,10 @@ typedef struct {
     void (*state)(void *arg, int up);
 } janus_handlers_t;
 
-/* url: the Janus HTTP API base, e.g. http://127.0.0.1:8088/janus. NULL on allocation failure. */
-janus_t *janus_new(uv_loop_t *loop, const char *url, unsigned timeout_ms, const janus_handlers_t *handlers,
-                   void *arg);
+/* url: the Janus HTTP API base, e.g. http://127.0.0.1:8088/janus. NULL on allocation failure.
+ * keepalive_ms must be below Janus's session_timeout. */
+janus_t *janus_new(uv_loop_t *loop, const char *url, unsigned timeout_ms, unsigned keepalive_ms,
+                   const janus_handlers_t *handlers, void *arg);
 /* Drops every request and peer (no callbacks; peers must not be used afterwards); Janus ends
  * the session by its own timeout. The memory goes once libuv closed the handles. */
 void janus_free(janus_t *j);

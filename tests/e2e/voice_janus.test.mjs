@@ -13,7 +13,10 @@ import { after, before, describe, it } from 'node:test';
 import { HOST, WebSocket, httpGet, startServer, waitFor, withTimeout } from './lib.mjs';
 
 class FakeJanus {
-  constructor() {
+  /** expireMs: like Janus's session_timeout, a session without a POST (a keepalive, a request)
+   * for that long is gone; the long poll does not count, as in Janus. */
+  constructor({ expireMs = 0 } = {}) {
+    this.expireMs = expireMs;
     this.requests = [];            // {path, body}
     this.sessions = new Map();     // id -> {events: [], waiters: []}
     this.nextId = 1000;
@@ -50,6 +53,8 @@ class FakeJanus {
     const reply = (o) => { res.setHeader('Content-Type', 'application/json'); res.end(JSON.stringify(o)); };
     const sid = parts[1] ? Number(parts[1]) : 0;
     const hid = parts[2] ? Number(parts[2]) : 0;
+    const stale = this.sessions.get(sid);
+    if (stale && this.expireMs && Date.now() - stale.last > this.expireMs) this.sessions.delete(sid);
     if (req.method === 'GET') {
       const s = this.sessions.get(sid);
       if (!s) return reply({ janus: 'error', error: { code: 458, reason: 'No such session' } });
@@ -68,10 +73,12 @@ class FakeJanus {
       const txn = body.transaction;
       if (body.janus === 'create') {
         const id = this.nextId++;
-        this.sessions.set(id, { events: [], waiters: [] });
+        this.sessions.set(id, { events: [], waiters: [], last: Date.now() });
         return reply({ janus: 'success', transaction: txn, data: { id } });
       }
       if (!this.sessions.has(sid)) return reply({ janus: 'error', transaction: txn, error: { code: 458, reason: 'No such session' } });
+      this.sessions.get(sid).last = Date.now();
+      if (body.janus === 'keepalive') return reply({ janus: 'ack', transaction: txn, session_id: sid });
       if (body.janus === 'attach') return reply({ janus: 'success', transaction: txn, data: { id: this.nextId++ } });
       if (body.janus === 'detach' || body.janus === 'trickle') return reply({ janus: body.janus === 'trickle' ? 'ack' : 'success', transaction: txn });
       if (body.janus !== 'message') return reply({ janus: 'error', transaction: txn, error: { code: 456, reason: 'bad' } });
@@ -121,12 +128,12 @@ const OFFER = { type: 'offer', sdp: 'v=0\r\no=browser 1 1 IN IP4 127.0.0.1\r\n' 
 const readyz = async (port) => JSON.parse((await httpGet(port, '/readyz')).body.toString());
 
 describe('voice through Janus: chatgw\'s side', () => {
-  const janus = new FakeJanus();
+  const janus = new FakeJanus({ expireMs: 1500 });
   let srv, a, b;
 
   before(async () => {
     await janus.start();
-    srv = await startServer(['--janus-url', janus.url, '--janus-timeout-ms', '1000']);
+    srv = await startServer(['--janus-url', janus.url, '--janus-timeout-ms', '1000', '--janus-keepalive-ms', '300']);
     await waitFor(async () => (await readyz(srv.port)).janus === 'up', { timeoutMs: 8000, what: 'janus up' });
     a = await client(srv.port, 'voice-1', 'alice');
     b = await client(srv.port, 'voice-1', 'bob');
@@ -136,6 +143,14 @@ describe('voice through Janus: chatgw\'s side', () => {
     b?.ws.close();
     await srv?.stop();
     await janus.stop().catch(() => {});
+  });
+
+  it('keeps its session alive with keepalives (the long poll alone would let it expire)', async () => {
+    const creates = janus.requests.filter((r) => r.body.janus === 'create').length;
+    await waitFor(() => janus.requests.filter((r) => r.body.janus === 'keepalive').length >= 8,
+      { timeoutMs: 8000, what: 'keepalives' });
+    assert.equal(janus.requests.filter((r) => r.body.janus === 'create').length, creates, 'no new session');
+    assert.equal((await readyz(srv.port)).janus, 'up');
   });
 
   it('offers the mixer in /api/config', async () => {

@@ -33,7 +33,7 @@ static const char *const keys[] = {
     "max_text_bytes", "rate_msgs_per_sec", "rate_burst", "max_rooms_per_conn",
     "max_room_members", "history_size", "api_token", "allowed_origins", "redis_url",
     "redis_password_file", "redis_connect_timeout_ms", "redis_command_timeout_ms", "redis_backoff_min_ms",
-    "redis_backoff_max_ms", "redis_required", "janus_url", "janus_timeout_ms", "presence_ttl_ms", "node_id",
+    "redis_backoff_max_ms", "redis_required", "janus_url", "janus_timeout_ms", "janus_keepalive_ms", "presence_ttl_ms", "node_id",
     "policy_timeout_ms", "policy_budget", "policy_memory_mb", "policy_store_mb", "policy_fail", "policy_boot", "reload_poll_ms", "tls_cert",
     "tls_key", "trusted_proxies", "proxy_protocol", "ipv6_prefix_bits", "ice_servers",
 };
