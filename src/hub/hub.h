@@ -13,7 +13,8 @@
  *   hub_message       a frame arrives: rate limit, then decode (proto_decode)
  *   hub_dispatch      join and leave are the hub's own; the rest goes on to
  *   hub_filter        the policy's on_message: drop, rewrite (checked again) or pass
- *   hub_handle        carry it out by type: hub_handle_msg, _dm, _signal, _mute, _history, _custom
+ *   hub_handle        carry it out by type: hub_handle_msg, _dm, _signal, _mute, _history, _custom,
+ *                     and hub_voice_handle (hub_voice.c) for voice_*
  *   post              a msg gets its id, its place in the room's one order: hub_room_post through
  *                     the bus (Redis assigns it; this replica delivers from the answer, the
  *                     others from the room's channel), or hub_room_post_own with the hub's own

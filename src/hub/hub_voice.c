@@ -46,14 +46,21 @@ static void hub_voice_error(hub_t *hub, hub_client_t *cl, const char *code, cons
     json_decref(ref);
 }
 
-/* voice {room, member, on, muted} to every member of the room (the joiner too). */
+/* voice {room, member, on, muted} to every member of the room (the joiner too), and with Redis
+ * to the other replicas' members. voice_talking is not published: every replica with a member
+ * in voice in the room hears the mixer's talking events itself. */
 static void hub_voice_announce(hub_t *hub, const char *room, const char *member, int on, int muted)
 {
     hub_room_t *r = hub_room_get(hub, room);
     if (!r) return;
     sbuf_t *f = hub_voice_frame(json_pack("{s:s, s:s, s:s, s:b, s:b}", "type", "voice", "room", room, "member",
                                           member, "on", on, "muted", muted));
-    if (f) hub_room_send(hub, r, f, NULL, NULL);
+    if (!f) return;
+    if (hub->remote) {
+        int rc = bus_room_publish(hub->bus, r->name, f->data, f->len);
+        if (rc < 0) log_debug("bus: voice event not published", "{s:s, s:s}", "room", r->name, "error", gw_strerror(rc));
+    }
+    hub_room_send(hub, r, f, NULL, NULL);
 }
 
 static hub_voice_entry_t **hub_voice_find(hub_voice_t *v, const hub_client_t *cl, const char *room)

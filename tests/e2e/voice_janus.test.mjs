@@ -11,6 +11,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { HOST, WebSocket, httpGet, startServer, waitFor, withTimeout } from './lib.mjs';
+import { redisCluster, startReplica } from './redis_lib.mjs';
 
 class FakeJanus {
   /** expireMs: like Janus's session_timeout, a session without a POST (a keepalive, a request)
@@ -312,5 +313,36 @@ return {
     await mallory.wait((f) => f.type === 'mute' && f.member.id === alice.id, 'mallory told');
     mod.send({ type: 'modmute', room: 'stage', target: alice.id, on: false });
     await waitFor(() => janus.plugin('unmute').some((m) => m.id === pid), { what: 'unmute at janus' });
+  });
+});
+
+describe('voice through one Janus from two replicas (Redis)', () => {
+  const janus = new FakeJanus();
+  let janusUp = false;
+  const state = redisCluster(async (redis) => {
+    if (!janusUp) { await janus.start(); janusUp = true; }
+    return Promise.all(['va', 'vb'].map((n) => startReplica(redis.url, n, ['--janus-url', janus.url])));
+  });
+  after(async () => { await janus.stop().catch(() => {}); });
+
+  it('both replicas meet in the same AudioBridge room, and voice events cross replicas', async () => {
+    const [ra, rb] = state.reps;
+    const alice = await client(ra.port, 'shared', 'alice');
+    const bob = await client(rb.port, 'shared', 'bob');
+    try {
+      alice.send({ type: 'voice_join', room: 'shared', data: OFFER });
+      await alice.wait((f) => f.type === 'voice_answer', 'alice answer');
+      const ev = await bob.wait((f) => f.type === 'voice' && f.member === alice.id, 'voice event on the other replica');
+      assert.equal(ev.on, true);
+      bob.send({ type: 'voice_join', room: 'shared', data: OFFER });
+      await bob.wait((f) => f.type === 'voice_answer', 'bob answer');
+      const rooms = janus.plugin('create').map((c) => c.room);
+      assert.equal(rooms.length, 2);
+      assert.equal(rooms[0], rooms[1], 'one room id for one chat room, whichever replica asks');
+      assert.deepEqual(janus.plugin('join').map((j) => j.room), [rooms[0], rooms[0]]);
+    } finally {
+      alice.ws.close();
+      bob.ws.close();
+    }
   });
 });
