@@ -288,6 +288,19 @@ describe("policy", function()
     end)
   end)
 
+  describe("voice_join", function()
+    it("passes within voice_sfu_max, refuses past it with voice_full, and rate-limits joins", function()
+      local c = mock.conn("v1", { name = "vera" })
+      local function vj(n) return mock.on_message(policy, c, "lobby", { type = "voice_join", room = "lobby", voice_members = n }) end
+      assert.is_true(vj(0))
+      assert.same({ nil, "voice_full" }, { vj(1000) })
+      assert.is_true(vj(0))
+      assert.same({ nil, "rate_limited" }, { vj(0) })   -- the burst of 3 is spent
+      mock.clock = mock.clock + 2
+      assert.is_true(vj(0))
+    end)
+  end)
+
   describe("on_leave and on_tick", function()
     it("hands the room over when its owner leaves", function()
       local a, b = mock.conn("a1"), mock.conn("b1")
