@@ -30,7 +30,7 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libuv1 liblua5.4-0 libjansson4 libssl3 libhiredis0.14 zlib1g libcurl4 \
+      libuv1 liblua5.4-0 libjansson4 libssl3 libhiredis0.14 zlib1g libcurl4 ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
  && groupadd --system --gid 10001 chatgw \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

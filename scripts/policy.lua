@@ -25,7 +25,7 @@
 --                             unmute and history are delivered unchanged without entering Lua,
 --                             and any other custom type gets bad_type from chatgw itself.
 --
--- gw.store keys: per connection ("rooms:<id>", "nick:<id>", "rep:<id>", "strikes:<id>") are
+-- gw.store keys: per connection ("rooms:<id>", "nick:<id>", "strikes:<id>") are
 -- deleted when it leaves its last room and carry a TTL in case it never joined one; per room
 -- ("owner:<room>", "members:<room>") are deleted when the room empties, with a TTL too; per IP
 -- or name ("kicks:<ip>", "ban:...") expire by TTL. Nothing is kept without a TTL.
@@ -70,6 +70,15 @@ local passthrough = { signal = true, mute = true, unmute = true, history = true 
 local NICK_OPTS = { skip_words = true }
 local byte, find = string.byte, string.find
 
+-- Probe rooms (settings.rooms.probe): the msg goes back to the room by gw.broadcast, which
+-- keeps nothing, so a synthetic probe leaves no history behind.
+local PROBE = settings.rooms and settings.rooms.probe
+local function probe_echo(conn, room, msg)
+  gw.broadcast(room, { type = "msg", room = room, from = { id = conn.id, name = conn.name },
+                       text = msg.text, ts = math.floor(gw.now() * 1000) })
+  return false
+end
+
 local policy = {}
 
 -- The message types on_message handles, sorted: the custom types above and the types routing
@@ -109,6 +118,7 @@ function policy.on_message(conn, room, msg)
                and find(text, "^/[Nn][Ii][Cc][Kk]%f[%s\0]")
   local code, changed = moderation.check(conn, room, msg, nick and NICK_OPTS or nil)
   if code then return nil, code end
+  if PROBE and t == "msg" and find(room, PROBE) then return probe_echo(conn, room, msg) end
   local handler = custom[t]
   if handler then return handler(conn, room, msg) end
   local res, err = routing.on_message(conn, room, msg)
@@ -130,6 +140,7 @@ function policy.self_test()
   for _, t in ipairs(policy.message_types) do
     assert(custom[t] or routing.handlers[t], "message_types: no handler for " .. tostring(t))
   end
+  assert(not PROBE or pcall(find, "", PROBE), "settings.rooms.probe: not a Lua pattern")
   rooms.self_test()
   moderation.self_test()
   routing.self_test()

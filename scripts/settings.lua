@@ -49,7 +49,10 @@ local settings = {
     -- rooms matching these patterns need a JWT (as above) even when not listed in protected
     jwt_rooms = {},                      -- e.g. { "^team%-" }
     -- rooms matching these patterns never show in the public directory
-    private = { "^_", "^private%-", "^dm%-" },
+    private = { "^_", "^private%-", "^dm%-", "^probe%-" },
+    -- synthetic probe rooms (`chatgw probe`): a msg there is echoed to the room and never
+    -- kept in history; keep the pattern in `private` too. false = no probe rooms
+    probe = "^probe%-",
     directory_max = 100,                 -- rooms listed by the "rooms" request
     directory_cache_seconds = 2,         -- a burst of "rooms" requests shares one answer
   },

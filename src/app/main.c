@@ -1,4 +1,4 @@
-/* main: the command line (serve, check, version, --help). serve loads the configuration and
+/* main: the command line (serve, check, replay, version, --help). serve loads the configuration and
  * hands it to workers.c, which boots, runs and frees the gateway for any worker count. */
 #include <signal.h>
 #include <stdio.h>
@@ -10,16 +10,23 @@
 #include "base/log.h"
 #include "policy/policy.h"
 #include "app/workers.h"
+#include "app/replay.h"
+#include "app/probe.h"
+#include "app/crash.h"
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: chatgw [serve] [--config FILE] [--key value ...]\n"
             "       chatgw check DIR\n"
+            "       chatgw replay --stable DIR --candidate DIR [--max-diff-rate X] [--examples N] FILE\n"
+            "       chatgw probe ws[s]://HOST[:PORT][/PATH] [--timeout-ms N] [--token T] ...\n"
             "       chatgw version\n"
             "\n"
             "serve    run the gateway (default)\n"
             "check    load a policy directory as the server would, run self_test, print its version\n"
+            "replay   run recorded hook inputs (policy_record_file) through two policies, print the disagreements\n"
+            "probe    connect, join a probe room, send and receive a message, read /readyz; one JSON line\n"
             "version  print the version\n"
             "\n"
             "Every config key can be set in the JSON file, as CHATGW_<KEY>, or as a flag:\n");
@@ -59,6 +66,11 @@ static int cmd_serve(int argc, char **argv)
     }
     log_level_set(cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
+    if (crash_install(cfg.crash_dir, err, sizeof err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        config_free(&cfg);
+        return 2;
+    }
     serve_nofile_raise(&cfg);
     int code = workers_serve(&cfg);
     config_free(&cfg);
@@ -104,6 +116,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 2, argv + 2);
     if (!strcmp(cmd, "check")) return cmd_check(argc - 2, argv + 2);
+    if (!strcmp(cmd, "replay")) return replay_main(argc - 2, argv + 2);
+    if (!strcmp(cmd, "probe")) return probe_main(argc - 2, argv + 2);
     if (!strncmp(cmd, "--", 2)) return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "chatgw: unknown command '%s'\n", cmd);
     usage(stderr);

@@ -152,7 +152,9 @@ static void respond_json(buf_t *out, int status, json_t *body, int keep_alive)
  * checks.policy ("reload_failed") and policy.last_error. A worker that booted without a policy
  * (policy_boot = wait) is unready, checks.policy "not_loaded", until a reload loads one. With
  * redis_url, "redis" (top level and in checks) is "up" or "down": local rooms keep working
- * while it is down. */
+ * while it is down. With a candidate policy, "candidate" shows its mode, state (active,
+ * rolled_back, not_loaded), version and last error, and checks.candidate its state: a rolled
+ * back candidate never fails readiness (the live policy serves every connection). */
 static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
 {
     int bus = hub_bus_state(gw->hub);
@@ -169,6 +171,11 @@ static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
                              checks, "policy", policy, "version", CHATGW_VERSION, "websockets",
                              (json_int_t)GW_SUM(gw, metrics.ws_open), "uptime_s",
                              (json_int_t)((gw_now_ms(gw) - gw->started_ms) / 1000));
+    json_t *cand = gw->policy ? policy_candidate_status(gw->policy) : NULL;
+    if (cand) {
+        json_object_set(checks, "candidate", json_object_get(cand, "state"));
+        json_object_set_new(body, "candidate", cand);
+    }
     int voice = hub_voice_state(gw->hub);   /* Janus down: voice is refused, text goes on, still ready */
     if (voice >= 0) {
         json_object_set_new(checks, "janus", json_string(voice ? "up" : "down"));
@@ -191,6 +198,9 @@ static void route_metrics(gw_t *gw, buf_t *out, int keep_alive)
     free(sum);
     metrics_info_render(&text, "chatgw_policy_info", "The live policy; version is the sha256 of its sources.",
                         "version", gw->policy ? policy_version(gw->policy) : "");
+    metrics_info_render(&text, "chatgw_policy_candidate_info",
+                        "The candidate policy (policy_candidate_dir); version is the sha256 of its sources, empty when none.",
+                        "version", gw->policy ? policy_candidate_version(gw->policy) : "");
     http_response_write(out, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text.data, text.len, keep_alive);
     buf_free(&text);
 }

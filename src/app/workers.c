@@ -24,13 +24,17 @@
 #include "hub/hub.h"
 #include "base/log.h"
 #include "policy/policy.h"
+#include "policy/policy_rollout.h"
 #include "net/sentinel.h"
 #include "net/server.h"
 #include "http/static.h"
 #include "base/watch.h"
 #include "app/routes.h"
+#include "app/crash.h"
+#include "app/reports.h"
+#include "base/report.h"
 
-enum { WORKER_DRAIN = 1, WORKER_RELOAD = 2 };
+enum { WORKER_DRAIN = 1, WORKER_RELOAD = 2, WORKER_RELOAD_CANDIDATE = 4 };
 
 typedef struct pool_s pool_t;
 
@@ -52,9 +56,11 @@ struct pool_s {
     worker_t *ws;
     char listen[80];               /* the address worker 0 bound: the others bind it too */
     bus_inproc_t *inproc;
+    reports_t *reports;            /* error reports (sentry_dsn), NULL when off */
     uv_loop_t *loop;               /* the main thread's */
     uv_signal_t sig_term, sig_int, sig_hup;
     watch_t *watch;
+    watch_t *watch_candidate;      /* policy_candidate_dir's, when a candidate is configured */
     uv_async_t done;               /* a worker thread finished */
     uv_mutex_t mu;
     int ndone, done_closed;        /* under mu */
@@ -74,8 +80,13 @@ static void worker_on_ctl(uv_async_t *a)
     const char *why = w->why;
     w->requests = 0;
     uv_mutex_unlock(&w->pool->mu);
-    if (req & WORKER_RELOAD)
+    if (req & WORKER_RELOAD) {
         policy_reload_logged(w->gw->policy, w->gw->cfg.scripts_dir, why ? why : "reload", worker_log_index(w->gw));
+        crash_policy_note(policy_version(w->gw->policy));
+    }
+    if ((req & WORKER_RELOAD_CANDIDATE) && w->gw->policy)
+        policy_candidate_reload_logged(w->gw->policy, w->gw->cfg.policy_candidate_dir, why ? why : "reload",
+                                       worker_log_index(w->gw));
     if (req & WORKER_DRAIN) server_drain(w->gw);
 }
 
@@ -150,6 +161,35 @@ static void worker_policy_close(worker_t *w)
     gw->web = NULL;
 }
 
+/* The candidate policy and the recorder, beside a loaded policy. A candidate that fails to
+ * load is logged and stays out of every decision until a reload loads it (the live policy
+ * serves either way); a record file that cannot be opened stops the boot (1). */
+static int worker_rollout_open(worker_t *w)
+{
+    gw_t *gw = w->gw;
+    char err[512];
+    int mode = policy_rollout_mode_parse(gw->cfg.policy_candidate_mode);
+    if (mode > POLICY_ROLLOUT_OFF && !gw->cfg.policy_candidate_dir[0]) {
+        if (gw->worker == 0) log_warn("policy_candidate_mode is set but policy_candidate_dir is empty: no candidate", NULL);
+    } else if (mode > POLICY_ROLLOUT_OFF) {
+        int rc = policy_candidate_open(gw->policy, gw->cfg.policy_candidate_dir, mode, err, sizeof err);
+        if (rc < 0)
+            log_error("policy candidate load failed; it takes no part until a reload loads it", "{s:s, s:s}", "dir",
+                      gw->cfg.policy_candidate_dir, "error", err);
+        else if (gw->worker == 0)
+            log_info("policy candidate loaded", "{s:s, s:s, s:s}", "dir", gw->cfg.policy_candidate_dir, "mode",
+                     gw->cfg.policy_candidate_mode, "version", policy_candidate_version(gw->policy));
+    }
+    if (!gw->cfg.policy_record_file[0]) return 0;
+    if (policy_record_start(gw->policy, gw->cfg.policy_record_file, gw->cfg.policy_record_sample,
+                            gw->cfg.policy_record_redact, err, sizeof err) == 0)
+        return 0;
+    fprintf(stderr, "chatgw: %s\n", err);
+    log_error("policy recording failed to start", "{s:s}", "error", err);
+    worker_policy_close(w);
+    return 1;
+}
+
 /* The web client and the policy: the first load decides whether the process can serve. When it
  * fails, policy_boot = exit stops the boot (1); wait keeps the empty holder: the worker serves
  * unready and refuses every chat connection (hub_policy_connect) until a reload loads one. */
@@ -168,13 +208,19 @@ static int worker_policy_open(worker_t *w)
                   gw->nworkers > 1 ? "{s:s, s:s, s:i}" : "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "error", err,
                   "worker", gw->worker);
         fprintf(stderr, "chatgw: %s\n", err);
-        if (wait) return 0;
+        if (gw->worker == 0) {     /* every worker loads the same files: one report */
+            report_t r = {.kind = "policy_load_failed", .level = "error", .message = err, .hook = "load",
+                          .worker = gw->worker};
+            report_emit(&r);
+        }
+        if (wait) return worker_rollout_open(w);   /* the candidate waits beside it */
         worker_policy_close(w);
         return 1;
     }
     if (gw->worker == 0)
         log_info("policy loaded", "{s:s, s:s}", "dir", gw->cfg.scripts_dir, "version", policy_version(gw->policy));
-    return 0;
+    crash_policy_note(policy_version(gw->policy));
+    return worker_rollout_open(w);
 }
 
 static void worker_server_close(worker_t *w)
@@ -254,6 +300,7 @@ static void worker_thread(void *arg)
     char name[16];                 /* for top -H, gdb and the stall test */
     snprintf(name, sizeof name, "worker-%d", w->gw->worker);
     pthread_setname_np(pthread_self(), name);
+    reports_worker_set(w->gw->worker);
     worker_run(w);
 }
 
@@ -290,6 +337,7 @@ static void pool_on_hup(uv_signal_t *h, int signum)
     pool_t *p = h->data;
     log_info("SIGHUP received, reloading the policy", "{s:i}", "signal", signum);
     watch_trigger(p->watch, "SIGHUP");
+    watch_trigger(p->watch_candidate, "SIGHUP");
 }
 
 /* The watch's trigger names are literals that outlive any request; anything else is "reload". */
@@ -306,6 +354,11 @@ static void pool_on_watch(void *ud, const char *why)
     pool_request(ud, WORKER_RELOAD, pool_why(why));
 }
 
+static void pool_on_watch_candidate(void *ud, const char *why)
+{
+    pool_request(ud, WORKER_RELOAD_CANDIDATE, pool_why(why));
+}
+
 static void pool_main_close(pool_t *p)
 {
     uv_mutex_lock(&p->mu);
@@ -314,6 +367,8 @@ static void pool_main_close(pool_t *p)
     uv_close((uv_handle_t *)&p->done, NULL);
     watch_stop(p->watch);
     p->watch = NULL;
+    watch_stop(p->watch_candidate);
+    p->watch_candidate = NULL;
     uv_close((uv_handle_t *)&p->sig_term, NULL);
     uv_close((uv_handle_t *)&p->sig_int, NULL);
     uv_close((uv_handle_t *)&p->sig_hup, NULL);
@@ -348,6 +403,9 @@ static void pool_main_start(pool_t *p)
     /* Before the workers load the policy, as the signals: an edit once a listener is up
      * reloads (one during the boot is read by the first load or reloads after it). */
     p->watch = watch_start(p->loop, p->cfg.scripts_dir, p->cfg.reload_poll_ms, pool_on_watch, p);
+    if (strcmp(p->cfg.policy_candidate_mode, "off") && p->cfg.policy_candidate_dir[0])
+        p->watch_candidate = watch_start(p->loop, p->cfg.policy_candidate_dir, p->cfg.reload_poll_ms,
+                                         pool_on_watch_candidate, p);
 }
 
 /* Boots every worker; on a failure frees the ones booted, last first (none runs yet). 0 or an
@@ -395,9 +453,19 @@ int workers_serve(const config_t *cfg)
     if (uv_mutex_init(&p->mu) != 0) abort();
     p->loop = uv_default_loop();
     pool_main_start(p);
-    int rc = pool_boot(p);
+    char err[512];
+    int rc = reports_start(p->loop, cfg, &p->gws[0].metrics, &p->reports, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "%s\n", err);
+        log_error("error reports not started", "{s:s}", "error", err);
+        rc = 2;
+    } else {
+        reports_worker_set(p->n == 1 ? 0 : -1);   /* a lone worker runs here, on the main thread */
+        rc = pool_boot(p);
+    }
     if (rc == 0) pool_run(p);
     else pool_main_close(p);
+    reports_stop(p->reports);
     uv_run(p->loop, UV_RUN_DEFAULT);   /* the closes */
     uv_loop_close(p->loop);
     bus_inproc_free(p->inproc);

@@ -44,6 +44,7 @@ typedef enum {
     CK_CIDRS,       /* char *, comma list of CIDRs */
     CK_REDIS_URL,   /* char *, redis:// URL (the bus has no unix socket or TLS transport) */
     CK_NODE_ID,     /* char *, 1..CONFIG_NODE_ID_MAX bytes without a newline (the bus's framing), or empty */
+    CK_POLICY_MODE, /* char *, "off", "shadow" or "canary" */
     CK_COUNT
 } config_kind_t;
 
@@ -172,6 +173,34 @@ static const config_key_t config_keys[] = {
       "per-IP limits count an IPv6 client by this prefix of its address (128 = each address)" },
     { "ice_servers", CK_JSON_ARRAY, OFF(ice_servers), "[]", 0, 0, 0,
       "JSON list of ICE servers handed to the web client by /api/config" },
+    { "policy_candidate_dir", CK_STRING, OFF(policy_candidate_dir), "", 0, 0, 0,
+      "a candidate policy directory beside scripts_dir (loaded, watched and reloaded the same way); empty = none" },
+    { "policy_candidate_mode", CK_POLICY_MODE, OFF(policy_candidate_mode), "off", 0, 0, 0,
+      "off, shadow (both run, stable applies, diffs counted) or canary (policy_candidate_percent of connections)" },
+    { "policy_candidate_percent", CK_DOUBLE, OFF(policy_candidate_percent), "5", 0, 100, 0,
+      "canary: percent of connections (by a stable hash of the connection id) the candidate serves" },
+    { "policy_rollback_window_ms", CK_LONG, OFF(policy_rollback_window_ms), "60000", 100, MS_DAY, 0,
+      "canary: the window over which the candidate's error and drop rates are measured" },
+    { "policy_rollback_min_calls", CK_LONG, OFF(policy_rollback_min_calls), "20", 1, 1000000000, 0,
+      "canary: candidate calls a window needs before its rates can roll the candidate back" },
+    { "policy_rollback_error_rate", CK_DOUBLE, OFF(policy_rollback_error_rate), "0.05", 0, 1, 0,
+      "canary: share of the candidate's calls failing (error, timeout, memory) that rolls it back" },
+    { "policy_rollback_drop_rate", CK_DOUBLE, OFF(policy_rollback_drop_rate), "0.5", 0, 1, 0,
+      "canary: share of the candidate's connect/join/message calls refusing that rolls it back" },
+    { "policy_record_file", CK_STRING, OFF(policy_record_file), "", 0, 0, 0,
+      "JSON-lines file the policy's hook inputs and stable decisions are appended to (personal data); empty = off" },
+    { "policy_record_sample", CK_DOUBLE, OFF(policy_record_sample), "1", 0, 1, 0,
+      "share of connections recorded (chosen by a hash of the connection id: whole lives)" },
+    { "policy_record_redact", CK_BOOL, OFF(policy_record_redact), "true", 0, 0, 0,
+      "records replace message text, names and query values with same-length placeholders" },
+    { "sentry_dsn", CK_STRING, OFF(sentry_dsn), "", 0, 0, CF_SECRET,
+      "Sentry (or GlitchTip) DSN: policy errors, rejected reloads, bus errors and crashes go there; empty = none" },
+    { "sentry_dsn_file", CK_STRING, OFF(sentry_dsn_file), "", 0, 0, 0,
+      "file holding the DSN (a Kubernetes Secret); replaces sentry_dsn" },
+    { "environment", CK_STRING, OFF(environment), "production", 0, 0, CF_NONEMPTY,
+      "the environment name on error reports (production, staging, ...)" },
+    { "crash_dir", CK_STRING, OFF(crash_dir), "", 0, 0, 0,
+      "directory for crash records (an emptyDir); each is reported at the next start; empty = none" },
 };
 
 #define CONFIG_NKEYS (sizeof config_keys / sizeof config_keys[0])
@@ -401,6 +430,10 @@ static int config_value_parse(config_t *cfg, const config_key_t *k, const char *
         if (strcmp(s, "exit") && strcmp(s, "wait")) return GW_EINVAL;
         config_string_replace(cfg, k, xstrdup(s));
         return 0;
+    case CK_POLICY_MODE:
+        if (strcmp(s, "off") && strcmp(s, "shadow") && strcmp(s, "canary")) return GW_EINVAL;
+        config_string_replace(cfg, k, xstrdup(s));
+        return 0;
     case CK_JSON_ARRAY: {
         char *text = config_json_array_text(s);
         if (!text) return GW_EINVAL;
@@ -445,6 +478,7 @@ static void config_expect_describe(const config_key_t *k, buf_t *b)
         break;
     case CK_POLICY_FAIL: buf_append_str(b, "\"closed\" or \"open\""); break;
     case CK_POLICY_BOOT: buf_append_str(b, "\"exit\" or \"wait\""); break;
+    case CK_POLICY_MODE: buf_append_str(b, "\"off\", \"shadow\" or \"canary\""); break;
     case CK_JSON_ARRAY: buf_append_str(b, "a JSON array"); break;
     case CK_CIDRS: buf_append_str(b, "a comma list of CIDRs such as 10.0.0.0/8,fd00::/8"); break;
     case CK_REDIS_URL:
@@ -777,7 +811,7 @@ int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
 static int config_kind_is_string(config_kind_t kind)
 {
     return kind == CK_STRING || kind == CK_LISTEN || kind == CK_POLICY_FAIL || kind == CK_POLICY_BOOT
-        || kind == CK_JSON_ARRAY
+        || kind == CK_JSON_ARRAY || kind == CK_POLICY_MODE
         || kind == CK_CIDRS || kind == CK_REDIS_URL || kind == CK_NODE_ID;
 }
 
@@ -872,6 +906,7 @@ static const char *config_metavar(const config_key_t *k)
     case CK_LISTEN: return "HOST:PORT";
     case CK_POLICY_FAIL: return "closed|open";
     case CK_POLICY_BOOT: return "exit|wait";
+    case CK_POLICY_MODE: return "off|shadow|canary";
     case CK_JSON_ARRAY: return "JSON";
     case CK_CIDRS: return "CIDRS";
     case CK_REDIS_URL: return "URL";

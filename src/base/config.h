@@ -65,6 +65,20 @@ typedef struct {
     int proxy_protocol;            /* the public listener expects a PROXY header (trusted_proxies only) */
     long ipv6_prefix_bits;         /* per-IP limits key IPv6 clients by this prefix */
     char *ice_servers;             /* JSON array text */
+    char *policy_candidate_dir;    /* "" = no candidate policy */
+    char *policy_candidate_mode;   /* "off", "shadow" or "canary" */
+    double policy_candidate_percent;     /* canary: share of connections, 0..100 */
+    long policy_rollback_window_ms;
+    long policy_rollback_min_calls;
+    double policy_rollback_error_rate;   /* 0..1 of the candidate's calls in a window */
+    double policy_rollback_drop_rate;
+    char *policy_record_file;      /* "" = no recording */
+    double policy_record_sample;   /* 0..1 of connections recorded */
+    int policy_record_redact;
+    char *sentry_dsn;              /* "" = no error reports (app/sentry_app checks the format) */
+    char *sentry_dsn_file;         /* "" = sentry_dsn; else the file's first line replaces it */
+    char *environment;             /* on error reports */
+    char *crash_dir;               /* "" = no crash records */
 } config_t;
 
 /* Fills cfg from all layers. args are the flags after the subcommand (argv style, argc items).

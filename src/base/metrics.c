@@ -80,6 +80,12 @@ static const metrics_scalar_t metrics_scalars[] = {
     { "chatgw_policy_store_evicted_total", "counter",
       "gw.store entries evicted because the store was full (soonest to expire first).",
       offsetof(metrics_t, policy_store_evicted) },
+    { "chatgw_policy_rollbacks_total", "counter",
+      "Automatic rollbacks of the candidate policy (its error or drop rate over the bound).",
+      offsetof(metrics_t, policy_rollbacks) },
+    { "chatgw_policy_candidate_active", "gauge",
+      "Workers whose candidate policy is loaded and shadowing or serving its canary share (0 when off or rolled back).",
+      offsetof(metrics_t, policy_candidate_active) },
 };
 
 const char *const metrics_drop_reasons[METRICS_DROP_REASONS] = {
@@ -91,6 +97,12 @@ const char *const metrics_policy_hooks[METRICS_POLICY_HOOKS] = {
 };
 const char *const metrics_policy_kinds[METRICS_POLICY_KINDS] = { "error", "budget", "memory", "timeout", "tripped" };
 const char *const metrics_reload_results[METRICS_RELOAD_RESULTS] = { "ok", "failed", "unchanged" };
+const char *const metrics_arms[METRICS_ARMS] = { "stable", "candidate" };
+const char *const metrics_shadow_kinds[METRICS_SHADOW_KINDS] = { "verdict", "code", "rewrite", "effects", "error" };
+const char *const metrics_arm_codes[METRICS_ARM_CODES] = {
+    "forbidden", "room_full", "rate_limited", "banned", "bad_field", "bad_type", "other",
+};
+const char *const metrics_sentry_results[METRICS_SENTRY_RESULTS] = { "sent", "failed", "dropped", "rate_limited" };
 
 static uint64_t metrics_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 
@@ -128,6 +140,74 @@ static void metrics_latency_render(const metrics_t *m, buf_t *out)
     }
     buf_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)metrics_load(&m->msg_latency_sum_us) / 1e6, name,
                (unsigned long long)cum);
+}
+
+/* Upper bounds of one policy hook call in microseconds: 10 us to 50 ms (policy_timeout_ms). */
+static const uint64_t metrics_arm_le_us[METRICS_ARM_LATENCY_BUCKETS] = { 10, 25, 50, 100, 250, 1000, 10000, 50000 };
+
+void metrics_arm_latency_observe(metrics_t *m, int arm, uint64_t usec)
+{
+    unsigned i = 0;
+    while (i < METRICS_ARM_LATENCY_BUCKETS && usec > metrics_arm_le_us[i]) i++;
+    METRIC_INC(m->policy_arm_latency[arm][i]);
+    METRIC_ADD(m->policy_arm_latency_sum_us[arm], usec);
+}
+
+static void metrics_enum_render(buf_t *out, const char *name, const char *help, const char *label,
+                                const uint64_t *values, const char *const *names, unsigned n);
+
+/* The rollout families: shadow diffs, and per arm calls, errors, drops and latency. */
+static void metrics_rollout_render(const metrics_t *m, buf_t *out)
+{
+    const char *name = "chatgw_policy_shadow_diff_total";
+    metrics_family_head(out, name, "counter",
+                        "Shadow mode: hook calls where the candidate disagreed with the stable policy, by hook and kind.");
+    for (unsigned h = 0; h < METRICS_POLICY_HOOKS - 1; h++)
+        for (unsigned k = 0; k < METRICS_SHADOW_KINDS; k++)
+            buf_printf(out, "%s{hook=\"%s\",kind=\"%s\"} %llu\n", name, metrics_policy_hooks[h],
+                       metrics_shadow_kinds[k], (unsigned long long)metrics_load(&m->policy_shadow_diffs[h][k]));
+    name = "chatgw_policy_arm_calls_total";
+    metrics_family_head(out, name, "counter", "Policy hook calls by rollout arm (stable, candidate) and hook.");
+    for (unsigned a = 0; a < METRICS_ARMS; a++)
+        for (unsigned h = 0; h < METRICS_POLICY_HOOKS - 1; h++)
+            buf_printf(out, "%s{arm=\"%s\",hook=\"%s\"} %llu\n", name, metrics_arms[a], metrics_policy_hooks[h],
+                       (unsigned long long)metrics_load(&m->policy_arm_calls[a][h]));
+    name = "chatgw_policy_arm_errors_total";
+    metrics_family_head(out, name, "counter", "Policy hook calls aborted, by rollout arm, hook and kind.");
+    for (unsigned a = 0; a < METRICS_ARMS; a++)
+        for (unsigned h = 0; h < METRICS_POLICY_HOOKS - 1; h++)
+            for (unsigned k = 0; k < METRICS_POLICY_KINDS; k++)
+                buf_printf(out, "%s{arm=\"%s\",hook=\"%s\",kind=\"%s\"} %llu\n", name, metrics_arms[a],
+                           metrics_policy_hooks[h], metrics_policy_kinds[k],
+                           (unsigned long long)metrics_load(&m->policy_arm_errors[a][h][k]));
+    name = "chatgw_policy_arm_drops_total";
+    metrics_family_head(out, name, "counter",
+                        "Refusals and drops by the policy, by rollout arm, hook (on_join: join refusals) and code.");
+    for (unsigned a = 0; a < METRICS_ARMS; a++)
+        for (unsigned h = 0; h <= 2; h++)          /* on_connect, on_join, on_message refuse */
+            for (unsigned c = 0; c < METRICS_ARM_CODES; c++)
+                buf_printf(out, "%s{arm=\"%s\",hook=\"%s\",code=\"%s\"} %llu\n", name, metrics_arms[a],
+                           metrics_policy_hooks[h], metrics_arm_codes[c],
+                           (unsigned long long)metrics_load(&m->policy_arm_drops[a][h][c]));
+    name = "chatgw_policy_arm_latency_seconds";
+    metrics_family_head(out, name, "histogram", "Policy hook call time by rollout arm.");
+    for (unsigned a = 0; a < METRICS_ARMS; a++) {
+        uint64_t cum = 0;
+        for (unsigned i = 0; i <= METRICS_ARM_LATENCY_BUCKETS; i++) {
+            cum += metrics_load(&m->policy_arm_latency[a][i]);
+            if (i < METRICS_ARM_LATENCY_BUCKETS)
+                buf_printf(out, "%s_bucket{arm=\"%s\",le=\"%g\"} %llu\n", name, metrics_arms[a],
+                           (double)metrics_arm_le_us[i] / 1e6, (unsigned long long)cum);
+            else
+                buf_printf(out, "%s_bucket{arm=\"%s\",le=\"+Inf\"} %llu\n", name, metrics_arms[a],
+                           (unsigned long long)cum);
+        }
+        buf_printf(out, "%s_sum{arm=\"%s\"} %.6f\n%s_count{arm=\"%s\"} %llu\n", name, metrics_arms[a],
+                   (double)metrics_load(&m->policy_arm_latency_sum_us[a]) / 1e6, name, metrics_arms[a],
+                   (unsigned long long)cum);
+    }
+    metrics_enum_render(out, "chatgw_policy_candidate_reloads_total", "Candidate policy reload attempts, by result.",
+                        "result", m->policy_candidate_reloads, metrics_reload_results, METRICS_RELOAD_RESULTS);
 }
 
 static void metrics_scalars_render(const metrics_t *m, buf_t *out)
@@ -244,6 +324,10 @@ void metrics_render(const metrics_t *m, const char *version, buf_t *out)
     metrics_policy_errors_render(m, out);
     metrics_enum_render(out, "chatgw_policy_reloads_total", "Policy reload attempts, by result.", "result",
                         m->policy_reloads, metrics_reload_results, METRICS_RELOAD_RESULTS);
+    metrics_rollout_render(m, out);
+    metrics_enum_render(out, "chatgw_sentry_events_total",
+                        "Error reports for sentry_dsn, by result (sent, failed, dropped, rate_limited).", "result",
+                        m->sentry_events, metrics_sentry_results, METRICS_SENTRY_RESULTS);
     metrics_info_render(out, "chatgw_build_info", "Build information; always 1.", "version",
                         version ? version : "unknown");
 }

@@ -30,6 +30,16 @@ enum {
 enum { METRICS_POLICY_ERROR, METRICS_POLICY_BUDGET, METRICS_POLICY_MEMORY, METRICS_POLICY_TIMEOUT, METRICS_POLICY_TRIPPED,
        METRICS_POLICY_KINDS };
 enum { METRICS_RELOAD_OK, METRICS_RELOAD_FAILED, METRICS_RELOAD_UNCHANGED, METRICS_RELOAD_RESULTS };
+/* Policy rollout (policy_rollout.c): arm 0 is the stable policy, arm 1 the candidate. */
+#define METRICS_ARMS 2
+enum { METRICS_SHADOW_VERDICT, METRICS_SHADOW_CODE, METRICS_SHADOW_REWRITE, METRICS_SHADOW_EFFECTS,
+       METRICS_SHADOW_ERROR, METRICS_SHADOW_KINDS };
+#define METRICS_ARM_CODES 7        /* drop codes counted by name; the last is "other" */
+#define METRICS_ARM_LATENCY_BUCKETS 8
+/* chatgw_sentry_events_total{result}: accepted by the DSN, refused or unreachable there, not
+ * queued (queue full), not sent (the fingerprint's rate limit) */
+enum { METRICS_SENTRY_SENT, METRICS_SENTRY_FAILED, METRICS_SENTRY_DROPPED, METRICS_SENTRY_RATE_LIMITED,
+       METRICS_SENTRY_RESULTS };
 
 typedef struct {
     uint64_t conns_open;           /* gauge: TCP connections open */
@@ -71,12 +81,32 @@ typedef struct {
     uint64_t policy_store_keys, policy_store_buckets;   /* gauges, set from on_tick */
     uint64_t policy_store_bytes;
     uint64_t policy_store_evicted;
+    /* policy rollout (policy_rollout.c): candidate beside the stable policy */
+    uint64_t policy_shadow_diffs[METRICS_POLICY_HOOKS][METRICS_SHADOW_KINDS];
+    uint64_t policy_arm_calls[METRICS_ARMS][METRICS_POLICY_HOOKS];
+    uint64_t policy_arm_errors[METRICS_ARMS][METRICS_POLICY_HOOKS][METRICS_POLICY_KINDS];
+    uint64_t policy_arm_drops[METRICS_ARMS][METRICS_POLICY_HOOKS][METRICS_ARM_CODES];
+    uint64_t policy_arm_latency[METRICS_ARMS][METRICS_ARM_LATENCY_BUCKETS + 1];   /* last slot +Inf */
+    uint64_t policy_arm_latency_sum_us[METRICS_ARMS];
+    uint64_t policy_rollbacks;
+    uint64_t policy_candidate_active;   /* gauge: workers whose candidate takes or shadows decisions */
+    uint64_t policy_candidate_reloads[METRICS_RELOAD_RESULTS];
+    /* error reports (app/sentry_app.c; counted in worker 0's metrics) */
+    uint64_t sentry_events[METRICS_SENTRY_RESULTS];
 } metrics_t;
 
 /* Label values for chatgw_policy_errors_total{hook,kind} and chatgw_policy_reloads_total{result}. */
 extern const char *const metrics_policy_hooks[METRICS_POLICY_HOOKS];
 extern const char *const metrics_policy_kinds[METRICS_POLICY_KINDS];
 extern const char *const metrics_reload_results[METRICS_RELOAD_RESULTS];
+extern const char *const metrics_sentry_results[METRICS_SENTRY_RESULTS];
+
+/* Label values of the rollout families: arms, shadow diff kinds, drop codes (the last "other"). */
+extern const char *const metrics_arms[METRICS_ARMS];
+extern const char *const metrics_shadow_kinds[METRICS_SHADOW_KINDS];
+extern const char *const metrics_arm_codes[METRICS_ARM_CODES];
+/* Counts one hook call of arm that took usec microseconds. */
+void metrics_arm_latency_observe(metrics_t *m, int arm, uint64_t usec);
 
 /* Label values of chatgw_messages_dropped_total{reason}, indexed by METRICS_DROP_*. */
 extern const char *const metrics_drop_reasons[METRICS_DROP_REASONS];

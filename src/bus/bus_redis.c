@@ -48,6 +48,7 @@
 #include "base/hex.h"
 #include "base/log.h"
 #include "base/map.h"
+#include "base/report.h"
 
 #define RB_CHAN_ROOM "chatgw:room:"
 #define RB_CHAN_DIRECT "chatgw:direct"
@@ -745,6 +746,12 @@ static void rb_link_fail(bus_redis_t *r, int status, const char *why)
     int was_up = r->state == RB_UP;
     log_write(was_up || r->attempt == 0 ? LOG_WARN : LOG_DEBUG, "bus: redis link down", "{s:s, s:s, s:i}", "reason",
               why, "host", r->url.host, "port", r->url.port);
+    if (was_up || r->attempt == 0) {   /* as the warning: a link's first failure, not each retry */
+        char msg[512];
+        snprintf(msg, sizeof msg, "redis link down (%s:%d): %s", r->url.host, r->url.port, why);
+        report_t rep = {.kind = "bus_error", .level = "error", .message = msg, .hook = "redis", .worker = -1};
+        report_emit(&rep);
+    }
     r->state = RB_IDLE;
     r->fail_status = status;
     r->need_teardown = 1;

@@ -41,10 +41,13 @@
 #include "base/hex.h"
 #include "base/log.h"
 #include "base/map.h"
+#include "base/report.h"
 #include "base/utf8.h"
 #include "policy/policy_guard.h"
 #include "policy/policy_lib.h"
 #include "policy/policy_pattern.h"
+#include "policy/policy_record.h"
+#include "policy/policy_rollout.h"
 #include "policy/policy_store.h"
 
 /* Bounds on what a script can make the gateway do. Not config keys: they guard the gateway
@@ -155,6 +158,13 @@ struct policy_s {
     int last_kind;                 /* METRICS_POLICY_* of the last failed run */
     policy_store_t *store;
     char last_error[512];
+    /* staged rollout (policy_rollout.h) and recording (policy_record.h); see "rollout" below */
+    struct policy_s *cand;         /* the candidate holder beside this live one; NULL = none */
+    policy_rollout_t *rollout;     /* with cand: arms, recorded effects, diffs, rollback */
+    policy_record_t *rec;          /* policy_record_file; NULL = off */
+    int dispatching;               /* a rollout call is in flight: nested calls go straight */
+    int store_shared;              /* store is the stable holder's (a canary candidate) */
+    double clock_fixed;            /* replay: gw.now and the store's clock; 0 = the real clocks */
 };
 
 /* One hook call: its inputs and, after the run, its verdict. */
@@ -178,6 +188,10 @@ static double policy_clock(clockid_t id)
     clock_gettime(id, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
+
+/* The clocks hooks see: the real ones, or a replay's recorded time for both. */
+static double policy_now_real(const policy_t *p) { return p->clock_fixed ? p->clock_fixed : policy_clock(CLOCK_REALTIME); }
+static double policy_now_mono(const policy_t *p) { return p->clock_fixed ? p->clock_fixed : policy_clock(CLOCK_MONOTONIC); }
 
 /* Bytes of s (longer than max) to keep: max, less a UTF-8 character the cut would split. */
 static size_t policy_cut_len(const char *s, size_t max)
@@ -549,6 +563,20 @@ static long policy_trip_ms(const policy_t *p)
     return p->guard ? policy_guard_timeout_ms(p->guard) * POLICY_TRIP_FACTOR : 0;
 }
 
+/* A hook's failure to the error tracker (base/report.h); a load's or self_test's is reported
+ * once as a rejected reload instead. */
+static void policy_report(policy_vm_t *vm, int slot, int kind, const char *msg, size_t first)
+{
+    char kind_word[32], where[128], *line = xstrndup(msg, first);
+    snprintf(kind_word, sizeof kind_word, "policy_%s", metrics_policy_kinds[kind]);
+    int has_where = report_where(msg, where, sizeof where) == 0;
+    report_t r = {.kind = kind_word, .level = "error", .message = line, .hook = policy_slot_names[slot],
+                  .where = has_where ? where : NULL, .traceback = msg[first] ? msg + first + 1 : NULL,
+                  .policy_version = vm->version, .worker = -1};
+    report_emit(&r);
+    free(line);
+}
+
 /* Classifies, counts and logs a failed run; err gets the first line of the message. Returns
  * the kind as a negative code (policy_vm_run's). */
 static int policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg, char *err, size_t errlen)
@@ -576,6 +604,7 @@ static int policy_vm_fail(policy_vm_t *vm, int slot, int status, const char *msg
     if (trip_ms) json_object_set_new(fields, "tripped_ms", json_integer(trip_ms));   /* later calls fail at once */
     policy_log(vm->p, LOG_WARN, slot == POLICY_SLOT_LOAD ? "policy load failed" : "policy hook failed", fields);
     json_decref(fields);
+    if (slot < POLICY_HOOKS) policy_report(vm, slot, kind, msg, first);
     return kind == METRICS_POLICY_TIMEOUT ? GW_ETIMEDOUT : kind == METRICS_POLICY_MEMORY ? GW_ENOMEM
          : kind == METRICS_POLICY_BUDGET ? GW_ELIMIT : GW_EINVAL;
 }
@@ -1224,7 +1253,7 @@ static int policy_gw_rooms(lua_State *L)
 
 static int policy_gw_now(lua_State *L)
 {
-    lua_pushnumber(L, policy_clock(CLOCK_REALTIME));
+    lua_pushnumber(L, policy_now_real(policy_vm_of(L)->p));
     return 1;
 }
 
@@ -1288,7 +1317,7 @@ static void policy_limit_synced(void *arg, const char *key, double rate, double 
 {
     policy_t *p = arg;
     const char *err = NULL;
-    if (policy_store_limit_sync(p->store, key, rate, burst, tokens, policy_clock(CLOCK_MONOTONIC), &err) < 0)
+    if (policy_store_limit_sync(p->store, key, rate, burst, tokens, policy_now_mono(p), &err) < 0)
         log_debug("gw.limit: shared bucket not applied", "{s:s, s:s}", "key", key, "error", err);
 }
 
@@ -1312,7 +1341,7 @@ static int policy_gw_limit(lua_State *L)
     const char *err = NULL;
     policy_vm_t *vm = policy_vm_of(L);
     policy_t *p = vm->p;
-    int rc = policy_store_limit(p->store, key, rate, burst, policy_clock(CLOCK_MONOTONIC), &err);
+    int rc = policy_store_limit(p->store, key, rate, burst, policy_now_mono(p), &err);
     if (rc < 0) return luaL_error(L, "gw.limit: %s", err);
     if (rc == 1 && shared && vm == p->vm && p->host.limit_take)
         (void)p->host.limit_take(p->host.ud, key, rate, burst, policy_limit_synced, p);
@@ -1338,7 +1367,7 @@ static int policy_gw_array(lua_State *L)
 static int policy_store_get_l(lua_State *L)
 {
     const char *key = policy_key_arg(L, 1);
-    json_t *v = policy_store_get(policy_vm_of(L)->p->store, key, policy_clock(CLOCK_MONOTONIC));
+    json_t *v = policy_store_get(policy_vm_of(L)->p->store, key, policy_now_mono(policy_vm_of(L)->p));
     if (json_is_object(v) || json_is_array(v))
         policy_json_push_held(L, v);           /* tables: GC steps run between the pushes */
     else if (v)
@@ -1362,7 +1391,7 @@ static int policy_store_set_l(lua_State *L)
     json_t *v = policy_json_from_lua(L, 2, 2 * POLICY_STORE_MAX_VALUE, cerr, sizeof cerr);
     if (!v) return luaL_error(L, "gw.store.set: %s", cerr);
     const char *err = NULL;
-    if (policy_store_set(s, key, v, ttl, policy_clock(CLOCK_MONOTONIC), &err) < 0)  /* v is stolen */
+    if (policy_store_set(s, key, v, ttl, policy_now_mono(policy_vm_of(L)->p), &err) < 0)  /* v is stolen */
         return luaL_error(L, "gw.store.set: %s", err);
     return 0;
 }
@@ -1388,7 +1417,7 @@ static int policy_store_incr_l(lua_State *L)
     double ttl = policy_ttl_arg(L, 3);
     json_t *n = is_int ? json_integer(ni) : json_real(nd);
     const char *err = NULL;
-    json_t *r = policy_store_incr(policy_vm_of(L)->p->store, key, n, ttl, policy_clock(CLOCK_MONOTONIC), &err);
+    json_t *r = policy_store_incr(policy_vm_of(L)->p->store, key, n, ttl, policy_now_mono(policy_vm_of(L)->p), &err);
     json_decref(n);
     if (!r) return luaL_error(L, "gw.store.incr: %s", err);
     if (json_is_integer(r))
@@ -1510,7 +1539,7 @@ static int policy_gw_jwt_verify(lua_State *L)
     const char *secret = luaL_checklstring(L, 2, &secretlen);
     luaL_argcheck(L, secretlen > 0, 2, "the secret is empty");
     json_t **slot = policy_jbox_new(L);                   /* [tok secret box] */
-    const char *reason = policy_jwt_check(tok, toklen, secret, secretlen, policy_clock(CLOCK_REALTIME), slot);
+    const char *reason = policy_jwt_check(tok, toklen, secret, secretlen, policy_now_real(policy_vm_of(L)->p), slot);
     if (reason) {
         lua_pushnil(L);                                   /* [.. box nil] */
         lua_pushstring(L, reason);                        /* [.. box nil reason] */
@@ -1574,7 +1603,7 @@ static void policy_gw_open(lua_State *L, policy_vm_t *vm)
         { "mute", policy_gw_mute },
         { "members", policy_gw_members }, { "rooms", policy_gw_rooms }, { "now", policy_gw_now },
         { "log", policy_gw_log }, { "limit", policy_gw_limit }, { "jwt_verify", policy_gw_jwt_verify },
-        { "array", policy_gw_array }, { NULL, NULL },
+        { "array", policy_gw_array }, { "fold", policy_lib_fold }, { NULL, NULL },
     };
     static const luaL_Reg store[] = {
         { "get", policy_store_get_l }, { "set", policy_store_set_l }, { "del", policy_store_del_l },
@@ -1976,7 +2005,10 @@ static int policy_call(policy_t *p, policy_call_t *c)
         c->deliver = 1;
         return POLICY_PASS;
     }
-    if (p->trips_until && policy_tripped(p, c)) return POLICY_ERROR;
+    if (p->trips_until && policy_tripped(p, c)) {
+        p->last_kind = METRICS_POLICY_TRIPPED;
+        return POLICY_ERROR;
+    }
     c->vm = p->vm;
     char err[256];
     if (policy_vm_run(c->vm, c->slot, policy_call_body, c, err, sizeof err) < 0) {
@@ -2061,8 +2093,11 @@ policy_t *policy_new(const config_t *cfg, metrics_t *metrics, const policy_host_
 void policy_free(policy_t *p)
 {
     if (!p) return;
+    policy_free(p->cand);          /* before the store a canary candidate shares */
+    policy_rollout_free(p->rollout);
+    policy_record_free(p->rec);
     policy_vm_free(p->vm);         /* first: its finalizers may still reach the store */
-    policy_store_free(p->store);
+    if (!p->store_shared) policy_store_free(p->store);
     policy_guard_free(p->guard);
     free(p->trips);
     free(p);
@@ -2087,6 +2122,13 @@ void policy_reload_logged(policy_t *p, const char *dir, const char *why, int wor
     else
         log_error("policy reload failed; the previous policy keeps serving", "{s:s, s:s, s:s, s:O*}", "error", err,
                   "version", old, "trigger", why, "worker", w);
+    if (rc < 0 && worker <= 0) {   /* every worker reloads the same files: one report */
+        char where[128];
+        int has_where = report_where(err, where, sizeof where) == 0;
+        report_t r = {.kind = "reload_rejected", .level = "error", .message = err, .hook = "reload",
+                      .where = has_where ? where : NULL, .policy_version = old, .worker = worker};
+        report_emit(&r);
+    }
     json_decref(w);
 }
 
@@ -2153,30 +2195,226 @@ int policy_check(const config_t *cfg, const char *dir, char *version, char *err,
 const char *policy_version(const policy_t *p) { return p->vm ? p->vm->version : ""; }
 const char *policy_last_error(const policy_t *p) { return p->last_error; }
 
-int policy_has(const policy_t *p, int hook)
+static int policy_has_own(const policy_t *p, int hook)
 {
     return p->vm && hook >= 0 && hook < POLICY_HOOKS && p->vm->refs[hook] != LUA_NOREF;
 }
 
-int policy_wants(const policy_t *p, const char *type)
+static int policy_wants_own(const policy_t *p, const char *type)
 {
-    if (!policy_has(p, POLICY_HOOK_MESSAGE)) return 0;
+    if (!policy_has_own(p, POLICY_HOOK_MESSAGE)) return 0;
     if (!p->vm->msg_types) return 1;
     for (size_t i = 0; i < p->vm->n_msg_types; i++)
         if (strcmp(p->vm->msg_types[i], type) == 0) return 1;
     return 0;
 }
 
+/* ---- rollout: a candidate holder beside the live one, and the recorder ----
+ * The candidate is a second holder (its own VM, version, self_test and last-good rules, guard
+ * and trips) whose host, like the live holder's, is policy_rollout's. Shadow: both run every
+ * hook, the live decision is applied, the candidate's compared, its gw.send/broadcast/kick
+ * only recorded, its gw.store/gw.limit state its own. Canary: a connection's calls go to its
+ * arm's holder, and both share the live holder's gw.store/gw.limit state (one set of rooms).
+ * The candidate only sees the message types the live policy takes (policy_wants). */
+
+static uint64_t policy_usec(double from, double to) { return to > from ? (uint64_t)((to - from) * 1e6) : 0; }
+
+static policy_outcome_t policy_outcome_of(const policy_t *h, const policy_call_t *c, int rc)
+{
+    policy_outcome_t o = { rc, h->last_kind, NULL, NULL };
+    if (rc == POLICY_DROP && c->code && c->codelen) o.code = c->code;
+    if (rc == POLICY_PASS && c->slot == POLICY_HOOK_MESSAGE) o.out = c->out ? c->out : c->deliver ? c->msg : NULL;
+    return o;
+}
+
+/* Runs c on holder h as h alone would: a message type h does not take passes unchanged. */
+static int policy_holder_call(policy_t *h, policy_call_t *c)
+{
+    if (c->slot == POLICY_HOOK_MESSAGE && c->msg) {
+        const char *type = json_string_value(json_object_get(c->msg, "type"));
+        if (!policy_wants_own(h, type ? type : "")) {
+            c->verdict = POLICY_PASS;
+            c->deliver = 1;
+            return POLICY_PASS;
+        }
+    }
+    return policy_call(h, c);
+}
+
+/* Shadow: the live holder decides (its effects performed and recorded), then the candidate
+ * runs on the same inputs (its effects recorded only) and the two are compared. The candidate
+ * adds at most its own time guard to the call. */
+static int policy_shadow(policy_t *p, policy_call_t *c)
+{
+    policy_rollout_t *r = p->rollout;
+    int live = policy_rollout_live(r);
+    policy_rollout_effects_clear(r);
+    if (live) policy_rollout_effects(r, POLICY_ARM_STABLE, POLICY_EFFECTS_LIVE | POLICY_EFFECTS_RECORD);
+    double t0 = policy_clock(CLOCK_MONOTONIC);
+    int rc = policy_call(p, c);
+    double t1 = policy_clock(CLOCK_MONOTONIC);
+    policy_rollout_effects(r, POLICY_ARM_STABLE, POLICY_EFFECTS_LIVE);
+    policy_outcome_t so = policy_outcome_of(p, c, rc);
+    policy_rollout_observe(r, POLICY_ARM_STABLE, c->slot, &so, policy_usec(t0, t1), t1);
+    if (!live) return rc;
+    char code[128] = "";
+    policy_call_t cc = { .slot = c->slot, .conn = c->conn, .room = c->room, .msg = c->msg, .now = c->now,
+                         .code = code, .codelen = sizeof code };
+    int crc = policy_holder_call(p->cand, &cc);
+    double t2 = policy_clock(CLOCK_MONOTONIC);
+    policy_outcome_t co = policy_outcome_of(p->cand, &cc, crc);
+    policy_rollout_observe(r, POLICY_ARM_CANDIDATE, c->slot, &co, policy_usec(t1, t2), t2);
+    policy_rollout_compare(r, c->slot, c->conn ? c->conn->id : NULL, &so, &co, t2);
+    policy_rollout_effects_clear(r);
+    json_decref(cc.out);
+    return rc;
+}
+
+/* Canary: the call goes to the connection's arm. on_tick has no connection: the live holder's
+ * speaks for the rooms, and the candidate's runs for its own timers with its effects dropped. */
+static int policy_canary(policy_t *p, policy_call_t *c)
+{
+    policy_rollout_t *r = p->rollout;
+    if (c->slot == POLICY_HOOK_TICK) {
+        int rc = policy_call(p, c);
+        if (policy_rollout_live(r)) {
+            policy_rollout_effects(r, POLICY_ARM_CANDIDATE, 0);
+            policy_call_t cc = { .slot = c->slot, .now = c->now };
+            policy_call(p->cand, &cc);
+            policy_rollout_effects(r, POLICY_ARM_CANDIDATE, POLICY_EFFECTS_RECORD);
+        }
+        return rc;
+    }
+    int arm = policy_rollout_arm(r, c->conn ? c->conn->id : NULL);
+    policy_t *h = arm == POLICY_ARM_CANDIDATE ? p->cand : p;
+    if (arm == POLICY_ARM_CANDIDATE) policy_rollout_effects(r, arm, POLICY_EFFECTS_LIVE);
+    double t0 = policy_clock(CLOCK_MONOTONIC);
+    int rc = policy_holder_call(h, c);
+    double t1 = policy_clock(CLOCK_MONOTONIC);
+    if (arm == POLICY_ARM_CANDIDATE) policy_rollout_effects(r, arm, POLICY_EFFECTS_RECORD);
+    policy_rollout_effects_clear(r);
+    policy_outcome_t o = policy_outcome_of(h, c, rc);
+    policy_rollout_observe(r, arm, c->slot, &o, policy_usec(t0, t1), t1);
+    return rc;
+}
+
+/* Every hook call goes through here: straight to the live holder, or through the rollout and
+ * the recorder. A call made while one is in flight (a gw.kick ending in on_leave) goes
+ * straight to its arm's holder, unobserved. */
+static int policy_dispatch(policy_t *p, policy_call_t *c)
+{
+    if (!p->rollout && !p->rec) return policy_call(p, c);
+    if (p->dispatching) {
+        int arm = policy_rollout_arm(p->rollout, c->conn ? c->conn->id : NULL);
+        return policy_holder_call(arm == POLICY_ARM_CANDIDATE ? p->cand : p, c);
+    }
+    p->dispatching = 1;
+    int rc = !p->rollout ? policy_call(p, c)
+           : policy_rollout_mode(p->rollout) == POLICY_ROLLOUT_SHADOW ? policy_shadow(p, c) : policy_canary(p, c);
+    p->dispatching = 0;
+    if (p->rec && c->slot != POLICY_HOOK_TICK && c->conn && policy_record_wants(p->rec, c->conn->id)) {
+        policy_outcome_t o = policy_outcome_of(p, c, rc);
+        policy_record_add(p->rec, policy_now_real(p), c->slot, c->conn, c->room, c->msg, rc, o.code, o.out);
+    }
+    return rc;
+}
+
+/* Loads the candidate's directory, counts the result, and tells the rollout its version. */
+static int policy_candidate_load(policy_t *p, const char *dir, char *err, size_t errlen)
+{
+    int rc = policy_load(p->cand, dir, err, errlen);
+    int result = rc > 0 ? METRICS_RELOAD_OK : rc == 0 ? METRICS_RELOAD_UNCHANGED : METRICS_RELOAD_FAILED;
+    if (p->metrics) METRIC_INC(p->metrics->policy_candidate_reloads[result]);
+    policy_rollout_candidate_version(p->rollout, policy_version(p->cand));
+    return rc;
+}
+
+int policy_candidate_open(policy_t *p, const char *dir, int mode, char *err, size_t errlen)
+{
+    if (p->cand || (mode != POLICY_ROLLOUT_SHADOW && mode != POLICY_ROLLOUT_CANARY)) {
+        snprintf(err, errlen, "%s", p->cand ? "a candidate policy is already open" : "candidate mode must be shadow or canary");
+        return GW_EINVAL;
+    }
+    policy_host_t stable, cand;
+    p->rollout = policy_rollout_new(mode, p->cfg, p->metrics, &p->host);
+    policy_rollout_host(p->rollout, POLICY_ARM_STABLE, &stable);
+    policy_rollout_host(p->rollout, POLICY_ARM_CANDIDATE, &cand);
+    p->host = stable;
+    p->cand = policy_new(p->cfg, NULL, &cand);
+    p->cand->clock_fixed = p->clock_fixed;
+    if (mode == POLICY_ROLLOUT_CANARY) {
+        policy_store_free(p->cand->store);
+        p->cand->store = p->store;
+        p->cand->store_shared = 1;
+    }
+    return policy_candidate_load(p, dir, err, errlen);
+}
+
+void policy_candidate_reload_logged(policy_t *p, const char *dir, const char *why, int worker)
+{
+    if (!p->cand) return;
+    char err[512], old[POLICY_VERSION_SIZE];
+    json_t *w = worker >= 0 ? json_integer(worker) : NULL;   /* "O*" leaves "worker" out when NULL */
+    snprintf(old, sizeof old, "%s", policy_version(p->cand));
+    int rc = policy_candidate_load(p, dir, err, sizeof err);
+    if (rc > 0)
+        log_info("policy candidate reloaded", "{s:s, s:s, s:s, s:O*}", "version", policy_version(p->cand), "previous",
+                 old, "trigger", why, "worker", w);
+    else if (rc == 0)
+        log_debug("policy candidate unchanged", "{s:s, s:s, s:O*}", "version", old, "trigger", why, "worker", w);
+    else
+        log_error("policy candidate reload failed; its previous version keeps its place", "{s:s, s:s, s:s, s:O*}",
+                  "error", err, "version", old, "trigger", why, "worker", w);
+    json_decref(w);
+}
+
+const char *policy_candidate_version(const policy_t *p) { return p->cand ? policy_version(p->cand) : ""; }
+
+json_t *policy_candidate_status(const policy_t *p)
+{
+    if (!p->cand) return NULL;
+    json_t *j = policy_rollout_status(p->rollout);
+    json_object_set_new(j, "last_error", json_string(p->cand->last_error));
+    return j;
+}
+
+void policy_candidate_on_diff(policy_t *p, void (*cb)(void *ud, int hook, unsigned kinds, json_t *example), void *ud)
+{
+    if (p->rollout) policy_rollout_on_diff(p->rollout, cb, ud);
+}
+
+int policy_record_start(policy_t *p, const char *file, double sample, int redact, char *err, size_t errlen)
+{
+    if (p->rec) return 0;
+    p->rec = policy_record_open(file, sample, redact, err, errlen);
+    return p->rec ? 0 : GW_EINVAL;
+}
+
+void policy_clock_set(policy_t *p, double now)
+{
+    p->clock_fixed = now;
+    if (p->cand) p->cand->clock_fixed = now;
+}
+
+/* ---- the hooks ---- */
+
+int policy_has(const policy_t *p, int hook)
+{
+    return policy_has_own(p, hook) || (p->cand && policy_rollout_live(p->rollout) && policy_has_own(p->cand, hook));
+}
+
+int policy_wants(const policy_t *p, const char *type) { return policy_wants_own(p, type); }
+
 int policy_on_connect(policy_t *p, const policy_conn_t *conn, char *reason, size_t len)
 {
     policy_call_t c = { .slot = POLICY_HOOK_CONNECT, .conn = conn, .code = reason, .codelen = len };
-    return policy_call(p, &c);
+    return policy_dispatch(p, &c);
 }
 
 int policy_on_join(policy_t *p, const policy_conn_t *conn, const char *room, char *code, size_t len)
 {
     policy_call_t c = { .slot = POLICY_HOOK_JOIN, .conn = conn, .room = room, .code = code, .codelen = len };
-    return policy_call(p, &c);
+    return policy_dispatch(p, &c);
 }
 
 int policy_on_message(policy_t *p, const policy_conn_t *conn, const char *room, json_t *msg, json_t **out,
@@ -2185,15 +2423,16 @@ int policy_on_message(policy_t *p, const policy_conn_t *conn, const char *room, 
     policy_call_t c = { .slot = POLICY_HOOK_MESSAGE, .conn = conn, .room = room, .msg = msg,
                         .code = code, .codelen = len };
     *out = NULL;
-    int rc = policy_call(p, &c);
+    int rc = policy_dispatch(p, &c);
     if (rc == POLICY_PASS) *out = c.out ? c.out : c.deliver ? json_incref(msg) : NULL;
+    else json_decref(c.out);
     return rc;
 }
 
 void policy_on_leave(policy_t *p, const policy_conn_t *conn, const char *room)
 {
     policy_call_t c = { .slot = POLICY_HOOK_LEAVE, .conn = conn, .room = room };
-    policy_call(p, &c);
+    policy_dispatch(p, &c);
 }
 
 /* Body of policy_conn_forget: cache[id] = nil. */
@@ -2214,6 +2453,7 @@ static int policy_forget_body(lua_State *L)
 
 void policy_conn_forget(policy_t *p, const char *id)
 {
+    if (p && p->cand) policy_conn_forget(p->cand, id);
     if (!p || !p->vm || !id || p->vm->conn_cache == LUA_NOREF) return;
     char err[128];
     policy_vm_run(p->vm, POLICY_HOOK_LEAVE, policy_forget_body, (void *)id, err, sizeof err);
@@ -2221,7 +2461,7 @@ void policy_conn_forget(policy_t *p, const char *id)
 
 void policy_on_tick(policy_t *p, double now)
 {
-    policy_store_sweep(p->store, policy_clock(CLOCK_MONOTONIC));
+    policy_store_sweep(p->store, policy_now_mono(p));
     if (p->metrics) {
         __atomic_store_n(&p->metrics->policy_store_keys, (uint64_t)policy_store_count(p->store), __ATOMIC_RELAXED);
         __atomic_store_n(&p->metrics->policy_store_buckets, (uint64_t)policy_store_buckets(p->store),
@@ -2231,5 +2471,7 @@ void policy_on_tick(policy_t *p, double now)
         __atomic_store_n(&p->metrics->policy_store_bytes, (uint64_t)policy_store_bytes(p->store), __ATOMIC_RELAXED);
     }
     policy_call_t c = { .slot = POLICY_HOOK_TICK, .now = now };
-    policy_call(p, &c);
+    policy_dispatch(p, &c);
+    if (p->cand && !p->cand->store_shared) policy_store_sweep(p->cand->store, policy_now_mono(p->cand));
+    policy_record_flush(p->rec);
 }

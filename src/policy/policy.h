@@ -18,64 +18,12 @@
 
 #include "base/config.h"
 #include "base/metrics.h"
+#include "policy/policy_types.h"
 
 typedef struct policy_s policy_t;
 
-#define POLICY_VERSION_SIZE 65     /* a version: sha256 as 64 hex digits and a NUL */
-
-/* What the policy's gw.* functions call back into (implemented by the hub). Each returns 0 on
- * success or a negative GW_E* code (base/err.h): GW_ENOTFOUND when the target does not exist,
- * GW_EINVAL when the message cannot be encoded. JSON arguments are borrowed. */
-typedef struct {
-    void *ud;
-    int (*send)(void *ud, const char *conn_id, json_t *msg);
-    int (*broadcast)(void *ud, const char *room, json_t *msg, const char *except_conn_id);
-    int (*kick)(void *ud, const char *conn_id, const char *code, const char *reason);
-    json_t *(*members)(void *ud, const char *room);   /* new ref: [{id,name,muted}] or NULL */
-    json_t *(*rooms)(void *ud);                       /* new ref: [{name,online}] */
-    void (*log)(void *ud, int level, const char *msg, json_t *fields);
-    /* Optional: mirrors one gw.limit take that the local bucket allowed to the cluster's shared
-     * bucket for key (rate, burst as given to gw.limit). gw.limit stays synchronous: the local
-     * bucket decides, and when the shared store answers, the host calls done(arg, key, rate,
-     * burst, tokens) with the tokens the cluster has left, from the loop, at most once (never
-     * after the host is freed; key borrowed for the call). Returns 0 when the take was sent,
-     * or a negative code when there is nothing shared (GW_ENOTSUP: single node; GW_EDOWN:
-     * Redis down): done never runs and the local decision is all there is. NULL = purely local limits. */
-    int (*limit_take)(void *ud, const char *key, double rate, double burst,
-                      void (*done)(void *arg, const char *key, double rate, double burst, double tokens),
-                      void *arg);
-    /* Optional: a moderator's mute: conn_id in room muted (1) or not (0), in the voice mixer too. */
-    int (*mute)(void *ud, const char *conn_id, const char *room, int muted);
-} policy_host_t;
-
-/* One key and its value, both NUL-terminated: a URL's query parameter as hooks see it in
- * conn.query. An array of pairs ends with a NULL key. */
-typedef struct {
-    const char *key;
-    const char *value;
-} policy_pair_t;
-
-/* The connection as hooks see it: conn = {id, ip, name, query, headers}. query is the URL's
- * parameters as pairs (distinct, non-empty keys, UTF-8 values; a NULL key ends them), headers
- * an object. Both borrowed; NULL when absent (headers are only given to on_connect). */
-typedef struct {
-    const char *id;
-    const char *ip;
-    const char *name;
-    const policy_pair_t *query;
-    json_t *headers;
-} policy_conn_t;
-
 /* The value of key (klen bytes) among pairs (ended by a NULL key), or NULL. */
 const char *policy_query_find(const policy_pair_t *pairs, const char *key, size_t klen);
-
-enum {
-    POLICY_PASS = 0,               /* allowed / deliver */
-    POLICY_DROP = 1,               /* refused or dropped by the policy, with a code */
-    POLICY_ERROR = -1,             /* the hook failed or ran over budget: apply the failure mode */
-};
-
-enum { POLICY_HOOK_CONNECT, POLICY_HOOK_JOIN, POLICY_HOOK_MESSAGE, POLICY_HOOK_LEAVE, POLICY_HOOK_TICK, POLICY_HOOKS };
 
 /* Creates the policy holder (no VM yet). cfg and metrics must outlive it. */
 policy_t *policy_new(const config_t *cfg, metrics_t *metrics, const policy_host_t *host);
@@ -99,8 +47,35 @@ const char *policy_version(const policy_t *p);     /* sha256 hex of the sources,
 const char *policy_last_error(const policy_t *p);  /* last failed load, "" when none */
 int policy_has(const policy_t *p, int hook);       /* 1 when the live policy defines it */
 /* 1 when on_message is to see messages of this type: the policy defines on_message and either
- * declares no message_types or lists type there. Others never enter Lua. */
+ * declares no message_types or lists type there. Others never enter Lua. With a candidate,
+ * policy_has also counts the live candidate's hooks (the live policy's missing hook passes);
+ * policy_wants is the live policy's alone. */
 int policy_wants(const policy_t *p, const char *type);
+
+/* Staged rollout (policy_rollout.h). Opens a candidate holder beside the live holder p and
+ * loads dir into it: mode POLICY_ROLLOUT_SHADOW (every hook runs in both; p's decision is
+ * applied, the candidate's compared and counted; its gw.send/broadcast/kick recorded, never
+ * performed; its gw.store/gw.limit its own) or POLICY_ROLLOUT_CANARY (policy_candidate_percent
+ * of connections run on it, chosen by a hash of the connection id; it shares p's store; it is
+ * rolled back when its error or drop rate passes the bounds, until its version changes). The
+ * candidate has its own VM, version, self_test and last-good rules. Returns policy_load's
+ * code: a failed first load leaves the candidate out of every decision until a reload loads
+ * it. GW_EINVAL when one is open already or mode is neither. */
+int policy_candidate_open(policy_t *p, const char *dir, int mode, char *err, size_t errlen);
+/* policy_reload_logged for the candidate (nothing without one). */
+void policy_candidate_reload_logged(policy_t *p, const char *dir, const char *why, int worker);
+const char *policy_candidate_version(const policy_t *p);   /* "" when none is loaded */
+/* {mode, state, version, last_error, rollbacks, ...} (policy_rollout_status), new reference;
+ * NULL without a candidate. */
+json_t *policy_candidate_status(const policy_t *p);
+/* Calls cb with every shadow disagreement (the replay tool). */
+void policy_candidate_on_diff(policy_t *p, void (*cb)(void *ud, int hook, unsigned kinds, json_t *example), void *ud);
+/* Starts recording hook inputs and decisions to file (policy_record.h). 0, or GW_EINVAL with
+ * err when the file cannot be opened. */
+int policy_record_start(policy_t *p, const char *file, double sample, int redact, char *err, size_t errlen);
+/* Replay: gw.now, JWT expiry and the gw.store/gw.limit clock read now (seconds) from here on,
+ * for p and its candidate. */
+void policy_clock_set(policy_t *p, double now);
 
 /* Hooks. code/reason buffers receive the policy's reason on POLICY_DROP. */
 int policy_on_connect(policy_t *p, const policy_conn_t *conn, char *reason, size_t len);

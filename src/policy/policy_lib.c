@@ -86,6 +86,36 @@ static int policy_lib_lower(lua_State *L)
     return 1;
 }
 
+/* Lua's %s class in the C locale: space, \t, \n, \v, \f, \r. */
+static int policy_lib_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+int policy_lib_fold(lua_State *L)
+{
+    size_t l, o = 0;
+    const char *s = luaL_checklstring(L, 1, &l);
+    if (l > POLICY_LIB_BYTES_MAX) return policy_lib_too_long(L, 1);
+    char stack[POLICY_LIB_LOWER_STACK];
+    luaL_Buffer b;
+    char *out = l <= sizeof stack ? stack : luaL_buffinitsize(L, &b, l);
+    int gap = 0;                                          /* whitespace seen since the last byte out */
+    for (size_t i = 0; i < l; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (policy_lib_space(c)) {
+            gap = 1;
+            continue;
+        }
+        if (gap && o > 0) out[o++] = ' ';
+        gap = 0;
+        out[o++] = (char)tolower(c);
+    }
+    if (out == stack) {
+        lua_pushlstring(L, out, o);
+    } else {
+        luaL_pushresultsize(&b, o);
+    }
+    return 1;
+}
+
 static int policy_lib_too_many(lua_State *L, const char *fn, lua_Unsigned n)
 {
     return luaL_error(L, "%s: %I elements is over the policy sandbox's limit of %d", fn, (lua_Integer)n,

@@ -15,7 +15,8 @@
  *   os.date           a format of at most POLICY_LIB_DATE_FORMAT_MAX bytes
  *   string.pack, unpack, packsize
  *                     removed: a format like "c2000000000" pads byte by byte
- * The pattern functions (find, match, gmatch, gsub) come from policy_pattern.h. */
+ * The pattern functions (find, match, gmatch, gsub) come from policy_pattern.h. gw.fold, a
+ * text helper of the gw table, lives here with lower, whose work it extends. */
 #ifndef CHATGW_POLICY_LIB_H
 #define CHATGW_POLICY_LIB_H
 
@@ -32,6 +33,12 @@
 
 /* Whether the n bytes at s are all ASCII (below 0x80): valid UTF-8 without decoding it. */
 int policy_lib_ascii(const char *s, size_t n);
+
+/* gw.fold(text): the form of text that moderation compares for sameness, in one pass:
+ * string.lower's ASCII lower case, every run of whitespace (%s) one space, none at either end;
+ * what lower, gsub("%s+", " ") and a trim answer, without the intermediate strings. Text of at
+ * most POLICY_LIB_BYTES_MAX bytes; O(length). */
+int policy_lib_fold(lua_State *L);
 
 /* Replaces the functions above in the global string, table, utf8 and os tables (which must
  * be open). Runs inside a protected call: may raise on memory errors. */

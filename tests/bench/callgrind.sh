@@ -56,7 +56,9 @@ print(sum(p["deliveries"] for p in d["phases"]), sum(p["sent"] for p in d["phase
 PY
 }
 
-for cfg in "rooms none 200 1000 100" "rooms def 200 1000 100" "room none 60 300 20" "room def 60 300 20"; do
+# CONFIGS (optional): the configurations to run, ';'-separated, e.g. "rooms def 200 1000 100"
+IFS=';' read -r -a configs <<<"${CONFIGS:-rooms none 200 1000 100;rooms def 200 1000 100;room none 60 300 20;room def 60 300 20}"
+for cfg in "${configs[@]}"; do
   set -- $cfg
   a=$(run "$1" "$2" "$3" "$5")
   b=$(run "$1" "$2" "$4" "$5")

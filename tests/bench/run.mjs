@@ -92,6 +92,10 @@ const TARGETS = {
     start: (port, run, aux) => [GW, redisArgs(port, aux)], path: { room: CHAT } },
   chatgw: { label: "chatgw", start: (port) => [GW, gwArgs(port, POL.def)], path: { echo: "/echo", room: CHAT } },
   "chatgw-nopolicy": { label: "chatgw, no hooks", start: (port) => [GW, gwArgs(port, POL.none)], path: { room: CHAT } },
+  // shadow mode's cost (docs/policy-rollout.md): the default policy with a copy of itself as the
+  // candidate, so every hook runs twice and every decision is compared (no diffs)
+  "chatgw-shadow": { label: "chatgw, shadow candidate", path: { room: CHAT },
+    start: (port) => [GW, [...gwArgs(port, POL.def), "--policy-candidate-dir", POL.def, "--policy-candidate-mode", "shadow"]] },
   "chatgw-reload": {
     label: "chatgw, reload every 1 s",
     start: (port, run) => {
@@ -146,7 +150,7 @@ const SCENARIOS = [
     extra: { "chatgw-reload": ["--phases", `flat:${QUICK ? 2.5 : 4}`, "--reload-ms", "1000"],
       "chatgw-deflate": ["--phases", `flat@1024:${D}`], "chatgw-plain": ["--phases", `flat@1024:${D}`] } },
   { id: "rooms", title: "3. 1000 rooms of 10 members", kind: "room",
-    targets: ["chatgw", "chatgw-nopolicy", "ws", "uws", "nginx"],
+    targets: ["chatgw", "chatgw-nopolicy", "chatgw-shadow", "ws", "uws", "nginx"],
     gen: ["--mode", "rooms", "--conns", "10000", "--members", "10", "--publishers", "1", "--window", "8",
       "--src-addrs", "8", "--phases", `flat:${D}`] },
   // Scale-out through Redis (docs/redis.md): the same room on 1 replica without Redis, 1 replica
@@ -409,6 +413,8 @@ function report(rounds, load0, load1) {
   if (has("rooms")) {
     cmp("5. policy: 1000 rooms × 10, default policy vs no hooks", med("rooms", "chatgw", dps(0)), med("rooms", "chatgw-nopolicy", dps(0)), "deliveries/s");
     cmp("5. … per server CPU-second", med("rooms", "chatgw", cpuEff(0)), med("rooms", "chatgw-nopolicy", cpuEff(0)), "deliveries/CPU-s");
+    cmp("5. shadow mode: 1000 rooms × 10, default policy shadowed by itself vs alone", med("rooms", "chatgw-shadow", dps(0)), med("rooms", "chatgw", dps(0)), "deliveries/s");
+    cmp("5. … per server CPU-second", med("rooms", "chatgw-shadow", cpuEff(0)), med("rooms", "chatgw", cpuEff(0)), "deliveries/CPU-s");
   }
   if (has("room") && has("room-variants")) {
     cmp("6. reload every 1 s during scenario 2 vs none", med("room-variants", "chatgw-reload", dps(0)), med("room", "chatgw", dps(0)), "deliveries/s");
@@ -427,6 +433,7 @@ function report(rounds, load0, load1) {
     const d = a != null && b != null ? a - b : null;
     own.push([name, "ms", fmtMs(a), fmtMs(b), d == null ? "" : `${d < 0 ? "−" : "+"}${fmtMs(Math.abs(d))} ms`]);
   };
+  if (has("rooms")) lat("5. shadow mode: 1000 rooms × 10 flat out, p99, shadowed vs alone", med("rooms", "chatgw-shadow", p99(0)), med("rooms", "chatgw", p99(0)));
   if (has("redis")) {
     const R = "redis", one = "chatgw-redis-1", three = "chatgw-redis-3";
     // cores the server processes used flat out: each chatgw replica, then redis-server

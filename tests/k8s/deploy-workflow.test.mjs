@@ -219,7 +219,7 @@ describe('the Redis password never comes from the repository', () => {
 });
 
 describe('policy docs: namespace, by-hand command, auth example', () => {
-  const DOCS = ['docs/writing-policy.md', 'docs/examples/auth/README.md'];
+  const DOCS = ['docs/writing-policy.md', 'docs/examples/auth/README.md', 'docs/policy-rollout.md'];
   /** The shell lines of the fenced sh blocks of a markdown file, continuation lines joined. */
   const shellCommands = (file) => {
     const text = fs.readFileSync(path.join(SRC, file), 'utf8');

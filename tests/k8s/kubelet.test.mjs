@@ -110,6 +110,7 @@ function containerEnv(objs, c) {
   for (const e of c.env || []) {
     if (e.value !== undefined) env[e.name] = expand(e.value, env);
     else if (e.valueFrom?.configMapKeyRef) env[e.name] = findObj(objs, 'ConfigMap', e.valueFrom.configMapKeyRef.name).data[e.valueFrom.configMapKeyRef.key];
+    else if (e.valueFrom?.secretKeyRef?.optional && !findObj(objs, 'Secret', e.valueFrom.secretKeyRef.name)) continue;   // unset, as kubelet does
     else if (e.valueFrom?.secretKeyRef) env[e.name] = Buffer.from(findObj(objs, 'Secret', e.valueFrom.secretKeyRef.name).data[e.valueFrom.secretKeyRef.key], 'base64').toString();
     else env[e.name] = '';
   }
@@ -189,6 +190,7 @@ describe('kubelet simulation (overlays/dev)', { timeout: 180000 }, () => {
     for (const [k, v] of Object.entries(env)) runEnv[k] = v;
     runEnv.CHATGW_SCRIPTS_DIR = volDir;                           // the mount path -> the volume
     if (runEnv.CHATGW_WEB_DIR) runEnv.CHATGW_WEB_DIR = path.join(SRC, 'web'); // image path -> checkout
+    if (runEnv.CHATGW_CRASH_DIR) runEnv.CHATGW_CRASH_DIR = fs.mkdtempSync(path.join(root, 'crash-')); // the emptyDir
     portMap = new Map();
     const loopback = (k) => {
       if (!runEnv[k]) return;
@@ -321,6 +323,7 @@ describe('kubelet simulation (overlays/dev)', { timeout: 180000 }, () => {
     w2.write({ ...cm.data, 'policy.lua': 'return { on_message = function( }\n' });
     const runEnv = { PATH: process.env.PATH, HOME: root, LANG: 'C.UTF-8', ...env, CHATGW_SCRIPTS_DIR: dir2 };
     if (runEnv.CHATGW_WEB_DIR) runEnv.CHATGW_WEB_DIR = path.join(SRC, 'web');
+    if (runEnv.CHATGW_CRASH_DIR) runEnv.CHATGW_CRASH_DIR = fs.mkdtempSync(path.join(root, 'crash-'));
     for (const k of ['CHATGW_LISTEN', 'CHATGW_ADMIN_LISTEN']) if (runEnv[k]) runEnv[k] = '127.0.0.1:0';
     const gw2 = startProcess(BIN, c.args, { cwd: fs.mkdtempSync(path.join(root, 'workdir-')), env: runEnv, name: 'chatgw-new-pod' });
     try {
@@ -472,6 +475,7 @@ describe('kubelet simulation (overlays/budget: TLS from a Secret volume)', { tim
     }
     runEnv.CHATGW_SCRIPTS_DIR = polDir;
     runEnv.CHATGW_WEB_DIR = path.join(SRC, 'web');
+    if (runEnv.CHATGW_CRASH_DIR) runEnv.CHATGW_CRASH_DIR = fs.mkdtempSync(path.join(root, 'crash-'));
     for (const k of ['CHATGW_TLS_CERT', 'CHATGW_TLS_KEY']) {
       assert.ok(runEnv[k].startsWith(`${tls.mount.mountPath}/`), `${k} is inside the Secret mount`);
       runEnv[k] = path.join(tlsDir, runEnv[k].slice(tls.mount.mountPath.length + 1));

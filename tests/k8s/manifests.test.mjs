@@ -123,6 +123,8 @@ function containerEnv(objs, c) {
     if (e.value !== undefined) env[e.name] = String(e.value).replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (m, v) => (v in env ? env[v] : m));
     else if (e.valueFrom?.secretKeyRef && EXTERNAL_SECRETS.has(e.valueFrom.secretKeyRef.name)) {
       env[e.name] = `<secret ${e.valueFrom.secretKeyRef.name}/${e.valueFrom.secretKeyRef.key}>`;
+    } else if (e.valueFrom?.secretKeyRef?.optional && !findObj(objs, 'Secret', e.valueFrom.secretKeyRef.name)) {
+      continue;   // an optional Secret that is not there leaves the variable unset, as kubelet does
     } else if (e.valueFrom?.secretKeyRef) {
       const s = findObj(objs, 'Secret', e.valueFrom.secretKeyRef.name);
       assert.ok(s, `secretKeyRef ${e.valueFrom.secretKeyRef.name} is not rendered`);

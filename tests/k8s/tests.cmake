@@ -5,7 +5,7 @@
 # prometheus). The image test builds with podman as root; it is the slow one (about 2 minutes
 # the first time, seconds once the debootstrapped base and the build layers are cached).
 if(NODE)
-  foreach(t manifests podsecurity ingress-nginx monitoring operator deploy-workflow gateway-api kubelet image docs)
+  foreach(t manifests podsecurity ingress-nginx monitoring operator deploy-workflow gateway-api kubelet rollout image docs)
     add_test(NAME k8s_${t}
       COMMAND ${NODE} --test --test-reporter=spec ${CMAKE_SOURCE_DIR}/tests/k8s/${t}.test.mjs
       WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests/k8s)

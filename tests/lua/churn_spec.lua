@@ -165,7 +165,7 @@ describe("gw.store under connection churn", function()
     assert.is_true(#mock.kicks > 0, "the churn includes kicks")
 
     -- what is left, besides the baseline: only keys of connections that never joined a room
-    -- (rep:<id>, strikes:<id>) and per-IP moderation keys, all with a TTL
+    -- (strikes:<id>) and per-IP moderation keys, all with a TTL
     local base = {}
     for _, k in ipairs(baseline) do base[k] = true end
     for k, e in pairs(mock.store) do
@@ -179,7 +179,7 @@ describe("gw.store under connection churn", function()
     assert.is_true(count_keys() < #baseline + 3000 / 13 * 2 + 300, "keys: " .. count_keys())
 
     -- the backstop: every one of them expires (the longest: kick_window, 3600 s); what stays is
-    -- the survivor's state (its repetition record, rep:anchor, has expired too: 300 s)
+    -- the survivor's state
     mock.advance(3601)
     assert.equal(4, live_keys())
     for _, k in ipairs({ "rooms:anchor", "nick:anchor", "owner:room0", "members:room0" }) do

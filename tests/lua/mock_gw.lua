@@ -42,6 +42,14 @@ function mock.install()
 
   function gw.now() return mock.clock end
 
+  -- gw.fold(text): lower case, whitespace runs squeezed to one space, trimmed (chatgw does it in
+  -- C; tests/unit/policy.c checks the two agree).
+  function gw.fold(text)
+    assert(type(text) == "string" or type(text) == "number", "gw.fold: text must be a string")
+    local s = string.gsub(string.lower(text), "%s+", " ")
+    return (string.match(s, "^ ?(.-) ?$"))
+  end
+
   -- gw.array([t]): marks t so that chatgw encodes it as a JSON array even when empty.
   mock.ARRAY_MT = mock.ARRAY_MT or { __name = "chatgw.array" }
   function gw.array(t)

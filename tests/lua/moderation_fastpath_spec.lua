@@ -3,9 +3,9 @@
 --   * collapse_runs: a sampled byte-pair check skips the pattern search on ASCII text without a
 --     run longer than max; compared with the old function (the search on every text) on random
 --     and adversarial texts, every max from 1 to 9, ascii given or not.
---   * the repetition check: the record this VM stored last is read back without parsing it;
---     compared, message by message, with the old parse of whatever the store holds (records
---     of other connections, tampered, expired, deleted records, new conn tables, floats).
+--   * the repetition check, kept in the VM beside the connection's table: compared, message
+--     by message, with a plain per-connection record (forgotten connections, new conn tables,
+--     the window's edge).
 local mock = dofile((debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./") .. "mock_gw.lua")
 
 local find, sub, rep = string.find, string.sub, string.rep
@@ -31,16 +31,10 @@ local function old_collapse_runs(text, max, ascii)
   return table.concat(parts)
 end
 
--- The old normalize and record parse.
+-- The old normalize.
 local function old_normalize(text)
   local s = string.gsub(string.lower(text), "%s+", " ")
   return (string.match(s, "^ ?(.-) ?$"))
-end
-local function old_rep_count(prev, norm)
-  local nl = find(prev, "\n", 1, true)
-  if not nl or #prev - nl ~= #norm then return nil end
-  if #norm > 0 and find(prev, norm, nl + 1, true) ~= nl + 1 then return nil end
-  return tonumber(sub(prev, 1, nl - 1))
 end
 
 local seed = 4242
@@ -108,43 +102,41 @@ describe("moderation fast paths", function()
   end)
 
   describe("the repetition check", function()
-    it("counts exactly as the old parse of the stored record, whatever the store holds", function()
+    it("counts as a plain record per connection: text, count, last time", function()
       local texts = { "hi", "Hi", "hi ", "  HI", "yo", "yo  yo", "a\tb", "a b", "", " ", "3", "1\n2",
                       "sooooooo", "soooo", "SOOOOO" }
-      local foreign = { "7\nhi", "2\nyo", "abc", "\nhi", "2.5\nhi", " 1\nhi", "0x2\nyo", "1e1\nhi",
-                        "9223372036854775807\nhi", "-3\nyo", "2\n", "1\nsoooo" }
       local ids = { "c1", "c2", "c3" }
-      local conns = {}
+      local conns, model = {}, {}
       for _, id in ipairs(ids) do conns[id] = mock.conn(id) end
       for step = 1, 6000 do
         local id = ids[rnd(#ids)]
         local r = rnd(100)
-        local key = "rep:" .. id
         if r <= 3 then
-          mock.store[key] = nil                              -- deleted (or evicted)
-        elseif r <= 6 then
-          gw.store.set(key, foreign[rnd(#foreign)], 300)     -- written by someone else
-        elseif r <= 8 then
-          gw.store.set(key, gw.store.get(key), 300)         -- the same record, written anew
-        elseif r <= 10 then
+          mod.forget(conns[id])                              -- left its last room
+          model[id] = nil
+        elseif r <= 5 then
           conns[id] = mock.conn(id)                          -- chatgw hands a new conn table
-        elseif r <= 11 then
-          mock.advance(301)                                  -- every record expires
+          model[id] = nil
+        elseif r <= 6 then
+          mock.advance(rnd(2) == 1 and 299 or 300)           -- just inside, or past, the window
         end
         local text = texts[rnd(#texts)]
-        local prev = gw.store.get(key)
         local norm = old_normalize(old_collapse_runs(text, 4))
+        local m = model[id]
         local count = 1
-        if type(prev) == "string" then
-          local c = old_rep_count(prev, norm)
-          if c then count = c + 1 end
-        end
+        if m and m.norm == norm and mock.clock - m.time < 300 then count = m.count + 1 end
+        model[id] = { norm = norm, count = count, time = mock.clock }
         local want_code = count >= 3 and "repeated" or nil
         local code = mod.check(conns[id], "lobby", { type = "msg", room = "lobby", text = text })
-        assert.equal(want_code, code, ("step %d %s %q after %q"):format(step, id, text, tostring(prev)))
-        assert.equal(count .. "\n" .. norm, gw.store.get(key), ("step %d record"):format(step))
-        mock.advance(1)
+        assert.equal(want_code, code, ("step %d %s %q (count %d)"):format(step, id, text, count))
+        if rnd(4) == 1 then mock.advance(1) end
       end
+    end)
+
+    it("keeps nothing in gw.store", function()
+      local c = mock.conn("c1")
+      for _ = 1, 3 do mod.check(c, "lobby", { type = "msg", room = "lobby", text = "same" }) end
+      assert.same({}, mock.store)
     end)
   end)
 end)

@@ -36,6 +36,10 @@ static const char *const keys[] = {
     "redis_backoff_max_ms", "redis_required", "janus_url", "janus_timeout_ms", "janus_keepalive_ms", "presence_ttl_ms", "node_id",
     "policy_timeout_ms", "policy_budget", "policy_memory_mb", "policy_store_mb", "policy_fail", "policy_boot", "reload_poll_ms", "tls_cert",
     "tls_key", "trusted_proxies", "proxy_protocol", "ipv6_prefix_bits", "ice_servers",
+    "policy_candidate_dir", "policy_candidate_mode", "policy_candidate_percent", "policy_rollback_window_ms",
+    "policy_rollback_min_calls", "policy_rollback_error_rate", "policy_rollback_drop_rate", "policy_record_file",
+    "policy_record_sample", "policy_record_redact",
+    "sentry_dsn", "sentry_dsn_file", "environment", "crash_dir",
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -154,6 +158,11 @@ static void assert_defaults(const config_t *c)
     assert_int_equal(c->policy_store_mb, 16);
     assert_string_equal(c->policy_fail, "closed");
     assert_string_equal(c->policy_boot, "exit");
+    assert_string_equal(c->policy_candidate_dir, "");
+    assert_string_equal(c->policy_candidate_mode, "off");
+    assert_true(c->policy_candidate_percent == 5);
+    assert_string_equal(c->policy_record_file, "");
+    assert_int_equal(c->policy_record_redact, 1);
     assert_int_equal(c->reload_poll_ms, 0);
     assert_string_equal(c->tls_cert, "");
     assert_string_equal(c->tls_key, "");
@@ -403,6 +412,10 @@ static const error_case_t error_cases[] = {
     { NULL, NULL, NULL, { "--ipv6-prefix-bits", "8" }, { "config: ipv6_prefix_bits:" } },
     { NULL, NULL, NULL, { "--policy-fail", "maybe" }, { "config: policy_fail: expected \"closed\" or \"open\"" } },
     { NULL, NULL, NULL, { "--policy-boot", "maybe" }, { "config: policy_boot: expected \"exit\" or \"wait\"" } },
+    { NULL, NULL, NULL, { "--policy-candidate-mode", "live" }, { "config: policy_candidate_mode: expected \"off\", \"shadow\" or \"canary\"" } },
+    { NULL, NULL, NULL, { "--policy-candidate-percent", "101" }, { "config: policy_candidate_percent:" } },
+    { NULL, NULL, NULL, { "--policy-rollback-error-rate", "-0.1" }, { "config: policy_rollback_error_rate:" } },
+    { NULL, NULL, NULL, { "--policy-record-sample", "2" }, { "config: policy_record_sample:" } },
     { NULL, NULL, NULL, { "--log-level", "loud" }, { "config: log_level: expected one of debug" } },
     { NULL, NULL, NULL, { "--rate-msgs-per-sec", "0" }, { "config: rate_msgs_per_sec: expected a number" } },
     { NULL, NULL, NULL, { "--rate-msgs-per-sec", "nan" }, { "config: rate_msgs_per_sec:" } },

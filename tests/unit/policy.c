@@ -315,6 +315,18 @@ static void test_bounded_lib(void **state)
                  "and utf8.len(123) == 3 and utf8.len('abc', 2) == 2 and utf8.len('ab\\xffcd') == nil "
                  "and select(2, utf8.len('ab\\xffcd')) == 3 and not pcall(utf8.len) and not pcall(utf8.len, {})");
     eval_fails(p, "return utf8.len(string.rep('a', (4 << 20) + 1))", "longer than 4 MiB");
+    /* gw.fold answers as lower, gsub("%s+", " ") and a trim, on random texts of every length
+     * class (the stack and the buffer paths) over whitespace, case and non-ASCII bytes */
+    eval_true(p, "local alpha = { ' ', '  ', '\\t', '\\n', '\\r', '\\v', '\\f', 'a', 'B', 'Z', '\\0', '\\xc9', '\\xa0', '1', '.' } "
+                 "local seed = 7 local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648 return seed % n + 1 end "
+                 "for i = 1, 3000 do local parts = {} "
+                 "  for j = 1, rnd(i % 10 == 0 and 400 or 40) - 1 do parts[j] = alpha[rnd(#alpha)] end "
+                 "  local t = table.concat(parts) "
+                 "  local want = string.match(string.gsub(string.lower(t), '%s+', ' '), '^ ?(.-) ?$') "
+                 "  if gw.fold(t) ~= want then error(string.format('%q', t)) end end "
+                 "return gw.fold(string.rep(' A\\t', 300)) == string.rep('a', 300, ' ') and gw.fold(12) == '12' and gw.fold('') == '' and gw.fold(' \\t ') == '' and not pcall(gw.fold) "
+                 "and not pcall(gw.fold, {})");
+    eval_fails(p, "return gw.fold(string.rep('a', (4 << 20) + 1))", "longer than 4 MiB");
     eval_true(p, "gw.store.set('u', 'a\\0b') local ok = pcall(gw.store.set, 'v', 'a\\xffb') "
                  "return gw.store.get('u') == 'a\\0b' and not ok and gw.store.get('v') == nil");
     eval_fails(p, "return load(string.rep(' ', (1 << 20) + 1))", "load: a chunk longer than 1024 KiB");
