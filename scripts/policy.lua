@@ -49,9 +49,17 @@ routing.name_allowed = function(name)
   return true
 end
 
+local VOICE_LIMIT = { shared = false }
+
 -- Custom types answered by the policy itself (before routing sees them).
 local custom = {
   rooms = function(conn, room, msg) return rooms.on_rooms(conn) end,
+  -- each voice join costs the media server a handle, a room check and a negotiation: a few per
+  -- connection, then one every two seconds (the web client's re-join backoff stays under it)
+  voice_join = function(conn, room, msg)
+    if not gw.limit("voice_join:" .. conn.id, 0.5, 3, VOICE_LIMIT) then return nil, "rate_limited" end
+    return rooms.check_voice(conn, room, msg)
+  end,
 }
 
 -- Built-in types that the policy leaves alone (the hub rate-limits them itself). They are left

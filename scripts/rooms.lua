@@ -6,6 +6,10 @@
 --     * protected rooms: password / token / JWT with a `room` claim -> else "forbidden"
 --     * capacity: the first `capacity` pattern that matches the name gives the cap
 --       (else capacity_default); a room already holding cap members -> "room_full"
+--   rooms.check_voice(conn, room, msg) -> true, or nil + "voice_full": a voice_join through
+--     the server's mixer (janus_url); chatgw sets msg.voice_members (members of the room in
+--     voice through this replica, the joiner not counted) and the cap is voice_sfu_max.
+--     Capacity entries may carry sfu_max: the room cap when the server mixes voice.
 --   rooms.directory() -> { {name=, online=}, ... }: gw.rooms() without private rooms
 --     (private patterns, protected rooms, jwt_rooms), busiest first, at most directory_max.
 --   rooms.on_rooms(conn): the custom message {type="rooms"}; replies with
@@ -32,6 +36,7 @@ M.DEFAULTS = {
                "assets", "system", "server", "root" },
   capacity = {},
   capacity_default = 200,
+  voice_sfu_max = 50,
   protected = {},
   jwt_secret = false,
   jwt_rooms = {},
@@ -90,6 +95,10 @@ function M.configure(overrides)
   for _, name in ipairs(c.reserved or {}) do c.reserved_set[string.lower(name)] = true end
   c.protected = c.protected or {}
   c.capacity = c.capacity or {}
+  if c.sfu == nil then   -- the server mixes voice: rooms sized for the mesh may grow
+    local conf = type(gw) == "table" and type(gw.config) == "table" and gw.config or {}
+    c.sfu = type(conf.janus_url) == "string" and conf.janus_url ~= ""
+  end
   c.jwt_rooms = c.jwt_rooms or {}
   c.private = c.private or {}
   c.hidden_index = index_patterns({ c.private, c.jwt_rooms })
@@ -113,7 +122,7 @@ end
 function M.capacity(room)
   local caps = cfg.capacity
   for i = 1, #caps do
-    if string.find(room, caps[i].pattern) then return caps[i].max end
+    if string.find(room, caps[i].pattern) then return cfg.sfu and caps[i].sfu_max or caps[i].max end
   end
   return cfg.capacity_default
 end
@@ -279,6 +288,13 @@ function M.check_join(conn, room)
   return true
 end
 
+-- The voice_join rule (through the server's mixer). true, or nil + "voice_full". Pure.
+function M.check_voice(conn, room, msg)
+  local n = type(msg) == "table" and tonumber(msg.voice_members) or 0
+  if n >= cfg.voice_sfu_max then return nil, "voice_full" end
+  return true
+end
+
 -- Directory order: busiest first, then by name.
 local function better(a, b)
   if a.online ~= b.online then return a.online > b.online end
@@ -380,6 +396,7 @@ function M.self_test()
   assert(type(c.name_max) == "number" and c.name_max >= 1, "settings.rooms.name_max must be a number >= 1")
   if c.name_pattern then check_patterns("name_pattern", { c.name_pattern }) end
   assert(type(c.capacity_default) == "number", "settings.rooms.capacity_default must be a number")
+  assert(type(c.voice_sfu_max) == "number" and c.voice_sfu_max >= 0, "settings.rooms.voice_sfu_max must be a number >= 0")
   for i, e in ipairs(c.capacity) do
     assert(type(e) == "table" and type(e.max) == "number",
            "settings.rooms.capacity[" .. i .. "] must be { pattern = \"...\", max = N }")

@@ -28,10 +28,16 @@ local settings = {
     -- capacity per room: the first pattern that matches wins, otherwise capacity_default.
     -- A join is refused with room_full once the room holds `max` members.
     capacity = {
-      { pattern = "^voice%-", max = 8 },     -- mesh voice does not scale past a handful
+      -- mesh voice does not scale past a handful; sfu_max applies instead when the server
+      -- mixes voice (janus_url set): each member then sends one stream and receives one
+      { pattern = "^voice%-", max = 8, sfu_max = 200 },
       { pattern = "^lobby$",  max = 500 },
     },
     capacity_default = 200,
+    -- members in voice through the server's mixer (janus_url), per room and per replica:
+    -- a voice_join beyond is refused with voice_full. The mesh has no such count: its cap is
+    -- the room capacity above.
+    voice_sfu_max = 50,
     -- password rooms: exact room name -> { password = "...", jwt_secret = "..." }.
     -- A join needs ?password=P or ?token=P on the WebSocket URL, or ?token=<JWT> signed
     -- (HS256) with jwt_secret (or the global jwt_secret below) whose `room` claim is the

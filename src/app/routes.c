@@ -179,6 +179,11 @@ static void route_readyz(gw_t *gw, buf_t *out, int keep_alive)
         json_object_set(checks, "candidate", json_object_get(cand, "state"));
         json_object_set_new(body, "candidate", cand);
     }
+    int voice = hub_voice_state(gw->hub);   /* Janus down: voice is refused, text goes on, still ready */
+    if (voice >= 0) {
+        json_object_set_new(checks, "janus", json_string(voice ? "up" : "down"));
+        json_object_set_new(body, "janus", json_string(voice ? "up" : "down"));
+    }
     if (bus >= 0) {
         const char *rs = bus == 2 ? "refusing" : bus ? "up" : "down";
         json_object_set_new(checks, "redis", json_string(rs));

@@ -137,6 +137,12 @@ static const config_key_t config_keys[] = {
       "cap on the Redis reconnect delay" },
     { "redis_required", CK_BOOL, OFF(redis_required), "false", 0, 0, 0,
       "whether Redis being down fails /readyz (with redis_url set)" },
+    { "janus_url", CK_STRING, OFF(janus_url), "", 0, 0, 0,
+      "Janus HTTP API (http://host:port/janus): voice through its AudioBridge; empty = peer-to-peer mesh" },
+    { "janus_timeout_ms", CK_LONG, OFF(janus_timeout_ms), "5000", 100, 120000, 0,
+      "limit per Janus request; a voice join gets voice_timeout after twice this" },
+    { "janus_keepalive_ms", CK_LONG, OFF(janus_keepalive_ms), "20000", 100, 3600000, 0,
+      "keepalive of chatgw's Janus session; below Janus's session_timeout (60 s by default)" },
     { "presence_ttl_ms", CK_LONG, OFF(presence_ttl_ms), "15000", 300, MS_DAY, 0,
       "node heartbeat TTL: members of a dead replica leave within about this time" },
     { "redis_room_ttl_ms", CK_LONG, OFF(redis_room_ttl_ms), "604800000", 0, 366L * MS_DAY, 0,
@@ -775,6 +781,10 @@ static int config_pairs_check(const config_t *cfg, char *err, size_t errlen)
     if (cfg->redis_room_ttl_ms && cfg->redis_room_ttl_ms < cfg->presence_ttl_ms) {
         snprintf(err, errlen, "config: redis_room_ttl_ms: must be 0 or at least presence_ttl_ms (%ld): the "
                               "heartbeat refreshes the rooms of live members", cfg->presence_ttl_ms);
+        return GW_EINVAL;
+    }
+    if (cfg->janus_url[0] && strncmp(cfg->janus_url, "http://", 7) && strncmp(cfg->janus_url, "https://", 8)) {
+        snprintf(err, errlen, "config: janus_url: must be an http:// or https:// URL of Janus's HTTP API");
         return GW_EINVAL;
     }
     return 0;

@@ -47,6 +47,9 @@ typedef struct {
     long redis_backoff_min_ms;
     long redis_backoff_max_ms;
     int redis_required;            /* redis down fails /readyz */
+    char *janus_url;               /* "" = voice is the browsers' mesh */
+    long janus_timeout_ms;
+    long janus_keepalive_ms;       /* Janus ends a session idle for its session_timeout */
     long presence_ttl_ms;
     long redis_room_ttl_ms;
     char *redis_sentinels;         /* "" = none; else host:port,... naming redis_sentinel_master */

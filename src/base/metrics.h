@@ -71,6 +71,10 @@ typedef struct {
     uint64_t msg_latency[METRICS_LATENCY_BUCKETS + 1];
     uint64_t msg_latency_sum_us;
     /* bus (hub.c copies bus_stats_get here: on each bus event and once a second) */
+    uint64_t janus_up;             /* gauge: 1 while the Janus session is up (0 without janus_url) */
+    uint64_t voice_sfu_members;    /* gauge: members in voice through Janus */
+    uint64_t voice_refused;        /* voice joins refused at once: Janus down */
+    uint64_t voice_lost;           /* voice ended by Janus: failed joins, lost sessions */
     uint64_t bus_up;               /* gauge: 1 while the bus works (always 1 without redis_url) */
     uint64_t bus_reconnects;
     uint64_t bus_published;

@@ -448,7 +448,8 @@ int static_config_serve(const config_t *cfg, const http_request_t *req, int keep
         http_response_error(out, 500, "config_error", "ice_servers is not a JSON array", keep_alive);
         return 1;
     }
-    json_t *body = json_pack("{s:o, s:I}", "ice_servers", ice, "max_text_bytes", (json_int_t)cfg->max_text_bytes);
+    json_t *body = json_pack("{s:o, s:I, s:s}", "ice_servers", ice, "max_text_bytes", (json_int_t)cfg->max_text_bytes,
+                             "voice", cfg->janus_url && cfg->janus_url[0] ? "sfu" : "mesh");
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     if (!text) {

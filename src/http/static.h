@@ -45,7 +45,8 @@ size_t static_site_bytes(const static_site_t *site);   /* uncompressed bytes kep
  * usually to its 404). site may be NULL (web_dir missing): always 0. */
 int static_site_serve(const static_site_t *site, const http_request_t *req, int keep_alive, buf_t *out);
 
-/* GET /api/config: {"ice_servers": <the ice_servers key>, "max_text_bytes": n}. Returns 1 with
+/* GET /api/config: {"ice_servers": <the ice_servers key>, "max_text_bytes": n, "voice": "sfu"
+ * with janus_url (voice_join through the media server) or "mesh" (signal between browsers)}. Returns 1 with
  * a response in out when req->path is /api/config (405 for other methods; 500, logged, if
  * ice_servers is not a JSON array), else 0. */
 int static_config_serve(const config_t *cfg, const http_request_t *req, int keep_alive, buf_t *out);

@@ -401,6 +401,7 @@ static void hub_room_leave_as(hub_t *hub, hub_client_t *cl, hub_room_t *r, int a
             break;
         }
     METRIC_SUB(hub->gw->metrics.room_members, 1);
+    hub_voice_left(hub, cl, r);
     if (hub->remote) bus_presence_remove(hub->bus, r->name, cl->id);
     if (r->nmembers && announced)
         hub_room_send(hub, r, proto_presence("leave", r->name, cl->id, cl->name, 0), NULL, NULL);
@@ -532,6 +533,7 @@ static void hub_handle_signal(hub_t *hub, hub_client_t *cl, hub_room_t *r, const
 static void hub_handle_mute(hub_t *hub, hub_client_t *cl, hub_room_t *r, int muted)
 {
     hub_room_member(r, cl)->muted = muted;
+    hub_voice_mute(hub, cl, r, muted);
     hub_presence_publish(hub, r, cl, muted);   /* the other replicas send mute/unmute themselves */
     sbuf_t *frame = proto_presence(muted ? "mute" : "unmute", r->name, cl->id, cl->name, muted);
     hub_room_send(hub, r, frame, cl, NULL);
@@ -574,6 +576,9 @@ static void hub_handle(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_
     case PROTO_MUTE: hub_handle_mute(hub, cl, r, 1); break;
     case PROTO_UNMUTE: hub_handle_mute(hub, cl, r, 0); break;
     case PROTO_HISTORY: hub_handle_history(hub, cl, r, in); break;
+    case PROTO_VOICE_JOIN:
+    case PROTO_VOICE_LEAVE:
+    case PROTO_VOICE_TRICKLE: hub_voice_handle(hub, cl, r, in); break;
     case PROTO_CUSTOM: hub_handle_custom(hub, cl, r, in); break;
     case PROTO_JOIN:
     case PROTO_LEAVE: break;       /* handled before the policy */
@@ -627,6 +632,7 @@ static void hub_filter(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_
         return;
     }
     if (in->type == PROTO_MSG) hub_msg_envelope_only(in->root);
+    if (in->type == PROTO_VOICE_JOIN) hub_voice_annotate(hub, cl, r, in->root);
     policy_conn_t pc = hub_pconn(cl, NULL);
     json_t *out;
     char code[HUB_CODE_LEN];
@@ -861,6 +867,21 @@ static int hub_host_kick(void *ud, const char *conn_id, const char *code, const 
     return 0;
 }
 
+/* A moderator's mute: like the member's own, in the mixer too, and the member is told. */
+static int hub_host_mute(void *ud, const char *conn_id, const char *room, int muted)
+{
+    hub_t *hub = ud;
+    hub_client_t *cl = hub_client_find(hub, conn_id);
+    hub_room_t *r = hub_room_get(hub, room);
+    hub_member_t *m = cl && r ? hub_room_member(r, cl) : NULL;
+    if (!m) return GW_ENOTFOUND;
+    m->muted = muted;
+    hub_voice_mute(hub, cl, r, muted);
+    hub_presence_publish(hub, r, cl, muted);
+    hub_room_send(hub, r, proto_presence(muted ? "mute" : "unmute", r->name, cl->id, cl->name, muted), NULL, NULL);
+    return 0;
+}
+
 static json_t *hub_host_members(void *ud, const char *room)
 {
     hub_room_t *r = hub_room_get(ud, room);
@@ -947,6 +968,7 @@ void hub_policy_host(hub_t *hub, policy_host_t *host)
         .send = hub_host_send,
         .broadcast = hub_host_broadcast,
         .kick = hub_host_kick,
+        .mute = hub_host_mute,
         .members = hub_host_members,
         .rooms = hub_host_rooms,
         .log = hub_host_log,
@@ -1069,6 +1091,7 @@ static void hub_bus_drop(hub_t *hub)
 
 void hub_bus_close(hub_t *hub)
 {
+    hub_voice_close(hub);          /* Janus's long poll would keep the loop alive as well */
     if (!hub->remote) return;
     hub_bus_drop(hub);
     hub->remote = 0;
@@ -1100,6 +1123,7 @@ hub_t *hub_new(gw_t *gw)
     char err[128];
     if (bus_open(gw->loop, NULL, NULL, hub, &hub->bus, err, sizeof err) < 0) abort();
     hub_bus_metrics(hub);
+    hub_voice_open(hub);
     return hub;
 }
 
@@ -1109,6 +1133,7 @@ void hub_free(hub_t *hub)
 {
     if (!hub) return;
     uv_close((uv_handle_t *)hub->tick, hub_tick_closed);
+    hub_voice_close(hub);
     size_t i;
     /* rooms outlive clients only if detach was skipped; free what is left */
     for (map_entry_t *e = map_first(&hub->rooms, &i); e; e = map_first(&hub->rooms, &i))

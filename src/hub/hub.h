@@ -13,7 +13,8 @@
  *   hub_message       a frame arrives: rate limit, then decode (proto_decode)
  *   hub_dispatch      join and leave are the hub's own; the rest goes on to
  *   hub_filter        the policy's on_message: drop, rewrite (checked again) or pass
- *   hub_handle        carry it out by type: hub_handle_msg, _dm, _signal, _mute, _history, _custom
+ *   hub_handle        carry it out by type: hub_handle_msg, _dm, _signal, _mute, _history, _custom,
+ *                     and hub_voice_handle (hub_voice.c) for voice_*
  *   post              a msg gets its id, its place in the room's one order: hub_room_post through
  *                     the bus (Redis assigns it; this replica delivers from the answer, the
  *                     others from the room's channel), or hub_room_post_own with the hub's own
@@ -66,8 +67,8 @@ void hub_free(hub_t *hub);         /* after every connection detached */
  * naming the key in err. */
 int hub_bus_open(hub_t *hub, char *err, size_t errlen);
 /* Says goodbye to Redis or to the other workers (this node's members leave, its heartbeat
- * goes) and falls back to the single-node bus; the link closes while the loop runs on. For
- * shutdown. */
+ * goes) and falls back to the single-node bus; the link closes while the loop runs on. The
+ * Janus client (janus_url) goes too: voice ends. For shutdown. */
 void hub_bus_close(hub_t *hub);
 /* -1 without Redis (single node or in-process bus), else 1 while the link is up and 0 while down.
  * A tri-state answer, not an error: -1 is no GW_E* code. */
@@ -88,6 +89,9 @@ void hub_api_stats(hub_t *hub, hub_api_cb cb, void *arg);
 void hub_api_room(hub_t *hub, const char *room, hub_api_cb cb, void *arg);
 void hub_api_publish(hub_t *hub, const char *room, const char *from_name, const char *text, hub_api_cb cb,
                      void *arg);
+
+/* Voice through Janus: -1 without janus_url, else 1 while its session is up and 0 while not. */
+int hub_voice_state(hub_t *hub);
 
 /* {online, rooms:[{name, online}]}; new reference. */
 json_t *hub_stats_json(hub_t *hub);

@@ -91,6 +91,7 @@ typedef struct hub_client_s {
 } hub_client_t;
 
 typedef struct hub_op_s hub_op_t;
+typedef struct hub_voice_s hub_voice_t;
 
 #define HUB_TOMBSTONES 128         /* recent remote leaves, so a stale list cannot revive them */
 
@@ -114,6 +115,7 @@ struct hub_s {
     uint64_t room_serial;
     hub_tombstone_t tombs[HUB_TOMBSTONES];
     size_t tomb_next;
+    hub_voice_t *voice;            /* voice through Janus (janus_url), or NULL */
     uint64_t msg_t0;               /* uv_hrtime() when the frame being handled arrived */
     char *report;                  /* the last node report written to the bus (hub_report_tick) */
     uint64_t report_ms;
@@ -210,5 +212,17 @@ void hub_latency_observe(hub_t *hub, uint64_t t0);
  * gets the ack with cid. Strings and JSON borrowed. */
 void hub_room_post(hub_t *hub, const char *room, const char *from_id, const char *from_name, const char *text,
                    json_t *extra, const char *client, json_t *cid);
+
+/* hub_voice.c: voice through Janus. Without janus_url, voice_* messages answer
+ * voice_unavailable and the calls below do nothing. */
+void hub_voice_open(hub_t *hub);   /* starts the Janus client when janus_url is set */
+void hub_voice_close(hub_t *hub);
+/* voice_join, voice_leave, voice_trickle of member cl of r. */
+void hub_voice_handle(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_in_t *in);
+void hub_voice_mute(hub_t *hub, hub_client_t *cl, hub_room_t *r, int muted);   /* in the mixer */
+void hub_voice_left(hub_t *hub, hub_client_t *cl, hub_room_t *r);              /* cl left r */
+/* Sets voice_members on a voice_join for the policy (whatever the client put there): the
+ * members of r in voice through this hub, cl not counted. */
+void hub_voice_annotate(hub_t *hub, hub_client_t *cl, hub_room_t *r, json_t *root);
 
 #endif

@@ -1216,6 +1216,16 @@ static int policy_gw_kick(lua_State *L)
     return 1;
 }
 
+static int policy_gw_mute(lua_State *L)
+{
+    const char *id = luaL_checkstring(L, 1);
+    const char *room = luaL_checkstring(L, 2);
+    int muted = lua_isnoneornil(L, 3) ? 1 : lua_toboolean(L, 3);
+    const policy_host_t *h = policy_host_of(L);
+    lua_pushboolean(L, h->mute && h->mute(h->ud, id, room, muted) == 0);
+    return 1;
+}
+
 static int policy_gw_members(lua_State *L)
 {
     const char *room = luaL_checkstring(L, 1);
@@ -1590,6 +1600,7 @@ static void policy_gw_open(lua_State *L, policy_vm_t *vm)
 {
     static const luaL_Reg gw[] = {
         { "send", policy_gw_send }, { "broadcast", policy_gw_broadcast }, { "kick", policy_gw_kick },
+        { "mute", policy_gw_mute },
         { "members", policy_gw_members }, { "rooms", policy_gw_rooms }, { "now", policy_gw_now },
         { "log", policy_gw_log }, { "limit", policy_gw_limit }, { "jwt_verify", policy_gw_jwt_verify },
         { "array", policy_gw_array }, { "fold", policy_lib_fold }, { NULL, NULL },

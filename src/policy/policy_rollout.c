@@ -136,6 +136,16 @@ static int policy_rollout_kick(void *ud, const char *conn_id, const char *code, 
     return r->real.kick ? r->real.kick(r->real.ud, conn_id, code, reason) : GW_ENOTSUP;
 }
 
+static int policy_rollout_mute(void *ud, const char *conn_id, const char *room, int muted)
+{
+    policy_rollout_side_t *s = ud;
+    policy_rollout_t *r = s->r;
+    policy_rollout_note(r, s->arm, json_pack("{s:s, s:s, s:s, s:b}", "op", "mute", "to", conn_id, "room", room,
+                                             "muted", muted));
+    if (!(r->effects[s->arm] & POLICY_EFFECTS_LIVE)) return 0;
+    return r->real.mute ? r->real.mute(r->real.ud, conn_id, room, muted) : GW_ENOTSUP;
+}
+
 static json_t *policy_rollout_members(void *ud, const char *room)
 {
     policy_rollout_t *r = ((policy_rollout_side_t *)ud)->r;
@@ -175,7 +185,7 @@ void policy_rollout_host(policy_rollout_t *r, int arm, policy_host_t *out)
     *out = (policy_host_t){
         .ud = &r->side[arm], .send = policy_rollout_send, .broadcast = policy_rollout_broadcast,
         .kick = policy_rollout_kick, .members = policy_rollout_members, .rooms = policy_rollout_rooms,
-        .log = policy_rollout_log, .limit_take = policy_rollout_limit_take,
+        .log = policy_rollout_log, .limit_take = policy_rollout_limit_take, .mute = policy_rollout_mute,
     };
 }
 

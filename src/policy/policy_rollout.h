@@ -1,6 +1,6 @@
 /* policy_rollout: the bookkeeping of a staged policy rollout, without Lua. It picks each
  * connection's arm (a stable hash of its id against policy_candidate_percent), stands between
- * each policy holder and the real host so that gw.send, gw.broadcast and gw.kick can be
+ * each policy holder and the real host so that gw.send, gw.broadcast, gw.kick and gw.mute can be
  * recorded (and, for the candidate in shadow mode, never performed), compares what the stable
  * and the candidate holder decided in one hook call and counts each disagreement, counts every
  * arm's calls, errors, drops and latency, and rolls the candidate back when its error or drop

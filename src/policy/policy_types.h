@@ -29,6 +29,8 @@ typedef struct {
     int (*limit_take)(void *ud, const char *key, double rate, double burst,
                       void (*done)(void *arg, const char *key, double rate, double burst, double tokens),
                       void *arg);
+    /* Optional: a moderator's mute: conn_id in room muted (1) or not (0), in the voice mixer too. */
+    int (*mute)(void *ud, const char *conn_id, const char *room, int muted);
 } policy_host_t;
 
 enum {

@@ -114,6 +114,9 @@ static const proto_kind_t proto_kinds[] = {
     {"mute", PROTO_MUTE, F_ROOM, F_ROOM},
     {"unmute", PROTO_UNMUTE, F_ROOM, F_ROOM},
     {"history", PROTO_HISTORY, F_ROOM, F_ROOM | F_SINCE},
+    {"voice_join", PROTO_VOICE_JOIN, F_ROOM | F_DATA, F_ROOM | F_DATA},
+    {"voice_leave", PROTO_VOICE_LEAVE, F_ROOM, F_ROOM},
+    {"voice_trickle", PROTO_VOICE_TRICKLE, F_ROOM | F_DATA, F_ROOM | F_DATA},
 };
 static const proto_kind_t proto_kind_custom = {NULL, PROTO_CUSTOM, 0, F_ROOM | F_TEXT};
 

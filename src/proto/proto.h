@@ -22,6 +22,9 @@ typedef enum {
     PROTO_MUTE,
     PROTO_UNMUTE,
     PROTO_HISTORY,
+    PROTO_VOICE_JOIN,              /* voice through the media server (janus_url): {room, data: offer} */
+    PROTO_VOICE_LEAVE,
+    PROTO_VOICE_TRICKLE,           /* {room, data: ICE candidate or null} */
     PROTO_CUSTOM,                  /* any other well-formed type: the policy may claim it */
 } proto_type_t;
 
@@ -61,7 +64,8 @@ typedef struct {
  * fills in (free it with proto_in_free), or a negative code and fills err (GW_ETOOBIG when
  * err->code is too_large or too_complex, GW_EINVAL for the rest); on error *in needs no free.
  * Checks per type: join {room, name?, since?}; leave/mute/unmute {room}; msg {room, text, cid?};
- * dm {to, text, cid?}; signal {room, to, data}; history {room, since?}. Custom types must match
+ * dm {to, text, cid?}; signal {room, to, data}; history {room, since?}; voice_join {room, data};
+ * voice_leave {room}; voice_trickle {room, data}. Custom types must match
  * [a-z][a-z0-9_.-]{0,31}. A field of the wrong JSON type or an invalid room or name is
  * bad_field; text over max_text is too_large. */
 int proto_decode(const char *text, size_t len, size_t max_text, proto_in_t *in, proto_err_t *err);

@@ -79,6 +79,7 @@ static void fuzz_host_log(void *ud, int level, const char *msg, json_t *fields)
 static const policy_host_t fuzz_host = {
     NULL, fuzz_host_send, fuzz_host_broadcast, fuzz_host_kick, fuzz_host_members, fuzz_host_rooms, fuzz_host_log,
     NULL,                          /* gw.limit stays local */
+    NULL,                          /* gw.mute answers false */
 };
 
 static policy_t *fuzz_policy_load(const char *dir, int required)

@@ -56,7 +56,7 @@ describe("policy", function()
 
   describe("message_types", function()
     it("declares exactly the types on_message handles", function()
-      assert.same({ "dm", "msg", "rooms", "typing" }, policy.message_types)
+      assert.same({ "dm", "msg", "rooms", "typing", "voice_join" }, policy.message_types)
       for i, t in ipairs(policy.message_types) do assert.is_string(t, i) end
     end)
 
@@ -85,7 +85,7 @@ describe("policy", function()
       package.loaded.policy = nil
       routing.handlers.wave = function() return true end
       local p = require "policy"
-      assert.same({ "dm", "msg", "rooms", "typing", "wave" }, p.message_types)
+      assert.same({ "dm", "msg", "rooms", "typing", "voice_join", "wave" }, p.message_types)
       assert.is_true(p.self_test())
       routing.handlers.wave = nil
     end)
@@ -285,6 +285,19 @@ describe("policy", function()
       local ok, why = policy.on_connect(mock.conn("a2", { ip = alice.ip }))
       assert.is_false(ok)
       assert.equal("banned", why)
+    end)
+  end)
+
+  describe("voice_join", function()
+    it("passes within voice_sfu_max, refuses past it with voice_full, and rate-limits joins", function()
+      local c = mock.conn("v1", { name = "vera" })
+      local function vj(n) return mock.on_message(policy, c, "lobby", { type = "voice_join", room = "lobby", voice_members = n }) end
+      assert.is_true(vj(0))
+      assert.same({ nil, "voice_full" }, { vj(1000) })
+      assert.is_true(vj(0))
+      assert.same({ nil, "rate_limited" }, { vj(0) })   -- the burst of 3 is spent
+      mock.clock = mock.clock + 2
+      assert.is_true(vj(0))
     end)
   end)
 

@@ -49,6 +49,27 @@ describe("rooms", function()
     end)
   end)
 
+  describe("voice through the server's mixer", function()
+    it("refuses a voice_join with voice_full once voice_sfu_max members are in voice", function()
+      rooms.configure({ voice_sfu_max = 2 })
+      local c = mock.conn("c1")
+      assert.is_true(rooms.check_voice(c, "lobby", { type = "voice_join", voice_members = 0 }))
+      assert.is_true(rooms.check_voice(c, "lobby", { type = "voice_join", voice_members = 1 }))
+      assert.same({ nil, "voice_full" }, { rooms.check_voice(c, "lobby", { type = "voice_join", voice_members = 2 }) })
+    end)
+
+    it("gives mesh-sized rooms their sfu_max only when the server mixes voice", function()
+      local caps = { { pattern = "^voice%-", max = 2, sfu_max = 40 } }
+      rooms.configure({ capacity = caps, sfu = false })
+      assert.equal(2, rooms.capacity("voice-1"))
+      rooms.configure({ capacity = caps, sfu = true })
+      assert.equal(40, rooms.capacity("voice-1"))
+      gw.config = { janus_url = "http://janus:8088/janus" }
+      rooms.configure({ capacity = caps })
+      assert.equal(40, rooms.capacity("voice-1"))
+    end)
+  end)
+
   describe("capacity", function()
     it("uses the first matching pattern, else the default", function()
       assert.equal(2, rooms.capacity("voice-1"))

@@ -1101,7 +1101,7 @@ static void test_conversion_roundtrip(void **state)
 /* ---- host callbacks ---- */
 
 typedef struct {
-    int sends, broadcasts, kicks, logs;
+    int sends, broadcasts, kicks, logs, mutes, muted;
     char last_to[64], except[64], code[64], reason[64], log_msg[128], log_hook[32];
     json_t *last;
     policy_t *p;                   /* for callbacks that re-enter the policy */
@@ -1126,6 +1126,15 @@ static int fake_broadcast(void *ud, const char *room, json_t *msg, const char *e
     h->broadcasts++;
     snprintf(h->except, sizeof h->except, "%s", except ? except : "(none)");
     return strcmp(room, "lobby") ? -1 : 0;
+}
+
+static int fake_mute(void *ud, const char *id, const char *room, int muted)
+{
+    fake_host_t *h = ud;
+    if (strcmp(id, "c1") || strcmp(room, "lobby")) return GW_ENOTFOUND;
+    h->mutes++;
+    h->muted = muted;
+    return 0;
 }
 
 static int fake_kick(void *ud, const char *id, const char *code, const char *reason)
@@ -1163,7 +1172,7 @@ static void fake_log(void *ud, int level, const char *msg, json_t *fields)
 static void test_host(void **state)
 {
     fake_host_t fh = { 0 };
-    policy_host_t host = { &fh, fake_send, fake_broadcast, fake_kick, fake_members, fake_rooms, fake_log, NULL };
+    policy_host_t host = { &fh, fake_send, fake_broadcast, fake_kick, fake_members, fake_rooms, fake_log, NULL, fake_mute };
     policy_t *p = good_new(&host);
     eval_true(p, "return gw.send('c1', { type = 'hi', n = 1 }) and not gw.send('zz', {})");
     assert_int_equal(fh.sends, 1);
@@ -1177,6 +1186,11 @@ static void test_host(void **state)
     eval_true(p, "return gw.kick('c1', 'bye', 'spam')");
     assert_string_equal(fh.code, "bye");
     assert_string_equal(fh.reason, "spam");
+    eval_true(p, "return gw.mute('c1', 'lobby') and not gw.mute('c9', 'lobby')");
+    assert_int_equal(fh.mutes, 1);
+    assert_int_equal(fh.muted, 1);
+    eval_true(p, "return gw.mute('c1', 'lobby', false)");
+    assert_int_equal(fh.muted, 0);
     eval_true(p, "local m = gw.members('lobby') return #m == 1 and m[1].name == 'alice' "
                  "and m[1].muted == false and gw.members('nope') == nil");
     eval_true(p, "local r = gw.rooms() return r[1].name == 'lobby' and r[1].online == 1");

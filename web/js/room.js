@@ -4,6 +4,7 @@
 // banners, reconnect with `since` (chat.js), and voice (voice.js).
 import { ChatConnection } from './chat.js';
 import { VoiceMesh } from './voice.js';
+import { VoiceSfu } from './voice_sfu.js';
 import { avatar, errorText, formatTime, h, roomProblem, roomUrl, saveName, savedName } from './util.js';
 
 const TYPING_SEND_MS = 2500;       // at most one `typing` per this long while typing
@@ -208,12 +209,18 @@ export function renderRoom(root, room) {
   // ---- voice ----
   let voice = null;
   let iceServers = [];
+  let voiceKind = 'mesh';          // 'sfu' when the server mixes voice (janus_url)
   const iceReady = fetch('/api/config').then((r) => (r.ok ? r.json() : {})).then((c) => {
     iceServers = Array.isArray(c.ice_servers) ? c.ice_servers : [];
+    if (c.voice === 'sfu') voiceKind = 'sfu';
   }).catch((err) => console.warn('chatgw: /api/config', err));
   function ensureVoice() {
     if (voice) return voice;
-    voice = new VoiceMesh({
+    const Voice = voiceKind === 'sfu' ? VoiceSfu : VoiceMesh;
+    voice = new Voice({
+      room,
+      send: (frame) => conn.send(frame),
+      onStatus: () => renderVoiceStatus(),
       myId: () => state.me.id || '',
       memberIds: () => [...state.members.keys()].filter((id) => id !== state.me.id),
       signal: (to, data) => conn.send({ type: 'signal', room, to, data }),
@@ -237,6 +244,12 @@ export function renderRoom(root, room) {
     voiceBtn.querySelector('.label').textContent = on ? 'Leave voice' : 'Join voice';
     voiceBtn.classList.toggle('primary', !on);
     if (!on) { voiceStatus.textContent = 'Voice is off.'; return; }
+    if (voice.kind === 'sfu') {
+      const st = voice.pc ? voice.pc.connectionState : 'new';
+      voiceStatus.textContent = st === 'connected' ? `In voice (mixed by the server) with ${Math.max(voice.inVoice.size - 1, 0)} others.`
+        : voice.lastError && !voice.pc ? `Voice interrupted (${voice.lastError}); joining again…` : 'Connecting voice…';
+      return;
+    }
     const peers = [...voice.peers.values()];
     const up = peers.filter((p) => p.pc.connectionState === 'connected').length;
     voiceStatus.textContent = peers.length ? `In voice with ${up} of ${peers.length} ${peers.length === 1 ? 'person' : 'people'}.` :
@@ -332,6 +345,7 @@ export function renderRoom(root, room) {
     case 'mute':
     case 'unmute': {
       if (f.room !== room || !f.member) break;
+      if (f.member.id === state.me.id) { setMuted(f.type === 'mute'); break; }   // a moderator's mute
       const m = state.members.get(f.member.id);
       if (m) { m.muted = f.type === 'mute'; renderMembers(); }
       break;
@@ -371,6 +385,13 @@ export function renderRoom(root, room) {
     case 'signal':
       if (f.room === room && voice) voice.onSignal(f.from, f.data);
       break;
+    case 'voice_answer':
+    case 'voice':
+    case 'voice_talking':
+    case 'voice_lost':
+      if (f.room === room && voice && voice.onFrame) voice.onFrame(f);
+      renderVoiceStatus();
+      break;
     case 'error':
       onError(f);
       break;
@@ -381,6 +402,12 @@ export function renderRoom(root, room) {
 
   function onError(f) {
     const code = String(f.code || 'error');
+    if (f.ref === 'voice-join' || (f.ref && f.ref.type === 'voice_join')) {
+      if (voice && voice.onError) voice.onError(f);
+      if (code !== 'voice_unavailable') banner('voice', `Voice refused: ${code}`);
+      renderVoiceStatus();
+      return;
+    }
     const ref = f.ref === undefined || f.ref === null ? '' : String(f.ref);
     if (ref.startsWith('typing-')) {
       if (code === 'bad_type') state.typingSupported = false;   // this policy has no typing
