@@ -26,8 +26,8 @@
 --   Pure helpers (used by self_test and specs): filter_words, collapse_runs, normalize.
 --
 -- Tuned by settings.moderation (see settings.lua for every key).
--- Cost per message: two gw.limit calls, one gw.fold and one gw.now, O(text length) pattern
--- work; the patterns are built once, and text that needs no rewriting is not copied.
+-- Cost per message: two gw.limit calls, gw.byte_runs (ASCII text; a pattern search otherwise),
+-- gw.fold and gw.now, all O(text length); text that needs no rewriting is not copied.
 
 local settings = require "settings"
 
@@ -54,8 +54,7 @@ M.DEFAULTS = {
 }
 
 local cfg
-local find, byte, sub, lower, gsub, rep = string.find, string.byte, string.sub, string.lower,
-                                          string.gsub, string.rep
+local find, sub, lower, gsub, rep = string.find, string.sub, string.lower, string.gsub, string.rep
 
 function M.configure(overrides)
   local c = {}
@@ -103,7 +102,8 @@ function M.filter_words(text, word_set, mask)
 end
 
 -- The patterns of a run longer than max, per max (built once): of one UTF-8 character, and of
--- one byte, which finds the same runs in ASCII text at about half the cost.
+-- one byte (only made, so that a bad max errors as it always did: ASCII text goes to
+-- gw.byte_runs).
 local function run_patterns_of(char)
   return setmetatable({}, { __index = function(t, max)
     local pat = "(" .. char .. ")" .. rep("%1", max)
@@ -113,50 +113,15 @@ local function run_patterns_of(char)
 end
 local char_runs, byte_runs = run_patterns_of(CHAR), run_patterns_of(".")
 
--- true when the bytes j and j + 1 of text (equal) lie in a run of more than max equal bytes.
--- At most max + 1 bytes looked at.
-local function long_run_at(text, j, max)
-  local c = byte(text, j)
-  local s, e = j, j + 1
-  while e - s < max and s > 1 and byte(text, s - 1) == c do s = s - 1 end
-  while e - s < max and byte(text, e + 1) == c do e = e + 1 end
-  return e - s >= max
-end
-
--- true when text may hold a run of more than max equal bytes (the byte pattern's match), false
--- when it surely holds none; a pre-check for the byte pattern, whose search tries every byte
--- (a few hundred instructions each). A run of max + 1 bytes has max equal neighbour pairs in a
--- row, so one of them starts at a position p = 1 (mod stride) for any stride <= max: only
--- those pairs are compared (four per string.byte call of 14 bytes for stride 4), and a pair
--- found equal is measured. O(#text), and about a sixth of the search's cost on chat text.
-local function may_have_byte_run(text, max)
-  local n = #text
-  if max >= 4 then
-    for i = 1, n - 1, 16 do
-      local b1, b2, _, _, b5, b6, _, _, b9, b10, _, _, b13, b14 = byte(text, i, i + 13)
-      if (b1 == b2 and long_run_at(text, i, max))
-         or (b5 == b6 and b5 and long_run_at(text, i + 4, max))
-         or (b9 == b10 and b9 and long_run_at(text, i + 8, max))
-         or (b13 == b14 and b13 and long_run_at(text, i + 12, max)) then
-        return true
-      end
-    end
-    return false
-  end
-  for j = 1, n - 1, max do
-    local a, b = byte(text, j, j + 1)
-    if a == b and long_run_at(text, j, max) then return true end
-  end
-  return false
-end
-
 -- Shortens every run of one character longer than max to max characters. O(#text). ascii
--- (optional) tells that text is ASCII (utf8.len(text) == #text), when the caller knows.
+-- (optional) tells that text is ASCII (utf8.len(text) == #text), when the caller knows; ASCII
+-- text is cut by gw.byte_runs in C (a run of one character is a run of one byte there).
+local gw_byte_runs = gw.byte_runs
 function M.collapse_runs(text, max, ascii)
   if not max or max < 1 or #text <= max then return text end
   if ascii == nil then ascii = utf8.len(text) == #text end
   local pat = (ascii and byte_runs or char_runs)[max]   -- first: a bad max errors as before
-  if ascii and not may_have_byte_run(text, max) then return text end
+  if ascii then return gw_byte_runs(text, max) end      -- in C: one pass, no pattern
   local s, e, c = find(text, pat)
   if not s then return text end               -- nothing to shorten
   local parts, n, pos = {}, 0, 1

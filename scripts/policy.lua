@@ -73,6 +73,19 @@ local byte, find = string.byte, string.find
 -- Probe rooms (settings.rooms.probe): the msg goes back to the room by gw.broadcast, which
 -- keeps nothing, so a synthetic probe leaves no history behind.
 local PROBE = settings.rooms and settings.rooms.probe
+-- room -> whether it is a probe room, so that the pattern runs once per room, not per message
+-- (a pattern find is a few per cent of a message's cost); starts over past PROBE_MEMO_MAX rooms.
+local PROBE_MEMO_MAX = 4096
+local probe_memo, probe_memo_n = {}, 0
+local function is_probe(room)
+  local hit = probe_memo[room]
+  if hit == nil then
+    if probe_memo_n >= PROBE_MEMO_MAX then probe_memo, probe_memo_n = {}, 0 end
+    hit = find(room, PROBE) ~= nil
+    probe_memo[room], probe_memo_n = hit, probe_memo_n + 1
+  end
+  return hit
+end
 local function probe_echo(conn, room, msg)
   gw.broadcast(room, { type = "msg", room = room, from = { id = conn.id, name = conn.name },
                        text = msg.text, ts = math.floor(gw.now() * 1000) })
@@ -118,7 +131,7 @@ function policy.on_message(conn, room, msg)
                and find(text, "^/[Nn][Ii][Cc][Kk]%f[%s\0]")
   local code, changed = moderation.check(conn, room, msg, nick and NICK_OPTS or nil)
   if code then return nil, code end
-  if PROBE and t == "msg" and find(room, PROBE) then return probe_echo(conn, room, msg) end
+  if PROBE and t == "msg" and is_probe(room) then return probe_echo(conn, room, msg) end
   local handler = custom[t]
   if handler then return handler(conn, room, msg) end
   local res, err = routing.on_message(conn, room, msg)

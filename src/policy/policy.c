@@ -1603,7 +1603,8 @@ static void policy_gw_open(lua_State *L, policy_vm_t *vm)
         { "mute", policy_gw_mute },
         { "members", policy_gw_members }, { "rooms", policy_gw_rooms }, { "now", policy_gw_now },
         { "log", policy_gw_log }, { "limit", policy_gw_limit }, { "jwt_verify", policy_gw_jwt_verify },
-        { "array", policy_gw_array }, { "fold", policy_lib_fold }, { NULL, NULL },
+        { "array", policy_gw_array }, { "fold", policy_lib_fold },
+        { "byte_runs", policy_lib_byte_runs }, { NULL, NULL },
     };
     static const luaL_Reg store[] = {
         { "get", policy_store_get_l }, { "set", policy_store_set_l }, { "del", policy_store_del_l },

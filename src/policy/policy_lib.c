@@ -116,6 +116,34 @@ int policy_lib_fold(lua_State *L)
     return 1;
 }
 
+int policy_lib_byte_runs(lua_State *L)
+{
+    size_t l;
+    const char *s = luaL_checklstring(L, 1, &l);
+    lua_Integer max = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, max >= 1, 2, "must be at least 1");
+    if (l > POLICY_LIB_BYTES_MAX) return policy_lib_too_long(L, 1);
+    size_t i = 1, run = 1;
+    while (i < l) {                                       /* the first byte past a too-long run */
+        run = s[i] == s[i - 1] ? run + 1 : 1;
+        if (run > (lua_Unsigned)max) break;
+        i++;
+    }
+    if (i >= l) {
+        lua_pushvalue(L, 1);                              /* nothing to cut: the argument itself */
+        return 1;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, s, i);
+    for (; i < l; i++) {
+        run = s[i] == s[i - 1] ? run + 1 : 1;
+        if (run <= (lua_Unsigned)max) luaL_addchar(&b, s[i]);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
 static int policy_lib_too_many(lua_State *L, const char *fn, lua_Unsigned n)
 {
     return luaL_error(L, "%s: %I elements is over the policy sandbox's limit of %d", fn, (lua_Integer)n,

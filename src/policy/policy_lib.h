@@ -15,8 +15,8 @@
  *   os.date           a format of at most POLICY_LIB_DATE_FORMAT_MAX bytes
  *   string.pack, unpack, packsize
  *                     removed: a format like "c2000000000" pads byte by byte
- * The pattern functions (find, match, gmatch, gsub) come from policy_pattern.h. gw.fold, a
- * text helper of the gw table, lives here with lower, whose work it extends. */
+ * The pattern functions (find, match, gmatch, gsub) come from policy_pattern.h. gw.fold and
+ * gw.byte_runs, text helpers of the gw table, live here with lower. */
 #ifndef CHATGW_POLICY_LIB_H
 #define CHATGW_POLICY_LIB_H
 
@@ -39,6 +39,12 @@ int policy_lib_ascii(const char *s, size_t n);
  * what lower, gsub("%s+", " ") and a trim answer, without the intermediate strings. Text of at
  * most POLICY_LIB_BYTES_MAX bytes; O(length). */
 int policy_lib_fold(lua_State *L);
+
+/* gw.byte_runs(text, max): text with every run of more than max equal bytes cut to max bytes
+ * (the argument itself when there is none); max >= 1. For ASCII text that is every run of
+ * one character; in UTF-8 text a character is several bytes, so policies cut those runs
+ * themselves. At most POLICY_LIB_BYTES_MAX bytes; O(length). */
+int policy_lib_byte_runs(lua_State *L);
 
 /* Replaces the functions above in the global string, table, utf8 and os tables (which must
  * be open). Runs inside a protected call: may raise on memory errors. */

@@ -44,6 +44,20 @@ function mock.install()
 
   -- gw.fold(text): lower case, whitespace runs squeezed to one space, trimmed (chatgw does it in
   -- C; tests/unit/policy.c checks the two agree).
+  -- gw.byte_runs(text, max): every run of more than max equal bytes cut to max (C in chatgw;
+  -- tests/unit/policy.c checks it against the pattern search it replaces).
+  function gw.byte_runs(text, max)
+    assert(math.type(max) == "integer" or (type(max) == "number" and max == math.floor(max)), "gw.byte_runs: max")
+    assert(max >= 1, "gw.byte_runs: max must be at least 1")
+    local out, n, prev, run = {}, 0, nil, 0
+    for i = 1, #text do
+      local c = string.byte(text, i)
+      if c == prev then run = run + 1 else prev, run = c, 1 end
+      if run <= max then n = n + 1; out[n] = string.char(c) end
+    end
+    return table.concat(out)
+  end
+
   function gw.fold(text)
     assert(type(text) == "string" or type(text) == "number", "gw.fold: text must be a string")
     local s = string.gsub(string.lower(text), "%s+", " ")

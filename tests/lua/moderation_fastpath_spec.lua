@@ -1,8 +1,9 @@
 -- Specs that moderation's cheaper per-message paths answer exactly what the straightforward
 -- implementations they replaced answer:
---   * collapse_runs: a sampled byte-pair check skips the pattern search on ASCII text without a
---     run longer than max; compared with the old function (the search on every text) on random
---     and adversarial texts, every max from 1 to 9, ascii given or not.
+--   * collapse_runs: ASCII text goes to gw.byte_runs (here the mock's; tests/unit/policy.c
+--     checks chatgw's own against the pattern search); compared with the old function (the
+--     search on every text) on random and adversarial texts, every max from 1 to 9, ascii given
+--     or not.
 --   * the repetition check, kept in the VM beside the connection's table: compared, message
 --     by message, with a plain per-connection record (forgotten connections, new conn tables,
 --     the window's edge).

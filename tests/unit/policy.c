@@ -327,6 +327,25 @@ static void test_bounded_lib(void **state)
                  "return gw.fold(string.rep(' A\\t', 300)) == string.rep('a', 300, ' ') and gw.fold(12) == '12' and gw.fold('') == '' and gw.fold(' \\t ') == '' and not pcall(gw.fold) "
                  "and not pcall(gw.fold, {})");
     eval_fails(p, "return gw.fold(string.rep('a', (4 << 20) + 1))", "longer than 4 MiB");
+    /* gw.byte_runs cuts what the byte pattern "(.)%1{max}" and its extension loop cut, for every
+     * max from 1 to 6, on random texts over few symbols (long runs) */
+    eval_true(p, "local function ref(text, max) local pat = '(.)' .. string.rep('%1', max) "
+                 "  local s, e, c = string.find(text, pat) if not s then return text end "
+                 "  local parts, n, pos = {}, 0, 1 "
+                 "  repeat while string.sub(text, e + 1, e + 1) == c do e = e + 1 end "
+                 "    n = n + 1 parts[n] = string.sub(text, pos, s - 1) .. string.rep(c, max) pos = e + 1 "
+                 "    s, e, c = string.find(text, pat, pos) until not s "
+                 "  parts[n + 1] = string.sub(text, pos) return table.concat(parts) end "
+                 "local alpha = { 'a', 'a', 'b', ' ', '!', '\\0', '\\xe9', 'aaaa' } "
+                 "local seed = 11 local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648 return seed % n + 1 end "
+                 "for i = 1, 3000 do local parts = {} "
+                 "  for j = 1, rnd(i % 10 == 0 and 300 or 30) - 1 do parts[j] = alpha[rnd(#alpha)] end "
+                 "  local t, max = table.concat(parts), rnd(6) "
+                 "  if gw.byte_runs(t, max) ~= ref(t, max) then error(string.format('%q %d', t, max)) end end "
+                 "return gw.byte_runs('', 1) == '' and gw.byte_runs(string.rep('x', 1000), 3) == 'xxx' "
+                 "and gw.byte_runs(string.rep('ab', 600) .. 'ccc', 2) == string.rep('ab', 600) .. 'cc' "
+                 "and not pcall(gw.byte_runs, 'aa', 0) and not pcall(gw.byte_runs, 'aa', 1.5) and not pcall(gw.byte_runs, {}, 1)");
+    eval_fails(p, "return gw.byte_runs(string.rep('a', (4 << 20) + 1), 2)", "longer than 4 MiB");
     eval_true(p, "gw.store.set('u', 'a\\0b') local ok = pcall(gw.store.set, 'v', 'a\\xffb') "
                  "return gw.store.get('u') == 'a\\0b' and not ok and gw.store.get('v') == nil");
     eval_fails(p, "return load(string.rep(' ', (1 << 20) + 1))", "load: a chunk longer than 1024 KiB");
