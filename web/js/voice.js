@@ -15,6 +15,25 @@ const SPEAKING_RMS = 0.035;        // RMS of the waveform in [-1, 1] above which
 const SPEAKING_HOLD_MS = 500;      // stay "speaking" this long after the level drops
 const CANDIDATE_BATCH_MS = 60;
 
+/**
+ * Asks for the microphone (echo cancelled, noise suppressed), after making voice.audioCtx
+ * inside the click so that browsers let it run. Throws NotSupportedError where the page has no
+ * microphone access (plain http), else getUserMedia's error. Shared by the mesh and the mixer.
+ */
+export async function openMicrophone(voice) {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    const e = new Error('This browser gives no microphone access here (voice needs https or localhost).');
+    e.name = 'NotSupportedError';
+    throw e;
+  }
+  voice.audioCtx = voice.audioCtx || new AudioContext();
+  voice.audioCtx.resume().catch(() => {});
+  return navigator.mediaDevices.getUserMedia({
+    audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+    video: false,
+  });
+}
+
 export class VoiceMesh {
   /**
    * @param {object} o
@@ -45,18 +64,7 @@ export class VoiceMesh {
   /** Asks for the microphone and joins voice. Throws the getUserMedia error. */
   async start() {
     if (this.on) return;
-    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      const e = new Error('This browser gives no microphone access here (voice needs https or localhost).');
-      e.name = 'NotSupportedError';
-      throw e;
-    }
-    // The AudioContext is made inside the click, so browsers let it run.
-    this.audioCtx = this.audioCtx || new AudioContext();
-    this.audioCtx.resume().catch(() => {});
-    const stream = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-      video: false,
-    });
+    const stream = await openMicrophone(this);
     this.stream = stream;
     this.track = stream.getAudioTracks()[0];
     this.track.enabled = !this.muted;

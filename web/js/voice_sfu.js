@@ -9,6 +9,8 @@
 //   -> voice_leave {room}
 // Mute disables the track here and asks the server to mute us in the mixer (room.js sends it).
 
+import { openMicrophone } from './voice.js';
+
 const GATHER_WAIT_MS = 1500;       // send the offer with the candidates found by then
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 15000;
@@ -53,16 +55,7 @@ export class VoiceSfu {
 
   async start() {
     if (this.on) return;
-    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      const e = new Error('This browser gives no microphone access here (voice needs https or localhost).');
-      e.name = 'NotSupportedError';
-      throw e;
-    }
-    this.audioCtx = this.audioCtx || new AudioContext();
-    this.audioCtx.resume().catch(() => {});
-    this.stream = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true }, video: false,
-    });
+    this.stream = await openMicrophone(this);
     this.track = this.stream.getAudioTracks()[0];
     this.track.enabled = !this.muted;
     this.on = true;
