@@ -101,27 +101,23 @@ function M.filter_words(text, word_set, mask)
   return out, hits
 end
 
--- The patterns of a run longer than max, per max (built once): of one UTF-8 character, and of
--- one byte (only made, so that a bad max errors as it always did: ASCII text goes to
--- gw.byte_runs).
-local function run_patterns_of(char)
-  return setmetatable({}, { __index = function(t, max)
-    local pat = "(" .. char .. ")" .. rep("%1", max)
-    t[max] = pat
-    return pat
-  end })
-end
-local char_runs, byte_runs = run_patterns_of(CHAR), run_patterns_of(".")
+-- The pattern of a run of one UTF-8 character longer than max, per max (built once).
+local char_runs = setmetatable({}, { __index = function(t, max)
+  local pat = "(" .. CHAR .. ")" .. rep("%1", max)
+  t[max] = pat
+  return pat
+end })
 
 -- Shortens every run of one character longer than max to max characters. O(#text). ascii
 -- (optional) tells that text is ASCII (utf8.len(text) == #text), when the caller knows; ASCII
--- text is cut by gw.byte_runs in C (a run of one character is a run of one byte there).
+-- text is cut by gw.byte_runs in C (a run of one character is a run of one byte there; it
+-- raises on a max that is no integer, as the pattern's string.rep does).
 local gw_byte_runs = gw.byte_runs
 function M.collapse_runs(text, max, ascii)
   if not max or max < 1 or #text <= max then return text end
   if ascii == nil then ascii = utf8.len(text) == #text end
-  local pat = (ascii and byte_runs or char_runs)[max]   -- first: a bad max errors as before
   if ascii then return gw_byte_runs(text, max) end      -- in C: one pass, no pattern
+  local pat = char_runs[max]
   local s, e, c = find(text, pat)
   if not s then return text end               -- nothing to shorten
   local parts, n, pos = {}, 0, 1

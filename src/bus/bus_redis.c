@@ -682,6 +682,19 @@ static void rb_scripts_load(bus_redis_t *r)
  * and presence stop crossing replicas while Redis stays full. */
 static void rb_link_fail(bus_redis_t *r, int status, const char *why);
 
+/* Hands a bus error to the error tracker's sink (base/report.h), after it was logged and counted. */
+static void rb_report(const char *level, const char *hook, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void rb_report(const char *level, const char *hook, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    report_t rep = {.kind = "bus_error", .level = level, .message = msg, .hook = hook, .worker = -1};
+    report_emit(&rep);
+}
+
 static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *rep)
 {
     const char *err = rep->str ? rep->str : "";
@@ -691,12 +704,9 @@ static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *
               "{s:s, s:s, s:s}", "command", q->script >= 0 ? "script" : q->argv[0], "op", metrics_bus_ops[q->op],
               "error", err);
     if (rb_op_writes(q->op)) RB_STAT_SET(r, refusing, 1);
-    char msg[512];
-    snprintf(msg, sizeof msg, "redis error on %s: %.400s", metrics_bus_ops[q->op], err);
     /* hook = the op, so the tracker groups by what failed; its rate limit keeps a flood small */
-    report_t report = {.kind = "bus_error", .level = oom ? "error" : "warning", .message = msg,
-                       .hook = metrics_bus_ops[q->op], .worker = -1};
-    report_emit(&report);
+    rb_report(oom ? "error" : "warning", metrics_bus_ops[q->op], "redis error on %s: %.400s", metrics_bus_ops[q->op],
+              err);
     if (r->nsentinels && !strncmp(err, "READONLY", 8))   /* a failover made our master a replica */
         rb_link_fail(r, GW_EREPLY, "the master became a replica; asking the sentinels again");
 }
@@ -1169,13 +1179,9 @@ static void rb_link_fail(bus_redis_t *r, int status, const char *why)
     RB_STAT_ADD(r, errors[METRICS_BUS_OP_LINK], 1);
     log_write(was_up || r->attempt == 0 ? LOG_WARN : LOG_DEBUG, "bus: redis link down", "{s:s, s:s, s:i}", "reason",
               why, "host", r->target_host ? r->target_host : r->url.host, "port", r->target_port);
-    if (was_up || r->attempt == 0) {   /* as the warning: a link's first failure, not each retry */
-        char msg[512];
-        snprintf(msg, sizeof msg, "redis link down (%s:%d): %s", r->target_host ? r->target_host : r->url.host,
-                 r->target_port, why);
-        report_t rep = {.kind = "bus_error", .level = "error", .message = msg, .hook = "redis", .worker = -1};
-        report_emit(&rep);
-    }
+    if (was_up || r->attempt == 0)     /* as the warning: a link's first failure, not each retry */
+        rb_report("error", "redis", "redis link down (%s:%d): %s", r->target_host ? r->target_host : r->url.host,
+                  r->target_port, why);
     r->state = RB_IDLE;
     r->fail_status = status;
     r->need_teardown = 1;

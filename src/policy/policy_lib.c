@@ -123,11 +123,10 @@ int policy_lib_byte_runs(lua_State *L)
     lua_Integer max = luaL_checkinteger(L, 2);
     luaL_argcheck(L, max >= 1, 2, "must be at least 1");
     if (l > POLICY_LIB_BYTES_MAX) return policy_lib_too_long(L, 1);
-    size_t i = 1, run = 1;
-    while (i < l) {                                       /* the first byte past a too-long run */
+    size_t i = 1, run = 1;                                /* run: equal bytes ending at s[i - 1] */
+    for (; i < l; i++) {                                  /* to the first byte past max in a run */
         run = s[i] == s[i - 1] ? run + 1 : 1;
         if (run > (lua_Unsigned)max) break;
-        i++;
     }
     if (i >= l) {
         lua_pushvalue(L, 1);                              /* nothing to cut: the argument itself */
@@ -135,8 +134,8 @@ int policy_lib_byte_runs(lua_State *L)
     }
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    luaL_addlstring(&b, s, i);
-    for (; i < l; i++) {
+    luaL_addlstring(&b, s, i);                            /* s[i] is cut: the loop goes on past it */
+    for (i++; i < l; i++) {
         run = s[i] == s[i - 1] ? run + 1 : 1;
         if (run <= (lua_Unsigned)max) luaL_addchar(&b, s[i]);
     }
