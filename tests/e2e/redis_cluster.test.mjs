@@ -87,6 +87,19 @@ describe('redis cluster harness and redis_slots', { skip: clusterMissing || (!fs
     }
   });
 
+  it("lets a room's script SPUBLISH to the room's own tagged channel only", T, async () => {
+    // The layout docs/redis-cluster-plan.md relies on: chatgw:{R}:ch shares the slot of R's keys.
+    const [slot, other] = (await tool(['keyslot', 'chatgw:{lobby}:ch', 'chatgw:{lobby-2}:ch'])).trim().split('\n').map(Number);
+    assert.notEqual(slot, other);
+    const map = JSON.parse(await tool(['map', HOST, String(c.masters[0])]));
+    const home = map.shards.find((s) => s.ranges.some(([lo, hi]) => slot >= lo && slot <= hi)).master;
+    const port = Number(home.split(':')[1]);
+    const script = (ch) => ['EVAL', `return redis.call('SPUBLISH', '${ch}', 'x')`, '1', 'chatgw:{lobby}:seq'];
+    assert.equal((await cli(port, script('chatgw:{lobby}:ch'))).trim(), '0');
+    const out = await cli(port, script('chatgw:{lobby-2}:ch')).catch((e) => e.message);
+    assert.match(out, /non local key/);
+  });
+
   it('routes a room key to the master the map names, and parses the MOVED of the others', T, async () => {
     const map = JSON.parse(await tool(['map', HOST, String(c.masters[0])]));
     const owner = (slot) => map.shards.find((s) => s.ranges.some(([lo, hi]) => slot >= lo && slot <= hi)).master;
