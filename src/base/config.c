@@ -153,6 +153,8 @@ static const config_key_t config_keys[] = {
       "the Sentinel service name of the master (redis_sentinels)" },
     { "redis_sentinel_password_file", CK_STRING, OFF(redis_sentinel_password_file), "", 0, 0, 0,
       "file holding the sentinels' password; empty = they take no AUTH" },
+    { "redis_cluster_nodes", CK_STRING, OFF(redis_cluster_nodes), "", 0, 0, 0,
+      "host:port,... seed nodes of a Redis Cluster (with redis_url for user and password)" },
     { "node_id", CK_NODE_ID, OFF(node_id), "", 0, 0, 0,
       "this replica's id on the bus (1-63 bytes); empty = hostname-RANDOM" },
     { "policy_timeout_ms", CK_LONG, OFF(policy_timeout_ms), "50", 1, 60000, 0,
@@ -776,6 +778,11 @@ static int config_pairs_check(const config_t *cfg, char *err, size_t errlen)
     if (cfg->redis_sentinels[0] && (!cfg->redis_sentinel_master[0] || !cfg->redis_url[0])) {
         snprintf(err, errlen, "config: redis_sentinels: needs redis_sentinel_master (the service name) and "
                               "redis_url (its user, password and db; the host is what the sentinels name)");
+        return GW_EINVAL;
+    }
+    if (cfg->redis_cluster_nodes[0] && (cfg->redis_sentinels[0] || !cfg->redis_url[0])) {
+        snprintf(err, errlen, "config: redis_cluster_nodes: needs redis_url (its user and password; the host is "
+                              "what the cluster names) and excludes redis_sentinels");
         return GW_EINVAL;
     }
     if (cfg->redis_room_ttl_ms && cfg->redis_room_ttl_ms < cfg->presence_ttl_ms) {

@@ -51,10 +51,11 @@ typedef struct {
     long janus_timeout_ms;
     long janus_keepalive_ms;       /* Janus ends a session idle for its session_timeout */
     long presence_ttl_ms;
-    long redis_room_ttl_ms;
+    long redis_room_ttl_ms;        /* a room's keys expire this long after its last activity; 0 = never */
     char *redis_sentinels;         /* "" = none; else host:port,... naming redis_sentinel_master */
     char *redis_sentinel_master;
-    char *redis_sentinel_password_file;        /* a room's keys expire this long after its last activity; 0 = never */
+    char *redis_sentinel_password_file;
+    char *redis_cluster_nodes;     /* "" = none; else host:port,... seeds of a Redis Cluster */
     char *node_id;                 /* "" = hostname-RANDOM; else 1..CONFIG_NODE_ID_MAX bytes, no '\n' */
     long policy_timeout_ms;
     long policy_budget;            /* 0 = no instruction limit */

@@ -85,6 +85,8 @@ typedef struct {
                                 * user, password and db) */
     const char *sentinel_master;
     const char *sentinel_password_file;   /* "" or NULL: the sentinels take no AUTH */
+    const char *cluster_nodes; /* "" or NULL: none. Else "host:port,...": seeds of a Redis Cluster
+                                * (redis_url then gives only the user and password; db must be 0) */
     long room_ttl_ms;          /* a room's keys expire this long after its last activity (a post,
                                 * a presence change, a live node's reaper pass); 0 = never */
     struct bus_inproc_s *inproc; /* without redis_url: the workers' shared state (bus_inproc.h);

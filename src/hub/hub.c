@@ -1056,6 +1056,7 @@ int hub_bus_open(hub_t *hub, char *err, size_t errlen)
         .sentinels = cfg->redis_sentinels,
         .sentinel_master = cfg->redis_sentinel_master,
         .sentinel_password_file = cfg->redis_sentinel_password_file,
+        .cluster_nodes = cfg->redis_cluster_nodes,
         .history_size = cfg->history_size,
         .inproc = hub->gw->inproc,
     };

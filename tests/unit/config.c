@@ -34,7 +34,7 @@ static const char *const keys[] = {
     "max_room_members", "history_size", "api_token", "allowed_origins", "redis_url",
     "redis_password_file", "redis_connect_timeout_ms", "redis_command_timeout_ms", "redis_backoff_min_ms",
     "redis_backoff_max_ms", "redis_required", "janus_url", "janus_timeout_ms", "janus_keepalive_ms", "presence_ttl_ms",
-    "redis_room_ttl_ms", "redis_sentinels", "redis_sentinel_master", "redis_sentinel_password_file", "node_id",
+    "redis_room_ttl_ms", "redis_sentinels", "redis_sentinel_master", "redis_sentinel_password_file", "redis_cluster_nodes", "node_id",
     "policy_timeout_ms", "policy_budget", "policy_memory_mb", "policy_store_mb", "policy_fail", "policy_boot", "reload_poll_ms", "tls_cert",
     "tls_key", "trusted_proxies", "proxy_protocol", "ipv6_prefix_bits", "ice_servers",
     "policy_candidate_dir", "policy_candidate_mode", "policy_candidate_percent", "policy_rollback_window_ms",
