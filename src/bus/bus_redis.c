@@ -142,15 +142,29 @@ static const char rb_lua_range[] =
     "end\n"
     "return out\n";
 
-/* The presence scripts' KEYS: presence, then the room's seq, epoch, hist (for touch).
- * KEYS presence.... ARGV channel, node, member id, member json, ttl, max members (0 = none).
- * Returns -1 when a new member would pass max (nothing written), else 0 or 1 (changed). */
+/* A node's liveness, in the room's own slot (a cluster refuses a script keys of two slots):
+ * KEYS[5], the room's alive hash, maps node -> until when (ms, Redis's clock) it holds
+ * members; every presence change and every reaper pass of a node with members renews it. */
+#define RB_LUA_ALIVE                                                                               \
+    "local function alive(node, ttl)\n"                                                            \
+    "  ttl = tonumber(ttl)\n"                                                                      \
+    "  if not ttl or ttl <= 0 then return end\n"                                                   \
+    "  local t = redis.call('TIME')\n"                                                             \
+    "  redis.call('HSET', KEYS[5], node, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl)\n" \
+    "end\n"
+
+/* The presence scripts' KEYS: presence, the room's seq, epoch, hist (for touch), alive.
+ * KEYS presence.... ARGV channel, node, member id, member json, ttl, max members (0 = none),
+ * node ttl. Returns -1 when a new member would pass max (nothing written), else 0 or 1
+ * (changed). */
 static const char rb_lua_padd[] =
     RB_LUA_TOUCH
+    RB_LUA_ALIVE
     "local v = ARGV[2] .. '\\n' .. ARGV[4]\n"
     "local old = redis.call('HGET', KEYS[1], ARGV[3])\n"
     "local max = tonumber(ARGV[6] or '0') or 0\n"
     "if max > 0 and not old and redis.call('HLEN', KEYS[1]) >= max then return -1 end\n"
+    "alive(ARGV[2], ARGV[7])\n"
     "if old == v then touch(ARGV[5]); return 0 end\n"
     "redis.call('HSET', KEYS[1], ARGV[3], v)\n"
     "redis.call('PUBLISH', ARGV[1], (old and 'u' or 'j') .. '\\n' .. ARGV[2] .. '\\n\\n\\n' .. ARGV[4])\n"
@@ -170,12 +184,17 @@ static const char rb_lua_premove[] =
     "end\n"
     "return 1\n";
 
-/* KEYS presence.... ARGV channel, node key prefix, ttl. Members whose node has no heartbeat
- * key are removed, each with a leave event in the dead node's name. Returns the live
- * "node\njson". ttl: the caller holds members of the room (its reaper), or joins it. */
+/* KEYS presence.... ARGV channel, node, ttl, node ttl. Members whose node is not alive in
+ * the room are removed, each with a leave event in the dead node's name. Returns the live
+ * "node\njson". ttl: the caller holds members of the room (its reaper), or joins it; node
+ * ttl: the caller holds members (renews its own liveness), else 0. */
 static const char rb_lua_plist[] =
     RB_LUA_TOUCH
+    RB_LUA_ALIVE
+    "alive(ARGV[2], ARGV[4])\n"
     "touch(ARGV[3])\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local all = redis.call('HGETALL', KEYS[1])\n"
     "local live = {}\n"
     "local out = {}\n"
@@ -187,7 +206,7 @@ static const char rb_lua_plist[] =
     "  if nl then\n"
     "    node = string.sub(v, 1, nl - 1)\n"
     "    ok = live[node]\n"
-    "    if ok == nil then ok = redis.call('EXISTS', ARGV[2] .. node) == 1; live[node] = ok end\n"
+    "    if ok == nil then ok = (tonumber(redis.call('HGET', KEYS[5], node)) or 0) >= now; live[node] = ok end\n"
     "  end\n"
     "  if ok then\n"
     "    out[#out + 1] = v\n"
@@ -198,16 +217,19 @@ static const char rb_lua_plist[] =
     "    end\n"
     "  end\n"
     "end\n"
+    "for n, ok in pairs(live) do if not ok then redis.call('HDEL', KEYS[5], n) end end\n"
     "return out\n";
 
-/* KEYS presence.... ARGV channel, node, ttl, then id, json pairs: the node's complete member
- * list. Writes missing or changed entries (join/update), then removes the node's others
- * (leave): the writes a full Redis refuses come first, so an OOM is not hidden. */
+/* KEYS presence.... ARGV channel, node, ttl, node ttl (0: the node leaves), then id, json
+ * pairs: the node's complete member list. Writes missing or changed entries (join/update),
+ * then removes the node's others (leave): the writes a full Redis refuses come first, so an
+ * OOM is not hidden. */
 static const char rb_lua_psync[] =
     RB_LUA_TOUCH
+    RB_LUA_ALIVE
     "local prefix = ARGV[2] .. '\\n'\n"
     "local want = {}\n"
-    "for i = 4, #ARGV, 2 do want[ARGV[i]] = prefix .. ARGV[i + 1] end\n"
+    "for i = 5, #ARGV, 2 do want[ARGV[i]] = prefix .. ARGV[i + 1] end\n"
     "local have, gone = {}, {}\n"
     "local all = redis.call('HGETALL', KEYS[1])\n"
     "for i = 1, #all, 2 do\n"
@@ -216,7 +238,7 @@ static const char rb_lua_psync[] =
     "    if want[id] then have[id] = v else gone[#gone + 1] = {id, v} end\n"
     "  end\n"
     "end\n"
-    "for i = 4, #ARGV, 2 do\n"
+    "for i = 5, #ARGV, 2 do\n"
     "  local id = ARGV[i]\n"
     "  if have[id] ~= want[id] then\n"
     "    redis.call('HSET', KEYS[1], id, want[id])\n"
@@ -228,6 +250,7 @@ static const char rb_lua_psync[] =
     "  redis.call('HDEL', KEYS[1], g[1])\n"
     "  redis.call('PUBLISH', ARGV[1], 'l\\n' .. ARGV[2] .. '\\n\\n\\n' .. string.sub(g[2], #prefix + 1))\n"
     "end\n"
+    "if tonumber(ARGV[4]) > 0 then alive(ARGV[2], ARGV[4]) else redis.call('HDEL', KEYS[5], ARGV[2]) end\n"
     "touch(ARGV[3])\n"
     "return 1\n";
 
@@ -563,12 +586,14 @@ static void rb_req_key(rb_req_t *q, const char *room, const char *suffix)
     buf_free(&key);
 }
 
-/* The presence scripts' KEYS (RB_PRESENCE_KEYS): presence, then seq, epoch, hist to touch. */
-#define RB_PRESENCE_KEYS 4
+/* The presence scripts' KEYS (RB_PRESENCE_KEYS): presence, then seq, epoch, hist to touch,
+ * then alive (RB_LUA_ALIVE). */
+#define RB_PRESENCE_KEYS 5
 static void rb_req_presence_keys(rb_req_t *q, const char *room)
 {
     rb_req_key(q, room, "presence");
     rb_req_history_keys(q, room);
+    rb_req_key(q, room, "alive");
 }
 
 static void rb_req_fmt(rb_req_t *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -1337,8 +1362,9 @@ static void rb_reap(bus_redis_t *r)
         rb_req_t *q = rb_req_script(r, RB_PLIST, RB_PRESENCE_KEYS, rb_done_free);
         rb_req_presence_keys(q, room->name);
         rb_req_str(q, room->chan);
-        rb_req_str(q, RB_KEY_NODE);
+        rb_req_str(q, r->base.node);
         rb_req_fmt(q, "%ld", room->nmembers ? r->room_ttl_ms : 0);   /* our members keep it alive */
+        rb_req_fmt(q, "%ld", room->nmembers ? r->ttl_ms : 0);
         (void)rb_req_submit(q);
     }
 }
@@ -1717,6 +1743,7 @@ static void rb_presence_sync(bus_redis_t *r, rb_room_t *room, int leave_all)
     rb_req_str(q, room->chan);
     rb_req_str(q, r->base.node);
     rb_req_fmt(q, "%ld", r->room_ttl_ms);
+    rb_req_fmt(q, "%ld", leave_all ? 0 : r->ttl_ms);
     for (size_t i = 0; !leave_all && i < room->nmembers; i++) {
         rb_req_str(q, room->members[i].id);
         rb_req_str(q, room->members[i].json);
@@ -1744,7 +1771,7 @@ static void rb_done_join(rb_req_t *q, redisReply *rep, int status)
     if (!status && rep->integer < 0) {   /* full: forget it, Redis never had it */
         admitted = 0;
         rb_room_t *room = rb_room_get(r, q->room);
-        rb_member_t *mm = room ? rb_room_member(room, q->argv[q->argc - 4]) : NULL;
+        rb_member_t *mm = room ? rb_room_member(room, q->argv[q->argc - 5]) : NULL;
         if (mm) {
             free(mm->id);
             free(mm->json);
@@ -1808,10 +1835,11 @@ static int rb_presence_put(bus_redis_t *r, const char *name, const bus_member_t 
         rb_req_presence_keys(q, name);
         rb_req_str(q, room->chan);
         rb_req_str(q, r->base.node);
-        rb_req_str(q, m->id);                     /* argc - 4: rb_done_join finds it there */
+        rb_req_str(q, m->id);                     /* argc - 5: rb_done_join finds it there */
         rb_req_str(q, json);
         rb_req_fmt(q, "%ld", r->room_ttl_ms);
         rb_req_fmt(q, "%ld", max);
+        rb_req_fmt(q, "%ld", r->ttl_ms);
         q->room = xstrdup(name);
         q->cb.join = cb;
         q->arg = arg;
@@ -1894,8 +1922,9 @@ static int rb_presence_list(bus_t *b, const char *name, bus_members_cb cb, void 
     char *chan = rb_strcat(RB_CHAN_ROOM, name);
     rb_req_str(q, chan);
     free(chan);
-    rb_req_str(q, RB_KEY_NODE);
+    rb_req_str(q, r->base.node);
     rb_req_str(q, "0");            /* a look: the API's or a snapshot's; joins touch through presence */
+    rb_req_str(q, "0");
     q->cb.members = cb;
     q->arg = arg;
     if (rb_req_submit_read(q, name) < 0) return GW_EDOWN;
