@@ -818,6 +818,14 @@ static void rb_report(const char *level, const char *hook, const char *fmt, ...)
     report_emit(&rep);
 }
 
+/* A cluster's answer that its shard cannot serve now (no master, a failover under way, a slot
+ * migrating): the request failed GW_EDOWN, as on a lost link, so the hub falls back. */
+static int rb_reply_unavailable(const bus_redis_t *r, const char *err)
+{
+    return r->cluster && (!strncmp(err, "CLUSTERDOWN", 11) || !strncmp(err, "TRYAGAIN", 8) ||
+                          !strncmp(err, "READONLY", 8) || !strncmp(err, "MASTERDOWN", 10));
+}
+
 static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *rep)
 {
     const char *err = rep->str ? rep->str : "";
@@ -826,16 +834,14 @@ static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *
     log_write(oom ? LOG_ERROR : LOG_WARN, oom ? "bus: redis is out of memory; writes are refused" : "bus: redis error",
               "{s:s, s:s, s:s}", "command", q->script >= 0 ? "script" : q->argv[0], "op", metrics_bus_ops[q->op],
               "error", err);
-    if (rb_op_writes(q->op)) RB_STAT_SET(r, refusing, 1);
+    if (rb_op_writes(q->op) && !rb_reply_unavailable(r, err)) RB_STAT_SET(r, refusing, 1);
     /* hook = the op, so the tracker groups by what failed; its rate limit keeps a flood small */
     rb_report(oom ? "error" : "warning", metrics_bus_ops[q->op], "redis error on %s: %.400s", metrics_bus_ops[q->op],
               err);
-    if (r->cluster && !strncmp(err, "READONLY", 8) && q->sent_to)   /* a failover made a master a replica */
-        rb_shard_fail(q->sent_to, GW_EREPLY, "a master became a replica; reading the slot map again");
-    else if (r->nsentinels && !strncmp(err, "READONLY", 8))
+    if (rb_reply_unavailable(r, err) && q->sent_to && strncmp(err, "TRYAGAIN", 8))
+        rb_shard_fail(q->sent_to, GW_EREPLY, "the shard cannot serve; reading the slot map again");
+    else if (r->nsentinels && !r->cluster && !strncmp(err, "READONLY", 8))   /* a failover made our master a replica */
         rb_link_fail(r, GW_EREPLY, "the master became a replica; asking the sentinels again");
-    else if (r->cluster && !strncmp(err, "CLUSTERDOWN", 11) && q->sent_to)
-        rb_shard_fail(q->sent_to, GW_EREPLY, "the cluster is down; reading the slot map again");
 }
 
 #define RB_REDIRECTS_MAX 5
@@ -887,7 +893,7 @@ static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
         status = r->state == RB_UP || r->state == RB_CONNECTING ? GW_EDOWN : r->fail_status;
         rb_shard_fail(c->data, GW_EDOWN, "connection lost");
     } else if (rep->type == REDIS_REPLY_ERROR) {
-        status = GW_EREPLY;
+        status = rb_reply_unavailable(r, rep->str ? rep->str : "") ? GW_EDOWN : GW_EREPLY;
         rb_reply_error(r, q, rep);
     } else if (rb_op_writes(q->op) && __atomic_load_n(&r->base.stats.refusing, __ATOMIC_RELAXED)) {
         log_info("bus: redis takes writes again", NULL);
@@ -1596,15 +1602,16 @@ static void rb_shard_fail(rb_shard_t *sh, int status, const char *why)
         return;
     }
     if (sh->down) return;
+    int was_up = sh->cmd_ready && sh->sub_ready;   /* else a retry that failed again: no news */
     sh->down = sh->need_drop = 1;
     r->degraded = 1;
     size_t down = 0;
     for (size_t i = 0; i < r->nshards; i++) down += r->shards[i]->down != 0;
     RB_STAT_SET(r, shards_down, down);
     RB_STAT_ADD(r, errors[METRICS_BUS_OP_LINK], 1);
-    log_warn("bus: redis cluster master down", "{s:s, s:s, s:i, s:i}", "reason", why, "host", sh->ip, "port", sh->port,
-             "down", (int)down);
-    rb_report("error", "redis", "redis cluster master down (%s:%d): %s", sh->ip, sh->port, why);
+    log_write(was_up ? LOG_WARN : LOG_DEBUG, "bus: redis cluster master down", "{s:s, s:s, s:i, s:i}", "reason", why,
+              "host", sh->ip, "port", sh->port, "down", (int)down);
+    if (was_up) rb_report("error", "redis", "redis cluster master down (%s:%d): %s", sh->ip, sh->port, why);
     if (down == r->nshards) {
         rb_link_fail(r, status, "every cluster master is down");
         return;
