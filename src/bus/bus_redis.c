@@ -72,7 +72,7 @@
 
 enum {
     RB_POST, RB_RANGE, RB_PADD, RB_PREMOVE, RB_PLIST, RB_PSYNC, RB_LIMIT, RB_REPORT, RB_REPORTS, RB_ALIVE, RB_DIRECT,
-    RB_SCRIPTS
+    RB_FENCE, RB_SCRIPTS
 };
 
 /* Every script that changes a room is activity: it gives all of the room's keys (its KEYS) a
@@ -320,11 +320,26 @@ static const char rb_lua_direct[] =
     "end\n"
     "return 0\n";
 
+/* KEYS seq, epoch, hist. ARGV the newest id this node saw (epoch, seq), a new epoch, ttl. After a
+ * failover the new master may lack the last writes it had not yet copied: a seq behind what
+ * was seen would hand out ids already used. A new epoch instead makes every since before it a
+ * gap (history_gap), never a silent repeat. Returns 1 when it started one. */
+static const char rb_lua_fence[] =
+    RB_LUA_TOUCH
+    "local epoch = redis.call('GET', KEYS[2])\n"
+    "local seq = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "if epoch ~= ARGV[1] or seq >= tonumber(ARGV[2]) then return 0 end\n"
+    "redis.call('SET', KEYS[2], ARGV[3])\n"
+    "redis.call('SET', KEYS[1], 0)\n"
+    "redis.call('DEL', KEYS[3])\n"
+    "touch(ARGV[4])\n"
+    "return 1\n";
+
 static const char *const rb_scripts[RB_SCRIPTS] = {
     [RB_POST] = rb_lua_post,     [RB_RANGE] = rb_lua_range, [RB_PADD] = rb_lua_padd,   [RB_PREMOVE] = rb_lua_premove,
     [RB_PLIST] = rb_lua_plist,   [RB_PSYNC] = rb_lua_psync, [RB_LIMIT] = rb_lua_limit,
     [RB_REPORT] = rb_lua_report, [RB_REPORTS] = rb_lua_reports, [RB_ALIVE] = rb_lua_alive,
-    [RB_DIRECT] = rb_lua_direct,
+    [RB_DIRECT] = rb_lua_direct, [RB_FENCE] = rb_lua_fence,
 };
 
 /* ---- types ---- */
@@ -368,6 +383,9 @@ typedef struct {
     int subs_pending;              /* SUBSCRIBEs sent on this link, not yet confirmed */
     rb_shard_t *on;                /* where they went (a cluster's shards change with the map) */
     int dropping;                  /* rb_shard_drop's mark */
+    proto_id_t seen;               /* the newest msg id seen on the channel or in a post's answer */
+    int fence;                     /* its store may have lost writes (a failover, a restart):
+                                    * checked against seen (rb_lua_fence) before it is used again */
     int confirmed;                 /* Redis sends us the channel now */
     int dirty;                     /* the presence hash may differ from the mirror: sync when up */
     rb_member_t *members;          /* this node's members: the mirror re-registered on reconnect */
@@ -599,7 +617,7 @@ static void rb_key(buf_t *b, const char *room, const char *suffix)
 static int rb_script_op(int script)
 {
     switch (script) {
-    case RB_POST: return METRICS_BUS_OP_POST;
+    case RB_POST: case RB_FENCE: return METRICS_BUS_OP_POST;
     case RB_RANGE: case RB_PLIST: case RB_REPORTS: return METRICS_BUS_OP_READ;
     case RB_REPORT: case RB_ALIVE: return METRICS_BUS_OP_HEARTBEAT;
     case RB_DIRECT: return METRICS_BUS_OP_PUBLISH;
@@ -935,9 +953,35 @@ static rb_shard_t *rb_room_shard(const bus_redis_t *r, const rb_room_t *room)
 }
 
 /* SUBSCRIBE (a cluster: SSUBSCRIBE on the room's shard) of a wanted room. */
+static void rb_done_fence(rb_req_t *q, redisReply *rep, int status)
+{
+    if (!status && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1)
+        log_warn("bus: the room's store lost writes (a failover?): new epoch; clients get history_gap", "{s:s}", "room",
+                 q->room);
+    rb_req_free(q);
+}
+
+/* Before a room is used again after its store may have lost writes: ids behind the newest
+ * seen start a new epoch (rb_lua_fence). Queued ahead of this node's next requests on the shard. */
+static void rb_room_fence(bus_redis_t *r, rb_room_t *room)
+{
+    if (!room->fence || !room->seen.epoch[0]) return;
+    room->fence = 0;
+    rb_req_t *q = rb_req_script(r, RB_FENCE, 3, rb_done_fence);
+    rb_req_history_keys(q, room->name);
+    rb_req_str(q, room->seen.epoch);
+    rb_req_fmt(q, "%" PRIu64, room->seen.seq);
+    char epoch[13];
+    rb_req_str(q, hex_random(epoch, 6));
+    rb_req_fmt(q, "%ld", r->room_ttl_ms);
+    q->room = xstrdup(room->name);
+    if (rb_req_submit(q) < 0) room->fence = 1;
+}
+
 static void rb_room_sub_send(bus_redis_t *r, rb_room_t *room)
 {
     rb_shard_t *sh = rb_room_shard(r, room);
+    rb_room_fence(r, room);
     if (sh && sh->sub && redis_sub_subscribe(sh->sub, r->cluster, room->chan, strlen(room->chan)) == 0) {
         room->subs_pending++;
         room->on = sh;
@@ -1552,6 +1596,7 @@ static void rb_shard_drop(bus_redis_t *r, rb_shard_t *sh)
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
         rb_room_t *room = rb_container_of(l, rb_room_t, link);
         room->dropping = room->on == sh || rb_room_shard(r, room) == sh;
+        room->fence |= room->dropping;
         if (room->on != sh) continue;
         room->on = NULL;
         room->subs_pending = 0;
@@ -1729,6 +1774,7 @@ static void rb_link_teardown(bus_redis_t *r)
     rb_retired_free(r);
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
         rb_room_t *room = rb_container_of(l, rb_room_t, link);
+        room->fence = 1;
         room->subs_pending = 0;
         room->confirmed = 0;
     }
@@ -1995,6 +2041,7 @@ static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, c
     if (rb_chan_room(r, chan, chan_len, name, sizeof name) < 0) return;
     rb_room_t *room = rb_room_get(r, name);
     if (!room || !room->wanted) return;
+    if (e.kind == 'm') (void)proto_id_parse(e.id, e.id_len, &room->seen);   /* the channel's order: newest last */
     if (self) {                    /* the node id guard */
         if (e.kind == 'm') rb_post_echo(r, &e);
         return;
@@ -2176,6 +2223,8 @@ static void rb_done_post(rb_req_t *q, redisReply *rep, int status)
     q->id.seq = (uint64_t)rep->element[1]->integer;
     q->payload = proto_msg_number(q->argv[RB_POST_HEAD], q->argvlen[RB_POST_HEAD], q->argv[RB_POST_HEAD + 1],
                                     q->argvlen[RB_POST_HEAD + 1], &q->id);   /* as the script did */
+    rb_room_t *room = rb_room_get(q->r, q->room);
+    if (room && (strcmp(room->seen.epoch, q->id.epoch) || q->id.seq > room->seen.seq)) room->seen = q->id;
     if (rb_list_linked(&q->echo) && q->r->state == RB_UP) return;   /* wait for its place in the order */
     rb_post_finish(q, 0);
 }
