@@ -1,24 +1,31 @@
 /* bus_redis: the bus on Redis, through hiredis's async API and its libuv adapter.
  *
- * One link is two connections: `cmd` carries commands and server-side scripts (in order, so
- * the oldest unanswered one tells whether Redis still answers), `sub` carries SUBSCRIBE and
- * the messages. The link is up when both are connected and authenticated, the scripts are
- * loaded and the base channels are subscribed. Any failure (connect error or timeout, a lost
- * connection, an AUTH error, a command older than command_timeout_ms, a subscriber that no
- * longer hears its own pings) drops both connections and retries after an exponential
- * backoff with jitter; on the way up again the bus resubscribes its rooms, writes its
- * heartbeat and re-registers its members. Nothing here blocks: names are resolved with
+ * The link reaches one server (redis_url, or the master the sentinels name) or a Redis
+ * Cluster's masters (the slot map from a seed's CLUSTER SLOTS): one rb_shard_t each. A shard is
+ * two connections: `cmd` (hiredis async) carries commands and server-side scripts (in order,
+ * so the oldest unanswered one tells whether Redis still answers), `sub` (redis_sub.h: plain
+ * or sharded pub/sub) carries the subscriptions and the messages. A request goes to the shard
+ * of its first key's hash slot; MOVED and ASK are followed. The link is up when every shard is
+ * connected and authenticated, its scripts are loaded and its subscriber answered a PING. Any
+ * failure (connect error or timeout, a lost connection, an AUTH error, a command older than
+ * command_timeout_ms, a subscriber that no longer answers its PING) drops the link and retries
+ * after an exponential backoff with jitter; on the way up again the bus resubscribes its rooms,
+ * writes its heartbeat and re-registers its members. In a cluster that is up, a failure takes
+ * only its shard down (rb_shard_fail): its rooms fall back, and the slot map is read again
+ * until a live master serves them. Nothing here blocks: names are resolved with
  * uv_getaddrinfo and hiredis only ever sees numeric addresses.
  *
  * Redis layout (R = room name, N = node id):
  *   channel chatgw:room:R      every message of R, as an envelope "kind\norigin\ntoken\nid\npayload"
- *                              (kind m = msg with id, p = plain, j/l/u = presence)
- *   channel chatgw:direct      kind d, id = the target connection
- *   channel chatgw:ping:N      the node's own liveness probe of its subscriber connection
+ *                              (kind m = msg with id, p = plain, j/l/u = presence); in a
+ *                              cluster the sharded channel chatgw:{R}:ch, on R's slot
+ *   channel chatgw:direct      kind d, id = the target connection; in a cluster the sharded
+ *                              chatgw:{nodes}:direct
  *   key chatgw:{R}:seq / :epoch / :hist   the id counter, the epoch, the history stream
  *   hash chatgw:{R}:presence   member id -> "N\n{id,name,muted}"
- *                              (the four expire room_ttl_ms after the room's last activity)
- *   key chatgw:node:N          heartbeat, PX presence_ttl_ms
+ *   hash chatgw:{R}:alive      node -> until when it holds members (ms, Redis's clock)
+ *                              (the five expire room_ttl_ms after the room's last activity)
+ *   key chatgw:node:N          heartbeat, PX presence_ttl_ms (says whether ours expired)
  *   hash chatgw:limit:K        token bucket {tokens, ts}
  *   zset chatgw:{nodes}        node -> when its report expires (ms, Redis's clock)
  *   key chatgw:{nodes}:report:N   the node's report (clients, rooms) for the API, PX ttl
