@@ -959,7 +959,6 @@ static rb_shard_t *rb_room_shard(const bus_redis_t *r, const rb_room_t *room)
     return i < r->nshards ? r->shards[i] : NULL;
 }
 
-/* SUBSCRIBE (a cluster: SSUBSCRIBE on the room's shard) of a wanted room. */
 static void rb_done_fence(rb_req_t *q, redisReply *rep, int status)
 {
     if (!status && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1)
@@ -985,6 +984,7 @@ static void rb_room_fence(bus_redis_t *r, rb_room_t *room)
     if (rb_req_submit(q) < 0) room->fence = 1;
 }
 
+/* SUBSCRIBE (a cluster: SSUBSCRIBE on the room's shard) of a wanted room, after its fence. */
 static void rb_room_sub_send(bus_redis_t *r, rb_room_t *room)
 {
     rb_shard_t *sh = rb_room_shard(r, room);
@@ -1089,9 +1089,7 @@ static void rb_done_role(rb_req_t *q, redisReply *rep, int status)
 static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, const char *msg, size_t len);
 static void rb_sub_subscription(bus_redis_t *r, rb_shard_t *sh, int on, const char *chan, size_t chan_len);
 
-/* redis_sub's handlers; the argument is the shard. */
-static void rb_on_sub_ready(void *arg) { (void)arg; }
-
+/* redis_sub's handlers (no `ready`: the first pong says more); the argument is the shard. */
 static void rb_on_sub_message(void *arg, int sharded, const char *chan, size_t chan_len, const char *msg, size_t len)
 {
     rb_shard_t *sh = arg;
@@ -1125,7 +1123,6 @@ static void rb_on_sub_closed(void *arg, const char *why)
 }
 
 static const redis_sub_handlers_t rb_sub_handlers = {
-    .ready = rb_on_sub_ready,
     .message = rb_on_sub_message,
     .subscription = rb_on_sub_subscription,
     .pong = rb_on_sub_pong,
@@ -1684,6 +1681,7 @@ static void rb_refresh_later(bus_redis_t *r)
  * new ones connect; rooms whose shard changed subscribe on the new one. */
 static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
 {
+    rb_shard_t *was_home = r->home < r->nshards ? r->shards[r->home] : NULL;
     rb_shard_t **now = xcalloc(map->nshards, sizeof *now);
     for (size_t i = 0; i < map->nshards; i++) {
         const redis_slots_node_t *m = &map->shards[i].master;
@@ -1701,7 +1699,6 @@ static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
     r->shards = now;
     r->nshards = map->nshards;
     memcpy(r->slot_shard, map->slot_shard, sizeof map->slot_shard);
-    size_t home = r->home;
     r->home = rb_shard_of(r, RB_KEY_NODES, strlen(RB_KEY_NODES));
     for (size_t k = 0; k < nold; k++) {   /* dropped from the kick: we may be in a reply of theirs */
         if (!old[k]) continue;
@@ -1714,17 +1711,17 @@ static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
         rb_room_t *room = rb_container_of(l, rb_room_t, link);
         rb_shard_t *sh = rb_room_shard(r, room);
-        if (!room->wanted || room->on == sh || !sh->cmd) continue;   /* new shards subscribe when they open */
+        if (!room->wanted || room->on == sh || !sh || !sh->cmd) continue;   /* new shards subscribe when they open */
         if (room->on && room->on->sub)
-            (void)redis_sub_unsubscribe(room->on->sub, 1, room->chan, strlen(room->chan));
+            (void)redis_sub_unsubscribe(room->on->sub, r->cluster, room->chan, strlen(room->chan));
         room->on = NULL;
         room->subs_pending = 0;
         room->confirmed = 0;
         rb_room_sub_send(r, room);
     }
-    if (r->home != home && r->shards[r->home]->sub) {
+    if (r->shards[r->home] != was_home && r->shards[r->home]->sub) {   /* a new one subscribes when it opens */
         const char *direct = rb_chan_direct(r);
-        (void)redis_sub_subscribe(r->shards[r->home]->sub, 1, direct, strlen(direct));
+        (void)redis_sub_subscribe(r->shards[r->home]->sub, r->cluster, direct, strlen(direct));
     }
     for (size_t i = 0; i < r->nshards; i++)
         if (!r->shards[i]->cmd && rb_shard_open(r, r->shards[i]) < 0) rb_shard_fail(r->shards[i], GW_EDOWN, "connect failed");
@@ -2084,8 +2081,8 @@ static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, c
 }
 
 /* A subscription confirmed or ended. Redis ends one by itself when the channel's slot moved
- * to another shard (a failover, a resharding): the link starts over on the new map, and the
- * rooms' gaps are filled as after any reconnect. */
+ * to another shard (a failover, a resharding): the slot map is read again, the room subscribes
+ * on its new owner, and the rooms' gaps are filled as after any reconnect. */
 static void rb_sub_subscription(bus_redis_t *r, rb_shard_t *sh, int on, const char *chan, size_t chan_len)
 {
     char name[RB_ROOM_NAME_MAX];
