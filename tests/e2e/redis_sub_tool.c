@@ -12,6 +12,7 @@
  * and prints each callback as a line:
  *   ready | pong | closed WHY | message SHARDED CHANHEX LEN PAYLOADHEX
  *   subscription SHARDED ON CHANHEX | closed-in KIND | rc COMMAND WORDS (a call that failed)
+ * CLOSE_IN=KIND in the environment does close-in KIND before the open (for ready).
  * At the end of stdin it closes what is open, runs the loop dry, prints "bye" and exits 0.
  * Exit 1 with words on stderr when the open fails. */
 #include <stdio.h>
@@ -170,6 +171,7 @@ int main(int argc, char **argv)
     ip = argv[1];
     port = atoi(argv[2]);
     loop = uv_default_loop();
+    if (getenv("CLOSE_IN")) snprintf(close_in, sizeof close_in, "%s", getenv("CLOSE_IN"));
     int rc = redis_sub_open(loop, ip, port, argc > 4 ? argv[4] : NULL, argc > 3 ? argv[3] : NULL, &handlers, NULL, &sub);
     if (rc < 0) {
         fprintf(stderr, "open: %s\n", gw_strerror(rc));
