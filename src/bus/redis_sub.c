@@ -350,6 +350,7 @@ int redis_sub_open(uv_loop_t *loop, const char *ip, int port, const char *user, 
 static int sub_command(redis_sub_t *s, const char *verb, const char *chan, size_t len)
 {
     if (!s || (!chan && len)) return GW_EINVAL;
+    if (len > REDIS_SUB_MAX_OUTPUT) return GW_ETOOBIG; /* before hiredis sizes it in an int */
     const char *argv[2] = {verb, chan ? chan : ""};
     size_t lens[2] = {strlen(verb), len};
     return sub_queue(s, 2, argv, lens);
