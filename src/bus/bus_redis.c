@@ -1419,7 +1419,8 @@ static void rb_on_sentinel_auth(redisAsyncContext *c, void *reply, void *privdat
     bus_redis_t *r = privdata;
     redisReply *rep = reply;
     if (c != r->sent || !rep || rep->type != REDIS_REPLY_ERROR) return;
-    log_warn(r->cluster ? "bus: cluster seed refused AUTH" : "bus: sentinel refused AUTH", "{s:s}", "error", rep->str ? rep->str : "");
+    log_warn(r->cluster ? "bus: cluster seed refused AUTH" : "bus: sentinel refused AUTH", "{s:s}", "error",
+             rep->str ? rep->str : "");
     rb_sentinel_next(r, "AUTH refused");
 }
 
