@@ -1827,7 +1827,8 @@ static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
         (void)redis_sub_subscribe(r->shards[r->home]->sub, r->cluster, direct, strlen(direct));
     }
     for (size_t i = 0; i < r->nshards; i++)
-        if (!r->shards[i]->cmd && rb_shard_open(r, r->shards[i]) < 0) rb_shard_fail(r->shards[i], GW_EDOWN, "connect failed");
+        if (!r->shards[i]->cmd && rb_shard_open(r, r->shards[i]) < 0)
+            rb_shard_fail(r->shards[i], GW_EDOWN, "connect failed");
     rb_maybe_up(r);
 }
 

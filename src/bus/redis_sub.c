@@ -219,7 +219,8 @@ static void sub_drain(redis_sub_t *s)
         void *reply = NULL;
         if (redisReaderGetReply(s->reader, &reply) != REDIS_OK) {
             char why[200];
-            if (s->too_long) snprintf(why, sizeof why, "protocol error: an array over %d elements", REDIS_SUB_MAX_ELEMENTS);
+            if (s->too_long)
+                snprintf(why, sizeof why, "protocol error: an array over %d elements", REDIS_SUB_MAX_ELEMENTS);
             else snprintf(why, sizeof why, "protocol error: %s", s->reader->errstr);
             sub_fail(s, why);
             return;
