@@ -389,7 +389,7 @@ typedef struct {
     int wanted;                    /* the hub subscribed */
     int subs_pending;              /* SUBSCRIBEs sent on this link, not yet confirmed */
     rb_shard_t *on;                /* where they went (a cluster's shards change with the map) */
-    int dropping, moved;           /* rb_shard_drop's and rb_shards_remap's marks */
+    int mark;                      /* rb_shard_drop's and rb_shards_remap's: its channel moved */
     proto_id_t seen;               /* the newest msg id seen on the channel or in a post's answer */
     int fence;                     /* its store may have lost writes (a failover, a restart):
                                     * checked against seen (rb_lua_fence) before it is used again */
@@ -1671,6 +1671,22 @@ static void rb_echo_release(bus_redis_t *r, const char *name)
     }
 }
 
+/* rb_echo_release for every marked room, unmarked on the way; callbacks may change the rooms,
+ * so it starts over after each. */
+static void rb_marked_echo_release(bus_redis_t *r)
+{
+    for (int again = 1; again;) {
+        again = 0;
+        for (rb_list_t *l = r->rooms.next; l != &r->rooms && !again; l = l->next) {
+            rb_room_t *room = rb_container_of(l, rb_room_t, link);
+            if (!room->mark) continue;
+            room->mark = 0;
+            rb_echo_release(r, room->name);
+            again = 1;
+        }
+    }
+}
+
 /* Closes sh's connections; the requests it owed fail with fail_status (GW_EDOWN while up). */
 static void rb_shard_disconnect(rb_shard_t *sh)
 {
@@ -1702,8 +1718,8 @@ static void rb_shard_drop(bus_redis_t *r, rb_shard_t *sh)
     sh->down = 1;                  /* its requests failing now is no news */
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
         rb_room_t *room = rb_container_of(l, rb_room_t, link);
-        room->dropping = room->on == sh || rb_room_shard(r, room) == sh;
-        room->fence |= room->dropping;
+        room->mark = room->on == sh || rb_room_shard(r, room) == sh;
+        room->fence |= room->mark;
         if (room->on != sh) continue;
         room->on = NULL;
         room->subs_pending = 0;
@@ -1714,21 +1730,13 @@ static void rb_shard_drop(bus_redis_t *r, rb_shard_t *sh)
         again = 0;
         for (rb_list_t *l = r->waiting.next; l != &r->waiting && !again; l = l->next) {
             rb_room_t *room = rb_room_get(r, rb_container_of(l, rb_req_t, wait)->room);
-            if (room && room->dropping && !room->confirmed) {
-                room->dropping = 0;
+            if (room && room->mark && !room->confirmed) {
                 rb_waiting_flush(r, room->name, GW_EDOWN);
                 again = 1;
             }
         }
-        for (rb_list_t *l = r->rooms.next; l != &r->rooms && !again; l = l->next) {
-            rb_room_t *room = rb_container_of(l, rb_room_t, link);
-            if (!room->dropping) continue;
-            room->dropping = 0;
-            rb_echo_release(r, room->name);
-            again = 1;
-        }
     }
-    for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) rb_container_of(l, rb_room_t, link)->dropping = 0;
+    rb_marked_echo_release(r);
 }
 
 static void rb_retired_free(bus_redis_t *r)
@@ -1818,19 +1826,10 @@ static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
         room->on = NULL;
         room->subs_pending = 0;
         room->confirmed = 0;
-        room->moved = 1;
+        room->mark = 1;
         if (sh->cmd) rb_room_sub_send(r, room);   /* a new shard subscribes when it opens */
     }
-    for (int again = 1; again;) {  /* callbacks may change the rooms: start over after each */
-        again = 0;
-        for (rb_list_t *l = r->rooms.next; l != &r->rooms && !again; l = l->next) {
-            rb_room_t *room = rb_container_of(l, rb_room_t, link);
-            if (!room->moved) continue;
-            room->moved = 0;
-            rb_echo_release(r, room->name);
-            again = 1;
-        }
-    }
+    rb_marked_echo_release(r);
     rb_direct_subscribe(r);        /* a new home subscribes when it opens */
     for (size_t i = 0; i < r->nshards; i++)
         if (!r->shards[i]->cmd && rb_shard_open(r, r->shards[i]) < 0)
