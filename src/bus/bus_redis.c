@@ -1233,8 +1233,8 @@ static int rb_shard_open(bus_redis_t *r, rb_shard_t *sh)
     sh->cmd_ready = sh->sub_ready = 0;
     sh->ping_sent_ms = 0;
     sh->cmd = rb_ctx_open(r, sh->ip, sh->port, sh, rb_on_cmd_connect, rb_on_cmd_disconnect);
-    if (!sh->cmd || redis_sub_open(r->loop, sh->ip, sh->port, r->url.user, r->password, &rb_sub_handlers, sh,
-                                   &sh->sub) < 0)
+    const char *user = r->url.user && *r->url.user ? r->url.user : NULL;   /* as rb_req_auth */
+    if (!sh->cmd || redis_sub_open(r->loop, sh->ip, sh->port, user, r->password, &rb_sub_handlers, sh, &sh->sub) < 0)
         return GW_EDOWN;
     if (r->password) {
         rb_req_t *q = rb_req_new(r, -1, rb_done_prelude);
