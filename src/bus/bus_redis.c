@@ -53,10 +53,12 @@
 #include "base/log.h"
 #include "base/map.h"
 #include "base/report.h"
+#include "bus/redis_slots.h"
+#include "bus/redis_sub.h"
 
 #define RB_CHAN_ROOM "chatgw:room:"
 #define RB_CHAN_DIRECT "chatgw:direct"
-#define RB_CHAN_PING "chatgw:ping:"
+#define RB_CHAN_DIRECT_SHARDED "chatgw:{nodes}:direct"   /* a cluster: on the node keys' slot */
 #define RB_KEY_NODE "chatgw:node:"
 #define RB_KEY_LIMIT "chatgw:limit:"
 #define RB_KEY_NODES "chatgw:{nodes}"                 /* node-level keys share one hash tag */
@@ -142,15 +144,29 @@ static const char rb_lua_range[] =
     "end\n"
     "return out\n";
 
-/* The presence scripts' KEYS: presence, then the room's seq, epoch, hist (for touch).
- * KEYS presence.... ARGV channel, node, member id, member json, ttl, max members (0 = none).
- * Returns -1 when a new member would pass max (nothing written), else 0 or 1 (changed). */
+/* A node's liveness, in the room's own slot (a cluster refuses a script keys of two slots):
+ * KEYS[5], the room's alive hash, maps node -> until when (ms, Redis's clock) it holds
+ * members; every presence change and every reaper pass of a node with members renews it. */
+#define RB_LUA_ALIVE                                                                               \
+    "local function alive(node, ttl)\n"                                                            \
+    "  ttl = tonumber(ttl)\n"                                                                      \
+    "  if not ttl or ttl <= 0 then return end\n"                                                   \
+    "  local t = redis.call('TIME')\n"                                                             \
+    "  redis.call('HSET', KEYS[5], node, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl)\n" \
+    "end\n"
+
+/* The presence scripts' KEYS: presence, the room's seq, epoch, hist (for touch), alive.
+ * KEYS presence.... ARGV channel, node, member id, member json, ttl, max members (0 = none),
+ * node ttl. Returns -1 when a new member would pass max (nothing written), else 0 or 1
+ * (changed). */
 static const char rb_lua_padd[] =
     RB_LUA_TOUCH
+    RB_LUA_ALIVE
     "local v = ARGV[2] .. '\\n' .. ARGV[4]\n"
     "local old = redis.call('HGET', KEYS[1], ARGV[3])\n"
     "local max = tonumber(ARGV[6] or '0') or 0\n"
     "if max > 0 and not old and redis.call('HLEN', KEYS[1]) >= max then return -1 end\n"
+    "alive(ARGV[2], ARGV[7])\n"
     "if old == v then touch(ARGV[5]); return 0 end\n"
     "redis.call('HSET', KEYS[1], ARGV[3], v)\n"
     "redis.call('PUBLISH', ARGV[1], (old and 'u' or 'j') .. '\\n' .. ARGV[2] .. '\\n\\n\\n' .. ARGV[4])\n"
@@ -170,12 +186,17 @@ static const char rb_lua_premove[] =
     "end\n"
     "return 1\n";
 
-/* KEYS presence.... ARGV channel, node key prefix, ttl. Members whose node has no heartbeat
- * key are removed, each with a leave event in the dead node's name. Returns the live
- * "node\njson". ttl: the caller holds members of the room (its reaper), or joins it. */
+/* KEYS presence.... ARGV channel, node, ttl, node ttl. Members whose node is not alive in
+ * the room are removed, each with a leave event in the dead node's name. Returns the live
+ * "node\njson". ttl: the caller holds members of the room (its reaper), or joins it; node
+ * ttl: the caller holds members (renews its own liveness), else 0. */
 static const char rb_lua_plist[] =
     RB_LUA_TOUCH
+    RB_LUA_ALIVE
+    "alive(ARGV[2], ARGV[4])\n"
     "touch(ARGV[3])\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local all = redis.call('HGETALL', KEYS[1])\n"
     "local live = {}\n"
     "local out = {}\n"
@@ -187,7 +208,7 @@ static const char rb_lua_plist[] =
     "  if nl then\n"
     "    node = string.sub(v, 1, nl - 1)\n"
     "    ok = live[node]\n"
-    "    if ok == nil then ok = redis.call('EXISTS', ARGV[2] .. node) == 1; live[node] = ok end\n"
+    "    if ok == nil then ok = (tonumber(redis.call('HGET', KEYS[5], node)) or 0) >= now; live[node] = ok end\n"
     "  end\n"
     "  if ok then\n"
     "    out[#out + 1] = v\n"
@@ -198,16 +219,19 @@ static const char rb_lua_plist[] =
     "    end\n"
     "  end\n"
     "end\n"
+    "for n, ok in pairs(live) do if not ok then redis.call('HDEL', KEYS[5], n) end end\n"
     "return out\n";
 
-/* KEYS presence.... ARGV channel, node, ttl, then id, json pairs: the node's complete member
- * list. Writes missing or changed entries (join/update), then removes the node's others
- * (leave): the writes a full Redis refuses come first, so an OOM is not hidden. */
+/* KEYS presence.... ARGV channel, node, ttl, node ttl (0: the node leaves), then id, json
+ * pairs: the node's complete member list. Writes missing or changed entries (join/update),
+ * then removes the node's others (leave): the writes a full Redis refuses come first, so an
+ * OOM is not hidden. */
 static const char rb_lua_psync[] =
     RB_LUA_TOUCH
+    RB_LUA_ALIVE
     "local prefix = ARGV[2] .. '\\n'\n"
     "local want = {}\n"
-    "for i = 4, #ARGV, 2 do want[ARGV[i]] = prefix .. ARGV[i + 1] end\n"
+    "for i = 5, #ARGV, 2 do want[ARGV[i]] = prefix .. ARGV[i + 1] end\n"
     "local have, gone = {}, {}\n"
     "local all = redis.call('HGETALL', KEYS[1])\n"
     "for i = 1, #all, 2 do\n"
@@ -216,7 +240,7 @@ static const char rb_lua_psync[] =
     "    if want[id] then have[id] = v else gone[#gone + 1] = {id, v} end\n"
     "  end\n"
     "end\n"
-    "for i = 4, #ARGV, 2 do\n"
+    "for i = 5, #ARGV, 2 do\n"
     "  local id = ARGV[i]\n"
     "  if have[id] ~= want[id] then\n"
     "    redis.call('HSET', KEYS[1], id, want[id])\n"
@@ -228,6 +252,7 @@ static const char rb_lua_psync[] =
     "  redis.call('HDEL', KEYS[1], g[1])\n"
     "  redis.call('PUBLISH', ARGV[1], 'l\\n' .. ARGV[2] .. '\\n\\n\\n' .. string.sub(g[2], #prefix + 1))\n"
     "end\n"
+    "if tonumber(ARGV[4]) > 0 then alive(ARGV[2], ARGV[4]) else redis.call('HDEL', KEYS[5], ARGV[2]) end\n"
     "touch(ARGV[3])\n"
     "return 1\n";
 
@@ -336,9 +361,10 @@ typedef struct {
 typedef struct {
     rb_list_t link;                /* r->rooms */
     char *name;
-    char *chan;                    /* chatgw:room:NAME */
+    char *chan;                    /* chatgw:room:NAME; in a cluster chatgw:{NAME}:ch (sharded) */
     int wanted;                    /* the hub subscribed */
     int subs_pending;              /* SUBSCRIBEs sent on this link, not yet confirmed */
+    int shard;                     /* where they went (a cluster's shards change with the map) */
     int confirmed;                 /* Redis sends us the channel now */
     int dirty;                     /* the presence hash may differ from the mirror: sync when up */
     rb_member_t *members;          /* this node's members: the mirror re-registered on reconnect */
@@ -351,6 +377,19 @@ typedef struct bus_redis_s bus_redis_t;
 typedef struct rb_req_s rb_req_t;
 typedef void (*rb_done_fn)(rb_req_t *q, redisReply *reply, int status);
 
+/* One server: a master of the cluster, or the one Redis. */
+typedef struct {
+    bus_redis_t *r;
+    char ip[REDIS_SLOTS_HOST_MAX];   /* numeric */
+    int port;
+    redisAsyncContext *cmd;
+    redis_sub_t *sub;
+    int cmd_ready;                 /* the prelude (AUTH, SELECT, SCRIPT LOAD, PING) answered */
+    int sub_ready;                 /* the subscriber answered its first PING (after AUTH and the
+                                    * base subscriptions) */
+    uint64_t ping_sent_ms;         /* the subscriber's liveness probe in flight, or 0 */
+} rb_shard_t;
+
 struct rb_req_s {
     bus_redis_t *r;
     rb_list_t pending;             /* r->pending while Redis owes the answer, oldest first */
@@ -360,6 +399,8 @@ struct rb_req_s {
     int script;                    /* RB_* or -1 */
     int op;                        /* METRICS_BUS_OP_*: what an error counts as */
     int evaled;                    /* already resent as EVAL */
+    int shard;                     /* where it goes: -1 = by its key's slot */
+    int redirects;                 /* MOVED/ASK followed */
     int argc, argcap;
     char **argv;
     size_t *argvlen;
@@ -383,9 +424,12 @@ struct bus_redis_s {
     int state;                     /* RB_* */
     int fail_status;               /* what requests lost with the link report */
     int need_teardown;
-    redisAsyncContext *cmd, *sub;
-    int cmd_ready;                 /* the prelude (AUTH, SELECT, SCRIPT LOAD, PING) answered */
-    int sub_base_pending;          /* base channels not yet confirmed */
+    rb_shard_t *shards;            /* this try's servers: one, or a cluster's masters */
+    size_t nshards;
+    int cluster;                   /* redis_cluster_nodes: seeds in sentinels[], sharded pub/sub */
+    uint16_t *slot_shard;          /* a cluster: slot -> index in shards */
+    size_t home;                   /* the shard of the node keys ({nodes}) and direct frames */
+    char *scripts[RB_SCRIPTS];     /* rb_scripts, with SPUBLISH in a cluster */
     int ever_up;
     unsigned attempt;              /* failed tries since the last up */
     uv_getaddrinfo_t gai;
@@ -401,14 +445,15 @@ struct bus_redis_s {
     rb_list_t waiting;             /* reads held until their room's SUBSCRIBE is confirmed, oldest
                                     * first (a wanted room is never freed, so they name it) */
     uint64_t next_token;
-    uint64_t last_hb_ms, ping_sent_ms, last_load_ms, last_tick_ms;
+    uint64_t last_hb_ms, last_load_ms, last_tick_ms;
     int hb_first;
     long tick_ms, hb_ms;
     char sha[RB_SCRIPTS][41];
-    char *chan_ping, *key_node, *key_conns;
+    char *key_node, *key_conns;
     map_t conns;                   /* this node's connection ids: the mirror of key_conns */
-    /* Sentinel: the master's address comes from the first sentinel that names it */
-    bus_url_t *sentinels;          /* host, port of each; NULL without redis_sentinels */
+    /* Sentinel: the master's address comes from the first sentinel that names it; a cluster:
+     * the slot map from the first seed that answers CLUSTER SLOTS */
+    bus_url_t *sentinels;          /* host, port of each sentinel or seed; NULL without either */
     size_t nsentinels, sentinel_i, sentinel_tries;
     char *sentinel_master, *sentinel_password;
     redisAsyncContext *sent;       /* the sentinel being asked, during a try */
@@ -444,6 +489,49 @@ static int rb_alive(const bus_redis_t *r) { return r->state != RB_CLOSING; }
 
 /* ---- rooms ---- */
 
+/* A room's channel: plain pub/sub on one Redis; in a cluster a sharded channel that carries the
+ * room's hash tag, so it lives on the shard of the room's keys and their scripts may publish
+ * to it. */
+#define RB_CHAN_SHARDED_HEAD "chatgw:{"
+#define RB_CHAN_SHARDED_TAIL "}:ch"
+
+static char *rb_chan(const bus_redis_t *r, const char *name)
+{
+    if (!r->cluster) return rb_strcat(RB_CHAN_ROOM, name);
+    size_t n = strlen(RB_CHAN_SHARDED_HEAD) + strlen(name) + strlen(RB_CHAN_SHARDED_TAIL) + 1;
+    char *c = xmalloc(n);
+    snprintf(c, n, RB_CHAN_SHARDED_HEAD "%s" RB_CHAN_SHARDED_TAIL, name);
+    return c;
+}
+
+/* The room a channel names, copied into out; 0, or GW_EINVAL for another channel. */
+#define RB_ROOM_NAME_MAX 512         /* rooms are shorter (proto_room_valid); longer are not ours */
+
+static int rb_chan_room(const bus_redis_t *r, const char *chan, size_t n, char *out, size_t outlen)
+{
+    const char *head = r->cluster ? RB_CHAN_SHARDED_HEAD : RB_CHAN_ROOM;
+    size_t hl = strlen(head), tl = r->cluster ? strlen(RB_CHAN_SHARDED_TAIL) : 0;
+    if (n <= hl + tl || memcmp(chan, head, hl) || (tl && memcmp(chan + n - tl, RB_CHAN_SHARDED_TAIL, tl)))
+        return GW_EINVAL;
+    size_t len = n - hl - tl;
+    if (len >= outlen || memchr(chan + hl, '\0', len)) return GW_EINVAL;
+    memcpy(out, chan + hl, len);
+    out[len] = '\0';
+    return 0;
+}
+
+static const char *rb_chan_direct(const bus_redis_t *r)
+{
+    return r->cluster ? RB_CHAN_DIRECT_SHARDED : RB_CHAN_DIRECT;
+}
+
+/* The shard serving key's slot (the one shard of a single Redis). */
+static size_t rb_shard_of(const bus_redis_t *r, const char *key, size_t n)
+{
+    if (!r->cluster || !r->slot_shard) return 0;
+    return r->slot_shard[redis_slots_keyslot(key, n)];
+}
+
 static rb_room_t *rb_room_get(bus_redis_t *r, const char *name) { return map_get(&r->room_map, name); }
 
 static rb_room_t *rb_room_open(bus_redis_t *r, const char *name)
@@ -452,7 +540,7 @@ static rb_room_t *rb_room_open(bus_redis_t *r, const char *name)
     if (room) return room;
     room = xcalloc(1, sizeof *room);
     room->name = xstrdup(name);
-    room->chan = rb_strcat(RB_CHAN_ROOM, name);
+    room->chan = rb_chan(r, name);
     map_set(&r->room_map, name, room);
     rb_list_push(&r->rooms, &room->link);
     return room;
@@ -520,6 +608,7 @@ static rb_req_t *rb_req_new(bus_redis_t *r, int script, rb_done_fn done)
     rb_req_t *q = xcalloc(1, sizeof *q);
     q->r = r;
     q->script = script;
+    q->shard = -1;
     q->done = done;
     q->op = rb_script_op(script);
     return q;
@@ -563,12 +652,14 @@ static void rb_req_key(rb_req_t *q, const char *room, const char *suffix)
     buf_free(&key);
 }
 
-/* The presence scripts' KEYS (RB_PRESENCE_KEYS): presence, then seq, epoch, hist to touch. */
-#define RB_PRESENCE_KEYS 4
+/* The presence scripts' KEYS (RB_PRESENCE_KEYS): presence, then seq, epoch, hist to touch,
+ * then alive (RB_LUA_ALIVE). */
+#define RB_PRESENCE_KEYS 5
 static void rb_req_presence_keys(rb_req_t *q, const char *room)
 {
     rb_req_key(q, room, "presence");
     rb_req_history_keys(q, room);
+    rb_req_key(q, room, "alive");
 }
 
 static void rb_req_fmt(rb_req_t *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -607,17 +698,31 @@ static void rb_req_free(rb_req_t *q)
 
 static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata);
 
-/* Queues q on cmd. 0, or GW_EDOWN (q untouched: the caller frees it). */
-static int rb_req_send(rb_req_t *q)
+/* The shard q goes to: its own, or its key's (a script's first key, else a command's first
+ * argument). */
+static size_t rb_req_shard(const rb_req_t *q)
+{
+    if (q->shard >= 0) return (size_t)q->shard;
+    int k = q->script >= 0 ? (q->argc > 3 && strcmp(q->argv[2], "0") ? 3 : -1) : (q->argc > 1 ? 1 : -1);
+    return k < 0 ? q->r->home : rb_shard_of(q->r, q->argv[k], q->argvlen[k]);
+}
+
+/* Queues q on shard i's cmd, after ASKING when asking (a slot being migrated). 0, or
+ * GW_EDOWN (q untouched: the caller frees it). */
+static int rb_req_send_to(rb_req_t *q, size_t i, int asking)
 {
     bus_redis_t *r = q->r;
-    if (!r->cmd) return GW_EDOWN;
-    if (redisAsyncCommandArgv(r->cmd, rb_on_reply, q, q->argc, (const char **)q->argv, q->argvlen) != REDIS_OK)
+    redisAsyncContext *c = i < r->nshards ? r->shards[i].cmd : NULL;
+    if (!c) return GW_EDOWN;
+    if (asking && redisAsyncCommand(c, NULL, NULL, "ASKING") != REDIS_OK) return GW_EDOWN;
+    if (redisAsyncCommandArgv(c, rb_on_reply, q, q->argc, (const char **)q->argv, q->argvlen) != REDIS_OK)
         return GW_EDOWN;
     q->sent_ms = uv_now(r->loop);
     rb_list_push(&r->pending, &q->pending);
     return 0;
 }
+
+static int rb_req_send(rb_req_t *q) { return rb_req_send_to(q, rb_req_shard(q), 0); }
 
 /* Sends q, or frees it and answers GW_EDOWN (q is the callee's either way). */
 static int rb_req_submit(rb_req_t *q)
@@ -637,7 +742,7 @@ static int rb_req_submit_read(rb_req_t *q, const char *name)
 {
     bus_redis_t *r = q->r;
     rb_room_t *room = map_get(&r->room_map, name);
-    if (!room || !room->wanted || room->confirmed || !r->sub) return rb_req_submit(q);
+    if (!room || !room->wanted || room->confirmed || r->state != RB_UP) return rb_req_submit(q);
     q->sent_ms = uv_now(r->loop);
     free(q->room);
     q->room = xstrdup(name);
@@ -665,14 +770,16 @@ static void rb_waiting_flush(bus_redis_t *r, const char *room, int status)
     }
 }
 
-static void rb_scripts_load(bus_redis_t *r)
+/* SCRIPT LOAD of every script on shard i. */
+static void rb_scripts_load(bus_redis_t *r, size_t shard)
 {
     r->last_load_ms = uv_now(r->loop);
     for (int i = 0; i < RB_SCRIPTS; i++) {
         rb_req_t *q = rb_req_new(r, -1, rb_done_free);
+        q->shard = (int)shard;
         rb_req_str(q, "SCRIPT");
         rb_req_str(q, "LOAD");
-        rb_req_str(q, rb_scripts[i]);
+        rb_req_str(q, r->scripts[i]);
         (void)rb_req_submit(q);
     }
 }
@@ -708,7 +815,29 @@ static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *
     rb_report(oom ? "error" : "warning", metrics_bus_ops[q->op], "redis error on %s: %.400s", metrics_bus_ops[q->op],
               err);
     if (r->nsentinels && !strncmp(err, "READONLY", 8))   /* a failover made our master a replica */
-        rb_link_fail(r, GW_EREPLY, "the master became a replica; asking the sentinels again");
+        rb_link_fail(r, GW_EREPLY,
+                     r->cluster ? "a master became a replica; reading the slot map again"
+                                : "the master became a replica; asking the sentinels again");
+    else if (r->cluster && !strncmp(err, "CLUSTERDOWN", 11))
+        rb_link_fail(r, GW_EREPLY, "the cluster is down; reading the slot map again");
+}
+
+#define RB_REDIRECTS_MAX 5
+
+/* A cluster's MOVED or ASK: 1 when q went again to the shard Redis named (a MOVED also
+ * points the slot there), 0 when rep is no redirection, GW_EDOWN when it cannot be followed
+ * (a node this map does not know: the topology changed, the link starts over). */
+static int rb_req_redirect(rb_req_t *q, const rb_shard_t *from, const redisReply *rep)
+{
+    bus_redis_t *r = q->r;
+    redis_slots_redirect_t rd;
+    if (!r->cluster || !rep->str || redis_slots_redirect_parse(rep->str, rep->len, &rd) < 0) return 0;
+    const char *host = rd.node.host[0] ? rd.node.host : from->ip;
+    size_t i = 0;
+    while (i < r->nshards && (r->shards[i].port != rd.node.port || strcmp(r->shards[i].ip, host))) i++;
+    if (i == r->nshards || ++q->redirects > RB_REDIRECTS_MAX) return GW_EDOWN;
+    if (rd.kind == REDIS_SLOTS_MOVED) r->slot_shard[rd.slot] = (uint16_t)i;
+    return rb_req_send_to(q, i, rd.kind == REDIS_SLOTS_ASK) == 0 ? 1 : GW_EDOWN;
 }
 
 static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
@@ -724,14 +853,21 @@ static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
         free(q->argv[1]);
         q->argv[0] = xstrdup("EVAL");
         q->argvlen[0] = 4;
-        q->argv[1] = xstrdup(rb_scripts[q->script]);
+        q->argv[1] = xstrdup(r->scripts[q->script]);
         q->argvlen[1] = strlen(q->argv[1]);
-        if (r->state == RB_UP && uv_now(r->loop) - r->last_load_ms > 1000) rb_scripts_load(r);
+        const rb_shard_t *sh = c->data;
+        if (r->state == RB_UP && uv_now(r->loop) - r->last_load_ms > 1000) rb_scripts_load(r, (size_t)(sh - r->shards));
         if (rb_req_send(q) == 0) return;
         rep = NULL;
     }
+    int moved = rep && rep->type == REDIS_REPLY_ERROR ? rb_req_redirect(q, c->data, rep) : 0;
+    if (moved > 0) return;
     int status = 0;
-    if (!rep) {
+    if (moved < 0) {
+        status = GW_EDOWN;
+        rb_link_fail(r, GW_EDOWN, "the cluster's slots moved to a node not in the map");
+        rep = NULL;
+    } else if (!rep) {
         status = r->state == RB_UP || r->state == RB_CONNECTING ? GW_EDOWN : r->fail_status;
         rb_link_fail(r, GW_EDOWN, "connection lost");
     } else if (rep->type == REDIS_REPLY_ERROR) {
@@ -763,26 +899,22 @@ static void rb_maybe_up(bus_redis_t *r);
 static void rb_done_ready(rb_req_t *q, redisReply *rep, int status)
 {
     bus_redis_t *r = q->r;
+    size_t i = (size_t)q->shard;
     rb_req_free(q);
-    if (status || r->state != RB_CONNECTING) return;
-    r->cmd_ready = 1;
+    if (status || r->state != RB_CONNECTING || i >= r->nshards) return;
+    r->shards[i].cmd_ready = 1;
     rb_maybe_up(r);
 }
 
-static void rb_on_sub_msg(redisAsyncContext *c, void *reply, void *privdata);
-
+/* SUBSCRIBE (a cluster: SSUBSCRIBE on the room's shard) of a wanted room. */
 static void rb_room_sub_send(bus_redis_t *r, rb_room_t *room)
 {
-    const char *argv[2] = {"SUBSCRIBE", room->chan};
-    size_t len[2] = {9, strlen(room->chan)};
-    if (r->sub && redisAsyncCommandArgv(r->sub, rb_on_sub_msg, r, 2, argv, len) == REDIS_OK) room->subs_pending++;
-}
-
-static void rb_on_sub_auth(redisAsyncContext *c, void *reply, void *privdata)
-{
-    bus_redis_t *r = privdata;
-    redisReply *rep = reply;
-    if (rep && rep->type == REDIS_REPLY_ERROR) rb_link_fail(r, GW_EREPLY, rep->str ? rep->str : "AUTH refused");
+    size_t i = rb_shard_of(r, room->chan, strlen(room->chan));
+    redis_sub_t *sub = i < r->nshards ? r->shards[i].sub : NULL;
+    if (sub && redis_sub_subscribe(sub, r->cluster, room->chan, strlen(room->chan)) == 0) {
+        room->subs_pending++;
+        room->shard = (int)i;
+    }
 }
 
 static void rb_sentinel_next(bus_redis_t *r, const char *why);
@@ -799,13 +931,7 @@ static void rb_on_ctx_connect(const redisAsyncContext *c, int status)
     if (c == r->sent) {
         r->sent = NULL;
         rb_sentinel_next(r, c->errstr ? c->errstr : "connect failed");
-        return;
     }
-    if (c == r->cmd) r->cmd = NULL;
-    else if (c == r->sub) r->sub = NULL;
-    else return;
-    log_debug("bus: redis connect failed", "{s:s}", "error", c->errstr ? c->errstr : "");
-    rb_link_fail(r, GW_EDOWN, "connect failed");
 }
 
 static void rb_on_ctx_disconnect(const redisAsyncContext *c, int status)
@@ -819,12 +945,26 @@ static void rb_on_ctx_disconnect(const redisAsyncContext *c, int status)
     if (c == r->sent) {
         r->sent = NULL;
         if (r->state == RB_CLOSING) rb_close_maybe_finish(r);
-        else rb_sentinel_next(r, "sentinel connection lost");
-        return;
+        else rb_sentinel_next(r, "connection lost");
     }
-    if (c == r->cmd) r->cmd = NULL;
-    else if (c == r->sub) r->sub = NULL;
-    else return;                   /* we let go of it ourselves */
+}
+
+/* A shard's command connection (c->data is the shard). */
+static void rb_on_cmd_connect(const redisAsyncContext *c, int status)
+{
+    rb_shard_t *sh = c->data;
+    if (status == REDIS_OK || sh->cmd != c) return;
+    sh->cmd = NULL;                /* hiredis frees c after this returns */
+    log_debug("bus: redis connect failed", "{s:s}", "error", c->errstr ? c->errstr : "");
+    rb_link_fail(sh->r, GW_EDOWN, "connect failed");
+}
+
+static void rb_on_cmd_disconnect(const redisAsyncContext *c, int status)
+{
+    rb_shard_t *sh = c->data;
+    if (sh->cmd != c) return;      /* we let go of it ourselves */
+    bus_redis_t *r = sh->r;
+    sh->cmd = NULL;
     if (r->state == RB_CLOSING) {
         rb_close_maybe_finish(r);
         return;
@@ -832,7 +972,8 @@ static void rb_on_ctx_disconnect(const redisAsyncContext *c, int status)
     rb_link_fail(r, GW_EDOWN, status == REDIS_OK ? "disconnected" : (c->errstr ? c->errstr : "connection lost"));
 }
 
-static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip, int port)
+static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip, int port, void *data,
+                                      redisConnectCallback *on_connect, redisDisconnectCallback *on_disconnect)
 {
     redisAsyncContext *c = redisAsyncConnect(ip, port);
     if (!c) return NULL;
@@ -845,9 +986,9 @@ static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip, int port)
         redisAsyncFree(c);
         return NULL;
     }
-    c->data = r;
-    redisAsyncSetConnectCallback(c, rb_on_ctx_connect);
-    redisAsyncSetDisconnectCallback(c, rb_on_ctx_disconnect);
+    c->data = data;
+    redisAsyncSetConnectCallback(c, on_connect);
+    redisAsyncSetDisconnectCallback(c, on_disconnect);
     return c;
 }
 
@@ -867,54 +1008,141 @@ static void rb_done_role(rb_req_t *q, redisReply *rep, int status)
     if (!master && !status) rb_link_fail(r, GW_EREPLY, "the server the sentinel named is not a master (yet)");
 }
 
-static void rb_link_connect(bus_redis_t *r, const char *ip)
+static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, const char *msg, size_t len);
+static void rb_sub_subscription(bus_redis_t *r, rb_shard_t *sh, int on, const char *chan, size_t chan_len);
+
+/* redis_sub's handlers; the argument is the shard. */
+static void rb_on_sub_ready(void *arg) { (void)arg; }
+
+static void rb_on_sub_message(void *arg, int sharded, const char *chan, size_t chan_len, const char *msg, size_t len)
 {
-    r->cmd = rb_ctx_open(r, ip, r->target_port);
-    r->sub = r->cmd ? rb_ctx_open(r, ip, r->target_port) : NULL;
-    if (!r->cmd || !r->sub) {
-        rb_link_fail(r, GW_EDOWN, "connect failed");
-        return;
-    }
-    /* cmd prelude: everything is pipelined; the PING answers last */
+    rb_shard_t *sh = arg;
+    (void)sharded;
+    if (rb_alive(sh->r)) rb_sub_dispatch(sh->r, chan, chan_len, msg, len);
+}
+
+static void rb_on_sub_subscription(void *arg, int sharded, int on, const char *chan, size_t chan_len)
+{
+    rb_shard_t *sh = arg;
+    (void)sharded;
+    if (rb_alive(sh->r)) rb_sub_subscription(sh->r, sh, on, chan, chan_len);
+}
+
+/* The subscriber's probe came back; the first one also says its subscriptions went through. */
+static void rb_on_sub_pong(void *arg)
+{
+    rb_shard_t *sh = arg;
+    sh->ping_sent_ms = 0;
+    if (sh->sub_ready) return;
+    sh->sub_ready = 1;
+    rb_maybe_up(sh->r);
+}
+
+static void rb_on_sub_closed(void *arg, const char *why)
+{
+    rb_shard_t *sh = arg;
+    redis_sub_close(sh->sub);
+    sh->sub = NULL;
+    if (rb_alive(sh->r)) rb_link_fail(sh->r, GW_EDOWN, why);
+}
+
+static const redis_sub_handlers_t rb_sub_handlers = {
+    .ready = rb_on_sub_ready,
+    .message = rb_on_sub_message,
+    .subscription = rb_on_sub_subscription,
+    .pong = rb_on_sub_pong,
+    .closed = rb_on_sub_closed,
+};
+
+/* Opens shard i's two connections; the command prelude is pipelined, its PING answers last. */
+static int rb_shard_open(bus_redis_t *r, size_t i)
+{
+    rb_shard_t *sh = &r->shards[i];
+    sh->cmd = rb_ctx_open(r, sh->ip, sh->port, sh, rb_on_cmd_connect, rb_on_cmd_disconnect);
+    if (!sh->cmd || redis_sub_open(r->loop, sh->ip, sh->port, r->url.user, r->password, &rb_sub_handlers, sh,
+                                   &sh->sub) < 0)
+        return GW_EDOWN;
     if (r->password) {
         rb_req_t *q = rb_req_new(r, -1, rb_done_prelude);
+        q->shard = (int)i;
         rb_req_auth(q, r);
         (void)rb_req_submit(q);
     }
     if (r->url.db) {
         rb_req_t *q = rb_req_new(r, -1, rb_done_prelude);
+        q->shard = (int)i;
         rb_req_str(q, "SELECT");
         rb_req_fmt(q, "%d", r->url.db);
         (void)rb_req_submit(q);
     }
-    if (r->nsentinels) {           /* a sentinel's answer may be stale: only a master will do */
+    if (r->nsentinels && !r->cluster) {   /* a sentinel's answer may be stale: only a master will do */
         rb_req_t *q = rb_req_new(r, -1, rb_done_role);
+        q->shard = (int)i;
         rb_req_str(q, "ROLE");
         (void)rb_req_submit(q);
     }
-    rb_scripts_load(r);
+    rb_scripts_load(r, i);
     rb_req_t *ping = rb_req_new(r, -1, rb_done_ready);
+    ping->shard = (int)i;
     rb_req_str(ping, "PING");
-    (void)rb_req_submit(ping);
+    return rb_req_submit(ping);
+}
 
-    /* sub prelude: AUTH, then the base channels, then every wanted room */
-    if (r->password) {
-        rb_req_t *q = rb_req_new(r, -1, NULL);   /* only to build argv */
-        rb_req_auth(q, r);
-        redisAsyncCommandArgv(r->sub, rb_on_sub_auth, r, q->argc, (const char **)q->argv, q->argvlen);
-        rb_req_free(q);
-    }
-    const char *argv[3] = {"SUBSCRIBE", RB_CHAN_DIRECT, r->chan_ping};
-    size_t len[3] = {9, strlen(RB_CHAN_DIRECT), strlen(r->chan_ping)};
-    if (redisAsyncCommandArgv(r->sub, rb_on_sub_msg, r, 3, argv, len) != REDIS_OK) {
-        rb_link_fail(r, GW_EDOWN, "subscribe failed");
-        return;
-    }
-    r->sub_base_pending = 2;
+/* Connects every shard: the direct channel on the home shard, then every wanted room on its
+ * own, then a PING on each subscriber (its pong means all before it went through). */
+static void rb_shards_open(bus_redis_t *r)
+{
+    r->home = rb_shard_of(r, RB_KEY_NODES, strlen(RB_KEY_NODES));
+    for (size_t i = 0; i < r->nshards; i++)
+        if (rb_shard_open(r, i) < 0) {
+            rb_link_fail(r, GW_EDOWN, "connect failed");
+            return;
+        }
+    const char *direct = rb_chan_direct(r);
+    (void)redis_sub_subscribe(r->shards[r->home].sub, r->cluster, direct, strlen(direct));
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
         rb_room_t *room = rb_container_of(l, rb_room_t, link);
         if (room->wanted) rb_room_sub_send(r, room);
     }
+    for (size_t i = 0; i < r->nshards; i++) (void)redis_sub_ping(r->shards[i].sub);
+}
+
+/* This try's servers: the one at ip (the URL's or the sentinels' master) ... */
+static void rb_link_connect(bus_redis_t *r, const char *ip)
+{
+    r->shards = xcalloc(1, sizeof *r->shards);
+    r->nshards = 1;
+    r->shards[0].r = r;
+    snprintf(r->shards[0].ip, sizeof r->shards[0].ip, "%s", ip);
+    r->shards[0].port = r->target_port;
+    rb_shards_open(r);
+}
+
+/* ... or a cluster's masters, from its slot map. Their addresses must be numeric (as Redis
+ * announces them unless told otherwise). 0, or GW_EINVAL with why. */
+static int rb_cluster_connect(bus_redis_t *r, const redis_slots_map_t *map, const char **why)
+{
+    unsigned char addr[16];
+    if (map->covered < REDIS_SLOTS_COUNT) {
+        *why = "the cluster does not serve every slot";
+        return GW_EINVAL;
+    }
+    for (size_t i = 0; i < map->nshards; i++)
+        if (uv_inet_pton(AF_INET, map->shards[i].master.host, addr) && uv_inet_pton(AF_INET6, map->shards[i].master.host, addr)) {
+            *why = "a master's address is not numeric";
+            return GW_EINVAL;
+        }
+    r->shards = xcalloc(map->nshards, sizeof *r->shards);
+    r->nshards = map->nshards;
+    for (size_t i = 0; i < map->nshards; i++) {
+        r->shards[i].r = r;
+        snprintf(r->shards[i].ip, sizeof r->shards[i].ip, "%s", map->shards[i].master.host);
+        r->shards[i].port = map->shards[i].master.port;
+    }
+    if (!r->slot_shard) r->slot_shard = xcalloc(REDIS_SLOTS_COUNT, sizeof *r->slot_shard);
+    memcpy(r->slot_shard, map->slot_shard, sizeof map->slot_shard);
+    rb_shards_open(r);
+    return 0;
 }
 
 static void rb_resolved(bus_redis_t *r, const char *ip);
@@ -937,7 +1165,7 @@ static void rb_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
         rb_close_maybe_finish(r);
         return;
     }
-    if (r->state != RB_CONNECTING || r->cmd || r->sent) return;   /* this try already timed out */
+    if (r->state != RB_CONNECTING || r->nshards || r->sent) return;   /* this try already timed out */
     if (status < 0 || !*ip) {
         log_warn("bus: cannot resolve redis host", "{s:s, s:s}", "host", r->target_host, "error",
                  status < 0 ? uv_strerror(status) : "no address");
@@ -978,8 +1206,6 @@ static void rb_link_start(bus_redis_t *r)
 {
     r->state = RB_CONNECTING;
     r->fail_status = GW_EDOWN;
-    r->cmd_ready = 0;
-    r->sub_base_pending = 0;
     uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->connect_timeout_ms, 0);
     if (r->nsentinels) {
         r->asking = 1;
@@ -1007,8 +1233,8 @@ static void rb_sentinel_next(bus_redis_t *r, const char *why)
 {
     if (r->state != RB_CONNECTING || !r->asking) return;
     const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
-    log_debug("bus: sentinel did not name the master", "{s:s, s:i, s:s}", "host", s->host, "port", s->port, "reason",
-              why);
+    log_debug(r->cluster ? "bus: cluster seed gave no slot map" : "bus: sentinel did not name the master",
+              "{s:s, s:i, s:s}", "host", s->host, "port", s->port, "reason", why);
     if (r->sent) {
         redisAsyncContext *c = r->sent;
         r->sent = NULL;
@@ -1016,7 +1242,7 @@ static void rb_sentinel_next(bus_redis_t *r, const char *why)
     }
     r->sentinel_i++;
     if (++r->sentinel_tries >= r->nsentinels) {
-        rb_link_fail(r, GW_EDOWN, "no sentinel named the master");
+        rb_link_fail(r, GW_EDOWN, r->cluster ? "no seed node gave the slot map" : "no sentinel named the master");
         return;
     }
     rb_sentinel_ask(r);
@@ -1058,6 +1284,44 @@ static void rb_on_sentinel_master(redisAsyncContext *c, void *reply, void *privd
     rb_resolve(r, r->target_host);
 }
 
+/* ---- Cluster: the slot map from a seed ---- */
+
+static void rb_on_cluster_slots(redisAsyncContext *c, void *reply, void *privdata)
+{
+    bus_redis_t *r = privdata;
+    redisReply *rep = reply;
+    if (c != r->sent || r->state != RB_CONNECTING) return;
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+        rb_sentinel_next(r, rep && rep->str ? rep->str : "no answer to CLUSTER SLOTS");
+        return;
+    }
+    redis_slots_map_t map = {0};
+    char why[256] = "";
+    const char *bad = NULL;
+    if (redis_slots_map_parse(rep, r->sentinel_ip, &map, why, sizeof why) < 0) bad = why;
+    r->sent = NULL;
+    redisAsyncFree(c);             /* freed by hiredis once this callback returns */
+    if (!bad) {
+        log_debug("bus: cluster slot map", "{s:i}", "masters", (int)map.nshards);
+        if (rb_cluster_connect(r, &map, &bad) == 0) bad = NULL;
+    }
+    redis_slots_map_free(&map);
+    if (bad) rb_link_fail(r, GW_EDOWN, bad);
+}
+
+/* AUTH (the nodes' password, as every node of a cluster shares it) and CLUSTER SLOTS on the seed. */
+static void rb_cluster_ask(bus_redis_t *r)
+{
+    if (r->password) {
+        rb_req_t *q = rb_req_new(r, -1, NULL);   /* only to build argv */
+        rb_req_auth(q, r);
+        redisAsyncCommandArgv(r->sent, rb_on_sentinel_auth, r, q->argc, (const char **)q->argv, q->argvlen);
+        rb_req_free(q);
+    }
+    if (redisAsyncCommand(r->sent, rb_on_cluster_slots, r, "CLUSTER SLOTS") != REDIS_OK)
+        rb_sentinel_next(r, "send failed");
+}
+
 /* The address of this try's next step is known: a sentinel to ask, or the server. */
 static void rb_resolved(bus_redis_t *r, const char *ip)
 {
@@ -1067,9 +1331,13 @@ static void rb_resolved(bus_redis_t *r, const char *ip)
     }
     const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
     snprintf(r->sentinel_ip, sizeof r->sentinel_ip, "%s", ip);
-    r->sent = rb_ctx_open(r, ip, s->port);
+    r->sent = rb_ctx_open(r, ip, s->port, r, rb_on_ctx_connect, rb_on_ctx_disconnect);
     if (!r->sent) {
         rb_sentinel_next(r, "connect failed");
+        return;
+    }
+    if (r->cluster) {
+        rb_cluster_ask(r);
         return;
     }
     if (r->sentinel_password) {
@@ -1140,7 +1408,7 @@ static void rb_sentinel_watch(bus_redis_t *r)
 {
     if (r->watch || !r->sentinel_ip[0]) return;
     const bus_url_t *s = &r->sentinels[r->sentinel_i % r->nsentinels];
-    r->watch = rb_ctx_open(r, r->sentinel_ip, s->port);
+    r->watch = rb_ctx_open(r, r->sentinel_ip, s->port, r, rb_on_ctx_connect, rb_on_ctx_disconnect);
     if (!r->watch) return;
     if (r->sentinel_password) {
         const char *argv[2] = {"AUTH", r->sentinel_password};
@@ -1154,18 +1422,19 @@ static void rb_sentinel_watch(bus_redis_t *r)
 
 static void rb_maybe_up(bus_redis_t *r)
 {
-    if (r->state != RB_CONNECTING || !r->cmd_ready || r->sub_base_pending) return;
+    if (r->state != RB_CONNECTING || !r->nshards) return;
+    for (size_t i = 0; i < r->nshards; i++)
+        if (!r->shards[i].cmd_ready || !r->shards[i].sub_ready) return;
     r->state = RB_UP;
     uv_timer_stop(&r->retry);
     r->attempt = 0;
     if (r->ever_up) RB_STAT_ADD(r, reconnects, 1);
     r->ever_up = 1;
     RB_STAT_SET(r, up, 1);
-    log_info("bus: redis link up", "{s:s, s:i, s:s}", "host", r->target_host, "port", r->target_port, "node",
-             r->base.node);
+    log_info("bus: redis link up", "{s:s, s:i, s:i, s:s}", "host", r->shards[0].ip, "port", r->shards[0].port,
+             "masters", (int)r->nshards, "node", r->base.node);
     r->hb_first = 1;
-    r->ping_sent_ms = 0;
-    if (r->nsentinels) rb_sentinel_watch(r);
+    if (r->nsentinels && !r->cluster) rb_sentinel_watch(r);
     rb_conns_sync(r);
     rb_heartbeat(r);
     rb_presence_sync_all(r);
@@ -1195,18 +1464,31 @@ static void rb_link_fail(bus_redis_t *r, int status, const char *why)
 
 static void rb_post_finish(rb_req_t *q, int status);
 
-/* Drops both connections; every request they owed fails with fail_status. */
+/* Closes every shard's connections (requests they owed fail with fail_status) and forgets
+ * the shards. */
+static void rb_shards_close(bus_redis_t *r)
+{
+    for (size_t i = 0; i < r->nshards; i++) {
+        rb_shard_t *sh = &r->shards[i];
+        redis_sub_close(sh->sub);
+        sh->sub = NULL;
+        redisAsyncContext *c = sh->cmd;
+        sh->cmd = NULL;
+        if (c) redisAsyncFree(c);
+    }
+    free(r->shards);
+    r->shards = NULL;
+    r->nshards = 0;
+}
+
+/* Drops every connection; every request they owed fails with fail_status. */
 static void rb_link_teardown(bus_redis_t *r)
 {
-    redisAsyncContext *cmd = r->cmd, *sub = r->sub, *sent = r->sent, *watch = r->watch;
-    r->cmd = r->sub = r->sent = r->watch = NULL;
+    redisAsyncContext *sent = r->sent, *watch = r->watch;
+    r->sent = r->watch = NULL;
     if (sent) redisAsyncFree(sent);
     if (watch) redisAsyncFree(watch);
-    r->cmd_ready = 0;
-    r->sub_base_pending = 0;
-    r->ping_sent_ms = 0;
-    if (cmd) redisAsyncFree(cmd);
-    if (sub) redisAsyncFree(sub);
+    rb_shards_close(r);
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
         rb_room_t *room = rb_container_of(l, rb_room_t, link);
         room->subs_pending = 0;
@@ -1268,11 +1550,7 @@ static void rb_on_retry(uv_timer_t *t)
         rb_link_fail(r, GW_ETIMEDOUT, "connect timeout");
         break;
     case RB_CLOSING:
-        if (r->cmd) {
-            redisAsyncContext *c = r->cmd;
-            r->cmd = NULL;
-            redisAsyncFree(c);
-        }
+        rb_shards_close(r);
         rb_close_maybe_finish(r);
         break;
     }
@@ -1313,17 +1591,9 @@ static void rb_heartbeat(bus_redis_t *r)
     rb_req_str(q, r->base.node);
     rb_req_fmt(q, "%ld", r->ttl_ms);
     (void)rb_req_submit(q);
-    if (!r->ping_sent_ms) {
-        rb_req_t *p = rb_req_new(r, -1, rb_done_free);   /* the subscriber's probe: the link's */
-        rb_req_str(p, "PUBLISH");
-        rb_req_str(p, r->chan_ping);
-        buf_t env;
-        buf_init(&env);
-        buf_printf(&env, "h\n%s\n\n\n", r->base.node);
-        rb_req_arg(p, env.data, env.len);
-        buf_free(&env);
-        if (rb_req_send(p) == 0) r->ping_sent_ms = now ? now : 1;
-        else rb_req_free(p);
+    for (size_t i = 0; i < r->nshards; i++) {   /* the subscribers' probes */
+        rb_shard_t *sh = &r->shards[i];
+        if (!sh->ping_sent_ms && sh->sub && redis_sub_ping(sh->sub) == 0) sh->ping_sent_ms = now ? now : 1;
     }
 }
 
@@ -1337,8 +1607,9 @@ static void rb_reap(bus_redis_t *r)
         rb_req_t *q = rb_req_script(r, RB_PLIST, RB_PRESENCE_KEYS, rb_done_free);
         rb_req_presence_keys(q, room->name);
         rb_req_str(q, room->chan);
-        rb_req_str(q, RB_KEY_NODE);
+        rb_req_str(q, r->base.node);
         rb_req_fmt(q, "%ld", room->nmembers ? r->room_ttl_ms : 0);   /* our members keep it alive */
+        rb_req_fmt(q, "%ld", room->nmembers ? r->ttl_ms : 0);
         (void)rb_req_submit(q);
     }
 }
@@ -1372,10 +1643,11 @@ static void rb_on_tick(uv_timer_t *t)
         rb_link_fail(r, GW_ETIMEDOUT, "subscribe timeout");
         return;
     }
-    if (r->ping_sent_ms && now - r->ping_sent_ms > (uint64_t)r->command_timeout_ms) {
-        rb_link_fail(r, GW_ETIMEDOUT, "subscriber connection silent");
-        return;
-    }
+    for (size_t i = 0; i < r->nshards; i++)
+        if (r->shards[i].ping_sent_ms && now - r->shards[i].ping_sent_ms > (uint64_t)r->command_timeout_ms) {
+            rb_link_fail(r, GW_ETIMEDOUT, "subscriber connection silent");
+            return;
+        }
     if (now - r->last_hb_ms >= (uint64_t)r->hb_ms) {
         rb_heartbeat(r);
         rb_reap(r);
@@ -1452,17 +1724,14 @@ static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, c
     rb_env_t e;
     if (rb_env_parse(msg, len, &e) < 0) return;
     int self = rb_is_self(r, e.origin, e.origin_len);
-    if (!strcmp(chan, r->chan_ping)) {
-        if (self) r->ping_sent_ms = 0;
-        return;
-    }
     char origin[BUS_NODE_MAX];
     if (e.origin_len >= sizeof origin) return;
     memcpy(origin, e.origin, e.origin_len);
     origin[e.origin_len] = '\0';
     const bus_handlers_t *on = &r->base.on;
 
-    if (!strcmp(chan, RB_CHAN_DIRECT)) {
+    const char *direct = rb_chan_direct(r);
+    if (chan_len == strlen(direct) && !memcmp(chan, direct, chan_len)) {
         if (self || e.kind != 'd' || !on->direct) return;
         char *to = xstrndup(e.id, e.id_len);
         sbuf_t *p = sbuf_from(e.payload, e.len);
@@ -1472,9 +1741,8 @@ static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, c
         free(to);
         return;
     }
-    size_t plen = strlen(RB_CHAN_ROOM);
-    if (chan_len <= plen || strncmp(chan, RB_CHAN_ROOM, plen)) return;
-    const char *name = chan + plen;  /* NUL-terminated by hiredis; outlives the handlers */
+    char name[RB_ROOM_NAME_MAX];
+    if (rb_chan_room(r, chan, chan_len, name, sizeof name) < 0) return;
     rb_room_t *room = rb_room_get(r, name);
     if (!room || !room->wanted) return;
     if (self) {                    /* the node id guard */
@@ -1511,42 +1779,33 @@ static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, c
     }
 }
 
-static void rb_on_sub_msg(redisAsyncContext *c, void *reply, void *privdata)
+/* A subscription confirmed or ended. Redis ends one by itself when the channel's slot moved
+ * to another shard (a failover, a resharding): the link starts over on the new map, and the
+ * rooms' gaps are filled as after any reconnect. */
+static void rb_sub_subscription(bus_redis_t *r, rb_shard_t *sh, int on, const char *chan, size_t chan_len)
 {
-    bus_redis_t *r = privdata;
-    redisReply *rep = reply;
-    if (!rep || r->state == RB_CLOSING || c != r->sub) return;
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 || rep->element[0]->type != REDIS_REPLY_STRING ||
-        rep->element[1]->type != REDIS_REPLY_STRING)
-        return;
-    const char *type = rep->element[0]->str;
-    const redisReply *ch = rep->element[1];
-    if (!strcasecmp(type, "message")) {
-        const redisReply *m = rep->element[2];
-        if (m->type == REDIS_REPLY_STRING) rb_sub_dispatch(r, ch->str, ch->len, m->str, m->len);
+    char name[RB_ROOM_NAME_MAX];
+    if (rb_chan_room(r, chan, chan_len, name, sizeof name) < 0) {
+        const char *direct = rb_chan_direct(r);
+        if (!on && r->state == RB_UP && sh == &r->shards[r->home] && chan_len == strlen(direct) &&
+            !memcmp(chan, direct, chan_len))
+            rb_link_fail(r, GW_EDOWN, "the direct channel's slot moved");
         return;
     }
-    int sub = !strcasecmp(type, "subscribe");
-    if (!sub && strcasecmp(type, "unsubscribe")) return;
-    size_t plen = strlen(RB_CHAN_ROOM);
-    if (ch->len > plen && !strncmp(ch->str, RB_CHAN_ROOM, plen)) {
-        rb_room_t *room = rb_room_get(r, ch->str + plen);
-        if (!room) return;
-        if (sub) {
-            if (room->subs_pending) room->subs_pending--;
-            if (room->wanted && !room->subs_pending) {
-                room->confirmed = 1;
-                rb_waiting_flush(r, room->name, 0);
-            }
-            rb_room_release(r, room);
-        } else {
-            room->confirmed = 0;
-        }
+    rb_room_t *room = rb_room_get(r, name);
+    if (!room) return;
+    if (!on) {
+        int moved = room->wanted && room->confirmed && !room->subs_pending;
+        room->confirmed = 0;
+        if (moved && r->state == RB_UP) rb_link_fail(r, GW_EDOWN, "a room's slot moved");
         return;
     }
-    if (sub && r->sub_base_pending > 0 && (!strcmp(ch->str, RB_CHAN_DIRECT) || !strcmp(ch->str, r->chan_ping))) {
-        if (--r->sub_base_pending == 0) rb_maybe_up(r);
+    if (room->subs_pending) room->subs_pending--;
+    if (room->wanted && !room->subs_pending) {
+        room->confirmed = 1;
+        rb_waiting_flush(r, room->name, 0);
     }
+    rb_room_release(r, room);
 }
 
 /* ---- operations ---- */
@@ -1571,11 +1830,8 @@ static int rb_room_unsubscribe(bus_t *b, const char *name)
     room->wanted = 0;
     room->confirmed = 0;
     rb_waiting_flush(r, name, 0);
-    if (r->sub && (r->state == RB_CONNECTING || r->state == RB_UP)) {
-        const char *argv[2] = {"UNSUBSCRIBE", room->chan};
-        size_t len[2] = {11, strlen(room->chan)};
-        redisAsyncCommandArgv(r->sub, NULL, NULL, 2, argv, len);
-    }
+    if ((size_t)room->shard < r->nshards && r->shards[room->shard].sub)
+        (void)redis_sub_unsubscribe(r->shards[room->shard].sub, r->cluster, room->chan, strlen(room->chan));
     /* posts to this room can no longer come back: answered ones are done, the others finish
      * with their answer */
     for (rb_list_t *l = r->echo.next, *next; l != &r->echo; l = next) {
@@ -1601,7 +1857,7 @@ static int rb_envelope_publish(bus_redis_t *r, const char *chan, char kind, cons
     if (r->state != RB_UP) return GW_EDOWN;
     rb_req_t *q = rb_req_new(r, -1, rb_done_published);
     q->op = METRICS_BUS_OP_PUBLISH;
-    rb_req_str(q, "PUBLISH");
+    rb_req_str(q, r->cluster ? "SPUBLISH" : "PUBLISH");
     rb_req_str(q, chan);
     buf_t env;
     buf_init(&env);
@@ -1616,7 +1872,7 @@ static int rb_room_publish(bus_t *b, const char *room, const void *payload, size
 {
     bus_redis_t *r = (bus_redis_t *)b;
     if (r->state != RB_UP) return GW_EDOWN;
-    char *chan = rb_strcat(RB_CHAN_ROOM, room);
+    char *chan = rb_chan(r, room);
     int rc = rb_envelope_publish(r, chan, 'p', "", payload, len);
     free(chan);
     return rc;
@@ -1626,7 +1882,7 @@ static int rb_direct_publish(bus_t *b, const char *to, const void *payload, size
 {
     bus_redis_t *r = (bus_redis_t *)b;
     if (strchr(to, '\n')) return GW_EINVAL;
-    return rb_envelope_publish(r, RB_CHAN_DIRECT, 'd', to, payload, len);
+    return rb_envelope_publish(r, rb_chan_direct(r), 'd', to, payload, len);
 }
 
 #define RB_POST_HEAD 10            /* argv index of the payload's head (see rb_room_post) */
@@ -1679,7 +1935,7 @@ static int rb_room_post(bus_t *b, const char *name, const void *payload, size_t 
     rb_req_t *q = rb_req_script(r, RB_POST, 4, rb_done_post);
     rb_req_history_keys(q, name);
     rb_req_key(q, name, "presence");
-    char *chan = rb_strcat(RB_CHAN_ROOM, name);
+    char *chan = rb_chan(r, name);
     rb_req_str(q, chan);
     free(chan);
     rb_req_str(q, r->base.node);
@@ -1717,6 +1973,7 @@ static void rb_presence_sync(bus_redis_t *r, rb_room_t *room, int leave_all)
     rb_req_str(q, room->chan);
     rb_req_str(q, r->base.node);
     rb_req_fmt(q, "%ld", r->room_ttl_ms);
+    rb_req_fmt(q, "%ld", leave_all ? 0 : r->ttl_ms);
     for (size_t i = 0; !leave_all && i < room->nmembers; i++) {
         rb_req_str(q, room->members[i].id);
         rb_req_str(q, room->members[i].json);
@@ -1744,7 +2001,7 @@ static void rb_done_join(rb_req_t *q, redisReply *rep, int status)
     if (!status && rep->integer < 0) {   /* full: forget it, Redis never had it */
         admitted = 0;
         rb_room_t *room = rb_room_get(r, q->room);
-        rb_member_t *mm = room ? rb_room_member(room, q->argv[q->argc - 4]) : NULL;
+        rb_member_t *mm = room ? rb_room_member(room, q->argv[q->argc - 5]) : NULL;
         if (mm) {
             free(mm->id);
             free(mm->json);
@@ -1808,10 +2065,11 @@ static int rb_presence_put(bus_redis_t *r, const char *name, const bus_member_t 
         rb_req_presence_keys(q, name);
         rb_req_str(q, room->chan);
         rb_req_str(q, r->base.node);
-        rb_req_str(q, m->id);                     /* argc - 4: rb_done_join finds it there */
+        rb_req_str(q, m->id);                     /* argc - 5: rb_done_join finds it there */
         rb_req_str(q, json);
         rb_req_fmt(q, "%ld", r->room_ttl_ms);
         rb_req_fmt(q, "%ld", max);
+        rb_req_fmt(q, "%ld", r->ttl_ms);
         q->room = xstrdup(name);
         q->cb.join = cb;
         q->arg = arg;
@@ -1891,11 +2149,12 @@ static int rb_presence_list(bus_t *b, const char *name, bus_members_cb cb, void 
     if (r->state != RB_UP) return GW_EDOWN;
     rb_req_t *q = rb_req_script(r, RB_PLIST, RB_PRESENCE_KEYS, rb_done_list);
     rb_req_presence_keys(q, name);
-    char *chan = rb_strcat(RB_CHAN_ROOM, name);
+    char *chan = rb_chan(r, name);
     rb_req_str(q, chan);
     free(chan);
-    rb_req_str(q, RB_KEY_NODE);
+    rb_req_str(q, r->base.node);
     rb_req_str(q, "0");            /* a look: the API's or a snapshot's; joins touch through presence */
+    rb_req_str(q, "0");
     q->cb.members = cb;
     q->arg = arg;
     if (rb_req_submit_read(q, name) < 0) return GW_EDOWN;
@@ -2001,7 +2260,8 @@ static int rb_conn_add(bus_t *b, const char *id)
     rb_req_str(q, "1");
     /* on the socket now, before the welcome the caller sends next: a dm from a client that
      * heard of this connection must find it registered */
-    if (rb_req_submit(q) == 0 && r->cmd) redisAsyncHandleWrite(r->cmd);
+    if (rb_req_submit(q) == 0 && r->home < r->nshards && r->shards[r->home].cmd)
+        redisAsyncHandleWrite(r->shards[r->home].cmd);
     return 0;
 }
 
@@ -2040,7 +2300,7 @@ static int rb_direct_send(bus_t *b, const char *to, const void *payload, size_t 
     rb_req_str(q, RB_KEY_NODES);
     rb_req_str(q, RB_KEY_CONNS);
     rb_req_str(q, to);
-    rb_req_str(q, RB_CHAN_DIRECT);
+    rb_req_str(q, rb_chan_direct(r));
     buf_t env;
     buf_init(&env);
     buf_printf(&env, "d\n%s\n\n%s\n", r->base.node, to);
@@ -2110,7 +2370,8 @@ static void rb_destroy(bus_redis_t *r)
     map_free(&r->room_map);
     bus_url_free(&r->url);
     free(r->password);
-    free(r->chan_ping);
+    free(r->slot_shard);
+    for (int i = 0; i < RB_SCRIPTS; i++) free(r->scripts[i]);
     free(r->key_node);
     free(r->key_conns);
     map_free(&r->conns);
@@ -2130,7 +2391,10 @@ static void rb_on_handle_closed(uv_handle_t *h)
 
 static void rb_close_maybe_finish(bus_redis_t *r)
 {
-    if (!r->close_started || r->cmd || r->sub || r->sent || r->watch || r->gai_busy || r->handles_closing) return;
+    if (!r->close_started || r->sent || r->watch || r->gai_busy || r->handles_closing) return;
+    for (size_t i = 0; i < r->nshards; i++)
+        if (r->shards[i].cmd) return;
+    rb_shards_close(r);            /* the array */
     r->handles_closing = 1;
     uv_close((uv_handle_t *)&r->tick, rb_on_handle_closed);
     uv_close((uv_handle_t *)&r->retry, rb_on_handle_closed);
@@ -2153,12 +2417,11 @@ static void rb_close_step(bus_redis_t *r)
         r->watch = NULL;
         redisAsyncFree(c);
     }
-    if (r->sub) {
-        redisAsyncContext *c = r->sub;
-        r->sub = NULL;
-        redisAsyncFree(c);
+    for (size_t i = 0; i < r->nshards; i++) {
+        redis_sub_close(r->shards[i].sub);
+        r->shards[i].sub = NULL;
     }
-    if (r->close_up && r->cmd && r->cmd_ready) {
+    if (r->close_up && r->nshards) {
         for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
             rb_room_t *room = rb_container_of(l, rb_room_t, link);
             if (room->nmembers || room->dirty) rb_presence_sync(r, room, 1);
@@ -2176,12 +2439,12 @@ static void rb_close_step(bus_redis_t *r)
         rb_req_str(q, RB_KEY_NODES);
         rb_req_str(q, r->base.node);
         (void)rb_req_submit(q);
-        redisAsyncDisconnect(r->cmd);   /* after the answers; rb_on_ctx_disconnect then */
-        if (r->cmd) uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->command_timeout_ms, 0);
-    } else if (r->cmd) {
-        redisAsyncContext *c = r->cmd;
-        r->cmd = NULL;
-        redisAsyncFree(c);
+        /* after the answers; rb_on_cmd_disconnect then (the last one may free the shards) */
+        for (size_t i = 0; i < r->nshards; i++)
+            if (r->shards[i].cmd) redisAsyncDisconnect(r->shards[i].cmd);
+        if (r->nshards) uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->command_timeout_ms, 0);
+    } else {
+        rb_shards_close(r);
     }
     if (r->gai_busy) uv_cancel((uv_req_t *)&r->gai);
     rb_close_maybe_finish(r);
@@ -2317,8 +2580,26 @@ static char *rb_password_read(const char *path, char *err, size_t errlen)
     return xstrndup(buf, n);
 }
 
-/* "host:port,host:port" into an array of addresses (port 26379 when left out). */
-static int rb_sentinels_parse(const char *list, bus_url_t **out, size_t *n, char *err, size_t errlen)
+/* s with every from replaced by to (a new string). */
+static char *rb_replace(const char *s, const char *from, const char *to)
+{
+    buf_t b;
+    buf_init(&b);
+    size_t fl = strlen(from);
+    for (const char *p; (p = strstr(s, from)); s = p + fl) {
+        buf_append(&b, s, (size_t)(p - s));
+        buf_append_str(&b, to);
+    }
+    buf_append_str(&b, s);
+    char *out = xstrndup(b.data, b.len);
+    buf_free(&b);
+    return out;
+}
+
+/* "host:port,host:port" (the option named key) into an array of addresses (port defport when
+ * left out). */
+static int rb_servers_parse(const char *key, const char *list, int defport, bus_url_t **out, size_t *n, char *err,
+                            size_t errlen)
 {
     *out = NULL;
     *n = 0;
@@ -2327,7 +2608,7 @@ static int rb_sentinels_parse(const char *list, bus_url_t **out, size_t *n, char
         size_t len = strcspn(p, ",");
         char item[512];
         if (len == 0 || len >= sizeof item - 9) {
-            snprintf(err, errlen, "redis_sentinels: must be host:port,host:port");
+            snprintf(err, errlen, "%s: must be host:port,host:port", key);
             return GW_EINVAL;
         }
         snprintf(item, sizeof item, "redis://%.*s", (int)len, p);
@@ -2335,17 +2616,17 @@ static int rb_sentinels_parse(const char *list, bus_url_t **out, size_t *n, char
         char why[256];
         if (bus_url_parse(item, &u, why, sizeof why) < 0 || u.user || u.password || u.db) {
             bus_url_free(&u);
-            snprintf(err, errlen, "redis_sentinels: \"%.*s\" is not host:port", (int)len, p);
+            snprintf(err, errlen, "%s: \"%.*s\" is not host:port", key, (int)len, p);
             return GW_EINVAL;
         }
-        if (!strchr(item + 8, ':') || item[strlen(item) - 1] == ']') u.port = 26379;
+        if (!strchr(item + 8, ':') || item[strlen(item) - 1] == ']') u.port = defport;
         *out = xrealloc(*out, (*n + 1) * sizeof **out);
         (*out)[(*n)++] = u;
         p += len;
         if (*p == ',') p++;
     }
     if (!*n) {
-        snprintf(err, errlen, "redis_sentinels: no sentinel given");
+        snprintf(err, errlen, "%s: no server given", key);
         return GW_EINVAL;
     }
     return 0;
@@ -2398,8 +2679,23 @@ int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers
     bus_url_t *sentinels = NULL;
     size_t nsentinels = 0;
     char *sentinel_password = NULL;
-    if (opts->sentinels && *opts->sentinels &&
-        (rb_sentinels_parse(opts->sentinels, &sentinels, &nsentinels, err, errlen) < 0 ||
+    int cluster = opts->cluster_nodes && *opts->cluster_nodes;
+    if (cluster && url.db) {
+        snprintf(err, errlen, "redis_url: a Redis Cluster has only db 0");
+        free(password);
+        bus_url_free(&url);
+        return GW_EINVAL;
+    }
+    if (cluster && rb_servers_parse("redis_cluster_nodes", opts->cluster_nodes, 6379, &sentinels, &nsentinels, err,
+                                    errlen) < 0) {
+        for (size_t i = 0; i < nsentinels; i++) bus_url_free(&sentinels[i]);
+        free(sentinels);
+        free(password);
+        bus_url_free(&url);
+        return GW_EINVAL;
+    }
+    if (!cluster && opts->sentinels && *opts->sentinels &&
+        (rb_servers_parse("redis_sentinels", opts->sentinels, 26379, &sentinels, &nsentinels, err, errlen) < 0 ||
          (opts->sentinel_password_file && *opts->sentinel_password_file &&
           !(sentinel_password = rb_password_read(opts->sentinel_password_file, err, errlen))))) {
         for (size_t i = 0; i < nsentinels; i++) bus_url_free(&sentinels[i]);
@@ -2432,11 +2728,15 @@ int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers
     r->room_ttl_ms = opts->room_ttl_ms > 0 ? opts->room_ttl_ms : 0;
     r->hb_ms = r->ttl_ms / 3 > 0 ? r->ttl_ms / 3 : 1;
     r->tick_ms = r->hb_ms < 100 ? r->hb_ms : 100;
-    r->chan_ping = rb_strcat(RB_CHAN_PING, r->base.node);
     r->key_node = rb_strcat(RB_KEY_NODE, r->base.node);
     r->key_conns = rb_strcat(RB_KEY_CONNS, r->base.node);
     map_init(&r->conns);
-    for (int i = 0; i < RB_SCRIPTS; i++) rb_sha1_hex(rb_scripts[i], r->sha[i]);
+    r->cluster = cluster;
+    for (int i = 0; i < RB_SCRIPTS; i++) {
+        r->scripts[i] = cluster ? rb_replace(rb_scripts[i], "redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+                                : xstrdup(rb_scripts[i]);
+        rb_sha1_hex(r->scripts[i], r->sha[i]);
+    }
     map_init(&r->room_map);
     rb_list_init(&r->rooms);
     rb_list_init(&r->pending);

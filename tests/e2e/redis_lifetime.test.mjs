@@ -12,7 +12,7 @@ import { redisCluster, startReplica, uniqueRoom, redisCommand, redisArgs, waitMe
 const T = { timeout: 40000 };
 const TTL = 1500;
 const ARGS = ['--presence-ttl-ms', '900', '--redis-room-ttl-ms', String(TTL)];
-const SUFFIXES = ['seq', 'epoch', 'hist', 'presence'];
+const SUFFIXES = ['seq', 'epoch', 'hist', 'presence', 'alive'];
 
 async function pttl(port, key) {
   const line = await redisCommand(port, `PTTL ${key}`);
