@@ -42,7 +42,8 @@ typedef struct {
  * no AUTH. 0 and *out, or a negative GW_E* code (GW_EINVAL: not a numeric address). */
 int redis_sub_open(uv_loop_t *loop, const char *ip, int port, const char *user, const char *password,
                    const redis_sub_handlers_t *on, void *arg, redis_sub_t **out);
-/* Queue (S)SUBSCRIBE / (S)UNSUBSCRIBE of one channel, or PING. 0, or GW_EDOWN once closed. */
+/* Queue (S)SUBSCRIBE / (S)UNSUBSCRIBE of one channel, or PING. 0, or GW_EDOWN once closed
+ * (GW_ENOMEM; GW_ETOOBIG when 64 MiB of commands already wait unwritten). */
 int redis_sub_subscribe(redis_sub_t *s, int sharded, const char *chan, size_t len);
 int redis_sub_unsubscribe(redis_sub_t *s, int sharded, const char *chan, size_t len);
 int redis_sub_ping(redis_sub_t *s);
