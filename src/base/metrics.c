@@ -69,6 +69,10 @@ static const metrics_scalar_t metrics_scalars[] = {
     { "chatgw_bus_refusing", "gauge",
       "1 while Redis answers this replica's writes with errors (out of memory, read-only replica).",
       offsetof(metrics_t, bus_refusing) },
+    { "chatgw_bus_shards_down", "gauge",
+      "Redis Cluster masters this replica cannot reach while the others serve; rooms on them fall back "
+      "to local delivery until the slot map names a live master.",
+      offsetof(metrics_t, bus_shards_down) },
     { "chatgw_policy_loaded", "gauge",
       "1 while a policy is loaded; 0 while the process waits for a loadable one (policy_boot = wait) "
       "and refuses every chat connection.",
@@ -349,7 +353,7 @@ _Static_assert(sizeof(metrics_t) % sizeof(uint64_t) == 0, "metrics_t holds only 
 void metrics_sum(metrics_t *out, const metrics_t *const *ms, size_t n)
 {
     memset(out, 0, sizeof *out);
-    uint64_t *acc = (uint64_t *)out, up_min = 0, loaded_min = 0;
+    uint64_t *acc = (uint64_t *)out, up_min = 0, loaded_min = 0, down_max = 0;
     for (size_t k = 0; k < n; k++) {
         const uint64_t *f = (const uint64_t *)ms[k];
         for (size_t i = 0; i < sizeof *out / sizeof *acc; i++) acc[i] += __atomic_load_n(&f[i], __ATOMIC_RELAXED);
@@ -357,7 +361,10 @@ void metrics_sum(metrics_t *out, const metrics_t *const *ms, size_t n)
         if (k == 0 || up < up_min) up_min = up;
         uint64_t loaded = __atomic_load_n(&ms[k]->policy_loaded, __ATOMIC_RELAXED);
         if (k == 0 || loaded < loaded_min) loaded_min = loaded;
+        uint64_t down = __atomic_load_n(&ms[k]->bus_shards_down, __ATOMIC_RELAXED);
+        if (down > down_max) down_max = down;   /* every worker sees the same shards */
     }
     out->bus_up = up_min;
+    out->bus_shards_down = down_max;
     out->policy_loaded = loaded_min;
 }

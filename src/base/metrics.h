@@ -81,6 +81,7 @@ typedef struct {
     uint64_t bus_received;
     uint64_t bus_errors[METRICS_BUS_OPS];
     uint64_t bus_refusing;         /* gauge: 1 while Redis refuses writes (OOM, READONLY, ...) */
+    uint64_t bus_shards_down;      /* gauge: Redis Cluster masters unreachable while the rest serve */
     /* policy (policy.c): hooks are POLICY_HOOK_* plus self_test at METRICS_POLICY_HOOKS - 1 */
     uint64_t policy_errors[METRICS_POLICY_HOOKS][METRICS_POLICY_KINDS];
     uint64_t policy_reloads[METRICS_RELOAD_RESULTS];

@@ -95,7 +95,7 @@ typedef struct {
 
 /* Counters for /metrics (report as chatgw_bus_up, chatgw_bus_reconnects_total,
  * chatgw_bus_published_total, chatgw_bus_received_total, chatgw_bus_errors_total{op},
- * chatgw_bus_refusing). */
+ * chatgw_bus_refusing, chatgw_bus_shards_down). */
 typedef struct {
     uint64_t up;               /* gauge: 1 while the link works; always 1 for bus_local */
     uint64_t reconnects;       /* links re-established after the first */
@@ -105,6 +105,8 @@ typedef struct {
                                 * answered, by METRICS_BUS_OP_*; LINK: links lost or refused */
     uint64_t refusing;         /* gauge: 1 while Redis answers writes with errors (OOM, READONLY);
                                 * 0 again after a write it took */
+    uint64_t shards_down;      /* gauge: a Redis Cluster's masters this node cannot reach while the
+                                * others serve (up stays 1; rooms on them fall back) */
 } bus_stats_t;
 
 typedef struct bus_s bus_t;
@@ -209,6 +211,7 @@ static inline void bus_stats_get(const bus_t *b, bus_stats_t *out)
     out->received = __atomic_load_n(&b->stats.received, __ATOMIC_RELAXED);
     for (int i = 0; i < METRICS_BUS_OPS; i++) out->errors[i] = __atomic_load_n(&b->stats.errors[i], __ATOMIC_RELAXED);
     out->refusing = __atomic_load_n(&b->stats.refusing, __ATOMIC_RELAXED);
+    out->shards_down = __atomic_load_n(&b->stats.shards_down, __ATOMIC_RELAXED);
 }
 
 /* Room interest: subscribe when the first local member joins, unsubscribe when the last

@@ -1,24 +1,31 @@
 /* bus_redis: the bus on Redis, through hiredis's async API and its libuv adapter.
  *
- * One link is two connections: `cmd` carries commands and server-side scripts (in order, so
- * the oldest unanswered one tells whether Redis still answers), `sub` carries SUBSCRIBE and
- * the messages. The link is up when both are connected and authenticated, the scripts are
- * loaded and the base channels are subscribed. Any failure (connect error or timeout, a lost
- * connection, an AUTH error, a command older than command_timeout_ms, a subscriber that no
- * longer hears its own pings) drops both connections and retries after an exponential
- * backoff with jitter; on the way up again the bus resubscribes its rooms, writes its
- * heartbeat and re-registers its members. Nothing here blocks: names are resolved with
+ * The link reaches one server (redis_url, or the master the sentinels name) or a Redis
+ * Cluster's masters (the slot map from a seed's CLUSTER SLOTS): one rb_shard_t each. A shard is
+ * two connections: `cmd` (hiredis async) carries commands and server-side scripts (in order,
+ * so the oldest unanswered one tells whether Redis still answers), `sub` (redis_sub.h: plain
+ * or sharded pub/sub) carries the subscriptions and the messages. A request goes to the shard
+ * of its first key's hash slot; MOVED and ASK are followed. The link is up when every shard is
+ * connected and authenticated, its scripts are loaded and its subscriber answered a PING. Any
+ * failure (connect error or timeout, a lost connection, an AUTH error, a command older than
+ * command_timeout_ms, a subscriber that no longer answers its PING) drops the link and retries
+ * after an exponential backoff with jitter; on the way up again the bus resubscribes its rooms,
+ * writes its heartbeat and re-registers its members. In a cluster that is up, a failure takes
+ * only its shard down (rb_shard_fail): its rooms fall back, and the slot map is read again
+ * until a live master serves them. Nothing here blocks: names are resolved with
  * uv_getaddrinfo and hiredis only ever sees numeric addresses.
  *
  * Redis layout (R = room name, N = node id):
  *   channel chatgw:room:R      every message of R, as an envelope "kind\norigin\ntoken\nid\npayload"
- *                              (kind m = msg with id, p = plain, j/l/u = presence)
- *   channel chatgw:direct      kind d, id = the target connection
- *   channel chatgw:ping:N      the node's own liveness probe of its subscriber connection
+ *                              (kind m = msg with id, p = plain, j/l/u = presence); in a
+ *                              cluster the sharded channel chatgw:{R}:ch, on R's slot
+ *   channel chatgw:direct      kind d, id = the target connection; in a cluster the sharded
+ *                              chatgw:{nodes}:direct
  *   key chatgw:{R}:seq / :epoch / :hist   the id counter, the epoch, the history stream
  *   hash chatgw:{R}:presence   member id -> "N\n{id,name,muted}"
- *                              (the four expire room_ttl_ms after the room's last activity)
- *   key chatgw:node:N          heartbeat, PX presence_ttl_ms
+ *   hash chatgw:{R}:alive      node -> until when it holds members (ms, Redis's clock)
+ *                              (the five expire room_ttl_ms after the room's last activity)
+ *   key chatgw:node:N          heartbeat, PX presence_ttl_ms (says whether ours expired)
  *   hash chatgw:limit:K        token bucket {tokens, ts}
  *   zset chatgw:{nodes}        node -> when its report expires (ms, Redis's clock)
  *   key chatgw:{nodes}:report:N   the node's report (clients, rooms) for the API, PX ttl
@@ -72,7 +79,7 @@
 
 enum {
     RB_POST, RB_RANGE, RB_PADD, RB_PREMOVE, RB_PLIST, RB_PSYNC, RB_LIMIT, RB_REPORT, RB_REPORTS, RB_ALIVE, RB_DIRECT,
-    RB_SCRIPTS
+    RB_FENCE, RB_SCRIPTS
 };
 
 /* Every script that changes a room is activity: it gives all of the room's keys (its KEYS) a
@@ -320,11 +327,26 @@ static const char rb_lua_direct[] =
     "end\n"
     "return 0\n";
 
+/* KEYS seq, epoch, hist. ARGV the newest id this node saw (epoch, seq), a new epoch, ttl. After a
+ * failover the new master may lack the last writes it had not yet copied: a seq behind what
+ * was seen would hand out ids already used. A new epoch instead makes every since before it a
+ * gap (history_gap), never a silent repeat. Returns 1 when it started one. */
+static const char rb_lua_fence[] =
+    RB_LUA_TOUCH
+    "local epoch = redis.call('GET', KEYS[2])\n"
+    "local seq = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "if epoch ~= ARGV[1] or seq >= tonumber(ARGV[2]) then return 0 end\n"
+    "redis.call('SET', KEYS[2], ARGV[3])\n"
+    "redis.call('SET', KEYS[1], 0)\n"
+    "redis.call('DEL', KEYS[3])\n"
+    "touch(ARGV[4])\n"
+    "return 1\n";
+
 static const char *const rb_scripts[RB_SCRIPTS] = {
     [RB_POST] = rb_lua_post,     [RB_RANGE] = rb_lua_range, [RB_PADD] = rb_lua_padd,   [RB_PREMOVE] = rb_lua_premove,
     [RB_PLIST] = rb_lua_plist,   [RB_PSYNC] = rb_lua_psync, [RB_LIMIT] = rb_lua_limit,
     [RB_REPORT] = rb_lua_report, [RB_REPORTS] = rb_lua_reports, [RB_ALIVE] = rb_lua_alive,
-    [RB_DIRECT] = rb_lua_direct,
+    [RB_DIRECT] = rb_lua_direct, [RB_FENCE] = rb_lua_fence,
 };
 
 /* ---- types ---- */
@@ -358,13 +380,19 @@ typedef struct {
     char *json;                    /* {"id","name","muted"} */
 } rb_member_t;
 
+typedef struct rb_shard_s rb_shard_t;
+
 typedef struct {
     rb_list_t link;                /* r->rooms */
     char *name;
     char *chan;                    /* chatgw:room:NAME; in a cluster chatgw:{NAME}:ch (sharded) */
     int wanted;                    /* the hub subscribed */
     int subs_pending;              /* SUBSCRIBEs sent on this link, not yet confirmed */
-    int shard;                     /* where they went (a cluster's shards change with the map) */
+    rb_shard_t *on;                /* where they went (a cluster's shards change with the map) */
+    int dropping;                  /* rb_shard_drop's mark */
+    proto_id_t seen;               /* the newest msg id seen on the channel or in a post's answer */
+    int fence;                     /* its store may have lost writes (a failover, a restart):
+                                    * checked against seen (rb_lua_fence) before it is used again */
     int confirmed;                 /* Redis sends us the channel now */
     int dirty;                     /* the presence hash may differ from the mirror: sync when up */
     rb_member_t *members;          /* this node's members: the mirror re-registered on reconnect */
@@ -378,7 +406,7 @@ typedef struct rb_req_s rb_req_t;
 typedef void (*rb_done_fn)(rb_req_t *q, redisReply *reply, int status);
 
 /* One server: a master of the cluster, or the one Redis. */
-typedef struct {
+struct rb_shard_s {
     bus_redis_t *r;
     char ip[REDIS_SLOTS_HOST_MAX];   /* numeric */
     int port;
@@ -388,7 +416,10 @@ typedef struct {
     int sub_ready;                 /* the subscriber answered its first PING (after AUTH and the
                                     * base subscriptions) */
     uint64_t ping_sent_ms;         /* the subscriber's liveness probe in flight, or 0 */
-} rb_shard_t;
+    int down;                      /* a cluster's shard that failed while the bus stayed up: its
+                                    * connections go (need_drop), the next map replaces it */
+    int need_drop;
+};
 
 struct rb_req_s {
     bus_redis_t *r;
@@ -399,7 +430,8 @@ struct rb_req_s {
     int script;                    /* RB_* or -1 */
     int op;                        /* METRICS_BUS_OP_*: what an error counts as */
     int evaled;                    /* already resent as EVAL */
-    int shard;                     /* where it goes: -1 = by its key's slot */
+    rb_shard_t *to;                /* where it goes: NULL = by its key's slot */
+    rb_shard_t *sent_to;           /* where it went (the watchdog's culprit) */
     int redirects;                 /* MOVED/ASK followed */
     int argc, argcap;
     char **argv;
@@ -424,11 +456,16 @@ struct bus_redis_s {
     int state;                     /* RB_* */
     int fail_status;               /* what requests lost with the link report */
     int need_teardown;
-    rb_shard_t *shards;            /* this try's servers: one, or a cluster's masters */
+    rb_shard_t **shards;           /* this try's servers: one, or a cluster's masters (the map's order) */
     size_t nshards;
     int cluster;                   /* redis_cluster_nodes: seeds in sentinels[], sharded pub/sub */
     uint16_t *slot_shard;          /* a cluster: slot -> index in shards */
     size_t home;                   /* the shard of the node keys ({nodes}) and direct frames */
+    int degraded;                  /* up, but a shard failed or a slot moved since: when every
+                                    * shard is up again, the rooms are listed and filled again */
+    int refreshing;                /* CLUSTER SLOTS asked while up */
+    rb_shard_t **retired;          /* shards a new map let go, dropped and freed from the kick */
+    size_t nretired;
     char *scripts[RB_SCRIPTS];     /* rb_scripts, with SPUBLISH in a cluster */
     int ever_up;
     unsigned attempt;              /* failed tries since the last up */
@@ -465,6 +502,8 @@ struct bus_redis_s {
 };
 
 static void rb_link_fail(bus_redis_t *r, int status, const char *why);
+static void rb_shard_fail(rb_shard_t *sh, int status, const char *why);
+static void rb_refresh_later(bus_redis_t *r);
 static void rb_link_start(bus_redis_t *r);
 static void rb_close_maybe_finish(bus_redis_t *r);
 static void rb_presence_sync(bus_redis_t *r, rb_room_t *room, int leave_all);
@@ -585,7 +624,7 @@ static void rb_key(buf_t *b, const char *room, const char *suffix)
 static int rb_script_op(int script)
 {
     switch (script) {
-    case RB_POST: return METRICS_BUS_OP_POST;
+    case RB_POST: case RB_FENCE: return METRICS_BUS_OP_POST;
     case RB_RANGE: case RB_PLIST: case RB_REPORTS: return METRICS_BUS_OP_READ;
     case RB_REPORT: case RB_ALIVE: return METRICS_BUS_OP_HEARTBEAT;
     case RB_DIRECT: return METRICS_BUS_OP_PUBLISH;
@@ -608,7 +647,6 @@ static rb_req_t *rb_req_new(bus_redis_t *r, int script, rb_done_fn done)
     rb_req_t *q = xcalloc(1, sizeof *q);
     q->r = r;
     q->script = script;
-    q->shard = -1;
     q->done = done;
     q->op = rb_script_op(script);
     return q;
@@ -699,25 +737,28 @@ static void rb_req_free(rb_req_t *q)
 static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata);
 
 /* The shard q goes to: its own, or its key's (a script's first key, else a command's first
- * argument). */
-static size_t rb_req_shard(const rb_req_t *q)
+ * argument). NULL while there is none. */
+static rb_shard_t *rb_req_shard(const rb_req_t *q)
 {
-    if (q->shard >= 0) return (size_t)q->shard;
+    const bus_redis_t *r = q->r;
+    if (q->to) return q->to;
     int k = q->script >= 0 ? (q->argc > 3 && strcmp(q->argv[2], "0") ? 3 : -1) : (q->argc > 1 ? 1 : -1);
-    return k < 0 ? q->r->home : rb_shard_of(q->r, q->argv[k], q->argvlen[k]);
+    size_t i = k < 0 ? r->home : rb_shard_of(r, q->argv[k], q->argvlen[k]);
+    return i < r->nshards ? r->shards[i] : NULL;
 }
 
-/* Queues q on shard i's cmd, after ASKING when asking (a slot being migrated). 0, or
- * GW_EDOWN (q untouched: the caller frees it). */
-static int rb_req_send_to(rb_req_t *q, size_t i, int asking)
+/* Queues q on sh's cmd, after ASKING when asking (a slot being migrated). 0, or GW_EDOWN (q
+ * untouched: the caller frees it). */
+static int rb_req_send_to(rb_req_t *q, rb_shard_t *sh, int asking)
 {
     bus_redis_t *r = q->r;
-    redisAsyncContext *c = i < r->nshards ? r->shards[i].cmd : NULL;
+    redisAsyncContext *c = sh ? sh->cmd : NULL;
     if (!c) return GW_EDOWN;
     if (asking && redisAsyncCommand(c, NULL, NULL, "ASKING") != REDIS_OK) return GW_EDOWN;
     if (redisAsyncCommandArgv(c, rb_on_reply, q, q->argc, (const char **)q->argv, q->argvlen) != REDIS_OK)
         return GW_EDOWN;
     q->sent_ms = uv_now(r->loop);
+    q->sent_to = sh;
     rb_list_push(&r->pending, &q->pending);
     return 0;
 }
@@ -770,13 +811,13 @@ static void rb_waiting_flush(bus_redis_t *r, const char *room, int status)
     }
 }
 
-/* SCRIPT LOAD of every script on shard i. */
-static void rb_scripts_load(bus_redis_t *r, size_t shard)
+/* SCRIPT LOAD of every script on sh. */
+static void rb_scripts_load(bus_redis_t *r, rb_shard_t *sh)
 {
     r->last_load_ms = uv_now(r->loop);
     for (int i = 0; i < RB_SCRIPTS; i++) {
         rb_req_t *q = rb_req_new(r, -1, rb_done_free);
-        q->shard = (int)shard;
+        q->to = sh;
         rb_req_str(q, "SCRIPT");
         rb_req_str(q, "LOAD");
         rb_req_str(q, r->scripts[i]);
@@ -802,6 +843,14 @@ static void rb_report(const char *level, const char *hook, const char *fmt, ...)
     report_emit(&rep);
 }
 
+/* A cluster's answer that its shard cannot serve now (no master, a failover under way, a slot
+ * migrating): the request failed GW_EDOWN, as on a lost link, so the hub falls back. */
+static int rb_reply_unavailable(const bus_redis_t *r, const char *err)
+{
+    return r->cluster && (!strncmp(err, "CLUSTERDOWN", 11) || !strncmp(err, "TRYAGAIN", 8) ||
+                          !strncmp(err, "READONLY", 8) || !strncmp(err, "MASTERDOWN", 10));
+}
+
 static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *rep)
 {
     const char *err = rep->str ? rep->str : "";
@@ -810,16 +859,14 @@ static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *
     log_write(oom ? LOG_ERROR : LOG_WARN, oom ? "bus: redis is out of memory; writes are refused" : "bus: redis error",
               "{s:s, s:s, s:s}", "command", q->script >= 0 ? "script" : q->argv[0], "op", metrics_bus_ops[q->op],
               "error", err);
-    if (rb_op_writes(q->op)) RB_STAT_SET(r, refusing, 1);
+    if (rb_op_writes(q->op) && !rb_reply_unavailable(r, err)) RB_STAT_SET(r, refusing, 1);
     /* hook = the op, so the tracker groups by what failed; its rate limit keeps a flood small */
     rb_report(oom ? "error" : "warning", metrics_bus_ops[q->op], "redis error on %s: %.400s", metrics_bus_ops[q->op],
               err);
-    if (r->nsentinels && !strncmp(err, "READONLY", 8))   /* a failover made our master a replica */
-        rb_link_fail(r, GW_EREPLY,
-                     r->cluster ? "a master became a replica; reading the slot map again"
-                                : "the master became a replica; asking the sentinels again");
-    else if (r->cluster && !strncmp(err, "CLUSTERDOWN", 11))
-        rb_link_fail(r, GW_EREPLY, "the cluster is down; reading the slot map again");
+    if (rb_reply_unavailable(r, err) && q->sent_to && strncmp(err, "TRYAGAIN", 8))
+        rb_shard_fail(q->sent_to, GW_EREPLY, "the shard cannot serve; reading the slot map again");
+    else if (r->nsentinels && !r->cluster && !strncmp(err, "READONLY", 8))   /* a failover made our master a replica */
+        rb_link_fail(r, GW_EREPLY, "the master became a replica; asking the sentinels again");
 }
 
 #define RB_REDIRECTS_MAX 5
@@ -834,10 +881,10 @@ static int rb_req_redirect(rb_req_t *q, const rb_shard_t *from, const redisReply
     if (!r->cluster || !rep->str || redis_slots_redirect_parse(rep->str, rep->len, &rd) < 0) return 0;
     const char *host = rd.node.host[0] ? rd.node.host : from->ip;
     size_t i = 0;
-    while (i < r->nshards && (r->shards[i].port != rd.node.port || strcmp(r->shards[i].ip, host))) i++;
+    while (i < r->nshards && (r->shards[i]->port != rd.node.port || strcmp(r->shards[i]->ip, host))) i++;
     if (i == r->nshards || ++q->redirects > RB_REDIRECTS_MAX) return GW_EDOWN;
     if (rd.kind == REDIS_SLOTS_MOVED) r->slot_shard[rd.slot] = (uint16_t)i;
-    return rb_req_send_to(q, i, rd.kind == REDIS_SLOTS_ASK) == 0 ? 1 : GW_EDOWN;
+    return rb_req_send_to(q, r->shards[i], rd.kind == REDIS_SLOTS_ASK) == 0 ? 1 : GW_EDOWN;
 }
 
 static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
@@ -855,23 +902,23 @@ static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
         q->argvlen[0] = 4;
         q->argv[1] = xstrdup(r->scripts[q->script]);
         q->argvlen[1] = strlen(q->argv[1]);
-        const rb_shard_t *sh = c->data;
-        if (r->state == RB_UP && uv_now(r->loop) - r->last_load_ms > 1000) rb_scripts_load(r, (size_t)(sh - r->shards));
+        if (r->state == RB_UP && uv_now(r->loop) - r->last_load_ms > 1000) rb_scripts_load(r, c->data);
         if (rb_req_send(q) == 0) return;
         rep = NULL;
     }
     int moved = rep && rep->type == REDIS_REPLY_ERROR ? rb_req_redirect(q, c->data, rep) : 0;
     if (moved > 0) return;
     int status = 0;
-    if (moved < 0) {
+    if (moved < 0) {               /* slots moved to a master not in the map: read it again */
         status = GW_EDOWN;
-        rb_link_fail(r, GW_EDOWN, "the cluster's slots moved to a node not in the map");
+        r->degraded = 1;
+        rb_refresh_later(r);
         rep = NULL;
     } else if (!rep) {
         status = r->state == RB_UP || r->state == RB_CONNECTING ? GW_EDOWN : r->fail_status;
-        rb_link_fail(r, GW_EDOWN, "connection lost");
+        rb_shard_fail(c->data, GW_EDOWN, "connection lost");
     } else if (rep->type == REDIS_REPLY_ERROR) {
-        status = GW_EREPLY;
+        status = rb_reply_unavailable(r, rep->str ? rep->str : "") ? GW_EDOWN : GW_EREPLY;
         rb_reply_error(r, q, rep);
     } else if (rb_op_writes(q->op) && __atomic_load_n(&r->base.stats.refusing, __ATOMIC_RELAXED)) {
         log_info("bus: redis takes writes again", NULL);
@@ -889,8 +936,7 @@ static void rb_kick(bus_redis_t *r) { uv_timer_start(&r->kick, rb_on_kick, 0, 0)
 
 static void rb_done_prelude(rb_req_t *q, redisReply *rep, int status)
 {
-    bus_redis_t *r = q->r;
-    if (rep && status) rb_link_fail(r, GW_EREPLY, rep->str ? rep->str : "prelude refused");
+    if (rep && status) rb_shard_fail(q->to, GW_EREPLY, rep->str ? rep->str : "prelude refused");
     rb_req_free(q);
 }
 
@@ -899,21 +945,53 @@ static void rb_maybe_up(bus_redis_t *r);
 static void rb_done_ready(rb_req_t *q, redisReply *rep, int status)
 {
     bus_redis_t *r = q->r;
-    size_t i = (size_t)q->shard;
+    rb_shard_t *sh = q->to;
     rb_req_free(q);
-    if (status || r->state != RB_CONNECTING || i >= r->nshards) return;
-    r->shards[i].cmd_ready = 1;
+    if (status) return;            /* sh may be gone */
+    sh->cmd_ready = 1;
     rb_maybe_up(r);
 }
 
-/* SUBSCRIBE (a cluster: SSUBSCRIBE on the room's shard) of a wanted room. */
-static void rb_room_sub_send(bus_redis_t *r, rb_room_t *room)
+/* The shard of room's keys and channel, or NULL while there is none. */
+static rb_shard_t *rb_room_shard(const bus_redis_t *r, const rb_room_t *room)
 {
     size_t i = rb_shard_of(r, room->chan, strlen(room->chan));
-    redis_sub_t *sub = i < r->nshards ? r->shards[i].sub : NULL;
-    if (sub && redis_sub_subscribe(sub, r->cluster, room->chan, strlen(room->chan)) == 0) {
+    return i < r->nshards ? r->shards[i] : NULL;
+}
+
+static void rb_done_fence(rb_req_t *q, redisReply *rep, int status)
+{
+    if (!status && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1)
+        log_warn("bus: the room's store lost writes (a failover?): new epoch; clients get history_gap", "{s:s}", "room",
+                 q->room);
+    rb_req_free(q);
+}
+
+/* Before a room is used again after its store may have lost writes: ids behind the newest
+ * seen start a new epoch (rb_lua_fence). Queued ahead of this node's next requests on the shard. */
+static void rb_room_fence(bus_redis_t *r, rb_room_t *room)
+{
+    if (!room->fence || !room->seen.epoch[0]) return;
+    room->fence = 0;
+    rb_req_t *q = rb_req_script(r, RB_FENCE, 3, rb_done_fence);
+    rb_req_history_keys(q, room->name);
+    rb_req_str(q, room->seen.epoch);
+    rb_req_fmt(q, "%" PRIu64, room->seen.seq);
+    char epoch[13];
+    rb_req_str(q, hex_random(epoch, 6));
+    rb_req_fmt(q, "%ld", r->room_ttl_ms);
+    q->room = xstrdup(room->name);
+    if (rb_req_submit(q) < 0) room->fence = 1;
+}
+
+/* SUBSCRIBE (a cluster: SSUBSCRIBE on the room's shard) of a wanted room, after its fence. */
+static void rb_room_sub_send(bus_redis_t *r, rb_room_t *room)
+{
+    rb_shard_t *sh = rb_room_shard(r, room);
+    rb_room_fence(r, room);
+    if (sh && sh->sub && redis_sub_subscribe(sh->sub, r->cluster, room->chan, strlen(room->chan)) == 0) {
         room->subs_pending++;
-        room->shard = (int)i;
+        room->on = sh;
     }
 }
 
@@ -956,7 +1034,7 @@ static void rb_on_cmd_connect(const redisAsyncContext *c, int status)
     if (status == REDIS_OK || sh->cmd != c) return;
     sh->cmd = NULL;                /* hiredis frees c after this returns */
     log_debug("bus: redis connect failed", "{s:s}", "error", c->errstr ? c->errstr : "");
-    rb_link_fail(sh->r, GW_EDOWN, "connect failed");
+    rb_shard_fail(sh, GW_EDOWN, "connect failed");
 }
 
 static void rb_on_cmd_disconnect(const redisAsyncContext *c, int status)
@@ -969,7 +1047,7 @@ static void rb_on_cmd_disconnect(const redisAsyncContext *c, int status)
         rb_close_maybe_finish(r);
         return;
     }
-    rb_link_fail(r, GW_EDOWN, status == REDIS_OK ? "disconnected" : (c->errstr ? c->errstr : "connection lost"));
+    rb_shard_fail(sh, GW_EDOWN, status == REDIS_OK ? "disconnected" : (c->errstr ? c->errstr : "connection lost"));
 }
 
 static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip, int port, void *data,
@@ -1011,9 +1089,7 @@ static void rb_done_role(rb_req_t *q, redisReply *rep, int status)
 static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, const char *msg, size_t len);
 static void rb_sub_subscription(bus_redis_t *r, rb_shard_t *sh, int on, const char *chan, size_t chan_len);
 
-/* redis_sub's handlers; the argument is the shard. */
-static void rb_on_sub_ready(void *arg) { (void)arg; }
-
+/* redis_sub's handlers (no `ready`: the first pong says more); the argument is the shard. */
 static void rb_on_sub_message(void *arg, int sharded, const char *chan, size_t chan_len, const char *msg, size_t len)
 {
     rb_shard_t *sh = arg;
@@ -1043,68 +1119,81 @@ static void rb_on_sub_closed(void *arg, const char *why)
     rb_shard_t *sh = arg;
     redis_sub_close(sh->sub);
     sh->sub = NULL;
-    if (rb_alive(sh->r)) rb_link_fail(sh->r, GW_EDOWN, why);
+    if (rb_alive(sh->r)) rb_shard_fail(sh, GW_EDOWN, why);
 }
 
 static const redis_sub_handlers_t rb_sub_handlers = {
-    .ready = rb_on_sub_ready,
     .message = rb_on_sub_message,
     .subscription = rb_on_sub_subscription,
     .pong = rb_on_sub_pong,
     .closed = rb_on_sub_closed,
 };
 
-/* Opens shard i's two connections; the command prelude is pipelined, its PING answers last. */
-static int rb_shard_open(bus_redis_t *r, size_t i)
+/* A shard at ip:port, not connected. */
+static rb_shard_t *rb_shard_new(bus_redis_t *r, const char *ip, int port)
 {
-    rb_shard_t *sh = &r->shards[i];
+    rb_shard_t *sh = xcalloc(1, sizeof *sh);
+    sh->r = r;
+    snprintf(sh->ip, sizeof sh->ip, "%s", ip);
+    sh->port = port;
+    return sh;
+}
+
+/* Opens sh's two connections; the command prelude is pipelined, its PING answers last; the
+ * subscriber gets the direct channel when sh is home, then a PING (its pong means that all
+ * before it went through). */
+static int rb_shard_open(bus_redis_t *r, rb_shard_t *sh)
+{
+    sh->cmd_ready = sh->sub_ready = 0;
+    sh->ping_sent_ms = 0;
     sh->cmd = rb_ctx_open(r, sh->ip, sh->port, sh, rb_on_cmd_connect, rb_on_cmd_disconnect);
     if (!sh->cmd || redis_sub_open(r->loop, sh->ip, sh->port, r->url.user, r->password, &rb_sub_handlers, sh,
                                    &sh->sub) < 0)
         return GW_EDOWN;
     if (r->password) {
         rb_req_t *q = rb_req_new(r, -1, rb_done_prelude);
-        q->shard = (int)i;
+        q->to = sh;
         rb_req_auth(q, r);
         (void)rb_req_submit(q);
     }
     if (r->url.db) {
         rb_req_t *q = rb_req_new(r, -1, rb_done_prelude);
-        q->shard = (int)i;
+        q->to = sh;
         rb_req_str(q, "SELECT");
         rb_req_fmt(q, "%d", r->url.db);
         (void)rb_req_submit(q);
     }
     if (r->nsentinels && !r->cluster) {   /* a sentinel's answer may be stale: only a master will do */
         rb_req_t *q = rb_req_new(r, -1, rb_done_role);
-        q->shard = (int)i;
+        q->to = sh;
         rb_req_str(q, "ROLE");
         (void)rb_req_submit(q);
     }
-    rb_scripts_load(r, i);
+    rb_scripts_load(r, sh);
     rb_req_t *ping = rb_req_new(r, -1, rb_done_ready);
-    ping->shard = (int)i;
+    ping->to = sh;
     rb_req_str(ping, "PING");
-    return rb_req_submit(ping);
+    if (rb_req_submit(ping) < 0) return GW_EDOWN;
+    if (sh == r->shards[r->home]) {
+        const char *direct = rb_chan_direct(r);
+        (void)redis_sub_subscribe(sh->sub, r->cluster, direct, strlen(direct));
+    }
+    for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
+        rb_room_t *room = rb_container_of(l, rb_room_t, link);
+        if (room->wanted && rb_room_shard(r, room) == sh) rb_room_sub_send(r, room);
+    }
+    return redis_sub_ping(sh->sub);
 }
 
-/* Connects every shard: the direct channel on the home shard, then every wanted room on its
- * own, then a PING on each subscriber (its pong means all before it went through). */
+/* Connects every shard of this try. */
 static void rb_shards_open(bus_redis_t *r)
 {
     r->home = rb_shard_of(r, RB_KEY_NODES, strlen(RB_KEY_NODES));
     for (size_t i = 0; i < r->nshards; i++)
-        if (rb_shard_open(r, i) < 0) {
+        if (rb_shard_open(r, r->shards[i]) < 0) {
             rb_link_fail(r, GW_EDOWN, "connect failed");
             return;
         }
-    const char *direct = rb_chan_direct(r);
-    (void)redis_sub_subscribe(r->shards[r->home].sub, r->cluster, direct, strlen(direct));
-    for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
-        rb_room_t *room = rb_container_of(l, rb_room_t, link);
-        if (room->wanted) rb_room_sub_send(r, room);
-    }
-    for (size_t i = 0; i < r->nshards; i++) (void)redis_sub_ping(r->shards[i].sub);
 }
 
 /* This try's servers: the one at ip (the URL's or the sentinels' master) ... */
@@ -1112,33 +1201,36 @@ static void rb_link_connect(bus_redis_t *r, const char *ip)
 {
     r->shards = xcalloc(1, sizeof *r->shards);
     r->nshards = 1;
-    r->shards[0].r = r;
-    snprintf(r->shards[0].ip, sizeof r->shards[0].ip, "%s", ip);
-    r->shards[0].port = r->target_port;
+    r->shards[0] = rb_shard_new(r, ip, r->target_port);
     rb_shards_open(r);
 }
 
-/* ... or a cluster's masters, from its slot map. Their addresses must be numeric (as Redis
- * announces them unless told otherwise). 0, or GW_EINVAL with why. */
-static int rb_cluster_connect(bus_redis_t *r, const redis_slots_map_t *map, const char **why)
+/* ... or a cluster's masters, from its slot map: whether it serves every slot from masters at
+ * numeric addresses (as Redis announces them unless told otherwise). 0, or GW_EINVAL with why. */
+static int rb_map_check(const redis_slots_map_t *map, const char **why)
 {
     unsigned char addr[16];
     if (map->covered < REDIS_SLOTS_COUNT) {
         *why = "the cluster does not serve every slot";
         return GW_EINVAL;
     }
-    for (size_t i = 0; i < map->nshards; i++)
-        if (uv_inet_pton(AF_INET, map->shards[i].master.host, addr) && uv_inet_pton(AF_INET6, map->shards[i].master.host, addr)) {
+    for (size_t i = 0; i < map->nshards; i++) {
+        const char *h = map->shards[i].master.host;
+        if (uv_inet_pton(AF_INET, h, addr) && uv_inet_pton(AF_INET6, h, addr)) {
             *why = "a master's address is not numeric";
             return GW_EINVAL;
         }
+    }
+    return 0;
+}
+
+static int rb_cluster_connect(bus_redis_t *r, const redis_slots_map_t *map, const char **why)
+{
+    if (rb_map_check(map, why) < 0) return GW_EINVAL;
     r->shards = xcalloc(map->nshards, sizeof *r->shards);
     r->nshards = map->nshards;
-    for (size_t i = 0; i < map->nshards; i++) {
-        r->shards[i].r = r;
-        snprintf(r->shards[i].ip, sizeof r->shards[i].ip, "%s", map->shards[i].master.host);
-        r->shards[i].port = map->shards[i].master.port;
-    }
+    for (size_t i = 0; i < map->nshards; i++)
+        r->shards[i] = rb_shard_new(r, map->shards[i].master.host, map->shards[i].master.port);
     if (!r->slot_shard) r->slot_shard = xcalloc(REDIS_SLOTS_COUNT, sizeof *r->slot_shard);
     memcpy(r->slot_shard, map->slot_shard, sizeof map->slot_shard);
     rb_shards_open(r);
@@ -1422,16 +1514,27 @@ static void rb_sentinel_watch(bus_redis_t *r)
 
 static void rb_maybe_up(bus_redis_t *r)
 {
-    if (r->state != RB_CONNECTING || !r->nshards) return;
+    if ((r->state != RB_CONNECTING && !(r->state == RB_UP && r->degraded)) || !r->nshards) return;
     for (size_t i = 0; i < r->nshards; i++)
-        if (!r->shards[i].cmd_ready || !r->shards[i].sub_ready) return;
+        if (!r->shards[i]->cmd_ready || !r->shards[i]->sub_ready) return;
+    if (r->state == RB_UP) {       /* a cluster whole again: what its rooms missed is fetched */
+        r->degraded = 0;
+        r->attempt = 0;
+        RB_STAT_SET(r, shards_down, 0);
+        log_info("bus: every redis cluster master up", "{s:i}", "masters", (int)r->nshards);
+        rb_conns_sync(r);
+        rb_heartbeat(r);
+        rb_presence_sync_all(r);
+        if (r->base.on.status) r->base.on.status(r->base.arg, 1);
+        return;
+    }
     r->state = RB_UP;
     uv_timer_stop(&r->retry);
     r->attempt = 0;
     if (r->ever_up) RB_STAT_ADD(r, reconnects, 1);
     r->ever_up = 1;
     RB_STAT_SET(r, up, 1);
-    log_info("bus: redis link up", "{s:s, s:i, s:i, s:s}", "host", r->shards[0].ip, "port", r->shards[0].port,
+    log_info("bus: redis link up", "{s:s, s:i, s:i, s:s}", "host", r->shards[0]->ip, "port", r->shards[0]->port,
              "masters", (int)r->nshards, "node", r->base.node);
     r->hb_first = 1;
     if (r->nsentinels && !r->cluster) rb_sentinel_watch(r);
@@ -1440,6 +1543,8 @@ static void rb_maybe_up(bus_redis_t *r)
     rb_presence_sync_all(r);
     if (r->base.on.status) r->base.on.status(r->base.arg, 1);
 }
+
+static uint64_t rb_backoff_ms(bus_redis_t *r);
 
 static void rb_link_fail(bus_redis_t *r, int status, const char *why)
 {
@@ -1464,21 +1569,202 @@ static void rb_link_fail(bus_redis_t *r, int status, const char *why)
 
 static void rb_post_finish(rb_req_t *q, int status);
 
-/* Closes every shard's connections (requests they owed fail with fail_status) and forgets
- * the shards. */
+/* Closes sh's connections; the requests it owed fail with fail_status (GW_EDOWN while up). */
+static void rb_shard_disconnect(rb_shard_t *sh)
+{
+    redis_sub_close(sh->sub);
+    sh->sub = NULL;
+    sh->cmd_ready = sh->sub_ready = 0;
+    sh->ping_sent_ms = 0;
+    redisAsyncContext *c = sh->cmd;
+    sh->cmd = NULL;
+    if (c) redisAsyncFree(c);
+}
+
+/* Closes every shard's connections and forgets the shards. */
 static void rb_shards_close(bus_redis_t *r)
 {
-    for (size_t i = 0; i < r->nshards; i++) {
-        rb_shard_t *sh = &r->shards[i];
-        redis_sub_close(sh->sub);
-        sh->sub = NULL;
-        redisAsyncContext *c = sh->cmd;
-        sh->cmd = NULL;
-        if (c) redisAsyncFree(c);
-    }
+    for (size_t i = 0; i < r->nshards; i++) rb_shard_disconnect(r->shards[i]);
+    for (size_t i = 0; i < r->nshards; i++) free(r->shards[i]);
     free(r->shards);
     r->shards = NULL;
     r->nshards = 0;
+    for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) rb_container_of(l, rb_room_t, link)->on = NULL;
+}
+
+/* While the rest of a cluster serves: the channels of the rooms on sh are off (reads held for
+ * them fail, posts waiting for their echo are done: Redis took them), sh's connections go. */
+static void rb_shard_drop(bus_redis_t *r, rb_shard_t *sh)
+{
+    sh->down = 1;                  /* its requests failing now is no news */
+    for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
+        rb_room_t *room = rb_container_of(l, rb_room_t, link);
+        room->dropping = room->on == sh || rb_room_shard(r, room) == sh;
+        room->fence |= room->dropping;
+        if (room->on != sh) continue;
+        room->on = NULL;
+        room->subs_pending = 0;
+        room->confirmed = 0;
+    }
+    rb_shard_disconnect(sh);
+    for (int again = 1; again;) {  /* callbacks may change both lists: start over after each */
+        again = 0;
+        for (rb_list_t *l = r->waiting.next; l != &r->waiting && !again; l = l->next) {
+            rb_room_t *room = rb_room_get(r, rb_container_of(l, rb_req_t, wait)->room);
+            if (room && room->dropping && !room->confirmed) {
+                room->dropping = 0;
+                rb_waiting_flush(r, room->name, GW_EDOWN);
+                again = 1;
+            }
+        }
+        for (rb_list_t *l = r->echo.next; l != &r->echo && !again; l = l->next) {
+            rb_req_t *q = rb_container_of(l, rb_req_t, echo);
+            rb_room_t *room = rb_room_get(r, q->room);
+            if (!room || room->dropping) {
+                rb_post_finish(q, 0);
+                again = 1;
+            }
+        }
+    }
+    for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) rb_container_of(l, rb_room_t, link)->dropping = 0;
+}
+
+static void rb_retired_free(bus_redis_t *r)
+{
+    for (size_t i = 0; i < r->nretired; i++) {
+        rb_shard_drop(r, r->retired[i]);
+        free(r->retired[i]);
+    }
+    free(r->retired);
+    r->retired = NULL;
+    r->nretired = 0;
+}
+
+/* A shard failed. On one Redis, or before the link was up, or with every shard gone, the link
+ * starts over; in a cluster that is up, only sh goes: its rooms fall back (posts answer
+ * GW_EDOWN) and the slot map is read again until it names a live master for its slots. */
+static void rb_shard_fail(rb_shard_t *sh, int status, const char *why)
+{
+    bus_redis_t *r = sh->r;
+    if (!r->cluster || r->state != RB_UP) {
+        rb_link_fail(r, status, why);
+        return;
+    }
+    if (sh->down) return;
+    int was_up = sh->cmd_ready && sh->sub_ready;   /* else a retry that failed again: no news */
+    sh->down = sh->need_drop = 1;
+    r->degraded = 1;
+    size_t down = 0;
+    for (size_t i = 0; i < r->nshards; i++) down += r->shards[i]->down != 0;
+    RB_STAT_SET(r, shards_down, down);
+    RB_STAT_ADD(r, errors[METRICS_BUS_OP_LINK], 1);
+    log_write(was_up ? LOG_WARN : LOG_DEBUG, "bus: redis cluster master down", "{s:s, s:s, s:i, s:i}", "reason", why,
+              "host", sh->ip, "port", sh->port, "down", (int)down);
+    if (was_up) rb_report("error", "redis", "redis cluster master down (%s:%d): %s", sh->ip, sh->port, why);
+    if (down == r->nshards) {
+        rb_link_fail(r, status, "every cluster master is down");
+        return;
+    }
+    rb_kick(r);                    /* dropped outside hiredis's stack */
+    rb_refresh_later(r);
+}
+
+/* ---- Cluster: a new slot map while up ---- */
+
+static void rb_refresh_later(bus_redis_t *r)
+{
+    if (r->state == RB_UP && !r->refreshing && !uv_is_active((uv_handle_t *)&r->retry))
+        uv_timer_start(&r->retry, rb_on_retry, rb_backoff_ms(r), 0);
+}
+
+/* Moves the bus onto map: masters it has up keep their connections, the others are dropped,
+ * new ones connect; rooms whose shard changed subscribe on the new one. */
+static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
+{
+    rb_shard_t *was_home = r->home < r->nshards ? r->shards[r->home] : NULL;
+    rb_shard_t **now = xcalloc(map->nshards, sizeof *now);
+    for (size_t i = 0; i < map->nshards; i++) {
+        const redis_slots_node_t *m = &map->shards[i].master;
+        for (size_t k = 0; k < r->nshards && !now[i]; k++) {
+            rb_shard_t *sh = r->shards[k];
+            if (sh && !sh->down && sh->port == m->port && !strcmp(sh->ip, m->host)) {
+                now[i] = sh;
+                r->shards[k] = NULL;
+            }
+        }
+        if (!now[i]) now[i] = rb_shard_new(r, m->host, m->port);
+    }
+    rb_shard_t **old = r->shards;
+    size_t nold = r->nshards;
+    r->shards = now;
+    r->nshards = map->nshards;
+    memcpy(r->slot_shard, map->slot_shard, sizeof map->slot_shard);
+    r->home = rb_shard_of(r, RB_KEY_NODES, strlen(RB_KEY_NODES));
+    for (size_t k = 0; k < nold; k++) {   /* dropped from the kick: we may be in a reply of theirs */
+        if (!old[k]) continue;
+        old[k]->down = old[k]->need_drop = 1;
+        r->retired = xrealloc(r->retired, (r->nretired + 1) * sizeof *r->retired);
+        r->retired[r->nretired++] = old[k];
+    }
+    free(old);
+    if (r->nretired) rb_kick(r);
+    for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
+        rb_room_t *room = rb_container_of(l, rb_room_t, link);
+        rb_shard_t *sh = rb_room_shard(r, room);
+        if (!room->wanted || room->on == sh || !sh || !sh->cmd) continue;   /* new shards subscribe when they open */
+        if (room->on && room->on->sub)
+            (void)redis_sub_unsubscribe(room->on->sub, r->cluster, room->chan, strlen(room->chan));
+        room->on = NULL;
+        room->subs_pending = 0;
+        room->confirmed = 0;
+        rb_room_sub_send(r, room);
+    }
+    if (r->shards[r->home] != was_home && r->shards[r->home]->sub) {   /* a new one subscribes when it opens */
+        const char *direct = rb_chan_direct(r);
+        (void)redis_sub_subscribe(r->shards[r->home]->sub, r->cluster, direct, strlen(direct));
+    }
+    for (size_t i = 0; i < r->nshards; i++)
+        if (!r->shards[i]->cmd && rb_shard_open(r, r->shards[i]) < 0) rb_shard_fail(r->shards[i], GW_EDOWN, "connect failed");
+    rb_maybe_up(r);
+}
+
+static void rb_done_refresh(rb_req_t *q, redisReply *rep, int status)
+{
+    bus_redis_t *r = q->r;
+    r->refreshing = 0;
+    redis_slots_map_t map = {0};
+    char why[256] = "";
+    const char *bad = status ? "no answer" : NULL;
+    if (!bad && redis_slots_map_parse(rep, q->sent_to->ip, &map, why, sizeof why) < 0) bad = why;
+    if (!bad) (void)rb_map_check(&map, &bad);
+    rb_req_free(q);
+    if (r->state == RB_UP) {
+        if (bad) {
+            log_debug("bus: cluster slot map not usable yet", "{s:s}", "reason", bad);
+            rb_refresh_later(r);
+        } else {
+            rb_shards_remap(r, &map);
+        }
+    }
+    redis_slots_map_free(&map);
+}
+
+/* CLUSTER SLOTS on a master that is up; none: the link starts over from the seeds. */
+static void rb_cluster_refresh(bus_redis_t *r)
+{
+    for (size_t i = 0; i < r->nshards; i++) {
+        rb_shard_t *sh = r->shards[i];
+        if (sh->down || !sh->cmd_ready) continue;
+        rb_req_t *q = rb_req_new(r, -1, rb_done_refresh);
+        q->to = sh;
+        rb_req_str(q, "CLUSTER");
+        rb_req_str(q, "SLOTS");
+        if (rb_req_submit(q) == 0) {
+            r->refreshing = 1;
+            return;
+        }
+    }
+    rb_link_fail(r, GW_EDOWN, "no cluster master answers");
 }
 
 /* Drops every connection; every request they owed fails with fail_status. */
@@ -1489,8 +1775,10 @@ static void rb_link_teardown(bus_redis_t *r)
     if (sent) redisAsyncFree(sent);
     if (watch) redisAsyncFree(watch);
     rb_shards_close(r);
+    rb_retired_free(r);
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
         rb_room_t *room = rb_container_of(l, rb_room_t, link);
+        room->fence = 1;
         room->subs_pending = 0;
         room->confirmed = 0;
     }
@@ -1523,6 +1811,15 @@ static void rb_on_kick(uv_timer_t *t)
         rb_close_step(r);
         return;
     }
+    if (r->state == RB_UP) {       /* a cluster's failed shards, and those a new map let go */
+        for (size_t i = 0; i < r->nshards; i++)
+            if (r->shards[i]->need_drop) {
+                r->shards[i]->need_drop = 0;
+                rb_shard_drop(r, r->shards[i]);
+            }
+        rb_retired_free(r);
+        return;
+    }
     if (r->state != RB_IDLE || !r->need_teardown) return;
     r->need_teardown = 0;
     rb_link_teardown(r);
@@ -1548,6 +1845,9 @@ static void rb_on_retry(uv_timer_t *t)
         break;
     case RB_CONNECTING:
         rb_link_fail(r, GW_ETIMEDOUT, "connect timeout");
+        break;
+    case RB_UP:                    /* a cluster: read the slot map again */
+        rb_cluster_refresh(r);
         break;
     case RB_CLOSING:
         rb_shards_close(r);
@@ -1592,7 +1892,7 @@ static void rb_heartbeat(bus_redis_t *r)
     rb_req_fmt(q, "%ld", r->ttl_ms);
     (void)rb_req_submit(q);
     for (size_t i = 0; i < r->nshards; i++) {   /* the subscribers' probes */
-        rb_shard_t *sh = &r->shards[i];
+        rb_shard_t *sh = r->shards[i];
         if (!sh->ping_sent_ms && sh->sub && redis_sub_ping(sh->sub) == 0) sh->ping_sent_ms = now ? now : 1;
     }
 }
@@ -1634,7 +1934,7 @@ static void rb_on_tick(uv_timer_t *t)
     if (!rb_list_empty(&r->pending)) {
         rb_req_t *oldest = rb_container_of(r->pending.next, rb_req_t, pending);
         if (now - oldest->sent_ms > (uint64_t)r->command_timeout_ms) {
-            rb_link_fail(r, GW_ETIMEDOUT, "command timeout");
+            rb_shard_fail(oldest->sent_to, GW_ETIMEDOUT, "command timeout");
             return;
         }
     }
@@ -1644,8 +1944,8 @@ static void rb_on_tick(uv_timer_t *t)
         return;
     }
     for (size_t i = 0; i < r->nshards; i++)
-        if (r->shards[i].ping_sent_ms && now - r->shards[i].ping_sent_ms > (uint64_t)r->command_timeout_ms) {
-            rb_link_fail(r, GW_ETIMEDOUT, "subscriber connection silent");
+        if (r->shards[i]->ping_sent_ms && now - r->shards[i]->ping_sent_ms > (uint64_t)r->command_timeout_ms) {
+            rb_shard_fail(r->shards[i], GW_ETIMEDOUT, "subscriber connection silent");
             return;
         }
     if (now - r->last_hb_ms >= (uint64_t)r->hb_ms) {
@@ -1745,6 +2045,7 @@ static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, c
     if (rb_chan_room(r, chan, chan_len, name, sizeof name) < 0) return;
     rb_room_t *room = rb_room_get(r, name);
     if (!room || !room->wanted) return;
+    if (e.kind == 'm') (void)proto_id_parse(e.id, e.id_len, &room->seen);   /* the channel's order: newest last */
     if (self) {                    /* the node id guard */
         if (e.kind == 'm') rb_post_echo(r, &e);
         return;
@@ -1780,14 +2081,14 @@ static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, c
 }
 
 /* A subscription confirmed or ended. Redis ends one by itself when the channel's slot moved
- * to another shard (a failover, a resharding): the link starts over on the new map, and the
- * rooms' gaps are filled as after any reconnect. */
+ * to another shard (a failover, a resharding): the slot map is read again, the room subscribes
+ * on its new owner, and the rooms' gaps are filled as after any reconnect. */
 static void rb_sub_subscription(bus_redis_t *r, rb_shard_t *sh, int on, const char *chan, size_t chan_len)
 {
     char name[RB_ROOM_NAME_MAX];
     if (rb_chan_room(r, chan, chan_len, name, sizeof name) < 0) {
         const char *direct = rb_chan_direct(r);
-        if (!on && r->state == RB_UP && sh == &r->shards[r->home] && chan_len == strlen(direct) &&
+        if (!on && r->state == RB_UP && sh == r->shards[r->home] && chan_len == strlen(direct) &&
             !memcmp(chan, direct, chan_len))
             rb_link_fail(r, GW_EDOWN, "the direct channel's slot moved");
         return;
@@ -1797,7 +2098,11 @@ static void rb_sub_subscription(bus_redis_t *r, rb_shard_t *sh, int on, const ch
     if (!on) {
         int moved = room->wanted && room->confirmed && !room->subs_pending;
         room->confirmed = 0;
-        if (moved && r->state == RB_UP) rb_link_fail(r, GW_EDOWN, "a room's slot moved");
+        if (moved && r->state == RB_UP) {   /* resubscribed on the new owner (rb_shards_remap) */
+            room->on = NULL;
+            r->degraded = 1;
+            rb_refresh_later(r);
+        }
         return;
     }
     if (room->subs_pending) room->subs_pending--;
@@ -1830,8 +2135,9 @@ static int rb_room_unsubscribe(bus_t *b, const char *name)
     room->wanted = 0;
     room->confirmed = 0;
     rb_waiting_flush(r, name, 0);
-    if ((size_t)room->shard < r->nshards && r->shards[room->shard].sub)
-        (void)redis_sub_unsubscribe(r->shards[room->shard].sub, r->cluster, room->chan, strlen(room->chan));
+    if (room->on && room->on->sub)
+        (void)redis_sub_unsubscribe(room->on->sub, r->cluster, room->chan, strlen(room->chan));
+    room->on = NULL;
     /* posts to this room can no longer come back: answered ones are done, the others finish
      * with their answer */
     for (rb_list_t *l = r->echo.next, *next; l != &r->echo; l = next) {
@@ -1921,6 +2227,8 @@ static void rb_done_post(rb_req_t *q, redisReply *rep, int status)
     q->id.seq = (uint64_t)rep->element[1]->integer;
     q->payload = proto_msg_number(q->argv[RB_POST_HEAD], q->argvlen[RB_POST_HEAD], q->argv[RB_POST_HEAD + 1],
                                     q->argvlen[RB_POST_HEAD + 1], &q->id);   /* as the script did */
+    rb_room_t *room = rb_room_get(q->r, q->room);
+    if (room && (strcmp(room->seen.epoch, q->id.epoch) || q->id.seq > room->seen.seq)) room->seen = q->id;
     if (rb_list_linked(&q->echo) && q->r->state == RB_UP) return;   /* wait for its place in the order */
     rb_post_finish(q, 0);
 }
@@ -2260,8 +2568,8 @@ static int rb_conn_add(bus_t *b, const char *id)
     rb_req_str(q, "1");
     /* on the socket now, before the welcome the caller sends next: a dm from a client that
      * heard of this connection must find it registered */
-    if (rb_req_submit(q) == 0 && r->home < r->nshards && r->shards[r->home].cmd)
-        redisAsyncHandleWrite(r->shards[r->home].cmd);
+    if (rb_req_submit(q) == 0 && r->home < r->nshards && r->shards[r->home]->cmd)
+        redisAsyncHandleWrite(r->shards[r->home]->cmd);
     return 0;
 }
 
@@ -2393,7 +2701,7 @@ static void rb_close_maybe_finish(bus_redis_t *r)
 {
     if (!r->close_started || r->sent || r->watch || r->gai_busy || r->handles_closing) return;
     for (size_t i = 0; i < r->nshards; i++)
-        if (r->shards[i].cmd) return;
+        if (r->shards[i]->cmd) return;
     rb_shards_close(r);            /* the array */
     r->handles_closing = 1;
     uv_close((uv_handle_t *)&r->tick, rb_on_handle_closed);
@@ -2407,6 +2715,7 @@ static void rb_close_step(bus_redis_t *r)
 {
     if (r->close_started) return;
     r->close_started = 1;
+    rb_retired_free(r);
     if (r->sent) {
         redisAsyncContext *c = r->sent;
         r->sent = NULL;
@@ -2418,8 +2727,8 @@ static void rb_close_step(bus_redis_t *r)
         redisAsyncFree(c);
     }
     for (size_t i = 0; i < r->nshards; i++) {
-        redis_sub_close(r->shards[i].sub);
-        r->shards[i].sub = NULL;
+        redis_sub_close(r->shards[i]->sub);
+        r->shards[i]->sub = NULL;
     }
     if (r->close_up && r->nshards) {
         for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
@@ -2441,7 +2750,7 @@ static void rb_close_step(bus_redis_t *r)
         (void)rb_req_submit(q);
         /* after the answers; rb_on_cmd_disconnect then (the last one may free the shards) */
         for (size_t i = 0; i < r->nshards; i++)
-            if (r->shards[i].cmd) redisAsyncDisconnect(r->shards[i].cmd);
+            if (r->shards[i]->cmd) redisAsyncDisconnect(r->shards[i]->cmd);
         if (r->nshards) uv_timer_start(&r->retry, rb_on_retry, (uint64_t)r->command_timeout_ms, 0);
     } else {
         rb_shards_close(r);

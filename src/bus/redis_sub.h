@@ -24,7 +24,7 @@ typedef struct redis_sub_s redis_sub_t;
 enum { REDIS_SUB_PLAIN = 0, REDIS_SUB_SHARDED = 1 };
 
 typedef struct {
-    /* Connected and, with a password, authenticated: commands flow. */
+    /* Connected and, with a password, authenticated: commands flow. Every handler is optional. */
     void (*ready)(void *arg);
     /* A message on a channel we subscribe to (sharded: 1 for smessage). */
     void (*message)(void *arg, int sharded, const char *chan, size_t chan_len, const char *msg, size_t len);

@@ -120,6 +120,7 @@ void hub_bus_metrics(hub_t *hub)
     __atomic_store_n(&m->bus_received, st.received, __ATOMIC_RELAXED);
     for (int i = 0; i < METRICS_BUS_OPS; i++) __atomic_store_n(&m->bus_errors[i], st.errors[i], __ATOMIC_RELAXED);
     __atomic_store_n(&m->bus_refusing, st.refusing, __ATOMIC_RELAXED);
+    __atomic_store_n(&m->bus_shards_down, st.shards_down, __ATOMIC_RELAXED);
 }
 
 int hub_bus_refusing(hub_t *hub)

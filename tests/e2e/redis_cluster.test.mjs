@@ -88,7 +88,7 @@ describe('redis cluster harness and redis_slots', { skip: clusterMissing || (!fs
   });
 
   it("lets a room's script SPUBLISH to the room's own tagged channel only", T, async () => {
-    // The layout docs/redis-cluster-plan.md relies on: chatgw:{R}:ch shares the slot of R's keys.
+    // The layout docs/redis.md ("Redis Cluster") relies on: chatgw:{R}:ch shares the slot of R's keys.
     const [slot, other] = (await tool(['keyslot', 'chatgw:{lobby}:ch', 'chatgw:{lobby-2}:ch'])).trim().split('\n').map(Number);
     assert.notEqual(slot, other);
     const map = JSON.parse(await tool(['map', HOST, String(c.masters[0])]));
