@@ -4,7 +4,10 @@
 // history across replicas; the cluster-wide HTTP API and max_room_members hold; room keys
 // expire on their shard; a manual CLUSTER FAILOVER and a SIGKILLed master (its replica takes
 // over) interrupt one shard: service resumes and no client misses a msg without a
-// history_gap, while rooms on the other shards keep delivering.
+// history_gap (a msg that fell back to its sender's replica, with a local id, aside: see
+// docs/redis.md), while rooms on the other shards keep delivering across replicas. Two `todo`
+// tests name what the bus does not do yet: skip a dead seed, and keep a manual failover from
+// falling back.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { httpGet, httpRequest, waitFor, sleep, parseMsgId, HOST } from './lib.mjs';
@@ -15,8 +18,10 @@ const T = { timeout: 60000 };
 const TOKEN = 'tok3n';
 const LINK = ['--redis-command-timeout-ms', '1000', '--redis-connect-timeout-ms', '1000', '--redis-backoff-max-ms', '300'];
 const SUFFIXES = ['seq', 'epoch', 'hist', 'presence'];
+const LINK_LOG = /bus: redis (link (down|up)|cluster master down)|every redis cluster master up/;
 
 let cluster = null;
+let failoverLocal = null;           // msgs local to one replica during CLUSTER FAILOVER
 
 /** A node of the cluster that still answers (the harness's first may have been killed). */
 async function livePort() {
@@ -383,6 +388,7 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
         }
       }
       const report = [];
+      const localOnly = busy.sent.filter((x) => x.id && !shared.has(parseMsgId(x.id).epoch)).length;
       for (const c of busy.members) {
         const got = seen(c, room).filter((m) => busy.sent.some((x) => x.text === m.text));
         const texts = got.map((m) => m.text);
@@ -409,6 +415,7 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
         assert.deepEqual(missing.slice(0, 10), [], `${c.name} on rep ${c.rep} missed ${missing.length} acked msgs with no history_gap`);
         report.push(`${c.name}: got ${got.length}, another replica's local ${local}, gap ${gap}`);
       }
+      report.localOnly = localOnly;
       return report;
     }
 
@@ -462,8 +469,18 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
       const acked = busy.sent.filter((x) => x.id).length;
       assert.ok(acked >= 20, `traffic went on (${acked} acked of ${busy.sent.length})`);
       for (const s of reps) await waitRedis(s, 'up', 20000);
-      const links = reps.map((s, i) => s.rawLines.slice(logFrom[i]).filter((l) => /redis link (down|up)/.test(l)).length);
-      console.log(`failover: ${acked} acked of ${busy.sent.length}; ${report.join('; ')}; link down/up log lines per replica: ${links.join(',')}`);
+      const links = reps.map((s, i) => s.rawLines.slice(logFrom[i]).filter((l) => LINK_LOG.test(l)).length);
+      console.log(`failover: ${acked} acked of ${busy.sent.length}, ${report.localOnly} of them local to one replica; ` +
+        `${report.join('; ')}; link/master down and up log lines per replica: ${links.join(',')}`);
+      failoverLocal = report.localOnly;
+    });
+
+    // A manual failover loses nothing: the old master pauses writes until its replica caught
+    // up, then answers MOVED to it. A msg posted meanwhile could wait for the new master
+    // instead of falling back to its sender's replica (where members elsewhere never get it).
+    it('CLUSTER FAILOVER: no msg falls back to one replica', { todo: 'posts fall back while the map is read again' }, () => {
+      assert.notEqual(failoverLocal, null, 'the failover test ran');
+      assert.equal(failoverLocal, 0, `${failoverLocal} msgs took a replica-local id during the failover`);
     });
 
     it('a SIGKILLed master: its replica takes over, losses show as history_gap, rooms on other shards keep delivering', { timeout: 90000 }, async () => {
@@ -489,22 +506,21 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
         await waitMembers(reps, room, [x.id, x2.id, y.id], 10000);
         const first = await x.say(room, 'other shard before', 8000);
         await y.next((m) => m.type === 'msg' && m.id === first.id, 8000, `${room}: crosses before the kill`);
-        quiet.push({ room, x, x2, y, epoch: parseMsgId(first.id).epoch, crossed: 0, local: 0 });
+        quiet.push({ room, x, x2, y, epoch: parseMsgId(first.id).epoch, crossed: 0 });
       }
       await waitFor(() => busy.sent.filter((x) => x.id).length >= 20, { timeoutMs: 15000, what: 'traffic before the kill' });
       const node = cluster.nodes.find((n) => n.port === victim.master);
       const logFrom = reps.map((s) => s.rawLines.length);
       node.proc.kill('SIGKILL');
       await node.proc.exited;
-      // While the shard is away, rooms on the other shards go on: their local members get every
-      // msg, and a msg that took the room's shared id (its shard answered) reaches the other
-      // replica too. One that did not is local to its sender's replica (docs/redis.md).
+      // While the shard is away, rooms on the other shards go on across replicas: each msg
+      // takes the room's shared id and reaches every member.
       for (let i = 0; i < 8; i++) {
         for (const q of quiet) {
           const text = `other shard ${i}`;
           const { id } = await q.x.say(q.room, text, 10000);
           assert.equal((await q.x2.next((m) => m.type === 'msg' && m.text === text, 8000, `${q.room}: ${text} locally`)).id, id);
-          if (parseMsgId(id).epoch !== q.epoch) { q.local++; continue; }
+          assert.equal(parseMsgId(id).epoch, q.epoch, `${q.room}: ${text} got the room's shared id (${id}), not a local one`);
           const got = await q.y.next((m) => m.type === 'msg' && m.text === text, 10000, `${q.room}: ${text} on b`);
           assert.equal(got.id, id, `${q.room}: crossed replicas with its id`);
           q.crossed++;
@@ -529,10 +545,10 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
         }
         assert.ok(crossedAfter, `${q.room}: msgs cross replicas again`);
       }
-      const links = reps.map((s, i) => s.rawLines.slice(logFrom[i]).filter((l) => /redis link (down|up)/.test(l)).length);
+      const links = reps.map((s, i) => s.rawLines.slice(logFrom[i]).filter((l) => LINK_LOG.test(l)).length);
       console.log(`kill: ${busy.sent.filter((x) => x.id).length} acked of ${busy.sent.length}; ${report.join('; ')}; ` +
-        `other shards while away: ${quiet.map((q) => `${q.crossed} crossed, ${q.local} local only`).join('; ')}; ` +
-        `link down/up log lines per replica: ${links.join(',')}`);
+        `other shards while away: ${quiet.map((q) => `${q.crossed} crossed`).join('; ')}; ` +
+        `link/master down and up log lines per replica: ${links.join(',')}`);
       assert.deepEqual(await apiMembers(reps[2], victim.room), busy.members.map((c) => c.id).sort());
     });
   });
