@@ -389,7 +389,7 @@ typedef struct {
     int wanted;                    /* the hub subscribed */
     int subs_pending;              /* SUBSCRIBEs sent on this link, not yet confirmed */
     rb_shard_t *on;                /* where they went (a cluster's shards change with the map) */
-    int dropping;                  /* rb_shard_drop's mark */
+    int dropping, moved;           /* rb_shard_drop's and rb_shards_remap's marks */
     proto_id_t seen;               /* the newest msg id seen on the channel or in a post's answer */
     int fence;                     /* its store may have lost writes (a failover, a restart):
                                     * checked against seen (rb_lua_fence) before it is used again */
@@ -427,6 +427,7 @@ struct rb_req_s {
     rb_list_t echo;                /* r->echo: a post waiting for its own message */
     rb_list_t wait;                /* r->waiting: a read held until its room's channel is on */
     uint64_t sent_ms;
+    uint64_t born_ms;              /* TRYAGAIN is retried for command_timeout_ms from here */
     int script;                    /* RB_* or -1 */
     int op;                        /* METRICS_BUS_OP_*: what an error counts as */
     int evaled;                    /* already resent as EVAL */
@@ -481,6 +482,7 @@ struct bus_redis_s {
     rb_list_t pending, echo;
     rb_list_t waiting;             /* reads held until their room's SUBSCRIBE is confirmed, oldest
                                     * first (a wanted room is never freed, so they name it) */
+    rb_list_t again;               /* requests a cluster answered TRYAGAIN: sent again next tick */
     uint64_t next_token;
     uint64_t last_hb_ms, last_load_ms, last_tick_ms;
     int hb_first;
@@ -646,6 +648,7 @@ static rb_req_t *rb_req_new(bus_redis_t *r, int script, rb_done_fn done)
 {
     rb_req_t *q = xcalloc(1, sizeof *q);
     q->r = r;
+    q->born_ms = uv_now(r->loop);
     q->script = script;
     q->done = done;
     q->op = rb_script_op(script);
@@ -811,6 +814,23 @@ static void rb_waiting_flush(bus_redis_t *r, const char *room, int status)
     }
 }
 
+/* Sends again what a cluster answered TRYAGAIN; with status (the link went), fails it. */
+static void rb_again_flush(bus_redis_t *r, int status)
+{
+    rb_list_t todo;
+    rb_list_init(&todo);
+    while (!rb_list_empty(&r->again)) {
+        rb_req_t *q = rb_container_of(r->again.next, rb_req_t, wait);
+        rb_list_del(&q->wait);
+        rb_list_push(&todo, &q->wait);
+    }
+    while (!rb_list_empty(&todo)) {
+        rb_req_t *q = rb_container_of(todo.next, rb_req_t, wait);
+        rb_list_del(&q->wait);
+        if (status || rb_req_send(q) < 0) q->done(q, NULL, status ? status : GW_EDOWN);
+    }
+}
+
 /* SCRIPT LOAD of every script on sh. */
 static void rb_scripts_load(bus_redis_t *r, rb_shard_t *sh)
 {
@@ -872,8 +892,9 @@ static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *
 #define RB_REDIRECTS_MAX 5
 
 /* A cluster's MOVED or ASK: 1 when q went again to the shard Redis named (a MOVED also
- * points the slot there), 0 when rep is no redirection, GW_EDOWN when it cannot be followed
- * (a node this map does not know: the topology changed, the link starts over). */
+ * points the slot there) or, after RB_REDIRECTS_MAX in a row (masters that disagree during a
+ * migration), waits for the next tick; 0 when rep is no redirection; GW_EDOWN when it cannot
+ * be followed (a node this map does not know, or command_timeout_ms spent). */
 static int rb_req_redirect(rb_req_t *q, const rb_shard_t *from, const redisReply *rep)
 {
     bus_redis_t *r = q->r;
@@ -882,8 +903,18 @@ static int rb_req_redirect(rb_req_t *q, const rb_shard_t *from, const redisReply
     const char *host = rd.node.host[0] ? rd.node.host : from->ip;
     size_t i = 0;
     while (i < r->nshards && (r->shards[i]->port != rd.node.port || strcmp(r->shards[i]->ip, host))) i++;
-    if (i == r->nshards || ++q->redirects > RB_REDIRECTS_MAX) return GW_EDOWN;
-    if (rd.kind == REDIS_SLOTS_MOVED) r->slot_shard[rd.slot] = (uint16_t)i;
+    if (i == r->nshards) return GW_EDOWN;
+    if (++q->redirects > RB_REDIRECTS_MAX) {   /* masters that disagree for a moment: next tick */
+        if (uv_now(r->loop) - q->born_ms >= (uint64_t)r->command_timeout_ms) return GW_EDOWN;
+        q->redirects = 0;
+        rb_list_push(&r->again, &q->wait);
+        return 1;
+    }
+    if (rd.kind == REDIS_SLOTS_MOVED) {   /* the slot's channels move too: the map is read again */
+        r->slot_shard[rd.slot] = (uint16_t)i;
+        r->degraded = 1;
+        rb_refresh_later(r);
+    }
     return rb_req_send_to(q, r->shards[i], rd.kind == REDIS_SLOTS_ASK) == 0 ? 1 : GW_EDOWN;
 }
 
@@ -908,6 +939,12 @@ static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
     }
     int moved = rep && rep->type == REDIS_REPLY_ERROR ? rb_req_redirect(q, c->data, rep) : 0;
     if (moved > 0) return;
+    if (rep && rep->type == REDIS_REPLY_ERROR && r->cluster && rep->str && !strncmp(rep->str, "TRYAGAIN", 8) &&
+        uv_now(r->loop) - q->born_ms < (uint64_t)r->command_timeout_ms) {   /* a slot half migrated: next tick */
+        q->redirects = 0;          /* ASK, TRYAGAIN, ASK...: bounded by the time instead */
+        rb_list_push(&r->again, &q->wait);
+        return;
+    }
     int status = 0;
     if (moved < 0) {               /* slots moved to a master not in the map: read it again */
         status = GW_EDOWN;
@@ -1569,6 +1606,19 @@ static void rb_link_fail(bus_redis_t *r, int status, const char *why)
 
 static void rb_post_finish(rb_req_t *q, int status);
 
+/* The room's posts can no longer come back on the channel this node subscribed (it left, or
+ * the room's slot moved): answered ones are done, the others finish with their answer. */
+static void rb_echo_release(bus_redis_t *r, const char *name)
+{
+    for (rb_list_t *l = r->echo.next, *next; l != &r->echo; l = next) {
+        next = l->next;
+        rb_req_t *q = rb_container_of(l, rb_req_t, echo);
+        if (strcmp(q->room, name)) continue;
+        rb_list_del(&q->echo);
+        if (q->payload) rb_post_finish(q, 0);
+    }
+}
+
 /* Closes sh's connections; the requests it owed fail with fail_status (GW_EDOWN while up). */
 static void rb_shard_disconnect(rb_shard_t *sh)
 {
@@ -1593,7 +1643,7 @@ static void rb_shards_close(bus_redis_t *r)
 }
 
 /* While the rest of a cluster serves: the channels of the rooms on sh are off (reads held for
- * them fail, posts waiting for their echo are done: Redis took them), sh's connections go. */
+ * them fail, posts waiting for their echo are released), sh's connections go. */
 static void rb_shard_drop(bus_redis_t *r, rb_shard_t *sh)
 {
     sh->down = 1;                  /* its requests failing now is no news */
@@ -1617,13 +1667,12 @@ static void rb_shard_drop(bus_redis_t *r, rb_shard_t *sh)
                 again = 1;
             }
         }
-        for (rb_list_t *l = r->echo.next; l != &r->echo && !again; l = l->next) {
-            rb_req_t *q = rb_container_of(l, rb_req_t, echo);
-            rb_room_t *room = rb_room_get(r, q->room);
-            if (!room || room->dropping) {
-                rb_post_finish(q, 0);
-                again = 1;
-            }
+        for (rb_list_t *l = r->rooms.next; l != &r->rooms && !again; l = l->next) {
+            rb_room_t *room = rb_container_of(l, rb_room_t, link);
+            if (!room->dropping) continue;
+            room->dropping = 0;
+            rb_echo_release(r, room->name);
+            again = 1;
         }
     }
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) rb_container_of(l, rb_room_t, link)->dropping = 0;
@@ -1711,13 +1760,24 @@ static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
         rb_room_t *room = rb_container_of(l, rb_room_t, link);
         rb_shard_t *sh = rb_room_shard(r, room);
-        if (!room->wanted || room->on == sh || !sh || !sh->cmd) continue;   /* new shards subscribe when they open */
+        if (!room->wanted || room->on == sh || !sh) continue;
         if (room->on && room->on->sub)
             (void)redis_sub_unsubscribe(room->on->sub, r->cluster, room->chan, strlen(room->chan));
         room->on = NULL;
         room->subs_pending = 0;
         room->confirmed = 0;
-        rb_room_sub_send(r, room);
+        room->moved = 1;
+        if (sh->cmd) rb_room_sub_send(r, room);   /* a new shard subscribes when it opens */
+    }
+    for (int again = 1; again;) {  /* callbacks may change the rooms: start over after each */
+        again = 0;
+        for (rb_list_t *l = r->rooms.next; l != &r->rooms && !again; l = l->next) {
+            rb_room_t *room = rb_container_of(l, rb_room_t, link);
+            if (!room->moved) continue;
+            room->moved = 0;
+            rb_echo_release(r, room->name);
+            again = 1;
+        }
     }
     if (r->shards[r->home] != was_home && r->shards[r->home]->sub) {   /* a new one subscribes when it opens */
         const char *direct = rb_chan_direct(r);
@@ -1783,6 +1843,7 @@ static void rb_link_teardown(bus_redis_t *r)
         room->confirmed = 0;
     }
     rb_waiting_flush(r, NULL, r->fail_status ? r->fail_status : GW_EDOWN);
+    rb_again_flush(r, r->fail_status ? r->fail_status : GW_EDOWN);
     /* posts that Redis did take but whose own message never came back: they happened */
     while (!rb_list_empty(&r->echo)) rb_post_finish(rb_container_of(r->echo.next, rb_req_t, echo), 0);
     for (rb_list_t *l = r->rooms.next, *next; l != &r->rooms; l = next) {
@@ -1939,6 +2000,7 @@ static void rb_on_tick(uv_timer_t *t)
         }
     }
     if (r->state != RB_UP) return;
+    rb_again_flush(r, 0);
     if (rb_waiting_late(r, now)) {
         rb_link_fail(r, GW_ETIMEDOUT, "subscribe timeout");
         return;
@@ -2102,6 +2164,7 @@ static void rb_sub_subscription(bus_redis_t *r, rb_shard_t *sh, int on, const ch
             room->on = NULL;
             r->degraded = 1;
             rb_refresh_later(r);
+            rb_echo_release(r, name);
         }
         return;
     }
@@ -2138,15 +2201,7 @@ static int rb_room_unsubscribe(bus_t *b, const char *name)
     if (room->on && room->on->sub)
         (void)redis_sub_unsubscribe(room->on->sub, r->cluster, room->chan, strlen(room->chan));
     room->on = NULL;
-    /* posts to this room can no longer come back: answered ones are done, the others finish
-     * with their answer */
-    for (rb_list_t *l = r->echo.next, *next; l != &r->echo; l = next) {
-        next = l->next;
-        rb_req_t *q = rb_container_of(l, rb_req_t, echo);
-        if (strcmp(q->room, name)) continue;
-        rb_list_del(&q->echo);
-        if (q->payload) rb_post_finish(q, 0);
-    }
+    rb_echo_release(r, name);
     rb_room_release(r, room);
     return 0;
 }
@@ -2674,6 +2729,7 @@ static void rb_destroy(bus_redis_t *r)
     while (!rb_list_empty(&r->echo)) rb_req_free(rb_container_of(r->echo.next, rb_req_t, echo));
     while (!rb_list_empty(&r->pending)) rb_req_free(rb_container_of(r->pending.next, rb_req_t, pending));
     while (!rb_list_empty(&r->waiting)) rb_req_free(rb_container_of(r->waiting.next, rb_req_t, wait));
+    while (!rb_list_empty(&r->again)) rb_req_free(rb_container_of(r->again.next, rb_req_t, wait));
     while (!rb_list_empty(&r->rooms)) rb_room_destroy(r, rb_container_of(r->rooms.next, rb_room_t, link));
     map_free(&r->room_map);
     bus_url_free(&r->url);
@@ -3051,6 +3107,7 @@ int bus_redis_new(uv_loop_t *loop, const bus_options_t *opts, const bus_handlers
     rb_list_init(&r->pending);
     rb_list_init(&r->echo);
     rb_list_init(&r->waiting);
+    rb_list_init(&r->again);
 
     uv_timer_init(loop, &r->tick);
     uv_timer_init(loop, &r->retry);
