@@ -262,7 +262,7 @@ function report(rounds, load0, load1, note) {
   }
   const errors = results.filter((r) => r.res.error).map((r) => `${r.target} run ${r.run}: ${r.res.error}`);
   const head2 = `${rounds} round(s), ${os.cpus().length} CPUs, load average ${load0.map((x) => x.toFixed(1)).join(" ")} -> ${load1.map((x) => x.toFixed(1)).join(" ")}, ${elapsed().toFixed(0)} s`;
-  const cmds = TARGETS.filter((t) => commands.has(t)).map((t) => `# ${t}\n${commands.get(t)}`).join("\n\n");
+  const cmds = TARGETS.filter((t) => commands.has(t)).map((t) => `# ${t}\n${commands.get(t)}`).join("\n\n").replaceAll(`${ROOT}/`, "");
   return { table, text: [head2, table, "", ...rel, ...(note ? [note] : []), ...(errors.length ? ["errors:", ...errors] : [])].join("\n"), cmds };
 }
 
