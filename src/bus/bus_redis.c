@@ -892,9 +892,9 @@ static void rb_reply_error(bus_redis_t *r, const rb_req_t *q, const redisReply *
 #define RB_REDIRECTS_MAX 5
 
 /* A cluster's MOVED or ASK: 1 when q went again to the shard Redis named (a MOVED also
- * points the slot there) or, after RB_REDIRECTS_MAX in a row (masters that disagree during a
- * migration), waits for the next tick; 0 when rep is no redirection; GW_EDOWN when it cannot
- * be followed (a node this map does not know, or command_timeout_ms spent). */
+ * points the slot there) or waits for the next tick (a master not in the map yet, or more
+ * than RB_REDIRECTS_MAX in a row); 0 when rep is no redirection; GW_EDOWN when
+ * command_timeout_ms is spent. */
 static int rb_req_redirect(rb_req_t *q, const rb_shard_t *from, const redisReply *rep)
 {
     bus_redis_t *r = q->r;
@@ -903,8 +903,13 @@ static int rb_req_redirect(rb_req_t *q, const rb_shard_t *from, const redisReply
     const char *host = rd.node.host[0] ? rd.node.host : from->ip;
     size_t i = 0;
     while (i < r->nshards && (r->shards[i]->port != rd.node.port || strcmp(r->shards[i]->ip, host))) i++;
-    if (i == r->nshards) return GW_EDOWN;
-    if (++q->redirects > RB_REDIRECTS_MAX) {   /* masters that disagree for a moment: next tick */
+    /* a master not in the map (a failover promoted a replica), or masters that disagree for
+     * a moment: the map is read again, q waits for a tick */
+    if (i == r->nshards || ++q->redirects > RB_REDIRECTS_MAX) {
+        if (i == r->nshards) {
+            r->degraded = 1;
+            rb_refresh_later(r);
+        }
         if (uv_now(r->loop) - q->born_ms >= (uint64_t)r->command_timeout_ms) return GW_EDOWN;
         q->redirects = 0;
         rb_list_push(&r->again, &q->wait);
@@ -946,10 +951,8 @@ static void rb_on_reply(redisAsyncContext *c, void *reply, void *privdata)
         return;
     }
     int status = 0;
-    if (moved < 0) {               /* slots moved to a master not in the map: read it again */
+    if (moved < 0) {               /* redirected for command_timeout_ms */
         status = GW_EDOWN;
-        r->degraded = 1;
-        rb_refresh_later(r);
         rep = NULL;
     } else if (!rep) {
         status = r->state == RB_UP || r->state == RB_CONNECTING ? GW_EDOWN : r->fail_status;
@@ -1087,6 +1090,40 @@ static void rb_on_cmd_disconnect(const redisAsyncContext *c, int status)
     rb_shard_fail(sh, GW_EDOWN, status == REDIS_OK ? "disconnected" : (c->errstr ? c->errstr : "connection lost"));
 }
 
+/* hiredis 0.14's libuv adapter drops a poll error, so a refused connect went unnoticed until
+ * the connect timeout. These replace its event functions (same redisLibuvEvents) with a poll
+ * callback that hands an error to hiredis: a write while connecting (it then reads the
+ * socket's error and fails the connect), a read once connected (EOF or the error). */
+static void rb_uv_poll(uv_poll_t *h, int status, int events)
+{
+    redisLibuvEvents *p = h->data;
+    if (status < 0 && p->context) events = p->context->c.flags & REDIS_CONNECTED ? UV_READABLE : UV_WRITABLE;
+    if (p->context && (events & UV_READABLE)) redisAsyncHandleRead(p->context);
+    if (p->context && (events & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
+}
+
+static void rb_uv_events(redisLibuvEvents *p, int add, int del)
+{
+    p->events = (p->events | add) & ~del;
+    if (p->events) uv_poll_start(&p->handle, p->events, rb_uv_poll);
+    else uv_poll_stop(&p->handle);
+}
+
+static void rb_uv_add_read(void *d) { rb_uv_events(d, UV_READABLE, 0); }
+static void rb_uv_del_read(void *d) { rb_uv_events(d, 0, UV_READABLE); }
+static void rb_uv_add_write(void *d) { rb_uv_events(d, UV_WRITABLE, 0); }
+static void rb_uv_del_write(void *d) { rb_uv_events(d, 0, UV_WRITABLE); }
+
+static int rb_uv_attach(redisAsyncContext *c, uv_loop_t *loop)
+{
+    if (redisLibuvAttach(c, loop) != REDIS_OK) return REDIS_ERR;
+    c->ev.addRead = rb_uv_add_read;
+    c->ev.delRead = rb_uv_del_read;
+    c->ev.addWrite = rb_uv_add_write;
+    c->ev.delWrite = rb_uv_del_write;
+    return REDIS_OK;
+}
+
 static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip, int port, void *data,
                                       redisConnectCallback *on_connect, redisDisconnectCallback *on_disconnect)
 {
@@ -1097,7 +1134,7 @@ static redisAsyncContext *rb_ctx_open(bus_redis_t *r, const char *ip, int port, 
         redisAsyncFree(c);
         return NULL;
     }
-    if (redisLibuvAttach(c, r->loop) != REDIS_OK) {
+    if (rb_uv_attach(c, r->loop) != REDIS_OK) {
         redisAsyncFree(c);
         return NULL;
     }
@@ -1588,11 +1625,16 @@ static void rb_link_fail(bus_redis_t *r, int status, const char *why)
     if (r->state != RB_CONNECTING && r->state != RB_UP) return;
     int was_up = r->state == RB_UP;
     RB_STAT_ADD(r, errors[METRICS_BUS_OP_LINK], 1);
+    const char *host = r->target_host ? r->target_host : r->url.host;
+    int port = r->target_port;
+    if (r->cluster) {              /* the seed this try asked */
+        host = r->sentinels[r->sentinel_i % r->nsentinels].host;
+        port = r->sentinels[r->sentinel_i % r->nsentinels].port;
+    }
     log_write(was_up || r->attempt == 0 ? LOG_WARN : LOG_DEBUG, "bus: redis link down", "{s:s, s:s, s:i}", "reason",
-              why, "host", r->target_host ? r->target_host : r->url.host, "port", r->target_port);
+              why, "host", host, "port", port);
     if (was_up || r->attempt == 0)     /* as the warning: a link's first failure, not each retry */
-        rb_report("error", "redis", "redis link down (%s:%d): %s", r->target_host ? r->target_host : r->url.host,
-                  r->target_port, why);
+        rb_report("error", "redis", "redis link down (%s:%d): %s", host, port, why);
     r->state = RB_IDLE;
     r->fail_status = status;
     r->need_teardown = 1;
@@ -1905,6 +1947,7 @@ static void rb_on_retry(uv_timer_t *t)
         rb_link_start(r);
         break;
     case RB_CONNECTING:
+        if (r->asking) r->sentinel_i++;   /* this sentinel or seed never answered: the next try asks another */
         rb_link_fail(r, GW_ETIMEDOUT, "connect timeout");
         break;
     case RB_UP:                    /* a cluster: read the slot map again */
