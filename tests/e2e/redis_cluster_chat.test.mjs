@@ -5,9 +5,9 @@
 // expire on their shard; a manual CLUSTER FAILOVER and a SIGKILLed master (its replica takes
 // over) interrupt one shard: service resumes and no client misses a msg without a
 // history_gap (a msg that fell back to its sender's replica, with a local id, aside: see
-// docs/redis.md), while rooms on the other shards keep delivering across replicas. Two `todo`
-// tests name what the bus does not do yet: skip a dead seed at start, and keep a manual failover
-// from falling back.
+// docs/redis.md), while rooms on the other shards keep delivering across replicas. A `todo`
+// test names what the bus does not always do yet: keep a manual failover from falling back. A
+// dead seed is skipped at start.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { httpGet, httpRequest, waitFor, sleep, parseMsgId, HOST } from './lib.mjs';
@@ -319,11 +319,10 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
       await Promise.all(started.map((s) => s.stop('SIGKILL').catch(() => {})));
     });
 
-    // A seed that refuses connections (its node died) must be skipped for the next one. The
-    // bus retries it forever: hiredis 0.14's libuv adapter drops the poll error of a refused
-    // connect (redisLibuvPoll returns on status != 0), so only the connect timeout sees it,
-    // and that fails the whole try (rb_on_retry, RB_CONNECTING) without moving to the next seed.
-    it('starts with a dead first seed, on the next one', { timeout: 30000, todo: 'bus_redis retries a refused seed forever' }, async () => {
+    // A seed that refuses connections (its node died) is skipped for the next one (hiredis
+    // 0.14's libuv adapter drops the poll error of a refused connect: the bus must notice it
+    // itself, not wait for the connect timeout and then retry the same seed).
+    it('starts with a dead first seed, on the next one', { timeout: 30000 }, async () => {
       const dead = await freePort();
       const s = await startReplica('redis://unused-host/0', 'seed-x', ['--redis-cluster-nodes', `${HOST}:${dead},${seeds()}`, ...LINK]);
       started.push(s);
@@ -474,12 +473,23 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
       console.log(`failover: ${acked} acked of ${busy.sent.length}, ${report.localOnly} of them local to one replica; ` +
         `${report.join('; ')}; link/master down and up log lines per replica: ${links.join(',')}`);
       failoverLocal = report.localOnly;
+      if (report.localOnly) {
+        // for the todo below: what the bus said while posts fell back
+        const said = new Set();
+        for (const [i, s] of reps.entries()) {
+          for (const l of s.rawLines.slice(logFrom[i])) {
+            const m = /"level":"(warn|error)","msg":"([^"]*)"(?:,"reason":"([^"]*)")?/.exec(l);
+            if (m) said.add(`${m[2]}${m[3] ? ` (${m[3]})` : ''}`);
+          }
+        }
+        console.log(`failover fell back; the replicas logged: ${[...said].join(' | ')}`);
+      }
     });
 
     // A manual failover loses nothing: the old master pauses writes until its replica caught
     // up, then answers MOVED to it. A msg posted meanwhile could wait for the new master
     // instead of falling back to its sender's replica (where members elsewhere never get it).
-    it('CLUSTER FAILOVER: no msg falls back to one replica', { todo: 'posts fall back while the map is read again' }, () => {
+    it('CLUSTER FAILOVER: no msg falls back to one replica', { todo: 'in some runs a few posts still fall back' }, () => {
       assert.notEqual(failoverLocal, null, 'the failover test ran');
       assert.equal(failoverLocal, 0, `${failoverLocal} msgs took a replica-local id during the failover`);
     });
