@@ -1419,7 +1419,8 @@ static void rb_on_sentinel_auth(redisAsyncContext *c, void *reply, void *privdat
     bus_redis_t *r = privdata;
     redisReply *rep = reply;
     if (c != r->sent || !rep || rep->type != REDIS_REPLY_ERROR) return;
-    log_warn("bus: sentinel refused AUTH", "{s:s}", "error", rep->str ? rep->str : "");
+    log_warn(r->cluster ? "bus: cluster seed refused AUTH" : "bus: sentinel refused AUTH", "{s:s}", "error",
+             rep->str ? rep->str : "");
     rb_sentinel_next(r, "AUTH refused");
 }
 
@@ -1826,7 +1827,8 @@ static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
         (void)redis_sub_subscribe(r->shards[r->home]->sub, r->cluster, direct, strlen(direct));
     }
     for (size_t i = 0; i < r->nshards; i++)
-        if (!r->shards[i]->cmd && rb_shard_open(r, r->shards[i]) < 0) rb_shard_fail(r->shards[i], GW_EDOWN, "connect failed");
+        if (!r->shards[i]->cmd && rb_shard_open(r, r->shards[i]) < 0)
+            rb_shard_fail(r->shards[i], GW_EDOWN, "connect failed");
     rb_maybe_up(r);
 }
 

@@ -219,7 +219,8 @@ static void sub_drain(redis_sub_t *s)
         void *reply = NULL;
         if (redisReaderGetReply(s->reader, &reply) != REDIS_OK) {
             char why[200];
-            if (s->too_long) snprintf(why, sizeof why, "protocol error: an array over %d elements", REDIS_SUB_MAX_ELEMENTS);
+            if (s->too_long)
+                snprintf(why, sizeof why, "protocol error: an array over %d elements", REDIS_SUB_MAX_ELEMENTS);
             else snprintf(why, sizeof why, "protocol error: %s", s->reader->errstr);
             sub_fail(s, why);
             return;
@@ -350,6 +351,7 @@ int redis_sub_open(uv_loop_t *loop, const char *ip, int port, const char *user, 
 static int sub_command(redis_sub_t *s, const char *verb, const char *chan, size_t len)
 {
     if (!s || (!chan && len)) return GW_EINVAL;
+    if (len > REDIS_SUB_MAX_OUTPUT) return GW_ETOOBIG; /* before hiredis sizes it in an int */
     const char *argv[2] = {verb, chan ? chan : ""};
     size_t lens[2] = {strlen(verb), len};
     return sub_queue(s, 2, argv, lens);

@@ -12,6 +12,7 @@
  * and prints each callback as a line:
  *   ready | pong | closed WHY | message SHARDED CHANHEX LEN PAYLOADHEX
  *   subscription SHARDED ON CHANHEX | closed-in KIND | rc COMMAND WORDS (a call that failed)
+ * CLOSE_IN=KIND in the environment does close-in KIND before the open (for ready).
  * At the end of stdin it closes what is open, runs the loop dry, prints "bye" and exits 0.
  * Exit 1 with words on stderr when the open fails. */
 #include <stdio.h>
@@ -40,6 +41,14 @@ static void hex_print(const char *p, size_t n)
         putchar(digits[(unsigned char)p[i] & 15]);
     }
     if (!n) putchar('-');
+}
+
+static void close_in_set(const char *kind)
+{
+    size_t n = strlen(kind);
+    if (n >= sizeof close_in) n = sizeof close_in - 1;
+    memcpy(close_in, kind, n);
+    close_in[n] = 0;
 }
 
 /* Closes from inside a callback of kind when asked to. */
@@ -120,7 +129,7 @@ static void command_run(char *cmd)
     if (arg) *arg++ = 0;
     size_t alen = arg ? strlen(arg) : 0;
     if (!*cmd) return;
-    if (strcmp(cmd, "close-in") == 0 && arg) snprintf(close_in, sizeof close_in, "%s", arg);
+    if (strcmp(cmd, "close-in") == 0 && arg) close_in_set(arg);
     else if (strcmp(cmd, "open-close") == 0) open_close();
     else if (!sub) printf("rc %s no connection\n", cmd);
     else if (strcmp(cmd, "sub") == 0) rc_print(cmd, redis_sub_subscribe(sub, REDIS_SUB_PLAIN, arg, alen));
@@ -170,6 +179,7 @@ int main(int argc, char **argv)
     ip = argv[1];
     port = atoi(argv[2]);
     loop = uv_default_loop();
+    if (getenv("CLOSE_IN")) close_in_set(getenv("CLOSE_IN"));
     int rc = redis_sub_open(loop, ip, port, argc > 4 ? argv[4] : NULL, argc > 3 ? argv[3] : NULL, &handlers, NULL, &sub);
     if (rc < 0) {
         fprintf(stderr, "open: %s\n", gw_strerror(rc));
