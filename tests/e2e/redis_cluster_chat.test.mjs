@@ -588,7 +588,7 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
     });
 
     // Once the replica took over, every chatgw replica's posts to the room take shared ids
-    // again. In about one run in six one replica's posts stayed local (its own epoch) for the
+    // again. In 3 of about 20 runs one replica's posts stayed local (its own epoch) for the
     // 15 s the test waits, while its members got the other replicas' msgs and it had logged
     // 'every redis cluster master up' and 'refilling a room' for that room.
     it('after the takeover, every replica posts to the room through the cluster again', { todo: 'one replica\'s posts sometimes stay local' }, () => {
