@@ -465,6 +465,7 @@ struct bus_redis_s {
     int degraded;                  /* up, but a shard failed or a slot moved since: when every
                                     * shard is up again, the rooms are listed and filled again */
     int refreshing;                /* CLUSTER SLOTS asked while up */
+    rb_shard_t *direct_on;         /* the shard whose subscriber has the direct channel */
     rb_shard_t **retired;          /* shards a new map let go, dropped and freed from the kick */
     size_t nretired;
     char *scripts[RB_SCRIPTS];     /* rb_scripts, with SPUBLISH in a cluster */
@@ -781,12 +782,13 @@ static void rb_done_free(rb_req_t *q, redisReply *rep, int status) { rb_req_free
 /* A snapshot's or a refill's read of a room this node is subscribing to waits until Redis
  * confirmed the SUBSCRIBE: every msg after the read's newest id then comes on the channel, so a
  * first joiner cannot miss one posted between the read and the subscription. Otherwise (not
- * wanted, already on) it goes at once. 0, or GW_EDOWN (q freed). */
+ * wanted, already on, or no SUBSCRIBE in flight) it goes at once. 0, or GW_EDOWN (q freed). */
 static int rb_req_submit_read(rb_req_t *q, const char *name)
 {
     bus_redis_t *r = q->r;
     rb_room_t *room = map_get(&r->room_map, name);
-    if (!room || !room->wanted || room->confirmed || r->state != RB_UP) return rb_req_submit(q);
+    if (!room || !room->wanted || room->confirmed || !room->subs_pending || r->state != RB_UP)
+        return rb_req_submit(q);   /* nothing to wait for (no SUBSCRIBE in flight: its shard is down) */
     q->sent_ms = uv_now(r->loop);
     free(q->room);
     q->room = xstrdup(name);
@@ -1193,6 +1195,7 @@ static void rb_on_sub_closed(void *arg, const char *why)
     rb_shard_t *sh = arg;
     redis_sub_close(sh->sub);
     sh->sub = NULL;
+    if (sh->r->direct_on == sh) sh->r->direct_on = NULL;
     if (rb_alive(sh->r)) rb_shard_fail(sh, GW_EDOWN, why);
 }
 
@@ -1211,6 +1214,15 @@ static rb_shard_t *rb_shard_new(bus_redis_t *r, const char *ip, int port)
     snprintf(sh->ip, sizeof sh->ip, "%s", ip);
     sh->port = port;
     return sh;
+}
+
+/* The direct channel on the home shard's subscriber, unless it is there already. */
+static void rb_direct_subscribe(bus_redis_t *r)
+{
+    rb_shard_t *home = r->home < r->nshards ? r->shards[r->home] : NULL;
+    if (!home || !home->sub || r->direct_on == home) return;
+    const char *direct = rb_chan_direct(r);
+    if (redis_sub_subscribe(home->sub, r->cluster, direct, strlen(direct)) == 0) r->direct_on = home;
 }
 
 /* Opens sh's two connections; the command prelude is pipelined, its PING answers last; the
@@ -1248,10 +1260,7 @@ static int rb_shard_open(bus_redis_t *r, rb_shard_t *sh)
     ping->to = sh;
     rb_req_str(ping, "PING");
     if (rb_req_submit(ping) < 0) return GW_EDOWN;
-    if (sh == r->shards[r->home]) {
-        const char *direct = rb_chan_direct(r);
-        (void)redis_sub_subscribe(sh->sub, r->cluster, direct, strlen(direct));
-    }
+    rb_direct_subscribe(r);
     for (rb_list_t *l = r->rooms.next; l != &r->rooms; l = l->next) {
         rb_room_t *room = rb_container_of(l, rb_room_t, link);
         if (room->wanted && rb_room_shard(r, room) == sh) rb_room_sub_send(r, room);
@@ -1665,6 +1674,7 @@ static void rb_echo_release(bus_redis_t *r, const char *name)
 /* Closes sh's connections; the requests it owed fail with fail_status (GW_EDOWN while up). */
 static void rb_shard_disconnect(rb_shard_t *sh)
 {
+    if (sh->r->direct_on == sh) sh->r->direct_on = NULL;
     redis_sub_close(sh->sub);
     sh->sub = NULL;
     sh->cmd_ready = sh->sub_ready = 0;
@@ -1773,7 +1783,6 @@ static void rb_refresh_later(bus_redis_t *r)
  * new ones connect; rooms whose shard changed subscribe on the new one. */
 static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
 {
-    rb_shard_t *was_home = r->home < r->nshards ? r->shards[r->home] : NULL;
     rb_shard_t **now = xcalloc(map->nshards, sizeof *now);
     for (size_t i = 0; i < map->nshards; i++) {
         const redis_slots_node_t *m = &map->shards[i].master;
@@ -1822,10 +1831,7 @@ static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
             again = 1;
         }
     }
-    if (r->shards[r->home] != was_home && r->shards[r->home]->sub) {   /* a new one subscribes when it opens */
-        const char *direct = rb_chan_direct(r);
-        (void)redis_sub_subscribe(r->shards[r->home]->sub, r->cluster, direct, strlen(direct));
-    }
+    rb_direct_subscribe(r);        /* a new home subscribes when it opens */
     for (size_t i = 0; i < r->nshards; i++)
         if (!r->shards[i]->cmd && rb_shard_open(r, r->shards[i]) < 0)
             rb_shard_fail(r->shards[i], GW_EDOWN, "connect failed");
@@ -2195,9 +2201,12 @@ static void rb_sub_subscription(bus_redis_t *r, rb_shard_t *sh, int on, const ch
     char name[RB_ROOM_NAME_MAX];
     if (rb_chan_room(r, chan, chan_len, name, sizeof name) < 0) {
         const char *direct = rb_chan_direct(r);
-        if (!on && r->state == RB_UP && sh == r->shards[r->home] && chan_len == strlen(direct) &&
-            !memcmp(chan, direct, chan_len))
-            rb_link_fail(r, GW_EDOWN, "the direct channel's slot moved");
+        if (!on && r->state == RB_UP && sh == r->direct_on && chan_len == strlen(direct) &&
+            !memcmp(chan, direct, chan_len)) {   /* its slot moved: on the new home after the map */
+            r->direct_on = NULL;
+            r->degraded = 1;
+            rb_refresh_later(r);
+        }
         return;
     }
     rb_room_t *room = rb_room_get(r, name);
