@@ -131,7 +131,11 @@ function policy.on_message(conn, room, msg)
                and find(text, "^/[Nn][Ii][Cc][Kk]%f[%s\0]")
   local code, changed = moderation.check(conn, room, msg, nick and NICK_OPTS or nil)
   if code then return nil, code end
-  if PROBE and t == "msg" and is_probe(room) then return probe_echo(conn, room, msg) end
+  if PROBE and t == "msg" then
+    local hit = probe_memo[room]                 -- is_probe's memo, read here without the call
+    if hit == nil then hit = is_probe(room) end
+    if hit then return probe_echo(conn, room, msg) end
+  end
   local handler = custom[t]
   if handler then return handler(conn, room, msg) end
   local res, err = routing.on_message(conn, room, msg)

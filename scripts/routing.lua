@@ -354,7 +354,11 @@ function M.on_message(conn, room, msg)
   if not h then return nil, "bad_type" end
   if t == "msg" then
     local id = conn.id
-    if id and type(room) == "string" then heal(id, room) end   -- the hub only lets members send msg
+    if id and type(room) == "string" then                        -- the hub only lets members send msg
+      local by_room = healed[id]                                 -- heal's check, without the call
+      local last = by_room and by_room[room]
+      if not last or gw.now() - last >= HEAL_SECONDS then heal(id, room) end
+    end
   end
   return h(conn, room, msg)
 end

@@ -106,7 +106,7 @@ int policy_lib_fold(lua_State *L)
         }
         if (gap && o > 0) out[o++] = ' ';
         gap = 0;
-        out[o++] = (char)tolower(c);
+        out[o++] = (char)((unsigned)(c - 'A') < 26u ? c + 32 : c);   /* tolower in the C locale chatgw runs in */
     }
     if (out == stack) {
         lua_pushlstring(L, out, o);
