@@ -253,13 +253,15 @@ end
 -- opts.skip_words = true leaves the word filter to the caller (policy.lua does for /nick).
 -- A connection lives on one replica: its bucket need not be shared through Redis.
 local PER_CONN = { shared = false }
+-- Read once here rather than as globals on every message (gw is in place before scripts load).
+local type, utf8_len, gw_limit, gw_now = type, utf8.len, gw.limit, gw.now
 
 function M.check(conn, room, msg, opts)
   local keys = conn_keys[conn] or keys_of(conn)
-  if keys.limit and cfg.conn_rate and not gw.limit(keys.limit, cfg.conn_rate, cfg.conn_burst, PER_CONN) then
+  if keys.limit and cfg.conn_rate and not gw_limit(keys.limit, cfg.conn_rate, cfg.conn_burst, PER_CONN) then
     return violation(conn, "rate_limited")
   end
-  if keys.ip and cfg.ip_rate and not gw.limit(keys.ip, cfg.ip_rate, cfg.ip_burst) then
+  if keys.ip and cfg.ip_rate and not gw_limit(keys.ip, cfg.ip_rate, cfg.ip_burst) then
     return violation(conn, "rate_limited")
   end
   local t = msg.type
@@ -270,7 +272,7 @@ function M.check(conn, room, msg, opts)
   local ascii
   local max_chars = cfg.max_text_chars
   if max_chars then
-    local n = utf8.len(text)
+    local n = utf8_len(text)
     if (n or #text) > max_chars then return violation(conn, "too_large") end
     ascii = n == #text
   end
@@ -294,7 +296,7 @@ function M.check(conn, room, msg, opts)
   end
   local limit = cfg.repeat_limit                 -- repetition (see above)
   if limit and limit >= 2 and keys.id then
-    local norm, now, count = fold(text), gw.now(), 1
+    local norm, now, count = fold(text), gw_now(), 1
     if norm == keys.rep_norm and now - keys.rep_time < cfg.repeat_window then
       count = keys.rep_count + 1
     end

@@ -68,7 +68,7 @@ local custom = {
 -- message_types taken out).
 local passthrough = { signal = true, mute = true, unmute = true, history = true }
 local NICK_OPTS = { skip_words = true }
-local byte, find = string.byte, string.find
+local byte, find, type = string.byte, string.find, type
 
 -- Probe rooms (settings.rooms.probe): the msg goes back to the room by gw.broadcast, which
 -- keeps nothing, so a synthetic probe leaves no history behind.

@@ -109,6 +109,7 @@ function M.rooms_of(id)
 end
 
 local find, byte = string.find, string.byte
+local type, gw_now = type, gw.now     -- read once, not as globals on every message
 
 -- true when the "\n"-framed list s holds room. Plain finds, no new string.
 local function listed(s, room)
@@ -357,7 +358,7 @@ function M.on_message(conn, room, msg)
     if id and type(room) == "string" then                        -- the hub only lets members send msg
       local by_room = healed[id]                                 -- heal's check, without the call
       local last = by_room and by_room[room]
-      if not last or gw.now() - last >= HEAL_SECONDS then heal(id, room) end
+      if not last or gw_now() - last >= HEAL_SECONDS then heal(id, room) end
     end
   end
   return h(conn, room, msg)
