@@ -326,6 +326,16 @@ static void test_bounded_lib(void **state)
                  "  if gw.fold(t) ~= want then error(string.format('%q', t)) end end "
                  "return gw.fold(string.rep(' A\\t', 300)) == string.rep('a', 300, ' ') and gw.fold(12) == '12' and gw.fold('') == '' and gw.fold(' \\t ') == '' and not pcall(gw.fold) "
                  "and not pcall(gw.fold, {})");
+    /* the same on texts mostly without whitespace (eight bytes at a time), with the bytes
+     * around 'A'..'Z', around the space and with the high bit set */
+    eval_true(p, "local alpha = { 'a', 'B', 'Z', 'A', 'z', '@', '[', '`', '{', '!', ' ', '\\t', '\\x1f', '\\x20', '\\xc1', '\\xda', '\\x80', '\\xff', '\\0' } "
+                 "local seed = 11 local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648 return seed % n + 1 end "
+                 "for i = 1, 1200 do local parts = {} "
+                 "  for j = 1, rnd(i % 10 == 0 and 120 or 40) - 1 do local r = rnd(40) parts[j] = alpha[r <= 10 and r or rnd(#alpha)] end "
+                 "  local t = table.concat(parts) "
+                 "  local want = string.match(string.gsub(string.lower(t), '%s+', ' '), '^ ?(.-) ?$') "
+                 "  if gw.fold(t) ~= want then error(string.format('%q', t)) end end "
+                 "return gw.fold('ABCDEFGHIJKLMNOPQRSTUVWXYZ@[`{') == 'abcdefghijklmnopqrstuvwxyz@[`{' and gw.fold('  ABCDEFGH  IJKLMNOP  ') == 'abcdefgh ijklmnop'");
     eval_fails(p, "return gw.fold(string.rep('a', (4 << 20) + 1))", "longer than 4 MiB");
     /* gw.byte_runs cuts what the byte pattern "(.)%1{max}" and its extension loop cut, for every
      * max from 1 to 6, on random texts over few symbols (long runs) */
