@@ -154,6 +154,13 @@ int policy_lib_byte_runs(lua_State *L)
     luaL_argcheck(L, max >= 1, 2, "must be at least 1");
     if (l > POLICY_LIB_BYTES_MAX) return policy_lib_too_long(L, 1);
     size_t i = 1, run = 1;                                /* run: equal bytes ending at s[i - 1] */
+    while (i + 8 <= l) {          /* eight neighbour pairs at a time while none is equal: no run */
+        uint64_t x, y;
+        memcpy(&x, s + i - 1, 8);
+        memcpy(&y, s + i, 8);
+        if (policy_lib_has_below(x ^ y, 1)) break;        /* some s[k] == s[k - 1]: byte by byte */
+        i += 8;                   /* s[i - 2] != s[i - 1], so run = 1 holds at i */
+    }
     for (; i < l; i++) {                                  /* to the first byte past max in a run */
         run = s[i] == s[i - 1] ? run + 1 : 1;
         if (run > (lua_Unsigned)max) break;

@@ -352,6 +352,10 @@ static void test_bounded_lib(void **state)
                  "  for j = 1, rnd(i % 10 == 0 and 300 or 30) - 1 do parts[j] = alpha[rnd(#alpha)] end "
                  "  local t, max = table.concat(parts), rnd(6) "
                  "  if gw.byte_runs(t, max) ~= ref(t, max) then error(string.format('%q %d', t, max)) end end "
+                 "local filler = 'abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOP' "
+                 "for at = 1, 24 do for len = 1, 7 do for max = 1, 3 do "   /* one run among distinct neighbours */
+                 "  local t = string.sub(filler, 1, at - 1) .. string.rep('z', len) .. string.sub(filler, at, at + 30) "
+                 "  if gw.byte_runs(t, max) ~= ref(t, max) then error(string.format('%q %d', t, max)) end end end end "
                  "return gw.byte_runs('', 1) == '' and gw.byte_runs(string.rep('x', 1000), 3) == 'xxx' "
                  "and gw.byte_runs(string.rep('ab', 600) .. 'ccc', 2) == string.rep('ab', 600) .. 'cc' "
                  "and not pcall(gw.byte_runs, 'aa', 0) and not pcall(gw.byte_runs, 'aa', 1.5) and not pcall(gw.byte_runs, {}, 1)");
