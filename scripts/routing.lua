@@ -309,7 +309,8 @@ function commands.kick(conn, room, msg, arg)
   return false
 end
 
-local function on_msg(conn, room, msg)
+local function on_msg(conn, room, msg, plain)
+  if plain then return true end                        -- the caller saw a text not starting with "/"
   local text = msg.text
   if type(text) ~= "string" or byte(text, 1) ~= 47 then return true end   -- not "/..."
   if byte(text, 2) == 47 then                                              -- "//text"
@@ -348,8 +349,9 @@ M.handlers = {
   signal = pass, mute = pass, unmute = pass, history = pass,
 }
 
--- The on_message part of routing; same return conventions as the hook.
-function M.on_message(conn, room, msg)
+-- The on_message part of routing; same return conventions as the hook. plain (optional) is
+-- true when the caller knows msg is a "msg" whose text is a string not starting with "/".
+function M.on_message(conn, room, msg, plain)
   local t = msg.type
   local h = M.handlers[t]
   if not h then return nil, "bad_type" end
@@ -361,7 +363,7 @@ function M.on_message(conn, room, msg)
       if not last or gw_now() - last >= HEAL_SECONDS then heal(id, room) end
     end
   end
-  return h(conn, room, msg)
+  return h(conn, room, msg, plain)
 end
 
 function M.on_tick(now)
