@@ -739,7 +739,12 @@ static void policy_json_push(lua_State *L, json_t *v, int depth)
         json_object_keylen_foreach(v, key, keylen, member) {
             if (json_is_null(member)) continue;                 /* null members are absent in Lua */
             policy_str_push(L, vm, key, keylen);                /* [t k] */
-            policy_json_push(L, member, depth + 1);             /* [t k v] */
+            if (json_is_string(member))                         /* the common leaves without the recursion */
+                policy_str_push(L, vm, json_string_value(member), json_string_length(member));
+            else if (json_is_integer(member))
+                lua_pushinteger(L, (lua_Integer)json_integer_value(member));
+            else
+                policy_json_push(L, member, depth + 1);         /* [t k v] */
             lua_rawset(L, -3);                                  /* [t] */
         }
         break;
