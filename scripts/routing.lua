@@ -362,6 +362,7 @@ function M.on_message(conn, room, msg, plain)
       local last = by_room and by_room[room]
       if not last or gw_now() - last >= HEAL_SECONDS then heal(id, room) end
     end
+    if plain and h == on_msg then return true end       -- on_msg's answer, without the call
   end
   return h(conn, room, msg, plain)
 end
