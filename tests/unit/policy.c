@@ -307,6 +307,11 @@ static void test_bounded_lib(void **state)
     eval_true(p, "return string.pack == nil and string.unpack == nil and string.packsize == nil");
     eval_fails(p, "local s = string.rep('x', 4 << 20) return s .. s", "not enough memory");   /* one block <= 4 MiB */
     eval_true(p, "return utf8.len('h\\u{e9}llo') == 5 and string.upper('abc') == 'ABC' and string.format('%d-%s', 1, 'x') == '1-x'");
+    /* type answers from names kept as upvalues, as Lua's own does */
+    eval_true(p, "return type(nil) == 'nil' and type(false) == 'boolean' and type(1) == 'number' "
+                 "and type(1.5) == 'number' and type('') == 'string' and type({}) == 'table' and type(print) == 'function' "
+                 "and type(type) == 'function' and type(gw.fold) == 'function' and select('#', type(1, 2)) == 1 "
+                 "and type(gw.null) == 'userdata' and not pcall(type) and select(2, pcall(type)):find('value expected') ~= nil");
     /* fast paths: lower and utf8.len answer as Lua's own */
     eval_true(p, "return string.lower('AbC\\0\\xc9x') == 'abc\\0\\xc9x' and string.lower('abc') == 'abc' and string.lower(12) == '12' "
                  "and string.lower('') == '' and string.lower(string.rep('Ab', 400)) == string.rep('ab', 400) "
