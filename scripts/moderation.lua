@@ -258,10 +258,12 @@ local type, utf8_len, gw_limit, gw_now = type, utf8.len, gw.limit, gw.now
 
 function M.check(conn, room, msg, opts)
   local keys = conn_keys[conn] or keys_of(conn)
-  if keys.limit and cfg.conn_rate and not gw_limit(keys.limit, cfg.conn_rate, cfg.conn_burst, PER_CONN) then
+  local key, rate = keys.limit, cfg.conn_rate
+  if key and rate and not gw_limit(key, rate, cfg.conn_burst, PER_CONN) then
     return violation(conn, "rate_limited")
   end
-  if keys.ip and cfg.ip_rate and not gw_limit(keys.ip, cfg.ip_rate, cfg.ip_burst) then
+  key, rate = keys.ip, cfg.ip_rate
+  if key and rate and not gw_limit(key, rate, cfg.ip_burst) then
     return violation(conn, "rate_limited")
   end
   local t = msg.type
