@@ -235,19 +235,10 @@ local function keys_of(conn)
 end
 
 -- Repetition: the connection's last text (folded), how many times in a row it came, and when
--- it last came, kept in the connection's keys_of table. A connection is handled by one VM for
--- its life, so nothing needs sharing; the table goes with the connection's (weak keys), and
+-- it last came, kept in the connection's keys_of table (M.check does it in line: a call per
+-- message is a few per cent of the policy's cost). A connection is handled by one VM for its
+-- life, so nothing needs sharing; the table goes with the connection's (weak keys), and
 -- forget clears it when the connection leaves its last room.
-local function repeated(keys, text)
-  local limit = cfg.repeat_limit
-  if not limit or limit < 2 or not keys.id then return false end
-  local norm, now, count = fold(text), gw.now(), 1
-  if norm == keys.rep_norm and now - keys.rep_time < cfg.repeat_window then
-    count = keys.rep_count + 1
-  end
-  keys.rep_norm, keys.rep_count, keys.rep_time = norm, count, now
-  return count >= limit
-end
 
 -- Drops the connection's moderation keys (it has left its last room, or disconnected).
 -- Flood-control buckets (gw.limit) need nothing: a refilled bucket is dropped by chatgw.
@@ -262,28 +253,39 @@ end
 -- opts.skip_words = true leaves the word filter to the caller (policy.lua does for /nick).
 -- A connection lives on one replica: its bucket need not be shared through Redis.
 local PER_CONN = { shared = false }
+-- Read once here rather than as globals on every message (gw is in place before scripts load).
+local type, utf8_len, gw_limit, gw_now = type, utf8.len, gw.limit, gw.now
 
 function M.check(conn, room, msg, opts)
   local keys = conn_keys[conn] or keys_of(conn)
-  if keys.limit and cfg.conn_rate and not gw.limit(keys.limit, cfg.conn_rate, cfg.conn_burst, PER_CONN) then
+  local key, rate = keys.limit, cfg.conn_rate
+  if key and rate and not gw_limit(key, rate, cfg.conn_burst, PER_CONN) then
     return violation(conn, "rate_limited")
   end
-  if keys.ip and cfg.ip_rate and not gw.limit(keys.ip, cfg.ip_rate, cfg.ip_burst) then
+  key, rate = keys.ip, cfg.ip_rate
+  if key and rate and not gw_limit(key, rate, cfg.ip_burst) then
     return violation(conn, "rate_limited")
   end
   local t = msg.type
-  if (t ~= "msg" and t ~= "dm") or type(msg.text) ~= "string" then return nil end
-
   local text = msg.text
+  if (t ~= "msg" and t ~= "dm") or type(text) ~= "string" then return nil end
+
   local changed = false
   local ascii
-  if cfg.max_text_chars then
-    local n = utf8.len(text)
-    if (n or #text) > cfg.max_text_chars then return violation(conn, "too_large") end
+  local max_chars = cfg.max_text_chars
+  if max_chars then
+    local n = utf8_len(text)
+    if (n or #text) > max_chars then return violation(conn, "too_large") end
     ascii = n == #text
   end
-  if cfg.max_char_run then
-    local c = M.collapse_runs(text, cfg.max_char_run, ascii)
+  local max_run = cfg.max_char_run
+  if max_run then
+    local c
+    if ascii and max_run >= 1 then            -- collapse_runs' ASCII case, without the call
+      c = #text > max_run and gw_byte_runs(text, max_run) or text
+    else
+      c = M.collapse_runs(text, max_run, ascii)
+    end
     if c ~= text then text, changed = c, true end
   end
   if cfg.has_words and not (opts and opts.skip_words) then
@@ -294,7 +296,15 @@ function M.check(conn, room, msg, opts)
       if cfg.strike_on_mask then M.strike(conn, "forbidden") end
     end
   end
-  if repeated(keys, text) then return violation(conn, "repeated") end
+  local limit = cfg.repeat_limit                 -- repetition (see above)
+  if limit and limit >= 2 and keys.id then
+    local norm, now, count = fold(text), gw_now(), 1
+    if norm == keys.rep_norm and now - keys.rep_time < cfg.repeat_window then
+      count = keys.rep_count + 1
+    end
+    keys.rep_norm, keys.rep_count, keys.rep_time = norm, count, now
+    if count >= limit then return violation(conn, "repeated") end
+  end
   if changed then msg.text = text end
   return nil, changed
 end

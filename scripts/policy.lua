@@ -68,7 +68,7 @@ local custom = {
 -- message_types taken out).
 local passthrough = { signal = true, mute = true, unmute = true, history = true }
 local NICK_OPTS = { skip_words = true }
-local byte, find = string.byte, string.find
+local byte, find, type = string.byte, string.find, type
 
 -- Probe rooms (settings.rooms.probe): the msg goes back to the room by gw.broadcast, which
 -- keeps nothing, so a synthetic probe leaves no history behind.
@@ -127,14 +127,20 @@ function policy.on_message(conn, room, msg)
   if passthrough[t] then return true end   -- not in message_types: chatgw does not send them
   -- A /nick is vetted whole by routing.name_allowed (a masked nickname would be "***").
   local text = msg.text
-  local nick = t == "msg" and type(text) == "string" and byte(text, 1) == 47
-               and find(text, "^/[Nn][Ii][Cc][Kk]%f[%s\0]")
+  local first = t == "msg" and type(text) == "string" and byte(text, 1)   -- 47 is "/"
+  local nick = first == 47 and find(text, "^/[Nn][Ii][Cc][Kk]%f[%s\0]")
   local code, changed = moderation.check(conn, room, msg, nick and NICK_OPTS or nil)
   if code then return nil, code end
-  if PROBE and t == "msg" and is_probe(room) then return probe_echo(conn, room, msg) end
+  if PROBE and t == "msg" then
+    local hit = probe_memo[room]                 -- is_probe's memo, read here without the call
+    if hit == nil then hit = is_probe(room) end
+    if hit then return probe_echo(conn, room, msg) end
+  end
   local handler = custom[t]
   if handler then return handler(conn, room, msg) end
-  local res, err = routing.on_message(conn, room, msg)
+  -- plain: a msg whose text moderation left alone and that does not start with "/", so routing
+  -- need not look at it again
+  local res, err = routing.on_message(conn, room, msg, first and first ~= 47 and not changed)
   if res == true and changed then return msg end
   return res, err
 end

@@ -109,6 +109,7 @@ function M.rooms_of(id)
 end
 
 local find, byte = string.find, string.byte
+local type, gw_now = type, gw.now     -- read once, not as globals on every message
 
 -- true when the "\n"-framed list s holds room. Plain finds, no new string.
 local function listed(s, room)
@@ -308,7 +309,8 @@ function commands.kick(conn, room, msg, arg)
   return false
 end
 
-local function on_msg(conn, room, msg)
+local function on_msg(conn, room, msg, plain)
+  if plain then return true end                        -- the caller saw a text not starting with "/"
   local text = msg.text
   if type(text) ~= "string" or byte(text, 1) ~= 47 then return true end   -- not "/..."
   if byte(text, 2) == 47 then                                              -- "//text"
@@ -347,16 +349,22 @@ M.handlers = {
   signal = pass, mute = pass, unmute = pass, history = pass,
 }
 
--- The on_message part of routing; same return conventions as the hook.
-function M.on_message(conn, room, msg)
+-- The on_message part of routing; same return conventions as the hook. plain (optional) is
+-- true when the caller knows msg is a "msg" whose text is a string not starting with "/".
+function M.on_message(conn, room, msg, plain)
   local t = msg.type
   local h = M.handlers[t]
   if not h then return nil, "bad_type" end
   if t == "msg" then
     local id = conn.id
-    if id and type(room) == "string" then heal(id, room) end   -- the hub only lets members send msg
+    if id and type(room) == "string" then                        -- the hub only lets members send msg
+      local by_room = healed[id]                                 -- heal's check, without the call
+      local last = by_room and by_room[room]
+      if not last or gw_now() - last >= HEAL_SECONDS then heal(id, room) end
+    end
+    if plain and h == on_msg then return true end       -- on_msg's answer, without the call
   end
-  return h(conn, room, msg)
+  return h(conn, room, msg, plain)
 end
 
 function M.on_tick(now)

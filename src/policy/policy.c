@@ -63,6 +63,7 @@
 #define POLICY_BUDGET_MSG "policy budget exceeded"
 #define POLICY_TIMEOUT_MSG "policy timeout"
 #define POLICY_CONN_CACHE_MAX 65536        /* cached conn tables before the cache starts over */
+#define POLICY_CONN_KEYS 4                 /* id, ip, name, query: the conn table's cached keys */
 #define POLICY_MSG_TYPES_MAX 64            /* message_types entries: a linear scan per message */
 #define POLICY_LOG_TEXT_MAX 1024           /* bytes of a logged message or error before the cut */
 #define POLICY_LOG_FIELDS_MAX 4096         /* bytes of gw.log fields (as charged by conversion) */
@@ -130,6 +131,9 @@ typedef struct {
     int array_mt, config_mt;       /* registry refs */
     int conn_cache;                /* registry ref: conn id -> the conn table hooks last got */
     size_t conn_cache_n;           /* entries in it (about: a reset may be cut short) */
+    const char *conn_keys[POLICY_CONN_KEYS];  /* "id", "ip", "name", "query" as interned by this
+                                      VM (pinned by the registry): a key is one of them when its
+                                      bytes are at the same address */
     json_t **jbox;                 /* the spare JSON box's slot (the box: registry ref jbox_ref) */
     int jbox_ref;
     int refs[METRICS_POLICY_HOOKS];/* hook functions by slot; LUA_NOREF when absent */
@@ -735,7 +739,12 @@ static void policy_json_push(lua_State *L, json_t *v, int depth)
         json_object_keylen_foreach(v, key, keylen, member) {
             if (json_is_null(member)) continue;                 /* null members are absent in Lua */
             policy_str_push(L, vm, key, keylen);                /* [t k] */
-            policy_json_push(L, member, depth + 1);             /* [t k v] */
+            if (json_is_string(member))                         /* the common leaves without the recursion */
+                policy_str_push(L, vm, json_string_value(member), json_string_length(member));
+            else if (json_is_integer(member))
+                lua_pushinteger(L, (lua_Integer)json_integer_value(member));
+            else
+                policy_json_push(L, member, depth + 1);         /* [t k v] */
             lua_rawset(L, -3);                                  /* [t] */
         }
         break;
@@ -1036,6 +1045,17 @@ static int policy_lua_xpcall(lua_State *L)
     return lua_gettop(L);
 }
 
+/* type(v): Lua's own answer, with the names kept as upvalues: luaB_type pushes its name with
+ * lua_pushstring, a string-cache lookup and a strcmp on every call, and the default policy
+ * asks a few times per message. */
+static int policy_lua_type(lua_State *L)
+{
+    int t = lua_type(L, 1);
+    luaL_argcheck(L, t != LUA_TNONE, 1, "value expected");
+    lua_pushvalue(L, lua_upvalueindex(t + 1));
+    return 1;
+}
+
 /* print(...) -> gw.log("info", args joined by tabs). */
 static int policy_lua_print(lua_State *L)
 {
@@ -1136,6 +1156,9 @@ static void policy_base_patch(lua_State *L)
     lua_getfield(L, -1, "xpcall");                        /* [G xpcall] */
     lua_pushcclosure(L, policy_lua_xpcall, 1);            /* [G wrapper] */
     lua_setfield(L, -2, "xpcall");                        /* [G] */
+    for (int t = LUA_TNIL; t < LUA_NUMTYPES; t++) lua_pushstring(L, lua_typename(L, t));
+    lua_pushcclosure(L, policy_lua_type, LUA_NUMTYPES);   /* [G type] */
+    lua_setfield(L, -2, "type");                          /* [G] */
     lua_pop(L, 1);                                        /* [] */
     lua_newtable(L);                                      /* [loaded] */
     lua_setfield(L, LUA_REGISTRYINDEX, POLICY_LOADED);    /* [] */
@@ -1613,6 +1636,11 @@ static void policy_gw_open(lua_State *L, policy_vm_t *vm)
     policy_metatables_open(L, vm);
     lua_newtable(L);                                      /* [cache] */
     vm->conn_cache = luaL_ref(L, LUA_REGISTRYINDEX);      /* [] */
+    static const char *const conn_keys[POLICY_CONN_KEYS] = { "id", "ip", "name", "query" };
+    for (int i = 0; i < POLICY_CONN_KEYS; i++) {
+        vm->conn_keys[i] = lua_pushstring(L, conn_keys[i]);  /* [k]: short, so interned */
+        luaL_ref(L, LUA_REGISTRYINDEX);                   /* []: pinned for the VM's life */
+    }
     lua_createtable(L, 0, 16);                            /* [gw] */
     luaL_setfuncs(L, gw, 0);
     lua_createtable(L, 0, 4);                             /* [gw store] */
@@ -1792,26 +1820,25 @@ static int policy_query_same(lua_State *L, int idx, const policy_pair_t *pairs)
 }
 
 /* 1 when the table at t is still what policy_conn_build(conn) would make for a conn without
- * headers: no metatable, the same id, ip, name and query, nothing else. One pass over it. */
-static int policy_conn_same(lua_State *L, int t, const policy_conn_t *conn)
+ * headers: no metatable, the same id, ip, name and query, nothing else. One pass over it; a
+ * key is recognised by the address of its interned bytes (vm->conn_keys), not by comparing
+ * them. */
+static int policy_conn_same(lua_State *L, policy_vm_t *vm, int t, const policy_conn_t *conn)
 {
     if (lua_getmetatable(L, t)) {
         lua_pop(L, 1);
         return 0;
     }
+    const char *const *keys = vm->conn_keys;
     size_t want = (conn->id != NULL) + (conn->ip != NULL) + (conn->name != NULL) + (conn->query != NULL), have = 0;
     lua_pushnil(L);                                       /* [.. nil] */
     while (lua_next(L, t)) {                              /* [.. k v] */
         int same = 0;
         if (++have <= want && lua_type(L, -2) == LUA_TSTRING) {
-            size_t kn;
-            const char *k = lua_tolstring(L, -2, &kn);
-            const char *field = NULL;
-            if (kn == 2 && k[0] == 'i' && k[1] == 'd') field = conn->id;
-            else if (kn == 2 && k[0] == 'i' && k[1] == 'p') field = conn->ip;
-            else if (kn == 4 && !memcmp(k, "name", 4)) field = conn->name;
+            const char *k = lua_tostring(L, -2);        /* a string key: no conversion in place */
+            const char *field = k == keys[0] ? conn->id : k == keys[1] ? conn->ip : k == keys[2] ? conn->name : NULL;
             if (field) same = policy_str_is(L, -1, field, strlen(field));
-            else if (kn == 5 && !memcmp(k, "query", 5) && conn->query) same = policy_query_same(L, -1, conn->query);
+            else if (k == keys[3] && conn->query) same = policy_query_same(L, -1, conn->query);
         }
         if (!same) {
             lua_pop(L, 2);
@@ -1844,7 +1871,7 @@ static void policy_conn_push(lua_State *L, policy_vm_t *vm, const policy_conn_t 
     int cache = lua_gettop(L);
     policy_cstr_push(L, vm, conn->id);                    /* [cache id] */
     int had = lua_rawget(L, cache);                       /* [cache old] */
-    if (had == LUA_TTABLE && policy_conn_same(L, cache + 1, conn)) {
+    if (had == LUA_TTABLE && policy_conn_same(L, vm, cache + 1, conn)) {
         lua_remove(L, cache);                             /* [conn] */
         return;
     }

@@ -89,6 +89,23 @@ static int policy_lib_lower(lua_State *L)
 /* Lua's %s class in the C locale: space, \t, \n, \v, \f, \r. */
 static int policy_lib_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
+#define POLICY_LIB_ONES 0x0101010101010101ull
+/* Whether any of the eight bytes of x is below n (n <= 128). */
+static int policy_lib_has_below(uint64_t x, unsigned n)
+{
+    return ((x - POLICY_LIB_ONES * n) & ~x & POLICY_LIB_ONES * 0x80) != 0;
+}
+
+/* The eight bytes of x with 'A'..'Z' lowered, others unchanged (bytes >= 0x80 included). */
+static uint64_t policy_lib_lower8(uint64_t x)
+{
+    uint64_t low7 = x & POLICY_LIB_ONES * 0x7f;
+    uint64_t ge_a = low7 + POLICY_LIB_ONES * (0x80 - 'A');   /* bit 7 set where low7 >= 'A' */
+    uint64_t gt_z = low7 + POLICY_LIB_ONES * (0x7f - 'Z');   /* bit 7 set where low7 > 'Z' */
+    uint64_t upper = (ge_a ^ gt_z) & ~x & POLICY_LIB_ONES * 0x80;
+    return x | upper >> 2;
+}
+
 int policy_lib_fold(lua_State *L)
 {
     size_t l, o = 0;
@@ -99,6 +116,19 @@ int policy_lib_fold(lua_State *L)
     char *out = l <= sizeof stack ? stack : luaL_buffinitsize(L, &b, l);
     int gap = 0;                                          /* whitespace seen since the last byte out */
     for (size_t i = 0; i < l; i++) {
+        if (l - i >= 8) {                                 /* eight bytes at a time while none is <= ' ' */
+            uint64_t x;
+            memcpy(&x, s + i, 8);
+            if (!policy_lib_has_below(x, 0x21)) {
+                if (gap && o > 0) out[o++] = ' ';
+                gap = 0;
+                x = policy_lib_lower8(x);
+                memcpy(out + o, &x, 8);
+                o += 8;
+                i += 7;
+                continue;
+            }
+        }
         unsigned char c = (unsigned char)s[i];
         if (policy_lib_space(c)) {
             gap = 1;
@@ -106,7 +136,7 @@ int policy_lib_fold(lua_State *L)
         }
         if (gap && o > 0) out[o++] = ' ';
         gap = 0;
-        out[o++] = (char)tolower(c);
+        out[o++] = (char)((unsigned)(c - 'A') < 26u ? c + 32 : c);   /* tolower in the C locale chatgw runs in */
     }
     if (out == stack) {
         lua_pushlstring(L, out, o);
@@ -124,6 +154,13 @@ int policy_lib_byte_runs(lua_State *L)
     luaL_argcheck(L, max >= 1, 2, "must be at least 1");
     if (l > POLICY_LIB_BYTES_MAX) return policy_lib_too_long(L, 1);
     size_t i = 1, run = 1;                                /* run: equal bytes ending at s[i - 1] */
+    while (i + 8 <= l) {          /* eight neighbour pairs at a time while none is equal: no run */
+        uint64_t x, y;
+        memcpy(&x, s + i - 1, 8);
+        memcpy(&y, s + i, 8);
+        if (policy_lib_has_below(x ^ y, 1)) break;        /* some s[k] == s[k - 1]: byte by byte */
+        i += 8;                   /* s[i - 2] != s[i - 1], so run = 1 holds at i */
+    }
     for (; i < l; i++) {                                  /* to the first byte past max in a run */
         run = s[i] == s[i - 1] ? run + 1 : 1;
         if (run > (lua_Unsigned)max) break;

@@ -192,6 +192,20 @@ describe("policy", function()
       assert.is_true(say(alice, "lobby", "hello"))
     end)
 
+    it("hands plain text to an operator's own msg handler, and checks a masked text for commands", function()
+      local routing = require("routing")
+      local seen = {}
+      routing.handlers.msg = function(conn, room, msg) seen[#seen + 1] = msg.text return true end
+      assert.is_true(say(alice, "lobby", "hello"))
+      assert.same({ "hello" }, seen)
+      -- a mask that starts with "/" turns the masked text into a command: routing sees it as one
+      policy = load({ moderation = { word_mask = "/me" } })
+      local res = say(alice, "lobby", "darn waves")
+      assert.is_table(res)
+      assert.equal("* Alice waves", res.text)
+      assert.is_true(res.action)
+    end)
+
     it("returns the rewritten table when moderation changed the text", function()
       local res = say(alice, "lobby", "oh darn")
       assert.is_table(res)

@@ -307,6 +307,11 @@ static void test_bounded_lib(void **state)
     eval_true(p, "return string.pack == nil and string.unpack == nil and string.packsize == nil");
     eval_fails(p, "local s = string.rep('x', 4 << 20) return s .. s", "not enough memory");   /* one block <= 4 MiB */
     eval_true(p, "return utf8.len('h\\u{e9}llo') == 5 and string.upper('abc') == 'ABC' and string.format('%d-%s', 1, 'x') == '1-x'");
+    /* type answers from names kept as upvalues, as Lua's own does */
+    eval_true(p, "return type(nil) == 'nil' and type(false) == 'boolean' and type(1) == 'number' "
+                 "and type(1.5) == 'number' and type('') == 'string' and type({}) == 'table' and type(print) == 'function' "
+                 "and type(type) == 'function' and type(gw.fold) == 'function' and select('#', type(1, 2)) == 1 "
+                 "and type(gw.null) == 'userdata' and not pcall(type) and select(2, pcall(type)):find('value expected') ~= nil");
     /* fast paths: lower and utf8.len answer as Lua's own */
     eval_true(p, "return string.lower('AbC\\0\\xc9x') == 'abc\\0\\xc9x' and string.lower('abc') == 'abc' and string.lower(12) == '12' "
                  "and string.lower('') == '' and string.lower(string.rep('Ab', 400)) == string.rep('ab', 400) "
@@ -326,6 +331,16 @@ static void test_bounded_lib(void **state)
                  "  if gw.fold(t) ~= want then error(string.format('%q', t)) end end "
                  "return gw.fold(string.rep(' A\\t', 300)) == string.rep('a', 300, ' ') and gw.fold(12) == '12' and gw.fold('') == '' and gw.fold(' \\t ') == '' and not pcall(gw.fold) "
                  "and not pcall(gw.fold, {})");
+    /* the same on texts mostly without whitespace (eight bytes at a time), with the bytes
+     * around 'A'..'Z', around the space and with the high bit set */
+    eval_true(p, "local alpha = { 'a', 'B', 'Z', 'A', 'z', '@', '[', '`', '{', '!', ' ', '\\t', '\\x1f', '\\x20', '\\xc1', '\\xda', '\\x80', '\\xff', '\\0' } "
+                 "local seed = 11 local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648 return seed % n + 1 end "
+                 "for i = 1, 1200 do local parts = {} "
+                 "  for j = 1, rnd(i % 10 == 0 and 120 or 40) - 1 do local r = rnd(40) parts[j] = alpha[r <= 10 and r or rnd(#alpha)] end "
+                 "  local t = table.concat(parts) "
+                 "  local want = string.match(string.gsub(string.lower(t), '%s+', ' '), '^ ?(.-) ?$') "
+                 "  if gw.fold(t) ~= want then error(string.format('%q', t)) end end "
+                 "return gw.fold('ABCDEFGHIJKLMNOPQRSTUVWXYZ@[`{') == 'abcdefghijklmnopqrstuvwxyz@[`{' and gw.fold('  ABCDEFGH  IJKLMNOP  ') == 'abcdefgh ijklmnop'");
     eval_fails(p, "return gw.fold(string.rep('a', (4 << 20) + 1))", "longer than 4 MiB");
     /* gw.byte_runs cuts what the byte pattern "(.)%1{max}" and its extension loop cut, for every
      * max from 1 to 6, on random texts over few symbols (long runs) */
@@ -342,6 +357,10 @@ static void test_bounded_lib(void **state)
                  "  for j = 1, rnd(i % 10 == 0 and 300 or 30) - 1 do parts[j] = alpha[rnd(#alpha)] end "
                  "  local t, max = table.concat(parts), rnd(6) "
                  "  if gw.byte_runs(t, max) ~= ref(t, max) then error(string.format('%q %d', t, max)) end end "
+                 "local filler = 'abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOP' "
+                 "for at = 1, 24 do for len = 1, 7 do for max = 1, 3 do "   /* one run among distinct neighbours */
+                 "  local t = string.sub(filler, 1, at - 1) .. string.rep('z', len) .. string.sub(filler, at, at + 30) "
+                 "  if gw.byte_runs(t, max) ~= ref(t, max) then error(string.format('%q %d', t, max)) end end end end "
                  "return gw.byte_runs('', 1) == '' and gw.byte_runs(string.rep('x', 1000), 3) == 'xxx' "
                  "and gw.byte_runs(string.rep('ab', 600) .. 'ccc', 2) == string.rep('ab', 600) .. 'cc' "
                  "and not pcall(gw.byte_runs, 'aa', 0) and not pcall(gw.byte_runs, 'aa', 1.5) and not pcall(gw.byte_runs, {}, 1)");
