@@ -466,6 +466,8 @@ struct bus_redis_s {
                                     * shard is up again, the rooms are listed and filled again */
     int refreshing;                /* CLUSTER SLOTS asked while up */
     rb_shard_t *direct_on;         /* the shard whose subscriber has the direct channel */
+    rb_shard_t *refresh_from;      /* the next CLUSTER SLOTS goes here first, when still up */
+    uint64_t last_refresh_ms;
     rb_shard_t **retired;          /* shards a new map let go, dropped and freed from the kick */
     size_t nretired;
     char *scripts[RB_SCRIPTS];     /* rb_scripts, with SPUBLISH in a cluster */
@@ -507,6 +509,7 @@ struct bus_redis_s {
 static void rb_link_fail(bus_redis_t *r, int status, const char *why);
 static void rb_shard_fail(rb_shard_t *sh, int status, const char *why);
 static void rb_refresh_later(bus_redis_t *r);
+static void rb_refresh_soon(bus_redis_t *r);
 static void rb_link_start(bus_redis_t *r);
 static void rb_close_maybe_finish(bus_redis_t *r);
 static void rb_presence_sync(bus_redis_t *r, rb_room_t *room, int leave_all);
@@ -908,9 +911,10 @@ static int rb_req_redirect(rb_req_t *q, const rb_shard_t *from, const redisReply
     /* a master not in the map (a failover promoted a replica), or masters that disagree for
      * a moment: the map is read again, q waits for a tick */
     if (i == r->nshards || ++q->redirects > RB_REDIRECTS_MAX) {
-        if (i == r->nshards) {
+        if (i == r->nshards) {     /* asked of the master that redirected: it knows the new one */
             r->degraded = 1;
-            rb_refresh_later(r);
+            r->refresh_from = (rb_shard_t *)from;
+            rb_refresh_soon(r);
         }
         if (uv_now(r->loop) - q->born_ms >= (uint64_t)r->command_timeout_ms) return GW_EDOWN;
         q->redirects = 0;
@@ -1787,6 +1791,15 @@ static void rb_refresh_later(bus_redis_t *r)
         uv_timer_start(&r->retry, rb_on_retry, rb_backoff_ms(r), 0);
 }
 
+/* A redirection to a master not in the map: the requests wait for it, so no backoff (but one
+ * read a tick at most while the masters' views converge). */
+static void rb_refresh_soon(bus_redis_t *r)
+{
+    if (r->state != RB_UP || r->refreshing) return;
+    uint64_t since = uv_now(r->loop) - r->last_refresh_ms;
+    uv_timer_start(&r->retry, rb_on_retry, since >= (uint64_t)r->tick_ms ? 0 : (uint64_t)r->tick_ms - since, 0);
+}
+
 /* Moves the bus onto map: masters it has up keep their connections, the others are dropped,
  * new ones connect; rooms whose shard changed subscribe on the new one. */
 static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
@@ -1858,18 +1871,24 @@ static void rb_done_refresh(rb_req_t *q, redisReply *rep, int status)
     redis_slots_map_free(&map);
 }
 
-/* CLUSTER SLOTS on a master that is up; none: the link starts over from the seeds. */
+/* CLUSTER SLOTS on a master that is up (the one that last redirected to a master not in the
+ * map first); none: the link starts over from the seeds. */
 static void rb_cluster_refresh(bus_redis_t *r)
 {
-    for (size_t i = 0; i < r->nshards; i++) {
-        rb_shard_t *sh = r->shards[i];
-        if (sh->down || !sh->cmd_ready) continue;
+    rb_shard_t *first = r->refresh_from;
+    r->refresh_from = NULL;
+    for (size_t k = 0; k <= r->nshards; k++) {
+        rb_shard_t *sh = k == 0 ? first : r->shards[k - 1];
+        int known = 0;             /* first may have left the map meanwhile */
+        for (size_t i = 0; sh && i < r->nshards && !known; i++) known = r->shards[i] == sh;
+        if (!known || sh->down || !sh->cmd_ready) continue;
         rb_req_t *q = rb_req_new(r, -1, rb_done_refresh);
         q->to = sh;
         rb_req_str(q, "CLUSTER");
         rb_req_str(q, "SLOTS");
         if (rb_req_submit(q) == 0) {
             r->refreshing = 1;
+            r->last_refresh_ms = uv_now(r->loop);
             return;
         }
     }
