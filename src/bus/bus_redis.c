@@ -799,13 +799,13 @@ static int rb_req_submit_read(rb_req_t *q, const char *name)
     return 0;
 }
 
-/* Sends the reads held for room (NULL: every room), now that its channel is on or no longer
- * wanted; or, with status, fails them (the link went). Each is unlinked before its callback. */
-static void rb_waiting_flush(bus_redis_t *r, const char *room, int status)
+/* Sends the requests held on list (their `wait` links) for room (NULL: every one), or with
+ * status fails them (the link went). Each is unlinked before it goes or its callback runs. */
+static void rb_held_flush(rb_list_t *list, const char *room, int status)
 {
     rb_list_t todo;
     rb_list_init(&todo);
-    for (rb_list_t *l = r->waiting.next, *next; l != &r->waiting; l = next) {
+    for (rb_list_t *l = list->next, *next; l != list; l = next) {
         next = l->next;
         rb_req_t *q = rb_container_of(l, rb_req_t, wait);
         if (room && strcmp(q->room, room)) continue;
@@ -819,22 +819,11 @@ static void rb_waiting_flush(bus_redis_t *r, const char *room, int status)
     }
 }
 
-/* Sends again what a cluster answered TRYAGAIN; with status (the link went), fails it. */
-static void rb_again_flush(bus_redis_t *r, int status)
-{
-    rb_list_t todo;
-    rb_list_init(&todo);
-    while (!rb_list_empty(&r->again)) {
-        rb_req_t *q = rb_container_of(r->again.next, rb_req_t, wait);
-        rb_list_del(&q->wait);
-        rb_list_push(&todo, &q->wait);
-    }
-    while (!rb_list_empty(&todo)) {
-        rb_req_t *q = rb_container_of(todo.next, rb_req_t, wait);
-        rb_list_del(&q->wait);
-        if (status || rb_req_send(q) < 0) q->done(q, NULL, status ? status : GW_EDOWN);
-    }
-}
+/* The reads held for room (NULL: every room), now that its channel is on or no longer wanted. */
+static void rb_waiting_flush(bus_redis_t *r, const char *room, int status) { rb_held_flush(&r->waiting, room, status); }
+
+/* What a cluster answered TRYAGAIN (or redirected too often) goes again. */
+static void rb_again_flush(bus_redis_t *r, int status) { rb_held_flush(&r->again, NULL, status); }
 
 /* SCRIPT LOAD of every script on sh. */
 static void rb_scripts_load(bus_redis_t *r, rb_shard_t *sh)
@@ -1272,15 +1261,14 @@ static int rb_shard_open(bus_redis_t *r, rb_shard_t *sh)
     return redis_sub_ping(sh->sub);
 }
 
-/* Connects every shard of this try. */
+/* Connects every shard without connections (a new try's, or a new map's); one that cannot
+ * fails as a shard (rb_shard_fail: before the link is up, the whole try). */
 static void rb_shards_open(bus_redis_t *r)
 {
     r->home = rb_shard_of(r, RB_KEY_NODES, strlen(RB_KEY_NODES));
-    for (size_t i = 0; i < r->nshards; i++)
-        if (rb_shard_open(r, r->shards[i]) < 0) {
-            rb_link_fail(r, GW_EDOWN, "connect failed");
-            return;
-        }
+    for (size_t i = 0; i < r->nshards && (r->state == RB_CONNECTING || r->state == RB_UP); i++)
+        if (!r->shards[i]->cmd && rb_shard_open(r, r->shards[i]) < 0)
+            rb_shard_fail(r->shards[i], GW_EDOWN, "connect failed");
 }
 
 /* This try's servers: the one at ip (the URL's or the sentinels' master) ... */
@@ -1311,16 +1299,13 @@ static int rb_map_check(const redis_slots_map_t *map, const char **why)
     return 0;
 }
 
+static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map);
+
 static int rb_cluster_connect(bus_redis_t *r, const redis_slots_map_t *map, const char **why)
 {
     if (rb_map_check(map, why) < 0) return GW_EINVAL;
-    r->shards = xcalloc(map->nshards, sizeof *r->shards);
-    r->nshards = map->nshards;
-    for (size_t i = 0; i < map->nshards; i++)
-        r->shards[i] = rb_shard_new(r, map->shards[i].master.host, map->shards[i].master.port);
     if (!r->slot_shard) r->slot_shard = xcalloc(REDIS_SLOTS_COUNT, sizeof *r->slot_shard);
-    memcpy(r->slot_shard, map->slot_shard, sizeof map->slot_shard);
-    rb_shards_open(r);
+    rb_shards_remap(r, map);       /* from no shards: every one new */
     return 0;
 }
 
@@ -1800,8 +1785,8 @@ static void rb_refresh_soon(bus_redis_t *r)
     uv_timer_start(&r->retry, rb_on_retry, since >= (uint64_t)r->tick_ms ? 0 : (uint64_t)r->tick_ms - since, 0);
 }
 
-/* Moves the bus onto map: masters it has up keep their connections, the others are dropped,
- * new ones connect; rooms whose shard changed subscribe on the new one. */
+/* Moves the bus onto map (from none, on a new try): masters it has up keep their connections,
+ * the others are dropped, new ones connect; rooms whose shard changed subscribe on the new one. */
 static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
 {
     rb_shard_t **now = xcalloc(map->nshards, sizeof *now);
@@ -1844,9 +1829,7 @@ static void rb_shards_remap(bus_redis_t *r, const redis_slots_map_t *map)
     }
     rb_marked_echo_release(r);
     rb_direct_subscribe(r);        /* a new home subscribes when it opens */
-    for (size_t i = 0; i < r->nshards; i++)
-        if (!r->shards[i]->cmd && rb_shard_open(r, r->shards[i]) < 0)
-            rb_shard_fail(r->shards[i], GW_EDOWN, "connect failed");
+    rb_shards_open(r);
     rb_maybe_up(r);
 }
 
@@ -1871,27 +1854,31 @@ static void rb_done_refresh(rb_req_t *q, redisReply *rep, int status)
     redis_slots_map_free(&map);
 }
 
-/* CLUSTER SLOTS on a master that is up (the one that last redirected to a master not in the
- * map first); none: the link starts over from the seeds. */
+/* CLUSTER SLOTS on sh when it is a master of the map that is up. 0, or GW_EDOWN. */
+static int rb_refresh_ask(bus_redis_t *r, rb_shard_t *sh)
+{
+    size_t i = 0;
+    while (i < r->nshards && r->shards[i] != sh) i++;
+    if (i == r->nshards || sh->down || !sh->cmd_ready) return GW_EDOWN;
+    rb_req_t *q = rb_req_new(r, -1, rb_done_refresh);
+    q->to = sh;
+    rb_req_str(q, "CLUSTER");
+    rb_req_str(q, "SLOTS");
+    if (rb_req_submit(q) < 0) return GW_EDOWN;
+    r->refreshing = 1;
+    r->last_refresh_ms = uv_now(r->loop);
+    return 0;
+}
+
+/* The slot map again, from the master that last redirected to one not in the map (it knows the
+ * new one), else from any that is up; none: the link starts over from the seeds. */
 static void rb_cluster_refresh(bus_redis_t *r)
 {
     rb_shard_t *first = r->refresh_from;
     r->refresh_from = NULL;
-    for (size_t k = 0; k <= r->nshards; k++) {
-        rb_shard_t *sh = k == 0 ? first : r->shards[k - 1];
-        int known = 0;             /* first may have left the map meanwhile */
-        for (size_t i = 0; sh && i < r->nshards && !known; i++) known = r->shards[i] == sh;
-        if (!known || sh->down || !sh->cmd_ready) continue;
-        rb_req_t *q = rb_req_new(r, -1, rb_done_refresh);
-        q->to = sh;
-        rb_req_str(q, "CLUSTER");
-        rb_req_str(q, "SLOTS");
-        if (rb_req_submit(q) == 0) {
-            r->refreshing = 1;
-            r->last_refresh_ms = uv_now(r->loop);
-            return;
-        }
-    }
+    if (first && rb_refresh_ask(r, first) == 0) return;
+    for (size_t i = 0; i < r->nshards; i++)
+        if (rb_refresh_ask(r, r->shards[i]) == 0) return;
     rb_link_fail(r, GW_EDOWN, "no cluster master answers");
 }
 
@@ -2117,7 +2104,7 @@ static int rb_env_parse(const char *p, size_t n, rb_env_t *e)
 }
 
 /* Our own post came back on the channel: this is its place in the room's order. */
-static void rb_post_echo(bus_redis_t *r, const rb_env_t *e)
+static void rb_post_echo(bus_redis_t *r, const rb_env_t *e, const proto_id_t *id)
 {
     uint64_t token = 0;
     for (size_t i = 0; i < e->token_len; i++) token = token * 10 + (uint64_t)(e->token[i] - '0');
@@ -2125,7 +2112,7 @@ static void rb_post_echo(bus_redis_t *r, const rb_env_t *e)
         rb_req_t *q = rb_container_of(l, rb_req_t, echo);
         if (q->token != token) continue;
         if (!q->payload) {
-            if (proto_id_parse(e->id, e->id_len, &q->id) < 0) return;
+            q->id = *id;
             q->payload = sbuf_from(e->payload, e->len);
         }
         rb_post_finish(q, 0);
@@ -2176,16 +2163,18 @@ static void rb_sub_dispatch(bus_redis_t *r, const char *chan, size_t chan_len, c
     if (rb_chan_room(r, chan, chan_len, name, sizeof name) < 0) return;
     rb_room_t *room = rb_room_get(r, name);
     if (!room || !room->wanted) return;
-    if (e.kind == 'm') (void)proto_id_parse(e.id, e.id_len, &room->seen);   /* the channel's order: newest last */
+    proto_id_t id;
+    if (e.kind == 'm') {
+        if (proto_id_parse(e.id, e.id_len, &id) < 0) return;
+        room->seen = id;           /* the channel's order: newest last */
+    }
     if (self) {                    /* the node id guard */
-        if (e.kind == 'm') rb_post_echo(r, &e);
+        if (e.kind == 'm') rb_post_echo(r, &e, &id);
         return;
     }
     switch (e.kind) {
     case 'm':
     case 'p': {
-        proto_id_t id;
-        if (e.kind == 'm' && proto_id_parse(e.id, e.id_len, &id) < 0) return;
         RB_STAT_ADD(r, received, 1);
         if (!on->room_message) return;
         sbuf_t *p = sbuf_from(e.payload, e.len);
