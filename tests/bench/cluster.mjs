@@ -25,6 +25,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { HOST as H, portFinder, stop, runGen, fmtN, median, sleep } from "./bench_lib.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, "../..");
@@ -47,27 +48,12 @@ const GEN_ARGS = ["--mode", "rooms", "--conns", "600", "--members", "6", "--publ
   "--settle-ms", "2000", "--phases", PHASES, "--path", "/ws?room={room}&name=b{conn}"];
 const T0 = Date.now();
 const elapsed = () => (Date.now() - T0) / 1000;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const H = "127.0.0.1";
 
 const procs = new Set();
 process.on("exit", () => { for (const p of procs) { try { p.kill("SIGKILL"); } catch { /* gone */ } } });
 for (const sig of ["SIGINT", "SIGTERM"]) process.once(sig, () => process.exit(130));
 
-let nextPort = 30000 + (process.pid % 500) * 20;
-async function freePort() {
-  for (let i = 0; i < 500; i++) {
-    const p = nextPort++;
-    if (nextPort > 60000) nextPort = 30000;
-    const ok = await new Promise((res) => {
-      const s = net.createServer();
-      s.once("error", () => res(false));
-      s.listen(p, H, () => s.close(() => res(true)));
-    });
-    if (ok) return p;
-  }
-  throw new Error("no free port");
-}
+const freePort = portFinder(30000 + (process.pid % 500) * 20);
 
 function cli(port, args, ms = 5000) {
   return new Promise((resolve, reject) => {
@@ -91,16 +77,8 @@ function launch(cmd, args, log) {
   fs.closeSync(fd);
   procs.add(p);
   p.on("error", (e) => (p.spawnError = e));
-  p.exited = new Promise((r) => p.once("exit", () => { procs.delete(p); r(); }));
+  p.once("exit", () => procs.delete(p));
   return p;
-}
-
-async function stop(p) {
-  if (p.exitCode !== null || p.signalCode !== null || p.spawnError) return;
-  p.kill("SIGTERM");
-  const t = setTimeout(() => p.kill("SIGKILL"), 3000);
-  await p.exited;
-  clearTimeout(t);
 }
 
 /** Starts the back end of target: {procs, chatgwArgs, desc}. */
@@ -174,22 +152,6 @@ async function readyRedis(port) {
   });
 }
 
-function runGen(args, timeoutS) {
-  return new Promise((resolve) => {
-    const p = spawn(GEN, args, { stdio: ["ignore", "pipe", "pipe"] });
-    procs.add(p);
-    let out = "", err = "";
-    p.stdout.on("data", (d) => (out += d));
-    p.stderr.on("data", (d) => (err += d));
-    const t = setTimeout(() => p.kill("SIGKILL"), timeoutS * 1000);
-    p.on("exit", (code) => {
-      procs.delete(p);
-      clearTimeout(t);
-      try { resolve(JSON.parse(out.trim().split("\n").pop())); } catch { resolve({ error: `generator exit ${code}: ${err.trim().slice(0, 300)}` }); }
-    });
-  });
-}
-
 const results = [];
 const commands = new Map();
 
@@ -217,7 +179,7 @@ async function runOne(target, run, pol) {
     const pids = [...gws, ...be.procs].map((p) => p.pid).join(",");
     const gen = [...GEN_ARGS, "--ports", ports.join(","), "--pid", pids, "--label", `cluster/${target}`];
     commands.set(target, `${commands.get(target)}\n${path.relative(ROOT, GEN)} ${gen.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a}'`)).join(" ")}`);
-    res = await runGen(gen, 60);
+    res = await runGen(GEN, gen, 60, procs);
   } catch (e) {
     res = { error: String(e.message || e) };
   }
@@ -230,13 +192,7 @@ async function runOne(target, run, pol) {
   console.log(`  [${elapsed().toFixed(0).padStart(3)}s] ${target.padEnd(10)} run ${run}: ${brief}`);
 }
 
-const fmtN = (v) => (v == null || Number.isNaN(v) ? "n/a" : v >= 1e6 ? `${(v / 1e6).toFixed(2)}M` : v >= 1e4 ? `${(v / 1e3).toFixed(0)}k` : v >= 1e3 ? `${(v / 1e3).toFixed(1)}k` : v.toFixed(0));
 const fmtMs = (us) => (us == null ? "n/a" : (us / 1e3).toFixed(us >= 1e5 ? 0 : 2));
-const median = (xs) => {
-  const v = xs.filter((x) => x != null && !Number.isNaN(x)).sort((a, b) => a - b);
-  if (!v.length) return null;
-  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
-};
 const ok = (t) => results.filter((r) => r.target === t && !r.res.error);
 const med = (t, f) => median(ok(t).map((r) => { try { return f(r.res); } catch { return null; } }));
 

@@ -22,6 +22,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { portFinder, stop, runGen, fmtN, median, sleep } from "./bench_lib.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, "../..");
@@ -38,7 +39,6 @@ const OUT = process.env.BENCH_OUT || path.join(ROOT, "BENCHMARKS.md");
 const REDIS = process.env.BENCH_REDIS || (fs.existsSync("/usr/bin/redis-server") ? "/usr/bin/redis-server" : "redis-server");
 const T0 = Date.now();
 const elapsed = () => (Date.now() - T0) / 1000;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---- limits of this machine ----
 function nofileHard() {
@@ -183,19 +183,7 @@ const SCENARIOS = [
 ].filter((s) => !ONLY.length || ONLY.includes(s.id));
 
 // ---- process handling ----
-let nextPort = 20000 + (process.pid % 400) * 20;
-async function freePort() {
-  for (let i = 0; i < 200; i++) {
-    const p = nextPort++;
-    const ok = await new Promise((res) => {
-      const s = net.createServer();
-      s.once("error", () => res(false));
-      s.listen(p, "127.0.0.1", () => s.close(() => res(true)));
-    });
-    if (ok) return p;
-  }
-  throw new Error("no free port");
-}
+const freePort = portFinder(20000 + (process.pid % 400) * 20);
 
 async function waitPort(port, proc, ms = 10000) {
   const end = Date.now() + ms;
@@ -211,30 +199,6 @@ async function waitPort(port, proc, ms = 10000) {
     await sleep(50);
   }
   throw new Error(`port ${port} not ready`);
-}
-
-async function stop(proc) {
-  if (proc.exitCode !== null || proc.signalCode !== null || proc.spawnError) return;
-  const done = new Promise((r) => proc.once("exit", r));
-  proc.kill("SIGTERM");
-  const t = setTimeout(() => proc.kill("SIGKILL"), 3000);
-  await done;
-  clearTimeout(t);
-}
-
-function runGen(args, timeoutS) {
-  return new Promise((resolve) => {
-    const p = spawn(GEN, args, { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "", err = "";
-    p.stdout.on("data", (d) => (out += d));
-    p.stderr.on("data", (d) => (err += d));
-    const t = setTimeout(() => p.kill("SIGKILL"), timeoutS * 1000);
-    p.on("exit", (code) => {
-      clearTimeout(t);
-      const line = out.trim().split("\n").pop();
-      try { resolve(JSON.parse(line)); } catch { resolve({ error: `generator exit ${code}: ${err.trim().slice(0, 300)}` }); }
-    });
-  });
 }
 
 const results = []; // { scenario, target, run, res, cmd }
@@ -281,7 +245,7 @@ async function runOne(sc, tname, run) {
     }
     if (opts.reloadFile) gen.push("--reload-file", opts.reloadFile);
     commands.set(`${sc.id}/${tname}`, `${lines.join("\n")}\n${[path.relative(ROOT, GEN), ...gen].map(q).join(" ")}`);
-    res = await runGen(gen, 120);
+    res = await runGen(GEN, gen, 120);
   } catch (e) {
     res = { error: String(e.message || e) };
   }
@@ -298,14 +262,8 @@ async function runOne(sc, tname, run) {
 }
 
 const q = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${String(s).replaceAll("'", "'\\''")}'`);
-const fmtN = (v) => (v == null || Number.isNaN(v) ? "n/a" : v >= 1e6 ? `${(v / 1e6).toFixed(2)}M` : v >= 1e4 ? `${(v / 1e3).toFixed(0)}k` : v >= 1e3 ? `${(v / 1e3).toFixed(1)}k` : v.toFixed(0));
 const fmtMs = (us) => (us == null ? "n/a" : us / 1e3 >= 100 ? (us / 1e3).toFixed(0) : (us / 1e3).toFixed(1));
 const fmtKB = (b) => (b == null ? "n/a" : (b / 1024).toFixed(2));
-const median = (xs) => {
-  const v = xs.filter((x) => x != null && !Number.isNaN(x)).sort((a, b) => a - b);
-  if (!v.length) return null;
-  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
-};
 
 // ---- main ----
 async function main() {
