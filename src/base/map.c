@@ -99,6 +99,29 @@ void *map_del(map_t *m, const char *key)
     return v;
 }
 
+size_t map_sweep(map_t *m, size_t *cursor, size_t n, int (*take)(void *value, void *ctx), void *ctx)
+{
+    if (!m->nbuckets) return 0;
+    size_t removed = 0, i = *cursor & (m->nbuckets - 1);
+    if (n > m->nbuckets) n = m->nbuckets;
+    for (; n; n--, i = (i + 1) & (m->nbuckets - 1)) {
+        map_entry_t **p = &m->buckets[i];
+        while (*p) {
+            map_entry_t *e = *p;
+            if (!take(e->value, ctx)) {
+                p = &e->next;
+                continue;
+            }
+            *p = e->next;
+            free(e);
+            m->count--;
+            removed++;
+        }
+    }
+    *cursor = i;
+    return removed;
+}
+
 map_entry_t *map_first(const map_t *m, size_t *i)
 {
     for (*i = 0; *i < m->nbuckets; (*i)++)

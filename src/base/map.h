@@ -26,6 +26,13 @@ void *map_get(const map_t *m, const char *key);
 void map_set(map_t *m, const char *key, void *value);   /* inserts or replaces */
 void *map_del(map_t *m, const char *key);        /* returns the removed value or NULL */
 
+/* Removes every entry whose value take(value, ctx) claims (returns 1: the value is the
+ * caller's from then on), among the entries of up to n buckets from *cursor on. *cursor is left
+ * where the next call goes on, wrapping at the end, so calls with a small n spread one pass
+ * over the map across calls; n >= nbuckets visits every bucket once. A map that grew between
+ * calls is still covered (the cursor is taken modulo its size). Returns how many it removed. */
+size_t map_sweep(map_t *m, size_t *cursor, size_t n, int (*take)(void *value, void *ctx), void *ctx);
+
 /* Iteration: for (map_entry_t *e = map_first(m, &i); e; e = map_next(m, e, &i)).
  * The map must not change during iteration. */
 map_entry_t *map_first(const map_t *m, size_t *i);

@@ -26,6 +26,7 @@
 
 #define IB_DRAIN_MAX 256           /* events per loop wake-up, so one busy worker cannot starve a loop */
 #define IB_LIMITS_SWEEP 1024       /* buckets kept before full ones are swept */
+#define IB_LIMITS_SWEEP_SLICE 8    /* hash buckets looked at per new bucket from then on */
 
 typedef struct {
     char *id, *name, *node;
@@ -64,6 +65,7 @@ struct bus_inproc_s {
     size_t nhandles, handles_cap;
     map_t rooms;                   /* name -> ib_room_t */
     map_t limits;                  /* key -> ib_bucket_t */
+    size_t limits_cursor;          /* where ib_limits_sweep goes on */
 };
 
 enum { IB_MSG, IB_PLAIN, IB_PRESENCE, IB_DIRECT, IB_POSTED, IB_LIST, IB_RANGE, IB_LIMIT };
@@ -473,18 +475,22 @@ static int ib_history_range(bus_t *base, const char *name, const proto_id_t *sin
     return 0;
 }
 
-/* Frees full buckets once many are kept (their state equals a fresh one's). Under sh->mu. */
+/* map_sweep's take: a bucket that has refilled equals a fresh one. */
+static int ib_bucket_full(void *value, void *ctx)
+{
+    ib_bucket_t *k = value;
+    uint64_t now = *(const uint64_t *)ctx;
+    if (k->tokens + (double)(now - k->ts_ms) * k->rate / 1000.0 < k->burst) return 0;
+    free(k);
+    return 1;
+}
+
+/* Frees full buckets once many are kept: a few hash buckets per new bucket, so that a pass
+ * over the map keeps pace with its growth and no one call scans it all. Under sh->mu. */
 static void ib_limits_sweep(bus_inproc_t *sh, uint64_t now)
 {
     if (sh->limits.count < IB_LIMITS_SWEEP) return;
-    size_t i;
-    for (map_entry_t *e = map_first(&sh->limits, &i), *next; e; e = next) {
-        next = map_next(&sh->limits, e, &i);
-        ib_bucket_t *k = e->value;
-        if (k->tokens + (double)(now - k->ts_ms) * k->rate / 1000.0 < k->burst) continue;
-        map_del(&sh->limits, e->key);   /* next stays valid: only e goes */
-        free(k);
-    }
+    map_sweep(&sh->limits, &sh->limits_cursor, IB_LIMITS_SWEEP_SLICE, ib_bucket_full, &now);
 }
 
 static int ib_limit_take(bus_t *base, const char *key, double rate, double burst, bus_limit_cb cb, void *arg)

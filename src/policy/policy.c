@@ -2489,7 +2489,7 @@ void policy_conn_forget(policy_t *p, const char *id)
 
 void policy_on_tick(policy_t *p, double now)
 {
-    policy_store_sweep(p->store, policy_now_mono(p));
+    policy_store_tick(p->store, policy_now_mono(p));
     if (p->metrics) {
         __atomic_store_n(&p->metrics->policy_store_keys, (uint64_t)policy_store_count(p->store), __ATOMIC_RELAXED);
         __atomic_store_n(&p->metrics->policy_store_buckets, (uint64_t)policy_store_buckets(p->store),
@@ -2500,6 +2500,6 @@ void policy_on_tick(policy_t *p, double now)
     }
     policy_call_t c = { .slot = POLICY_HOOK_TICK, .now = now };
     policy_dispatch(p, &c);
-    if (p->cand && !p->cand->store_shared) policy_store_sweep(p->cand->store, policy_now_mono(p->cand));
+    if (p->cand && !p->cand->store_shared) policy_store_tick(p->cand->store, policy_now_mono(p->cand));
     policy_record_flush(p->rec);
 }

@@ -2,11 +2,12 @@
  * Lua VM (see policy_store.h). Two string maps own their values: store entries hold a JSON value
  * (one reference) and an expiry time, buckets hold their token count. Time is whatever monotonic
  * seconds the caller passes; nothing here reads a clock or touches Lua. Expiry is lazy: a read
- * that finds an expired entry deletes it, and policy_store_sweep drops the rest. A full store
+ * that finds an expired entry deletes it, and policy_store_tick drops the rest, a slice a tick. A full store
  * makes room by sweeping, then by evicting the entries nearest to expiry (logged as a warning). */
 #include "policy/policy_store.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,7 @@ struct policy_store_s {
     size_t evicted;                /* entries dropped by a full store, since creation */
     size_t bytes, max_bytes;       /* charged to entries and buckets, and the cap */
     double room_retry;             /* a full store sweeps and evicts again only from then on */
+    size_t entries_cursor, buckets_cursor;   /* where policy_store_tick goes on in each map */
 };
 
 /* What a key costs in a map beside its value: the copy, the map entry, malloc's headers. */
@@ -422,19 +424,20 @@ int policy_store_limit_sync(policy_store_t *s, const char *key, double rate, dou
     return 0;
 }
 
-/* Collects the keys to drop first: the map must not change while it is iterated. Each key
- * pointer stays valid until its own entry is deleted. */
-static size_t policy_map_sweep(policy_store_t *s, map_t *m, int (*dead)(const void *value, double now),
-                               void (*drop)(policy_store_t *, void *), double now)
+/* map_sweep's take for the store's maps: drops a dead value (its bytes given back). */
+typedef struct {
+    policy_store_t *s;
+    double now;
+    int (*dead)(const void *value, double now);
+    void (*drop)(policy_store_t *, void *);
+} policy_sweep_t;
+
+static int policy_sweep_take(void *value, void *ctx)
 {
-    if (!m->count) return 0;
-    const char **keys = xmalloc(m->count * sizeof *keys);
-    size_t n = 0, i;
-    for (map_entry_t *e = map_first(m, &i); e; e = map_next(m, e, &i))
-        if (dead(e->value, now)) keys[n++] = e->key;
-    for (size_t k = 0; k < n; k++) drop(s, map_del(m, keys[k]));
-    free(keys);
-    return n;
+    policy_sweep_t *w = ctx;
+    if (!w->dead(value, w->now)) return 0;
+    w->drop(w->s, value);
+    return 1;
 }
 
 static int policy_entry_dead(const void *value, double now) { return policy_entry_expired(value, now); }
@@ -445,10 +448,20 @@ static int policy_bucket_dead(const void *value, double now)
     return policy_bucket_level(b, now) >= b->burst;
 }
 
-size_t policy_store_sweep(policy_store_t *s, double now)
+/* Sweeps up to n buckets of each map from its cursor on. */
+static size_t policy_store_sweep_n(policy_store_t *s, double now, size_t n)
 {
-    return policy_map_sweep(s, &s->entries, policy_entry_dead, policy_entry_drop, now)
-        + policy_map_sweep(s, &s->buckets, policy_bucket_dead, policy_bucket_drop, now);
+    policy_sweep_t e = { s, now, policy_entry_dead, policy_entry_drop };
+    policy_sweep_t b = { s, now, policy_bucket_dead, policy_bucket_drop };
+    return map_sweep(&s->entries, &s->entries_cursor, n, policy_sweep_take, &e)
+        + map_sweep(&s->buckets, &s->buckets_cursor, n, policy_sweep_take, &b);
+}
+
+size_t policy_store_sweep(policy_store_t *s, double now) { return policy_store_sweep_n(s, now, SIZE_MAX); }
+
+size_t policy_store_tick(policy_store_t *s, double now)
+{
+    return policy_store_sweep_n(s, now, POLICY_STORE_TICK_BUCKETS);
 }
 
 size_t policy_store_count(const policy_store_t *s) { return s->entries.count; }

@@ -2,7 +2,7 @@
  * and gw.limit (token buckets by key). It lives in policy_t, not in a Lua VM, so its data
  * survives policy reloads. It knows nothing about Lua: callers pass the current time (monotonic
  * seconds) so tests can drive the clock. Expired entries behave as absent (lazy expiry, plus
- * policy_store_sweep from on_tick). Sizes are capped so a policy cannot grow it without bound;
+ * policy_store_tick from on_tick). Sizes are capped so a policy cannot grow it without bound;
  * a refused operation returns a negative code (base/err.h) with a static message in *err and
  * changes nothing.
  *
@@ -66,8 +66,13 @@ int policy_store_limit(policy_store_t *s, const char *key, double rate, double b
 int policy_store_limit_sync(policy_store_t *s, const char *key, double rate, double burst, double tokens,
                             double now, const char **err);
 /* Drops expired entries and buckets that have refilled (they equal absent ones). Returns how
- * many were dropped. */
+ * many were dropped. policy_store_sweep looks at all of them (a full store does, and costs
+ * O(entries)); policy_store_tick, once a second, at the next POLICY_STORE_TICK_BUCKETS hash
+ * buckets of each map only, so that a tick stays short however many keys there are (100,000
+ * keys, 131,072 buckets: one pass in 64 ticks). Expired entries read as absent meanwhile. */
+#define POLICY_STORE_TICK_BUCKETS 2048
 size_t policy_store_sweep(policy_store_t *s, double now);
+size_t policy_store_tick(policy_store_t *s, double now);
 size_t policy_store_count(const policy_store_t *s);        /* live entries incl. not yet swept */
 size_t policy_store_buckets(const policy_store_t *s);
 size_t policy_store_evicted(const policy_store_t *s);      /* entries evicted since creation */

@@ -717,6 +717,40 @@ static void test_store_c(void **state)
     policy_store_free(s);
 }
 
+/* policy_store_tick sweeps a slice of the hash buckets per tick, not the whole store: with
+ * 20,000 expired keys (32,768 buckets) one tick drops some and not all, a few more ticks drop
+ * the rest, live keys stay, and keys added between ticks (the map grows) are covered too. */
+static void test_store_tick_slice(void **state)
+{
+    policy_store_t *s = policy_store_new((size_t)64 << 20);
+    const char *err = NULL;
+    char key[32];
+    for (int i = 0; i < 20000; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        assert_int_equal(policy_store_set(s, key, json_integer(i), i % 2 ? 10 : 0, 100, &err), 0);
+    }
+    size_t first = policy_store_tick(s, 200);
+    assert_true(first > 0 && first < 10000);
+    size_t dropped = first;
+    int ticks = 1;
+    for (; dropped < 10000 && ticks < 100; ticks++) {
+        if (ticks == 3) {                          /* growth between ticks */
+            for (int i = 20000; i < 50000; i++) {
+                snprintf(key, sizeof key, "k%d", i);
+                assert_int_equal(policy_store_set(s, key, json_true(), 1, 150, &err), 0);
+            }
+        }
+        dropped += policy_store_tick(s, 200);
+    }
+    assert_true(ticks <= 40);                      /* 65,536 buckets at most: 32 slices */
+    while (policy_store_count(s) > 10000 && ticks++ < 100) policy_store_tick(s, 200);
+    assert_int_equal(policy_store_count(s), 10000);  /* the permanent half */
+    assert_non_null(policy_store_get(s, "k0", 200));
+    assert_null(policy_store_get(s, "k1", 200));
+    policy_store_free(s);
+    (void)state;
+}
+
 /* The byte cap (policy_store_mb): permanent values fill it and the next write is refused with
  * nothing changed; the charge follows what is held (a replaced or deleted value gives its bytes
  * back); values with a ttl are evicted to make room; buckets share the cap. */
@@ -1483,6 +1517,7 @@ int main(void)
         cmocka_unit_test_setup(test_store_survives_reload, metrics_reset),
         cmocka_unit_test_setup(test_store_lua, metrics_reset),
         cmocka_unit_test_setup(test_store_c, metrics_reset),
+        cmocka_unit_test(test_store_tick_slice),
         cmocka_unit_test_setup(test_store_eviction, metrics_reset),
         cmocka_unit_test_setup(test_limit_lua, metrics_reset),
         cmocka_unit_test_setup(test_store_limit_sync, metrics_reset),
