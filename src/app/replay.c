@@ -15,6 +15,7 @@
 #include "base/buf.h"
 #include "base/config.h"
 #include "base/log.h"
+#include "base/map.h"
 #include "base/metrics.h"
 #include "policy/policy.h"
 #include "policy/policy_rollout.h"
@@ -34,7 +35,44 @@ typedef struct {
     json_t *shown;                 /* the first examples */
     unsigned last_kinds;           /* kinds of the call being replayed */
     json_t *rooms;                 /* room -> [{id, name, muted}]: the members the records imply */
+    map_t conns;                   /* id -> replay_conn_t: each recorded conn's policy cache */
 } replay_t;
+
+/* A recorded connection, as the hub keeps it for the policy: hooks get the same conn table
+ * for the same id while its fields stay (a script may key state by the table). */
+typedef struct {
+    policy_conn_slot_t *slot;
+    unsigned gen;                  /* counts renames */
+    char *name;                    /* owned; NULL when the records give none */
+} replay_conn_t;
+
+/* The cache slot and generation for a recorded conn id with this name. */
+static replay_conn_t *replay_conn(replay_t *r, const char *id, const char *name)
+{
+    replay_conn_t *c = map_get(&r->conns, id);
+    if (!c) {
+        c = xcalloc(1, sizeof *c);
+        c->name = name ? xstrdup(name) : NULL;
+        map_set(&r->conns, id, c);
+    } else if (name ? !c->name || strcmp(c->name, name) : c->name != NULL) {
+        free(c->name);
+        c->name = name ? xstrdup(name) : NULL;
+        c->gen++;
+    }
+    return c;
+}
+
+static void replay_conns_free(replay_t *r, policy_t *p)
+{
+    size_t i;
+    for (map_entry_t *e = map_first(&r->conns, &i); e; e = map_next(&r->conns, e, &i)) {
+        replay_conn_t *c = e->value;
+        policy_conn_forget(p, &c->slot);
+        free(c->name);
+        free(c);
+    }
+    map_free(&r->conns);
+}
 
 /* ---- the host: members and rooms as the recorded joins and leaves left them; gw.send,
  * gw.broadcast and gw.kick reach nobody (the rollout records them for the comparison) ---- */
@@ -128,8 +166,11 @@ static int replay_record(replay_t *r, policy_t *p, json_t *rec)
     }
     query[nq] = (policy_pair_t){ NULL, NULL };
     policy_conn_t pc = { json_string_value(json_object_get(conn, "id")), json_string_value(json_object_get(conn, "ip")),
-                         json_string_value(json_object_get(conn, "name")), query, NULL };
+                         json_string_value(json_object_get(conn, "name")), query, NULL, NULL, 0 };
     if (!pc.id) return -1;
+    replay_conn_t *rc_conn = replay_conn(r, pc.id, pc.name);
+    pc.slot = &rc_conn->slot;
+    pc.gen = rc_conn->gen;
     policy_clock_set(p, json_number_value(ts));
     char code[128] = "";
     int rc = POLICY_PASS;
@@ -294,6 +335,7 @@ int replay_main(int argc, char **argv)
     log_level_set(LOG_ERROR);      /* hook failures are counted in the summary, not printed */
     metrics_t *m = xcalloc(1, sizeof *m);
     r.rooms = json_object();
+    map_init(&r.conns);
     policy_t *p = policy_new(&cfg, m, &host);
     int code = 2;
     if (policy_load(p, r.stable_dir, err, sizeof err) < 0) {
@@ -312,6 +354,7 @@ int replay_main(int argc, char **argv)
     }
     json_decref(r.shown);
 done:
+    replay_conns_free(&r, p);
     policy_free(p);
     json_decref(r.rooms);
     free(m);

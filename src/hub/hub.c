@@ -68,9 +68,9 @@ int64_t hub_wall_ms(void)
 }
 
 /* The connection as the policy sees it. */
-static policy_conn_t hub_pconn(const hub_client_t *cl, json_t *headers)
+static policy_conn_t hub_pconn(hub_client_t *cl, json_t *headers)
 {
-    return (policy_conn_t){ cl->id, cl->ip, cl->name, cl->query, headers };
+    return (policy_conn_t){ cl->id, cl->ip, cl->name, cl->query, headers, &cl->pslot, cl->pgen };
 }
 
 /* ---- sending ---- */
@@ -456,11 +456,17 @@ static void hub_handle_join(hub_t *hub, hub_client_t *cl, const proto_in_t *in)
 {
     /* The hook and the join presence see the new name; a refused join leaves the old one. */
     char *old = cl->name;
-    if (in->name) cl->name = xstrdup(in->name);
+    if (in->name) {
+        cl->name = xstrdup(in->name);
+        cl->pgen++;
+    }
     int joined = hub_join_or_error(hub, cl, in->room, in->since);
     if (cl->name == old) return;
     free(joined ? old : cl->name);
-    if (!joined) cl->name = old;
+    if (!joined) {
+        cl->name = old;
+        cl->pgen++;
+    }
 }
 
 /* The members of a message the policy returned that ride along on a msg: all but cid (the
@@ -609,10 +615,13 @@ static void hub_handle_rewritten(hub_t *hub, hub_client_t *cl, json_t *out)
 /* A client's msg reaches the policy with its protocol fields only (type, room, text, cid), so
  * every other field of a msg the policy returns is one the policy set: a client cannot slip
  * "action":true onto a msg through a filter that rewrote its text. */
-static void hub_msg_envelope_only(json_t *root)
+static void hub_msg_envelope_only(const proto_in_t *in)
 {
+    json_t *root = in->root;
     const char *key;
     json_t *v, *tmp;
+    /* type and text are always there (decoded); as many members as envelope fields: no other */
+    if (json_object_size(root) <= 2u + (in->room != NULL) + (in->cid != NULL)) return;
     json_object_foreach_safe(root, tmp, key, v) {
         if (strcmp(key, "type") && strcmp(key, "room") && strcmp(key, "text") && strcmp(key, "cid"))
             json_object_del(root, key);
@@ -631,7 +640,7 @@ static void hub_filter(hub_t *hub, hub_client_t *cl, hub_room_t *r, const proto_
             hub_handle(hub, cl, r, in, 0);
         return;
     }
-    if (in->type == PROTO_MSG) hub_msg_envelope_only(in->root);
+    if (in->type == PROTO_MSG) hub_msg_envelope_only(in);
     if (in->type == PROTO_VOICE_JOIN) hub_voice_annotate(hub, cl, r, in->root);
     policy_conn_t pc = hub_pconn(cl, NULL);
     json_t *out;
@@ -822,7 +831,7 @@ void hub_detach(gw_t *gw, conn_t *c)
     hub_client_t *cl = server_conn_data(c);
     if (!cl) return;
     while (cl->nrooms) hub_room_leave(hub, cl, cl->rooms[cl->nrooms - 1]);
-    if (gw->policy) policy_conn_forget(gw->policy, cl->id);
+    policy_conn_forget(gw->policy, &cl->pslot);
     map_del(&hub->clients, cl->id);
     if (hub->remote) bus_conn_remove(hub->bus, cl->id);
     __atomic_sub_fetch(&gw->chat_clients, 1, __ATOMIC_RELAXED);

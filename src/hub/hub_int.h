@@ -83,6 +83,8 @@ typedef struct hub_client_s {
     char *name;                    /* owned */
     const char *ip;                /* the conn's, which outlives the client */
     policy_pair_t *query;          /* owned, one block: the URL's pairs for hooks, or NULL */
+    policy_conn_slot_t *pslot;     /* the policy's cache for this conn (policy_conn_forget) */
+    unsigned pgen;                 /* policy_conn_t.gen: counts renames */
     char *join_room, *join_since;  /* owned: the URL's join, from admit until attach; or NULL */
     hub_room_t **rooms;
     size_t nrooms;

@@ -62,7 +62,6 @@
 #define POLICY_STACK_FLOOR 256           /* Lua stack slots kept through GC shrinking */
 #define POLICY_BUDGET_MSG "policy budget exceeded"
 #define POLICY_TIMEOUT_MSG "policy timeout"
-#define POLICY_CONN_CACHE_MAX 65536        /* cached conn tables before the cache starts over */
 #define POLICY_CONN_KEYS 4                 /* id, ip, name, query: the conn table's cached keys */
 #define POLICY_MSG_TYPES_MAX 64            /* message_types entries: a linear scan per message */
 #define POLICY_LOG_TEXT_MAX 1024           /* bytes of a logged message or error before the cut */
@@ -129,8 +128,7 @@ typedef struct {
     size_t nsrcs;
     json_t *config;                /* config_to_json() parsed, behind gw.config */
     int array_mt, config_mt;       /* registry refs */
-    int conn_cache;                /* registry ref: conn id -> the conn table hooks last got */
-    size_t conn_cache_n;           /* entries in it (about: a reset may be cut short) */
+    uint64_t serial;               /* unique among VMs: a conn entry names the VM of its refs */
     const char *conn_keys[POLICY_CONN_KEYS];  /* "id", "ip", "name", "query" as interned by this
                                       VM (pinned by the registry): a key is one of them when its
                                       bytes are at the same address */
@@ -168,6 +166,7 @@ struct policy_s {
     policy_record_t *rec;          /* policy_record_file; NULL = off */
     int dispatching;               /* a rollout call is in flight: nested calls go straight */
     int store_shared;              /* store is the stable holder's (a canary candidate) */
+    int role;                      /* 0: a live holder; 1: a candidate (its conn entries' index) */
     double clock_fixed;            /* replay: gw.now and the store's clock; 0 = the real clocks */
 };
 
@@ -1634,8 +1633,6 @@ static void policy_gw_open(lua_State *L, policy_vm_t *vm)
         { "incr", policy_store_incr_l }, { NULL, NULL },
     };
     policy_metatables_open(L, vm);
-    lua_newtable(L);                                      /* [cache] */
-    vm->conn_cache = luaL_ref(L, LUA_REGISTRYINDEX);      /* [] */
     static const char *const conn_keys[POLICY_CONN_KEYS] = { "id", "ip", "name", "query" };
     for (int i = 0; i < POLICY_CONN_KEYS; i++) {
         vm->conn_keys[i] = lua_pushstring(L, conn_keys[i]);  /* [k]: short, so interned */
@@ -1780,66 +1777,82 @@ static void policy_conn_build(lua_State *L, const policy_conn_t *conn)
     }
 }
 
-/* 1 when the value at idx is a string of the n bytes at s. */
-static int policy_str_is(lua_State *L, int idx, const char *s, size_t n)
+/* Pushing the conn table. Building it (strings, the query table) on every call was a large
+ * part of a cheap hook, so the VM hands out again the table it last built for a connection
+ * while that table still holds exactly what a fresh build would. The host keeps, in its
+ * connection, a slot with one entry per holder (live, candidate): the VM's refs to the table
+ * and to a pin table, and the identity (lua_topointer) of every value the table was built with.
+ * The check is one pass over the table and its query table comparing identities, without
+ * reading a string's bytes: the pin table keeps every original value alive, so no other object
+ * can sit at one of those addresses. A hook that changed the table (a field, a new key, the
+ * query, a metatable), or a host whose fields changed (policy_conn_t.gen), gets a fresh table,
+ * which replaces the entry's. The only difference a policy can see is identity: two calls for
+ * the same conn may get the same table. Not cached: on_connect (it has headers), conns without
+ * a slot, and nested calls (a gw.* callback re-entering a hook), which must not be handed a
+ * table an outer call of the same conn is using. Only on_message fills an entry: a conn that
+ * only joins and idles costs no memory in the VM; none is filled while the VM holds more than
+ * half its memory cap. policy_conn_forget drops a conn's entries. */
+typedef struct {
+    uint64_t serial;               /* the VM whose registry holds the refs; 0 = none */
+    int conn_ref, pin_ref;
+    int ready;                     /* filled: the refs and identities describe a table */
+    unsigned gen;                  /* policy_conn_t.gen the table was built from */
+    const void *val[POLICY_CONN_KEYS];   /* id, ip, name, query as handed out */
+    size_t nquery;
+    const void **qpairs;           /* the query table's keys and values, 2 * nquery; owned */
+} policy_conn_entry_t;
+
+struct policy_conn_slot_s {
+    policy_conn_entry_t holder[2]; /* by policy_t.role: the live holder's VM, a candidate's */
+};
+
+/* Which of vm->conn_keys the string key at idx is, or -1. By address: the keys are interned. */
+static int policy_conn_key(lua_State *L, const policy_vm_t *vm, int idx)
 {
-    size_t vn;
-    if (lua_type(L, idx) != LUA_TSTRING) return 0;
-    const char *v = lua_tolstring(L, idx, &vn);
-    return vn == n && memcmp(v, s, n) == 0;
+    if (lua_type(L, idx) != LUA_TSTRING) return -1;
+    const char *k = lua_tostring(L, idx);               /* a string key: no conversion in place */
+    for (int i = 0; i < POLICY_CONN_KEYS; i++)
+        if (k == vm->conn_keys[i]) return i;
+    return -1;
 }
 
-/* 1 when the value at idx is a table without a metatable holding exactly what
- * policy_query_push(pairs) would make. One pass over the table: every key must be one of the
- * pairs' (distinct) keys with the same value, and the counts must agree. */
-static int policy_query_same(lua_State *L, int idx, const policy_pair_t *pairs)
+/* 1 when the query table at q (absolute) has no metatable and holds e's pairs, nothing else. */
+static int policy_entry_query_same(lua_State *L, const policy_conn_entry_t *e, int q)
 {
-    if (lua_type(L, idx) != LUA_TTABLE) return 0;
-    if (lua_getmetatable(L, idx)) {
+    if (lua_getmetatable(L, q)) {
         lua_pop(L, 1);
         return 0;
     }
-    idx = lua_absindex(L, idx);
-    size_t want = 0, have = 0;
-    for (const policy_pair_t *p = pairs; p->key; p++) want++;
+    size_t have = 0;
     lua_pushnil(L);                                       /* [.. nil] */
-    while (lua_next(L, idx)) {                            /* [.. k v] */
-        const char *val = NULL;
-        if (lua_type(L, -2) == LUA_TSTRING) {
-            size_t kn;
-            const char *k = lua_tolstring(L, -2, &kn);  /* a string key: no conversion in place */
-            val = policy_query_find(pairs, k, kn);
-        }
-        if (++have > want || !val || !policy_str_is(L, -1, val, strlen(val))) {
+    while (lua_next(L, q)) {                              /* [.. k v] */
+        const void *k = lua_topointer(L, -2), *v = lua_topointer(L, -1);
+        size_t j = 0;
+        while (j < e->nquery && e->qpairs[2 * j] != k) j++;
+        if (++have > e->nquery || j == e->nquery || e->qpairs[2 * j + 1] != v) {
             lua_pop(L, 2);
             return 0;
         }
         lua_pop(L, 1);                                    /* [.. k] */
     }
-    return have == want;
+    return have == e->nquery;
 }
 
-/* 1 when the table at t is still what policy_conn_build(conn) would make for a conn without
- * headers: no metatable, the same id, ip, name and query, nothing else. One pass over it; a
- * key is recognised by the address of its interned bytes (vm->conn_keys), not by comparing
- * them. */
-static int policy_conn_same(lua_State *L, policy_vm_t *vm, int t, const policy_conn_t *conn)
+/* 1 when the conn table at t (absolute) is still the one e describes: no metatable, each key
+ * one of id, ip, name, query holding the very value it was built with, nothing added. */
+static int policy_entry_same(lua_State *L, policy_vm_t *vm, const policy_conn_entry_t *e, int t)
 {
     if (lua_getmetatable(L, t)) {
         lua_pop(L, 1);
         return 0;
     }
-    const char *const *keys = vm->conn_keys;
-    size_t want = (conn->id != NULL) + (conn->ip != NULL) + (conn->name != NULL) + (conn->query != NULL), have = 0;
+    size_t want = 0, have = 0;
+    for (int i = 0; i < POLICY_CONN_KEYS; i++) want += e->val[i] != NULL;
     lua_pushnil(L);                                       /* [.. nil] */
     while (lua_next(L, t)) {                              /* [.. k v] */
-        int same = 0;
-        if (++have <= want && lua_type(L, -2) == LUA_TSTRING) {
-            const char *k = lua_tostring(L, -2);        /* a string key: no conversion in place */
-            const char *field = k == keys[0] ? conn->id : k == keys[1] ? conn->ip : k == keys[2] ? conn->name : NULL;
-            if (field) same = policy_str_is(L, -1, field, strlen(field));
-            else if (k == keys[3] && conn->query) same = policy_query_same(L, -1, conn->query);
-        }
+        int i = policy_conn_key(L, vm, -2);
+        int same = ++have <= want && i >= 0 && e->val[i] && lua_topointer(L, -1) == e->val[i];
+        if (same && i == POLICY_CONN_KEYS - 1) same = policy_entry_query_same(L, e, lua_absindex(L, -1));
         if (!same) {
             lua_pop(L, 2);
             return 0;
@@ -1849,51 +1862,70 @@ static int policy_conn_same(lua_State *L, policy_vm_t *vm, int t, const policy_c
     return have == want;
 }
 
-/* Pushes the conn table for a hook. Building it (strings, the query table) on
- * every call was a large part of a cheap hook, so the VM keeps the table it last handed out
- * per conn id and hands it out again while it still holds exactly what a fresh build would:
- * a hook that changed it (a field, a new key, the query, a metatable), or a conn whose name
- * changed, gets a fresh table, which replaces the cached one. The only difference a policy can
- * see is identity: two calls for the same conn may get the same table. Not cached: on_connect
- * (it has headers), and nested calls (a gw.* callback re-entering a hook),
- * which must not be handed a table an outer call of the same conn is using. Only on_message
- * adds entries: a conn that only joins and idles costs no memory in the VM (on_join and
- * on_leave use an entry when there is one). The cache starts over past
- * POLICY_CONN_CACHE_MAX entries or half the VM's memory cap; policy_conn_forget drops a conn
- * that went away. */
+/* Points e at the fresh conn table at t (absolute) for conn: refs to it and to a new pin
+ * table holding every value in it, and their identities. May raise (memory): e is then not
+ * ready, and whatever refs it took are still its own, dropped by the next fill or the forget. */
+static void policy_entry_fill(lua_State *L, policy_vm_t *vm, policy_conn_entry_t *e, int t, const policy_conn_t *conn)
+{
+    if (e->serial == vm->serial) {                        /* the old table's refs are this VM's */
+        luaL_unref(L, LUA_REGISTRYINDEX, e->conn_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, e->pin_ref);
+    }
+    e->ready = 0;
+    e->serial = vm->serial;
+    e->conn_ref = e->pin_ref = LUA_NOREF;
+    e->nquery = 0;
+    size_t nq = 0;
+    for (const policy_pair_t *q = conn->query; q && q->key; q++) nq++;
+    e->qpairs = xrealloc(e->qpairs, (nq ? 2 * nq : 1) * sizeof *e->qpairs);
+    lua_createtable(L, (int)(POLICY_CONN_KEYS + 2 * nq), 0);  /* [.. pin] */
+    int pin = lua_gettop(L), n = 0;
+    static const char *const keys[POLICY_CONN_KEYS] = { "id", "ip", "name", "query" };
+    for (int i = 0; i < POLICY_CONN_KEYS; i++) {
+        lua_getfield(L, t, keys[i]);                      /* [.. pin v] */
+        e->val[i] = lua_topointer(L, -1);                 /* NULL for nil */
+        lua_rawseti(L, pin, ++n);                         /* [.. pin] */
+    }
+    if (e->val[POLICY_CONN_KEYS - 1]) {
+        lua_getfield(L, t, "query");                      /* [.. pin q] */
+        lua_pushnil(L);                                   /* [.. pin q nil] */
+        while (lua_next(L, -2)) {                         /* [.. pin q k v]: at most nq pairs */
+            e->qpairs[2 * e->nquery] = lua_topointer(L, -2);
+            e->qpairs[2 * e->nquery + 1] = lua_topointer(L, -1);
+            e->nquery++;
+            lua_pushvalue(L, -2);                         /* [.. pin q k v k] */
+            lua_rawseti(L, pin, ++n);                     /* [.. pin q k v] */
+            lua_rawseti(L, pin, ++n);                     /* [.. pin q k] */
+        }
+        lua_pop(L, 1);                                    /* [.. pin] */
+    }
+    e->pin_ref = luaL_ref(L, LUA_REGISTRYINDEX);          /* [..] */
+    lua_pushvalue(L, t);                                  /* [.. conn] */
+    e->conn_ref = luaL_ref(L, LUA_REGISTRYINDEX);         /* [..] */
+    e->gen = conn->gen;
+    e->ready = 1;
+}
+
+/* Pushes the conn table for a hook (see above). */
 static void policy_conn_push(lua_State *L, policy_vm_t *vm, const policy_conn_t *conn, int slot)
 {
-    if (!conn || !conn->id || conn->headers || vm->depth != 1 || vm->conn_cache == LUA_NOREF) {
+    if (!conn || !conn->slot || conn->headers || vm->depth != 1) {
         policy_conn_build(L, conn);                       /* [conn] */
         return;
     }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->conn_cache);    /* [cache] */
-    int cache = lua_gettop(L);
-    policy_cstr_push(L, vm, conn->id);                    /* [cache id] */
-    int had = lua_rawget(L, cache);                       /* [cache old] */
-    if (had == LUA_TTABLE && policy_conn_same(L, vm, cache + 1, conn)) {
-        lua_remove(L, cache);                             /* [conn] */
-        return;
-    }
-    lua_pop(L, 1);                                        /* [cache] */
-    if (had == LUA_TNIL && slot != POLICY_HOOK_MESSAGE) {
+    policy_conn_entry_t *e = *conn->slot ? &(*conn->slot)->holder[vm->p->role] : NULL;
+    if (e && e->ready && e->serial == vm->serial && e->gen == conn->gen) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, e->conn_ref);   /* [conn] */
+        if (policy_entry_same(L, vm, e, lua_gettop(L))) return;
         lua_pop(L, 1);                                    /* [] */
-        policy_conn_build(L, conn);                       /* [conn] */
-        return;
     }
-    if (had == LUA_TNIL && (vm->conn_cache_n >= POLICY_CONN_CACHE_MAX || vm->mem_used > vm->mem_limit / 2)) {
-        lua_pop(L, 1);                                    /* [] */
-        vm->conn_cache_n = 0;
-        lua_newtable(L);                                  /* [cache] */
-        lua_pushvalue(L, -1);                             /* [cache cache] */
-        lua_rawseti(L, LUA_REGISTRYINDEX, vm->conn_cache);  /* [cache] */
+    policy_conn_build(L, conn);                           /* [conn] */
+    if (slot != POLICY_HOOK_MESSAGE || vm->mem_used > vm->mem_limit / 2) return;
+    if (!e) {
+        *conn->slot = xcalloc(1, sizeof **conn->slot);
+        e = &(*conn->slot)->holder[vm->p->role];
     }
-    policy_conn_build(L, conn);                           /* [cache conn] */
-    policy_cstr_push(L, vm, conn->id);                    /* [cache conn id] */
-    lua_pushvalue(L, -2);                                 /* [cache conn id conn] */
-    lua_rawset(L, cache);                                 /* [cache conn] */
-    if (had == LUA_TNIL) vm->conn_cache_n++;
-    lua_remove(L, cache);                                 /* [conn] */
+    policy_entry_fill(L, vm, e, lua_gettop(L), conn);
 }
 
 /* The room argument: lua_pushstring's nil for NULL, else the string. */
@@ -2069,7 +2101,9 @@ static policy_vm_t *policy_vm_new(policy_t *p, policy_src_t *srcs, size_t nsrcs,
     long budget = p->cfg ? p->cfg->policy_budget : 0;
     vm->mem_limit = mb > 0 && (unsigned long)mb < SIZE_MAX >> 20 ? (size_t)mb << 20 : SIZE_MAX;
     vm->budget = budget > 0 ? budget : 0;
-    vm->array_mt = vm->config_mt = vm->conn_cache = vm->jbox_ref = LUA_NOREF;
+    vm->array_mt = vm->config_mt = vm->jbox_ref = LUA_NOREF;
+    static uint64_t serials;
+    vm->serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
     for (int i = 0; i < METRICS_POLICY_HOOKS; i++) vm->refs[i] = LUA_NOREF;
     snprintf(vm->version, sizeof vm->version, "%s", version);
     char *text = p->cfg ? config_to_json(p->cfg) : NULL;
@@ -2369,6 +2403,7 @@ int policy_candidate_open(policy_t *p, const char *dir, int mode, char *err, siz
     policy_rollout_host(p->rollout, POLICY_ARM_CANDIDATE, &cand);
     p->host = stable;
     p->cand = policy_new(p->cfg, NULL, &cand);
+    p->cand->role = 1;
     p->cand->clock_fixed = p->clock_fixed;
     if (mode == POLICY_ROLLOUT_CANARY) {
         policy_store_free(p->cand->store);
@@ -2463,28 +2498,23 @@ void policy_on_leave(policy_t *p, const policy_conn_t *conn, const char *room)
     policy_dispatch(p, &c);
 }
 
-/* Body of policy_conn_forget: cache[id] = nil. */
-static int policy_forget_body(lua_State *L)
+/* Drops holder h's entry of a slot: its refs go when h's VM holds them. */
+static void policy_entry_drop(policy_t *h, policy_conn_entry_t *e)
 {
-    const char *id = lua_touserdata(L, 1);
-    policy_vm_t *vm = policy_vm_of(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->conn_cache);    /* [id cache] */
-    lua_pushstring(L, id);                                /* [id cache k] */
-    if (lua_rawget(L, -2) == LUA_TNIL) return 0;          /* [id cache old] */
-    lua_pop(L, 1);                                        /* [id cache] */
-    lua_pushstring(L, id);                                /* [id cache k] */
-    lua_pushnil(L);                                       /* [id cache k nil] */
-    lua_rawset(L, -3);                                    /* [id cache] */
-    if (vm->conn_cache_n) vm->conn_cache_n--;
-    return 0;
+    if (h && h->vm && e->serial == h->vm->serial) {
+        luaL_unref(h->vm->L, LUA_REGISTRYINDEX, e->conn_ref);   /* no Lua code runs: safe in a hook */
+        luaL_unref(h->vm->L, LUA_REGISTRYINDEX, e->pin_ref);
+    }
+    free(e->qpairs);
 }
 
-void policy_conn_forget(policy_t *p, const char *id)
+void policy_conn_forget(policy_t *p, policy_conn_slot_t **slot)
 {
-    if (p && p->cand) policy_conn_forget(p->cand, id);
-    if (!p || !p->vm || !id || p->vm->conn_cache == LUA_NOREF) return;
-    char err[128];
-    policy_vm_run(p->vm, POLICY_HOOK_LEAVE, policy_forget_body, (void *)id, err, sizeof err);
+    if (!slot || !*slot) return;
+    policy_entry_drop(p, &(*slot)->holder[0]);
+    policy_entry_drop(p ? p->cand : NULL, &(*slot)->holder[1]);
+    free(*slot);
+    *slot = NULL;
 }
 
 void policy_on_tick(policy_t *p, double now)

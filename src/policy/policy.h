@@ -90,9 +90,8 @@ int policy_on_message(policy_t *p, const policy_conn_t *conn, const char *room, 
                       char *code, size_t len);
 void policy_on_leave(policy_t *p, const policy_conn_t *conn, const char *room);
 void policy_on_tick(policy_t *p, double now);
-/* The conn with this id went away: drops the conn table the VM keeps for its hooks (see
- * policy_conn_push in policy.c). Optional: the cache is bounded without it, and a stale entry
- * is never handed out for a different conn; it only frees the memory sooner. */
-void policy_conn_forget(policy_t *p, const char *id);
+/* The conn whose policy_conn_t.slot this is went away: frees what the policy cached for it (see
+ * policy_conn_push in policy.c) and sets *slot to NULL. Safe inside a hook (a kick). */
+void policy_conn_forget(policy_t *p, policy_conn_slot_t **slot);
 
 #endif

@@ -48,15 +48,24 @@ typedef struct {
     const char *value;
 } policy_pair_t;
 
+/* Where the host keeps what the policy caches for one connection (its conn table); opaque,
+ * owned by the policy, freed by policy_conn_forget. */
+typedef struct policy_conn_slot_s policy_conn_slot_t;
+
 /* The connection as hooks see it: conn = {id, ip, name, query, headers}. query is the URL's
  * parameters as pairs (distinct, non-empty keys, UTF-8 values; a NULL key ends them), headers
- * an object. Both borrowed; NULL when absent (headers are only given to on_connect). */
+ * an object. Both borrowed; NULL when absent (headers are only given to on_connect). slot,
+ * when not NULL, is the connection's place for the policy's cache (NULL-initialised, kept for
+ * the connection's life, handed to policy_conn_forget at its end); gen must change whenever
+ * id, ip, name or query do, so that a cached conn table is rebuilt. */
 typedef struct {
     const char *id;
     const char *ip;
     const char *name;
     const policy_pair_t *query;
     json_t *headers;
+    policy_conn_slot_t **slot;
+    unsigned gen;
 } policy_conn_t;
 
 #endif

@@ -120,7 +120,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 static void fuzz_message(policy_t *p, const proto_in_t *in)
 {
-    static const policy_conn_t conn = {"c1", "10.0.0.1", "alice", NULL, NULL};
+    static const policy_conn_t conn = {"c1", "10.0.0.1", "alice", NULL, NULL, NULL, 0};
     json_t *before = json_deep_copy(in->root);
     json_t *out = (json_t *)0x1;
     char code[64];

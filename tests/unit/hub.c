@@ -1371,6 +1371,15 @@ static void test_policy_message(void **state)
     }
     assert_string_equal(jstr(expect(a, "ack"), "cid"), "k6");
     for (size_t i = 0; i < 3; i++) assert_quiet(all[i]);
+    /* the same without a cid: a forged field still does not ride along */
+    client_send(a, "{\"type\":\"msg\",\"room\":\"lobby\",\"text\":\"color\",\"type2\":\"t\"}");
+    for (size_t i = 0; i < 3; i++) {
+        json_t *m = expect(all[i], "msg");
+        assert_string_equal(jstr(m, "color"), "red");
+        assert_null(json_object_get(m, "type2"));
+    }
+    for (size_t i = 1; i < 3; i++) assert_quiet(all[i]);
+    expect(a, "ack");
 
     /* rewrites the hub refuses */
     client_send(a, "{\"type\":\"msg\",\"room\":\"lobby\",\"text\":\"elsewhere\",\"cid\":\"k4\"}");

@@ -32,6 +32,7 @@
 #include "base/log.h"
 #include "base/metrics.h"
 #include "policy/policy.h"
+#include "policy/policy_rollout.h"
 #include "policy/policy_store.h"
 
 #define THIS_FILE __FILE__
@@ -39,8 +40,8 @@
 static config_t cfg;
 static metrics_t *metrics;
 static char fixtures[PATH_MAX];
-static const policy_conn_t conn = { "c1", "10.0.0.1", "alice", NULL, NULL };
-static const policy_conn_t conn2 = { "c2", "10.0.0.2", "bob", NULL, NULL };
+static const policy_conn_t conn = { "c1", "10.0.0.1", "alice", NULL, NULL, NULL, 0 };
+static const policy_conn_t conn2 = { "c2", "10.0.0.2", "bob", NULL, NULL, NULL, 0 };
 
 /* ---- helpers ---- */
 
@@ -595,18 +596,18 @@ static void test_on_connect_join_leave_tick(void **state)
     policy_t *p = good_new(NULL);
     char reason[64] = "";
     assert_int_equal(policy_on_connect(p, &conn, reason, sizeof reason), POLICY_PASS);
-    policy_conn_t banned = { "c2", "10.0.0.2", "banned", NULL, NULL };
+    policy_conn_t banned = { "c2", "10.0.0.2", "banned", NULL, NULL, NULL, 0 };
     assert_int_equal(policy_on_connect(p, &banned, reason, sizeof reason), POLICY_DROP);
     assert_string_equal(reason, "banned user");
-    policy_conn_t boom = { "c3", "10.0.0.3", "err", NULL, NULL };
+    policy_conn_t boom = { "c3", "10.0.0.3", "err", NULL, NULL, NULL, 0 };
     assert_int_equal(policy_on_connect(p, &boom, reason, sizeof reason), POLICY_ERROR);
     assert_int_equal(metrics->policy_errors[POLICY_HOOK_CONNECT][METRICS_POLICY_ERROR], 1);
     const policy_pair_t query[] = { { "deny", "x" }, { NULL, NULL } };
     json_t *headers = json_pack("{s:s}", "x-block", "1");
-    policy_conn_t q = { "c4", "10.0.0.4", "bob", query, NULL };
+    policy_conn_t q = { "c4", "10.0.0.4", "bob", query, NULL, NULL, 0 };
     assert_int_equal(policy_on_connect(p, &q, reason, sizeof reason), POLICY_DROP);
     assert_string_equal(reason, "denied:x");
-    policy_conn_t h = { "c5", "10.0.0.5", "bob", NULL, headers };
+    policy_conn_t h = { "c5", "10.0.0.5", "bob", NULL, headers, NULL, 0 };
     assert_int_equal(policy_on_connect(p, &h, reason, sizeof reason), POLICY_DROP);
     assert_string_equal(reason, "blocked_header");
     json_decref(headers);
@@ -1279,7 +1280,7 @@ static void test_host(void **state)
     assert_null(out);
     assert_int_equal(fh.sends, 2);
     /* hook failures are logged through the host with the hook's name */
-    policy_conn_t boom = { "c3", "10.0.0.3", "err", NULL, NULL };
+    policy_conn_t boom = { "c3", "10.0.0.3", "err", NULL, NULL, NULL, 0 };
     assert_int_equal(policy_on_connect(p, &boom, code, sizeof code), POLICY_ERROR);
     assert_string_equal(fh.log_msg, "policy hook failed");
     assert_string_equal(fh.log_hook, "on_connect");
@@ -1371,8 +1372,8 @@ static void cc_show(policy_t *p, const policy_conn_t *c, const char *keys, const
 
 /* Hooks get the same conn table again only while it holds exactly what a fresh one would:
  * whatever a hook (or code holding on to the table) changed, the next call sees the real
- * conn; C-side changes (a new name) show; nested calls get their own table; forget and the
- * cache's bound keep working. */
+ * conn; host-side changes (a new name, with gen bumped) show; nested calls get their own table;
+ * a conn without a slot gets a fresh table each time; forget and reloads keep working. */
 static void test_conn_cache(void **state)
 {
     char err[512];
@@ -1380,14 +1381,15 @@ static void test_conn_cache(void **state)
     policy_t *p = policy_new(&cfg, metrics, &host);
     if (load_fixture(p, "conn_cache", err, sizeof err) != 1) fail_msg("conn_cache policy: %s", err);
     const policy_pair_t query[] = { { "room", "lobby" }, { "name", "alice" }, { NULL, NULL } };
-    policy_conn_t c = { "c1", "10.0.0.1", "alice", query, NULL };
+    policy_conn_slot_t *cslot = NULL, *oslot = NULL, *nslot = NULL, *jslot = NULL;
+    policy_conn_t c = { "c1", "10.0.0.1", "alice", query, NULL, &cslot, 0 };
     const char *all = "id,ip,name,query", *q = "name=alice&room=lobby";
     cc_policy = p;
     cc_conn = &c;
 
     cc_show(p, &c, all, "alice", q);
     static const char *const changes[] = { "add", "rename", "set_id", "set_ip", "query", "query_del", "query_set",
-                                           "query_meta", "drop_query", "meta" };
+                                           "query_swap", "query_meta", "drop_query", "meta", "rawset" };
     for (size_t i = 0; i < sizeof changes / sizeof changes[0]; i++) {
         json_decref(cc_op(p, &c, changes[i]));
         cc_show(p, &c, all, "alice", q);
@@ -1400,44 +1402,62 @@ static void test_conn_cache(void **state)
     assert_true(json_is_true(json_object_get(o, "same")));
     json_decref(o);
     /* a kept table changed outside any call of its conn is not handed out again */
-    policy_conn_t other = { "c2", "10.0.0.2", "bob", NULL, NULL };
+    policy_conn_t other = { "c2", "10.0.0.2", "bob", NULL, NULL, &oslot, 0 };
     json_decref(cc_op(p, &other, "late"));
     o = cc_op(p, &c, "same");
     assert_true(json_is_false(json_object_get(o, "same")));
     json_decref(o);
     cc_show(p, &c, all, "alice", q);
+    /* a field set away and back to the same (interned) string: the table is as a fresh one would
+     * be, so it is handed out again */
+    json_decref(cc_op(p, &c, "keep"));
+    json_decref(cc_op(p, &c, "long_name"));
+    o = cc_op(p, &c, "same");
+    assert_true(json_is_true(json_object_get(o, "same")));
+    json_decref(o);
+    cc_show(p, &c, all, "alice", q);
 
-    /* the C side renames: the hook sees the new name, a kept table keeps the old one */
+    /* the host renames (and says so with gen): the hook sees the new name, a kept table the old */
     json_decref(cc_op(p, &c, "keep"));
     c.name = "carol";
+    c.gen++;
     o = cc_op(p, &c, "same");
     assert_true(json_is_false(json_object_get(o, "same")));
     assert_string_equal(json_string_value(json_object_get(o, "last_name")), "alice");
     json_decref(o);
     cc_show(p, &c, all, "carol", q);
     c.name = "alice";
+    c.gen++;
     cc_show(p, &c, all, "alice", q);
     /* a query with the same keys and other values */
     const policy_pair_t hall[] = { { "room", "hall" }, { "name", "alice" }, { NULL, NULL } };
     const policy_pair_t lobby[] = { { "room", "lobby" }, { NULL, NULL } };
     c.query = hall;
+    c.gen++;
     cc_show(p, &c, all, "alice", "name=alice&room=hall");
     c.query = lobby;
+    c.gen++;
     cc_show(p, &c, all, "alice", "room=lobby");
     c.query = query;
+    c.gen++;
     cc_show(p, &c, all, "alice", q);
-    /* the same id with other fields (an id reused by another conn, or none of them) */
-    policy_conn_t bare = { "c1", NULL, NULL, NULL, NULL };
+    /* no slot: a fresh table every call */
+    policy_conn_t bare = { "c1", NULL, NULL, NULL, NULL, NULL, 0 };
     cc_show(p, &bare, "id", NULL, "nil");
+    json_decref(cc_op(p, &bare, "keep"));
+    o = cc_op(p, &bare, "same");
+    assert_true(json_is_false(json_object_get(o, "same")));
+    json_decref(o);
     cc_show(p, &c, all, "alice", q);
-    policy_conn_t noid = { NULL, "10.0.0.9", "dan", NULL, NULL };
+    policy_conn_t noid = { NULL, "10.0.0.9", "dan", NULL, NULL, &nslot, 0 };
     cc_show(p, &noid, "ip,name", "dan", "nil");
     cc_show(p, &noid, "ip,name", "dan", "nil");
 
-    /* only on_message adds an entry (a conn that joins and idles costs nothing); on_join uses one */
-    policy_conn_t j = { "j1", "10.0.0.5", "joe", NULL, NULL };
+    /* only on_message fills an entry (a conn that joins and idles costs nothing); on_join uses one */
+    policy_conn_t j = { "j1", "10.0.0.5", "joe", NULL, NULL, &jslot, 0 };
     char jc[64];
     assert_int_equal(policy_on_join(p, &j, "lobby", jc, sizeof jc), POLICY_PASS);
+    assert_null(jslot);
     o = cc_op(p, &j, "same_joined");
     assert_true(json_is_false(json_object_get(o, "same")));
     json_decref(o);
@@ -1454,29 +1474,77 @@ static void test_conn_cache(void **state)
     json_decref(o);
     cc_show(p, &c, all, "alice", q);
 
-    /* forget: known, unknown, no policy */
+    /* forget: a cached conn, again, an empty slot, no slot */
     json_decref(cc_op(p, &c, "keep"));
-    policy_conn_forget(p, "c1");
-    policy_conn_forget(p, "c1");
-    policy_conn_forget(p, "nobody");
-    policy_conn_forget(NULL, "c1");
+    policy_conn_forget(p, &cslot);
+    assert_null(cslot);
+    policy_conn_forget(p, &cslot);
+    policy_conn_forget(p, NULL);
     o = cc_op(p, &c, "same");
     assert_true(json_is_false(json_object_get(o, "same")));
     json_decref(o);
     cc_show(p, &c, all, "alice", q);
+    json_decref(cc_op(p, &c, "keep"));
+    o = cc_op(p, &c, "same");                      /* cached again */
+    assert_true(json_is_true(json_object_get(o, "same")));
+    json_decref(o);
 
-    /* past the bound the cache starts over; every conn still gets the right table */
-    for (int i = 0; i < 66000; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "x%d", i);
-        policy_conn_t x = { id, "10.0.0.4", "x", NULL, NULL };
-        json_decref(cc_op(p, &x, "noop"));
-    }
+    /* a reload: the new VM builds its own table, then caches it */
+    char dir[PATH_MAX], cmd[2 * PATH_MAX + 64], tmp[] = "/tmp/chatgw-cc-XXXXXX";
+    fixture(dir, sizeof dir, "conn_cache");
+    assert_non_null(mkdtemp(tmp));
+    snprintf(cmd, sizeof cmd, "cp %s/policy.lua %s/ && echo '-- v2' >> %s/policy.lua", dir, tmp, tmp);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(policy_load(p, tmp, err, sizeof err), 1);
+    o = cc_op(p, &c, "same");                      /* the new VM's seen.last is empty */
+    assert_true(json_is_false(json_object_get(o, "same")));
+    json_decref(o);
     cc_show(p, &c, all, "alice", q);
-    cc_show(p, &c, all, "alice", q);
+    json_decref(cc_op(p, &c, "keep"));
+    o = cc_op(p, &c, "same");
+    assert_true(json_is_true(json_object_get(o, "same")));
+    json_decref(o);
+    snprintf(cmd, sizeof cmd, "rm -r %s", tmp);
+    assert_int_equal(system(cmd), 0);
     assert_int_equal(policy_has(p, POLICY_HOOK_MESSAGE), 1);
 
+    policy_conn_forget(p, &cslot);
+    policy_conn_forget(p, &oslot);
+    policy_conn_forget(p, &jslot);
     policy_free(p);
+    policy_conn_forget(NULL, &nslot);              /* after the policy: the slot is only freed */
+    assert_null(nslot);
+    (void)state;
+}
+
+/* A slot under shadow mode: the live and the candidate VM each keep their own entry; both see
+ * the real conn whatever the other's hook did to its table, and forget drops both. */
+static void test_conn_cache_shadow(void **state)
+{
+    char err[512], dir[PATH_MAX];
+    policy_host_t host = { .kick = cc_kick };
+    policy_t *p = policy_new(&cfg, metrics, &host);
+    if (load_fixture(p, "conn_cache", err, sizeof err) != 1) fail_msg("conn_cache policy: %s", err);
+    fixture(dir, sizeof dir, "conn_cache");
+    assert_int_equal(policy_candidate_open(p, dir, POLICY_ROLLOUT_SHADOW, err, sizeof err), 1);
+    const policy_pair_t query[] = { { "room", "lobby" }, { NULL, NULL } };
+    policy_conn_slot_t *slot = NULL;
+    policy_conn_t c = { "c1", "10.0.0.1", "alice", query, NULL, &slot, 0 };
+    cc_policy = p;
+    cc_conn = &c;
+    for (int i = 0; i < 3; i++) {
+        cc_show(p, &c, "id,ip,name,query", "alice", "room=lobby");
+        json_decref(cc_op(p, &c, "rename"));
+        json_decref(cc_op(p, &c, "keep"));
+        json_t *o = cc_op(p, &c, "same");
+        assert_true(json_is_true(json_object_get(o, "same")));
+        json_decref(o);
+    }
+    assert_non_null(slot);
+    policy_conn_forget(p, &slot);
+    assert_null(slot);
+    policy_free(p);
+    (void)state;
 }
 
 static int metrics_reset(void **state)
@@ -1500,6 +1568,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_load_good, metrics_reset),
         cmocka_unit_test_setup(test_conn_cache, metrics_reset),
+        cmocka_unit_test_setup(test_conn_cache_shadow, metrics_reset),
         cmocka_unit_test_setup(test_load_rejected, metrics_reset),
         cmocka_unit_test_setup(test_policy_check, metrics_reset),
         cmocka_unit_test_setup(test_sources_listing, metrics_reset),

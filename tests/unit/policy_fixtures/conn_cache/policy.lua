@@ -31,6 +31,9 @@ function ops.set_ip(conn) conn.ip = "192.0.2.1" end
 function ops.query(conn) conn.query.room = "hacked"; conn.query.added = "x" end
 function ops.query_del(conn) conn.query.room = nil end
 function ops.query_set(conn) conn.query.room = "hacked" end
+function ops.query_swap(conn) conn.query.room, conn.query.name = conn.query.name, conn.query.room end
+function ops.rawset(conn) rawset(conn, "extra", 1) end
+function ops.long_name(conn) conn.name = string.rep("a", 50); conn.name = nil; conn.name = "alice" end
 function ops.query_meta(conn) setmetatable(conn.query, { __index = function() return "meta" end }) end
 function ops.drop_query(conn) conn.query = nil end
 function ops.meta(conn) setmetatable(conn, { __index = function() return "meta" end }) end
