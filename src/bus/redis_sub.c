@@ -154,17 +154,24 @@ static int str_is(const redisReply *r, const char *word)
     return r->type == REDIS_REPLY_STRING && (size_t)r->len == n && memcmp(r->str, word, n) == 0;
 }
 
-static void sub_on_auth(redis_sub_t *s, const redisReply *r)
+/* Fails s on r, a reply it did not expect: Redis's error after refused, else r's type after
+ * other. */
+static void sub_fail_reply(redis_sub_t *s, const redisReply *r, const char *refused, const char *other)
 {
     char why[256];
+    if (r->type == REDIS_REPLY_ERROR) snprintf(why, sizeof why, "%s%s", refused, r->str);
+    else snprintf(why, sizeof why, "%sunexpected reply of type %d", other, r->type);
+    sub_fail(s, why);
+}
+
+static void sub_on_auth(redis_sub_t *s, const redisReply *r)
+{
     s->auth_pending = 0;
     if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0) {
         if (s->on.ready) s->on.ready(s->arg);
         return;
     }
-    if (r->type == REDIS_REPLY_ERROR) snprintf(why, sizeof why, "AUTH refused: %s", r->str);
-    else snprintf(why, sizeof why, "AUTH: unexpected reply of type %d", r->type);
-    sub_fail(s, why);
+    sub_fail_reply(s, r, "AUTH refused: ", "AUTH: ");
 }
 
 /* (s)message / (s)subscribe / (s)unsubscribe / pong pushes; 0 when r is none of them. */
@@ -197,7 +204,6 @@ static int sub_on_push(redis_sub_t *s, const redisReply *r)
 
 static void sub_dispatch(redis_sub_t *s, const redisReply *r)
 {
-    char why[256];
     if (s->auth_pending) {
         sub_on_auth(s, r);
         return;
@@ -207,9 +213,7 @@ static void sub_dispatch(redis_sub_t *s, const redisReply *r)
         if (s->on.pong) s->on.pong(s->arg);
         return;
     }
-    if (r->type == REDIS_REPLY_ERROR) snprintf(why, sizeof why, "%s", r->str);
-    else snprintf(why, sizeof why, "unexpected reply of type %d", r->type);
-    sub_fail(s, why);
+    sub_fail_reply(s, r, "", "");
 }
 
 /* Parses and dispatches every complete reply; stops when a callback closed or failed us. */

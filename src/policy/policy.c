@@ -95,6 +95,9 @@ static const char *const policy_slot_names[POLICY_SLOTS] = {
     "on_connect", "on_join", "on_message", "on_leave", "on_tick", "self_test", "load",
 };
 
+/* The conn table's keys policy_conn_build sets, in the order of policy_vm_t.conn_keys. */
+static const char *const policy_conn_keys[POLICY_CONN_KEYS] = { "id", "ip", "name", "query" };
+
 typedef struct {
     char *name;                    /* "policy.lua" */
     char *text;
@@ -449,6 +452,12 @@ static void policy_pool_trim(policy_vm_t *vm, size_t keep, size_t max)
             free(b);
         }
     }
+}
+
+/* Once a second: what the pool holds past policy_pool_keep (the VM shrank), a slice at a time. */
+static void policy_pool_shrink(policy_vm_t *vm)
+{
+    if (vm) policy_pool_trim(vm, policy_pool_keep(vm), POLICY_POOL_TRIM);
 }
 
 /* ptr (old bytes, > 0) resized to nsize (> 0), or NULL with ptr still valid. */
@@ -1645,9 +1654,8 @@ static void policy_gw_open(lua_State *L, policy_vm_t *vm)
         { "incr", policy_store_incr_l }, { NULL, NULL },
     };
     policy_metatables_open(L, vm);
-    static const char *const conn_keys[POLICY_CONN_KEYS] = { "id", "ip", "name", "query" };
     for (int i = 0; i < POLICY_CONN_KEYS; i++) {
-        vm->conn_keys[i] = lua_pushstring(L, conn_keys[i]);  /* [k]: short, so interned */
+        vm->conn_keys[i] = lua_pushstring(L, policy_conn_keys[i]);  /* [k]: short, so interned */
         luaL_ref(L, LUA_REGISTRYINDEX);                   /* []: pinned for the VM's life */
     }
     lua_createtable(L, 0, 16);                            /* [gw] */
@@ -1892,14 +1900,13 @@ static void policy_entry_fill(lua_State *L, policy_vm_t *vm, policy_conn_entry_t
     e->qpairs = xrealloc(e->qpairs, (nq ? 2 * nq : 1) * sizeof *e->qpairs);
     lua_createtable(L, (int)(POLICY_CONN_KEYS + 2 * nq), 0);  /* [.. pin] */
     int pin = lua_gettop(L), n = 0;
-    static const char *const keys[POLICY_CONN_KEYS] = { "id", "ip", "name", "query" };
     for (int i = 0; i < POLICY_CONN_KEYS; i++) {
-        lua_getfield(L, t, keys[i]);                      /* [.. pin v] */
+        lua_getfield(L, t, policy_conn_keys[i]);          /* [.. pin v] */
         e->val[i] = lua_topointer(L, -1);                 /* NULL for nil */
         lua_rawseti(L, pin, ++n);                         /* [.. pin] */
     }
     if (e->val[POLICY_CONN_KEYS - 1]) {
-        lua_getfield(L, t, "query");                      /* [.. pin q] */
+        lua_getfield(L, t, policy_conn_keys[POLICY_CONN_KEYS - 1]);   /* [.. pin q] */
         lua_pushnil(L);                                   /* [.. pin q nil] */
         while (lua_next(L, -2)) {                         /* [.. pin q k v]: at most nq pairs */
             e->qpairs[2 * e->nquery] = lua_topointer(L, -2);
@@ -2532,7 +2539,7 @@ void policy_conn_forget(policy_t *p, policy_conn_slot_t **slot)
 void policy_on_tick(policy_t *p, double now)
 {
     policy_store_tick(p->store, policy_now_mono(p));
-    if (p->vm) policy_pool_trim(p->vm, policy_pool_keep(p->vm), POLICY_POOL_TRIM);   /* the VM shrank */
+    policy_pool_shrink(p->vm);
     if (p->metrics) {
         __atomic_store_n(&p->metrics->policy_store_keys, (uint64_t)policy_store_count(p->store), __ATOMIC_RELAXED);
         __atomic_store_n(&p->metrics->policy_store_buckets, (uint64_t)policy_store_buckets(p->store),
@@ -2544,6 +2551,6 @@ void policy_on_tick(policy_t *p, double now)
     policy_call_t c = { .slot = POLICY_HOOK_TICK, .now = now };
     policy_dispatch(p, &c);
     if (p->cand && !p->cand->store_shared) policy_store_tick(p->cand->store, policy_now_mono(p->cand));
-    if (p->cand && p->cand->vm) policy_pool_trim(p->cand->vm, policy_pool_keep(p->cand->vm), POLICY_POOL_TRIM);
+    if (p->cand) policy_pool_shrink(p->cand->vm);
     policy_record_flush(p->rec);
 }

@@ -1,9 +1,18 @@
 // bench_lib.mjs: what the benchmark drivers (run.mjs, cluster.mjs) share: free loopback
-// ports, stopping a server, running the load generator, and the figures' median and format.
+// ports, where the build is, stopping a server, running the load generator, and the figures'
+// median and format.
 import { spawn } from "node:child_process";
 import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
 
 export const HOST = "127.0.0.1";
+/** The repository, the build under test (BENCH_BUILD, default build-bench) and its binaries. */
+export const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(HERE, "../..");
+export const BUILD = path.resolve(ROOT, process.env.BENCH_BUILD || "build-bench");
+export const GEN = path.join(BUILD, "tests/bench/chatgw-bench");
+export const GW = path.join(BUILD, "chatgw");
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** A free-port finder starting at base (each driver its own range), wrapping there at 60000. */

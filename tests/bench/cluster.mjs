@@ -24,14 +24,8 @@ import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { HOST as H, portFinder, stop, runGen, fmtN, median, sleep } from "./bench_lib.mjs";
+import { HOST as H, HERE, ROOT, BUILD, GEN, GW, portFinder, stop, runGen, fmtN, median, sleep } from "./bench_lib.mjs";
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, "../..");
-const BUILD = path.resolve(ROOT, process.env.BENCH_BUILD || "build-bench");
-const GEN = path.join(BUILD, "tests/bench/chatgw-bench");
-const GW = path.join(BUILD, "chatgw");
 const WORK = path.join(BUILD, "bench-cluster");
 const REDIS = process.env.BENCH_REDIS || "/usr/bin/redis-server";
 const REDIS_CLI = process.env.BENCH_REDIS_CLI || "/usr/bin/redis-cli";

@@ -21,14 +21,8 @@ import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { portFinder, stop, runGen, fmtN, median, sleep } from "./bench_lib.mjs";
+import { HERE, ROOT, BUILD, GEN, GW, portFinder, stop, runGen, fmtN, median, sleep } from "./bench_lib.mjs";
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, "../..");
-const BUILD = path.resolve(ROOT, process.env.BENCH_BUILD || "build-bench");
-const GEN = path.join(BUILD, "tests/bench/chatgw-bench");
-const GW = path.join(BUILD, "chatgw");
 const WORK = path.join(BUILD, "bench-work");
 const QUICK = process.env.BENCH_QUICK === "1";
 const RUNS = Number(process.env.BENCH_RUNS || (QUICK ? 1 : 3));

@@ -884,6 +884,12 @@ export function clientPool() {
       open.push(c);
       return c;
     },
+    /** open(), then waits for the room frame of the join in p (its snapshot is not kept). */
+    async joined(port, p, ms = 5000) {
+      const c = await this.open(port, p);
+      await c.next('room', ms);
+      return c;
+    },
     async closeAll() {
       await Promise.all(open.splice(0).map((c) => c.close().catch(() => c.terminate())));
     },

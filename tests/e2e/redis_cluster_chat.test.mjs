@@ -136,15 +136,13 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
     it('presence: joins and leaves cross replicas on every shard', T, async () => {
       const rooms = await roomPerShard('pres');
       for (const { room } of rooms) {
-        const x = await cs.open(reps[0].port, `/ws?room=${room}&name=xena`);
-        await x.next('room', 5000);
+        const x = await cs.joined(reps[0].port, `/ws?room=${room}&name=xena`);
         const y = await cs.open(reps[1].port, `/ws?room=${room}&name=yuri`);
         const snapY = await y.next('room', 5000);
         assert.ok(snapY.members.some((m) => m.id === x.id), `${room}: yuri's snapshot lists xena (other replica)`);
         const j = await x.next((m) => m.type === 'join' && m.member?.id === y.id, 8000, `join of yuri in ${room}`);
         assert.equal(j.room, room);
-        const z = await cs.open(reps[2].port, `/ws?room=${room}&name=zoe`);
-        await z.next('room', 5000);
+        const z = await cs.joined(reps[2].port, `/ws?room=${room}&name=zoe`);
         await waitMembers(reps, room, [x.id, y.id, z.id], 15000);
         await y.close();
         for (const c of [x, z]) await c.next((m) => m.type === 'leave' && m.member?.id === y.id, 8000, `leave of yuri in ${room}`);
@@ -155,10 +153,8 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
     it('history: back on another replica with since, exactly the missed msgs, on every shard', T, async () => {
       const rooms = await roomPerShard('hist');
       for (const { room } of rooms) {
-        const keeper = await cs.open(reps[1].port, `/ws?room=${room}&name=keeper`);
-        await keeper.next('room', 5000);
-        const a = await cs.open(reps[0].port, `/ws?room=${room}&name=roamer`);
-        await a.next('room', 5000);
+        const keeper = await cs.joined(reps[1].port, `/ws?room=${room}&name=keeper`);
+        const a = await cs.joined(reps[0].port, `/ws?room=${room}&name=roamer`);
         const last = (await a.say(room, 'before I go', 5000)).id;
         await a.next((m) => m.type === 'msg' && m.id === last, 5000);
         await a.close();
@@ -197,8 +193,7 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
       const plan = [[0, 0], [0, 0], [0, 2], [1, 1], [2, 2]];
       const clients = [];
       for (const [r, s] of plan) {
-        const c = await cs.open(reps[s].port, `/ws?room=${rooms[r]}&name=u${clients.length}`);
-        await c.next('room', 5000);
+        const c = await cs.joined(reps[s].port, `/ws?room=${rooms[r]}&name=u${clients.length}`);
         clients.push(c);
       }
       const want = { online: 5, rooms: [`${rooms[0]}=3`, `${rooms[1]}=1`, `${rooms[2]}=1`].sort().join(',') };
@@ -231,10 +226,8 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
     it('the publish API answers with the id the shard assigned, from every replica', T, async () => {
       const rooms = await roomPerShard('pub');
       for (const { room } of rooms) {
-        const x = await cs.open(reps[0].port, `/ws?room=${room}&name=xena`);
-        await x.next('room', 5000);
-        const y = await cs.open(reps[2].port, `/ws?room=${room}&name=yuri`);
-        await y.next('room', 5000);
+        const x = await cs.joined(reps[0].port, `/ws?room=${room}&name=xena`);
+        const y = await cs.joined(reps[2].port, `/ws?room=${room}&name=yuri`);
         await waitMembers(reps, room, [x.id, y.id], 10000);
         const ids = [];
         for (const s of [reps[1], reps[0], reps[2]]) {     // b holds no member of the room
@@ -269,8 +262,7 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
         await waitMembers(reps, room, inside.map((c) => c.id), 10000);
         await inside[0].close();
         await waitMembers(reps, room, inside.slice(1).map((c) => c.id), 10000);
-        const late = await cs.open(reps[1].port, `/ws?room=${room}&name=late`);
-        await late.next('room', 5000);
+        const late = await cs.joined(reps[1].port, `/ws?room=${room}&name=late`);
         const over = await cs.open(reps[2].port, `/ws?room=${room}&name=over`);
         assert.equal((await over.next((m) => m.type === 'error', 5000, 'room_full')).code, 'room_full');
         await Promise.all(clients.map((c) => c.close()));
@@ -285,10 +277,8 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
     it('keys carry the TTL, then go; an old since gets history_gap', T, async () => {
       const rooms = await roomPerShard('life');
       await Promise.all(rooms.map(async ({ room, master }) => {
-        const ca = await cs.open(reps[0].port, `/ws?room=${room}&name=alice`);
-        await ca.next('room', 5000);
-        const cb = await cs.open(reps[1].port, `/ws?room=${room}&name=bob`);
-        await cb.next('room', 5000);
+        const ca = await cs.joined(reps[0].port, `/ws?room=${room}&name=alice`);
+        const cb = await cs.joined(reps[1].port, `/ws?room=${room}&name=bob`);
         const m1 = await ca.say(room, 'one', 5000);
         await cb.next((m) => m.type === 'msg' && m.id === m1.id, 8000);
         for (const s of SUFFIXES) {
@@ -329,8 +319,7 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
       started.push(s);
       await waitRedis(s, 'up', 15000);
       const room = uniqueRoom('seed');
-      const c = await cs.open(s.port, `/ws?room=${room}&name=sid`);
-      await c.next('room', 5000);
+      const c = await cs.joined(s.port, `/ws?room=${room}&name=sid`);
       const { id } = await c.say(room, 'hello', 5000);
       assert.equal((await cli((await shardOf(room)).master, ['EXISTS', `chatgw:{${room}}:seq`])).trim(), '1', `${id} went to the cluster`);
     });
@@ -531,12 +520,9 @@ describe('redis cluster: chat across replicas', { skip: clusterMissing || false 
       busy.room = victim.room;
       const quiet = [];
       for (const { room } of others) {
-        const x = await cs.open(reps[0].port, `/ws?room=${room}&name=qx`);
-        await x.next('room', 5000);
-        const x2 = await cs.open(reps[0].port, `/ws?room=${room}&name=qx2`);
-        await x2.next('room', 5000);
-        const y = await cs.open(reps[1].port, `/ws?room=${room}&name=qy`);
-        await y.next('room', 5000);
+        const x = await cs.joined(reps[0].port, `/ws?room=${room}&name=qx`);
+        const x2 = await cs.joined(reps[0].port, `/ws?room=${room}&name=qx2`);
+        const y = await cs.joined(reps[1].port, `/ws?room=${room}&name=qy`);
         await waitMembers(reps, room, [x.id, x2.id, y.id], 10000);
         const first = await x.say(room, 'other shard before', 8000);
         await y.next((m) => m.type === 'msg' && m.id === first.id, 8000, `${room}: crosses before the kill`);

@@ -18,10 +18,8 @@ describe('redis: lost writes start a new epoch', () => {
 
   it('ids are never handed out twice; what was lost shows as history_gap', T, async () => {
     const room = uniqueRoom('fence');
-    const a = await cs.open(reps[0].port, `/ws?room=${room}&name=a`);
-    await a.next('room');
-    const b = await cs.open(reps[1].port, `/ws?room=${room}&name=b`);
-    await b.next('room');
+    const a = await cs.joined(reps[0].port, `/ws?room=${room}&name=a`, 3000);
+    const b = await cs.joined(reps[1].port, `/ws?room=${room}&name=b`, 3000);
     await waitMembers(reps, room, [a.id, b.id]);
     a.drain();
     b.drain();

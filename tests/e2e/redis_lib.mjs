@@ -26,20 +26,35 @@ export function freePort() {
   });
 }
 
-/** Sends one command as a RESP array (any bytes in args) and resolves the raw reply text (bounded). */
-export function redisArgs(port, args, ms = 3000) {
+/** One command as a RESP array; args are strings or Buffers. */
+export function resp(args) {
+  const parts = [Buffer.from(`*${args.length}\r\n`)];
+  for (const a of args) {
+    const b = Buffer.isBuffer(a) ? a : Buffer.from(String(a));
+    parts.push(Buffer.from(`$${b.length}\r\n`), b, Buffer.from('\r\n'));
+  }
+  return Buffer.concat(parts);
+}
+
+/** Writes bytes on a fresh connection and resolves done(reply text so far) once that is not
+ * undefined (bounded by ms; what names the exchange in a timeout). */
+export function redisExchange(port, bytes, done, ms, what) {
   return withTimeout(new Promise((resolve, reject) => {
     const s = net.connect({ host: HOST, port });
     let buf = '';
     s.once('error', reject);
     s.on('data', (d) => {
       buf += d.toString('latin1');
-      if (buf.endsWith('\r\n')) { s.destroy(); resolve(buf); }
+      const out = done(buf);
+      if (out !== undefined) { s.destroy(); resolve(out); }
     });
-    const parts = [`*${args.length}\r\n`];
-    for (const a of args) parts.push(`$${Buffer.byteLength(String(a))}\r\n${a}\r\n`);
-    s.once('connect', () => s.write(parts.join('')));
-  }), ms, `redis ${args[0]}`);
+    s.once('connect', () => s.write(bytes));
+  }), ms, what);
+}
+
+/** Sends one command as a RESP array (any bytes in args) and resolves the raw reply text (bounded). */
+export function redisArgs(port, args, ms = 3000) {
+  return redisExchange(port, resp(args), (buf) => (buf.endsWith('\r\n') ? buf : undefined), ms, `redis ${args[0]}`);
 }
 
 /** Sends a command of space-separated words and resolves the first reply line (bounded). */

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { waitFor, withTimeout, tempDir, parseMsgId, HOST } from './lib.mjs';
-import { freePort, startReplica, waitRedis, clientPool, uniqueRoom, waitMembers, REDIS_BIN } from './redis_lib.mjs';
+import { freePort, startReplica, waitRedis, clientPool, uniqueRoom, waitMembers, REDIS_BIN, resp, redisExchange } from './redis_lib.mjs';
 
 const T = { timeout: 90000 };
 const PW = 'master-s3cret';
@@ -38,20 +38,12 @@ async function stop(p) {
 }
 
 /** One command on a fresh connection after AUTH; resolves the raw reply of the command. */
-async function rawAuthed(port, args, pw) {
-  const net = await import('node:net');
-  return withTimeout(new Promise((resolve, reject) => {
-    const s = net.connect({ host: HOST, port });
-    let buf = '';
-    s.once('error', reject);
-    s.on('data', (d) => {
-      buf += d.toString('latin1');
-      const i = buf.indexOf('\r\n');
-      if (i >= 0 && buf.length > i + 2 && buf.endsWith('\r\n')) { s.destroy(); resolve(buf.slice(i + 2)); }
-    });
-    const enc = (a) => `*${a.length}\r\n${a.map((x) => `$${Buffer.byteLength(String(x))}\r\n${x}\r\n`).join('')}`;
-    s.once('connect', () => s.write(enc(['AUTH', pw]) + enc(args)));
-  }), 3000, `redis ${args[0]}`);
+function rawAuthed(port, args, pw) {
+  const afterAuth = (buf) => {
+    const i = buf.indexOf('\r\n');
+    return i >= 0 && buf.length > i + 2 && buf.endsWith('\r\n') ? buf.slice(i + 2) : undefined;
+  };
+  return redisExchange(port, Buffer.concat([resp(['AUTH', pw]), resp(args)]), afterAuth, 3000, `redis ${args[0]}`);
 }
 
 describe('redis: Sentinel failover', { skip: !SENTINEL_BIN && 'redis-sentinel is not installed (tests/e2e/debs.txt)' }, () => {

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { SRC, HOST, withTimeout, waitFor } from './lib.mjs';
-import { startRedis, freePort, REDIS_BIN } from './redis_lib.mjs';
+import { startRedis, freePort, REDIS_BIN, resp, redisExchange } from './redis_lib.mjs';
 import { startRedisCluster, clusterSlots, clusterMissing, cli } from './redis_cluster_lib.mjs';
 
 const T = { timeout: 60000 };
@@ -47,28 +47,10 @@ function runTool(port, ...auth) {
   return t;
 }
 
-/** RESP of one command; args are strings or Buffers. */
-function resp(args) {
-  const parts = [Buffer.from(`*${args.length}\r\n`)];
-  for (const a of args) {
-    const b = Buffer.isBuffer(a) ? a : Buffer.from(String(a));
-    parts.push(Buffer.from(`$${b.length}\r\n`), b, Buffer.from('\r\n'));
-  }
-  return Buffer.concat(parts);
-}
-
 /** Sends commands in one write and resolves the replies' text once there is one line per command (integer/status replies only). */
 function pipeline(port, cmds, ms = 10000) {
-  return withTimeout(new Promise((resolve, reject) => {
-    const s = net.connect({ host: HOST, port });
-    let buf = '';
-    s.once('error', reject);
-    s.on('data', (d) => {
-      buf += d.toString('latin1');
-      if (buf.split('\r\n').length - 1 >= cmds.length) { s.destroy(); resolve(buf.split('\r\n').slice(0, cmds.length)); }
-    });
-    s.once('connect', () => s.write(Buffer.concat(cmds.map(resp))));
-  }), ms, `redis ${cmds.map((c) => c[0]).join(',')}`);
+  const lines = (buf) => (buf.split('\r\n').length - 1 >= cmds.length ? buf.split('\r\n').slice(0, cmds.length) : undefined);
+  return redisExchange(port, Buffer.concat(cmds.map(resp)), lines, ms, `redis ${cmds.map((c) => c[0]).join(',')}`);
 }
 
 const msgLine = (sharded, chan, payload) => `message ${sharded} ${hex(Buffer.from(chan))} ${Buffer.byteLength(payload)} ${hex(Buffer.from(payload))}`;
